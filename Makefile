@@ -1,0 +1,72 @@
+# Archipel's entry points for people and scripts. `make demo` and `make test` are the
+# two commands a fresh machine needs; everything they depend on is installed here.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+CACHE ?= $(HOME)/.cache/archipel
+UV_VERSION := 0.13.8
+UV := $(CACHE)/uv-$(UV_VERSION)/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
+PY := .venv/bin/python
+N ?= 3
+PROFILE ?= api
+PYTEST_ARGS ?=
+
+.PHONY: help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+
+help:
+	@echo "make demo          start member clusters (and, with the pipeline, the control plane and a sample app)"
+	@echo "make test          install everything, then lint, type-check and run the whole test suite"
+	@echo "make tools         build kube-apiserver, etcd, kwok and grpcurl into $(CACHE)/bin"
+	@echo "make members-up N=3 PROFILE=api|full   start member clusters in the background"
+	@echo "make members-ls | members-down"
+
+$(UV):
+	@python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade
+	python3 -m pip install --quiet --disable-pip-version-check --target $(CACHE)/uv-$(UV_VERSION) uv==$(UV_VERSION)
+
+# The virtual environment follows the lock file exactly.
+.venv/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --python python3
+	@touch $@
+
+setup: .venv/.synced
+
+tools:
+	bash build/tools.sh
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+
+typecheck: setup
+	.venv/bin/mypy
+
+fmt: setup
+	.venv/bin/ruff format .
+	.venv/bin/ruff check --fix .
+
+test: setup tools lint typecheck
+	.venv/bin/pytest $(PYTEST_ARGS)
+
+# Unit tests only: no servers, seconds.
+test-fast: setup
+	.venv/bin/pytest -m "not members" $(PYTEST_ARGS)
+
+members-up: setup
+	@bash build/tools.sh etcd kube $(if $(filter full,$(PROFILE)),kwok)
+	$(PY) -m archipel.testing.fleetctl up --count $(N) --profile $(PROFILE) --root .local/members
+
+members-down: setup
+	$(PY) -m archipel.testing.fleetctl down --root .local/members
+
+members-ls: setup
+	@$(PY) -m archipel.testing.fleetctl ls --root .local/members
+
+demo: setup
+	@bash build/tools.sh etcd kube kwok
+	$(PY) -m archipel.testing.fleetctl up --count 2 --profile full --root .local/members
+
+clean: members-down
+	rm -rf .local .venv

@@ -1,0 +1,210 @@
+"""``make members-up|members-down|members-ls``: a member fleet that outlives the command.
+
+``up`` starts a detached supervisor process that owns the fleet (so the kernel's
+parent-death signal keeps every child tied to it), waits until the fleet is ready and
+returns. The supervisor writes ``state.json`` beside the members; ``ls`` and ``down``
+read it. ``down`` sends the supervisor SIGTERM, and it stops everything it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from archipel.testing import members
+
+STATE_FILE = "state.json"
+
+
+class FleetCtlError(Exception):
+    """A user-facing failure: printed as one line, exit code 1."""
+
+
+def _state_path(root: Path) -> Path:
+    return root / STATE_FILE
+
+
+def _read_state(root: Path) -> dict[str, Any] | None:
+    try:
+        state: dict[str, Any] = json.loads(_state_path(root).read_text())
+    except FileNotFoundError:
+        return None
+    return state
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _supervisor_log(root: Path) -> Path:
+    return root.parent / f"{root.name}-supervisor.log"
+
+
+def up(root: Path, *, count: int, profile: members.Profile, timeout: float) -> None:
+    state = _read_state(root)
+    if state is not None and _alive(state.get("supervisorPid")):
+        raise FleetCtlError(f"members are already running under {root}; run 'make members-down'")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    log_path = _supervisor_log(root)
+    with log_path.open("wb") as log:
+        supervisor = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "archipel.testing.fleetctl",
+                "serve",
+                "--root",
+                str(root),
+                "--count",
+                str(count),
+                "--profile",
+                profile,
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if supervisor.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-15:])
+            raise FleetCtlError(f"members failed to start (log {log_path}):\n{tail}")
+        state = _read_state(root)
+        if state is not None and state.get("supervisorPid") == supervisor.pid:
+            print(f"{count} {profile} member(s) ready in {state['startedInSeconds']:.1f}s")
+            ls(root)
+            return
+        time.sleep(0.2)
+    supervisor.terminate()
+    raise FleetCtlError(f"members not ready after {timeout:.0f}s (log {log_path})")
+
+
+def serve(root: Path, *, count: int, profile: members.Profile) -> None:
+    """Run the fleet in the foreground until SIGTERM or SIGINT."""
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: stopping.set())
+    fleet = members.Fleet(root, members.default_specs(count, profile=profile))
+    fleet.start()
+    try:
+        state = fleet.describe() | {"startedInSeconds": fleet.started_in, "profile": profile}
+        tmp = _state_path(root).with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        tmp.replace(_state_path(root))
+        print(f"fleet ready in {fleet.started_in:.1f}s", flush=True)
+        while not stopping.wait(1.0):
+            pass
+    finally:
+        _state_path(root).unlink(missing_ok=True)
+        fleet.stop()
+        print("fleet stopped", flush=True)
+
+
+def down(root: Path, *, timeout: float = 60.0) -> None:
+    state = _read_state(root)
+    if state is None or not _alive(state.get("supervisorPid")):
+        _state_path(root).unlink(missing_ok=True)
+        print("no members running")
+        return
+    pid: int = state["supervisorPid"]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if _alive(pid):
+        # The members die with it: their parent-death signal is SIGKILL.
+        os.kill(pid, signal.SIGKILL)
+    print(f"stopped {len(state['members'])} member(s)")
+
+
+def _rss_mib(pids: list[int]) -> float:
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total / 1024
+
+
+def ls(root: Path) -> None:
+    state = _read_state(root)
+    if state is None or not _alive(state.get("supervisorPid")):
+        print("no members running")
+        return
+    rows = [("NAME", "PROFILE", "STATE", "SERVER", "REGION", "ZONE", "RSS", "KUBECONFIG")]
+    for name, member in state["members"].items():
+        pids = [p for p in member["pids"].values() if p]
+        api_pid = member["pids"].get("kube-apiserver")
+        alive = [p for p in pids if _alive(p)]
+        if not _alive(api_pid):
+            status = "stopped"
+        elif len(alive) < len(pids):
+            status = "degraded"
+        else:
+            status = "running"
+        spec = member["spec"]
+        rows.append(
+            (
+                name,
+                spec["profile"],
+                status,
+                member["server"],
+                spec["region"],
+                spec["zone"],
+                f"{_rss_mib(alive):.0f}Mi",
+                os.path.relpath(member["kubeconfig"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="archipel-members", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "ls", "serve"])
+    parser.add_argument("--root", type=Path, default=Path(".local/members"))
+    parser.add_argument("--count", "-n", type=int, default=3)
+    parser.add_argument("--profile", choices=members.PROFILES, default="api")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    args = parser.parse_args(argv)
+    root = args.root.resolve()
+    try:
+        if args.count < 1:
+            raise FleetCtlError("--count: must be at least 1")
+        if args.command == "up":
+            up(root, count=args.count, profile=args.profile, timeout=args.timeout)
+        elif args.command == "serve":
+            serve(root, count=args.count, profile=args.profile)
+        elif args.command == "down":
+            down(root)
+        else:
+            ls(root)
+    except (FleetCtlError, members.MemberError, members.ProcessError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
