@@ -13,7 +13,7 @@ N ?= 3
 PROFILE ?= api
 PYTEST_ARGS ?=
 
-.PHONY: help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+.PHONY: proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
 
 help:
 	@echo "make demo          start member clusters (and, with the pipeline, the control plane and a sample app)"
@@ -70,3 +70,10 @@ demo: setup
 
 clean: members-down
 	rm -rf .local .venv
+
+# Python code generated from proto/ (committed, so installs need no protoc).
+PROTOS := $(wildcard proto/archipel/v1alpha1/*.proto)
+proto: setup
+	.venv/bin/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
+		--plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --mypy_out=. \
+		--plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc --mypy_grpc_out=. $(PROTOS)
