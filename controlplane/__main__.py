@@ -1,0 +1,7 @@
+"""``python -m controlplane``: run the control plane."""
+
+import sys
+
+from controlplane.server import main
+
+sys.exit(main())

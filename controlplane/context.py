@@ -1,0 +1,134 @@
+"""Settings, the dependencies every controller shares, and how objects are named.
+
+Names follow Karmada: a template's binding is ``<name>-<kind>`` in the template's
+namespace, and its work for a cluster lives in ``archipel-es-<cluster>`` under a name
+derived from the binding, so every key can be computed without a lookup.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from archipel.v1alpha1 import cluster_pb2, policy_pb2, work_pb2
+from controlplane import kinds
+from controlplane.informers import Informer
+from controlplane.kinds import CLUSTER_SCOPE, Manifest
+from controlplane.store import Store
+
+FINALIZER = "archipel.io/controller"
+WORK_FINALIZER = "archipel.io/agent-cleanup"
+BINDING_NAMESPACE_LABEL = "work.archipel.io/binding-namespace"
+BINDING_NAME_LABEL = "work.archipel.io/binding-name"
+CLUSTER_LABEL = "work.archipel.io/cluster"
+
+
+@dataclasses.dataclass
+class Settings:
+    """How one control plane runs."""
+
+    etcd_endpoints: list[str]
+    """etcd client URLs."""
+    etcd_prefix: str = "/archipel/"
+    """Every key lives below this prefix, so several control planes can share an etcd."""
+    listen: str = "127.0.0.1:7443"
+    """gRPC listen address."""
+    metrics_listen: str = ""
+    """host:port for the Prometheus endpoint; empty turns it off."""
+    admin_token_file: Path | None = None
+    """Holds the admin credential; created with a random token when missing."""
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    heartbeat_interval: float = 10.0
+    """How often agents send heartbeats (told to them on connect)."""
+    cluster_grace_period: float = 40.0
+    """A cluster with no heartbeat for this long becomes Ready=Unknown."""
+    workers: int = 4
+    """Parallel reconciles per controller."""
+    shutdown_grace: float = 5.0
+
+
+@dataclasses.dataclass
+class Context:
+    settings: Settings
+    store: Store
+    clusters: Informer[cluster_pb2.MemberCluster]
+    policies: Informer[policy_pb2.PropagationPolicy]
+    cluster_policies: Informer[policy_pb2.ClusterPropagationPolicy]
+    templates: Informer[Manifest]
+    bindings: Informer[work_pb2.PropagationBinding]
+    works: Informer[work_pb2.PropagationWork]
+
+    @classmethod
+    def build(cls, settings: Settings, store: Store) -> Context:
+        context = cls(
+            settings=settings,
+            store=store,
+            clusters=Informer(store, kinds.MEMBER_CLUSTER),
+            policies=Informer(store, kinds.PROPAGATION_POLICY),
+            cluster_policies=Informer(store, kinds.CLUSTER_PROPAGATION_POLICY),
+            templates=Informer(store, kinds.RESOURCE_TEMPLATE),
+            bindings=Informer(store, kinds.PROPAGATION_BINDING),
+            works=Informer(store, kinds.PROPAGATION_WORK),
+        )
+        context.works.add_index("binding", lambda w: [binding_key_of_work(w)])
+        context.works.add_index("cluster", lambda w: [w.metadata.labels.get(CLUSTER_LABEL, "")])
+        context.bindings.add_index("policy", lambda b: [policy_key(b.spec.policy)])
+        return context
+
+    def informers(self) -> list[Informer[Any]]:
+        return [
+            self.clusters,
+            self.policies,
+            self.cluster_policies,
+            self.templates,
+            self.bindings,
+            self.works,
+        ]
+
+
+def binding_name(manifest: Manifest) -> str:
+    return f"{manifest['metadata']['name']}-{manifest['kind'].lower()}"
+
+
+def binding_key_for_template(manifest: Manifest) -> str:
+    namespace = manifest.get("metadata", {}).get("namespace", "")
+    return kinds.PROPAGATION_BINDING.key(namespace, binding_name(manifest))
+
+
+def binding_key_for_template_key(template_key: str) -> str:
+    """``templates/<group>/<Kind>/<namespace>/<name>`` -> the binding's key."""
+    _, _, kind, namespace, name = template_key.split("/", 4)
+    return f"{kinds.PROPAGATION_BINDING.plural}/{namespace}/{name}-{kind.lower()}"
+
+
+def template_key_of_binding(binding: work_pb2.PropagationBinding) -> str:
+    resource = binding.spec.resource
+    return kinds.template_key(
+        resource.api_version, resource.kind, resource.namespace, resource.name
+    )
+
+
+def work_name(binding: work_pb2.PropagationBinding) -> str:
+    namespace = binding.metadata.namespace or CLUSTER_SCOPE
+    return f"{namespace}.{binding.metadata.name}"
+
+
+def work_key(binding: work_pb2.PropagationBinding, cluster: str) -> str:
+    return kinds.PROPAGATION_WORK.key(kinds.execution_namespace(cluster), work_name(binding))
+
+
+def binding_key_of_work(work: work_pb2.PropagationWork) -> str:
+    labels = work.metadata.labels
+    return kinds.PROPAGATION_BINDING.key(
+        labels.get(BINDING_NAMESPACE_LABEL, ""), labels.get(BINDING_NAME_LABEL, "")
+    )
+
+
+def policy_key(ref: work_pb2.PolicyReference) -> str:
+    return f"{ref.kind}/{ref.namespace}/{ref.name}"
+
+
+def is_deleting(obj: Any) -> bool:
+    return bool(obj.metadata.HasField("deletion_timestamp"))

@@ -1,0 +1,167 @@
+"""The binding controller: one PropagationWork per target cluster of each binding.
+
+Key: a binding key. Each work holds the final manifest for its cluster (the template
+without the fields the control plane owns, with the cluster's replica count) and
+lives in the cluster's execution namespace. Works for clusters the binding no longer
+targets are deleted, which removes their objects from those members. A deleting
+binding deletes all its works first (orphaning the objects when the binding asks to
+preserve them) and lets go of its finalizer once they are gone.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from archipel import structs
+from archipel.v1alpha1 import work_pb2
+from controlplane import kinds
+from controlplane.context import (
+    BINDING_NAME_LABEL,
+    BINDING_NAMESPACE_LABEL,
+    CLUSTER_LABEL,
+    FINALIZER,
+    WORK_FINALIZER,
+    Context,
+    binding_key_for_template_key,
+    binding_key_of_work,
+    is_deleting,
+    template_key_of_binding,
+    work_name,
+)
+from controlplane.kinds import Manifest
+from controlplane.runtime import Controller, Result
+
+NAME = "binding-controller"
+# Fields of a template's metadata that belong to the control plane, not the member.
+_SERVER_METADATA = (
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "managedFields",
+    "selfLink",
+    "ownerReferences",
+    "finalizers",
+)
+
+
+def member_manifest(template: Manifest, *, replicas: int | None) -> Manifest:
+    """What one member receives: the template minus control-plane state."""
+    manifest: dict[str, Any] = copy.deepcopy(template)
+    manifest.pop("status", None)
+    metadata = manifest.get("metadata", {})
+    for field in _SERVER_METADATA:
+        metadata.pop(field, None)
+    if (
+        replicas is not None
+        and isinstance(manifest.get("spec"), dict)
+        and "replicas" in manifest["spec"]
+    ):
+        manifest["spec"]["replicas"] = replicas
+    return manifest
+
+
+class BindingController:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        context.bindings.add_handler(lambda key, old, new: self.controller.enqueue(key))
+        context.works.add_handler(self._on_work)
+        context.templates.add_handler(self._on_template)
+
+    def _on_work(
+        self, key: str, old: work_pb2.PropagationWork | None, new: work_pb2.PropagationWork | None
+    ) -> None:
+        # Only a work's disappearance or an edit by someone else matters here.
+        if new is None or (old is not None and old.spec != new.spec):
+            work = new or old
+            assert work is not None
+            self.controller.enqueue(binding_key_of_work(work))
+
+    def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
+        # A template change reaches its works through the binding.
+        self.controller.enqueue(binding_key_for_template_key(key))
+
+    async def _delete_works(self, works: list[work_pb2.PropagationWork], *, preserve: bool) -> None:
+        store = self.context.store
+        for work in works:
+            if is_deleting(work):
+                continue
+            if preserve and not work.spec.preserve_resources_on_deletion:
+                orphaned = kinds.PROPAGATION_WORK.copy(work)
+                orphaned.spec.preserve_resources_on_deletion = True
+                work = await store.update(kinds.PROPAGATION_WORK, orphaned, current=work)
+            await store.delete(
+                kinds.PROPAGATION_WORK,
+                kinds.PROPAGATION_WORK.key_of(work),
+                resource_version=work.metadata.resource_version,
+            )
+
+    async def reconcile(self, key: str) -> Result | None:
+        context = self.context
+        store = context.store
+        binding = context.bindings.get(key)
+        if binding is None:
+            return None
+        works = context.works.by_index("binding", key)
+        if is_deleting(binding):
+            await self._delete_works(works, preserve=binding.spec.preserve_resources_on_deletion)
+            if not works:
+                await store.remove_finalizer(
+                    kinds.PROPAGATION_BINDING, kinds.PROPAGATION_BINDING.copy(binding), FINALIZER
+                )
+            return None
+        if FINALIZER not in binding.metadata.finalizers:
+            finalized = kinds.PROPAGATION_BINDING.copy(binding)
+            finalized.metadata.finalizers.append(FINALIZER)
+            await store.update(kinds.PROPAGATION_BINDING, finalized, current=binding)
+            return None
+        template = context.templates.get(template_key_of_binding(binding))
+        if template is None:
+            return None  # the policy controller removes the binding
+        wanted_version = binding.spec.resource.resource_version
+        if wanted_version and int(template["metadata"].get("resourceVersion", "0")) < int(
+            wanted_version
+        ):
+            return Result(requeue_after=0.05)
+        existing = {w.metadata.labels.get(CLUSTER_LABEL, ""): w for w in works}
+        for target in binding.spec.clusters:
+            manifest = member_manifest(template, replicas=target.replicas)
+            spec = work_pb2.PropagationWorkSpec(
+                conflict_resolution=binding.spec.conflict_resolution,
+                preserve_resources_on_deletion=binding.spec.preserve_resources_on_deletion,
+                suspend_dispatching=_suspended(binding, target.name),
+            )
+            spec.workload.manifests.append(structs.to_struct(manifest))
+            work = existing.get(target.name)
+            if work is None:
+                new = work_pb2.PropagationWork(
+                    api_version=kinds.PROPAGATION_WORK.api_version, kind="PropagationWork"
+                )
+                new.metadata.name = work_name(binding)
+                new.metadata.namespace = kinds.execution_namespace(target.name)
+                new.metadata.labels[BINDING_NAMESPACE_LABEL] = binding.metadata.namespace
+                new.metadata.labels[BINDING_NAME_LABEL] = binding.metadata.name
+                new.metadata.labels[CLUSTER_LABEL] = target.name
+                new.metadata.finalizers.append(WORK_FINALIZER)
+                new.spec.CopyFrom(spec)
+                await store.create(kinds.PROPAGATION_WORK, new)
+            elif is_deleting(work):
+                return Result(requeue_after=0.5)  # recreate once the old one is gone
+            elif work.spec != spec:
+                updated = kinds.PROPAGATION_WORK.copy(work)
+                updated.spec.CopyFrom(spec)
+                await store.update(kinds.PROPAGATION_WORK, updated, current=work)
+        targeted = {t.name for t in binding.spec.clusters}
+        stale = [w for cluster, w in existing.items() if cluster not in targeted]
+        await self._delete_works(stale, preserve=False)
+        return None
+
+
+def _suspended(binding: work_pb2.PropagationBinding, cluster: str) -> bool:
+    suspension = binding.spec.suspension
+    if suspension.HasField("dispatching") and suspension.dispatching:
+        return True
+    return cluster in suspension.dispatching_on_clusters.cluster_names

@@ -1,0 +1,190 @@
+"""The execution controller: hands each cluster's works to that cluster's agent stream.
+
+Each connected agent has a session. A change to a work only marks its name dirty in
+the owning cluster's session; the session's sender turns dirty names into messages
+from the newest cached state, one at a time, as fast as the agent reads them. So a
+burst of updates to one work sends it once, a slow or stuck agent holds back only its
+own stream (its backlog is bounded by its number of works), and nothing waits on it.
+
+On connect the agent names the works it already holds (uid and generation); only
+works that are new or changed are sent, works it should no longer hold are deleted,
+and a restart of either side resends nothing that did not change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Iterable
+
+from archipel.v1alpha1 import agent_pb2, work_pb2
+from controlplane import kinds, metrics
+from controlplane.context import CLUSTER_LABEL, Context, is_deleting
+
+NAME = "execution-controller"
+log = logging.getLogger(__name__)
+
+
+class AgentSession:
+    """One agent stream: what the agent holds and what it still has to hear about."""
+
+    def __init__(self, cluster: str, held: Iterable[agent_pb2.HeldWork]) -> None:
+        self.cluster = cluster
+        self.id = uuid.uuid4().hex[:12]
+        # name -> (uid, generation) the agent holds, as far as we know.
+        self.held: dict[str, tuple[str, int]] = {w.name: (w.uid, w.generation) for w in held}
+        self._dirty: dict[str, None] = {}  # insertion-ordered set
+        self._wakeup = asyncio.Event()
+        self.closed = asyncio.Event()
+        self.sent = 0
+        self.deleted = 0
+        self.unchanged = 0
+
+    def mark(self, name: str) -> None:
+        self._dirty[name] = None
+        self._wakeup.set()
+
+    def close(self) -> None:
+        self.closed.set()
+        self._wakeup.set()
+
+    async def next_dirty(self) -> str | None:
+        while not self._dirty:
+            if self.closed.is_set():
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        name = next(iter(self._dirty))
+        del self._dirty[name]
+        return name
+
+    @property
+    def backlog(self) -> int:
+        return len(self._dirty)
+
+
+class ExecutionController:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.sessions: dict[str, AgentSession] = {}
+        context.works.add_handler(self._on_work)
+
+    def _on_work(
+        self, key: str, old: work_pb2.PropagationWork | None, new: work_pb2.PropagationWork | None
+    ) -> None:
+        work = new or old
+        assert work is not None
+        session = self.sessions.get(work.metadata.labels.get(CLUSTER_LABEL, ""))
+        if session is not None:
+            session.mark(work.metadata.name)
+
+    def _work(self, cluster: str, name: str) -> work_pb2.PropagationWork | None:
+        return self.context.works.get(
+            kinds.PROPAGATION_WORK.key(kinds.execution_namespace(cluster), name)
+        )
+
+    def open(self, hello: agent_pb2.Hello) -> AgentSession:
+        """Start a session, replacing an older one for the same cluster."""
+        previous = self.sessions.get(hello.cluster)
+        if previous is not None:
+            previous.close()
+        session = AgentSession(hello.cluster, hello.held_works)
+        self.sessions[hello.cluster] = session
+        metrics.AGENTS_CONNECTED.set(len(self.sessions))
+        return session
+
+    def close(self, session: AgentSession) -> None:
+        session.close()
+        if self.sessions.get(session.cluster) is session:
+            del self.sessions[session.cluster]
+        metrics.AGENTS_CONNECTED.set(len(self.sessions))
+
+    def connected(self, cluster: str) -> bool:
+        return cluster in self.sessions
+
+    def _decide(self, session: AgentSession, name: str) -> agent_pb2.ControlMessage | None:
+        work = self._work(session.cluster, name)
+        held = session.held.get(name)
+        if work is None or is_deleting(work):
+            if held is None:
+                if work is not None:
+                    # Nothing to clean up in the member: finish the deletion now.
+                    return agent_pb2.ControlMessage(
+                        delete=agent_pb2.WorkDelete(
+                            name=name,
+                            uid=work.metadata.uid,
+                            preserve_resources=work.spec.preserve_resources_on_deletion,
+                        )
+                    )
+                return None
+            preserve = work.spec.preserve_resources_on_deletion if work is not None else False
+            return agent_pb2.ControlMessage(
+                delete=agent_pb2.WorkDelete(name=name, uid=held[0], preserve_resources=preserve)
+            )
+        if work.spec.suspend_dispatching:
+            return None
+        if held == (work.metadata.uid, work.metadata.generation):
+            session.unchanged += 1
+            return None
+        message = agent_pb2.ControlMessage()
+        message.work.CopyFrom(work)
+        # The agent needs only what it applies; status stays here.
+        message.work.ClearField("status")
+        return message
+
+    async def stream(self, session: AgentSession) -> AsyncIterator[agent_pb2.ControlMessage]:
+        """What the control plane sends one agent, for as long as the session lasts."""
+        yield agent_pb2.ControlMessage(
+            welcome=agent_pb2.Welcome(
+                session=session.id,
+                heartbeat_interval_seconds=int(self.context.settings.heartbeat_interval),
+            )
+        )
+        cluster_works = self.context.works.index_keys("cluster", session.cluster)
+        for name in sorted({k.rsplit("/", 1)[1] for k in cluster_works} | set(session.held)):
+            session.mark(name)
+        initial = len(session._dirty)
+        synced = initial == 0
+        handled = 0
+        if synced:
+            yield self._synced(session)
+        while True:
+            dirty = await session.next_dirty()
+            if dirty is None:
+                return
+            name = dirty
+            message = self._decide(session, name)
+            if message is not None:
+                if message.HasField("work"):
+                    session.sent += 1
+                    metrics.WORKS_DELIVERED.inc()
+                    # Assume delivery; an ack confirms, and a reconnect corrects it.
+                    session.held[name] = (
+                        message.work.metadata.uid,
+                        message.work.metadata.generation,
+                    )
+                else:
+                    session.deleted += 1
+                    metrics.WORK_DELETES_DELIVERED.inc()
+                yield message
+            if not synced:
+                handled += 1
+                if handled >= initial:
+                    synced = True
+                    yield self._synced(session)
+
+    @staticmethod
+    def _synced(session: AgentSession) -> agent_pb2.ControlMessage:
+        return agent_pb2.ControlMessage(
+            synced=agent_pb2.SyncComplete(
+                sent=session.sent, deleted=session.deleted, unchanged=session.unchanged
+            )
+        )
+
+    def acknowledged(self, session: AgentSession, ack: agent_pb2.WorkAck) -> None:
+        metrics.WORKS_ACKNOWLEDGED.inc()
+        session.held[ack.name] = (ack.uid, ack.generation)
+
+    def forget(self, session: AgentSession, name: str) -> None:
+        session.held.pop(name, None)

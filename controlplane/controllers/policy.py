@@ -1,0 +1,163 @@
+"""The policy controller: matches resource templates to policies and writes bindings.
+
+Key: a template key. Level-triggered: for the template as it is now, pick the policy
+that should propagate it (Karmada's precedence, see :mod:`controlplane.matching`) and
+make the template's PropagationBinding say so. A template that no policy matches any
+more loses its binding: when its policy still exists (the template's labels changed,
+say) the objects are removed from the members; when the policy itself was deleted,
+the binding goes but the objects stay in place, as in Karmada.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from archipel.v1alpha1 import policy_pb2, work_pb2
+from controlplane import kinds, matching
+from controlplane.context import (
+    FINALIZER,
+    Context,
+    binding_key_for_template_key,
+    binding_name,
+    is_deleting,
+    template_key_of_binding,
+)
+from controlplane.kinds import Manifest
+from controlplane.runtime import Controller, Result
+
+NAME = "policy-controller"
+log = logging.getLogger(__name__)
+
+
+def template_replicas(manifest: Manifest) -> int:
+    replicas = (
+        manifest.get("spec", {}).get("replicas") if isinstance(manifest.get("spec"), dict) else None
+    )
+    return replicas if isinstance(replicas, int) and replicas >= 0 else 0
+
+
+def desired_spec(
+    candidate: matching.Candidate,
+    manifest: Manifest,
+    current: work_pb2.PropagationBindingSpec | None,
+) -> work_pb2.PropagationBindingSpec:
+    policy_spec: policy_pb2.PropagationSpec = candidate.policy.spec
+    metadata = manifest["metadata"]
+    spec = work_pb2.PropagationBindingSpec()
+    if current is not None:
+        # The scheduler owns the result; keep it.
+        spec.clusters.extend(current.clusters)
+        if current.HasField("reschedule_triggered_at"):
+            spec.reschedule_triggered_at.CopyFrom(current.reschedule_triggered_at)
+    spec.resource.api_version = manifest["apiVersion"]
+    spec.resource.kind = manifest["kind"]
+    spec.resource.namespace = metadata.get("namespace", "")
+    spec.resource.name = metadata["name"]
+    spec.resource.uid = metadata.get("uid", "")
+    spec.resource.resource_version = metadata.get("resourceVersion", "")
+    spec.replicas = template_replicas(manifest)
+    spec.placement.CopyFrom(policy_spec.placement)
+    kind, namespace, name = candidate.ref
+    spec.policy.kind, spec.policy.namespace, spec.policy.name = kind, namespace, name
+    spec.conflict_resolution = policy_spec.conflict_resolution or "Abort"
+    spec.preserve_resources_on_deletion = policy_spec.preserve_resources_on_deletion
+    if policy_spec.HasField("suspension"):
+        spec.suspension.CopyFrom(policy_spec.suspension)
+    spec.scheduler_name = policy_spec.scheduler_name or "default-scheduler"
+    spec.propagate_deps = policy_spec.propagate_deps
+    return spec
+
+
+class PolicyController:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        context.templates.add_handler(lambda key, old, new: self.controller.enqueue(key))
+        context.policies.add_handler(self._on_policy)
+        context.cluster_policies.add_handler(self._on_policy)
+        context.bindings.add_handler(self._on_binding)
+
+    def _on_policy(self, key: str, old: object, new: object) -> None:
+        # A policy can claim or release any template in its scope; namespaced
+        # policies only ever see their own namespace.
+        namespace = key.split("/")[1]
+        for template_key in self.context.templates.list_keys():
+            if namespace == "_" or template_key.split("/")[3] == namespace:
+                self.controller.enqueue(template_key)
+
+    def _on_binding(
+        self,
+        key: str,
+        old: work_pb2.PropagationBinding | None,
+        new: work_pb2.PropagationBinding | None,
+    ) -> None:
+        binding = new or old
+        if binding is not None and binding.spec.resource.kind:
+            self.controller.enqueue(template_key_of_binding(binding))
+
+    def _policy_exists(self, ref: work_pb2.PolicyReference) -> bool:
+        if ref.kind == "PropagationPolicy":
+            return (
+                self.context.policies.get(kinds.PROPAGATION_POLICY.key(ref.namespace, ref.name))
+                is not None
+            )
+        return (
+            self.context.cluster_policies.get(kinds.CLUSTER_PROPAGATION_POLICY.key("", ref.name))
+            is not None
+        )
+
+    async def _release(self, binding: work_pb2.PropagationBinding, *, orphan: bool) -> None:
+        store = self.context.store
+        if orphan and not binding.spec.preserve_resources_on_deletion:
+            released = kinds.PROPAGATION_BINDING.copy(binding)
+            released.spec.preserve_resources_on_deletion = True
+            binding = await store.update(kinds.PROPAGATION_BINDING, released, current=binding)
+        await store.delete(
+            kinds.PROPAGATION_BINDING,
+            kinds.PROPAGATION_BINDING.key_of(binding),
+            resource_version=binding.metadata.resource_version,
+        )
+
+    async def reconcile(self, key: str) -> Result | None:
+        context = self.context
+        template = context.templates.get(key)
+        binding = context.bindings.get(binding_key_for_template_key(key))
+        if template is None:
+            if binding is not None and not is_deleting(binding):
+                await self._release(binding, orphan=False)
+            return None
+        if binding is not None and is_deleting(binding):
+            return Result(requeue_after=0.5)  # wait until the old binding is gone
+        namespace = template["metadata"].get("namespace", "")
+        claimed = None
+        if binding is not None:
+            ref = binding.spec.policy
+            claimed = (ref.kind, ref.namespace, ref.name)
+        candidate = matching.choose(
+            template,
+            context.policies.objects(kinds.PROPAGATION_POLICY.prefix(namespace))
+            if namespace
+            else (),
+            context.cluster_policies.objects(),
+            claimed_by=claimed,
+        )
+        if candidate is None:
+            if binding is not None:
+                await self._release(binding, orphan=not self._policy_exists(binding.spec.policy))
+            return None
+        spec = desired_spec(candidate, template, binding.spec if binding is not None else None)
+        if binding is None:
+            new = work_pb2.PropagationBinding(
+                api_version=kinds.PROPAGATION_BINDING.api_version, kind="PropagationBinding"
+            )
+            new.metadata.name = binding_name(template)
+            new.metadata.namespace = namespace
+            new.metadata.finalizers.append(FINALIZER)
+            new.spec.CopyFrom(spec)
+            await context.store.create(kinds.PROPAGATION_BINDING, new)
+            return None
+        if binding.spec != spec:
+            updated = kinds.PROPAGATION_BINDING.copy(binding)
+            updated.spec.CopyFrom(spec)
+            await context.store.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+        return None

@@ -1,0 +1,73 @@
+"""The scheduler controller: decides each binding's target clusters.
+
+Key: a binding key. It runs :func:`controlplane.scheduling.schedule` over a snapshot
+of the member clusters and writes the result into ``spec.clusters`` and the
+``Scheduled`` condition. Any change to a member cluster (joined, removed, relabelled,
+tainted) requeues every binding, so placement follows the fleet.
+"""
+
+from __future__ import annotations
+
+from archipel.v1alpha1 import work_pb2
+from controlplane import kinds, scheduling
+from controlplane.conditions import set_condition
+from controlplane.context import Context, is_deleting
+from controlplane.runtime import Controller, Result
+
+NAME = "scheduler"
+
+
+class SchedulerController:
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        context.bindings.add_handler(self._on_binding)
+        context.clusters.add_handler(self._on_cluster)
+
+    def _on_binding(
+        self,
+        key: str,
+        old: work_pb2.PropagationBinding | None,
+        new: work_pb2.PropagationBinding | None,
+    ) -> None:
+        if new is not None and (old is None or old.metadata.generation != new.metadata.generation):
+            self.controller.enqueue(key)
+
+    def _on_cluster(self, key: str, old: object, new: object) -> None:
+        before = scheduling.ClusterInfo.from_proto(old) if old is not None else None  # type: ignore[arg-type]
+        after = scheduling.ClusterInfo.from_proto(new) if new is not None else None  # type: ignore[arg-type]
+        if before != after:
+            for binding_key in self.context.bindings.list_keys():
+                self.controller.enqueue(binding_key)
+
+    async def reconcile(self, key: str) -> Result | None:
+        binding = self.context.bindings.get(key)
+        if binding is None or is_deleting(binding):
+            return None
+        clusters = [scheduling.ClusterInfo.from_proto(c) for c in self.context.clusters.objects()]
+        decision = scheduling.schedule(
+            binding.spec.placement,
+            replicas=binding.spec.replicas,
+            clusters=clusters,
+            current=[t.name for t in binding.spec.clusters],
+        )
+        updated = kinds.PROPAGATION_BINDING.copy(binding)
+        del updated.spec.clusters[:]
+        for target in decision.targets:
+            updated.spec.clusters.add(name=target.name, replicas=target.replicas)
+        spec_changed = updated.spec != binding.spec
+        generation = binding.metadata.generation + (1 if spec_changed else 0)
+        set_condition(
+            updated.status.conditions,
+            "Scheduled",
+            "True" if decision.scheduled else "False",
+            decision.reason,
+            decision.message,
+            generation,
+        )
+        updated.status.scheduler_observed_generation = generation
+        if spec_changed:
+            updated.status.last_scheduled_time.GetCurrentTime()
+        if updated != binding:
+            await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+        return None

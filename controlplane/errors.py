@@ -1,0 +1,71 @@
+"""The control plane's small error vocabulary, and its one mapping to gRPC status codes.
+
+Everything below the servicers raises these; only :func:`grpc_code` knows gRPC. A
+message that concerns one field starts with the field's path, so a user reading
+``spec.placement.clusterAffinity.clusterNames[1]: must be a DNS label`` knows
+exactly what to fix.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ArchipelError(Exception):
+    """Base of every error the control plane reports to a caller."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+class Invalid(ArchipelError):
+    """The input is wrong; the message names the field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}" if field else problem)
+
+
+class NotFound(ArchipelError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class AlreadyExists(ArchipelError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Conflict(ArchipelError):
+    """The object changed since the caller read it (resourceVersion mismatch).
+
+    Controllers requeue on it; API callers get ABORTED and should read again.
+    """
+
+    code = grpc.StatusCode.ABORTED
+
+
+class Expired(ArchipelError):
+    """A watch asked to resume from a revision that etcd has compacted away: list again."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class Unauthenticated(ArchipelError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(ArchipelError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Unavailable(ArchipelError):
+    """A dependency (etcd) cannot be reached; retrying later may succeed."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+def grpc_code(error: BaseException) -> grpc.StatusCode:
+    if isinstance(error, ArchipelError):
+        return error.code
+    return grpc.StatusCode.INTERNAL

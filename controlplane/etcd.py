@@ -1,0 +1,203 @@
+"""The one module that talks to etcd (through etcd3aio, an asyncio-native client).
+
+It offers only what the store needs: reads at a revision, conditional writes guarded
+by ``mod_revision`` (0 means "must not exist"), and prefix watches that report
+compaction so the caller can relist. Every etcd error becomes :class:`Unavailable`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import etcd3aio
+from etcd3aio._protobuf import Compare
+from etcd3aio.errors import EtcdError
+from etcd3aio.kv import prefix_range_end
+
+from controlplane import metrics
+from controlplane.errors import Unavailable
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyValue:
+    key: str
+    value: bytes
+    mod_revision: int
+    create_revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """A change under a watched prefix; for deletions ``value`` is the last value."""
+
+    type: str  # "PUT" or "DELETE"
+    key: str
+    value: bytes
+    mod_revision: int
+    created: bool = False
+
+
+class Compacted(Exception):
+    """The watch's start revision was compacted away: relist, then watch again."""
+
+    def __init__(self, compact_revision: int) -> None:
+        super().__init__(f"revision compacted (oldest available {compact_revision})")
+        self.compact_revision = compact_revision
+
+
+@dataclasses.dataclass(frozen=True)
+class Put:
+    """One write in a transaction, guarded by the key's expected mod_revision."""
+
+    key: str
+    value: bytes
+    expect_mod_revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Delete:
+    key: str
+    expect_mod_revision: int
+
+
+class Etcd:
+    """A connection to etcd with all keys below ``prefix``."""
+
+    def __init__(self, endpoints: Sequence[str], *, prefix: str = "/archipel/") -> None:
+        self._client = etcd3aio.Etcd3Client(
+            [e.removeprefix("http://") for e in endpoints], rpc_max_attempts=3
+        )
+        self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+
+    async def connect(self) -> None:
+        await self._client.connect()
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    def _abs(self, key: str) -> bytes:
+        return (self.prefix + key).encode()
+
+    def _rel(self, key: bytes) -> str:
+        return key.decode()[len(self.prefix) :]
+
+    @property
+    def _kv(self) -> Any:
+        assert self._client.kv is not None, "connect() first"
+        return self._client.kv
+
+    async def get(self, key: str) -> KeyValue | None:
+        started = time.perf_counter()
+        try:
+            response = await self._kv.get(self._abs(key), timeout=10)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        finally:
+            metrics.ETCD_LATENCY.labels("get").observe(time.perf_counter() - started)
+        for kv in response.kvs:
+            return KeyValue(self._rel(kv.key), kv.value, kv.mod_revision, kv.create_revision)
+        return None
+
+    async def range(
+        self, prefix: str, *, start_after: str = "", limit: int = 0, revision: int = 0
+    ) -> tuple[list[KeyValue], int, bool]:
+        """Keys under ``prefix`` in key order; returns (items, revision, more)."""
+        start = self._abs(start_after) + b"\x00" if start_after else self._abs(prefix)
+        started = time.perf_counter()
+        try:
+            response = await self._kv.get(
+                start,
+                range_end=prefix_range_end(self._abs(prefix)),
+                revision=revision,
+                limit=limit,
+                timeout=30,
+            )
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        finally:
+            metrics.ETCD_LATENCY.labels("range").observe(time.perf_counter() - started)
+        items = [
+            KeyValue(self._rel(kv.key), kv.value, kv.mod_revision, kv.create_revision)
+            for kv in response.kvs
+        ]
+        return items, response.header.revision, bool(response.more)
+
+    async def commit(self, writes: Sequence[Put | Delete]) -> int | None:
+        """Apply all writes atomically if every guard holds.
+
+        Returns the new revision, or None when a guard failed (someone else wrote).
+        """
+        kv = self._kv
+        compare = []
+        success = []
+        for write in writes:
+            key = self._abs(write.key)
+            if write.expect_mod_revision == 0:
+                compare.append(kv.txn_compare_create_revision(key, 0))
+            else:
+                compare.append(
+                    Compare(
+                        result=Compare.EQUAL,
+                        target=Compare.MOD,
+                        key=key,
+                        mod_revision=write.expect_mod_revision,
+                    )
+                )
+            if isinstance(write, Put):
+                success.append(kv.txn_op_put(key, write.value))
+            else:
+                success.append(kv.txn_op_delete(key))
+        started = time.perf_counter()
+        try:
+            # A retried transaction whose first attempt did land fails its guard and
+            # is reported as a conflict: the caller rereads, which is always safe.
+            response = await kv.txn(compare, success, timeout=10)
+        except EtcdError as error:
+            raise Unavailable(f"etcd: {error}") from error
+        finally:
+            metrics.ETCD_LATENCY.labels("txn").observe(time.perf_counter() - started)
+        if not response.succeeded:
+            return None
+        revision: int = response.header.revision
+        return revision
+
+    async def watch(
+        self, prefix: str, *, start_revision: int, previous: bool = False
+    ) -> AsyncIterator[list[Event]]:
+        """Batches of events under ``prefix`` from ``start_revision`` on.
+
+        With ``previous``, a deletion carries the value the key had. Raises
+        :class:`Compacted` when ``start_revision`` is gone.
+        """
+        assert self._client.watch is not None, "connect() first"
+        stream = self._client.watch.watch(
+            self._abs(prefix),
+            range_end=prefix_range_end(self._abs(prefix)),
+            start_revision=start_revision,
+            prev_kv=previous,
+            progress_notify=True,
+        )
+        async for response in stream:
+            if response.compact_revision:
+                raise Compacted(response.compact_revision)
+            if response.canceled:
+                raise Unavailable(f"etcd watch canceled: {response.cancel_reason}")
+            if not response.events:
+                continue
+            yield [
+                Event(
+                    "DELETE" if event.type == 1 else "PUT",
+                    self._rel(event.kv.key),
+                    event.prev_kv.value if event.type == 1 else event.kv.value,
+                    event.kv.mod_revision,
+                    created=event.kv.create_revision == event.kv.mod_revision,
+                )
+                for event in response.events
+            ]
+
+    async def current_revision(self) -> int:
+        _, revision, _ = await self.range("\x00none", limit=1)
+        return revision

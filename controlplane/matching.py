@@ -1,0 +1,122 @@
+"""Which policy propagates a resource template, with Karmada's precedence.
+
+* A PropagationPolicy in the template's namespace beats any ClusterPropagationPolicy.
+* Within one scope: higher ``priority`` wins; then the more specific match (a
+  selector naming the object beats one matching its labels, which beats one that
+  matches the kind alone); then the policy whose name sorts first.
+* A template stays with the policy that claimed it while that policy still matches,
+  unless a policy that outranks it has ``preemption: Always``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+from archipel.v1alpha1 import policy_pb2
+from controlplane import selectors
+from controlplane.kinds import Manifest
+
+MATCH_ALL, MATCH_LABELS, MATCH_NAME = 1, 2, 3
+
+Policy = policy_pb2.PropagationPolicy | policy_pb2.ClusterPropagationPolicy
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    policy: Any  # PropagationPolicy | ClusterPropagationPolicy
+    namespaced: bool
+    specificity: int
+
+    @property
+    def kind(self) -> str:
+        return "PropagationPolicy" if self.namespaced else "ClusterPropagationPolicy"
+
+    @property
+    def priority(self) -> int:
+        spec = self.policy.spec
+        return spec.priority if spec.HasField("priority") else 0
+
+    @property
+    def ref(self) -> tuple[str, str, str]:
+        meta = self.policy.metadata
+        return (self.kind, meta.namespace, meta.name)
+
+    def rank(self) -> tuple[int, int, int]:
+        """Bigger is stronger (names compare separately, smallest first)."""
+        return (1 if self.namespaced else 0, self.priority, self.specificity)
+
+
+def selector_specificity(selector: policy_pb2.ResourceSelector, manifest: Manifest) -> int:
+    """How specifically ``selector`` matches the template; 0 when it does not."""
+    metadata = manifest.get("metadata", {})
+    if selector.api_version != manifest.get("apiVersion") or selector.kind != manifest.get("kind"):
+        return 0
+    if selector.namespace and selector.namespace != metadata.get("namespace", ""):
+        return 0
+    if selector.name:
+        return MATCH_NAME if selector.name == metadata.get("name") else 0
+    if selector.HasField("label_selector"):
+        labels = metadata.get("labels", {})
+        return MATCH_LABELS if selectors.from_proto(selector.label_selector).matches(labels) else 0
+    return MATCH_ALL
+
+
+def specificity(policy: Policy, manifest: Manifest) -> int:
+    return max(
+        (selector_specificity(s, manifest) for s in policy.spec.resource_selectors), default=0
+    )
+
+
+def candidates(
+    manifest: Manifest,
+    namespaced_policies: Iterable[policy_pb2.PropagationPolicy],
+    cluster_policies: Iterable[policy_pb2.ClusterPropagationPolicy],
+) -> list[Candidate]:
+    found = []
+    namespace = manifest.get("metadata", {}).get("namespace", "")
+    for policy in namespaced_policies:
+        if policy.metadata.namespace != namespace or policy.metadata.HasField("deletion_timestamp"):
+            continue
+        score = specificity(policy, manifest)
+        if score:
+            found.append(Candidate(policy, True, score))
+    for cluster_policy in cluster_policies:
+        if cluster_policy.metadata.HasField("deletion_timestamp"):
+            continue
+        score = specificity(cluster_policy, manifest)
+        if score:
+            found.append(Candidate(cluster_policy, False, score))
+    return found
+
+
+def best(found: list[Candidate]) -> Candidate | None:
+    if not found:
+        return None
+    strongest = max(c.rank() for c in found)
+    return min((c for c in found if c.rank() == strongest), key=lambda c: c.policy.metadata.name)
+
+
+def choose(
+    manifest: Manifest,
+    namespaced_policies: Iterable[policy_pb2.PropagationPolicy],
+    cluster_policies: Iterable[policy_pb2.ClusterPropagationPolicy],
+    *,
+    claimed_by: tuple[str, str, str] | None = None,
+) -> Candidate | None:
+    """The policy that should propagate ``manifest`` now."""
+    found = candidates(manifest, namespaced_policies, cluster_policies)
+    winner = best(found)
+    if winner is None or claimed_by is None or winner.ref == claimed_by:
+        return winner
+    current = next((c for c in found if c.ref == claimed_by), None)
+    if current is None:
+        return winner
+    outranks = (1 if winner.namespaced else 0, winner.priority) > (
+        1 if current.namespaced else 0,
+        current.priority,
+    )
+    if outranks and winner.policy.spec.preemption == "Always":
+        return winner
+    return current

@@ -1,0 +1,31 @@
+"""Prometheus metrics of the control plane, read by operators and the benchmarks."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+QUEUE_DEPTH = Gauge("archipel_queue_depth", "Keys waiting in a controller's queue", ["controller"])
+RECONCILE_SECONDS = Histogram(
+    "archipel_reconcile_duration_seconds",
+    "Time spent in one reconcile",
+    ["controller"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+RECONCILE_ERRORS = Counter(
+    "archipel_reconcile_errors_total", "Reconciles that failed and were requeued", ["controller"]
+)
+RECONCILE_CONFLICTS = Counter(
+    "archipel_reconcile_conflicts_total",
+    "Reconciles that lost an optimistic-concurrency race and were requeued",
+    ["controller"],
+)
+WORKS_DELIVERED = Counter("archipel_works_delivered_total", "Works sent to agents")
+WORKS_ACKNOWLEDGED = Counter("archipel_works_acknowledged_total", "Works agents acknowledged")
+WORK_DELETES_DELIVERED = Counter("archipel_work_deletes_delivered_total", "Deletes sent to agents")
+AGENTS_CONNECTED = Gauge("archipel_agents_connected", "Agent streams currently open")
+ETCD_LATENCY = Histogram(
+    "archipel_etcd_request_duration_seconds",
+    "etcd request latency",
+    ["operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+)

@@ -1,0 +1,212 @@
+"""Placement as pure functions over a snapshot of clusters: filter, then divide.
+
+Nothing here does I/O, so the scheduler controller, ``archipel describe`` and tests
+all run the same code. The pipeline follows Karmada's: filter plugins reject
+clusters (each with a reason), the first satisfiable clusterAffinities group wins,
+and replicas are assigned. Duplicated gives every target the template's replicas;
+Divided placement is scheduled by a later part of the scheduler and is reported as
+unschedulable until then, never silently duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+from archipel.v1alpha1 import cluster_pb2, meta_pb2, policy_pb2
+from controlplane import selectors
+
+NOT_READY_TAINT = "cluster.archipel.io/not-ready"
+UNREACHABLE_TAINT = "cluster.archipel.io/unreachable"
+UNSCHEDULABLE_TAINT = "cluster.archipel.io/unschedulable"
+
+
+@dataclasses.dataclass(frozen=True)
+class TaintInfo:
+    key: str
+    value: str
+    effect: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ClusterInfo:
+    """What scheduling needs to know about one member cluster."""
+
+    name: str
+    labels: Mapping[str, str]
+    provider: str = ""
+    region: str = ""
+    zones: tuple[str, ...] = ()
+    taints: tuple[TaintInfo, ...] = ()
+    deleting: bool = False
+
+    @classmethod
+    def from_proto(cls, cluster: cluster_pb2.MemberCluster) -> ClusterInfo:
+        zones = tuple(cluster.spec.zones) or ((cluster.spec.zone,) if cluster.spec.zone else ())
+        return cls(
+            name=cluster.metadata.name,
+            labels=dict(cluster.metadata.labels),
+            provider=cluster.spec.provider,
+            region=cluster.spec.region,
+            zones=zones,
+            taints=tuple(TaintInfo(t.key, t.value, t.effect) for t in cluster.spec.taints),
+            deleting=cluster.metadata.HasField("deletion_timestamp"),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    replicas: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """The outcome: targets, or why there are none (reason is Karmada's condition reason)."""
+
+    targets: tuple[Target, ...]
+    reason: str  # Success, NoClusterFit, Unschedulable
+    message: str
+    rejected: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    affinity_name: str = ""
+
+    @property
+    def scheduled(self) -> bool:
+        return self.reason == "Success"
+
+
+def _field_values(cluster: ClusterInfo, key: str) -> tuple[str, ...]:
+    if key == "provider":
+        return (cluster.provider,)
+    if key == "region":
+        return (cluster.region,)
+    return cluster.zones
+
+
+def affinity_rejects(
+    affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm, cluster: ClusterInfo
+) -> str | None:
+    """Why ``affinity`` rules the cluster out, or None when it fits."""
+    if cluster.name in affinity.exclude:
+        return "excluded by name"
+    if len(affinity.cluster_names) and cluster.name not in affinity.cluster_names:
+        return "not in clusterNames"
+    if affinity.HasField("label_selector"):
+        selector = selectors.from_proto(affinity.label_selector)
+        if not selector.matches(cluster.labels):
+            return "labels do not match labelSelector"
+    for expression in affinity.field_selector.match_expressions:
+        values = _field_values(cluster, expression.key)
+        hit = any(v in expression.values for v in values if v)
+        if (expression.operator == "In") != hit:
+            return f"{expression.key} does not match fieldSelector"
+    return None
+
+
+def _tolerated(taint: TaintInfo, tolerations: Sequence[meta_pb2.Toleration]) -> bool:
+    for toleration in tolerations:
+        if toleration.effect and toleration.effect != taint.effect:
+            continue
+        if toleration.operator == "Exists":
+            if not toleration.key or toleration.key == taint.key:
+                return True
+        elif toleration.key == taint.key and toleration.value == taint.value:
+            return True
+    return False
+
+
+def taint_rejects(
+    placement: policy_pb2.Placement, cluster: ClusterInfo, *, already_scheduled: bool
+) -> str | None:
+    for taint in cluster.taints:
+        if taint.effect == "PreferNoSchedule":
+            continue
+        # A NoSchedule taint keeps new workloads off but does not evict old ones.
+        if taint.effect == "NoSchedule" and already_scheduled:
+            continue
+        if not _tolerated(taint, placement.cluster_tolerations):
+            return f"taint {taint.key}={taint.value}:{taint.effect} is not tolerated"
+    return None
+
+
+Filter = Callable[[policy_pb2.Placement, ClusterInfo, bool], str | None]
+
+
+def _deleting(_: policy_pb2.Placement, cluster: ClusterInfo, __: bool) -> str | None:
+    return "cluster is being deleted" if cluster.deleting else None
+
+
+def _taints(placement: policy_pb2.Placement, cluster: ClusterInfo, scheduled: bool) -> str | None:
+    return taint_rejects(placement, cluster, already_scheduled=scheduled)
+
+
+FILTERS: tuple[Filter, ...] = (_deleting, _taints)
+
+
+def _feasible(
+    placement: policy_pb2.Placement,
+    affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm | None,
+    clusters: Sequence[ClusterInfo],
+    current: frozenset[str],
+) -> tuple[list[ClusterInfo], dict[str, str]]:
+    fits, rejected = [], {}
+    for cluster in clusters:
+        reason = affinity_rejects(affinity, cluster) if affinity is not None else None
+        for check in FILTERS:
+            if reason is not None:
+                break
+            reason = check(placement, cluster, cluster.name in current)
+        if reason is None:
+            fits.append(cluster)
+        else:
+            rejected[cluster.name] = reason
+    return fits, rejected
+
+
+def is_duplicated(placement: policy_pb2.Placement) -> bool:
+    """Karmada's rule: no replicaScheduling means Duplicated; given, it defaults to Divided."""
+    if not placement.HasField("replica_scheduling"):
+        return True
+    return placement.replica_scheduling.replica_scheduling_type == "Duplicated"
+
+
+def schedule(
+    placement: policy_pb2.Placement,
+    *,
+    replicas: int,
+    clusters: Sequence[ClusterInfo],
+    current: Sequence[str] = (),
+) -> Decision:
+    """Choose target clusters for one binding."""
+    ordered = sorted(clusters, key=lambda c: c.name)
+    scheduled_on = frozenset(current)
+    rejected: dict[str, str] = {}
+    fits: list[ClusterInfo] = []
+    affinity_name = ""
+    if len(placement.cluster_affinities):
+        for term in placement.cluster_affinities:
+            fits, rejected = _feasible(placement, term, ordered, scheduled_on)
+            if fits:
+                affinity_name = term.affinity_name
+                break
+    else:
+        affinity = placement.cluster_affinity if placement.HasField("cluster_affinity") else None
+        fits, rejected = _feasible(placement, affinity, ordered, scheduled_on)
+    if not fits:
+        detail = "; ".join(f"{name}: {why}" for name, why in sorted(rejected.items()))
+        return Decision(
+            (),
+            "NoClusterFit",
+            f"0/{len(ordered)} clusters are available: {detail}".rstrip(": "),
+            rejected,
+        )
+    if not is_duplicated(placement) and replicas > 0:
+        return Decision(
+            (),
+            "Unschedulable",
+            "replicaSchedulingType Divided is not scheduled yet; use Duplicated",
+            rejected,
+        )
+    targets = tuple(Target(c.name, replicas) for c in fits)
+    names = ", ".join(t.name for t in targets)
+    return Decision(targets, "Success", f"scheduled to {names}", rejected, affinity_name)

@@ -1,0 +1,319 @@
+"""The control plane process: etcd-backed store, informers, controllers, gRPC server.
+
+Start-up order matters: informers list before any controller runs, so controllers
+never act on a partial view, and agents are accepted only once the work cache is
+complete, so a restart resends nothing an agent already holds. SIGTERM marks the
+health service NOT_SERVING, lets open calls finish for ``shutdown_grace`` seconds and
+stops the controllers; all state is in etcd, so a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import start_http_server
+
+from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
+from archipel.v1alpha1 import service_pb2_grpc as g
+from controlplane import api, auth
+from controlplane.context import Context, Settings
+from controlplane.controllers.binding import BindingController
+from controlplane.controllers.cluster import ClusterController
+from controlplane.controllers.execution import AgentSession, ExecutionController
+from controlplane.controllers.policy import PolicyController
+from controlplane.controllers.scheduler import SchedulerController
+from controlplane.controllers.status import BindingStatusController, WorkStatusController
+from controlplane.errors import ArchipelError, Invalid, PermissionDenied, Unauthenticated
+from controlplane.etcd import Etcd
+from controlplane.runtime import Controller
+from controlplane.store import Store
+
+log = logging.getLogger("archipel.controlplane")
+SERVICE_NAMES = (
+    "archipel.v1alpha1.MemberClusterService",
+    "archipel.v1alpha1.PropagationPolicyService",
+    "archipel.v1alpha1.ClusterPropagationPolicyService",
+    "archipel.v1alpha1.PropagationBindingService",
+    "archipel.v1alpha1.PropagationWorkService",
+    "archipel.v1alpha1.ResourceTemplateService",
+    "archipel.v1alpha1.ClusterAdminService",
+    "archipel.v1alpha1.AgentService",
+)
+
+
+class AgentService:
+    """The agent stream: authenticate, say hello, then work both ways until it ends."""
+
+    def __init__(
+        self,
+        *,
+        clusters: ClusterController,
+        execution: ExecutionController,
+        work_status: WorkStatusController,
+    ) -> None:
+        self.clusters = clusters
+        self.execution = execution
+        self.work_status = work_status
+
+    async def Connect(
+        self,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[agent_pb2.ControlMessage]:
+        try:
+            token = auth.bearer_token(context.invocation_metadata())  # type: ignore[arg-type]
+            if token is None:
+                raise Unauthenticated("missing cluster credentials")
+            cluster = await self.clusters.authenticate(token)
+            try:
+                first = await asyncio.wait_for(anext(request_iterator), timeout=30)
+            except (StopAsyncIteration, TimeoutError) as error:
+                raise Invalid("hello", "the agent must open with a hello message") from error
+            if not first.HasField("hello"):
+                raise Invalid("hello", "the agent must open with a hello message")
+            hello = first.hello
+            if hello.cluster != cluster:
+                raise PermissionDenied(
+                    f"this credential belongs to cluster {cluster}, not {hello.cluster!r}"
+                )
+            self.clusters.require_registered(cluster)
+        except ArchipelError as error:
+            await context.abort(error.code, str(error))
+        session = self.execution.open(hello)
+        self.clusters.connected(cluster, hello.agent_version)
+        reader = asyncio.create_task(self._read(session, cluster, request_iterator))
+        log.info(
+            "agent for %s connected (session %s, holds %d works)",
+            cluster,
+            session.id,
+            len(session.held),
+        )
+        try:
+            async for message in self.execution.stream(session):
+                yield message
+        finally:
+            reader.cancel()
+            self.execution.close(session)
+            self.clusters.disconnected(cluster)
+            log.info("agent for %s disconnected (session %s)", cluster, session.id)
+
+    async def _read(
+        self,
+        session: AgentSession,
+        cluster: str,
+        request_iterator: AsyncIterator[agent_pb2.AgentMessage],
+    ) -> None:
+        try:
+            async for message in request_iterator:
+                which = message.WhichOneof("message")
+                if which == "ack":
+                    self.execution.acknowledged(session, message.ack)
+                elif which == "status":
+                    # Reports are filed under the authenticated cluster, whatever they say.
+                    self.work_status.report(cluster, message.status)
+                elif which == "deleted":
+                    self.execution.forget(session, message.deleted.name)
+                    self.work_status.deleted(cluster, message.deleted)
+                elif which == "heartbeat":
+                    self.clusters.heartbeat(cluster, message.heartbeat)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            session.close()
+
+
+class ControlPlane:
+    """Everything one control plane runs, started and stopped together."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.etcd = Etcd(settings.etcd_endpoints, prefix=settings.etcd_prefix)
+        self.store = Store(self.etcd)
+        self.context = Context.build(settings, self.store)
+        self.clusters = ClusterController(self.context)
+        self.policy = PolicyController(self.context)
+        self.scheduler = SchedulerController(self.context)
+        self.binding = BindingController(self.context)
+        self.execution = ExecutionController(self.context)
+        self.work_status = WorkStatusController(self.context)
+        self.binding_status = BindingStatusController(self.context)
+        self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.server: grpc.aio.Server | None = None
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def controllers(self) -> list[Controller]:
+        return [
+            self.clusters.controller,
+            self.policy.controller,
+            self.scheduler.controller,
+            self.binding.controller,
+            self.work_status.controller,
+            self.binding_status.controller,
+        ]
+
+    async def start(self) -> None:
+        settings = self.settings
+        await self.etcd.connect()
+        admin_token = auth.load_or_create_admin_token(
+            settings.admin_token_file or Path(".local/admin-token")
+        )
+        for informer in self.context.informers():
+            self._tasks.append(
+                asyncio.create_task(informer.run(), name=f"informer-{informer.kind.name}")
+            )
+        await asyncio.wait_for(
+            asyncio.gather(*(i.synced.wait() for i in self.context.informers())), timeout=120
+        )
+        for controller in self.controllers():
+            self._tasks.append(asyncio.create_task(controller.run(), name=controller.name))
+
+        interceptor = auth.AuthInterceptor(
+            admin_token=admin_token, authenticate_cluster=self.clusters.authenticate
+        )
+        server = grpc.aio.server(
+            interceptors=[interceptor],
+            options=[
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+                ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                ("grpc.keepalive_time_ms", 20000),
+                ("grpc.keepalive_timeout_ms", 10000),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        services = api.kind_services(self.store)
+        # The generic servicers implement the generated interfaces structurally.
+        registrations: list[tuple[Callable[[Any, grpc.aio.Server], None], object]] = [
+            (g.add_MemberClusterServiceServicer_to_server, services["MemberClusterService"]),
+            (
+                g.add_PropagationPolicyServiceServicer_to_server,
+                services["PropagationPolicyService"],
+            ),
+            (
+                g.add_ClusterPropagationPolicyServiceServicer_to_server,
+                services["ClusterPropagationPolicyService"],
+            ),
+            (
+                g.add_PropagationBindingServiceServicer_to_server,
+                services["PropagationBindingService"],
+            ),
+            (g.add_PropagationWorkServiceServicer_to_server, services["PropagationWorkService"]),
+            (g.add_ResourceTemplateServiceServicer_to_server, api.TemplateService(self.store)),
+            (g.add_ClusterAdminServiceServicer_to_server, api.ClusterAdminService(self.clusters)),
+            (
+                agent_pb2_grpc.add_AgentServiceServicer_to_server,
+                AgentService(
+                    clusters=self.clusters,
+                    execution=self.execution,
+                    work_status=self.work_status,
+                ),
+            ),
+        ]
+        for register, servicer in registrations:
+            register(servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        if settings.tls_cert_file and settings.tls_key_file:
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
+            )
+            self.port = server.add_secure_port(settings.listen, credentials)
+        else:
+            self.port = server.add_insecure_port(settings.listen)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {settings.listen}")
+        await server.start()
+        self.server = server
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if settings.metrics_listen:
+            host, _, port = settings.metrics_listen.rpartition(":")
+            start_http_server(int(port), addr=host or "127.0.0.1")
+        log.info("control plane serving on port %d", self.port)
+
+    async def stop(self) -> None:
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.settings.shutdown_grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.etcd.close()
+
+    async def idle(self) -> bool:
+        """Whether every controller has nothing queued (used by tests and benchmarks)."""
+        return all(c.queue.idle() for c in self.controllers())
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(prog="archipel-controlplane", description=__doc__)
+    parser.add_argument(
+        "--etcd", action="append", required=True, help="etcd client URL (repeatable)"
+    )
+    parser.add_argument("--etcd-prefix", default="/archipel/")
+    parser.add_argument("--listen", default="127.0.0.1:7443")
+    parser.add_argument("--metrics-listen", default="")
+    parser.add_argument("--admin-token-file", type=Path, default=Path(".local/admin-token"))
+    parser.add_argument("--tls-cert-file", type=Path)
+    parser.add_argument("--tls-key-file", type=Path)
+    parser.add_argument("--heartbeat-interval", type=float, default=10.0)
+    parser.add_argument("--cluster-grace-period", type=float, default=40.0)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if bool(args.tls_cert_file) != bool(args.tls_key_file):
+        parser.error("--tls-cert-file and --tls-key-file go together")
+    return Settings(
+        etcd_endpoints=args.etcd,
+        etcd_prefix=args.etcd_prefix,
+        listen=args.listen,
+        metrics_listen=args.metrics_listen,
+        admin_token_file=args.admin_token_file,
+        tls_cert_file=args.tls_cert_file,
+        tls_key_file=args.tls_key_file,
+        heartbeat_interval=args.heartbeat_interval,
+        cluster_grace_period=args.cluster_grace_period,
+        workers=args.workers,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    plane = ControlPlane(settings)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await plane.start()
+    print(
+        f"archipel control plane listening on {settings.listen.rsplit(':', 1)[0]}:{plane.port}",
+        flush=True,
+    )
+    await stopping.wait()
+    log.info("shutting down")
+    await plane.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    asyncio.run(serve(settings))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
