@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from archipel.workqueue import WorkQueue
 from controlplane import metrics
 from controlplane.errors import Conflict, NotFound, Unavailable
-from controlplane.queue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class Controller:
         self.name = name
         self.reconcile = reconcile
         self.workers = workers
-        self.queue = WorkQueue(name)
+        self.queue = WorkQueue(name, on_depth=metrics.QUEUE_DEPTH.labels(name).set)
         self._seconds = metrics.RECONCILE_SECONDS.labels(name)
         self._errors = metrics.RECONCILE_ERRORS.labels(name)
         self._conflicts = metrics.RECONCILE_CONFLICTS.labels(name)

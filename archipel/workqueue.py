@@ -1,5 +1,7 @@
 """A keyed work queue: one key at a time, many keys in parallel, retries with backoff.
 
+The control plane's controllers and the agent both use it.
+
 Events only name keys; a key added again while it waits is stored once, and a key
 added while a worker holds it is handed out again once that worker is done, so the
 reconcile that follows always sees the newest state.
@@ -9,12 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-
-from controlplane import metrics
+from collections.abc import Callable
 
 
 class WorkQueue:
-    def __init__(self, name: str, *, base_delay: float = 0.01, max_delay: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_delay: float = 0.01,
+        max_delay: float = 30.0,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
         self.name = name
         self.base_delay = base_delay
         self.max_delay = max_delay
@@ -24,7 +32,7 @@ class WorkQueue:
         self._dirty: set[str] = set()
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._depth = metrics.QUEUE_DEPTH.labels(name)
+        self._on_depth: Callable[[int], None] = on_depth or (lambda depth: None)
 
     def add(self, key: str) -> None:
         if key in self._processing:
@@ -34,7 +42,7 @@ class WorkQueue:
             return
         self._waiting.add(key)
         self._ready.put_nowait(key)
-        self._depth.set(len(self._waiting))
+        self._on_depth(len(self._waiting))
 
     def add_after(self, key: str, delay: float) -> None:
         if delay <= 0:
@@ -69,7 +77,7 @@ class WorkQueue:
         key = await self._ready.get()
         self._waiting.discard(key)
         self._processing.add(key)
-        self._depth.set(len(self._waiting))
+        self._on_depth(len(self._waiting))
         return key
 
     def done(self, key: str) -> None:

@@ -1,0 +1,166 @@
+"""The agent's access to its member cluster's API server.
+
+The official kubernetes client blocks, so every call runs in a bounded thread pool
+and the event loop never waits on the network. Long-running watches get threads of
+their own and hand events back to the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import json
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
+Manifest = dict[str, Any]
+FIELD_MANAGER = "archipel-agent"
+
+
+class KubeError(Exception):
+    """A call to the member's API server failed; the message says why."""
+
+
+def load_api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
+    """A client from a kubeconfig file, or from in-cluster credentials (DaemonSet)."""
+    configuration = kubernetes.client.Configuration()
+    if kubeconfig:
+        kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    else:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    # Fail fast and let the agent's own backoff retry, instead of urllib3's.
+    configuration.retries = False
+    return kubernetes.client.ApiClient(configuration)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, ApiException):
+        return f"{error.status} {error.reason}: {(error.body or '')[:300]!s}"
+    return f"{type(error).__name__}: {error}"
+
+
+class Kube:
+    def __init__(self, api_client: kubernetes.client.ApiClient, *, workers: int = 8) -> None:
+        self.api_client = api_client
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="kube"
+        )
+        self._dynamic: DynamicClient | None = None
+        self._discovery_lock = threading.Lock()
+
+    async def call(self, function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._executor, functools.partial(function, *args, **kwargs)
+        )
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # -- blocking helpers (run through call()) ------------------------------------------
+
+    @property
+    def dynamic(self) -> DynamicClient:
+        with self._discovery_lock:
+            if self._dynamic is None:
+                self._dynamic = DynamicClient(self.api_client)  # type: ignore[no-untyped-call]
+            return self._dynamic
+
+    def resource(self, api_version: str, kind: str) -> Any:
+        try:
+            return self.dynamic.resources.get(api_version=api_version, kind=kind)
+        except ResourceNotFoundError:
+            # A CRD may have been created since discovery ran.
+            self.dynamic.resources.invalidate_cache()
+            try:
+                return self.dynamic.resources.get(api_version=api_version, kind=kind)
+            except ResourceNotFoundError as error:
+                raise KubeError(f"the member does not serve {kind} in {api_version}") from error
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
+        resource = self.resource(api_version, kind)
+        try:
+            found = resource.get(name=name, namespace=namespace or None)
+        except NotFoundError:
+            return None
+        return dict(found.to_dict())
+
+    def apply(self, manifest: Manifest) -> Manifest:
+        """Server-side apply under the agent's field manager, taking over conflicts."""
+        resource = self.resource(manifest["apiVersion"], manifest["kind"])
+        metadata = manifest["metadata"]
+        namespace = metadata.get("namespace") if resource.namespaced else None
+        applied = self.dynamic.server_side_apply(  # type: ignore[no-untyped-call]
+            resource,
+            body=manifest,
+            name=metadata["name"],
+            namespace=namespace,
+            field_manager=FIELD_MANAGER,
+            force_conflicts=True,
+        )
+        return dict(applied.to_dict())
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        resource = self.resource(api_version, kind)
+        try:
+            resource.delete(
+                name=name,
+                namespace=namespace or None,
+                body={"propagationPolicy": "Background"},
+            )
+        except NotFoundError:
+            return False
+        return True
+
+    def raw_get(self, path: str, *, timeout: float = 5) -> Any:
+        """GET a path of the API server (discovery, /readyz); JSON is decoded."""
+        method, url, headers, _, _ = self.api_client.param_serialize(
+            "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
+        )
+        response = self.api_client.call_api(
+            method, url, header_params=headers, _request_timeout=timeout
+        )
+        data: bytes = response.read()  # type: ignore[no-untyped-call]
+        if response.status != 200:
+            raise KubeError(f"GET {path}: {response.status} {data[:200]!r}")
+        try:
+            return json.loads(data)
+        except ValueError:
+            return data.decode(errors="replace")
+
+    def is_namespaced(self, api_version: str, kind: str) -> bool:
+        return bool(self.resource(api_version, kind).namespaced)
+
+    def ensure_namespace(self, name: str) -> bool:
+        """Create the namespace if it is missing; True when it was created."""
+        core = kubernetes.client.CoreV1Api(self.api_client)
+        try:
+            core.read_namespace(name)
+            return False
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        try:
+            core.create_namespace(
+                kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
+            )
+        except ApiException as error:
+            if error.status != 409:
+                raise
+        return True
+
+
+def describe(error: Exception) -> str:
+    return _describe(error)

@@ -1,0 +1,229 @@
+"""The Archipel agent: one per member cluster, connecting out to the control plane.
+
+It opens one bidirectional stream, says which works it holds (from its ledger in the
+member), applies what it is sent, and reports status and heartbeats. When the stream
+breaks it reconnects with exponential backoff and jitter, and meanwhile leaves every
+running workload alone: a control plane outage never touches the members.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
+
+from agent.facts import Facts
+from agent.kube import Kube, load_api_client
+from agent.ledger import Ledger
+from agent.works import WorkManager
+from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
+
+VERSION = "0.1.0"
+log = logging.getLogger("archipel.agent")
+
+
+class StreamEnded(Exception):
+    """The control plane closed the stream; reconnect."""
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        server: str,
+        token: str,
+        cluster: str,
+        kube: Kube,
+        tls_ca: bytes | None = None,
+        heartbeat_interval: float | None = None,
+    ) -> None:
+        self.server = server
+        self.token = token
+        self.cluster = cluster
+        self.kube = kube
+        self.tls_ca = tls_ca
+        self.ledger = Ledger(kube)
+        self.facts = Facts(kube)
+        self.works = WorkManager(kube, self.ledger, send=self.send)
+        self.heartbeat_interval = heartbeat_interval
+        self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
+        self._pending: list[agent_pb2.AgentMessage] = []
+        self.connected = asyncio.Event()
+        self.sessions = 0
+
+    def send(self, message: agent_pb2.AgentMessage) -> None:
+        """Queue a message for the control plane; kept until a stream is open."""
+        if self._outbox is not None:
+            self._outbox.put_nowait(message)
+        elif message.HasField("status") or message.HasField("deleted"):
+            self._pending.append(message)
+
+    def _channel(self) -> grpc.aio.Channel:
+        options = [
+            ("grpc.keepalive_time_ms", 20000),
+            ("grpc.keepalive_timeout_ms", 10000),
+            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+        ]
+        if self.tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)
+            return grpc.aio.secure_channel(self.server, credentials, options=options)
+        return grpc.aio.insecure_channel(self.server, options=options)
+
+    async def _heartbeats(self, interval: float) -> None:
+        self.facts.reset()
+        while True:
+            try:
+                heartbeat = await self.facts.collect()
+            except Exception as error:
+                heartbeat = agent_pb2.Heartbeat(api_server_ready=False, message=str(error)[:500])
+            self.send(agent_pb2.AgentMessage(heartbeat=heartbeat))
+            await asyncio.sleep(interval)
+
+    async def _session(self) -> None:
+        outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+        hello = agent_pb2.Hello(cluster=self.cluster, agent_version=VERSION)
+        for entry in self.ledger.entries.values():
+            hello.held_works.add(name=entry.work, uid=entry.uid, generation=entry.generation)
+
+        async def requests() -> AsyncIterator[agent_pb2.AgentMessage]:
+            yield agent_pb2.AgentMessage(hello=hello)
+            while True:
+                yield await outbox.get()
+
+        heartbeats: asyncio.Task[None] | None = None
+        async with self._channel() as channel:
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            call = stub.Connect(requests(), metadata=[("authorization", f"Bearer {self.token}")])
+            try:
+                async for message in call:
+                    which = message.WhichOneof("message")
+                    if which == "welcome":
+                        self._outbox = outbox
+                        for pending in self._pending:
+                            outbox.put_nowait(pending)
+                        self._pending.clear()
+                        self.works.resend_reports()
+                        self.sessions += 1
+                        self.connected.set()
+                        interval = (
+                            self.heartbeat_interval
+                            or message.welcome.heartbeat_interval_seconds
+                            or 10
+                        )
+                        heartbeats = asyncio.create_task(self._heartbeats(interval))
+                        log.info(
+                            "connected to %s (session %s)", self.server, message.welcome.session
+                        )
+                    elif which == "work":
+                        work = message.work
+                        self.send(
+                            agent_pb2.AgentMessage(
+                                ack=agent_pb2.WorkAck(
+                                    name=work.metadata.name,
+                                    uid=work.metadata.uid,
+                                    generation=work.metadata.generation,
+                                )
+                            )
+                        )
+                        self.works.receive(work)
+                    elif which == "delete":
+                        self.works.receive_delete(message.delete)
+                    elif which == "synced":
+                        synced = message.synced
+                        log.info(
+                            "in sync: %d sent, %d deleted, %d unchanged",
+                            synced.sent,
+                            synced.deleted,
+                            synced.unchanged,
+                        )
+            finally:
+                self._outbox = None
+                self.connected.clear()
+                if heartbeats is not None:
+                    heartbeats.cancel()
+        raise StreamEnded("the control plane closed the stream")
+
+    async def run(self) -> None:
+        await self.ledger.load()
+        workers = asyncio.create_task(self.works.run())
+        try:
+            retrying = AsyncRetrying(
+                wait=wait_exponential_jitter(initial=0.5, max=20),
+                stop=stop_never,
+                retry=retry_if_exception_type((grpc.aio.AioRpcError, StreamEnded, OSError)),
+                before_sleep=lambda state: log.warning(
+                    "connection to %s lost (%s); reconnecting",
+                    self.server,
+                    state.outcome.exception() if state.outcome else "",
+                ),
+                reraise=True,
+            )
+            async for attempt in retrying:
+                with attempt:
+                    await self._session()
+        finally:
+            workers.cancel()
+            self.works.stop()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="archipel-agent", description=__doc__)
+    parser.add_argument("--server", default=os.environ.get("ARCHIPEL_SERVER", "127.0.0.1:7443"))
+    parser.add_argument(
+        "--token-file", type=Path, default=os.environ.get("ARCHIPEL_AGENT_TOKEN_FILE")
+    )
+    parser.add_argument("--cluster", help="defaults to the cluster named in the token")
+    parser.add_argument("--kubeconfig", help="omit to use in-cluster credentials")
+    parser.add_argument("--tls-ca-file", type=Path)
+    parser.add_argument("--heartbeat-interval", type=float)
+    parser.add_argument("--log-level", default="INFO")
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    token = os.environ.get("ARCHIPEL_AGENT_TOKEN", "")
+    if args.token_file:
+        token = args.token_file.read_text().strip()
+    if not token:
+        raise SystemExit("error: no credential: give --token-file or set ARCHIPEL_AGENT_TOKEN")
+    cluster = args.cluster or token.partition(".")[0]
+    kube = Kube(load_api_client(args.kubeconfig))
+    agent = Agent(
+        server=args.server,
+        token=token,
+        cluster=cluster,
+        kube=kube,
+        tls_ca=args.tls_ca_file.read_bytes() if args.tls_ca_file else None,
+        heartbeat_interval=args.heartbeat_interval,
+    )
+    task = asyncio.create_task(agent.run())
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("agent stopped")
+    finally:
+        kube.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    asyncio.run(_serve(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

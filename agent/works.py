@@ -1,0 +1,366 @@
+"""Applying works in the member, watching what was applied, and reporting on it.
+
+This is the member-side half of execution and work status (Karmada's agent runs
+the same pair). Works are handled one key at a time, several in parallel, with
+backoff on failure: a member API server that is down only delays the apply.
+
+* Apply: Namespaces and CRDs first; missing namespaces are created; every object is
+  server-side applied under the agent's field manager. An object that exists but was
+  not created by Archipel is left alone unless the work says ``Overwrite``. Objects a
+  work no longer contains are deleted; the ledger records what is held.
+* Watch: one watch per applied kind (label-selected to Archipel's objects, never a
+  poll). Status is reported only when it changes.
+* Drift: an object edited or deleted by someone else is applied again, and the next
+  report counts the correction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from agent import interpreter
+from agent.kube import Kube, KubeError, Manifest, describe
+from agent.ledger import Entry, Ledger, ObjectRef
+from archipel import structs
+from archipel.v1alpha1 import agent_pb2, work_pb2
+from archipel.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+MANAGED_LABEL = "archipel.io/managed"
+WORK_ANNOTATION = "archipel.io/work"
+_FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}
+
+
+@dataclasses.dataclass
+class Observed:
+    status: dict[str, Any] | None
+    health: str
+
+
+def _identifier(ordinal: int, manifest: Manifest) -> work_pb2.ResourceIdentifier:
+    group, _, version = manifest["apiVersion"].rpartition("/")
+    metadata = manifest.get("metadata", {})
+    return work_pb2.ResourceIdentifier(
+        ordinal=ordinal,
+        group=group,
+        version=version,
+        kind=manifest["kind"],
+        namespace=metadata.get("namespace", ""),
+        name=metadata["name"],
+    )
+
+
+class WorkManager:
+    def __init__(
+        self,
+        kube: Kube,
+        ledger: Ledger,
+        *,
+        send: Callable[[agent_pb2.AgentMessage], None],
+        workers: int = 4,
+    ) -> None:
+        self.kube = kube
+        self.ledger = ledger
+        self.send = send
+        self.workers = workers
+        self.queue = WorkQueue("agent-works", base_delay=0.25, max_delay=15.0)
+        self.desired: dict[str, work_pb2.PropagationWork] = {}
+        self.deleting: dict[str, agent_pb2.WorkDelete] = {}
+        self.observed: dict[ObjectRef, Observed] = {}
+        self.owner: dict[ObjectRef, str] = {}
+        self.drifted: set[str] = set()
+        self.corrections: dict[str, int] = {}
+        self.applies = 0
+        self._last_report: dict[str, bytes] = {}
+        self._watched: set[tuple[str, str]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+
+    # -- what the control plane says ------------------------------------------------
+
+    def restore(self) -> None:
+        """Rebuild what is held from the ledger, and watch it, without applying."""
+        for entry in self.ledger.entries.values():
+            for ref in entry.objects:
+                self.owner[ref] = entry.work
+                self._watch(ref.api_version, ref.kind)
+
+    def receive(self, work: work_pb2.PropagationWork) -> None:
+        name = work.metadata.name
+        self.deleting.pop(name, None)
+        self.desired[name] = work
+        self.queue.add(name)
+
+    def receive_delete(self, delete: agent_pb2.WorkDelete) -> None:
+        self.desired.pop(delete.name, None)
+        self.deleting[delete.name] = delete
+        self.queue.add(delete.name)
+
+    # -- reconcile -------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.restore()
+        async with asyncio.TaskGroup() as group:
+            for _ in range(self.workers):
+                group.create_task(self._worker())
+
+    async def _worker(self) -> None:
+        while True:
+            name = await self.queue.get()
+            try:
+                await self.reconcile(name)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                delay = self.queue.add_rate_limited(name)
+                log.warning("work %s: %s; retrying in %.1fs", name, describe(error), delay)
+            else:
+                self.queue.forget(name)
+            finally:
+                self.queue.done(name)
+
+    async def reconcile(self, name: str) -> None:
+        delete = self.deleting.get(name)
+        if delete is not None:
+            await self._delete(name, delete)
+            return
+        work = self.desired.get(name)
+        if work is None:
+            return
+        entry = self.ledger.entries.get(name)
+        current = (
+            entry is not None
+            and entry.uid == work.metadata.uid
+            and entry.generation == work.metadata.generation
+        )
+        if current and name not in self.drifted:
+            self.report(name, applied=True, message="")
+            return
+        try:
+            await self._apply(work, entry)
+        except Exception as error:
+            self.report(
+                name, applied=False, message=describe(error), generation=work.metadata.generation
+            )
+            raise
+
+    async def _apply(self, work: work_pb2.PropagationWork, entry: Entry | None) -> None:
+        name = work.metadata.name
+        was_drifted = name in self.drifted
+        self.drifted.discard(name)
+        manifests = [structs.from_struct(m) for m in work.spec.workload.manifests]
+        ordered = sorted(manifests, key=lambda m: _FIRST.get(m.get("kind", ""), 2))
+        held = set(entry.objects) if entry is not None else set()
+        refs, projections = [], []
+        for manifest in ordered:
+            ref = ObjectRef.of(manifest)
+            body = _with_ownership(manifest, name)
+            if ref.namespace:
+                await self.kube.call(self.kube.ensure_namespace, ref.namespace)
+            if ref not in held:
+                await self._check_conflict(ref, name, work.spec.conflict_resolution)
+            applied = await self.kube.call(self.kube.apply, body)
+            self.applies += 1
+            refs.append(ref)
+            projections.append(interpreter.project(interpreter.applied_fields(body), applied))
+            self.owner[ref] = name
+            self.observed[ref] = Observed(
+                interpreter.reflect_status(applied), interpreter.health(applied)
+            )
+            self._watch(ref.api_version, ref.kind)
+        for stale in held - set(refs):
+            await self.kube.call(
+                self.kube.delete, stale.api_version, stale.kind, stale.namespace, stale.name
+            )
+            self.owner.pop(stale, None)
+            self.observed.pop(stale, None)
+        await self.ledger.record(
+            Entry(
+                work=name,
+                uid=work.metadata.uid,
+                generation=work.metadata.generation,
+                objects=refs,
+                manifests=[_with_ownership(m, name) for m in ordered],
+                projections=projections,
+            )
+        )
+        if was_drifted:
+            self.corrections[name] = self.corrections.get(name, 0) + 1
+            log.info("work %s: restored objects changed in the member", name)
+        self.report(name, applied=True, message="")
+
+    async def _check_conflict(self, ref: ObjectRef, work: str, resolution: str) -> None:
+        existing = await self.kube.call(
+            self.kube.get, ref.api_version, ref.kind, ref.namespace, ref.name
+        )
+        if existing is None or resolution == "Overwrite":
+            return
+        annotations = existing.get("metadata", {}).get("annotations") or {}
+        if annotations.get(WORK_ANNOTATION) == work:
+            return
+        where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+        raise KubeError(
+            f"{ref.kind} {where} already exists in the member and is not managed by Archipel; "
+            "set conflictResolution: Overwrite in the policy to take it over"
+        )
+
+    async def _delete(self, name: str, delete: agent_pb2.WorkDelete) -> None:
+        entry = self.ledger.entries.get(name)
+        if entry is not None:
+            for ref in entry.objects:
+                if not delete.preserve_resources:
+                    await self.kube.call(
+                        self.kube.delete, ref.api_version, ref.kind, ref.namespace, ref.name
+                    )
+                self.owner.pop(ref, None)
+                self.observed.pop(ref, None)
+            await self.ledger.forget(name)
+        self.deleting.pop(name, None)
+        self._last_report.pop(name, None)
+        self.send(agent_pb2.AgentMessage(deleted=agent_pb2.WorkDeleted(name=name, uid=delete.uid)))
+
+    # -- status ------------------------------------------------------------------------
+
+    def report(
+        self, name: str, *, applied: bool, message: str, generation: int | None = None
+    ) -> None:
+        """Send the work's status if it differs from the last one sent."""
+        entry = self.ledger.entries.get(name)
+        work = self.desired.get(name)
+        uid = work.metadata.uid if work is not None else (entry.uid if entry else "")
+        report = agent_pb2.WorkStatusReport(
+            name=name,
+            uid=uid,
+            generation=generation if generation is not None else (entry.generation if entry else 0),
+            applied=applied,
+            message=message,
+            drift_corrections=self.corrections.get(name, 0),
+        )
+        if applied and entry is not None:
+            for ordinal, (ref, manifest) in enumerate(
+                zip(entry.objects, entry.manifests, strict=False)
+            ):
+                observed = self.observed.get(ref)
+                status = report.manifest_statuses.add()
+                status.identifier.CopyFrom(_identifier(ordinal, manifest))
+                status.health = observed.health if observed else "Unknown"
+                if observed is not None and observed.status is not None:
+                    status.status.CopyFrom(structs.to_struct(observed.status))
+        encoded = report.SerializeToString(deterministic=True)
+        if self._last_report.get(name) == encoded:
+            return
+        self._last_report[name] = encoded
+        self.send(agent_pb2.AgentMessage(status=report))
+
+    def resend_reports(self) -> None:
+        """After a reconnect: the control plane may have missed the last reports."""
+        self._last_report.clear()
+        for name in list(self.ledger.entries):
+            if name not in self.deleting:
+                self.report(name, applied=True, message="")
+
+    # -- watching ----------------------------------------------------------------------
+
+    def _watch(self, api_version: str, kind: str) -> None:
+        if (api_version, kind) in self._watched or kind == "Namespace":
+            return
+        self._watched.add((api_version, kind))
+        thread = threading.Thread(
+            target=self._watch_loop, args=(api_version, kind), daemon=True, name=f"watch-{kind}"
+        )
+        thread.start()
+
+    def _watch_loop(self, api_version: str, kind: str) -> None:
+        resource_version: str | None = None
+        delay = 0.5
+        while not self._stop.is_set():
+            try:
+                resource = self.kube.resource(api_version, kind)
+                if resource_version is None:
+                    listed = resource.get(label_selector=f"{MANAGED_LABEL}=true")
+                    for item in listed.items:
+                        self._emit("ADDED", item.to_dict())
+                    resource_version = listed.metadata.resourceVersion
+                for event in self.kube.dynamic.watch(  # type: ignore[no-untyped-call]
+                    resource,
+                    label_selector=f"{MANAGED_LABEL}=true",
+                    resource_version=resource_version,
+                    timeout=60,
+                ):
+                    raw = event["raw_object"]
+                    if event["type"] == "ERROR":
+                        resource_version = None
+                        break
+                    resource_version = raw.get("metadata", {}).get(
+                        "resourceVersion", resource_version
+                    )
+                    self._emit(event["type"], raw)
+                delay = 0.5
+            except Exception as error:
+                # The API server may be down; start over with a fresh list when it is back.
+                log.debug("watch %s %s: %s", api_version, kind, describe(error))
+                resource_version = None
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def _emit(self, type_: str, manifest: Manifest) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_event, type_, manifest)
+
+    def _on_event(self, type_: str, manifest: Manifest) -> None:
+        ref = ObjectRef.of(manifest)
+        name = self.owner.get(ref)
+        if name is None or name in self.deleting:
+            return
+        entry = self.ledger.entries.get(name)
+        if entry is None or ref not in entry.objects:
+            return
+        if type_ == "DELETED":
+            self._drift(name)
+            return
+        index = entry.objects.index(ref)
+        if index < len(entry.projections):
+            desired = interpreter.applied_fields(entry.manifests[index])
+            if interpreter.project(desired, manifest) != entry.projections[index]:
+                self._drift(name)
+                return
+        observed = Observed(interpreter.reflect_status(manifest), interpreter.health(manifest))
+        if self.observed.get(ref) != observed:
+            self.observed[ref] = observed
+            self.report(name, applied=True, message="")
+
+    def _drift(self, name: str) -> None:
+        if name in self.desired or name in self.ledger.entries:
+            if name not in self.desired:
+                # Held from before a restart: re-apply what the ledger recorded.
+                entry = self.ledger.entries[name]
+                work = work_pb2.PropagationWork()
+                work.metadata.name = name
+                work.metadata.uid = entry.uid
+                work.metadata.generation = entry.generation
+                for manifest in entry.manifests:
+                    work.spec.workload.manifests.append(structs.to_struct(manifest))
+                work.spec.conflict_resolution = "Overwrite"
+                self.desired[name] = work
+            self.drifted.add(name)
+            self.queue.add(name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _with_ownership(manifest: Manifest, work: str) -> Manifest:
+    body = dict(manifest)
+    metadata = dict(body.get("metadata", {}))
+    metadata["labels"] = {**(metadata.get("labels") or {}), MANAGED_LABEL: "true"}
+    metadata["annotations"] = {**(metadata.get("annotations") or {}), WORK_ANNOTATION: work}
+    body["metadata"] = metadata
+    return body
