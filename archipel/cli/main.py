@@ -1,0 +1,453 @@
+"""``archipel``: the command line for people.
+
+Every failure is one line on stderr and exit code 1. The server address and admin
+credential come from ``.local/archipel.yaml`` (written by ``make up``), the file in
+``$ARCHIPEL_CONFIG``, or ``$ARCHIPEL_SERVER`` and ``$ARCHIPEL_TOKEN``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from archipel import structs
+from archipel.client import (
+    TEMPLATE_KINDS,
+    ApiKind,
+    Client,
+    ClientError,
+    Config,
+    api_kind_by_name,
+    api_kind_of_document,
+    message_to_document,
+    read_documents,
+    to_message,
+)
+from archipel.v1alpha1 import service_pb2
+
+
+def _age(timestamp: str | None) -> str:
+    if not timestamp:
+        return "<unknown>"
+    created = datetime.datetime.strptime(timestamp[:19], "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=datetime.UTC
+    )
+    seconds = int((datetime.datetime.now(datetime.UTC) - created).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "   ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _condition(document: dict[str, Any], type_: str) -> dict[str, Any]:
+    for condition in document.get("status", {}).get("conditions", []):
+        if condition.get("type") == type_:
+            return dict(condition)
+    return {}
+
+
+def _print(documents: list[dict[str, Any]], output: str) -> None:
+    if output == "json":
+        body: Any = documents[0] if len(documents) == 1 else {"items": documents}
+        print(json.dumps(body, indent=2))
+    else:
+        print(yaml.safe_dump_all(documents, sort_keys=False), end="")
+
+
+class Commands:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(Config.load(self.args.config))
+        return self._client
+
+    # -- apply / delete ------------------------------------------------------------------
+
+    def _documents(self) -> list[tuple[str, dict[str, Any]]]:
+        if not self.args.filename:
+            raise ClientError("-f: give a file, a directory or '-'")
+        documents: list[tuple[str, dict[str, Any]]] = []
+        for source in self.args.filename:
+            documents.extend(read_documents(source, namespace=self.args.namespace))
+        for origin, document in documents:
+            api_kind = api_kind_of_document(document)
+            if api_kind is not None:
+                if api_kind.namespaced and not document["metadata"].get("namespace"):
+                    document["metadata"]["namespace"] = "default"
+                try:
+                    to_message(api_kind, document)  # every document parses before any is sent
+                except ClientError as error:
+                    raise ClientError(f"{origin}: {error}") from error
+        # Namespaces first, then everything else in the order given.
+        documents.sort(key=lambda item: 0 if item[1].get("kind") == "Namespace" else 1)
+        return documents
+
+    def apply(self) -> None:
+        for origin, document in self._documents():
+            try:
+                name, outcome = self.client.apply_document(document)
+            except ClientError as error:
+                raise ClientError(f"{origin}: {error}") from error
+            print(f"{name} {outcome}")
+
+    def delete(self) -> None:
+        if self.args.filename:
+            targets = [(d.get("kind", ""), d) for _, d in self._documents()]
+        else:
+            if not self.args.kind or not self.args.names:
+                raise ClientError("delete: give KIND NAME... or -f FILE")
+            targets = [(self.args.kind, {"metadata": {"name": n}}) for n in self.args.names]
+        for kind_name, document in targets:
+            api_kind, template = self._resolve(kind_name, document)
+            name = document["metadata"]["name"]
+            namespace = document["metadata"].get("namespace") or self.args.namespace or "default"
+            if api_kind is not None:
+                request = service_pb2.DeleteRequest(
+                    namespace=namespace if api_kind.namespaced else "", name=name
+                )
+                response = self.client.call(self.client.stub(api_kind).Delete, request)
+                label = api_kind.kind.lower()
+            else:
+                assert template is not None
+                api_version, kind = template
+                response = self.client.call(
+                    self.client.templates.Delete,
+                    service_pb2.TemplateDeleteRequest(
+                        api_version=api_version,
+                        kind=kind,
+                        namespace="" if kind in ("Namespace", "ClusterRole") else namespace,
+                        name=name,
+                    ),
+                )
+                label = kind.lower()
+            state = "deleted" if response.deleted else "deletion requested"
+            print(f"{label}/{name} {state}")
+
+    def _resolve(
+        self, kind_name: str, document: dict[str, Any] | None = None
+    ) -> tuple[ApiKind | None, tuple[str, str] | None]:
+        if document is not None and document.get("apiVersion"):
+            api_kind = api_kind_of_document(document)
+            if api_kind is not None:
+                return api_kind, None
+            return None, (document["apiVersion"], document["kind"])
+        api_kind = api_kind_by_name(kind_name)
+        if api_kind is not None:
+            return api_kind, None
+        template = TEMPLATE_KINDS.get(kind_name.lower())
+        if template is None and "." in kind_name:
+            # KIND.VERSION.GROUP, as kubectl: widgets.v1.example.com
+            kind, version, group = [*kind_name.split(".", 2), "", ""][:3]
+            if kind and version:
+                template = (f"{group}/{version}" if group else version, kind)
+        if template is None:
+            raise ClientError(
+                f"unknown kind {kind_name!r}: use an Archipel kind, a common Kubernetes kind, "
+                "or KIND.VERSION.GROUP"
+            )
+        return None, template
+
+    # -- get / describe ------------------------------------------------------------------
+
+    def _fetch(self) -> tuple[ApiKind | None, list[dict[str, Any]]]:
+        args = self.args
+        api_kind, template = self._resolve(args.kind)
+        namespace = "" if args.all_namespaces else (args.namespace or "default")
+        names = args.names or []
+        documents: list[dict[str, Any]] = []
+        if api_kind is not None:
+            stub = self.client.stub(api_kind)
+            scope = namespace if api_kind.namespaced else ""
+            if names:
+                for name in names:
+                    found = self.client.call(
+                        stub.Get, service_pb2.GetRequest(namespace=scope, name=name)
+                    )
+                    documents.append(message_to_document(found))
+            else:
+                listed = self.client.call(
+                    stub.List,
+                    service_pb2.ListRequest(namespace=scope, label_selector=args.selector or ""),
+                )
+                documents = [message_to_document(item) for item in listed.items]
+            return api_kind, documents
+        assert template is not None
+        api_version, kind = template
+        scope = "" if kind in ("Namespace", "ClusterRole") else namespace
+        if names:
+            for name in names:
+                found = self.client.call(
+                    self.client.templates.Get,
+                    service_pb2.TemplateGetRequest(
+                        api_version=api_version, kind=kind, namespace=scope, name=name
+                    ),
+                )
+                documents.append(structs.from_struct(found.manifest))
+        else:
+            listed = self.client.call(
+                self.client.templates.List,
+                service_pb2.TemplateListRequest(
+                    api_version=api_version,
+                    kind=kind,
+                    namespace=scope,
+                    label_selector=args.selector or "",
+                ),
+            )
+            documents = [structs.from_struct(item.manifest) for item in listed.items]
+        return None, documents
+
+    def get(self) -> None:
+        api_kind, documents = self._fetch()
+        if self.args.output in ("yaml", "json"):
+            if documents:
+                _print(documents, self.args.output)
+            return
+        if not documents:
+            print("No resources found.", file=sys.stderr)
+            return
+        print(_table(self._rows(api_kind, documents)))
+
+    def _rows(self, api_kind: ApiKind | None, documents: list[dict[str, Any]]) -> list[list[str]]:
+        show_namespace = self.args.all_namespaces
+        kind = api_kind.kind if api_kind else documents[0].get("kind", "")
+        header = ["NAMESPACE"] if show_namespace else []
+        rows: list[list[str]] = []
+        if kind == "MemberCluster":
+            return self._cluster_rows(documents)
+        if kind == "Deployment":
+            header += ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
+        elif kind in ("PropagationPolicy", "ClusterPropagationPolicy"):
+            header += ["NAME", "PRIORITY", "AGE"]
+        elif kind == "PropagationBinding":
+            header += ["NAME", "SCHEDULED", "FULLYAPPLIED", "CLUSTERS", "AGE"]
+        elif kind == "PropagationWork":
+            header += ["NAME", "APPLIED", "AGE"]
+        else:
+            header += ["NAME", "AGE"]
+        rows.append(header)
+        for document in documents:
+            metadata = document.get("metadata", {})
+            row = [metadata.get("namespace", "")] if show_namespace else []
+            row.append(metadata.get("name", ""))
+            status = document.get("status", {})
+            spec = document.get("spec", {})
+            if kind == "Deployment":
+                row += [
+                    f"{status.get('readyReplicas', 0)}/{spec.get('replicas', 1)}",
+                    str(status.get("updatedReplicas", 0)),
+                    str(status.get("availableReplicas", 0)),
+                ]
+            elif kind in ("PropagationPolicy", "ClusterPropagationPolicy"):
+                row.append(str(spec.get("priority", 0)))
+            elif kind == "PropagationBinding":
+                row += [
+                    _condition(document, "Scheduled").get("status", "Unknown"),
+                    _condition(document, "FullyApplied").get("status", "Unknown"),
+                    ",".join(c["name"] for c in spec.get("clusters", [])) or "<none>",
+                ]
+            elif kind == "PropagationWork":
+                row.append(_condition(document, "Applied").get("status", "Unknown"))
+            row.append(_age(metadata.get("creationTimestamp")))
+            rows.append(row)
+        return rows
+
+    @staticmethod
+    def _cluster_rows(documents: list[dict[str, Any]]) -> list[list[str]]:
+        rows = [["NAME", "READY", "VERSION", "NODES", "AGENT", "AGE"]]
+        for document in documents:
+            status = document.get("status", {})
+            nodes = status.get("nodeSummary", {})
+            rows.append(
+                [
+                    document["metadata"]["name"],
+                    _condition(document, "Ready").get("status", "Unknown"),
+                    status.get("kubernetesVersion", "") or "<unknown>",
+                    f"{nodes.get('readyNum', 0)}/{nodes.get('totalNum', 0)}",
+                    "Connected" if status.get("agent", {}).get("connected") else "Disconnected",
+                    _age(document["metadata"].get("creationTimestamp")),
+                ]
+            )
+        return rows
+
+    def clusters(self) -> None:
+        self.args.kind, self.args.names = "memberclusters", []
+        self.args.all_namespaces, self.args.selector, self.args.output = False, "", ""
+        self.get()
+
+    def describe(self) -> None:
+        api_kind, documents = self._fetch()
+        for document in documents:
+            if api_kind is not None:
+                print(yaml.safe_dump(document, sort_keys=False), end="")
+                continue
+            self._describe_template(document)
+
+    def _describe_template(self, document: dict[str, Any]) -> None:
+        metadata = document["metadata"]
+        print(f"Name:         {metadata['name']}")
+        print(f"Namespace:    {metadata.get('namespace', '')}")
+        print(f"Kind:         {document['kind']} ({document['apiVersion']})")
+        print(f"Generation:   {metadata.get('generation', '')}")
+        binding_name = f"{metadata['name']}-{document['kind'].lower()}"
+        try:
+            binding = message_to_document(
+                self.client.call(
+                    self.client.stub(api_kind_by_name("binding")).Get,  # type: ignore[arg-type]
+                    service_pb2.GetRequest(
+                        namespace=metadata.get("namespace", ""), name=binding_name
+                    ),
+                )
+            )
+        except ClientError:
+            print("Propagation:  not propagated (no policy matches)")
+            return
+        spec, status = binding.get("spec", {}), binding.get("status", {})
+        policy = spec.get("policy", {})
+        print(
+            f"Policy:       {policy.get('kind')} {policy.get('namespace', '')}/{policy.get('name')}"
+        )
+        scheduled = _condition(binding, "Scheduled")
+        reason = f"{scheduled.get('reason', '')}: {scheduled.get('message', '')}"
+        print(f"Scheduled:    {scheduled.get('status', 'Unknown')} ({reason})")
+        applied = _condition(binding, "FullyApplied")
+        print(f"FullyApplied: {applied.get('status', 'Unknown')} ({applied.get('message', '')})")
+        rows = [["CLUSTER", "REPLICAS", "APPLIED", "HEALTH", "STATUS"]]
+        replicas = {c["name"]: str(c.get("replicas", 0)) for c in spec.get("clusters", [])}
+        for item in status.get("aggregatedStatus", []):
+            rows.append(
+                [
+                    item["clusterName"],
+                    replicas.get(item["clusterName"], "0"),
+                    str(item.get("applied", False)).lower(),
+                    item.get("health", "Unknown"),
+                    json.dumps(item.get("status", {}), separators=(",", ":"))
+                    if item.get("status")
+                    else item.get("appliedMessage", ""),
+                ]
+            )
+        print("Clusters:")
+        print("  " + _table(rows).replace("\n", "\n  "))
+        if "status" in document:
+            print("Aggregated status:")
+            print("  " + json.dumps(document["status"], separators=(", ", ": ")))
+
+    # -- join ------------------------------------------------------------------------------
+
+    def join(self) -> None:
+        args = self.args
+        labels = {}
+        for pair in args.label or []:
+            key, sep, value = pair.partition("=")
+            if not sep:
+                raise ClientError(f"--label: {pair!r} must be key=value")
+            labels[key] = value
+        response = self.client.call(
+            self.client.admin.Join,
+            service_pb2.JoinRequest(
+                name=args.name,
+                labels=labels,
+                provider=args.provider or "",
+                region=args.region or "",
+                zone=args.zone or "",
+                rotate=args.rotate,
+            ),
+        )
+        if args.token_file:
+            path = Path(args.token_file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(response.token + "\n")
+            path.chmod(0o600)
+            token_option = f"--token-file {path}"
+        else:
+            token_option = ""
+            print(f"token: {response.token}")
+        kubeconfig = f" --kubeconfig {args.kubeconfig}" if args.kubeconfig else ""
+        print(f"membercluster/{args.name} joined")
+        env = "" if args.token_file else f"ARCHIPEL_AGENT_TOKEN={response.token} "
+        print(
+            f"run the agent: {env}archipel-agent --server {self.client.config.server} "
+            f"{token_option}{kubeconfig}".rstrip()
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="archipel", description=__doc__)
+    parser.add_argument("--config", type=Path, help="config file (default .local/archipel.yaml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def scoped(command: argparse.ArgumentParser) -> None:
+        command.add_argument("-n", "--namespace")
+        command.add_argument("-A", "--all-namespaces", action="store_true")
+        command.add_argument("-l", "--selector")
+
+    apply = sub.add_parser(
+        "apply", help="create or update from YAML or JSON (Karmada policies too)"
+    )
+    apply.add_argument("-f", "--filename", action="append", help="file, directory or -")
+    apply.add_argument("-n", "--namespace")
+    get = sub.add_parser("get", help="list or show objects")
+    get.add_argument("kind")
+    get.add_argument("names", nargs="*")
+    get.add_argument("-o", "--output", choices=["yaml", "json", "wide"], default="")
+    scoped(get)
+    describe = sub.add_parser(
+        "describe", help="where a template is placed and its status per cluster"
+    )
+    describe.add_argument("kind")
+    describe.add_argument("names", nargs="*")
+    scoped(describe)
+    delete = sub.add_parser("delete", help="delete objects")
+    delete.add_argument("kind", nargs="?")
+    delete.add_argument("names", nargs="*")
+    delete.add_argument("-f", "--filename", action="append")
+    delete.add_argument("-n", "--namespace")
+    sub.add_parser("clusters", help="member clusters: ready, version, nodes, age")
+    join = sub.add_parser("join", help="register a member cluster and issue its agent credential")
+    join.add_argument("name")
+    join.add_argument("--label", action="append", help="key=value (repeatable)")
+    join.add_argument("--provider")
+    join.add_argument("--region")
+    join.add_argument("--zone")
+    join.add_argument("--kubeconfig", help="the member's kubeconfig, for the printed agent command")
+    join.add_argument("--token-file", help="write the token here instead of printing it")
+    join.add_argument(
+        "--rotate", action="store_true", help="issue a new credential for an existing cluster"
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    commands = Commands(args)
+    try:
+        getattr(commands, args.command)()
+    except ClientError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if commands._client is not None:
+            commands._client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

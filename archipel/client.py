@@ -1,0 +1,302 @@
+"""A small synchronous Python client for the control plane, used by the CLI and tests.
+
+It knows where the server is and how to authenticate (config file or environment),
+and converts between Kubernetes-style YAML/JSON documents and the API's messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+from google.protobuf import json_format
+from google.protobuf import message as pb_message
+
+from archipel import structs
+from archipel.v1alpha1 import (
+    cluster_pb2,
+    policy_pb2,
+    service_pb2,
+    service_pb2_grpc,
+    work_pb2,
+)
+
+CONFIG_ENV = "ARCHIPEL_CONFIG"
+DEFAULT_CONFIG = Path(".local/archipel.yaml")
+
+
+class ClientError(Exception):
+    """A failure to report to the user as one line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiKind:
+    """An API kind of Archipel (not a resource template)."""
+
+    kind: str
+    namespaced: bool
+    message: type[pb_message.Message]
+    service: str
+    aliases: tuple[str, ...]
+
+
+API_KINDS = (
+    ApiKind(
+        "MemberCluster",
+        False,
+        cluster_pb2.MemberCluster,
+        "MemberClusterService",
+        ("membercluster", "memberclusters", "cluster", "clusters", "mc"),
+    ),
+    ApiKind(
+        "PropagationPolicy",
+        True,
+        policy_pb2.PropagationPolicy,
+        "PropagationPolicyService",
+        ("propagationpolicy", "propagationpolicies", "pp"),
+    ),
+    ApiKind(
+        "ClusterPropagationPolicy",
+        False,
+        policy_pb2.ClusterPropagationPolicy,
+        "ClusterPropagationPolicyService",
+        ("clusterpropagationpolicy", "clusterpropagationpolicies", "cpp"),
+    ),
+    ApiKind(
+        "PropagationBinding",
+        True,
+        work_pb2.PropagationBinding,
+        "PropagationBindingService",
+        ("propagationbinding", "propagationbindings", "binding", "bindings", "pb"),
+    ),
+    ApiKind(
+        "PropagationWork",
+        True,
+        work_pb2.PropagationWork,
+        "PropagationWorkService",
+        ("propagationwork", "propagationworks", "work", "works", "pw"),
+    ),
+)
+API_GROUPS = ("archipel.io", "karmada.io")
+
+# Kubernetes kinds people name on the command line, to their apiVersion.
+TEMPLATE_KINDS: dict[str, tuple[str, str]] = {}
+for _api_version, _kind, _names in (
+    ("apps/v1", "Deployment", ("deployment", "deployments", "deploy")),
+    ("apps/v1", "StatefulSet", ("statefulset", "statefulsets", "sts")),
+    ("apps/v1", "DaemonSet", ("daemonset", "daemonsets", "ds")),
+    ("apps/v1", "ReplicaSet", ("replicaset", "replicasets", "rs")),
+    ("batch/v1", "Job", ("job", "jobs")),
+    ("batch/v1", "CronJob", ("cronjob", "cronjobs", "cj")),
+    ("v1", "ConfigMap", ("configmap", "configmaps", "cm")),
+    ("v1", "Secret", ("secret", "secrets")),
+    ("v1", "Service", ("service", "services", "svc")),
+    ("v1", "Namespace", ("namespace", "namespaces", "ns")),
+    ("v1", "ServiceAccount", ("serviceaccount", "serviceaccounts", "sa")),
+    ("v1", "PersistentVolumeClaim", ("persistentvolumeclaim", "persistentvolumeclaims", "pvc")),
+    ("networking.k8s.io/v1", "Ingress", ("ingress", "ingresses", "ing")),
+    ("rbac.authorization.k8s.io/v1", "Role", ("role", "roles")),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole", ("clusterrole", "clusterroles")),
+):
+    for _name in _names:
+        TEMPLATE_KINDS[_name] = (_api_version, _kind)
+
+
+def api_kind_by_name(name: str) -> ApiKind | None:
+    lowered = name.lower()
+    return next((k for k in API_KINDS if lowered in k.aliases or lowered == k.kind.lower()), None)
+
+
+def api_kind_of_document(document: dict[str, Any]) -> ApiKind | None:
+    """The Archipel kind a document is, or None for a resource template."""
+    api_version = str(document.get("apiVersion", ""))
+    group = api_version.rpartition("/")[0]
+    if not any(group.endswith(suffix) for suffix in API_GROUPS):
+        return None
+    for api_kind in API_KINDS:
+        if api_kind.kind == document.get("kind"):
+            return api_kind
+    raise ClientError(f"kind: {document.get('kind')!r} is not a kind of {api_version}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    server: str
+    token: str
+    tls_ca: bytes | None = None
+
+    @classmethod
+    def load(cls, path: Path | None = None) -> Config:
+        """From ``path``, ``$ARCHIPEL_CONFIG`` or ``.local/archipel.yaml``; env wins."""
+        data: dict[str, Any] = {}
+        candidate = path or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
+        if candidate.exists():
+            loaded = yaml.safe_load(candidate.read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ClientError(f"{candidate}: not a mapping")
+            data = loaded
+        elif path is not None:
+            raise ClientError(f"{path}: no such config file")
+        server = os.environ.get("ARCHIPEL_SERVER") or data.get("server")
+        token = os.environ.get("ARCHIPEL_TOKEN") or data.get("token", "")
+        if not token and data.get("tokenFile"):
+            token = Path(data["tokenFile"]).read_text().strip()
+        if not server:
+            raise ClientError(
+                "no server configured: run 'make up', or set ARCHIPEL_SERVER and ARCHIPEL_TOKEN"
+            )
+        ca = data.get("tlsCaFile")
+        return cls(server=server, token=token, tls_ca=Path(ca).read_bytes() if ca else None)
+
+
+class Client:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        if config.tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca)
+            self.channel = grpc.secure_channel(config.server, credentials)
+        else:
+            self.channel = grpc.insecure_channel(config.server)
+        self.metadata = (("authorization", f"Bearer {config.token}"),)
+        self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
+        self.admin = service_pb2_grpc.ClusterAdminServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def stub(self, api_kind: ApiKind) -> Any:
+        return getattr(service_pb2_grpc, f"{api_kind.service}Stub")(self.channel)
+
+    def call(self, method: Any, request: Any, *, timeout: float = 30) -> Any:
+        try:
+            return method(request, metadata=self.metadata, timeout=timeout)
+        except grpc.RpcError as error:
+            raise ClientError(_describe(error)) from error
+
+    # -- documents -------------------------------------------------------------------
+
+    def apply_document(self, document: dict[str, Any]) -> tuple[str, str]:
+        """Apply one parsed document; returns (display name, outcome)."""
+        api_kind = api_kind_of_document(document)
+        if api_kind is None:
+            request = work_pb2.ResourceTemplate(manifest=structs.to_struct(document))
+            before = self._template_version(document)
+            result = self.call(self.templates.Apply, request)
+            manifest = structs.from_struct(result.manifest)
+            name = f"{manifest['kind'].lower()}/{manifest['metadata']['name']}"
+            after = manifest["metadata"].get("resourceVersion")
+            return name, _outcome(before, after)
+        message = to_message(api_kind, document)
+        before = self._api_version_of(api_kind, message)
+        result = self.call(self.stub(api_kind).Apply, message)
+        name = f"{api_kind.kind.lower()}/{result.metadata.name}"
+        return name, _outcome(before, result.metadata.resource_version)
+
+    def _template_version(self, document: dict[str, Any]) -> str | None:
+        metadata = document.get("metadata", {})
+        request = service_pb2.TemplateGetRequest(
+            api_version=document.get("apiVersion", ""),
+            kind=document.get("kind", ""),
+            namespace=metadata.get("namespace", ""),
+            name=metadata.get("name", ""),
+        )
+        try:
+            found = self.templates.Get(request, metadata=self.metadata, timeout=10)
+        except grpc.RpcError:
+            return None
+        version: str | None = structs.from_struct(found.manifest)["metadata"].get("resourceVersion")
+        return version
+
+    def _api_version_of(self, api_kind: ApiKind, message: Any) -> str | None:
+        request = service_pb2.GetRequest(
+            namespace=message.metadata.namespace, name=message.metadata.name
+        )
+        try:
+            found = self.stub(api_kind).Get(request, metadata=self.metadata, timeout=10)
+        except grpc.RpcError:
+            return None
+        version: str = found.metadata.resource_version
+        return version
+
+
+def _outcome(before: str | None, after: str | None) -> str:
+    if before is None:
+        return "created"
+    return "unchanged" if before == after else "configured"
+
+
+def _describe(error: grpc.RpcError) -> str:
+    code = error.code() if hasattr(error, "code") else None
+    details = error.details() if hasattr(error, "details") else str(error)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"cannot reach the control plane: {details}"
+    name = code.name if code is not None else "ERROR"
+    return f"{name}: {details}"
+
+
+def to_message(api_kind: ApiKind, document: dict[str, Any]) -> Any:
+    """Parse a document strictly: an unknown field is an error that names it."""
+    message = api_kind.message()
+    try:
+        json_format.ParseDict(document, message, ignore_unknown_fields=False)
+    except json_format.ParseError as error:
+        raise ClientError(f"{api_kind.kind}: {error}") from error
+    return message
+
+
+def read_documents(
+    source: str, *, namespace: str | None = None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(origin, document) from a file, a directory (sorted, *.yaml|*.yml|*.json) or '-'."""
+    import sys
+
+    if source == "-":
+        yield from _parse(sys.stdin.read(), "<stdin>", namespace)
+        return
+    path = Path(source)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+    elif path.exists():
+        files = [path]
+    else:
+        raise ClientError(f"{source}: no such file or directory")
+    for file in files:
+        yield from _parse(file.read_text(), str(file), namespace)
+
+
+def _parse(text: str, origin: str, namespace: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ClientError(f"{origin}{where}: invalid YAML: {problem}") from error
+    for index, document in enumerate(documents):
+        if document is None:
+            continue
+        where = f"{origin} (document {index + 1})"
+        if not isinstance(document, dict):
+            raise ClientError(f"{where}: a document must be a mapping with apiVersion and kind")
+        for field in ("apiVersion", "kind"):
+            if not document.get(field):
+                raise ClientError(f"{where}: {field}: required")
+        if not isinstance(document.get("metadata"), dict) or not document["metadata"].get("name"):
+            raise ClientError(f"{where}: metadata.name: required")
+        if namespace and not document["metadata"].get("namespace"):
+            api_kind = api_kind_of_document(document)
+            if api_kind is None or api_kind.namespaced:
+                document["metadata"]["namespace"] = namespace
+        yield where, document
+
+
+def message_to_document(message: pb_message.Message) -> dict[str, Any]:
+    if isinstance(message, work_pb2.ResourceTemplate):
+        return structs.from_struct(message.manifest)
+    document: dict[str, Any] = json_format.MessageToDict(message)
+    return document
