@@ -13,10 +13,11 @@ N ?= 3
 PROFILE ?= api
 PYTEST_ARGS ?=
 
-.PHONY: proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+.PHONY: up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
 
 help:
-	@echo "make demo          start member clusters (and, with the pipeline, the control plane and a sample app)"
+	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
+	@echo "make up | down     start or stop etcd, 2 member clusters, the control plane and agents"
 	@echo "make test          install everything, then lint, type-check and run the whole test suite"
 	@echo "make tools         build kube-apiserver, etcd, kwok and grpcurl into $(CACHE)/bin"
 	@echo "make members-up N=3 PROFILE=api|full   start member clusters in the background"
@@ -64,9 +65,16 @@ members-down: setup
 members-ls: setup
 	@$(PY) -m archipel.testing.fleetctl ls --root .local/members
 
-demo: setup
+# The main job: etcd, two full member clusters, the control plane and an agent per member.
+up: setup
 	@bash build/tools.sh etcd kube kwok
-	$(PY) -m archipel.testing.fleetctl up --count 2 --profile full --root .local/members
+	$(PY) -m archipel.testing.fleetctl up --count 2 --profile full --root .local/members --control-plane --reuse
+
+down: setup
+	$(PY) -m archipel.testing.fleetctl down --root .local/members
+
+demo: up
+	$(PY) -m archipel.testing.demo
 
 clean: members-down
 	rm -rf .local .venv

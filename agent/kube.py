@@ -143,8 +143,12 @@ class Kube:
     def is_namespaced(self, api_version: str, kind: str) -> bool:
         return bool(self.resource(api_version, kind).namespaced)
 
-    def ensure_namespace(self, name: str) -> bool:
-        """Create the namespace if it is missing; True when it was created."""
+    def ensure_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> bool:
+        """Create the namespace if it is missing; True when it was created.
+
+        ``labels`` mark a namespace the agent made, so a later work that propagates
+        the same Namespace may adopt it instead of reporting a conflict.
+        """
         core = kubernetes.client.CoreV1Api(self.api_client)
         try:
             core.read_namespace(name)
@@ -154,7 +158,9 @@ class Kube:
                 raise
         try:
             core.create_namespace(
-                kubernetes.client.V1Namespace(metadata=kubernetes.client.V1ObjectMeta(name=name))
+                kubernetes.client.V1Namespace(
+                    metadata=kubernetes.client.V1ObjectMeta(name=name, labels=labels)
+                )
             )
         except ApiException as error:
             if error.status != 409:

@@ -41,6 +41,19 @@ _FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}
 class Observed:
     status: dict[str, Any] | None
     health: str
+    resource_version: int = 0
+
+    @classmethod
+    def of(cls, manifest: Manifest) -> Observed:
+        version = manifest.get("metadata", {}).get("resourceVersion", "0")
+        return cls(
+            interpreter.reflect_status(manifest),
+            interpreter.health(manifest),
+            int(version) if str(version).isdigit() else 0,
+        )
+
+    def same_state(self, other: Observed) -> bool:
+        return self.status == other.status and self.health == other.health
 
 
 def _identifier(ordinal: int, manifest: Manifest) -> work_pb2.ResourceIdentifier:
@@ -163,7 +176,9 @@ class WorkManager:
             ref = ObjectRef.of(manifest)
             body = _with_ownership(manifest, name)
             if ref.namespace:
-                await self.kube.call(self.kube.ensure_namespace, ref.namespace)
+                await self.kube.call(
+                    self.kube.ensure_namespace, ref.namespace, labels={MANAGED_LABEL: "true"}
+                )
             if ref not in held:
                 await self._check_conflict(ref, name, work.spec.conflict_resolution)
             applied = await self.kube.call(self.kube.apply, body)
@@ -171,9 +186,7 @@ class WorkManager:
             refs.append(ref)
             projections.append(interpreter.project(interpreter.applied_fields(body), applied))
             self.owner[ref] = name
-            self.observed[ref] = Observed(
-                interpreter.reflect_status(applied), interpreter.health(applied)
-            )
+            self._observe(ref, applied)
             self._watch(ref.api_version, ref.kind)
         for stale in held - set(refs):
             await self.kube.call(
@@ -202,8 +215,9 @@ class WorkManager:
         )
         if existing is None or resolution == "Overwrite":
             return
-        annotations = existing.get("metadata", {}).get("annotations") or {}
-        if annotations.get(WORK_ANNOTATION) == work:
+        metadata = existing.get("metadata", {})
+        # Anything Archipel made (including namespaces created for other works) is ours.
+        if (metadata.get("labels") or {}).get(MANAGED_LABEL) == "true":
             return
         where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
         raise KubeError(
@@ -315,14 +329,27 @@ class WorkManager:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._on_event, type_, manifest)
 
+    def _observe(self, ref: ObjectRef, manifest: Manifest) -> bool:
+        """Keep the newest state seen of an object; True when its status or health moved."""
+        observed = Observed.of(manifest)
+        previous = self.observed.get(ref)
+        if previous is not None and previous.resource_version > observed.resource_version:
+            return False  # an older copy (the apply's response raced the watch)
+        self.observed[ref] = observed
+        return previous is None or not previous.same_state(observed)
+
     def _on_event(self, type_: str, manifest: Manifest) -> None:
         ref = ObjectRef.of(manifest)
         name = self.owner.get(ref)
         if name is None or name in self.deleting:
             return
+        if type_ == "DELETED":
+            self.observed.pop(ref, None)
+        else:
+            self._observe(ref, manifest)
         entry = self.ledger.entries.get(name)
         if entry is None or ref not in entry.objects:
-            return
+            return  # still being applied: the apply reports when it is done
         if type_ == "DELETED":
             self._drift(name)
             return
@@ -332,10 +359,7 @@ class WorkManager:
             if interpreter.project(desired, manifest) != entry.projections[index]:
                 self._drift(name)
                 return
-        observed = Observed(interpreter.reflect_status(manifest), interpreter.health(manifest))
-        if self.observed.get(ref) != observed:
-            self.observed[ref] = observed
-            self.report(name, applied=True, message="")
+        self.report(name, applied=True, message="")
 
     def _drift(self, name: str) -> None:
         if name in self.desired or name in self.ledger.entries:

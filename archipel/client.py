@@ -295,8 +295,19 @@ def _parse(text: str, origin: str, namespace: str | None) -> Iterator[tuple[str,
         yield where, document
 
 
+def _whole_numbers(value: Any) -> Any:
+    """Struct fields come back as floats; Kubernetes readers expect 2, not 2.0."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(v) for v in value]
+    return value
+
+
 def message_to_document(message: pb_message.Message) -> dict[str, Any]:
     if isinstance(message, work_pb2.ResourceTemplate):
         return structs.from_struct(message.manifest)
-    document: dict[str, Any] = json_format.MessageToDict(message)
+    document: dict[str, Any] = _whole_numbers(json_format.MessageToDict(message))
     return document

@@ -291,6 +291,7 @@ class Commands:
     def clusters(self) -> None:
         self.args.kind, self.args.names = "memberclusters", []
         self.args.all_namespaces, self.args.selector, self.args.output = False, "", ""
+        self.args.namespace = None
         self.get()
 
     def describe(self) -> None:

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from archipel.testing import members
+from archipel.testing.controlplane import AgentProcess, ControlPlaneProcess
+from archipel.testing.etcd import free_port
 
 STATE_FILE = "state.json"
 
@@ -54,9 +56,21 @@ def _supervisor_log(root: Path) -> Path:
     return root.parent / f"{root.name}-supervisor.log"
 
 
-def up(root: Path, *, count: int, profile: members.Profile, timeout: float) -> None:
+def up(
+    root: Path,
+    *,
+    count: int,
+    profile: members.Profile,
+    timeout: float,
+    control_plane: bool = False,
+    reuse: bool = False,
+) -> None:
     state = _read_state(root)
     if state is not None and _alive(state.get("supervisorPid")):
+        if reuse and (state.get("controlPlane") is not None) == control_plane:
+            print("already running")
+            ls(root)
+            return
         raise FleetCtlError(f"members are already running under {root}; run 'make members-down'")
     root.parent.mkdir(parents=True, exist_ok=True)
     log_path = _supervisor_log(root)
@@ -73,6 +87,7 @@ def up(root: Path, *, count: int, profile: members.Profile, timeout: float) -> N
                 str(count),
                 "--profile",
                 profile,
+                *(["--control-plane"] if control_plane else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -94,15 +109,35 @@ def up(root: Path, *, count: int, profile: members.Profile, timeout: float) -> N
     raise FleetCtlError(f"members not ready after {timeout:.0f}s (log {log_path})")
 
 
-def serve(root: Path, *, count: int, profile: members.Profile) -> None:
-    """Run the fleet in the foreground until SIGTERM or SIGINT."""
+def serve(root: Path, *, count: int, profile: members.Profile, control_plane: bool) -> None:
+    """Run the fleet (and optionally a control plane with an agent per member) until
+    SIGTERM or SIGINT."""
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stopping.set())
     fleet = members.Fleet(root, members.default_specs(count, profile=profile))
     fleet.start()
+    plane: ControlPlaneProcess | None = None
+    agents: list[AgentProcess] = []
     try:
         state = fleet.describe() | {"startedInSeconds": fleet.started_in, "profile": profile}
+        if control_plane:
+            local = root.parent
+            plane = ControlPlaneProcess(
+                etcd_endpoint=fleet.etcd.endpoint if fleet.etcd else "",
+                directory=local,
+                port=_preferred_port(7443),
+            )
+            plane.start()
+            for member in fleet:
+                agent = AgentProcess(
+                    control_plane=plane, member=member, token_file=plane.join(member)
+                )
+                agent.start()
+                agents.append(agent)
+            plane.write_cli_config(local / "archipel.yaml")
+            state["controlPlane"] = {"address": plane.address, "pid": plane.process.pid}
+            state["agents"] = {a.member.name: a.process.pid for a in agents}
         tmp = _state_path(root).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         tmp.replace(_state_path(root))
@@ -111,8 +146,24 @@ def serve(root: Path, *, count: int, profile: members.Profile) -> None:
             pass
     finally:
         _state_path(root).unlink(missing_ok=True)
+        for agent in agents:
+            agent.stop()
+        if plane is not None:
+            plane.stop()
         fleet.stop()
         print("fleet stopped", flush=True)
+
+
+def _preferred_port(port: int) -> int:
+    """``port`` when it is free, so people can remember it; any free port otherwise."""
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return free_port()
+    return port
 
 
 def down(root: Path, *, timeout: float = 60.0) -> None:
@@ -187,15 +238,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", "-n", type=int, default=3)
     parser.add_argument("--profile", choices=members.PROFILES, default="api")
     parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument(
+        "--control-plane",
+        action="store_true",
+        help="also run a control plane and an agent per member",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="succeed if the same setup already runs"
+    )
     args = parser.parse_args(argv)
     root = args.root.resolve()
     try:
         if args.count < 1:
             raise FleetCtlError("--count: must be at least 1")
         if args.command == "up":
-            up(root, count=args.count, profile=args.profile, timeout=args.timeout)
+            up(
+                root,
+                count=args.count,
+                profile=args.profile,
+                timeout=args.timeout,
+                control_plane=args.control_plane,
+                reuse=args.reuse,
+            )
         elif args.command == "serve":
-            serve(root, count=args.count, profile=args.profile)
+            serve(root, count=args.count, profile=args.profile, control_plane=args.control_plane)
         elif args.command == "down":
             down(root)
         else:
