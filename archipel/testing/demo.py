@@ -57,18 +57,8 @@ def main() -> int:
         wanted = deployment.spec.replicas if deployment.spec else 0
         ready = f"{ready_replicas or 0}/{wanted}"
         print(f"{name}: deployment demo/web ready {ready} (from the member's own API server)")
-    print("\nthe sample app is propagated; 'make down' stops everything")
-    print(
-        yaml.safe_dump(
-            {
-                "try": [
-                    "source <(echo export ARCHIPEL_CONFIG=.local/archipel.yaml)",
-                    ".venv/bin/archipel get deployments -n demo",
-                ]
-            }
-        ),
-        end="",
-    )
+    print("\nThe sample app is propagated. Try: .venv/bin/archipel get deployments -n demo")
+    print("Stop everything with: make down")
     return 0
 
 
