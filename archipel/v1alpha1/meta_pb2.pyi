@@ -274,6 +274,7 @@ class Toleration(_message.Message):
     value: _builtins.str
     effect: _builtins.str
     toleration_seconds: _builtins.int
+    """int32 (Kubernetes: int64) so that proto3 JSON prints a number."""
     def __init__(
         self,
         *,

@@ -321,6 +321,7 @@ class StaticClusterWeight(_message.Message):
     TARGET_CLUSTER_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     weight: _builtins.int
+    """int32 (Karmada: int64) so that proto3 JSON prints a number, as Karmada YAML has."""
     @_builtins.property
     def target_cluster(self) -> Global___ClusterAffinity: ...
     def __init__(

@@ -1,0 +1,141 @@
+"""Basic placement as pure functions: filters and Duplicated division, as tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from archipel.v1alpha1 import meta_pb2, policy_pb2
+from controlplane import scheduling
+from controlplane.scheduling import ClusterInfo, TaintInfo
+
+CLUSTERS = [
+    ClusterInfo("member1", {"tier": "gold"}, provider="aws", region="eu", zones=("eu-1",)),
+    ClusterInfo("member2", {"tier": "silver"}, provider="gcp", region="us", zones=("us-1",)),
+    ClusterInfo("member3", {"tier": "gold"}, provider="aws", region="us", zones=("us-2",)),
+]
+
+
+def placement(**affinity: object) -> policy_pb2.Placement:
+    result = policy_pb2.Placement()
+    result.cluster_affinity.CopyFrom(policy_pb2.ClusterAffinity(**affinity))  # type: ignore[arg-type]
+    return result
+
+
+@pytest.mark.parametrize(
+    ("place", "expected"),
+    [
+        pytest.param(policy_pb2.Placement(), ["member1", "member2", "member3"], id="everywhere"),
+        pytest.param(
+            placement(cluster_names=["member1", "member3"]), ["member1", "member3"], id="names"
+        ),
+        pytest.param(placement(exclude=["member2"]), ["member1", "member3"], id="exclude"),
+        pytest.param(
+            placement(label_selector=meta_pb2.LabelSelector(match_labels={"tier": "gold"})),
+            ["member1", "member3"],
+            id="labels",
+        ),
+        pytest.param(
+            placement(
+                field_selector=policy_pb2.FieldSelector(
+                    match_expressions=[
+                        meta_pb2.LabelSelectorRequirement(
+                            key="region", operator="In", values=["us"]
+                        )
+                    ]
+                )
+            ),
+            ["member2", "member3"],
+            id="field-region",
+        ),
+        pytest.param(
+            placement(cluster_names=["member1"], exclude=["member1"]), [], id="excluded-by-name"
+        ),
+    ],
+)
+def test_cluster_affinity(place: policy_pb2.Placement, expected: list[str]) -> None:
+    decision = scheduling.schedule(place, replicas=3, clusters=CLUSTERS)
+    assert [t.name for t in decision.targets] == expected
+    assert all(t.replicas == 3 for t in decision.targets)
+    assert decision.reason == ("Success" if expected else "NoClusterFit")
+
+
+def test_no_fit_explains_each_cluster() -> None:
+    decision = scheduling.schedule(
+        placement(cluster_names=["ghost"]), replicas=1, clusters=CLUSTERS
+    )
+    assert not decision.scheduled
+    names = ("member1", "member2", "member3")
+    assert decision.rejected == dict.fromkeys(names, "not in clusterNames")
+    assert "member2: not in clusterNames" in decision.message
+
+
+def test_taints_keep_new_work_off_but_do_not_evict() -> None:
+    tainted = [
+        ClusterInfo(
+            "member1", {}, taints=(TaintInfo(scheduling.NOT_READY_TAINT, "", "NoSchedule"),)
+        ),
+        ClusterInfo("member2", {}),
+    ]
+    fresh = scheduling.schedule(policy_pb2.Placement(), replicas=1, clusters=tainted)
+    assert [t.name for t in fresh.targets] == ["member2"]
+    assert "not tolerated" in fresh.rejected["member1"]
+    kept = scheduling.schedule(
+        policy_pb2.Placement(), replicas=1, clusters=tainted, current=["member1"]
+    )
+    assert [t.name for t in kept.targets] == ["member1", "member2"]
+
+
+def test_tolerations() -> None:
+    tainted = [ClusterInfo("member1", {}, taints=(TaintInfo("dedicated", "ml", "NoSchedule"),))]
+    place = policy_pb2.Placement(
+        cluster_tolerations=[meta_pb2.Toleration(key="dedicated", operator="Equal", value="ml")]
+    )
+    assert scheduling.schedule(place, replicas=1, clusters=tainted).scheduled
+    wrong = policy_pb2.Placement(
+        cluster_tolerations=[meta_pb2.Toleration(key="dedicated", operator="Equal", value="web")]
+    )
+    assert not scheduling.schedule(wrong, replicas=1, clusters=tainted).scheduled
+
+
+def test_deleting_clusters_are_skipped() -> None:
+    clusters = [ClusterInfo("member1", {}, deleting=True), ClusterInfo("member2", {})]
+    decision = scheduling.schedule(policy_pb2.Placement(), replicas=1, clusters=clusters)
+    assert [t.name for t in decision.targets] == ["member2"]
+
+
+def test_cluster_affinities_fall_back_in_order() -> None:
+    place = policy_pb2.Placement(
+        cluster_affinities=[
+            policy_pb2.ClusterAffinityTerm(affinity_name="primary", cluster_names=["ghost"]),
+            policy_pb2.ClusterAffinityTerm(affinity_name="backup", cluster_names=["member2"]),
+        ]
+    )
+    decision = scheduling.schedule(place, replicas=1, clusters=CLUSTERS)
+    assert decision.affinity_name == "backup"
+    assert [t.name for t in decision.targets] == ["member2"]
+
+
+def test_divided_is_reported_not_duplicated() -> None:
+    place = policy_pb2.Placement(
+        replica_scheduling=policy_pb2.ReplicaSchedulingStrategy(replica_scheduling_type="Divided")
+    )
+    decision = scheduling.schedule(place, replicas=4, clusters=CLUSTERS)
+    assert decision.reason == "Unschedulable"
+    assert decision.targets == ()
+
+
+@pytest.mark.parametrize(
+    ("strategy", "duplicated"),
+    [
+        (None, True),
+        ("Duplicated", True),
+        ("", False),
+        ("Divided", False),
+    ],
+)
+def test_karmada_default_replica_scheduling(strategy: str | None, duplicated: bool) -> None:
+    place = policy_pb2.Placement()
+    if strategy is not None:
+        place.replica_scheduling.replica_scheduling_type = strategy
+        place.replica_scheduling.SetInParent()
+    assert scheduling.is_duplicated(place) is duplicated
