@@ -67,9 +67,11 @@ class Store:
                 raise Invalid("continue", "not a token from a previous page") from error
             if not start_after.startswith(prefix):
                 raise Invalid("continue", "token belongs to another listing")
-        kvs, at_revision, more = await self.etcd.range(
+        kvs, current_revision, more = await self.etcd.range(
             prefix, start_after=start_after, limit=limit, revision=revision
         )
+        # etcd reports its current revision; the listing is at the first page's.
+        at_revision = revision or current_revision
         items = []
         for kv in kvs:
             obj = kind.decode(kv.value)

@@ -1,0 +1,205 @@
+"""The whole pipeline on real parts: etcd, full member clusters, the control plane and
+one agent per member, each a real process that tests may stop, kill or restart."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from archipel.client import Client, message_to_document
+from archipel.testing.controlplane import AgentProcess, ControlPlaneProcess
+from archipel.testing.members import Fleet, Member
+from archipel.v1alpha1 import service_pb2
+
+T = TypeVar("T")
+# member1 and member3 are "gold", member2 "silver": label-selector placement picks 2 of 3.
+TIERS = {"member1": "gold", "member2": "silver", "member3": "gold"}
+
+
+def wait_for(what: str, check: Callable[[], T | None], *, timeout: float = 60.0) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.2)
+
+
+@dataclasses.dataclass
+class Pipeline:
+    fleet: Fleet
+    plane: ControlPlaneProcess
+    agents: dict[str, AgentProcess]
+    directory: Path
+
+    def client(self) -> Client:
+        return self.plane.client()
+
+    def apply(self, *documents: dict[str, Any]) -> None:
+        api = self.client()
+        try:
+            for document in documents:
+                api.apply_document(document)
+        finally:
+            api.close()
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        config = self.directory / "archipel.yaml"
+        if not config.exists():
+            self.plane.write_cli_config(config)
+        return subprocess.run(
+            [sys.executable, "-m", "archipel.cli.main", "--config", str(config), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def apps(self, member: str) -> k8s.AppsV1Api:
+        return k8s.AppsV1Api(self.fleet[member].api_client())
+
+    def core(self, member: str) -> k8s.CoreV1Api:
+        return k8s.CoreV1Api(self.fleet[member].api_client())
+
+    def deployment(self, member: str, namespace: str, name: str) -> k8s.V1Deployment | None:
+        try:
+            return self.apps(member).read_namespaced_deployment(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def cluster(self, name: str) -> dict[str, Any]:
+        api = self.client()
+        try:
+            found = api.call(
+                api.stub(_kind("MemberCluster")).Get, service_pb2.GetRequest(name=name)
+            )
+            return message_to_document(found)
+        finally:
+            api.close()
+
+    def ready(self, name: str) -> str:
+        for condition in self.cluster(name).get("status", {}).get("conditions", []):
+            if condition["type"] == "Ready":
+                return str(condition["status"])
+        return "Unknown"
+
+    def metric(self, name: str) -> float:
+        url = f"http://127.0.0.1:{self.plane.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def start_agent(self, member: Member) -> AgentProcess:
+        token = self.directory / "agents" / f"{member.name}.token"
+        agent = AgentProcess(
+            control_plane=self.plane, member=member, token_file=token, heartbeat_interval=1
+        )
+        agent.start()
+        self.agents[member.name] = agent
+        return agent
+
+
+def _is_ready(pipeline: Pipeline, name: str) -> bool:
+    return pipeline.ready(name) == "True"
+
+
+def _kind(name: str) -> Any:
+    from archipel.client import api_kind_by_name
+
+    kind = api_kind_by_name(name)
+    assert kind is not None
+    return kind
+
+
+@pytest.fixture(scope="module")
+def pipeline(members: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
+    directory = tmp_path_factory.mktemp("pipeline")
+    assert members.etcd is not None
+    plane = ControlPlaneProcess(
+        etcd_endpoint=members.etcd.endpoint,
+        etcd_prefix=f"/archipel-{uuid.uuid4().hex[:8]}/",
+        directory=directory,
+        heartbeat_interval=1,
+        cluster_grace_period=4,
+    )
+    plane.start()
+    result = Pipeline(fleet=members, plane=plane, agents={}, directory=directory)
+    for member in members:
+        plane.join(member, labels={"tier": TIERS.get(member.name, "none")})
+        result.start_agent(member)
+    for member in members:
+        wait_for(f"{member.name} Ready", functools.partial(_is_ready, result, member.name))
+    yield result
+    for agent in result.agents.values():
+        agent.stop()
+    plane.stop()
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"e2e-{uuid.uuid4().hex[:6]}"
+
+
+def deployment(
+    namespace: str, name: str = "web", *, image: str = "nginx:1.27", replicas: int = 1
+) -> dict[str, Any]:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": name, "image": image}]},
+            },
+        },
+    }
+
+
+def policy(
+    namespace: str,
+    name: str = "web",
+    *,
+    cluster_names: list[str] | None = None,
+    label_selector: dict[str, str] | None = None,
+    kind: str = "Deployment",
+    api_version: str = "apps/v1",
+) -> dict[str, Any]:
+    affinity: dict[str, Any] = {}
+    if cluster_names is not None:
+        affinity["clusterNames"] = cluster_names
+    if label_selector is not None:
+        affinity["labelSelector"] = {"matchLabels": label_selector}
+    return {
+        "apiVersion": "policy.karmada.io/v1alpha1",
+        "kind": "PropagationPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "resourceSelectors": [{"apiVersion": api_version, "kind": kind}],
+            "placement": {"clusterAffinity": affinity},
+        },
+    }

@@ -1,0 +1,406 @@
+"""The propagation pipeline end to end, on real etcd, real members and real agents."""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+from typing import Any
+
+import grpc
+import pytest
+
+from archipel import structs
+from archipel.testing import tools
+from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2
+from tests.e2e.conftest import Pipeline, deployment, policy, wait_for
+
+pytestmark = pytest.mark.members(count=3, profile="full", isolated=True)
+MEMBERS = ("member1", "member2", "member3")
+
+
+def placed(pipeline: Pipeline, namespace: str, name: str = "web") -> set[str]:
+    return {m for m in MEMBERS if pipeline.deployment(m, namespace, name) is not None}
+
+
+def template_status(pipeline: Pipeline, namespace: str, name: str = "web") -> dict[str, Any]:
+    api = pipeline.client()
+    try:
+        found = api.call(
+            api.templates.Get,
+            service_pb2.TemplateGetRequest(
+                api_version="apps/v1", kind="Deployment", namespace=namespace, name=name
+            ),
+        )
+    finally:
+        api.close()
+    status: dict[str, Any] = structs.from_struct(found.manifest).get("status", {})
+    return status
+
+
+def test_propagates_by_name_to_two_of_three(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member1", "member2"]))
+    wait_for("member1 and member2", lambda: placed(pipeline, namespace) == {"member1", "member2"})
+    assert pipeline.deployment("member3", namespace, "web") is None
+
+
+def test_propagates_by_label_selector(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, label_selector={"tier": "gold"}))
+    wait_for("the gold clusters", lambda: placed(pipeline, namespace) == {"member1", "member3"})
+
+
+def test_status_is_aggregated_from_members(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(
+        deployment(namespace, replicas=2), policy(namespace, cluster_names=["member1", "member2"])
+    )
+    status = wait_for(
+        "aggregated readyReplicas",
+        lambda: (s := template_status(pipeline, namespace)).get("readyReplicas") == 4 and s,
+        timeout=90,
+    )
+    assert status["replicas"] == 4
+    assert status["observedGeneration"] == 1
+    described = pipeline.cli("describe", "deployment", "web", "-n", namespace)
+    assert described.returncode == 0, described.stderr
+    assert "FullyApplied: True" in described.stdout
+    assert described.stdout.count("Healthy") == 2
+
+
+def test_image_update_reaches_members(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member1", "member2"]))
+    wait_for("placement", lambda: placed(pipeline, namespace) == {"member1", "member2"})
+    pipeline.apply(deployment(namespace, image="nginx:1.28"))
+
+    def images() -> set[str]:
+        found = set()
+        for member in ("member1", "member2"):
+            current = pipeline.deployment(member, namespace, "web")
+            assert current is not None
+            found.add(str(current.spec.template.spec.containers[0].image))
+        return found
+
+    wait_for("the new image everywhere", lambda: images() == {"nginx:1.28"})
+
+
+def test_changing_cluster_names_moves_the_workload(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member1", "member2"]))
+    wait_for("first placement", lambda: placed(pipeline, namespace) == {"member1", "member2"})
+    pipeline.apply(policy(namespace, cluster_names=["member2", "member3"]))
+    wait_for("the move", lambda: placed(pipeline, namespace) == {"member2", "member3"})
+
+
+def test_deleting_the_template_removes_it_everywhere(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=list(MEMBERS)))
+    wait_for("placement", lambda: placed(pipeline, namespace) == set(MEMBERS))
+    deleted = pipeline.cli("delete", "deployment", "web", "-n", namespace)
+    assert deleted.returncode == 0, deleted.stderr
+    wait_for("removal", lambda: placed(pipeline, namespace) == set())
+    listed = pipeline.cli("get", "works", "-A", "-o", "json")
+    assert f"{namespace}.web-deployment" not in listed.stdout
+
+
+def test_deleting_the_policy_leaves_the_objects(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member1", "member2"]))
+    wait_for("placement", lambda: placed(pipeline, namespace) == {"member1", "member2"})
+    deleted = pipeline.cli("delete", "propagationpolicy", "web", "-n", namespace)
+    assert deleted.returncode == 0, deleted.stderr
+    api = pipeline.client()
+    try:
+        wait_for(
+            "the binding to go",
+            lambda: (
+                not api.call(
+                    api.stub(_binding_kind()).List, service_pb2.ListRequest(namespace=namespace)
+                ).items
+            ),
+        )
+    finally:
+        api.close()
+    assert placed(pipeline, namespace) == {"member1", "member2"}
+
+
+def _connected(pipeline: Pipeline, name: str) -> bool:
+    return bool(pipeline.cluster(name)["status"]["agent"].get("connected"))
+
+
+def _binding_kind() -> Any:
+    from archipel.client import api_kind_by_name
+
+    return api_kind_by_name("binding")
+
+
+def test_manual_edits_are_reverted(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member1"]))
+    wait_for("placement", lambda: placed(pipeline, namespace) == {"member1"})
+    apps = pipeline.apps("member1")
+    apps.patch_namespaced_deployment(
+        "web",
+        namespace,
+        {"spec": {"template": {"spec": {"containers": [{"name": "web", "image": "evil:1"}]}}}},
+    )
+
+    def image() -> str:
+        current = pipeline.deployment("member1", namespace, "web")
+        return str(current.spec.template.spec.containers[0].image) if current else ""
+
+    wait_for("the edit to be reverted", lambda: image() == "nginx:1.27")
+    apps.delete_namespaced_deployment("web", namespace)
+    wait_for(
+        "the deletion to be reverted", lambda: pipeline.deployment("member1", namespace, "web")
+    )
+
+
+def test_agent_restart_resumes_without_reapplying(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member1"]))
+    wait_for("placement", lambda: placed(pipeline, namespace) == {"member1"})
+    before = pipeline.deployment("member1", namespace, "web")
+    assert before is not None
+    delivered = pipeline.metric("archipel_works_delivered_total")
+    agent = pipeline.agents["member1"]
+    agent.kill()
+    wait_for(
+        "the disconnect",
+        lambda: not pipeline.cluster("member1")["status"]["agent"].get("connected"),
+    )
+    restarted = pipeline.start_agent(pipeline.fleet["member1"])
+    wait_for(
+        "the reconnect", lambda: pipeline.cluster("member1")["status"]["agent"].get("connected")
+    )
+    wait_for("the resync", lambda: "in sync:" in restarted.process.log_path.read_text())
+    assert pipeline.metric("archipel_works_delivered_total") == delivered
+    assert "in sync: 0 sent" in restarted.process.log_path.read_text()
+    after = pipeline.deployment("member1", namespace, "web")
+    assert after is not None
+    assert after.metadata.resource_version == before.metadata.resource_version
+
+
+def test_control_plane_restart_loses_nothing(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member2"]))
+    wait_for("placement", lambda: placed(pipeline, namespace) == {"member2"})
+    before = pipeline.cli("get", "works", "-A", "-o", "json").stdout
+    pipeline.plane.restart()
+    for name in MEMBERS:
+        wait_for(f"{name} to reconnect", functools.partial(_connected, pipeline, name))
+    after = pipeline.cli("get", "works", "-A", "-o", "json").stdout
+    names = lambda text: sorted(i["metadata"]["name"] for i in json.loads(text)["items"])  # noqa: E731
+    assert names(after) == names(before)
+    assert pipeline.metric("archipel_works_delivered_total") == 0
+    pipeline.apply(deployment(namespace, image="nginx:1.28"))
+    wait_for(
+        "an update after the restart",
+        lambda: (
+            (d := pipeline.deployment("member2", namespace, "web"))
+            and d.spec.template.spec.containers[0].image == "nginx:1.28"
+        ),
+    )
+
+
+def test_karmada_yaml_through_the_cli_and_grpcurl(pipeline: Pipeline, namespace: str) -> None:
+    karmada = f"""
+apiVersion: policy.karmada.io/v1alpha1
+kind: PropagationPolicy
+metadata:
+  name: nginx-propagation
+  namespace: {namespace}
+spec:
+  resourceSelectors:
+    - apiVersion: apps/v1
+      kind: Deployment
+      name: web
+  placement:
+    clusterAffinity:
+      clusterNames:
+        - member1
+        - member3
+    replicaScheduling:
+      replicaSchedulingType: Duplicated
+"""
+    applied = pipeline.cli("apply", "-f", "-", stdin=karmada)
+    assert applied.returncode == 0, applied.stderr
+    assert "propagationpolicy/nginx-propagation created" in applied.stdout
+    pipeline.apply(deployment(namespace))
+    wait_for("placement", lambda: placed(pipeline, namespace) == {"member1", "member3"})
+    # The same policy's JSON form through grpcurl.
+    import yaml
+
+    document = yaml.safe_load(karmada)
+    document["metadata"]["name"] = "from-grpcurl"
+    result = _grpcurl(
+        pipeline, "archipel.v1alpha1.PropagationPolicyService/Apply", data=json.dumps(document)
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["metadata"]["name"] == "from-grpcurl"
+
+
+def _grpcurl(
+    pipeline: Pipeline, method: str, *, data: str = "{}", token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    binary = tools.ensure("grpcurl").grpcurl
+    credential = token if token is not None else pipeline.plane.admin_token
+    headers = ["-H", f"authorization: Bearer {credential}"] if credential else []
+    return subprocess.run(
+        [str(binary), "-plaintext", *headers, "-d", data, pipeline.plane.address, method],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_grpcurl_administration(pipeline: Pipeline) -> None:
+    binary = str(tools.ensure("grpcurl").grpcurl)
+    address = pipeline.plane.address
+    listed = subprocess.run(
+        [binary, "-plaintext", address, "list"], capture_output=True, text=True, check=True
+    )
+    assert "archipel.v1alpha1.PropagationPolicyService" in listed.stdout.split()
+    assert "grpc.health.v1.Health" in listed.stdout.split()
+    described = subprocess.run(
+        [binary, "-plaintext", address, "describe", "archipel.v1alpha1.ResourceTemplateService"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "rpc Apply" in described.stdout and "rpc Watch" in described.stdout
+    token = pipeline.plane.admin_token
+    got = subprocess.run(
+        [
+            binary,
+            "-plaintext",
+            "-H",
+            f"authorization: Bearer {token}",
+            "-d",
+            '{"name": "member1"}',
+            address,
+            "archipel.v1alpha1.MemberClusterService/Get",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert json.loads(got.stdout)["metadata"]["name"] == "member1"
+    health = subprocess.run(
+        [binary, "-plaintext", address, "grpc.health.v1.Health/Check"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "SERVING" in health.stdout
+
+
+def test_bad_input_is_refused_and_nothing_is_stored(pipeline: Pipeline, tmp_path: Any) -> None:
+    before = pipeline.cli("get", "pp", "-A", "-o", "json").stdout
+    cases = {
+        "invalid YAML": ("apiVersion: v1\nkind: [unclosed\n", "invalid YAML"),
+        "unknown field": (
+            "apiVersion: policy.karmada.io/v1alpha1\nkind: PropagationPolicy\nmetadata: {name: a}\n"
+            "spec:\n  resourceSelectorz: []\n",
+            "resourceSelectorz",
+        ),
+        "missing name": ("apiVersion: apps/v1\nkind: Deployment\nmetadata: {}\n", "metadata.name"),
+        "bad selector": (
+            "apiVersion: policy.karmada.io/v1alpha1\nkind: PropagationPolicy\nmetadata: {name: a}\n"
+            "spec:\n  resourceSelectors:\n    - apiVersion: v1\n      kind: ConfigMap\n"
+            "      labelSelector:\n        matchExpressions:\n"
+            "          - {key: app, operator: Near}\n",
+            "spec.resourceSelectors[0].labelSelector.matchExpressions[0].operator",
+        ),
+        "bad cluster name": (
+            "apiVersion: policy.karmada.io/v1alpha1\nkind: PropagationPolicy\nmetadata: {name: a}\n"
+            "spec:\n  resourceSelectors:\n    - {apiVersion: v1, kind: ConfigMap}\n"
+            "  placement:\n    clusterAffinity:\n      clusterNames: [Not_A_Name]\n",
+            "spec.placement.clusterAffinity.clusterNames[0]",
+        ),
+    }
+    for case, (text, expected) in cases.items():
+        result = pipeline.cli("apply", "-f", "-", stdin=text)
+        assert result.returncode == 1, case
+        assert expected in result.stderr, (case, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, (case, result.stderr)
+    assert pipeline.cli("get", "pp", "-A", "-o", "json").stdout == before
+
+    wrong = _grpcurl(
+        pipeline, "archipel.v1alpha1.PropagationPolicyService/List", token="admin.wrong"
+    )
+    assert "Unauthenticated" in wrong.stderr
+    missing = _grpcurl(pipeline, "archipel.v1alpha1.PropagationPolicyService/List", token="")
+    assert "Unauthenticated" in missing.stderr
+    cluster_token = (pipeline.directory / "agents" / "member1.token").read_text().strip()
+    denied = _grpcurl(
+        pipeline, "archipel.v1alpha1.PropagationPolicyService/List", token=cluster_token
+    )
+    assert "PermissionDenied" in denied.stderr
+
+
+def test_an_agent_cannot_ask_for_another_clusters_works(pipeline: Pipeline) -> None:
+    token = (pipeline.directory / "agents" / "member1.token").read_text().strip()
+    with grpc.insecure_channel(pipeline.plane.address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        hello = agent_pb2.AgentMessage(hello=agent_pb2.Hello(cluster="member2"))
+        stream = stub.Connect(
+            iter([hello]), metadata=(("authorization", f"Bearer {token}"),), timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            list(stream)
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "member1" in (error.value.details() or "")
+        stream = stub.Connect(
+            iter([hello]), metadata=(("authorization", "Bearer member2.forged"),), timeout=10
+        )
+        with pytest.raises(grpc.RpcError) as error:
+            list(stream)
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_member_outage_goes_not_ready_and_work_lands_after(
+    pipeline: Pipeline, namespace: str
+) -> None:
+    member = pipeline.fleet["member3"]
+    member.stop_apiserver()
+    try:
+        wait_for("member3 NotReady", lambda: pipeline.ready("member3") == "False", timeout=30)
+        pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member3"]))
+    finally:
+        member.start_apiserver()
+    wait_for("member3 Ready again", lambda: pipeline.ready("member3") == "True", timeout=30)
+    wait_for(
+        "the work applied after the outage",
+        lambda: placed(pipeline, namespace) == {"member3"},
+        timeout=60,
+    )
+
+
+def test_silent_agent_makes_the_cluster_unknown(pipeline: Pipeline) -> None:
+    pipeline.agents["member2"].kill()
+    wait_for("member2 Unknown", lambda: pipeline.ready("member2") == "Unknown", timeout=30)
+    taints = [t["key"] for t in pipeline.cluster("member2")["spec"].get("taints", [])]
+    assert "cluster.archipel.io/unreachable" in taints
+    pipeline.start_agent(pipeline.fleet["member2"])
+    wait_for("member2 Ready", lambda: pipeline.ready("member2") == "True", timeout=30)
+    wait_for(
+        "the taint to go",
+        lambda: not pipeline.cluster("member2")["spec"].get("taints"),
+        timeout=30,
+    )
+
+
+def test_removing_a_cluster_removes_its_works(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, cluster_names=["member3"]))
+    wait_for("placement", lambda: placed(pipeline, namespace) == {"member3"})
+    removed = pipeline.cli("delete", "membercluster", "member3")
+    assert removed.returncode == 0, removed.stderr
+
+    def works_of_member3() -> list[str]:
+        listed = json.loads(
+            pipeline.cli("get", "works", "-A", "-o", "json").stdout or '{"items": []}'
+        )
+        items = listed.get("items", [listed] if "metadata" in listed else [])
+        return [
+            w["metadata"]["name"]
+            for w in items
+            if w["metadata"]["namespace"] == "archipel-es-member3"
+        ]
+
+    wait_for("member3's works to go", lambda: not works_of_member3() and "gone")
+    gone = pipeline.cli("get", "membercluster", "member3")
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
