@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -245,8 +246,26 @@ def to_message(api_kind: ApiKind, document: dict[str, Any]) -> Any:
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=False)
     except json_format.ParseError as error:
-        raise ClientError(f"{api_kind.kind}: {error}") from error
+        raise ClientError(f"{api_kind.kind} {_parse_problem(error)}") from error
     return message
+
+
+_UNKNOWN_FIELD = re.compile(r'has no field named "([^"]+)" at "([^"]+)"')
+
+
+def _parse_problem(error: json_format.ParseError) -> str:
+    """protobuf's message, as one line that names the field by its YAML path."""
+    text = str(error)
+    unknown = _UNKNOWN_FIELD.search(text)
+    if unknown:
+        field, where = unknown.groups()
+        path = ".".join([*where.split(".")[1:], field])
+        return f"{path}: unknown field"
+    first = text.splitlines()[0].strip()
+    fields = re.findall(r"Failed to parse (\w+) field: ", first)
+    problem = re.sub(r"(Failed to parse \w+ field: )+", "", first)
+    problem = re.sub(r" at [\w.]+$", "", problem.rstrip(".")).rstrip(".")
+    return f"{'.'.join(fields)}: {problem}" if fields else problem
 
 
 def read_documents(
