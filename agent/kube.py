@@ -42,6 +42,8 @@ def load_api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
         kubernetes.config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     # Fail fast and let the agent's own backoff retry, instead of urllib3's.
     configuration.retries = False
+    # One connection per worker thread, plus the long-lived watches.
+    configuration.connection_pool_maxsize = 32
     return kubernetes.client.ApiClient(configuration)
 
 
@@ -52,7 +54,7 @@ def _describe(error: Exception) -> str:
 
 
 class Kube:
-    def __init__(self, api_client: kubernetes.client.ApiClient, *, workers: int = 8) -> None:
+    def __init__(self, api_client: kubernetes.client.ApiClient, *, workers: int = 16) -> None:
         self.api_client = api_client
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="kube"

@@ -76,7 +76,7 @@ class WorkManager:
         ledger: Ledger,
         *,
         send: Callable[[agent_pb2.AgentMessage], None],
-        workers: int = 4,
+        workers: int = 16,
     ) -> None:
         self.kube = kube
         self.ledger = ledger
@@ -92,6 +92,8 @@ class WorkManager:
         self.applies = 0
         self._last_report: dict[str, bytes] = {}
         self._watched: set[tuple[str, str]] = set()
+        # Namespaces known to exist, to spare a lookup per object; forgotten on failure.
+        self._namespaces: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
 
@@ -159,6 +161,7 @@ class WorkManager:
         try:
             await self._apply(work, entry)
         except Exception as error:
+            self._namespaces.clear()
             self.report(
                 name, applied=False, message=describe(error), generation=work.metadata.generation
             )
@@ -175,10 +178,11 @@ class WorkManager:
         for manifest in ordered:
             ref = ObjectRef.of(manifest)
             body = _with_ownership(manifest, name)
-            if ref.namespace:
+            if ref.namespace and ref.namespace not in self._namespaces:
                 await self.kube.call(
                     self.kube.ensure_namespace, ref.namespace, labels={MANAGED_LABEL: "true"}
                 )
+                self._namespaces.add(ref.namespace)
             if ref not in held:
                 await self._check_conflict(ref, name, work.spec.conflict_resolution)
             applied = await self.kube.call(self.kube.apply, body)
