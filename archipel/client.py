@@ -173,6 +173,13 @@ class Client:
     def stub(self, api_kind: ApiKind) -> Any:
         return getattr(service_pb2_grpc, f"{api_kind.service}Stub")(self.channel)
 
+    def stub_for(self, kind: str) -> Any:
+        """The service stub of an Archipel kind named as on the command line."""
+        api_kind = api_kind_by_name(kind)
+        if api_kind is None:
+            raise ClientError(f"unknown kind {kind!r}")
+        return self.stub(api_kind)
+
     def call(self, method: Any, request: Any, *, timeout: float = 30) -> Any:
         try:
             return method(request, metadata=self.metadata, timeout=timeout)

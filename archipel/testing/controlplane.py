@@ -31,8 +31,11 @@ class ControlPlaneProcess:
         port: int | None = None,
         heartbeat_interval: float = 10.0,
         cluster_grace_period: float = 40.0,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """``tls`` is (certificate, key) to serve TLS instead of plaintext."""
         self.directory = directory
+        self.tls = tls
         self.port = port or free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -49,6 +52,8 @@ class ControlPlaneProcess:
             f"--heartbeat-interval={heartbeat_interval}",
             f"--cluster-grace-period={cluster_grace_period}",
         ]
+        if tls is not None:
+            argv += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
         self.process = ManagedProcess(
             "controlplane", argv, log_path=directory / "controlplane.log", env=_env()
         )
@@ -58,6 +63,9 @@ class ControlPlaneProcess:
         return self.token_file.read_text().strip()
 
     def serving(self) -> bool:
+        if self.tls is not None:
+            # Any answer over TLS, even a refusal, means the server is up.
+            return self.process.running and "serving on port" in self.process.log_tail(50)
         with grpc.insecure_channel(self.address) as channel:
             try:
                 response = health_pb2_grpc.HealthStub(channel).Check(

@@ -9,10 +9,12 @@ from typing import Any
 
 import grpc
 import pytest
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from archipel import structs
 from archipel.testing import tools
-from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2
+from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2, service_pb2_grpc
 from tests.e2e.conftest import Pipeline, deployment, policy, wait_for
 
 pytestmark = pytest.mark.members(count=3, profile="full", isolated=True)
@@ -350,6 +352,168 @@ def test_an_agent_cannot_ask_for_another_clusters_works(pipeline: Pipeline) -> N
         with pytest.raises(grpc.RpcError) as error:
             list(stream)
         assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_template_label_change_releases_it(pipeline: Pipeline, namespace: str) -> None:
+    labelled = deployment(namespace)
+    labelled["metadata"]["labels"]["propagate"] = "yes"
+    selected = policy(namespace, cluster_names=["member1"])
+    selected["spec"]["resourceSelectors"][0]["labelSelector"] = {
+        "matchLabels": {"propagate": "yes"}
+    }
+    pipeline.apply(labelled, selected)
+    wait_for("placement", lambda: placed(pipeline, namespace) == {"member1"})
+    labelled["metadata"]["labels"]["propagate"] = "no"
+    pipeline.apply(labelled)
+    wait_for("removal once the labels stop matching", lambda: placed(pipeline, namespace) == set())
+
+
+def test_custom_resources_follow_their_definition(pipeline: Pipeline, namespace: str) -> None:
+    group = f"{namespace}.example.com"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": "v1",
+                    "served": True,
+                    "storage": True,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "x-kubernetes-preserve-unknown-fields": True,
+                        }
+                    },
+                }
+            ],
+        },
+    }
+    widget = {
+        "apiVersion": f"{group}/v1",
+        "kind": "Widget",
+        "metadata": {"name": "gizmo", "namespace": namespace},
+        "spec": {"size": 3},
+    }
+    cluster_policy = {
+        "apiVersion": "policy.karmada.io/v1alpha1",
+        "kind": "ClusterPropagationPolicy",
+        "metadata": {"name": f"crd-{namespace}"},
+        "spec": {
+            "resourceSelectors": [
+                {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition"}
+            ],
+            "placement": {"clusterAffinity": {"clusterNames": ["member1"]}},
+        },
+    }
+    widget_policy = policy(
+        namespace, cluster_names=["member1"], kind="Widget", api_version=f"{group}/v1"
+    )
+    # The custom resource first: it must wait for its definition, then land.
+    pipeline.apply(widget, widget_policy, crd, cluster_policy)
+    custom = k8s.CustomObjectsApi(pipeline.fleet["member1"].api_client())
+
+    def widget_in_member() -> bool:
+        try:
+            found = custom.get_namespaced_custom_object(group, "v1", namespace, "widgets", "gizmo")
+        except ApiException:
+            return False
+        return bool(found["spec"]["size"] == 3)
+
+    wait_for("the Widget in member1", widget_in_member, timeout=90)
+
+
+def test_watch_lists_then_streams_changes(pipeline: Pipeline, namespace: str) -> None:
+    api = pipeline.client()
+    stub = service_pb2_grpc.PropagationPolicyServiceStub(api.channel)
+    try:
+        listed = api.call(stub.List, service_pb2.ListRequest(namespace=namespace))
+        events = stub.Watch(
+            service_pb2.WatchRequest(namespace=namespace, resource_version=listed.resource_version),
+            metadata=api.metadata,
+            timeout=30,
+        )
+        pipeline.apply(policy(namespace, cluster_names=["member1"]))
+        pipeline.cli("delete", "pp", "web", "-n", namespace)
+        seen = []
+        for event in events:
+            seen.append((event.type, event.object.metadata.name))
+            if event.type == "DELETED":
+                events.cancel()
+                break
+        assert seen == [("ADDED", "web"), ("DELETED", "web")]
+    finally:
+        api.close()
+
+
+def test_api_errors_use_the_right_codes(pipeline: Pipeline, namespace: str) -> None:
+    api = pipeline.client()
+    stub = service_pb2_grpc.PropagationPolicyServiceStub(api.channel)
+
+    def code(call: Any, request: Any) -> grpc.StatusCode:
+        try:
+            call(request, metadata=api.metadata, timeout=10)
+        except grpc.RpcError as error:
+            return error.code()
+        return grpc.StatusCode.OK
+
+    try:
+        missing = service_pb2.GetRequest(namespace=namespace, name="nope")
+        assert code(stub.Get, missing) == grpc.StatusCode.NOT_FOUND
+        assert (
+            code(stub.Get, service_pb2.GetRequest(namespace=namespace))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        assert (
+            code(stub.List, service_pb2.ListRequest(label_selector="a in ("))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
+        pipeline.apply(policy(namespace, cluster_names=["member1"]))
+        current = api.call(stub.Get, service_pb2.GetRequest(namespace=namespace, name="web"))
+        pipeline.apply(policy(namespace, cluster_names=["member2"]))
+        stale = type(current)()
+        stale.CopyFrom(current)
+        stale.spec.placement.cluster_affinity.cluster_names[:] = ["member3"]
+        assert code(stub.Apply, stale) == grpc.StatusCode.ABORTED
+        assert (
+            code(api.admin.Join, service_pb2.JoinRequest(name="member1"))
+            == grpc.StatusCode.ALREADY_EXISTS
+        )
+        assert (
+            code(api.admin.Join, service_pb2.JoinRequest(name="Bad_Name"))
+            == grpc.StatusCode.INVALID_ARGUMENT
+        )
+    finally:
+        api.close()
+
+
+def test_a_stuck_agent_does_not_hold_up_the_others(pipeline: Pipeline, namespace: str) -> None:
+    api = pipeline.client()
+    try:
+        joined = api.call(api.admin.Join, service_pb2.JoinRequest(name=f"stuck-{namespace[-6:]}"))
+    finally:
+        api.close()
+    stuck = joined.cluster.metadata.name
+    with grpc.insecure_channel(pipeline.plane.address) as channel:
+        stub = agent_pb2_grpc.AgentServiceStub(channel)
+        hello = agent_pb2.AgentMessage(hello=agent_pb2.Hello(cluster=stuck))
+        stream = stub.Connect(
+            iter([hello]), metadata=(("authorization", f"Bearer {joined.token}"),)
+        )
+        for _welcome in stream:
+            break  # after the welcome this "agent" never reads again
+        big = [deployment(namespace, f"d{i}") for i in range(40)]
+        pipeline.apply(*big, policy(namespace, cluster_names=[stuck, "member1"]))
+        wait_for(
+            "member1 to get every work the stuck cluster is not reading",
+            lambda: all(pipeline.deployment("member1", namespace, f"d{i}") for i in range(40)),
+            timeout=90,
+        )
+        stream.cancel()
 
 
 def test_member_outage_goes_not_ready_and_work_lands_after(
