@@ -374,22 +374,11 @@ class TemplateService:
         return service_pb2.DeleteResponse(deleted=deleted)
 
 
-_SERVER_FIELDS = (
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "managedFields",
-    "selfLink",
-)
-
-
 async def apply_template(store: Store, manifest: Manifest) -> Manifest:
     kind = kinds.RESOURCE_TEMPLATE
     metadata = manifest["metadata"]
     requested_version = metadata.get("resourceVersion", "")
-    for field in _SERVER_FIELDS:
+    for field in kinds.SERVER_METADATA_FIELDS:
         metadata.pop(field, None)
     manifest.pop("status", None)
     current = await store.get(kind, kind.key_of(manifest))
@@ -402,7 +391,10 @@ async def apply_template(store: Store, manifest: Manifest) -> Manifest:
             f"{stored.get('resourceVersion')}, not {requested_version}"
         )
     updated: Manifest = dict(manifest)
-    updated["metadata"] = {**metadata, **{f: stored[f] for f in _SERVER_FIELDS if f in stored}}
+    updated["metadata"] = {
+        **metadata,
+        **{f: stored[f] for f in kinds.SERVER_METADATA_FIELDS if f in stored},
+    }
     if "finalizers" in stored:
         updated["metadata"]["finalizers"] = stored["finalizers"]
     if "status" in current:

@@ -130,5 +130,20 @@ def policy_key(ref: work_pb2.PolicyReference) -> str:
     return f"{ref.kind}/{ref.namespace}/{ref.name}"
 
 
+async def delete_object(
+    store: Store, kind: kinds.Kind[Any], obj: Any, *, preserve_resources: bool
+) -> None:
+    """Delete a binding or work; with ``preserve_resources`` its member objects stay.
+
+    The flag is written first, so whoever finishes the deletion (the binding
+    controller, the agent) knows to orphan rather than delete.
+    """
+    if preserve_resources and not obj.spec.preserve_resources_on_deletion:
+        released = kind.copy(obj)
+        released.spec.preserve_resources_on_deletion = True
+        obj = await store.update(kind, released, current=obj)
+    await store.delete(kind, kind.key_of(obj), resource_version=obj.metadata.resource_version)
+
+
 def is_deleting(obj: Any) -> bool:
     return bool(obj.metadata.HasField("deletion_timestamp"))

@@ -307,6 +307,18 @@ PROPAGATION_WORK = _proto_kind(
 # -- resource templates ------------------------------------------------------------
 
 
+# Metadata the control plane owns: callers' values are ignored, members never see them.
+SERVER_METADATA_FIELDS = (
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "managedFields",
+    "selfLink",
+)
+
+
 def split_api_version(api_version: str) -> tuple[str, str]:
     """``apps/v1`` -> (``apps``, ``v1``); ``v1`` -> (``""``, ``v1``)."""
     group, _, version = api_version.rpartition("/")

@@ -253,10 +253,6 @@ class ControlPlane:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.etcd.close()
 
-    async def idle(self) -> bool:
-        """Whether every controller has nothing queued (used by tests and benchmarks)."""
-        return all(c.queue.idle() for c in self.controllers())
-
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="archipel-controlplane", description=__doc__)

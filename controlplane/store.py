@@ -185,7 +185,3 @@ def _display(key: str) -> str:
     parts = key.split("/")
     namespace, name = parts[-2], parts[-1]
     return name if namespace == "_" else f"{namespace}/{name}"
-
-
-def display_key(key: str) -> str:
-    return _display(key)

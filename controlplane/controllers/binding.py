@@ -25,6 +25,7 @@ from controlplane.context import (
     Context,
     binding_key_for_template_key,
     binding_key_of_work,
+    delete_object,
     is_deleting,
     template_key_of_binding,
     work_name,
@@ -33,18 +34,8 @@ from controlplane.kinds import Manifest
 from controlplane.runtime import Controller, Result
 
 NAME = "binding-controller"
-# Fields of a template's metadata that belong to the control plane, not the member.
-_SERVER_METADATA = (
-    "uid",
-    "resourceVersion",
-    "generation",
-    "creationTimestamp",
-    "deletionTimestamp",
-    "managedFields",
-    "selfLink",
-    "ownerReferences",
-    "finalizers",
-)
+# Besides what the control plane owns, references that only make sense here.
+_DROPPED_METADATA = (*kinds.SERVER_METADATA_FIELDS, "ownerReferences", "finalizers")
 
 
 def member_manifest(template: Manifest, *, replicas: int | None) -> Manifest:
@@ -52,7 +43,7 @@ def member_manifest(template: Manifest, *, replicas: int | None) -> Manifest:
     manifest: dict[str, Any] = copy.deepcopy(template)
     manifest.pop("status", None)
     metadata = manifest.get("metadata", {})
-    for field in _SERVER_METADATA:
+    for field in _DROPPED_METADATA:
         metadata.pop(field, None)
     if (
         replicas is not None
@@ -85,19 +76,11 @@ class BindingController:
         self.controller.enqueue(binding_key_for_template_key(key))
 
     async def _delete_works(self, works: list[work_pb2.PropagationWork], *, preserve: bool) -> None:
-        store = self.context.store
         for work in works:
-            if is_deleting(work):
-                continue
-            if preserve and not work.spec.preserve_resources_on_deletion:
-                orphaned = kinds.PROPAGATION_WORK.copy(work)
-                orphaned.spec.preserve_resources_on_deletion = True
-                work = await store.update(kinds.PROPAGATION_WORK, orphaned, current=work)
-            await store.delete(
-                kinds.PROPAGATION_WORK,
-                kinds.PROPAGATION_WORK.key_of(work),
-                resource_version=work.metadata.resource_version,
-            )
+            if not is_deleting(work):
+                await delete_object(
+                    self.context.store, kinds.PROPAGATION_WORK, work, preserve_resources=preserve
+                )
 
     async def reconcile(self, key: str) -> Result | None:
         context = self.context

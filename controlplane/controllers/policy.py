@@ -19,6 +19,7 @@ from controlplane.context import (
     Context,
     binding_key_for_template_key,
     binding_name,
+    delete_object,
     is_deleting,
     template_key_of_binding,
 )
@@ -107,15 +108,8 @@ class PolicyController:
         )
 
     async def _release(self, binding: work_pb2.PropagationBinding, *, orphan: bool) -> None:
-        store = self.context.store
-        if orphan and not binding.spec.preserve_resources_on_deletion:
-            released = kinds.PROPAGATION_BINDING.copy(binding)
-            released.spec.preserve_resources_on_deletion = True
-            binding = await store.update(kinds.PROPAGATION_BINDING, released, current=binding)
-        await store.delete(
-            kinds.PROPAGATION_BINDING,
-            kinds.PROPAGATION_BINDING.key_of(binding),
-            resource_version=binding.metadata.resource_version,
+        await delete_object(
+            self.context.store, kinds.PROPAGATION_BINDING, binding, preserve_resources=orphan
         )
 
     async def reconcile(self, key: str) -> Result | None:

@@ -14,8 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from google.protobuf import json_format
-
 from archipel import structs
 from archipel.v1alpha1 import agent_pb2, work_pb2
 from controlplane import kinds
@@ -204,7 +202,3 @@ class BindingStatusController:
         updated: Manifest = kinds.RESOURCE_TEMPLATE.copy(template)
         updated["status"] = status
         await self.context.store.update(kinds.RESOURCE_TEMPLATE, updated, current=template)
-
-
-def status_as_dict(status: work_pb2.PropagationBindingStatus) -> dict[str, Any]:
-    return json_format.MessageToDict(status)
