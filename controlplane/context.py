@@ -145,5 +145,19 @@ async def delete_object(
     await store.delete(kind, kind.key_of(obj), resource_version=obj.metadata.resource_version)
 
 
+def status_only_change(old: Manifest | None, new: Manifest | None) -> bool:
+    """A template change that touched nothing but its status (our own aggregation)."""
+    if old is None or new is None:
+        return False
+    strip = kinds.RESOURCE_TEMPLATE.spec_fingerprint
+    old_meta, new_meta = old.get("metadata", {}), new.get("metadata", {})
+    return (
+        strip(old) == strip(new)
+        and old_meta.get("labels") == new_meta.get("labels")
+        and old_meta.get("annotations") == new_meta.get("annotations")
+        and old_meta.get("deletionTimestamp") == new_meta.get("deletionTimestamp")
+    )
+
+
 def is_deleting(obj: Any) -> bool:
     return bool(obj.metadata.HasField("deletion_timestamp"))

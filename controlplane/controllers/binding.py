@@ -27,6 +27,7 @@ from controlplane.context import (
     binding_key_of_work,
     delete_object,
     is_deleting,
+    status_only_change,
     template_key_of_binding,
     work_name,
 )
@@ -72,8 +73,9 @@ class BindingController:
             self.controller.enqueue(binding_key_of_work(work))
 
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
-        # A template change reaches its works through the binding.
-        self.controller.enqueue(binding_key_for_template_key(key))
+        # A template change reaches its works through the binding; its status does not.
+        if not status_only_change(old, new):
+            self.controller.enqueue(binding_key_for_template_key(key))
 
     async def _delete_works(self, works: list[work_pb2.PropagationWork], *, preserve: bool) -> None:
         for work in works:

@@ -21,6 +21,7 @@ from controlplane.context import (
     binding_name,
     delete_object,
     is_deleting,
+    status_only_change,
     template_key_of_binding,
 )
 from controlplane.kinds import Manifest
@@ -73,10 +74,15 @@ class PolicyController:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
-        context.templates.add_handler(lambda key, old, new: self.controller.enqueue(key))
+        context.templates.add_handler(self._on_template)
         context.policies.add_handler(self._on_policy)
         context.cluster_policies.add_handler(self._on_policy)
         context.bindings.add_handler(self._on_binding)
+
+    def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
+        # Aggregated status written back into the template changes nothing here.
+        if not status_only_change(old, new):
+            self.controller.enqueue(key)
 
     def _on_policy(self, key: str, old: object, new: object) -> None:
         # A policy can claim or release any template in its scope; namespaced
