@@ -46,7 +46,9 @@ class Store:
     async def must_get(self, kind: Kind[T], key: str) -> T:
         obj = await self.get(kind, key)
         if obj is None:
-            raise NotFound(f"{kind.name} {_display(key)} not found")
+            # Templates are named by their own kind: "Deployment demo/web not found".
+            label = key.split("/")[2] if key.startswith("templates/") else kind.name
+            raise NotFound(f"{label} {_display(key)} not found")
         return obj
 
     async def list(
