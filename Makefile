@@ -13,7 +13,7 @@ N ?= 3
 PROFILE ?= api
 PYTEST_ARGS ?=
 
-.PHONY: bench-e2e up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+.PHONY: bench bench-quick bench-e2e up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
 
 help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
@@ -75,6 +75,13 @@ down: setup
 
 demo: up
 	$(PY) -m archipel.testing.demo
+
+# Throughput, latency, scale and memory; results in .local/bench/ (JSON, table, PNG).
+bench: setup tools
+	$(PY) -m bench.run
+
+bench-quick: setup tools
+	$(PY) -m bench.run --quick
 
 # Apply-to-applied latency (median of 20) and 500 Deployments to 2 real members.
 bench-e2e: setup tools

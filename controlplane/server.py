@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -307,7 +308,20 @@ async def serve(settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
-    asyncio.run(serve(settings))
+    profile = os.environ.get("ARCHIPEL_PROFILE")
+    if not profile:
+        asyncio.run(serve(settings))
+        return 0
+    # Benchmarks profile the whole process; the statistics are written on shutdown.
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        profiler.disable()
+        profiler.dump_stats(profile)
     return 0
 
 
