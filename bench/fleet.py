@@ -20,6 +20,7 @@ import grpc
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, cluster_pb2, service_pb2, service_pb2_grpc
 
 AGENTS_PER_CHANNEL = 100
+TEMPLATE_GENERATION = "work.archipel.io/template-generation"
 
 
 @dataclasses.dataclass
@@ -29,6 +30,7 @@ class SimulatedAgent:
     held: dict[str, tuple[str, int]] = dataclasses.field(default_factory=dict)
     # (work name, generation) -> perf_counter at arrival
     arrivals: dict[tuple[str, int], float] = dataclasses.field(default_factory=dict)
+    template_generations: dict[str, int] = dataclasses.field(default_factory=dict)
     deletes: int = 0
     received: int = 0
     synced_at: float | None = None
@@ -112,7 +114,10 @@ class SimulatedFleet:
                 if which == "work":
                     meta = message.work.metadata
                     agent.received += 1
-                    agent.arrivals.setdefault((meta.name, meta.generation), time.perf_counter())
+                    # Keyed by the template generation the work was built from.
+                    template_generation = int(meta.annotations.get(TEMPLATE_GENERATION, "0"))
+                    agent.arrivals.setdefault((meta.name, template_generation), time.perf_counter())
+                    agent.template_generations[meta.name] = template_generation
                     agent.held[meta.name] = (meta.uid, meta.generation)
                     outbox.put_nowait(
                         agent_pb2.AgentMessage(
@@ -172,6 +177,24 @@ class SimulatedFleet:
 
     def total_arrivals(self) -> int:
         return sum(len(a.arrivals) for a in self.agents)
+
+    async def wait_generations(self, final: dict[str, int], *, seconds: float) -> None:
+        """Wait until every agent holds each named work at least at that generation."""
+        deadline = time.monotonic() + seconds
+
+        def done() -> bool:
+            return all(
+                agent.template_generations.get(name, 0) >= generation
+                for agent in self.agents
+                for name, generation in final.items()
+            )
+
+        while not done():
+            if time.monotonic() > deadline:
+                raise TimeoutError("not every agent caught up with the last updates")
+            self.arrival_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.arrival_event.wait(), timeout=1.0)
 
     async def wait_arrivals(self, count: int, *, seconds: float) -> float:
         """Wait until ``count`` distinct work versions arrived; returns the last arrival."""

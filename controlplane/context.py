@@ -22,6 +22,8 @@ WORK_FINALIZER = "archipel.io/agent-cleanup"
 BINDING_NAMESPACE_LABEL = "work.archipel.io/binding-namespace"
 BINDING_NAME_LABEL = "work.archipel.io/binding-name"
 CLUSTER_LABEL = "work.archipel.io/cluster"
+# On each work: the template generation it was built from (Karmada keeps the same).
+TEMPLATE_GENERATION_ANNOTATION = "work.archipel.io/template-generation"
 
 
 @dataclasses.dataclass

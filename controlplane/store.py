@@ -93,7 +93,7 @@ class Store:
         meta.set_creation_timestamp(_now())
         meta.resource_version = ""
         key = kind.key_of(obj)
-        revision = await self.etcd.commit([Put(key, kind.encode(obj), 0)])
+        revision = await self.etcd.commit_grouped([Put(key, kind.encode(obj), 0)])
         if revision is None:
             raise AlreadyExists(f"{kind.name} {_display(key)} already exists")
         meta.resource_version = str(revision)
@@ -131,12 +131,12 @@ class Store:
         if stored.deletion_timestamp is not None:
             meta.set_deletion_timestamp(stored.deletion_timestamp)
             if not meta.finalizers:
-                revision = await self.etcd.commit([Delete(key, expected)])
+                revision = await self.etcd.commit_grouped([Delete(key, expected)])
                 if revision is None:
                     raise Conflict(f"{kind.name} {_display(key)} was modified; read it again")
                 return obj
         meta.resource_version = ""
-        revision = await self.etcd.commit([Put(key, kind.encode(obj), expected)])
+        revision = await self.etcd.commit_grouped([Put(key, kind.encode(obj), expected)])
         if revision is None:
             meta.resource_version = str(expected)
             raise Conflict(f"{kind.name} {_display(key)} was modified; read it again")
@@ -157,11 +157,13 @@ class Store:
             if meta.deletion_timestamp is None:
                 meta.set_deletion_timestamp(_now())
                 meta.resource_version = ""
-                revision = await self.etcd.commit([Put(key, kind.encode(current), expected)])
+                revision = await self.etcd.commit_grouped(
+                    [Put(key, kind.encode(current), expected)]
+                )
                 if revision is None:
                     raise Conflict(f"{kind.name} {_display(key)} was modified; try again")
             return False
-        if await self.etcd.commit([Delete(key, expected)]) is None:
+        if await self.etcd.commit_grouped([Delete(key, expected)]) is None:
             raise Conflict(f"{kind.name} {_display(key)} was modified; try again")
         return True
 
@@ -174,12 +176,12 @@ class Store:
 
     async def put_raw(self, key: str, value: bytes, *, expect_mod_revision: int) -> int | None:
         """A guarded write of a value that is not an API object (credentials, leases)."""
-        return await self.etcd.commit([Put(key, value, expect_mod_revision)])
+        return await self.etcd.commit_grouped([Put(key, value, expect_mod_revision)])
 
     async def delete_raw(self, key: str) -> None:
         kv = await self.etcd.get(key)
         if kv is not None:
-            await self.etcd.commit([Delete(key, kv.mod_revision)])
+            await self.etcd.commit_grouped([Delete(key, kv.mod_revision)])
 
 
 def _display(key: str) -> str:

@@ -10,7 +10,9 @@ preserve them) and lets go of its finalizer once they are gone.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+from collections.abc import Awaitable
 from typing import Any
 
 from archipel import structs
@@ -21,6 +23,7 @@ from controlplane.context import (
     BINDING_NAMESPACE_LABEL,
     CLUSTER_LABEL,
     FINALIZER,
+    TEMPLATE_GENERATION_ANNOTATION,
     WORK_FINALIZER,
     Context,
     binding_key_for_template_key,
@@ -112,6 +115,9 @@ class BindingController:
         ):
             return Result(requeue_after=0.05)
         existing = {w.metadata.labels.get(CLUSTER_LABEL, ""): w for w in works}
+        generation = str(template["metadata"].get("generation", 0))
+        requeue: Result | None = None
+        writes: list[Awaitable[work_pb2.PropagationWork]] = []
         for target in binding.spec.clusters:
             manifest = member_manifest(template, replicas=target.replicas)
             spec = work_pb2.PropagationWorkSpec(
@@ -131,18 +137,26 @@ class BindingController:
                 new.metadata.labels[BINDING_NAME_LABEL] = binding.metadata.name
                 new.metadata.labels[CLUSTER_LABEL] = target.name
                 new.metadata.finalizers.append(WORK_FINALIZER)
+                new.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
                 new.spec.CopyFrom(spec)
-                await store.create(kinds.PROPAGATION_WORK, new)
+                writes.append(store.create(kinds.PROPAGATION_WORK, new))
             elif is_deleting(work):
-                return Result(requeue_after=0.5)  # recreate once the old one is gone
-            elif work.spec != spec:
+                requeue = Result(requeue_after=0.5)  # recreate once the old one is gone
+            elif (
+                work.spec != spec
+                or work.metadata.annotations.get(TEMPLATE_GENERATION_ANNOTATION) != generation
+            ):
                 updated = kinds.PROPAGATION_WORK.copy(work)
                 updated.spec.CopyFrom(spec)
-                await store.update(kinds.PROPAGATION_WORK, updated, current=work)
+                updated.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
+                writes.append(store.update(kinds.PROPAGATION_WORK, updated, current=work))
+        # All of a binding's works go to etcd together: the store groups concurrent
+        # writes into shared transactions.
+        await asyncio.gather(*writes)
         targeted = {t.name for t in binding.spec.clusters}
         stale = [w for cluster, w in existing.items() if cluster not in targeted]
         await self._delete_works(stale, preserve=False)
-        return None
+        return requeue
 
 
 def _suspended(binding: work_pb2.PropagationBinding, cluster: str) -> bool:

@@ -45,7 +45,10 @@ class WorkStatusController:
 
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = Controller(self.NAME, self.reconcile, workers=context.settings.workers)
+        # Many cheap workers: their writes share etcd transactions (see Etcd.commit_grouped).
+        self.controller = Controller(
+            self.NAME, self.reconcile, workers=context.settings.workers * 8
+        )
         self._reports: dict[str, agent_pb2.WorkStatusReport] = {}
         self._deleted: dict[str, str] = {}  # work key -> uid the agent cleaned up
 
