@@ -24,7 +24,7 @@ from agent.facts import Facts
 from agent.kube import Kube, load_api_client
 from agent.ledger import Ledger
 from agent.works import WorkManager
-from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
+from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, work_pb2
 
 VERSION = "0.1.0"
 log = logging.getLogger("archipel.agent")
@@ -96,7 +96,27 @@ class Agent:
         async def requests() -> AsyncIterator[agent_pb2.AgentMessage]:
             yield agent_pb2.AgentMessage(hello=hello)
             while True:
-                yield await outbox.get()
+                message = await outbox.get()
+                if outbox.empty():
+                    yield message
+                    continue
+                # Acks and reports that piled up go out as one batch; others as they are.
+                batch = agent_pb2.AgentBatch()
+                pending = [message]
+                while not outbox.empty() and len(pending) < 200:
+                    pending.append(outbox.get_nowait())
+                for item in pending:
+                    which = item.WhichOneof("message")
+                    if which == "ack":
+                        batch.acks.append(item.ack)
+                    elif which == "status":
+                        batch.statuses.append(item.status)
+                    elif which == "deleted":
+                        batch.deleted.append(item.deleted)
+                    else:
+                        yield item
+                if batch.acks or batch.statuses or batch.deleted:
+                    yield agent_pb2.AgentMessage(batch=batch)
 
         heartbeats: asyncio.Task[None] | None = None
         async with self._channel() as channel:
@@ -123,19 +143,14 @@ class Agent:
                             "connected to %s (session %s)", self.server, message.welcome.session
                         )
                     elif which == "work":
-                        work = message.work
-                        self.send(
-                            agent_pb2.AgentMessage(
-                                ack=agent_pb2.WorkAck(
-                                    name=work.metadata.name,
-                                    uid=work.metadata.uid,
-                                    generation=work.metadata.generation,
-                                )
-                            )
-                        )
-                        self.works.receive(work)
+                        self._receive(message.work)
                     elif which == "delete":
                         self.works.receive_delete(message.delete)
+                    elif which == "batch":
+                        for work in message.batch.works:
+                            self._receive(work)
+                        for delete in message.batch.deletes:
+                            self.works.receive_delete(delete)
                     elif which == "synced":
                         synced = message.synced
                         log.info(
@@ -150,6 +165,15 @@ class Agent:
                 if heartbeats is not None:
                     heartbeats.cancel()
         raise StreamEnded("the control plane closed the stream")
+
+    def _receive(self, work: work_pb2.PropagationWork) -> None:
+        meta = work.metadata
+        self.send(
+            agent_pb2.AgentMessage(
+                ack=agent_pb2.WorkAck(name=meta.name, uid=meta.uid, generation=meta.generation)
+            )
+        )
+        self.works.receive(work)
 
     async def run(self) -> None:
         await self.ledger.load()

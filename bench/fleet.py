@@ -13,11 +13,18 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
 
-from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, cluster_pb2, service_pb2, service_pb2_grpc
+from archipel.v1alpha1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    cluster_pb2,
+    service_pb2,
+    service_pb2_grpc,
+    work_pb2,
+)
 
 AGENTS_PER_CHANNEL = 100
 TEMPLATE_GENERATION = "work.archipel.io/template-generation"
@@ -91,7 +98,20 @@ class SimulatedFleet:
         async def requests() -> AsyncIterator[agent_pb2.AgentMessage]:
             yield agent_pb2.AgentMessage(hello=hello)
             while True:
-                yield await outbox.get()
+                message = await outbox.get()
+                if outbox.empty():
+                    yield message
+                    continue
+                batch = agent_pb2.AgentBatch()
+                for item in [message, *(outbox.get_nowait() for _ in range(outbox.qsize()))]:
+                    which = item.WhichOneof("message")
+                    if which == "batch":
+                        batch.MergeFrom(item.batch)
+                    elif which == "deleted":
+                        batch.deleted.append(item.deleted)
+                    else:
+                        yield item
+                yield agent_pb2.AgentMessage(batch=batch)
 
         async def heartbeats() -> None:
             while True:
@@ -112,41 +132,13 @@ class SimulatedFleet:
             async for message in call:
                 which = message.WhichOneof("message")
                 if which == "work":
-                    meta = message.work.metadata
-                    agent.received += 1
-                    # Keyed by the template generation the work was built from.
-                    template_generation = int(meta.annotations.get(TEMPLATE_GENERATION, "0"))
-                    agent.arrivals.setdefault((meta.name, template_generation), time.perf_counter())
-                    agent.template_generations[meta.name] = template_generation
-                    agent.held[meta.name] = (meta.uid, meta.generation)
-                    outbox.put_nowait(
-                        agent_pb2.AgentMessage(
-                            ack=agent_pb2.WorkAck(
-                                name=meta.name, uid=meta.uid, generation=meta.generation
-                            )
-                        )
-                    )
-                    outbox.put_nowait(
-                        agent_pb2.AgentMessage(
-                            status=agent_pb2.WorkStatusReport(
-                                name=meta.name,
-                                uid=meta.uid,
-                                generation=meta.generation,
-                                applied=True,
-                            )
-                        )
-                    )
-                    self.arrival_event.set()
+                    self._receive(agent, outbox, [message.work])
+                elif which == "batch":
+                    self._receive(agent, outbox, message.batch.works)
+                    for delete in message.batch.deletes:
+                        self._delete(agent, outbox, delete)
                 elif which == "delete":
-                    agent.deletes += 1
-                    agent.held.pop(message.delete.name, None)
-                    outbox.put_nowait(
-                        agent_pb2.AgentMessage(
-                            deleted=agent_pb2.WorkDeleted(
-                                name=message.delete.name, uid=message.delete.uid
-                            )
-                        )
-                    )
+                    self._delete(agent, outbox, message.delete)
                 elif which == "welcome":
                     agent.connected.set()
                 elif which == "synced":
@@ -155,6 +147,42 @@ class SimulatedFleet:
         finally:
             beating.cancel()
             agent.connected.clear()
+
+    def _receive(
+        self,
+        agent: SimulatedAgent,
+        outbox: asyncio.Queue[agent_pb2.AgentMessage],
+        works: Iterable[work_pb2.PropagationWork],
+    ) -> None:
+        """Acknowledge and report applied, as a real agent does once it has applied."""
+        now = time.perf_counter()
+        batch = agent_pb2.AgentBatch()
+        for work in works:
+            meta = work.metadata
+            agent.received += 1
+            # Keyed by the template generation the work was built from.
+            template_generation = int(meta.annotations.get(TEMPLATE_GENERATION, "0"))
+            agent.arrivals.setdefault((meta.name, template_generation), now)
+            agent.template_generations[meta.name] = template_generation
+            agent.held[meta.name] = (meta.uid, meta.generation)
+            batch.acks.add(name=meta.name, uid=meta.uid, generation=meta.generation)
+            batch.statuses.add(
+                name=meta.name, uid=meta.uid, generation=meta.generation, applied=True
+            )
+        outbox.put_nowait(agent_pb2.AgentMessage(batch=batch))
+        self.arrival_event.set()
+
+    @staticmethod
+    def _delete(
+        agent: SimulatedAgent,
+        outbox: asyncio.Queue[agent_pb2.AgentMessage],
+        delete: agent_pb2.WorkDelete,
+    ) -> None:
+        agent.deletes += 1
+        agent.held.pop(delete.name, None)
+        outbox.put_nowait(
+            agent_pb2.AgentMessage(deleted=agent_pb2.WorkDeleted(name=delete.name, uid=delete.uid))
+        )
 
     def connect(self) -> None:
         """Open every agent's stream (in the background)."""

@@ -71,6 +71,11 @@ class Etcd:
         self._client = etcd3aio.Etcd3Client(
             [e.removeprefix("http://") for e in endpoints], rpc_max_attempts=3
         )
+        # gRPC's default 4 MiB limit is far below a page of large objects or a full
+        # listing; etcd3aio exposes no setting, so extend its channel options here.
+        self._client._manager.grpc_options.append(
+            ("grpc.max_receive_message_length", 512 * 1024 * 1024)
+        )
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._group = _GroupCommit(self)
 

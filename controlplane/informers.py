@@ -92,7 +92,7 @@ class Informer(Generic[T]):
         revision = 0
         while True:
             items, continue_token, at = await self.store.list(
-                self.kind, self.prefix, limit=5000, continue_token=continue_token
+                self.kind, self.prefix, limit=1000, continue_token=continue_token
             )
             revision = revision or at
             for obj in items:

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from archipel.workqueue import WorkQueue
 from controlplane import metrics
-from controlplane.errors import Conflict, NotFound, Unavailable
+from controlplane.errors import AlreadyExists, Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +48,9 @@ class Controller:
             started = time.perf_counter()
             try:
                 result = await self.reconcile(key)
-            except (Conflict, NotFound) as error:
-                # Someone else wrote first, or the object vanished under us: the cache
-                # will catch up, and the next pass sees the newest state.
+            except (Conflict, NotFound, AlreadyExists) as error:
+                # Someone else wrote first, or the object vanished or appeared under
+                # us: the cache will catch up, and the next pass sees the newest state.
                 self._conflicts.inc()
                 log.debug("%s %s: %s; requeued", self.name, key, error)
                 self.queue.add_rate_limited(key)

@@ -84,15 +84,23 @@ def _field_values(cluster: ClusterInfo, key: str) -> tuple[str, ...]:
 
 
 def affinity_rejects(
-    affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm, cluster: ClusterInfo
+    affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm,
+    cluster: ClusterInfo,
+    *,
+    selector: selectors.Selector | None = None,
 ) -> str | None:
-    """Why ``affinity`` rules the cluster out, or None when it fits."""
+    """Why ``affinity`` rules the cluster out, or None when it fits.
+
+    ``selector`` is the affinity's labelSelector already parsed, when the caller
+    checks many clusters against one affinity.
+    """
     if cluster.name in affinity.exclude:
         return "excluded by name"
     if len(affinity.cluster_names) and cluster.name not in affinity.cluster_names:
         return "not in clusterNames"
     if affinity.HasField("label_selector"):
-        selector = selectors.from_proto(affinity.label_selector)
+        if selector is None:
+            selector = selectors.from_proto(affinity.label_selector)
         if not selector.matches(cluster.labels):
             return "labels do not match labelSelector"
     for expression in affinity.field_selector.match_expressions:
@@ -150,8 +158,13 @@ def _feasible(
     current: frozenset[str],
 ) -> tuple[list[ClusterInfo], dict[str, str]]:
     fits, rejected = [], {}
+    selector = None
+    if affinity is not None and affinity.HasField("label_selector"):
+        selector = selectors.from_proto(affinity.label_selector)
     for cluster in clusters:
-        reason = affinity_rejects(affinity, cluster) if affinity is not None else None
+        reason = (
+            affinity_rejects(affinity, cluster, selector=selector) if affinity is not None else None
+        )
         for check in FILTERS:
             if reason is not None:
                 break

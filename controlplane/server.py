@@ -127,6 +127,15 @@ class AgentService:
                     self.work_status.deleted(cluster, message.deleted)
                 elif which == "heartbeat":
                     self.clusters.heartbeat(cluster, message.heartbeat)
+                elif which == "batch":
+                    batch = message.batch
+                    for ack in batch.acks:
+                        self.execution.acknowledged(session, ack)
+                    for report in batch.statuses:
+                        self.work_status.report(cluster, report)
+                    for deleted in batch.deleted:
+                        self.execution.forget(session, deleted.name)
+                        self.work_status.deleted(cluster, deleted)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
         finally:

@@ -10,6 +10,8 @@ The agent protocol: one bidirectional stream per member cluster agent.
    changes as they happen.
 3. The agent acknowledges each work, reports per-work status when it changes, and
    sends heartbeats with the cluster's facts.
+Either side may send several works, deletions, acknowledgements or reports in one
+batch message; a receiver handles a batch exactly as the same messages one by one.
 """
 
 from archipel.v1alpha1 import cluster_pb2 as _cluster_pb2
@@ -214,6 +216,38 @@ class Heartbeat(_message.Message):
 Global___Heartbeat: _TypeAlias = Heartbeat  # noqa: Y015
 
 @_typing.final
+class AgentBatch(_message.Message):
+    """Many acknowledgements and reports in one message: under load, one stream message
+    per work would cost more than the work itself.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACKS_FIELD_NUMBER: _builtins.int
+    STATUSES_FIELD_NUMBER: _builtins.int
+    DELETED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkAck]: ...
+    @_builtins.property
+    def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkStatusReport]: ...
+    @_builtins.property
+    def deleted(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkDeleted]: ...
+    def __init__(
+        self,
+        *,
+        acks: _abc.Iterable[Global___WorkAck] | None = ...,
+        statuses: _abc.Iterable[Global___WorkStatusReport] | None = ...,
+        deleted: _abc.Iterable[Global___WorkDeleted] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acks", b"acks", "deleted", b"deleted", "statuses", b"statuses"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentBatch: _TypeAlias = AgentBatch  # noqa: Y015
+
+@_typing.final
 class AgentMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -222,6 +256,7 @@ class AgentMessage(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -232,6 +267,8 @@ class AgentMessage(_message.Message):
     def deleted(self) -> Global___WorkDeleted: ...
     @_builtins.property
     def heartbeat(self) -> Global___Heartbeat: ...
+    @_builtins.property
+    def batch(self) -> Global___AgentBatch: ...
     def __init__(
         self,
         *,
@@ -240,12 +277,13 @@ class AgentMessage(_message.Message):
         status: Global___WorkStatusReport | None = ...,
         deleted: Global___WorkDeleted | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
+        batch: Global___AgentBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "deleted", b"deleted", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "deleted", b"deleted", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "status", "deleted", "heartbeat"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "status", "deleted", "heartbeat", "batch"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
@@ -325,6 +363,32 @@ class SyncComplete(_message.Message):
 Global___SyncComplete: _TypeAlias = SyncComplete  # noqa: Y015
 
 @_typing.final
+class WorkBatch(_message.Message):
+    """Several works and deletions at once, in the order they are to be handled."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKS_FIELD_NUMBER: _builtins.int
+    DELETES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def works(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.PropagationWork]: ...
+    @_builtins.property
+    def deletes(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkDelete]: ...
+    def __init__(
+        self,
+        *,
+        works: _abc.Iterable[_work_pb2.PropagationWork] | None = ...,
+        deletes: _abc.Iterable[Global___WorkDelete] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deletes", b"deletes", "works", b"works"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkBatch: _TypeAlias = WorkBatch  # noqa: Y015
+
+@_typing.final
 class ControlMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -332,6 +396,7 @@ class ControlMessage(_message.Message):
     WORK_FIELD_NUMBER: _builtins.int
     DELETE_FIELD_NUMBER: _builtins.int
     SYNCED_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -340,6 +405,8 @@ class ControlMessage(_message.Message):
     def delete(self) -> Global___WorkDelete: ...
     @_builtins.property
     def synced(self) -> Global___SyncComplete: ...
+    @_builtins.property
+    def batch(self) -> Global___WorkBatch: ...
     def __init__(
         self,
         *,
@@ -347,12 +414,13 @@ class ControlMessage(_message.Message):
         work: _work_pb2.PropagationWork | None = ...,
         delete: Global___WorkDelete | None = ...,
         synced: Global___SyncComplete | None = ...,
+        batch: Global___WorkBatch | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "work", "delete", "synced"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "work", "delete", "synced", "batch"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

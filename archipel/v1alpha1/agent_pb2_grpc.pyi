@@ -10,6 +10,8 @@ The agent protocol: one bidirectional stream per member cluster agent.
    changes as they happen.
 3. The agent acknowledges each work, reports per-work status when it changes, and
    sends heartbeats with the cluster's facts.
+Either side may send several works, deletions, acknowledgements or reports in one
+batch message; a receiver handles a batch exactly as the same messages one by one.
 """
 
 from archipel.v1alpha1 import agent_pb2 as _agent_pb2

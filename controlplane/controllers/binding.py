@@ -62,9 +62,28 @@ class BindingController:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
-        context.bindings.add_handler(lambda key, old, new: self.controller.enqueue(key))
+        context.bindings.add_handler(self._on_binding)
+        # The etcd revision of each binding's last work writes: until the work cache has
+        # seen it, a reconcile would act on a stale view and write twice.
+        self._written_at: dict[str, int] = {}
         context.works.add_handler(self._on_work)
         context.templates.add_handler(self._on_template)
+
+    def _on_binding(
+        self,
+        key: str,
+        old: work_pb2.PropagationBinding | None,
+        new: work_pb2.PropagationBinding | None,
+    ) -> None:
+        # Status updates (scheduling conditions, aggregated status) change no work.
+        if (
+            old is None
+            or new is None
+            or old.metadata.generation != new.metadata.generation
+            or old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
+            or list(old.metadata.finalizers) != list(new.metadata.finalizers)
+        ):
+            self.controller.enqueue(key)
 
     def _on_work(
         self, key: str, old: work_pb2.PropagationWork | None, new: work_pb2.PropagationWork | None
@@ -92,7 +111,10 @@ class BindingController:
         store = context.store
         binding = context.bindings.get(key)
         if binding is None:
+            self._written_at.pop(key, None)
             return None
+        if context.works.revision < self._written_at.get(key, 0):
+            return Result(requeue_after=0.02)  # our last writes are not in the cache yet
         works = context.works.by_index("binding", key)
         if is_deleting(binding):
             await self._delete_works(works, preserve=binding.spec.preserve_resources_on_deletion)
@@ -118,14 +140,21 @@ class BindingController:
         generation = str(template["metadata"].get("generation", 0))
         requeue: Result | None = None
         writes: list[Awaitable[work_pb2.PropagationWork]] = []
+        # Most targets get the same manifest (same replicas, no overrides): build each
+        # distinct one once, not once per cluster.
+        workloads: dict[int, work_pb2.WorkloadTemplate] = {}
         for target in binding.spec.clusters:
-            manifest = member_manifest(template, replicas=target.replicas)
+            workload = workloads.get(target.replicas)
+            if workload is None:
+                manifest = member_manifest(template, replicas=target.replicas)
+                workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
+                workloads[target.replicas] = workload
             spec = work_pb2.PropagationWorkSpec(
                 conflict_resolution=binding.spec.conflict_resolution,
                 preserve_resources_on_deletion=binding.spec.preserve_resources_on_deletion,
                 suspend_dispatching=_suspended(binding, target.name),
             )
-            spec.workload.manifests.append(structs.to_struct(manifest))
+            spec.workload.CopyFrom(workload)
             work = existing.get(target.name)
             if work is None:
                 new = work_pb2.PropagationWork(
@@ -152,7 +181,9 @@ class BindingController:
                 writes.append(store.update(kinds.PROPAGATION_WORK, updated, current=work))
         # All of a binding's works go to etcd together: the store groups concurrent
         # writes into shared transactions.
-        await asyncio.gather(*writes)
+        written = await asyncio.gather(*writes)
+        if written:
+            self._written_at[key] = max(int(w.metadata.resource_version) for w in written)
         targeted = {t.name for t in binding.spec.clusters}
         stale = [w for cluster, w in existing.items() if cluster not in targeted]
         await self._delete_works(stale, preserve=False)

@@ -23,6 +23,8 @@ from controlplane import kinds, metrics
 from controlplane.context import CLUSTER_LABEL, Context, is_deleting
 
 NAME = "execution-controller"
+# Most works per stream message; larger batches save little and delay the first work.
+BATCH = 100
 log = logging.getLogger(__name__)
 
 
@@ -48,6 +50,17 @@ class AgentSession:
     def close(self) -> None:
         self.closed.set()
         self._wakeup.set()
+
+    def take_dirty(self, limit: int) -> list[str]:
+        """Up to ``limit`` more dirty names that are ready now, without waiting."""
+        names: list[str] = []
+        for name in self._dirty:
+            if len(names) >= limit:
+                break
+            names.append(name)
+        for name in names:
+            del self._dirty[name]
+        return names
 
     async def next_dirty(self) -> str | None:
         while not self._dirty:
@@ -150,26 +163,35 @@ class ExecutionController:
         if synced:
             yield self._synced(session)
         while True:
-            dirty = await session.next_dirty()
-            if dirty is None:
+            first = await session.next_dirty()
+            if first is None:
                 return
-            name = dirty
-            message = self._decide(session, name)
-            if message is not None:
+            # Whatever else is already dirty goes out in the same stream message.
+            names = [first, *session.take_dirty(BATCH - 1)]
+            batch = agent_pb2.WorkBatch()
+            for name in names:
+                message = self._decide(session, name)
+                if message is None:
+                    continue
                 if message.HasField("work"):
                     session.sent += 1
                     metrics.WORKS_DELIVERED.inc()
                     # Assume delivery; an ack confirms, and a reconnect corrects it.
-                    session.held[name] = (
-                        message.work.metadata.uid,
-                        message.work.metadata.generation,
-                    )
+                    work = message.work
+                    session.held[name] = (work.metadata.uid, work.metadata.generation)
+                    batch.works.append(work)
                 else:
                     session.deleted += 1
                     metrics.WORK_DELETES_DELIVERED.inc()
-                yield message
+                    batch.deletes.append(message.delete)
+            if len(batch.works) + len(batch.deletes) > 1:
+                yield agent_pb2.ControlMessage(batch=batch)
+            elif batch.works:
+                yield agent_pb2.ControlMessage(work=batch.works[0])
+            elif batch.deletes:
+                yield agent_pb2.ControlMessage(delete=batch.deletes[0])
             if not synced:
-                handled += 1
+                handled += len(names)
                 if handled >= initial:
                     synced = True
                     yield self._synced(session)

@@ -98,6 +98,14 @@ class PolicyController:
         old: work_pb2.PropagationBinding | None,
         new: work_pb2.PropagationBinding | None,
     ) -> None:
+        # Only a binding's disappearance or a change to its spec can need a correction;
+        # its status changes all the time and concerns other controllers.
+        if (
+            new is not None
+            and old is not None
+            and old.metadata.generation == new.metadata.generation
+        ):
+            return
         binding = new or old
         if binding is not None and binding.spec.resource.kind:
             self.controller.enqueue(template_key_of_binding(binding))

@@ -8,7 +8,7 @@ tainted) requeues every binding, so placement follows the fleet.
 
 from __future__ import annotations
 
-from archipel.v1alpha1 import work_pb2
+from archipel.v1alpha1 import cluster_pb2, work_pb2
 from controlplane import kinds, scheduling
 from controlplane.conditions import set_condition
 from controlplane.context import Context, is_deleting
@@ -21,6 +21,7 @@ class SchedulerController:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        self._snapshot: dict[str, scheduling.ClusterInfo] = {}
         context.bindings.add_handler(self._on_binding)
         context.clusters.add_handler(self._on_cluster)
 
@@ -33,18 +34,28 @@ class SchedulerController:
         if new is not None and (old is None or old.metadata.generation != new.metadata.generation):
             self.controller.enqueue(key)
 
-    def _on_cluster(self, key: str, old: object, new: object) -> None:
-        before = scheduling.ClusterInfo.from_proto(old) if old is not None else None  # type: ignore[arg-type]
-        after = scheduling.ClusterInfo.from_proto(new) if new is not None else None  # type: ignore[arg-type]
-        if before != after:
-            for binding_key in self.context.bindings.list_keys():
-                self.controller.enqueue(binding_key)
+    def _on_cluster(
+        self,
+        key: str,
+        old: cluster_pb2.MemberCluster | None,
+        new: cluster_pb2.MemberCluster | None,
+    ) -> None:
+        # The snapshot scheduling reads is kept here, so a reconcile never rebuilds it.
+        after = scheduling.ClusterInfo.from_proto(new) if new is not None else None
+        if self._snapshot.get(key) == after:
+            return  # a status-only change (heartbeats): nothing placement looks at
+        if after is None:
+            self._snapshot.pop(key, None)
+        else:
+            self._snapshot[key] = after
+        for binding_key in self.context.bindings.list_keys():
+            self.controller.enqueue(binding_key)
 
     async def reconcile(self, key: str) -> Result | None:
         binding = self.context.bindings.get(key)
         if binding is None or is_deleting(binding):
             return None
-        clusters = [scheduling.ClusterInfo.from_proto(c) for c in self.context.clusters.objects()]
+        clusters = list(self._snapshot.values())
         decision = scheduling.schedule(
             binding.spec.placement,
             replicas=binding.spec.replicas,
