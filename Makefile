@@ -53,7 +53,7 @@ test: setup tools lint typecheck
 
 # Unit tests only: no servers, seconds.
 test-fast: setup
-	.venv/bin/pytest -m "not members" $(PYTEST_ARGS)
+	.venv/bin/pytest -m "not members and not servers" $(PYTEST_ARGS)
 
 members-up: setup
 	@bash build/tools.sh etcd kube $(if $(filter full,$(PROFILE)),kwok)

@@ -67,6 +67,36 @@ class Arrivals:
             return max(self.seen[key] for key in wanted)
 
 
+def _rss(pid: int | None) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return next(
+        (int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")),
+        0,
+    )
+
+
+def _direct_creates(member: Member, count: int) -> float:
+    """The member API server's own create throughput, the limit beneath the bulk figure."""
+    import concurrent.futures
+
+    core = k8s.CoreV1Api(member.api_client())
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name="direct")))
+    apps = k8s.AppsV1Api(member.api_client())
+
+    def create(index: int) -> None:
+        body = deployment("direct", f"d-{index}")
+        # The client accepts plain dicts as bodies; its types admit only models.
+        apps.create_namespaced_deployment("direct", body)  # type: ignore[arg-type]
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(create, range(count)))
+    return count / (time.perf_counter() - started)
+
+
 def deployment(namespace: str, name: str) -> dict[str, Any]:
     labels = {"app": name}
     return {
@@ -142,6 +172,7 @@ def run(*, members: int, runs: int, bulk: int) -> dict[str, Any]:
             api.apply_document(deployment(namespace, name))
         applied = time.perf_counter() - started
         finished = arrivals.wait(bulk_names, names, timeout=600) - started
+        results["agent_rss_mib"] = max(_rss(agent.process.pid) for agent in agents) / 2**20
         results["bulk"] = {
             "deployments": bulk,
             "objects_in_members": bulk * members,
@@ -149,6 +180,7 @@ def run(*, members: int, runs: int, bulk: int) -> dict[str, Any]:
             "seconds_until_all_in_members": finished,
             "objects_per_second": bulk * members / finished,
         }
+        results["member_api_server_creates_per_second"] = _direct_creates(fleet["member1"], bulk)
         api.close()
         return results
     finally:
@@ -173,6 +205,11 @@ def main() -> None:
     print(
         f"apply -> applied in {args.members} members, {latency['runs']} runs: "
         f"median {latency['median'] * 1000:.0f} ms, p90 {latency['p90'] * 1000:.0f} ms"
+    )
+    print(f"agent RSS after the run: {results['agent_rss_mib']:.0f} MiB")
+    print(
+        "the member API server's own create throughput: "
+        f"{results['member_api_server_creates_per_second']:.0f} Deployments/s"
     )
     print(
         f"{bulk['deployments']} Deployments to {args.members} members: "

@@ -535,7 +535,8 @@ def draw(results: dict[str, Any], path: Path) -> None:
         linestyle="--",
         label="raw etcd writes/s",
     )
-    right.set_ylabel("works per second")
+    right.set_yscale("log")
+    right.set_ylabel("works per second (log)")
     right.set_title("Fan-out throughput")
     right.legend(fontsize=8)
     figure.tight_layout()
@@ -584,6 +585,11 @@ def table(results: dict[str, Any]) -> str:
         row(
             f"{e['deployments']} Deployments to {results['e2e']['members']} real members",
             f"{e['seconds_until_all_in_members']:.1f} s ({e['objects_per_second']:.0f} objects/s)",
+        )
+        row("one real agent's RSS", f"{results['e2e']['agent_rss_mib']:.0f} MiB")
+        row(
+            "a member API server's own creates",
+            f"{results['e2e']['member_api_server_creates_per_second']:.0f} Deployments/s",
         )
     return "\n".join(lines)
 

@@ -116,35 +116,30 @@ class ExecutionController:
     def connected(self, cluster: str) -> bool:
         return cluster in self.sessions
 
-    def _decide(self, session: AgentSession, name: str) -> agent_pb2.ControlMessage | None:
+    def _decide(
+        self, session: AgentSession, name: str
+    ) -> work_pb2.PropagationWork | agent_pb2.WorkDelete | None:
+        """What the agent should hear about this work now: the work, a deletion, or nothing."""
         work = self._work(session.cluster, name)
         held = session.held.get(name)
         if work is None or is_deleting(work):
             if held is None:
                 if work is not None:
                     # Nothing to clean up in the member: finish the deletion now.
-                    return agent_pb2.ControlMessage(
-                        delete=agent_pb2.WorkDelete(
-                            name=name,
-                            uid=work.metadata.uid,
-                            preserve_resources=work.spec.preserve_resources_on_deletion,
-                        )
+                    return agent_pb2.WorkDelete(
+                        name=name,
+                        uid=work.metadata.uid,
+                        preserve_resources=work.spec.preserve_resources_on_deletion,
                     )
                 return None
             preserve = work.spec.preserve_resources_on_deletion if work is not None else False
-            return agent_pb2.ControlMessage(
-                delete=agent_pb2.WorkDelete(name=name, uid=held[0], preserve_resources=preserve)
-            )
+            return agent_pb2.WorkDelete(name=name, uid=held[0], preserve_resources=preserve)
         if work.spec.suspend_dispatching:
             return None
         if held == (work.metadata.uid, work.metadata.generation):
             session.unchanged += 1
             return None
-        message = agent_pb2.ControlMessage()
-        message.work.CopyFrom(work)
-        # The agent needs only what it applies; status stays here.
-        message.work.ClearField("status")
-        return message
+        return work
 
     async def stream(self, session: AgentSession) -> AsyncIterator[agent_pb2.ControlMessage]:
         """What the control plane sends one agent, for as long as the session lasts."""
@@ -168,28 +163,24 @@ class ExecutionController:
                 return
             # Whatever else is already dirty goes out in the same stream message.
             names = [first, *session.take_dirty(BATCH - 1)]
-            batch = agent_pb2.WorkBatch()
+            message = agent_pb2.ControlMessage()
+            batch = message.batch  # filled in place: no copy of the works
             for name in names:
-                message = self._decide(session, name)
-                if message is None:
-                    continue
-                if message.HasField("work"):
+                decided = self._decide(session, name)
+                if isinstance(decided, work_pb2.PropagationWork):
                     session.sent += 1
                     metrics.WORKS_DELIVERED.inc()
                     # Assume delivery; an ack confirms, and a reconnect corrects it.
-                    work = message.work
-                    session.held[name] = (work.metadata.uid, work.metadata.generation)
-                    batch.works.append(work)
-                else:
+                    session.held[name] = (decided.metadata.uid, decided.metadata.generation)
+                    sent = batch.works.add()
+                    sent.CopyFrom(decided)
+                    sent.ClearField("status")  # the agent needs only what it applies
+                elif decided is not None:
                     session.deleted += 1
                     metrics.WORK_DELETES_DELIVERED.inc()
-                    batch.deletes.append(message.delete)
-            if len(batch.works) + len(batch.deletes) > 1:
-                yield agent_pb2.ControlMessage(batch=batch)
-            elif batch.works:
-                yield agent_pb2.ControlMessage(work=batch.works[0])
-            elif batch.deletes:
-                yield agent_pb2.ControlMessage(delete=batch.deletes[0])
+                    batch.deletes.append(decided)
+            if batch.works or batch.deletes:
+                yield message
             if not synced:
                 handled += len(names)
                 if handled >= initial:

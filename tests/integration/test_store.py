@@ -18,6 +18,8 @@ from controlplane.store import Store
 
 KIND = kinds.PROPAGATION_POLICY
 
+pytestmark = pytest.mark.servers
+
 
 @pytest.fixture
 async def store(etcd_server: EtcdServer) -> AsyncIterator[Store]:

@@ -14,6 +14,8 @@ from archipel.testing.controlplane import ControlPlaneProcess
 from archipel.testing.etcd import EtcdServer
 from archipel.v1alpha1 import service_pb2
 
+pytestmark = pytest.mark.servers
+
 
 def test_control_plane_serves_tls(etcd_server: EtcdServer, tmp_path: Path) -> None:
     ca = pki.CertificateAuthority(tmp_path / "pki", common_name="archipel-test-ca")
