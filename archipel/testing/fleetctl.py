@@ -22,6 +22,7 @@ from typing import Any
 from archipel.testing import members
 from archipel.testing.controlplane import AgentProcess, ControlPlaneProcess
 from archipel.testing.etcd import free_port
+from archipel.testing.processes import alive
 
 STATE_FILE = "state.json"
 
@@ -42,16 +43,6 @@ def _read_state(root: Path) -> dict[str, Any] | None:
     return state
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
 def _supervisor_log(root: Path) -> Path:
     return root.parent / f"{root.name}-supervisor.log"
 
@@ -66,7 +57,7 @@ def up(
     reuse: bool = False,
 ) -> None:
     state = _read_state(root)
-    if state is not None and _alive(state.get("supervisorPid")):
+    if state is not None and alive(state.get("supervisorPid")):
         if reuse and (state.get("controlPlane") is not None) == control_plane:
             print("already running")
             ls(root)
@@ -168,16 +159,16 @@ def _preferred_port(port: int) -> int:
 
 def down(root: Path, *, timeout: float = 60.0) -> None:
     state = _read_state(root)
-    if state is None or not _alive(state.get("supervisorPid")):
+    if state is None or not alive(state.get("supervisorPid")):
         _state_path(root).unlink(missing_ok=True)
         print("no members running")
         return
     pid: int = state["supervisorPid"]
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
+    if alive(pid):
         # The members die with it: their parent-death signal is SIGKILL.
         os.kill(pid, signal.SIGKILL)
     print(f"stopped {len(state['members'])} member(s)")
@@ -197,17 +188,17 @@ def _rss_mib(pids: list[int]) -> float:
 
 def ls(root: Path) -> None:
     state = _read_state(root)
-    if state is None or not _alive(state.get("supervisorPid")):
+    if state is None or not alive(state.get("supervisorPid")):
         print("no members running")
         return
     rows = [("NAME", "PROFILE", "STATE", "SERVER", "REGION", "ZONE", "RSS", "KUBECONFIG")]
     for name, member in state["members"].items():
         pids = [p for p in member["pids"].values() if p]
         api_pid = member["pids"].get("kube-apiserver")
-        alive = [p for p in pids if _alive(p)]
-        if not _alive(api_pid):
+        running = [p for p in pids if alive(p)]
+        if not alive(api_pid):
             status = "stopped"
-        elif len(alive) < len(pids):
+        elif len(running) < len(pids):
             status = "degraded"
         else:
             status = "running"
@@ -220,7 +211,7 @@ def ls(root: Path) -> None:
                 member["server"],
                 spec["region"],
                 spec["zone"],
-                f"{_rss_mib(alive):.0f}Mi",
+                f"{_rss_mib(running):.0f}Mi",
                 os.path.relpath(member["kubeconfig"]),
             )
         )

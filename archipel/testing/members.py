@@ -38,7 +38,7 @@ import yaml
 
 from archipel.testing import pki, tools
 from archipel.testing.etcd import EtcdServer, free_port
-from archipel.testing.processes import ManagedProcess, ProcessError
+from archipel.testing.processes import ManagedProcess, ProcessError, process_state
 
 Profile = Literal["api", "full"]
 PROFILES: tuple[Profile, ...] = ("api", "full")
@@ -456,7 +456,7 @@ class Member:
         """``running``, ``paused``, ``stopped`` or ``degraded`` (some component is down)."""
         if not self.apiserver.running:
             return "stopped"
-        if _process_state(self.apiserver.pid) == "T":
+        if self.apiserver.pid is not None and process_state(self.apiserver.pid) in ("T", "t"):
             return "paused"
         if not all(p.running for p in self.processes()):
             return "degraded"
@@ -479,17 +479,6 @@ class Member:
             str(self.kubeconfig)
         )
         return api_client
-
-
-def _process_state(pid: int | None) -> str:
-    if pid is None:
-        return "?"
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    # The state letter follows the parenthesised command name, which may hold spaces.
-    return stat.rsplit(")", 1)[1].split()[0]
 
 
 def _parallel(items: Iterable[Member], action: Callable[[Member], None]) -> None:

@@ -112,8 +112,16 @@ class ManagedProcess:
             os.killpg(self._popen.pid, sig)
 
     def pause(self) -> None:
-        """Freeze the process (SIGSTOP): it keeps its sockets but answers nothing."""
+        """Freeze the process (SIGSTOP): it keeps its sockets but answers nothing.
+
+        Returns once the kernel reports it stopped: signal delivery is asynchronous.
+        """
         self._signal_group(signal.SIGSTOP)
+        deadline = time.monotonic() + 5
+        while self.pid is not None and process_state(self.pid) not in ("T", "t", "?"):
+            if time.monotonic() > deadline:
+                raise ProcessError(f"{self.name} did not stop after SIGSTOP")
+            time.sleep(0.01)
 
     def resume(self) -> None:
         self._signal_group(signal.SIGCONT)
@@ -148,6 +156,21 @@ class ManagedProcess:
         with _live_lock:
             if self in _live:
                 _live.remove(self)
+
+
+def process_state(pid: int) -> str:
+    """The process state letter from /proc (R, S, T, Z, ...), or '?' if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    # The state follows the parenthesised command name, which may contain spaces.
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int | None) -> bool:
+    """Whether the process exists and is not a zombie waiting to be reaped."""
+    return pid is not None and process_state(pid) not in ("?", "Z")
 
 
 def stop_all() -> None:
