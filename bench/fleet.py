@@ -54,6 +54,7 @@ class SimulatedFleet:
         self._channels: list[grpc.aio.Channel] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.arrival_event = asyncio.Event()
+        self.connect_seconds = 0.0
 
     async def join(
         self, count: int, *, prefix: str = "sim", labels: dict[str, str] | None = None

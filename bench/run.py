@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,7 +19,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -246,6 +247,28 @@ class Harness:
         self.etcd.stop()
 
 
+@contextlib.asynccontextmanager
+async def simulated(
+    root: Path, name: str, clusters: int, *, profile: Path | None = None
+) -> AsyncIterator[tuple[Harness, SimulatedFleet]]:
+    """A fresh control plane with ``clusters`` simulated agents connected and the policy
+    that propagates every bench template to all of them."""
+    harness = Harness(root, name=name, profile=profile)
+    await harness.start()
+    fleet = harness.fleet()
+    try:
+        await fleet.join(clusters, labels={"fleet": "sim"})
+        started = time.perf_counter()
+        fleet.connect()
+        await fleet.wait_connected(seconds=300)
+        fleet.connect_seconds = time.perf_counter() - started
+        await harness.apply_policy()
+        yield harness, fleet
+    finally:
+        await fleet.disconnect()
+        await harness.stop()
+
+
 def manifests_for(templates: int, *, image: str = "nginx:1.27") -> list[dict[str, Any]]:
     """Half Deployments, half ConfigMaps, as the issue's fan-out describes."""
     return [
@@ -257,14 +280,10 @@ def manifests_for(templates: int, *, image: str = "nginx:1.27") -> list[dict[str
 async def fanout(
     root: Path, templates: int, clusters: int, *, profile: Path | None = None
 ) -> dict[str, Any]:
-    harness = Harness(root, name=f"fanout-{templates}x{clusters}", profile=profile)
-    await harness.start()
-    fleet = harness.fleet()
-    try:
-        await fleet.join(clusters, labels={"fleet": "sim"})
-        fleet.connect()
-        await fleet.wait_connected()
-        await harness.apply_policy()
+    async with simulated(root, f"fanout-{templates}x{clusters}", clusters, profile=profile) as (
+        harness,
+        fleet,
+    ):
         manifests = manifests_for(templates)
         first = time.perf_counter()
         started = await harness.apply_templates(manifests)
@@ -291,20 +310,10 @@ async def fanout(
                 round(v * 1000, 2) for v in latencies[:: max(1, len(latencies) // 2000)]
             ],
         }
-    finally:
-        await fleet.disconnect()
-        await harness.stop()
 
 
 async def steady(root: Path, sizes: Sizes) -> dict[str, Any]:
-    harness = Harness(root, name="steady")
-    await harness.start()
-    fleet = harness.fleet()
-    try:
-        await fleet.join(sizes.steady_clusters, labels={"fleet": "sim"})
-        fleet.connect()
-        await fleet.wait_connected()
-        await harness.apply_policy()
+    async with simulated(root, "steady", sizes.steady_clusters) as (harness, fleet):
         manifests = manifests_for(sizes.steady_templates)
         await harness.apply_templates(manifests)
         base = sizes.steady_templates * sizes.steady_clusters
@@ -343,25 +352,14 @@ async def steady(root: Path, sizes: Sizes) -> dict[str, Any]:
             "latency_p99_ms": percentile(latencies, 0.99) * 1000,
             "latencies_ms": [round(v * 1000, 2) for v in latencies],
         }
-    finally:
-        await fleet.disconnect()
-        await harness.stop()
 
 
 async def big_fleet(root: Path, sizes: Sizes) -> dict[str, Any]:
     """K agents connected to one control plane: memory, scheduling, reconnect storm."""
-    harness = Harness(root, name="big-fleet")
-    await harness.start()
-    fleet = harness.fleet()
     result: dict[str, Any] = {"agents": sizes.big_fleet}
-    try:
-        await fleet.join(sizes.big_fleet, labels={"fleet": "sim"})
-        started = time.perf_counter()
-        fleet.connect()
-        await fleet.wait_connected(seconds=300)
-        result["connect_seconds"] = time.perf_counter() - started
+    async with simulated(root, "big-fleet", sizes.big_fleet) as (harness, fleet):
+        result["connect_seconds"] = fleet.connect_seconds
         result["rss_connected_mib"] = harness.rss() / 2**20
-        await harness.apply_policy()
         first = time.perf_counter()
         await harness.apply_templates(manifests_for(sizes.big_fleet_templates))
         total = sizes.big_fleet_templates * sizes.big_fleet
@@ -389,9 +387,6 @@ async def big_fleet(root: Path, sizes: Sizes) -> dict[str, Any]:
         result["reconnect_storm_peak_rss_mib"] = peak / 2**20
         result["reconnect_resends"] = sum(a.sync.sent for a in fleet.agents if a.sync)
         return result
-    finally:
-        await fleet.disconnect()
-        await harness.stop()
 
 
 def scheduling_throughput(clusters: int, *, bindings: int = 2000) -> dict[str, Any]:
@@ -426,14 +421,7 @@ def scheduling_throughput(clusters: int, *, bindings: int = 2000) -> dict[str, A
 
 
 async def cold_start(root: Path, sizes: Sizes) -> dict[str, Any]:
-    harness = Harness(root, name="cold-start")
-    await harness.start()
-    fleet = harness.fleet()
-    try:
-        await fleet.join(sizes.cold_clusters, labels={"fleet": "sim"})
-        fleet.connect()
-        await fleet.wait_connected()
-        await harness.apply_policy()
+    async with simulated(root, "cold-start", sizes.cold_clusters) as (harness, fleet):
         total = sizes.cold_templates * sizes.cold_clusters
         filled = time.perf_counter()
         await harness.apply_templates(manifests_for(sizes.cold_templates), concurrency=64)
@@ -463,9 +451,6 @@ async def cold_start(root: Path, sizes: Sizes) -> dict[str, Any]:
             "resends": resends,
             "rss_mib": harness.rss() / 2**20,
         }
-    finally:
-        await fleet.disconnect()
-        await harness.stop()
 
 
 async def etcd_raw(root: Path, sizes: Sizes) -> dict[str, Any]:
