@@ -4,17 +4,20 @@ Nothing here does I/O, so the scheduler controller, ``archipel describe`` and te
 all run the same code. The pipeline follows Karmada's: filter plugins reject
 clusters (each with a reason), the first satisfiable clusterAffinities group wins,
 and replicas are assigned. Duplicated gives every target the template's replicas;
-Divided placement is scheduled by a later part of the scheduler and is reported as
-unschedulable until then, never silently duplicated.
+Divided splits them (:mod:`controlplane.division`): static weights, weights from
+available replicas, or Aggregated.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
+from fractions import Fraction
 
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, policy_pb2
-from controlplane import selectors
+from controlplane import division, quantity, selectors
+from controlplane.errors import Invalid
 
 NOT_READY_TAINT = "cluster.archipel.io/not-ready"
 UNREACHABLE_TAINT = "cluster.archipel.io/unreachable"
@@ -39,10 +42,23 @@ class ClusterInfo:
     zones: tuple[str, ...] = ()
     taints: tuple[TaintInfo, ...] = ()
     deleting: bool = False
+    # Free capacity (allocatable minus allocated) by resource, when the agent reported it.
+    free: Mapping[str, Fraction] | None = None
 
     @classmethod
     def from_proto(cls, cluster: cluster_pb2.MemberCluster) -> ClusterInfo:
         zones = tuple(cluster.spec.zones) or ((cluster.spec.zone,) if cluster.spec.zone else ())
+        summary = cluster.status.resource_summary
+        free: dict[str, Fraction] | None = None
+        if len(summary.allocatable):
+            free = {}
+            for resource, amount in summary.allocatable.items():
+                try:
+                    used = quantity.parse(summary.allocated.get(resource, "0"))
+                    used += quantity.parse(summary.allocating.get(resource, "0"))
+                    free[resource] = quantity.parse(amount) - used
+                except Invalid:
+                    continue  # a quantity we cannot read does not constrain
         return cls(
             name=cluster.metadata.name,
             labels=dict(cluster.metadata.labels),
@@ -51,6 +67,7 @@ class ClusterInfo:
             zones=zones,
             taints=tuple(TaintInfo(t.key, t.value, t.effect) for t in cluster.spec.taints),
             deleting=cluster.metadata.HasField("deletion_timestamp"),
+            free=free,
         )
 
 
@@ -176,6 +193,64 @@ def _feasible(
     return fits, rejected
 
 
+def available_replicas(cluster: ClusterInfo, requests: Mapping[str, Fraction]) -> int:
+    """How many more replicas fit: free capacity divided by one replica's requests,
+    bounded by free pod slots (Karmada's general estimator). Unknown capacity: none."""
+    if cluster.free is None:
+        return 0
+    fits = math.floor(cluster.free["pods"]) if "pods" in cluster.free else 2**31 - 1
+    for resource, request in requests.items():
+        if request <= 0 or resource not in cluster.free:
+            continue
+        fits = min(fits, math.floor(cluster.free[resource] / request))
+    return max(0, fits)
+
+
+def parse_requests(requests: Mapping[str, str]) -> dict[str, Fraction]:
+    return {
+        r: quantity.parse(v, field=f"replicaRequirements.resourceRequest[{r}]")
+        for r, v in requests.items()
+    }
+
+
+def static_weights(
+    strategy: policy_pb2.ReplicaSchedulingStrategy, clusters: Sequence[ClusterInfo]
+) -> dict[str, int]:
+    """Each cluster's weight: the largest staticWeightList entry that selects it."""
+    entries = strategy.weight_preference.static_weight_list
+    if not len(entries):
+        return {c.name: 1 for c in clusters}
+    weights = {}
+    for cluster in clusters:
+        matching = [
+            e.weight for e in entries if affinity_rejects(e.target_cluster, cluster) is None
+        ]
+        weights[cluster.name] = max(matching, default=0)
+    return weights
+
+
+def divide(
+    placement: policy_pb2.Placement,
+    *,
+    replicas: int,
+    clusters: Sequence[ClusterInfo],
+    previous: Mapping[str, int],
+    requests: Mapping[str, Fraction],
+    seed: int,
+    fresh: bool,
+) -> dict[str, int]:
+    """Divided replica scheduling over the clusters that passed the filters."""
+    strategy = placement.replica_scheduling
+    earlier = division.Previous({n: r for n, r in previous.items() if r})
+    if strategy.replica_division_preference == "Aggregated":
+        room = {c.name: available_replicas(c, requests) for c in clusters}
+        return division.aggregated(replicas, room, previous=earlier, seed=seed)
+    if strategy.weight_preference.dynamic_weight == "AvailableReplicas":
+        room = {c.name: available_replicas(c, requests) for c in clusters}
+        return division.dynamic(replicas, room, previous=earlier, fresh=fresh, seed=seed)
+    return division.static(replicas, static_weights(strategy, clusters), seed=seed)
+
+
 def is_duplicated(placement: policy_pb2.Placement) -> bool:
     """Karmada's rule: no replicaScheduling means Duplicated; given, it defaults to Divided."""
     if not placement.HasField("replica_scheduling"):
@@ -188,11 +263,19 @@ def schedule(
     *,
     replicas: int,
     clusters: Sequence[ClusterInfo],
-    current: Sequence[str] = (),
+    current: Mapping[str, int] | Sequence[str] = (),
+    requests: Mapping[str, Fraction] | None = None,
+    seed: int = 0,
+    fresh: bool = False,
 ) -> Decision:
-    """Choose target clusters for one binding."""
+    """Choose target clusters and their replicas for one binding.
+
+    ``current`` is the previous result (cluster to replicas), which steady division
+    keeps as far as it can; ``fresh`` ignores it, as a manual reschedule does.
+    """
+    previous = dict(current) if isinstance(current, Mapping) else dict.fromkeys(current, 0)
     ordered = sorted(clusters, key=lambda c: c.name)
-    scheduled_on = frozenset(current)
+    scheduled_on = frozenset(previous)
     rejected: dict[str, str] = {}
     fits: list[ClusterInfo] = []
     affinity_name = ""
@@ -213,13 +296,24 @@ def schedule(
             f"0/{len(ordered)} clusters are available: {detail}".rstrip(": "),
             rejected,
         )
-    if not is_duplicated(placement) and replicas > 0:
-        return Decision(
-            (),
-            "Unschedulable",
-            "replicaSchedulingType Divided is not scheduled yet; use Duplicated",
-            rejected,
-        )
-    targets = tuple(Target(c.name, replicas) for c in fits)
-    names = ", ".join(t.name for t in targets)
-    return Decision(targets, "Success", f"scheduled to {names}", rejected, affinity_name)
+    if is_duplicated(placement) or replicas == 0:
+        # Objects without replicas go everywhere that fits, as Karmada does.
+        targets = tuple(Target(c.name, replicas) for c in fits)
+    else:
+        try:
+            divided = divide(
+                placement,
+                replicas=replicas,
+                clusters=fits,
+                previous={n: r for n, r in previous.items() if r},
+                requests=requests or {},
+                seed=seed,
+                fresh=fresh,
+            )
+        except division.Unschedulable as error:
+            return Decision((), "Unschedulable", str(error), rejected, affinity_name)
+        targets = tuple(Target(name, count) for name, count in sorted(divided.items()))
+    summary = ", ".join(
+        f"{t.name}" if is_duplicated(placement) else f"{t.name}={t.replicas}" for t in targets
+    )
+    return Decision(targets, "Success", f"scheduled to {summary}", rejected, affinity_name)

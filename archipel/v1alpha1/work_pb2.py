@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61rchipel/v1alpha1/work.proto\x12\x11\x61rchipel.v1alpha1\x1a\x1c\x61rchipel/v1alpha1/meta.proto\x1a\x1e\x61rchipel/v1alpha1/policy.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x10ResourceTemplate\x12)\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"/\n\rTargetCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"@\n\x0fPolicyReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xde\x01\n\x12PropagationBinding\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.ObjectMeta\x12\x37\n\x04spec\x18\x04 \x01(\x0b\x32).archipel.v1alpha1.PropagationBindingSpec\x12;\n\x06status\x18\x05 \x01(\x0b\x32+.archipel.v1alpha1.PropagationBindingStatus\"\xde\x03\n\x16PropagationBindingSpec\x12\x34\n\x08resource\x18\x01 \x01(\x0b\x32\".archipel.v1alpha1.ObjectReference\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12/\n\tplacement\x18\x03 \x01(\x0b\x32\x1c.archipel.v1alpha1.Placement\x12\x32\n\x08\x63lusters\x18\x04 \x03(\x0b\x32 .archipel.v1alpha1.TargetCluster\x12\x32\n\x06policy\x18\x05 \x01(\x0b\x32\".archipel.v1alpha1.PolicyReference\x12\x1b\n\x13\x63onflict_resolution\x18\x06 \x01(\t\x12&\n\x1epreserve_resources_on_deletion\x18\x07 \x01(\x08\x12\x31\n\nsuspension\x18\x08 \x01(\x0b\x32\x1d.archipel.v1alpha1.Suspension\x12\x16\n\x0escheduler_name\x18\t \x01(\t\x12\x16\n\x0epropagate_deps\x18\n \x01(\x08\x12;\n\x17reschedule_triggered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x14\x41ggregatedStatusItem\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\x12\x17\n\x0f\x61pplied_message\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\"\xf0\x01\n\x18PropagationBindingStatus\x12%\n\x1dscheduler_observed_generation\x18\x01 \x01(\x03\x12\x37\n\x13last_scheduled_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\nconditions\x18\x03 \x03(\x0b\x32\x1c.archipel.v1alpha1.Condition\x12\x42\n\x11\x61ggregated_status\x18\x04 \x03(\x0b\x32\'.archipel.v1alpha1.AggregatedStatusItem\">\n\x10WorkloadTemplate\x12*\n\tmanifests\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\"\xd5\x01\n\x0fPropagationWork\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.ObjectMeta\x12\x34\n\x04spec\x18\x04 \x01(\x0b\x32&.archipel.v1alpha1.PropagationWorkSpec\x12\x38\n\x06status\x18\x05 \x01(\x0b\x32(.archipel.v1alpha1.PropagationWorkStatus\"\xae\x01\n\x13PropagationWorkSpec\x12\x35\n\x08workload\x18\x01 \x01(\x0b\x32#.archipel.v1alpha1.WorkloadTemplate\x12\x1b\n\x13suspend_dispatching\x18\x02 \x01(\x08\x12&\n\x1epreserve_resources_on_deletion\x18\x03 \x01(\x08\x12\x1b\n\x13\x63onflict_resolution\x18\x04 \x01(\t\"\x86\x01\n\x12ResourceIdentifier\x12\x0f\n\x07ordinal\x18\x01 \x01(\x05\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\t\"\x84\x01\n\x0eManifestStatus\x12\x39\n\nidentifier\x18\x01 \x01(\x0b\x32%.archipel.v1alpha1.ResourceIdentifier\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06health\x18\x03 \x01(\t\"\x87\x01\n\x15PropagationWorkStatus\x12\x30\n\nconditions\x18\x01 \x03(\x0b\x32\x1c.archipel.v1alpha1.Condition\x12<\n\x11manifest_statuses\x18\x02 \x03(\x0b\x32!.archipel.v1alpha1.ManifestStatusB#Z!archipel.io/api/v1alpha1;v1alpha1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61rchipel/v1alpha1/work.proto\x12\x11\x61rchipel.v1alpha1\x1a\x1c\x61rchipel/v1alpha1/meta.proto\x1a\x1e\x61rchipel/v1alpha1/policy.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x10ResourceTemplate\x12)\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"/\n\rTargetCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"@\n\x0fPolicyReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xde\x01\n\x12PropagationBinding\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.ObjectMeta\x12\x37\n\x04spec\x18\x04 \x01(\x0b\x32).archipel.v1alpha1.PropagationBindingSpec\x12;\n\x06status\x18\x05 \x01(\x0b\x32+.archipel.v1alpha1.PropagationBindingStatus\"\xa4\x04\n\x16PropagationBindingSpec\x12\x34\n\x08resource\x18\x01 \x01(\x0b\x32\".archipel.v1alpha1.ObjectReference\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12/\n\tplacement\x18\x03 \x01(\x0b\x32\x1c.archipel.v1alpha1.Placement\x12\x32\n\x08\x63lusters\x18\x04 \x03(\x0b\x32 .archipel.v1alpha1.TargetCluster\x12\x32\n\x06policy\x18\x05 \x01(\x0b\x32\".archipel.v1alpha1.PolicyReference\x12\x1b\n\x13\x63onflict_resolution\x18\x06 \x01(\t\x12&\n\x1epreserve_resources_on_deletion\x18\x07 \x01(\x08\x12\x31\n\nsuspension\x18\x08 \x01(\x0b\x32\x1d.archipel.v1alpha1.Suspension\x12\x16\n\x0escheduler_name\x18\t \x01(\t\x12\x16\n\x0epropagate_deps\x18\n \x01(\x08\x12;\n\x17reschedule_triggered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\x14replica_requirements\x18\x0c \x01(\x0b\x32&.archipel.v1alpha1.ReplicaRequirements\"\xa4\x01\n\x13ReplicaRequirements\x12U\n\x10resource_request\x18\x01 \x03(\x0b\x32;.archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry\x1a\x36\n\x14ResourceRequestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8f\x01\n\x14\x41ggregatedStatusItem\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\x12\x17\n\x0f\x61pplied_message\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\"\xf0\x01\n\x18PropagationBindingStatus\x12%\n\x1dscheduler_observed_generation\x18\x01 \x01(\x03\x12\x37\n\x13last_scheduled_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\nconditions\x18\x03 \x03(\x0b\x32\x1c.archipel.v1alpha1.Condition\x12\x42\n\x11\x61ggregated_status\x18\x04 \x03(\x0b\x32\'.archipel.v1alpha1.AggregatedStatusItem\">\n\x10WorkloadTemplate\x12*\n\tmanifests\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\"\xd5\x01\n\x0fPropagationWork\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.ObjectMeta\x12\x34\n\x04spec\x18\x04 \x01(\x0b\x32&.archipel.v1alpha1.PropagationWorkSpec\x12\x38\n\x06status\x18\x05 \x01(\x0b\x32(.archipel.v1alpha1.PropagationWorkStatus\"\xae\x01\n\x13PropagationWorkSpec\x12\x35\n\x08workload\x18\x01 \x01(\x0b\x32#.archipel.v1alpha1.WorkloadTemplate\x12\x1b\n\x13suspend_dispatching\x18\x02 \x01(\x08\x12&\n\x1epreserve_resources_on_deletion\x18\x03 \x01(\x08\x12\x1b\n\x13\x63onflict_resolution\x18\x04 \x01(\t\"\x86\x01\n\x12ResourceIdentifier\x12\x0f\n\x07ordinal\x18\x01 \x01(\x05\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\t\"\x84\x01\n\x0eManifestStatus\x12\x39\n\nidentifier\x18\x01 \x01(\x0b\x32%.archipel.v1alpha1.ResourceIdentifier\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06health\x18\x03 \x01(\t\"\x87\x01\n\x15PropagationWorkStatus\x12\x30\n\nconditions\x18\x01 \x03(\x0b\x32\x1c.archipel.v1alpha1.Condition\x12<\n\x11manifest_statuses\x18\x02 \x03(\x0b\x32!.archipel.v1alpha1.ManifestStatusB#Z!archipel.io/api/v1alpha1;v1alpha1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'archipel.v1alpha1.work_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z!archipel.io/api/v1alpha1;v1alpha1'
+  _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._loaded_options = None
+  _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._serialized_options = b'8\001'
   _globals['_RESOURCETEMPLATE']._serialized_start=176
   _globals['_RESOURCETEMPLATE']._serialized_end=237
   _globals['_TARGETCLUSTER']._serialized_start=239
@@ -45,21 +47,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROPAGATIONBINDING']._serialized_start=355
   _globals['_PROPAGATIONBINDING']._serialized_end=577
   _globals['_PROPAGATIONBINDINGSPEC']._serialized_start=580
-  _globals['_PROPAGATIONBINDINGSPEC']._serialized_end=1058
-  _globals['_AGGREGATEDSTATUSITEM']._serialized_start=1061
-  _globals['_AGGREGATEDSTATUSITEM']._serialized_end=1204
-  _globals['_PROPAGATIONBINDINGSTATUS']._serialized_start=1207
-  _globals['_PROPAGATIONBINDINGSTATUS']._serialized_end=1447
-  _globals['_WORKLOADTEMPLATE']._serialized_start=1449
-  _globals['_WORKLOADTEMPLATE']._serialized_end=1511
-  _globals['_PROPAGATIONWORK']._serialized_start=1514
-  _globals['_PROPAGATIONWORK']._serialized_end=1727
-  _globals['_PROPAGATIONWORKSPEC']._serialized_start=1730
-  _globals['_PROPAGATIONWORKSPEC']._serialized_end=1904
-  _globals['_RESOURCEIDENTIFIER']._serialized_start=1907
-  _globals['_RESOURCEIDENTIFIER']._serialized_end=2041
-  _globals['_MANIFESTSTATUS']._serialized_start=2044
-  _globals['_MANIFESTSTATUS']._serialized_end=2176
-  _globals['_PROPAGATIONWORKSTATUS']._serialized_start=2179
-  _globals['_PROPAGATIONWORKSTATUS']._serialized_end=2314
+  _globals['_PROPAGATIONBINDINGSPEC']._serialized_end=1128
+  _globals['_REPLICAREQUIREMENTS']._serialized_start=1131
+  _globals['_REPLICAREQUIREMENTS']._serialized_end=1295
+  _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._serialized_start=1241
+  _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._serialized_end=1295
+  _globals['_AGGREGATEDSTATUSITEM']._serialized_start=1298
+  _globals['_AGGREGATEDSTATUSITEM']._serialized_end=1441
+  _globals['_PROPAGATIONBINDINGSTATUS']._serialized_start=1444
+  _globals['_PROPAGATIONBINDINGSTATUS']._serialized_end=1684
+  _globals['_WORKLOADTEMPLATE']._serialized_start=1686
+  _globals['_WORKLOADTEMPLATE']._serialized_end=1748
+  _globals['_PROPAGATIONWORK']._serialized_start=1751
+  _globals['_PROPAGATIONWORK']._serialized_end=1964
+  _globals['_PROPAGATIONWORKSPEC']._serialized_start=1967
+  _globals['_PROPAGATIONWORKSPEC']._serialized_end=2141
+  _globals['_RESOURCEIDENTIFIER']._serialized_start=2144
+  _globals['_RESOURCEIDENTIFIER']._serialized_end=2278
+  _globals['_MANIFESTSTATUS']._serialized_start=2281
+  _globals['_MANIFESTSTATUS']._serialized_end=2413
+  _globals['_PROPAGATIONWORKSTATUS']._serialized_start=2416
+  _globals['_PROPAGATIONWORKSTATUS']._serialized_end=2551
 # @@protoc_insertion_point(module_scope)

@@ -148,6 +148,7 @@ class PropagationBindingSpec(_message.Message):
     SCHEDULER_NAME_FIELD_NUMBER: _builtins.int
     PROPAGATE_DEPS_FIELD_NUMBER: _builtins.int
     RESCHEDULE_TRIGGERED_AT_FIELD_NUMBER: _builtins.int
+    REPLICA_REQUIREMENTS_FIELD_NUMBER: _builtins.int
     replicas: _builtins.int
     conflict_resolution: _builtins.str
     preserve_resources_on_deletion: _builtins.bool
@@ -167,6 +168,10 @@ class PropagationBindingSpec(_message.Message):
     def suspension(self) -> _policy_pb2.Suspension: ...
     @_builtins.property
     def reschedule_triggered_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def replica_requirements(self) -> Global___ReplicaRequirements:
+        """What one replica asks for; the scheduler's estimator divides free capacity by it."""
+
     def __init__(
         self,
         *,
@@ -181,14 +186,57 @@ class PropagationBindingSpec(_message.Message):
         scheduler_name: _builtins.str = ...,
         propagate_deps: _builtins.bool = ...,
         reschedule_triggered_at: _timestamp_pb2.Timestamp | None = ...,
+        replica_requirements: Global___ReplicaRequirements | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "policy", b"policy", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "suspension", b"suspension"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "policy", b"policy", "replica_requirements", b"replica_requirements", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "suspension", b"suspension"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replicas", b"replicas", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "scheduler_name", b"scheduler_name", "suspension", b"suspension"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "scheduler_name", b"scheduler_name", "suspension", b"suspension"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PropagationBindingSpec: _TypeAlias = PropagationBindingSpec  # noqa: Y015
+
+@_typing.final
+class ReplicaRequirements(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ResourceRequestEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    RESOURCE_REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def resource_request(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Resource name to quantity, summed over the pod template's containers."""
+
+    def __init__(
+        self,
+        *,
+        resource_request: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resource_request", b"resource_request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReplicaRequirements: _TypeAlias = ReplicaRequirements  # noqa: Y015
 
 @_typing.final
 class AggregatedStatusItem(_message.Message):

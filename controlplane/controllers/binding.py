@@ -49,12 +49,12 @@ def member_manifest(template: Manifest, *, replicas: int | None) -> Manifest:
     metadata = manifest.get("metadata", {})
     for field in _DROPPED_METADATA:
         metadata.pop(field, None)
-    if (
-        replicas is not None
-        and isinstance(manifest.get("spec"), dict)
-        and "replicas" in manifest["spec"]
-    ):
-        manifest["spec"]["replicas"] = replicas
+    spec = manifest.get("spec")
+    if replicas is not None and isinstance(spec, dict):
+        # Each cluster's work carries its own share (a Job's is its parallelism).
+        field = "parallelism" if manifest.get("kind") == "Job" else "replicas"
+        if field in spec:
+            spec[field] = replicas
     return manifest
 
 

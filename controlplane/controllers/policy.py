@@ -11,9 +11,12 @@ the binding goes but the objects stay in place, as in Karmada.
 from __future__ import annotations
 
 import logging
+import math
+from fractions import Fraction
+from typing import Any
 
 from archipel.v1alpha1 import policy_pb2, work_pb2
-from controlplane import kinds, matching
+from controlplane import kinds, matching, quantity
 from controlplane.context import (
     FINALIZER,
     Context,
@@ -24,6 +27,7 @@ from controlplane.context import (
     status_only_change,
     template_key_of_binding,
 )
+from controlplane.errors import Invalid
 from controlplane.kinds import Manifest
 from controlplane.runtime import Controller, Result
 
@@ -32,10 +36,48 @@ log = logging.getLogger(__name__)
 
 
 def template_replicas(manifest: Manifest) -> int:
-    replicas = (
-        manifest.get("spec", {}).get("replicas") if isinstance(manifest.get("spec"), dict) else None
-    )
+    """Replicas as the scheduler counts them: a Job's parallelism, else spec.replicas."""
+    spec = manifest.get("spec")
+    if not isinstance(spec, dict):
+        return 0
+    replicas = spec.get("parallelism" if manifest.get("kind") == "Job" else "replicas")
     return replicas if isinstance(replicas, int) and replicas >= 0 else 0
+
+
+def pod_spec(manifest: Manifest) -> dict[str, Any] | None:
+    """The pod template's spec of a workload (Pod, CronJob and the rest)."""
+    spec = manifest.get("spec")
+    if not isinstance(spec, dict):
+        return None
+    if manifest.get("kind") == "Pod":
+        return spec
+    if manifest.get("kind") == "CronJob":
+        spec = spec.get("jobTemplate", {}).get("spec", {})
+    template = spec.get("template", {}) if isinstance(spec, dict) else {}
+    pod = template.get("spec") if isinstance(template, dict) else None
+    return pod if isinstance(pod, dict) else None
+
+
+def replica_requests(manifest: Manifest) -> dict[str, str]:
+    """What one replica requests: the sum over its containers, in canonical units."""
+    pod = pod_spec(manifest)
+    if pod is None:
+        return {}
+    totals: dict[str, Fraction] = {}
+    for container in pod.get("containers", []) or []:
+        requests = ((container or {}).get("resources") or {}).get("requests") or {}
+        for resource, amount in requests.items():
+            try:
+                totals[resource] = totals.get(resource, Fraction(0)) + quantity.parse(amount)
+            except Invalid:
+                continue  # the member API server will refuse it; nothing to estimate
+    return {r: _format(r, v) for r, v in totals.items()}
+
+
+def _format(resource: str, value: Fraction) -> str:
+    if resource == "cpu":
+        return f"{math.ceil(value * 1000)}m"
+    return str(math.ceil(value))
 
 
 def desired_spec(
@@ -58,6 +100,7 @@ def desired_spec(
     spec.resource.uid = metadata.get("uid", "")
     spec.resource.resource_version = metadata.get("resourceVersion", "")
     spec.replicas = template_replicas(manifest)
+    spec.replica_requirements.resource_request.update(replica_requests(manifest))
     spec.placement.CopyFrom(policy_spec.placement)
     kind, namespace, name = candidate.ref
     spec.policy.kind, spec.policy.namespace, spec.policy.name = kind, namespace, name

@@ -9,9 +9,10 @@ tainted) requeues every binding, so placement follows the fleet.
 from __future__ import annotations
 
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from controlplane import kinds, scheduling
+from controlplane import division, kinds, scheduling
 from controlplane.conditions import set_condition
 from controlplane.context import Context, is_deleting
+from controlplane.errors import Invalid
 from controlplane.runtime import Controller, Result
 
 NAME = "scheduler"
@@ -56,12 +57,29 @@ class SchedulerController:
         if binding is None or is_deleting(binding):
             return None
         clusters = list(self._snapshot.values())
-        decision = scheduling.schedule(
-            binding.spec.placement,
-            replicas=binding.spec.replicas,
-            clusters=clusters,
-            current=[t.name for t in binding.spec.clusters],
+        spec = binding.spec
+        fresh = spec.HasField("reschedule_triggered_at") and (
+            not binding.status.HasField("last_scheduled_time")
+            or spec.reschedule_triggered_at.ToDatetime()
+            > binding.status.last_scheduled_time.ToDatetime()
         )
+        try:
+            requests = scheduling.parse_requests(spec.replica_requirements.resource_request)
+        except Invalid as error:
+            requests, invalid = {}, str(error)
+        else:
+            invalid = ""
+        decision = scheduling.schedule(
+            spec.placement,
+            replicas=spec.replicas,
+            clusters=clusters,
+            current={t.name: t.replicas for t in spec.clusters},
+            requests=requests,
+            seed=division.tie_break_seed(binding.metadata.uid),
+            fresh=fresh,
+        )
+        if invalid:
+            decision = scheduling.Decision((), "SchedulerError", invalid)
         updated = kinds.PROPAGATION_BINDING.copy(binding)
         del updated.spec.clusters[:]
         for target in decision.targets:

@@ -531,6 +531,37 @@ def test_a_stuck_agent_does_not_hold_up_the_others(pipeline: Pipeline, namespace
         stream.cancel()
 
 
+def test_static_weights_divide_replicas_between_members(pipeline: Pipeline, namespace: str) -> None:
+    weighted = policy(namespace, cluster_names=["member1", "member2"])
+    weighted["spec"]["placement"]["replicaScheduling"] = {
+        "replicaSchedulingType": "Divided",
+        "replicaDivisionPreference": "Weighted",
+        "weightPreference": {
+            "staticWeightList": [
+                {"targetCluster": {"clusterNames": ["member1"]}, "weight": 2},
+                {"targetCluster": {"clusterNames": ["member2"]}, "weight": 1},
+            ]
+        },
+    }
+    pipeline.apply(deployment(namespace, replicas=3), weighted)
+
+    def replicas() -> dict[str, int]:
+        found = {}
+        for member in ("member1", "member2"):
+            current = pipeline.deployment(member, namespace, "web")
+            if current is not None:
+                found[member] = int(current.spec.replicas or 0)
+        return found
+
+    wait_for("2:1 division", lambda: replicas() == {"member1": 2, "member2": 1})
+    status = wait_for(
+        "aggregated readiness",
+        lambda: (s := template_status(pipeline, namespace)).get("readyReplicas") == 3 and s,
+        timeout=90,
+    )
+    assert status["replicas"] == 3
+
+
 def test_member_outage_goes_not_ready_and_work_lands_after(
     pipeline: Pipeline, namespace: str
 ) -> None:

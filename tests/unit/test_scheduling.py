@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import pytest
 
 from archipel.v1alpha1 import meta_pb2, policy_pb2
@@ -115,13 +117,95 @@ def test_cluster_affinities_fall_back_in_order() -> None:
     assert [t.name for t in decision.targets] == ["member2"]
 
 
-def test_divided_is_reported_not_duplicated() -> None:
-    place = policy_pb2.Placement(
-        replica_scheduling=policy_pb2.ReplicaSchedulingStrategy(replica_scheduling_type="Divided")
+def divided(**strategy: object) -> policy_pb2.Placement:
+    return policy_pb2.Placement(
+        replica_scheduling=policy_pb2.ReplicaSchedulingStrategy(
+            replica_scheduling_type="Divided",
+            **strategy,  # type: ignore[arg-type]
+        )
     )
-    decision = scheduling.schedule(place, replicas=4, clusters=CLUSTERS)
-    assert decision.reason == "Unschedulable"
-    assert decision.targets == ()
+
+
+def test_divided_without_weights_splits_evenly() -> None:
+    decision = scheduling.schedule(divided(), replicas=6, clusters=CLUSTERS)
+    assert {t.name: t.replicas for t in decision.targets} == {
+        "member1": 2,
+        "member2": 2,
+        "member3": 2,
+    }
+
+
+def test_static_weights_select_clusters_by_affinity() -> None:
+    place = divided(
+        replica_division_preference="Weighted",
+        weight_preference=policy_pb2.ClusterPreferences(
+            static_weight_list=[
+                policy_pb2.StaticClusterWeight(
+                    target_cluster=policy_pb2.ClusterAffinity(cluster_names=["member1"]), weight=2
+                ),
+                policy_pb2.StaticClusterWeight(
+                    target_cluster=policy_pb2.ClusterAffinity(
+                        label_selector=meta_pb2.LabelSelector(match_labels={"tier": "silver"})
+                    ),
+                    weight=1,
+                ),
+            ]
+        ),
+    )
+    decision = scheduling.schedule(place, replicas=3, clusters=CLUSTERS)
+    # member3 matches no entry: weight 0, no replicas.
+    assert {t.name: t.replicas for t in decision.targets} == {"member1": 2, "member2": 1}
+
+
+def test_dynamic_weights_need_room() -> None:
+    roomy = [
+        ClusterInfo("a", {}, free={"cpu": Fraction(18), "pods": Fraction(100)}),
+        ClusterInfo("b", {}, free={"cpu": Fraction(12), "pods": Fraction(100)}),
+        ClusterInfo("c", {}, free={"cpu": Fraction(6), "pods": Fraction(100)}),
+    ]
+    place = divided(
+        replica_division_preference="Weighted",
+        weight_preference=policy_pb2.ClusterPreferences(dynamic_weight="AvailableReplicas"),
+    )
+    one_cpu = {"cpu": Fraction(1)}
+    decision = scheduling.schedule(place, replicas=12, clusters=roomy, requests=one_cpu)
+    assert {t.name: t.replicas for t in decision.targets} == {"a": 6, "b": 4, "c": 2}
+    too_many = scheduling.schedule(place, replicas=40, clusters=roomy, requests=one_cpu)
+    assert too_many.reason == "Unschedulable"
+    assert "room for 36" in too_many.message
+    unknown = [ClusterInfo("a", {})]
+    assert scheduling.schedule(place, replicas=1, clusters=unknown, requests=one_cpu).reason == (
+        "Unschedulable"
+    )
+
+
+@pytest.mark.parametrize(
+    ("free", "requests", "expected"),
+    [
+        (
+            {"cpu": Fraction(4), "memory": Fraction(8 * 2**30), "pods": Fraction(110)},
+            {"cpu": Fraction(1, 2)},
+            8,
+        ),
+        (
+            {"cpu": Fraction(4), "memory": Fraction(2**30), "pods": Fraction(110)},
+            {"cpu": Fraction(1, 10), "memory": Fraction(2**28)},
+            4,
+        ),
+        ({"cpu": Fraction(4), "pods": Fraction(3)}, {"cpu": Fraction(1, 10)}, 3),
+        ({"cpu": Fraction(4), "pods": Fraction(3)}, {}, 3),
+        ({"cpu": Fraction(-1), "pods": Fraction(3)}, {"cpu": Fraction(1)}, 0),
+    ],
+)
+def test_available_replicas_estimator(
+    free: dict[str, Fraction], requests: dict[str, Fraction], expected: int
+) -> None:
+    assert scheduling.available_replicas(ClusterInfo("a", {}, free=free), requests) == expected
+
+
+def test_objects_without_replicas_go_everywhere_under_divided() -> None:
+    decision = scheduling.schedule(divided(), replicas=0, clusters=CLUSTERS)
+    assert [t.name for t in decision.targets] == ["member1", "member2", "member3"]
 
 
 @pytest.mark.parametrize(

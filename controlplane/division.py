@@ -1,0 +1,162 @@
+"""Replica division: how a Divided binding's replicas are split over its clusters.
+
+Pure functions, following Karmada's division semantics:
+
+* static weights are apportioned with the Webster (Sainte-Laguë) method: each next
+  replica goes to the cluster with the highest ``weight / (2 * seats + 1)``; ties go to
+  the cluster with fewer seats, then by name, ascending, or descending when the
+  binding's tie-break seed is odd (Karmada hashes the binding's UID for it), so equal
+  clusters do not always favour the same name;
+* dynamic weights use each cluster's available replicas as its weight and never give
+  a cluster more than it has room for;
+* Aggregated uses the fewest clusters whose room covers the request;
+* *steady* division (the default) changes as little as possible: scaling up spreads
+  only the new replicas, scaling down shrinks every cluster in proportion; *fresh*
+  division (a manual reschedule) starts over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Mapping, Sequence
+
+
+class Unschedulable(Exception):
+    """The clusters cannot hold the replicas; the message says why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Previous:
+    """A binding's earlier result: cluster name to replicas."""
+
+    replicas: Mapping[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.replicas.values())
+
+
+def tie_break_seed(uid: str) -> int:
+    """Karmada's FNV-32a of the binding UID; the parity picks the name order for ties."""
+    if not uid:
+        return 0
+    value = 0x811C9DC5
+    for byte in uid.encode():
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
+def webster(
+    total: int,
+    weights: Mapping[str, int],
+    *,
+    seed: int = 0,
+    capacity: Mapping[str, int] | None = None,
+) -> dict[str, int]:
+    """Apportion ``total`` seats by weight; ``capacity`` caps what a cluster can take.
+
+    Clusters with no weight take no seats, unless every weight is zero, in which case
+    they count equally (Karmada's rule for weight lists that match nothing).
+    """
+    if total < 0:
+        raise ValueError("total must not be negative")
+    names = sorted(weights)
+    if not names:
+        if total:
+            raise Unschedulable("no cluster to place replicas on")
+        return {}
+    effective = {n: max(0, weights[n]) for n in names}
+    if not any(effective.values()):
+        effective = dict.fromkeys(names, 1)
+    seats = dict.fromkeys(names, 0)
+    descending = seed % 2 == 1
+    # Name order for ties: rank 0 wins; heapq pops the smallest key first.
+    rank = {n: (-i if descending else i) for i, n in enumerate(names)}
+    heap = [(-effective[n] / 1.0, 0, rank[n], n) for n in names if effective[n] > 0]
+    heapq.heapify(heap)
+    remaining = total
+    while remaining:
+        if not heap:
+            room = sum((capacity or {}).get(n, 0) for n in names)
+            raise Unschedulable(f"{total} replicas requested but the clusters have room for {room}")
+        _, _, _, name = heapq.heappop(heap)
+        if capacity is not None and seats[name] >= capacity.get(name, 0):
+            continue  # full: it leaves the race
+        seats[name] += 1
+        remaining -= 1
+        priority = effective[name] / (2 * seats[name] + 1)
+        heapq.heappush(heap, (-priority, seats[name], rank[name], name))
+    return seats
+
+
+def static(total: int, weights: Mapping[str, int], *, seed: int = 0) -> dict[str, int]:
+    """Static weights (Karmada's staticWeightList), not sticky to earlier results."""
+    return {n: r for n, r in webster(total, weights, seed=seed).items() if r}
+
+
+def dynamic(
+    total: int,
+    available: Mapping[str, int],
+    *,
+    previous: Previous | None = None,
+    fresh: bool = False,
+    seed: int = 0,
+) -> dict[str, int]:
+    """Weights from available replicas; no cluster gets more than it has room for.
+
+    ``available`` is each cluster's room for *new* replicas; what a cluster already
+    runs for this binding (``previous``) counts as room too.
+    """
+    held = dict(previous.replicas) if previous is not None else {}
+    room = {n: max(0, available.get(n, 0)) + held.get(n, 0) for n in available}
+    if sum(room.values()) < total:
+        raise Unschedulable(
+            f"{total} replicas requested but the clusters have room for {sum(room.values())}"
+        )
+    kept = {n: r for n, r in held.items() if n in room}
+    if fresh or not kept:
+        return _nonzero(webster(total, room, seed=seed, capacity=room))
+    current = sum(kept.values())
+    if total <= current:
+        # Scale down: every cluster shrinks in proportion to what it holds.
+        return _nonzero(webster(total, kept, seed=seed, capacity=kept))
+    # Scale up: only the new replicas are divided, by the room that is left.
+    spare = {n: room[n] - kept.get(n, 0) for n in room}
+    extra = webster(total - current, spare, seed=seed, capacity=spare)
+    return _nonzero({n: kept.get(n, 0) + extra.get(n, 0) for n in room})
+
+
+def aggregated(
+    total: int,
+    available: Mapping[str, int],
+    *,
+    previous: Previous | None = None,
+    seed: int = 0,
+) -> dict[str, int]:
+    """The fewest clusters that fit, preferring those already used, then the roomiest."""
+    held = dict(previous.replicas) if previous is not None else {}
+    room = {n: max(0, available.get(n, 0)) + held.get(n, 0) for n in available}
+    if sum(room.values()) < total:
+        raise Unschedulable(
+            f"{total} replicas requested but the clusters have room for {sum(room.values())}"
+        )
+    order = sorted(room, key=lambda n: (0 if held.get(n) else 1, -room[n], n))
+    chosen: list[str] = []
+    covered = 0
+    for name in order:
+        if covered >= total:
+            break
+        if room[name] > 0:
+            chosen.append(name)
+            covered += room[name]
+    picked = {n: room[n] for n in chosen}
+    return _nonzero(webster(total, picked, seed=seed, capacity=picked))
+
+
+def duplicated(total: int, clusters: Sequence[str]) -> dict[str, int]:
+    return dict.fromkeys(clusters, total)
+
+
+def _nonzero(division: Mapping[str, int]) -> dict[str, int]:
+    return {n: r for n, r in sorted(division.items()) if r}

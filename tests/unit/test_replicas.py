@@ -1,0 +1,56 @@
+"""Replica interpretation: what the scheduler counts and what each member receives."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.controllers.binding import member_manifest
+from controlplane.controllers.policy import replica_requests, template_replicas
+
+
+def workload(kind: str, **spec: Any) -> dict[str, Any]:
+    containers = [
+        {"name": "a", "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}}},
+        {"name": "b", "resources": {"requests": {"cpu": "0.5", "memory": "1Gi"}}},
+    ]
+    pod = {"containers": containers}
+    body: dict[str, Any] = {"template": {"spec": pod}, **spec}
+    if kind == "CronJob":
+        body = {"jobTemplate": {"spec": {"template": {"spec": pod}}}}
+    if kind == "Pod":
+        body = pod
+    return {"apiVersion": "v1", "kind": kind, "metadata": {"name": "w"}, "spec": body}
+
+
+@pytest.mark.parametrize(
+    ("manifest", "replicas"),
+    [
+        (workload("Deployment", replicas=5), 5),
+        (workload("StatefulSet", replicas=2), 2),
+        (workload("ReplicaSet", replicas=1), 1),
+        (workload("Job", parallelism=4, completions=8), 4),
+        (workload("Widget", replicas=7), 7),
+        ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}}, 0),
+        (workload("Deployment", replicas="three"), 0),
+    ],
+)
+def test_replicas_by_kind(manifest: dict[str, Any], replicas: int) -> None:
+    assert template_replicas(manifest) == replicas
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job", "CronJob", "Pod"])
+def test_requests_sum_the_containers(kind: str) -> None:
+    assert replica_requests(workload(kind, replicas=1)) == {
+        "cpu": "750m",
+        "memory": str(2**30 + 64 * 2**20),
+    }
+
+
+def test_each_member_gets_its_share() -> None:
+    deployment = member_manifest(workload("Deployment", replicas=6), replicas=2)
+    assert deployment["spec"]["replicas"] == 2
+    job = member_manifest(workload("Job", parallelism=6, completions=6), replicas=4)
+    assert job["spec"]["parallelism"] == 4
+    assert job["spec"]["completions"] == 6
