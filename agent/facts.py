@@ -130,6 +130,10 @@ class Facts:
             summary.allocated[resource] = _format(resource, value)
         return heartbeat
 
+    def rediscover(self) -> None:
+        """Read API resources again at the next heartbeat (a CRD was just applied)."""
+        self._beats = 0
+
     def reset(self) -> None:
         """A new stream: the control plane needs the API resources again."""
         self._enablements_digest = b""

@@ -52,7 +52,9 @@ class Agent:
         self.tls_ca = tls_ca
         self.ledger = Ledger(kube)
         self.facts = Facts(kube)
-        self.works = WorkManager(kube, self.ledger, send=self.send)
+        self.works = WorkManager(
+            kube, self.ledger, send=self.send, on_new_api=self.facts.rediscover
+        )
         self.heartbeat_interval = heartbeat_interval
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
         self._pending: list[agent_pb2.AgentMessage] = []

@@ -77,7 +77,9 @@ class WorkManager:
         *,
         send: Callable[[agent_pb2.AgentMessage], None],
         workers: int = 16,
+        on_new_api: Callable[[], None] = lambda: None,
     ) -> None:
+        self.on_new_api = on_new_api
         self.kube = kube
         self.ledger = ledger
         self.send = send
@@ -192,6 +194,10 @@ class WorkManager:
             self.owner[ref] = name
             self._observe(ref, applied)
             self._watch(ref.api_version, ref.kind)
+            if ref.kind == "CustomResourceDefinition":
+                # The cluster now serves a new kind: the control plane's scheduler
+                # should hear about it at the next heartbeat, not in ten.
+                self.on_new_api()
         for stale in held - set(refs):
             await self.kube.call(
                 self.kube.delete, stale.api_version, stale.kind, stale.namespace, stale.name

@@ -44,6 +44,8 @@ class ClusterInfo:
     deleting: bool = False
     # Free capacity (allocatable minus allocated) by resource, when the agent reported it.
     free: Mapping[str, Fraction] | None = None
+    # (apiVersion, kind) pairs the cluster serves, when its agent reported them.
+    api_resources: frozenset[tuple[str, str]] | None = None
 
     @classmethod
     def from_proto(cls, cluster: cluster_pb2.MemberCluster) -> ClusterInfo:
@@ -59,6 +61,13 @@ class ClusterInfo:
                     free[resource] = quantity.parse(amount) - used
                 except Invalid:
                     continue  # a quantity we cannot read does not constrain
+        api_resources = None
+        if len(cluster.status.api_enablements):
+            api_resources = frozenset(
+                (enablement.group_version, resource.kind)
+                for enablement in cluster.status.api_enablements
+                for resource in enablement.resources
+            )
         return cls(
             name=cluster.metadata.name,
             labels=dict(cluster.metadata.labels),
@@ -68,6 +77,7 @@ class ClusterInfo:
             taints=tuple(TaintInfo(t.key, t.value, t.effect) for t in cluster.spec.taints),
             deleting=cluster.metadata.HasField("deletion_timestamp"),
             free=free,
+            api_resources=api_resources,
         )
 
 
@@ -168,11 +178,21 @@ def _taints(placement: policy_pb2.Placement, cluster: ClusterInfo, scheduled: bo
 FILTERS: tuple[Filter, ...] = (_deleting, _taints)
 
 
+def api_rejects(cluster: ClusterInfo, resource: tuple[str, str] | None) -> str | None:
+    """APIEnablement: the cluster must serve the template's apiVersion and kind."""
+    if resource is None or cluster.api_resources is None:
+        return None  # nothing reported yet: do not guess
+    if resource not in cluster.api_resources:
+        return f"does not serve {resource[1]} in {resource[0]}"
+    return None
+
+
 def _feasible(
     placement: policy_pb2.Placement,
     affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm | None,
     clusters: Sequence[ClusterInfo],
     current: frozenset[str],
+    resource: tuple[str, str] | None = None,
 ) -> tuple[list[ClusterInfo], dict[str, str]]:
     fits, rejected = [], {}
     selector = None
@@ -186,6 +206,8 @@ def _feasible(
             if reason is not None:
                 break
             reason = check(placement, cluster, cluster.name in current)
+        if reason is None:
+            reason = api_rejects(cluster, resource)
         if reason is None:
             fits.append(cluster)
         else:
@@ -267,6 +289,7 @@ def schedule(
     requests: Mapping[str, Fraction] | None = None,
     seed: int = 0,
     fresh: bool = False,
+    resource: tuple[str, str] | None = None,
 ) -> Decision:
     """Choose target clusters and their replicas for one binding.
 
@@ -281,13 +304,13 @@ def schedule(
     affinity_name = ""
     if len(placement.cluster_affinities):
         for term in placement.cluster_affinities:
-            fits, rejected = _feasible(placement, term, ordered, scheduled_on)
+            fits, rejected = _feasible(placement, term, ordered, scheduled_on, resource)
             if fits:
                 affinity_name = term.affinity_name
                 break
     else:
         affinity = placement.cluster_affinity if placement.HasField("cluster_affinity") else None
-        fits, rejected = _feasible(placement, affinity, ordered, scheduled_on)
+        fits, rejected = _feasible(placement, affinity, ordered, scheduled_on, resource)
     if not fits:
         detail = "; ".join(f"{name}: {why}" for name, why in sorted(rejected.items()))
         return Decision(

@@ -8,9 +8,11 @@ tainted) requeues every binding, so placement follows the fleet.
 
 from __future__ import annotations
 
+import dataclasses
+
 from archipel.v1alpha1 import cluster_pb2, work_pb2
 from controlplane import division, kinds, scheduling
-from controlplane.conditions import set_condition
+from controlplane.conditions import find, set_condition
 from controlplane.context import Context, is_deleting
 from controlplane.errors import Invalid
 from controlplane.runtime import Controller, Result
@@ -43,12 +45,25 @@ class SchedulerController:
     ) -> None:
         # The snapshot scheduling reads is kept here, so a reconcile never rebuilds it.
         after = scheduling.ClusterInfo.from_proto(new) if new is not None else None
-        if self._snapshot.get(key) == after:
-            return  # a status-only change (heartbeats): nothing placement looks at
+        before = self._snapshot.get(key)
         if after is None:
             self._snapshot.pop(key, None)
         else:
             self._snapshot[key] = after
+        if before == after:
+            return
+        if (
+            before is not None
+            and after is not None
+            and dataclasses.replace(before, free=None) == dataclasses.replace(after, free=None)
+        ):
+            # Only free capacity moved (it does with every heartbeat): reschedule just
+            # the bindings that could not be placed, so that nothing placed churns.
+            for binding in self.context.bindings.objects():
+                condition = find(binding.status.conditions, "Scheduled")
+                if condition is not None and condition.status == "False":
+                    self.controller.enqueue(kinds.PROPAGATION_BINDING.key_of(binding))
+            return
         for binding_key in self.context.bindings.list_keys():
             self.controller.enqueue(binding_key)
 
@@ -77,6 +92,7 @@ class SchedulerController:
             requests=requests,
             seed=division.tie_break_seed(binding.metadata.uid),
             fresh=fresh,
+            resource=(spec.resource.api_version, spec.resource.kind),
         )
         if invalid:
             decision = scheduling.Decision((), "SchedulerError", invalid)

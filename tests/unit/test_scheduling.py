@@ -223,3 +223,17 @@ def test_karmada_default_replica_scheduling(strategy: str | None, duplicated: bo
         place.replica_scheduling.replica_scheduling_type = strategy
         place.replica_scheduling.SetInParent()
     assert scheduling.is_duplicated(place) is duplicated
+
+
+def test_api_enablement_filters_clusters_that_lack_the_kind() -> None:
+    widget = ("example.com/v1", "Widget")
+    clusters = [
+        ClusterInfo("has", {}, api_resources=frozenset({widget, ("apps/v1", "Deployment")})),
+        ClusterInfo("lacks", {}, api_resources=frozenset({("apps/v1", "Deployment")})),
+        ClusterInfo("unknown", {}),
+    ]
+    decision = scheduling.schedule(
+        policy_pb2.Placement(), replicas=1, clusters=clusters, resource=widget
+    )
+    assert [t.name for t in decision.targets] == ["has", "unknown"]
+    assert decision.rejected["lacks"] == "does not serve Widget in example.com/v1"
