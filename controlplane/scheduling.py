@@ -273,6 +273,88 @@ def divide(
     return division.static(replicas, static_weights(strategy, clusters), seed=seed)
 
 
+def _group_of(cluster: ClusterInfo, constraint: policy_pb2.SpreadConstraint) -> str:
+    if constraint.spread_by_label:
+        return cluster.labels.get(constraint.spread_by_label, "")
+    if constraint.spread_by_field == "region":
+        return cluster.region
+    if constraint.spread_by_field == "zone":
+        return cluster.zones[0] if cluster.zones else ""
+    if constraint.spread_by_field == "provider":
+        return cluster.provider
+    return cluster.name
+
+
+def spread(
+    placement: policy_pb2.Placement,
+    clusters: Sequence[ClusterInfo],
+    *,
+    current: frozenset[str],
+    requests: Mapping[str, Fraction],
+) -> list[ClusterInfo]:
+    """Apply spreadConstraints: pick groups (regions, zones, providers or label values)
+    and then clusters, within minGroups and maxGroups.
+
+    Clusters are ranked by the score plugins: locality first (clusters that already
+    hold the workload), then capacity (available replicas), then name. Raises
+    :class:`division.Unschedulable` when a minimum cannot be met.
+    """
+    constraints = list(placement.spread_constraints)
+    if not constraints:
+        return list(clusters)
+
+    def score(cluster: ClusterInfo) -> tuple[int, int, str]:
+        locality = 1 if cluster.name in current else 0
+        return (-locality, -available_replicas(cluster, requests), cluster.name)
+
+    ranked = sorted(clusters, key=score)
+    for constraint in constraints:
+        if constraint.spread_by_field == "cluster":
+            continue
+        what = constraint.spread_by_label or constraint.spread_by_field
+        groups: dict[str, list[ClusterInfo]] = {}
+        for cluster in ranked:
+            group = _group_of(cluster, constraint)
+            if group:
+                groups.setdefault(group, []).append(cluster)
+        if len(groups) < constraint.min_groups:
+            raise division.Unschedulable(
+                f"spreadConstraints: {what} needs at least {constraint.min_groups} groups, "
+                f"{len(groups)} available ({', '.join(sorted(groups)) or 'none'})"
+            )
+        # Groups whose best cluster ranks highest come first.
+        order = sorted(groups, key=lambda g: (score(groups[g][0]), g))
+        if constraint.max_groups:
+            order = order[: constraint.max_groups]
+        chosen = {c.name for g in order for c in groups[g]}
+        ranked = [c for c in ranked if c.name in chosen]
+    for constraint in constraints:
+        if constraint.spread_by_field != "cluster":
+            continue
+        if len(ranked) < constraint.min_groups:
+            raise division.Unschedulable(
+                f"spreadConstraints: cluster needs at least {constraint.min_groups} clusters, "
+                f"{len(ranked)} available"
+            )
+        if constraint.max_groups and len(ranked) > constraint.max_groups:
+            # Keep one cluster per chosen group first, so no group picked above is lost.
+            keep: list[ClusterInfo] = []
+            for other in constraints:
+                if other.spread_by_field == "cluster":
+                    continue
+                seen: set[str] = set()
+                for cluster in ranked:
+                    group = _group_of(cluster, other)
+                    if group not in seen and cluster not in keep:
+                        seen.add(group)
+                        keep.append(cluster)
+            for cluster in ranked:
+                if cluster not in keep:
+                    keep.append(cluster)
+            ranked = sorted(keep[: constraint.max_groups], key=score)
+    return ranked
+
+
 def is_duplicated(placement: policy_pb2.Placement) -> bool:
     """Karmada's rule: no replicaScheduling means Duplicated; given, it defaults to Divided."""
     if not placement.HasField("replica_scheduling"):
@@ -319,6 +401,13 @@ def schedule(
             f"0/{len(ordered)} clusters are available: {detail}".rstrip(": "),
             rejected,
         )
+    static_weights_given = len(placement.replica_scheduling.weight_preference.static_weight_list)
+    if not static_weights_given:  # Karmada ignores spreading when static weights decide
+        try:
+            fits = spread(placement, fits, current=scheduled_on, requests=requests or {})
+        except division.Unschedulable as error:
+            return Decision((), "Unschedulable", str(error), rejected, affinity_name)
+        fits = sorted(fits, key=lambda c: c.name)
     if is_duplicated(placement) or replicas == 0:
         # Objects without replicas go everywhere that fits, as Karmada does.
         targets = tuple(Target(c.name, replicas) for c in fits)

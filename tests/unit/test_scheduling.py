@@ -237,3 +237,74 @@ def test_api_enablement_filters_clusters_that_lack_the_kind() -> None:
     )
     assert [t.name for t in decision.targets] == ["has", "unknown"]
     assert decision.rejected["lacks"] == "does not serve Widget in example.com/v1"
+
+
+REGIONS = [
+    ClusterInfo("eu-1", {"env": "prod"}, provider="aws", region="eu", zones=("eu-a",)),
+    ClusterInfo("eu-2", {"env": "prod"}, provider="gcp", region="eu", zones=("eu-b",)),
+    ClusterInfo("us-1", {"env": "prod"}, provider="aws", region="us", zones=("us-a",)),
+    ClusterInfo("us-2", {"env": "dev"}, provider="gcp", region="us", zones=("us-b",)),
+    ClusterInfo("ap-1", {"env": "dev"}, provider="aws", region="ap", zones=("ap-a",)),
+]
+
+
+def spread_by(*constraints: tuple[str, int, int], label: str = "") -> policy_pb2.Placement:
+    place = policy_pb2.Placement()
+    for field, minimum, maximum in constraints:
+        entry = place.spread_constraints.add(min_groups=minimum, max_groups=maximum)
+        if field == "label":
+            entry.spread_by_label = label
+        else:
+            entry.spread_by_field = field
+    return place
+
+
+@pytest.mark.parametrize(
+    ("place", "current", "expected"),
+    [
+        pytest.param(spread_by(("cluster", 1, 2)), {}, {"ap-1", "eu-1"}, id="two-clusters-by-name"),
+        pytest.param(
+            spread_by(("cluster", 1, 2)), {"us-2": 1}, {"us-2", "ap-1"}, id="locality-first"
+        ),
+        pytest.param(
+            spread_by(("region", 2, 2), ("cluster", 2, 2)), {}, {"ap-1", "eu-1"}, id="two-regions"
+        ),
+        pytest.param(
+            spread_by(("region", 1, 1), ("cluster", 1, 5)),
+            {"us-1": 1},
+            {"us-1", "us-2"},
+            id="one-region",
+        ),
+        pytest.param(
+            spread_by(("provider", 2, 2), ("cluster", 2, 2)), {}, {"ap-1", "eu-2"}, id="providers"
+        ),
+        pytest.param(
+            spread_by(("label", 1, 1), ("cluster", 1, 9), label="env"),
+            {"eu-1": 1},
+            {"eu-1", "eu-2", "us-1"},
+            id="by-label",
+        ),
+    ],
+)
+def test_spread_constraints(
+    place: policy_pb2.Placement, current: dict[str, int], expected: set[str]
+) -> None:
+    decision = scheduling.schedule(place, replicas=1, clusters=REGIONS, current=current)
+    assert decision.scheduled, decision.message
+    assert {t.name for t in decision.targets} == expected
+
+
+@pytest.mark.parametrize(
+    ("place", "message"),
+    [
+        (
+            spread_by(("region", 4, 4), ("cluster", 1, 9)),
+            "region needs at least 4 groups, 3 available",
+        ),
+        (spread_by(("cluster", 6, 9)), "cluster needs at least 6 clusters, 5 available"),
+    ],
+)
+def test_unmeetable_spread_is_unschedulable(place: policy_pb2.Placement, message: str) -> None:
+    decision = scheduling.schedule(place, replicas=1, clusters=REGIONS)
+    assert decision.reason == "Unschedulable"
+    assert message in decision.message
