@@ -32,6 +32,19 @@ from archipel.client import (
 )
 from archipel.v1alpha1 import service_pb2
 
+UNSCHEDULABLE_TAINT = "cluster.archipel.io/unschedulable"
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _remove_taints(cluster: Any, key: str, effect: str) -> bool:
+    kept = [t for t in cluster.spec.taints if not (t.key == key and effect in ("", t.effect))]
+    if len(kept) == len(cluster.spec.taints):
+        return False
+    copies = [type(t).FromString(t.SerializeToString()) for t in kept]
+    del cluster.spec.taints[:]
+    cluster.spec.taints.extend(copies)
+    return True
+
 
 def _age(timestamp: str | None) -> str:
     if not timestamp:
@@ -351,6 +364,82 @@ class Commands:
             print("Aggregated status:")
             print("  " + json.dumps(document["status"], separators=(", ", ": ")))
 
+    # -- cluster taints and rescheduling ---------------------------------------------------
+
+    def _update_cluster(self, name: str, change: Any) -> None:
+        """Read, change and write back a MemberCluster; retried if someone wrote first."""
+        stub = self.client.stub_for("MemberCluster")
+        for attempt in range(5):
+            cluster = self.client.call(stub.Get, service_pb2.GetRequest(name=name))
+            if not change(cluster):
+                return
+            try:
+                self.client.call(stub.Apply, cluster)
+                return
+            except ClientError as error:
+                if "ABORTED" not in str(error) or attempt == 4:
+                    raise
+
+    def cordon(self) -> None:
+        def add(cluster: Any) -> bool:
+            if any(t.key == UNSCHEDULABLE_TAINT for t in cluster.spec.taints):
+                return False
+            cluster.spec.taints.add(key=UNSCHEDULABLE_TAINT, effect="NoSchedule")
+            return True
+
+        self._update_cluster(self.args.name, add)
+        print(f"membercluster/{self.args.name} cordoned")
+
+    def uncordon(self) -> None:
+        self._update_cluster(self.args.name, lambda c: _remove_taints(c, UNSCHEDULABLE_TAINT, ""))
+        print(f"membercluster/{self.args.name} uncordoned")
+
+    def taint(self) -> None:
+        spec = self.args.taint
+        removing = spec.endswith("-")
+        key_value, sep, effect = spec.rstrip("-").rpartition(":")
+        if not sep:
+            key_value, effect = spec.rstrip("-"), ""
+        key, _, value = key_value.partition("=")
+        if not key or (not removing and effect not in TAINT_EFFECTS):
+            raise ClientError(
+                f"taint: {spec!r} must be key[=value]:Effect (Effect: {', '.join(TAINT_EFFECTS)}), "
+                "or key[:Effect]- to remove"
+            )
+
+        def apply(cluster: Any) -> bool:
+            if removing:
+                return _remove_taints(cluster, key, effect)
+            for existing in cluster.spec.taints:
+                if existing.key == key and existing.effect == effect:
+                    if existing.value == value:
+                        return False
+                    existing.value = value
+                    return True
+            cluster.spec.taints.add(key=key, value=value, effect=effect)
+            return True
+
+        self._update_cluster(self.args.cluster, apply)
+        print(f"membercluster/{self.args.cluster} {'untainted' if removing else 'tainted'}")
+
+    def reschedule(self) -> None:
+        """Schedule a template from scratch, as Karmada's WorkloadRebalancer does."""
+        _, template = self._resolve(self.args.kind)
+        if template is None:
+            raise ClientError("reschedule: give the template's KIND and NAME, e.g. deployment web")
+        kind = template[1]
+        namespace = (
+            "" if kind in ("Namespace", "ClusterRole") else (self.args.namespace or "default")
+        )
+        stub = self.client.stub_for("PropagationBinding")
+        request = service_pb2.GetRequest(
+            namespace=namespace, name=f"{self.args.name}-{kind.lower()}"
+        )
+        binding = self.client.call(stub.Get, request)
+        binding.spec.reschedule_triggered_at.GetCurrentTime()
+        self.client.call(stub.Apply, binding)
+        print(f"{kind.lower()}/{self.args.name} rescheduling")
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -422,6 +511,17 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("-f", "--filename", action="append")
     delete.add_argument("-n", "--namespace")
     sub.add_parser("clusters", help="member clusters: ready, version, nodes, age")
+    cordon = sub.add_parser("cordon", help="keep new workloads off a member cluster")
+    cordon.add_argument("name")
+    uncordon = sub.add_parser("uncordon", help="let new workloads onto a member cluster again")
+    uncordon.add_argument("name")
+    taint = sub.add_parser("taint", help="taint a member cluster: key[=value]:Effect, or key-")
+    taint.add_argument("cluster")
+    taint.add_argument("taint")
+    reschedule = sub.add_parser("reschedule", help="divide a template's replicas from scratch")
+    reschedule.add_argument("kind")
+    reschedule.add_argument("name")
+    reschedule.add_argument("-n", "--namespace")
     join = sub.add_parser("join", help="register a member cluster and issue its agent credential")
     join.add_argument("name")
     join.add_argument("--label", action="append", help="key=value (repeatable)")

@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from archipel import structs
-from archipel.v1alpha1 import work_pb2
+from archipel.v1alpha1 import cluster_pb2, work_pb2
 from controlplane import kinds
 from controlplane.context import (
     BINDING_NAME_LABEL,
@@ -68,6 +68,7 @@ class BindingController:
         self._written_at: dict[str, int] = {}
         context.works.add_handler(self._on_work)
         context.templates.add_handler(self._on_template)
+        context.clusters.add_handler(self._on_cluster)
 
     def _on_binding(
         self,
@@ -99,11 +100,35 @@ class BindingController:
         if not status_only_change(old, new):
             self.controller.enqueue(binding_key_for_template_key(key))
 
+    def _cluster_gone(self, name: str) -> bool:
+        cluster = self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name))
+        return cluster is None or is_deleting(cluster)
+
+    def _on_cluster(
+        self,
+        key: str,
+        old: cluster_pb2.MemberCluster | None,
+        new: cluster_pb2.MemberCluster | None,
+    ) -> None:
+        if new is None or is_deleting(new):
+            name = (new or old).metadata.name  # type: ignore[union-attr]
+            for work in self.context.works.by_index("cluster", name):
+                self.controller.enqueue(binding_key_of_work(work))
+
     async def _delete_works(self, works: list[work_pb2.PropagationWork], *, preserve: bool) -> None:
+        store = self.context.store
         for work in works:
+            cluster = work.metadata.labels.get(CLUSTER_LABEL, "")
+            if self._cluster_gone(cluster) and WORK_FINALIZER in work.metadata.finalizers:
+                # The cluster is leaving: no agent will confirm a cleanup.
+                released = kinds.PROPAGATION_WORK.copy(work)
+                released.metadata.finalizers.remove(WORK_FINALIZER)
+                work = await store.update(kinds.PROPAGATION_WORK, released, current=work)
+                if is_deleting(work):
+                    continue
             if not is_deleting(work):
                 await delete_object(
-                    self.context.store, kinds.PROPAGATION_WORK, work, preserve_resources=preserve
+                    store, kinds.PROPAGATION_WORK, work, preserve_resources=preserve
                 )
 
     async def reconcile(self, key: str) -> Result | None:
@@ -144,6 +169,8 @@ class BindingController:
         # distinct one once, not once per cluster.
         workloads: dict[int, work_pb2.WorkloadTemplate] = {}
         for target in binding.spec.clusters:
+            if self._cluster_gone(target.name):
+                continue  # never create work for a cluster that is leaving
             workload = workloads.get(target.replicas)
             if workload is None:
                 manifest = member_manifest(template, replicas=target.replicas)
@@ -184,7 +211,7 @@ class BindingController:
         written = await asyncio.gather(*writes)
         if written:
             self._written_at[key] = max(int(w.metadata.resource_version) for w in written)
-        targeted = {t.name for t in binding.spec.clusters}
+        targeted = {t.name for t in binding.spec.clusters if not self._cluster_gone(t.name)}
         stale = [w for cluster, w in existing.items() if cluster not in targeted]
         await self._delete_works(stale, preserve=False)
         return requeue

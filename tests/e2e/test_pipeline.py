@@ -562,6 +562,66 @@ def test_static_weights_divide_replicas_between_members(pipeline: Pipeline, name
     assert status["replicas"] == 3
 
 
+def test_tainted_and_cordoned_clusters_get_no_new_work(pipeline: Pipeline, namespace: str) -> None:
+    tainted = pipeline.cli("taint", "member2", "dedicated=ml:NoSchedule")
+    assert tainted.returncode == 0, tainted.stderr
+    cordoned = pipeline.cli("cordon", "member3")
+    assert cordoned.returncode == 0, cordoned.stderr
+    try:
+        pipeline.apply(deployment(namespace), policy(namespace, cluster_names=list(MEMBERS)))
+        wait_for("member1 only", lambda: placed(pipeline, namespace) == {"member1"})
+        described = pipeline.cli("get", "pb", "web-deployment", "-n", namespace, "-o", "json")
+        condition = next(
+            c
+            for c in json.loads(described.stdout)["status"]["conditions"]
+            if c["type"] == "Scheduled"
+        )
+        assert condition["reason"] == "Success"
+    finally:
+        assert pipeline.cli("taint", "member2", "dedicated:NoSchedule-").returncode == 0
+        assert pipeline.cli("uncordon", "member3").returncode == 0
+    wait_for(
+        "all three once the taints are gone", lambda: placed(pipeline, namespace) == set(MEMBERS)
+    )
+
+
+def test_relabelled_cluster_loses_the_workload(pipeline: Pipeline, namespace: str) -> None:
+    pipeline.apply(deployment(namespace), policy(namespace, label_selector={"tier": "gold"}))
+    wait_for("the gold clusters", lambda: placed(pipeline, namespace) == {"member1", "member3"})
+    api = pipeline.client()
+    stub = api.stub_for("MemberCluster")
+    try:
+        cluster = api.call(stub.Get, service_pb2.GetRequest(name="member3"))
+        cluster.metadata.labels["tier"] = "bronze"
+        api.call(stub.Apply, cluster)
+        wait_for("member3 to lose it", lambda: placed(pipeline, namespace) == {"member1"})
+    finally:
+        cluster = api.call(stub.Get, service_pb2.GetRequest(name="member3"))
+        cluster.metadata.labels["tier"] = "gold"
+        api.call(stub.Apply, cluster)
+        api.close()
+
+
+def test_reschedule_divides_from_scratch(pipeline: Pipeline, namespace: str) -> None:
+    divided = policy(namespace, cluster_names=["member1", "member2"])
+    divided["spec"]["placement"]["replicaScheduling"] = {"replicaSchedulingType": "Divided"}
+    pipeline.apply(deployment(namespace, replicas=4), divided)
+
+    def replicas() -> dict[str, int]:
+        found = {}
+        for member in ("member1", "member2"):
+            current = pipeline.deployment(member, namespace, "web")
+            if current is not None:
+                found[member] = int(current.spec.replicas or 0)
+        return found
+
+    wait_for("an even split", lambda: replicas() == {"member1": 2, "member2": 2})
+    result = pipeline.cli("reschedule", "deployment", "web", "-n", namespace)
+    assert result.returncode == 0, result.stderr
+    assert "rescheduling" in result.stdout
+    assert replicas() == {"member1": 2, "member2": 2}
+
+
 def test_member_outage_goes_not_ready_and_work_lands_after(
     pipeline: Pipeline, namespace: str
 ) -> None:
