@@ -20,6 +20,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -389,7 +390,9 @@ async def big_fleet(root: Path, sizes: Sizes) -> dict[str, Any]:
         return result
 
 
-def scheduling_throughput(clusters: int, *, bindings: int = 2000) -> dict[str, Any]:
+def scheduling_throughput(
+    clusters: int, *, bindings: int = 2000, divided: str = ""
+) -> dict[str, Any]:
     """The scheduler's own code (filters and division) over a snapshot, in this process.
 
     This is what the scheduler controller runs per binding; the controller adds only a
@@ -412,12 +415,35 @@ def scheduling_throughput(clusters: int, *, bindings: int = 2000) -> dict[str, A
         meta_pb2.LabelSelector(match_labels={"fleet": "sim"})
     )
     placement.cluster_affinity.exclude.append("c0001")
+    requests: dict[str, Fraction] = {}
+    if divided:
+        placement.replica_scheduling.replica_scheduling_type = "Divided"
+        placement.replica_scheduling.replica_division_preference = "Weighted"
+    if divided == "static":
+        for index in range(0, clusters, 10):
+            entry = placement.replica_scheduling.weight_preference.static_weight_list.add()
+            entry.target_cluster.cluster_names.append(f"c{index:04d}")
+            entry.weight = 1 + index % 3
+    elif divided == "dynamic":
+        placement.replica_scheduling.weight_preference.dynamic_weight = "AvailableReplicas"
+        requests = {"cpu": Fraction(1, 10)}
+        snapshot = [
+            dataclasses.replace(c, free={"cpu": Fraction(64), "pods": Fraction(110)})
+            for c in snapshot
+        ]
     started = time.perf_counter()
     for _ in range(bindings):
-        decision = scheduling.schedule(placement, replicas=3, clusters=snapshot)
+        decision = scheduling.schedule(
+            placement, replicas=100, clusters=snapshot, requests=requests
+        )
     elapsed = time.perf_counter() - started
     assert decision.scheduled
-    return {"clusters": clusters, "bindings": bindings, "bindings_per_second": bindings / elapsed}
+    return {
+        "clusters": clusters,
+        "division": divided or "duplicated",
+        "bindings": bindings,
+        "bindings_per_second": bindings / elapsed,
+    }
 
 
 async def cold_start(root: Path, sizes: Sizes) -> dict[str, Any]:
@@ -552,7 +578,10 @@ def table(results: dict[str, Any]) -> str:
         f"{b['rss_connected_mib']:.0f} MiB RSS, connect {b['connect_seconds']:.1f} s",
     )
     for r in results["scheduling"]:
-        row(f"scheduling at {r['clusters']} clusters", f"{r['bindings_per_second']:.0f} bindings/s")
+        row(
+            f"scheduling, {r['division']}, {r['clusters']} clusters",
+            f"{r['bindings_per_second']:.0f} bindings/s",
+        )
     row(
         f"reconnect storm, {b['agents']} agents",
         f"{b['reconnect_storm_seconds']:.1f} s, peak {b['reconnect_storm_peak_rss_mib']:.0f} MiB, "
@@ -598,7 +627,13 @@ async def run_all(sizes: Sizes, root: Path, *, profile: Path | None) -> dict[str
 
 
 async def _scheduling() -> list[dict[str, Any]]:
-    return [scheduling_throughput(100), scheduling_throughput(1000, bindings=500)]
+    return [
+        scheduling_throughput(100),
+        scheduling_throughput(1000, bindings=500),
+        scheduling_throughput(100, divided="static"),
+        scheduling_throughput(100, divided="dynamic"),
+        scheduling_throughput(1000, bindings=300, divided="dynamic"),
+    ]
 
 
 async def _fanouts(root: Path, sizes: Sizes, profile: Path | None) -> list[dict[str, Any]]:

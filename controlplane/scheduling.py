@@ -110,32 +110,50 @@ def _field_values(cluster: ClusterInfo, key: str) -> tuple[str, ...]:
     return cluster.zones
 
 
-def affinity_rejects(
-    affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm,
-    cluster: ClusterInfo,
-    *,
-    selector: selectors.Selector | None = None,
-) -> str | None:
-    """Why ``affinity`` rules the cluster out, or None when it fits.
+@dataclasses.dataclass(frozen=True)
+class Affinity:
+    """A cluster affinity read once from its message, so checking many clusters is cheap."""
 
-    ``selector`` is the affinity's labelSelector already parsed, when the caller
-    checks many clusters against one affinity.
-    """
-    if cluster.name in affinity.exclude:
-        return "excluded by name"
-    if len(affinity.cluster_names) and cluster.name not in affinity.cluster_names:
-        return "not in clusterNames"
-    if affinity.HasField("label_selector"):
-        if selector is None:
+    names: frozenset[str]
+    exclude: frozenset[str]
+    selector: selectors.Selector | None
+    fields: tuple[tuple[str, bool, frozenset[str]], ...]  # (key, In?, values)
+
+    @classmethod
+    def of(cls, affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm) -> Affinity:
+        selector = None
+        if affinity.HasField("label_selector"):
             selector = selectors.from_proto(affinity.label_selector)
-        if not selector.matches(cluster.labels):
+        return cls(
+            names=frozenset(affinity.cluster_names),
+            exclude=frozenset(affinity.exclude),
+            selector=selector,
+            fields=tuple(
+                (e.key, e.operator == "In", frozenset(e.values))
+                for e in affinity.field_selector.match_expressions
+            ),
+        )
+
+    def rejects(self, cluster: ClusterInfo) -> str | None:
+        """Why this affinity rules the cluster out, or None when it fits."""
+        if cluster.name in self.exclude:
+            return "excluded by name"
+        if self.names and cluster.name not in self.names:
+            return "not in clusterNames"
+        if self.selector is not None and not self.selector.matches(cluster.labels):
             return "labels do not match labelSelector"
-    for expression in affinity.field_selector.match_expressions:
-        values = _field_values(cluster, expression.key)
-        hit = any(v in expression.values for v in values if v)
-        if (expression.operator == "In") != hit:
-            return f"{expression.key} does not match fieldSelector"
-    return None
+        for key, wanted_in, values in self.fields:
+            hit = any(v in values for v in _field_values(cluster, key) if v)
+            if wanted_in != hit:
+                return f"{key} does not match fieldSelector"
+        return None
+
+
+def affinity_rejects(
+    affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm, cluster: ClusterInfo
+) -> str | None:
+    """Why ``affinity`` rules the cluster out, or None when it fits."""
+    return Affinity.of(affinity).rejects(cluster)
 
 
 def _tolerated(taint: TaintInfo, tolerations: Sequence[meta_pb2.Toleration]) -> bool:
@@ -195,13 +213,9 @@ def _feasible(
     resource: tuple[str, str] | None = None,
 ) -> tuple[list[ClusterInfo], dict[str, str]]:
     fits, rejected = [], {}
-    selector = None
-    if affinity is not None and affinity.HasField("label_selector"):
-        selector = selectors.from_proto(affinity.label_selector)
+    compiled = Affinity.of(affinity) if affinity is not None else None
     for cluster in clusters:
-        reason = (
-            affinity_rejects(affinity, cluster, selector=selector) if affinity is not None else None
-        )
+        reason = compiled.rejects(cluster) if compiled is not None else None
         for check in FILTERS:
             if reason is not None:
                 break
@@ -242,11 +256,10 @@ def static_weights(
     entries = strategy.weight_preference.static_weight_list
     if not len(entries):
         return {c.name: 1 for c in clusters}
+    compiled = [(Affinity.of(e.target_cluster), e.weight) for e in entries]
     weights = {}
     for cluster in clusters:
-        matching = [
-            e.weight for e in entries if affinity_rejects(e.target_cluster, cluster) is None
-        ]
+        matching = [weight for affinity, weight in compiled if affinity.rejects(cluster) is None]
         weights[cluster.name] = max(matching, default=0)
     return weights
 
