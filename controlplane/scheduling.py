@@ -46,6 +46,8 @@ class ClusterInfo:
     free: Mapping[str, Fraction] | None = None
     # (apiVersion, kind) pairs the cluster serves, when its agent reported them.
     api_resources: frozenset[tuple[str, str]] | None = None
+    # Given instead of capacity (the what-if simulator's "availableReplicas").
+    replicas_available: int | None = None
 
     @classmethod
     def from_proto(cls, cluster: cluster_pb2.MemberCluster) -> ClusterInfo:
@@ -232,6 +234,8 @@ def _feasible(
 def available_replicas(cluster: ClusterInfo, requests: Mapping[str, Fraction]) -> int:
     """How many more replicas fit: free capacity divided by one replica's requests,
     bounded by free pod slots (Karmada's general estimator). Unknown capacity: none."""
+    if cluster.replicas_available is not None:
+        return cluster.replicas_available
     if cluster.free is None:
         return 0
     fits = math.floor(cluster.free["pods"]) if "pods" in cluster.free else 2**31 - 1

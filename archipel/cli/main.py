@@ -440,6 +440,46 @@ class Commands:
         self.client.call(stub.Apply, binding)
         print(f"{kind.lower()}/{self.args.name} rescheduling")
 
+    # -- what-if simulation -----------------------------------------------------------------
+
+    def schedule(self) -> None:
+        from archipel.cli import simulate
+
+        if not self.args.simulate:
+            raise ClientError(
+                "schedule: only --simulate is supported (the live scheduler runs itself)"
+            )
+        if not self.args.clusters or not self.args.filename:
+            raise ClientError("schedule --simulate: give --clusters FILE and -f FILE")
+        clusters = simulate.load_clusters(Path(self.args.clusters))
+        documents = [d for source in self.args.filename for _, d in read_documents(source)]
+        previous: dict[str, dict[str, int]] = {}
+        if self.args.previous:
+            try:
+                earlier = json.loads(Path(self.args.previous).read_text())
+            except (OSError, ValueError) as error:
+                raise ClientError(f"--previous: {error}") from error
+            for result in earlier.get("results", earlier if isinstance(earlier, list) else []):
+                previous[result["template"]] = {
+                    c["name"]: c["replicas"] for c in result["clusters"]
+                }
+        results = simulate.simulate(clusters, documents, previous=previous)
+        if self.args.output == "json":
+            print(json.dumps({"results": results}, indent=2))
+            return
+        if self.args.output == "yaml":
+            print(yaml.safe_dump({"results": results}, sort_keys=False), end="")
+            return
+        for result in results:
+            state = "scheduled" if result["scheduled"] else f"NOT scheduled ({result['reason']})"
+            print(f"{result['template']}: {state} by {result.get('policy', '-')}")
+            for cluster in result["clusters"]:
+                print(f"  {cluster['name']}: {cluster['replicas']} replicas")
+            if not result["scheduled"]:
+                print(f"  {result['message']}")
+            for name, why in sorted(result.get("rejected", {}).items()):
+                print(f"  {name} filtered out: {why}")
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -518,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
     taint = sub.add_parser("taint", help="taint a member cluster: key[=value]:Effect, or key-")
     taint.add_argument("cluster")
     taint.add_argument("taint")
+    schedule = sub.add_parser("schedule", help="what-if: run the scheduler offline")
+    schedule.add_argument("--simulate", action="store_true")
+    schedule.add_argument("--clusters", help="clusters YAML (MemberClusters or a short list)")
+    schedule.add_argument("-f", "--filename", action="append", help="templates and policies")
+    schedule.add_argument("--previous", help="an earlier -o json result, for steady scaling")
+    schedule.add_argument("-o", "--output", choices=["json", "yaml", ""], default="")
     reschedule = sub.add_parser("reschedule", help="divide a template's replicas from scratch")
     reschedule.add_argument("kind")
     reschedule.add_argument("name")

@@ -622,6 +622,54 @@ def test_reschedule_divides_from_scratch(pipeline: Pipeline, namespace: str) -> 
     assert replicas() == {"member1": 2, "member2": 2}
 
 
+def test_the_simulator_agrees_with_the_live_scheduler(
+    pipeline: Pipeline, namespace: str, tmp_path: Any
+) -> None:
+    import yaml
+
+    weighted = policy(namespace, label_selector={"tier": "gold"})
+    weighted["spec"]["placement"]["replicaScheduling"] = {
+        "replicaSchedulingType": "Divided",
+        "replicaDivisionPreference": "Weighted",
+        "weightPreference": {
+            "staticWeightList": [
+                {"targetCluster": {"clusterNames": ["member1"]}, "weight": 3},
+                {
+                    "targetCluster": {"labelSelector": {"matchLabels": {"tier": "gold"}}},
+                    "weight": 1,
+                },
+            ]
+        },
+    }
+    template = deployment(namespace, replicas=7)
+    pipeline.apply(template, weighted)
+
+    def live() -> dict[str, int]:
+        got = pipeline.cli("get", "pb", "web-deployment", "-n", namespace, "-o", "json")
+        if got.returncode != 0:
+            return {}
+        return {
+            c["name"]: c.get("replicas", 0)
+            for c in json.loads(got.stdout)["spec"].get("clusters", [])
+        }
+
+    decided = wait_for("the live decision", live)
+    clusters = tmp_path / "clusters.yaml"
+    clusters.write_text(pipeline.cli("get", "membercluster", "-o", "yaml").stdout)
+    documents = tmp_path / "documents.yaml"
+    documents.write_text(yaml.safe_dump_all([template, weighted]))
+    simulated = pipeline.cli(
+        "schedule", "--simulate", "--clusters", str(clusters), "-f", str(documents), "-o", "json"
+    )
+    assert simulated.returncode == 0, simulated.stderr
+    result = json.loads(simulated.stdout)["results"][0]
+    assert (
+        {c["name"]: c["replicas"] for c in result["clusters"]}
+        == decided
+        == {"member1": 5, "member3": 2}
+    )
+
+
 def test_member_outage_goes_not_ready_and_work_lands_after(
     pipeline: Pipeline, namespace: str
 ) -> None:
