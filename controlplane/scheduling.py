@@ -445,4 +445,8 @@ def schedule(
     summary = ", ".join(
         f"{t.name}" if is_duplicated(placement) else f"{t.name}={t.replicas}" for t in targets
     )
-    return Decision(targets, "Success", f"scheduled to {summary}", rejected, affinity_name)
+    message = f"scheduled to {summary}"
+    if rejected:
+        # Kept in the condition so `archipel describe` can say why a cluster is not used.
+        message += "; filtered out: " + "; ".join(f"{n}: {w}" for n, w in sorted(rejected.items()))
+    return Decision(targets, "Success", message, rejected, affinity_name)

@@ -308,3 +308,12 @@ def test_unmeetable_spread_is_unschedulable(place: policy_pb2.Placement, message
     decision = scheduling.schedule(place, replicas=1, clusters=REGIONS)
     assert decision.reason == "Unschedulable"
     assert message in decision.message
+
+
+def test_success_says_why_other_clusters_were_filtered_out() -> None:
+    decision = scheduling.schedule(
+        placement(cluster_names=["member1", "member2"]), replicas=1, clusters=CLUSTERS
+    )
+    assert decision.message == (
+        "scheduled to member1, member2; filtered out: member3: not in clusterNames"
+    )
