@@ -246,6 +246,50 @@ def available_replicas(cluster: ClusterInfo, requests: Mapping[str, Fraction]) -
     return max(0, fits)
 
 
+class AssumedCapacity:
+    """Capacity the scheduler has just handed out but no heartbeat has reported yet.
+
+    Without it, bindings scheduled in the same few seconds would all see the same free
+    capacity and could together oversubscribe a cluster (karmada#1385). A cluster's
+    assumptions are dropped when its agent reports new figures, which include them.
+    """
+
+    def __init__(self) -> None:
+        self._used: dict[str, dict[str, Fraction]] = {}
+
+    def assume(
+        self,
+        before: Mapping[str, int],
+        after: Mapping[str, int],
+        requests: Mapping[str, Fraction],
+    ) -> None:
+        """Record a decision's change, cluster by cluster (scale-downs free capacity)."""
+        if not requests:
+            return
+        for name in set(before) | set(after):
+            delta = after.get(name, 0) - before.get(name, 0)
+            if not delta:
+                continue
+            used = self._used.setdefault(name, {})
+            for resource, request in requests.items():
+                used[resource] = used.get(resource, Fraction(0)) + request * delta
+            used["pods"] = used.get("pods", Fraction(0)) + delta
+
+    def reported(self, cluster: str) -> None:
+        self._used.pop(cluster, None)
+
+    def apply(self, clusters: Sequence[ClusterInfo]) -> list[ClusterInfo]:
+        """The clusters as scheduling should see them: free capacity minus assumptions."""
+        result = []
+        for cluster in clusters:
+            used = self._used.get(cluster.name)
+            if used and cluster.free is not None:
+                free = {r: v - used.get(r, Fraction(0)) for r, v in cluster.free.items()}
+                cluster = dataclasses.replace(cluster, free=free)
+            result.append(cluster)
+        return result
+
+
 def parse_requests(requests: Mapping[str, str]) -> dict[str, Fraction]:
     return {
         r: quantity.parse(v, field=f"replicaRequirements.resourceRequest[{r}]")

@@ -25,6 +25,7 @@ class SchedulerController:
         self.context = context
         self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
         self._snapshot: dict[str, scheduling.ClusterInfo] = {}
+        self._assumed = scheduling.AssumedCapacity()
         context.bindings.add_handler(self._on_binding)
         context.clusters.add_handler(self._on_cluster)
 
@@ -52,6 +53,9 @@ class SchedulerController:
             self._snapshot[key] = after
         if before == after:
             return
+        if before is None or after is None or before.free != after.free:
+            # New figures from the agent already count what was handed out.
+            self._assumed.reported(key.rsplit("/", 1)[-1])
         if (
             before is not None
             and after is not None
@@ -71,7 +75,7 @@ class SchedulerController:
         binding = self.context.bindings.get(key)
         if binding is None or is_deleting(binding):
             return None
-        clusters = list(self._snapshot.values())
+        clusters = self._assumed.apply(list(self._snapshot.values()))
         spec = binding.spec
         fresh = spec.HasField("reschedule_triggered_at") and (
             not binding.status.HasField("last_scheduled_time")
@@ -115,4 +119,10 @@ class SchedulerController:
             updated.status.last_scheduled_time.GetCurrentTime()
         if updated != binding:
             await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+            if spec_changed:
+                self._assumed.assume(
+                    {t.name: t.replicas for t in binding.spec.clusters},
+                    {t.name: t.replicas for t in updated.spec.clusters},
+                    requests,
+                )
         return None

@@ -317,3 +317,33 @@ def test_success_says_why_other_clusters_were_filtered_out() -> None:
     assert decision.message == (
         "scheduled to member1, member2; filtered out: member3: not in clusterNames"
     )
+
+
+def test_assumed_capacity_prevents_oversubscription() -> None:
+    clusters = [
+        ClusterInfo("a", {}, free={"cpu": Fraction(10), "pods": Fraction(100)}),
+        ClusterInfo("b", {}, free={"cpu": Fraction(4), "pods": Fraction(100)}),
+    ]
+    place = divided(replica_division_preference="Aggregated")
+    one_cpu = {"cpu": Fraction(1)}
+    assumed = scheduling.AssumedCapacity()
+
+    first = scheduling.schedule(
+        place, replicas=8, clusters=assumed.apply(clusters), requests=one_cpu
+    )
+    assert {t.name: t.replicas for t in first.targets} == {"a": 8}
+    assumed.assume({}, {"a": 8}, one_cpu)
+    # The heartbeat has not come yet: without the assumption "a" would look empty again.
+    second = scheduling.schedule(
+        place, replicas=5, clusters=assumed.apply(clusters), requests=one_cpu
+    )
+    assert {t.name: t.replicas for t in second.targets} == {"a": 2, "b": 3}
+    assumed.assume({}, {"a": 2, "b": 3}, one_cpu)
+    third = scheduling.schedule(
+        place, replicas=2, clusters=assumed.apply(clusters), requests=one_cpu
+    )
+    assert third.reason == "Unschedulable"
+    assert "room for 1" in third.message
+
+    assumed.reported("a")  # the agent's figures now include what was placed there
+    assert assumed.apply(clusters)[0].free == clusters[0].free
