@@ -425,8 +425,9 @@ def test_custom_resources_follow_their_definition(pipeline: Pipeline, namespace:
             "placement": {"clusterAffinity": {"clusterNames": ["member1"]}},
         },
     }
+    # member2 never gets the definition: the APIEnablement filter must keep it out.
     widget_policy = policy(
-        namespace, cluster_names=["member1"], kind="Widget", api_version=f"{group}/v1"
+        namespace, cluster_names=["member1", "member2"], kind="Widget", api_version=f"{group}/v1"
     )
     # The custom resource first: it must wait for its definition, then land.
     pipeline.apply(widget, widget_policy, crd, cluster_policy)
@@ -440,6 +441,12 @@ def test_custom_resources_follow_their_definition(pipeline: Pipeline, namespace:
         return bool(found["spec"]["size"] == 3)
 
     wait_for("the Widget in member1", widget_in_member, timeout=90)
+    binding = json.loads(
+        pipeline.cli("get", "pb", "gizmo-widget", "-n", namespace, "-o", "json").stdout
+    )
+    assert [c["name"] for c in binding["spec"]["clusters"]] == ["member1"]
+    scheduled = next(c for c in binding["status"]["conditions"] if c["type"] == "Scheduled")
+    assert f"member2: does not serve Widget in {group}/v1" in scheduled["message"]
 
 
 def test_watch_lists_then_streams_changes(pipeline: Pipeline, namespace: str) -> None:
