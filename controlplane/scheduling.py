@@ -445,11 +445,19 @@ def schedule(
     rejected: dict[str, str] = {}
     fits: list[ClusterInfo] = []
     affinity_name = ""
+    # Overflow tiers of the chosen clusterAffinities group: clusters to add, in order,
+    # when the group's own clusters cannot hold the replicas.
+    overflow: list[list[ClusterInfo]] = []
     if len(placement.cluster_affinities):
         for term in placement.cluster_affinities:
             fits, rejected = _feasible(placement, term, ordered, scheduled_on, resource)
             if fits:
                 affinity_name = term.affinity_name
+                taken = {c.name for c in fits}
+                for tier in term.overflow_affinities:
+                    extra, _ = _feasible(placement, tier, ordered, scheduled_on, resource)
+                    overflow.append([c for c in extra if c.name not in taken])
+                    taken |= {c.name for c in extra}
                 break
     else:
         affinity = placement.cluster_affinity if placement.HasField("cluster_affinity") else None
@@ -473,18 +481,48 @@ def schedule(
         # Objects without replicas go everywhere that fits, as Karmada does.
         targets = tuple(Target(c.name, replicas) for c in fits)
     else:
-        try:
-            divided = divide(
-                placement,
-                replicas=replicas,
-                clusters=fits,
-                previous={n: r for n, r in previous.items() if r},
-                requests=requests or {},
-                seed=seed,
-                fresh=fresh,
-            )
-        except division.Unschedulable as error:
-            return Decision((), "Unschedulable", str(error), rejected, affinity_name)
+        # A group's own clusters come first; overflow tiers take only the shortage, in
+        # order. A smaller request fits in fewer tiers, so scaling down contracts in
+        # reverse and the overflow clusters are released.
+        divided = {}
+        remaining = replicas
+        groups = [fits, *overflow]
+        for index, group in enumerate(groups):
+            names = {c.name for c in group}
+            earlier = {n: r for n, r in previous.items() if r and n in names}
+            try:
+                divided.update(
+                    divide(
+                        placement,
+                        replicas=remaining,
+                        clusters=group,
+                        previous=earlier,
+                        requests=requests or {},
+                        seed=seed,
+                        fresh=fresh,
+                    )
+                )
+                remaining = 0
+                break
+            except division.Unschedulable as error:
+                if index == len(groups) - 1:
+                    return Decision((), "Unschedulable", str(error), rejected, affinity_name)
+                room = sum(
+                    available_replicas(c, requests or {}) + earlier.get(c.name, 0) for c in group
+                )
+                if room:
+                    divided.update(
+                        divide(
+                            placement,
+                            replicas=room,
+                            clusters=group,
+                            previous=earlier,
+                            requests=requests or {},
+                            seed=seed,
+                            fresh=fresh,
+                        )
+                    )
+                remaining -= room
         targets = tuple(Target(name, count) for name, count in sorted(divided.items()))
     summary = ", ".join(
         f"{t.name}" if is_duplicated(placement) else f"{t.name}={t.replicas}" for t in targets

@@ -347,3 +347,37 @@ def test_assumed_capacity_prevents_oversubscription() -> None:
 
     assumed.reported("a")  # the agent's figures now include what was placed there
     assert assumed.apply(clusters)[0].free == clusters[0].free
+
+
+def test_overflow_tiers_expand_in_order_and_contract_in_reverse() -> None:
+    def room(name: str, replicas: int) -> ClusterInfo:
+        return ClusterInfo(name, {}, replicas_available=replicas)
+
+    clusters = [room("home", 4), room("near", 3), room("far", 10)]
+    place = policy_pb2.Placement(
+        cluster_affinities=[
+            policy_pb2.ClusterAffinityTerm(
+                affinity_name="local",
+                cluster_names=["home"],
+                overflow_affinities=[
+                    policy_pb2.ClusterAffinity(cluster_names=["near"]),
+                    policy_pb2.ClusterAffinity(cluster_names=["far"]),
+                ],
+            )
+        ],
+        replica_scheduling=policy_pb2.ReplicaSchedulingStrategy(
+            replica_scheduling_type="Divided", replica_division_preference="Aggregated"
+        ),
+    )
+
+    def result(replicas: int, current: dict[str, int]) -> dict[str, int]:
+        decision = scheduling.schedule(place, replicas=replicas, clusters=clusters, current=current)
+        assert decision.scheduled, decision.message
+        return {t.name: t.replicas for t in decision.targets}
+
+    assert result(4, {}) == {"home": 4}
+    assert result(6, {}) == {"home": 4, "near": 2}
+    grown = result(12, {})
+    assert grown["home"] == 4 and grown["near"] == 3 and grown["far"] == 5
+    # Back down to what home holds: the overflow tiers are released.
+    assert result(3, {"home": 4, "near": 3, "far": 5}) == {"home": 3}
