@@ -48,6 +48,8 @@ class ClusterInfo:
     api_resources: frozenset[tuple[str, str]] | None = None
     # Given instead of capacity (the what-if simulator's "availableReplicas").
     replicas_available: int | None = None
+    # Ready nodes, when the agent reported them: none ready means no room at all.
+    ready_nodes: int | None = None
 
     @classmethod
     def from_proto(cls, cluster: cluster_pb2.MemberCluster) -> ClusterInfo:
@@ -80,6 +82,9 @@ class ClusterInfo:
             deleting=cluster.metadata.HasField("deletion_timestamp"),
             free=free,
             api_resources=api_resources,
+            ready_nodes=cluster.status.node_summary.ready_num
+            if cluster.status.HasField("node_summary")
+            else None,
         )
 
 
@@ -236,7 +241,7 @@ def available_replicas(cluster: ClusterInfo, requests: Mapping[str, Fraction]) -
     bounded by free pod slots (Karmada's general estimator). Unknown capacity: none."""
     if cluster.replicas_available is not None:
         return cluster.replicas_available
-    if cluster.free is None:
+    if cluster.free is None or cluster.ready_nodes == 0:
         return 0
     fits = math.floor(cluster.free["pods"]) if "pods" in cluster.free else 2**31 - 1
     for resource, request in requests.items():

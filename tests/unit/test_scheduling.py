@@ -203,6 +203,12 @@ def test_available_replicas_estimator(
     assert scheduling.available_replicas(ClusterInfo("a", {}, free=free), requests) == expected
 
 
+def test_no_ready_node_means_no_room() -> None:
+    free = {"cpu": Fraction(8), "pods": Fraction(110)}
+    assert scheduling.available_replicas(ClusterInfo("a", {}, free=free, ready_nodes=0), {}) == 0
+    assert scheduling.available_replicas(ClusterInfo("a", {}, free=free, ready_nodes=2), {}) == 110
+
+
 def test_objects_without_replicas_go_everywhere_under_divided() -> None:
     decision = scheduling.schedule(divided(), replicas=0, clusters=CLUSTERS)
     assert [t.name for t in decision.targets] == ["member1", "member2", "member3"]
