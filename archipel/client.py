@@ -21,6 +21,7 @@ from google.protobuf import message as pb_message
 from archipel import structs
 from archipel.v1alpha1 import (
     cluster_pb2,
+    override_pb2,
     policy_pb2,
     service_pb2,
     service_pb2_grpc,
@@ -67,6 +68,20 @@ API_KINDS = (
         policy_pb2.ClusterPropagationPolicy,
         "ClusterPropagationPolicyService",
         ("clusterpropagationpolicy", "clusterpropagationpolicies", "cpp"),
+    ),
+    ApiKind(
+        "OverridePolicy",
+        True,
+        override_pb2.OverridePolicy,
+        "OverridePolicyService",
+        ("overridepolicy", "overridepolicies", "op"),
+    ),
+    ApiKind(
+        "ClusterOverridePolicy",
+        False,
+        override_pb2.ClusterOverridePolicy,
+        "ClusterOverridePolicyService",
+        ("clusteroverridepolicy", "clusteroverridepolicies", "cop"),
     ),
     ApiKind(
         "PropagationBinding",

@@ -17,7 +17,7 @@ import grpc
 from google.protobuf import message as pb_message
 
 from archipel import structs
-from archipel.v1alpha1 import cluster_pb2, policy_pb2, service_pb2, work_pb2
+from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, service_pb2, work_pb2
 from controlplane import kinds, selectors, validation
 from controlplane.controllers.cluster import ClusterController
 from controlplane.errors import ArchipelError, Conflict, Expired, Invalid
@@ -231,6 +231,14 @@ def _check_cluster_policy(policy: policy_pb2.ClusterPropagationPolicy) -> None:
     validation.check_propagation_spec(policy.spec, policy_namespace="")
 
 
+def _check_override(policy: Any) -> None:
+    namespaced = isinstance(policy, override_pb2.OverridePolicy)
+    validation.check_metadata(policy.metadata, namespaced=namespaced)
+    validation.check_override_spec(
+        policy.spec, policy_namespace=policy.metadata.namespace if namespaced else ""
+    )
+
+
 def _check_namespaced(obj: Any) -> None:
     validation.check_metadata(obj.metadata, namespaced=True)
 
@@ -258,6 +266,20 @@ def kind_services(store: Store) -> dict[str, KindService[Any]]:
             list_type=service_pb2.ClusterPropagationPolicyList,
             event_type=service_pb2.ClusterPropagationPolicyEvent,
             validate=_check_cluster_policy,
+        ),
+        "OverridePolicyService": KindService(
+            store,
+            kinds.OVERRIDE_POLICY,
+            list_type=service_pb2.OverridePolicyList,
+            event_type=service_pb2.OverridePolicyEvent,
+            validate=_check_override,
+        ),
+        "ClusterOverridePolicyService": KindService(
+            store,
+            kinds.CLUSTER_OVERRIDE_POLICY,
+            list_type=service_pb2.ClusterOverridePolicyList,
+            event_type=service_pb2.ClusterOverridePolicyEvent,
+            validate=_check_override,
         ),
         "PropagationBindingService": KindService(
             store,

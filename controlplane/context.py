@@ -11,7 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from archipel.v1alpha1 import cluster_pb2, policy_pb2, work_pb2
+from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, work_pb2
 from controlplane import kinds
 from controlplane.informers import Informer
 from controlplane.kinds import CLUSTER_SCOPE, Manifest
@@ -58,6 +58,8 @@ class Context:
     clusters: Informer[cluster_pb2.MemberCluster]
     policies: Informer[policy_pb2.PropagationPolicy]
     cluster_policies: Informer[policy_pb2.ClusterPropagationPolicy]
+    overrides: Informer[override_pb2.OverridePolicy]
+    cluster_overrides: Informer[override_pb2.ClusterOverridePolicy]
     templates: Informer[Manifest]
     bindings: Informer[work_pb2.PropagationBinding]
     works: Informer[work_pb2.PropagationWork]
@@ -70,6 +72,8 @@ class Context:
             clusters=Informer(store, kinds.MEMBER_CLUSTER),
             policies=Informer(store, kinds.PROPAGATION_POLICY),
             cluster_policies=Informer(store, kinds.CLUSTER_PROPAGATION_POLICY),
+            overrides=Informer(store, kinds.OVERRIDE_POLICY),
+            cluster_overrides=Informer(store, kinds.CLUSTER_OVERRIDE_POLICY),
             templates=Informer(store, kinds.RESOURCE_TEMPLATE),
             bindings=Informer(store, kinds.PROPAGATION_BINDING),
             works=Informer(store, kinds.PROPAGATION_WORK),
@@ -84,6 +88,8 @@ class Context:
             self.clusters,
             self.policies,
             self.cluster_policies,
+            self.overrides,
+            self.cluster_overrides,
             self.templates,
             self.bindings,
             self.works,

@@ -20,7 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf import message as pb_message
 
-from archipel.v1alpha1 import cluster_pb2, meta_pb2, policy_pb2, work_pb2
+from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2, work_pb2
 from controlplane.errors import Invalid
 
 Manifest = dict[str, Any]
@@ -288,6 +288,22 @@ CLUSTER_PROPAGATION_POLICY = _proto_kind(
     group="policy.archipel.io",
     karmada_group="policy.karmada.io",
 )
+OVERRIDE_POLICY = _proto_kind(
+    override_pb2.OverridePolicy,
+    name="OverridePolicy",
+    plural="overridepolicies",
+    namespaced=True,
+    group="policy.archipel.io",
+    karmada_group="policy.karmada.io",
+)
+CLUSTER_OVERRIDE_POLICY = _proto_kind(
+    override_pb2.ClusterOverridePolicy,
+    name="ClusterOverridePolicy",
+    plural="clusteroverridepolicies",
+    namespaced=False,
+    group="policy.archipel.io",
+    karmada_group="policy.karmada.io",
+)
 PROPAGATION_BINDING = _proto_kind(
     work_pb2.PropagationBinding,
     name="PropagationBinding",
@@ -378,6 +394,8 @@ API_KINDS: dict[str, Kind[Any]] = {
         MEMBER_CLUSTER,
         PROPAGATION_POLICY,
         CLUSTER_PROPAGATION_POLICY,
+        OVERRIDE_POLICY,
+        CLUSTER_OVERRIDE_POLICY,
         PROPAGATION_BINDING,
         PROPAGATION_WORK,
     )

@@ -44,6 +44,8 @@ SERVICE_NAMES = (
     "archipel.v1alpha1.MemberClusterService",
     "archipel.v1alpha1.PropagationPolicyService",
     "archipel.v1alpha1.ClusterPropagationPolicyService",
+    "archipel.v1alpha1.OverridePolicyService",
+    "archipel.v1alpha1.ClusterOverridePolicyService",
     "archipel.v1alpha1.PropagationBindingService",
     "archipel.v1alpha1.PropagationWorkService",
     "archipel.v1alpha1.ResourceTemplateService",
@@ -213,6 +215,11 @@ class ControlPlane:
             (
                 g.add_ClusterPropagationPolicyServiceServicer_to_server,
                 services["ClusterPropagationPolicyService"],
+            ),
+            (g.add_OverridePolicyServiceServicer_to_server, services["OverridePolicyService"]),
+            (
+                g.add_ClusterOverridePolicyServiceServicer_to_server,
+                services["ClusterOverridePolicyService"],
             ),
             (
                 g.add_PropagationBindingServiceServicer_to_server,

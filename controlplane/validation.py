@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from archipel.v1alpha1 import cluster_pb2, meta_pb2, policy_pb2
+from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2
 from controlplane import selectors
 from controlplane.errors import Invalid
 from controlplane.kinds import Manifest
@@ -265,3 +265,80 @@ def check_template(manifest: Any) -> Manifest:
     if namespace and kind == "Namespace":
         raise Invalid("metadata.namespace", "must be empty for a Namespace")
     return manifest
+
+
+def _check_overriders(overriders: override_pb2.Overriders, field: str) -> None:
+    for index, plain in enumerate(overriders.plaintext):
+        where = f"{field}.plaintext[{index}]"
+        check_choice(plain.operator, ("add", "remove", "replace"), f"{where}.operator")
+        if not plain.operator:
+            raise Invalid(f"{where}.operator", "required")
+        if not plain.path.startswith("/"):
+            raise Invalid(f"{where}.path", "must be a JSON pointer starting with '/'")
+        if plain.operator != "remove" and not plain.HasField("value"):
+            raise Invalid(f"{where}.value", f"required for {plain.operator}")
+    for index, image in enumerate(overriders.image_overrider):
+        where = f"{field}.imageOverrider[{index}]"
+        check_choice(image.component, ("Registry", "Repository", "Tag"), f"{where}.component")
+        if not image.component:
+            raise Invalid(f"{where}.component", "required")
+        check_choice(image.operator, ("add", "remove", "replace"), f"{where}.operator")
+        if not image.operator:
+            raise Invalid(f"{where}.operator", "required")
+        if image.predicate.path and not image.predicate.path.startswith("/"):
+            raise Invalid(f"{where}.predicate.path", "must be a JSON pointer starting with '/'")
+    for name in ("command_overrider", "args_overrider"):
+        camel = "commandOverrider" if name == "command_overrider" else "argsOverrider"
+        for index, item in enumerate(getattr(overriders, name)):
+            where = f"{field}.{camel}[{index}]"
+            if not item.container_name:
+                raise Invalid(f"{where}.containerName", "required")
+            check_choice(item.operator, ("add", "remove"), f"{where}.operator")
+            if not item.operator:
+                raise Invalid(f"{where}.operator", "required")
+    for name in ("labels_overrider", "annotations_overrider"):
+        camel = "labelsOverrider" if name == "labels_overrider" else "annotationsOverrider"
+        for index, item in enumerate(getattr(overriders, name)):
+            where = f"{field}.{camel}[{index}]"
+            check_choice(item.operator, ("add", "remove", "replace"), f"{where}.operator")
+            if not item.operator:
+                raise Invalid(f"{where}.operator", "required")
+    for index, item in enumerate(overriders.field_overrider):
+        where = f"{field}.fieldOverrider[{index}]"
+        if not item.field_path.startswith("/"):
+            raise Invalid(f"{where}.fieldPath", "must be a JSON pointer starting with '/'")
+        if len(item.json) and len(item.yaml):
+            raise Invalid(where, "json and yaml are mutually exclusive")
+        for kind, operators in (
+            ("json", [o.operator for o in item.json]),
+            ("yaml", [o.operator for o in item.yaml]),
+        ):
+            for number, operator in enumerate(operators):
+                check_choice(
+                    operator,
+                    ("add", "remove", "replace"),
+                    f"{where}.{kind}[{number}].operator",
+                )
+
+
+def check_override_spec(spec: override_pb2.OverrideSpec, *, policy_namespace: str) -> None:
+    for index, selector in enumerate(spec.resource_selectors):
+        where = f"spec.resourceSelectors[{index}]"
+        if not selector.api_version:
+            raise Invalid(f"{where}.apiVersion", "required")
+        if not selector.kind:
+            raise Invalid(f"{where}.kind", "required")
+        if policy_namespace and selector.namespace and selector.namespace != policy_namespace:
+            raise Invalid(
+                f"{where}.namespace",
+                f"an OverridePolicy only selects objects in its own namespace {policy_namespace!r}",
+            )
+        if selector.HasField("label_selector"):
+            selectors.from_proto(selector.label_selector, field=f"{where}.labelSelector")
+    for index, rule in enumerate(spec.override_rules):
+        if rule.HasField("target_cluster"):
+            _check_affinity(rule.target_cluster, f"spec.overrideRules[{index}].targetCluster")
+        _check_overriders(rule.overriders, f"spec.overrideRules[{index}].overriders")
+    if spec.HasField("target_cluster"):
+        _check_affinity(spec.target_cluster, "spec.targetCluster")
+    _check_overriders(spec.overriders, "spec.overriders")

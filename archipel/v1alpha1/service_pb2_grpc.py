@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from archipel.v1alpha1 import cluster_pb2 as archipel_dot_v1alpha1_dot_cluster__pb2
+from archipel.v1alpha1 import override_pb2 as archipel_dot_v1alpha1_dot_override__pb2
 from archipel.v1alpha1 import policy_pb2 as archipel_dot_v1alpha1_dot_policy__pb2
 from archipel.v1alpha1 import service_pb2 as archipel_dot_v1alpha1_dot_service__pb2
 from archipel.v1alpha1 import work_pb2 as archipel_dot_v1alpha1_dot_work__pb2
@@ -1235,6 +1236,494 @@ class PropagationWorkService:
             request,
             target,
             '/archipel.v1alpha1.PropagationWorkService/Delete',
+            archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class OverridePolicyServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Get = channel.unary_unary(
+                '/archipel.v1alpha1.OverridePolicyService/Get',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.GetRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/archipel.v1alpha1.OverridePolicyService/List',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.ListRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.OverridePolicyList.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/archipel.v1alpha1.OverridePolicyService/Watch',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.OverridePolicyEvent.FromString,
+                _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/archipel.v1alpha1.OverridePolicyService/Apply',
+                request_serializer=archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/archipel.v1alpha1.OverridePolicyService/Delete',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+
+
+class OverridePolicyServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Apply(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_OverridePolicyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.GetRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.ListRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.OverridePolicyList.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.OverridePolicyEvent.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'archipel.v1alpha1.OverridePolicyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('archipel.v1alpha1.OverridePolicyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class OverridePolicyService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.OverridePolicyService/Get',
+            archipel_dot_v1alpha1_dot_service__pb2.GetRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.OverridePolicyService/List',
+            archipel_dot_v1alpha1_dot_service__pb2.ListRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.OverridePolicyList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/archipel.v1alpha1.OverridePolicyService/Watch',
+            archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.OverridePolicyEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.OverridePolicyService/Apply',
+            archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.SerializeToString,
+            archipel_dot_v1alpha1_dot_override__pb2.OverridePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.OverridePolicyService/Delete',
+            archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ClusterOverridePolicyServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Get = channel.unary_unary(
+                '/archipel.v1alpha1.ClusterOverridePolicyService/Get',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.GetRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/archipel.v1alpha1.ClusterOverridePolicyService/List',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.ListRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.ClusterOverridePolicyList.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/archipel.v1alpha1.ClusterOverridePolicyService/Watch',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.ClusterOverridePolicyEvent.FromString,
+                _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/archipel.v1alpha1.ClusterOverridePolicyService/Apply',
+                request_serializer=archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/archipel.v1alpha1.ClusterOverridePolicyService/Delete',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+
+
+class ClusterOverridePolicyServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Apply(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ClusterOverridePolicyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.GetRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.ListRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.ClusterOverridePolicyList.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.ClusterOverridePolicyEvent.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'archipel.v1alpha1.ClusterOverridePolicyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('archipel.v1alpha1.ClusterOverridePolicyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ClusterOverridePolicyService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.ClusterOverridePolicyService/Get',
+            archipel_dot_v1alpha1_dot_service__pb2.GetRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.ClusterOverridePolicyService/List',
+            archipel_dot_v1alpha1_dot_service__pb2.ListRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.ClusterOverridePolicyList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/archipel.v1alpha1.ClusterOverridePolicyService/Watch',
+            archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.ClusterOverridePolicyEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.ClusterOverridePolicyService/Apply',
+            archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.SerializeToString,
+            archipel_dot_v1alpha1_dot_override__pb2.ClusterOverridePolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.ClusterOverridePolicyService/Delete',
             archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.SerializeToString,
             archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.FromString,
             options,

@@ -8,6 +8,7 @@ Authenticate with metadata "authorization: Bearer <token>".
 """
 
 from archipel.v1alpha1 import cluster_pb2 as _cluster_pb2
+from archipel.v1alpha1 import override_pb2 as _override_pb2
 from archipel.v1alpha1 import policy_pb2 as _policy_pb2
 from archipel.v1alpha1 import service_pb2 as _service_pb2
 from archipel.v1alpha1 import work_pb2 as _work_pb2
@@ -322,6 +323,122 @@ class PropagationWorkServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
 
 def add_PropagationWorkServiceServicer_to_server(servicer: PropagationWorkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class OverridePolicyServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> OverridePolicyServiceAsyncStub: ...
+    Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _override_pb2.OverridePolicy]
+    List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.OverridePolicyList]
+    Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.OverridePolicyEvent]
+    Apply: _grpc.UnaryUnaryMultiCallable[_override_pb2.OverridePolicy, _override_pb2.OverridePolicy]
+    Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+
+@_typing.type_check_only
+class OverridePolicyServiceAsyncStub(OverridePolicyServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _override_pb2.OverridePolicy]  # type: ignore[assignment]
+    List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.OverridePolicyList]  # type: ignore[assignment]
+    Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.OverridePolicyEvent]  # type: ignore[assignment]
+    Apply: _aio.UnaryUnaryMultiCallable[_override_pb2.OverridePolicy, _override_pb2.OverridePolicy]  # type: ignore[assignment]
+    Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+
+class OverridePolicyServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _service_pb2.GetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_override_pb2.OverridePolicy, _abc.Awaitable[_override_pb2.OverridePolicy]]: ...
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _service_pb2.ListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.OverridePolicyList, _abc.Awaitable[_service_pb2.OverridePolicyList]]: ...
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _service_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.OverridePolicyEvent], _abc.AsyncIterator[_service_pb2.OverridePolicyEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def Apply(
+        self,
+        request: _override_pb2.OverridePolicy,
+        context: _ServicerContext,
+    ) -> _typing.Union[_override_pb2.OverridePolicy, _abc.Awaitable[_override_pb2.OverridePolicy]]: ...
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _service_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+
+def add_OverridePolicyServiceServicer_to_server(servicer: OverridePolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ClusterOverridePolicyServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ClusterOverridePolicyServiceAsyncStub: ...
+    Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _override_pb2.ClusterOverridePolicy]
+    List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ClusterOverridePolicyList]
+    Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ClusterOverridePolicyEvent]
+    Apply: _grpc.UnaryUnaryMultiCallable[_override_pb2.ClusterOverridePolicy, _override_pb2.ClusterOverridePolicy]
+    Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+
+@_typing.type_check_only
+class ClusterOverridePolicyServiceAsyncStub(ClusterOverridePolicyServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _override_pb2.ClusterOverridePolicy]  # type: ignore[assignment]
+    List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ClusterOverridePolicyList]  # type: ignore[assignment]
+    Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ClusterOverridePolicyEvent]  # type: ignore[assignment]
+    Apply: _aio.UnaryUnaryMultiCallable[_override_pb2.ClusterOverridePolicy, _override_pb2.ClusterOverridePolicy]  # type: ignore[assignment]
+    Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+
+class ClusterOverridePolicyServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _service_pb2.GetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_override_pb2.ClusterOverridePolicy, _abc.Awaitable[_override_pb2.ClusterOverridePolicy]]: ...
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _service_pb2.ListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ClusterOverridePolicyList, _abc.Awaitable[_service_pb2.ClusterOverridePolicyList]]: ...
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _service_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ClusterOverridePolicyEvent], _abc.AsyncIterator[_service_pb2.ClusterOverridePolicyEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def Apply(
+        self,
+        request: _override_pb2.ClusterOverridePolicy,
+        context: _ServicerContext,
+    ) -> _typing.Union[_override_pb2.ClusterOverridePolicy, _abc.Awaitable[_override_pb2.ClusterOverridePolicy]]: ...
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _service_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+
+def add_ClusterOverridePolicyServiceServicer_to_server(servicer: ClusterOverridePolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ResourceTemplateServiceStub:
     @_typing.overload

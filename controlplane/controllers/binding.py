@@ -17,7 +17,8 @@ from typing import Any
 
 from archipel import structs
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from controlplane import kinds
+from controlplane import kinds, overrides
+from controlplane.conditions import find, set_condition
 from controlplane.context import (
     BINDING_NAME_LABEL,
     BINDING_NAMESPACE_LABEL,
@@ -36,6 +37,7 @@ from controlplane.context import (
 )
 from controlplane.kinds import Manifest
 from controlplane.runtime import Controller, Result
+from controlplane.scheduling import ClusterInfo
 
 NAME = "binding-controller"
 # Besides what the control plane owns, references that only make sense here.
@@ -69,6 +71,8 @@ class BindingController:
         context.works.add_handler(self._on_work)
         context.templates.add_handler(self._on_template)
         context.clusters.add_handler(self._on_cluster)
+        context.overrides.add_handler(self._on_override)
+        context.cluster_overrides.add_handler(self._on_override)
 
     def _on_binding(
         self,
@@ -100,6 +104,43 @@ class BindingController:
         if not status_only_change(old, new):
             self.controller.enqueue(binding_key_for_template_key(key))
 
+    def _cluster_info(self, name: str) -> ClusterInfo | None:
+        cluster = self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name))
+        return ClusterInfo.from_proto(cluster) if cluster is not None else None
+
+    async def _record_overrides(
+        self, binding: work_pb2.PropagationBinding, failures: list[str]
+    ) -> None:
+        current = self.context.bindings.get(kinds.PROPAGATION_BINDING.key_of(binding)) or binding
+        updated = kinds.PROPAGATION_BINDING.copy(current)
+        if failures:
+            changed = set_condition(
+                updated.status.conditions,
+                "OverridesApplied",
+                "False",
+                "OverrideFailed",
+                "; ".join(failures) + " (the last good work stays in place)",
+                current.metadata.generation,
+            )
+        else:
+            changed = set_condition(
+                updated.status.conditions,
+                "OverridesApplied",
+                "True",
+                "OverridesApplied",
+                "every override applied",
+                current.metadata.generation,
+            )
+        if changed:
+            await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=current)
+
+    def _on_override(self, key: str, old: object, new: object) -> None:
+        # An override policy can change the works of any binding in its scope.
+        namespace = key.split("/")[1]
+        prefix = kinds.PROPAGATION_BINDING.prefix("" if namespace == "_" else namespace)
+        for binding_key in self.context.bindings.list_keys(prefix):
+            self.controller.enqueue(binding_key)
+
     def _cluster_gone(self, name: str) -> bool:
         cluster = self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name))
         return cluster is None or is_deleting(cluster)
@@ -110,7 +151,14 @@ class BindingController:
         old: cluster_pb2.MemberCluster | None,
         new: cluster_pb2.MemberCluster | None,
     ) -> None:
-        if new is None or is_deleting(new):
+        gone = new is None or is_deleting(new)
+        # Overrides target clusters by name, labels and topology: those matter too.
+        relabelled = (
+            old is not None
+            and new is not None
+            and (old.metadata.labels != new.metadata.labels or old.spec != new.spec)
+        )
+        if gone or relabelled:
             name = (new or old).metadata.name  # type: ignore[union-attr]
             for work in self.context.works.by_index("cluster", name):
                 self.controller.enqueue(binding_key_of_work(work))
@@ -167,15 +215,38 @@ class BindingController:
         writes: list[Awaitable[work_pb2.PropagationWork]] = []
         # Most targets get the same manifest (same replicas, no overrides): build each
         # distinct one once, not once per cluster.
-        workloads: dict[int, work_pb2.WorkloadTemplate] = {}
+        workloads: dict[tuple[int, tuple[str, ...]], work_pb2.WorkloadTemplate] = {}
+        policies = overrides.ordered(
+            template,
+            context.overrides.objects(kinds.OVERRIDE_POLICY.prefix(binding.metadata.namespace))
+            if binding.metadata.namespace
+            else (),
+            context.cluster_overrides.objects(),
+        )
+        failures: list[str] = []
         for target in binding.spec.clusters:
             if self._cluster_gone(target.name):
                 continue  # never create work for a cluster that is leaving
-            workload = workloads.get(target.replicas)
+            cluster_info = self._cluster_info(target.name) if policies else None
+            rules: tuple[str, ...] = ()
+            if cluster_info is not None:
+                rules = tuple(
+                    f"{p.metadata.namespace}/{p.metadata.name}/{where}"
+                    for p in policies
+                    for where, _ in overrides.rules_for(p, cluster_info)
+                )
+            workload = workloads.get((target.replicas, rules))
             if workload is None:
                 manifest = member_manifest(template, replicas=target.replicas)
+                if rules and cluster_info is not None:
+                    try:
+                        manifest, _ = overrides.apply(manifest, policies, cluster_info)
+                    except overrides.OverrideError as error:
+                        # Keep this cluster's last good work; say why on the binding.
+                        failures.append(f"{target.name}: {error}")
+                        continue
                 workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
-                workloads[target.replicas] = workload
+                workloads[(target.replicas, rules)] = workload
             spec = work_pb2.PropagationWorkSpec(
                 conflict_resolution=binding.spec.conflict_resolution,
                 preserve_resources_on_deletion=binding.spec.preserve_resources_on_deletion,
@@ -211,6 +282,8 @@ class BindingController:
         written = await asyncio.gather(*writes)
         if written:
             self._written_at[key] = max(int(w.metadata.resource_version) for w in written)
+        if policies or find(binding.status.conditions, "OverridesApplied") is not None:
+            await self._record_overrides(binding, failures)
         targeted = {t.name for t in binding.spec.clusters if not self._cluster_gone(t.name)}
         stale = [w for cluster, w in existing.items() if cluster not in targeted]
         await self._delete_works(stale, preserve=False)

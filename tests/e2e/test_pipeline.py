@@ -677,6 +677,94 @@ def test_the_simulator_agrees_with_the_live_scheduler(
     )
 
 
+def test_overrides_change_each_cluster_and_bad_ones_keep_the_last_good_work(
+    pipeline: Pipeline, namespace: str
+) -> None:
+    override = {
+        "apiVersion": "policy.karmada.io/v1alpha1",
+        "kind": "OverridePolicy",
+        "metadata": {"name": "per-cluster", "namespace": namespace},
+        "spec": {
+            "resourceSelectors": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}],
+            "overrideRules": [
+                {
+                    "targetCluster": {
+                        "fieldSelector": {
+                            "matchExpressions": [
+                                {"key": "region", "operator": "In", "values": ["region-a"]}
+                            ]
+                        }
+                    },
+                    "overriders": {
+                        "imageOverrider": [
+                            {
+                                "component": "Registry",
+                                "operator": "replace",
+                                "value": "eu.registry.io",
+                            }
+                        ]
+                    },
+                },
+                {
+                    "targetCluster": {"clusterNames": ["member2"]},
+                    "overriders": {
+                        "plaintext": [
+                            {"path": "/spec/replicas", "operator": "replace", "value": 1}
+                        ],
+                        "argsOverrider": [
+                            {"containerName": "web", "operator": "add", "value": ["-v"]}
+                        ],
+                    },
+                },
+            ],
+        },
+    }
+    pipeline.apply(
+        deployment(namespace, replicas=2),
+        policy(namespace, cluster_names=["member1", "member2"]),
+        override,
+    )
+
+    def shapes() -> dict[str, tuple[str, int, list[str]]]:
+        found = {}
+        for member in ("member1", "member2"):
+            current = pipeline.deployment(member, namespace, "web")
+            if current is not None:
+                container = current.spec.template.spec.containers[0]
+                found[member] = (
+                    str(container.image),
+                    int(current.spec.replicas or 0),
+                    list(container.args or []),
+                )
+        return found
+
+    wait_for(
+        "per-cluster overrides",
+        lambda: (
+            shapes()
+            == {
+                "member1": ("eu.registry.io/nginx:1.27", 2, []),
+                "member2": ("nginx:1.27", 1, ["-v"]),
+            }
+        ),
+    )
+    broken = json.loads(json.dumps(override))
+    broken["spec"]["overrideRules"][1]["overriders"]["plaintext"][0]["path"] = "/spec/nothing/here"
+    pipeline.apply(broken)
+
+    def condition() -> dict[str, Any]:
+        got = pipeline.cli("get", "pb", "web-deployment", "-n", namespace, "-o", "json")
+        conditions = json.loads(got.stdout).get("status", {}).get("conditions", [])
+        return next(
+            (c for c in conditions if c["type"] == "OverridesApplied" and c["status"] == "False"),
+            {},
+        )
+
+    failed = wait_for("the override failure on the binding", condition)
+    assert "OverridePolicy" in failed["message"] and "plaintext[0]" in failed["message"]
+    assert shapes()["member2"] == ("nginx:1.27", 1, ["-v"])  # the last good work stays
+
+
 def test_member_outage_goes_not_ready_and_work_lands_after(
     pipeline: Pipeline, namespace: str
 ) -> None:
