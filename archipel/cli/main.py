@@ -480,6 +480,45 @@ class Commands:
             for name, why in sorted(result.get("rejected", {}).items()):
                 print(f"  {name} filtered out: {why}")
 
+    def render(self) -> None:
+        """The final manifest for one cluster, offline, by the binding controller's code."""
+        from archipel.cli import simulate
+        from controlplane import overrides
+        from controlplane.controllers.binding import member_manifest
+
+        if not self.args.clusters or not self.args.filename or not self.args.cluster:
+            raise ClientError(
+                "render: give -f FILE (templates, overrides), --clusters FILE and --cluster NAME"
+            )
+        clusters = {c.name: c for c in simulate.load_clusters(Path(self.args.clusters))}
+        cluster = clusters.get(self.args.cluster)
+        if cluster is None:
+            raise ClientError(f"--cluster: {self.args.cluster!r} is not in {self.args.clusters}")
+        documents = [d for source in self.args.filename for _, d in read_documents(source)]
+        namespaced, cluster_wide, templates = [], [], []
+        for document in documents:
+            api_kind = api_kind_of_document(document)
+            if api_kind is None:
+                document.setdefault("metadata", {}).setdefault("namespace", "default")
+                templates.append(document)
+            elif api_kind.kind == "OverridePolicy":
+                message = to_message(api_kind, document)
+                message.metadata.namespace = message.metadata.namespace or "default"
+                namespaced.append(message)
+            elif api_kind.kind == "ClusterOverridePolicy":
+                cluster_wide.append(to_message(api_kind, document))
+        rendered = []
+        for template in templates:
+            policies = overrides.ordered(template, namespaced, cluster_wide)
+            try:
+                manifest, _ = overrides.apply(
+                    member_manifest(template, replicas=None), policies, cluster
+                )
+            except overrides.OverrideError as error:
+                raise ClientError(str(error)) from error
+            rendered.append(manifest)
+        _print(rendered, self.args.output or "yaml")
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -564,6 +603,11 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("-f", "--filename", action="append", help="templates and policies")
     schedule.add_argument("--previous", help="an earlier -o json result, for steady scaling")
     schedule.add_argument("-o", "--output", choices=["json", "yaml", ""], default="")
+    render = sub.add_parser("render", help="the final manifest for one cluster, offline")
+    render.add_argument("-f", "--filename", action="append", help="templates and override policies")
+    render.add_argument("--clusters", help="clusters YAML, as for schedule --simulate")
+    render.add_argument("--cluster", help="the cluster to render for")
+    render.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     reschedule = sub.add_parser("reschedule", help="divide a template's replicas from scratch")
     reschedule.add_argument("kind")
     reschedule.add_argument("name")

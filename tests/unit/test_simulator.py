@@ -127,3 +127,46 @@ def test_bad_clusters_file_is_one_line(tmp_path: Path, capsys: pytest.CaptureFix
     )
     assert code == 1
     assert "each cluster needs a name" in capsys.readouterr().err
+
+
+def test_render_shows_the_manifest_one_cluster_gets(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "clusters.yaml").write_text(CLUSTERS)
+    (tmp_path / "template.yaml").write_text(TEMPLATE.format(replicas=3))
+    (tmp_path / "override.yaml").write_text(
+        """
+apiVersion: policy.karmada.io/v1alpha1
+kind: ClusterOverridePolicy
+metadata: {name: gold}
+spec:
+  resourceSelectors: [{apiVersion: apps/v1, kind: Deployment}]
+  overrideRules:
+    - targetCluster: {labelSelector: {matchLabels: {tier: gold}}}
+      overriders:
+        imageOverrider: [{component: Tag, operator: replace, value: "1.28"}]
+"""
+    )
+
+    def render(cluster: str) -> dict:  # type: ignore[type-arg]
+        code = main(
+            [
+                "render",
+                "-f",
+                str(tmp_path / "template.yaml"),
+                "-f",
+                str(tmp_path / "override.yaml"),
+                "--clusters",
+                str(tmp_path / "clusters.yaml"),
+                "--cluster",
+                cluster,
+                "-o",
+                "json",
+            ]
+        )
+        assert code == 0
+        result: dict = json.loads(capsys.readouterr().out)  # type: ignore[type-arg]
+        return result
+
+    assert render("member1")["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx:1.28"
+    assert render("member4")["spec"]["template"]["spec"]["containers"][0]["image"] == "nginx"
