@@ -20,7 +20,7 @@ from archipel import structs
 from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, service_pb2, work_pb2
 from controlplane import kinds, selectors, validation
 from controlplane.controllers.cluster import ClusterController
-from controlplane.errors import ArchipelError, Conflict, Expired, Invalid
+from controlplane.errors import ArchipelError, Conflict, Expired, FailedPrecondition, Invalid
 from controlplane.etcd import Compacted
 from controlplane.kinds import Kind, Manifest
 from controlplane.store import Store
@@ -298,6 +298,13 @@ def kind_services(store: Store) -> dict[str, KindService[Any]]:
     }
 
 
+# Karmada's label is honoured too, so protected templates stay protected after a move.
+DELETION_PROTECTION_LABELS = (
+    "resourcetemplate.archipel.io/deletion-protected",
+    "resourcetemplate.karmada.io/deletion-protected",
+)
+
+
 class TemplateService:
     """Resource templates: any Kubernetes object, as a Struct on the wire."""
 
@@ -392,6 +399,14 @@ class TemplateService:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> service_pb2.DeleteResponse:
         key = self._key(request.api_version, request.kind, request.namespace, request.name)
+        current = await self.store.must_get(self.kind, key)
+        labels = current.get("metadata", {}).get("labels", {})
+        for label in DELETION_PROTECTION_LABELS:
+            if labels.get(label) == "Always":
+                raise FailedPrecondition(
+                    f"{request.kind} {request.name} is protected by the label {label}=Always; "
+                    "remove the label to delete it"
+                )
         deleted = await self.store.delete(self.kind, key, resource_version=request.resource_version)
         return service_pb2.DeleteResponse(deleted=deleted)
 

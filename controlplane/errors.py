@@ -51,6 +51,12 @@ class Expired(ArchipelError):
     code = grpc.StatusCode.OUT_OF_RANGE
 
 
+class FailedPrecondition(ArchipelError):
+    """The object is in a state that forbids the request (deletion protection)."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class Unauthenticated(ArchipelError):
     code = grpc.StatusCode.UNAUTHENTICATED
 

@@ -765,6 +765,19 @@ def test_overrides_change_each_cluster_and_bad_ones_keep_the_last_good_work(
     assert shapes()["member2"] == ("nginx:1.27", 1, ["-v"])  # the last good work stays
 
 
+def test_deletion_protection_blocks_deleting_a_template(pipeline: Pipeline, namespace: str) -> None:
+    protected = deployment(namespace)
+    protected["metadata"]["labels"]["resourcetemplate.karmada.io/deletion-protected"] = "Always"
+    pipeline.apply(protected)
+    refused = pipeline.cli("delete", "deployment", "web", "-n", namespace)
+    assert refused.returncode == 1
+    assert "FAILED_PRECONDITION" in refused.stderr and "deletion-protected" in refused.stderr
+    assert pipeline.cli("get", "deployment", "web", "-n", namespace).returncode == 0
+    del protected["metadata"]["labels"]["resourcetemplate.karmada.io/deletion-protected"]
+    pipeline.apply(protected)
+    assert pipeline.cli("delete", "deployment", "web", "-n", namespace).returncode == 0
+
+
 def test_member_outage_goes_not_ready_and_work_lands_after(
     pipeline: Pipeline, namespace: str
 ) -> None:
