@@ -7,6 +7,7 @@ strings for JSON compatibility.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2
@@ -177,10 +178,10 @@ def check_placement(placement: policy_pb2.Placement, field: str) -> None:
         raise Invalid(f"{field}.workloadAffinity.antiAffinity.groupByLabelKey", "required")
 
 
-def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace: str) -> None:
-    if not len(spec.resource_selectors):
-        raise Invalid("spec.resourceSelectors", "at least one selector is required")
-    for index, selector in enumerate(spec.resource_selectors):
+def _check_resource_selectors(
+    selectors_: Sequence[policy_pb2.ResourceSelector], *, policy_namespace: str, kind: str
+) -> None:
+    for index, selector in enumerate(selectors_):
         where = f"spec.resourceSelectors[{index}]"
         if not selector.api_version:
             raise Invalid(f"{where}.apiVersion", "required")
@@ -189,11 +190,19 @@ def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace
         if policy_namespace and selector.namespace and selector.namespace != policy_namespace:
             raise Invalid(
                 f"{where}.namespace",
-                "a PropagationPolicy only selects objects in its own namespace "
+                f"a namespaced {kind} only selects objects in its own namespace "
                 f"{policy_namespace!r}",
             )
         if selector.HasField("label_selector"):
             selectors.from_proto(selector.label_selector, field=f"{where}.labelSelector")
+
+
+def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace: str) -> None:
+    if not len(spec.resource_selectors):
+        raise Invalid("spec.resourceSelectors", "at least one selector is required")
+    _check_resource_selectors(
+        spec.resource_selectors, policy_namespace=policy_namespace, kind="PropagationPolicy"
+    )
     if spec.HasField("placement"):
         check_placement(spec.placement, "spec.placement")
     check_choice(spec.preemption, ("Always", "Never"), "spec.preemption")
@@ -322,19 +331,9 @@ def _check_overriders(overriders: override_pb2.Overriders, field: str) -> None:
 
 
 def check_override_spec(spec: override_pb2.OverrideSpec, *, policy_namespace: str) -> None:
-    for index, selector in enumerate(spec.resource_selectors):
-        where = f"spec.resourceSelectors[{index}]"
-        if not selector.api_version:
-            raise Invalid(f"{where}.apiVersion", "required")
-        if not selector.kind:
-            raise Invalid(f"{where}.kind", "required")
-        if policy_namespace and selector.namespace and selector.namespace != policy_namespace:
-            raise Invalid(
-                f"{where}.namespace",
-                f"an OverridePolicy only selects objects in its own namespace {policy_namespace!r}",
-            )
-        if selector.HasField("label_selector"):
-            selectors.from_proto(selector.label_selector, field=f"{where}.labelSelector")
+    _check_resource_selectors(
+        spec.resource_selectors, policy_namespace=policy_namespace, kind="OverridePolicy"
+    )
     for index, rule in enumerate(spec.override_rules):
         if rule.HasField("target_cluster"):
             _check_affinity(rule.target_cluster, f"spec.overrideRules[{index}].targetCluster")

@@ -25,6 +25,16 @@ def placed(pipeline: Pipeline, namespace: str, name: str = "web") -> set[str]:
     return {m for m in MEMBERS if pipeline.deployment(m, namespace, name) is not None}
 
 
+def member_replicas(pipeline: Pipeline, namespace: str, name: str = "web") -> dict[str, int]:
+    """Replicas of the Deployment in member1 and member2, where it exists."""
+    found = {}
+    for member in ("member1", "member2"):
+        current = pipeline.deployment(member, namespace, name)
+        if current is not None:
+            found[member] = int(current.spec.replicas or 0)
+    return found
+
+
 def template_status(pipeline: Pipeline, namespace: str, name: str = "web") -> dict[str, Any]:
     api = pipeline.client()
     try:
@@ -553,12 +563,7 @@ def test_static_weights_divide_replicas_between_members(pipeline: Pipeline, name
     pipeline.apply(deployment(namespace, replicas=3), weighted)
 
     def replicas() -> dict[str, int]:
-        found = {}
-        for member in ("member1", "member2"):
-            current = pipeline.deployment(member, namespace, "web")
-            if current is not None:
-                found[member] = int(current.spec.replicas or 0)
-        return found
+        return member_replicas(pipeline, namespace)
 
     wait_for("2:1 division", lambda: replicas() == {"member1": 2, "member2": 1})
     status = wait_for(
@@ -615,12 +620,7 @@ def test_reschedule_divides_from_scratch(pipeline: Pipeline, namespace: str) -> 
     pipeline.apply(deployment(namespace, replicas=4), divided)
 
     def replicas() -> dict[str, int]:
-        found = {}
-        for member in ("member1", "member2"):
-            current = pipeline.deployment(member, namespace, "web")
-            if current is not None:
-                found[member] = int(current.spec.replicas or 0)
-        return found
+        return member_replicas(pipeline, namespace)
 
     wait_for("an even split", lambda: replicas() == {"member1": 2, "member2": 2})
     result = pipeline.cli("reschedule", "deployment", "web", "-n", namespace)
