@@ -82,23 +82,28 @@ def test_members_up_ls_down(tmp_path: Path) -> None:
         )
 
     started = fleetctl("up", "--count", "2", "--profile", "api")
-    assert started.returncode == 0, started.stderr
-    assert (root / "member1" / "kubeconfig").is_file()
-    assert (root / "member2" / "kubeconfig").is_file()
-    state = json.loads((root / "state.json").read_text())
-    pids = [pid for m in state["members"].values() for pid in m["pids"].values()]
-    pids += [state["etcdPid"], state["supervisorPid"]]
+    try:
+        assert started.returncode == 0, started.stderr
+        assert (root / "member1" / "kubeconfig").is_file()
+        assert (root / "member2" / "kubeconfig").is_file()
+        state = json.loads((root / "state.json").read_text())
+        pids = [pid for m in state["members"].values() for pid in m["pids"].values()]
+        pids += [state["etcdPid"], state["supervisorPid"]]
 
-    listing = fleetctl("ls")
-    assert listing.returncode == 0
-    rows = [line.split() for line in listing.stdout.splitlines()[1:]]
-    assert [(row[0], row[2]) for row in rows] == [("member1", "running"), ("member2", "running")]
+        listing = fleetctl("ls")
+        assert listing.returncode == 0
+        rows = [line.split() for line in listing.stdout.splitlines()[1:]]
+        assert [(row[0], row[2]) for row in rows] == [
+            ("member1", "running"),
+            ("member2", "running"),
+        ]
 
-    again = fleetctl("up", "--count", "1")
-    assert again.returncode == 1
-    assert "already running" in again.stderr
-
-    stopped = fleetctl("down")
+        again = fleetctl("up", "--count", "1")
+        assert again.returncode == 1
+        assert "already running" in again.stderr
+    finally:
+        # The supervisor is detached by design: a failed assertion must not leak it.
+        stopped = fleetctl("down")
     assert stopped.returncode == 0, stopped.stderr
     assert _wait_gone(pids) == []
     assert fleetctl("ls").stdout.strip() == "no members running"
