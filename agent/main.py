@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -24,6 +23,7 @@ from agent.facts import Facts
 from agent.kube import Kube, load_api_client
 from agent.ledger import Ledger
 from agent.works import WorkManager
+from archipel import agentstream
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, work_pb2
 
 VERSION = "0.1.0"
@@ -95,35 +95,13 @@ class Agent:
         for entry in self.ledger.entries.values():
             hello.held_works.add(name=entry.work, uid=entry.uid, generation=entry.generation)
 
-        async def requests() -> AsyncIterator[agent_pb2.AgentMessage]:
-            yield agent_pb2.AgentMessage(hello=hello)
-            while True:
-                message = await outbox.get()
-                if outbox.empty():
-                    yield message
-                    continue
-                # Acks and reports that piled up go out as one batch; others as they are.
-                batch = agent_pb2.AgentBatch()
-                pending = [message]
-                while not outbox.empty() and len(pending) < 200:
-                    pending.append(outbox.get_nowait())
-                for item in pending:
-                    which = item.WhichOneof("message")
-                    if which == "ack":
-                        batch.acks.append(item.ack)
-                    elif which == "status":
-                        batch.statuses.append(item.status)
-                    elif which == "deleted":
-                        batch.deleted.append(item.deleted)
-                    else:
-                        yield item
-                if batch.acks or batch.statuses or batch.deleted:
-                    yield agent_pb2.AgentMessage(batch=batch)
-
         heartbeats: asyncio.Task[None] | None = None
         async with self._channel() as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            call = stub.Connect(requests(), metadata=[("authorization", f"Bearer {self.token}")])
+            call = stub.Connect(
+                agentstream.outgoing(hello, outbox),
+                metadata=[("authorization", f"Bearer {self.token}")],
+            )
             try:
                 async for message in call:
                     which = message.WhichOneof("message")

@@ -13,10 +13,11 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 
 import grpc
 
+from archipel import agentstream
 from archipel.v1alpha1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -96,24 +97,6 @@ class SimulatedFleet:
         for name, (uid, generation) in agent.held.items():
             hello.held_works.add(name=name, uid=uid, generation=generation)
 
-        async def requests() -> AsyncIterator[agent_pb2.AgentMessage]:
-            yield agent_pb2.AgentMessage(hello=hello)
-            while True:
-                message = await outbox.get()
-                if outbox.empty():
-                    yield message
-                    continue
-                batch = agent_pb2.AgentBatch()
-                for item in [message, *(outbox.get_nowait() for _ in range(outbox.qsize()))]:
-                    which = item.WhichOneof("message")
-                    if which == "batch":
-                        batch.MergeFrom(item.batch)
-                    elif which == "deleted":
-                        batch.deleted.append(item.deleted)
-                    else:
-                        yield item
-                yield agent_pb2.AgentMessage(batch=batch)
-
         async def heartbeats() -> None:
             while True:
                 outbox.put_nowait(
@@ -127,7 +110,10 @@ class SimulatedFleet:
                 )
                 await asyncio.sleep(self.heartbeat_interval)
 
-        call = stub.Connect(requests(), metadata=(("authorization", f"Bearer {agent.token}"),))
+        call = stub.Connect(
+            agentstream.outgoing(hello, outbox),
+            metadata=(("authorization", f"Bearer {agent.token}"),),
+        )
         beating = asyncio.create_task(heartbeats())
         try:
             async for message in call:
