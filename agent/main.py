@@ -131,6 +131,8 @@ class Agent:
                             self._receive(work)
                         for delete in message.batch.deletes:
                             self.works.receive_delete(delete)
+                    elif which == "customizations":
+                        self.works.set_customizations(message.customizations.items)
                     elif which == "synced":
                         synced = message.synced
                         log.info(

@@ -21,14 +21,14 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from agent import interpreter
+from agent import drift
 from agent.kube import Kube, KubeError, Manifest, describe
 from agent.ledger import Entry, Ledger, ObjectRef
-from archipel import structs
-from archipel.v1alpha1 import agent_pb2, work_pb2
+from archipel import interpreter, structs
+from archipel.v1alpha1 import agent_pb2, interpreter_pb2, work_pb2
 from archipel.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -42,18 +42,37 @@ class Observed:
     status: dict[str, Any] | None
     health: str
     resource_version: int = 0
+    # Why health is Unknown: a customization that failed on this object.
+    health_message: str = ""
 
     @classmethod
-    def of(cls, manifest: Manifest) -> Observed:
+    def of(cls, manifest: Manifest, interpreters: interpreter.Registry) -> Observed:
         version = manifest.get("metadata", {}).get("resourceVersion", "0")
+        kind_interpreter = interpreters.of(manifest)
+        status: dict[str, Any] | None = None
+        problems = []
+        try:
+            status = kind_interpreter.reflect_status(manifest)
+        except interpreter.InterpreterError as error:
+            problems.append(str(error))
+        try:
+            health = kind_interpreter.health(manifest)
+        except interpreter.InterpreterError as error:
+            health = interpreter.UNKNOWN
+            problems.append(str(error))
         return cls(
-            interpreter.reflect_status(manifest),
-            interpreter.health(manifest),
+            status,
+            health,
             int(version) if str(version).isdigit() else 0,
+            "; ".join(problems),
         )
 
     def same_state(self, other: Observed) -> bool:
-        return self.status == other.status and self.health == other.health
+        return (
+            self.status == other.status
+            and self.health == other.health
+            and self.health_message == other.health_message
+        )
 
 
 def _identifier(ordinal: int, manifest: Manifest) -> work_pb2.ResourceIdentifier:
@@ -98,6 +117,8 @@ class WorkManager:
         self._namespaces: set[str] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
+        self.interpreters = interpreter.Registry()
+        self._reinterpreting: set[asyncio.Task[None]] = set()
 
     # -- what the control plane says ------------------------------------------------
 
@@ -113,6 +134,37 @@ class WorkManager:
         self.deleting.pop(name, None)
         self.desired[name] = work
         self.queue.add(name)
+
+    def set_customizations(
+        self, customizations: Iterable[interpreter_pb2.ResourceInterpreterCustomization]
+    ) -> None:
+        """A new set of customizations: re-read the objects of every kind that changed."""
+        before = {key: self.interpreters.get(*key) for key in self._kinds_held()}
+        self.interpreters.update(customizations)
+        changed = {key for key, old in before.items() if self.interpreters.get(*key) is not old}
+        if changed and self._loop is not None:
+            task = self._loop.create_task(self._reinterpret(changed))
+            self._reinterpreting.add(task)
+            task.add_done_callback(self._reinterpreting.discard)
+
+    def _kinds_held(self) -> set[tuple[str, str]]:
+        return {(ref.api_version, ref.kind) for ref in self.owner}
+
+    async def _reinterpret(self, changed: set[tuple[str, str]]) -> None:
+        for ref, name in list(self.owner.items()):
+            if (ref.api_version, ref.kind) not in changed:
+                continue
+            try:
+                live = await self.kube.call(
+                    self.kube.get, ref.api_version, ref.kind, ref.namespace, ref.name
+                )
+            except Exception as error:
+                log.debug("re-reading %s: %s", ref, describe(error))
+                continue  # the watch brings it when the member answers again
+            if live is not None:
+                self.observed.pop(ref, None)
+                self._observe(ref, live)
+                self.report(name, applied=True, message="")
 
     def receive_delete(self, delete: agent_pb2.WorkDelete) -> None:
         self.desired.pop(delete.name, None)
@@ -187,10 +239,19 @@ class WorkManager:
                 self._namespaces.add(ref.namespace)
             if ref not in held:
                 await self._check_conflict(ref, name, work.spec.conflict_resolution)
+            kind_interpreter = self.interpreters.of(body)
+            retained = kind_interpreter.retained_paths(body)
+            if retained:
+                # Fields the member owns (a Service's clusterIP, replicas under a
+                # member-side autoscaler) keep their live values.
+                live = await self.kube.call(
+                    self.kube.get, ref.api_version, ref.kind, ref.namespace, ref.name
+                )
+                body = kind_interpreter.retain(body, live)
             applied = await self.kube.call(self.kube.apply, body)
             self.applies += 1
             refs.append(ref)
-            projections.append(interpreter.project(interpreter.applied_fields(body), applied))
+            projections.append(self._projection(body, applied))
             self.owner[ref] = name
             self._observe(ref, applied)
             self._watch(ref.api_version, ref.kind)
@@ -274,7 +335,9 @@ class WorkManager:
                 observed = self.observed.get(ref)
                 status = report.manifest_statuses.add()
                 status.identifier.CopyFrom(_identifier(ordinal, manifest))
-                status.health = observed.health if observed else "Unknown"
+                status.health = observed.health if observed else interpreter.UNKNOWN
+                if observed is not None:
+                    status.health_message = observed.health_message
                 if observed is not None and observed.status is not None:
                     status.status.CopyFrom(structs.to_struct(observed.status))
         encoded = report.SerializeToString(deterministic=True)
@@ -334,6 +397,11 @@ class WorkManager:
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
+    def _projection(self, desired: Manifest, live: Manifest) -> Any:
+        """The live values at the paths the agent applied, less those the member owns."""
+        retained = self.interpreters.of(desired).retained_paths(desired)
+        return drift.project(drift.applied_fields(interpreter.drop_paths(desired, retained)), live)
+
     def _emit(self, type_: str, manifest: Manifest) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
@@ -341,7 +409,7 @@ class WorkManager:
 
     def _observe(self, ref: ObjectRef, manifest: Manifest) -> bool:
         """Keep the newest state seen of an object; True when its status or health moved."""
-        observed = Observed.of(manifest)
+        observed = Observed.of(manifest, self.interpreters)
         previous = self.observed.get(ref)
         if previous is not None and previous.resource_version > observed.resource_version:
             return False  # an older copy (the apply's response raced the watch)
@@ -364,11 +432,12 @@ class WorkManager:
             self._drift(name)
             return
         index = entry.objects.index(ref)
-        if index < len(entry.projections):
-            desired = interpreter.applied_fields(entry.manifests[index])
-            if interpreter.project(desired, manifest) != entry.projections[index]:
-                self._drift(name)
-                return
+        if (
+            index < len(entry.projections)
+            and self._projection(entry.manifests[index], manifest) != entry.projections[index]
+        ):
+            self._drift(name)
+            return
         self.report(name, applied=True, message="")
 
     def _drift(self, name: str) -> None:

@@ -21,6 +21,7 @@ from google.protobuf import message as pb_message
 from archipel import structs
 from archipel.v1alpha1 import (
     cluster_pb2,
+    interpreter_pb2,
     override_pb2,
     policy_pb2,
     service_pb2,
@@ -82,6 +83,19 @@ API_KINDS = (
         override_pb2.ClusterOverridePolicy,
         "ClusterOverridePolicyService",
         ("clusteroverridepolicy", "clusteroverridepolicies", "cop"),
+    ),
+    ApiKind(
+        "ResourceInterpreterCustomization",
+        False,
+        interpreter_pb2.ResourceInterpreterCustomization,
+        "ResourceInterpreterCustomizationService",
+        (
+            "resourceinterpretercustomization",
+            "resourceinterpretercustomizations",
+            "ric",
+            "customization",
+            "customizations",
+        ),
     ),
     ApiKind(
         "PropagationBinding",

@@ -16,8 +16,15 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf import message as pb_message
 
-from archipel import structs
-from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, service_pb2, work_pb2
+from archipel import interpreter, structs
+from archipel.v1alpha1 import (
+    cluster_pb2,
+    interpreter_pb2,
+    override_pb2,
+    policy_pb2,
+    service_pb2,
+    work_pb2,
+)
 from controlplane import kinds, selectors, validation
 from controlplane.controllers.cluster import ClusterController
 from controlplane.errors import ArchipelError, Conflict, Expired, FailedPrecondition, Invalid
@@ -231,6 +238,14 @@ def _check_cluster_policy(policy: policy_pb2.ClusterPropagationPolicy) -> None:
     validation.check_propagation_spec(policy.spec, policy_namespace="")
 
 
+def _check_customization(customization: interpreter_pb2.ResourceInterpreterCustomization) -> None:
+    validation.check_metadata(customization.metadata, namespaced=False)
+    try:
+        interpreter.compile_customization(customization)
+    except interpreter.CustomizationInvalid as error:
+        raise Invalid(error.field, error.message) from error
+
+
 def _check_override(policy: Any) -> None:
     namespaced = isinstance(policy, override_pb2.OverridePolicy)
     validation.check_metadata(policy.metadata, namespaced=namespaced)
@@ -280,6 +295,13 @@ def kind_services(store: Store) -> dict[str, KindService[Any]]:
             list_type=service_pb2.ClusterOverridePolicyList,
             event_type=service_pb2.ClusterOverridePolicyEvent,
             validate=_check_override,
+        ),
+        "ResourceInterpreterCustomizationService": KindService(
+            store,
+            kinds.RESOURCE_INTERPRETER_CUSTOMIZATION,
+            list_type=service_pb2.ResourceInterpreterCustomizationList,
+            event_type=service_pb2.ResourceInterpreterCustomizationEvent,
+            validate=_check_customization,
         ),
         "PropagationBindingService": KindService(
             store,

@@ -11,7 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, work_pb2
+from archipel import interpreter
+from archipel.v1alpha1 import cluster_pb2, interpreter_pb2, override_pb2, policy_pb2, work_pb2
 from controlplane import kinds
 from controlplane.informers import Informer
 from controlplane.kinds import CLUSTER_SCOPE, Manifest
@@ -60,9 +61,12 @@ class Context:
     cluster_policies: Informer[policy_pb2.ClusterPropagationPolicy]
     overrides: Informer[override_pb2.OverridePolicy]
     cluster_overrides: Informer[override_pb2.ClusterOverridePolicy]
+    customizations: Informer[interpreter_pb2.ResourceInterpreterCustomization]
     templates: Informer[Manifest]
     bindings: Informer[work_pb2.PropagationBinding]
     works: Informer[work_pb2.PropagationWork]
+    # Rebuilt whenever a customization changes; controllers read it, never write it.
+    interpreters: interpreter.Registry = dataclasses.field(default_factory=interpreter.Registry)
 
     @classmethod
     def build(cls, settings: Settings, store: Store) -> Context:
@@ -74,6 +78,7 @@ class Context:
             cluster_policies=Informer(store, kinds.CLUSTER_PROPAGATION_POLICY),
             overrides=Informer(store, kinds.OVERRIDE_POLICY),
             cluster_overrides=Informer(store, kinds.CLUSTER_OVERRIDE_POLICY),
+            customizations=Informer(store, kinds.RESOURCE_INTERPRETER_CUSTOMIZATION),
             templates=Informer(store, kinds.RESOURCE_TEMPLATE),
             bindings=Informer(store, kinds.PROPAGATION_BINDING),
             works=Informer(store, kinds.PROPAGATION_WORK),
@@ -81,6 +86,9 @@ class Context:
         context.works.add_index("binding", lambda w: [binding_key_of_work(w)])
         context.works.add_index("cluster", lambda w: [w.metadata.labels.get(CLUSTER_LABEL, "")])
         context.bindings.add_index("policy", lambda b: [policy_key(b.spec.policy)])
+        context.customizations.add_handler(
+            lambda key, old, new: context.interpreters.update(context.customizations.objects())
+        )
         return context
 
     def informers(self) -> list[Informer[Any]]:
@@ -90,6 +98,7 @@ class Context:
             self.cluster_policies,
             self.overrides,
             self.cluster_overrides,
+            self.customizations,
             self.templates,
             self.bindings,
             self.works,
@@ -132,6 +141,22 @@ def binding_key_of_work(work: work_pb2.PropagationWork) -> str:
     return kinds.PROPAGATION_BINDING.key(
         labels.get(BINDING_NAMESPACE_LABEL, ""), labels.get(BINDING_NAME_LABEL, "")
     )
+
+
+def binding_targets(binding: work_pb2.PropagationBinding) -> list[tuple[str, int | None]]:
+    """Where a binding's works go, with each cluster's replicas.
+
+    Its schedule, then the clusters of the workloads that require it (their replicas
+    are no concern of a dependency: None).
+    """
+    targets: list[tuple[str, int | None]] = [(t.name, t.replicas) for t in binding.spec.clusters]
+    seen = {name for name, _ in targets}
+    for snapshot in binding.spec.required_by:
+        for cluster in snapshot.clusters:
+            if cluster.name not in seen:
+                seen.add(cluster.name)
+                targets.append((cluster.name, None))
+    return targets
 
 
 def policy_key(ref: work_pb2.PolicyReference) -> str:

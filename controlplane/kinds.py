@@ -20,7 +20,14 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf import message as pb_message
 
-from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2, work_pb2
+from archipel.v1alpha1 import (
+    cluster_pb2,
+    interpreter_pb2,
+    meta_pb2,
+    override_pb2,
+    policy_pb2,
+    work_pb2,
+)
 from controlplane.errors import Invalid
 
 Manifest = dict[str, Any]
@@ -304,6 +311,14 @@ CLUSTER_OVERRIDE_POLICY = _proto_kind(
     group="policy.archipel.io",
     karmada_group="policy.karmada.io",
 )
+RESOURCE_INTERPRETER_CUSTOMIZATION = _proto_kind(
+    interpreter_pb2.ResourceInterpreterCustomization,
+    name="ResourceInterpreterCustomization",
+    plural="resourceinterpretercustomizations",
+    namespaced=False,
+    group="config.archipel.io",
+    karmada_group="config.karmada.io",
+)
 PROPAGATION_BINDING = _proto_kind(
     work_pb2.PropagationBinding,
     name="PropagationBinding",
@@ -396,6 +411,7 @@ API_KINDS: dict[str, Kind[Any]] = {
         CLUSTER_PROPAGATION_POLICY,
         OVERRIDE_POLICY,
         CLUSTER_OVERRIDE_POLICY,
+        RESOURCE_INTERPRETER_CUSTOMIZATION,
         PROPAGATION_BINDING,
         PROPAGATION_WORK,
     )

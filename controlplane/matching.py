@@ -6,6 +6,8 @@
   matches the kind alone); then the policy whose name sorts first.
 * A template stays with the policy that claimed it while that policy still matches,
   unless a policy that outranks it has ``preemption: Always``.
+* Templates in system namespaces (and those Namespace objects) are never propagated,
+  whatever the policy says, as Karmada skips ``kube-*`` and its own namespaces.
 """
 
 from __future__ import annotations
@@ -21,6 +23,22 @@ from controlplane.kinds import Manifest
 MATCH_ALL, MATCH_LABELS, MATCH_NAME = 1, 2, 3
 
 Policy = policy_pb2.PropagationPolicy | policy_pb2.ClusterPropagationPolicy
+# Namespaces no policy propagates: Kubernetes' own (kube-system, kube-public,
+# kube-node-lease and any other kube-*), the agent's ledger and the execution spaces.
+SYSTEM_NAMESPACE_PREFIXES = ("kube-", "archipel-es-")
+SYSTEM_NAMESPACES = frozenset({"archipel-system"})
+
+
+def is_system_namespace(name: str) -> bool:
+    return name in SYSTEM_NAMESPACES or name.startswith(SYSTEM_NAMESPACE_PREFIXES)
+
+
+def is_system(manifest: Manifest) -> bool:
+    """Whether ``manifest`` is in a system namespace or is a system Namespace itself."""
+    metadata = manifest.get("metadata", {})
+    if manifest.get("kind") == "Namespace" and manifest.get("apiVersion") == "v1":
+        return is_system_namespace(metadata.get("name", ""))
+    return is_system_namespace(metadata.get("namespace", "") or "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +92,9 @@ def candidates(
     namespaced_policies: Iterable[policy_pb2.PropagationPolicy],
     cluster_policies: Iterable[policy_pb2.ClusterPropagationPolicy],
 ) -> list[Candidate]:
-    found = []
+    found: list[Candidate] = []
+    if is_system(manifest):
+        return found
     namespace = manifest.get("metadata", {}).get("namespace", "")
     for policy in namespaced_policies:
         if policy.metadata.namespace != namespace or policy.metadata.HasField("deletion_timestamp"):

@@ -30,6 +30,7 @@ from controlplane import api, auth
 from controlplane.context import Context, Settings
 from controlplane.controllers.binding import BindingController
 from controlplane.controllers.cluster import ClusterController
+from controlplane.controllers.dependencies import DependenciesController
 from controlplane.controllers.execution import AgentSession, ExecutionController
 from controlplane.controllers.policy import PolicyController
 from controlplane.controllers.scheduler import SchedulerController
@@ -46,6 +47,7 @@ SERVICE_NAMES = (
     "archipel.v1alpha1.ClusterPropagationPolicyService",
     "archipel.v1alpha1.OverridePolicyService",
     "archipel.v1alpha1.ClusterOverridePolicyService",
+    "archipel.v1alpha1.ResourceInterpreterCustomizationService",
     "archipel.v1alpha1.PropagationBindingService",
     "archipel.v1alpha1.PropagationWorkService",
     "archipel.v1alpha1.ResourceTemplateService",
@@ -156,6 +158,7 @@ class ControlPlane:
         self.policy = PolicyController(self.context)
         self.scheduler = SchedulerController(self.context)
         self.binding = BindingController(self.context)
+        self.dependencies = DependenciesController(self.context)
         self.execution = ExecutionController(self.context)
         self.work_status = WorkStatusController(self.context)
         self.binding_status = BindingStatusController(self.context)
@@ -170,6 +173,7 @@ class ControlPlane:
             self.policy.controller,
             self.scheduler.controller,
             self.binding.controller,
+            self.dependencies.controller,
             self.work_status.controller,
             self.binding_status.controller,
         ]
@@ -220,6 +224,10 @@ class ControlPlane:
             (
                 g.add_ClusterOverridePolicyServiceServicer_to_server,
                 services["ClusterOverridePolicyService"],
+            ),
+            (
+                g.add_ResourceInterpreterCustomizationServiceServicer_to_server,
+                services["ResourceInterpreterCustomizationService"],
             ),
             (
                 g.add_PropagationBindingServiceServicer_to_server,

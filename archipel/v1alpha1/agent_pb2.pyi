@@ -15,6 +15,7 @@ batch message; a receiver handles a batch exactly as the same messages one by on
 """
 
 from archipel.v1alpha1 import cluster_pb2 as _cluster_pb2
+from archipel.v1alpha1 import interpreter_pb2 as _interpreter_pb2
 from archipel.v1alpha1 import work_pb2 as _work_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
@@ -389,6 +390,30 @@ class WorkBatch(_message.Message):
 Global___WorkBatch: _TypeAlias = WorkBatch  # noqa: Y015
 
 @_typing.final
+class InterpreterCustomizations(_message.Message):
+    """Every ResourceInterpreterCustomization, sent whole after the welcome and again on
+    any change: the agent needs them to reflect status, judge health and retain fields.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_interpreter_pb2.ResourceInterpreterCustomization]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_interpreter_pb2.ResourceInterpreterCustomization] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InterpreterCustomizations: _TypeAlias = InterpreterCustomizations  # noqa: Y015
+
+@_typing.final
 class ControlMessage(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -397,6 +422,7 @@ class ControlMessage(_message.Message):
     DELETE_FIELD_NUMBER: _builtins.int
     SYNCED_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    CUSTOMIZATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome: ...
     @_builtins.property
@@ -407,6 +433,8 @@ class ControlMessage(_message.Message):
     def synced(self) -> Global___SyncComplete: ...
     @_builtins.property
     def batch(self) -> Global___WorkBatch: ...
+    @_builtins.property
+    def customizations(self) -> Global___InterpreterCustomizations: ...
     def __init__(
         self,
         *,
@@ -415,12 +443,13 @@ class ControlMessage(_message.Message):
         delete: Global___WorkDelete | None = ...,
         synced: Global___SyncComplete | None = ...,
         batch: Global___WorkBatch | None = ...,
+        customizations: Global___InterpreterCustomizations | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customizations", b"customizations", "delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customizations", b"customizations", "delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "work", "delete", "synced", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "work", "delete", "synced", "batch", "customizations"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -8,6 +8,7 @@ Authenticate with metadata "authorization: Bearer <token>".
 """
 
 from archipel.v1alpha1 import cluster_pb2 as _cluster_pb2
+from archipel.v1alpha1 import interpreter_pb2 as _interpreter_pb2
 from archipel.v1alpha1 import override_pb2 as _override_pb2
 from archipel.v1alpha1 import policy_pb2 as _policy_pb2
 from archipel.v1alpha1 import work_pb2 as _work_pb2
@@ -502,6 +503,56 @@ class ClusterOverridePolicyList(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ClusterOverridePolicyList: _TypeAlias = ClusterOverridePolicyList  # noqa: Y015
+
+@_typing.final
+class ResourceInterpreterCustomizationEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    type: _builtins.str
+    resource_version: _builtins.str
+    @_builtins.property
+    def object(self) -> _interpreter_pb2.ResourceInterpreterCustomization: ...
+    def __init__(
+        self,
+        *,
+        type: _builtins.str = ...,
+        object: _interpreter_pb2.ResourceInterpreterCustomization | None = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "resource_version", b"resource_version", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceInterpreterCustomizationEvent: _TypeAlias = ResourceInterpreterCustomizationEvent  # noqa: Y015
+
+@_typing.final
+class ResourceInterpreterCustomizationList(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    CONTINUE_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    resource_version: _builtins.str
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_interpreter_pb2.ResourceInterpreterCustomization]: ...
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_interpreter_pb2.ResourceInterpreterCustomization] | None = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue", b"continue", "items", b"items", "resource_version", b"resource_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceInterpreterCustomizationList: _TypeAlias = ResourceInterpreterCustomizationList  # noqa: Y015
 
 @_typing.final
 class TemplateGetRequest(_message.Message):

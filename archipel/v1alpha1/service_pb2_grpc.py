@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from archipel.v1alpha1 import cluster_pb2 as archipel_dot_v1alpha1_dot_cluster__pb2
+from archipel.v1alpha1 import interpreter_pb2 as archipel_dot_v1alpha1_dot_interpreter__pb2
 from archipel.v1alpha1 import override_pb2 as archipel_dot_v1alpha1_dot_override__pb2
 from archipel.v1alpha1 import policy_pb2 as archipel_dot_v1alpha1_dot_policy__pb2
 from archipel.v1alpha1 import service_pb2 as archipel_dot_v1alpha1_dot_service__pb2
@@ -1724,6 +1725,250 @@ class ClusterOverridePolicyService:
             request,
             target,
             '/archipel.v1alpha1.ClusterOverridePolicyService/Delete',
+            archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ResourceInterpreterCustomizationServiceStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Get = channel.unary_unary(
+                '/archipel.v1alpha1.ResourceInterpreterCustomizationService/Get',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.GetRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/archipel.v1alpha1.ResourceInterpreterCustomizationService/List',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.ListRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.ResourceInterpreterCustomizationList.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/archipel.v1alpha1.ResourceInterpreterCustomizationService/Watch',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.ResourceInterpreterCustomizationEvent.FromString,
+                _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/archipel.v1alpha1.ResourceInterpreterCustomizationService/Apply',
+                request_serializer=archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/archipel.v1alpha1.ResourceInterpreterCustomizationService/Delete',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.FromString,
+                _registered_method=True)
+
+
+class ResourceInterpreterCustomizationServiceServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Get(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Apply(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ResourceInterpreterCustomizationServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.GetRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.ListRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.ResourceInterpreterCustomizationList.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.ResourceInterpreterCustomizationEvent.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'archipel.v1alpha1.ResourceInterpreterCustomizationService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('archipel.v1alpha1.ResourceInterpreterCustomizationService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ResourceInterpreterCustomizationService:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.ResourceInterpreterCustomizationService/Get',
+            archipel_dot_v1alpha1_dot_service__pb2.GetRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.ResourceInterpreterCustomizationService/List',
+            archipel_dot_v1alpha1_dot_service__pb2.ListRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.ResourceInterpreterCustomizationList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/archipel.v1alpha1.ResourceInterpreterCustomizationService/Watch',
+            archipel_dot_v1alpha1_dot_service__pb2.WatchRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.ResourceInterpreterCustomizationEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.ResourceInterpreterCustomizationService/Apply',
+            archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.SerializeToString,
+            archipel_dot_v1alpha1_dot_interpreter__pb2.ResourceInterpreterCustomization.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.ResourceInterpreterCustomizationService/Delete',
             archipel_dot_v1alpha1_dot_service__pb2.DeleteRequest.SerializeToString,
             archipel_dot_v1alpha1_dot_service__pb2.DeleteResponse.FromString,
             options,

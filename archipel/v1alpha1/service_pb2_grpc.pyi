@@ -8,6 +8,7 @@ Authenticate with metadata "authorization: Bearer <token>".
 """
 
 from archipel.v1alpha1 import cluster_pb2 as _cluster_pb2
+from archipel.v1alpha1 import interpreter_pb2 as _interpreter_pb2
 from archipel.v1alpha1 import override_pb2 as _override_pb2
 from archipel.v1alpha1 import policy_pb2 as _policy_pb2
 from archipel.v1alpha1 import service_pb2 as _service_pb2
@@ -439,6 +440,64 @@ class ClusterOverridePolicyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
 
 def add_ClusterOverridePolicyServiceServicer_to_server(servicer: ClusterOverridePolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ResourceInterpreterCustomizationServiceStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ResourceInterpreterCustomizationServiceAsyncStub: ...
+    Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _interpreter_pb2.ResourceInterpreterCustomization]
+    List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ResourceInterpreterCustomizationList]
+    Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ResourceInterpreterCustomizationEvent]
+    Apply: _grpc.UnaryUnaryMultiCallable[_interpreter_pb2.ResourceInterpreterCustomization, _interpreter_pb2.ResourceInterpreterCustomization]
+    Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+
+@_typing.type_check_only
+class ResourceInterpreterCustomizationServiceAsyncStub(ResourceInterpreterCustomizationServiceStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _interpreter_pb2.ResourceInterpreterCustomization]  # type: ignore[assignment]
+    List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ResourceInterpreterCustomizationList]  # type: ignore[assignment]
+    Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ResourceInterpreterCustomizationEvent]  # type: ignore[assignment]
+    Apply: _aio.UnaryUnaryMultiCallable[_interpreter_pb2.ResourceInterpreterCustomization, _interpreter_pb2.ResourceInterpreterCustomization]  # type: ignore[assignment]
+    Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+
+class ResourceInterpreterCustomizationServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _service_pb2.GetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interpreter_pb2.ResourceInterpreterCustomization, _abc.Awaitable[_interpreter_pb2.ResourceInterpreterCustomization]]: ...
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _service_pb2.ListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ResourceInterpreterCustomizationList, _abc.Awaitable[_service_pb2.ResourceInterpreterCustomizationList]]: ...
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _service_pb2.WatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ResourceInterpreterCustomizationEvent], _abc.AsyncIterator[_service_pb2.ResourceInterpreterCustomizationEvent]]: ...
+
+    @_abc_1.abstractmethod
+    def Apply(
+        self,
+        request: _interpreter_pb2.ResourceInterpreterCustomization,
+        context: _ServicerContext,
+    ) -> _typing.Union[_interpreter_pb2.ResourceInterpreterCustomization, _abc.Awaitable[_interpreter_pb2.ResourceInterpreterCustomization]]: ...
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _service_pb2.DeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+
+def add_ResourceInterpreterCustomizationServiceServicer_to_server(servicer: ResourceInterpreterCustomizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ResourceTemplateServiceStub:
     @_typing.overload

@@ -149,6 +149,7 @@ class PropagationBindingSpec(_message.Message):
     PROPAGATE_DEPS_FIELD_NUMBER: _builtins.int
     RESCHEDULE_TRIGGERED_AT_FIELD_NUMBER: _builtins.int
     REPLICA_REQUIREMENTS_FIELD_NUMBER: _builtins.int
+    REQUIRED_BY_FIELD_NUMBER: _builtins.int
     replicas: _builtins.int
     conflict_resolution: _builtins.str
     preserve_resources_on_deletion: _builtins.bool
@@ -172,6 +173,12 @@ class PropagationBindingSpec(_message.Message):
     def replica_requirements(self) -> Global___ReplicaRequirements:
         """What one replica asks for; the scheduler's estimator divides free capacity by it."""
 
+    @_builtins.property
+    def required_by(self) -> _containers.RepeatedCompositeFieldContainer[Global___BindingSnapshot]:
+        """The workloads (bindings with propagateDeps) that need this object, and where they
+        run: it goes to those clusters too. A binding with no policy exists only for them.
+        """
+
     def __init__(
         self,
         *,
@@ -187,14 +194,41 @@ class PropagationBindingSpec(_message.Message):
         propagate_deps: _builtins.bool = ...,
         reschedule_triggered_at: _timestamp_pb2.Timestamp | None = ...,
         replica_requirements: Global___ReplicaRequirements | None = ...,
+        required_by: _abc.Iterable[Global___BindingSnapshot] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "policy", b"policy", "replica_requirements", b"replica_requirements", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "suspension", b"suspension"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "scheduler_name", b"scheduler_name", "suspension", b"suspension"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "required_by", b"required_by", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "scheduler_name", b"scheduler_name", "suspension", b"suspension"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PropagationBindingSpec: _TypeAlias = PropagationBindingSpec  # noqa: Y015
+
+@_typing.final
+class BindingSnapshot(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CLUSTERS_FIELD_NUMBER: _builtins.int
+    namespace: _builtins.str
+    name: _builtins.str
+    @_builtins.property
+    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetCluster]: ...
+    def __init__(
+        self,
+        *,
+        namespace: _builtins.str = ...,
+        name: _builtins.str = ...,
+        clusters: _abc.Iterable[Global___TargetCluster] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "name", b"name", "namespace", b"namespace"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BindingSnapshot: _TypeAlias = BindingSnapshot  # noqa: Y015
 
 @_typing.final
 class ReplicaRequirements(_message.Message):
@@ -247,11 +281,13 @@ class AggregatedStatusItem(_message.Message):
     APPLIED_FIELD_NUMBER: _builtins.int
     APPLIED_MESSAGE_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    HEALTH_MESSAGE_FIELD_NUMBER: _builtins.int
     cluster_name: _builtins.str
     applied: _builtins.bool
     applied_message: _builtins.str
     health: _builtins.str
     """Healthy, Unhealthy or Unknown."""
+    health_message: _builtins.str
     @_builtins.property
     def status(self) -> _struct_pb2.Struct: ...
     def __init__(
@@ -262,10 +298,11 @@ class AggregatedStatusItem(_message.Message):
         applied: _builtins.bool = ...,
         applied_message: _builtins.str = ...,
         health: _builtins.str = ...,
+        health_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "applied_message", b"applied_message", "cluster_name", b"cluster_name", "health", b"health", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "applied_message", b"applied_message", "cluster_name", b"cluster_name", "health", b"health", "health_message", b"health_message", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -433,7 +470,12 @@ class ManifestStatus(_message.Message):
     IDENTIFIER_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    HEALTH_MESSAGE_FIELD_NUMBER: _builtins.int
     health: _builtins.str
+    health_message: _builtins.str
+    """Why health is Unknown when the interpreter could not tell, such as a failing
+    ResourceInterpreterCustomization.
+    """
     @_builtins.property
     def identifier(self) -> Global___ResourceIdentifier: ...
     @_builtins.property
@@ -444,10 +486,11 @@ class ManifestStatus(_message.Message):
         identifier: Global___ResourceIdentifier | None = ...,
         status: _struct_pb2.Struct | None = ...,
         health: _builtins.str = ...,
+        health_message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["identifier", b"identifier", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "identifier", b"identifier", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health", b"health", "health_message", b"health_message", "identifier", b"identifier", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

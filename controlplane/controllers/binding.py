@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import Awaitable
+import json
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from archipel import structs
-from archipel.v1alpha1 import cluster_pb2, work_pb2
+from archipel import interpreter, structs
+from archipel.v1alpha1 import cluster_pb2, override_pb2, work_pb2
 from controlplane import kinds, overrides
 from controlplane.conditions import find, set_condition
 from controlplane.context import (
@@ -29,6 +30,7 @@ from controlplane.context import (
     Context,
     binding_key_for_template_key,
     binding_key_of_work,
+    binding_targets,
     delete_object,
     is_deleting,
     status_only_change,
@@ -40,23 +42,67 @@ from controlplane.runtime import Controller, Result
 from controlplane.scheduling import ClusterInfo
 
 NAME = "binding-controller"
+BUILTIN_INTERPRETERS = interpreter.Registry()
 # Besides what the control plane owns, references that only make sense here.
 _DROPPED_METADATA = (*kinds.SERVER_METADATA_FIELDS, "ownerReferences", "finalizers")
+# Which override policies shaped a work, in the order they applied (Karmada's keys).
+APPLIED_OVERRIDES_ANNOTATION = "policy.karmada.io/applied-overrides"
+APPLIED_CLUSTER_OVERRIDES_ANNOTATION = "policy.karmada.io/applied-cluster-overrides"
 
 
-def member_manifest(template: Manifest, *, replicas: int | None) -> Manifest:
-    """What one member receives: the template minus control-plane state."""
+def applied_overrides(policies: Sequence[overrides.Policy], cluster: ClusterInfo) -> dict[str, str]:
+    """The applied-overrides annotations of a work for ``cluster`` (JSON lists, in order)."""
+    namespaced: list[dict[str, str]] = []
+    cluster_wide: list[dict[str, str]] = []
+    for policy in policies:
+        if not overrides.rules_for(policy, cluster):
+            continue
+        if isinstance(policy, override_pb2.ClusterOverridePolicy):
+            cluster_wide.append({"policyName": policy.metadata.name})
+        else:
+            namespaced.append(
+                {"policyName": policy.metadata.name, "policyNamespace": policy.metadata.namespace}
+            )
+    found = {
+        APPLIED_CLUSTER_OVERRIDES_ANNOTATION: cluster_wide,
+        APPLIED_OVERRIDES_ANNOTATION: namespaced,
+    }
+    return {key: json.dumps(value, separators=(",", ":")) for key, value in found.items() if value}
+
+
+_APPLIED_KEYS = (APPLIED_OVERRIDES_ANNOTATION, APPLIED_CLUSTER_OVERRIDES_ANNOTATION)
+
+
+def _recorded_overrides(annotations: Any) -> dict[str, str]:
+    return {key: annotations[key] for key in _APPLIED_KEYS if key in annotations}
+
+
+def _annotate(annotations: Any, wanted: dict[str, str]) -> None:
+    """Make the applied-overrides annotations say ``wanted``."""
+    for key in _APPLIED_KEYS:
+        if key in wanted:
+            annotations[key] = wanted[key]
+        elif key in annotations:
+            del annotations[key]
+
+
+def member_manifest(
+    template: Manifest,
+    *,
+    replicas: int | None,
+    interpreters: interpreter.Registry = BUILTIN_INTERPRETERS,
+) -> Manifest:
+    """What one member receives: the template minus control-plane state, with the
+    cluster's share of the replicas written where the kind's interpreter says
+    (:class:`interpreter.InterpreterError` when a customization cannot)."""
     manifest: dict[str, Any] = copy.deepcopy(template)
     manifest.pop("status", None)
     metadata = manifest.get("metadata", {})
     for field in _DROPPED_METADATA:
         metadata.pop(field, None)
-    spec = manifest.get("spec")
-    if replicas is not None and isinstance(spec, dict):
-        # Each cluster's work carries its own share (a Job's is its parallelism).
-        field = "parallelism" if manifest.get("kind") == "Job" else "replicas"
-        if field in spec:
-            spec[field] = replicas
+    kind_interpreter = interpreters.of(manifest)
+    if replicas is not None and kind_interpreter.replicas(manifest) is not None:
+        manifest = kind_interpreter.revise_replicas(manifest, replicas)
     return manifest
 
 
@@ -215,7 +261,7 @@ class BindingController:
         writes: list[Awaitable[work_pb2.PropagationWork]] = []
         # Most targets get the same manifest (same replicas, no overrides): build each
         # distinct one once, not once per cluster.
-        workloads: dict[tuple[int, tuple[str, ...]], work_pb2.WorkloadTemplate] = {}
+        workloads: dict[tuple[int | None, tuple[str, ...]], work_pb2.WorkloadTemplate] = {}
         policies = overrides.ordered(
             template,
             context.overrides.objects(kinds.OVERRIDE_POLICY.prefix(binding.metadata.namespace))
@@ -224,10 +270,11 @@ class BindingController:
             context.cluster_overrides.objects(),
         )
         failures: list[str] = []
-        for target in binding.spec.clusters:
-            if self._cluster_gone(target.name):
+        targets = binding_targets(binding)
+        for cluster, replicas in targets:
+            if self._cluster_gone(cluster):
                 continue  # never create work for a cluster that is leaving
-            cluster_info = self._cluster_info(target.name) if policies else None
+            cluster_info = self._cluster_info(cluster) if policies else None
             rules: tuple[str, ...] = ()
             if cluster_info is not None:
                 rules = tuple(
@@ -235,36 +282,44 @@ class BindingController:
                     for p in policies
                     for where, _ in overrides.rules_for(p, cluster_info)
                 )
-            workload = workloads.get((target.replicas, rules))
+            workload = workloads.get((replicas, rules))
             if workload is None:
-                manifest = member_manifest(template, replicas=target.replicas)
-                if rules and cluster_info is not None:
-                    try:
+                try:
+                    manifest = member_manifest(
+                        template, replicas=replicas, interpreters=context.interpreters
+                    )
+                    if rules and cluster_info is not None:
                         manifest, _ = overrides.apply(manifest, policies, cluster_info)
-                    except overrides.OverrideError as error:
-                        # Keep this cluster's last good work; say why on the binding.
-                        failures.append(f"{target.name}: {error}")
-                        continue
+                except (overrides.OverrideError, interpreter.InterpreterError) as error:
+                    # Keep this cluster's last good work; say why on the binding.
+                    failures.append(f"{cluster}: {error}")
+                    continue
                 workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
-                workloads[(target.replicas, rules)] = workload
+                workloads[(replicas, rules)] = workload
+            applied = (
+                applied_overrides(policies, cluster_info)
+                if rules and cluster_info is not None
+                else {}
+            )
             spec = work_pb2.PropagationWorkSpec(
                 conflict_resolution=binding.spec.conflict_resolution,
                 preserve_resources_on_deletion=binding.spec.preserve_resources_on_deletion,
-                suspend_dispatching=_suspended(binding, target.name),
+                suspend_dispatching=_suspended(binding, cluster),
             )
             spec.workload.CopyFrom(workload)
-            work = existing.get(target.name)
+            work = existing.get(cluster)
             if work is None:
                 new = work_pb2.PropagationWork(
                     api_version=kinds.PROPAGATION_WORK.api_version, kind="PropagationWork"
                 )
                 new.metadata.name = work_name(binding)
-                new.metadata.namespace = kinds.execution_namespace(target.name)
+                new.metadata.namespace = kinds.execution_namespace(cluster)
                 new.metadata.labels[BINDING_NAMESPACE_LABEL] = binding.metadata.namespace
                 new.metadata.labels[BINDING_NAME_LABEL] = binding.metadata.name
-                new.metadata.labels[CLUSTER_LABEL] = target.name
+                new.metadata.labels[CLUSTER_LABEL] = cluster
                 new.metadata.finalizers.append(WORK_FINALIZER)
                 new.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
+                _annotate(new.metadata.annotations, applied)
                 new.spec.CopyFrom(spec)
                 writes.append(store.create(kinds.PROPAGATION_WORK, new))
             elif is_deleting(work):
@@ -272,19 +327,21 @@ class BindingController:
             elif (
                 work.spec != spec
                 or work.metadata.annotations.get(TEMPLATE_GENERATION_ANNOTATION) != generation
+                or _recorded_overrides(work.metadata.annotations) != applied
             ):
                 updated = kinds.PROPAGATION_WORK.copy(work)
                 updated.spec.CopyFrom(spec)
                 updated.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
+                _annotate(updated.metadata.annotations, applied)
                 writes.append(store.update(kinds.PROPAGATION_WORK, updated, current=work))
         # All of a binding's works go to etcd together: the store groups concurrent
         # writes into shared transactions.
         written = await asyncio.gather(*writes)
         if written:
             self._written_at[key] = max(int(w.metadata.resource_version) for w in written)
-        if policies or find(binding.status.conditions, "OverridesApplied") is not None:
+        if failures or policies or find(binding.status.conditions, "OverridesApplied") is not None:
             await self._record_overrides(binding, failures)
-        targeted = {t.name for t in binding.spec.clusters if not self._cluster_gone(t.name)}
+        targeted = {name for name, _ in targets if not self._cluster_gone(name)}
         stale = [w for cluster, w in existing.items() if cluster not in targeted]
         await self._delete_works(stale, preserve=False)
         return requeue

@@ -18,7 +18,7 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable
 
-from archipel.v1alpha1 import agent_pb2, work_pb2
+from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
 from controlplane import kinds, metrics
 from controlplane.context import CLUSTER_LABEL, Context, is_deleting
 
@@ -37,6 +37,8 @@ class AgentSession:
         # name -> (uid, generation) the agent holds, as far as we know.
         self.held: dict[str, tuple[str, int]] = {w.name: (w.uid, w.generation) for w in held}
         self._dirty: dict[str, None] = {}  # insertion-ordered set
+        # The agent needs every ResourceInterpreterCustomization: first, then on change.
+        self.customizations_due = True
         self._wakeup = asyncio.Event()
         self.closed = asyncio.Event()
         self.sent = 0
@@ -45,6 +47,10 @@ class AgentSession:
 
     def mark(self, name: str) -> None:
         self._dirty[name] = None
+        self._wakeup.set()
+
+    def mark_customizations(self) -> None:
+        self.customizations_due = True
         self._wakeup.set()
 
     def close(self) -> None:
@@ -63,9 +69,12 @@ class AgentSession:
         return names
 
     async def next_dirty(self) -> str | None:
+        """The next dirty work's name; "" when only the customizations are due."""
         while not self._dirty:
             if self.closed.is_set():
                 return None
+            if self.customizations_due:
+                return ""
             self._wakeup.clear()
             await self._wakeup.wait()
         name = next(iter(self._dirty))
@@ -82,6 +91,27 @@ class ExecutionController:
         self.context = context
         self.sessions: dict[str, AgentSession] = {}
         context.works.add_handler(self._on_work)
+        context.customizations.add_handler(self._on_customization)
+        context.clusters.add_handler(self._on_cluster)
+
+    def _on_cluster(
+        self, key: str, old: cluster_pb2.MemberCluster | None, new: cluster_pb2.MemberCluster | None
+    ) -> None:
+        # A cluster being removed loses its stream before its works go, so its agent is
+        # never told to delete anything: the member's objects stay (docs/semantics.md).
+        if new is None or is_deleting(new):
+            session = self.sessions.get(key.rsplit("/", 1)[-1])
+            if session is not None:
+                self.close(session)
+
+    def _on_customization(self, key: str, old: object, new: object) -> None:
+        for session in self.sessions.values():
+            session.mark_customizations()
+
+    def _customizations(self) -> agent_pb2.ControlMessage:
+        message = agent_pb2.ControlMessage()
+        message.customizations.items.extend(self.context.customizations.objects())
+        return message
 
     def _on_work(
         self, key: str, old: work_pb2.PropagationWork | None, new: work_pb2.PropagationWork | None
@@ -155,12 +185,20 @@ class ExecutionController:
         initial = len(session._dirty)
         synced = initial == 0
         handled = 0
+        # Before any work: the agent reads what it applies with these.
+        session.customizations_due = False
+        yield self._customizations()
         if synced:
             yield self._synced(session)
         while True:
+            if session.customizations_due:
+                session.customizations_due = False
+                yield self._customizations()
             first = await session.next_dirty()
             if first is None:
                 return
+            if not first:
+                continue  # only the customizations were due
             # Whatever else is already dirty goes out in the same stream message.
             names = [first, *session.take_dirty(BATCH - 1)]
             message = agent_pb2.ControlMessage()

@@ -15,7 +15,8 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from archipel.v1alpha1 import policy_pb2, work_pb2
+from archipel import interpreter
+from archipel.v1alpha1 import interpreter_pb2, policy_pb2, work_pb2
 from controlplane import kinds, matching, quantity
 from controlplane.context import (
     FINALIZER,
@@ -35,32 +36,45 @@ NAME = "policy-controller"
 log = logging.getLogger(__name__)
 
 
-def template_replicas(manifest: Manifest) -> int:
-    """Replicas as the scheduler counts them: a Job's parallelism, else spec.replicas."""
-    spec = manifest.get("spec")
-    if not isinstance(spec, dict):
+BUILTIN_INTERPRETERS = interpreter.Registry()
+
+
+def template_replicas(
+    manifest: Manifest, interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
+) -> int:
+    """Replicas as the scheduler counts them (0 for kinds without replicas)."""
+    try:
+        replicas = interpreters.of(manifest).replicas(manifest)
+    except interpreter.InterpreterError as error:
+        # The binding still propagates the object, undivided; the log says why.
+        log.warning("replicas of %s: %s", _describe(manifest), error)
         return 0
-    replicas = spec.get("parallelism" if manifest.get("kind") == "Job" else "replicas")
-    return replicas if isinstance(replicas, int) and replicas >= 0 else 0
+    return replicas or 0
 
 
-def pod_spec(manifest: Manifest) -> dict[str, Any] | None:
-    """The pod template's spec of a workload (Pod, CronJob and the rest)."""
-    spec = manifest.get("spec")
-    if not isinstance(spec, dict):
+def _describe(manifest: Manifest) -> str:
+    metadata = manifest.get("metadata", {})
+    return f"{manifest.get('kind')} {metadata.get('namespace', '')}/{metadata.get('name')}"
+
+
+def pod_spec(
+    manifest: Manifest, interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
+) -> dict[str, Any] | None:
+    """The spec of the workload's pod template, where its interpreter says it is."""
+    try:
+        template = interpreters.of(manifest).pod_template(manifest)
+    except interpreter.InterpreterError as error:
+        log.warning("pod template of %s: %s", _describe(manifest), error)
         return None
-    if manifest.get("kind") == "Pod":
-        return spec
-    if manifest.get("kind") == "CronJob":
-        spec = spec.get("jobTemplate", {}).get("spec", {})
-    template = spec.get("template", {}) if isinstance(spec, dict) else {}
-    pod = template.get("spec") if isinstance(template, dict) else None
+    pod = (template or {}).get("spec")
     return pod if isinstance(pod, dict) else None
 
 
-def replica_requests(manifest: Manifest) -> dict[str, str]:
+def replica_requests(
+    manifest: Manifest, interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
+) -> dict[str, str]:
     """What one replica requests: the sum over its containers, in canonical units."""
-    pod = pod_spec(manifest)
+    pod = pod_spec(manifest, interpreters)
     if pod is None:
         return {}
     totals: dict[str, Fraction] = {}
@@ -84,13 +98,15 @@ def desired_spec(
     candidate: matching.Candidate,
     manifest: Manifest,
     current: work_pb2.PropagationBindingSpec | None,
+    interpreters: interpreter.Registry = BUILTIN_INTERPRETERS,
 ) -> work_pb2.PropagationBindingSpec:
     policy_spec: policy_pb2.PropagationSpec = candidate.policy.spec
     metadata = manifest["metadata"]
     spec = work_pb2.PropagationBindingSpec()
     if current is not None:
-        # The scheduler owns the result; keep it.
+        # The scheduler owns the result, the dependencies controller requiredBy; keep them.
         spec.clusters.extend(current.clusters)
+        spec.required_by.extend(current.required_by)
         if current.HasField("reschedule_triggered_at"):
             spec.reschedule_triggered_at.CopyFrom(current.reschedule_triggered_at)
     spec.resource.api_version = manifest["apiVersion"]
@@ -99,8 +115,8 @@ def desired_spec(
     spec.resource.name = metadata["name"]
     spec.resource.uid = metadata.get("uid", "")
     spec.resource.resource_version = metadata.get("resourceVersion", "")
-    spec.replicas = template_replicas(manifest)
-    spec.replica_requirements.resource_request.update(replica_requests(manifest))
+    spec.replicas = template_replicas(manifest, interpreters)
+    spec.replica_requirements.resource_request.update(replica_requests(manifest, interpreters))
     spec.placement.CopyFrom(policy_spec.placement)
     kind, namespace, name = candidate.ref
     spec.policy.kind, spec.policy.namespace, spec.policy.name = kind, namespace, name
@@ -121,6 +137,7 @@ class PolicyController:
         context.policies.add_handler(self._on_policy)
         context.cluster_policies.add_handler(self._on_policy)
         context.bindings.add_handler(self._on_binding)
+        context.customizations.add_handler(self._on_customization)
 
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
         # Aggregated status written back into the template changes nothing here.
@@ -134,6 +151,20 @@ class PolicyController:
         for template_key in self.context.templates.list_keys():
             if namespace == "_" or template_key.split("/")[3] == namespace:
                 self.controller.enqueue(template_key)
+
+    def _on_customization(
+        self,
+        key: str,
+        old: interpreter_pb2.ResourceInterpreterCustomization | None,
+        new: interpreter_pb2.ResourceInterpreterCustomization | None,
+    ) -> None:
+        # Replicas and requests of the target kind may now be read elsewhere.
+        for customization in (old, new):
+            if customization is not None:
+                target = customization.spec.target
+                prefix = kinds.template_type_prefix(target.api_version, target.kind)
+                for template_key in self.context.templates.list_keys(prefix):
+                    self.controller.enqueue(template_key)
 
     def _on_binding(
         self,
@@ -169,6 +200,15 @@ class PolicyController:
             self.context.store, kinds.PROPAGATION_BINDING, binding, preserve_resources=orphan
         )
 
+    async def _keep_as_dependency(self, binding: work_pb2.PropagationBinding) -> None:
+        """Drop what the policy asked for; what requires the object keeps it in place."""
+        updated = kinds.PROPAGATION_BINDING.copy(binding)
+        required_by = list(binding.spec.required_by)
+        updated.spec.Clear()
+        updated.spec.resource.CopyFrom(binding.spec.resource)
+        updated.spec.required_by.extend(required_by)
+        await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+
     async def reconcile(self, key: str) -> Result | None:
         context = self.context
         template = context.templates.get(key)
@@ -193,10 +233,24 @@ class PolicyController:
             claimed_by=claimed,
         )
         if candidate is None:
+            if binding is not None and binding.spec.required_by:
+                # Workloads that propagate their dependencies still need it there.
+                if binding.spec.policy.kind:
+                    await self._keep_as_dependency(binding)
+                return None
             if binding is not None:
-                await self._release(binding, orphan=not self._policy_exists(binding.spec.policy))
+                # A system template bound before it was excluded keeps its member objects.
+                orphan = matching.is_system(template) or not self._policy_exists(
+                    binding.spec.policy
+                )
+                await self._release(binding, orphan=orphan)
             return None
-        spec = desired_spec(candidate, template, binding.spec if binding is not None else None)
+        spec = desired_spec(
+            candidate,
+            template,
+            binding.spec if binding is not None else None,
+            context.interpreters,
+        )
         if binding is None:
             new = work_pb2.PropagationBinding(
                 api_version=kinds.PROPAGATION_BINDING.api_version, kind="PropagationBinding"

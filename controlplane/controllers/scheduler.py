@@ -73,8 +73,8 @@ class SchedulerController:
 
     async def reconcile(self, key: str) -> Result | None:
         binding = self.context.bindings.get(key)
-        if binding is None or is_deleting(binding):
-            return None
+        if binding is None or is_deleting(binding) or not binding.spec.policy.kind:
+            return None  # a binding with no policy only follows the workloads requiring it
         clusters = self._assumed.apply(list(self._snapshot.values()))
         spec = binding.spec
         fresh = spec.HasField("reschedule_triggered_at") and (

@@ -6,7 +6,8 @@
   one write per work per pass.
 * Binding status (key: a binding key): per-cluster ``aggregatedStatus`` and the
   ``FullyApplied`` condition on the binding, then the template's ``status``,
-  aggregated the way Karmada does (Deployments sum their replica counters).
+  aggregated by the kind's interpreter (:mod:`archipel.interpreter`: Deployments sum
+  their replica counters, as in Karmada; customizations say for custom kinds).
 """
 
 from __future__ import annotations
@@ -14,14 +15,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from archipel import structs
-from archipel.v1alpha1 import agent_pb2, work_pb2
+from archipel import interpreter, structs
+from archipel.v1alpha1 import agent_pb2, interpreter_pb2, meta_pb2, work_pb2
 from controlplane import kinds
 from controlplane.conditions import find, set_condition
 from controlplane.context import (
     WORK_FINALIZER,
     Context,
     binding_key_of_work,
+    binding_targets,
     is_deleting,
     template_key_of_binding,
     work_key,
@@ -31,13 +33,7 @@ from controlplane.runtime import Controller, Result
 
 log = logging.getLogger(__name__)
 
-_REPLICA_COUNTERS = (
-    "replicas",
-    "readyReplicas",
-    "updatedReplicas",
-    "availableReplicas",
-    "unavailableReplicas",
-)
+BUILTIN_INTERPRETERS = interpreter.Registry()
 
 
 class WorkStatusController:
@@ -99,29 +95,23 @@ class WorkStatusController:
 
 
 def aggregate_template_status(
-    kind: str, items: list[work_pb2.AggregatedStatusItem], template_generation: int
+    resource: meta_pb2.ObjectReference,
+    items: list[work_pb2.AggregatedStatusItem],
+    template_generation: int,
+    interpreters: interpreter.Registry = BUILTIN_INTERPRETERS,
 ) -> dict[str, Any] | None:
-    """The template's status from its members' reflected statuses."""
-    statuses = [structs.from_struct(i.status) for i in items if i.HasField("status")]
-    if not statuses:
-        return None
-    if kind in ("Deployment", "StatefulSet", "ReplicaSet"):
-        total: dict[str, Any] = dict.fromkeys(_REPLICA_COUNTERS, 0)
-        aligned = len(statuses) == len(items)
-        for status in statuses:
-            for counter in _REPLICA_COUNTERS:
-                value = status.get(counter, 0)
-                total[counter] += value if isinstance(value, int) else 0
-            # Karmada reports observedGeneration only when every member has caught up
-            # with the generation it was given.
-            if status.get("observedGeneration", 0) != status.get("generation", -1):
-                aligned = False
-        if aligned:
-            total["observedGeneration"] = template_generation
-        return {k: v for k, v in total.items() if v or k in ("replicas", "observedGeneration")}
-    if len(statuses) == 1:
-        return statuses[0]
-    return None
+    """The template's status from its members' reflected statuses, as its kind says.
+
+    :class:`interpreter.InterpreterError` when a customization cannot aggregate.
+    """
+    members = [
+        interpreter.MemberStatus(
+            i.cluster_name, structs.from_struct(i.status) if i.HasField("status") else None
+        )
+        for i in items
+    ]
+    kind_interpreter = interpreters.get(resource.api_version, resource.kind)
+    return kind_interpreter.aggregate_status(members, template_generation)
 
 
 class BindingStatusController:
@@ -132,6 +122,22 @@ class BindingStatusController:
         self.controller = Controller(self.NAME, self.reconcile, workers=context.settings.workers)
         context.works.add_handler(self._on_work)
         context.bindings.add_handler(self._on_binding)
+        context.customizations.add_handler(self._on_customization)
+
+    def _on_customization(
+        self,
+        key: str,
+        old: interpreter_pb2.ResourceInterpreterCustomization | None,
+        new: interpreter_pb2.ResourceInterpreterCustomization | None,
+    ) -> None:
+        # The target kind's templates may now aggregate differently.
+        kinds_changed = {
+            (c.spec.target.api_version, c.spec.target.kind) for c in (old, new) if c is not None
+        }
+        for binding in self.context.bindings.objects():
+            resource = binding.spec.resource
+            if (resource.api_version, resource.kind) in kinds_changed:
+                self.controller.enqueue(kinds.PROPAGATION_BINDING.key_of(binding))
 
     def _on_work(
         self, key: str, old: work_pb2.PropagationWork | None, new: work_pb2.PropagationWork | None
@@ -147,7 +153,11 @@ class BindingStatusController:
         old: work_pb2.PropagationBinding | None,
         new: work_pb2.PropagationBinding | None,
     ) -> None:
-        if new is not None and (old is None or old.spec.clusters != new.spec.clusters):
+        if new is not None and (
+            old is None
+            or old.spec.clusters != new.spec.clusters
+            or old.spec.required_by != new.spec.required_by
+        ):
             self.controller.enqueue(key)
 
     async def reconcile(self, key: str) -> Result | None:
@@ -156,11 +166,12 @@ class BindingStatusController:
         if binding is None or is_deleting(binding):
             return None
         items = []
-        applied_everywhere = bool(binding.spec.clusters)
+        targets = binding_targets(binding)
+        applied_everywhere = bool(targets)
         waiting = []
-        for target in binding.spec.clusters:
-            work = context.works.get(work_key(binding, target.name))
-            item = work_pb2.AggregatedStatusItem(cluster_name=target.name, health="Unknown")
+        for cluster, _ in targets:
+            work = context.works.get(work_key(binding, cluster))
+            item = work_pb2.AggregatedStatusItem(cluster_name=cluster, health="Unknown")
             applied = None if work is None else find(work.status.conditions, "Applied")
             if work is not None and applied is not None:
                 current = applied.observed_generation == work.metadata.generation
@@ -170,9 +181,10 @@ class BindingStatusController:
                     if manifest.HasField("status"):
                         item.status.CopyFrom(manifest.status)
                     item.health = manifest.health or "Unknown"
+                    item.health_message = manifest.health_message
             if not item.applied:
                 applied_everywhere = False
-                waiting.append(target.name)
+                waiting.append(cluster)
             items.append(item)
         updated = kinds.PROPAGATION_BINDING.copy(binding)
         del updated.status.aggregated_status[:]
@@ -192,6 +204,23 @@ class BindingStatusController:
         await self._update_template(binding, items)
         return None
 
+    async def _record_aggregation(self, binding: work_pb2.PropagationBinding, error: str) -> None:
+        """The StatusAggregated condition: only ever written when aggregation failed once."""
+        current = self.context.bindings.get(kinds.PROPAGATION_BINDING.key_of(binding)) or binding
+        if not error and find(current.status.conditions, "StatusAggregated") is None:
+            return
+        updated = kinds.PROPAGATION_BINDING.copy(current)
+        changed = set_condition(
+            updated.status.conditions,
+            "StatusAggregated",
+            "False" if error else "True",
+            "InterpreterError" if error else "Aggregated",
+            error or "the template's status is aggregated from its clusters",
+            current.metadata.generation,
+        )
+        if changed:
+            await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=current)
+
     async def _update_template(
         self, binding: work_pb2.PropagationBinding, items: list[work_pb2.AggregatedStatusItem]
     ) -> None:
@@ -199,7 +228,15 @@ class BindingStatusController:
         if template is None:
             return
         generation = int(template.get("metadata", {}).get("generation", 0))
-        status = aggregate_template_status(binding.spec.resource.kind, items, generation)
+        try:
+            status = aggregate_template_status(
+                binding.spec.resource, items, generation, self.context.interpreters
+            )
+        except interpreter.InterpreterError as error:
+            # Only this template's status stands still; the binding says why.
+            await self._record_aggregation(binding, str(error))
+            return
+        await self._record_aggregation(binding, "")
         if status is None or template.get("status") == status:
             return
         updated: Manifest = kinds.RESOURCE_TEMPLATE.copy(template)

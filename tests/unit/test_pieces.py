@@ -1,18 +1,13 @@
-"""Small pure pieces: the keyed queue, Struct conversion, drift projection, health,
-status aggregation."""
+"""Small pure pieces: the keyed queue, Struct conversion, drift projection."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-import pytest
-
-from agent import interpreter
+from agent import drift
 from archipel import structs
-from archipel.v1alpha1 import work_pb2
 from archipel.workqueue import WorkQueue
-from controlplane.controllers.status import aggregate_template_status
 
 
 async def test_queue_deduplicates_and_requeues_dirty_keys() -> None:
@@ -56,63 +51,6 @@ def test_projection_ignores_what_was_not_applied() -> None:
         },
         "status": {"readyReplicas": 1},
     }
-    assert interpreter.project(desired, live) == desired
+    assert drift.project(desired, live) == desired
     edited = {**live, "spec": {**live["spec"], "replicas": 5}}
-    assert interpreter.project(desired, edited) != desired
-
-
-@pytest.mark.parametrize(
-    ("status", "health"),
-    [
-        ({"observedGeneration": 2, "updatedReplicas": 3, "availableReplicas": 3}, "Healthy"),
-        ({"observedGeneration": 1, "updatedReplicas": 3, "availableReplicas": 3}, "Unhealthy"),
-        ({"observedGeneration": 2, "updatedReplicas": 3, "availableReplicas": 1}, "Unhealthy"),
-    ],
-)
-def test_deployment_health(status: dict[str, int], health: str) -> None:
-    deployment = {
-        "kind": "Deployment",
-        "metadata": {"generation": 2},
-        "spec": {"replicas": 3},
-        "status": status,
-    }
-    assert interpreter.health(deployment) == health
-
-
-def test_deployment_status_is_summed_like_karmada() -> None:
-    def item(cluster: str, **status: int) -> work_pb2.AggregatedStatusItem:
-        result = work_pb2.AggregatedStatusItem(cluster_name=cluster)
-        result.status.CopyFrom(structs.to_struct(dict(status)))
-        return result
-
-    items = [
-        item(
-            "a",
-            replicas=2,
-            readyReplicas=2,
-            availableReplicas=2,
-            updatedReplicas=2,
-            observedGeneration=4,
-            generation=4,
-        ),
-        item(
-            "b",
-            replicas=3,
-            readyReplicas=1,
-            availableReplicas=1,
-            updatedReplicas=3,
-            observedGeneration=7,
-            generation=7,
-        ),
-    ]
-    status = aggregate_template_status("Deployment", items, template_generation=2)
-    assert status == {
-        "replicas": 5,
-        "readyReplicas": 3,
-        "availableReplicas": 3,
-        "updatedReplicas": 5,
-        "observedGeneration": 2,
-    }
-    items[1] = item("b", replicas=3, observedGeneration=6, generation=7)
-    lagging = aggregate_template_status("Deployment", items, template_generation=2)
-    assert lagging is not None and "observedGeneration" not in lagging
+    assert drift.project(desired, edited) != desired

@@ -21,7 +21,18 @@ def workload(kind: str, **spec: Any) -> dict[str, Any]:
         body = {"jobTemplate": {"spec": {"template": {"spec": pod}}}}
     if kind == "Pod":
         body = pod
-    return {"apiVersion": "v1", "kind": kind, "metadata": {"name": "w"}, "spec": body}
+    return {"apiVersion": API_VERSIONS[kind], "kind": kind, "metadata": {"name": "w"}, "spec": body}
+
+
+API_VERSIONS = {
+    "Deployment": "apps/v1",
+    "StatefulSet": "apps/v1",
+    "ReplicaSet": "apps/v1",
+    "Job": "batch/v1",
+    "CronJob": "batch/v1",
+    "Pod": "v1",
+    "Widget": "example.io/v1",
+}
 
 
 @pytest.mark.parametrize(
@@ -31,9 +42,11 @@ def workload(kind: str, **spec: Any) -> dict[str, Any]:
         (workload("StatefulSet", replicas=2), 2),
         (workload("ReplicaSet", replicas=1), 1),
         (workload("Job", parallelism=4, completions=8), 4),
-        (workload("Widget", replicas=7), 7),
+        (workload("Deployment"), 1),  # Kubernetes' default
+        (workload("Pod"), 1),
+        # As in Karmada: a kind nobody describes has no replicas to divide.
+        (workload("Widget", replicas=7), 0),
         ({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}}, 0),
-        (workload("Deployment", replicas="three"), 0),
     ],
 )
 def test_replicas_by_kind(manifest: dict[str, Any], replicas: int) -> None:

@@ -1,0 +1,130 @@
+"""The operations a kind's interpreter answers, and what a kind without one gets.
+
+Karmada's resource interpreter has the same operations (GetReplicas, ReviseReplica,
+ReflectStatus, AggregateStatus, InterpretHealth, Retain, GetDependencies). The
+control plane asks for replicas, revision, aggregation and dependencies; the agent
+for status reflection, health and retention.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+Manifest = dict[str, Any]
+HEALTHY, UNHEALTHY, UNKNOWN = "Healthy", "Unhealthy", "Unknown"
+
+
+class InterpreterError(Exception):
+    """A customization could not interpret an object; names the customization and step."""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Dependency:
+    """An object a workload needs in the same cluster (in the workload's namespace)."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+
+
+@dataclasses.dataclass(frozen=True)
+class MemberStatus:
+    """One target cluster's reflected status, as the aggregation sees it."""
+
+    cluster: str
+    status: dict[str, Any] | None
+
+
+class KindInterpreter:
+    """The behaviour of a kind nobody describes: Karmada's defaults."""
+
+    name = "default"
+
+    def replicas(self, manifest: Manifest) -> int | None:
+        """The replicas the scheduler divides; None for kinds that have none."""
+        return None
+
+    def pod_template(self, manifest: Manifest) -> dict[str, Any] | None:
+        """The pod template whose containers give one replica's resource request."""
+        return None
+
+    def revise_replicas(self, manifest: Manifest, replicas: int) -> Manifest:
+        """The manifest with one cluster's share of the replicas (a new dict)."""
+        return manifest
+
+    def reflect_status(self, manifest: Manifest) -> dict[str, Any] | None:
+        """What the agent reports of an object in the member."""
+        status = manifest.get("status")
+        return copy.deepcopy(status) if isinstance(status, dict) else None
+
+    def health(self, manifest: Manifest) -> str:
+        return HEALTHY
+
+    def aggregate_status(
+        self, members: list[MemberStatus], template_generation: int
+    ) -> dict[str, Any] | None:
+        """The template's status from its target clusters' reflected statuses.
+
+        The default takes the single cluster's status when there is one; with several
+        there is no general way to merge, so the template keeps no status.
+        """
+        statuses = [m.status for m in members if m.status is not None]
+        if len(members) == 1 and statuses:
+            return statuses[0]
+        return None
+
+    def retained_paths(self, manifest: Manifest) -> tuple[tuple[str, ...], ...]:
+        """Fields of ``manifest`` the member owns: their live values are kept."""
+        return ()
+
+    def retain(self, desired: Manifest, observed: Manifest | None) -> Manifest:
+        """``desired`` with the member-owned fields taken from the live object."""
+        paths = self.retained_paths(desired)
+        if observed is None or not paths:
+            return desired
+        result = copy.deepcopy(desired)
+        for path in paths:
+            found, value = get_path(observed, path)
+            if found:
+                set_path(result, path, copy.deepcopy(value))
+        return result
+
+    def dependencies(self, manifest: Manifest) -> list[Dependency]:
+        return []
+
+
+def get_path(document: Any, path: tuple[str, ...]) -> tuple[bool, Any]:
+    """The value at a path of dict keys; (False, None) when any step is missing."""
+    current = document
+    for key in path:
+        if not isinstance(current, dict) or key not in current:
+            return False, None
+        current = current[key]
+    return True, current
+
+
+def set_path(document: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    current = document
+    for key in path[:-1]:
+        child = current.get(key)
+        if not isinstance(child, dict):
+            child = current[key] = {}
+        current = child
+    current[path[-1]] = value
+
+
+def drop_paths(document: Manifest, paths: tuple[tuple[str, ...], ...]) -> Manifest:
+    """A copy of ``document`` without the given paths (drift ignores retained fields)."""
+    if not paths:
+        return document
+    result = copy.deepcopy(document)
+    for path in paths:
+        current: Any = result
+        for key in path[:-1]:
+            current = current.get(key) if isinstance(current, dict) else None
+        if isinstance(current, dict):
+            current.pop(path[-1], None)
+    return result
