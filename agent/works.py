@@ -142,6 +142,11 @@ class WorkManager:
         before = {key: self.interpreters.get(*key) for key in self._kinds_held()}
         self.interpreters.update(customizations)
         changed = {key for key, old in before.items() if self.interpreters.get(*key) is not old}
+        log.info(
+            "%d interpreter customizations; re-reading %s",
+            len(self.interpreters.customized()),
+            ", ".join(sorted(kind for _, kind in changed)) or "nothing",
+        )
         if changed and self._loop is not None:
             task = self._loop.create_task(self._reinterpret(changed))
             self._reinterpreting.add(task)

@@ -33,6 +33,14 @@ from archipel.client import (
 from archipel.v1alpha1 import service_pb2
 
 UNSCHEDULABLE_TAINT = "cluster.archipel.io/unschedulable"
+# What the binding controller writes on each work (see controlplane/controllers/binding.py).
+BINDING_NAME_LABEL = "work.archipel.io/binding-name"
+BINDING_NAMESPACE_LABEL = "work.archipel.io/binding-namespace"
+CLUSTER_LABEL = "work.archipel.io/cluster"
+APPLIED_OVERRIDES = (
+    ("ClusterOverridePolicy", "policy.karmada.io/applied-cluster-overrides"),
+    ("OverridePolicy", "policy.karmada.io/applied-overrides"),
+)
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
 
@@ -360,9 +368,37 @@ class Commands:
             )
         print("Clusters:")
         print("  " + _table(rows).replace("\n", "\n  "))
+        self._describe_overrides(binding, list(replicas))
         if "status" in document:
             print("Aggregated status:")
             print("  " + json.dumps(document["status"], separators=(", ", ": ")))
+
+    def _describe_overrides(self, binding: dict[str, Any], clusters: list[str]) -> None:
+        """Per cluster, the override policies its work was rendered with, in order."""
+        metadata = binding["metadata"]
+        listed = self.client.call(
+            self.client.stub_for("works").List,
+            service_pb2.ListRequest(label_selector=f"{BINDING_NAME_LABEL}={metadata['name']}"),
+        )
+        applied: dict[str, list[str]] = {}
+        for item in listed.items:
+            work = message_to_document(item)
+            labels = work["metadata"].get("labels", {})
+            if labels.get(BINDING_NAMESPACE_LABEL, "") != metadata.get("namespace", ""):
+                continue
+            annotations = work["metadata"].get("annotations", {})
+            names = []
+            for kind, key in APPLIED_OVERRIDES:
+                for entry in json.loads(annotations.get(key, "[]")):
+                    namespace = entry.get("policyNamespace")
+                    name = (
+                        f"{namespace}/{entry['policyName']}" if namespace else entry["policyName"]
+                    )
+                    names.append(f"{kind} {name}")
+            applied[labels.get(CLUSTER_LABEL, "")] = names
+        print("Overrides:")
+        for cluster in sorted(set(clusters) | set(applied)):
+            print(f"  {cluster}: {', '.join(applied.get(cluster) or []) or 'none'}")
 
     # -- cluster taints and rescheduling ---------------------------------------------------
 
@@ -519,6 +555,13 @@ class Commands:
             rendered.append(manifest)
         _print(rendered, self.args.output or "yaml")
 
+    # -- promote ---------------------------------------------------------------------------
+
+    def promote(self) -> None:
+        from archipel.cli import promote
+
+        promote.run(self.args, self.client)
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -612,6 +655,15 @@ def build_parser() -> argparse.ArgumentParser:
     reschedule.add_argument("kind")
     reschedule.add_argument("name")
     reschedule.add_argument("-n", "--namespace")
+    promote = sub.add_parser(
+        "promote", help="bring an object running in a member under Archipel, without a restart"
+    )
+    promote.add_argument("target", metavar="KIND/NAME")
+    promote.add_argument("-n", "--namespace")
+    promote.add_argument("--cluster", required=True, help="the member it runs in")
+    promote.add_argument("--cluster-kubeconfig", required=True, help="that member's kubeconfig")
+    promote.add_argument("--context", help="the kubeconfig context (default: its current one)")
+    promote.add_argument("--dry-run", action="store_true", help="print the documents only")
     join = sub.add_parser("join", help="register a member cluster and issue its agent credential")
     join.add_argument("name")
     join.add_argument("--label", action="append", help="key=value (repeatable)")

@@ -94,6 +94,10 @@ class Registry:
                 )
         self._custom = custom
 
+    def customized(self) -> list[tuple[str, str]]:
+        """The (apiVersion, kind) pairs a customization describes."""
+        return sorted(self._custom)
+
     def get(self, api_version: str, kind: str) -> KindInterpreter:
         found = self._custom.get((api_version, kind))
         return found if found is not None else builtin_for(api_version, kind)

@@ -7,6 +7,7 @@ is how a fleet of members stays cheap: one etcd process instead of one per membe
 from __future__ import annotations
 
 import json
+import random
 import socket
 import time
 import urllib.error
@@ -15,12 +16,24 @@ from pathlib import Path
 
 from archipel.testing.processes import ManagedProcess, ProcessError
 
+# Below Linux's ephemeral range (32768-60999): a port handed out here cannot be taken
+# by some client's outgoing connection between the check and the server's bind.
+_PORT_RANGE = (20000, 32000)
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nobody listens on now and this process never gave out."""
+    while True:
+        port = random.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import subprocess
 import sys
 import time
@@ -202,4 +203,49 @@ def policy(
             "resourceSelectors": [{"apiVersion": api_version, "kind": kind}],
             "placement": {"clusterAffinity": affinity},
         },
+    }
+
+
+def configmap(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": data,
+    }
+
+
+def override_policy(
+    name: str,
+    rules: list[dict[str, Any]],
+    *,
+    namespace: str | None = None,
+    selectors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """An OverridePolicy in ``namespace``, or a ClusterOverridePolicy when it is None."""
+    metadata: dict[str, Any] = {"name": name}
+    if namespace is not None:
+        metadata["namespace"] = namespace
+    spec: dict[str, Any] = {"overrideRules": rules}
+    if selectors is not None:
+        spec["resourceSelectors"] = selectors
+    return {
+        "apiVersion": "policy.karmada.io/v1alpha1",
+        "kind": "OverridePolicy" if namespace is not None else "ClusterOverridePolicy",
+        "metadata": metadata,
+        "spec": spec,
+    }
+
+
+def works_of(pipeline: Pipeline, namespace: str, binding: str) -> dict[str, dict[str, Any]]:
+    """The works of a binding, by cluster."""
+    listed = pipeline.cli(
+        "get", "works", "-A", "-l", f"work.archipel.io/binding-name={binding}", "-o", "json"
+    )
+    body = json.loads(listed.stdout or '{"items": []}')
+    items = body.get("items", [body] if "metadata" in body else [])
+    return {
+        w["metadata"]["labels"]["work.archipel.io/cluster"]: w
+        for w in items
+        if w["metadata"]["labels"].get("work.archipel.io/binding-namespace", "") == namespace
     }
