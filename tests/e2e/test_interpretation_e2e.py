@@ -480,9 +480,10 @@ def test_conflicts_abort_by_default_and_overwrite_adopts(
     pipeline: Pipeline, namespace: str
 ) -> None:
     core = pipeline.core("member1")
-    core.create_namespace({"metadata": {"name": namespace}})
+    core.create_namespace(k8s.V1Namespace(metadata=k8s.V1ObjectMeta(name=namespace)))
     core.create_namespaced_config_map(
-        namespace, {"metadata": {"name": "settings"}, "data": {"owner": "member"}}
+        namespace,
+        k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="settings"), data={"owner": "member"}),
     )
     settings = config_map(namespace, "settings")
     settings["data"] = {"owner": "archipel"}
