@@ -159,6 +159,15 @@ def binding_targets(binding: work_pb2.PropagationBinding) -> list[tuple[str, int
     return targets
 
 
+def customization_targets(
+    *customizations: interpreter_pb2.ResourceInterpreterCustomization | None,
+) -> set[tuple[str, str]]:
+    """The (apiVersion, kind) pairs that a customization change re-interprets."""
+    return {
+        (c.spec.target.api_version, c.spec.target.kind) for c in customizations if c is not None
+    }
+
+
 def policy_key(ref: work_pb2.PolicyReference) -> str:
     return f"{ref.kind}/{ref.namespace}/{ref.name}"
 

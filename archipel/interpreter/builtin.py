@@ -86,7 +86,29 @@ def _labelled(manifest: Manifest, keys: tuple[str, ...]) -> bool:
     return False
 
 
-class _Replicated(KindInterpreter):
+class _PodTemplated(KindInterpreter):
+    """Kinds whose replicas are one field of ``spec`` over the pod template ``spec.template``."""
+
+    replica_field = "replicas"
+
+    def replicas(self, manifest: Manifest) -> int | None:
+        return max(_int(_spec(manifest).get(self.replica_field), 1), 0)
+
+    def pod_template(self, manifest: Manifest) -> dict[str, Any] | None:
+        template = _spec(manifest).get("template")
+        return template if isinstance(template, dict) else None
+
+    def revise_replicas(self, manifest: Manifest, replicas: int) -> Manifest:
+        revised = dict(manifest)
+        revised["spec"] = {**_spec(manifest), self.replica_field: replicas}
+        return revised
+
+    def dependencies(self, manifest: Manifest) -> list[Dependency]:
+        template = self.pod_template(manifest) or {}
+        return pod_dependencies(manifest, template.get("spec"))
+
+
+class _Replicated(_PodTemplated):
     """Deployment, StatefulSet and ReplicaSet: ``spec.replicas`` over ``spec.template``."""
 
     counters: tuple[str, ...] = (
@@ -97,18 +119,6 @@ class _Replicated(KindInterpreter):
         "unavailableReplicas",
     )
     ready_field = "readyReplicas"
-
-    def replicas(self, manifest: Manifest) -> int | None:
-        return max(_int(_spec(manifest).get("replicas"), 1), 0)
-
-    def pod_template(self, manifest: Manifest) -> dict[str, Any] | None:
-        template = _spec(manifest).get("template")
-        return template if isinstance(template, dict) else None
-
-    def revise_replicas(self, manifest: Manifest, replicas: int) -> Manifest:
-        revised = dict(manifest)
-        revised["spec"] = {**_spec(manifest), "replicas": replicas}
-        return revised
 
     def reflect_status(self, manifest: Manifest) -> dict[str, Any] | None:
         if "status" not in manifest:
@@ -137,10 +147,6 @@ class _Replicated(KindInterpreter):
         if _labelled(manifest, RETAIN_REPLICAS_KEYS):
             return (("spec", "replicas"),)
         return ()
-
-    def dependencies(self, manifest: Manifest) -> list[Dependency]:
-        template = self.pod_template(manifest) or {}
-        return pod_dependencies(manifest, template.get("spec"))
 
 
 class Deployment(_Replicated):
@@ -216,22 +222,11 @@ def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-class Job(KindInterpreter):
+class Job(_PodTemplated):
     name = "Job"
     counters = ("active", "succeeded", "failed", "ready")
-
-    def replicas(self, manifest: Manifest) -> int | None:
-        # A Job's parallelism is what the clusters share, as Karmada divides it.
-        return max(_int(_spec(manifest).get("parallelism"), 1), 0)
-
-    def pod_template(self, manifest: Manifest) -> dict[str, Any] | None:
-        template = _spec(manifest).get("template")
-        return template if isinstance(template, dict) else None
-
-    def revise_replicas(self, manifest: Manifest, replicas: int) -> Manifest:
-        revised = dict(manifest)
-        revised["spec"] = {**_spec(manifest), "parallelism": replicas}
-        return revised
+    # A Job's parallelism is what the clusters share, as Karmada divides it.
+    replica_field = "parallelism"
 
     def reflect_status(self, manifest: Manifest) -> dict[str, Any] | None:
         if "status" not in manifest:
@@ -286,10 +281,6 @@ class Job(KindInterpreter):
         if _spec(manifest).get("manualSelector"):
             return ()
         return (("spec", "selector"), ("spec", "template", "metadata", "labels"))
-
-    def dependencies(self, manifest: Manifest) -> list[Dependency]:
-        template = self.pod_template(manifest) or {}
-        return pod_dependencies(manifest, template.get("spec"))
 
 
 def _done(status: dict[str, Any], kind: str) -> bool:

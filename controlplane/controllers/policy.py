@@ -23,6 +23,7 @@ from controlplane.context import (
     Context,
     binding_key_for_template_key,
     binding_name,
+    customization_targets,
     delete_object,
     is_deleting,
     status_only_change,
@@ -159,12 +160,10 @@ class PolicyController:
         new: interpreter_pb2.ResourceInterpreterCustomization | None,
     ) -> None:
         # Replicas and requests of the target kind may now be read elsewhere.
-        for customization in (old, new):
-            if customization is not None:
-                target = customization.spec.target
-                prefix = kinds.template_type_prefix(target.api_version, target.kind)
-                for template_key in self.context.templates.list_keys(prefix):
-                    self.controller.enqueue(template_key)
+        for api_version, kind in customization_targets(old, new):
+            prefix = kinds.template_type_prefix(api_version, kind)
+            for template_key in self.context.templates.list_keys(prefix):
+                self.controller.enqueue(template_key)
 
     def _on_binding(
         self,

@@ -24,6 +24,7 @@ from controlplane.context import (
     Context,
     binding_key_of_work,
     binding_targets,
+    customization_targets,
     is_deleting,
     template_key_of_binding,
     work_key,
@@ -131,9 +132,7 @@ class BindingStatusController:
         new: interpreter_pb2.ResourceInterpreterCustomization | None,
     ) -> None:
         # The target kind's templates may now aggregate differently.
-        kinds_changed = {
-            (c.spec.target.api_version, c.spec.target.kind) for c in (old, new) if c is not None
-        }
+        kinds_changed = customization_targets(old, new)
         for binding in self.context.bindings.objects():
             resource = binding.spec.resource
             if (resource.api_version, resource.kind) in kinds_changed:

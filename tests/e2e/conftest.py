@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from archipel import structs
 from archipel.client import Client, message_to_document
 from archipel.testing.controlplane import AgentProcess, ControlPlaneProcess
 from archipel.testing.members import Fleet, Member
@@ -84,6 +85,21 @@ class Pipeline:
             if error.status == 404:
                 return None
             raise
+
+    def template(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """A resource template as the control plane holds it, status included."""
+        api = self.client()
+        try:
+            found = api.call(
+                api.templates.Get,
+                service_pb2.TemplateGetRequest(
+                    api_version=api_version, kind=kind, namespace=namespace, name=name
+                ),
+            )
+        finally:
+            api.close()
+        manifest: dict[str, Any] = structs.from_struct(found.manifest)
+        return manifest
 
     def cluster(self, name: str) -> dict[str, Any]:
         api = self.client()
@@ -202,6 +218,31 @@ def policy(
         "spec": {
             "resourceSelectors": [{"apiVersion": api_version, "kind": kind}],
             "placement": {"clusterAffinity": affinity},
+        },
+    }
+
+
+def widget_crd(group: str, *, status_subresource: bool = False) -> dict[str, Any]:
+    """A namespaced Widget kind in ``group``, any fields allowed."""
+    version: dict[str, Any] = {
+        "name": "v1",
+        "served": True,
+        "storage": True,
+        "schema": {
+            "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        },
+    }
+    if status_subresource:
+        version["subresources"] = {"status": {}}
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {
+            "group": group,
+            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
+            "scope": "Namespaced",
+            "versions": [version],
         },
     }
 

@@ -12,9 +12,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from archipel import structs
-from archipel.v1alpha1 import service_pb2
-from tests.e2e.conftest import Pipeline, deployment, policy, wait_for
+from tests.e2e.conftest import Pipeline, configmap, deployment, policy, wait_for, widget_crd
 
 pytestmark = pytest.mark.members(count=3, profile="full", isolated=True)
 PAIR = ["member1", "member2"]
@@ -28,20 +26,6 @@ def binding(pipeline: Pipeline, namespace: str, name: str) -> dict[str, Any]:
 def health(pipeline: Pipeline, namespace: str, name: str) -> dict[str, str]:
     items = binding(pipeline, namespace, name).get("status", {}).get("aggregatedStatus", [])
     return {i["clusterName"]: i.get("health", "") for i in items}
-
-
-def template(pipeline: Pipeline, api_version: str, kind: str, namespace: str, name: str) -> Any:
-    api = pipeline.client()
-    try:
-        found = api.call(
-            api.templates.Get,
-            service_pb2.TemplateGetRequest(
-                api_version=api_version, kind=kind, namespace=namespace, name=name
-            ),
-        )
-    finally:
-        api.close()
-    return structs.from_struct(found.manifest)
 
 
 def multi_policy(namespace: str, selectors: list[tuple[str, str]], **spec: Any) -> dict[str, Any]:
@@ -123,7 +107,7 @@ def test_builtin_kinds_report_status_and_health(pipeline: Pipeline, namespace: s
         )
 
     def aggregated(api_version: str, kind: str, name: str) -> dict[str, Any]:
-        status: dict[str, Any] = template(pipeline, api_version, kind, namespace, name).get(
+        status: dict[str, Any] = pipeline.template(api_version, kind, namespace, name).get(
             "status", {}
         )
         return status
@@ -154,33 +138,6 @@ def test_builtin_kinds_report_status_and_health(pipeline: Pipeline, namespace: s
 
 
 CRD_GROUP = "interp.example.com"
-
-
-def widget_crd() -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"widgets.{CRD_GROUP}"},
-        "spec": {
-            "group": CRD_GROUP,
-            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
 
 
 def widget_customization(health_rule: dict[str, Any]) -> dict[str, Any]:
@@ -264,7 +221,11 @@ def test_a_custom_kind_is_read_through_its_customization(
     assert "Lua" in refused.stderr
 
     pipeline.apply(
-        widget_customization(READY_ENOUGH), widget_crd(), crd_policy, widget, widget_policy
+        widget_customization(READY_ENOUGH),
+        widget_crd(CRD_GROUP, status_subresource=True),
+        crd_policy,
+        widget,
+        widget_policy,
     )
     custom = {m: k8s.CustomObjectsApi(pipeline.fleet[m].api_client()) for m in PAIR}
 
@@ -301,7 +262,7 @@ def test_a_custom_kind_is_read_through_its_customization(
     status = wait_for(
         "the aggregated Widget status",
         lambda: (lambda s: s if s.get("readyReplicas") == 3 else None)(
-            template(pipeline, f"{CRD_GROUP}/v1", "Widget", namespace, "gizmo").get("status", {})
+            pipeline.template(f"{CRD_GROUP}/v1", "Widget", namespace, "gizmo").get("status", {})
         ),
     )
     assert sorted(status["phase"], key=lambda p: p["clusterName"]) == [
@@ -348,15 +309,6 @@ def test_a_custom_kind_is_read_through_its_customization(
     )
 
 
-def config_map(namespace: str, name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {"key": name},
-    }
-
-
 def secret(namespace: str, name: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -374,7 +326,12 @@ def test_dependencies_follow_their_workload(pipeline: Pipeline, namespace: str) 
     placed = policy(namespace, cluster_names=["member1"])
     placed["spec"]["propagateDeps"] = True
     # The dependencies match no policy of their own.
-    pipeline.apply(config_map(namespace, "web-config"), secret(namespace, "web-token"), web, placed)
+    pipeline.apply(
+        configmap(namespace, "web-config", {"key": "web-config"}),
+        secret(namespace, "web-token"),
+        web,
+        placed,
+    )
 
     def present(member: str) -> set[str]:
         core = pipeline.core(member)
@@ -485,8 +442,7 @@ def test_conflicts_abort_by_default_and_overwrite_adopts(
         namespace,
         k8s.V1ConfigMap(metadata=k8s.V1ObjectMeta(name="settings"), data={"owner": "member"}),
     )
-    settings = config_map(namespace, "settings")
-    settings["data"] = {"owner": "archipel"}
+    settings = configmap(namespace, "settings", {"owner": "archipel"})
     placed = policy(
         namespace, "settings", cluster_names=["member1"], kind="ConfigMap", api_version="v1"
     )

@@ -10,8 +10,6 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from archipel import structs
-from archipel.v1alpha1 import service_pb2
 from tests.e2e.conftest import (
     TIERS,
     Pipeline,
@@ -47,18 +45,7 @@ def member_configmap(pipeline: Pipeline, member: str, namespace: str, name: str)
 
 def template(pipeline: Pipeline, kind: str, namespace: str, name: str) -> dict[str, Any]:
     api_version = {"Deployment": "apps/v1", "ConfigMap": "v1"}[kind]
-    api = pipeline.client()
-    try:
-        found = api.call(
-            api.templates.Get,
-            service_pb2.TemplateGetRequest(
-                api_version=api_version, kind=kind, namespace=namespace, name=name
-            ),
-        )
-    finally:
-        api.close()
-    manifest: dict[str, Any] = structs.from_struct(found.manifest)
-    return manifest
+    return pipeline.template(api_version, kind, namespace, name)
 
 
 def binding(pipeline: Pipeline, namespace: str, name: str) -> dict[str, Any]:

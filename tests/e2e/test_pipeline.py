@@ -12,10 +12,9 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from archipel import structs
 from archipel.testing import tools
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2, service_pb2_grpc
-from tests.e2e.conftest import Pipeline, deployment, policy, wait_for
+from tests.e2e.conftest import Pipeline, deployment, policy, wait_for, widget_crd
 
 pytestmark = pytest.mark.members(count=3, profile="full", isolated=True)
 MEMBERS = ("member1", "member2", "member3")
@@ -36,17 +35,9 @@ def member_replicas(pipeline: Pipeline, namespace: str, name: str = "web") -> di
 
 
 def template_status(pipeline: Pipeline, namespace: str, name: str = "web") -> dict[str, Any]:
-    api = pipeline.client()
-    try:
-        found = api.call(
-            api.templates.Get,
-            service_pb2.TemplateGetRequest(
-                api_version="apps/v1", kind="Deployment", namespace=namespace, name=name
-            ),
-        )
-    finally:
-        api.close()
-    status: dict[str, Any] = structs.from_struct(found.manifest).get("status", {})
+    status: dict[str, Any] = pipeline.template("apps/v1", "Deployment", namespace, name).get(
+        "status", {}
+    )
     return status
 
 
@@ -395,29 +386,7 @@ def test_template_label_change_releases_it(pipeline: Pipeline, namespace: str) -
 
 def test_custom_resources_follow_their_definition(pipeline: Pipeline, namespace: str) -> None:
     group = f"{namespace}.example.com"
-    crd = {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": f"widgets.{group}"},
-        "spec": {
-            "group": group,
-            "names": {"kind": "Widget", "plural": "widgets", "singular": "widget"},
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": "v1",
-                    "served": True,
-                    "storage": True,
-                    "schema": {
-                        "openAPIV3Schema": {
-                            "type": "object",
-                            "x-kubernetes-preserve-unknown-fields": True,
-                        }
-                    },
-                }
-            ],
-        },
-    }
+    crd = widget_crd(group)
     widget = {
         "apiVersion": f"{group}/v1",
         "kind": "Widget",
