@@ -412,12 +412,13 @@ class WorkManager:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._on_event, type_, manifest)
 
-    def _observe(self, ref: ObjectRef, manifest: Manifest) -> bool:
-        """Keep the newest state seen of an object; True when its status or health moved."""
+    def _observe(self, ref: ObjectRef, manifest: Manifest) -> bool | None:
+        """Keep the newest state seen of an object; True when its status or health moved,
+        None when ``manifest`` is older than what is already known."""
         observed = Observed.of(manifest, self.interpreters)
         previous = self.observed.get(ref)
         if previous is not None and previous.resource_version > observed.resource_version:
-            return False  # an older copy (the apply's response raced the watch)
+            return None  # an older copy (the apply's response raced the watch)
         self.observed[ref] = observed
         return previous is None or not previous.same_state(observed)
 
@@ -428,8 +429,10 @@ class WorkManager:
             return
         if type_ == "DELETED":
             self.observed.pop(ref, None)
-        else:
-            self._observe(ref, manifest)
+        elif self._observe(ref, manifest) is None:
+            # Older than the last apply's answer: it says nothing about drift, and
+            # judging it against the newer projection would re-apply for nothing.
+            return
         entry = self.ledger.entries.get(name)
         if entry is None or ref not in entry.objects:
             return  # still being applied: the apply reports when it is done

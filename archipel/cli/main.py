@@ -82,6 +82,21 @@ def _condition(document: dict[str, Any], type_: str) -> dict[str, Any]:
     return {}
 
 
+def _render(
+    template: dict[str, Any], namespaced: list[Any], cluster_wide: list[Any], cluster: Any
+) -> dict[str, Any]:
+    """The binding controller's build of one cluster's manifest (replicas undivided)."""
+    from controlplane import overrides
+    from controlplane.controllers.binding import member_manifest
+
+    policies = overrides.ordered(template, namespaced, cluster_wide)
+    try:
+        manifest, _ = overrides.apply(member_manifest(template, replicas=None), policies, cluster)
+    except overrides.OverrideError as error:
+        raise ClientError(str(error)) from error
+    return manifest
+
+
 def _print(documents: list[dict[str, Any]], output: str) -> None:
     if output == "json":
         body: Any = documents[0] if len(documents) == 1 else {"items": documents}
@@ -517,14 +532,17 @@ class Commands:
                 print(f"  {name} filtered out: {why}")
 
     def render(self) -> None:
-        """The final manifest for one cluster, offline, by the binding controller's code."""
+        """The final manifest for one cluster, by the binding controller's code: offline
+        from files, or for a template on the server (KIND/NAME)."""
         from archipel.cli import simulate
-        from controlplane import overrides
-        from controlplane.controllers.binding import member_manifest
 
+        if self.args.target:
+            self._render_from_server()
+            return
         if not self.args.clusters or not self.args.filename or not self.args.cluster:
             raise ClientError(
-                "render: give -f FILE (templates, overrides), --clusters FILE and --cluster NAME"
+                "render: give KIND/NAME --cluster NAME, or -f FILE (templates, overrides), "
+                "--clusters FILE and --cluster NAME"
             )
         clusters = {c.name: c for c in simulate.load_clusters(Path(self.args.clusters))}
         cluster = clusters.get(self.args.cluster)
@@ -543,17 +561,73 @@ class Commands:
                 namespaced.append(message)
             elif api_kind.kind == "ClusterOverridePolicy":
                 cluster_wide.append(to_message(api_kind, document))
-        rendered = []
-        for template in templates:
-            policies = overrides.ordered(template, namespaced, cluster_wide)
-            try:
-                manifest, _ = overrides.apply(
-                    member_manifest(template, replicas=None), policies, cluster
-                )
-            except overrides.OverrideError as error:
-                raise ClientError(str(error)) from error
-            rendered.append(manifest)
+        rendered = [_render(t, namespaced, cluster_wide, cluster) for t in templates]
         _print(rendered, self.args.output or "yaml")
+
+    def _render_from_server(self) -> None:
+        """What the cluster's work holds; for a cluster without one, what it would hold."""
+        from controlplane.scheduling import ClusterInfo
+
+        if not self.args.cluster:
+            raise ClientError("render: --cluster NAME is required")
+        if self.args.filename or self.args.clusters:
+            raise ClientError("render: give either KIND/NAME or -f and --clusters, not both")
+        kind_name, _, name = self.args.target.partition("/")
+        api_kind, resolved = self._resolve(kind_name)
+        if api_kind is not None or resolved is None or not name:
+            raise ClientError(f"render: {self.args.target!r} is not KIND/NAME of a template")
+        api_version, kind = resolved
+        namespace = "" if kind in ("Namespace", "ClusterRole") else self.args.namespace or "default"
+        work_name = f"{namespace or '_'}.{name}-{kind.lower()}"
+        try:
+            work = self.client.call(
+                self.client.stub(api_kind_by_name("work")).Get,  # type: ignore[arg-type]
+                service_pb2.GetRequest(
+                    namespace=f"archipel-es-{self.args.cluster}", name=work_name
+                ),
+            )
+        except ClientError:
+            work = None
+        if work is not None:
+            _print(
+                [structs.from_struct(m) for m in work.spec.workload.manifests],
+                self.args.output or "yaml",
+            )
+            return
+        template = structs.from_struct(
+            self.client.call(
+                self.client.templates.Get,
+                service_pb2.TemplateGetRequest(
+                    api_version=api_version, kind=kind, namespace=namespace, name=name
+                ),
+            ).manifest
+        )
+        cluster = ClusterInfo.from_proto(
+            self.client.call(
+                self.client.stub(api_kind_by_name("membercluster")).Get,  # type: ignore[arg-type]
+                service_pb2.GetRequest(name=self.args.cluster),
+            )
+        )
+        namespaced = list(
+            self.client.call(
+                self.client.stub(api_kind_by_name("overridepolicy")).List,  # type: ignore[arg-type]
+                service_pb2.ListRequest(namespace=namespace),
+            ).items
+            if namespace
+            else []
+        )
+        cluster_wide = list(
+            self.client.call(
+                self.client.stub(api_kind_by_name("clusteroverridepolicy")).List,  # type: ignore[arg-type]
+                service_pb2.ListRequest(),
+            ).items
+        )
+        print(
+            f"# {self.args.cluster} holds no work for {self.args.target}: rendered from the "
+            "template and the override policies as they are now",
+            file=sys.stderr,
+        )
+        _print([_render(template, namespaced, cluster_wide, cluster)], self.args.output or "yaml")
 
     # -- promote ---------------------------------------------------------------------------
 
@@ -646,7 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     schedule.add_argument("-f", "--filename", action="append", help="templates and policies")
     schedule.add_argument("--previous", help="an earlier -o json result, for steady scaling")
     schedule.add_argument("-o", "--output", choices=["json", "yaml", ""], default="")
-    render = sub.add_parser("render", help="the final manifest for one cluster, offline")
+    render = sub.add_parser("render", help="the final manifest for one cluster")
+    render.add_argument("target", nargs="?", metavar="KIND/NAME", help="a template on the server")
+    render.add_argument("-n", "--namespace")
     render.add_argument("-f", "--filename", action="append", help="templates and override policies")
     render.add_argument("--clusters", help="clusters YAML, as for schedule --simulate")
     render.add_argument("--cluster", help="the cluster to render for")

@@ -383,6 +383,54 @@ def test_describe_shows_which_overrides_applied_to_each_cluster(
 # -- e. system namespaces are never propagated ----------------------------------------------
 
 
+def test_render_shows_what_a_cluster_gets_from_the_server(
+    pipeline: Pipeline, namespace: str
+) -> None:
+    image_for_member1 = override_policy(
+        "registry",
+        [
+            {
+                "targetCluster": {"clusterNames": ["member1"]},
+                "overriders": {
+                    "imageOverrider": [
+                        {"component": "Registry", "operator": "replace", "value": "eu.io"}
+                    ]
+                },
+            }
+        ],
+        namespace=namespace,
+    )
+    divided = policy(namespace, cluster_names=["member1", "member2"])
+    divided["spec"]["placement"]["replicaScheduling"] = {
+        "replicaSchedulingType": "Divided",
+        "replicaDivisionPreference": "Weighted",
+    }
+    pipeline.apply(deployment(namespace, replicas=4), divided, image_for_member1)
+    wait_for("the works", lambda: len(works_of(pipeline, namespace, "web-deployment")) == 2)
+
+    def rendered(cluster: str) -> dict[str, Any]:
+        got = pipeline.cli("render", "deployment/web", "-n", namespace, "--cluster", cluster)
+        assert got.returncode == 0, got.stderr
+        document: dict[str, Any] = yaml.safe_load(got.stdout)
+        return document
+
+    # What the work holds: the cluster's share of replicas, with its overrides.
+    member1 = rendered("member1")
+    assert member1["spec"]["template"]["spec"]["containers"][0]["image"] == "eu.io/nginx:1.27"
+    assert member1["spec"]["replicas"] == 2
+    assert "status" not in member1
+    # No work there: what the template and the overrides would give it.
+    got = pipeline.cli("render", "deployment/web", "-n", namespace, "--cluster", "member3")
+    assert got.returncode == 0, got.stderr
+    assert "member3 holds no work" in got.stderr
+    assert yaml.safe_load(got.stdout)["spec"]["template"]["spec"]["containers"][0]["image"] == (
+        "nginx:1.27"
+    )
+    missing = pipeline.cli("render", "deployment/nothing", "-n", namespace, "--cluster", "member3")
+    assert missing.returncode == 1 and "NOT_FOUND" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+
 def test_cluster_policy_for_every_configmap_skips_kube_system(
     pipeline: Pipeline, namespace: str
 ) -> None:
