@@ -32,6 +32,11 @@ from controlplane.runtime import Controller, Result
 
 NAME = "dependencies-controller"
 log = logging.getLogger(__name__)
+# Bindings by the workloads that require them ("namespace/name"), and workloads that
+# propagate their dependencies by namespace: lookups stay proportional to the answer,
+# not to the number of bindings.
+REQUIRED_BY_INDEX = "required-by"
+PROPAGATES_DEPS_INDEX = "propagates-deps"
 
 
 def snapshot_of(binding: work_pb2.PropagationBinding) -> work_pb2.BindingSnapshot:
@@ -54,6 +59,13 @@ class DependenciesController:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        context.bindings.add_index(
+            REQUIRED_BY_INDEX, lambda b: [f"{s.namespace}/{s.name}" for s in b.spec.required_by]
+        )
+        context.bindings.add_index(
+            PROPAGATES_DEPS_INDEX,
+            lambda b: [b.metadata.namespace] if b.spec.propagate_deps else [],
+        )
         context.bindings.add_handler(self._on_binding)
         context.templates.add_handler(self._on_template)
 
@@ -63,10 +75,15 @@ class DependenciesController:
         old: work_pb2.PropagationBinding | None,
         new: work_pb2.PropagationBinding | None,
     ) -> None:
-        if old is None or new is None or old.metadata.generation != new.metadata.generation:
-            binding = new or old
-            if binding is not None and (binding.spec.propagate_deps or old is not None):
-                self.controller.enqueue(key)
+        if (
+            old is not None
+            and new is not None
+            and old.metadata.generation == new.metadata.generation
+        ):
+            return
+        # Only a workload that propagates its dependencies, or did, has anything to do.
+        if any(b is not None and b.spec.propagate_deps for b in (old, new)):
+            self.controller.enqueue(key)
 
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
         # A dependency created (or deleted) after its workload: every workload of the
@@ -76,9 +93,8 @@ class DependenciesController:
         namespace = key.split("/")[3]
         if namespace == kinds.CLUSTER_SCOPE:
             return
-        for binding in self.context.bindings.objects(kinds.PROPAGATION_BINDING.prefix(namespace)):
-            if binding.spec.propagate_deps:
-                self.controller.enqueue(kinds.PROPAGATION_BINDING.key_of(binding))
+        for binding_key in self.context.bindings.index_keys(PROPAGATES_DEPS_INDEX, namespace):
+            self.controller.enqueue(binding_key)
 
     def _needed(self, parent: work_pb2.PropagationBinding) -> dict[str, Manifest] | None:
         """Binding key -> template of each dependency that exists; None: cannot tell."""
@@ -123,7 +139,7 @@ class DependenciesController:
             for dependency_key, template in needed.items():
                 if await self._require(dependency_key, template, parent, snapshot):
                     requeue = Result(requeue_after=0.5)
-        for binding in context.bindings.objects(kinds.PROPAGATION_BINDING.prefix(namespace)):
+        for binding in context.bindings.by_index(REQUIRED_BY_INDEX, f"{namespace}/{name}"):
             if kinds.PROPAGATION_BINDING.key_of(binding) not in needed:
                 await self._release(binding, parent_ref)
         return requeue
