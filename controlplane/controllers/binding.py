@@ -18,7 +18,7 @@ from typing import Any
 
 from archipel import interpreter, structs
 from archipel.v1alpha1 import cluster_pb2, override_pb2, work_pb2
-from controlplane import kinds, overrides
+from controlplane import division, kinds, overrides, scheduling
 from controlplane.conditions import find, set_condition
 from controlplane.context import (
     BINDING_NAME_LABEL,
@@ -104,6 +104,28 @@ def member_manifest(
     if replicas is not None and kind_interpreter.replicas(manifest) is not None:
         manifest = kind_interpreter.revise_replicas(manifest, replicas)
     return manifest
+
+
+def job_completions(
+    template: Manifest, binding: work_pb2.PropagationBinding
+) -> dict[str, int] | None:
+    """Each cluster's share of a divided Job's ``completions``, or None to leave it as is.
+
+    As Karmada: when a Job's parallelism is divided, its completions are divided in the
+    same proportion, so the clusters together run as many pods to completion as the
+    template asks for, not that many each.
+    """
+    completions = (template.get("spec") or {}).get("completions")
+    if (
+        template.get("kind") != "Job"
+        or not isinstance(completions, int)
+        or isinstance(completions, bool)
+        or scheduling.is_duplicated(binding.spec.placement)
+        or not binding.spec.clusters
+    ):
+        return None
+    shares = {t.name: t.replicas for t in binding.spec.clusters}
+    return division.webster(completions, shares, seed=division.tie_break_seed(binding.metadata.uid))
 
 
 class BindingController:
@@ -261,7 +283,9 @@ class BindingController:
         writes: list[Awaitable[work_pb2.PropagationWork]] = []
         # Most targets get the same manifest (same replicas, no overrides): build each
         # distinct one once, not once per cluster.
-        workloads: dict[tuple[int | None, tuple[str, ...]], work_pb2.WorkloadTemplate] = {}
+        workloads: dict[
+            tuple[int | None, int | None, tuple[str, ...]], work_pb2.WorkloadTemplate
+        ] = {}
         policies = overrides.ordered(
             template,
             context.overrides.objects(kinds.OVERRIDE_POLICY.prefix(binding.metadata.namespace))
@@ -271,6 +295,7 @@ class BindingController:
         )
         failures: list[str] = []
         targets = binding_targets(binding)
+        completions = job_completions(template, binding) or {}
         for cluster, replicas in targets:
             if self._cluster_gone(cluster):
                 continue  # never create work for a cluster that is leaving
@@ -282,12 +307,15 @@ class BindingController:
                     for p in policies
                     for where, _ in overrides.rules_for(p, cluster_info)
                 )
-            workload = workloads.get((replicas, rules))
+            share = completions.get(cluster)
+            workload = workloads.get((replicas, share, rules))
             if workload is None:
                 try:
                     manifest = member_manifest(
                         template, replicas=replicas, interpreters=context.interpreters
                     )
+                    if share is not None:
+                        manifest["spec"]["completions"] = share
                     if rules and cluster_info is not None:
                         manifest, _ = overrides.apply(manifest, policies, cluster_info)
                 except (overrides.OverrideError, interpreter.InterpreterError) as error:
@@ -295,7 +323,7 @@ class BindingController:
                     failures.append(f"{cluster}: {error}")
                     continue
                 workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
-                workloads[(replicas, rules)] = workload
+                workloads[(replicas, share, rules)] = workload
             applied = (
                 applied_overrides(policies, cluster_info)
                 if rules and cluster_info is not None

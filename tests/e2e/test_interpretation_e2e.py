@@ -70,7 +70,17 @@ def test_builtin_kinds_report_status_and_health(pipeline: Pipeline, namespace: s
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": "once", "namespace": namespace},
-        "spec": {"template": pod_template("once", restartPolicy="Never")},
+        "spec": {
+            "parallelism": 2,
+            "completions": 2,
+            "template": pod_template("once", restartPolicy="Never"),
+        },
+    }
+    # The Job alone is divided: each member runs half its pods to completion.
+    job_policy = policy(namespace, "job", cluster_names=PAIR, kind="Job", api_version="batch/v1")
+    job_policy["spec"]["placement"]["replicaScheduling"] = {
+        "replicaSchedulingType": "Divided",
+        "replicaDivisionPreference": "Weighted",
     }
     service = {
         "apiVersion": "v1",
@@ -82,13 +92,13 @@ def test_builtin_kinds_report_status_and_health(pipeline: Pipeline, namespace: s
         statefulset,
         daemonset,
         job,
+        job_policy,
         service,
         multi_policy(
             namespace,
             [
                 ("apps/v1", "StatefulSet"),
                 ("apps/v1", "DaemonSet"),
-                ("batch/v1", "Job"),
                 ("v1", "Service"),
             ],
             # Each member runs the whole StatefulSet.
@@ -131,6 +141,11 @@ def test_builtin_kinds_report_status_and_health(pipeline: Pipeline, namespace: s
         timeout=120,
     )
     assert [c["type"] for c in job_status["conditions"]] == ["Complete"]
+    for member in PAIR:
+        member_job = k8s.BatchV1Api(pipeline.fleet[member].api_client()).read_namespaced_job(
+            "once", namespace
+        )
+        assert (member_job.spec.parallelism, member_job.spec.completions) == (1, 1)
     assert "startTime" in job_status and "completionTime" in job_status
     daemonset_status = aggregated("apps/v1", "DaemonSet", "agent")
     assert daemonset_status["desiredNumberScheduled"] == 4

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.controllers.binding import member_manifest
+from archipel.v1alpha1 import work_pb2
+from controlplane.controllers.binding import job_completions, member_manifest
 from controlplane.controllers.policy import replica_requests, template_replicas
 
 
@@ -67,3 +68,47 @@ def test_each_member_gets_its_share() -> None:
     job = member_manifest(workload("Job", parallelism=6, completions=6), replicas=4)
     assert job["spec"]["parallelism"] == 4
     assert job["spec"]["completions"] == 6
+
+
+def _binding(replica_scheduling: str | None, shares: dict[str, int]) -> work_pb2.PropagationBinding:
+    binding = work_pb2.PropagationBinding()
+    binding.metadata.uid = "u"
+    if replica_scheduling is not None:
+        binding.spec.placement.replica_scheduling.replica_scheduling_type = replica_scheduling
+    for name, replicas in shares.items():
+        binding.spec.clusters.add(name=name, replicas=replicas)
+    return binding
+
+
+@pytest.mark.parametrize(
+    ("job", "replica_scheduling", "shares", "completions"),
+    [
+        # Parallelism 4 divided 3/1: completions 8 follow, 6/2.
+        (
+            workload("Job", parallelism=4, completions=8),
+            "Divided",
+            {"a": 3, "b": 1},
+            {"a": 6, "b": 2},
+        ),
+        # An odd one out goes by the binding's tie-break (Karmada's name order by uid hash).
+        (
+            workload("Job", parallelism=2, completions=5),
+            "Divided",
+            {"a": 1, "b": 1},
+            {"a": 3, "b": 2},
+        ),
+        # Duplicated: every cluster runs the whole Job.
+        (workload("Job", parallelism=4, completions=8), "Duplicated", {"a": 4, "b": 4}, None),
+        (workload("Job", parallelism=4, completions=8), None, {"a": 4, "b": 4}, None),
+        # No completions (a work queue Job): nothing to divide.
+        (workload("Job", parallelism=4), "Divided", {"a": 2, "b": 2}, None),
+        (workload("Deployment", replicas=4), "Divided", {"a": 2, "b": 2}, None),
+    ],
+)
+def test_a_divided_jobs_completions_follow_its_parallelism(
+    job: dict[str, Any],
+    replica_scheduling: str | None,
+    shares: dict[str, int],
+    completions: dict[str, int] | None,
+) -> None:
+    assert job_completions(job, _binding(replica_scheduling, shares)) == completions
