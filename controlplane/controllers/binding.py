@@ -176,28 +176,49 @@ class BindingController:
         cluster = self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name))
         return ClusterInfo.from_proto(cluster) if cluster is not None else None
 
-    async def _record_overrides(
-        self, binding: work_pb2.PropagationBinding, failures: list[str]
+    async def _record_conditions(
+        self,
+        binding: work_pb2.PropagationBinding,
+        override_failures: list[str],
+        interpreter_failures: list[str],
+        *,
+        overrides_in_play: bool,
     ) -> None:
+        """``OverridesApplied`` and ``Interpreted``: each written once it has had something
+        to say, so bindings without overrides or customizations carry neither."""
         current = self.context.bindings.get(kinds.PROPAGATION_BINDING.key_of(binding)) or binding
+        conditions = current.status.conditions
+        say_overrides = bool(
+            overrides_in_play or override_failures or find(conditions, "OverridesApplied")
+        )
+        say_interpreted = bool(interpreter_failures or find(conditions, "Interpreted"))
+        if not say_overrides and not say_interpreted:
+            return  # the common case, on the hot path: nothing to copy or write
         updated = kinds.PROPAGATION_BINDING.copy(current)
-        if failures:
-            changed = set_condition(
+        generation = current.metadata.generation
+        changed = False
+        kept = " (the last good work stays in place)"
+        if say_overrides:
+            changed |= set_condition(
                 updated.status.conditions,
                 "OverridesApplied",
-                "False",
-                "OverrideFailed",
-                "; ".join(failures) + " (the last good work stays in place)",
-                current.metadata.generation,
+                "False" if override_failures else "True",
+                "OverrideFailed" if override_failures else "OverridesApplied",
+                "; ".join(override_failures) + kept
+                if override_failures
+                else "every override applied",
+                generation,
             )
-        else:
-            changed = set_condition(
+        if say_interpreted:
+            changed |= set_condition(
                 updated.status.conditions,
-                "OverridesApplied",
-                "True",
-                "OverridesApplied",
-                "every override applied",
-                current.metadata.generation,
+                "Interpreted",
+                "False" if interpreter_failures else "True",
+                "InterpreterError" if interpreter_failures else "Interpreted",
+                "; ".join(interpreter_failures) + kept
+                if interpreter_failures
+                else "the kind's interpreter read the template",
+                generation,
             )
         if changed:
             await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=current)
@@ -293,7 +314,8 @@ class BindingController:
             else (),
             context.cluster_overrides.objects(),
         )
-        failures: list[str] = []
+        override_failures: list[str] = []
+        interpreter_failures: list[str] = []
         targets = binding_targets(binding)
         completions = job_completions(template, binding) or {}
         for cluster, replicas in targets:
@@ -318,9 +340,12 @@ class BindingController:
                         manifest["spec"]["completions"] = share
                     if rules and cluster_info is not None:
                         manifest, _ = overrides.apply(manifest, policies, cluster_info)
-                except (overrides.OverrideError, interpreter.InterpreterError) as error:
+                except overrides.OverrideError as error:
                     # Keep this cluster's last good work; say why on the binding.
-                    failures.append(f"{cluster}: {error}")
+                    override_failures.append(f"{cluster}: {error}")
+                    continue
+                except interpreter.InterpreterError as error:
+                    interpreter_failures.append(f"{cluster}: {error}")
                     continue
                 workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
                 workloads[(replicas, share, rules)] = workload
@@ -367,8 +392,9 @@ class BindingController:
         written = await asyncio.gather(*writes)
         if written:
             self._written_at[key] = max(int(w.metadata.resource_version) for w in written)
-        if failures or policies or find(binding.status.conditions, "OverridesApplied") is not None:
-            await self._record_overrides(binding, failures)
+        await self._record_conditions(
+            binding, override_failures, interpreter_failures, overrides_in_play=bool(policies)
+        )
         targeted = {name for name, _ in targets if not self._cluster_gone(name)}
         stale = [w for cluster, w in existing.items() if cluster not in targeted]
         await self._delete_works(stale, preserve=False)

@@ -323,6 +323,24 @@ def test_a_custom_kind_is_read_through_its_customization(
         ),
     )
 
+    # A Widget whose size is not a number: its binding says why, the others go on.
+    broken = json.loads(json.dumps(widget))
+    broken["metadata"]["name"] = "broken"
+    broken["spec"]["size"] = "three"
+    pipeline.apply(broken)
+
+    def interpreter_failure() -> str:
+        conditions = (
+            binding(pipeline, namespace, "broken-widget").get("status", {}).get("conditions", [])
+        )
+        failed = [c for c in conditions if c["type"] == "Interpreted" and c["status"] == "False"]
+        return str(failed[0]["message"]) if failed else ""
+
+    message = wait_for("the Interpreted condition on the broken Widget", interpreter_failure)
+    assert "ResourceInterpreterCustomization widgets" in message
+    assert "not a replica count" in message
+    assert sizes() == {"member1": 2, "member2": 2}
+
 
 def secret(namespace: str, name: str) -> dict[str, Any]:
     return {
