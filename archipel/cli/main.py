@@ -359,12 +359,21 @@ class Commands:
             return
         spec, status = binding.get("spec", {}), binding.get("status", {})
         policy = spec.get("policy", {})
-        print(
-            f"Policy:       {policy.get('kind')} {policy.get('namespace', '')}/{policy.get('name')}"
-        )
-        scheduled = _condition(binding, "Scheduled")
-        reason = f"{scheduled.get('reason', '')}: {scheduled.get('message', '')}"
-        print(f"Scheduled:    {scheduled.get('status', 'Unknown')} ({reason})")
+        if policy.get("kind"):
+            where = f"{policy.get('namespace', '')}/{policy.get('name')}"
+            print(f"Policy:       {policy.get('kind')} {where}")
+            scheduled = _condition(binding, "Scheduled")
+            reason = f"{scheduled.get('reason', '')}: {scheduled.get('message', '')}"
+            print(f"Scheduled:    {scheduled.get('status', 'Unknown')} ({reason})")
+        else:
+            print("Policy:       none: it goes where the workloads that need it run")
+        for snapshot in spec.get("requiredBy", []):
+            clusters = ", ".join(c["name"] for c in snapshot.get("clusters", [])) or "nowhere yet"
+            print(f"Required by:  {snapshot.get('namespace')}/{snapshot.get('name')} ({clusters})")
+        for failed in ("Interpreted", "OverridesApplied", "StatusAggregated"):
+            condition = _condition(binding, failed)
+            if condition.get("status") == "False":
+                print(f"{failed}: False ({condition.get('message', '')})")
         applied = _condition(binding, "FullyApplied")
         print(f"FullyApplied: {applied.get('status', 'Unknown')} ({applied.get('message', '')})")
         rows = [["CLUSTER", "REPLICAS", "APPLIED", "HEALTH", "STATUS"]]

@@ -384,6 +384,9 @@ def test_dependencies_follow_their_workload(pipeline: Pipeline, namespace: str) 
     both = {"ConfigMap/web-config", "Secret/web-token"}
     wait_for("the dependencies in member1", lambda: present("member1") == both, timeout=90)
     assert present("member2") == set() and present("member3") == set()
+    described = pipeline.cli("describe", "configmap", "web-config", "-n", namespace)
+    assert described.returncode == 0, described.stderr
+    assert f"Required by:  {namespace}/web-deployment (member1)" in described.stdout
 
     # The workload moves: its dependencies go with it and leave where it was.
     placed["spec"]["placement"]["clusterAffinity"]["clusterNames"] = ["member2"]
