@@ -195,31 +195,36 @@ class BindingController:
         if not say_overrides and not say_interpreted:
             return  # the common case, on the hot path: nothing to copy or write
         updated = kinds.PROPAGATION_BINDING.copy(current)
-        generation = current.metadata.generation
         changed = False
-        kept = " (the last good work stays in place)"
-        if say_overrides:
-            changed |= set_condition(
-                updated.status.conditions,
+        # (type, whether to write it, failures, reason on failure, message when all is well)
+        verdicts = (
+            (
                 "OverridesApplied",
-                "False" if override_failures else "True",
-                "OverrideFailed" if override_failures else "OverridesApplied",
-                "; ".join(override_failures) + kept
-                if override_failures
-                else "every override applied",
-                generation,
-            )
-        if say_interpreted:
-            changed |= set_condition(
-                updated.status.conditions,
+                say_overrides,
+                override_failures,
+                "OverrideFailed",
+                "every override applied",
+            ),
+            (
                 "Interpreted",
-                "False" if interpreter_failures else "True",
-                "InterpreterError" if interpreter_failures else "Interpreted",
-                "; ".join(interpreter_failures) + kept
-                if interpreter_failures
-                else "the kind's interpreter read the template",
-                generation,
-            )
+                say_interpreted,
+                interpreter_failures,
+                "InterpreterError",
+                "the kind's interpreter read the template",
+            ),
+        )
+        for type_, say, failures, failed_reason, fine in verdicts:
+            if say:
+                changed |= set_condition(
+                    updated.status.conditions,
+                    type_,
+                    "False" if failures else "True",
+                    failed_reason if failures else type_,
+                    "; ".join(failures) + " (the last good work stays in place)"
+                    if failures
+                    else fine,
+                    current.metadata.generation,
+                )
         if changed:
             await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=current)
 
