@@ -77,6 +77,16 @@ def _sum_counters(
     return result
 
 
+def _reflect_counters(manifest: Manifest, counters: tuple[str, ...]) -> dict[str, Any] | None:
+    """The counters and observedGeneration, with the member's own generation: the
+    control plane compares the two to tell a stale status (see :func:`_sum_counters`)."""
+    if "status" not in manifest:
+        return None
+    reflected = _pick(_status(manifest), (*counters, "observedGeneration"))
+    reflected["generation"] = _generation(manifest)
+    return reflected
+
+
 def _labelled(manifest: Manifest, keys: tuple[str, ...]) -> bool:
     metadata = manifest.get("metadata", {})
     for where in ("labels", "annotations"):
@@ -121,12 +131,7 @@ class _Replicated(_PodTemplated):
     ready_field = "readyReplicas"
 
     def reflect_status(self, manifest: Manifest) -> dict[str, Any] | None:
-        if "status" not in manifest:
-            return None
-        reflected = _pick(_status(manifest), (*self.counters, "observedGeneration"))
-        # The member's generation lets the control plane tell a stale status.
-        reflected["generation"] = _generation(manifest)
-        return reflected
+        return _reflect_counters(manifest, self.counters)
 
     def health(self, manifest: Manifest) -> str:
         status = _status(manifest)
@@ -190,11 +195,7 @@ class DaemonSet(KindInterpreter):
     )
 
     def reflect_status(self, manifest: Manifest) -> dict[str, Any] | None:
-        if "status" not in manifest:
-            return None
-        reflected = _pick(_status(manifest), (*self.counters, "observedGeneration"))
-        reflected["generation"] = _generation(manifest)
-        return reflected
+        return _reflect_counters(manifest, self.counters)
 
     def health(self, manifest: Manifest) -> str:
         status = _status(manifest)
