@@ -1,10 +1,20 @@
 """What this member holds, kept in the member itself so it survives agent restarts.
 
-One ConfigMap per work in ``archipel-system`` records the work's uid and generation
-and the objects it applied. On (re)connect the agent reads the ledger and tells the
-control plane what it holds, so nothing unchanged is sent or applied again; when a
-work shrinks or goes, the ledger says which objects to delete. A DaemonSet pod loses
-its filesystem, but not its cluster, which is why the ledger lives there.
+One ConfigMap per work in ``archipel-system`` records the work's uid and generation,
+the objects it applied, and per object two sha256 hashes: of the manifest applied and
+of the live object right after the apply, restricted to the applied fields (its
+*projection*, the baseline drift is judged against). On (re)connect the agent reads
+the ledger and tells the control plane what it holds; when a work shrinks or goes,
+the ledger says which objects to delete. A DaemonSet pod loses its filesystem, but not
+its cluster, which is why the ledger lives there.
+
+The ledger holds identities and hashes, never contents: a ConfigMap is limited to
+1 MiB, less than the largest template Archipel accepts, and a copy of a Secret's data
+in ``archipel-system`` would leak it. The contents (manifests and projections) are
+kept in memory only, for works received in this process's lifetime; after a restart
+the agent has hashes only until the control plane sends the work again (see
+:mod:`agent.main` for how it asks, and :mod:`agent.works` for how it checks the live
+objects against the hashes instead of applying again).
 """
 
 from __future__ import annotations
@@ -21,6 +31,20 @@ from agent.kube import Kube
 
 NAMESPACE = "archipel-system"
 LEDGER_LABEL = "archipel.io/ledger"
+# The ConfigMap keys of the current format; the old one also had "manifests" and
+# "projections", the contents themselves.
+_MANIFEST_HASHES = "manifestHashes"
+_PROJECTION_HASHES = "projectionHashes"
+
+
+def digest(value: Any) -> str:
+    """The sha256 (hex) of a JSON-like value, the same for equal values.
+
+    Keys are sorted so that equal dicts built in different orders (the control plane's
+    Struct, the API server's answer) hash alike.
+    """
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,24 +70,98 @@ class ObjectRef:
 
 @dataclasses.dataclass
 class Entry:
-    """One held work: the objects it applied, what was applied, and how it looked after.
+    """One held work: the objects it applied, and hashes of what was applied and how
+    each object looked right after.
 
-    ``projections[i]`` is the live object right after the apply, restricted to the
-    fields of ``manifests[i]``: the baseline drift is judged against, even across
-    agent restarts.
+    ``manifests`` and ``projections`` are the contents behind the hashes, in memory
+    only: ``None`` for a work known from the ledger alone (held since before this
+    process started), until the control plane sends it again.
     """
 
     work: str
     uid: str
     generation: int
     objects: list[ObjectRef]
-    manifests: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    projections: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    manifest_hashes: list[str] = dataclasses.field(default_factory=list)
+    projection_hashes: list[str] = dataclasses.field(default_factory=list)
+    manifests: list[dict[str, Any]] | None = None
+    projections: list[Any] | None = None
     preserve_on_delete: bool = False
+    # Read from a ConfigMap of the old format, which held contents: rewrite it.
+    legacy: bool = False
+
+    @classmethod
+    def applied(
+        cls,
+        *,
+        work: str,
+        uid: str,
+        generation: int,
+        objects: list[ObjectRef],
+        manifests: list[dict[str, Any]],
+        projections: list[Any],
+    ) -> Entry:
+        """An entry for objects just applied (or checked), contents and hashes both."""
+        return cls(
+            work=work,
+            uid=uid,
+            generation=generation,
+            objects=objects,
+            manifest_hashes=[digest(m) for m in manifests],
+            projection_hashes=[digest(p) for p in projections],
+            manifests=manifests,
+            projections=projections,
+        )
+
+    @property
+    def has_contents(self) -> bool:
+        return self.manifests is not None and self.projections is not None
 
 
 def _config_map_name(work: str) -> str:
     return "work-" + hashlib.sha256(work.encode()).hexdigest()[:20]
+
+
+def entry_of(data: dict[str, str]) -> Entry:
+    """An entry from a ledger ConfigMap's data, either format.
+
+    An entry of the old format (contents included) gets its hashes computed from the
+    contents, which are then dropped: the agent treats it like any entry read after a
+    restart, and the next record rewrites it without them. Raises KeyError, ValueError
+    or TypeError when the data is damaged.
+    """
+    objects = [ObjectRef(*ref) for ref in json.loads(data["objects"])]
+    entry = Entry(
+        work=data["work"],
+        uid=data["uid"],
+        generation=int(data["generation"]),
+        objects=objects,
+    )
+    if _MANIFEST_HASHES in data:
+        entry.manifest_hashes = [str(h) for h in json.loads(data[_MANIFEST_HASHES])]
+        entry.projection_hashes = [str(h) for h in json.loads(data[_PROJECTION_HASHES])]
+    else:
+        entry.manifest_hashes = [digest(m) for m in json.loads(data.get("manifests", "[]"))]
+        entry.projection_hashes = [digest(p) for p in json.loads(data.get("projections", "[]"))]
+        entry.legacy = True
+    if len(entry.manifest_hashes) != len(objects) or len(entry.projection_hashes) != len(objects):
+        # Hashes that do not line up with the objects cannot vouch for any of them;
+        # empty ones make every object be checked and applied again.
+        entry.manifest_hashes = [""] * len(objects)
+        entry.projection_hashes = [""] * len(objects)
+    return entry
+
+
+def config_map_data(entry: Entry) -> dict[str, str]:
+    """What the ledger ConfigMap of ``entry`` holds: identities and hashes only."""
+    return {
+        "work": entry.work,
+        "uid": entry.uid,
+        "generation": str(entry.generation),
+        "objects": json.dumps([ref.as_list() for ref in entry.objects]),
+        _MANIFEST_HASHES: json.dumps(entry.manifest_hashes),
+        _PROJECTION_HASHES: json.dumps(entry.projection_hashes),
+    }
 
 
 class Ledger:
@@ -83,16 +181,8 @@ class Ledger:
         )
         entries = {}
         for item in items:
-            data = item.data or {}
             try:
-                entry = Entry(
-                    work=data["work"],
-                    uid=data["uid"],
-                    generation=int(data["generation"]),
-                    objects=[ObjectRef(*ref) for ref in json.loads(data["objects"])],
-                    manifests=json.loads(data.get("manifests", "[]")),
-                    projections=json.loads(data.get("projections", "[]")),
-                )
+                entry = entry_of(item.data or {})
             except (KeyError, ValueError, TypeError):
                 continue  # a damaged entry is treated as not held: the work is resent
             entries[entry.work] = entry
@@ -110,19 +200,19 @@ class Ledger:
                 "namespace": NAMESPACE,
                 "labels": {LEDGER_LABEL: "true"},
             },
-            "data": {
-                "work": entry.work,
-                "uid": entry.uid,
-                "generation": str(entry.generation),
-                "objects": json.dumps([ref.as_list() for ref in entry.objects]),
-                "manifests": json.dumps(entry.manifests, separators=(",", ":")),
-                "projections": json.dumps(entry.projections, separators=(",", ":")),
-            },
+            "data": config_map_data(entry),
         }
+        # Server-side apply drops the old format's "manifests" and "projections" keys:
+        # this field manager wrote them, and no longer applies them.
         self.kube.apply(body)
 
     async def record(self, entry: Entry) -> None:
-        await self.kube.call(self._write, entry)
+        """Hold ``entry``, writing it to the member unless it is written there already
+        (a check after a restart that found every object as it was changes nothing)."""
+        held = self.entries.get(entry.work)
+        if held is None or held.legacy or config_map_data(held) != config_map_data(entry):
+            await self.kube.call(self._write, entry)
+        entry.legacy = False
         self.entries[entry.work] = entry
 
     def _delete(self, work: str) -> None:

@@ -1,9 +1,10 @@
 """The Archipel agent: one per member cluster, connecting out to the control plane.
 
 It opens one bidirectional stream, says which works it holds (from its ledger in the
-member), applies what it is sent, and reports status and heartbeats. When the stream
-breaks it reconnects with exponential backoff and jitter, and meanwhile leaves every
-running workload alone: a control plane outage never touches the members.
+member; after a restart, at generation 0, so that they are sent again), applies what
+it is sent, and reports status and heartbeats. When the stream breaks it reconnects
+with exponential backoff and jitter, and meanwhile leaves every running workload
+alone: a control plane outage never touches the members.
 """
 
 from __future__ import annotations
@@ -89,11 +90,21 @@ class Agent:
             self.send(agent_pb2.AgentMessage(heartbeat=heartbeat))
             await asyncio.sleep(interval)
 
-    async def _session(self) -> None:
-        outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+    def hello(self) -> agent_pb2.Hello:
+        """What a new session starts with: this cluster, and the works it holds."""
         hello = agent_pb2.Hello(cluster=self.cluster, agent_version=VERSION)
         for entry in self.ledger.entries.values():
-            hello.held_works.add(name=entry.work, uid=entry.uid, generation=entry.generation)
+            # Generation 0 (no work has it) for a work known by its hashes only, held
+            # since before this process started: the control plane then sends it again,
+            # and the agent, which keeps contents in memory only, gets them back to
+            # judge drift with. Receiving it costs a read per object, not an apply.
+            generation = entry.generation if entry.has_contents else 0
+            hello.held_works.add(name=entry.work, uid=entry.uid, generation=generation)
+        return hello
+
+    async def _session(self) -> None:
+        outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+        hello = self.hello()
 
         heartbeats: asyncio.Task[None] | None = None
         async with self._channel() as channel:

@@ -12,6 +12,11 @@ backoff on failure: a member API server that is down only delays the apply.
   poll). Status is reported only when it changes.
 * Drift: an object edited or deleted by someone else is applied again, and the next
   report counts the correction.
+* Restarts: the ledger keeps hashes, not contents, so a restarted agent asks the
+  control plane for every work again (see :mod:`agent.main`). A work that comes back
+  at the generation the ledger records is checked, not applied: each object is read
+  and compared with the recorded hashes, and only missing or changed ones are applied.
+  Until then drift cannot be judged, and waits for that resend.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ from typing import Any
 
 from agent import drift
 from agent.kube import Kube, KubeError, Manifest, describe
-from agent.ledger import Entry, Ledger, ObjectRef
-from archipel import interpreter, structs
+from agent.ledger import Entry, Ledger, ObjectRef, digest
+from archipel import interpreter, limits, structs
 from archipel.v1alpha1 import agent_pb2, interpreter_pb2, work_pb2
 from archipel.workqueue import WorkQueue
 
@@ -55,6 +60,14 @@ class Observed:
             status = kind_interpreter.reflect_status(manifest)
         except interpreter.InterpreterError as error:
             problems.append(str(error))
+        if status is not None and limits.depth(status) > limits.MAX_MANIFEST_DEPTH:
+            # Checked here, on the dict: a member object we do not control could be
+            # deep enough to exhaust the recursion of the conversion to a Struct, and
+            # the control plane could not decode the report anyway.
+            status = None
+            problems.append(
+                f"status not reported: nested deeper than {limits.MAX_MANIFEST_DEPTH} levels"
+            )
         try:
             health = kind_interpreter.health(manifest)
         except interpreter.InterpreterError as error:
@@ -75,16 +88,15 @@ class Observed:
         )
 
 
-def _identifier(ordinal: int, manifest: Manifest) -> work_pb2.ResourceIdentifier:
-    group, _, version = manifest["apiVersion"].rpartition("/")
-    metadata = manifest.get("metadata", {})
+def _identifier(ordinal: int, ref: ObjectRef) -> work_pb2.ResourceIdentifier:
+    group, _, version = ref.api_version.rpartition("/")
     return work_pb2.ResourceIdentifier(
         ordinal=ordinal,
         group=group,
         version=version,
-        kind=manifest["kind"],
-        namespace=metadata.get("namespace", ""),
-        name=metadata["name"],
+        kind=ref.kind,
+        namespace=ref.namespace,
+        name=ref.name,
     )
 
 
@@ -214,7 +226,7 @@ class WorkManager:
             and entry.uid == work.metadata.uid
             and entry.generation == work.metadata.generation
         )
-        if current and name not in self.drifted:
+        if current and name not in self.drifted and entry is not None and entry.has_contents:
             self.report(name, applied=True, message="")
             return
         try:
@@ -227,43 +239,53 @@ class WorkManager:
             raise
 
     async def _apply(self, work: work_pb2.PropagationWork, entry: Entry | None) -> None:
+        """Apply the work's objects; or, for a work the ledger holds at this generation
+        without its contents (from before a restart), only those that changed since."""
         name = work.metadata.name
         was_drifted = name in self.drifted
         self.drifted.discard(name)
         manifests = [structs.from_struct(m) for m in work.spec.workload.manifests]
         ordered = sorted(manifests, key=lambda m: _FIRST.get(m.get("kind", ""), 2))
         held = set(entry.objects) if entry is not None else set()
-        refs, projections = [], []
+        recorded: dict[ObjectRef, tuple[str, str]] = {}
+        if (
+            entry is not None
+            and not entry.has_contents
+            and entry.uid == work.metadata.uid
+            and entry.generation == work.metadata.generation
+        ):
+            recorded = dict(
+                zip(
+                    entry.objects,
+                    zip(entry.manifest_hashes, entry.projection_hashes, strict=False),
+                    strict=False,
+                )
+            )
+        refs: list[ObjectRef] = []
+        bodies: list[Manifest] = []
+        projections: list[Any] = []
+        applies = 0
         for manifest in ordered:
             ref = ObjectRef.of(manifest)
             body = _with_ownership(manifest, name)
-            if ref.namespace and ref.namespace not in self._namespaces:
-                await self.kube.call(
-                    self.kube.ensure_namespace, ref.namespace, labels={MANAGED_LABEL: "true"}
-                )
-                self._namespaces.add(ref.namespace)
-            if ref not in held:
-                await self._check_conflict(ref, name, work.spec.conflict_resolution)
-            kind_interpreter = self.interpreters.of(body)
-            retained = kind_interpreter.retained_paths(body)
-            if retained:
-                # Fields the member owns (a Service's clusterIP, replicas under a
-                # member-side autoscaler) keep their live values.
+            live: Manifest | None = None
+            fetched = False
+            if ref in recorded and recorded[ref][0] == digest(body):
                 live = await self.kube.call(
                     self.kube.get, ref.api_version, ref.kind, ref.namespace, ref.name
                 )
-                body = kind_interpreter.retain(body, live)
-            applied = await self.kube.call(self.kube.apply, body)
-            self.applies += 1
-            refs.append(ref)
+                fetched = True
+                if live is not None:
+                    projection = self._projection(body, live)
+                    if digest(projection) == recorded[ref][1]:
+                        # As it was left: applying it again would change nothing.
+                        self._hold(ref, name, body, live, refs, bodies)
+                        projections.append(projection)
+                        continue
+            applied = await self._apply_object(ref, body, work, held, live=live, fetched=fetched)
+            applies += 1
+            self._hold(ref, name, body, applied, refs, bodies)
             projections.append(self._projection(body, applied))
-            self.owner[ref] = name
-            self._observe(ref, applied)
-            self._watch(ref.api_version, ref.kind)
-            if ref.kind == "CustomResourceDefinition":
-                # The cluster now serves a new kind: the control plane's scheduler
-                # should hear about it at the next heartbeat, not in ten.
-                self.on_new_api()
         for stale in held - set(refs):
             await self.kube.call(
                 self.kube.delete, stale.api_version, stale.kind, stale.namespace, stale.name
@@ -271,19 +293,80 @@ class WorkManager:
             self.owner.pop(stale, None)
             self.observed.pop(stale, None)
         await self.ledger.record(
-            Entry(
+            Entry.applied(
                 work=name,
                 uid=work.metadata.uid,
                 generation=work.metadata.generation,
                 objects=refs,
-                manifests=[_with_ownership(m, name) for m in ordered],
+                manifests=bodies,
                 projections=projections,
             )
         )
-        if was_drifted:
+        if recorded:
+            log.info(
+                "work %s: checked after a restart, %d of %d objects applied again",
+                name,
+                applies,
+                len(refs),
+            )
+        if was_drifted or (recorded and applies):
             self.corrections[name] = self.corrections.get(name, 0) + 1
             log.info("work %s: restored objects changed in the member", name)
         self.report(name, applied=True, message="")
+
+    def _hold(
+        self,
+        ref: ObjectRef,
+        name: str,
+        body: Manifest,
+        live: Manifest,
+        refs: list[ObjectRef],
+        bodies: list[Manifest],
+    ) -> None:
+        """Count an object as held by work ``name``, as it is now, and watch its kind."""
+        refs.append(ref)
+        bodies.append(body)
+        self.owner[ref] = name
+        self._observe(ref, live)
+        self._watch(ref.api_version, ref.kind)
+
+    async def _apply_object(
+        self,
+        ref: ObjectRef,
+        body: Manifest,
+        work: work_pb2.PropagationWork,
+        held: set[ObjectRef],
+        *,
+        live: Manifest | None,
+        fetched: bool,
+    ) -> Manifest:
+        """Server-side apply one object of ``work``; ``live`` is it as just read, if
+        ``fetched``. Returns the object as the API server answered."""
+        name = work.metadata.name
+        if ref.namespace and ref.namespace not in self._namespaces:
+            await self.kube.call(
+                self.kube.ensure_namespace, ref.namespace, labels={MANAGED_LABEL: "true"}
+            )
+            self._namespaces.add(ref.namespace)
+        if ref not in held:
+            await self._check_conflict(ref, name, work.spec.conflict_resolution)
+        kind_interpreter = self.interpreters.of(body)
+        retained = kind_interpreter.retained_paths(body)
+        if retained:
+            # Fields the member owns (a Service's clusterIP, replicas under a
+            # member-side autoscaler) keep their live values.
+            if not fetched:
+                live = await self.kube.call(
+                    self.kube.get, ref.api_version, ref.kind, ref.namespace, ref.name
+                )
+            body = kind_interpreter.retain(body, live)
+        applied = await self.kube.call(self.kube.apply, body)
+        self.applies += 1
+        if ref.kind == "CustomResourceDefinition":
+            # The cluster now serves a new kind: the control plane's scheduler
+            # should hear about it at the next heartbeat, not in ten.
+            self.on_new_api()
+        return applied
 
     async def _check_conflict(self, ref: ObjectRef, work: str, resolution: str) -> None:
         existing = await self.kube.call(
@@ -334,12 +417,10 @@ class WorkManager:
             drift_corrections=self.corrections.get(name, 0),
         )
         if applied and entry is not None:
-            for ordinal, (ref, manifest) in enumerate(
-                zip(entry.objects, entry.manifests, strict=False)
-            ):
+            for ordinal, ref in enumerate(entry.objects):
                 observed = self.observed.get(ref)
                 status = report.manifest_statuses.add()
-                status.identifier.CopyFrom(_identifier(ordinal, manifest))
+                status.identifier.CopyFrom(_identifier(ordinal, ref))
                 status.health = observed.health if observed else interpreter.UNKNOWN
                 if observed is not None:
                     status.health_message = observed.health_message
@@ -436,6 +517,15 @@ class WorkManager:
         entry = self.ledger.entries.get(name)
         if entry is None or ref not in entry.objects:
             return  # still being applied: the apply reports when it is done
+        if entry.manifests is None or entry.projections is None:
+            # Held from before a restart: without the contents drift cannot be judged.
+            # The Hello made the control plane send the work again, and the check that
+            # follows its arrival reads every object anew; if it is already under way,
+            # it may have read this object before the change, so it runs once more.
+            if name in self.desired:
+                self.queue.add(name)
+            self.report(name, applied=True, message="")
+            return
         if type_ == "DELETED":
             self._drift(name)
             return
@@ -449,18 +539,9 @@ class WorkManager:
         self.report(name, applied=True, message="")
 
     def _drift(self, name: str) -> None:
-        if name in self.desired or name in self.ledger.entries:
-            if name not in self.desired:
-                # Held from before a restart: re-apply what the ledger recorded.
-                entry = self.ledger.entries[name]
-                work = work_pb2.PropagationWork()
-                work.metadata.name = name
-                work.metadata.uid = entry.uid
-                work.metadata.generation = entry.generation
-                for manifest in entry.manifests:
-                    work.spec.workload.manifests.append(structs.to_struct(manifest))
-                work.spec.conflict_resolution = "Overwrite"
-                self.desired[name] = work
+        # Only a work received in this process's lifetime can be re-applied: one held
+        # from before a restart waits for the resend its Hello asked for.
+        if name in self.desired:
             self.drifted.add(name)
             self.queue.add(name)
 

@@ -1,7 +1,13 @@
 """The agent side of the stream's outgoing half, shared by the real and simulated agents.
 
 Acknowledgements, status reports and deletions that pile up while the stream is busy
-go out as one batch message; everything else goes out as it is, in order.
+go out as one batch message, bounded by count and by bytes; everything else goes out
+as it is, in order.
+
+Every status report is checked on its way out: a reflected status comes from a member
+object Archipel does not control, and one too deep or too large would make a message
+the control plane cannot decode (or refuses), failing the stream and every report
+behind it. Such a status is replaced by an empty one, with a health message saying why.
 """
 
 from __future__ import annotations
@@ -9,22 +15,99 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from google.protobuf.message import Message
+
+from archipel import limits, structs
 from archipel.v1alpha1 import agent_pb2
+
+MAX_REPORTED_STATUS_BYTES = 256 * 1024
+"""Largest reflected status of one manifest that is reported as it is."""
+
+# What a batch adds per item on top of the item itself: a field tag and a length.
+_ITEM_OVERHEAD = 6
+
+
+def bound_report(report: agent_pb2.WorkStatusReport) -> agent_pb2.WorkStatusReport:
+    """``report`` with every reflected status that is too large or too deep emptied,
+    and its health message saying why. Changed in place, and returned."""
+    for manifest in report.manifest_statuses:
+        if not manifest.HasField("status"):
+            continue
+        size = manifest.status.ByteSize()
+        problem = ""
+        if size > MAX_REPORTED_STATUS_BYTES:
+            problem = f"status not reported: {size} bytes, more than {MAX_REPORTED_STATUS_BYTES}"
+        else:
+            try:
+                deep = limits.depth(structs.from_struct(manifest.status))
+            except RecursionError:
+                deep = limits.MAX_MANIFEST_DEPTH + 1
+            if deep > limits.MAX_MANIFEST_DEPTH:
+                problem = (
+                    f"status not reported: nested deeper than {limits.MAX_MANIFEST_DEPTH} levels"
+                )
+        if problem:
+            manifest.ClearField("status")
+            manifest.status.SetInParent()  # an empty status, not a missing one
+            manifest.health_message = (
+                f"{manifest.health_message}; {problem}" if manifest.health_message else problem
+            )
+    return report
+
+
+def _bounded(message: agent_pb2.AgentMessage) -> agent_pb2.AgentMessage:
+    which = message.WhichOneof("message")
+    if which == "status":
+        bound_report(message.status)
+    elif which == "batch":
+        for status in message.batch.statuses:
+            bound_report(status)
+    return message
+
+
+def _size(message: agent_pb2.AgentMessage) -> int:
+    """What ``message`` adds to a batch, in bytes (nothing if it goes out alone)."""
+    which = message.WhichOneof("message")
+    if which == "batch":
+        return message.batch.ByteSize()
+    if which in ("ack", "status", "deleted"):
+        inner: Message = getattr(message, which)
+        return inner.ByteSize() + _ITEM_OVERHEAD
+    return 0
 
 
 async def outgoing(
-    hello: agent_pb2.Hello, outbox: asyncio.Queue[agent_pb2.AgentMessage], *, limit: int = 200
+    hello: agent_pb2.Hello,
+    outbox: asyncio.Queue[agent_pb2.AgentMessage],
+    *,
+    limit: int = 200,
+    max_bytes: int = limits.MAX_STREAM_BATCH_BYTES,
 ) -> AsyncIterator[agent_pb2.AgentMessage]:
-    """The hello, then whatever is put into ``outbox``, batched when it piles up."""
+    """The hello, then whatever is put into ``outbox``, batched when it piles up.
+
+    A batch holds at most ``limit`` messages and, unless one message alone is larger,
+    at most ``max_bytes``; what does not fit goes into the next one.
+    """
     yield agent_pb2.AgentMessage(hello=hello)
+    carried: agent_pb2.AgentMessage | None = None
     while True:
-        message = await outbox.get()
+        if carried is not None:
+            message, carried = carried, None
+        else:
+            message = _bounded(await outbox.get())
         if outbox.empty():
             yield message
             continue
         pending = [message]
+        size = _size(message)
         while not outbox.empty() and len(pending) < limit:
-            pending.append(outbox.get_nowait())
+            item = _bounded(outbox.get_nowait())
+            item_size = _size(item)
+            if size + item_size > max_bytes:
+                carried = item  # the first of the next batch
+                break
+            pending.append(item)
+            size += item_size
         batch = agent_pb2.AgentBatch()
         for item in pending:
             which = item.WhichOneof("message")

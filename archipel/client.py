@@ -18,7 +18,7 @@ import yaml
 from google.protobuf import json_format
 from google.protobuf import message as pb_message
 
-from archipel import structs
+from archipel import manifests, structs
 from archipel.v1alpha1 import (
     cluster_pb2,
     interpreter_pb2,
@@ -215,6 +215,64 @@ class Client:
         except grpc.RpcError as error:
             raise ClientError(_describe(error)) from error
 
+    def list_all(self, method: Any, request: Any, *, timeout: float = 30) -> list[Any]:
+        """Every item of a List call, page after page.
+
+        The server cuts a List answer by count and by bytes and hands back a continue
+        token; this follows the tokens until one comes back empty. ``request`` is not
+        changed.
+        """
+        items: list[Any] = []
+        seen: set[str] = set()
+        while True:
+            page = self.call(method, request, timeout=timeout)
+            items.extend(page.items)
+            token: str = getattr(page, "continue")  # a Python keyword, so no attribute syntax
+            if not token:
+                return items
+            if token in seen:
+                # A server that hands back a token it already gave would loop forever.
+                raise ClientError("the server repeated a continue token: the listing is incomplete")
+            seen.add(token)
+            # A new request per page: the caller's, and any already sent, stay as they were.
+            request = _copy(request)
+            setattr(request, "continue", token)
+
+    def binding_of(
+        self, api_version: str, kind: str, namespace: str, name: str
+    ) -> work_pb2.PropagationBinding | None:
+        """The binding of a template, by what it binds.
+
+        Most bindings carry Karmada's name ``<name>-<kind>``; one whose name was taken
+        by a template of another API group with the same kind and name has a suffix,
+        so the namespace's bindings are searched when the first guess is not it.
+        """
+        group = api_version.rpartition("/")[0]
+
+        def binds(binding: work_pb2.PropagationBinding) -> bool:
+            resource = binding.spec.resource
+            return (
+                resource.kind == kind
+                and resource.name == name
+                and resource.api_version.rpartition("/")[0] == group
+            )
+
+        stub = self.stub(api_kind_by_name("binding"))  # type: ignore[arg-type]
+        try:
+            guess: work_pb2.PropagationBinding = self.call(
+                stub.Get,
+                service_pb2.GetRequest(namespace=namespace, name=f"{name}-{kind.lower()}"),
+            )
+            if binds(guess):
+                return guess
+        except ClientError:
+            pass
+        for binding in self.list_all(stub.List, service_pb2.ListRequest(namespace=namespace)):
+            if binds(binding):
+                found: work_pb2.PropagationBinding = binding
+                return found
+        return None
+
     # -- documents -------------------------------------------------------------------
 
     def apply_document(self, document: dict[str, Any]) -> tuple[str, str]:
@@ -259,6 +317,12 @@ class Client:
             return None
         version: str = found.metadata.resource_version
         return version
+
+
+def _copy(request: Any) -> Any:
+    copied = type(request)()
+    copied.CopyFrom(request)
+    return copied
 
 
 def _outcome(before: str | None, after: str | None) -> str:
@@ -307,44 +371,48 @@ def _parse_problem(error: json_format.ParseError) -> str:
 def read_documents(
     source: str, *, namespace: str | None = None
 ) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(origin, document) from a file, a directory (sorted, *.yaml|*.yml|*.json) or '-'."""
+    """(origin, document) from a file, a directory (sorted, *.yaml|*.yml|*.json) or '-'.
+
+    Documents are read by :mod:`archipel.manifests`: anything that is not a manifest
+    is a :class:`ClientError` naming the file, the document and the field or line.
+    """
     import sys
 
-    if source == "-":
-        yield from _parse(sys.stdin.read(), "<stdin>", namespace)
-        return
-    path = Path(source)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
-    elif path.exists():
-        files = [path]
-    else:
-        raise ClientError(f"{source}: no such file or directory")
-    for file in files:
-        yield from _parse(file.read_text(), str(file), namespace)
-
-
-def _parse(text: str, origin: str, namespace: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
     try:
-        documents = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ClientError(f"{origin}{where}: invalid YAML: {problem}") from error
-    for index, document in enumerate(documents):
-        if document is None:
-            continue
-        where = f"{origin} (document {index + 1})"
-        if not isinstance(document, dict):
-            raise ClientError(f"{where}: a document must be a mapping with apiVersion and kind")
-        for field in ("apiVersion", "kind"):
-            if not document.get(field):
-                raise ClientError(f"{where}: {field}: required")
-        if not isinstance(document.get("metadata"), dict) or not document["metadata"].get("name"):
-            raise ClientError(f"{where}: metadata.name: required")
+        if source == "-":
+            yield from _parse(
+                manifests.read_stream(sys.stdin.buffer, "<stdin>"), "<stdin>", namespace
+            )
+            return
+        path = Path(source)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml", ".json"))
+        elif path.exists():
+            files = [path]
+        else:
+            raise ClientError(f"{source}: no such file or directory")
+        for file in files:
+            yield from _parse(manifests.read_file(file), str(file), namespace)
+    except manifests.ManifestError as error:
+        raise ClientError(str(error)) from error
+    except OSError as error:
+        raise ClientError(f"{source}: {error.strerror or error}") from error
+
+
+def _parse(
+    data: bytes | str, origin: str, namespace: str | None
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    try:
+        documents = manifests.load_manifests(data, origin)
+    except manifests.ManifestError as error:
+        raise ClientError(str(error)) from error
+    for number, document in documents:
+        where = f"{origin} (document {number})"
         if namespace and not document["metadata"].get("namespace"):
-            api_kind = api_kind_of_document(document)
+            try:
+                api_kind = api_kind_of_document(document)
+            except ClientError as error:
+                raise ClientError(f"{where}: {error}") from error
             if api_kind is None or api_kind.namespaced:
                 document["metadata"]["namespace"] = namespace
         yield where, document

@@ -10,13 +10,15 @@ kind as well, get :class:`TemplateService`. Errors from below are
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 from google.protobuf import message as pb_message
+from google.protobuf import message_factory
 
-from archipel import interpreter, structs
+from archipel import interpreter, limits, structs
 from archipel.v1alpha1 import (
     cluster_pb2,
     interpreter_pb2,
@@ -27,13 +29,40 @@ from archipel.v1alpha1 import (
 )
 from controlplane import kinds, selectors, validation
 from controlplane.controllers.cluster import ClusterController
-from controlplane.errors import ArchipelError, Conflict, Expired, FailedPrecondition, Invalid
+from controlplane.errors import (
+    ArchipelError,
+    Conflict,
+    Corrupt,
+    Expired,
+    FailedPrecondition,
+    Invalid,
+)
 from controlplane.etcd import Compacted
 from controlplane.kinds import Kind, Manifest
-from controlplane.store import Store
+from controlplane.store import Store, decode, report_corrupt
 
 T = TypeVar("T", bound=pb_message.Message)
+M = TypeVar("M", bound=pb_message.Message)
 R = TypeVar("R")
+
+
+def status_message(text: str) -> str:
+    """A status message cut to what gRPC trailers carry (see ``MAX_STATUS_MESSAGE_BYTES``).
+
+    Validation already quotes values through :func:`limits.echo`; this is the last
+    line of defence for any message that still grew too long.
+    """
+    raw = text.encode()
+    if len(raw) <= limits.MAX_STATUS_MESSAGE_BYTES:
+        return text
+    kept = raw[: limits.MAX_STATUS_MESSAGE_BYTES - 64].decode(errors="ignore")
+    return f"{kept}... (message cut from {len(raw)} bytes)"
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ArchipelError) -> NoReturn:
+    """The one place an error becomes a gRPC status."""
+    await context.abort(error.code, status_message(str(error)))
+    raise AssertionError("unreachable: abort raises")
 
 
 def _guard(
@@ -44,8 +73,7 @@ def _guard(
         try:
             return await method(self, request, context)
         except ArchipelError as error:
-            await context.abort(error.code, str(error))
-            raise  # unreachable: abort raises
+            await _abort(context, error)
 
     return wrapper
 
@@ -61,9 +89,151 @@ def _guard_stream(
             async for item in method(self, request, context):
                 yield item
         except ArchipelError as error:
-            await context.abort(error.code, str(error))
+            await _abort(context, error)
 
     return wrapper
+
+
+# -- decoding requests -----------------------------------------------------------------
+#
+# gRPC's generated handlers decode requests before any servicer code runs, and answer
+# UNKNOWN or INTERNAL when that fails. The handlers below receive the raw bytes and
+# decode them here, so a request that is not valid protobuf (or holds invalid UTF-8)
+# gets INVALID_ARGUMENT naming the field.
+
+
+def _varint(data: bytes, position: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if position >= len(data) or shift > 63:
+            raise ValueError("truncated varint")
+        byte = data[position]
+        position += 1
+        result |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return result, position
+
+
+def undecodable_field(descriptor: Any, data: bytes) -> str:
+    """The path of the first field that makes ``data`` undecodable, or ``""``.
+
+    A best-effort walk of the wire format, for the error message only; without
+    recursion, so a deeply nested request cannot exhaust the stack.
+    """
+    pending: list[tuple[Any, bytes, str]] = [(descriptor, data, "")]
+    while pending:
+        message, buffer, path = pending.pop()
+        position = 0
+        while position < len(buffer):
+            where = path
+            try:
+                tag, position = _varint(buffer, position)
+                number, wire_type = tag >> 3, tag & 7
+                field = message.fields_by_number.get(number) if message else None
+                name = field.json_name if field is not None else f"#{number}"
+                where = f"{path}.{name}" if path else name
+                if number == 0:
+                    return where
+                if wire_type == 0:
+                    _, position = _varint(buffer, position)
+                elif wire_type in (1, 5):
+                    position += 8 if wire_type == 1 else 4
+                elif wire_type == 2:
+                    length, position = _varint(buffer, position)
+                    chunk = buffer[position : position + length]
+                    position += length
+                    if len(chunk) < length:
+                        return where
+                    if field is not None and field.type == field.TYPE_STRING:
+                        chunk.decode()
+                    elif field is not None and field.type == field.TYPE_MESSAGE:
+                        pending.append((field.message_type, chunk, where))
+                else:
+                    return where
+            except (ValueError, UnicodeDecodeError):
+                return where
+            if position > len(buffer):
+                return where
+    return ""
+
+
+def decode_request(message_type: type[M], data: bytes) -> M:
+    """Decode a request; bytes that are not a ``message_type`` are :class:`Invalid`.
+
+    A request larger than any acceptable object is refused before it is decoded:
+    turning megabytes of protobuf into Python objects only to refuse them costs memory
+    that the allocator does not hand back.
+    """
+    if len(data) > limits.MAX_REQUEST_BYTES:
+        field = "manifest" if "manifest" in message_type.DESCRIPTOR.fields_by_name else "request"
+        raise Invalid(
+            field,
+            f"{len(data)} bytes, over the limit of {limits.MAX_REQUEST_BYTES} bytes for one "
+            f"request (objects may have {limits.MAX_OBJECT_BYTES} bytes)",
+        )
+    try:
+        return message_type.FromString(data)
+    except pb_message.DecodeError as error:
+        descriptor = message_type.DESCRIPTOR
+        field = undecodable_field(descriptor, data) or "request"
+        reason = str(error).rpartition(": ")[2] or "malformed"
+        raise Invalid(
+            field, f"cannot decode the {descriptor.full_name} request: {reason}"
+        ) from error
+
+
+def _unary_handler(
+    method: Callable[..., Awaitable[Any]], request_type: type[pb_message.Message]
+) -> grpc.RpcMethodHandler[bytes, pb_message.Message]:
+    async def handle(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = decode_request(request_type, data)
+        except Invalid as error:
+            await _abort(context, error)
+        return await method(request, context)
+
+    return grpc.unary_unary_rpc_method_handler(handle, response_serializer=_serialize)
+
+
+def _stream_handler(
+    method: Callable[..., AsyncIterator[Any]], request_type: type[pb_message.Message]
+) -> grpc.RpcMethodHandler[bytes, pb_message.Message]:
+    async def handle(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            request = decode_request(request_type, data)
+        except Invalid as error:
+            await _abort(context, error)
+        async for item in method(request, context):
+            yield item
+
+    return grpc.unary_stream_rpc_method_handler(handle, response_serializer=_serialize)
+
+
+def _serialize(message: pb_message.Message) -> bytes:
+    return message.SerializeToString()
+
+
+def service_handler(service_name: str, servicer: object) -> grpc.GenericRpcHandler[Any, Any]:
+    """The handler of one service of ``service_pb2``, decoding requests itself.
+
+    ``service_name`` is the service's short name (``PropagationPolicyService``);
+    ``servicer`` has one coroutine (or async generator, for streams) per method.
+    """
+    service = service_pb2.DESCRIPTOR.services_by_name[service_name]
+    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+    for method in service.methods:
+        if method.client_streaming:
+            raise TypeError(
+                f"{service.full_name}.{method.name}: client streams are not served here"
+            )
+        request_type = message_factory.GetMessageClass(method.input_type)
+        implementation = getattr(servicer, method.name)
+        if method.server_streaming:
+            handlers[method.name] = _stream_handler(implementation, request_type)
+        else:
+            handlers[method.name] = _unary_handler(implementation, request_type)
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
 def _label_filter(text: str) -> selectors.Selector:
@@ -80,23 +250,27 @@ async def watch_events(
 ) -> AsyncIterator[tuple[str, Any, str]]:
     """(type, object, resourceVersion) for a Watch call, Kubernetes-style."""
     if resource_version:
-        try:
-            start = int(resource_version) + 1
-        except ValueError as error:
-            raise Invalid(
-                "resourceVersion", f"{resource_version!r} is not a resourceVersion"
-            ) from error
+        start = parse_resource_version(resource_version) + 1
     else:
-        items, _, revision = await store.list(kind, prefix)
-        for obj in items:
-            if matches(obj):
-                yield "ADDED", obj, kind.meta(obj).resource_version
+        # The initial state comes in pages, all at the first page's revision.
+        token, revision = "", 0
+        while True:
+            items, token, at = await store.list(kind, prefix, continue_token=token)
+            revision = revision or at
+            for obj in items:
+                if matches(obj):
+                    yield "ADDED", obj, kind.meta(obj).resource_version
+            if not token:
+                break
         start = revision + 1
     try:
         async for events in store.etcd.watch(prefix, start_revision=start, previous=True):
             for event in events:
-                obj = kind.decode(event.value)
-                kind.meta(obj).resource_version = str(event.mod_revision)
+                try:
+                    obj = decode(kind, event.key, event.value, event.mod_revision)
+                except Corrupt as error:
+                    report_corrupt(error, event.mod_revision)
+                    continue
                 if not matches(obj):
                     continue
                 if event.type == "DELETE":
@@ -104,9 +278,23 @@ async def watch_events(
                 else:
                     yield ("ADDED" if event.created else "MODIFIED"), obj, str(event.mod_revision)
     except Compacted as error:
+        # Kubernetes' 410 Gone: the history is gone, the caller must list again.
         raise Expired(
-            f"resourceVersion {resource_version} is too old ({error}); list again"
+            f"resourceVersion: {limits.echo(resource_version)} is too old ({error}); list again"
         ) from error
+
+
+# etcd revisions are positive int64s; "0" asks for whatever comes next.
+_RESOURCE_VERSION = re.compile(r"^(0|[1-9][0-9]{0,18})$")
+
+
+def parse_resource_version(text: str, field: str = "resourceVersion") -> int:
+    """A resourceVersion a caller sent, as the revision it names."""
+    if not _RESOURCE_VERSION.match(text) or int(text) >= 2**63 - 1:
+        raise Invalid(
+            field, f"{limits.echo(text)} is not a resourceVersion (a non-negative integer)"
+        )
+    return int(text)
 
 
 class KindService(Generic[T]):
@@ -127,8 +315,23 @@ class KindService(Generic[T]):
         self.event_type = event_type
         self.validate = validate
 
+    def _check_namespace(self, namespace: str) -> None:
+        """The namespace of a List or Watch: empty means every namespace."""
+        if not namespace:
+            return
+        if not self.kind.namespaced:
+            raise Invalid("namespace", f"must be empty: {self.kind.name} is cluster-scoped")
+        validation.check_dns_label(namespace, "namespace")
+
     def _key(self, namespace: str, name: str) -> str:
-        validation.check_name(name, "name")
+        # Bindings and works are named after templates, whose names may be RBAC-style
+        # (system:...), and works after their binding: <namespace or _>.<binding>.
+        if self.kind is kinds.PROPAGATION_WORK:
+            validation.check_work_name(name, "name")
+        elif self.kind is kinds.PROPAGATION_BINDING:
+            validation.check_object_name(name, "name")
+        else:
+            validation.check_name(name, "name")
         if self.kind.namespaced:
             validation.check_dns_label(namespace, "namespace")
         elif namespace:
@@ -147,8 +350,7 @@ class KindService(Generic[T]):
     ) -> pb_message.Message:
         if request.limit < 0:
             raise Invalid("limit", "must not be negative")
-        if request.namespace and not self.kind.namespaced:
-            raise Invalid("namespace", f"must be empty: {self.kind.name} is cluster-scoped")
+        self._check_namespace(request.namespace)
         selector = _label_filter(request.label_selector)
         items, token, revision = await self.store.list(
             self.kind,
@@ -168,6 +370,7 @@ class KindService(Generic[T]):
     async def Watch(
         self, request: service_pb2.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb_message.Message]:
+        self._check_namespace(request.namespace)
         selector = _label_filter(request.label_selector)
         async for type_, obj, revision in watch_events(
             self.store,
@@ -180,12 +383,24 @@ class KindService(Generic[T]):
 
     @_guard
     async def Apply(self, request: T, context: grpc.aio.ServicerContext[Any, Any]) -> T:
+        # Size and depth first: everything after walks the object.
+        validation.check_message(request, self.kind.name)
         obj = self.kind.copy(request)
-        kinds.check_api_version(self.kind, obj.api_version)  # type: ignore[attr-defined]
+        api_version: str = obj.api_version  # type: ignore[attr-defined]
+        if api_version and api_version not in self.kind.accepted_api_versions:
+            raise Invalid(
+                "apiVersion",
+                f"{self.kind.name} must be {' or '.join(self.kind.accepted_api_versions)}, "
+                f"not {limits.echo(api_version)}",
+            )
         if obj.kind and obj.kind != self.kind.name:  # type: ignore[attr-defined]
-            raise Invalid("kind", f"must be {self.kind.name}, not {obj.kind!r}")  # type: ignore[attr-defined]
+            raise Invalid("kind", f"must be {self.kind.name}, not {limits.echo(obj.kind)}")  # type: ignore[attr-defined]
         obj.api_version = self.kind.api_version  # type: ignore[attr-defined]
         obj.kind = self.kind.name  # type: ignore[attr-defined]
+        # Identity, history and deletion are the store's, whatever the caller sent.
+        metadata = obj.metadata  # type: ignore[attr-defined]
+        for field in ("uid", "generation", "creation_timestamp", "deletion_timestamp"):
+            metadata.ClearField(field)
         self.validate(obj)
         return await apply(self.store, self.kind, obj)
 
@@ -214,7 +429,7 @@ async def apply(store: Store, kind: Kind[T], obj: T) -> T:
     if requested.resource_version and requested.resource_version != stored.resource_version:
         raise Conflict(
             f"{kind.name} {requested.name} is at resourceVersion {stored.resource_version}, "
-            f"not {requested.resource_version}"
+            f"not {limits.echo(requested.resource_version)}"
         )
     updated = kind.copy(current)
     updated.spec.CopyFrom(obj.spec)  # type: ignore[attr-defined]
@@ -344,13 +559,23 @@ class TemplateService:
             raise Invalid(
                 "apiVersion" if not api_version else "kind", "give apiVersion and kind together"
             )
-        return kinds.template_type_prefix(api_version, kind) if kind else "templates/"
+        if not kind:
+            return "templates/"
+        validation.check_api_version(api_version)
+        validation.check_kind(kind)
+        return kinds.template_type_prefix(api_version, kind)
+
+    @staticmethod
+    def _check_namespace(namespace: str) -> None:
+        if namespace:
+            validation.check_dns_label(namespace, "namespace")
 
     def _key(self, api_version: str, kind: str, namespace: str, name: str) -> str:
-        if not api_version:
-            raise Invalid("apiVersion", "required")
-        if not kind:
-            raise Invalid("kind", "required")
+        validation.check_api_version(api_version)
+        validation.check_kind(kind)
+        self._check_namespace(namespace)
+        # The loosest rule: a lookup must still reach templates stored under older,
+        # laxer admission rules (Apply holds new ones to their kind's rule).
         validation.check_object_name(name, "name")
         return kinds.template_key(api_version, kind, namespace, name)
 
@@ -367,12 +592,22 @@ class TemplateService:
     ) -> service_pb2.ResourceTemplateList:
         if request.limit < 0:
             raise Invalid("limit", "must not be negative")
+        self._check_namespace(request.namespace)
         selector = _label_filter(request.label_selector)
+        # Pages are bounded by what templates weigh on the wire (a Struct can be several
+        # times its JSON), and each is converted once.
+        wired: dict[int, work_pb2.ResourceTemplate] = {}
+
+        def weigh(manifest: Manifest) -> int:
+            wire = wired[id(manifest)] = self._wire(manifest)
+            return wire.ByteSize()
+
         items, token, revision = await self.store.list(
             self.kind,
             self._type_prefix(request.api_version, request.kind),
             limit=request.limit,
             continue_token=getattr(request, "continue"),
+            weigh=weigh,
         )
         response = service_pb2.ResourceTemplateList(resource_version=str(revision))
         for manifest in items:
@@ -380,7 +615,7 @@ class TemplateService:
             if request.namespace and meta.get("namespace") != request.namespace:
                 continue
             if selector.matches(meta.get("labels", {})):
-                response.items.append(self._wire(manifest))
+                response.items.append(wired.get(id(manifest)) or self._wire(manifest))
         setattr(response, "continue", token)
         return response
 
@@ -388,6 +623,7 @@ class TemplateService:
     async def Watch(
         self, request: service_pb2.TemplateWatchRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[service_pb2.ResourceTemplateEvent]:
+        self._check_namespace(request.namespace)
         selector = _label_filter(request.label_selector)
 
         def matches(manifest: Manifest) -> bool:
@@ -421,7 +657,10 @@ class TemplateService:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> service_pb2.DeleteResponse:
         key = self._key(request.api_version, request.kind, request.namespace, request.name)
-        current = await self.store.must_get(self.kind, key)
+        try:
+            current = await self.store.must_get(self.kind, key)
+        except Corrupt:
+            current = {}  # no label can be read, so none protects it: deleting is the way out
         labels = current.get("metadata", {}).get("labels", {})
         for label in DELETION_PROTECTION_LABELS:
             if labels.get(label) == "Always":

@@ -2,12 +2,20 @@
 
 Names follow Karmada: a template's binding is ``<name>-<kind>`` in the template's
 namespace, and its work for a cluster lives in ``archipel-es-<cluster>`` under a name
-derived from the binding, so every key can be computed without a lookup.
+derived from the binding. A binding's identity, though, is what it binds (its
+``spec.resource``: group, kind, namespace and name), and bindings are found through an
+index on it, never by computing a name: a core Service ``web`` and a Knative Service
+``web`` both want ``web-service``; the second gets a suffix hashed from its whole
+identity, and neither ever drives the other's binding. Bindings written by earlier
+versions keep their names and are found the same way, so an upgrade renames nothing
+and no member object is touched.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +25,8 @@ from controlplane import kinds
 from controlplane.informers import Informer
 from controlplane.kinds import CLUSTER_SCOPE, Manifest
 from controlplane.store import Store
+
+log = logging.getLogger(__name__)
 
 FINALIZER = "archipel.io/controller"
 WORK_FINALIZER = "archipel.io/agent-cleanup"
@@ -86,10 +96,49 @@ class Context:
         context.works.add_index("binding", lambda w: [binding_key_of_work(w)])
         context.works.add_index("cluster", lambda w: [w.metadata.labels.get(CLUSTER_LABEL, "")])
         context.bindings.add_index("policy", lambda b: [policy_key(b.spec.policy)])
+        context.bindings.add_index(
+            TEMPLATE_INDEX,
+            lambda b: [template_key_of_binding(b)] if b.spec.resource.kind else [],
+        )
         context.customizations.add_handler(
             lambda key, old, new: context.interpreters.update(context.customizations.objects())
         )
         return context
+
+    def binding_of(self, template_key: str) -> work_pb2.PropagationBinding | None:
+        """The binding of the template at ``template_key``, by what it binds."""
+        found = self.bindings.by_index(TEMPLATE_INDEX, template_key)
+        # Two bindings of one template only exist between a lost race and its cleanup.
+        return min(found, key=lambda b: b.metadata.name) if found else None
+
+    def binding_keys_of(self, template_key: str) -> set[str]:
+        return self.bindings.index_keys(TEMPLATE_INDEX, template_key)
+
+    def new_binding_name(self, manifest: Manifest) -> str:
+        """The name for a template's first binding: Karmada's ``<name>-<kind>``, or,
+        when a binding of another template already has that name, the same with a
+        suffix hashed from the template's identity (group included)."""
+        metadata = manifest["metadata"]
+        name = binding_name(manifest)
+        key = kinds.PROPAGATION_BINDING.key(metadata.get("namespace", ""), name)
+        if self.bindings.get(key) is None:
+            return name  # free, or undecodable: create_derived writes over it
+        identity = kinds.RESOURCE_TEMPLATE.key_of(manifest)
+        return f"{name}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
+
+    async def create_derived(self, informer: Informer[Any], obj: Any) -> Any:
+        """Create a binding or work, writing over an undecodable value at its key.
+
+        Bindings and works are derived from templates and policies, so a corrupted one
+        is repaired by writing what it should be; its status is recomputed.
+        """
+        key = informer.kind.key_of(obj)
+        corrupt = informer.quarantined.get(key)
+        if corrupt is not None:
+            log.warning("rewriting undecodable %s (%s)", key, corrupt[1])
+        return await self.store.create(
+            informer.kind, obj, replacing=corrupt[0] if corrupt is not None else 0
+        )
 
     def informers(self) -> list[Informer[Any]]:
         return [
@@ -105,19 +154,12 @@ class Context:
         ]
 
 
+TEMPLATE_INDEX = "template"
+
+
 def binding_name(manifest: Manifest) -> str:
+    """Karmada's name for a template's binding; see :meth:`Context.new_binding_name`."""
     return f"{manifest['metadata']['name']}-{manifest['kind'].lower()}"
-
-
-def binding_key_for_template(manifest: Manifest) -> str:
-    namespace = manifest.get("metadata", {}).get("namespace", "")
-    return kinds.PROPAGATION_BINDING.key(namespace, binding_name(manifest))
-
-
-def binding_key_for_template_key(template_key: str) -> str:
-    """``templates/<group>/<Kind>/<namespace>/<name>`` -> the binding's key."""
-    _, _, kind, namespace, name = template_key.split("/", 4)
-    return f"{kinds.PROPAGATION_BINDING.plural}/{namespace}/{name}-{kind.lower()}"
 
 
 def template_key_of_binding(binding: work_pb2.PropagationBinding) -> str:
@@ -134,6 +176,13 @@ def work_name(binding: work_pb2.PropagationBinding) -> str:
 
 def work_key(binding: work_pb2.PropagationBinding, cluster: str) -> str:
     return kinds.PROPAGATION_WORK.key(kinds.execution_namespace(cluster), work_name(binding))
+
+
+def binding_key_of_work_key(work_key: str) -> str:
+    """The binding key a work's key names (``<namespace or _>.<binding>``), for works
+    that cannot be decoded and so have no labels to read."""
+    namespace, _, binding = work_key.rsplit("/", 1)[-1].partition(".")
+    return kinds.PROPAGATION_BINDING.key("" if namespace == CLUSTER_SCOPE else namespace, binding)
 
 
 def binding_key_of_work(work: work_pb2.PropagationWork) -> str:

@@ -13,6 +13,10 @@ Pure functions, following Karmada's division semantics:
 * *steady* division (the default) changes as little as possible: scaling up spreads
   only the new replicas, scaling down shrinks every cluster in proportion; *fresh*
   division (a manual reschedule) starts over.
+
+Division costs O(clusters log clusters) however many replicas there are (a
+bisection adds a factor of log(replicas) when clusters' room caps them): it runs on
+the event loop, and replica counts go up to 2**31 - 1.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 
 
 class Unschedulable(Exception):
@@ -58,6 +63,12 @@ def webster(
 
     Clusters with no weight take no seats, unless every weight is zero, in which case
     they count equally (Karmada's rule for weight lists that match nothing).
+
+    The result is the one handing out seats one at a time would give (each to the
+    highest ``weight / (2 * seats + 1)``, ties as the module says, a full cluster
+    leaving the race), but it costs O(clusters * log) whatever ``total`` is: a
+    divisor gives every cluster its seats at once, and a heap hands out the few
+    (fewer than one per cluster) that are left.
     """
     if total < 0:
         raise ValueError("total must not be negative")
@@ -70,24 +81,73 @@ def webster(
     if not any(effective.values()):
         effective = dict.fromkeys(names, 1)
     seats = dict.fromkeys(names, 0)
+    racing = [n for n in names if effective[n] > 0]
+    # Without a capacity nobody can take more than everything.
+    cap = {n: total if capacity is None else max(0, capacity.get(n, 0)) for n in racing}
+    if sum(cap.values()) < total:
+        room = sum((capacity or {}).get(n, 0) for n in names)
+        raise Unschedulable(f"{total} replicas requested but the clusters have room for {room}")
+    if not total:
+        return seats
+    for name, count in _below_threshold(total, {n: effective[n] for n in racing}, cap).items():
+        seats[name] = count
+    remaining = total - sum(seats.values())
     descending = seed % 2 == 1
-    # Name order for ties: rank 0 wins; heapq pops the smallest key first.
+    # Name order for ties: rank 0 wins; heapq pops the smallest key first. Priorities
+    # are exact fractions: they decide the same as the one-at-a-time rule, however
+    # large the weights and seats.
     rank = {n: (-i if descending else i) for i, n in enumerate(names)}
-    heap = [(-effective[n] / 1.0, 0, rank[n], n) for n in names if effective[n] > 0]
+    heap = [
+        (Fraction(-effective[n], 2 * seats[n] + 1), seats[n], rank[n], n)
+        for n in racing
+        if seats[n] < cap[n]
+    ]
     heapq.heapify(heap)
-    remaining = total
     while remaining:
-        if not heap:
-            room = sum((capacity or {}).get(n, 0) for n in names)
-            raise Unschedulable(f"{total} replicas requested but the clusters have room for {room}")
         _, _, _, name = heapq.heappop(heap)
-        if capacity is not None and seats[name] >= capacity.get(name, 0):
-            continue  # full: it leaves the race
         seats[name] += 1
         remaining -= 1
-        priority = effective[name] / (2 * seats[name] + 1)
-        heapq.heappush(heap, (-priority, seats[name], rank[name], name))
+        if seats[name] < cap[name]:  # a full cluster leaves the race
+            priority = Fraction(-effective[name], 2 * seats[name] + 1)
+            heapq.heappush(heap, (priority, seats[name], rank[name], name))
     return seats
+
+
+def _below_threshold(
+    total: int, weights: Mapping[str, int], cap: Mapping[str, int]
+) -> dict[str, int]:
+    """Seats every cluster is sure to win, at most one per cluster short of ``total``.
+
+    Handing out seats one at a time gives the ``total`` highest priorities
+    ``w / (2k + 1)`` (k = 0 .. cap - 1) of all clusters. Every priority above a
+    threshold ``t`` is among them as long as there are at most ``total`` such
+    priorities, so they are safe to give at once: a cluster has ``ceil(w / t) // 2``
+    of them, or its cap. With ``t = W / (2m)`` (``W`` the sum of the weights) that
+    is ``ceil(2mw / W) // 2``, all in integers. Without caps, ``m = total - n // 2``
+    fits and leaves at most ``n`` seats over; caps take seats away, and then ``m`` is
+    the largest that still fits, found by bisection (one more would give each cluster
+    at most one seat more, so again fewer than ``n`` are left).
+    """
+    whole = sum(weights.values())
+
+    def sure(m: int) -> dict[str, int]:
+        return {n: min(cap[n], -(-2 * m * w // whole) // 2) for n, w in weights.items()}
+
+    low = max(0, total - len(weights) // 2)
+    seats = sure(low)
+    if total - sum(seats.values()) <= len(weights):
+        return seats
+    # At ``high`` every cluster reaches its cap (weights are whole numbers, at least 1).
+    high = max(cap.values()) * whole
+    if sum(sure(high).values()) <= total:
+        return sure(high)
+    while high - low > 1:  # invariant: sure(low) fits in total, sure(high) does not
+        middle = (low + high) // 2
+        if sum(sure(middle).values()) <= total:
+            low = middle
+        else:
+            high = middle
+    return sure(low)
 
 
 def static(total: int, weights: Mapping[str, int], *, seed: int = 0) -> dict[str, int]:

@@ -46,7 +46,10 @@ class Conflict(ArchipelError):
 
 
 class Expired(ArchipelError):
-    """A watch asked to resume from a revision that etcd has compacted away: list again."""
+    """A watch or a continue token names a revision etcd has compacted away: list again.
+
+    Kubernetes answers ``410 Gone`` here; gRPC's nearest code is OUT_OF_RANGE.
+    """
 
     code = grpc.StatusCode.OUT_OF_RANGE
 
@@ -55,6 +58,26 @@ class FailedPrecondition(ArchipelError):
     """The object is in a state that forbids the request (deletion protection)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Corrupt(ArchipelError):
+    """A stored object cannot be decoded (written by hand, or by a buggy version).
+
+    It is quarantined: skipped by caches and listings, reported, and deletable.
+    """
+
+    code = grpc.StatusCode.DATA_LOSS
+
+    def __init__(self, key: str, reason: str) -> None:
+        self.key = key
+        self.reason = reason
+        super().__init__(f"stored object {key} cannot be decoded ({reason}); delete it to recover")
+
+
+class TooMuch(ArchipelError):
+    """A caller or an agent went over one of the limits in :mod:`archipel.limits`."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class Unauthenticated(ArchipelError):

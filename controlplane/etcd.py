@@ -14,12 +14,17 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import etcd3aio
+import grpc
 from etcd3aio._protobuf import Compare
 from etcd3aio.errors import EtcdError
 from etcd3aio.kv import prefix_range_end
 
 from controlplane import metrics
-from controlplane.errors import Unavailable
+from controlplane.errors import TooMuch, Unavailable
+
+# etcd3aio wraps most failures in EtcdError, but lets some gRPC statuses through
+# (RESOURCE_EXHAUSTED for a request over etcd's limit).
+_CLIENT_ERRORS = (EtcdError, grpc.aio.AioRpcError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +105,7 @@ class Etcd:
         started = time.perf_counter()
         try:
             response = await self._kv.get(self._abs(key), timeout=10)
-        except EtcdError as error:
+        except _CLIENT_ERRORS as error:
             raise Unavailable(f"etcd: {error}") from error
         finally:
             metrics.ETCD_LATENCY.labels("get").observe(time.perf_counter() - started)
@@ -122,7 +127,7 @@ class Etcd:
                 limit=limit,
                 timeout=30,
             )
-        except EtcdError as error:
+        except _CLIENT_ERRORS as error:
             raise Unavailable(f"etcd: {error}") from error
         finally:
             metrics.ETCD_LATENCY.labels("range").observe(time.perf_counter() - started)
@@ -162,7 +167,11 @@ class Etcd:
             # A retried transaction whose first attempt did land fails its guard and
             # is reported as a conflict: the caller rereads, which is always safe.
             response = await kv.txn(compare, success, timeout=10)
-        except EtcdError as error:
+        except _CLIENT_ERRORS as error:
+            if "too large" in str(error) or "larger than max" in str(error):
+                raise TooMuch(
+                    f"etcd refused a {sum(_size(w) for w in writes)}-byte write as too large"
+                ) from error
             raise Unavailable(f"etcd: {error}") from error
         finally:
             metrics.ETCD_LATENCY.labels("txn").observe(time.perf_counter() - started)
@@ -197,7 +206,7 @@ class Etcd:
             prev_kv=previous,
             progress_notify=True,
         )
-        async for response in stream:
+        async for response in _unavailable_on_error(stream):
             if response.compact_revision:
                 raise Compacted(response.compact_revision)
             if response.canceled:
@@ -220,9 +229,25 @@ class Etcd:
         return revision
 
 
-# etcd refuses a transaction with more operations than --max-txn-ops (default 128).
+async def _unavailable_on_error(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A watch stream whose client errors become :class:`Unavailable`, as elsewhere."""
+    try:
+        async for item in stream:
+            yield item
+    except _CLIENT_ERRORS as error:
+        raise Unavailable(f"etcd watch: {error}") from error
+
+
+# etcd refuses a transaction with more operations than --max-txn-ops (default 128),
+# or larger than --max-request-bytes (default 1.5 MiB): a group stays below both, and
+# a write larger than the byte bound goes alone.
 _MAX_GROUP_OPS = 120
+_MAX_GROUP_BYTES = 1024 * 1024
 _MAX_GROUPS_IN_FLIGHT = 4
+
+
+def _size(write: Put | Delete) -> int:
+    return len(write.key) + (len(write.value) if isinstance(write, Put) else 0) + 16
 
 
 class _GroupCommit:
@@ -247,15 +272,20 @@ class _GroupCommit:
         keys: set[str] = set()
         rest = []
         operations = 0
+        size = 0
         for writes, future in self._pending:
             touched = {w.key for w in writes}
-            fits = operations + len(writes) <= _MAX_GROUP_OPS or not group
+            added = sum(_size(w) for w in writes)
+            fits = (
+                operations + len(writes) <= _MAX_GROUP_OPS and size + added <= _MAX_GROUP_BYTES
+            ) or not group
             # One transaction may not name a key twice: a second write to the same
             # key waits for the next group.
             if fits and not touched & keys:
                 group.append((writes, future))
                 keys |= touched
                 operations += len(writes)
+                size += added
             else:
                 rest.append((writes, future))
         self._pending = rest
@@ -280,14 +310,24 @@ class _GroupCommit:
                 writes, future = group[0]
                 self._settle(future, await self._etcd.commit(writes))
                 return
-            revision = await self._etcd.commit([w for writes, _ in group for w in writes])
+            try:
+                revision = await self._etcd.commit([w for writes, _ in group for w in writes])
+            except TooMuch:
+                # Perhaps one member's fault (a write past etcd's request limit): each
+                # tries alone below. (Unavailable fails the group: etcd is down.)
+                revision = None
             if revision is not None:
                 for _, future in group:
                     self._settle(future, revision)
                 return
-            # Someone's guard failed: find out whose, one by one.
+            # Someone's guard failed, or etcd refused the whole: one by one, so a
+            # failing write fails alone and its neighbours land.
             for writes, future in group:
-                self._settle(future, await self._etcd.commit(writes))
+                try:
+                    self._settle(future, await self._etcd.commit(writes))
+                except Exception as error:
+                    if not future.done():
+                        future.set_exception(error)
         except BaseException as error:
             for _, future in group:
                 if not future.done():

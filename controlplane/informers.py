@@ -7,6 +7,11 @@ watches from the list's revision; when etcd has compacted that revision away it 
 again and reports the difference, so no change is ever missed.
 
 Cached objects are shared: callers copy (``kind.copy``) before changing one.
+
+A stored value that cannot be decoded is quarantined, never fatal: the informer logs
+and counts it, keeps the key's last good object (if it had one) without telling the
+handlers anything, and reports the key to its quarantine handlers, so the object's
+owner can say so and rewrite it. Nothing is deleted because it could not be read.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
-from controlplane.errors import Unavailable
+from controlplane import metrics
+from controlplane.errors import Corrupt, Unavailable
 from controlplane.etcd import Compacted, Event
 from controlplane.kinds import Kind
-from controlplane.store import Store
+from controlplane.store import Store, decode
 
 T = TypeVar("T")
 Handler = Callable[[str, T | None, T | None], None]
+# (key, reason) when a key is quarantined, (key, None) when it leaves the quarantine.
+QuarantineHandler = Callable[[str, str | None], None]
 log = logging.getLogger(__name__)
 
 
@@ -36,6 +44,10 @@ class Informer(Generic[T]):
         self.prefix = prefix if prefix is not None else kind.prefix()
         self._cache: dict[str, T] = {}
         self._handlers: list[Handler[T]] = []
+        self._quarantine_handlers: list[QuarantineHandler] = []
+        # key -> (mod_revision, reason) of stored values that cannot be decoded.
+        self.quarantined: dict[str, tuple[int, str]] = {}
+        self._quarantine_gauge = metrics.QUARANTINED_OBJECTS.labels(kind.name)
         self._indexers: dict[str, Callable[[T], Iterable[str]]] = {}
         self._indices: dict[str, defaultdict[str, set[str]]] = {}
         self.synced = asyncio.Event()
@@ -44,6 +56,28 @@ class Informer(Generic[T]):
     def add_handler(self, handler: Handler[T]) -> None:
         """Call ``handler(key, old, new)`` on every change; it must only enqueue keys."""
         self._handlers.append(handler)
+
+    def add_quarantine_handler(self, handler: QuarantineHandler) -> None:
+        """Call ``handler(key, reason)`` when a key is quarantined, ``(key, None)`` when
+        it is readable again or deleted; it must only enqueue keys."""
+        self._quarantine_handlers.append(handler)
+
+    def _quarantine(self, error: Corrupt, mod_revision: int) -> None:
+        if self.quarantined.get(error.key, (0, ""))[0] == mod_revision:
+            return
+        log.error("%s informer: %s (revision %d); quarantined", self.kind.name, error, mod_revision)
+        metrics.CORRUPT_OBJECTS.labels(self.kind.name).inc()
+        self.quarantined[error.key] = (mod_revision, error.reason)
+        self._quarantine_gauge.set(len(self.quarantined))
+        for handler in self._quarantine_handlers:
+            handler(error.key, error.reason)
+
+    def _release(self, key: str) -> None:
+        if self.quarantined.pop(key, None) is not None:
+            log.info("%s informer: %s left the quarantine", self.kind.name, key)
+            self._quarantine_gauge.set(len(self.quarantined))
+            for handler in self._quarantine_handlers:
+                handler(key, None)
 
     def add_index(self, name: str, index: Callable[[T], Iterable[str]]) -> None:
         self._indexers[name] = index
@@ -72,32 +106,57 @@ class Informer(Generic[T]):
 
     def _set(self, key: str, new: T | None) -> None:
         old = self._cache.get(key)
+        new_values: dict[str, list[str]] = {}
+        if new is not None:
+            try:
+                new_values = {name: list(index(new)) for name, index in self._indexers.items()}
+            except Exception as error:
+                # Decodable but not the shape every object of the kind has.
+                revision = int(self.kind.meta(new).resource_version or 0)
+                self._quarantine(Corrupt(key, f"cannot be indexed: {error!r}"[:300]), revision)
+                return
         for name, index in self._indexers.items():
             if old is not None:
                 for value in index(old):
                     self._indices[name][value].discard(key)
-            if new is not None:
-                for value in index(new):
-                    self._indices[name][value].add(key)
+            for value in new_values.get(name, ()):
+                self._indices[name][value].add(key)
         if new is None:
             self._cache.pop(key, None)
         else:
             self._cache[key] = new
         for handler in self._handlers:
-            handler(key, old, new)
+            try:
+                handler(key, old, new)
+            except Exception:
+                # Handlers only enqueue keys; one that fails on an odd object must not
+                # stop the cache for everyone.
+                metrics.CORRUPT_OBJECTS.labels(self.kind.name).inc()
+                log.exception("%s informer: a handler failed on %s", self.kind.name, key)
 
     async def _relist(self) -> None:
         seen: set[str] = set()
+        corrupt: set[str] = set()
         continue_token = ""
         revision = 0
+
+        def quarantine(error: Corrupt, mod_revision: int) -> None:
+            corrupt.add(error.key)
+            self._quarantine(error, mod_revision)
+
         while True:
             items, continue_token, at = await self.store.list(
-                self.kind, self.prefix, limit=1000, continue_token=continue_token
+                self.kind,
+                self.prefix,
+                limit=1000,
+                continue_token=continue_token,
+                on_corrupt=quarantine,
             )
             revision = revision or at
             for obj in items:
                 key = self.kind.key_of(obj)
                 seen.add(key)
+                self._release(key)
                 old = self._cache.get(key)
                 if (
                     old is None
@@ -106,19 +165,27 @@ class Informer(Generic[T]):
                     self._set(key, obj)
             if not continue_token:
                 break
-        for key in [k for k in self._cache if k not in seen]:
+        # A quarantined key still exists: its last good object is kept, never "deleted".
+        for key in [k for k in self._cache if k not in seen and k not in corrupt]:
             self._set(key, None)
+        for key in [k for k in self.quarantined if k not in corrupt]:
+            self._release(key)
         self.revision = revision
 
     def _apply(self, events: list[Event]) -> None:
         for event in events:
             if event.type == "DELETE":
+                self._release(event.key)
                 if event.key in self._cache:
                     self._set(event.key, None)
             else:
-                obj = self.kind.decode(event.value)
-                self.kind.meta(obj).resource_version = str(event.mod_revision)
-                self._set(event.key, obj)
+                try:
+                    obj = decode(self.kind, event.key, event.value, event.mod_revision)
+                except Corrupt as error:
+                    self._quarantine(error, event.mod_revision)
+                else:
+                    self._release(event.key)
+                    self._set(event.key, obj)
             self.revision = max(self.revision, event.mod_revision)
 
     async def run(self) -> None:

@@ -29,3 +29,13 @@ ETCD_LATENCY = Histogram(
     ["operation"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
 )
+CORRUPT_OBJECTS = Counter(
+    "archipel_corrupt_objects_total",
+    "Stored objects that could not be decoded and were skipped",
+    ["resource"],
+)
+QUARANTINED_OBJECTS = Gauge(
+    "archipel_quarantined_objects",
+    "Undecodable objects an informer currently holds in quarantine",
+    ["kind"],
+)

@@ -10,13 +10,14 @@ import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 
+from archipel import limits
 from archipel.v1alpha1 import meta_pb2
 from controlplane.errors import Invalid
 
-_KEY = r"[A-Za-z0-9]([-A-Za-z0-9_./]*[A-Za-z0-9])?"
-_VALUE = r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?"
-_KEY_RE = re.compile(rf"^{_KEY}$")
-_VALUE_RE = re.compile(rf"^{_VALUE}$")
+# Kubernetes' qualified names (label and annotation keys): an optional DNS-subdomain
+# prefix and '/', then a name part; label values use the name part's alphabet.
+_NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
@@ -51,14 +52,39 @@ class Selector:
 EVERYTHING = Selector()
 
 
-def _check_key(key: str, field: str) -> None:
-    if not key or len(key) > 316 or not _KEY_RE.match(key):
-        raise Invalid(field, f"invalid label key {key!r}")
+def check_qualified_name(key: str, field: str, *, what: str = "label key") -> None:
+    """A label or annotation key: ``[prefix/]name`` as Kubernetes defines it."""
+    if not key:
+        raise Invalid(field, f"{what} must not be empty")
+    prefix, slash, name = key.rpartition("/")
+    if slash and (
+        not prefix or len(prefix) > limits.MAX_NAME_CHARS or not _DNS_SUBDOMAIN.match(prefix)
+    ):
+        raise Invalid(
+            field,
+            f"{what} {limits.echo(key)}: the prefix before '/' must be a lowercase DNS "
+            f"subdomain of at most {limits.MAX_NAME_CHARS} characters",
+        )
+    if len(name) > limits.MAX_LABEL_CHARS or not _NAME_PART.match(name):
+        raise Invalid(
+            field,
+            f"{what} {limits.echo(key)}: the name must be at most {limits.MAX_LABEL_CHARS} "
+            "characters of A-Z, a-z, 0-9, '-', '_' and '.', starting and ending alphanumeric",
+        )
 
 
-def _check_value(value: str, field: str) -> None:
-    if len(value) > 63 or not _VALUE_RE.match(value):
-        raise Invalid(field, f"invalid label value {value!r}")
+def check_label_value(value: str, field: str) -> None:
+    """A label value: empty, or like a key's name part."""
+    if value and (len(value) > limits.MAX_LABEL_CHARS or not _NAME_PART.match(value)):
+        raise Invalid(
+            field,
+            f"label value {limits.echo(value)} must be at most {limits.MAX_LABEL_CHARS} "
+            "characters of A-Z, a-z, 0-9, '-', '_' and '.', starting and ending alphanumeric",
+        )
+
+
+_check_key = check_qualified_name
+_check_value = check_label_value
 
 
 def _split_terms(text: str) -> list[str]:
@@ -90,7 +116,7 @@ def parse(text: str, *, field: str = "labelSelector") -> Selector:
     requirements = []
     for term in _split_terms(text):
         if not term:
-            raise Invalid(field, f"empty term in {text!r}")
+            raise Invalid(field, f"empty term in {limits.echo(text)}")
         match = _SET_RE.match(term)
         if match:
             key = match["key"]
@@ -129,7 +155,7 @@ def from_requirements(
         if expression.operator not in OPERATORS:
             raise Invalid(
                 f"{where}.operator",
-                f"must be one of {', '.join(OPERATORS)}, not {expression.operator!r}",
+                f"must be one of {', '.join(OPERATORS)}, not {limits.echo(expression.operator)}",
             )
         values = list(expression.values)
         if expression.operator in ("In", "NotIn") and not values:

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
+from archipel import limits
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
-from archipel.v1alpha1 import service_pb2_grpc as g
 from controlplane import api, auth
 from controlplane.context import Context, Settings
 from controlplane.controllers.binding import BindingController
@@ -35,7 +35,13 @@ from controlplane.controllers.execution import AgentSession, ExecutionController
 from controlplane.controllers.policy import PolicyController
 from controlplane.controllers.scheduler import SchedulerController
 from controlplane.controllers.status import BindingStatusController, WorkStatusController
-from controlplane.errors import ArchipelError, Invalid, PermissionDenied, Unauthenticated
+from controlplane.errors import (
+    ArchipelError,
+    Invalid,
+    PermissionDenied,
+    TooMuch,
+    Unauthenticated,
+)
 from controlplane.etcd import Etcd
 from controlplane.runtime import Controller
 from controlplane.store import Store
@@ -89,7 +95,15 @@ class AgentService:
             hello = first.hello
             if hello.cluster != cluster:
                 raise PermissionDenied(
-                    f"this credential belongs to cluster {cluster}, not {hello.cluster!r}"
+                    f"this credential belongs to cluster {cluster}, not "
+                    f"{limits.echo(hello.cluster)}"
+                )
+            if len(hello.held_works) > limits.MAX_HELD_WORKS:
+                # Each held work the control plane does not know costs a delete: one
+                # credential must not make the control plane do unbounded work.
+                raise TooMuch(
+                    f"hello.heldWorks: {len(hello.held_works)} works, more than the "
+                    f"{limits.MAX_HELD_WORKS} an agent may hold"
                 )
             self.clusters.require_registered(cluster)
         except ArchipelError as error:
@@ -111,6 +125,8 @@ class AgentService:
             self.execution.close(session)
             self.clusters.disconnected(cluster)
             log.info("agent for %s disconnected (session %s)", cluster, session.id)
+        if session.error is not None:
+            await context.abort(session.error.code, str(session.error))
 
     async def _read(
         self,
@@ -130,6 +146,15 @@ class AgentService:
                     self.execution.forget(session, message.deleted.name)
                     self.work_status.deleted(cluster, message.deleted)
                 elif which == "heartbeat":
+                    size = message.heartbeat.ByteSize()
+                    if size > limits.MAX_HEARTBEAT_BYTES:
+                        session.fail(
+                            TooMuch(
+                                f"heartbeat: {size} bytes, more than the "
+                                f"{limits.MAX_HEARTBEAT_BYTES} a heartbeat may have"
+                            )
+                        )
+                        return
                     self.clusters.heartbeat(cluster, message.heartbeat)
                 elif which == "batch":
                     batch = message.batch
@@ -159,13 +184,34 @@ class ControlPlane:
         self.scheduler = SchedulerController(self.context)
         self.binding = BindingController(self.context)
         self.dependencies = DependenciesController(self.context)
-        self.execution = ExecutionController(self.context)
         self.work_status = WorkStatusController(self.context)
+        self.execution = ExecutionController(self.context, report_status=self.work_status.report)
         self.binding_status = BindingStatusController(self.context)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # Set when a long-lived task died: the process reports NOT_SERVING and exits 1.
+        self.failed = asyncio.Event()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        """Run a long-lived task under supervision: if it ever ends, that is a crash."""
+        task = asyncio.create_task(coroutine, name=name)
+        task.add_done_callback(self._on_task_done)
+        self._tasks.append(task)
+
+    def _on_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self.failed.is_set():
+            return
+        error = task.exception()
+        log.critical(
+            "%s stopped: %r; the control plane exits", task.get_name(), error, exc_info=error
+        )
+        self.failed.set()
+        for name in ("", *SERVICE_NAMES):
+            asyncio.get_running_loop().create_task(
+                self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+            )
 
     def controllers(self) -> list[Controller]:
         return [
@@ -185,14 +231,19 @@ class ControlPlane:
             settings.admin_token_file or Path(".local/admin-token")
         )
         for informer in self.context.informers():
-            self._tasks.append(
-                asyncio.create_task(informer.run(), name=f"informer-{informer.kind.name}")
-            )
-        await asyncio.wait_for(
-            asyncio.gather(*(i.synced.wait() for i in self.context.informers())), timeout=120
+            self._spawn(informer.run(), f"informer-{informer.kind.name}")
+        all_synced: asyncio.Future[Any] = asyncio.ensure_future(
+            asyncio.gather(*(i.synced.wait() for i in self.context.informers()))
         )
+        crashed: asyncio.Future[Any] = asyncio.ensure_future(self.failed.wait())
+        await asyncio.wait({all_synced, crashed}, timeout=120, return_when="FIRST_COMPLETED")
+        crashed.cancel()
+        if not all_synced.done():
+            all_synced.cancel()
+            stuck = [i.kind.name for i in self.context.informers() if not i.synced.is_set()]
+            raise RuntimeError(f"the caches of {', '.join(stuck)} did not fill")
         for controller in self.controllers():
-            self._tasks.append(asyncio.create_task(controller.run(), name=controller.name))
+            self._spawn(controller.run(), controller.name)
 
         interceptor = auth.AuthInterceptor(
             admin_token=admin_token, authenticate_cluster=self.clusters.authenticate
@@ -200,53 +251,33 @@ class ControlPlane:
         server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
-                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-                ("grpc.max_send_message_length", 16 * 1024 * 1024),
+                ("grpc.max_receive_message_length", limits.MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", limits.MAX_RECEIVE_BYTES),
                 ("grpc.keepalive_time_ms", 20000),
                 ("grpc.keepalive_timeout_ms", 10000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        services = api.kind_services(self.store)
-        # The generic servicers implement the generated interfaces structurally.
-        registrations: list[tuple[Callable[[Any, grpc.aio.Server], None], object]] = [
-            (g.add_MemberClusterServiceServicer_to_server, services["MemberClusterService"]),
-            (
-                g.add_PropagationPolicyServiceServicer_to_server,
-                services["PropagationPolicyService"],
+        # The API's servicers get their requests as bytes and decode them themselves,
+        # so that a request which is not valid protobuf is INVALID_ARGUMENT, not the
+        # UNKNOWN the generated handlers answer (see api.service_handler).
+        servicers: dict[str, object] = {
+            **api.kind_services(self.store),
+            "ResourceTemplateService": api.TemplateService(self.store),
+            "ClusterAdminService": api.ClusterAdminService(self.clusters),
+        }
+        server.add_generic_rpc_handlers(
+            [api.service_handler(name, servicer) for name, servicer in servicers.items()]
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(  # type: ignore[arg-type]
+                clusters=self.clusters,
+                execution=self.execution,
+                work_status=self.work_status,
             ),
-            (
-                g.add_ClusterPropagationPolicyServiceServicer_to_server,
-                services["ClusterPropagationPolicyService"],
-            ),
-            (g.add_OverridePolicyServiceServicer_to_server, services["OverridePolicyService"]),
-            (
-                g.add_ClusterOverridePolicyServiceServicer_to_server,
-                services["ClusterOverridePolicyService"],
-            ),
-            (
-                g.add_ResourceInterpreterCustomizationServiceServicer_to_server,
-                services["ResourceInterpreterCustomizationService"],
-            ),
-            (
-                g.add_PropagationBindingServiceServicer_to_server,
-                services["PropagationBindingService"],
-            ),
-            (g.add_PropagationWorkServiceServicer_to_server, services["PropagationWorkService"]),
-            (g.add_ResourceTemplateServiceServicer_to_server, api.TemplateService(self.store)),
-            (g.add_ClusterAdminServiceServicer_to_server, api.ClusterAdminService(self.clusters)),
-            (
-                agent_pb2_grpc.add_AgentServiceServicer_to_server,
-                AgentService(
-                    clusters=self.clusters,
-                    execution=self.execution,
-                    work_status=self.work_status,
-                ),
-            ),
-        ]
-        for register, servicer in registrations:
-            register(servicer, server)
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -325,9 +356,20 @@ async def serve(settings: Settings) -> None:
         f"archipel control plane listening on {settings.listen.rsplit(':', 1)[0]}:{plane.port}",
         flush=True,
     )
-    await stopping.wait()
+    await _first(stopping, plane.failed)
     log.info("shutting down")
     await plane.stop()
+    if plane.failed.is_set():
+        raise SystemExit(1)
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
 
 
 def main(argv: list[str] | None = None) -> int:

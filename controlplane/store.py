@@ -13,14 +13,113 @@ from __future__ import annotations
 
 import base64
 import datetime
+import logging
+import re
 import uuid
+from collections.abc import Callable
 from typing import TypeVar
 
-from controlplane.errors import AlreadyExists, Conflict, Invalid, NotFound
-from controlplane.etcd import Delete, Etcd, Put
+import grpc
+
+from archipel import limits
+from controlplane import metrics
+from controlplane.errors import (
+    AlreadyExists,
+    Conflict,
+    Corrupt,
+    Expired,
+    Invalid,
+    NotFound,
+    Unavailable,
+)
+from controlplane.etcd import Delete, Etcd, KeyValue, Put
 from controlplane.kinds import Kind
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+OnCorrupt = Callable[[Corrupt, int], None]
+
+
+def decode(kind: Kind[T], key: str, value: bytes, mod_revision: int) -> T:
+    """A stored value as an object of ``kind``, or :class:`Corrupt` whatever went wrong.
+
+    Anything may sit in etcd (a hand-written key, a value from a buggy version), and
+    decoders fail in many ways (DecodeError, JSONDecodeError, UnicodeDecodeError,
+    RecursionError, a JSON value that is not an object): one object that cannot be
+    read must never take a cache, a listing or a start-up down with it.
+    """
+    try:
+        obj = kind.decode(value)
+        meta = kind.meta(obj)
+        own_key = kind.key_of(obj)
+    except Exception as error:
+        raise Corrupt(key, f"{type(error).__name__}: {str(error)[:200]}") from error
+    if own_key != key:
+        # A value copied under another key would otherwise be cached twice, or with
+        # an identity its key does not have.
+        raise Corrupt(key, f"the object's own identity is {own_key}")
+    meta.resource_version = str(mod_revision)
+    return obj
+
+
+def report_corrupt(error: Corrupt, mod_revision: int) -> None:
+    """Listings skip an undecodable object; it is logged and counted, never fatal."""
+    metrics.CORRUPT_OBJECTS.labels(error.key.split("/", 1)[0]).inc()
+    log.error("%s (at revision %d); skipped", error, mod_revision)
+
+
+# How many objects the first read of a page asks etcd for; later reads are sized by
+# what the first weighed, up to _MAX_CHUNK.
+_FIRST_CHUNK = 100
+_MAX_CHUNK = 2000
+_REVISION = re.compile(r"^[1-9][0-9]{0,18}$")
+
+
+def _parse_token(token: str, prefix: str) -> tuple[str, int]:
+    """A continue token -> (the last key listed, the listing's revision).
+
+    Tokens are ``base64(<revision>:<last key>)``; whatever a caller sends instead is
+    :class:`Invalid` naming ``continue``, never a crash or an etcd error.
+    """
+    if not token:
+        return "", 0
+    try:
+        raw = base64.urlsafe_b64decode(token.encode("ascii")).decode()
+    except ValueError as error:  # binascii.Error and the Unicode errors are ValueErrors
+        raise Invalid("continue", "not a token from a previous page") from error
+    revision_text, colon, start_after = raw.partition(":")
+    if not colon or not _REVISION.match(revision_text):
+        raise Invalid("continue", "not a token from a previous page")
+    revision = int(revision_text)
+    if revision > 2**63 - 1:
+        raise Invalid("continue", "token names a revision out of range")
+    if not start_after.startswith(prefix):
+        raise Invalid("continue", "token belongs to another listing")
+    return start_after, revision
+
+
+async def _range(
+    etcd: Etcd, prefix: str, *, start_after: str, limit: int, revision: int
+) -> tuple[list[KeyValue], int, bool]:
+    """One read of a listing; a revision etcd refuses is the continue token's fault."""
+    try:
+        return await etcd.range(prefix, start_after=start_after, limit=limit, revision=revision)
+    except (grpc.aio.AioRpcError, Unavailable) as error:
+        # etcd answers OUT_OF_RANGE for a revision it compacted away or has not
+        # reached yet; only a continue token can ask for one. (The etcd module may
+        # hand the gRPC error on as it is, or as the cause of Unavailable.)
+        cause = error if isinstance(error, grpc.aio.AioRpcError) else error.__cause__
+        if (
+            not revision
+            or not isinstance(cause, grpc.aio.AioRpcError)
+            or cause.code() != grpc.StatusCode.OUT_OF_RANGE
+        ):
+            raise
+        if revision > await etcd.current_revision():
+            raise Invalid("continue", "token names a revision this etcd has not reached") from error
+        raise Expired(
+            f"continue: token expired (revision {revision} was compacted); list again"
+        ) from error
 
 
 def _now() -> datetime.datetime:
@@ -39,9 +138,7 @@ class Store:
         kv = await self.etcd.get(key)
         if kv is None:
             return None
-        obj = kind.decode(kv.value)
-        kind.meta(obj).resource_version = str(kv.mod_revision)
-        return obj
+        return decode(kind, key, kv.value, kv.mod_revision)
 
     async def must_get(self, kind: Kind[T], key: str) -> T:
         obj = await self.get(kind, key)
@@ -52,48 +149,82 @@ class Store:
         return obj
 
     async def list(
-        self, kind: Kind[T], prefix: str, *, limit: int = 0, continue_token: str = ""
+        self,
+        kind: Kind[T],
+        prefix: str,
+        *,
+        limit: int = 0,
+        continue_token: str = "",
+        on_corrupt: OnCorrupt = report_corrupt,
+        max_bytes: int = limits.MAX_LIST_PAGE_BYTES,
+        weigh: Callable[[T], int] | None = None,
     ) -> tuple[list[T], str, int]:
         """Objects under ``prefix``; returns (items, continue token, revision).
 
         A continued list reads at the revision of its first page, so pages are
-        consistent with each other as Kubernetes' are.
+        consistent with each other as Kubernetes' are. Objects that cannot be decoded
+        are left out and handed to ``on_corrupt``.
+
+        A page holds at most ``limit`` objects (0: any number) and stops growing once
+        its objects weigh ``max_bytes`` (their stored size, or what ``weigh`` says they
+        cost the caller), so an answer always fits a gRPC message; it always holds at
+        least one object, and a continue token whenever more remain.
         """
-        start_after, revision = "", 0
-        if continue_token:
-            try:
-                raw = base64.urlsafe_b64decode(continue_token.encode()).decode()
-                revision_text, start_after = raw.split(":", 1)
-                revision = int(revision_text)
-            except (ValueError, UnicodeDecodeError) as error:
-                raise Invalid("continue", "not a token from a previous page") from error
-            if not start_after.startswith(prefix):
-                raise Invalid("continue", "token belongs to another listing")
-        kvs, current_revision, more = await self.etcd.range(
-            prefix, start_after=start_after, limit=limit, revision=revision
-        )
-        # etcd reports its current revision; the listing is at the first page's.
-        at_revision = revision or current_revision
-        items = []
-        for kv in kvs:
-            obj = kind.decode(kv.value)
-            kind.meta(obj).resource_version = str(kv.mod_revision)
-            items.append(obj)
+        start_after, revision = _parse_token(continue_token, prefix)
+        items: list[T] = []
+        used = 0
+        at_revision = revision
+        chunk = min(limit or _FIRST_CHUNK, _FIRST_CHUNK)
+        while True:
+            kvs, current_revision, more = await _range(
+                self.etcd, prefix, start_after=start_after, limit=chunk, revision=at_revision
+            )
+            # etcd reports its current revision; the listing is at the first page's.
+            at_revision = at_revision or current_revision
+            full = False
+            for index, kv in enumerate(kvs):
+                try:
+                    obj = decode(kind, kv.key, kv.value, kv.mod_revision)
+                except Corrupt as error:
+                    on_corrupt(error, kv.mod_revision)
+                    start_after = kv.key
+                    continue
+                size = weigh(obj) if weigh is not None else len(kv.value)
+                if items and used + size > max_bytes:
+                    full = True
+                    break
+                items.append(obj)
+                used += size
+                start_after = kv.key
+                if limit and len(items) >= limit:
+                    full = more or index < len(kvs) - 1
+                    more = full
+                    break
+            if full or not more:
+                break
+            # Size the next read by what this one weighed, so a page of large objects
+            # does not pull hundreds of them out of etcd only to drop most.
+            average = used // len(items) if items else 1
+            chunk = max(1, min((max_bytes - used) // max(average, 1) + 1, _MAX_CHUNK))
+            if limit:
+                chunk = min(chunk, limit - len(items))
         token = ""
-        if more and kvs:
-            token = base64.urlsafe_b64encode(f"{at_revision}:{kvs[-1].key}".encode()).decode()
+        if full:
+            token = base64.urlsafe_b64encode(f"{at_revision}:{start_after}".encode()).decode()
         return items, token, at_revision
 
     # -- writes ------------------------------------------------------------------------
 
-    async def create(self, kind: Kind[T], obj: T) -> T:
+    async def create(self, kind: Kind[T], obj: T, *, replacing: int = 0) -> T:
+        """Create ``obj``; with ``replacing``, over the undecodable value stored at that
+        mod_revision (controllers rewrite what they derive when it was corrupted)."""
         meta = kind.meta(obj)
         meta.uid = str(uuid.uuid4())
         meta.generation = 1
         meta.set_creation_timestamp(_now())
         meta.resource_version = ""
         key = kind.key_of(obj)
-        revision = await self.etcd.commit_grouped([Put(key, kind.encode(obj), 0)])
+        revision = await self.etcd.commit_grouped([Put(key, kind.encode(obj), replacing)])
         if revision is None:
             raise AlreadyExists(f"{kind.name} {_display(key)} already exists")
         meta.resource_version = str(revision)
@@ -144,8 +275,26 @@ class Store:
         return obj
 
     async def delete(self, kind: Kind[T], key: str, *, resource_version: str = "") -> bool:
-        """Delete, or mark for deletion while finalizers remain; True when gone."""
-        current = await self.must_get(kind, key)
+        """Delete, or mark for deletion while finalizers remain; True when gone.
+
+        An object that cannot be decoded is deleted outright: its finalizers cannot be
+        read, and deleting it is the way out of the quarantine.
+        """
+        try:
+            current = await self.must_get(kind, key)
+        except Corrupt:
+            kv = await self.etcd.get(key)
+            if kv is None:
+                raise NotFound(f"{kind.name} {_display(key)} not found") from None
+            if resource_version and str(kv.mod_revision) != resource_version:
+                raise Conflict(
+                    f"{kind.name} {_display(key)} is at resourceVersion {kv.mod_revision}, "
+                    f"not {resource_version}"
+                ) from None
+            if await self.etcd.commit_grouped([Delete(key, kv.mod_revision)]) is None:
+                raise Conflict(f"{kind.name} {_display(key)} was modified; try again") from None
+            log.warning("deleted undecodable object %s", key)
+            return True
         meta = kind.meta(current)
         if resource_version and meta.resource_version != resource_version:
             raise Conflict(

@@ -6,19 +6,27 @@ strings for JSON compatibility.
 
 from __future__ import annotations
 
+import json
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from google.protobuf import message as pb_message
+
+from archipel import limits
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2
-from controlplane import selectors
+from controlplane import kinds, selectors
 from controlplane.errors import Invalid
 from controlplane.kinds import Manifest
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-# Names of cluster-scoped objects such as ClusterRoles may hold ':' (system:...).
-_OBJECT_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.:@]*[A-Za-z0-9])?$")
+# Kubernetes' rule for kinds (CRD names.kind): an identifier.
+_KIND = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
+# Control characters never belong in a name, even where Kubernetes allows any path segment.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 SPREAD_FIELDS = ("cluster", "region", "zone", "provider")
@@ -52,31 +60,163 @@ CLUSTER_SCOPED_KINDS = frozenset(
 )
 
 
+# Kinds whose names Kubernetes checks as path segments rather than DNS subdomains (RBAC
+# objects are named system:controller:... and the like); everything else is stricter.
+PATH_SEGMENT_NAMED = frozenset(
+    ("rbac.authorization.k8s.io", kind)
+    for kind in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+)
+# Kinds whose names Kubernetes checks as DNS labels (RFC 1123) or RFC 1035 labels.
+DNS_LABEL_NAMED = frozenset({("", "Namespace")})
+DNS_1035_NAMED = frozenset({("", "Service")})
+
+# The fields of built-in workloads whose values Archipel divides among clusters, and
+# which kube-apiserver types as int32.
+REPLICA_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("apps", "Deployment"): ("replicas",),
+    ("apps", "StatefulSet"): ("replicas",),
+    ("apps", "ReplicaSet"): ("replicas",),
+    ("", "ReplicationController"): ("replicas",),
+    ("batch", "Job"): ("parallelism", "completions"),
+}
+
+
 def check_choice(value: str, choices: tuple[str, ...], field: str) -> None:
     if value and value not in choices:
-        raise Invalid(field, f"must be one of {', '.join(choices)}, not {value!r}")
+        raise Invalid(field, f"must be one of {', '.join(choices)}, not {limits.echo(value)}")
 
 
 def check_dns_label(value: str, field: str) -> None:
     if not value:
         raise Invalid(field, "required")
-    if len(value) > 63 or not _DNS_LABEL.match(value):
-        raise Invalid(field, f"{value!r} must be a lowercase DNS label (a-z, 0-9, '-')")
+    if len(value) > limits.MAX_LABEL_CHARS or not _DNS_LABEL.match(value):
+        raise Invalid(
+            field,
+            f"{limits.echo(value)} must be a lowercase DNS label (a-z, 0-9, '-', at most "
+            f"{limits.MAX_LABEL_CHARS} characters)",
+        )
+
+
+def check_dns_1035_label(value: str, field: str) -> None:
+    if not value:
+        raise Invalid(field, "required")
+    if len(value) > limits.MAX_LABEL_CHARS or not _DNS_1035_LABEL.match(value):
+        raise Invalid(
+            field,
+            f"{limits.echo(value)} must be a lowercase RFC 1035 label (a-z, 0-9, '-', starting "
+            f"with a letter, at most {limits.MAX_LABEL_CHARS} characters)",
+        )
 
 
 def check_name(value: str, field: str = "metadata.name") -> None:
     if not value:
         raise Invalid(field, "required")
-    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
-        raise Invalid(field, f"{value!r} must be a lowercase DNS subdomain (a-z, 0-9, '-', '.')")
+    if len(value) > limits.MAX_NAME_CHARS or not _DNS_SUBDOMAIN.match(value):
+        raise Invalid(
+            field,
+            f"{limits.echo(value)} must be a lowercase DNS subdomain (a-z, 0-9, '-', '.', at "
+            f"most {limits.MAX_NAME_CHARS} characters)",
+        )
+
+
+def check_path_segment(value: str, field: str = "metadata.name") -> None:
+    """Kubernetes' loosest name rule (RBAC objects): anything that is one URL path segment."""
+    if not value:
+        raise Invalid(field, "required")
+    if (
+        len(value) > limits.MAX_NAME_CHARS
+        or value in (".", "..")
+        or "/" in value
+        or "%" in value
+        or _CONTROL.search(value)
+    ):
+        raise Invalid(
+            field,
+            f"{limits.echo(value)} is not a valid name: at most {limits.MAX_NAME_CHARS} "
+            "characters, not '.' or '..', without '/', '%' or control characters",
+        )
 
 
 def check_object_name(value: str, field: str = "metadata.name") -> None:
-    """Any Kubernetes object's name (templates may be ClusterRoles named system:...)."""
-    if not value:
+    """A name derived from any template's name (bindings): the loosest rule applies."""
+    check_path_segment(value, field)
+
+
+def check_template_name(value: str, api_version: str, kind: str, field: str) -> None:
+    """A template's name, by the rule kube-apiserver applies to its kind."""
+    group, _ = kinds.split_api_version(api_version)
+    if (group, kind) in PATH_SEGMENT_NAMED:
+        check_path_segment(value, field)
+    elif (group, kind) in DNS_LABEL_NAMED:
+        check_dns_label(value, field)
+    elif (group, kind) in DNS_1035_NAMED:
+        check_dns_1035_label(value, field)
+    else:
+        check_name(value, field)
+
+
+def check_work_name(value: str, field: str = "name") -> None:
+    """``<template namespace or _>.<binding name>``, as the binding controller names works."""
+    scope, dot, binding = value.partition(".")
+    if not dot or not binding:
+        raise Invalid(
+            field, f"{limits.echo(value)} is not a work name (<namespace or _>.<binding name>)"
+        )
+    if scope != kinds.CLUSTER_SCOPE:
+        check_dns_label(scope, field)
+    check_object_name(binding, field)
+
+
+def check_kind(value: Any, field: str = "kind") -> str:
+    if not value or not isinstance(value, str):
         raise Invalid(field, "required")
-    if len(value) > 253 or not _OBJECT_NAME.match(value):
-        raise Invalid(field, f"{value!r} is not a valid object name")
+    if len(value) > limits.MAX_LABEL_CHARS or not _KIND.match(value):
+        raise Invalid(
+            field,
+            f"{limits.echo(value)} must be a letter followed by letters and digits, at most "
+            f"{limits.MAX_LABEL_CHARS} characters",
+        )
+    return value
+
+
+def check_api_version(value: Any, field: str = "apiVersion") -> str:
+    """``<group>/<version>`` or ``<version>``: a DNS subdomain and a DNS label."""
+    if not value or not isinstance(value, str):
+        raise Invalid(field, "required")
+    group, slash, version = value.partition("/")
+    if not slash:
+        group, version = "", value
+    elif not group or len(group) > limits.MAX_NAME_CHARS or not _DNS_SUBDOMAIN.match(group):
+        raise Invalid(
+            field,
+            f"{limits.echo(value)}: the group must be a lowercase DNS subdomain "
+            f"(at most {limits.MAX_NAME_CHARS} characters)",
+        )
+    if len(version) > limits.MAX_LABEL_CHARS or not _DNS_LABEL.match(version):
+        raise Invalid(
+            field,
+            f"{limits.echo(value)} must be <group>/<version> or <version>, the version a "
+            "lowercase DNS label",
+        )
+    return value
+
+
+def _check_labels(labels: Mapping[str, str], field: str) -> None:
+    for key, value in labels.items():
+        selectors.check_qualified_name(key, field)
+        selectors.check_label_value(value, f"{field}[{limits.echo(key)}]")
+
+
+def _check_annotations(annotations: Mapping[str, str], field: str) -> None:
+    total = 0
+    for key, value in annotations.items():
+        selectors.check_qualified_name(key, field, what="annotation key")
+        total += len(key.encode()) + len(value.encode())
+    if total > limits.MAX_ANNOTATIONS_BYTES:
+        raise Invalid(
+            field,
+            f"{total} bytes in all, over the limit of {limits.MAX_ANNOTATIONS_BYTES} bytes",
+        )
 
 
 def check_metadata(meta: meta_pb2.ObjectMeta, *, namespaced: bool) -> None:
@@ -85,8 +225,8 @@ def check_metadata(meta: meta_pb2.ObjectMeta, *, namespaced: bool) -> None:
         check_dns_label(meta.namespace, "metadata.namespace")
     elif meta.namespace:
         raise Invalid("metadata.namespace", "must be empty: the kind is cluster-scoped")
-    for key, value in meta.labels.items():
-        selectors.parse(f"{key}={value}", field=f"metadata.labels[{key}]")
+    _check_labels(meta.labels, "metadata.labels")
+    _check_annotations(meta.annotations, "metadata.annotations")
 
 
 def _check_affinity(
@@ -119,7 +259,9 @@ def check_placement(placement: policy_pb2.Placement, field: str) -> None:
         if not term.affinity_name:
             raise Invalid(f"{where}.affinityName", "required")
         if term.affinity_name in seen:
-            raise Invalid(f"{where}.affinityName", f"{term.affinity_name!r} is used twice")
+            raise Invalid(
+                f"{where}.affinityName", f"{limits.echo(term.affinity_name)} is used twice"
+            )
         seen.add(term.affinity_name)
         _check_affinity(term, where)
     for index, toleration in enumerate(placement.cluster_tolerations):
@@ -191,7 +333,7 @@ def _check_resource_selectors(
             raise Invalid(
                 f"{where}.namespace",
                 f"a namespaced {kind} only selects objects in its own namespace "
-                f"{policy_namespace!r}",
+                f"{limits.echo(policy_namespace)}",
             )
         if selector.HasField("label_selector"):
             selectors.from_proto(selector.label_selector, field=f"{where}.labelSelector")
@@ -236,23 +378,108 @@ def check_member_cluster(cluster: cluster_pb2.MemberCluster) -> None:
             raise Invalid(f"{where}.effect", f"must be one of {', '.join(TAINT_EFFECTS)}")
 
 
-def check_template(manifest: Any) -> Manifest:
-    """A resource template; returns it with the namespace defaulted where needed."""
-    if not isinstance(manifest, dict):
-        raise Invalid("manifest", "must be a Kubernetes object")
-    api_version = manifest.get("apiVersion")
-    kind = manifest.get("kind")
-    if not api_version or not isinstance(api_version, str):
-        raise Invalid("apiVersion", "required")
-    if not kind or not isinstance(kind, str):
-        raise Invalid("kind", "required")
-    metadata = manifest.get("metadata")
-    if not isinstance(metadata, dict):
-        raise Invalid("metadata", "required")
+def _json_path(path: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+def _check_finite(value: Any, field: str) -> None:
+    """JSON has no NaN or Infinity; kube-apiserver cannot even parse them."""
+    pending: list[tuple[Any, tuple[str | int, ...]]] = [(value, ())]
+    while pending:
+        item, path = pending.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise Invalid(_json_path(path) or field, f"{item} is not a JSON number")
+        if isinstance(item, dict):
+            pending.extend((child, (*path, key)) for key, child in item.items())
+        elif isinstance(item, list):
+            pending.extend((child, (*path, index)) for index, child in enumerate(item))
+
+
+def check_depth(value: Any, field: str) -> None:
+    deepest = limits.depth(value)
+    if deepest > limits.MAX_MANIFEST_DEPTH:
+        raise Invalid(
+            field,
+            f"nested more than {limits.MAX_MANIFEST_DEPTH} levels deep, the limit (docs/limits.md)",
+        )
+
+
+def _check_size(size: int, field: str) -> None:
+    if size > limits.MAX_OBJECT_BYTES:
+        raise Invalid(
+            field,
+            f"{size} bytes encoded, over the limit of {limits.MAX_OBJECT_BYTES} bytes "
+            "(docs/limits.md)",
+        )
+
+
+def _check_replicas(manifest: Manifest, group: str, kind: str) -> None:
+    fields = REPLICA_FIELDS.get((group, kind))
+    if not fields or "spec" not in manifest:
+        return
+    spec = manifest["spec"]
+    if not isinstance(spec, dict):
+        raise Invalid("spec", "must be an object")
+    for name in fields:
+        value = spec.get(name)
+        if value is None:
+            continue
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int)
+            or not 0 <= value <= limits.MAX_REPLICAS
+        ):
+            raise Invalid(
+                f"spec.{name}",
+                f"{limits.echo(value)} must be an integer from 0 to {limits.MAX_REPLICAS}",
+            )
+
+
+def _check_template_metadata(metadata: dict[str, Any], api_version: str, kind: str) -> None:
     name = metadata.get("name")
     if not isinstance(name, str):
         raise Invalid("metadata.name", "required")
-    check_object_name(name)
+    check_template_name(name, api_version, kind, "metadata.name")
+    for field in ("labels", "annotations"):
+        values = metadata.get(field, {})
+        if values is None:
+            continue
+        if not isinstance(values, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in values.items()
+        ):
+            raise Invalid(f"metadata.{field}", "must map strings to strings")
+    _check_labels(metadata.get("labels") or {}, "metadata.labels")
+    _check_annotations(metadata.get("annotations") or {}, "metadata.annotations")
+    finalizers = metadata.get("finalizers", [])
+    if not isinstance(finalizers, list):
+        raise Invalid("metadata.finalizers", "must be a list of strings")
+    for index, finalizer in enumerate(finalizers):
+        where = f"metadata.finalizers[{index}]"
+        if not isinstance(finalizer, str):
+            raise Invalid(where, "must be a string")
+        selectors.check_qualified_name(finalizer, where, what="finalizer")
+
+
+def check_template(manifest: Any) -> Manifest:
+    """A resource template; returns it with the namespace defaulted where needed.
+
+    Checks at least what kube-apiserver checks of any object (apiVersion, kind and
+    metadata), the fields Archipel itself interprets (replicas), and Archipel's own
+    bounds: depth first, since every later step walks the manifest, then size.
+    """
+    if not isinstance(manifest, dict):
+        raise Invalid("manifest", "must be a Kubernetes object")
+    check_depth(manifest, "manifest")
+    _check_finite(manifest, "manifest")
+    _check_size(len(json.dumps(manifest, separators=(",", ":")).encode()), "manifest")
+    api_version = check_api_version(manifest.get("apiVersion"))
+    kind = check_kind(manifest.get("kind"))
+    metadata = manifest.get("metadata")
+    if not isinstance(metadata, dict):
+        raise Invalid("metadata", "required")
     namespace = metadata.get("namespace", "")
     if kind in CLUSTER_SCOPED_KINDS:
         if namespace:
@@ -263,17 +490,80 @@ def check_template(manifest: Any) -> Manifest:
         if not isinstance(namespace, str):
             raise Invalid("metadata.namespace", "must be a string")
         check_dns_label(namespace, "metadata.namespace")
-    for field in ("labels", "annotations"):
-        values = metadata.get(field, {})
-        if not isinstance(values, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in values.items()
-        ):
-            raise Invalid(f"metadata.{field}", "must map strings to strings")
-    for key, value in metadata.get("labels", {}).items():
-        selectors.parse(f"{key}={value}", field=f"metadata.labels[{key}]")
-    if namespace and kind == "Namespace":
-        raise Invalid("metadata.namespace", "must be empty for a Namespace")
+    _check_template_metadata(metadata, api_version, kind)
+    _check_replicas(manifest, kinds.split_api_version(api_version)[0], kind)
     return manifest
+
+
+# The JSON-valued protobuf types: their nesting is a manifest's nesting.
+_JSON_TYPES = frozenset(
+    ("google.protobuf.Value", "google.protobuf.Struct", "google.protobuf.ListValue")
+)
+
+
+def _check_json_message(value: pb_message.Message, field: str) -> None:
+    """Depth and finiteness of a Value, Struct or ListValue, without recursion."""
+    pending: list[tuple[pb_message.Message, int, str]] = [(value, 1, field)]
+    while pending:
+        item, level, where = pending.pop()
+        if level > limits.MAX_MANIFEST_DEPTH:
+            raise Invalid(
+                field,
+                f"nested more than {limits.MAX_MANIFEST_DEPTH} levels deep, the limit "
+                "(docs/limits.md)",
+            )
+        name = item.DESCRIPTOR.full_name
+        if name == "google.protobuf.Struct":
+            pending.extend(
+                (child, level + 1, f"{where}.{key}")
+                for key, child in item.fields.items()  # type: ignore[attr-defined]
+            )
+        elif name == "google.protobuf.ListValue":
+            pending.extend(
+                (child, level + 1, f"{where}[{index}]")
+                for index, child in enumerate(item.values)  # type: ignore[attr-defined]
+            )
+        else:
+            which = item.WhichOneof("kind")
+            if which == "struct_value":
+                pending.extend(
+                    (child, level + 1, f"{where}.{key}")
+                    for key, child in item.struct_value.fields.items()  # type: ignore[attr-defined]
+                )
+            elif which == "list_value":
+                pending.extend(
+                    (child, level + 1, f"{where}[{index}]")
+                    for index, child in enumerate(item.list_value.values)  # type: ignore[attr-defined]
+                )
+            elif which == "number_value" and not math.isfinite(item.number_value):  # type: ignore[attr-defined]
+                raise Invalid(where, f"{item.number_value} is not a JSON number")  # type: ignore[attr-defined]
+
+
+def check_message(message: pb_message.Message, what: str) -> None:
+    """Archipel's bounds on a protobuf object a caller writes: its encoded size, and the
+    depth of every JSON value inside it (override values, a work's manifests)."""
+    _check_size(message.ByteSize(), what)
+    pending: list[tuple[pb_message.Message, str]] = [(message, "")]
+    while pending:
+        item, path = pending.pop()
+        for descriptor, value in item.ListFields():
+            if descriptor.message_type is None:
+                continue
+            where = f"{path}.{descriptor.json_name}" if path else descriptor.json_name
+            if descriptor.message_type.GetOptions().map_entry:
+                value_field = descriptor.message_type.fields_by_name["value"]
+                if value_field.message_type is None:
+                    continue
+                children = [(v, f"{where}[{k}]") for k, v in value.items()]
+            elif descriptor.is_repeated:
+                children = [(v, f"{where}[{i}]") for i, v in enumerate(value)]
+            else:
+                children = [(value, where)]
+            for child, child_where in children:
+                if child.DESCRIPTOR.full_name in _JSON_TYPES:
+                    _check_json_message(child, child_where)
+                else:
+                    pending.append((child, child_where))
 
 
 def _check_overriders(overriders: override_pb2.Overriders, field: str) -> None:

@@ -125,7 +125,10 @@ class Commands:
         for source in self.args.filename:
             documents.extend(read_documents(source, namespace=self.args.namespace))
         for origin, document in documents:
-            api_kind = api_kind_of_document(document)
+            try:
+                api_kind = api_kind_of_document(document)
+            except ClientError as error:
+                raise ClientError(f"{origin}: {error}") from error
             if api_kind is not None:
                 if api_kind.namespaced and not document["metadata"].get("namespace"):
                     document["metadata"]["namespace"] = "default"
@@ -220,11 +223,11 @@ class Commands:
                     )
                     documents.append(message_to_document(found))
             else:
-                listed = self.client.call(
+                listed = self.client.list_all(
                     stub.List,
                     service_pb2.ListRequest(namespace=scope, label_selector=args.selector or ""),
                 )
-                documents = [message_to_document(item) for item in listed.items]
+                documents = [message_to_document(item) for item in listed]
             return api_kind, documents
         assert template is not None
         api_version, kind = template
@@ -239,7 +242,7 @@ class Commands:
                 )
                 documents.append(structs.from_struct(found.manifest))
         else:
-            listed = self.client.call(
+            listed = self.client.list_all(
                 self.client.templates.List,
                 service_pb2.TemplateListRequest(
                     api_version=api_version,
@@ -248,7 +251,7 @@ class Commands:
                     label_selector=args.selector or "",
                 ),
             )
-            documents = [structs.from_struct(item.manifest) for item in listed.items]
+            documents = [structs.from_struct(item.manifest) for item in listed]
         return None, documents
 
     def get(self) -> None:
@@ -344,19 +347,16 @@ class Commands:
         print(f"Namespace:    {metadata.get('namespace', '')}")
         print(f"Kind:         {document['kind']} ({document['apiVersion']})")
         print(f"Generation:   {metadata.get('generation', '')}")
-        binding_name = f"{metadata['name']}-{document['kind'].lower()}"
-        try:
-            binding = message_to_document(
-                self.client.call(
-                    self.client.stub(api_kind_by_name("binding")).Get,  # type: ignore[arg-type]
-                    service_pb2.GetRequest(
-                        namespace=metadata.get("namespace", ""), name=binding_name
-                    ),
-                )
-            )
-        except ClientError:
+        found = self.client.binding_of(
+            document["apiVersion"],
+            document["kind"],
+            metadata.get("namespace", ""),
+            metadata["name"],
+        )
+        if found is None:
             print("Propagation:  not propagated (no policy matches)")
             return
+        binding = message_to_document(found)
         spec, status = binding.get("spec", {}), binding.get("status", {})
         policy = spec.get("policy", {})
         if policy.get("kind"):
@@ -400,12 +400,12 @@ class Commands:
     def _describe_overrides(self, binding: dict[str, Any], clusters: list[str]) -> None:
         """Per cluster, the override policies its work was rendered with, in order."""
         metadata = binding["metadata"]
-        listed = self.client.call(
+        listed = self.client.list_all(
             self.client.stub_for("works").List,
             service_pb2.ListRequest(label_selector=f"{BINDING_NAME_LABEL}={metadata['name']}"),
         )
         applied: dict[str, list[str]] = {}
-        for item in listed.items:
+        for item in listed:
             work = message_to_document(item)
             labels = work["metadata"].get("labels", {})
             if labels.get(BINDING_NAMESPACE_LABEL, "") != metadata.get("namespace", ""):
@@ -587,16 +587,19 @@ class Commands:
             raise ClientError(f"render: {self.args.target!r} is not KIND/NAME of a template")
         api_version, kind = resolved
         namespace = "" if kind in ("Namespace", "ClusterRole") else self.args.namespace or "default"
-        work_name = f"{namespace or '_'}.{name}-{kind.lower()}"
-        try:
-            work = self.client.call(
-                self.client.stub(api_kind_by_name("work")).Get,  # type: ignore[arg-type]
-                service_pb2.GetRequest(
-                    namespace=f"archipel-es-{self.args.cluster}", name=work_name
-                ),
-            )
-        except ClientError:
-            work = None
+        binding = self.client.binding_of(api_version, kind, namespace, name)
+        work = None
+        if binding is not None:
+            try:
+                work = self.client.call(
+                    self.client.stub(api_kind_by_name("work")).Get,  # type: ignore[arg-type]
+                    service_pb2.GetRequest(
+                        namespace=f"archipel-es-{self.args.cluster}",
+                        name=f"{namespace or '_'}.{binding.metadata.name}",
+                    ),
+                )
+            except ClientError:
+                work = None
         if work is not None:
             _print(
                 [structs.from_struct(m) for m in work.spec.workload.manifests],
@@ -617,19 +620,17 @@ class Commands:
                 service_pb2.GetRequest(name=self.args.cluster),
             )
         )
-        namespaced = list(
-            self.client.call(
+        namespaced = (
+            self.client.list_all(
                 self.client.stub(api_kind_by_name("overridepolicy")).List,  # type: ignore[arg-type]
                 service_pb2.ListRequest(namespace=namespace),
-            ).items
+            )
             if namespace
             else []
         )
-        cluster_wide = list(
-            self.client.call(
-                self.client.stub(api_kind_by_name("clusteroverridepolicy")).List,  # type: ignore[arg-type]
-                service_pb2.ListRequest(),
-            ).items
+        cluster_wide = self.client.list_all(
+            self.client.stub(api_kind_by_name("clusteroverridepolicy")).List,  # type: ignore[arg-type]
+            service_pb2.ListRequest(),
         )
         print(
             f"# {self.args.cluster} holds no work for {self.args.target}: rendered from the "
@@ -769,7 +770,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         getattr(commands, args.command)()
     except ClientError as error:
-        print(f"error: {error}", file=sys.stderr)
+        # One line, whatever the message holds (a server's details may span several).
+        print(f"error: {' '.join(str(error).splitlines())}", file=sys.stderr)
         return 1
     finally:
         if commands._client is not None:

@@ -10,14 +10,37 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from typing import Any
+
+from archipel import limits
 
 Manifest = dict[str, Any]
 HEALTHY, UNHEALTHY, UNKNOWN = "Healthy", "Unhealthy", "Unknown"
 
 
 class InterpreterError(Exception):
-    """A customization could not interpret an object; names the customization and step."""
+    """An object could not be interpreted: a customization failed (the message names it
+    and the step) or a field the interpreter reads holds a value it cannot use (the
+    message names the field)."""
+
+
+def replica_count(value: Any, field: str) -> int:
+    """``value`` as a replica count: an int32 from 0 up, as Kubernetes has them.
+
+    A whole float is taken as the integer it is (a Struct stores every number as a
+    double). Anything else, whether negative, fractional, NaN, infinite, a bool, a
+    string or beyond int32, raises :class:`InterpreterError` naming ``field``: such a
+    count must neither be read as 0 nor make the scheduler divide it.
+    """
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limits.MAX_REPLICAS:
+        return value
+    raise InterpreterError(
+        f"{field} is {limits.echo(value)}, not a replica count "
+        f"(an integer from 0 to {limits.MAX_REPLICAS})"
+    )
 
 
 @dataclasses.dataclass(frozen=True, order=True)

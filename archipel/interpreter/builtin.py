@@ -20,6 +20,7 @@ from archipel.interpreter.base import (
     KindInterpreter,
     Manifest,
     MemberStatus,
+    replica_count,
 )
 
 # A template labelled (or annotated) so keeps each member's replica count: a
@@ -102,7 +103,10 @@ class _PodTemplated(KindInterpreter):
     replica_field = "replicas"
 
     def replicas(self, manifest: Manifest) -> int | None:
-        return max(_int(_spec(manifest).get(self.replica_field), 1), 0)
+        value = _spec(manifest).get(self.replica_field)
+        if value is None:
+            return 1  # as Kubernetes defaults an unset replica count
+        return replica_count(value, f"spec.{self.replica_field}")
 
     def pod_template(self, manifest: Manifest) -> dict[str, Any] | None:
         template = _spec(manifest).get("template")
@@ -228,6 +232,14 @@ class Job(_PodTemplated):
     counters = ("active", "succeeded", "failed", "ready")
     # A Job's parallelism is what the clusters share, as Karmada divides it.
     replica_field = "parallelism"
+
+    def replicas(self, manifest: Manifest) -> int | None:
+        # Completions are divided in proportion to parallelism, so they must be a count
+        # as well; a Job without them runs until one pod succeeds.
+        completions = _spec(manifest).get("completions")
+        if completions is not None:
+            replica_count(completions, "spec.completions")
+        return super().replicas(manifest)
 
     def reflect_status(self, manifest: Manifest) -> dict[str, Any] | None:
         if "status" not in manifest:

@@ -23,6 +23,7 @@ from archipel.interpreter.base import (
     KindInterpreter,
     Manifest,
     MemberStatus,
+    replica_count,
 )
 from archipel.v1alpha1 import interpreter_pb2
 
@@ -262,10 +263,7 @@ class Customized(KindInterpreter):
             found = path.find(manifest)
             if not found:
                 return 1  # as Kubernetes defaults an unset replica count
-            value = found[0]
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InterpreterError(f"{path.source} is {value!r}, not a replica count")
-            return value
+            return replica_count(found[0], path.source)
 
         return self._guard("replicaResource", evaluate)
 

@@ -16,7 +16,8 @@ import json
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
-from archipel import interpreter, structs
+from archipel import interpreter, limits, structs
+from archipel.interpreter.base import replica_count
 from archipel.v1alpha1 import cluster_pb2, override_pb2, work_pb2
 from controlplane import division, kinds, overrides, scheduling
 from controlplane.conditions import find, set_condition
@@ -28,8 +29,8 @@ from controlplane.context import (
     TEMPLATE_GENERATION_ANNOTATION,
     WORK_FINALIZER,
     Context,
-    binding_key_for_template_key,
     binding_key_of_work,
+    binding_key_of_work_key,
     binding_targets,
     delete_object,
     is_deleting,
@@ -115,14 +116,13 @@ def job_completions(
     same proportion, so the clusters together run as many pods to completion as the
     template asks for, not that many each.
     """
-    completions = (template.get("spec") or {}).get("completions")
-    if (
-        template.get("kind") != "Job"
-        or not isinstance(completions, int)
-        or isinstance(completions, bool)
-        or scheduling.is_duplicated(binding.spec.placement)
-        or not binding.spec.clusters
-    ):
+    if template.get("kind") != "Job":
+        return None
+    try:
+        completions = replica_count((template.get("spec") or {}).get("completions"), "")
+    except interpreter.InterpreterError:
+        return None  # not a count: the interpreter says so on the binding
+    if scheduling.is_duplicated(binding.spec.placement) or not binding.spec.clusters:
         return None
     shares = {t.name: t.replicas for t in binding.spec.clusters}
     return division.webster(completions, shares, seed=division.tie_break_seed(binding.metadata.uid))
@@ -137,6 +137,9 @@ class BindingController:
         # seen it, a reconcile would act on a stale view and write twice.
         self._written_at: dict[str, int] = {}
         context.works.add_handler(self._on_work)
+        context.works.add_quarantine_handler(
+            lambda key, reason: self.controller.enqueue(binding_key_of_work_key(key))
+        )
         context.templates.add_handler(self._on_template)
         context.clusters.add_handler(self._on_cluster)
         context.overrides.add_handler(self._on_override)
@@ -170,7 +173,8 @@ class BindingController:
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
         # A template change reaches its works through the binding; its status does not.
         if not status_only_change(old, new):
-            self.controller.enqueue(binding_key_for_template_key(key))
+            for binding_key in self.context.binding_keys_of(key):
+                self.controller.enqueue(binding_key)
 
     def _cluster_info(self, name: str) -> ClusterInfo | None:
         cluster = self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name))
@@ -181,28 +185,33 @@ class BindingController:
         binding: work_pb2.PropagationBinding,
         override_failures: list[str],
         interpreter_failures: list[str],
+        rewritten: list[str],
         *,
         overrides_in_play: bool,
     ) -> None:
-        """``OverridesApplied`` and ``Interpreted``: each written once it has had something
-        to say, so bindings without overrides or customizations carry neither."""
+        """``OverridesApplied``, ``Interpreted`` and ``WorksReadable``: each written once it
+        has had something to say, so most bindings carry none of them."""
         current = self.context.bindings.get(kinds.PROPAGATION_BINDING.key_of(binding)) or binding
         conditions = current.status.conditions
         say_overrides = bool(
             overrides_in_play or override_failures or find(conditions, "OverridesApplied")
         )
         say_interpreted = bool(interpreter_failures or find(conditions, "Interpreted"))
-        if not say_overrides and not say_interpreted:
+        say_readable = bool(rewritten or find(conditions, "WorksReadable"))
+        if not say_overrides and not say_interpreted and not say_readable:
             return  # the common case, on the hot path: nothing to copy or write
         updated = kinds.PROPAGATION_BINDING.copy(current)
         changed = False
-        # (type, whether to write it, failures, reason on failure, message when all is well)
+        last_good = " (the last good work stays in place)"
+        # (type, whether to write it, failures, reason on failure, what failure means,
+        # message when all is well)
         verdicts = (
             (
                 "OverridesApplied",
                 say_overrides,
                 override_failures,
                 "OverrideFailed",
+                last_good,
                 "every override applied",
             ),
             (
@@ -210,19 +219,26 @@ class BindingController:
                 say_interpreted,
                 interpreter_failures,
                 "InterpreterError",
+                last_good,
                 "the kind's interpreter read the template",
             ),
+            (
+                "WorksReadable",
+                say_readable,
+                rewritten,
+                "Quarantined",
+                " (rewritten from the template)",
+                "every work decodes",
+            ),
         )
-        for type_, say, failures, failed_reason, fine in verdicts:
+        for type_, say, failures, failed_reason, meaning, fine in verdicts:
             if say:
                 changed |= set_condition(
                     updated.status.conditions,
                     type_,
                     "False" if failures else "True",
                     failed_reason if failures else type_,
-                    "; ".join(failures) + " (the last good work stays in place)"
-                    if failures
-                    else fine,
+                    "; ".join(failures) + meaning if failures else fine,
                     current.metadata.generation,
                 )
         if changed:
@@ -304,6 +320,17 @@ class BindingController:
         ):
             return Result(requeue_after=0.05)
         existing = {w.metadata.labels.get(CLUSTER_LABEL, ""): w for w in works}
+        # Works that could not be decoded are rewritten, or deleted when no longer wanted.
+        quarantined = {
+            work_key: reason
+            for work_key, (_, reason) in context.works.quarantined.items()
+            if binding_key_of_work_key(work_key) == key
+        }
+        rewritten: list[str] = []
+        for work_key, reason in quarantined.items():
+            cluster = kinds.cluster_of_execution_namespace(work_key.split("/")[1]) or ""
+            existing.pop(cluster, None)  # a cached last good copy is stale
+            rewritten.append(f"{cluster}: the stored work could not be decoded ({reason})")
         generation = str(template["metadata"].get("generation", 0))
         requeue: Result | None = None
         writes: list[Awaitable[work_pb2.PropagationWork]] = []
@@ -352,6 +379,12 @@ class BindingController:
                 except interpreter.InterpreterError as error:
                     interpreter_failures.append(f"{cluster}: {error}")
                     continue
+                too_much = _beyond_limits(manifest)
+                if too_much:
+                    # A work nobody could decode would stop its cluster's stream.
+                    failures = override_failures if rules else interpreter_failures
+                    failures.append(f"{cluster}: {too_much}")
+                    continue
                 workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
                 workloads[(replicas, share, rules)] = workload
             applied = (
@@ -379,7 +412,7 @@ class BindingController:
                 new.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
                 _annotate(new.metadata.annotations, applied)
                 new.spec.CopyFrom(spec)
-                writes.append(store.create(kinds.PROPAGATION_WORK, new))
+                writes.append(context.create_derived(context.works, new))
             elif is_deleting(work):
                 requeue = Result(requeue_after=0.5)  # recreate once the old one is gone
             elif (
@@ -398,12 +431,31 @@ class BindingController:
         if written:
             self._written_at[key] = max(int(w.metadata.resource_version) for w in written)
         await self._record_conditions(
-            binding, override_failures, interpreter_failures, overrides_in_play=bool(policies)
+            binding,
+            override_failures,
+            interpreter_failures,
+            rewritten,
+            overrides_in_play=bool(policies),
         )
         targeted = {name for name, _ in targets if not self._cluster_gone(name)}
         stale = [w for cluster, w in existing.items() if cluster not in targeted]
         await self._delete_works(stale, preserve=False)
+        for work_key in quarantined:
+            cluster = kinds.cluster_of_execution_namespace(work_key.split("/")[1]) or ""
+            if cluster not in targeted:
+                await store.delete(kinds.PROPAGATION_WORK, work_key)
         return requeue
+
+
+def _beyond_limits(manifest: Manifest) -> str:
+    """Why a work of ``manifest`` would break a limit, or "" (overrides can deepen or grow
+    a template that admission let through, and so can templates stored before it)."""
+    if limits.depth(manifest) > limits.MAX_MANIFEST_DEPTH:
+        return f"the manifest is nested deeper than {limits.MAX_MANIFEST_DEPTH} levels"
+    size = len(kinds.RESOURCE_TEMPLATE.encode(manifest))
+    if size > limits.MAX_OBJECT_BYTES:
+        return f"the manifest is {size} bytes, more than {limits.MAX_OBJECT_BYTES}"
+    return ""
 
 
 def _suspended(binding: work_pb2.PropagationBinding, cluster: str) -> bool:

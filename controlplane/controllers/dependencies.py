@@ -20,8 +20,6 @@ from controlplane import kinds
 from controlplane.context import (
     FINALIZER,
     Context,
-    binding_key_for_template,
-    binding_name,
     delete_object,
     is_deleting,
     status_only_change,
@@ -97,7 +95,7 @@ class DependenciesController:
             self.controller.enqueue(binding_key)
 
     def _needed(self, parent: work_pb2.PropagationBinding) -> dict[str, Manifest] | None:
-        """Binding key -> template of each dependency that exists; None: cannot tell."""
+        """Template key -> template of each dependency that exists; None: cannot tell."""
         template = self.context.templates.get(template_key_of_binding(parent))
         if template is None:
             return {}
@@ -108,13 +106,12 @@ class DependenciesController:
             return None
         needed = {}
         for dependency in dependencies:
-            found = self.context.templates.get(
-                kinds.template_key(
-                    dependency.api_version, dependency.kind, dependency.namespace, dependency.name
-                )
+            template_key = kinds.template_key(
+                dependency.api_version, dependency.kind, dependency.namespace, dependency.name
             )
+            found = self.context.templates.get(template_key)
             if found is not None:
-                needed[binding_key_for_template(found)] = found
+                needed[template_key] = found
         return needed
 
     async def reconcile(self, key: str) -> Result | None:
@@ -136,24 +133,24 @@ class DependenciesController:
         requeue: Result | None = None
         if parent is not None:
             snapshot = snapshot_of(parent)
-            for dependency_key, template in needed.items():
-                if await self._require(dependency_key, template, parent, snapshot):
+            for template_key, template in needed.items():
+                if await self._require(template_key, template, parent, snapshot):
                     requeue = Result(requeue_after=0.5)
         for binding in context.bindings.by_index(REQUIRED_BY_INDEX, f"{namespace}/{name}"):
-            if kinds.PROPAGATION_BINDING.key_of(binding) not in needed:
+            if template_key_of_binding(binding) not in needed:
                 await self._release(binding, parent_ref)
         return requeue
 
     async def _require(
         self,
-        dependency_key: str,
+        template_key: str,
         template: Manifest,
         parent: work_pb2.PropagationBinding,
         snapshot: work_pb2.BindingSnapshot,
     ) -> bool:
         """Record ``parent`` on the dependency's binding; True when it must wait."""
         store = self.context.store
-        binding = self.context.bindings.get(dependency_key)
+        binding = self.context.binding_of(template_key)
         if binding is not None and is_deleting(binding):
             return True
         if binding is None:
@@ -161,7 +158,7 @@ class DependenciesController:
             new = work_pb2.PropagationBinding(
                 api_version=kinds.PROPAGATION_BINDING.api_version, kind="PropagationBinding"
             )
-            new.metadata.name = binding_name(template)
+            new.metadata.name = self.context.new_binding_name(template)
             new.metadata.namespace = metadata.get("namespace", "")
             new.metadata.finalizers.append(FINALIZER)
             resource = new.spec.resource
@@ -171,7 +168,7 @@ class DependenciesController:
             # Taking over an object already in a member is the workload's policy's call.
             new.spec.conflict_resolution = parent.spec.conflict_resolution or "Abort"
             new.spec.required_by.append(snapshot)
-            await store.create(kinds.PROPAGATION_BINDING, new)
+            await self.context.create_derived(self.context.bindings, new)
             return False
         index = _entry(binding, (snapshot.namespace, snapshot.name))
         if index >= 0 and binding.spec.required_by[index] == snapshot:

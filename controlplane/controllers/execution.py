@@ -9,6 +9,12 @@ own stream (its backlog is bounded by its number of works), and nothing waits on
 On connect the agent names the works it already holds (uid and generation); only
 works that are new or changed are sent, works it should no longer hold are deleted,
 and a restart of either side resends nothing that did not change.
+
+A stream message carries at most :data:`BATCH` works and about
+``limits.MAX_STREAM_BATCH_BYTES``, so however much waits for an agent, every message
+fits the receiver's limit; a work too large for any message is not sent, and its
+status says why. A work that cannot be decoded (quarantined) is neither sent nor
+deleted: the agent keeps what it has until the binding controller rewrites it.
 """
 
 from __future__ import annotations
@@ -16,16 +22,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 
+from archipel import limits
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
 from controlplane import kinds, metrics
 from controlplane.context import CLUSTER_LABEL, Context, is_deleting
+from controlplane.errors import ArchipelError
 
 NAME = "execution-controller"
 # Most works per stream message; larger batches save little and delay the first work.
 BATCH = 100
+# Room left in a stream message for everything around one work.
+_ENVELOPE_BYTES = 64 * 1024
 log = logging.getLogger(__name__)
+ReportStatus = Callable[[str, agent_pb2.WorkStatusReport], None]
 
 
 class AgentSession:
@@ -41,6 +52,8 @@ class AgentSession:
         self.customizations_due = True
         self._wakeup = asyncio.Event()
         self.closed = asyncio.Event()
+        # Why the control plane ends this stream, when the agent broke a limit.
+        self.error: ArchipelError | None = None
         self.sent = 0
         self.deleted = 0
         self.unchanged = 0
@@ -56,6 +69,10 @@ class AgentSession:
     def close(self) -> None:
         self.closed.set()
         self._wakeup.set()
+
+    def fail(self, error: ArchipelError) -> None:
+        self.error = error
+        self.close()
 
     def take_dirty(self, limit: int) -> list[str]:
         """Up to ``limit`` more dirty names that are ready now, without waiting."""
@@ -87,9 +104,11 @@ class AgentSession:
 
 
 class ExecutionController:
-    def __init__(self, context: Context) -> None:
+    def __init__(self, context: Context, *, report_status: ReportStatus | None = None) -> None:
         self.context = context
         self.sessions: dict[str, AgentSession] = {}
+        # Where a work that can never be delivered gets its status.
+        self.report_status = report_status
         context.works.add_handler(self._on_work)
         context.customizations.add_handler(self._on_customization)
         context.clusters.add_handler(self._on_cluster)
@@ -150,7 +169,10 @@ class ExecutionController:
         self, session: AgentSession, name: str
     ) -> work_pb2.PropagationWork | agent_pb2.WorkDelete | None:
         """What the agent should hear about this work now: the work, a deletion, or nothing."""
-        work = self._work(session.cluster, name)
+        key = kinds.PROPAGATION_WORK.key(kinds.execution_namespace(session.cluster), name)
+        if key in self.context.works.quarantined:
+            return None  # unreadable: neither send nor delete until it is rewritten
+        work = self.context.works.get(key)
         held = session.held.get(name)
         if work is None or is_deleting(work):
             if held is None:
@@ -199,31 +221,67 @@ class ExecutionController:
                 return
             if not first:
                 continue  # only the customizations were due
-            # Whatever else is already dirty goes out in the same stream message.
-            names = [first, *session.take_dirty(BATCH - 1)]
+            # Whatever else is already dirty goes out in the same stream message, up to
+            # BATCH works and about MAX_STREAM_BATCH_BYTES.
             message = agent_pb2.ControlMessage()
             batch = message.batch  # filled in place: no copy of the works
-            for name in names:
-                decided = self._decide(session, name)
+            size = 0
+            handled_now = 0
+            current: str | None = first
+            while current is not None:
+                decided = self._decide(session, current)
                 if isinstance(decided, work_pb2.PropagationWork):
-                    session.sent += 1
-                    metrics.WORKS_DELIVERED.inc()
-                    # Assume delivery; an ack confirms, and a reconnect corrects it.
-                    session.held[name] = (decided.metadata.uid, decided.metadata.generation)
                     sent = batch.works.add()
                     sent.CopyFrom(decided)
                     sent.ClearField("status")  # the agent needs only what it applies
+                    work_size = sent.ByteSize()
+                    if work_size > limits.MAX_RECEIVE_BYTES - _ENVELOPE_BYTES:
+                        del batch.works[-1]
+                        self._undeliverable(session, decided, work_size)
+                    elif size and size + work_size > limits.MAX_STREAM_BATCH_BYTES:
+                        del batch.works[-1]
+                        session.mark(current)  # the next message takes it
+                        break
+                    else:
+                        size += work_size
+                        session.sent += 1
+                        metrics.WORKS_DELIVERED.inc()
+                        # Assume delivery; an ack confirms, and a reconnect corrects it.
+                        session.held[current] = (decided.metadata.uid, decided.metadata.generation)
                 elif decided is not None:
                     session.deleted += 1
                     metrics.WORK_DELETES_DELIVERED.inc()
                     batch.deletes.append(decided)
+                handled_now += 1
+                more = session.take_dirty(1) if handled_now < BATCH else []
+                current = more[0] if more else None
             if batch.works or batch.deletes:
                 yield message
             if not synced:
-                handled += len(names)
+                handled += handled_now
                 if handled >= initial:
                     synced = True
                     yield self._synced(session)
+
+    def _undeliverable(
+        self, session: AgentSession, work: work_pb2.PropagationWork, size: int
+    ) -> None:
+        problem = (
+            f"the work is {size / 2**20:.1f} MiB, more than one stream message may carry "
+            f"({limits.MAX_RECEIVE_BYTES / 2**20:.0f} MiB); it was not sent"
+        )
+        log.error("%s for %s: %s", work.metadata.name, session.cluster, problem)
+        if self.report_status is not None:
+            self.report_status(
+                session.cluster,
+                agent_pb2.WorkStatusReport(
+                    name=work.metadata.name,
+                    uid=work.metadata.uid,
+                    generation=work.metadata.generation,
+                    applied=False,
+                    message=problem,
+                ),
+            )
 
     @staticmethod
     def _synced(session: AgentSession) -> agent_pb2.ControlMessage:
@@ -234,6 +292,9 @@ class ExecutionController:
         )
 
     def acknowledged(self, session: AgentSession, ack: agent_pb2.WorkAck) -> None:
+        # Only works of this cluster count: acks for made-up names would grow memory.
+        if ack.name not in session.held and self._work(session.cluster, ack.name) is None:
+            return
         metrics.WORKS_ACKNOWLEDGED.inc()
         session.held[ack.name] = (ack.uid, ack.generation)
 

@@ -21,8 +21,6 @@ from controlplane import kinds, matching, quantity
 from controlplane.context import (
     FINALIZER,
     Context,
-    binding_key_for_template_key,
-    binding_name,
     customization_targets,
     delete_object,
     is_deleting,
@@ -211,7 +209,7 @@ class PolicyController:
     async def reconcile(self, key: str) -> Result | None:
         context = self.context
         template = context.templates.get(key)
-        binding = context.bindings.get(binding_key_for_template_key(key))
+        binding = context.binding_of(key)
         if template is None:
             if binding is not None and not is_deleting(binding):
                 await self._release(binding, orphan=False)
@@ -254,11 +252,11 @@ class PolicyController:
             new = work_pb2.PropagationBinding(
                 api_version=kinds.PROPAGATION_BINDING.api_version, kind="PropagationBinding"
             )
-            new.metadata.name = binding_name(template)
+            new.metadata.name = context.new_binding_name(template)
             new.metadata.namespace = namespace
             new.metadata.finalizers.append(FINALIZER)
             new.spec.CopyFrom(spec)
-            await context.store.create(kinds.PROPAGATION_BINDING, new)
+            await context.create_derived(context.bindings, new)
             return None
         if binding.spec != spec:
             updated = kinds.PROPAGATION_BINDING.copy(binding)

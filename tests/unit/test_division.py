@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import heapq
+import random
+from collections.abc import Callable
+from fractions import Fraction
+from unittest import mock
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from archipel import limits
 from controlplane import division
 from controlplane.division import Previous, Unschedulable
 
@@ -141,3 +148,183 @@ def test_aggregated_division_respects_room(total: int, room: dict[str, int]) -> 
     # No smaller set of clusters would have fit.
     largest = sorted(room.values(), reverse=True)
     assert sum(largest[: len(result) - 1]) < total or len(result) <= 1
+
+
+# -- the arithmetic division gives what handing out one replica at a time gave --------
+
+
+def one_at_a_time(
+    total: int,
+    weights: dict[str, int],
+    *,
+    seed: int = 0,
+    capacity: dict[str, int] | None = None,
+) -> dict[str, int]:
+    """The division as it was first written, one heap step per replica: the reference."""
+    if total < 0:
+        raise ValueError("total must not be negative")
+    names = sorted(weights)
+    if not names:
+        if total:
+            raise Unschedulable("no cluster to place replicas on")
+        return {}
+    effective = {n: max(0, weights[n]) for n in names}
+    if not any(effective.values()):
+        effective = dict.fromkeys(names, 1)
+    seats = dict.fromkeys(names, 0)
+    descending = seed % 2 == 1
+    rank = {n: (-i if descending else i) for i, n in enumerate(names)}
+    heap = [(-effective[n] / 1.0, 0, rank[n], n) for n in names if effective[n] > 0]
+    heapq.heapify(heap)
+    remaining = total
+    while remaining:
+        if not heap:
+            room = sum((capacity or {}).get(n, 0) for n in names)
+            raise Unschedulable(f"{total} replicas requested but the clusters have room for {room}")
+        _, _, _, name = heapq.heappop(heap)
+        if capacity is not None and seats[name] >= capacity.get(name, 0):
+            continue
+        seats[name] += 1
+        remaining -= 1
+        priority = effective[name] / (2 * seats[name] + 1)
+        heapq.heappush(heap, (-priority, seats[name], rank[name], name))
+    return seats
+
+
+def outcome(divide: Callable[[], dict[str, int]]) -> dict[str, int] | str:
+    """A division's result, or the refusal's message, so that both can be compared."""
+    try:
+        return divide()
+    except Unschedulable as error:
+        return f"Unschedulable: {error}"
+
+
+many_names = st.sampled_from([f"m{i:02}" for i in range(40)])
+# Small weights make many exact ties (the tie rule decides); large ones make few.
+any_weight = st.one_of(st.integers(0, 4), st.integers(0, 1000), st.integers(0, 10**6))
+uids = st.one_of(st.just(""), st.uuids().map(str))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    total=st.integers(min_value=0, max_value=3000),
+    weights=st.dictionaries(many_names, any_weight, min_size=1, max_size=40),
+    uid=uids,
+    data=st.data(),
+)
+def test_webster_equals_one_replica_at_a_time(
+    total: int, weights: dict[str, int], uid: str, data: st.DataObject
+) -> None:
+    seed = division.tie_break_seed(uid)
+    capacity = data.draw(
+        st.none()
+        | st.dictionaries(
+            st.sampled_from(sorted(weights)), st.integers(-1, 3000) | st.integers(0, 5)
+        )
+    )
+    expected = outcome(lambda: one_at_a_time(total, weights, seed=seed, capacity=capacity))
+    assert outcome(lambda: division.webster(total, weights, seed=seed, capacity=capacity)) == (
+        expected
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    total=st.integers(min_value=0, max_value=3000),
+    room=st.dictionaries(many_names, st.integers(0, 2000) | st.integers(0, 5), min_size=1),
+    uid=uids,
+    fresh=st.booleans(),
+    data=st.data(),
+)
+def test_steady_dynamic_and_aggregated_equal_one_replica_at_a_time(
+    total: int, room: dict[str, int], uid: str, fresh: bool, data: st.DataObject
+) -> None:
+    seed = division.tie_break_seed(uid)
+    held = data.draw(
+        st.dictionaries(st.sampled_from(sorted(room)) | many_names, st.integers(1, 2000))
+    )
+    previous = Previous(held)
+
+    def both() -> tuple[dict[str, int] | str, dict[str, int] | str]:
+        return (
+            outcome(
+                lambda: division.dynamic(total, room, previous=previous, fresh=fresh, seed=seed)
+            ),
+            outcome(lambda: division.aggregated(total, room, previous=previous, seed=seed)),
+        )
+
+    with mock.patch.object(division, "webster", one_at_a_time):
+        expected = both()
+    assert both() == expected
+
+
+def is_webster(seats: dict[str, int], weights: dict[str, int], capacity: dict[str, int]) -> bool:
+    """Webster's own criterion, checked without dividing again: no seat can move from
+    one cluster to another with room and leave a higher priority behind than it took."""
+    lowest_won = min(
+        (Fraction(weights[n], 2 * s - 1) for n, s in seats.items() if s and weights[n]),
+        default=None,
+    )
+    highest_lost = max(
+        (
+            Fraction(w, 2 * seats.get(n, 0) + 1)
+            for n, w in weights.items()
+            if w and seats.get(n, 0) < capacity.get(n, 0)
+        ),
+        default=None,
+    )
+    return lowest_won is None or highest_lost is None or lowest_won >= highest_lost
+
+
+MOST = limits.MAX_REPLICAS  # 2**31 - 1: one step per replica would never finish
+
+
+@pytest.mark.parametrize("clusters", [3, 1000])
+def test_the_most_replicas_divide_over_static_weights(clusters: int) -> None:
+    rng = random.Random(clusters)
+    weights = {f"m{i:04}": rng.randint(1, 100) for i in range(clusters)}
+    result = division.static(MOST, weights, seed=division.tie_break_seed("uid"))
+    assert sum(result.values()) == MOST
+    assert is_webster(result, weights, dict.fromkeys(weights, MOST))
+
+
+@pytest.mark.parametrize("clusters", [3, 1000])
+def test_the_most_replicas_divide_when_room_caps_clusters(clusters: int) -> None:
+    rng = random.Random(clusters)
+    weights = {f"m{i:04}": rng.randint(1, 100) for i in range(clusters)}
+    # Every other cluster has almost no room, so the rest must take its share.
+    capacity = {n: rng.randint(0, 3) if i % 2 else MOST for i, n in enumerate(weights)}
+    result = division.webster(MOST, weights, seed=2, capacity=capacity)
+    assert sum(result.values()) == MOST
+    assert all(result[n] <= capacity[n] for n in result)
+    assert is_webster(result, weights, capacity)
+
+
+@pytest.mark.parametrize("clusters", [3, 1000])
+def test_the_most_replicas_divide_over_dynamic_weights(clusters: int) -> None:
+    rng = random.Random(clusters)
+    # Room for a little more than asked, unevenly spread: some clusters fill up.
+    available = {f"m{i:04}": rng.randint(0, 3 * MOST // clusters) for i in range(clusters)}
+    available["m0000"] = MOST
+    result = division.dynamic(MOST, available, fresh=True, seed=1)
+    assert sum(result.values()) == MOST
+    assert all(result[n] <= available[n] for n in result)
+    assert is_webster(result, available, available)
+    aggregated = division.aggregated(MOST, available)
+    assert aggregated == {"m0000": MOST}
+
+
+@pytest.mark.parametrize("clusters", [3, 1000])
+def test_the_most_replicas_scale_up_and_down_steadily(clusters: int) -> None:
+    names = [f"m{i:04}" for i in range(clusters)]
+    # Down: from the most replicas on every cluster to the most replicas in all.
+    huge = Previous(dict.fromkeys(names, MOST))
+    down = division.dynamic(MOST, dict.fromkeys(names, 0), previous=huge, seed=7)
+    assert sum(down.values()) == MOST
+    assert max(down.values()) - min(down.values()) <= 1  # equal holdings shrink equally
+    # Up: from a few replicas each to the most; only the new ones are divided.
+    few = Previous(dict.fromkeys(names, 5))
+    room = dict.fromkeys(names, MOST)
+    up = division.dynamic(MOST, room, previous=few, seed=7)
+    assert sum(up.values()) == MOST
+    assert all(up[n] >= 5 for n in names)

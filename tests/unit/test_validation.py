@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 
-from archipel.v1alpha1 import cluster_pb2, policy_pb2
-from controlplane import validation
+from archipel import limits
+from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, service_pb2
+from controlplane import api, selectors, validation
 from controlplane.errors import Invalid
 
 
@@ -183,3 +186,369 @@ def test_template_namespace_defaults_like_kubectl() -> None:
         }
     )
     assert "namespace" not in cluster_role["metadata"]
+
+
+# -- what kube-apiserver would refuse, and Archipel's own bounds ------------------------
+
+
+def deployment(**spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": spec,
+    }
+
+
+def job(**spec: Any) -> dict[str, Any]:
+    return {**deployment(**spec), "apiVersion": "batch/v1", "kind": "Job"}
+
+
+@pytest.mark.parametrize(
+    ("manifest", "field"),
+    [
+        (deployment(replicas=-1), "spec.replicas"),
+        (deployment(replicas=math.nan), "spec.replicas"),
+        (deployment(replicas=math.inf), "spec.replicas"),
+        (deployment(replicas=-math.inf), "spec.replicas"),
+        (deployment(replicas="3"), "spec.replicas"),
+        (deployment(replicas=1.5), "spec.replicas"),
+        (deployment(replicas=True), "spec.replicas"),
+        (deployment(replicas=limits.MAX_REPLICAS + 1), "spec.replicas"),
+        (deployment(replicas=[3]), "spec.replicas"),
+        (job(parallelism=-2), "spec.parallelism"),
+        (job(parallelism="many"), "spec.parallelism"),
+        (job(completions=math.nan), "spec.completions"),
+        (job(completions=2**40), "spec.completions"),
+        ({**deployment(), "spec": "three"}, "spec"),
+    ],
+)
+def test_bad_replica_counts(manifest: dict[str, Any], field: str) -> None:
+    with pytest.raises(Invalid) as error:
+        validation.check_template(manifest)
+    assert error.value.field == field
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        deployment(replicas=0),
+        deployment(replicas=limits.MAX_REPLICAS),
+        deployment(replicas=None),
+        deployment(),
+        job(parallelism=3, completions=10),
+        # Kinds Archipel does not interpret keep whatever their schema allows.
+        {**deployment(replicas="many"), "apiVersion": "example.com/v1", "kind": "Widget"},
+    ],
+)
+def test_good_replica_counts(manifest: dict[str, Any]) -> None:
+    validation.check_template(manifest)
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["De/ploy", "Deploy\x00ment", "1Deployment", "Deploy-ment", "Deploy ment", "K" * 64, "", 7],
+)
+def test_bad_kinds(kind: Any) -> None:
+    with pytest.raises(Invalid) as error:
+        validation.check_template({**deployment(), "kind": kind})
+    assert error.value.field == "kind"
+
+
+@pytest.mark.parametrize(
+    "api_version",
+    [
+        "a/b/c/v1",
+        "/v1",
+        "apps/",
+        "Apps/v1",
+        "apps/V1",
+        "apps/v1 ",
+        "apps\x00/v1",
+        "-apps/v1",
+        "a" * 254 + "/v1",
+        "apps/" + "v" * 64,
+        "",
+        None,
+    ],
+)
+def test_bad_api_versions(api_version: Any) -> None:
+    with pytest.raises(Invalid) as error:
+        validation.check_template({**deployment(), "apiVersion": api_version})
+    assert error.value.field == "apiVersion"
+
+
+@pytest.mark.parametrize("api_version", ["v1", "apps/v1", "example.com/v1beta1", "a.b-c.io/v2"])
+def test_good_api_versions(api_version: str) -> None:
+    validation.check_template({**deployment(), "apiVersion": api_version, "kind": "Thing"})
+
+
+RBAC = "rbac.authorization.k8s.io/v1"
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind", "name", "good"),
+    [
+        ("v1", "ConfigMap", "web", True),
+        ("v1", "ConfigMap", "web.example-1", True),
+        ("v1", "ConfigMap", "Web", False),
+        ("v1", "ConfigMap", "web_1", False),
+        ("v1", "ConfigMap", "-web", False),
+        ("v1", "ConfigMap", "web:1", False),
+        ("v1", "ConfigMap", "a" * 253, True),
+        ("v1", "ConfigMap", "a" * 254, False),
+        ("v1", "Namespace", "team-a", True),
+        ("v1", "Namespace", "team.a", False),
+        ("v1", "Service", "web", True),
+        ("v1", "Service", "1web", False),
+        (RBAC, "ClusterRole", "system:controller:web", True),
+        (RBAC, "ClusterRoleBinding", "System:Admin", True),
+        (RBAC, "Role", "a:b@c", True),
+        (RBAC, "RoleBinding", "a/b", False),
+        (RBAC, "ClusterRole", "..", False),
+        (RBAC, "ClusterRole", "a%2f", False),
+        (RBAC, "ClusterRole", "a\x00b", False),
+        # The RBAC exception belongs to the RBAC group, not to any kind of that name.
+        ("example.com/v1", "ClusterRole", "system:x", False),
+    ],
+)
+def test_template_names(api_version: str, kind: str, name: str, good: bool) -> None:
+    manifest = {"apiVersion": api_version, "kind": kind, "metadata": {"name": name}}
+    if good:
+        validation.check_template(manifest)
+        return
+    with pytest.raises(Invalid) as error:
+        validation.check_template(manifest)
+    assert error.value.field == "metadata.name"
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "a//b",
+        "/a",
+        "a/",
+        "Example.com/a",
+        "example.com/a/b",
+        "x" * 64,
+        "example.com/" + "x" * 64,
+        "a" * 254 + "/x",
+        "-a",
+        "a-",
+        "a b",
+        "a\x00",
+        "",
+    ],
+)
+def test_bad_label_keys(key: str) -> None:
+    with pytest.raises(Invalid):
+        selectors.check_qualified_name(key, "metadata.labels")
+    with pytest.raises(Invalid) as error:
+        validation.check_template({**deployment(), "metadata": {"name": "a", "labels": {key: "v"}}})
+    assert error.value.field == "metadata.labels"
+    with pytest.raises(Invalid):
+        validation.check_template(
+            {**deployment(), "metadata": {"name": "a", "annotations": {key: "v"}}}
+        )
+
+
+@pytest.mark.parametrize(
+    "key", ["app", "a_b.c-D", "example.com/app", "x" * 63, "k8s.io/" + "x" * 63]
+)
+def test_good_label_keys(key: str) -> None:
+    selectors.check_qualified_name(key, "metadata.labels")
+
+
+@pytest.mark.parametrize("value", ["x" * 64, "-a", "a-", "a b", "a/b", "a\x00", "é"])
+def test_bad_label_values(value: str) -> None:
+    with pytest.raises(Invalid):
+        selectors.check_label_value(value, "metadata.labels")
+    with pytest.raises(Invalid) as error:
+        validation.check_template(
+            {**deployment(), "metadata": {"name": "a", "labels": {"app": value}}}
+        )
+    assert error.value.field.startswith("metadata.labels")
+
+
+@pytest.mark.parametrize("value", ["", "a", "x" * 63, "1.2_3-A"])
+def test_good_label_values(value: str) -> None:
+    selectors.check_label_value(value, "metadata.labels")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a//b=c", "a/=c", "/a=c", "a=b/c", "a=" + "x" * 64, "x" * 64 + "=b", "a in (b/c)", "!a//b"],
+)
+def test_bad_selectors(text: str) -> None:
+    with pytest.raises(Invalid) as error:
+        selectors.parse(text, field="labelSelector")
+    assert error.value.field == "labelSelector"
+
+
+def test_metadata_of_protobuf_kinds_follows_the_same_rules() -> None:
+    bad = policy({}, name="p")
+    bad.metadata.labels["a//b"] = "c"
+    with pytest.raises(Invalid) as error:
+        validation.check_metadata(bad.metadata, namespaced=True)
+    assert error.value.field == "metadata.labels"
+    bad = policy({}, name="p")
+    bad.metadata.annotations["note"] = "x" * limits.MAX_ANNOTATIONS_BYTES
+    with pytest.raises(Invalid) as error:
+        validation.check_metadata(bad.metadata, namespaced=True)
+    assert error.value.field == "metadata.annotations"
+
+
+def test_annotations_are_bounded_in_total() -> None:
+    half = "x" * (limits.MAX_ANNOTATIONS_BYTES // 2)
+    fits = {**deployment(), "metadata": {"name": "a", "annotations": {"a": half}}}
+    validation.check_template(fits)
+    over = {"a": half, "b": half}
+    with pytest.raises(Invalid) as error:
+        validation.check_template({**deployment(), "metadata": {"name": "a", "annotations": over}})
+    assert error.value.field == "metadata.annotations"
+
+
+def nested(levels: int) -> Any:
+    """A value ``levels`` deep, counted as limits.depth counts."""
+    value: Any = "leaf"
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def test_template_depth_is_bounded() -> None:
+    # The manifest itself is a level: its spec may be one less than the limit deep.
+    validation.check_template({**deployment(), "spec": nested(limits.MAX_MANIFEST_DEPTH - 1)})
+    with pytest.raises(Invalid) as error:
+        validation.check_template({**deployment(), "spec": nested(limits.MAX_MANIFEST_DEPTH)})
+    assert error.value.field == "manifest"
+    assert "nested" in str(error.value)
+    with pytest.raises(Invalid):
+        validation.check_template({**deployment(), "spec": [nested(10_000)]})
+
+
+def test_template_size_is_bounded() -> None:
+    manifest = deployment()
+    overhead = len(json.dumps(manifest, separators=(",", ":"))) + len(',"data":""')
+    manifest["data"] = "x" * (limits.MAX_OBJECT_BYTES - overhead)
+    validation.check_template(manifest)
+    manifest["data"] += "x"
+    with pytest.raises(Invalid) as error:
+        validation.check_template(manifest)
+    assert error.value.field == "manifest"
+    assert str(limits.MAX_OBJECT_BYTES) in str(error.value)
+
+
+def test_non_finite_numbers_anywhere_in_a_template_are_refused() -> None:
+    with pytest.raises(Invalid) as error:
+        validation.check_template({**deployment(), "spec": {"template": {"x": [1, math.nan]}}})
+    assert error.value.field == "spec.template.x[1]"
+
+
+def override(value: struct_pb2.Value) -> override_pb2.OverridePolicy:
+    policy = override_pb2.OverridePolicy()
+    policy.metadata.name = "o"
+    policy.metadata.namespace = "default"
+    rule = policy.spec.override_rules.add()
+    rule.overriders.plaintext.add(path="/spec/x", operator="replace").value.CopyFrom(value)
+    return policy
+
+
+def test_json_values_inside_policies_are_bounded() -> None:
+    struct = struct_pb2.Struct()
+    struct.update({"v": nested(limits.MAX_MANIFEST_DEPTH + 1)})
+    with pytest.raises(Invalid) as error:
+        validation.check_message(override(struct.fields["v"]), "OverridePolicy")
+    assert error.value.field == "spec.overrideRules[0].overriders.plaintext[0].value"
+    struct.update({"v": nested(limits.MAX_MANIFEST_DEPTH)})
+    validation.check_message(override(struct.fields["v"]), "OverridePolicy")
+    with pytest.raises(Invalid) as error:
+        validation.check_message(override(struct_pb2.Value(number_value=math.nan)), "x")
+    assert error.value.field == "spec.overrideRules[0].overriders.plaintext[0].value"
+
+
+def test_protobuf_objects_are_bounded_in_size() -> None:
+    big = policy({"resourceSelectors": SELECTOR})
+    big.spec.resource_selectors[0].name = "x" * limits.MAX_OBJECT_BYTES
+    with pytest.raises(Invalid) as error:
+        validation.check_message(big, "PropagationPolicy")
+    assert "bytes" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "good"),
+    [
+        ("_.web-namespace", True),
+        ("_.system:admin-clusterrole", True),
+        ("default.web-deployment", True),
+        ("default.web-deployment.apps", True),
+        ("_.", False),
+        ("web", False),
+        ("Bad.web", False),
+        ("_.a/b", False),
+        ("", False),
+    ],
+)
+def test_work_names(name: str, good: bool) -> None:
+    if good:
+        validation.check_work_name(name)
+    else:
+        with pytest.raises(Invalid):
+            validation.check_work_name(name)
+
+
+# -- echoed values stay short ----------------------------------------------------------
+
+HUGE = "v" * 100_000
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        lambda: validation.check_template({**deployment(), "kind": HUGE}),
+        lambda: validation.check_template({**deployment(), "apiVersion": HUGE}),
+        lambda: validation.check_template({**deployment(), "metadata": {"name": HUGE}}),
+        lambda: validation.check_template(
+            {**deployment(), "metadata": {"name": "a", "labels": {"a": HUGE}}}
+        ),
+        lambda: validation.check_template(
+            {**deployment(), "metadata": {"name": "a", "labels": {HUGE: "a"}}}
+        ),
+        lambda: validation.check_template(deployment(replicas=HUGE)),
+        lambda: validation.check_dns_label(HUGE, "namespace"),
+        lambda: validation.check_choice(HUGE, ("a",), "spec.preemption"),
+        lambda: selectors.parse(HUGE + "=a"),
+        lambda: selectors.parse("a in (" + HUGE + ")"),
+    ],
+)
+def test_echoed_values_are_truncated(check: Any) -> None:
+    with pytest.raises(Invalid) as error:
+        check()
+    assert len(str(error.value)) < 3 * limits.MAX_ECHO_CHARS + 300
+
+
+def test_status_messages_are_cut_to_what_grpc_carries() -> None:
+    for text in ("x" * 100_000, "é" * 100_000, "😀" * 50_000):
+        cut = api.status_message(text)
+        assert len(cut.encode()) <= limits.MAX_STATUS_MESSAGE_BYTES
+        assert "cut from" in cut
+    assert api.status_message("short") == "short"
+
+
+def test_undecodable_requests_are_invalid_naming_the_field() -> None:
+    raw = service_pb2.GetRequest(name="NAMEX").SerializeToString().replace(b"NAMEX", b"\xff\xfe")
+    with pytest.raises(Invalid) as error:
+        api.decode_request(service_pb2.GetRequest, raw)
+    assert error.value.field == "name"
+    cluster = cluster_pb2.MemberCluster()
+    cluster.metadata.labels["KEYX"] = "v"
+    raw = cluster.SerializeToString().replace(b"KEYX", b"\xc3\x28ab")
+    with pytest.raises(Invalid) as error:
+        api.decode_request(cluster_pb2.MemberCluster, raw)
+    assert error.value.field == "metadata.labels.key"
+    with pytest.raises(Invalid) as error:
+        api.decode_request(service_pb2.GetRequest, b"\x0a\x05ab")
+    assert error.value.field == "namespace"
+    with pytest.raises(Invalid) as error:
+        api.decode_request(service_pb2.GetRequest, b"\xff\xff\xff")
+    assert error.value.code.name == "INVALID_ARGUMENT"

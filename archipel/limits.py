@@ -1,0 +1,117 @@
+"""Every bound Archipel puts on what a caller or an agent may send, in one place.
+
+Each limit exists so that one object, one request or one stream can never stop
+propagation for everybody. They are documented for users in ``docs/limits.md``; the
+server, the agent and the CLI all read them from here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# -- objects -------------------------------------------------------------------------
+
+MAX_MANIFEST_DEPTH = 28
+"""Most levels of nesting in a template (objects and lists alike; a scalar at the top
+is level 1). Manifests travel as ``google.protobuf.Struct``, where each JSON level
+costs up to three protobuf levels, and protobuf decoders (upb, Java, C++) refuse more
+than 100. A work wraps its template in about eight more levels and an agent's status
+report about as many, so a template at this depth still yields decodable works,
+stream messages and status reports. Kubernetes' own kinds stay under 15 levels and
+deep CRD schemas under 25."""
+
+MAX_OBJECT_BYTES = 1024 * 1024
+"""Largest encoded object a caller may write (a template's JSON, a policy's protobuf).
+etcd refuses requests over 1.5 MiB; the work built from a template carries the
+template plus a little metadata, so 1 MiB leaves room for it."""
+
+MAX_MANIFEST_NODES = MAX_OBJECT_BYTES // 2
+"""Most values (scalars, lists, mappings and keys) one YAML or JSON document may hold
+once its aliases are expanded, as the CLI reads it. Each value costs at least two bytes
+of JSON (``0,``), so a document with more could never be written under
+:data:`MAX_OBJECT_BYTES`; counting while parsing refuses an alias bomb ("billion
+laughs", a few lines that expand to billions of values) before it is expanded."""
+
+MAX_MANIFEST_FILE_BYTES = 64 * 1024 * 1024
+"""Largest file (or standard input) ``archipel apply -f`` and the other commands that
+read manifests will read; a larger one is refused before it is read to the end, so a
+pipe or device that never ends cannot exhaust memory."""
+
+MAX_REPLICAS = 2**31 - 1
+"""Replica counts are int32, as in Kubernetes."""
+
+MAX_ECHO_CHARS = 200
+"""An error message quotes at most this much of the offending value: gRPC's
+metadata (where status messages travel) is limited to a few KiB."""
+
+MAX_NAME_CHARS = 253
+"""Longest object name, API group or label-key prefix: Kubernetes' DNS-subdomain
+bound (RFC 1123), so every name Archipel accepts stays valid on the members."""
+
+MAX_LABEL_CHARS = 63
+"""Longest DNS label (namespaces, cluster names), label value, label-key name part and
+kind: Kubernetes' own bound, which the members would enforce anyway."""
+
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+"""Most bytes of annotation keys and values on one object, as kube-apiserver counts
+them: a template over it would be refused by every member."""
+
+# -- the API ---------------------------------------------------------------------------
+
+MAX_STATUS_MESSAGE_BYTES = 2048
+"""Longest error message (UTF-8) the API sends. It travels percent-encoded in gRPC
+trailers, which clients cap at 8 KiB by default; past that the client sees
+``RESOURCE_EXHAUSTED`` instead of the real answer. Messages are cut, never dropped."""
+
+MAX_RECEIVE_BYTES = 16 * 1024 * 1024
+"""Largest gRPC message the control plane or an agent accepts."""
+
+MAX_REQUEST_BYTES = 2 * MAX_OBJECT_BYTES + 64 * 1024
+"""Largest API request (other than the agent stream) that is decoded at all: room for
+one object of ``MAX_OBJECT_BYTES`` in any encoding. A larger request is refused
+unread, so a run of huge requests costs no memory."""
+
+MAX_LIST_PAGE_BYTES = 4 * 1024 * 1024
+"""A List answer stops adding objects past this many bytes and hands back a continue
+token (it always holds at least one object)."""
+
+MAX_STREAM_BATCH_BYTES = 4 * 1024 * 1024
+"""A batch on the agent stream (works one way, reports the other) stops growing
+past this many bytes; a single work larger than ``MAX_RECEIVE_BYTES`` is never sent."""
+
+# -- one agent stream ------------------------------------------------------------------
+
+MAX_HELD_WORKS = 100_000
+"""Most works an agent may claim to hold when it connects."""
+
+MAX_HEARTBEAT_BYTES = 1024 * 1024
+"""Largest heartbeat an agent may send (API enablements, nodes, resources)."""
+
+
+def depth(value: Any, *, stop_after: int = MAX_MANIFEST_DEPTH) -> int:
+    """Levels of nesting of a JSON-like value, counting no further than ``stop_after + 1``.
+
+    Iterative, so a hostile value cannot exhaust Python's recursion limit, and it stops
+    as soon as the answer is known to be over the limit.
+    """
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 1)]
+    while pending:
+        item, level = pending.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > stop_after:
+                return deepest
+        if isinstance(item, dict):
+            pending.extend((child, level + 1) for child in item.values())
+        elif isinstance(item, list):
+            pending.extend((child, level + 1) for child in item)
+    return deepest
+
+
+def echo(value: object) -> str:
+    """``repr(value)`` cut to :data:`MAX_ECHO_CHARS`, for quoting in error messages."""
+    text = repr(value)
+    if len(text) <= MAX_ECHO_CHARS:
+        return text
+    return f"{text[:MAX_ECHO_CHARS]}... ({len(text)} characters)"

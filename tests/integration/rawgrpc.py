@@ -1,0 +1,100 @@
+"""Raw gRPC against a real control plane: any bytes to any method, and the answer's code.
+
+The API tests send what no generated stub would (undecodable bytes, invalid UTF-8,
+random messages), so they talk to the server through generic callables with identity
+serializers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from archipel import limits
+from archipel.testing import tools
+from archipel.testing.controlplane import ControlPlaneProcess
+from archipel.testing.etcd import EtcdServer
+
+
+def _identity(data: bytes) -> bytes:
+    return data
+
+
+@dataclasses.dataclass
+class Answer:
+    code: grpc.StatusCode
+    details: str
+    body: bytes = b""
+
+
+class RawApi:
+    """A channel to a control plane, with the admin credential on every call."""
+
+    def __init__(self, address: str, token: str) -> None:
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_receive_message_length", limits.MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self.metadata = (("authorization", f"Bearer {token}"),)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def unary(self, method: str, data: bytes, *, timeout: float = 30) -> Answer:
+        """``method`` is ``/archipel.v1alpha1.<Service>/<Method>``."""
+        call = self.channel.unary_unary(
+            method, request_serializer=_identity, response_deserializer=_identity
+        )
+        try:
+            body = call(data, metadata=self.metadata, timeout=timeout)
+        except grpc.RpcError as error:
+            return Answer(error.code(), error.details() or "")
+        return Answer(grpc.StatusCode.OK, "", body)
+
+    def stream(self, method: str, data: bytes, *, timeout: float = 10, take: int = 1) -> Answer:
+        """Open a server stream and read up to ``take`` messages; the answer's code."""
+        call = self.channel.unary_stream(
+            method, request_serializer=_identity, response_deserializer=_identity
+        )
+        responses = call(data, metadata=self.metadata, timeout=timeout)
+        try:
+            for index, _ in enumerate(responses):
+                if index + 1 >= take:
+                    responses.cancel()
+                    return Answer(grpc.StatusCode.OK, "")
+        except grpc.RpcError as error:
+            return Answer(error.code(), error.details() or "")
+        return Answer(grpc.StatusCode.OK, "")
+
+
+@dataclasses.dataclass
+class Plane:
+    etcd: EtcdServer
+    process: ControlPlaneProcess
+    api: RawApi
+
+
+def start_plane(root: Path, *, prefix: str = "/archipel/") -> Iterator[Plane]:
+    """A control plane on its own etcd (tests here compact etcd's history)."""
+    binaries = tools.ensure("etcd")
+    etcd = EtcdServer(binary=binaries.etcd, directory=root / "etcd")
+    etcd.start()
+    process = ControlPlaneProcess(
+        etcd_endpoint=etcd.endpoint, etcd_prefix=prefix, directory=root / "cp"
+    )
+    try:
+        process.start()
+        api = RawApi(process.address, process.admin_token)
+        try:
+            yield Plane(etcd, process, api)
+        finally:
+            api.close()
+    finally:
+        process.stop()
+        etcd.stop()
