@@ -24,7 +24,7 @@ from agent.facts import Facts
 from agent.kube import Kube, load_api_client
 from agent.ledger import Ledger
 from agent.works import WorkManager
-from archipel import agentstream
+from archipel import agentstream, limits
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, work_pb2
 
 VERSION = "0.1.0"
@@ -73,7 +73,7 @@ class Agent:
         options = [
             ("grpc.keepalive_time_ms", 20000),
             ("grpc.keepalive_timeout_ms", 10000),
-            ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
         ]
         if self.tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)

@@ -20,9 +20,6 @@ from google.protobuf.message import Message
 from archipel import limits, structs
 from archipel.v1alpha1 import agent_pb2
 
-MAX_REPORTED_STATUS_BYTES = 256 * 1024
-"""Largest reflected status of one manifest that is reported as it is."""
-
 # What a batch adds per item on top of the item itself: a field tag and a length.
 _ITEM_OVERHEAD = 6
 
@@ -35,8 +32,10 @@ def bound_report(report: agent_pb2.WorkStatusReport) -> agent_pb2.WorkStatusRepo
             continue
         size = manifest.status.ByteSize()
         problem = ""
-        if size > MAX_REPORTED_STATUS_BYTES:
-            problem = f"status not reported: {size} bytes, more than {MAX_REPORTED_STATUS_BYTES}"
+        if size > limits.MAX_REPORTED_STATUS_BYTES:
+            problem = (
+                f"status not reported: {size} bytes, more than {limits.MAX_REPORTED_STATUS_BYTES}"
+            )
         else:
             try:
                 deep = limits.depth(structs.from_struct(manifest.status))
@@ -76,19 +75,48 @@ def _size(message: agent_pb2.AgentMessage) -> int:
     return 0
 
 
+def hello_messages(
+    hello: agent_pb2.Hello, *, max_bytes: int = limits.MAX_REPORT_BATCH_BYTES
+) -> list[agent_pb2.AgentMessage]:
+    """The hello, and as many HeldWorks messages after it as keep each within
+    ``max_bytes``: a member may hold more works than one message can name."""
+    held = list(hello.held_works)
+    first = agent_pb2.Hello(cluster=hello.cluster, agent_version=hello.agent_version)
+    chunks: list[list[agent_pb2.HeldWork]] = [[]]
+    size = 0
+    for work in held:
+        work_size = work.ByteSize() + _ITEM_OVERHEAD
+        if chunks[-1] and size + work_size > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(work)
+        size += work_size
+    first.held_works.extend(chunks[0])
+    first.more_held_works = len(chunks) > 1
+    messages = [agent_pb2.AgentMessage(hello=first)]
+    for index, chunk in enumerate(chunks[1:], start=2):
+        messages.append(
+            agent_pb2.AgentMessage(
+                held_works=agent_pb2.HeldWorks(works=chunk, more=index < len(chunks))
+            )
+        )
+    return messages
+
+
 async def outgoing(
     hello: agent_pb2.Hello,
     outbox: asyncio.Queue[agent_pb2.AgentMessage],
     *,
     limit: int = 200,
-    max_bytes: int = limits.MAX_STREAM_BATCH_BYTES,
+    max_bytes: int = limits.MAX_REPORT_BATCH_BYTES,
 ) -> AsyncIterator[agent_pb2.AgentMessage]:
     """The hello, then whatever is put into ``outbox``, batched when it piles up.
 
     A batch holds at most ``limit`` messages and, unless one message alone is larger,
     at most ``max_bytes``; what does not fit goes into the next one.
     """
-    yield agent_pb2.AgentMessage(hello=hello)
+    for message in hello_messages(hello, max_bytes=max_bytes):
+        yield message
     carried: agent_pb2.AgentMessage | None = None
     while True:
         if carried is not None:

@@ -63,23 +63,39 @@ MAX_STATUS_MESSAGE_BYTES = 2048
 trailers, which clients cap at 8 KiB by default; past that the client sees
 ``RESOURCE_EXHAUSTED`` instead of the real answer. Messages are cut, never dropped."""
 
-MAX_RECEIVE_BYTES = 16 * 1024 * 1024
-"""Largest gRPC message the control plane or an agent accepts."""
+MAX_RECEIVE_BYTES = 4 * 1024 * 1024
+"""Largest gRPC message the control plane accepts (gRPC's own default). gRPC refuses a
+larger one from its length prefix, before buffering it, so a run of huge requests
+costs no memory; every message an agent sends is kept below it."""
+
+MAX_AGENT_RECEIVE_BYTES = 16 * 1024 * 1024
+"""Largest gRPC message an agent accepts: a batch of works, or one work of the largest
+template plus what overrides add to it."""
 
 MAX_REQUEST_BYTES = 2 * MAX_OBJECT_BYTES + 64 * 1024
 """Largest API request (other than the agent stream) that is decoded at all: room for
 one object of ``MAX_OBJECT_BYTES`` in any encoding. A larger request is refused
 unread, so a run of huge requests costs no memory."""
 
-MAX_LIST_PAGE_BYTES = 4 * 1024 * 1024
-"""A List answer stops adding objects past this many bytes and hands back a continue
-token (it always holds at least one object)."""
+MAX_LIST_PAGE_BYTES = 3 * 1024 * 1024
+"""A List answer stops adding objects before it would pass this many bytes and hands
+back a continue token (it always holds at least one object). Below gRPC's default
+4 MiB receive limit, so grpcurl and stubs in any language read pages as they come."""
 
 MAX_STREAM_BATCH_BYTES = 4 * 1024 * 1024
-"""A batch on the agent stream (works one way, reports the other) stops growing
-past this many bytes; a single work larger than ``MAX_RECEIVE_BYTES`` is never sent."""
+"""A batch of works to an agent stops growing past this many bytes; a single work
+larger than ``MAX_AGENT_RECEIVE_BYTES`` is never sent (its status says why)."""
+
+MAX_REPORT_BATCH_BYTES = 1024 * 1024
+"""A message from an agent (a batch of acknowledgements and reports, or a part of its
+hello) stops growing past this many bytes, well within ``MAX_RECEIVE_BYTES``."""
 
 # -- one agent stream ------------------------------------------------------------------
+
+MAX_REPORTED_STATUS_BYTES = 256 * 1024
+"""Largest reflected status of one manifest an agent reports as it is; a larger one
+(from a member object Archipel does not control) is reported empty, with a health
+message saying why, so no report can break the stream it travels on."""
 
 MAX_HELD_WORKS = 100_000
 """Most works an agent may claim to hold when it connects."""

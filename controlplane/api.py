@@ -27,7 +27,7 @@ from archipel.v1alpha1 import (
     service_pb2,
     work_pb2,
 )
-from controlplane import kinds, selectors, validation
+from controlplane import kinds, memory, selectors, validation
 from controlplane.controllers.cluster import ClusterController
 from controlplane.errors import (
     ArchipelError,
@@ -61,7 +61,13 @@ def status_message(text: str) -> str:
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ArchipelError) -> NoReturn:
     """The one place an error becomes a gRPC status."""
-    await context.abort(error.code, status_message(str(error)))
+    code, message = error.code, status_message(str(error))
+    # gRPC keeps the exception that ends a call for a while; with its traceback would
+    # go every frame's locals (the whole refused request, megabytes of it), so the
+    # error goes before the call ends.
+    error.__traceback__ = error.__cause__ = error.__context__ = None
+    del error
+    await context.abort(code, message)
     raise AssertionError("unreachable: abort raises")
 
 
@@ -165,6 +171,7 @@ def decode_request(message_type: type[M], data: bytes) -> M:
     turning megabytes of protobuf into Python objects only to refuse them costs memory
     that the allocator does not hand back.
     """
+    memory.after_large_request(len(data))
     if len(data) > limits.MAX_REQUEST_BYTES:
         field = "manifest" if "manifest" in message_type.DESCRIPTOR.fields_by_name else "request"
         raise Invalid(

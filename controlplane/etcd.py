@@ -46,6 +46,23 @@ class Event:
     created: bool = False
 
 
+class RevisionOutOfRange(Exception):
+    """A read at a revision etcd has compacted away or has not reached yet."""
+
+    def __init__(self, revision: int) -> None:
+        super().__init__(f"revision {revision} is out of etcd's range")
+        self.revision = revision
+
+
+def _status_code(error: BaseException) -> grpc.StatusCode | None:
+    """The gRPC status behind an etcd client error (etcd3aio may wrap it)."""
+    for candidate in (error, error.__cause__):
+        if isinstance(candidate, grpc.aio.AioRpcError):
+            code: grpc.StatusCode = candidate.code()
+            return code
+    return None
+
+
 class Compacted(Exception):
     """The watch's start revision was compacted away: relist, then watch again."""
 
@@ -128,6 +145,8 @@ class Etcd:
                 timeout=30,
             )
         except _CLIENT_ERRORS as error:
+            if revision and _status_code(error) == grpc.StatusCode.OUT_OF_RANGE:
+                raise RevisionOutOfRange(revision) from error
             raise Unavailable(f"etcd: {error}") from error
         finally:
             metrics.ETCD_LATENCY.labels("range").observe(time.perf_counter() - started)

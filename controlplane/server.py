@@ -98,13 +98,9 @@ class AgentService:
                     f"this credential belongs to cluster {cluster}, not "
                     f"{limits.echo(hello.cluster)}"
                 )
-            if len(hello.held_works) > limits.MAX_HELD_WORKS:
-                # Each held work the control plane does not know costs a delete: one
-                # credential must not make the control plane do unbounded work.
-                raise TooMuch(
-                    f"hello.heldWorks: {len(hello.held_works)} works, more than the "
-                    f"{limits.MAX_HELD_WORKS} an agent may hold"
-                )
+            _check_held(hello)
+            if hello.more_held_works:
+                await self._read_held_works(hello, request_iterator)
             self.clusters.require_registered(cluster)
         except ArchipelError as error:
             await context.abort(error.code, str(error))
@@ -127,6 +123,29 @@ class AgentService:
             log.info("agent for %s disconnected (session %s)", cluster, session.id)
         if session.error is not None:
             await context.abort(session.error.code, str(session.error))
+
+    @staticmethod
+    async def _read_held_works(
+        hello: agent_pb2.Hello, request_iterator: AsyncIterator[agent_pb2.AgentMessage]
+    ) -> None:
+        """The HeldWorks messages that complete ``hello``, added to it.
+
+        Each held work the control plane does not know costs a delete: one credential
+        must not make the control plane do unbounded work, so the count is bounded
+        while reading, not after.
+        """
+        more = True
+        while more:
+            _check_held(hello)
+            try:
+                message = await asyncio.wait_for(anext(request_iterator), timeout=30)
+            except (StopAsyncIteration, TimeoutError) as error:
+                raise Invalid("heldWorks", "the hello announced more held works") from error
+            if not message.HasField("held_works"):
+                raise Invalid("heldWorks", "the hello announced more held works")
+            hello.held_works.extend(message.held_works.works)
+            more = message.held_works.more
+        _check_held(hello)
 
     async def _read(
         self,
@@ -169,6 +188,13 @@ class AgentService:
             pass
         finally:
             session.close()
+
+
+def _check_held(hello: agent_pb2.Hello) -> None:
+    if len(hello.held_works) > limits.MAX_HELD_WORKS:
+        raise TooMuch(
+            f"hello.heldWorks: more than the {limits.MAX_HELD_WORKS} works an agent may hold"
+        )
 
 
 class ControlPlane:
@@ -252,7 +278,7 @@ class ControlPlane:
             interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", limits.MAX_RECEIVE_BYTES),
-                ("grpc.max_send_message_length", limits.MAX_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
                 ("grpc.keepalive_time_ms", 20000),
                 ("grpc.keepalive_timeout_ms", 10000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),

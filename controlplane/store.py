@@ -19,8 +19,6 @@ import uuid
 from collections.abc import Callable
 from typing import TypeVar
 
-import grpc
-
 from archipel import limits
 from controlplane import metrics
 from controlplane.errors import (
@@ -30,9 +28,8 @@ from controlplane.errors import (
     Expired,
     Invalid,
     NotFound,
-    Unavailable,
 )
-from controlplane.etcd import Delete, Etcd, KeyValue, Put
+from controlplane.etcd import Delete, Etcd, KeyValue, Put, RevisionOutOfRange
 from controlplane.kinds import Kind
 
 T = TypeVar("T")
@@ -101,20 +98,11 @@ def _parse_token(token: str, prefix: str) -> tuple[str, int]:
 async def _range(
     etcd: Etcd, prefix: str, *, start_after: str, limit: int, revision: int
 ) -> tuple[list[KeyValue], int, bool]:
-    """One read of a listing; a revision etcd refuses is the continue token's fault."""
+    """One read of a listing; a revision etcd refuses is the continue token's fault
+    (only a continue token names a revision)."""
     try:
         return await etcd.range(prefix, start_after=start_after, limit=limit, revision=revision)
-    except (grpc.aio.AioRpcError, Unavailable) as error:
-        # etcd answers OUT_OF_RANGE for a revision it compacted away or has not
-        # reached yet; only a continue token can ask for one. (The etcd module may
-        # hand the gRPC error on as it is, or as the cause of Unavailable.)
-        cause = error if isinstance(error, grpc.aio.AioRpcError) else error.__cause__
-        if (
-            not revision
-            or not isinstance(cause, grpc.aio.AioRpcError)
-            or cause.code() != grpc.StatusCode.OUT_OF_RANGE
-        ):
-            raise
+    except RevisionOutOfRange as error:
         if revision > await etcd.current_revision():
             raise Invalid("continue", "token names a revision this etcd has not reached") from error
         raise Expired(

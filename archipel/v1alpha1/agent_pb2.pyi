@@ -34,6 +34,8 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class HeldWork(_message.Message):
+    """A work the agent holds in its member (its objects are applied there)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -42,6 +44,12 @@ class HeldWork(_message.Message):
     name: _builtins.str
     uid: _builtins.str
     generation: _builtins.int
+    """The generation the agent applied, or 0: it holds the work's objects but not the
+    work itself. Its ledger in the member keeps only identities and hashes, so after
+    a restart the agent needs the work again to judge drift with. No work has
+    generation 0, so the control plane sends it again; the agent compares each live
+    object with the hashes it recorded and applies only what is missing or changed.
+    """
     def __init__(
         self,
         *,
@@ -64,8 +72,14 @@ class Hello(_message.Message):
     CLUSTER_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     HELD_WORKS_FIELD_NUMBER: _builtins.int
+    MORE_HELD_WORKS_FIELD_NUMBER: _builtins.int
     cluster: _builtins.str
     agent_version: _builtins.str
+    more_held_works: _builtins.bool
+    """More held works follow in HeldWorks messages, the last of them with more unset.
+    Every message on the stream stays within the control plane's receive limit
+    (4 MiB), however many works the member holds.
+    """
     @_builtins.property
     def held_works(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldWork]: ...
     def __init__(
@@ -74,14 +88,40 @@ class Hello(_message.Message):
         cluster: _builtins.str = ...,
         agent_version: _builtins.str = ...,
         held_works: _abc.Iterable[Global___HeldWork] | None = ...,
+        more_held_works: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cluster", b"cluster", "held_works", b"held_works"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cluster", b"cluster", "held_works", b"held_works", "more_held_works", b"more_held_works"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Hello: _TypeAlias = Hello  # noqa: Y015
+
+@_typing.final
+class HeldWorks(_message.Message):
+    """The rest of the works a Hello announced, in messages of bounded size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKS_FIELD_NUMBER: _builtins.int
+    MORE_FIELD_NUMBER: _builtins.int
+    more: _builtins.bool
+    @_builtins.property
+    def works(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldWork]: ...
+    def __init__(
+        self,
+        *,
+        works: _abc.Iterable[Global___HeldWork] | None = ...,
+        more: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["more", b"more", "works", b"works"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldWorks: _TypeAlias = HeldWorks  # noqa: Y015
 
 @_typing.final
 class WorkAck(_message.Message):
@@ -258,6 +298,7 @@ class AgentMessage(_message.Message):
     DELETED_FIELD_NUMBER: _builtins.int
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
+    HELD_WORKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello: ...
     @_builtins.property
@@ -270,6 +311,8 @@ class AgentMessage(_message.Message):
     def heartbeat(self) -> Global___Heartbeat: ...
     @_builtins.property
     def batch(self) -> Global___AgentBatch: ...
+    @_builtins.property
+    def held_works(self) -> Global___HeldWorks: ...
     def __init__(
         self,
         *,
@@ -279,12 +322,13 @@ class AgentMessage(_message.Message):
         deleted: Global___WorkDeleted | None = ...,
         heartbeat: Global___Heartbeat | None = ...,
         batch: Global___AgentBatch | None = ...,
+        held_works: Global___HeldWorks | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "held_works", b"held_works", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "held_works", b"held_works", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "status", "deleted", "heartbeat", "batch"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "status", "deleted", "heartbeat", "batch", "held_works"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

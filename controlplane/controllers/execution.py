@@ -235,7 +235,7 @@ class ExecutionController:
                     sent.CopyFrom(decided)
                     sent.ClearField("status")  # the agent needs only what it applies
                     work_size = sent.ByteSize()
-                    if work_size > limits.MAX_RECEIVE_BYTES - _ENVELOPE_BYTES:
+                    if work_size > limits.MAX_AGENT_RECEIVE_BYTES - _ENVELOPE_BYTES:
                         del batch.works[-1]
                         self._undeliverable(session, decided, work_size)
                     elif size and size + work_size > limits.MAX_STREAM_BATCH_BYTES:
@@ -268,7 +268,7 @@ class ExecutionController:
     ) -> None:
         problem = (
             f"the work is {size / 2**20:.1f} MiB, more than one stream message may carry "
-            f"({limits.MAX_RECEIVE_BYTES / 2**20:.0f} MiB); it was not sent"
+            f"({limits.MAX_AGENT_RECEIVE_BYTES / 2**20:.0f} MiB); it was not sent"
         )
         log.error("%s for %s: %s", work.metadata.name, session.cluster, problem)
         if self.report_status is not None:

@@ -37,7 +37,7 @@ class RawApi:
         self.channel = grpc.insecure_channel(
             address,
             options=[
-                ("grpc.max_receive_message_length", limits.MAX_RECEIVE_BYTES),
+                ("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ],
         )

@@ -107,10 +107,17 @@ def test_invalid_utf8_is_invalid_argument_naming_the_field(plane: Plane) -> None
 # -- sizes and depth --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mebibytes", [2, 10])
-def test_oversized_templates_are_invalid_argument(plane: Plane, mebibytes: int) -> None:
-    answer = apply(plane, config_map("big", {"blob": "x" * (mebibytes * 1024 * 1024)}))
+@pytest.mark.parametrize("mebibytes", [1.5, 2, 3.5])
+def test_oversized_templates_are_invalid_argument(plane: Plane, mebibytes: float) -> None:
+    answer = apply(plane, config_map("big", {"blob": "x" * int(mebibytes * 1024 * 1024)}))
     assert_invalid(answer, "manifest", "bytes")
+
+
+def test_requests_over_the_receive_limit_are_refused_by_grpc(plane: Plane) -> None:
+    # Past MAX_RECEIVE_BYTES gRPC refuses the message from its length prefix, before
+    # buffering it: a run of such requests costs the control plane no memory.
+    answer = apply(plane, config_map("big", {"blob": "x" * (10 * 1024 * 1024)}))
+    assert answer.code == grpc.StatusCode.RESOURCE_EXHAUSTED, answer
 
 
 def test_oversized_policy_is_invalid_argument(plane: Plane) -> None:

@@ -229,15 +229,21 @@ async def test_one_stream_cannot_claim_unbounded_work(api: Api) -> None:
         assert "hello.heldWorks" in (refused.value.details() or "")
 
         # Within the bound, works the control plane does not know are deleted, in
-        # bounded batches, and the stream is synced.
+        # bounded batches, and the stream is synced. This hello is larger than the
+        # control plane's 4 MiB receive limit: it goes in parts.
         await agent.close()
         agent = RawAgent(api.plane, "greedy", token)  # a new outbox for a new stream
         hello = agent_pb2.Hello(cluster="greedy")
-        for index in range(2_000):
-            hello.held_works.add(name=f"w{index}", uid="u", generation=1)
+        for index in range(60_000):
+            hello.held_works.add(
+                name=f"some-namespace.a-rather-long-workload-name-{index}-deployment",
+                uid=str(uuid.uuid4()),
+                generation=1,
+            )
+        assert hello.ByteSize() > 4 * 1024 * 1024
         running = asyncio.create_task(agent.run(hello))
-        await asyncio.wait_for(agent.synced.wait(), timeout=60)
-        assert len(agent.deletes) == 2_000
+        await asyncio.wait_for(agent.synced.wait(), timeout=120)
+        assert len(agent.deletes) == 60_000
 
         # A heartbeat past its limit ends the stream with the reason.
         huge = agent_pb2.Heartbeat(kubernetes_version="v1.35.4")

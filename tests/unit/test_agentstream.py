@@ -58,7 +58,7 @@ async def test_batches_are_bounded_by_bytes() -> None:
     assert names(sent) == [f"w{i}" for i in range(200)]  # all of them, in order
     assert len(sent) > 1
     for message in sent:
-        assert message.ByteSize() <= limits.MAX_STREAM_BATCH_BYTES
+        assert message.ByteSize() <= limits.MAX_REPORT_BATCH_BYTES
     assert any(len(m.batch.statuses) > 1 for m in sent)
 
 
@@ -95,7 +95,7 @@ async def test_a_status_too_deep_is_replaced_by_an_empty_one() -> None:
 
 
 async def test_a_status_too_large_is_replaced_by_an_empty_one() -> None:
-    huge = {"blob": "x" * (agentstream.MAX_REPORTED_STATUS_BYTES + 1)}
+    huge = {"blob": "x" * (limits.MAX_REPORTED_STATUS_BYTES + 1)}
     small = {"ok": "yes"}
     sent = await drain([status("huge", huge), status("small", small)])
     [batch] = sent
@@ -104,3 +104,24 @@ async def test_a_status_too_large_is_replaced_by_an_empty_one() -> None:
     assert "bytes" in first.manifest_statuses[0].health_message
     assert structs.from_struct(second.manifest_statuses[0].status) == small
     assert second.manifest_statuses[0].health_message == ""
+
+
+def test_a_large_hello_goes_in_parts_within_the_limit() -> None:
+    hello = agent_pb2.Hello(cluster="c1", agent_version="v")
+    for index in range(50_000):
+        hello.held_works.add(name=f"namespace.workload-{index}-deployment", uid="u" * 36)
+    messages = agentstream.hello_messages(hello)
+    assert len(messages) > 1
+    assert all(m.ByteSize() <= limits.MAX_REPORT_BATCH_BYTES + 64 for m in messages)
+    first, rest = messages[0].hello, [m.held_works for m in messages[1:]]
+    assert first.cluster == "c1" and first.more_held_works
+    assert [part.more for part in rest] == [True] * (len(rest) - 1) + [False]
+    names = [w.name for w in first.held_works] + [w.name for p in rest for w in p.works]
+    assert names == [w.name for w in hello.held_works]
+
+
+def test_a_small_hello_is_one_message() -> None:
+    hello = agent_pb2.Hello(cluster="c1")
+    hello.held_works.add(name="a", uid="u", generation=2)
+    (only,) = agentstream.hello_messages(hello)
+    assert only.hello == hello and not only.hello.more_held_works
