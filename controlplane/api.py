@@ -190,15 +190,20 @@ def decode_request(message_type: type[M], data: bytes) -> M:
         ) from error
 
 
+async def _decoded(
+    request_type: type[M], data: bytes, context: grpc.aio.ServicerContext[Any, Any]
+) -> M:
+    try:
+        return decode_request(request_type, data)
+    except Invalid as error:
+        await _abort(context, error)
+
+
 def _unary_handler(
     method: Callable[..., Awaitable[Any]], request_type: type[pb_message.Message]
 ) -> grpc.RpcMethodHandler[bytes, pb_message.Message]:
     async def handle(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            request = decode_request(request_type, data)
-        except Invalid as error:
-            await _abort(context, error)
-        return await method(request, context)
+        return await method(await _decoded(request_type, data, context), context)
 
     return grpc.unary_unary_rpc_method_handler(handle, response_serializer=_serialize)
 
@@ -207,11 +212,7 @@ def _stream_handler(
     method: Callable[..., AsyncIterator[Any]], request_type: type[pb_message.Message]
 ) -> grpc.RpcMethodHandler[bytes, pb_message.Message]:
     async def handle(data: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        try:
-            request = decode_request(request_type, data)
-        except Invalid as error:
-            await _abort(context, error)
-        async for item in method(request, context):
+        async for item in method(await _decoded(request_type, data, context), context):
             yield item
 
     return grpc.unary_stream_rpc_method_handler(handle, response_serializer=_serialize)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 from collections.abc import Mapping, Sequence
-from fractions import Fraction
 
 
 class Unschedulable(Exception):
@@ -89,16 +88,20 @@ def webster(
         raise Unschedulable(f"{total} replicas requested but the clusters have room for {room}")
     if not total:
         return seats
-    for name, count in _below_threshold(total, {n: effective[n] for n in racing}, cap).items():
-        seats[name] = count
+    if total > len(racing):
+        # Only then is there anything to give at once; fewer seats than clusters go
+        # one at a time below, which is cheaper than finding the threshold.
+        for name, count in _below_threshold(total, {n: effective[n] for n in racing}, cap).items():
+            seats[name] = count
     remaining = total - sum(seats.values())
     descending = seed % 2 == 1
     # Name order for ties: rank 0 wins; heapq pops the smallest key first. Priorities
-    # are exact fractions: they decide the same as the one-at-a-time rule, however
-    # large the weights and seats.
+    # are floats, as they always were (and as cheap as they must be on this hot
+    # path); two different ones only round to the same float with weights and seats
+    # near 2**26 each, and then the tie rule decides.
     rank = {n: (-i if descending else i) for i, n in enumerate(names)}
     heap = [
-        (Fraction(-effective[n], 2 * seats[n] + 1), seats[n], rank[n], n)
+        (-effective[n] / (2 * seats[n] + 1), seats[n], rank[n], n)
         for n in racing
         if seats[n] < cap[n]
     ]
@@ -108,7 +111,7 @@ def webster(
         seats[name] += 1
         remaining -= 1
         if seats[name] < cap[name]:  # a full cluster leaves the race
-            priority = Fraction(-effective[name], 2 * seats[name] + 1)
+            priority = -effective[name] / (2 * seats[name] + 1)
             heapq.heappush(heap, (priority, seats[name], rank[name], name))
     return seats
 

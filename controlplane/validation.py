@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import message as pb_message
 
-from archipel import limits
+from archipel import interpreter, limits
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2
 from controlplane import kinds, selectors
 from controlplane.errors import Invalid
@@ -70,15 +70,9 @@ PATH_SEGMENT_NAMED = frozenset(
 DNS_LABEL_NAMED = frozenset({("", "Namespace")})
 DNS_1035_NAMED = frozenset({("", "Service")})
 
-# The fields of built-in workloads whose values Archipel divides among clusters, and
-# which kube-apiserver types as int32.
-REPLICA_FIELDS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("apps", "Deployment"): ("replicas",),
-    ("apps", "StatefulSet"): ("replicas",),
-    ("apps", "ReplicaSet"): ("replicas",),
-    ("", "ReplicationController"): ("replicas",),
-    ("batch", "Job"): ("parallelism", "completions"),
-}
+# Which fields hold replica counts is the interpreter's knowledge (built-in kinds only:
+# a customization's paths are checked when it runs, and fail on the binding).
+BUILTIN_INTERPRETERS = interpreter.Registry()
 
 
 def check_choice(value: str, choices: tuple[str, ...], field: str) -> None:
@@ -86,37 +80,38 @@ def check_choice(value: str, choices: tuple[str, ...], field: str) -> None:
         raise Invalid(field, f"must be one of {', '.join(choices)}, not {limits.echo(value)}")
 
 
-def check_dns_label(value: str, field: str) -> None:
+def _check_format(value: str, field: str, pattern: re.Pattern[str], most: int, rule: str) -> None:
+    """``value`` is required, at most ``most`` characters and matches ``pattern``."""
     if not value:
         raise Invalid(field, "required")
-    if len(value) > limits.MAX_LABEL_CHARS or not _DNS_LABEL.match(value):
-        raise Invalid(
-            field,
-            f"{limits.echo(value)} must be a lowercase DNS label (a-z, 0-9, '-', at most "
-            f"{limits.MAX_LABEL_CHARS} characters)",
-        )
+    if len(value) > most or not pattern.match(value):
+        raise Invalid(field, f"{limits.echo(value)} must be {rule} (at most {most} characters)")
+
+
+def check_dns_label(value: str, field: str) -> None:
+    _check_format(
+        value, field, _DNS_LABEL, limits.MAX_LABEL_CHARS, "a lowercase DNS label (a-z, 0-9, '-')"
+    )
 
 
 def check_dns_1035_label(value: str, field: str) -> None:
-    if not value:
-        raise Invalid(field, "required")
-    if len(value) > limits.MAX_LABEL_CHARS or not _DNS_1035_LABEL.match(value):
-        raise Invalid(
-            field,
-            f"{limits.echo(value)} must be a lowercase RFC 1035 label (a-z, 0-9, '-', starting "
-            f"with a letter, at most {limits.MAX_LABEL_CHARS} characters)",
-        )
+    _check_format(
+        value,
+        field,
+        _DNS_1035_LABEL,
+        limits.MAX_LABEL_CHARS,
+        "a lowercase RFC 1035 label (a-z, 0-9, '-', starting with a letter)",
+    )
 
 
 def check_name(value: str, field: str = "metadata.name") -> None:
-    if not value:
-        raise Invalid(field, "required")
-    if len(value) > limits.MAX_NAME_CHARS or not _DNS_SUBDOMAIN.match(value):
-        raise Invalid(
-            field,
-            f"{limits.echo(value)} must be a lowercase DNS subdomain (a-z, 0-9, '-', '.', at "
-            f"most {limits.MAX_NAME_CHARS} characters)",
-        )
+    _check_format(
+        value,
+        field,
+        _DNS_SUBDOMAIN,
+        limits.MAX_NAME_CHARS,
+        "a lowercase DNS subdomain (a-z, 0-9, '-', '.')",
+    )
 
 
 def check_path_segment(value: str, field: str = "metadata.name") -> None:
@@ -416,26 +411,15 @@ def _check_size(size: int, field: str) -> None:
         )
 
 
-def _check_replicas(manifest: Manifest, group: str, kind: str) -> None:
-    fields = REPLICA_FIELDS.get((group, kind))
-    if not fields or "spec" not in manifest:
-        return
-    spec = manifest["spec"]
-    if not isinstance(spec, dict):
+def _check_replicas(manifest: Manifest) -> None:
+    """The replica counts Archipel divides are int32s from 0, as kube-apiserver types
+    them; the interpreter's message names the field."""
+    if "spec" in manifest and not isinstance(manifest["spec"], dict):
         raise Invalid("spec", "must be an object")
-    for name in fields:
-        value = spec.get(name)
-        if value is None:
-            continue
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or not 0 <= value <= limits.MAX_REPLICAS
-        ):
-            raise Invalid(
-                f"spec.{name}",
-                f"{limits.echo(value)} must be an integer from 0 to {limits.MAX_REPLICAS}",
-            )
+    try:
+        BUILTIN_INTERPRETERS.of(manifest).replicas(manifest)
+    except interpreter.InterpreterError as error:
+        raise Invalid(error.field, error.problem) from error
 
 
 def _check_template_metadata(metadata: dict[str, Any], api_version: str, kind: str) -> None:
@@ -491,7 +475,7 @@ def check_template(manifest: Any) -> Manifest:
             raise Invalid("metadata.namespace", "must be a string")
         check_dns_label(namespace, "metadata.namespace")
     _check_template_metadata(metadata, api_version, kind)
-    _check_replicas(manifest, kinds.split_api_version(api_version)[0], kind)
+    _check_replicas(manifest)
     return manifest
 
 

@@ -22,7 +22,12 @@ HEALTHY, UNHEALTHY, UNKNOWN = "Healthy", "Unhealthy", "Unknown"
 class InterpreterError(Exception):
     """An object could not be interpreted: a customization failed (the message names it
     and the step) or a field the interpreter reads holds a value it cannot use (the
-    message names the field)."""
+    message names the field, which ``field`` holds apart, with ``problem``)."""
+
+    def __init__(self, message: str, *, field: str = "", problem: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+        self.problem = problem or message
 
 
 def replica_count(value: Any, field: str) -> int:
@@ -37,9 +42,14 @@ def replica_count(value: Any, field: str) -> int:
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limits.MAX_REPLICAS:
         return value
+    problem = (
+        f"{limits.echo(value)} is not a replica count (an integer from 0 to {limits.MAX_REPLICAS})"
+    )
     raise InterpreterError(
         f"{field} is {limits.echo(value)}, not a replica count "
-        f"(an integer from 0 to {limits.MAX_REPLICAS})"
+        f"(an integer from 0 to {limits.MAX_REPLICAS})",
+        field=field,
+        problem=problem,
     )
 
 

@@ -247,6 +247,21 @@ def widget_crd(group: str, *, status_subresource: bool = False) -> dict[str, Any
     }
 
 
+def crd_cluster_policy(name: str, cluster_names: list[str]) -> dict[str, Any]:
+    """A ClusterPropagationPolicy sending every CustomResourceDefinition to these clusters."""
+    return {
+        "apiVersion": "policy.karmada.io/v1alpha1",
+        "kind": "ClusterPropagationPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "resourceSelectors": [
+                {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition"}
+            ],
+            "placement": {"clusterAffinity": {"clusterNames": cluster_names}},
+        },
+    }
+
+
 def configmap(namespace: str, name: str, data: dict[str, str]) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

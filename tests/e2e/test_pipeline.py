@@ -14,7 +14,14 @@ from kubernetes.client.exceptions import ApiException
 
 from archipel.testing import tools
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2, service_pb2_grpc
-from tests.e2e.conftest import Pipeline, deployment, policy, wait_for, widget_crd
+from tests.e2e.conftest import (
+    Pipeline,
+    crd_cluster_policy,
+    deployment,
+    policy,
+    wait_for,
+    widget_crd,
+)
 
 pytestmark = pytest.mark.members(count=3, profile="full", isolated=True)
 MEMBERS = ("member1", "member2", "member3")
@@ -406,17 +413,7 @@ def test_custom_resources_follow_their_definition(pipeline: Pipeline, namespace:
         "metadata": {"name": "gizmo", "namespace": namespace},
         "spec": {"size": 3},
     }
-    cluster_policy = {
-        "apiVersion": "policy.karmada.io/v1alpha1",
-        "kind": "ClusterPropagationPolicy",
-        "metadata": {"name": f"crd-{namespace}"},
-        "spec": {
-            "resourceSelectors": [
-                {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition"}
-            ],
-            "placement": {"clusterAffinity": {"clusterNames": ["member1"]}},
-        },
-    }
+    cluster_policy = crd_cluster_policy(f"crd-{namespace}", ["member1"])
     # member2 never gets the definition: the APIEnablement filter must keep it out.
     widget_policy = policy(
         namespace, cluster_names=["member1", "member2"], kind="Widget", api_version=f"{group}/v1"
@@ -452,17 +449,7 @@ def test_same_kind_and_name_in_two_api_groups_stay_apart(
     crd = widget_crd(group)
     crd["metadata"]["name"] = f"configmaps.{group}"
     crd["spec"]["names"] = {"kind": "ConfigMap", "plural": "configmaps", "singular": "configmap"}
-    crd_policy = {
-        "apiVersion": "policy.karmada.io/v1alpha1",
-        "kind": "ClusterPropagationPolicy",
-        "metadata": {"name": f"crd-{namespace}"},
-        "spec": {
-            "resourceSelectors": [
-                {"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition"}
-            ],
-            "placement": {"clusterAffinity": {"clusterNames": ["member1"]}},
-        },
-    }
+    crd_policy = crd_cluster_policy(f"crd-{namespace}", ["member1"])
     core = {
         "apiVersion": "v1",
         "kind": "ConfigMap",

@@ -8,16 +8,14 @@ etcd fails alone, never the writes that happened to share its transaction.
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import pytest
 
-from archipel.testing.etcd import EtcdServer
 from archipel.v1alpha1 import policy_pb2
 from controlplane import kinds
 from controlplane.errors import Corrupt, NotFound, TooMuch
-from controlplane.etcd import Etcd, Put
+from controlplane.etcd import Put
 from controlplane.informers import Informer
 from controlplane.store import Store
 
@@ -28,14 +26,6 @@ pytestmark = pytest.mark.servers
 # Values that decode as no object of their kind: bytes that are not protobuf, a
 # truncated field, and a valid object stored under another object's key.
 GARBAGE = (b"\xff\xfe not protobuf", b"\x0a\x05ab")
-
-
-@pytest.fixture
-async def store(etcd_server: EtcdServer) -> AsyncIterator[Store]:
-    etcd = Etcd([etcd_server.endpoint], prefix=f"/test-{uuid.uuid4().hex[:8]}/")
-    await etcd.connect()
-    yield Store(etcd)
-    await etcd.close()
 
 
 def policy(name: str) -> policy_pb2.PropagationPolicy:

@@ -3,30 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
 
-from archipel.testing.etcd import EtcdServer
 from archipel.v1alpha1 import policy_pb2
 from controlplane import kinds
 from controlplane.errors import AlreadyExists, Conflict
-from controlplane.etcd import Compacted, Etcd
+from controlplane.etcd import Compacted
 from controlplane.informers import Informer
 from controlplane.store import Store
 
 KIND = kinds.PROPAGATION_POLICY
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture
-async def store(etcd_server: EtcdServer) -> AsyncIterator[Store]:
-    etcd = Etcd([etcd_server.endpoint], prefix=f"/test-{uuid.uuid4().hex[:8]}/")
-    await etcd.connect()
-    yield Store(etcd)
-    await etcd.close()
 
 
 def policy(name: str, *, kind: str = "Deployment") -> policy_pb2.PropagationPolicy:
