@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from archipel import limits
-from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
+from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2
 from controlplane import api, auth
 from controlplane.context import Context, Settings
 from controlplane.controllers.binding import BindingController
@@ -47,18 +47,12 @@ from controlplane.runtime import Controller
 from controlplane.store import Store
 
 log = logging.getLogger("archipel.controlplane")
-SERVICE_NAMES = (
-    "archipel.v1alpha1.MemberClusterService",
-    "archipel.v1alpha1.PropagationPolicyService",
-    "archipel.v1alpha1.ClusterPropagationPolicyService",
-    "archipel.v1alpha1.OverridePolicyService",
-    "archipel.v1alpha1.ClusterOverridePolicyService",
-    "archipel.v1alpha1.ResourceInterpreterCustomizationService",
-    "archipel.v1alpha1.PropagationBindingService",
-    "archipel.v1alpha1.PropagationWorkService",
-    "archipel.v1alpha1.ResourceTemplateService",
-    "archipel.v1alpha1.ClusterAdminService",
-    "archipel.v1alpha1.AgentService",
+# Every service in proto/, as the contract declares them: reflection and health list
+# these, and api_servicers() must implement each of their methods.
+SERVICE_NAMES = tuple(
+    service.full_name
+    for file in (service_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
+    for service in file.services_by_name.values()
 )
 
 
@@ -239,6 +233,17 @@ class ControlPlane:
                 self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
             )
 
+    def api_servicers(self) -> dict[str, object]:
+        """One servicer per service of the contract, by the service's short name."""
+        return {
+            **api.kind_services(self.store),
+            "ResourceTemplateService": api.TemplateService(self.store),
+            "ClusterAdminService": api.ClusterAdminService(self.clusters),
+            "AgentService": AgentService(
+                clusters=self.clusters, execution=self.execution, work_status=self.work_status
+            ),
+        }
+
     def controllers(self) -> list[Controller]:
         return [
             self.clusters.controller,
@@ -288,22 +293,12 @@ class ControlPlane:
         # The API's servicers get their requests as bytes and decode them themselves,
         # so that a request which is not valid protobuf is INVALID_ARGUMENT, not the
         # UNKNOWN the generated handlers answer (see api.service_handler).
-        servicers: dict[str, object] = {
-            **api.kind_services(self.store),
-            "ResourceTemplateService": api.TemplateService(self.store),
-            "ClusterAdminService": api.ClusterAdminService(self.clusters),
-        }
+        servicers = self.api_servicers()
+        agent = servicers.pop("AgentService")
         server.add_generic_rpc_handlers(
             [api.service_handler(name, servicer) for name, servicer in servicers.items()]
         )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(
-            AgentService(  # type: ignore[arg-type]
-                clusters=self.clusters,
-                execution=self.execution,
-                work_status=self.work_status,
-            ),
-            server,
-        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(agent, server)  # type: ignore[arg-type]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server

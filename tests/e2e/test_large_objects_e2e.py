@@ -8,6 +8,7 @@ none of the template's data.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -193,3 +194,30 @@ def write_old_ledger_entry(pipeline: Pipeline, work: str, entry: Any) -> None:
     finally:
         kube.close()
     assert "manifests" in ledger_of(pipeline, work).data
+
+
+def test_a_propagated_secret_leaves_no_value_in_any_config_map(
+    pipeline: Pipeline, namespace: str
+) -> None:
+    # The old ledger copied every manifest into ConfigMaps in archipel-system, so a
+    # Secret's values could be read by anyone allowed to read ConfigMaps there.
+    marker = "s3cr3t-value-that-must-not-leak"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "credentials", "namespace": namespace},
+        "stringData": {"password": marker},
+    }
+    pipeline.apply(
+        secret,
+        policy(namespace, "secrets", cluster_names=[MEMBER], kind="Secret", api_version="v1"),
+    )
+    name = wait_for("the Secret's work Applied", lambda: applied(pipeline, namespace))
+    core = pipeline.core(MEMBER)
+    found = core.read_namespaced_secret("credentials", namespace)
+    assert found.data and "password" in found.data
+    assert ledger_of(pipeline, name) is not None  # the barrier: its entry is written
+    encoded = base64.b64encode(marker.encode()).decode()
+    for config_map in core.list_config_map_for_all_namespaces().items:
+        text = json.dumps(config_map.data or {})
+        assert marker not in text and encoded not in text, config_map.metadata.name

@@ -1,0 +1,28 @@
+"""Every RPC that proto/ declares is implemented by the control plane (the contract
+that other languages' stubs are generated from)."""
+
+from __future__ import annotations
+
+from archipel.v1alpha1 import agent_pb2, service_pb2
+from controlplane.context import Settings
+from controlplane.server import SERVICE_NAMES, ControlPlane
+
+
+def test_every_rpc_in_the_contract_has_an_implementation() -> None:
+    # Building the control plane connects to nothing.
+    plane = ControlPlane(Settings(etcd_endpoints=["http://127.0.0.1:1"]))
+    servicers = plane.api_servicers()
+    declared = {
+        service.name: service
+        for file in (service_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
+        for service in file.services_by_name.values()
+    }
+    assert set(servicers) == set(declared)
+    missing = [
+        f"{name}.{method.name}"
+        for name, service in declared.items()
+        for method in service.methods
+        if not callable(getattr(servicers[name], method.name, None))
+    ]
+    assert missing == []
+    assert set(SERVICE_NAMES) == {service.full_name for service in declared.values()}
