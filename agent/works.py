@@ -458,8 +458,13 @@ class WorkManager:
                 resource = self.kube.resource(api_version, kind)
                 if resource_version is None:
                     listed = resource.get(label_selector=f"{MANAGED_LABEL}=true")
+                    present = []
                     for item in listed.items:
-                        self._emit("ADDED", item.to_dict())
+                        manifest = item.to_dict()
+                        present.append(ObjectRef.of(manifest))
+                        self._emit("ADDED", manifest)
+                    # What was deleted while no watch was open shows only as an absence.
+                    self._emit_listed(api_version, kind, present)
                     resource_version = listed.metadata.resourceVersion
                 for event in self.kube.dynamic.watch(  # type: ignore[no-untyped-call]
                     resource,
@@ -492,6 +497,25 @@ class WorkManager:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._on_event, type_, manifest)
+
+    def _emit_listed(self, api_version: str, kind: str, present: list[ObjectRef]) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._on_listed, api_version, kind, set(present))
+
+    def _on_listed(self, api_version: str, kind: str, present: set[ObjectRef]) -> None:
+        """A fresh listing of a kind: every object held of that kind but missing from it
+        was deleted while the watch was down (or the agent was away)."""
+        gone = [
+            ref
+            for ref in self.owner
+            if ref.api_version == api_version and ref.kind == kind and ref not in present
+        ]
+        for ref in gone:
+            metadata = {"name": ref.name, **({"namespace": ref.namespace} if ref.namespace else {})}
+            self._on_event(
+                "DELETED", {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": metadata}
+            )
 
     def _observe(self, ref: ObjectRef, manifest: Manifest) -> bool | None:
         """Keep the newest state seen of an object; True when its status or health moved,

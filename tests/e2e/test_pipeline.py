@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import subprocess
 from typing import Any
 
+import etcd3aio
 import grpc
 import pytest
 from kubernetes import client as k8s
@@ -16,6 +18,7 @@ from archipel.testing import tools
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2, service_pb2_grpc
 from tests.e2e.conftest import (
     Pipeline,
+    configmap,
     crd_cluster_policy,
     deployment,
     policy,
@@ -850,6 +853,50 @@ def test_member_outage_goes_not_ready_and_work_lands_after(
         lambda: placed(pipeline, namespace) == {"member3"},
         timeout=60,
     )
+
+
+def test_an_object_deleted_while_the_agents_watch_was_down_is_restored(
+    pipeline: Pipeline, namespace: str
+) -> None:
+    # With the member's API server down, the agent's watch breaks; the ConfigMap is
+    # then deleted behind the API server's back (in its etcd). When the API server
+    # returns, the agent lists again: before, it only saw what was there, and the
+    # deletion, never reported as DELETED, was never repaired.
+    member = pipeline.fleet["member3"]
+    settings = configmap(namespace, "settings", {"level": "debug"})
+    pipeline.apply(
+        settings,
+        policy(namespace, "cm", cluster_names=["member3"], kind="ConfigMap", api_version="v1"),
+    )
+    core = pipeline.core("member3")
+
+    def present() -> bool:
+        try:
+            return bool(core.read_namespaced_config_map("settings", namespace).data)
+        except ApiException:
+            return False
+
+    wait_for("the ConfigMap in member3", present)
+    member.stop_apiserver()
+    try:
+        assert pipeline.fleet.etcd is not None
+        key = f"{member.etcd_prefix}/configmaps/{namespace}/settings"
+        deleted = asyncio.run(_delete_etcd_key(pipeline.fleet.etcd.endpoint, key))
+        assert deleted == 1
+    finally:
+        member.start_apiserver()
+    wait_for("the ConfigMap restored in member3", present, timeout=90)
+
+
+async def _delete_etcd_key(endpoint: str, key: str) -> int:
+    client = etcd3aio.Etcd3Client([endpoint.removeprefix("http://")])
+    await client.connect()
+    try:
+        assert client.kv is not None
+        response = await client.kv.delete(key.encode())
+        return int(response.deleted)
+    finally:
+        await client.close()
 
 
 def test_silent_agent_makes_the_cluster_unknown(pipeline: Pipeline) -> None:
