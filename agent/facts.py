@@ -8,25 +8,66 @@ only when they changed.
 from __future__ import annotations
 
 import hashlib
-from decimal import Decimal
+from collections.abc import Iterable
+from fractions import Fraction
 from typing import Any
 
 import kubernetes
-from kubernetes.utils.quantity import parse_quantity as _parse_quantity
 
 from agent.kube import Kube, describe
+from archipel import quantity
 from archipel.v1alpha1 import agent_pb2, cluster_pb2
 
-
-def parse_quantity(quantity: str) -> Decimal:
-    parsed: Decimal = _parse_quantity(quantity)  # type: ignore[no-untyped-call]
-    return parsed
+SUMMARIZED = ("cpu", "memory", "pods")
 
 
-def _format(resource: str, value: Decimal) -> str:
-    if resource == "cpu":
-        return f"{int(value * 1000)}m"
-    return str(int(value))
+def _name(obj: Any) -> str:
+    metadata = getattr(obj, "metadata", None)
+    return str(getattr(metadata, "name", None) or "?")
+
+
+def summarize(
+    nodes: Iterable[Any], pods: Iterable[Any]
+) -> tuple[cluster_pb2.NodeSummary, cluster_pb2.ResourceSummary]:
+    """Nodes (total, ready) and resources (allocatable, allocated) for a heartbeat.
+
+    ``nodes`` and ``pods`` are the kubernetes client's V1Node and V1Pod objects (pods
+    already limited to those not finished). Quantities are summed exactly and written
+    in canonical form (:func:`archipel.quantity.canonical`), which the control plane
+    reads back with :func:`archipel.quantity.parse`.
+    """
+    node_summary = cluster_pb2.NodeSummary()
+    allocatable: dict[str, Fraction] = {}
+    for node in nodes:
+        node_summary.total_num += 1
+        if node.status is None:
+            continue
+        conditions = node.status.conditions or []
+        if any(c.type == "Ready" and c.status == "True" for c in conditions):
+            node_summary.ready_num += 1
+        for resource, amount in (node.status.allocatable or {}).items():
+            if resource in SUMMARIZED:
+                allocatable[resource] = allocatable.get(resource, Fraction(0)) + quantity.parse(
+                    amount, field=f"node {_name(node)}: allocatable[{resource}]"
+                )
+    allocated: dict[str, Fraction] = {"pods": Fraction(0)}
+    for pod in pods:
+        if pod.spec is None or not pod.spec.node_name:
+            continue
+        allocated["pods"] += 1
+        for container in pod.spec.containers:
+            requests = (container.resources.requests or {}) if container.resources else {}
+            for resource in ("cpu", "memory"):
+                if resource in requests:
+                    allocated[resource] = allocated.get(resource, Fraction(0)) + quantity.parse(
+                        requests[resource], field=f"pod {_name(pod)}: requests[{resource}]"
+                    )
+    resource_summary = cluster_pb2.ResourceSummary()
+    for resource, value in allocatable.items():
+        resource_summary.allocatable[resource] = quantity.canonical(value)
+    for resource, value in allocated.items():
+        resource_summary.allocated[resource] = quantity.canonical(value)
+    return node_summary, resource_summary
 
 
 class Facts:
@@ -93,41 +134,12 @@ class Facts:
                 heartbeat.api_enablements_changed = True
         self._beats += 1
         nodes = core.list_node().items
-        allocatable: dict[str, Decimal] = {}
-        ready_nodes = 0
-        for node in nodes:
-            if node.status is None:
-                continue
-            conditions = node.status.conditions or []
-            if any(c.type == "Ready" and c.status == "True" for c in conditions):
-                ready_nodes += 1
-            for resource, quantity in (node.status.allocatable or {}).items():
-                if resource in ("cpu", "memory", "pods"):
-                    allocatable[resource] = allocatable.get(resource, Decimal(0)) + parse_quantity(
-                        quantity
-                    )
-        heartbeat.node_summary.total_num = len(nodes)
-        heartbeat.node_summary.ready_num = ready_nodes
-        allocated: dict[str, Decimal] = {"pods": Decimal(0)}
         pods = core.list_pod_for_all_namespaces(
             field_selector="status.phase!=Succeeded,status.phase!=Failed"
         ).items
-        for pod in pods:
-            if pod.spec is None or not pod.spec.node_name:
-                continue
-            allocated["pods"] += 1
-            for container in pod.spec.containers:
-                requests = (container.resources.requests or {}) if container.resources else {}
-                for resource in ("cpu", "memory"):
-                    if resource in requests:
-                        allocated[resource] = allocated.get(resource, Decimal(0)) + parse_quantity(
-                            requests[resource]
-                        )
-        summary = heartbeat.resource_summary
-        for resource, value in allocatable.items():
-            summary.allocatable[resource] = _format(resource, value)
-        for resource, value in allocated.items():
-            summary.allocated[resource] = _format(resource, value)
+        node_summary, resource_summary = summarize(nodes, pods)
+        heartbeat.node_summary.CopyFrom(node_summary)
+        heartbeat.resource_summary.CopyFrom(resource_summary)
         return heartbeat
 
     def rediscover(self) -> None:

@@ -25,9 +25,16 @@ import asyncio
 import dataclasses
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from tenacity import (
+    RetryCallState,
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    wait_exponential,
+)
 
 from agent import drift
 from agent.kube import Kube, KubeError, Manifest, describe
@@ -40,6 +47,11 @@ log = logging.getLogger(__name__)
 MANAGED_LABEL = "archipel.io/managed"
 WORK_ANNOTATION = "archipel.io/work"
 _FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}
+# A watch that fails for any reason starts over after 0.5 s, doubling up to 10 s.
+WATCH_BACKOFF = Retrying(
+    wait=wait_exponential(multiplier=0.5, max=10.0),
+    retry=retry_if_exception_type(Exception),
+)
 
 
 @dataclasses.dataclass
@@ -282,7 +294,18 @@ class WorkManager:
                         self._hold(ref, name, body, live, refs, bodies)
                         projections.append(projection)
                         continue
-            applied = await self._apply_object(ref, body, work, held, live=live, fetched=fetched)
+            try:
+                applied = await self._apply_object(
+                    ref, body, work, held, live=live, fetched=fetched
+                )
+            except Exception as error:
+                # The worker's retry line names only the work; which object fails, and
+                # why, is what whoever reads the member's logs needs.
+                where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+                log.warning(
+                    "work %s: applying %s %s failed: %s", name, ref.kind, where, describe(error)
+                )
+                raise
             applies += 1
             self._hold(ref, name, body, applied, refs, bodies)
             projections.append(self._projection(body, applied))
@@ -451,42 +474,63 @@ class WorkManager:
         thread.start()
 
     def _watch_loop(self, api_version: str, kind: str) -> None:
+        """List and watch one kind until the manager stops; runs in its own thread."""
+
+        def log_retry(state: RetryCallState) -> None:
+            # The API server may be down: a debug line only, the works' reports say so.
+            error = state.outcome.exception() if state.outcome else None
+            log.debug(
+                "watch %s %s: %s; retrying in %.1fs",
+                api_version,
+                kind,
+                describe(error) if isinstance(error, Exception) else error,
+                state.upcoming_sleep,
+            )
+
         resource_version: str | None = None
-        delay = 0.5
         while not self._stop.is_set():
+            # A fresh backoff after every watch that ended well: one that breaks after
+            # an hour is retried after the shortest delay.
+            retrying = WATCH_BACKOFF.copy(
+                stop=lambda state: self._stop.is_set(),
+                # Waiting on the stop event ends the backoff as soon as the agent stops.
+                sleep=self._stop.wait,
+                before_sleep=log_retry,
+            )
             try:
-                resource = self.kube.resource(api_version, kind)
-                if resource_version is None:
-                    listed = resource.get(label_selector=f"{MANAGED_LABEL}=true")
-                    present = []
-                    for item in listed.items:
-                        manifest = item.to_dict()
-                        present.append(ObjectRef.of(manifest))
-                        self._emit("ADDED", manifest)
-                    # What was deleted while no watch was open shows only as an absence.
-                    self._emit_listed(api_version, kind, present)
-                    resource_version = listed.metadata.resourceVersion
-                for event in self.kube.dynamic.watch(  # type: ignore[no-untyped-call]
-                    resource,
-                    label_selector=f"{MANAGED_LABEL}=true",
-                    resource_version=resource_version,
-                    timeout=60,
-                ):
-                    raw = event["raw_object"]
-                    if event["type"] == "ERROR":
-                        resource_version = None
-                        break
-                    resource_version = raw.get("metadata", {}).get(
-                        "resourceVersion", resource_version
-                    )
-                    self._emit(event["type"], raw)
-                delay = 0.5
-            except Exception as error:
-                # The API server may be down; start over with a fresh list when it is back.
-                log.debug("watch %s %s: %s", api_version, kind, describe(error))
-                resource_version = None
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                for attempt in retrying:
+                    with attempt:
+                        if self._stop.is_set():
+                            return
+                        if attempt.retry_state.attempt_number > 1:
+                            resource_version = None  # after a failure, a fresh list
+                        resource = self.kube.resource(api_version, kind)
+                        if resource_version is None:
+                            listed = resource.get(label_selector=f"{MANAGED_LABEL}=true")
+                            present = []
+                            for item in listed.items:
+                                manifest = item.to_dict()
+                                present.append(ObjectRef.of(manifest))
+                                self._emit("ADDED", manifest)
+                            # What was deleted while no watch was open shows only as an absence.
+                            self._emit_listed(api_version, kind, present)
+                            resource_version = listed.metadata.resourceVersion
+                        for event in self.kube.dynamic.watch(  # type: ignore[no-untyped-call]
+                            resource,
+                            label_selector=f"{MANAGED_LABEL}=true",
+                            resource_version=resource_version,
+                            timeout=60,
+                        ):
+                            raw = event["raw_object"]
+                            if event["type"] == "ERROR":
+                                resource_version = None
+                                break
+                            resource_version = raw.get("metadata", {}).get(
+                                "resourceVersion", resource_version
+                            )
+                            self._emit(event["type"], raw)
+            except RetryError:
+                return  # stopped while backing off
 
     def _projection(self, desired: Manifest, live: Manifest) -> Any:
         """The live values at the paths the agent applied, less those the member owns."""

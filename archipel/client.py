@@ -17,6 +17,7 @@ import grpc
 import yaml
 from google.protobuf import json_format
 from google.protobuf import message as pb_message
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from archipel import manifests, structs
 from archipel.v1alpha1 import (
@@ -34,7 +35,36 @@ DEFAULT_CONFIG = Path(".local/archipel.yaml")
 
 
 class ClientError(Exception):
-    """A failure to report to the user as one line."""
+    """A failure to report to the user as one line.
+
+    ``code`` is the gRPC status when the server (or the channel) answered with one, so
+    callers can tell "not found" from "not allowed" without parsing the message.
+    """
+
+    def __init__(self, message: str, *, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
+    # grpc.RpcError itself has no code(); the errors raised by calls are also grpc.Call.
+    code = error.code() if hasattr(error, "code") else None
+    return code if isinstance(code, grpc.StatusCode) else None
+
+
+# The server cannot be reached (restarting, a dropped connection): a few quick tries
+# before giving up. Never any other code: those are answers, and asking again changes
+# nothing. Tests swap in a copy with a fake sleep.
+CONNECTION_RETRIES = Retrying(
+    wait=wait_exponential(multiplier=0.2, max=2.0),
+    stop=stop_after_attempt(4),
+    retry=retry_if_exception(
+        lambda error: (
+            isinstance(error, grpc.RpcError) and _code(error) == grpc.StatusCode.UNAVAILABLE
+        )
+    ),
+    reraise=True,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,10 +240,14 @@ class Client:
         return self.stub(api_kind)
 
     def call(self, method: Any, request: Any, *, timeout: float = 30) -> Any:
+        """Call ``method``; retried while the server is unreachable, and any failure
+        becomes a :class:`ClientError` carrying the status code."""
         try:
-            return method(request, metadata=self.metadata, timeout=timeout)
+            return CONNECTION_RETRIES.copy()(
+                method, request, metadata=self.metadata, timeout=timeout
+            )
         except grpc.RpcError as error:
-            raise ClientError(_describe(error)) from error
+            raise ClientError(_describe(error), code=_code(error)) from error
 
     def list_all(self, method: Any, request: Any, *, timeout: float = 30) -> list[Any]:
         """Every item of a List call, page after page.
@@ -301,9 +335,11 @@ class Client:
             name=metadata.get("name", ""),
         )
         try:
-            found = self.templates.Get(request, metadata=self.metadata, timeout=10)
-        except grpc.RpcError:
-            return None
+            found = self.call(self.templates.Get, request, timeout=10)
+        except ClientError as error:
+            if error.code in _ABSENT:
+                return None
+            raise  # not allowed, unreachable...: the user must see why, not "created"
         version: str | None = structs.from_struct(found.manifest)["metadata"].get("resourceVersion")
         return version
 
@@ -312,11 +348,19 @@ class Client:
             namespace=message.metadata.namespace, name=message.metadata.name
         )
         try:
-            found = self.stub(api_kind).Get(request, metadata=self.metadata, timeout=10)
-        except grpc.RpcError:
-            return None
+            found = self.call(self.stub(api_kind).Get, request, timeout=10)
+        except ClientError as error:
+            if error.code in _ABSENT:
+                return None
+            raise  # not allowed, unreachable...: the user must see why, not "created"
         version: str = found.metadata.resource_version
         return version
+
+
+# What a lookup before an Apply takes for "not there yet". INVALID_ARGUMENT too: the
+# document's own key is malformed, and the Apply that follows rejects it naming the
+# document's field (metadata.name), which says more than the lookup's answer.
+_ABSENT = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
 
 
 def _copy(request: Any) -> Any:

@@ -60,6 +60,9 @@ class Settings:
     workers: int = 4
     """Parallel reconciles per controller."""
     shutdown_grace: float = 5.0
+    controllers: tuple[str, ...] = ("*",)
+    """Which controllers run, as Karmada's --controllers: names, ``*`` for all, and
+    ``-name`` to leave one out (see ``server.select_controllers``)."""
 
 
 @dataclasses.dataclass

@@ -22,6 +22,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
+
 from controlplane import metrics
 from controlplane.errors import Corrupt, Unavailable
 from controlplane.etcd import Compacted, Event
@@ -33,6 +35,14 @@ Handler = Callable[[str, T | None, T | None], None]
 # (key, reason) when a key is quarantined, (key, None) when it leaves the quarantine.
 QuarantineHandler = Callable[[str, str | None], None]
 log = logging.getLogger(__name__)
+# While etcd is unavailable: 0.1 s, doubling up to 5 s. Anything else is a bug and ends
+# the informer (its supervisor reports it). Tests swap in a copy with a fake sleep.
+BACKOFF = AsyncRetrying(
+    wait=wait_exponential(multiplier=0.1, max=5.0),
+    stop=stop_never,
+    retry=retry_if_exception_type(Unavailable),
+    reraise=True,
+)
 
 
 class Informer(Generic[T]):
@@ -52,10 +62,40 @@ class Informer(Generic[T]):
         self._indices: dict[str, defaultdict[str, set[str]]] = {}
         self.synced = asyncio.Event()
         self.revision = 0
+        # (revision, future) of callers waiting for the cache to reach a revision.
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def add_handler(self, handler: Handler[T]) -> None:
         """Call ``handler(key, old, new)`` on every change; it must only enqueue keys."""
         self._handlers.append(handler)
+
+    async def wait_for_revision(self, revision: int, *, seconds: float = 10.0) -> None:
+        """Return once the cache has seen every change up to ``revision`` (a revision of
+        a key under this informer's prefix, such as one the caller just wrote).
+
+        Controllers wait here instead of sleeping and hoping the cache caught up. If
+        the watch does not deliver in ``seconds`` (etcd is away), :class:`Unavailable`
+        lets the controller's queue retry with backoff.
+        """
+        if self.revision >= revision:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((revision, future))
+        try:
+            await asyncio.wait_for(future, seconds)
+        except TimeoutError as error:
+            raise Unavailable(
+                f"{self.kind.name} cache still at revision {self.revision}, not {revision}"
+            ) from error
+        finally:
+            self._waiters = [w for w in self._waiters if w[1] is not future]
+
+    def _wake(self) -> None:
+        if not self._waiters:
+            return
+        for revision, future in self._waiters:
+            if revision <= self.revision and not future.done():
+                future.set_result(None)
 
     def add_quarantine_handler(self, handler: QuarantineHandler) -> None:
         """Call ``handler(key, reason)`` when a key is quarantined, ``(key, None)`` when
@@ -171,6 +211,7 @@ class Informer(Generic[T]):
         for key in [k for k in self.quarantined if k not in corrupt]:
             self._release(key)
         self.revision = revision
+        self._wake()
 
     def _apply(self, events: list[Event]) -> None:
         for event in events:
@@ -187,21 +228,39 @@ class Informer(Generic[T]):
                     self._release(event.key)
                     self._set(event.key, obj)
             self.revision = max(self.revision, event.mod_revision)
+        self._wake()
 
     async def run(self) -> None:
-        delay = 0.1
+        """Keep the cache current: relist, watch from the list's revision, and again.
+
+        A compacted revision is relisted at once. While etcd is unavailable, attempts
+        back off (see ``BACKOFF``), counted from the last successful relist: a watch
+        that breaks after hours is retried after the shortest delay, not the longest.
+        """
+        relisted = False
         while True:
-            try:
-                await self._relist()
-                self.synced.set()
-                delay = 0.1
-                async for events in self.store.etcd.watch(
-                    self.prefix, start_revision=self.revision + 1
-                ):
-                    self._apply(events)
-            except Compacted as compacted:
-                log.info("%s informer: %s; relisting", self.kind.name, compacted)
-            except Unavailable as error:
-                log.warning("%s informer: %s; retrying in %.1fs", self.kind.name, error, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+            # One pass runs from a good relist to the next: the watch that follows the
+            # last one, then relists until one succeeds. Its attempts share one backoff,
+            # so a watch that breaks retries after the shortest delay.
+            retrying = BACKOFF.copy(
+                before_sleep=lambda state: log.warning(
+                    "%s informer: %s; retrying in %.1fs",
+                    self.kind.name,
+                    state.outcome.exception() if state.outcome else "",
+                    state.upcoming_sleep,
+                )
+            )
+            async for attempt in retrying:
+                with attempt:
+                    if relisted:
+                        relisted = False
+                        try:
+                            async for events in self.store.etcd.watch(
+                                self.prefix, start_revision=self.revision + 1
+                            ):
+                                self._apply(events)
+                        except Compacted as compacted:
+                            log.info("%s informer: %s; relisting", self.kind.name, compacted)
+                    await self._relist()
+            relisted = True
+            self.synced.set()

@@ -15,8 +15,9 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 
+from archipel import quantity
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, policy_pb2
-from controlplane import division, quantity, selectors
+from controlplane import division, selectors
 from controlplane.errors import Invalid
 
 NOT_READY_TAINT = "cluster.archipel.io/not-ready"
@@ -63,7 +64,7 @@ class ClusterInfo:
                     used = quantity.parse(summary.allocated.get(resource, "0"))
                     used += quantity.parse(summary.allocating.get(resource, "0"))
                     free[resource] = quantity.parse(amount) - used
-                except Invalid:
+                except quantity.QuantityError:
                     continue  # a quantity we cannot read does not constrain
         api_resources = None
         if len(cluster.status.api_enablements):
@@ -296,10 +297,13 @@ class AssumedCapacity:
 
 
 def parse_requests(requests: Mapping[str, str]) -> dict[str, Fraction]:
-    return {
-        r: quantity.parse(v, field=f"replicaRequirements.resourceRequest[{r}]")
-        for r, v in requests.items()
-    }
+    try:
+        return {
+            r: quantity.parse(v, field=f"replicaRequirements.resourceRequest[{r}]")
+            for r, v in requests.items()
+        }
+    except quantity.QuantityError as error:
+        raise Invalid(error.field, error.problem) from error
 
 
 def static_weights(

@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,11 @@ from archipel import limits
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2
 from controlplane import api, auth
 from controlplane.context import Context, Settings
+from controlplane.controllers import binding as binding_controller
+from controlplane.controllers import cluster as cluster_controller
+from controlplane.controllers import dependencies as dependencies_controller
+from controlplane.controllers import policy as policy_controller
+from controlplane.controllers import scheduler as scheduler_controller
 from controlplane.controllers.binding import BindingController
 from controlplane.controllers.cluster import ClusterController
 from controlplane.controllers.dependencies import DependenciesController
@@ -184,6 +189,41 @@ class AgentService:
             session.close()
 
 
+CONTROLLER_NAMES = (
+    cluster_controller.NAME,
+    policy_controller.NAME,
+    scheduler_controller.NAME,
+    binding_controller.NAME,
+    dependencies_controller.NAME,
+    WorkStatusController.NAME,
+    BindingStatusController.NAME,
+)
+
+
+def select_controllers(spec: Sequence[str], names: Sequence[str]) -> set[str]:
+    """Karmada's ``--controllers`` rule: ``*`` is every controller, a name adds one,
+    ``-name`` takes one away (whatever the order). Names may leave out the
+    ``-controller`` suffix. An unknown name is :class:`Invalid`."""
+    short = {name.removesuffix("-controller"): name for name in names}
+    chosen: set[str] = set()
+    removed: set[str] = set()
+    for item in spec:
+        word = item.strip()
+        if word == "*":
+            chosen |= set(names)
+            continue
+        target = removed if word.startswith("-") else chosen
+        bare = word.removeprefix("-")
+        name = short.get(bare.removesuffix("-controller"))
+        if name is None:
+            raise Invalid(
+                "controllers",
+                f"unknown controller {limits.echo(bare)}: known are {', '.join(sorted(short))}",
+            )
+        target.add(name)
+    return chosen - removed
+
+
 def _check_held(hello: agent_pb2.Hello) -> None:
     if len(hello.held_works) > limits.MAX_HELD_WORKS:
         raise TooMuch(
@@ -244,7 +284,7 @@ class ControlPlane:
             ),
         }
 
-    def controllers(self) -> list[Controller]:
+    def all_controllers(self) -> list[Controller]:
         return [
             self.clusters.controller,
             self.policy.controller,
@@ -254,6 +294,12 @@ class ControlPlane:
             self.work_status.controller,
             self.binding_status.controller,
         ]
+
+    def controllers(self) -> list[Controller]:
+        """The controllers this process runs (``--controllers``)."""
+        every = self.all_controllers()
+        chosen = select_controllers(self.settings.controllers, [c.name for c in every])
+        return [c for c in every if c.name in chosen]
 
     async def start(self) -> None:
         settings = self.settings
@@ -345,8 +391,20 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
     parser.add_argument("--cluster-grace-period", type=float, default=40.0)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument(
+        "--controllers",
+        default="*",
+        help="comma-separated controllers to run: '*' for all, 'name' to add one, "
+        "'-name' to leave one out (cluster, policy, scheduler, binding, dependencies, "
+        "work-status, binding-status)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
+    controllers = tuple(c for c in args.controllers.split(",") if c.strip())
+    try:
+        select_controllers(controllers, CONTROLLER_NAMES)
+    except Invalid as error:
+        parser.error(f"--{error}")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -363,6 +421,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         heartbeat_interval=args.heartbeat_interval,
         cluster_grace_period=args.cluster_grace_period,
         workers=args.workers,
+        controllers=controllers,
     )
 
 

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import yaml
 
 from archipel import structs
@@ -437,7 +438,7 @@ class Commands:
                 self.client.call(stub.Apply, cluster)
                 return
             except ClientError as error:
-                if "ABORTED" not in str(error) or attempt == 4:
+                if error.code != grpc.StatusCode.ABORTED or attempt == 4:
                     raise
 
     def cordon(self) -> None:
@@ -598,7 +599,11 @@ class Commands:
                         name=f"{namespace or '_'}.{binding.metadata.name}",
                     ),
                 )
-            except ClientError:
+            except ClientError as error:
+                # No work for the cluster: render what it would hold. Anything else (not
+                # allowed, unreachable) is the user's to see.
+                if error.code != grpc.StatusCode.NOT_FOUND:
+                    raise
                 work = None
         if work is not None:
             _print(

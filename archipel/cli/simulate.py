@@ -26,8 +26,9 @@ from typing import Any
 
 import yaml
 
+from archipel import quantity
 from archipel.client import ClientError, api_kind_by_name, api_kind_of_document, to_message
-from controlplane import matching, quantity, scheduling
+from controlplane import matching, scheduling
 from controlplane.controllers.policy import replica_requests, template_replicas
 from controlplane.errors import Invalid
 
@@ -55,7 +56,7 @@ def _cluster(entry: Any, where: str) -> scheduling.ClusterInfo:
                 r: quantity.parse(str(v), field=f"{where}.available.{r}")
                 for r, v in entry["available"].items()
             }
-        except Invalid as error:
+        except quantity.QuantityError as error:
             raise ClientError(str(error)) from error
     zones = tuple(entry.get("zones", []) or ([entry["zone"]] if entry.get("zone") else []))
     replicas = entry.get("availableReplicas")
@@ -130,7 +131,7 @@ def simulate(
             requests = {
                 r: Fraction(quantity.parse(v)) for r, v in replica_requests(template).items()
             }
-        except Invalid as error:
+        except (Invalid, quantity.QuantityError) as error:
             raise ClientError(f"{key}: {error}") from error
         decision = scheduling.schedule(
             chosen.policy.spec.placement,

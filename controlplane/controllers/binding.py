@@ -296,8 +296,8 @@ class BindingController:
         if binding is None:
             self._written_at.pop(key, None)
             return None
-        if context.works.revision < self._written_at.get(key, 0):
-            return Result(requeue_after=0.02)  # our last writes are not in the cache yet
+        # Our last writes must be in the cache, or this pass would write them again.
+        await context.works.wait_for_revision(self._written_at.get(key, 0))
         works = context.works.by_index("binding", key)
         if is_deleting(binding):
             await self._delete_works(works, preserve=binding.spec.preserve_resources_on_deletion)
@@ -318,7 +318,11 @@ class BindingController:
         if wanted_version and int(template["metadata"].get("resourceVersion", "0")) < int(
             wanted_version
         ):
-            return Result(requeue_after=0.05)
+            # The binding was made from a newer template than the cache holds.
+            await context.templates.wait_for_revision(int(wanted_version))
+            template = context.templates.get(template_key_of_binding(binding))
+            if template is None:
+                return None
         existing = {w.metadata.labels.get(CLUSTER_LABEL, ""): w for w in works}
         # Works that could not be decoded are rewritten, or deleted when no longer wanted.
         quarantined = {
@@ -332,7 +336,6 @@ class BindingController:
             existing.pop(cluster, None)  # a cached last good copy is stale
             rewritten.append(f"{cluster}: the stored work could not be decoded ({reason})")
         generation = str(template["metadata"].get("generation", 0))
-        requeue: Result | None = None
         writes: list[Awaitable[work_pb2.PropagationWork]] = []
         # Most targets get the same manifest (same replicas, no overrides): build each
         # distinct one once, not once per cluster.
@@ -414,7 +417,8 @@ class BindingController:
                 new.spec.CopyFrom(spec)
                 writes.append(context.create_derived(context.works, new))
             elif is_deleting(work):
-                requeue = Result(requeue_after=0.5)  # recreate once the old one is gone
+                # Recreated once the old one is gone: its deletion enqueues us (_on_work).
+                continue
             elif (
                 work.spec != spec
                 or work.metadata.annotations.get(TEMPLATE_GENERATION_ANNOTATION) != generation
@@ -444,7 +448,7 @@ class BindingController:
             cluster = kinds.cluster_of_execution_namespace(work_key.split("/")[1]) or ""
             if cluster not in targeted:
                 await store.delete(kinds.PROPAGATION_WORK, work_key)
-        return requeue
+        return None
 
 
 def _beyond_limits(manifest: Manifest) -> str:

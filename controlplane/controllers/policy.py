@@ -15,9 +15,9 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from archipel import interpreter
+from archipel import interpreter, quantity
 from archipel.v1alpha1 import interpreter_pb2, policy_pb2, work_pb2
-from controlplane import kinds, matching, quantity
+from controlplane import kinds, matching
 from controlplane.context import (
     FINALIZER,
     Context,
@@ -27,7 +27,6 @@ from controlplane.context import (
     status_only_change,
     template_key_of_binding,
 )
-from controlplane.errors import Invalid
 from controlplane.kinds import Manifest
 from controlplane.runtime import Controller, Result
 
@@ -82,7 +81,7 @@ def replica_requests(
         for resource, amount in requests.items():
             try:
                 totals[resource] = totals.get(resource, Fraction(0)) + quantity.parse(amount)
-            except Invalid:
+            except quantity.QuantityError:
                 continue  # the member API server will refuse it; nothing to estimate
     return {r: _format(r, v) for r, v in totals.items()}
 
@@ -215,7 +214,7 @@ class PolicyController:
                 await self._release(binding, orphan=False)
             return None
         if binding is not None and is_deleting(binding):
-            return Result(requeue_after=0.5)  # wait until the old binding is gone
+            return None  # its disappearance brings the template back here (_on_binding)
         namespace = template["metadata"].get("namespace", "")
         claimed = None
         if binding is not None:

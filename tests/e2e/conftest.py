@@ -305,3 +305,29 @@ def works_of(pipeline: Pipeline, namespace: str, binding: str) -> dict[str, dict
         for w in items
         if w["metadata"]["labels"].get("work.archipel.io/binding-namespace", "") == namespace
     }
+
+
+def drift_and_wait_for_restore(
+    pipeline: Pipeline, member: str, namespace: str, name: str = "web", *, timeout: float = 90.0
+) -> None:
+    """A barrier behind a member's agent: edit the ``app`` label of a Deployment the agent
+    applied, then wait until the agent has put it back (or the Deployment is gone).
+
+    The drift event is queued in the agent under the work that holds the Deployment, the
+    same key as anything the control plane sent about that work, and one key is handled
+    one pass after another: once the label is back, every earlier pass for that work
+    (an apply, a delete, a wrongful correction) is over.
+    """
+    found = pipeline.deployment(member, namespace, name)
+    if found is None:
+        return  # already gone: the caller's own assertions say what that means
+    label = (found.metadata.labels or {})["app"]
+    pipeline.apps(member).patch_namespaced_deployment(
+        name, namespace, {"metadata": {"labels": {"app": f"{label}-drifted"}}}
+    )
+
+    def restored() -> bool:
+        current = pipeline.deployment(member, namespace, name)
+        return current is None or (current.metadata.labels or {}).get("app") == label
+
+    wait_for(f"{member}'s agent to restore {namespace}/{name}", restored, timeout=timeout)

@@ -5,14 +5,22 @@ members with real agents."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from tests.e2e.conftest import Pipeline, configmap, deployment, policy, wait_for, widget_crd
+from tests.e2e.conftest import (
+    Pipeline,
+    configmap,
+    deployment,
+    drift_and_wait_for_restore,
+    policy,
+    wait_for,
+    widget_crd,
+    works_of,
+)
 
 pytestmark = pytest.mark.members(count=3, profile="full", isolated=True)
 PAIR = ["member1", "member2"]
@@ -435,7 +443,8 @@ def test_member_owned_fields_are_retained(pipeline: Pipeline, namespace: str) ->
     pipeline.apps("member1").patch_namespaced_deployment_scale(
         "web", namespace, {"spec": {"replicas": 5}}
     )
-    time.sleep(3)  # time for a wrongful correction to happen, if it were going to
+    # Barrier: a real drift of the same object, same watch and work key, is corrected after it.
+    drift_and_wait_for_restore(pipeline, "member1", namespace)
     current = pipeline.deployment("member1", namespace, "web")
     assert current is not None and current.spec.replicas == 5
     # A template change still lands, with the member's replicas and clusterIP kept.
@@ -469,6 +478,23 @@ def _service(pipeline: Pipeline, member: str, namespace: str) -> k8s.V1Service |
         return None
 
 
+def applied_generation(
+    pipeline: Pipeline, namespace: str, binding_name: str, cluster: str
+) -> tuple[int, int, str]:
+    """The cluster's work: its generation, and the generation and status of its Applied
+    condition (0, 0, "" for what is missing)."""
+    work = works_of(pipeline, namespace, binding_name).get(cluster, {})
+    applied: dict[str, Any] = next(
+        (c for c in work.get("status", {}).get("conditions", []) if c.get("type") == "Applied"),
+        {},
+    )
+    return (
+        int(work.get("metadata", {}).get("generation", 0)),
+        int(applied.get("observedGeneration", 0)),
+        str(applied.get("status", "")),
+    )
+
+
 def test_conflicts_abort_by_default_and_overwrite_adopts(
     pipeline: Pipeline, namespace: str
 ) -> None:
@@ -495,7 +521,19 @@ def test_conflicts_abort_by_default_and_overwrite_adopts(
     message = wait_for("the conflict reported", conflict, timeout=90)
     assert "already exists in the member and is not managed by Archipel" in message
     assert "conflictResolution: Overwrite" in message
-    time.sleep(2)
+    # Barrier: a new generation of the same work is tried after every earlier attempt.
+    first = applied_generation(pipeline, namespace, "settings-configmap", "member1")[0]
+    assert first > 0
+    settings["metadata"]["annotations"] = {"barrier": "1"}
+    pipeline.apply(settings)
+
+    def refused_again() -> bool:
+        generation, observed, status = applied_generation(
+            pipeline, namespace, "settings-configmap", "member1"
+        )
+        return generation > first and observed == generation and status == "False"
+
+    wait_for("the conflict reported for the next generation", refused_again, timeout=90)
     assert core.read_namespaced_config_map("settings", namespace).data == {"owner": "member"}
 
     placed["spec"]["conflictResolution"] = "Overwrite"
@@ -523,6 +561,12 @@ def test_preserve_resources_on_deletion_keeps_member_objects(
     deleted = pipeline.cli("delete", "deployment", "web", "-n", namespace)
     assert deleted.returncode == 0, deleted.stderr
     wait_for("the binding gone", lambda: binding(pipeline, namespace, "web-deployment") == {})
-    time.sleep(2)
+    # Barrier: the binding left once member1's agent confirmed the delete; a later work lands.
+    pipeline.apply(deployment(namespace, "sentinel"))
+    wait_for(
+        "the sentinel Deployment in member1",
+        lambda: pipeline.deployment("member1", namespace, "sentinel"),
+        timeout=90,
+    )
     kept = pipeline.deployment("member1", namespace, "web")
     assert kept is not None and kept.metadata.uid == created.metadata.uid

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -15,6 +14,7 @@ from tests.e2e.conftest import (
     Pipeline,
     configmap,
     deployment,
+    drift_and_wait_for_restore,
     override_policy,
     policy,
     wait_for,
@@ -455,7 +455,14 @@ def test_cluster_policy_for_every_configmap_skips_kube_system(
             lambda: member_configmap(pipeline, "member1", namespace, name),
             timeout=TIMEOUT,
         )
-        time.sleep(3)  # time enough for a wrong binding to reach the member too
+        # Barrier: a later ConfigMap, same policy, goes the way a wrong binding would, behind it.
+        sentinel = f"{name}-sentinel"
+        pipeline.apply(configmap(namespace, sentinel, {"from": "the sentinel"}))
+        wait_for(
+            "the sentinel ConfigMap in member1",
+            lambda: member_configmap(pipeline, "member1", namespace, sentinel),
+            timeout=TIMEOUT,
+        )
         assert member_configmap(pipeline, "member1", "kube-system", name) is None
         assert binding(pipeline, "kube-system", f"{name}-configmap") == {}
         described = pipeline.cli("describe", "configmap", name, "-n", "kube-system")
@@ -528,7 +535,8 @@ def test_removing_a_connected_cluster_leaves_its_objects_unmanaged(
         timeout=TIMEOUT,
     )
     # The object stays in member3, untouched...
-    time.sleep(5)
+    # Barrier: the cut-off agent still restores drift, queued behind any delete of this work.
+    drift_and_wait_for_restore(pipeline, "member3", namespace, timeout=TIMEOUT)
     after = pipeline.deployment("member3", namespace, "web")
     assert after is not None, "removing a cluster must not delete its objects"
     assert after.metadata.uid == before.metadata.uid
@@ -542,7 +550,8 @@ def test_removing_a_connected_cluster_leaves_its_objects_unmanaged(
         ),
         timeout=TIMEOUT,
     )
-    time.sleep(3)
+    # Barrier: the restore applies the last work member3's agent got: 1.28, had it got it.
+    drift_and_wait_for_restore(pipeline, "member3", namespace, timeout=TIMEOUT)
     kept = pipeline.deployment("member3", namespace, "web")
     assert kept is not None
     assert kept.spec.template.spec.containers[0].image == "nginx:1.27"

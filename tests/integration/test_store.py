@@ -8,7 +8,7 @@ import pytest
 
 from archipel.v1alpha1 import policy_pb2
 from controlplane import kinds
-from controlplane.errors import AlreadyExists, Conflict
+from controlplane.errors import AlreadyExists, Conflict, Unavailable
 from controlplane.etcd import Compacted
 from controlplane.informers import Informer
 from controlplane.store import Store
@@ -132,3 +132,21 @@ async def test_watch_from_a_compacted_revision_says_so(store: Store) -> None:
             KIND.prefix(), start_revision=int(first.metadata.resource_version)
         ):
             pass
+
+
+async def test_waiting_for_the_cache_to_reach_a_revision(store: Store) -> None:
+    informer = Informer(store, KIND)
+    task = asyncio.create_task(informer.run())
+    try:
+        await asyncio.wait_for(informer.synced.wait(), 10)
+        written = await store.create(KIND, policy("waited-for"))
+        revision = int(written.metadata.resource_version)
+        # Returns once the watch has delivered the write, not after some sleep.
+        await informer.wait_for_revision(revision)
+        assert informer.get(KIND.key_of(written)) is not None
+        await informer.wait_for_revision(0)  # nothing to wait for
+        with pytest.raises(Unavailable):
+            await informer.wait_for_revision(revision + 1_000_000, seconds=0.2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
