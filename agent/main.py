@@ -169,26 +169,32 @@ class Agent:
         self.works.receive(work)
 
     async def run(self) -> None:
+        """The workers that apply works and the stream that brings them, supervised
+        together: if either ever fails, the other stops and the error ends the process
+        (non-zero, with the traceback), never leaving a half-alive agent behind."""
         await self.ledger.load()
-        workers = asyncio.create_task(self.works.run())
         try:
-            retrying = AsyncRetrying(
-                wait=wait_exponential_jitter(initial=0.5, max=20),
-                stop=stop_never,
-                retry=retry_if_exception_type((grpc.aio.AioRpcError, StreamEnded, OSError)),
-                before_sleep=lambda state: log.warning(
-                    "connection to %s lost (%s); reconnecting",
-                    self.server,
-                    state.outcome.exception() if state.outcome else "",
-                ),
-                reraise=True,
-            )
-            async for attempt in retrying:
-                with attempt:
-                    await self._session()
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self.works.run(), name="works")
+                group.create_task(self._stream_forever(), name="stream")
         finally:
-            workers.cancel()
             self.works.stop()
+
+    async def _stream_forever(self) -> None:
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.5, max=20),
+            stop=stop_never,
+            retry=retry_if_exception_type((grpc.aio.AioRpcError, StreamEnded, OSError)),
+            before_sleep=lambda state: log.warning(
+                "connection to %s lost (%s); reconnecting",
+                self.server,
+                state.outcome.exception() if state.outcome else "",
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                await self._session()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -165,14 +165,11 @@ class Informer(Generic[T]):
             self._cache.pop(key, None)
         else:
             self._cache[key] = new
+        # Handlers only enqueue keys. One that raises is a bug, not bad data (what does
+        # not decode or index is quarantined above): it ends the informer, and the
+        # supervisor makes that loud.
         for handler in self._handlers:
-            try:
-                handler(key, old, new)
-            except Exception:
-                # Handlers only enqueue keys; one that fails on an odd object must not
-                # stop the cache for everyone.
-                metrics.CORRUPT_OBJECTS.labels(self.kind.name).inc()
-                log.exception("%s informer: a handler failed on %s", self.kind.name, key)
+            handler(key, old, new)
 
     async def _relist(self) -> None:
         seen: set[str] = set()

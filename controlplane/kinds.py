@@ -389,6 +389,29 @@ def _template_fingerprint(manifest: Manifest) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
+def _decode_template(raw: bytes) -> Manifest:
+    """A stored template, refused (ValueError) unless it has the shape every reader of
+    templates relies on: handlers and controllers may then read it without checks."""
+    manifest = json.loads(raw)
+    if not isinstance(manifest, dict):
+        raise ValueError("not a JSON object")
+    for field in ("apiVersion", "kind"):
+        if not isinstance(manifest.get(field), str):
+            raise ValueError(f"{field} is not a string")
+    metadata = manifest.get("metadata")
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("name"), str):
+        raise ValueError("metadata.name is not a string")
+    if not isinstance(metadata.get("namespace", ""), str):
+        raise ValueError("metadata.namespace is not a string")
+    for field in ("labels", "annotations"):
+        values = metadata.get(field, {})
+        if not isinstance(values, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in values.items()
+        ):
+            raise ValueError(f"metadata.{field} does not map strings to strings")
+    return manifest
+
+
 RESOURCE_TEMPLATE = TemplateKind(
     name="ResourceTemplate",
     plural="templates",
@@ -397,7 +420,7 @@ RESOURCE_TEMPLATE = TemplateKind(
     accepted_api_versions=(),
     new=dict,
     encode=lambda manifest: json.dumps(manifest, separators=(",", ":")).encode(),
-    decode=json.loads,
+    decode=_decode_template,
     meta=_DictMeta,
     spec_fingerprint=_template_fingerprint,
     copy=lambda manifest: json.loads(json.dumps(manifest)),

@@ -268,10 +268,10 @@ class ControlPlane:
             "%s stopped: %r; the control plane exits", task.get_name(), error, exc_info=error
         )
         self.failed.set()
+
+    async def mark_not_serving(self) -> None:
         for name in ("", *SERVICE_NAMES):
-            asyncio.get_running_loop().create_task(
-                self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-            )
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def api_servicers(self) -> dict[str, object]:
         """One servicer per service of the contract, by the service's short name."""
@@ -425,8 +425,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
 
 
-async def serve(settings: Settings) -> None:
-    plane = ControlPlane(settings)
+async def serve(settings: Settings, plane: ControlPlane | None = None) -> int:
+    """Run until SIGTERM (exit code 0), or until a supervised task dies: then report
+    NOT_SERVING first, stop, and answer 1, so whatever supervises the process
+    restarts it."""
+    plane = plane if plane is not None else ControlPlane(settings)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -437,10 +440,11 @@ async def serve(settings: Settings) -> None:
         flush=True,
     )
     await _first(stopping, plane.failed)
+    if plane.failed.is_set():
+        await plane.mark_not_serving()
     log.info("shutting down")
     await plane.stop()
-    if plane.failed.is_set():
-        raise SystemExit(1)
+    return 1 if plane.failed.is_set() else 0
 
 
 async def _first(*events: asyncio.Event) -> None:
@@ -456,19 +460,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     profile = os.environ.get("ARCHIPEL_PROFILE")
     if not profile:
-        asyncio.run(serve(settings))
-        return 0
+        return asyncio.run(serve(settings))
     # Benchmarks profile the whole process; the statistics are written on shutdown.
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        asyncio.run(serve(settings))
+        return asyncio.run(serve(settings))
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
-    return 0
 
 
 if __name__ == "__main__":

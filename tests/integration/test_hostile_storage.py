@@ -8,6 +8,7 @@ etcd fails alone, never the writes that happened to share its transaction.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 
 import pytest
@@ -146,3 +147,23 @@ async def test_a_write_too_large_for_etcd_fails_alone(store: Store) -> None:
     for write in small:
         assert await etcd.get(write.key) is not None
     assert await etcd.get(large.key) is None
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"name": "odd", "namespace": "default", "labels": "not a map"},
+        {"name": "odd", "namespace": "default", "annotations": {"a": 1}},
+        {"name": "odd", "namespace": 7},
+    ],
+)
+async def test_a_template_of_the_wrong_shape_is_quarantined(
+    store: Store, metadata: dict[str, object]
+) -> None:
+    # Decodable JSON, but not what every reader of templates may rely on: it never
+    # reaches a handler, which would otherwise crash on it.
+    template = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata}
+    key = "templates/core/ConfigMap/default/odd"
+    await plant(store, key, json.dumps(template).encode())
+    with pytest.raises(Corrupt):
+        await store.get(kinds.RESOURCE_TEMPLATE, key)
