@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import time
 
-from controlplane import division
+from archipel.core import division
 
 CASES = ((100, 10), (1000, 10), (1000, 300), (100, 1000), (1000, 2**31 - 1))
 

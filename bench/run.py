@@ -398,8 +398,8 @@ def scheduling_throughput(
     This is what the scheduler controller runs per binding; the controller adds only a
     cache read and the write of the result (shared etcd transactions).
     """
+    from archipel.core import scheduling
     from archipel.v1alpha1 import meta_pb2, policy_pb2
-    from controlplane import scheduling
 
     snapshot = [
         scheduling.ClusterInfo(

@@ -3,7 +3,7 @@
 Every kind gets the same five calls (Get, List, Watch, Apply, Delete) from one
 implementation, :class:`KindService`; resource templates, addressed by apiVersion and
 kind as well, get :class:`TemplateService`. Errors from below are
-:mod:`controlplane.errors`, turned into gRPC status codes in exactly one place,
+:mod:`archipel.core.errors`, turned into gRPC status codes in exactly one place,
 :func:`_guard` / :func:`_guard_stream`.
 """
 
@@ -19,6 +19,16 @@ from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 
 from archipel import interpreter, limits, structs
+from archipel.core import kinds, selectors, validation
+from archipel.core.errors import (
+    ArchipelError,
+    Conflict,
+    Corrupt,
+    Expired,
+    FailedPrecondition,
+    Invalid,
+)
+from archipel.core.kinds import Kind, Manifest
 from archipel.v1alpha1 import (
     cluster_pb2,
     interpreter_pb2,
@@ -27,18 +37,9 @@ from archipel.v1alpha1 import (
     service_pb2,
     work_pb2,
 )
-from controlplane import kinds, memory, selectors, validation
+from controlplane import memory
 from controlplane.controllers.cluster import ClusterController
-from controlplane.errors import (
-    ArchipelError,
-    Conflict,
-    Corrupt,
-    Expired,
-    FailedPrecondition,
-    Invalid,
-)
 from controlplane.etcd import Compacted
-from controlplane.kinds import Kind, Manifest
 from controlplane.store import Store, decode, report_corrupt
 
 T = TypeVar("T", bound=pb_message.Message)

@@ -19,7 +19,7 @@ from typing import Any
 
 import grpc
 
-from controlplane.errors import Unauthenticated
+from archipel.core.errors import Unauthenticated
 
 OPEN_PREFIXES = (
     "/grpc.health.v1.Health/",

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from archipel import interpreter
+from archipel.core import kinds
+from archipel.core.kinds import CLUSTER_SCOPE, Manifest
 from archipel.v1alpha1 import cluster_pb2, interpreter_pb2, override_pb2, policy_pb2, work_pb2
-from controlplane import kinds
 from controlplane.informers import Informer
-from controlplane.kinds import CLUSTER_SCOPE, Manifest
 from controlplane.store import Store
 
 log = logging.getLogger(__name__)

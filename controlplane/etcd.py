@@ -19,8 +19,8 @@ from etcd3aio._protobuf import Compare
 from etcd3aio.errors import EtcdError
 from etcd3aio.kv import prefix_range_end
 
+from archipel.core.errors import TooMuch, Unavailable
 from controlplane import metrics
-from controlplane.errors import TooMuch, Unavailable
 
 # etcd3aio wraps most failures in EtcdError, but lets some gRPC statuses through
 # (RESOURCE_EXHAUSTED for a request over etcd's limit).

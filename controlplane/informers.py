@@ -24,10 +24,10 @@ from typing import Generic, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential
 
+from archipel.core.errors import Corrupt, Unavailable
+from archipel.core.kinds import Kind
 from controlplane import metrics
-from controlplane.errors import Corrupt, Unavailable
 from controlplane.etcd import Compacted, Event
-from controlplane.kinds import Kind
 from controlplane.store import Store, decode
 
 T = TypeVar("T")

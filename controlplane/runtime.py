@@ -14,9 +14,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from archipel.core.errors import AlreadyExists, Conflict, NotFound, Unavailable
 from archipel.workqueue import WorkQueue
 from controlplane import metrics
-from controlplane.errors import AlreadyExists, Conflict, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 

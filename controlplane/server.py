@@ -25,6 +25,13 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from archipel import limits
+from archipel.core.errors import (
+    ArchipelError,
+    Invalid,
+    PermissionDenied,
+    TooMuch,
+    Unauthenticated,
+)
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2
 from controlplane import api, auth
 from controlplane.context import Context, Settings
@@ -40,13 +47,6 @@ from controlplane.controllers.execution import AgentSession, ExecutionController
 from controlplane.controllers.policy import PolicyController
 from controlplane.controllers.scheduler import SchedulerController
 from controlplane.controllers.status import BindingStatusController, WorkStatusController
-from controlplane.errors import (
-    ArchipelError,
-    Invalid,
-    PermissionDenied,
-    TooMuch,
-    Unauthenticated,
-)
 from controlplane.etcd import Etcd
 from controlplane.runtime import Controller
 from controlplane.store import Store

@@ -20,8 +20,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from archipel import limits
-from controlplane import metrics
-from controlplane.errors import (
+from archipel.core.errors import (
     AlreadyExists,
     Conflict,
     Corrupt,
@@ -29,8 +28,9 @@ from controlplane.errors import (
     Invalid,
     NotFound,
 )
+from archipel.core.kinds import Kind
+from controlplane import metrics
 from controlplane.etcd import Delete, Etcd, KeyValue, Put, RevisionOutOfRange
-from controlplane.kinds import Kind
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)

@@ -31,6 +31,9 @@ from archipel.client import (
     read_documents,
     to_message,
 )
+from archipel.core import overrides
+from archipel.core.scheduling import ClusterInfo
+from archipel.core.workloads import member_manifest
 from archipel.v1alpha1 import service_pb2
 
 UNSCHEDULABLE_TAINT = "cluster.archipel.io/unschedulable"
@@ -87,8 +90,6 @@ def _render(
     template: dict[str, Any], namespaced: list[Any], cluster_wide: list[Any], cluster: Any
 ) -> dict[str, Any]:
     """The binding controller's build of one cluster's manifest (replicas undivided)."""
-    from controlplane import overrides
-    from controlplane.controllers.binding import member_manifest
 
     policies = overrides.ordered(template, namespaced, cluster_wide)
     try:
@@ -576,7 +577,6 @@ class Commands:
 
     def _render_from_server(self) -> None:
         """What the cluster's work holds; for a cluster without one, what it would hold."""
-        from controlplane.scheduling import ClusterInfo
 
         if not self.args.cluster:
             raise ClientError("render: --cluster NAME is required")

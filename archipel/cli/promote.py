@@ -34,8 +34,9 @@ import grpc
 import yaml
 
 from archipel.client import TEMPLATE_KINDS, Client, ClientError
+from archipel.core.matching import is_system_namespace
+from archipel.core.validation import CLUSTER_SCOPED_KINDS
 from archipel.v1alpha1 import service_pb2
-from controlplane.matching import is_system_namespace
 
 POLICY_API_VERSION = "policy.archipel.io/v1alpha1"
 # Metadata the member's API server owns; a template must not carry it.
@@ -380,15 +381,12 @@ def _refuse_system(resource: Resource, namespace: str, name: str) -> None:
         )
     if resource.kind == "Namespace" and is_system_namespace(name):
         raise ClientError(f"Namespace {name} is a system namespace; it is not promoted")
-    if not resource.namespaced:
-        # The control plane keeps templates of kinds it does not know as namespaced.
-        from controlplane.validation import CLUSTER_SCOPED_KINDS
-
-        if resource.kind not in CLUSTER_SCOPED_KINDS:
-            raise ClientError(
-                f"{resource.kind} is cluster-scoped and not among the cluster-scoped kinds "
-                "the control plane keeps templates for"
-            )
+    # The control plane keeps templates of kinds it does not know as namespaced.
+    if not resource.namespaced and resource.kind not in CLUSTER_SCOPED_KINDS:
+        raise ClientError(
+            f"{resource.kind} is cluster-scoped and not among the cluster-scoped kinds "
+            "the control plane keeps templates for"
+        )
 
 
 def _create(

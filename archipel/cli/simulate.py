@@ -15,7 +15,7 @@ short list::
       availableReplicas: 10
 
 Templates and policies come from ``-f``; the policy is chosen with the control plane's
-precedence rules and the decision is made by :func:`controlplane.scheduling.schedule`.
+precedence rules and the decision is made by :func:`archipel.core.scheduling.schedule`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import yaml
 
 from archipel import quantity
 from archipel.client import ClientError, api_kind_by_name, api_kind_of_document, to_message
-from controlplane import matching, scheduling
-from controlplane.controllers.policy import replica_requests, template_replicas
-from controlplane.errors import Invalid
+from archipel.core import matching, scheduling
+from archipel.core.errors import Invalid
+from archipel.core.workloads import replica_requests, template_replicas
 
 
 def _cluster(entry: Any, where: str) -> scheduling.ClusterInfo:

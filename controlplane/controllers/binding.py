@@ -11,16 +11,17 @@ preserve them) and lets go of its finalizer once they are gone.
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from archipel import interpreter, limits, structs
-from archipel.interpreter.base import replica_count
+from archipel.core import kinds, overrides
+from archipel.core.conditions import find, set_condition
+from archipel.core.kinds import Manifest
+from archipel.core.scheduling import ClusterInfo
+from archipel.core.workloads import job_completions, member_manifest
 from archipel.v1alpha1 import cluster_pb2, override_pb2, work_pb2
-from controlplane import division, kinds, overrides, scheduling
-from controlplane.conditions import find, set_condition
 from controlplane.context import (
     BINDING_NAME_LABEL,
     BINDING_NAMESPACE_LABEL,
@@ -38,14 +39,10 @@ from controlplane.context import (
     template_key_of_binding,
     work_name,
 )
-from controlplane.kinds import Manifest
 from controlplane.runtime import Controller, Result
-from controlplane.scheduling import ClusterInfo
 
 NAME = "binding-controller"
 BUILTIN_INTERPRETERS = interpreter.Registry()
-# Besides what the control plane owns, references that only make sense here.
-_DROPPED_METADATA = (*kinds.SERVER_METADATA_FIELDS, "ownerReferences", "finalizers")
 # Which override policies shaped a work, in the order they applied (Karmada's keys).
 APPLIED_OVERRIDES_ANNOTATION = "policy.karmada.io/applied-overrides"
 APPLIED_CLUSTER_OVERRIDES_ANNOTATION = "policy.karmada.io/applied-cluster-overrides"
@@ -85,47 +82,6 @@ def _annotate(annotations: Any, wanted: dict[str, str]) -> None:
             annotations[key] = wanted[key]
         elif key in annotations:
             del annotations[key]
-
-
-def member_manifest(
-    template: Manifest,
-    *,
-    replicas: int | None,
-    interpreters: interpreter.Registry = BUILTIN_INTERPRETERS,
-) -> Manifest:
-    """What one member receives: the template minus control-plane state, with the
-    cluster's share of the replicas written where the kind's interpreter says
-    (:class:`interpreter.InterpreterError` when a customization cannot)."""
-    manifest: dict[str, Any] = copy.deepcopy(template)
-    manifest.pop("status", None)
-    metadata = manifest.get("metadata", {})
-    for field in _DROPPED_METADATA:
-        metadata.pop(field, None)
-    kind_interpreter = interpreters.of(manifest)
-    if replicas is not None and kind_interpreter.replicas(manifest) is not None:
-        manifest = kind_interpreter.revise_replicas(manifest, replicas)
-    return manifest
-
-
-def job_completions(
-    template: Manifest, binding: work_pb2.PropagationBinding
-) -> dict[str, int] | None:
-    """Each cluster's share of a divided Job's ``completions``, or None to leave it as is.
-
-    As Karmada: when a Job's parallelism is divided, its completions are divided in the
-    same proportion, so the clusters together run as many pods to completion as the
-    template asks for, not that many each.
-    """
-    if template.get("kind") != "Job":
-        return None
-    try:
-        completions = replica_count((template.get("spec") or {}).get("completions"), "")
-    except interpreter.InterpreterError:
-        return None  # not a count: the interpreter says so on the binding
-    if scheduling.is_duplicated(binding.spec.placement) or not binding.spec.clusters:
-        return None
-    shares = {t.name: t.replicas for t in binding.spec.clusters}
-    return division.webster(completions, shares, seed=division.tie_break_seed(binding.metadata.uid))
 
 
 class BindingController:

@@ -23,11 +23,11 @@ import time
 
 from google.protobuf import timestamp_pb2
 
+from archipel.core import kinds, scheduling
+from archipel.core.conditions import find, set_condition
+from archipel.core.errors import AlreadyExists, NotFound, Unauthenticated
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, meta_pb2
-from controlplane import kinds, scheduling
-from controlplane.conditions import find, set_condition
 from controlplane.context import FINALIZER, WORK_FINALIZER, Context, is_deleting
-from controlplane.errors import AlreadyExists, NotFound, Unauthenticated
 from controlplane.runtime import Controller, Result
 
 NAME = "cluster-controller"

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 
 from archipel import interpreter
+from archipel.core import kinds
+from archipel.core.kinds import Manifest
 from archipel.v1alpha1 import work_pb2
-from controlplane import kinds
 from controlplane.context import (
     FINALIZER,
     Context,
@@ -25,7 +26,6 @@ from controlplane.context import (
     status_only_change,
     template_key_of_binding,
 )
-from controlplane.kinds import Manifest
 from controlplane.runtime import Controller, Result
 
 NAME = "dependencies-controller"

@@ -25,10 +25,11 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 
 from archipel import limits
+from archipel.core import kinds
+from archipel.core.errors import ArchipelError
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
-from controlplane import kinds, metrics
+from controlplane import metrics
 from controlplane.context import CLUSTER_LABEL, Context, is_deleting
-from controlplane.errors import ArchipelError
 
 NAME = "execution-controller"
 # Most works per stream message; larger batches save little and delay the first work.

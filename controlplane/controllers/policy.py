@@ -1,7 +1,7 @@
 """The policy controller: matches resource templates to policies and writes bindings.
 
 Key: a template key. Level-triggered: for the template as it is now, pick the policy
-that should propagate it (Karmada's precedence, see :mod:`controlplane.matching`) and
+that should propagate it (Karmada's precedence, see :mod:`archipel.core.matching`) and
 make the template's PropagationBinding say so. A template that no policy matches any
 more loses its binding: when its policy still exists (the template's labels changed,
 say) the objects are removed from the members; when the policy itself was deleted,
@@ -11,13 +11,12 @@ the binding goes but the objects stay in place, as in Karmada.
 from __future__ import annotations
 
 import logging
-import math
-from fractions import Fraction
-from typing import Any
 
-from archipel import interpreter, quantity
+from archipel import interpreter
+from archipel.core import kinds, matching
+from archipel.core.kinds import Manifest
+from archipel.core.workloads import replica_requests, template_replicas
 from archipel.v1alpha1 import interpreter_pb2, policy_pb2, work_pb2
-from controlplane import kinds, matching
 from controlplane.context import (
     FINALIZER,
     Context,
@@ -27,7 +26,6 @@ from controlplane.context import (
     status_only_change,
     template_key_of_binding,
 )
-from controlplane.kinds import Manifest
 from controlplane.runtime import Controller, Result
 
 NAME = "policy-controller"
@@ -35,61 +33,6 @@ log = logging.getLogger(__name__)
 
 
 BUILTIN_INTERPRETERS = interpreter.Registry()
-
-
-def template_replicas(
-    manifest: Manifest, interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
-) -> int:
-    """Replicas as the scheduler counts them (0 for kinds without replicas)."""
-    try:
-        replicas = interpreters.of(manifest).replicas(manifest)
-    except interpreter.InterpreterError as error:
-        # The binding still propagates the object, undivided; the log says why.
-        log.warning("replicas of %s: %s", _describe(manifest), error)
-        return 0
-    return replicas or 0
-
-
-def _describe(manifest: Manifest) -> str:
-    metadata = manifest.get("metadata", {})
-    return f"{manifest.get('kind')} {metadata.get('namespace', '')}/{metadata.get('name')}"
-
-
-def pod_spec(
-    manifest: Manifest, interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
-) -> dict[str, Any] | None:
-    """The spec of the workload's pod template, where its interpreter says it is."""
-    try:
-        template = interpreters.of(manifest).pod_template(manifest)
-    except interpreter.InterpreterError as error:
-        log.warning("pod template of %s: %s", _describe(manifest), error)
-        return None
-    pod = (template or {}).get("spec")
-    return pod if isinstance(pod, dict) else None
-
-
-def replica_requests(
-    manifest: Manifest, interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
-) -> dict[str, str]:
-    """What one replica requests: the sum over its containers, in canonical units."""
-    pod = pod_spec(manifest, interpreters)
-    if pod is None:
-        return {}
-    totals: dict[str, Fraction] = {}
-    for container in pod.get("containers", []) or []:
-        requests = ((container or {}).get("resources") or {}).get("requests") or {}
-        for resource, amount in requests.items():
-            try:
-                totals[resource] = totals.get(resource, Fraction(0)) + quantity.parse(amount)
-            except quantity.QuantityError:
-                continue  # the member API server will refuse it; nothing to estimate
-    return {r: _format(r, v) for r, v in totals.items()}
-
-
-def _format(resource: str, value: Fraction) -> str:
-    if resource == "cpu":
-        return f"{math.ceil(value * 1000)}m"
-    return str(math.ceil(value))
 
 
 def desired_spec(

@@ -1,6 +1,6 @@
 """The scheduler controller: decides each binding's target clusters.
 
-Key: a binding key. It runs :func:`controlplane.scheduling.schedule` over a snapshot
+Key: a binding key. It runs :func:`archipel.core.scheduling.schedule` over a snapshot
 of the member clusters and writes the result into ``spec.clusters`` and the
 ``Scheduled`` condition. Any change to a member cluster (joined, removed, relabelled,
 tainted) requeues every binding, so placement follows the fleet.
@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 
+from archipel.core import division, kinds, scheduling
+from archipel.core.conditions import find, set_condition
+from archipel.core.errors import Invalid
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from controlplane import division, kinds, scheduling
-from controlplane.conditions import find, set_condition
 from controlplane.context import Context, is_deleting
-from controlplane.errors import Invalid
 from controlplane.runtime import Controller, Result
 
 NAME = "scheduler"

@@ -16,9 +16,10 @@ import logging
 from typing import Any
 
 from archipel import interpreter, structs
+from archipel.core import kinds
+from archipel.core.conditions import find, set_condition
+from archipel.core.kinds import Manifest
 from archipel.v1alpha1 import agent_pb2, interpreter_pb2, meta_pb2, work_pb2
-from controlplane import kinds
-from controlplane.conditions import find, set_condition
 from controlplane.context import (
     WORK_FINALIZER,
     Context,
@@ -29,7 +30,6 @@ from controlplane.context import (
     template_key_of_binding,
     work_key,
 )
-from controlplane.kinds import Manifest
 from controlplane.runtime import Controller, Result
 
 log = logging.getLogger(__name__)

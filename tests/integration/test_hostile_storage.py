@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import pytest
 
+from archipel.core import kinds
+from archipel.core.errors import Corrupt, NotFound, TooMuch
 from archipel.v1alpha1 import policy_pb2
-from controlplane import kinds
-from controlplane.errors import Corrupt, NotFound, TooMuch
 from controlplane.etcd import Put
 from controlplane.informers import Informer
 from controlplane.store import Store

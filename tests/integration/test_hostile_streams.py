@@ -20,6 +20,7 @@ import pytest
 from google.protobuf import json_format
 
 from archipel import agentstream, structs
+from archipel.core import kinds
 from archipel.testing.controlplane import ControlPlaneProcess
 from archipel.testing.etcd import EtcdServer
 from archipel.v1alpha1 import (
@@ -31,7 +32,6 @@ from archipel.v1alpha1 import (
     service_pb2_grpc,
     work_pb2,
 )
-from controlplane import kinds
 from controlplane.etcd import Etcd, Put
 
 pytestmark = pytest.mark.servers

@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from archipel.core import kinds
+from archipel.core.errors import AlreadyExists, Conflict, Unavailable
 from archipel.v1alpha1 import policy_pb2
-from controlplane import kinds
-from controlplane.errors import AlreadyExists, Conflict, Unavailable
 from controlplane.etcd import Compacted
 from controlplane.informers import Informer
 from controlplane.store import Store

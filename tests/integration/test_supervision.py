@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from grpc_health.v1 import health_pb2
 
+from archipel.core import kinds
 from archipel.testing.etcd import EtcdServer
-from controlplane import kinds
 from controlplane.context import Settings
 from controlplane.server import ControlPlane, serve
 

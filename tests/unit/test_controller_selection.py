@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from archipel.core.errors import Invalid
 from controlplane.context import Settings
-from controlplane.errors import Invalid
 from controlplane.server import CONTROLLER_NAMES, ControlPlane, parse_args, select_controllers
 
 EVERY = set(CONTROLLER_NAMES)

@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archipel import limits
-from controlplane import division
-from controlplane.division import Previous, Unschedulable
+from archipel.core import division
+from archipel.core.division import Previous, Unschedulable
 
 
 @pytest.mark.parametrize(

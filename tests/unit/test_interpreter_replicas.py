@@ -10,8 +10,8 @@ import pytest
 from google.protobuf import json_format
 
 from archipel import interpreter, limits
+from archipel.core.workloads import member_manifest
 from archipel.v1alpha1 import interpreter_pb2
-from controlplane.controllers.binding import member_manifest
 
 WIDGETS = json_format.ParseDict(
     {

@@ -9,7 +9,7 @@ import yaml
 from google.protobuf import json_format
 
 from archipel.client import API_KINDS, ClientError, api_kind_of_document, to_message
-from controlplane import validation
+from archipel.core import validation
 
 FULL_KARMADA_POLICY = """
 apiVersion: policy.karmada.io/v1alpha1

@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from archipel import limits, structs
+from archipel.core import validation
+from archipel.core.errors import Invalid
 from archipel.v1alpha1 import agent_pb2, service_pb2, work_pb2
-from controlplane import validation
-from controlplane.errors import Invalid
 
 
 def nested(levels: int) -> Any:

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from archipel.core import matching
 from archipel.v1alpha1 import meta_pb2, policy_pb2
-from controlplane import matching
 
 DEPLOYMENT: dict[str, Any] = {
     "apiVersion": "apps/v1",

@@ -8,10 +8,10 @@ import pytest
 import yaml
 from google.protobuf import json_format
 
+from archipel.core import overrides, validation
+from archipel.core.errors import Invalid
+from archipel.core.scheduling import ClusterInfo
 from archipel.v1alpha1 import override_pb2
-from controlplane import overrides, validation
-from controlplane.errors import Invalid
-from controlplane.scheduling import ClusterInfo
 
 EU = ClusterInfo("eu-1", {"env": "prod"}, region="eu")
 US = ClusterInfo("us-1", {"env": "dev"}, region="us")

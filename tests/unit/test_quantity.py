@@ -16,10 +16,10 @@ from kubernetes import client
 
 from agent.facts import summarize
 from archipel import quantity
+from archipel.core import scheduling
+from archipel.core.errors import Invalid
 from archipel.quantity import QuantityError, canonical, parse
 from archipel.v1alpha1 import cluster_pb2
-from controlplane import scheduling
-from controlplane.errors import Invalid
 
 F = Fraction
 

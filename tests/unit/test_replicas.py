@@ -6,9 +6,13 @@ from typing import Any
 
 import pytest
 
+from archipel.core.workloads import (
+    job_completions,
+    member_manifest,
+    replica_requests,
+    template_replicas,
+)
 from archipel.v1alpha1 import work_pb2
-from controlplane.controllers.binding import job_completions, member_manifest
-from controlplane.controllers.policy import replica_requests, template_replicas
 
 
 def workload(kind: str, **spec: Any) -> dict[str, Any]:

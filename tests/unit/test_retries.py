@@ -22,9 +22,10 @@ from archipel import client as client_module
 from archipel import structs
 from archipel.cli import main as cli
 from archipel.client import Client, ClientError, Config
+from archipel.core import kinds
+from archipel.core.errors import Unavailable
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from controlplane import informers, kinds
-from controlplane.errors import Unavailable
+from controlplane import informers
 from controlplane.etcd import Compacted, Event
 from controlplane.informers import Informer
 

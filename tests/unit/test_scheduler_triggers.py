@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from archipel.core import kinds
+from archipel.core.conditions import set_condition
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from controlplane import kinds
-from controlplane.conditions import set_condition
 from controlplane.context import Context, Settings
 from controlplane.controllers.scheduler import SchedulerController
 from controlplane.store import Store

@@ -6,9 +6,9 @@ from fractions import Fraction
 
 import pytest
 
+from archipel.core import scheduling
+from archipel.core.scheduling import ClusterInfo, TaintInfo
 from archipel.v1alpha1 import meta_pb2, policy_pb2
-from controlplane import scheduling
-from controlplane.scheduling import ClusterInfo, TaintInfo
 
 CLUSTERS = [
     ClusterInfo("member1", {"tier": "gold"}, provider="aws", region="eu", zones=("eu-1",)),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from archipel.core import selectors
+from archipel.core.errors import Invalid
 from archipel.v1alpha1 import meta_pb2
-from controlplane import selectors
-from controlplane.errors import Invalid
 
 LABELS = {"app": "web", "tier": "gold", "env": "prod"}
 

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
+from archipel.core import matching
 from archipel.v1alpha1 import policy_pb2
-from controlplane import matching
 
 SYSTEM = ("kube-system", "kube-public", "kube-node-lease", "archipel-system", "archipel-es-m1")
 

@@ -10,9 +10,10 @@ import pytest
 from google.protobuf import json_format, struct_pb2
 
 from archipel import limits
+from archipel.core import selectors, validation
+from archipel.core.errors import Invalid
 from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, service_pb2
-from controlplane import api, selectors, validation
-from controlplane.errors import Invalid
+from controlplane import api
 
 
 def policy(

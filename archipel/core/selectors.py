@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 
 from archipel import limits
+from archipel.core.errors import Invalid
 from archipel.v1alpha1 import meta_pb2
-from controlplane.errors import Invalid
 
 # Kubernetes' qualified names (label and annotation keys): an optional DNS-subdomain
 # prefix and '/', then a name part; label values use the name part's alphabet.

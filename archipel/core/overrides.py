@@ -20,10 +20,10 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 
+from archipel.core import matching
+from archipel.core.kinds import Manifest
+from archipel.core.scheduling import Affinity, ClusterInfo
 from archipel.v1alpha1 import override_pb2
-from controlplane import matching
-from controlplane.kinds import Manifest
-from controlplane.scheduling import Affinity, ClusterInfo
 
 Policy = override_pb2.OverridePolicy | override_pb2.ClusterOverridePolicy
 

@@ -16,9 +16,9 @@ import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
+from archipel.core import selectors
+from archipel.core.kinds import Manifest
 from archipel.v1alpha1 import policy_pb2
-from controlplane import selectors
-from controlplane.kinds import Manifest
 
 MATCH_ALL, MATCH_LABELS, MATCH_NAME = 1, 2, 3
 

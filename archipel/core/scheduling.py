@@ -4,7 +4,7 @@ Nothing here does I/O, so the scheduler controller, ``archipel describe`` and te
 all run the same code. The pipeline follows Karmada's: filter plugins reject
 clusters (each with a reason), the first satisfiable clusterAffinities group wins,
 and replicas are assigned. Duplicated gives every target the template's replicas;
-Divided splits them (:mod:`controlplane.division`): static weights, weights from
+Divided splits them (:mod:`archipel.core.division`): static weights, weights from
 available replicas, or Aggregated.
 """
 
@@ -16,9 +16,9 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 
 from archipel import quantity
+from archipel.core import division, selectors
+from archipel.core.errors import Invalid
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, policy_pb2
-from controlplane import division, selectors
-from controlplane.errors import Invalid
 
 NOT_READY_TAINT = "cluster.archipel.io/not-ready"
 UNREACHABLE_TAINT = "cluster.archipel.io/unreachable"

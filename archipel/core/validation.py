@@ -15,10 +15,10 @@ from typing import Any
 from google.protobuf import message as pb_message
 
 from archipel import interpreter, limits
+from archipel.core import kinds, selectors
+from archipel.core.errors import Invalid
+from archipel.core.kinds import Manifest
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2
-from controlplane import kinds, selectors
-from controlplane.errors import Invalid
-from controlplane.kinds import Manifest
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")

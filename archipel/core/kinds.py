@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf import message as pb_message
 
+from archipel.core.errors import Invalid
 from archipel.v1alpha1 import (
     cluster_pb2,
     interpreter_pb2,
@@ -28,7 +29,6 @@ from archipel.v1alpha1 import (
     policy_pb2,
     work_pb2,
 )
-from controlplane.errors import Invalid
 
 Manifest = dict[str, Any]
 CLUSTER_SCOPE = "_"
