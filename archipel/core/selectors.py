@@ -17,7 +17,14 @@ from archipel.v1alpha1 import meta_pb2
 # Kubernetes' qualified names (label and annotation keys): an optional DNS-subdomain
 # prefix and '/', then a name part; label values use the name part's alphabet.
 _NAME_PART = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def is_dns_subdomain(value: str) -> bool:
+    """Kubernetes' DNS-subdomain rule (object names, API groups, label-key prefixes)."""
+    return bool(value) and len(value) <= limits.MAX_NAME_CHARS and bool(DNS_SUBDOMAIN.match(value))
+
+
 OPERATORS = ("In", "NotIn", "Exists", "DoesNotExist")
 
 
@@ -57,9 +64,7 @@ def check_qualified_name(key: str, field: str, *, what: str = "label key") -> No
     if not key:
         raise Invalid(field, f"{what} must not be empty")
     prefix, slash, name = key.rpartition("/")
-    if slash and (
-        not prefix or len(prefix) > limits.MAX_NAME_CHARS or not _DNS_SUBDOMAIN.match(prefix)
-    ):
+    if slash and not is_dns_subdomain(prefix):
         raise Invalid(
             field,
             f"{what} {limits.echo(key)}: the prefix before '/' must be a lowercase DNS "

@@ -22,7 +22,6 @@ from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 # Kubernetes' rule for kinds (CRD names.kind): an identifier.
 _KIND = re.compile(r"^[A-Za-z][A-Za-z0-9]*$")
 # Control characters never belong in a name, even where Kubernetes allows any path segment.
@@ -108,7 +107,7 @@ def check_name(value: str, field: str = "metadata.name") -> None:
     _check_format(
         value,
         field,
-        _DNS_SUBDOMAIN,
+        selectors.DNS_SUBDOMAIN,
         limits.MAX_NAME_CHARS,
         "a lowercase DNS subdomain (a-z, 0-9, '-', '.')",
     )
@@ -181,7 +180,7 @@ def check_api_version(value: Any, field: str = "apiVersion") -> str:
     group, slash, version = value.partition("/")
     if not slash:
         group, version = "", value
-    elif not group or len(group) > limits.MAX_NAME_CHARS or not _DNS_SUBDOMAIN.match(group):
+    elif not selectors.is_dns_subdomain(group):
         raise Invalid(
             field,
             f"{limits.echo(value)}: the group must be a lowercase DNS subdomain "
