@@ -1,6 +1,7 @@
-"""A keyed work queue: one key at a time, many keys in parallel, retries with backoff.
+"""A keyed work queue, and the workers that reconcile its keys.
 
-The control plane's controllers and the agent both use it.
+One key at a time, many keys in parallel, retries with backoff. The control plane's
+controllers and the agent's works both run on it.
 
 Events only name keys; a key added again while it waits is stored once, and a key
 added while a worker holds it is handed out again once that worker is done, so the
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 
 
 class WorkQueue:
@@ -91,3 +93,63 @@ class WorkQueue:
 
     def idle(self) -> bool:
         return not self._waiting and not self._processing and not self._timers
+
+
+Reconcile = Callable[[str], Awaitable[float | None]]
+"""Bring one key to its desired state; returns seconds until it must be looked at
+again (time-driven decisions only), or None."""
+OnFailure = Callable[[str, Exception, float], None]
+"""Told of each failed reconcile: the key, the error and the retry delay."""
+
+
+class Reconciler:
+    """Workers that take keys from a :class:`WorkQueue` and reconcile them.
+
+    The control plane's controllers and the agent's works run on it. A reconcile is
+    idempotent and level-triggered; a failure is handed to ``on_failure`` (which logs
+    and counts it as its side sees fit) and the key is retried with per-key backoff, so
+    one bad object never stops the loop. Only cancellation ends it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        reconcile: Reconcile,
+        *,
+        workers: int,
+        on_failure: OnFailure,
+        queue: WorkQueue | None = None,
+        on_duration: Callable[[float], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.reconcile = reconcile
+        self.workers = workers
+        self.queue = queue if queue is not None else WorkQueue(name)
+        self._on_failure = on_failure
+        self._on_duration: Callable[[float], None] = on_duration or (lambda seconds: None)
+
+    def enqueue(self, key: str) -> None:
+        self.queue.add(key)
+
+    async def _worker(self) -> None:
+        while True:
+            key = await self.queue.get()
+            started = time.perf_counter()
+            try:
+                requeue_after = await self.reconcile(key)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                self._on_failure(key, error, self.queue.add_rate_limited(key))
+            else:
+                self.queue.forget(key)
+                if requeue_after:
+                    self.queue.add_after(key, requeue_after)
+            finally:
+                self._on_duration(time.perf_counter() - started)
+                self.queue.done(key)
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as group:
+            for index in range(self.workers):
+                group.create_task(self._worker(), name=f"{self.name}-{index}")

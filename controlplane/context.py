@@ -24,6 +24,7 @@ from archipel.core import kinds
 from archipel.core.kinds import CLUSTER_SCOPE, Manifest
 from archipel.v1alpha1 import cluster_pb2, interpreter_pb2, override_pb2, policy_pb2, work_pb2
 from controlplane.informers import Informer
+from controlplane.runtime import Controller, PlanReconcile
 from controlplane.store import Store
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,19 @@ class Context:
             informer.kind, obj, replacing=corrupt[0] if corrupt is not None else 0
         )
 
+    def controller(
+        self, name: str, reconcile: PlanReconcile, *, workers: int | None = None
+    ) -> Controller:
+        """A controller whose plans are committed to this store, and whose next pass
+        over a key waits for these caches to see what its last plan wrote."""
+        return Controller(
+            name,
+            reconcile,
+            store=self.store,
+            caches=self.informers(),
+            workers=workers or self.settings.workers,
+        )
+
     def informers(self) -> list[Informer[Any]]:
         return [
             self.clusters,
@@ -237,21 +251,3 @@ async def delete_object(
         released.spec.preserve_resources_on_deletion = True
         obj = await store.update(kind, released, current=obj)
     await store.delete(kind, kind.key_of(obj), resource_version=obj.metadata.resource_version)
-
-
-def status_only_change(old: Manifest | None, new: Manifest | None) -> bool:
-    """A template change that touched nothing but its status (our own aggregation)."""
-    if old is None or new is None:
-        return False
-    strip = kinds.RESOURCE_TEMPLATE.spec_fingerprint
-    old_meta, new_meta = old.get("metadata", {}), new.get("metadata", {})
-    return (
-        strip(old) == strip(new)
-        and old_meta.get("labels") == new_meta.get("labels")
-        and old_meta.get("annotations") == new_meta.get("annotations")
-        and old_meta.get("deletionTimestamp") == new_meta.get("deletionTimestamp")
-    )
-
-
-def is_deleting(obj: Any) -> bool:
-    return bool(obj.metadata.HasField("deletion_timestamp"))

@@ -189,7 +189,7 @@ class Etcd:
         except _CLIENT_ERRORS as error:
             if "too large" in str(error) or "larger than max" in str(error):
                 raise TooMuch(
-                    f"etcd refused a {sum(_size(w) for w in writes)}-byte write as too large"
+                    f"etcd refused a {sum(write_size(w) for w in writes)}-byte write as too large"
                 ) from error
             raise Unavailable(f"etcd: {error}") from error
         finally:
@@ -260,12 +260,12 @@ async def _unavailable_on_error(stream: AsyncIterator[Any]) -> AsyncIterator[Any
 # etcd refuses a transaction with more operations than --max-txn-ops (default 128),
 # or larger than --max-request-bytes (default 1.5 MiB): a group stays below both, and
 # a write larger than the byte bound goes alone.
-_MAX_GROUP_OPS = 120
-_MAX_GROUP_BYTES = 1024 * 1024
+MAX_TXN_OPS = 120
+MAX_TXN_BYTES = 1024 * 1024
 _MAX_GROUPS_IN_FLIGHT = 4
 
 
-def _size(write: Put | Delete) -> int:
+def write_size(write: Put | Delete) -> int:
     return len(write.key) + (len(write.value) if isinstance(write, Put) else 0) + 16
 
 
@@ -294,9 +294,9 @@ class _GroupCommit:
         size = 0
         for writes, future in self._pending:
             touched = {w.key for w in writes}
-            added = sum(_size(w) for w in writes)
+            added = sum(write_size(w) for w in writes)
             fits = (
-                operations + len(writes) <= _MAX_GROUP_OPS and size + added <= _MAX_GROUP_BYTES
+                operations + len(writes) <= MAX_TXN_OPS and size + added <= MAX_TXN_BYTES
             ) or not group
             # One transaction may not name a key twice: a second write to the same
             # key waits for the next group.

@@ -1,78 +1,99 @@
-"""Running controllers: workers that take keys from a queue and reconcile them.
+"""Running controllers: observe, plan, commit.
 
-A reconcile is idempotent and level-triggered; it returns nothing, or a
-:class:`Result` asking to be run again later. A :class:`Conflict` (another writer won
-the race) requeues quickly; any other error is logged and retried with backoff. The
+A controller's reconcile reads its caches and returns a :class:`~controlplane.plan.Plan`
+(or None when all is as it should be); it never writes. The runtime commits the plan
+as one guarded transaction (:meth:`Store.commit`). Before the same key is reconciled
+again it waits until every cache holding a key it wrote has seen that revision, so the
+next plan is made from a view that includes the last one, never from a timed requeue
+that hopes so.
+
+A :class:`Conflict` (another writer won the race, or the cache was behind) requeues
+quickly; any other error is logged and retried with backoff (:class:`Reconciler`). The
 loop survives ordinary errors, so one bad object never stops a controller.
 """
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import logging
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from archipel.core.errors import AlreadyExists, Conflict, NotFound, Unavailable
-from archipel.workqueue import WorkQueue
+from archipel.workqueue import Reconciler, WorkQueue
 from controlplane import metrics
+from controlplane.informers import Informer
+from controlplane.plan import Plan
+from controlplane.store import Store
 
 log = logging.getLogger(__name__)
 
-
-@dataclasses.dataclass(frozen=True)
-class Result:
-    requeue_after: float = 0.0
-
-
-Reconcile = Callable[[str], Awaitable[Result | None]]
+PlanReconcile = Callable[[str], Awaitable[Plan | None]]
 
 
 class Controller:
-    def __init__(self, name: str, reconcile: Reconcile, *, workers: int = 4) -> None:
+    def __init__(
+        self,
+        name: str,
+        reconcile: PlanReconcile,
+        *,
+        store: Store,
+        caches: Sequence[Informer[Any]],
+        workers: int = 4,
+    ) -> None:
         self.name = name
-        self.reconcile = reconcile
-        self.workers = workers
+        self.plan = reconcile
+        self.store = store
+        self.caches = list(caches)
         self.queue = WorkQueue(name, on_depth=metrics.QUEUE_DEPTH.labels(name).set)
-        self._seconds = metrics.RECONCILE_SECONDS.labels(name)
+        self.reconciler = Reconciler(
+            name,
+            self.reconcile,
+            workers=workers,
+            queue=self.queue,
+            on_failure=self._failed,
+            on_duration=metrics.RECONCILE_SECONDS.labels(name).observe,
+        )
+        # key -> (revision, caches) of a committed plan that its next reconcile must see.
+        self._written: dict[str, tuple[int, list[Informer[Any]]]] = {}
         self._errors = metrics.RECONCILE_ERRORS.labels(name)
         self._conflicts = metrics.RECONCILE_CONFLICTS.labels(name)
 
     def enqueue(self, key: str) -> None:
         self.queue.add(key)
 
-    async def _worker(self) -> None:
-        while True:
-            key = await self.queue.get()
-            started = time.perf_counter()
-            try:
-                result = await self.reconcile(key)
-            except (Conflict, NotFound, AlreadyExists) as error:
-                # Someone else wrote first, or the object vanished or appeared under
-                # us: the cache will catch up, and the next pass sees the newest state.
-                self._conflicts.inc()
-                log.debug("%s %s: %s; requeued", self.name, key, error)
-                self.queue.add_rate_limited(key)
-            except Unavailable as error:
-                self._errors.inc()
-                delay = self.queue.add_rate_limited(key)
-                log.warning("%s %s: %s; retry in %.2fs", self.name, key, error, delay)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                self._errors.inc()
-                delay = self.queue.add_rate_limited(key)
-                log.exception("%s %s failed; retry in %.2fs", self.name, key, delay)
-            else:
-                self.queue.forget(key)
-                if result is not None and result.requeue_after > 0:
-                    self.queue.add_after(key, result.requeue_after)
-            finally:
-                self._seconds.observe(time.perf_counter() - started)
-                self.queue.done(key)
+    async def reconcile(self, key: str) -> float | None:
+        """Plan ``key`` and commit the plan; seconds until it is due again, or None."""
+        written = self._written.get(key)
+        if written is not None:
+            revision, caches = written
+            for cache in caches:
+                await cache.wait_for_revision(revision)
+            del self._written[key]
+        plan = await self.plan(key)
+        if plan is None:
+            return None
+        if plan.writes:
+            revision = await self.store.commit(plan.writes)
+            written_keys = plan.keys()
+            caches = [c for c in self.caches if any(k.startswith(c.prefix) for k in written_keys)]
+            if caches:
+                self._written[key] = (revision, caches)
+        for bookkeeping in plan.committed:
+            bookkeeping()
+        return plan.requeue_after or None
+
+    def _failed(self, key: str, error: Exception, delay: float) -> None:
+        if isinstance(error, Conflict | NotFound | AlreadyExists):
+            # Someone else wrote first, or the object vanished or appeared under us:
+            # the cache will catch up, and the next pass sees the newest state.
+            self._conflicts.inc()
+            log.debug("%s %s: %s; requeued", self.name, key, error)
+        elif isinstance(error, Unavailable):
+            self._errors.inc()
+            log.warning("%s %s: %s; retry in %.2fs", self.name, key, error, delay)
+        else:
+            self._errors.inc()
+            log.error("%s %s failed; retry in %.2fs", self.name, key, delay, exc_info=error)
 
     async def run(self) -> None:
-        async with asyncio.TaskGroup() as group:
-            for index in range(self.workers):
-                group.create_task(self._worker(), name=f"{self.name}-{index}")
+        await self.reconciler.run()

@@ -12,12 +12,13 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import logging
 import re
 import uuid
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from archipel import limits
 from archipel.core.errors import (
@@ -29,8 +30,17 @@ from archipel.core.errors import (
     NotFound,
 )
 from archipel.core.kinds import Kind
-from controlplane import metrics
-from controlplane.etcd import Delete, Etcd, KeyValue, Put, RevisionOutOfRange
+from controlplane import metrics, plan
+from controlplane.etcd import (
+    MAX_TXN_BYTES,
+    MAX_TXN_OPS,
+    Etcd,
+    KeyValue,
+    Put,
+    RevisionOutOfRange,
+    write_size,
+)
+from controlplane.etcd import Delete as EtcdDelete
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -203,19 +213,107 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def create(self, kind: Kind[T], obj: T, *, replacing: int = 0) -> T:
-        """Create ``obj``; with ``replacing``, over the undecodable value stored at that
-        mod_revision (controllers rewrite what they derive when it was corrupted)."""
+    async def commit(self, writes: Sequence[plan.Write]) -> int:
+        """Apply a reconcile's writes together; returns the revision they landed at.
+
+        Each write is guarded by the resourceVersion its caller observed (a create by
+        the key being free), and all go to etcd in one transaction, so either every
+        write lands or, when any guard fails, none does and :class:`Conflict` says to
+        look again. Only a plan beyond etcd's limits on one transaction (operations or
+        bytes) is split, in order, into as few transactions as those limits allow;
+        each part is still all or nothing, and a reconcile that lost a race part-way
+        finds its own earlier parts done when it looks again.
+        """
+        prepared = [p for p in map(self._prepare, writes) if p is not None]
+        if len({p.op.key for p in prepared}) != len(prepared):
+            raise ValueError("a plan writes one key twice")
+        revision = 0
+        for chunk in _chunks(prepared):
+            landed = await self.etcd.commit_grouped([p.op for p in chunk])
+            if landed is None:
+                for p in chunk:
+                    p.undo()
+                keys = ", ".join(_display(p.op.key) for p in chunk[:3])
+                more = f" and {len(chunk) - 3} more" if len(chunk) > 3 else ""
+                raise Conflict(f"{keys}{more} changed since they were read; read them again")
+            for p in chunk:
+                p.done(landed)
+            revision = landed
+        return revision
+
+    def _prepare(self, write: plan.Write) -> _Prepared | None:
+        """The guarded etcd operation of one write (None: nothing to write)."""
+        if isinstance(write, plan.Purge):
+            return _Prepared(EtcdDelete(write.key, write.mod_revision))
+        if isinstance(write, plan.Create):
+            return self._prepare_create(write.kind, write.obj, write.replacing)
+        if isinstance(write, plan.Update):
+            return self._prepare_update(write.kind, write.obj, write.current)
+        return self._prepare_delete(write.kind, write.current, write.marked)
+
+    @staticmethod
+    def _prepare_create(kind: Kind[T], obj: T, replacing: int) -> _Prepared:
         meta = kind.meta(obj)
         meta.uid = str(uuid.uuid4())
         meta.generation = 1
         meta.set_creation_timestamp(_now())
         meta.resource_version = ""
+        return _Prepared(Put(kind.key_of(obj), kind.encode(obj), replacing), on_done=_stamp(meta))
+
+    @staticmethod
+    def _prepare_update(kind: Kind[T], obj: T, current: T) -> _Prepared:
+        meta = kind.meta(obj)
         key = kind.key_of(obj)
-        revision = await self.etcd.commit_grouped([Put(key, kind.encode(obj), replacing)])
-        if revision is None:
-            raise AlreadyExists(f"{kind.name} {_display(key)} already exists")
-        meta.resource_version = str(revision)
+        stored = kind.meta(current)
+        if meta.resource_version != stored.resource_version:
+            raise Conflict(
+                f"{kind.name} {_display(key)} was modified (resourceVersion "
+                f"{stored.resource_version}, not {meta.resource_version}); read it again"
+            )
+        expected = int(stored.resource_version)
+        # Identity and history are the store's, whatever the caller sent.
+        meta.uid = stored.uid
+        if stored.creation_timestamp is not None:
+            meta.set_creation_timestamp(stored.creation_timestamp)
+        meta.generation = stored.generation
+        if kind.spec_fingerprint(obj) != kind.spec_fingerprint(current):
+            meta.generation = stored.generation + 1
+        if stored.deletion_timestamp is not None:
+            meta.set_deletion_timestamp(stored.deletion_timestamp)
+            if not meta.finalizers:
+                # The last finalizer let go of a deleting object: it goes.
+                return _Prepared(EtcdDelete(key, expected))
+        meta.resource_version = ""
+        return _Prepared(
+            Put(key, kind.encode(obj), expected),
+            on_done=_stamp(meta),
+            on_undo=lambda: setattr(meta, "resource_version", str(expected)),
+        )
+
+    @staticmethod
+    def _prepare_delete(kind: Kind[T], current: T, marked: T | None) -> _Prepared | None:
+        key = kind.key_of(current)
+        expected = int(kind.meta(current).resource_version)
+        kept = marked if marked is not None else kind.copy(current)
+        meta = kind.meta(kept)
+        if not meta.finalizers:
+            return _Prepared(EtcdDelete(key, expected))
+        if kind.meta(current).deletion_timestamp is not None:
+            if marked is None or marked == current:
+                return None  # already marked, and nothing else to record
+        else:
+            meta.set_deletion_timestamp(_now())
+        meta.resource_version = ""
+        return _Prepared(Put(key, kind.encode(kept), expected), on_done=_stamp(meta))
+
+    async def create(self, kind: Kind[T], obj: T, *, replacing: int = 0) -> T:
+        """Create ``obj``; with ``replacing``, over the undecodable value stored at that
+        mod_revision (controllers rewrite what they derive when it was corrupted)."""
+        try:
+            await self.commit([plan.Create(kind, obj, replacing)])
+        except Conflict:
+            key = kind.key_of(obj)
+            raise AlreadyExists(f"{kind.name} {_display(key)} already exists") from None
         return obj
 
     async def update(self, kind: Kind[T], obj: T, *, current: T | None = None) -> T:
@@ -229,37 +327,11 @@ class Store:
         key = kind.key_of(obj)
         if not meta.resource_version:
             raise Invalid("metadata.resourceVersion", "required for an update")
-        expected = int(meta.resource_version)
         if current is None or kind.meta(current).resource_version != meta.resource_version:
             current = await self.get(kind, key)
         if current is None:
             raise NotFound(f"{kind.name} {_display(key)} not found")
-        stored = kind.meta(current)
-        if stored.resource_version != meta.resource_version:
-            raise Conflict(
-                f"{kind.name} {_display(key)} was modified (resourceVersion "
-                f"{stored.resource_version}, not {meta.resource_version}); read it again"
-            )
-        # Identity and history are the store's, whatever the caller sent.
-        meta.uid = stored.uid
-        if stored.creation_timestamp is not None:
-            meta.set_creation_timestamp(stored.creation_timestamp)
-        meta.generation = stored.generation
-        if kind.spec_fingerprint(obj) != kind.spec_fingerprint(current):
-            meta.generation = stored.generation + 1
-        if stored.deletion_timestamp is not None:
-            meta.set_deletion_timestamp(stored.deletion_timestamp)
-            if not meta.finalizers:
-                revision = await self.etcd.commit_grouped([Delete(key, expected)])
-                if revision is None:
-                    raise Conflict(f"{kind.name} {_display(key)} was modified; read it again")
-                return obj
-        meta.resource_version = ""
-        revision = await self.etcd.commit_grouped([Put(key, kind.encode(obj), expected)])
-        if revision is None:
-            meta.resource_version = str(expected)
-            raise Conflict(f"{kind.name} {_display(key)} was modified; read it again")
-        meta.resource_version = str(revision)
+        await self.commit([plan.Update(kind, obj, current)])
         return obj
 
     async def delete(self, kind: Kind[T], key: str, *, resource_version: str = "") -> bool:
@@ -279,8 +351,7 @@ class Store:
                     f"{kind.name} {_display(key)} is at resourceVersion {kv.mod_revision}, "
                     f"not {resource_version}"
                 ) from None
-            if await self.etcd.commit_grouped([Delete(key, kv.mod_revision)]) is None:
-                raise Conflict(f"{kind.name} {_display(key)} was modified; try again") from None
+            await self.commit([plan.Purge(key, kv.mod_revision)])
             log.warning("deleted undecodable object %s", key)
             return True
         meta = kind.meta(current)
@@ -289,20 +360,8 @@ class Store:
                 f"{kind.name} {_display(key)} is at resourceVersion {meta.resource_version}, "
                 f"not {resource_version}"
             )
-        expected = int(meta.resource_version)
-        if meta.finalizers:
-            if meta.deletion_timestamp is None:
-                meta.set_deletion_timestamp(_now())
-                meta.resource_version = ""
-                revision = await self.etcd.commit_grouped(
-                    [Put(key, kind.encode(current), expected)]
-                )
-                if revision is None:
-                    raise Conflict(f"{kind.name} {_display(key)} was modified; try again")
-            return False
-        if await self.etcd.commit_grouped([Delete(key, expected)]) is None:
-            raise Conflict(f"{kind.name} {_display(key)} was modified; try again")
-        return True
+        await self.commit([plan.Delete(kind, current)])
+        return not meta.finalizers
 
     async def remove_finalizer(self, kind: Kind[T], obj: T, finalizer: str) -> T:
         meta = kind.meta(obj)
@@ -318,7 +377,43 @@ class Store:
     async def delete_raw(self, key: str) -> None:
         kv = await self.etcd.get(key)
         if kv is not None:
-            await self.etcd.commit_grouped([Delete(key, kv.mod_revision)])
+            await self.etcd.commit_grouped([EtcdDelete(key, kv.mod_revision)])
+
+
+@dataclasses.dataclass
+class _Prepared:
+    """One guarded etcd operation, and how its object learns the outcome."""
+
+    op: Put | EtcdDelete
+    on_done: Callable[[int], None] = lambda revision: None
+    on_undo: Callable[[], None] = lambda: None
+
+    def done(self, revision: int) -> None:
+        self.on_done(revision)
+
+    def undo(self) -> None:
+        self.on_undo()
+
+
+def _stamp(meta: Any) -> Callable[[int], None]:
+    def stamp(revision: int) -> None:
+        meta.resource_version = str(revision)
+
+    return stamp
+
+
+def _chunks(prepared: list[_Prepared]) -> list[list[_Prepared]]:
+    """Consecutive parts of a plan, each within etcd's limits on one transaction."""
+    chunks: list[list[_Prepared]] = []
+    size = 0
+    for p in prepared:
+        weight = write_size(p.op)
+        if not chunks or len(chunks[-1]) >= MAX_TXN_OPS or size + weight > MAX_TXN_BYTES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(p)
+        size += weight
+    return chunks
 
 
 def _display(key: str) -> str:

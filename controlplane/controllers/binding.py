@@ -34,12 +34,11 @@ from controlplane.context import (
     binding_key_of_work_key,
     binding_targets,
     delete_object,
-    is_deleting,
-    status_only_change,
     template_key_of_binding,
     work_name,
 )
-from controlplane.runtime import Controller, Result
+from controlplane.plan import Plan
+from controlplane.predicates import is_deleting, template_changed
 
 NAME = "binding-controller"
 BUILTIN_INTERPRETERS = interpreter.Registry()
@@ -87,7 +86,7 @@ def _annotate(annotations: Any, wanted: dict[str, str]) -> None:
 class BindingController:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        self.controller = context.controller(NAME, self.reconcile)
         context.bindings.add_handler(self._on_binding)
         # The etcd revision of each binding's last work writes: until the work cache has
         # seen it, a reconcile would act on a stale view and write twice.
@@ -128,7 +127,7 @@ class BindingController:
 
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
         # A template change reaches its works through the binding; its status does not.
-        if not status_only_change(old, new):
+        if template_changed(old, new):
             for binding_key in self.context.binding_keys_of(key):
                 self.controller.enqueue(binding_key)
 
@@ -245,7 +244,7 @@ class BindingController:
                     store, kinds.PROPAGATION_WORK, work, preserve_resources=preserve
                 )
 
-    async def reconcile(self, key: str) -> Result | None:
+    async def reconcile(self, key: str) -> Plan | None:
         context = self.context
         store = context.store
         binding = context.bindings.get(key)

@@ -27,8 +27,9 @@ from archipel.core import kinds, scheduling
 from archipel.core.conditions import find, set_condition
 from archipel.core.errors import AlreadyExists, NotFound, Unauthenticated
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, meta_pb2
-from controlplane.context import FINALIZER, WORK_FINALIZER, Context, is_deleting
-from controlplane.runtime import Controller, Result
+from controlplane.context import FINALIZER, WORK_FINALIZER, Context
+from controlplane.plan import Plan
+from controlplane.predicates import is_deleting
 
 NAME = "cluster-controller"
 CREDENTIALS = "credentials/_/"
@@ -51,7 +52,7 @@ def hash_secret(secret: str) -> bytes:
 class ClusterController:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        self.controller = context.controller(NAME, self.reconcile)
         self.liveness: dict[str, Liveness] = {}
         self.started = time.monotonic()
         context.clusters.add_handler(lambda key, old, new: self.controller.enqueue(key))
@@ -141,7 +142,7 @@ class ClusterController:
             kinds.MEMBER_CLUSTER, kinds.MEMBER_CLUSTER.copy(cluster), FINALIZER
         )
 
-    async def reconcile(self, key: str) -> Result | None:
+    async def reconcile(self, key: str) -> Plan | None:
         cluster = self.context.clusters.get(key)
         if cluster is None:
             return None
@@ -208,7 +209,7 @@ class ClusterController:
         if updated != cluster:
             await self.context.store.update(kinds.MEMBER_CLUSTER, updated, current=cluster)
         # Level-triggered liveness: look again when the grace period could run out.
-        return Result(requeue_after=max(1.0, settings.cluster_grace_period / 4))
+        return Plan(requeue_after=max(1.0, settings.cluster_grace_period / 4))
 
     @staticmethod
     def _set_taints(cluster: cluster_pb2.MemberCluster) -> None:

@@ -22,11 +22,10 @@ from controlplane.context import (
     FINALIZER,
     Context,
     delete_object,
-    is_deleting,
-    status_only_change,
     template_key_of_binding,
 )
-from controlplane.runtime import Controller, Result
+from controlplane.plan import Plan
+from controlplane.predicates import is_deleting, template_changed
 
 NAME = "dependencies-controller"
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ def _entry(binding: work_pb2.PropagationBinding, parent: tuple[str, str]) -> int
 class DependenciesController:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        self.controller = context.controller(NAME, self.reconcile)
         context.bindings.add_index(
             REQUIRED_BY_INDEX, lambda b: [f"{s.namespace}/{s.name}" for s in b.spec.required_by]
         )
@@ -86,7 +85,7 @@ class DependenciesController:
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
         # A dependency created (or deleted) after its workload: every workload of the
         # namespace that propagates dependencies looks again.
-        if (old is None) == (new is None) or status_only_change(old, new):
+        if (old is None) == (new is None) or not template_changed(old, new):
             return
         namespace = key.split("/")[3]
         if namespace == kinds.CLUSTER_SCOPE:
@@ -114,7 +113,7 @@ class DependenciesController:
                 needed[template_key] = found
         return needed
 
-    async def reconcile(self, key: str) -> Result | None:
+    async def reconcile(self, key: str) -> Plan | None:
         context = self.context
         namespace, name = key.split("/")[1:3]
         parent_ref = (namespace, name)
@@ -130,12 +129,12 @@ class DependenciesController:
             if found is None:
                 return None  # keep what is recorded until the interpreter can tell
             needed = found
-        requeue: Result | None = None
+        requeue: Plan | None = None
         if parent is not None:
             snapshot = snapshot_of(parent)
             for template_key, template in needed.items():
                 if await self._require(template_key, template, parent, snapshot):
-                    requeue = Result(requeue_after=0.5)
+                    requeue = Plan(requeue_after=0.5)
         for binding in context.bindings.by_index(REQUIRED_BY_INDEX, f"{namespace}/{name}"):
             if template_key_of_binding(binding) not in needed:
                 await self._release(binding, parent_ref)

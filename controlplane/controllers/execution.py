@@ -29,7 +29,8 @@ from archipel.core import kinds
 from archipel.core.errors import ArchipelError
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
 from controlplane import metrics
-from controlplane.context import CLUSTER_LABEL, Context, is_deleting
+from controlplane.context import CLUSTER_LABEL, Context
+from controlplane.predicates import is_deleting
 
 NAME = "execution-controller"
 # Most works per stream message; larger batches save little and delay the first work.

@@ -22,11 +22,10 @@ from controlplane.context import (
     Context,
     customization_targets,
     delete_object,
-    is_deleting,
-    status_only_change,
     template_key_of_binding,
 )
-from controlplane.runtime import Controller, Result
+from controlplane.plan import Plan
+from controlplane.predicates import is_deleting, template_changed
 
 NAME = "policy-controller"
 log = logging.getLogger(__name__)
@@ -73,7 +72,7 @@ def desired_spec(
 class PolicyController:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        self.controller = context.controller(NAME, self.reconcile)
         context.templates.add_handler(self._on_template)
         context.policies.add_handler(self._on_policy)
         context.cluster_policies.add_handler(self._on_policy)
@@ -82,7 +81,7 @@ class PolicyController:
 
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
         # Aggregated status written back into the template changes nothing here.
-        if not status_only_change(old, new):
+        if template_changed(old, new):
             self.controller.enqueue(key)
 
     def _on_policy(self, key: str, old: object, new: object) -> None:
@@ -148,7 +147,7 @@ class PolicyController:
         updated.spec.required_by.extend(required_by)
         await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=binding)
 
-    async def reconcile(self, key: str) -> Result | None:
+    async def reconcile(self, key: str) -> Plan | None:
         context = self.context
         template = context.templates.get(key)
         binding = context.binding_of(key)

@@ -14,8 +14,9 @@ from archipel.core import division, kinds, scheduling
 from archipel.core.conditions import find, set_condition
 from archipel.core.errors import Invalid
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from controlplane.context import Context, is_deleting
-from controlplane.runtime import Controller, Result
+from controlplane.context import Context
+from controlplane.plan import Plan
+from controlplane.predicates import is_deleting
 
 NAME = "scheduler"
 
@@ -23,7 +24,7 @@ NAME = "scheduler"
 class SchedulerController:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = Controller(NAME, self.reconcile, workers=context.settings.workers)
+        self.controller = context.controller(NAME, self.reconcile)
         self._snapshot: dict[str, scheduling.ClusterInfo] = {}
         self._assumed = scheduling.AssumedCapacity()
         context.bindings.add_handler(self._on_binding)
@@ -71,7 +72,7 @@ class SchedulerController:
         for binding_key in self.context.bindings.list_keys():
             self.controller.enqueue(binding_key)
 
-    async def reconcile(self, key: str) -> Result | None:
+    async def reconcile(self, key: str) -> Plan | None:
         binding = self.context.bindings.get(key)
         if binding is None or is_deleting(binding) or not binding.spec.policy.kind:
             return None  # a binding with no policy only follows the workloads requiring it

@@ -26,11 +26,11 @@ from controlplane.context import (
     binding_key_of_work,
     binding_targets,
     customization_targets,
-    is_deleting,
     template_key_of_binding,
     work_key,
 )
-from controlplane.runtime import Controller, Result
+from controlplane.plan import Plan
+from controlplane.predicates import is_deleting
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class WorkStatusController:
     def __init__(self, context: Context) -> None:
         self.context = context
         # Many cheap workers: their writes share etcd transactions (see Etcd.commit_grouped).
-        self.controller = Controller(
+        self.controller = context.controller(
             self.NAME, self.reconcile, workers=context.settings.workers * 8
         )
         self._reports: dict[str, agent_pb2.WorkStatusReport] = {}
@@ -59,7 +59,7 @@ class WorkStatusController:
         self._deleted[key] = deleted.uid
         self.controller.enqueue(key)
 
-    async def reconcile(self, key: str) -> Result | None:
+    async def reconcile(self, key: str) -> Plan | None:
         store = self.context.store
         work = self.context.works.get(key)
         if work is None:
@@ -120,7 +120,7 @@ class BindingStatusController:
 
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = Controller(self.NAME, self.reconcile, workers=context.settings.workers)
+        self.controller = context.controller(self.NAME, self.reconcile)
         context.works.add_handler(self._on_work)
         context.bindings.add_handler(self._on_binding)
         context.customizations.add_handler(self._on_customization)
@@ -159,7 +159,7 @@ class BindingStatusController:
         ):
             self.controller.enqueue(key)
 
-    async def reconcile(self, key: str) -> Result | None:
+    async def reconcile(self, key: str) -> Plan | None:
         context = self.context
         binding = context.bindings.get(key)
         if binding is None or is_deleting(binding):
