@@ -58,24 +58,24 @@ test-fast: setup
 
 members-up: setup
 	@bash build/tools.sh etcd kube $(if $(filter full,$(PROFILE)),kwok)
-	$(PY) -m archipel.testing.fleetctl up --count $(N) --profile $(PROFILE) --root .local/members
+	$(PY) -m archipel.fleet.fleetctl up --count $(N) --profile $(PROFILE) --root .local/members
 
 members-down: setup
-	$(PY) -m archipel.testing.fleetctl down --root .local/members
+	$(PY) -m archipel.fleet.fleetctl down --root .local/members
 
 members-ls: setup
-	@$(PY) -m archipel.testing.fleetctl ls --root .local/members
+	@$(PY) -m archipel.fleet.fleetctl ls --root .local/members
 
 # The main job: etcd, two full member clusters, the control plane and an agent per member.
 up: setup
 	@bash build/tools.sh etcd kube kwok
-	$(PY) -m archipel.testing.fleetctl up --count 2 --profile full --root .local/members --control-plane --reuse
+	$(PY) -m archipel.fleet.fleetctl up --count 2 --profile full --root .local/members --control-plane --reuse
 
 down: setup
-	$(PY) -m archipel.testing.fleetctl down --root .local/members
+	$(PY) -m archipel.fleet.fleetctl down --root .local/members
 
 demo: up
-	$(PY) -m archipel.testing.demo
+	$(PY) -m archipel.fleet.demo
 
 # Throughput, latency, scale and memory; results in .local/bench/ (JSON, table, PNG).
 bench: setup tools

@@ -28,9 +28,9 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from agent.kube import Kube
+from archipel.core.names import LEDGER_LABEL, SYSTEM_NAMESPACE
 
-NAMESPACE = "archipel-system"
-LEDGER_LABEL = "archipel.io/ledger"
+NAMESPACE = SYSTEM_NAMESPACE
 # The ConfigMap keys of the current format; the old one also had "manifests" and
 # "projections", the contents themselves.
 _MANIFEST_HASHES = "manifestHashes"

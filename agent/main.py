@@ -107,7 +107,9 @@ class Agent:
         hello = self.hello()
 
         heartbeats: asyncio.Task[None] | None = None
-        async with self._channel() as channel:
+        # The heartbeats run in the session's task group: if they ever fail, the
+        # session ends with their error (and the agent with it), never silently.
+        async with self._channel() as channel, asyncio.TaskGroup() as session_tasks:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect(
                 agentstream.outgoing(hello, outbox),
@@ -129,7 +131,11 @@ class Agent:
                             or message.welcome.heartbeat_interval_seconds
                             or 10
                         )
-                        heartbeats = asyncio.create_task(self._heartbeats(interval))
+                        if heartbeats is not None:
+                            heartbeats.cancel()
+                        heartbeats = session_tasks.create_task(
+                            self._heartbeats(interval), name="heartbeats"
+                        )
                         log.info(
                             "connected to %s (session %s)", self.server, message.welcome.session
                         )

@@ -40,12 +40,11 @@ from agent import drift
 from agent.kube import Kube, KubeError, Manifest, describe
 from agent.ledger import Entry, Ledger, ObjectRef, digest
 from archipel import interpreter, limits, structs
+from archipel.core.names import MANAGED_LABEL, WORK_ANNOTATION
 from archipel.v1alpha1 import agent_pb2, interpreter_pb2, work_pb2
-from archipel.workqueue import WorkQueue
+from archipel.workqueue import Reconciler, WorkQueue
 
 log = logging.getLogger(__name__)
-MANAGED_LABEL = "archipel.io/managed"
-WORK_ANNOTATION = "archipel.io/work"
 _FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}
 # A watch that fails for any reason starts over after 0.5 s, doubling up to 10 s.
 WATCH_BACKOFF = Retrying(
@@ -128,6 +127,13 @@ class WorkManager:
         self.send = send
         self.workers = workers
         self.queue = WorkQueue("agent-works", base_delay=0.25, max_delay=15.0)
+        self._reconciler = Reconciler(
+            "agent-works",
+            self._reconcile,
+            workers=workers,
+            queue=self.queue,
+            on_failure=_log_failure,
+        )
         self.desired: dict[str, work_pb2.PropagationWork] = {}
         self.deleting: dict[str, agent_pb2.WorkDelete] = {}
         self.observed: dict[ObjectRef, Observed] = {}
@@ -205,24 +211,10 @@ class WorkManager:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.restore()
-        async with asyncio.TaskGroup() as group:
-            for _ in range(self.workers):
-                group.create_task(self._worker())
+        await self._reconciler.run()
 
-    async def _worker(self) -> None:
-        while True:
-            name = await self.queue.get()
-            try:
-                await self.reconcile(name)
-            except asyncio.CancelledError:
-                raise
-            except Exception as error:
-                delay = self.queue.add_rate_limited(name)
-                log.warning("work %s: %s; retrying in %.1fs", name, describe(error), delay)
-            else:
-                self.queue.forget(name)
-            finally:
-                self.queue.done(name)
+    async def _reconcile(self, name: str) -> None:
+        await self.reconcile(name)
 
     async def reconcile(self, name: str) -> None:
         delete = self.deleting.get(name)
@@ -615,6 +607,10 @@ class WorkManager:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _log_failure(name: str, error: Exception, delay: float) -> None:
+    log.warning("work %s: %s; retrying in %.1fs", name, describe(error), delay)
 
 
 def _with_ownership(manifest: Manifest, work: str) -> Manifest:

@@ -20,11 +20,8 @@ from google.protobuf import message as pb_message
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from archipel import manifests, structs
+from archipel.core import kinds
 from archipel.v1alpha1 import (
-    cluster_pb2,
-    interpreter_pb2,
-    override_pb2,
-    policy_pb2,
     service_pb2,
     service_pb2_grpc,
     work_pb2,
@@ -67,81 +64,9 @@ CONNECTION_RETRIES = Retrying(
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class ApiKind:
-    """An API kind of Archipel (not a resource template)."""
-
-    kind: str
-    namespaced: bool
-    message: type[pb_message.Message]
-    service: str
-    aliases: tuple[str, ...]
-
-
-API_KINDS = (
-    ApiKind(
-        "MemberCluster",
-        False,
-        cluster_pb2.MemberCluster,
-        "MemberClusterService",
-        ("membercluster", "memberclusters", "cluster", "clusters", "mc"),
-    ),
-    ApiKind(
-        "PropagationPolicy",
-        True,
-        policy_pb2.PropagationPolicy,
-        "PropagationPolicyService",
-        ("propagationpolicy", "propagationpolicies", "pp"),
-    ),
-    ApiKind(
-        "ClusterPropagationPolicy",
-        False,
-        policy_pb2.ClusterPropagationPolicy,
-        "ClusterPropagationPolicyService",
-        ("clusterpropagationpolicy", "clusterpropagationpolicies", "cpp"),
-    ),
-    ApiKind(
-        "OverridePolicy",
-        True,
-        override_pb2.OverridePolicy,
-        "OverridePolicyService",
-        ("overridepolicy", "overridepolicies", "op"),
-    ),
-    ApiKind(
-        "ClusterOverridePolicy",
-        False,
-        override_pb2.ClusterOverridePolicy,
-        "ClusterOverridePolicyService",
-        ("clusteroverridepolicy", "clusteroverridepolicies", "cop"),
-    ),
-    ApiKind(
-        "ResourceInterpreterCustomization",
-        False,
-        interpreter_pb2.ResourceInterpreterCustomization,
-        "ResourceInterpreterCustomizationService",
-        (
-            "resourceinterpretercustomization",
-            "resourceinterpretercustomizations",
-            "ric",
-            "customization",
-            "customizations",
-        ),
-    ),
-    ApiKind(
-        "PropagationBinding",
-        True,
-        work_pb2.PropagationBinding,
-        "PropagationBindingService",
-        ("propagationbinding", "propagationbindings", "binding", "bindings", "pb"),
-    ),
-    ApiKind(
-        "PropagationWork",
-        True,
-        work_pb2.PropagationWork,
-        "PropagationWorkService",
-        ("propagationwork", "propagationworks", "work", "works", "pw"),
-    ),
-)
+# The kinds of Archipel's API (not resource templates): the one registry, in the core.
+ApiKind = kinds.Kind[Any]
+API_KINDS: tuple[ApiKind, ...] = tuple(kinds.API_KINDS.values())
 API_GROUPS = ("archipel.io", "karmada.io")
 
 # Kubernetes kinds people name on the command line, to their apiVersion.
@@ -169,7 +94,7 @@ for _api_version, _kind, _names in (
 
 def api_kind_by_name(name: str) -> ApiKind | None:
     lowered = name.lower()
-    return next((k for k in API_KINDS if lowered in k.aliases or lowered == k.kind.lower()), None)
+    return next((k for k in API_KINDS if lowered in k.aliases), None)
 
 
 def api_kind_of_document(document: dict[str, Any]) -> ApiKind | None:
@@ -179,7 +104,7 @@ def api_kind_of_document(document: dict[str, Any]) -> ApiKind | None:
     if not any(group.endswith(suffix) for suffix in API_GROUPS):
         return None
     for api_kind in API_KINDS:
-        if api_kind.kind == document.get("kind"):
+        if api_kind.name == document.get("kind"):
             return api_kind
     raise ClientError(f"kind: {document.get('kind')!r} is not a kind of {api_version}")
 
@@ -323,7 +248,7 @@ class Client:
         message = to_message(api_kind, document)
         before = self._api_version_of(api_kind, message)
         result = self.call(self.stub(api_kind).Apply, message)
-        name = f"{api_kind.kind.lower()}/{result.metadata.name}"
+        name = f"{api_kind.name.lower()}/{result.metadata.name}"
         return name, _outcome(before, result.metadata.resource_version)
 
     def _template_version(self, document: dict[str, Any]) -> str | None:
@@ -386,11 +311,11 @@ def _describe(error: grpc.RpcError) -> str:
 
 def to_message(api_kind: ApiKind, document: dict[str, Any]) -> Any:
     """Parse a document strictly: an unknown field is an error that names it."""
-    message = api_kind.message()
+    message = api_kind.new()
     try:
         json_format.ParseDict(document, message, ignore_unknown_fields=False)
     except json_format.ParseError as error:
-        raise ClientError(f"{api_kind.kind} {_parse_problem(error)}") from error
+        raise ClientError(f"{api_kind.name} {_parse_problem(error)}") from error
     return message
 
 

@@ -24,8 +24,8 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import watch
 
-from archipel.testing.controlplane import AgentProcess, ControlPlaneProcess
-from archipel.testing.members import Fleet, Member, default_specs
+from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
+from archipel.fleet.members import Fleet, Member, default_specs
 
 
 class Arrivals:

@@ -24,9 +24,9 @@ from typing import Any
 
 import grpc
 
-from archipel.testing import tools
-from archipel.testing.controlplane import ControlPlaneProcess
-from archipel.testing.etcd import EtcdServer
+from archipel.fleet import tools
+from archipel.fleet.controlplane import ControlPlaneProcess
+from archipel.fleet.etcd import EtcdServer
 from archipel.v1alpha1 import service_pb2_grpc, work_pb2
 from bench.run import rss_bytes
 

@@ -17,6 +17,7 @@ from typing import Any, Generic, NoReturn, TypeVar
 import grpc
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from archipel import interpreter, limits, structs
 from archipel.core import kinds, selectors, validation
@@ -29,6 +30,7 @@ from archipel.core.errors import (
     Invalid,
 )
 from archipel.core.kinds import Kind, Manifest
+from archipel.core.names import DELETION_PROTECTION_LABELS
 from archipel.v1alpha1 import (
     cluster_pb2,
     interpreter_pb2,
@@ -411,7 +413,9 @@ class KindService(Generic[T]):
         for field in ("uid", "generation", "creation_timestamp", "deletion_timestamp"):
             metadata.ClearField(field)
         self.validate(obj)
-        return await apply(self.store, self.kind, obj)
+        return await _unless_named(
+            obj_version(self.kind, obj), lambda: apply(self.store, self.kind, self.kind.copy(obj))
+        )
 
     @_guard
     async def Delete(
@@ -423,6 +427,37 @@ class KindService(Generic[T]):
             resource_version=request.resource_version,
         )
         return service_pb2.DeleteResponse(deleted=deleted)
+
+
+U = TypeVar("U")
+
+
+def obj_version(kind: Kind[T], obj: T) -> str:
+    return str(kind.meta(obj).resource_version)
+
+
+async def _unless_named(resource_version: str, attempt: Callable[[], Awaitable[U]]) -> U:
+    """Run an apply; when the caller named no resourceVersion, again on a lost race.
+
+    An apply without a resourceVersion means "make it so", as kubectl apply does: a
+    controller writing the object's status between our read and our write is no reason
+    to fail the caller. One that names a version asked for exactly that version, and
+    gets the conflict.
+    """
+    if resource_version:
+        return await attempt()
+    async for retry in AsyncRetrying(
+        retry=retry_if_exception_type(Conflict),
+        stop=stop_after_attempt(_APPLY_ATTEMPTS),
+        wait=wait_random(0, 0.05),
+        reraise=True,
+    ):
+        with retry:
+            return await attempt()
+    raise AssertionError("unreachable: tenacity reraises the last conflict")
+
+
+_APPLY_ATTEMPTS = 8
 
 
 async def apply(store: Store, kind: Kind[T], obj: T) -> T:
@@ -482,73 +517,32 @@ def _check_namespaced(obj: Any) -> None:
     validation.check_metadata(obj.metadata, namespaced=True)
 
 
+# How each API kind is checked before it is stored (the kinds themselves, their
+# services and messages come from the one registry, ``kinds.API_KINDS``).
+_VALIDATORS: dict[str, Callable[[Any], None]] = {
+    kinds.MEMBER_CLUSTER.name: validation.check_member_cluster,
+    kinds.PROPAGATION_POLICY.name: _check_policy,
+    kinds.CLUSTER_PROPAGATION_POLICY.name: _check_cluster_policy,
+    kinds.OVERRIDE_POLICY.name: _check_override,
+    kinds.CLUSTER_OVERRIDE_POLICY.name: _check_override,
+    kinds.RESOURCE_INTERPRETER_CUSTOMIZATION.name: _check_customization,
+    kinds.PROPAGATION_BINDING.name: _check_namespaced,
+    kinds.PROPAGATION_WORK.name: _check_namespaced,
+}
+
+
 def kind_services(store: Store) -> dict[str, KindService[Any]]:
     """One servicer per API kind, keyed by the generated service's name."""
     return {
-        "MemberClusterService": KindService(
+        kind.service: KindService(
             store,
-            kinds.MEMBER_CLUSTER,
-            list_type=service_pb2.MemberClusterList,
-            event_type=service_pb2.MemberClusterEvent,
-            validate=validation.check_member_cluster,
-        ),
-        "PropagationPolicyService": KindService(
-            store,
-            kinds.PROPAGATION_POLICY,
-            list_type=service_pb2.PropagationPolicyList,
-            event_type=service_pb2.PropagationPolicyEvent,
-            validate=_check_policy,
-        ),
-        "ClusterPropagationPolicyService": KindService(
-            store,
-            kinds.CLUSTER_PROPAGATION_POLICY,
-            list_type=service_pb2.ClusterPropagationPolicyList,
-            event_type=service_pb2.ClusterPropagationPolicyEvent,
-            validate=_check_cluster_policy,
-        ),
-        "OverridePolicyService": KindService(
-            store,
-            kinds.OVERRIDE_POLICY,
-            list_type=service_pb2.OverridePolicyList,
-            event_type=service_pb2.OverridePolicyEvent,
-            validate=_check_override,
-        ),
-        "ClusterOverridePolicyService": KindService(
-            store,
-            kinds.CLUSTER_OVERRIDE_POLICY,
-            list_type=service_pb2.ClusterOverridePolicyList,
-            event_type=service_pb2.ClusterOverridePolicyEvent,
-            validate=_check_override,
-        ),
-        "ResourceInterpreterCustomizationService": KindService(
-            store,
-            kinds.RESOURCE_INTERPRETER_CUSTOMIZATION,
-            list_type=service_pb2.ResourceInterpreterCustomizationList,
-            event_type=service_pb2.ResourceInterpreterCustomizationEvent,
-            validate=_check_customization,
-        ),
-        "PropagationBindingService": KindService(
-            store,
-            kinds.PROPAGATION_BINDING,
-            list_type=service_pb2.PropagationBindingList,
-            event_type=service_pb2.PropagationBindingEvent,
-            validate=_check_namespaced,
-        ),
-        "PropagationWorkService": KindService(
-            store,
-            kinds.PROPAGATION_WORK,
-            list_type=service_pb2.PropagationWorkList,
-            event_type=service_pb2.PropagationWorkEvent,
-            validate=_check_namespaced,
-        ),
+            kind,
+            list_type=getattr(service_pb2, f"{kind.name}List"),
+            event_type=getattr(service_pb2, f"{kind.name}Event"),
+            validate=_VALIDATORS[kind.name],
+        )
+        for kind in kinds.API_KINDS.values()
     }
-
-
-# Karmada's label is honoured too, so protected templates stay protected after a move.
-DELETION_PROTECTION_LABELS = (
-    "resourcetemplate.archipel.io/deletion-protected",
-    "resourcetemplate.karmada.io/deletion-protected",
-)
 
 
 class TemplateService:
@@ -657,7 +651,12 @@ class TemplateService:
         self, request: work_pb2.ResourceTemplate, context: grpc.aio.ServicerContext[Any, Any]
     ) -> work_pb2.ResourceTemplate:
         manifest = validation.check_template(structs.from_struct(request.manifest))
-        return self._wire(await apply_template(self.store, manifest))
+        version = manifest.get("metadata", {}).get("resourceVersion", "")
+        return self._wire(
+            await _unless_named(
+                version, lambda: apply_template(self.store, kinds.RESOURCE_TEMPLATE.copy(manifest))
+            )
+        )
 
     @_guard
     async def Delete(

@@ -20,8 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from archipel import interpreter
-from archipel.core import kinds
+from archipel.core import kinds, names
 from archipel.core.kinds import CLUSTER_SCOPE, Manifest
+from archipel.core.names import BINDING_NAME_LABEL as BINDING_NAME_LABEL
+from archipel.core.names import BINDING_NAMESPACE_LABEL as BINDING_NAMESPACE_LABEL
+from archipel.core.names import CLUSTER_LABEL as CLUSTER_LABEL
 from archipel.v1alpha1 import cluster_pb2, interpreter_pb2, override_pb2, policy_pb2, work_pb2
 from controlplane.informers import Informer
 from controlplane.runtime import Controller, PlanReconcile
@@ -29,13 +32,8 @@ from controlplane.store import Store
 
 log = logging.getLogger(__name__)
 
-FINALIZER = "archipel.io/controller"
-WORK_FINALIZER = "archipel.io/agent-cleanup"
-BINDING_NAMESPACE_LABEL = "work.archipel.io/binding-namespace"
-BINDING_NAME_LABEL = "work.archipel.io/binding-name"
-CLUSTER_LABEL = "work.archipel.io/cluster"
-# On each work: the template generation it was built from (Karmada keeps the same).
-TEMPLATE_GENERATION_ANNOTATION = "work.archipel.io/template-generation"
+FINALIZER = names.CONTROLLER_FINALIZER
+WORK_FINALIZER = names.AGENT_CLEANUP_FINALIZER
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import etcd3aio
@@ -277,13 +277,21 @@ class _GroupCommit:
         self._pending: list[tuple[list[Put | Delete], asyncio.Future[int | None]]] = []
         self._flushing = False
         self._slots = asyncio.Semaphore(_MAX_GROUPS_IN_FLIGHT)
+        # Flushes and commits in flight, held so none is collected before it is done;
+        # each one settles its callers' futures, errors included.
+        self._running: set[asyncio.Task[None]] = set()
+
+    def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
     async def submit(self, writes: list[Put | Delete]) -> int | None:
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._pending.append((writes, future))
         if not self._flushing:
             self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush())
+            self._start(self._flush())
         return await future
 
     def _take(self) -> list[tuple[list[Put | Delete], asyncio.Future[int | None]]]:
@@ -317,7 +325,7 @@ class _GroupCommit:
             while self._pending:
                 await self._slots.acquire()
                 group = self._take()
-                asyncio.get_running_loop().create_task(self._commit(group))
+                self._start(self._commit(group))
         finally:
             self._flushing = False
 

@@ -39,3 +39,7 @@ QUARANTINED_OBJECTS = Gauge(
     "Undecodable objects an informer currently holds in quarantine",
     ["kind"],
 )
+SESSION_CRASHES = Counter(
+    "archipel_agent_session_crashes_total",
+    "Agent streams ended because the control plane failed reading them (a bug: see the log)",
+)

@@ -33,7 +33,7 @@ from archipel.core.errors import (
     Unauthenticated,
 )
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2
-from controlplane import api, auth
+from controlplane import api, auth, metrics
 from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
 from controlplane.controllers import cluster as cluster_controller
@@ -105,7 +105,9 @@ class AgentService:
             await context.abort(error.code, str(error))
         session = self.execution.open(hello)
         self.clusters.connected(cluster, hello.agent_version)
-        reader = asyncio.create_task(self._read(session, cluster, request_iterator))
+        reader = asyncio.create_task(
+            self._read(session, cluster, request_iterator), name=f"session-{session.id}"
+        )
         log.info(
             "agent for %s connected (session %s, holds %d works)",
             cluster,
@@ -117,6 +119,7 @@ class AgentService:
                 yield message
         finally:
             reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             self.execution.close(session)
             self.clusters.disconnected(cluster)
             log.info("agent for %s disconnected (session %s)", cluster, session.id)
@@ -185,6 +188,17 @@ class AgentService:
                         self.work_status.deleted(cluster, deleted)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
+        except Exception as error:
+            # A bug met reading one agent's stream ends that stream, loudly: INTERNAL
+            # to the agent (which reconnects), the traceback in the log, a count in
+            # the metrics. It is confined to that stream, as a handler's error is to
+            # its call: what one agent sends must never take the control plane away
+            # from all the others.
+            metrics.SESSION_CRASHES.inc()
+            log.error("agent session %s (%s) failed", session.id, cluster, exc_info=error)
+            session.fail(
+                ArchipelError(f"the control plane failed reading this stream: {error!r}"[:300])
+            )
         finally:
             session.close()
 
@@ -253,6 +267,7 @@ class ControlPlane:
         self._tasks: list[asyncio.Task[None]] = []
         # Set when a long-lived task died: the process reports NOT_SERVING and exits 1.
         self.failed = asyncio.Event()
+        self._stopping = False
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         """Run a long-lived task under supervision: if it ever ends, that is a crash."""
@@ -261,9 +276,9 @@ class ControlPlane:
         self._tasks.append(task)
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or self.failed.is_set():
+        if task.cancelled() or self.failed.is_set() or self._stopping:
             return
-        error = task.exception()
+        error = task.exception() or RuntimeError("it returned, and it never should")
         log.critical(
             "%s stopped: %r; the control plane exits", task.get_name(), error, exc_info=error
         )
@@ -360,6 +375,7 @@ class ControlPlane:
             raise RuntimeError(f"cannot listen on {settings.listen}")
         await server.start()
         self.server = server
+        self._spawn(self._run_server(server), "grpc-server")
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if settings.metrics_listen:
@@ -367,7 +383,13 @@ class ControlPlane:
             start_http_server(int(port), addr=host or "127.0.0.1")
         log.info("control plane serving on port %d", self.port)
 
+    async def _run_server(self, server: grpc.aio.Server) -> None:
+        """The gRPC server, supervised like every other task: its ending on its own is a
+        crash of the process."""
+        await server.wait_for_termination()
+
     async def stop(self) -> None:
+        self._stopping = True
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from archipel.testing import members as member_clusters
-from archipel.testing import tools
-from archipel.testing.etcd import EtcdServer
+from archipel.fleet import members as member_clusters
+from archipel.fleet import tools
+from archipel.fleet.etcd import EtcdServer
 
 FleetFactory = Callable[[int, member_clusters.Profile], member_clusters.Fleet]
 

@@ -31,19 +31,22 @@ from archipel.client import (
     read_documents,
     to_message,
 )
-from archipel.core import overrides
+from archipel.core import kinds, overrides
+from archipel.core.names import (
+    APPLIED_CLUSTER_OVERRIDES_ANNOTATION,
+    APPLIED_OVERRIDES_ANNOTATION,
+    BINDING_NAME_LABEL,
+    BINDING_NAMESPACE_LABEL,
+    CLUSTER_LABEL,
+    UNSCHEDULABLE_TAINT,
+)
 from archipel.core.scheduling import ClusterInfo
 from archipel.core.workloads import member_manifest
 from archipel.v1alpha1 import service_pb2
 
-UNSCHEDULABLE_TAINT = "cluster.archipel.io/unschedulable"
-# What the binding controller writes on each work (see controlplane/controllers/binding.py).
-BINDING_NAME_LABEL = "work.archipel.io/binding-name"
-BINDING_NAMESPACE_LABEL = "work.archipel.io/binding-namespace"
-CLUSTER_LABEL = "work.archipel.io/cluster"
 APPLIED_OVERRIDES = (
-    ("ClusterOverridePolicy", "policy.karmada.io/applied-cluster-overrides"),
-    ("OverridePolicy", "policy.karmada.io/applied-overrides"),
+    ("ClusterOverridePolicy", APPLIED_CLUSTER_OVERRIDES_ANNOTATION),
+    ("OverridePolicy", APPLIED_OVERRIDES_ANNOTATION),
 )
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -166,7 +169,7 @@ class Commands:
                     namespace=namespace if api_kind.namespaced else "", name=name
                 )
                 response = self.client.call(self.client.stub(api_kind).Delete, request)
-                label = api_kind.kind.lower()
+                label = api_kind.name.lower()
             else:
                 assert template is not None
                 api_version, kind = template
@@ -269,7 +272,7 @@ class Commands:
 
     def _rows(self, api_kind: ApiKind | None, documents: list[dict[str, Any]]) -> list[list[str]]:
         show_namespace = self.args.all_namespaces
-        kind = api_kind.kind if api_kind else documents[0].get("kind", "")
+        kind = api_kind.name if api_kind else documents[0].get("kind", "")
         header = ["NAMESPACE"] if show_namespace else []
         rows: list[list[str]] = []
         if kind == "MemberCluster":
@@ -566,11 +569,11 @@ class Commands:
             if api_kind is None:
                 document.setdefault("metadata", {}).setdefault("namespace", "default")
                 templates.append(document)
-            elif api_kind.kind == "OverridePolicy":
+            elif api_kind.name == "OverridePolicy":
                 message = to_message(api_kind, document)
                 message.metadata.namespace = message.metadata.namespace or "default"
                 namespaced.append(message)
-            elif api_kind.kind == "ClusterOverridePolicy":
+            elif api_kind.name == "ClusterOverridePolicy":
                 cluster_wide.append(to_message(api_kind, document))
         rendered = [_render(t, namespaced, cluster_wide, cluster) for t in templates]
         _print(rendered, self.args.output or "yaml")
@@ -595,7 +598,7 @@ class Commands:
                 work = self.client.call(
                     self.client.stub(api_kind_by_name("work")).Get,  # type: ignore[arg-type]
                     service_pb2.GetRequest(
-                        namespace=f"archipel-es-{self.args.cluster}",
+                        namespace=kinds.execution_namespace(self.args.cluster),
                         name=f"{namespace or '_'}.{binding.metadata.name}",
                     ),
                 )

@@ -103,12 +103,12 @@ def simulate(
         api_kind = api_kind_of_document(document)
         if api_kind is None:
             templates.append(document)
-        elif api_kind.kind == "PropagationPolicy":
+        elif api_kind.name == "PropagationPolicy":
             message = to_message(api_kind, document)
             if not message.metadata.namespace:
                 message.metadata.namespace = "default"
             namespaced.append(message)
-        elif api_kind.kind == "ClusterPropagationPolicy":
+        elif api_kind.name == "ClusterPropagationPolicy":
             cluster_wide.append(to_message(api_kind, document))
     results = []
     for template in templates:

@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf import message as pb_message
 
+from archipel.core import names
 from archipel.core.errors import Invalid
 from archipel.v1alpha1 import (
     cluster_pb2,
@@ -201,6 +202,7 @@ class Kind(Generic[T]):
         meta: Callable[[T], MetaView],
         spec_fingerprint: Callable[[T], bytes],
         copy: Callable[[T], T],
+        short_names: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.plural = plural
@@ -213,6 +215,17 @@ class Kind(Generic[T]):
         self.meta = meta
         self.spec_fingerprint = spec_fingerprint
         self.copy = copy
+        self.short_names = short_names
+
+    @property
+    def service(self) -> str:
+        """The gRPC service that serves this kind (``proto/``: ``<Kind>Service``)."""
+        return f"{self.name}Service"
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """What people may call it on the command line, as kubectl allows."""
+        return (self.name.lower(), self.plural, *self.short_names)
 
     def __repr__(self) -> str:
         return f"Kind({self.name})"
@@ -238,6 +251,7 @@ def _proto_kind(
     namespaced: bool,
     group: str,
     karmada_group: str | None = None,
+    short_names: tuple[str, ...] = (),
 ) -> Kind[P]:
     def copy(obj: P) -> P:
         clone = message()
@@ -268,6 +282,7 @@ def _proto_kind(
         meta=lambda obj: _ProtoMeta(obj.metadata),  # type: ignore[attr-defined]
         spec_fingerprint=fingerprint,
         copy=copy,
+        short_names=short_names,
     )
 
 
@@ -278,6 +293,7 @@ MEMBER_CLUSTER = _proto_kind(
     namespaced=False,
     group="cluster.archipel.io",
     karmada_group="cluster.karmada.io",
+    short_names=("cluster", "clusters", "mc"),
 )
 PROPAGATION_POLICY = _proto_kind(
     policy_pb2.PropagationPolicy,
@@ -286,6 +302,7 @@ PROPAGATION_POLICY = _proto_kind(
     namespaced=True,
     group="policy.archipel.io",
     karmada_group="policy.karmada.io",
+    short_names=("pp",),
 )
 CLUSTER_PROPAGATION_POLICY = _proto_kind(
     policy_pb2.ClusterPropagationPolicy,
@@ -294,6 +311,7 @@ CLUSTER_PROPAGATION_POLICY = _proto_kind(
     namespaced=False,
     group="policy.archipel.io",
     karmada_group="policy.karmada.io",
+    short_names=("cpp",),
 )
 OVERRIDE_POLICY = _proto_kind(
     override_pb2.OverridePolicy,
@@ -302,6 +320,7 @@ OVERRIDE_POLICY = _proto_kind(
     namespaced=True,
     group="policy.archipel.io",
     karmada_group="policy.karmada.io",
+    short_names=("op",),
 )
 CLUSTER_OVERRIDE_POLICY = _proto_kind(
     override_pb2.ClusterOverridePolicy,
@@ -310,6 +329,7 @@ CLUSTER_OVERRIDE_POLICY = _proto_kind(
     namespaced=False,
     group="policy.archipel.io",
     karmada_group="policy.karmada.io",
+    short_names=("cop",),
 )
 RESOURCE_INTERPRETER_CUSTOMIZATION = _proto_kind(
     interpreter_pb2.ResourceInterpreterCustomization,
@@ -318,6 +338,7 @@ RESOURCE_INTERPRETER_CUSTOMIZATION = _proto_kind(
     namespaced=False,
     group="config.archipel.io",
     karmada_group="config.karmada.io",
+    short_names=("ric", "customization", "customizations"),
 )
 PROPAGATION_BINDING = _proto_kind(
     work_pb2.PropagationBinding,
@@ -325,6 +346,7 @@ PROPAGATION_BINDING = _proto_kind(
     plural="propagationbindings",
     namespaced=True,
     group="work.archipel.io",
+    short_names=("binding", "bindings", "pb"),
 )
 PROPAGATION_WORK = _proto_kind(
     work_pb2.PropagationWork,
@@ -332,6 +354,7 @@ PROPAGATION_WORK = _proto_kind(
     plural="propagationworks",
     namespaced=True,
     group="work.archipel.io",
+    short_names=("work", "works", "pw"),
 )
 
 
@@ -451,9 +474,9 @@ def check_api_version(kind: Kind[Any], api_version: str) -> None:
 
 def execution_namespace(cluster: str) -> str:
     """Where a cluster's works live, as Karmada's karmada-es-<cluster>."""
-    return f"archipel-es-{cluster}"
+    return f"{names.EXECUTION_NAMESPACE_PREFIX}{cluster}"
 
 
 def cluster_of_execution_namespace(namespace: str) -> str | None:
-    prefix = "archipel-es-"
+    prefix = names.EXECUTION_NAMESPACE_PREFIX
     return namespace[len(prefix) :] if namespace.startswith(prefix) else None

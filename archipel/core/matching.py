@@ -18,6 +18,7 @@ from typing import Any
 
 from archipel.core import selectors
 from archipel.core.kinds import Manifest
+from archipel.core.names import EXECUTION_NAMESPACE_PREFIX, SYSTEM_NAMESPACE
 from archipel.v1alpha1 import policy_pb2
 
 MATCH_ALL, MATCH_LABELS, MATCH_NAME = 1, 2, 3
@@ -25,8 +26,8 @@ MATCH_ALL, MATCH_LABELS, MATCH_NAME = 1, 2, 3
 Policy = policy_pb2.PropagationPolicy | policy_pb2.ClusterPropagationPolicy
 # Namespaces no policy propagates: Kubernetes' own (kube-system, kube-public,
 # kube-node-lease and any other kube-*), the agent's ledger and the execution spaces.
-SYSTEM_NAMESPACE_PREFIXES = ("kube-", "archipel-es-")
-SYSTEM_NAMESPACES = frozenset({"archipel-system"})
+SYSTEM_NAMESPACE_PREFIXES = ("kube-", EXECUTION_NAMESPACE_PREFIX)
+SYSTEM_NAMESPACES = frozenset({SYSTEM_NAMESPACE})
 
 
 def is_system_namespace(name: str) -> bool:

@@ -10,15 +10,20 @@ preserve them) and lets go of its finalizer once they are gone.
 
 from __future__ import annotations
 
-import asyncio
+import dataclasses
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from archipel import interpreter, limits, structs
 from archipel.core import kinds, overrides
 from archipel.core.conditions import find, set_condition
 from archipel.core.kinds import Manifest
+from archipel.core.names import (
+    APPLIED_CLUSTER_OVERRIDES_ANNOTATION,
+    APPLIED_OVERRIDES_ANNOTATION,
+    TEMPLATE_GENERATION_ANNOTATION,
+)
 from archipel.core.scheduling import ClusterInfo
 from archipel.core.workloads import job_completions, member_manifest
 from archipel.v1alpha1 import cluster_pb2, override_pb2, work_pb2
@@ -27,24 +32,26 @@ from controlplane.context import (
     BINDING_NAMESPACE_LABEL,
     CLUSTER_LABEL,
     FINALIZER,
-    TEMPLATE_GENERATION_ANNOTATION,
     WORK_FINALIZER,
     Context,
     binding_key_of_work,
     binding_key_of_work_key,
     binding_targets,
-    delete_object,
     template_key_of_binding,
     work_name,
 )
 from controlplane.plan import Plan
-from controlplane.predicates import is_deleting, template_changed
+from controlplane.predicates import (
+    generation_changed,
+    is_deleting,
+    labels_changed,
+    lifecycle_changed,
+    spec_changed,
+    template_changed,
+)
 
 NAME = "binding-controller"
 BUILTIN_INTERPRETERS = interpreter.Registry()
-# Which override policies shaped a work, in the order they applied (Karmada's keys).
-APPLIED_OVERRIDES_ANNOTATION = "policy.karmada.io/applied-overrides"
-APPLIED_CLUSTER_OVERRIDES_ANNOTATION = "policy.karmada.io/applied-cluster-overrides"
 
 
 def applied_overrides(policies: Sequence[overrides.Policy], cluster: ClusterInfo) -> dict[str, str]:
@@ -83,14 +90,262 @@ def _annotate(annotations: Any, wanted: dict[str, str]) -> None:
             del annotations[key]
 
 
+@dataclasses.dataclass(frozen=True)
+class BindingObserved:
+    """What the binding controller decides from, for one binding."""
+
+    binding: work_pb2.PropagationBinding
+    template: Manifest | None
+    works: dict[str, work_pb2.PropagationWork]
+    """The binding's readable works, by cluster."""
+    quarantined: dict[str, tuple[str, int, str]]
+    """The binding's works that cannot be decoded: key -> (cluster, mod_revision, why)."""
+    clusters: dict[str, cluster_pb2.MemberCluster]
+    """The member clusters its targets and works name, those that exist."""
+    overrides: Sequence[overrides.Policy] = ()
+    """The override policies that select the template, in the order they apply."""
+    interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
+
+    def cluster_gone(self, name: str) -> bool:
+        cluster = self.clusters.get(name)
+        return cluster is None or is_deleting(cluster)
+
+
+def plan(observed: BindingObserved) -> Plan | None:
+    """The writes that make a binding's works what its template, schedule and overrides
+    say: one work per target cluster, none elsewhere. A deleting binding deletes its
+    works first and lets go of its finalizer once they are gone."""
+    binding = observed.binding
+    if is_deleting(binding):
+        return _plan_deletion(observed)
+    if FINALIZER not in binding.metadata.finalizers:
+        finalized = kinds.PROPAGATION_BINDING.copy(binding)
+        finalized.metadata.finalizers.append(FINALIZER)
+        result = Plan()
+        result.update(kinds.PROPAGATION_BINDING, finalized, current=binding)
+        return result
+    template = observed.template
+    if template is None:
+        return None  # the policy controller removes the binding
+    result = Plan()
+    existing = dict(observed.works)
+    # Works that could not be decoded are rewritten, or purged when no longer wanted.
+    replacing: dict[str, int] = {}
+    rewritten: list[str] = []
+    for cluster, mod_revision, reason in observed.quarantined.values():
+        existing.pop(cluster, None)  # a cached last good copy is stale
+        replacing[cluster] = mod_revision
+        rewritten.append(f"{cluster}: the stored work could not be decoded ({reason})")
+    generation = str(template["metadata"].get("generation", 0))
+    # Most targets get the same manifest (same replicas, no overrides): build each
+    # distinct one once, not once per cluster.
+    workloads: dict[tuple[int | None, int | None, tuple[str, ...]], work_pb2.WorkloadTemplate] = {}
+    policies = observed.overrides
+    override_failures: list[str] = []
+    interpreter_failures: list[str] = []
+    targets = binding_targets(binding)
+    completions = job_completions(template, binding) or {}
+    for cluster, replicas in targets:
+        if observed.cluster_gone(cluster):
+            continue  # never create work for a cluster that is leaving
+        member = observed.clusters[cluster]
+        cluster_info = ClusterInfo.from_proto(member) if policies else None
+        rules: tuple[str, ...] = ()
+        if cluster_info is not None:
+            rules = tuple(
+                f"{p.metadata.namespace}/{p.metadata.name}/{where}"
+                for p in policies
+                for where, _ in overrides.rules_for(p, cluster_info)
+            )
+        share = completions.get(cluster)
+        workload = workloads.get((replicas, share, rules))
+        if workload is None:
+            try:
+                manifest = member_manifest(
+                    template, replicas=replicas, interpreters=observed.interpreters
+                )
+                if share is not None:
+                    manifest["spec"]["completions"] = share
+                if rules and cluster_info is not None:
+                    manifest, _ = overrides.apply(manifest, policies, cluster_info)
+            except overrides.OverrideError as error:
+                # Keep this cluster's last good work; say why on the binding.
+                override_failures.append(f"{cluster}: {error}")
+                continue
+            except interpreter.InterpreterError as error:
+                interpreter_failures.append(f"{cluster}: {error}")
+                continue
+            too_much = _beyond_limits(manifest)
+            if too_much:
+                # A work nobody could decode would stop its cluster's stream.
+                failures = override_failures if rules else interpreter_failures
+                failures.append(f"{cluster}: {too_much}")
+                continue
+            workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
+            workloads[(replicas, share, rules)] = workload
+        applied = (
+            applied_overrides(policies, cluster_info) if rules and cluster_info is not None else {}
+        )
+        spec = work_pb2.PropagationWorkSpec(
+            conflict_resolution=binding.spec.conflict_resolution,
+            preserve_resources_on_deletion=binding.spec.preserve_resources_on_deletion,
+            suspend_dispatching=_suspended(binding, cluster),
+        )
+        spec.workload.CopyFrom(workload)
+        work = existing.get(cluster)
+        if work is None:
+            new = work_pb2.PropagationWork(
+                api_version=kinds.PROPAGATION_WORK.api_version, kind="PropagationWork"
+            )
+            new.metadata.name = work_name(binding)
+            new.metadata.namespace = kinds.execution_namespace(cluster)
+            new.metadata.labels[BINDING_NAMESPACE_LABEL] = binding.metadata.namespace
+            new.metadata.labels[BINDING_NAME_LABEL] = binding.metadata.name
+            new.metadata.labels[CLUSTER_LABEL] = cluster
+            new.metadata.finalizers.append(WORK_FINALIZER)
+            new.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
+            _annotate(new.metadata.annotations, applied)
+            new.spec.CopyFrom(spec)
+            result.create(kinds.PROPAGATION_WORK, new, replacing=replacing.get(cluster, 0))
+        elif is_deleting(work):
+            # Recreated once the old one is gone: its deletion enqueues us (_on_work).
+            continue
+        elif (
+            work.spec != spec
+            or work.metadata.annotations.get(TEMPLATE_GENERATION_ANNOTATION) != generation
+            or _recorded_overrides(work.metadata.annotations) != applied
+        ):
+            updated = kinds.PROPAGATION_WORK.copy(work)
+            updated.spec.CopyFrom(spec)
+            updated.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
+            _annotate(updated.metadata.annotations, applied)
+            result.update(kinds.PROPAGATION_WORK, updated, current=work)
+    conditions = _conditions(
+        binding,
+        override_failures,
+        interpreter_failures,
+        rewritten,
+        overrides_in_play=bool(policies),
+    )
+    if conditions is not None:
+        result.update(kinds.PROPAGATION_BINDING, conditions, current=binding)
+    targeted = {name for name, _ in targets if not observed.cluster_gone(name)}
+    for cluster, work in existing.items():
+        if cluster not in targeted:
+            _release(result, work, preserve=False, cluster_gone=observed.cluster_gone(cluster))
+    for work_key, (cluster, mod_revision, _) in observed.quarantined.items():
+        if cluster not in targeted:
+            result.purge(work_key, mod_revision)
+    return result
+
+
+def _plan_deletion(observed: BindingObserved) -> Plan:
+    binding = observed.binding
+    result = Plan()
+    for cluster, work in observed.works.items():
+        _release(
+            result,
+            work,
+            preserve=binding.spec.preserve_resources_on_deletion,
+            cluster_gone=observed.cluster_gone(cluster),
+        )
+    for work_key, (_, mod_revision, _) in observed.quarantined.items():
+        # Unreadable, so its finalizers cannot be honoured: it goes at once.
+        result.purge(work_key, mod_revision)
+    if not observed.works and not observed.quarantined and FINALIZER in binding.metadata.finalizers:
+        released = kinds.PROPAGATION_BINDING.copy(binding)
+        released.metadata.finalizers.remove(FINALIZER)
+        result.update(kinds.PROPAGATION_BINDING, released, current=binding)
+    return result
+
+
+def _release(
+    result: Plan, work: work_pb2.PropagationWork, *, preserve: bool, cluster_gone: bool
+) -> None:
+    """Delete a work (keeping its objects in the member when ``preserve``)."""
+    finalizers = list(work.metadata.finalizers)
+    if cluster_gone and WORK_FINALIZER in finalizers:
+        # The cluster is leaving: no agent will confirm a cleanup.
+        finalizers.remove(WORK_FINALIZER)
+    elif is_deleting(work):
+        return  # already on its way; the agent confirms
+    marked = kinds.PROPAGATION_WORK.copy(work)
+    marked.metadata.ClearField("finalizers")
+    marked.metadata.finalizers.extend(finalizers)
+    if preserve:
+        # Written with the deletion, so the agent knows to orphan rather than delete.
+        marked.spec.preserve_resources_on_deletion = True
+    result.delete(kinds.PROPAGATION_WORK, work, marked=marked)
+
+
+def _conditions(
+    binding: work_pb2.PropagationBinding,
+    override_failures: list[str],
+    interpreter_failures: list[str],
+    rewritten: list[str],
+    *,
+    overrides_in_play: bool,
+) -> work_pb2.PropagationBinding | None:
+    """The binding with ``OverridesApplied``, ``Interpreted`` and ``WorksReadable`` as
+    they now stand, or None when they need no write. Each is written once it has had
+    something to say, so most bindings carry none of them."""
+    conditions = binding.status.conditions
+    say_overrides = bool(
+        overrides_in_play or override_failures or find(conditions, "OverridesApplied")
+    )
+    say_interpreted = bool(interpreter_failures or find(conditions, "Interpreted"))
+    say_readable = bool(rewritten or find(conditions, "WorksReadable"))
+    if not say_overrides and not say_interpreted and not say_readable:
+        return None  # the common case, on the hot path: nothing to copy or write
+    updated = kinds.PROPAGATION_BINDING.copy(binding)
+    changed = False
+    last_good = " (the last good work stays in place)"
+    # (type, whether to write it, failures, reason on failure, what failure means,
+    # message when all is well)
+    verdicts = (
+        (
+            "OverridesApplied",
+            say_overrides,
+            override_failures,
+            "OverrideFailed",
+            last_good,
+            "every override applied",
+        ),
+        (
+            "Interpreted",
+            say_interpreted,
+            interpreter_failures,
+            "InterpreterError",
+            last_good,
+            "the kind's interpreter read the template",
+        ),
+        (
+            "WorksReadable",
+            say_readable,
+            rewritten,
+            "Quarantined",
+            " (rewritten from the template)",
+            "every work decodes",
+        ),
+    )
+    for type_, say, failures, failed_reason, meaning, fine in verdicts:
+        if say:
+            changed |= set_condition(
+                updated.status.conditions,
+                type_,
+                "False" if failures else "True",
+                failed_reason if failures else type_,
+                "; ".join(failures) + meaning if failures else fine,
+                binding.metadata.generation,
+            )
+    return updated if changed else None
+
+
 class BindingController:
     def __init__(self, context: Context) -> None:
         self.context = context
         self.controller = context.controller(NAME, self.reconcile)
         context.bindings.add_handler(self._on_binding)
-        # The etcd revision of each binding's last work writes: until the work cache has
-        # seen it, a reconcile would act on a stale view and write twice.
-        self._written_at: dict[str, int] = {}
         context.works.add_handler(self._on_work)
         context.works.add_quarantine_handler(
             lambda key, reason: self.controller.enqueue(binding_key_of_work_key(key))
@@ -107,20 +362,14 @@ class BindingController:
         new: work_pb2.PropagationBinding | None,
     ) -> None:
         # Status updates (scheduling conditions, aggregated status) change no work.
-        if (
-            old is None
-            or new is None
-            or old.metadata.generation != new.metadata.generation
-            or old.metadata.deletion_timestamp != new.metadata.deletion_timestamp
-            or list(old.metadata.finalizers) != list(new.metadata.finalizers)
-        ):
+        if generation_changed(old, new) or lifecycle_changed(old, new):
             self.controller.enqueue(key)
 
     def _on_work(
         self, key: str, old: work_pb2.PropagationWork | None, new: work_pb2.PropagationWork | None
     ) -> None:
         # Only a work's disappearance or an edit by someone else matters here.
-        if new is None or (old is not None and old.spec != new.spec):
+        if new is None or (old is not None and spec_changed(old, new)):
             work = new or old
             assert work is not None
             self.controller.enqueue(binding_key_of_work(work))
@@ -131,84 +380,12 @@ class BindingController:
             for binding_key in self.context.binding_keys_of(key):
                 self.controller.enqueue(binding_key)
 
-    def _cluster_info(self, name: str) -> ClusterInfo | None:
-        cluster = self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name))
-        return ClusterInfo.from_proto(cluster) if cluster is not None else None
-
-    async def _record_conditions(
-        self,
-        binding: work_pb2.PropagationBinding,
-        override_failures: list[str],
-        interpreter_failures: list[str],
-        rewritten: list[str],
-        *,
-        overrides_in_play: bool,
-    ) -> None:
-        """``OverridesApplied``, ``Interpreted`` and ``WorksReadable``: each written once it
-        has had something to say, so most bindings carry none of them."""
-        current = self.context.bindings.get(kinds.PROPAGATION_BINDING.key_of(binding)) or binding
-        conditions = current.status.conditions
-        say_overrides = bool(
-            overrides_in_play or override_failures or find(conditions, "OverridesApplied")
-        )
-        say_interpreted = bool(interpreter_failures or find(conditions, "Interpreted"))
-        say_readable = bool(rewritten or find(conditions, "WorksReadable"))
-        if not say_overrides and not say_interpreted and not say_readable:
-            return  # the common case, on the hot path: nothing to copy or write
-        updated = kinds.PROPAGATION_BINDING.copy(current)
-        changed = False
-        last_good = " (the last good work stays in place)"
-        # (type, whether to write it, failures, reason on failure, what failure means,
-        # message when all is well)
-        verdicts = (
-            (
-                "OverridesApplied",
-                say_overrides,
-                override_failures,
-                "OverrideFailed",
-                last_good,
-                "every override applied",
-            ),
-            (
-                "Interpreted",
-                say_interpreted,
-                interpreter_failures,
-                "InterpreterError",
-                last_good,
-                "the kind's interpreter read the template",
-            ),
-            (
-                "WorksReadable",
-                say_readable,
-                rewritten,
-                "Quarantined",
-                " (rewritten from the template)",
-                "every work decodes",
-            ),
-        )
-        for type_, say, failures, failed_reason, meaning, fine in verdicts:
-            if say:
-                changed |= set_condition(
-                    updated.status.conditions,
-                    type_,
-                    "False" if failures else "True",
-                    failed_reason if failures else type_,
-                    "; ".join(failures) + meaning if failures else fine,
-                    current.metadata.generation,
-                )
-        if changed:
-            await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=current)
-
     def _on_override(self, key: str, old: object, new: object) -> None:
         # An override policy can change the works of any binding in its scope.
         namespace = key.split("/")[1]
         prefix = kinds.PROPAGATION_BINDING.prefix("" if namespace == "_" else namespace)
         for binding_key in self.context.bindings.list_keys(prefix):
             self.controller.enqueue(binding_key)
-
-    def _cluster_gone(self, name: str) -> bool:
-        cluster = self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name))
-        return cluster is None or is_deleting(cluster)
 
     def _on_cluster(
         self,
@@ -221,189 +398,73 @@ class BindingController:
         relabelled = (
             old is not None
             and new is not None
-            and (old.metadata.labels != new.metadata.labels or old.spec != new.spec)
+            and (labels_changed(old, new) or spec_changed(old, new))
         )
         if gone or relabelled:
             name = (new or old).metadata.name  # type: ignore[union-attr]
             for work in self.context.works.by_index("cluster", name):
                 self.controller.enqueue(binding_key_of_work(work))
 
-    async def _delete_works(self, works: list[work_pb2.PropagationWork], *, preserve: bool) -> None:
-        store = self.context.store
-        for work in works:
-            cluster = work.metadata.labels.get(CLUSTER_LABEL, "")
-            if self._cluster_gone(cluster) and WORK_FINALIZER in work.metadata.finalizers:
-                # The cluster is leaving: no agent will confirm a cleanup.
-                released = kinds.PROPAGATION_WORK.copy(work)
-                released.metadata.finalizers.remove(WORK_FINALIZER)
-                work = await store.update(kinds.PROPAGATION_WORK, released, current=work)
-                if is_deleting(work):
-                    continue
-            if not is_deleting(work):
-                await delete_object(
-                    store, kinds.PROPAGATION_WORK, work, preserve_resources=preserve
-                )
-
-    async def reconcile(self, key: str) -> Plan | None:
+    async def observe(self, key: str) -> BindingObserved | None:
+        """The binding's view from the caches, once they hold the template it was
+        made from."""
         context = self.context
-        store = context.store
         binding = context.bindings.get(key)
         if binding is None:
-            self._written_at.pop(key, None)
             return None
-        # Our last writes must be in the cache, or this pass would write them again.
-        await context.works.wait_for_revision(self._written_at.get(key, 0))
-        works = context.works.by_index("binding", key)
-        if is_deleting(binding):
-            await self._delete_works(works, preserve=binding.spec.preserve_resources_on_deletion)
-            if not works:
-                await store.remove_finalizer(
-                    kinds.PROPAGATION_BINDING, kinds.PROPAGATION_BINDING.copy(binding), FINALIZER
-                )
-            return None
-        if FINALIZER not in binding.metadata.finalizers:
-            finalized = kinds.PROPAGATION_BINDING.copy(binding)
-            finalized.metadata.finalizers.append(FINALIZER)
-            await store.update(kinds.PROPAGATION_BINDING, finalized, current=binding)
-            return None
-        template = context.templates.get(template_key_of_binding(binding))
-        if template is None:
-            return None  # the policy controller removes the binding
+        template_key = template_key_of_binding(binding)
+        template = context.templates.get(template_key)
         wanted_version = binding.spec.resource.resource_version
-        if wanted_version and int(template["metadata"].get("resourceVersion", "0")) < int(
-            wanted_version
+        if (
+            template is not None
+            and wanted_version
+            and int(template["metadata"].get("resourceVersion", "0")) < int(wanted_version)
         ):
             # The binding was made from a newer template than the cache holds.
             await context.templates.wait_for_revision(int(wanted_version))
-            template = context.templates.get(template_key_of_binding(binding))
-            if template is None:
-                return None
-        existing = {w.metadata.labels.get(CLUSTER_LABEL, ""): w for w in works}
-        # Works that could not be decoded are rewritten, or deleted when no longer wanted.
+            template = context.templates.get(template_key)
+        works = {
+            w.metadata.labels.get(CLUSTER_LABEL, ""): w
+            for w in context.works.by_index("binding", key)
+        }
         quarantined = {
-            work_key: reason
-            for work_key, (_, reason) in context.works.quarantined.items()
+            work_key: (
+                kinds.cluster_of_execution_namespace(work_key.split("/")[1]) or "",
+                mod_revision,
+                reason,
+            )
+            for work_key, (mod_revision, reason) in context.works.quarantined.items()
             if binding_key_of_work_key(work_key) == key
         }
-        rewritten: list[str] = []
-        for work_key, reason in quarantined.items():
-            cluster = kinds.cluster_of_execution_namespace(work_key.split("/")[1]) or ""
-            existing.pop(cluster, None)  # a cached last good copy is stale
-            rewritten.append(f"{cluster}: the stored work could not be decoded ({reason})")
-        generation = str(template["metadata"].get("generation", 0))
-        writes: list[Awaitable[work_pb2.PropagationWork]] = []
-        # Most targets get the same manifest (same replicas, no overrides): build each
-        # distinct one once, not once per cluster.
-        workloads: dict[
-            tuple[int | None, int | None, tuple[str, ...]], work_pb2.WorkloadTemplate
-        ] = {}
-        policies = overrides.ordered(
-            template,
-            context.overrides.objects(kinds.OVERRIDE_POLICY.prefix(binding.metadata.namespace))
-            if binding.metadata.namespace
-            else (),
-            context.cluster_overrides.objects(),
-        )
-        override_failures: list[str] = []
-        interpreter_failures: list[str] = []
-        targets = binding_targets(binding)
-        completions = job_completions(template, binding) or {}
-        for cluster, replicas in targets:
-            if self._cluster_gone(cluster):
-                continue  # never create work for a cluster that is leaving
-            cluster_info = self._cluster_info(cluster) if policies else None
-            rules: tuple[str, ...] = ()
-            if cluster_info is not None:
-                rules = tuple(
-                    f"{p.metadata.namespace}/{p.metadata.name}/{where}"
-                    for p in policies
-                    for where, _ in overrides.rules_for(p, cluster_info)
-                )
-            share = completions.get(cluster)
-            workload = workloads.get((replicas, share, rules))
-            if workload is None:
-                try:
-                    manifest = member_manifest(
-                        template, replicas=replicas, interpreters=context.interpreters
-                    )
-                    if share is not None:
-                        manifest["spec"]["completions"] = share
-                    if rules and cluster_info is not None:
-                        manifest, _ = overrides.apply(manifest, policies, cluster_info)
-                except overrides.OverrideError as error:
-                    # Keep this cluster's last good work; say why on the binding.
-                    override_failures.append(f"{cluster}: {error}")
-                    continue
-                except interpreter.InterpreterError as error:
-                    interpreter_failures.append(f"{cluster}: {error}")
-                    continue
-                too_much = _beyond_limits(manifest)
-                if too_much:
-                    # A work nobody could decode would stop its cluster's stream.
-                    failures = override_failures if rules else interpreter_failures
-                    failures.append(f"{cluster}: {too_much}")
-                    continue
-                workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
-                workloads[(replicas, share, rules)] = workload
-            applied = (
-                applied_overrides(policies, cluster_info)
-                if rules and cluster_info is not None
-                else {}
+        names = {name for name, _ in binding_targets(binding)} | set(works)
+        names |= {cluster for cluster, _, _ in quarantined.values()}
+        clusters = {}
+        for name in names:
+            cluster = context.clusters.get(kinds.MEMBER_CLUSTER.key("", name))
+            if cluster is not None:
+                clusters[name] = cluster
+        policies: Sequence[overrides.Policy] = ()
+        if template is not None and not is_deleting(binding):
+            policies = overrides.ordered(
+                template,
+                context.overrides.objects(kinds.OVERRIDE_POLICY.prefix(binding.metadata.namespace))
+                if binding.metadata.namespace
+                else (),
+                context.cluster_overrides.objects(),
             )
-            spec = work_pb2.PropagationWorkSpec(
-                conflict_resolution=binding.spec.conflict_resolution,
-                preserve_resources_on_deletion=binding.spec.preserve_resources_on_deletion,
-                suspend_dispatching=_suspended(binding, cluster),
-            )
-            spec.workload.CopyFrom(workload)
-            work = existing.get(cluster)
-            if work is None:
-                new = work_pb2.PropagationWork(
-                    api_version=kinds.PROPAGATION_WORK.api_version, kind="PropagationWork"
-                )
-                new.metadata.name = work_name(binding)
-                new.metadata.namespace = kinds.execution_namespace(cluster)
-                new.metadata.labels[BINDING_NAMESPACE_LABEL] = binding.metadata.namespace
-                new.metadata.labels[BINDING_NAME_LABEL] = binding.metadata.name
-                new.metadata.labels[CLUSTER_LABEL] = cluster
-                new.metadata.finalizers.append(WORK_FINALIZER)
-                new.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
-                _annotate(new.metadata.annotations, applied)
-                new.spec.CopyFrom(spec)
-                writes.append(context.create_derived(context.works, new))
-            elif is_deleting(work):
-                # Recreated once the old one is gone: its deletion enqueues us (_on_work).
-                continue
-            elif (
-                work.spec != spec
-                or work.metadata.annotations.get(TEMPLATE_GENERATION_ANNOTATION) != generation
-                or _recorded_overrides(work.metadata.annotations) != applied
-            ):
-                updated = kinds.PROPAGATION_WORK.copy(work)
-                updated.spec.CopyFrom(spec)
-                updated.metadata.annotations[TEMPLATE_GENERATION_ANNOTATION] = generation
-                _annotate(updated.metadata.annotations, applied)
-                writes.append(store.update(kinds.PROPAGATION_WORK, updated, current=work))
-        # All of a binding's works go to etcd together: the store groups concurrent
-        # writes into shared transactions.
-        written = await asyncio.gather(*writes)
-        if written:
-            self._written_at[key] = max(int(w.metadata.resource_version) for w in written)
-        await self._record_conditions(
-            binding,
-            override_failures,
-            interpreter_failures,
-            rewritten,
-            overrides_in_play=bool(policies),
+        return BindingObserved(
+            binding=binding,
+            template=template,
+            works=works,
+            quarantined=quarantined,
+            clusters=clusters,
+            overrides=policies,
+            interpreters=context.interpreters,
         )
-        targeted = {name for name, _ in targets if not self._cluster_gone(name)}
-        stale = [w for cluster, w in existing.items() if cluster not in targeted]
-        await self._delete_works(stale, preserve=False)
-        for work_key in quarantined:
-            cluster = kinds.cluster_of_execution_namespace(work_key.split("/")[1]) or ""
-            if cluster not in targeted:
-                await store.delete(kinds.PROPAGATION_WORK, work_key)
-        return None
+
+    async def reconcile(self, key: str) -> Plan | None:
+        observed = await self.observe(key)
+        return plan(observed) if observed is not None else None
 
 
 def _beyond_limits(manifest: Manifest) -> str:

@@ -21,8 +21,8 @@ from kubernetes.client.exceptions import ApiException
 
 from archipel import structs
 from archipel.client import Client, message_to_document
-from archipel.testing.controlplane import AgentProcess, ControlPlaneProcess
-from archipel.testing.members import Fleet, Member
+from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
+from archipel.fleet.members import Fleet, Member
 from archipel.v1alpha1 import service_pb2
 
 T = TypeVar("T")

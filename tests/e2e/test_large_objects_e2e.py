@@ -16,8 +16,8 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from agent.kube import Kube
-from agent.ledger import LEDGER_LABEL, NAMESPACE
-from agent.works import MANAGED_LABEL, WORK_ANNOTATION
+from archipel.core.names import LEDGER_LABEL, MANAGED_LABEL, WORK_ANNOTATION
+from archipel.core.names import SYSTEM_NAMESPACE as NAMESPACE
 from tests.e2e.conftest import Pipeline, configmap, policy, wait_for
 
 pytestmark = pytest.mark.members(count=1, profile="api", isolated=True)

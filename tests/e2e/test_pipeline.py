@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from archipel.testing import tools
+from archipel.fleet import tools
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2, service_pb2_grpc
 from tests.e2e.conftest import (
     Pipeline,

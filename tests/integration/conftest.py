@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from archipel.testing.etcd import EtcdServer
+from archipel.fleet.etcd import EtcdServer
 from controlplane.etcd import Etcd
 from controlplane.store import Store
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 
 from archipel import limits
-from archipel.testing import tools
-from archipel.testing.controlplane import ControlPlaneProcess
-from archipel.testing.etcd import EtcdServer
+from archipel.fleet import tools
+from archipel.fleet.controlplane import ControlPlaneProcess
+from archipel.fleet.etcd import EtcdServer
 
 
 def _identity(data: bytes) -> bytes:

@@ -21,8 +21,8 @@ from google.protobuf import json_format
 
 from archipel import agentstream, structs
 from archipel.core import kinds
-from archipel.testing.controlplane import ControlPlaneProcess
-from archipel.testing.etcd import EtcdServer
+from archipel.fleet.controlplane import ControlPlaneProcess
+from archipel.fleet.etcd import EtcdServer
 from archipel.v1alpha1 import (
     agent_pb2,
     agent_pb2_grpc,

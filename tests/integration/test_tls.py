@@ -9,9 +9,9 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archipel.client import Client, ClientError, Config
-from archipel.testing import pki
-from archipel.testing.controlplane import ControlPlaneProcess
-from archipel.testing.etcd import EtcdServer
+from archipel.fleet import pki
+from archipel.fleet.controlplane import ControlPlaneProcess
+from archipel.fleet.etcd import EtcdServer
 from archipel.v1alpha1 import service_pb2
 
 pytestmark = pytest.mark.servers

@@ -12,7 +12,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
-from archipel.testing.members import Fleet, Member
+from archipel.fleet.members import Fleet, Member
 
 pytestmark = pytest.mark.members(count=2, profile="api")
 

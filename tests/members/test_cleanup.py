@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from archipel.testing.members import Fleet, default_specs
+from archipel.fleet.members import Fleet, default_specs
 
 pytestmark = pytest.mark.members(count=1, profile="api")
 
 _OWNER = """
 import json, sys, time
 from pathlib import Path
-from archipel.testing.members import Fleet, default_specs
+from archipel.fleet.members import Fleet, default_specs
 fleet = Fleet(Path(sys.argv[1]), default_specs(1)).start()
 print(json.dumps(fleet.pids()), flush=True)
 time.sleep(600)
@@ -74,7 +74,7 @@ def test_members_up_ls_down(tmp_path: Path) -> None:
 
     def fleetctl(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "archipel.testing.fleetctl", *args, "--root", str(root)],
+            [sys.executable, "-m", "archipel.fleet.fleetctl", *args, "--root", str(root)],
             capture_output=True,
             text=True,
             timeout=180,

@@ -12,7 +12,7 @@ import urllib3
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
-from archipel.testing.members import Fleet
+from archipel.fleet.members import Fleet
 
 pytestmark = pytest.mark.members(count=1, profile="api", isolated=True)
 

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from kubernetes import client, watch
 
-from archipel.testing.members import Fleet
+from archipel.fleet.members import Fleet
 
 pytestmark = pytest.mark.members(count=1, profile="full")
 

@@ -8,8 +8,8 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from archipel.testing import pki
-from archipel.testing.members import Fleet, MemberSpec, default_specs
+from archipel.fleet import pki
+from archipel.fleet.members import Fleet, MemberSpec, default_specs
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import pytest
 
-from archipel.core import scheduling
+from archipel.core import names, scheduling
 from archipel.core.scheduling import ClusterInfo, TaintInfo
 from archipel.v1alpha1 import meta_pb2, policy_pb2
 
@@ -73,9 +73,7 @@ def test_no_fit_explains_each_cluster() -> None:
 
 def test_taints_keep_new_work_off_but_do_not_evict() -> None:
     tainted = [
-        ClusterInfo(
-            "member1", {}, taints=(TaintInfo(scheduling.NOT_READY_TAINT, "", "NoSchedule"),)
-        ),
+        ClusterInfo("member1", {}, taints=(TaintInfo(names.NOT_READY_TAINT, "", "NoSchedule"),)),
         ClusterInfo("member2", {}),
     ]
     fresh = scheduling.schedule(policy_pb2.Placement(), replicas=1, clusters=tainted)

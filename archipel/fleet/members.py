@@ -36,9 +36,9 @@ from typing import Any, Literal
 import kubernetes
 import yaml
 
-from archipel.testing import pki, tools
-from archipel.testing.etcd import EtcdServer, free_port
-from archipel.testing.processes import ManagedProcess, ProcessError, process_state
+from archipel.fleet import pki, tools
+from archipel.fleet.etcd import EtcdServer, free_port
+from archipel.fleet.processes import ManagedProcess, ProcessError, process_state
 
 Profile = Literal["api", "full"]
 PROFILES: tuple[Profile, ...] = ("api", "full")

@@ -14,7 +14,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from archipel.testing.processes import ManagedProcess, ProcessError
+from archipel.fleet.processes import ManagedProcess, ProcessError
 
 # Below Linux's ephemeral range (32768-60999): a port handed out here cannot be taken
 # by some client's outgoing connection between the check and the server's bind.

@@ -19,10 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from archipel.testing import members
-from archipel.testing.controlplane import AgentProcess, ControlPlaneProcess
-from archipel.testing.etcd import free_port
-from archipel.testing.processes import alive
+from archipel.fleet import members
+from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
+from archipel.fleet.etcd import free_port
+from archipel.fleet.processes import alive
 
 STATE_FILE = "state.json"
 
@@ -70,7 +70,7 @@ def up(
             [
                 sys.executable,
                 "-m",
-                "archipel.testing.fleetctl",
+                "archipel.fleet.fleetctl",
                 "serve",
                 "--root",
                 str(root),

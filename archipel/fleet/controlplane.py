@@ -15,9 +15,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archipel.client import Client, Config
-from archipel.testing.etcd import free_port
-from archipel.testing.members import Member
-from archipel.testing.processes import ManagedProcess, ProcessError
+from archipel.fleet.etcd import free_port
+from archipel.fleet.members import Member
+from archipel.fleet.processes import ManagedProcess, ProcessError
 from archipel.v1alpha1 import service_pb2
 
 
