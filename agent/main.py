@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
@@ -107,9 +109,11 @@ class Agent:
         hello = self.hello()
 
         heartbeats: asyncio.Task[None] | None = None
-        # The heartbeats run in the session's task group: if they ever fail, the
-        # session ends with their error (and the agent with it), never silently.
-        async with self._channel() as channel, asyncio.TaskGroup() as session_tasks:
+        # If the heartbeats ever fail, the session ends with their error, and the agent
+        # with it (it is not a connection error, so it is not retried): never silently.
+        # (Not a TaskGroup: it would wrap the stream's own errors, which are retried.)
+        heartbeat_failure: list[BaseException] = []
+        async with self._channel() as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect(
                 agentstream.outgoing(hello, outbox),
@@ -133,8 +137,11 @@ class Agent:
                         )
                         if heartbeats is not None:
                             heartbeats.cancel()
-                        heartbeats = session_tasks.create_task(
+                        heartbeats = asyncio.create_task(
                             self._heartbeats(interval), name="heartbeats"
+                        )
+                        heartbeats.add_done_callback(
+                            functools.partial(_end_session_on_failure, call, heartbeat_failure)
                         )
                         log.info(
                             "connected to %s (session %s)", self.server, message.welcome.session
@@ -158,11 +165,18 @@ class Agent:
                             synced.deleted,
                             synced.unchanged,
                         )
+            except asyncio.CancelledError:
+                if heartbeat_failure:
+                    raise heartbeat_failure[0] from None
+                raise
             finally:
                 self._outbox = None
                 self.connected.clear()
                 if heartbeats is not None:
                     heartbeats.cancel()
+                    await asyncio.gather(heartbeats, return_exceptions=True)
+        if heartbeat_failure:
+            raise heartbeat_failure[0]
         raise StreamEnded("the control plane closed the stream")
 
     def _receive(self, work: work_pb2.PropagationWork) -> None:
@@ -201,6 +215,19 @@ class Agent:
         async for attempt in retrying:
             with attempt:
                 await self._session()
+
+
+def _end_session_on_failure(
+    call: Any, failures: list[BaseException], task: asyncio.Task[None]
+) -> None:
+    """A session's helper task that failed takes the session down with its error."""
+    if task.cancelled() or task.exception() is None:
+        return
+    error = task.exception()
+    assert error is not None
+    log.error("%s failed; ending the session", task.get_name(), exc_info=error)
+    failures.append(error)
+    call.cancel()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -120,8 +120,14 @@ class WorkManager:
         send: Callable[[agent_pb2.AgentMessage], None],
         workers: int = 16,
         on_new_api: Callable[[], None] = lambda: None,
+        watch: Callable[[str, str], None] | None = None,
     ) -> None:
+        """``watch``, if given, is called with (apiVersion, kind) once for each kind the
+        agent starts holding objects of (Namespaces aside), instead of starting a watch
+        thread for it: tests, which have no API server to watch, pass one and deliver
+        watch events themselves through :meth:`on_event`. ``None`` (the agent) watches."""
         self.on_new_api = on_new_api
+        self._start_watch = watch
         self.kube = kube
         self.ledger = ledger
         self.send = send
@@ -251,6 +257,8 @@ class WorkManager:
         manifests = [structs.from_struct(m) for m in work.spec.workload.manifests]
         ordered = sorted(manifests, key=lambda m: _FIRST.get(m.get("kind", ""), 2))
         held = set(entry.objects) if entry is not None else set()
+        # Objects applied for this work by an attempt that failed part-way are its too.
+        held |= {ref for ref, owner in self.owner.items() if owner == name}
         recorded: dict[ObjectRef, tuple[str, str]] = {}
         if (
             entry is not None
@@ -302,6 +310,8 @@ class WorkManager:
             self._hold(ref, name, body, applied, refs, bodies)
             projections.append(self._projection(body, applied))
         for stale in held - set(refs):
+            if not self._held_by(name, stale):
+                continue  # another work took it over
             await self.kube.call(
                 self.kube.delete, stale.api_version, stale.kind, stale.namespace, stale.name
             )
@@ -384,31 +394,54 @@ class WorkManager:
         return applied
 
     async def _check_conflict(self, ref: ObjectRef, work: str, resolution: str) -> None:
+        """Refuse, unless the policy says Overwrite, an object someone else holds: one
+        Archipel does not manage, or one another work of this cluster holds now (two
+        templates that make the same member object must not take it from each other,
+        and deleting one must not remove the other's object)."""
+        if resolution == "Overwrite":
+            return
+        where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
+        holder = self.owner.get(ref)
+        if holder is not None and holder != work:
+            raise KubeError(
+                f"{ref.kind} {where} is already held by work {holder} in this member; "
+                "set conflictResolution: Overwrite in the policy to take it over"
+            )
         existing = await self.kube.call(
             self.kube.get, ref.api_version, ref.kind, ref.namespace, ref.name
         )
-        if existing is None or resolution == "Overwrite":
+        if existing is None:
             return
         metadata = existing.get("metadata", {})
-        # Anything Archipel made (including namespaces created for other works) is ours.
+        # Anything Archipel made (including namespaces created for other works, and
+        # objects left from before a rejoin) is ours.
         if (metadata.get("labels") or {}).get(MANAGED_LABEL) == "true":
             return
-        where = f"{ref.namespace}/{ref.name}" if ref.namespace else ref.name
         raise KubeError(
             f"{ref.kind} {where} already exists in the member and is not managed by Archipel; "
             "set conflictResolution: Overwrite in the policy to take it over"
         )
 
+    def _held_by(self, name: str, ref: ObjectRef) -> bool:
+        """Whether ``ref`` is still work ``name``'s to delete (no other work took it)."""
+        return self.owner.get(ref, name) == name
+
     async def _delete(self, name: str, delete: agent_pb2.WorkDelete) -> None:
         entry = self.ledger.entries.get(name)
+        # What the ledger records, and what this process applied for the work since
+        # (a work that failed part-way holds objects its entry does not list yet).
+        refs = list(entry.objects) if entry is not None else []
+        refs += [ref for ref, owner in self.owner.items() if owner == name and ref not in refs]
+        for ref in refs:
+            if not self._held_by(name, ref):
+                continue  # another work took it over: it stays, and stays theirs
+            if not delete.preserve_resources:
+                await self.kube.call(
+                    self.kube.delete, ref.api_version, ref.kind, ref.namespace, ref.name
+                )
+            self.owner.pop(ref, None)
+            self.observed.pop(ref, None)
         if entry is not None:
-            for ref in entry.objects:
-                if not delete.preserve_resources:
-                    await self.kube.call(
-                        self.kube.delete, ref.api_version, ref.kind, ref.namespace, ref.name
-                    )
-                self.owner.pop(ref, None)
-                self.observed.pop(ref, None)
             await self.ledger.forget(name)
         self.deleting.pop(name, None)
         self._last_report.pop(name, None)
@@ -460,6 +493,9 @@ class WorkManager:
         if (api_version, kind) in self._watched or kind == "Namespace":
             return
         self._watched.add((api_version, kind))
+        if self._start_watch is not None:
+            self._start_watch(api_version, kind)
+            return
         thread = threading.Thread(
             target=self._watch_loop, args=(api_version, kind), daemon=True, name=f"watch-{kind}"
         )
@@ -532,7 +568,7 @@ class WorkManager:
     def _emit(self, type_: str, manifest: Manifest) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._on_event, type_, manifest)
+            loop.call_soon_threadsafe(self.on_event, type_, manifest)
 
     def _emit_listed(self, api_version: str, kind: str, present: list[ObjectRef]) -> None:
         loop = self._loop
@@ -549,7 +585,7 @@ class WorkManager:
         ]
         for ref in gone:
             metadata = {"name": ref.name, **({"namespace": ref.namespace} if ref.namespace else {})}
-            self._on_event(
+            self.on_event(
                 "DELETED", {"apiVersion": ref.api_version, "kind": ref.kind, "metadata": metadata}
             )
 
@@ -563,7 +599,9 @@ class WorkManager:
         self.observed[ref] = observed
         return previous is None or not previous.same_state(observed)
 
-    def _on_event(self, type_: str, manifest: Manifest) -> None:
+    def on_event(self, type_: str, manifest: Manifest) -> None:
+        """One watch event (ADDED, MODIFIED or DELETED) for an object of a watched kind,
+        handled on the event loop: the watch threads hand theirs over here."""
         ref = ObjectRef.of(manifest)
         name = self.owner.get(ref)
         if name is None or name in self.deleting:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -345,8 +346,6 @@ def read_documents(
     Documents are read by :mod:`archipel.manifests`: anything that is not a manifest
     is a :class:`ClientError` naming the file, the document and the field or line.
     """
-    import sys
-
     try:
         if source == "-":
             yield from _parse(

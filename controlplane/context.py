@@ -22,9 +22,7 @@ from typing import Any
 from archipel import interpreter
 from archipel.core import kinds, names
 from archipel.core.kinds import CLUSTER_SCOPE, Manifest
-from archipel.core.names import BINDING_NAME_LABEL as BINDING_NAME_LABEL
-from archipel.core.names import BINDING_NAMESPACE_LABEL as BINDING_NAMESPACE_LABEL
-from archipel.core.names import CLUSTER_LABEL as CLUSTER_LABEL
+from archipel.core.names import BINDING_NAME_LABEL, BINDING_NAMESPACE_LABEL, CLUSTER_LABEL
 from archipel.v1alpha1 import cluster_pb2, interpreter_pb2, override_pb2, policy_pb2, work_pb2
 from controlplane.informers import Informer
 from controlplane.runtime import Controller, PlanReconcile

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import MutableSequence
 
 from archipel.v1alpha1 import meta_pb2
@@ -18,8 +19,14 @@ def set_condition(
     reason: str,
     message: str,
     observed_generation: int = 0,
+    *,
+    now: datetime.datetime | None = None,
 ) -> bool:
-    """Set one condition; returns True when anything changed."""
+    """Set one condition; returns True when anything changed.
+
+    ``now`` stamps a transition (a plan passes the time it observed, so that it is a
+    function of its inputs); None reads the clock.
+    """
     condition = find(conditions, type_)
     if condition is None:
         condition = meta_pb2.Condition(type=type_)
@@ -33,8 +40,8 @@ def set_condition(
     ):
         return False
     if condition.status != status or not condition.HasField("last_transition_time"):
-        condition.last_transition_time.GetCurrentTime()
-        condition.last_transition_time.nanos = 0
+        stamp = now or datetime.datetime.now(datetime.UTC)
+        condition.last_transition_time.FromDatetime(stamp.replace(microsecond=0))
     condition.status = status
     condition.reason = reason
     condition.message = message

@@ -18,8 +18,6 @@ from fractions import Fraction
 from archipel import quantity
 from archipel.core import division, selectors
 from archipel.core.errors import Invalid
-from archipel.core.names import NOT_READY_TAINT as NOT_READY_TAINT  # TEMP re-export
-from archipel.core.names import UNREACHABLE_TAINT as UNREACHABLE_TAINT  # TEMP re-export
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, policy_pb2
 
 

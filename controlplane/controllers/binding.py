@@ -22,15 +22,15 @@ from archipel.core.kinds import Manifest
 from archipel.core.names import (
     APPLIED_CLUSTER_OVERRIDES_ANNOTATION,
     APPLIED_OVERRIDES_ANNOTATION,
+    BINDING_NAME_LABEL,
+    BINDING_NAMESPACE_LABEL,
+    CLUSTER_LABEL,
     TEMPLATE_GENERATION_ANNOTATION,
 )
 from archipel.core.scheduling import ClusterInfo
 from archipel.core.workloads import job_completions, member_manifest
 from archipel.v1alpha1 import cluster_pb2, override_pb2, work_pb2
 from controlplane.context import (
-    BINDING_NAME_LABEL,
-    BINDING_NAMESPACE_LABEL,
-    CLUSTER_LABEL,
     FINALIZER,
     WORK_FINALIZER,
     Context,

@@ -27,9 +27,10 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from archipel import limits
 from archipel.core import kinds
 from archipel.core.errors import ArchipelError
+from archipel.core.names import CLUSTER_LABEL
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
 from controlplane import metrics
-from controlplane.context import CLUSTER_LABEL, Context
+from controlplane.context import Context
 from controlplane.predicates import is_deleting
 
 NAME = "execution-controller"

@@ -1,132 +1,28 @@
 """The agent's ledger: identities and hashes in the member, contents in memory only.
 
-A fake member API stands in for kube-apiserver, so these tests see exactly what the
-agent writes and how often it applies.
+A fake member API (:mod:`tests.unit.agentfakes`) stands in for kube-apiserver, so these
+tests see exactly what the agent writes and how often it applies.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
-from agent import ledger as ledger_module
-from agent.ledger import Entry, Ledger, ObjectRef, config_map_data, digest, entry_of
-from agent.works import WorkManager
-from archipel import limits, structs
-from archipel.v1alpha1 import agent_pb2, work_pb2
-
-R = TypeVar("R")
-SECRET = "s3cr3t-" + "x" * 64
-
-
-class FakeKube:
-    """Objects by (apiVersion, kind, namespace, name); applies replace and count."""
-
-    def __init__(self) -> None:
-        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
-        self.applied: list[dict[str, Any]] = []
-        self.version = 0
-
-    async def call(self, function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        return function(*args, **kwargs)
-
-    @staticmethod
-    def key(manifest: dict[str, Any]) -> tuple[str, str, str, str]:
-        metadata = manifest["metadata"]
-        return (
-            manifest["apiVersion"],
-            manifest["kind"],
-            metadata.get("namespace", ""),
-            metadata["name"],
-        )
-
-    def get(self, api_version: str, kind: str, namespace: str, name: str) -> Any:
-        found = self.objects.get((api_version, kind, namespace, name))
-        return copy.deepcopy(found) if found is not None else None
-
-    def put(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Store ``manifest`` as the API server would: with a new resourceVersion."""
-        self.version += 1
-        stored = copy.deepcopy(manifest)
-        stored["metadata"]["resourceVersion"] = str(self.version)
-        stored["metadata"]["uid"] = "uid-" + stored["metadata"]["name"]
-        self.objects[self.key(manifest)] = stored
-        return copy.deepcopy(stored)
-
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        self.applied.append(copy.deepcopy(manifest))
-        return self.put(manifest)
-
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        return self.objects.pop((api_version, kind, namespace, name), None) is not None
-
-    def ensure_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> bool:
-        return False
-
-    def ledger_maps(self) -> list[dict[str, Any]]:
-        return [o for k, o in self.objects.items() if k[2] == ledger_module.NAMESPACE]
-
-    def applied_in(self, namespace: str) -> list[dict[str, Any]]:
-        return [m for m in self.applied if m["metadata"].get("namespace") == namespace]
-
-
-def configmap(name: str, data: dict[str, str]) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": "app"},
-        "data": data,
-    }
-
-
-def secret(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": name, "namespace": "app"},
-        "stringData": {"password": SECRET},
-    }
-
-
-def work(*manifests: dict[str, Any], generation: int = 1) -> work_pb2.PropagationWork:
-    built = work_pb2.PropagationWork()
-    built.metadata.name = "w1"
-    built.metadata.uid = "uid-w1"
-    built.metadata.generation = generation
-    for manifest in manifests:
-        built.spec.workload.manifests.append(structs.to_struct(manifest))
-    return built
-
-
-def manager(kube: FakeKube, ledger: Ledger | None = None) -> tuple[WorkManager, list[Any]]:
-    sent: list[agent_pb2.AgentMessage] = []
-    works = WorkManager(kube, ledger or Ledger(kube), send=sent.append)  # type: ignore[arg-type]
-    works._watch = lambda api_version, kind: None  # type: ignore[method-assign]
-    return works, sent
-
-
-def restarted(kube: FakeKube) -> WorkManager:
-    """A new agent process on the same member: the ledger as read back from it."""
-    ledger = Ledger(kube)  # type: ignore[arg-type]
-    ledger.entries = {}
-    for stored in kube.ledger_maps():
-        entry = entry_of(stored["data"])
-        ledger.entries[entry.work] = entry
-    works, _ = manager(kube, ledger)
-    works.restore()
-    return works
-
-
-async def applied_once(kube: FakeKube, *manifests: dict[str, Any]) -> WorkManager:
-    works, _ = manager(kube)
-    works.receive(work(*manifests))
-    await works.reconcile("w1")
-    return works
-
+from agent.ledger import Entry, ObjectRef, config_map_data, digest, entry_of
+from archipel import limits
+from tests.unit.agentfakes import (
+    SECRET,
+    FakeKube,
+    applied_once,
+    configmap,
+    manager,
+    restarted,
+    secret,
+    work,
+)
 
 # -- the format --------------------------------------------------------------------------
 
@@ -253,9 +149,10 @@ async def test_the_hello_reports_works_without_contents_at_generation_zero() -> 
     assert [(w.name, w.uid, w.generation) for w in agent.hello().held_works] == [
         ("w1", "uid-w1", 0)
     ]
-    agent.works._watch = lambda api_version, kind: None  # type: ignore[method-assign]
-    agent.works.receive(work(configmap("c", {"k": "v"})))
-    await agent.works.reconcile("w1")
+    # The agent's own WorkManager would start a watch thread: one on the same ledger.
+    works, _ = manager(kube, agent.ledger)
+    works.receive(work(configmap("c", {"k": "v"})))
+    await works.reconcile("w1")
     assert [w.generation for w in agent.hello().held_works] == [1]
 
 
@@ -299,14 +196,14 @@ async def test_drift_before_the_resend_waits_for_it() -> None:
     works = restarted(kube)
     kube.applied.clear()
     changed = kube.put({**kube.objects[("v1", "ConfigMap", "app", "c")], "data": {"k": "x"}})
-    works._on_event("MODIFIED", changed)
+    works.on_event("MODIFIED", changed)
     assert len(works.queue) == 0 and not kube.applied  # nothing to judge it by yet
     works.receive(work(cm))
     await works.reconcile("w1")
     assert kube.objects[("v1", "ConfigMap", "app", "c")]["data"] == {"k": "v"}
     # Now the contents are in memory: drift is repaired at once.
     changed = kube.put({**kube.objects[("v1", "ConfigMap", "app", "c")], "data": {"k": "y"}})
-    works._on_event("MODIFIED", changed)
+    works.on_event("MODIFIED", changed)
     assert "w1" in works.drifted
     await works.reconcile("w1")
     assert kube.objects[("v1", "ConfigMap", "app", "c")]["data"] == {"k": "v"}

@@ -54,3 +54,33 @@ def test_projection_ignores_what_was_not_applied() -> None:
     assert drift.project(desired, live) == desired
     edited = {**live, "spec": {**live["spec"], "replicas": 5}}
     assert drift.project(desired, edited) != desired
+
+
+async def test_a_failed_session_helper_ends_the_agents_session_with_its_error() -> None:
+    """The agent's heartbeats run beside its stream: when they fail, the stream is
+    cancelled and the session ends with their error, which is not retried."""
+    from agent.main import _end_session_on_failure
+
+    class Call:
+        cancelled = False
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    async def broken() -> None:
+        raise RuntimeError("heartbeats broke")
+
+    call, failures = Call(), []  # type: ignore[var-annotated]
+    task = asyncio.create_task(broken(), name="heartbeats")
+    task.add_done_callback(lambda done: _end_session_on_failure(call, failures, done))
+    await asyncio.gather(task, return_exceptions=True)
+    await asyncio.sleep(0)  # done callbacks run on the next loop pass
+    assert call.cancelled and [str(e) for e in failures] == ["heartbeats broke"]
+
+    quiet = Call()
+    stopped = asyncio.create_task(asyncio.sleep(10))
+    stopped.add_done_callback(lambda done: _end_session_on_failure(quiet, failures, done))
+    stopped.cancel()
+    await asyncio.gather(stopped, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert not quiet.cancelled and len(failures) == 1

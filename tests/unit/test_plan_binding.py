@@ -12,14 +12,10 @@ from google.protobuf import json_format
 from archipel import structs
 from archipel.core import kinds
 from archipel.core.conditions import find
-from archipel.core.names import TEMPLATE_GENERATION_ANNOTATION
+from archipel.core.names import CLUSTER_LABEL, TEMPLATE_GENERATION_ANNOTATION
 from archipel.v1alpha1 import cluster_pb2, override_pb2, work_pb2
 from controlplane import plan as plans
-from controlplane.context import (
-    CLUSTER_LABEL,
-    FINALIZER,
-    WORK_FINALIZER,
-)
+from controlplane.context import FINALIZER, WORK_FINALIZER
 from controlplane.controllers.binding import BindingObserved, plan
 
 TEMPLATE: dict[str, Any] = {

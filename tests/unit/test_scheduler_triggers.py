@@ -1,71 +1,115 @@
-"""What makes the scheduler controller look at bindings again (no etcd: caches only)."""
+"""What makes the scheduler look at bindings again when a member cluster changes.
+
+Placement follows the fleet, but free capacity moves with every heartbeat: only
+changes that placement reads requeue every binding, a capacity change only those that
+could not be placed, and a status-only heartbeat none. New capacity figures also drop
+what the scheduler assumed it had handed out on that cluster.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from fractions import Fraction
 
-from archipel.core import kinds
+import pytest
+
+from archipel.core import scheduling
 from archipel.core.conditions import set_condition
-from archipel.v1alpha1 import cluster_pb2, work_pb2
-from controlplane.context import Context, Settings
-from controlplane.controllers.scheduler import SchedulerController
-from controlplane.store import Store
+from archipel.core.scheduling import ClusterInfo
+from archipel.v1alpha1 import cluster_pb2, meta_pb2, work_pb2
+from controlplane.controllers.scheduler import (
+    capacity_reported,
+    requeue_on_cluster_change,
+    unscheduled,
+)
 
 
-def cluster(name: str, *, cpu: str = "8", label: str = "a") -> cluster_pb2.MemberCluster:
+def cluster(
+    *,
+    cpu: str = "8",
+    tier: str = "a",
+    version: str = "v1.31.0",
+    taint: str = "",
+    kinds: tuple[str, ...] = (),
+) -> ClusterInfo:
     result = cluster_pb2.MemberCluster()
-    result.metadata.name = name
-    result.metadata.labels["tier"] = label
+    result.metadata.name = "c1"
+    result.metadata.labels["tier"] = tier
+    result.status.kubernetes_version = version
     result.status.resource_summary.allocatable["cpu"] = cpu
-    return result
+    if taint:
+        result.spec.taints.append(meta_pb2.Taint(key=taint, effect="NoSchedule"))
+    if kinds:
+        enablement = result.status.api_enablements.add(group_version="apps/v1")
+        for kind in kinds:
+            enablement.resources.add(name=kind.lower() + "s", kind=kind)
+    return ClusterInfo.from_proto(result)
 
 
-def binding(name: str, *, scheduled: bool) -> work_pb2.PropagationBinding:
+def binding(name: str, scheduled: str | None) -> work_pb2.PropagationBinding:
     result = work_pb2.PropagationBinding()
     result.metadata.name = name
     result.metadata.namespace = "default"
-    set_condition(result.status.conditions, "Scheduled", "True" if scheduled else "False", "r", "m")
+    if scheduled is not None:
+        set_condition(result.status.conditions, "Scheduled", scheduled, "r", "m")
     return result
 
 
-def controller() -> tuple[SchedulerController, Context]:
-    store: Any = Store(etcd=None)  # type: ignore[arg-type]  # never touched: no reconcile runs
-    context = Context.build(Settings(etcd_endpoints=[]), store)
-    scheduler = SchedulerController(context)
-    for item in (binding("placed", scheduled=True), binding("stuck", scheduled=False)):
-        context.bindings._set(kinds.PROPAGATION_BINDING.key_of(item), item)
-    context.clusters._set(kinds.MEMBER_CLUSTER.key("", "c1"), cluster("c1"))
-    drain(scheduler)
-    return scheduler, context
+BINDINGS = [binding("placed", "True"), binding("stuck", "False"), binding("new", None)]
+PLACED = "propagationbindings/default/placed"
+STUCK = "propagationbindings/default/stuck"
+NEW = "propagationbindings/default/new"
+ALL = [PLACED, STUCK, NEW]
+
+# (before, after, which bindings are requeued, whether capacity was reported)
+CHANGES = [
+    pytest.param(None, cluster(), ALL, True, id="joined"),
+    pytest.param(cluster(), None, ALL, True, id="removed"),
+    pytest.param(cluster(), cluster(tier="b"), ALL, False, id="relabelled"),
+    pytest.param(cluster(), cluster(taint="maintenance"), ALL, False, id="tainted"),
+    pytest.param(cluster(), cluster(kinds=("Deployment",)), ALL, False, id="apis-reported"),
+    pytest.param(cluster(), cluster(cpu="4", tier="b"), ALL, True, id="relabelled-and-capacity"),
+    pytest.param(cluster(), cluster(cpu="4"), [STUCK], True, id="capacity-only"),
+    pytest.param(cluster(), cluster(version="v1.35.4"), [], False, id="status-only-heartbeat"),
+    pytest.param(cluster(), cluster(), [], False, id="unchanged"),
+    pytest.param(None, None, [], False, id="nothing"),
+]
 
 
-def drain(scheduler: SchedulerController) -> set[str]:
-    queue = scheduler.controller.queue
-    keys = set(queue._waiting)
-    queue._waiting.clear()
-    while not queue._ready.empty():
-        queue._ready.get_nowait()
-    return keys
+@pytest.mark.parametrize(("before", "after", "requeued", "reported"), CHANGES)
+def test_which_bindings_a_cluster_change_requeues(
+    before: ClusterInfo | None,
+    after: ClusterInfo | None,
+    requeued: list[str],
+    reported: bool,
+) -> None:
+    assert requeue_on_cluster_change(before, after, BINDINGS) == requeued
 
 
-def test_capacity_changes_reschedule_only_what_did_not_fit() -> None:
-    scheduler, context = controller()
-    context.clusters._set(kinds.MEMBER_CLUSTER.key("", "c1"), cluster("c1", cpu="4"))
-    assert drain(scheduler) == {"propagationbindings/default/stuck"}
+@pytest.mark.parametrize(("before", "after", "requeued", "reported"), CHANGES)
+def test_new_capacity_figures_drop_what_was_assumed(
+    before: ClusterInfo | None,
+    after: ClusterInfo | None,
+    requeued: list[str],
+    reported: bool,
+) -> None:
+    assert capacity_reported(before, after) is reported
 
 
-def test_placement_relevant_changes_reschedule_everything() -> None:
-    scheduler, context = controller()
-    context.clusters._set(kinds.MEMBER_CLUSTER.key("", "c1"), cluster("c1", label="b"))
-    assert drain(scheduler) == {
-        "propagationbindings/default/placed",
-        "propagationbindings/default/stuck",
-    }
+def test_reported_capacity_resets_the_assumption() -> None:
+    """What the handler does with ``capacity_reported``: the cluster's figures count
+    again as reported, without what the scheduler had assumed on top."""
+    assumed = scheduling.AssumedCapacity()
+    assumed.assume({}, {"c1": 3}, {"cpu": Fraction(1)})
+    before, after = cluster(), cluster(cpu="5")
+    assert assumed.apply([before])[0].free == {"cpu": Fraction(5)}
+    if capacity_reported(before, after):
+        assumed.reported("c1")
+    assert assumed.apply([after])[0].free == {"cpu": Fraction(5)}
 
 
-def test_status_only_heartbeats_change_nothing() -> None:
-    scheduler, context = controller()
-    beat = cluster("c1")
-    beat.status.kubernetes_version = "v1.35.4"
-    context.clusters._set(kinds.MEMBER_CLUSTER.key("", "c1"), beat)
-    assert drain(scheduler) == set()
+@pytest.mark.parametrize(
+    ("scheduled", "expected"),
+    [("False", True), ("True", False), ("Unknown", False), (None, False)],
+)
+def test_unscheduled_means_scheduling_failed(scheduled: str | None, expected: bool) -> None:
+    assert unscheduled(binding("b", scheduled)) is expected

@@ -1,0 +1,514 @@
+"""The cluster controller's decisions as tables: Ready, taints, heartbeats, removal.
+
+Each case is an observed cluster (with its liveness record and both clocks) and the
+plan is checked write by write. Times are fixed, so every timestamp the plan writes
+(condition transitions, taints, lastHeartbeatTime) is asserted exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from archipel.core import kinds, names
+from archipel.core.conditions import find, set_condition
+from archipel.core.names import CLUSTER_LABEL
+from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
+from controlplane.context import FINALIZER, WORK_FINALIZER
+from controlplane.controllers.cluster import CREDENTIALS, Liveness, Observed, plan
+from controlplane.plan import Delete, Plan, Purge, Update
+
+NOW_MONOTONIC = 10_000.0
+NOW_WALL = 1_750_000_000.0
+LONG_AGO = NOW_MONOTONIC - 3_600  # the process started an hour ago
+GRACE = 40.0
+KEY = "memberclusters/_/member1"
+NOT_READY = names.NOT_READY_TAINT
+UNREACHABLE = names.UNREACHABLE_TAINT
+OLD_WALL = 1_700_000_000  # what older writes stamped
+
+
+def member(
+    *,
+    ready: str | None = None,
+    taints: Sequence[tuple[str, str]] = (),
+    finalizers: Sequence[str] = (FINALIZER,),
+    deleting: bool = False,
+) -> cluster_pb2.MemberCluster:
+    result = cluster_pb2.MemberCluster()
+    result.metadata.name = "member1"
+    result.metadata.resource_version = "41"
+    result.metadata.generation = 2
+    result.metadata.finalizers.extend(finalizers)
+    for key, effect in taints:
+        taint = result.spec.taints.add(key=key, effect=effect)
+        taint.time_added.FromSeconds(OLD_WALL)
+    if ready is not None:
+        set_condition(result.status.conditions, "Ready", ready, "Before", "as it was")
+        condition = find(result.status.conditions, "Ready")
+        assert condition is not None
+        condition.last_transition_time.FromSeconds(OLD_WALL)
+        # A cluster with a Ready condition other than "waiting" has heard from its agent.
+        result.status.agent.connected = True
+        result.status.agent.version = "0.9.0"
+        result.status.agent.last_heartbeat_time.FromSeconds(OLD_WALL)
+    if deleting:
+        result.metadata.deletion_timestamp.FromSeconds(OLD_WALL)
+    return result
+
+
+def beat(
+    *, api_server_ready: bool = True, message: str = "", version: str = "v1.31.2"
+) -> agent_pb2.Heartbeat:
+    result = agent_pb2.Heartbeat(
+        kubernetes_version=version,
+        api_server_ready=api_server_ready,
+        message=message,
+        cluster_id="kube-system-uid",
+    )
+    result.node_summary.total_num = 3
+    result.node_summary.ready_num = 3
+    result.resource_summary.allocatable["cpu"] = "12"
+    result.api_enablements.add(group_version="apps/v1").resources.add(
+        name="deployments", kind="Deployment"
+    )
+    return result
+
+
+def live(heartbeat: agent_pb2.Heartbeat | None = None, *, age: float = 1.0) -> Liveness:
+    return Liveness(
+        heartbeat=heartbeat,
+        received_at=NOW_MONOTONIC - age,
+        connected=heartbeat is not None,
+        agent_version="0.9.0" if heartbeat is not None else "",
+    )
+
+
+def observe(
+    cluster: cluster_pb2.MemberCluster,
+    record: Liveness | None = None,
+    *,
+    started: float = LONG_AGO,
+    works: Sequence[work_pb2.PropagationWork] = (),
+    credential_revision: int = 0,
+    liveness: dict[str, Liveness] | None = None,
+) -> Observed:
+    return Observed(
+        cluster=cluster,
+        works=tuple(works),
+        live=record if record is not None else Liveness(),
+        now_monotonic=NOW_MONOTONIC,
+        now_wall=NOW_WALL,
+        started=started,
+        grace_period=GRACE,
+        credential_revision=credential_revision,
+        liveness=liveness if liveness is not None else {},
+    )
+
+
+def update_of(result: Plan) -> cluster_pb2.MemberCluster | None:
+    """The cluster as the plan writes it, or None when it writes nothing."""
+    assert result.requeue_after == GRACE / 4, "silence must be noticed without a change"
+    assert result.committed == []
+    if not result.writes:
+        return None
+    (write,) = result.writes
+    assert isinstance(write, Update)
+    assert write.kind is kinds.MEMBER_CLUSTER
+    assert result.keys() == [KEY]
+    written: cluster_pb2.MemberCluster = write.obj
+    assert written.metadata.resource_version == write.current.metadata.resource_version
+    return written
+
+
+def settled(record: Liveness) -> cluster_pb2.MemberCluster:
+    """The cluster as the store keeps it after a first plan for ``record``."""
+    first = update_of(plan(observe(member(), record)))
+    assert first is not None
+    first.metadata.resource_version = "42"
+    return first
+
+
+# -- Ready --------------------------------------------------------------------------
+
+# (observed cluster, liveness, process start, Ready written (None: unchanged), taints)
+READY = [
+    pytest.param(
+        member(),
+        live(beat()),
+        LONG_AGO,
+        ("True", "ClusterReady", "cluster is healthy and ready to accept workloads"),
+        [],
+        id="ready",
+    ),
+    pytest.param(
+        member(ready="Unknown", taints=[(UNREACHABLE, "NoSchedule")]),
+        live(beat()),
+        LONG_AGO,
+        ("True", "ClusterReady", "cluster is healthy and ready to accept workloads"),
+        [],
+        id="back-from-unknown",
+    ),
+    pytest.param(
+        member(ready="True"),
+        live(beat(api_server_ready=False)),
+        LONG_AGO,
+        ("False", "ClusterNotReachable", "API server not ready"),
+        [NOT_READY],
+        id="api-server-not-ready",
+    ),
+    pytest.param(
+        member(ready="True"),
+        live(beat(api_server_ready=False, message="readyz: etcd failed")),
+        LONG_AGO,
+        ("False", "ClusterNotReachable", "readyz: etcd failed"),
+        [NOT_READY],
+        id="api-server-not-ready-says-why",
+    ),
+    pytest.param(
+        member(ready="True"),
+        live(beat(), age=GRACE + 1),
+        LONG_AGO,
+        ("Unknown", "ClusterStatusUnknown", "the cluster agent stopped posting status"),
+        [UNREACHABLE],
+        id="silent-past-grace",
+    ),
+    pytest.param(
+        member(ready="True"),
+        live(),
+        LONG_AGO,
+        ("Unknown", "ClusterStatusUnknown", "the cluster agent stopped posting status"),
+        [UNREACHABLE],
+        id="no-heartbeat-since-restart-past-grace",
+    ),
+    pytest.param(
+        member(),
+        live(),
+        LONG_AGO,
+        ("Unknown", "ClusterStatusUnknown", "waiting for the cluster agent to connect"),
+        [UNREACHABLE],
+        id="waiting-for-first-connect",
+    ),
+    pytest.param(
+        member(),
+        live(),
+        NOW_MONOTONIC - 5,
+        ("Unknown", "ClusterStatusUnknown", "waiting for the cluster agent to connect"),
+        [UNREACHABLE],
+        id="waiting-for-first-connect-just-restarted",
+    ),
+    pytest.param(
+        member(ready="True"),
+        live(),
+        NOW_MONOTONIC - 5,
+        None,
+        [],
+        id="just-restarted-keeps-ready",
+    ),
+    pytest.param(
+        member(ready="False", taints=[(NOT_READY, "NoSchedule")]),
+        live(),
+        NOW_MONOTONIC - 5,
+        None,
+        [NOT_READY],
+        id="just-restarted-keeps-not-ready",
+    ),
+]
+
+
+@pytest.mark.parametrize(("observed", "record", "started", "ready", "taints"), READY)
+def test_ready_follows_the_agent(
+    observed: cluster_pb2.MemberCluster,
+    record: Liveness,
+    started: float,
+    ready: tuple[str, str, str] | None,
+    taints: list[str],
+) -> None:
+    before = kinds.MEMBER_CLUSTER.copy(observed)
+    written = update_of(plan(observe(observed, record, started=started)))
+    assert observed == before, "the plan edits a copy, never what it observed"
+    assert written is not None
+    if ready is None:
+        # What was known stays; only that no agent is connected to this process yet.
+        assert written.status.conditions == observed.status.conditions
+        assert written.spec == observed.spec
+        assert (written.status.agent.connected, written.status.agent.version) == (False, "")
+        return
+    condition = find(written.status.conditions, "Ready")
+    assert condition is not None
+    assert (condition.status, condition.reason, condition.message) == ready
+    assert condition.last_transition_time.seconds == int(NOW_WALL)
+    assert [t.key for t in written.spec.taints] == taints
+    assert all(t.effect == "NoSchedule" for t in written.spec.taints)
+
+
+def test_a_heartbeat_becomes_status() -> None:
+    written = update_of(plan(observe(member(), live(beat(), age=3.0))))
+    assert written is not None
+    status = written.status
+    assert status.kubernetes_version == "v1.31.2"
+    assert written.spec.id == "kube-system-uid"
+    assert (status.node_summary.total_num, status.node_summary.ready_num) == (3, 3)
+    assert dict(status.resource_summary.allocatable) == {"cpu": "12"}
+    assert [e.group_version for e in status.api_enablements] == ["apps/v1"]
+    assert (status.agent.connected, status.agent.version) == (True, "0.9.0")
+    # When it was received, on the wall clock.
+    assert status.agent.last_heartbeat_time.seconds == int(NOW_WALL - 3.0)
+
+
+def test_a_stale_heartbeat_is_not_status() -> None:
+    """Past the grace period the last figures are not repeated as current."""
+    written = update_of(plan(observe(member(ready="True"), live(beat(), age=GRACE + 1))))
+    assert written is not None
+    assert written.status.kubernetes_version == ""
+    assert written.spec.id == ""
+    assert written.status.agent.last_heartbeat_time.seconds == int(NOW_WALL - GRACE - 1)
+
+
+# -- taints -------------------------------------------------------------------------
+
+# (taints before, Ready as the agent reports it, taints after as (key, effect, time))
+TAINTS = [
+    pytest.param(
+        [("maintenance", "NoExecute")],
+        live(beat()),
+        [("maintenance", "NoExecute", OLD_WALL)],
+        id="ready-keeps-user-taints",
+    ),
+    pytest.param(
+        [("maintenance", "NoExecute"), (NOT_READY, "NoSchedule")],
+        live(beat()),
+        [("maintenance", "NoExecute", OLD_WALL)],
+        id="ready-removes-not-ready",
+    ),
+    pytest.param(
+        [(UNREACHABLE, "NoSchedule"), ("maintenance", "NoExecute")],
+        live(beat()),
+        [("maintenance", "NoExecute", OLD_WALL)],
+        id="ready-removes-unreachable",
+    ),
+    pytest.param(
+        [("maintenance", "NoExecute")],
+        live(beat(api_server_ready=False)),
+        [("maintenance", "NoExecute", OLD_WALL), (NOT_READY, "NoSchedule", int(NOW_WALL))],
+        id="not-ready-added",
+    ),
+    pytest.param(
+        [(NOT_READY, "NoSchedule"), ("maintenance", "NoExecute")],
+        live(beat(), age=GRACE + 1),
+        [("maintenance", "NoExecute", OLD_WALL), (UNREACHABLE, "NoSchedule", int(NOW_WALL))],
+        id="not-ready-becomes-unreachable",
+    ),
+    pytest.param(
+        [(UNREACHABLE, "NoSchedule")],
+        live(beat(api_server_ready=False)),
+        [(NOT_READY, "NoSchedule", int(NOW_WALL))],
+        id="unreachable-becomes-not-ready",
+    ),
+    pytest.param(
+        [(NOT_READY, "NoSchedule")],
+        live(beat(api_server_ready=False)),
+        [(NOT_READY, "NoSchedule", OLD_WALL)],
+        id="still-not-ready-keeps-its-time",
+    ),
+]
+
+
+@pytest.mark.parametrize(("before", "record", "after"), TAINTS)
+def test_taints_follow_ready(
+    before: list[tuple[str, str]], record: Liveness, after: list[tuple[str, str, int]]
+) -> None:
+    written = update_of(plan(observe(member(taints=before), record)))
+    assert written is not None
+    assert [(t.key, t.effect, t.time_added.seconds) for t in written.spec.taints] == after
+
+
+# -- lastHeartbeatTime --------------------------------------------------------------
+
+# (seconds since lastHeartbeatTime was written, kubernetes version now, time written)
+HEARTBEAT_TIMES = [
+    pytest.param(10, "v1.31.2", None, id="recent-and-unchanged-no-write"),
+    pytest.param(29, "v1.31.2", None, id="just-under-interval-no-write"),
+    pytest.param(30, "v1.31.2", int(NOW_WALL - 1), id="interval-passed"),
+    pytest.param(10, "v1.32.0", int(NOW_WALL - 1), id="status-changed"),
+]
+
+
+@pytest.mark.parametrize(("since", "version", "written_time"), HEARTBEAT_TIMES)
+def test_heartbeat_time_is_written_only_every_so_often(
+    since: int, version: str, written_time: int | None
+) -> None:
+    stored = settled(live(beat()))
+    stored.status.agent.last_heartbeat_time.FromSeconds(int(NOW_WALL - 1) - since)
+    written = update_of(plan(observe(stored, live(beat(version=version)))))
+    if written_time is None:
+        assert written is None
+        return
+    assert written is not None
+    assert written.status.agent.last_heartbeat_time.seconds == written_time
+    assert written.status.kubernetes_version == version
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(live(beat()), id="ready"),
+        pytest.param(live(beat(api_server_ready=False)), id="not-ready"),
+        pytest.param(live(beat(), age=GRACE + 1), id="silent"),
+        pytest.param(live(), id="never-connected"),
+    ],
+)
+def test_what_a_plan_wrote_plans_nothing(record: Liveness) -> None:
+    """The cluster as the first plan left it needs no further write while nothing
+    changes (only the periodic look again)."""
+    assert update_of(plan(observe(settled(record), record))) is None
+
+
+# -- finalizer ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("finalizers", "expected"),
+    [
+        pytest.param([], [FINALIZER], id="added"),
+        pytest.param(["example.com/keep"], ["example.com/keep", FINALIZER], id="added-beside"),
+    ],
+)
+def test_the_finalizer_is_added(finalizers: list[str], expected: list[str]) -> None:
+    stored = settled(live(beat()))
+    stored.metadata.ClearField("finalizers")
+    stored.metadata.finalizers.extend(finalizers)
+    written = update_of(plan(observe(stored, live(beat()))))
+    assert written is not None
+    assert list(written.metadata.finalizers) == expected
+    written.metadata.ClearField("finalizers")
+    stored.metadata.ClearField("finalizers")
+    assert written == stored, "nothing but the finalizer changed"
+
+
+# -- removal ------------------------------------------------------------------------
+
+
+def work(
+    name: str, finalizers: Sequence[str], *, deleting: bool = False
+) -> work_pb2.PropagationWork:
+    result = work_pb2.PropagationWork()
+    result.metadata.name = name
+    result.metadata.namespace = kinds.execution_namespace("member1")
+    result.metadata.resource_version = "30"
+    result.metadata.labels[CLUSTER_LABEL] = "member1"
+    result.metadata.finalizers.extend(finalizers)
+    if deleting:
+        result.metadata.deletion_timestamp.FromSeconds(OLD_WALL)
+    return result
+
+
+def work_key(name: str) -> str:
+    return kinds.PROPAGATION_WORK.key(kinds.execution_namespace("member1"), name)
+
+
+OTHER = "example.com/audit"
+# (works of the cluster, the deletes planned: (work, finalizers left on it))
+WORKS = [
+    pytest.param([], [], id="no-works"),
+    pytest.param(
+        [work("default.web", [WORK_FINALIZER])],
+        [("default.web", [])],
+        id="held-by-the-agent",
+    ),
+    pytest.param(
+        [work("default.web", [])],
+        [("default.web", [])],
+        id="held-by-nobody",
+    ),
+    pytest.param(
+        [work("default.web", [WORK_FINALIZER, OTHER], deleting=True)],
+        [("default.web", [OTHER])],
+        id="deleting-released-keeps-others",
+    ),
+    pytest.param(
+        [work("default.web", [WORK_FINALIZER], deleting=True)],
+        [("default.web", [])],
+        id="deleting-released",
+    ),
+    pytest.param(
+        [work("default.web", [OTHER], deleting=True)],
+        [],
+        id="deleting-waits-for-someone-else",
+    ),
+    pytest.param(
+        [
+            work("default.web", [WORK_FINALIZER]),
+            work("default.db", [WORK_FINALIZER, OTHER]),
+            work("_.crd", [OTHER], deleting=True),
+        ],
+        [("default.web", []), ("default.db", [OTHER])],
+        id="several",
+    ),
+]
+
+
+@pytest.mark.parametrize(("works", "deletes"), WORKS)
+@pytest.mark.parametrize("credential_revision", [0, 57], ids=["no-credential", "credential"])
+@pytest.mark.parametrize(
+    ("finalizers", "kept"),
+    [
+        pytest.param([FINALIZER], [], id="ours"),
+        pytest.param([OTHER, FINALIZER], [OTHER], id="ours-and-another"),
+        pytest.param([OTHER], None, id="already-let-go"),
+    ],
+)
+def test_a_deleting_cluster_is_removed_in_one_plan(
+    works: list[work_pb2.PropagationWork],
+    deletes: list[tuple[str, list[str]]],
+    credential_revision: int,
+    finalizers: list[str],
+    kept: list[str] | None,
+) -> None:
+    observed = member(ready="True", finalizers=finalizers, deleting=True)
+    records = {"member1": Liveness(connected=True), "member2": Liveness()}
+    result = plan(
+        observe(
+            observed,
+            live(beat()),
+            works=works,
+            credential_revision=credential_revision,
+            liveness=records,
+        )
+    )
+    assert result.requeue_after == 0
+    writes = list(result.writes)
+
+    # Each work lets go of the agent's finalizer and is deleted.
+    by_name = {w.metadata.name: w for w in works}
+    for name, left in deletes:
+        write = writes.pop(0)
+        assert isinstance(write, Delete)
+        assert write.kind is kinds.PROPAGATION_WORK
+        assert write.current is by_name[name]
+        marked = write.marked if write.marked is not None else write.current
+        assert list(marked.metadata.finalizers) == left
+        assert kinds.PROPAGATION_WORK.key_of(write.current) == work_key(name)
+    # Then the credential, as it was read.
+    if credential_revision:
+        assert writes.pop(0) == Purge(CREDENTIALS + "member1", credential_revision)
+    # Last the cluster's own finalizer, so nothing of it outlives it.
+    if kept is not None:
+        write = writes.pop(0)
+        assert isinstance(write, Update)
+        assert write.kind is kinds.MEMBER_CLUSTER
+        assert write.current is observed
+        assert list(write.obj.metadata.finalizers) == kept
+        expected = kinds.MEMBER_CLUSTER.copy(observed)
+        expected.metadata.ClearField("finalizers")
+        expected.metadata.finalizers.extend(kept)
+        assert write.obj == expected, "removal writes no status"
+    assert writes == []
+    assert len(set(result.keys())) == len(result.keys())
+
+    # The liveness record goes only once the plan landed.
+    assert set(records) == {"member1", "member2"}
+    for bookkeeping in result.committed:
+        bookkeeping()
+    assert set(records) == {"member2"}
