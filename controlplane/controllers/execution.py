@@ -20,6 +20,7 @@ deleted: the agent keeps what it has until the binding controller rewrites it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -39,6 +40,15 @@ BATCH = 100
 # Room left in a stream message for everything around one work.
 _ENVELOPE_BYTES = 64 * 1024
 log = logging.getLogger(__name__)
+
+
+class Unchanged(enum.Enum):
+    """What :meth:`ExecutionController._decide` says of a work the agent holds as it is."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
 ReportStatus = Callable[[str, agent_pb2.WorkStatusReport], None]
 
 
@@ -170,7 +180,7 @@ class ExecutionController:
 
     def _decide(
         self, session: AgentSession, name: str
-    ) -> work_pb2.PropagationWork | agent_pb2.WorkDelete | None:
+    ) -> work_pb2.PropagationWork | agent_pb2.WorkDelete | Unchanged | None:
         """What the agent should hear about this work now: the work, a deletion, or nothing."""
         key = kinds.PROPAGATION_WORK.key(kinds.execution_namespace(session.cluster), name)
         if key in self.context.works.quarantined:
@@ -192,8 +202,7 @@ class ExecutionController:
         if work.spec.suspend_dispatching:
             return None
         if held == (work.metadata.uid, work.metadata.generation):
-            session.unchanged += 1
-            return None
+            return UNCHANGED
         return work
 
     async def stream(self, session: AgentSession) -> AsyncIterator[agent_pb2.ControlMessage]:
@@ -205,16 +214,20 @@ class ExecutionController:
             )
         )
         cluster_works = self.context.works.index_keys("cluster", session.cluster)
-        for name in sorted({k.rsplit("/", 1)[1] for k in cluster_works} | set(session.held)):
+        # The resume: every work the cluster has or the agent holds, each judged once.
+        # Until all of them are, ``synced`` waits: a work cut from a full message goes
+        # to the back of the queue, and works already sent may be marked again (their
+        # status moves), so neither a count of names handled nor the queue running dry
+        # says the resume is over; this set does.
+        pending = {k.rsplit("/", 1)[1] for k in cluster_works} | set(session.held)
+        for name in sorted(pending):
             session.mark(name)
-        initial = len(session._dirty)
-        synced = initial == 0
-        handled = 0
+        resume = agent_pb2.SyncComplete()
         # Before any work: the agent reads what it applies with these.
         session.customizations_due = False
         yield self._customizations()
-        if synced:
-            yield self._synced(session)
+        if not pending:
+            yield agent_pb2.ControlMessage(synced=resume)
         while True:
             if session.customizations_due:
                 session.customizations_due = False
@@ -230,9 +243,11 @@ class ExecutionController:
             batch = message.batch  # filled in place: no copy of the works
             size = 0
             handled_now = 0
+            resuming = bool(pending)
             current: str | None = first
             while current is not None:
                 decided = self._decide(session, current)
+                first_look = current in pending
                 if isinstance(decided, work_pb2.PropagationWork):
                     sent = batch.works.add()
                     sent.CopyFrom(decided)
@@ -248,23 +263,26 @@ class ExecutionController:
                     else:
                         size += work_size
                         session.sent += 1
+                        resume.sent += int(first_look)
                         metrics.WORKS_DELIVERED.inc()
                         # Assume delivery; an ack confirms, and a reconnect corrects it.
                         session.held[current] = (decided.metadata.uid, decided.metadata.generation)
+                elif decided is UNCHANGED:
+                    session.unchanged += 1
+                    resume.unchanged += int(first_look)
                 elif decided is not None:
                     session.deleted += 1
+                    resume.deleted += int(first_look)
                     metrics.WORK_DELETES_DELIVERED.inc()
                     batch.deletes.append(decided)
+                pending.discard(current)
                 handled_now += 1
                 more = session.take_dirty(1) if handled_now < BATCH else []
                 current = more[0] if more else None
             if batch.works or batch.deletes:
                 yield message
-            if not synced:
-                handled += handled_now
-                if handled >= initial:
-                    synced = True
-                    yield self._synced(session)
+            if resuming and not pending:
+                yield agent_pb2.ControlMessage(synced=resume)
 
     def _undeliverable(
         self, session: AgentSession, work: work_pb2.PropagationWork, size: int
@@ -285,14 +303,6 @@ class ExecutionController:
                     message=problem,
                 ),
             )
-
-    @staticmethod
-    def _synced(session: AgentSession) -> agent_pb2.ControlMessage:
-        return agent_pb2.ControlMessage(
-            synced=agent_pb2.SyncComplete(
-                sent=session.sent, deleted=session.deleted, unchanged=session.unchanged
-            )
-        )
 
     def acknowledged(self, session: AgentSession, ack: agent_pb2.WorkAck) -> None:
         # Only works of this cluster count: acks for made-up names would grow memory.

@@ -1,9 +1,9 @@
 """A real control plane on a real etcd against hostile stored objects and agent streams.
 
-The agents here are the agent protocol spoken directly, so a test can send what no
-real agent would: a backlog too large for one message, a hello claiming more works
-than any cluster has, a huge heartbeat. Stored objects are planted in etcd by hand,
-as a buggy version or an operator with etcdctl could.
+The agents here are the agent protocol spoken directly (tests/integration/agents.py),
+so a test can send what no real agent would: a backlog too large for one message, a
+hello claiming more works than any cluster has, a huge heartbeat. Stored objects are
+planted in etcd by hand, as a buggy version or an operator with etcdctl could.
 """
 
 from __future__ import annotations
@@ -11,177 +11,32 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from google.protobuf import json_format
 
-from archipel import agentstream, structs
+from archipel import structs
 from archipel.core import kinds
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.etcd import EtcdServer
 from archipel.v1alpha1 import (
     agent_pb2,
-    agent_pb2_grpc,
     override_pb2,
-    policy_pb2,
     service_pb2,
-    service_pb2_grpc,
     work_pb2,
 )
 from controlplane.etcd import Etcd, Put
+from tests.integration import agents
+from tests.integration.agents import Api, RawAgent, eventually
 
 pytestmark = pytest.mark.servers
 NAMESPACE = "hostile"
 
 
-@pytest.fixture
-def plane(etcd_server: EtcdServer, tmp_path: Path) -> Iterator[ControlPlaneProcess]:
-    process = ControlPlaneProcess(
-        etcd_endpoint=etcd_server.endpoint,
-        etcd_prefix=f"/hostile-{uuid.uuid4().hex[:8]}/",
-        directory=tmp_path / "cp",
-    )
-    process.start()
-    yield process
-    process.stop()
-
-
-class Api:
-    """The admin API over asyncio, with a receive limit that fits any one object."""
-
-    def __init__(self, plane: ControlPlaneProcess) -> None:
-        self.plane = plane
-        self.channel = grpc.aio.insecure_channel(
-            plane.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
-        self.metadata = (("authorization", f"Bearer {plane.admin_token}"),)
-        self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
-        self.works = service_pb2_grpc.PropagationWorkServiceStub(self.channel)
-        self.bindings = service_pb2_grpc.PropagationBindingServiceStub(self.channel)
-        self.policies = service_pb2_grpc.PropagationPolicyServiceStub(self.channel)
-        self.overrides = service_pb2_grpc.OverridePolicyServiceStub(self.channel)
-        self.admin = service_pb2_grpc.ClusterAdminServiceStub(self.channel)
-
-    async def join(self, name: str) -> str:
-        response = await self.admin.Join(
-            service_pb2.JoinRequest(name=name, rotate=True), metadata=self.metadata
-        )
-        token: str = response.token
-        return token
-
-    async def apply(self, manifest: dict[str, Any]) -> None:
-        await self.templates.Apply(
-            work_pb2.ResourceTemplate(manifest=structs.to_struct(manifest)),
-            metadata=self.metadata,
-        )
-
-    async def propagate_config_maps(self, cluster: str) -> None:
-        policy = {
-            "metadata": {"name": f"config-maps-to-{cluster}", "namespace": NAMESPACE},
-            "spec": {
-                "resourceSelectors": [{"apiVersion": "v1", "kind": "ConfigMap"}],
-                "placement": {
-                    "clusterAffinity": {"clusterNames": [cluster]},
-                    # No agent has said the cluster is ready: schedule there anyway.
-                    "clusterTolerations": [{"operator": "Exists"}],
-                },
-            },
-        }
-        await self.policies.Apply(
-            json_format.ParseDict(policy, policy_pb2.PropagationPolicy()), metadata=self.metadata
-        )
-
-    async def work(self, cluster: str, name: str) -> work_pb2.PropagationWork | None:
-        try:
-            found: work_pb2.PropagationWork = await self.works.Get(
-                service_pb2.GetRequest(namespace=kinds.execution_namespace(cluster), name=name),
-                metadata=self.metadata,
-            )
-        except grpc.aio.AioRpcError as error:
-            if error.code() == grpc.StatusCode.NOT_FOUND:
-                return None
-            raise
-        return found
-
-    async def close(self) -> None:
-        await self.channel.close(None)
-
-
-@pytest.fixture
-async def api(plane: ControlPlaneProcess) -> AsyncIterator[Api]:
-    client = Api(plane)
-    yield client
-    await client.close()
-
-
 def config_map(name: str, *, data: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "data": data or {"key": "value"},
-    }
-
-
-async def eventually(what: str, check: Callable[[], Any], *, seconds: float = 60) -> Any:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while True:
-        value = await check()
-        if value:
-            return value
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {seconds:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-class RawAgent:
-    """One agent stream, spoken by hand."""
-
-    def __init__(self, plane: ControlPlaneProcess, cluster: str, token: str) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            plane.address, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        )
-        self.cluster = cluster
-        self.token = token
-        self.outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
-        self.works: dict[str, work_pb2.PropagationWork] = {}
-        self.deletes: list[str] = []
-        self.message_sizes: list[int] = []
-        self.synced = asyncio.Event()
-
-    def connect(self, hello: agent_pb2.Hello) -> grpc.aio.StreamStreamCall[Any, Any]:
-        stub = agent_pb2_grpc.AgentServiceStub(self.channel)
-        return stub.Connect(
-            agentstream.outgoing(hello, self.outbox),
-            metadata=(("authorization", f"Bearer {self.token}"),),
-        )
-
-    async def run(self, hello: agent_pb2.Hello) -> None:
-        async for message in self.connect(hello):
-            self.message_sizes.append(message.ByteSize())
-            which = message.WhichOneof("message")
-            if which == "batch":
-                for work in message.batch.works:
-                    self.works[work.metadata.name] = work
-                    self.outbox.put_nowait(
-                        agent_pb2.AgentMessage(
-                            ack=agent_pb2.WorkAck(
-                                name=work.metadata.name,
-                                uid=work.metadata.uid,
-                                generation=work.metadata.generation,
-                            )
-                        )
-                    )
-                self.deletes.extend(d.name for d in message.batch.deletes)
-            elif which == "synced":
-                self.synced.set()
-
-    async def close(self) -> None:
-        await self.channel.close(None)
+    return agents.config_map(name, namespace=NAMESPACE, data=data)
 
 
 async def test_a_backlog_larger_than_a_message_reaches_a_reconnecting_agent(api: Api) -> None:
@@ -189,7 +44,7 @@ async def test_a_backlog_larger_than_a_message_reaches_a_reconnecting_agent(api:
     # Before, the first batch took them all, went over the 16 MiB message limit, and
     # the stream failed the same way on every reconnect.
     token = await api.join("backlog")
-    await api.propagate_config_maps("backlog")
+    await api.propagate_config_maps("backlog", namespace=NAMESPACE)
     chunk = "x" * (100 * 1024)
     names = [f"big-{index}" for index in range(20)]
     for name in names:
@@ -273,7 +128,7 @@ async def test_undecodable_objects_in_etcd_neither_stop_nor_block_the_control_pl
 ) -> None:
     plane = api.plane
     await api.join("target")
-    await api.propagate_config_maps("target")
+    await api.propagate_config_maps("target", namespace=NAMESPACE)
     await api.apply(config_map("settings"))
     work_name = f"{NAMESPACE}.settings-configmap"
     first = await eventually("the work", lambda: api.work("target", work_name))
@@ -347,7 +202,7 @@ async def test_a_work_nested_past_the_limit_is_never_written(api: Api) -> None:
     # The template is within the depth limit and so is the override's value; the work
     # they make together is not, so the binding says why and no work is written.
     await api.join("deep")
-    await api.propagate_config_maps("deep")
+    await api.propagate_config_maps("deep", namespace=NAMESPACE)
     nested: dict[str, Any] = {"leaf": "x"}
     for _ in range(20):
         nested = {"n": nested}
