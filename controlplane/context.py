@@ -122,23 +122,9 @@ class Context:
         name = binding_name(manifest)
         key = kinds.PROPAGATION_BINDING.key(metadata.get("namespace", ""), name)
         if self.bindings.get(key) is None:
-            return name  # free, or undecodable: create_derived writes over it
+            return name  # free, or undecodable: the create writes over it (Create.replacing)
         identity = kinds.RESOURCE_TEMPLATE.key_of(manifest)
         return f"{name}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
-
-    async def create_derived(self, informer: Informer[Any], obj: Any) -> Any:
-        """Create a binding or work, writing over an undecodable value at its key.
-
-        Bindings and works are derived from templates and policies, so a corrupted one
-        is repaired by writing what it should be; its status is recomputed.
-        """
-        key = informer.kind.key_of(obj)
-        corrupt = informer.quarantined.get(key)
-        if corrupt is not None:
-            log.warning("rewriting undecodable %s (%s)", key, corrupt[1])
-        return await self.store.create(
-            informer.kind, obj, replacing=corrupt[0] if corrupt is not None else 0
-        )
 
     def controller(
         self, name: str, reconcile: PlanReconcile, *, workers: int | None = None
@@ -232,18 +218,3 @@ def customization_targets(
 
 def policy_key(ref: work_pb2.PolicyReference) -> str:
     return f"{ref.kind}/{ref.namespace}/{ref.name}"
-
-
-async def delete_object(
-    store: Store, kind: kinds.Kind[Any], obj: Any, *, preserve_resources: bool
-) -> None:
-    """Delete a binding or work; with ``preserve_resources`` its member objects stay.
-
-    The flag is written first, so whoever finishes the deletion (the binding
-    controller, the agent) knows to orphan rather than delete.
-    """
-    if preserve_resources and not obj.spec.preserve_resources_on_deletion:
-        released = kind.copy(obj)
-        released.spec.preserve_resources_on_deletion = True
-        obj = await store.update(kind, released, current=obj)
-    await store.delete(kind, kind.key_of(obj), resource_version=obj.metadata.resource_version)

@@ -6,10 +6,19 @@ make the template's PropagationBinding say so. A template that no policy matches
 more loses its binding: when its policy still exists (the template's labels changed,
 say) the objects are removed from the members; when the policy itself was deleted,
 the binding goes but the objects stay in place, as in Karmada.
+
+A reconcile is two steps. :meth:`PolicyController.observe` copies what the decision
+needs out of the caches into a :class:`PolicyObserved`; :func:`plan`, pure (no I/O,
+no clock), decides and returns the one write it calls for (create, update or delete
+of the binding) as a :class:`~controlplane.plan.Plan`, which the runtime commits
+guarded by the resourceVersion observed. The decisions are tested as tables without
+etcd (tests/unit/test_plan_policy.py).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 
 from archipel import interpreter
@@ -21,11 +30,15 @@ from controlplane.context import (
     FINALIZER,
     Context,
     customization_targets,
-    delete_object,
     template_key_of_binding,
 )
 from controlplane.plan import Plan
-from controlplane.predicates import is_deleting, template_changed
+from controlplane.predicates import (
+    generation_changed,
+    is_deleting,
+    lifecycle_changed,
+    template_changed,
+)
 
 NAME = "policy-controller"
 log = logging.getLogger(__name__)
@@ -69,6 +82,118 @@ def desired_spec(
     return spec
 
 
+@dataclasses.dataclass(frozen=True)
+class PolicyObserved:
+    """What the policy controller decides from, for one template key."""
+
+    template: Manifest | None
+    """The template; None once it is deleted."""
+    binding: work_pb2.PropagationBinding | None
+    """The template's binding (found by what it binds), if any."""
+    policies: tuple[policy_pb2.PropagationPolicy, ...] = ()
+    """The PropagationPolicies of the template's namespace (none for a cluster-scoped
+    template)."""
+    cluster_policies: tuple[policy_pb2.ClusterPropagationPolicy, ...] = ()
+    claimed_policy_exists: bool = False
+    """Whether the policy the binding names is still stored: when it is gone, the
+    binding goes but the member objects stay."""
+    new_binding_name: str = ""
+    """The name a first binding of the template gets (only set when it has none)."""
+    quarantined: int = 0
+    """The mod_revision of an undecodable value stored at the new binding's key (0:
+    none); the new binding is written over it."""
+    interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
+
+
+def plan(observed: PolicyObserved) -> Plan | None:
+    """The write that makes the template's binding what the matching policy says, or
+    None when it already does (or a deletion under way must finish first)."""
+    template, binding = observed.template, observed.binding
+    if template is None:
+        if binding is None or is_deleting(binding):
+            return None
+        result = Plan()
+        result.delete(kinds.PROPAGATION_BINDING, binding)
+        return result
+    if binding is not None and is_deleting(binding):
+        return None  # its disappearance brings the template back here (_on_binding)
+    claimed = None
+    if binding is not None:
+        ref = binding.spec.policy
+        claimed = (ref.kind, ref.namespace, ref.name)
+    candidate = matching.choose(
+        template, observed.policies, observed.cluster_policies, claimed_by=claimed
+    )
+    if candidate is None:
+        if binding is None:
+            return None
+        if binding.spec.required_by:
+            # Workloads that propagate their dependencies still need it there.
+            return _keep_as_dependency(binding)
+        # A system template bound before it was excluded keeps its member objects,
+        # and so does one whose policy was deleted.
+        return _release(
+            binding,
+            orphan=matching.is_system(template) or not observed.claimed_policy_exists,
+        )
+    spec = desired_spec(
+        candidate,
+        template,
+        binding.spec if binding is not None else None,
+        observed.interpreters,
+    )
+    result = Plan()
+    if binding is None:
+        new = work_pb2.PropagationBinding(
+            api_version=kinds.PROPAGATION_BINDING.api_version, kind="PropagationBinding"
+        )
+        new.metadata.name = observed.new_binding_name
+        new.metadata.namespace = template["metadata"].get("namespace", "")
+        new.metadata.finalizers.append(FINALIZER)
+        new.spec.CopyFrom(spec)
+        # Bindings are derived, so a corrupted one is repaired by writing what it
+        # should be (its status is recomputed).
+        result.create(kinds.PROPAGATION_BINDING, new, replacing=observed.quarantined)
+        if observed.quarantined:
+            key = kinds.PROPAGATION_BINDING.key_of(new)
+            result.committed.append(functools.partial(log.warning, "rewrote undecodable %s", key))
+        return result
+    if binding.spec == spec:
+        return None
+    updated = kinds.PROPAGATION_BINDING.copy(binding)
+    updated.spec.CopyFrom(spec)
+    result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+    return result
+
+
+def _keep_as_dependency(binding: work_pb2.PropagationBinding) -> Plan | None:
+    """Drop what the policy asked for; what requires the object keeps it in place."""
+    if not binding.spec.policy.kind:
+        return None  # already only a dependency
+    updated = kinds.PROPAGATION_BINDING.copy(binding)
+    updated.spec.Clear()
+    updated.spec.resource.CopyFrom(binding.spec.resource)
+    updated.spec.required_by.extend(binding.spec.required_by)
+    result = Plan()
+    result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+    return result
+
+
+def _release(binding: work_pb2.PropagationBinding, *, orphan: bool) -> Plan:
+    """Delete the binding; with ``orphan`` its objects stay in the members.
+
+    The flag is written with the deletion mark, so whoever finishes the deletion (the
+    binding controller, then the agents) knows to orphan rather than delete.
+    """
+    marked = None
+    if orphan and not binding.spec.preserve_resources_on_deletion:
+        marked = kinds.PROPAGATION_BINDING.copy(binding)
+        marked.spec.preserve_resources_on_deletion = True
+    result = Plan()
+    result.delete(kinds.PROPAGATION_BINDING, binding, marked=marked)
+    return result
+
+
 class PolicyController:
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -84,12 +209,20 @@ class PolicyController:
         if template_changed(old, new):
             self.controller.enqueue(key)
 
-    def _on_policy(self, key: str, old: object, new: object) -> None:
-        # A policy can claim or release any template in its scope; namespaced
-        # policies only ever see their own namespace.
+    def _on_policy(
+        self,
+        key: str,
+        old: policy_pb2.PropagationPolicy | policy_pb2.ClusterPropagationPolicy | None,
+        new: policy_pb2.PropagationPolicy | policy_pb2.ClusterPropagationPolicy | None,
+    ) -> None:
+        # What a policy matches and asks for is its spec; a deleting policy claims
+        # nothing any more. A policy can claim or release any template in its scope;
+        # namespaced policies only ever see their own namespace.
+        if not (generation_changed(old, new) or lifecycle_changed(old, new)):
+            return
         namespace = key.split("/")[1]
         for template_key in self.context.templates.list_keys():
-            if namespace == "_" or template_key.split("/")[3] == namespace:
+            if namespace == kinds.CLUSTER_SCOPE or template_key.split("/")[3] == namespace:
                 self.controller.enqueue(template_key)
 
     def _on_customization(
@@ -112,11 +245,7 @@ class PolicyController:
     ) -> None:
         # Only a binding's disappearance or a change to its spec can need a correction;
         # its status changes all the time and concerns other controllers.
-        if (
-            new is not None
-            and old is not None
-            and old.metadata.generation == new.metadata.generation
-        ):
+        if not generation_changed(old, new):
             return
         binding = new or old
         if binding is not None and binding.spec.resource.kind:
@@ -124,83 +253,41 @@ class PolicyController:
 
     def _policy_exists(self, ref: work_pb2.PolicyReference) -> bool:
         if ref.kind == "PropagationPolicy":
-            return (
-                self.context.policies.get(kinds.PROPAGATION_POLICY.key(ref.namespace, ref.name))
-                is not None
-            )
-        return (
-            self.context.cluster_policies.get(kinds.CLUSTER_PROPAGATION_POLICY.key("", ref.name))
-            is not None
-        )
+            key = kinds.PROPAGATION_POLICY.key(ref.namespace, ref.name)
+            return self.context.policies.get(key) is not None
+        if ref.kind == "ClusterPropagationPolicy":
+            key = kinds.CLUSTER_PROPAGATION_POLICY.key("", ref.name)
+            return self.context.cluster_policies.get(key) is not None
+        return False
 
-    async def _release(self, binding: work_pb2.PropagationBinding, *, orphan: bool) -> None:
-        await delete_object(
-            self.context.store, kinds.PROPAGATION_BINDING, binding, preserve_resources=orphan
-        )
-
-    async def _keep_as_dependency(self, binding: work_pb2.PropagationBinding) -> None:
-        """Drop what the policy asked for; what requires the object keeps it in place."""
-        updated = kinds.PROPAGATION_BINDING.copy(binding)
-        required_by = list(binding.spec.required_by)
-        updated.spec.Clear()
-        updated.spec.resource.CopyFrom(binding.spec.resource)
-        updated.spec.required_by.extend(required_by)
-        await self.context.store.update(kinds.PROPAGATION_BINDING, updated, current=binding)
-
-    async def reconcile(self, key: str) -> Plan | None:
+    def observe(self, key: str) -> PolicyObserved:
+        """The template at ``key``, its binding and the policies that could claim it,
+        as the caches hold them now."""
         context = self.context
         template = context.templates.get(key)
         binding = context.binding_of(key)
-        if template is None:
-            if binding is not None and not is_deleting(binding):
-                await self._release(binding, orphan=False)
-            return None
-        if binding is not None and is_deleting(binding):
-            return None  # its disappearance brings the template back here (_on_binding)
+        if template is None or (binding is not None and is_deleting(binding)):
+            return PolicyObserved(template=template, binding=binding)
         namespace = template["metadata"].get("namespace", "")
-        claimed = None
-        if binding is not None:
-            ref = binding.spec.policy
-            claimed = (ref.kind, ref.namespace, ref.name)
-        candidate = matching.choose(
-            template,
-            context.policies.objects(kinds.PROPAGATION_POLICY.prefix(namespace))
+        new_name, quarantined = "", 0
+        if binding is None:
+            new_name = context.new_binding_name(template)
+            corrupt = context.bindings.quarantined.get(
+                kinds.PROPAGATION_BINDING.key(namespace, new_name)
+            )
+            quarantined = corrupt[0] if corrupt is not None else 0
+        return PolicyObserved(
+            template=template,
+            binding=binding,
+            policies=tuple(context.policies.objects(kinds.PROPAGATION_POLICY.prefix(namespace)))
             if namespace
             else (),
-            context.cluster_policies.objects(),
-            claimed_by=claimed,
+            cluster_policies=tuple(context.cluster_policies.objects()),
+            claimed_policy_exists=binding is not None and self._policy_exists(binding.spec.policy),
+            new_binding_name=new_name,
+            quarantined=quarantined,
+            interpreters=context.interpreters,
         )
-        if candidate is None:
-            if binding is not None and binding.spec.required_by:
-                # Workloads that propagate their dependencies still need it there.
-                if binding.spec.policy.kind:
-                    await self._keep_as_dependency(binding)
-                return None
-            if binding is not None:
-                # A system template bound before it was excluded keeps its member objects.
-                orphan = matching.is_system(template) or not self._policy_exists(
-                    binding.spec.policy
-                )
-                await self._release(binding, orphan=orphan)
-            return None
-        spec = desired_spec(
-            candidate,
-            template,
-            binding.spec if binding is not None else None,
-            context.interpreters,
-        )
-        if binding is None:
-            new = work_pb2.PropagationBinding(
-                api_version=kinds.PROPAGATION_BINDING.api_version, kind="PropagationBinding"
-            )
-            new.metadata.name = context.new_binding_name(template)
-            new.metadata.namespace = namespace
-            new.metadata.finalizers.append(FINALIZER)
-            new.spec.CopyFrom(spec)
-            await context.create_derived(context.bindings, new)
-            return None
-        if binding.spec != spec:
-            updated = kinds.PROPAGATION_BINDING.copy(binding)
-            updated.spec.CopyFrom(spec)
-            await context.store.update(kinds.PROPAGATION_BINDING, updated, current=binding)
-        return None
+
+    async def reconcile(self, key: str) -> Plan | None:
+        return plan(self.observe(key))

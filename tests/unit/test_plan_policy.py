@@ -1,0 +1,360 @@
+"""The policy controller's decisions, as a table: what it observes -> what it writes.
+
+Each row builds a :class:`PolicyObserved` from real protobuf objects and checks the
+writes of :func:`controlplane.controllers.policy.plan` (type, kind, key and the fields
+the decision is about); no etcd, no informer.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from archipel.core import kinds
+from archipel.core.kinds import Manifest
+from archipel.v1alpha1 import policy_pb2, work_pb2
+from controlplane.context import FINALIZER
+from controlplane.controllers import policy
+from controlplane.controllers.policy import PolicyObserved
+from controlplane.plan import Create, Delete, Plan, Purge, Update, Write
+
+BINDING_KEY = "propagationbindings/shop/web-deployment"
+
+
+def deployment(
+    *, namespace: str = "shop", replicas: int = 3, labels: dict[str, str] | None = None
+) -> Manifest:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "web",
+            "namespace": namespace,
+            "uid": "template-uid",
+            "resourceVersion": "5",
+            "labels": labels if labels is not None else {"app": "web"},
+        },
+        "spec": {
+            "replicas": replicas,
+            "template": {"spec": {"containers": [{"name": "web", "image": "nginx"}]}},
+        },
+    }
+
+
+def pp(
+    name: str = "place", *, clusters: tuple[str, ...] = ("member1",), preserve: bool = False
+) -> policy_pb2.PropagationPolicy:
+    found = policy_pb2.PropagationPolicy()
+    found.metadata.name = name
+    found.metadata.namespace = "shop"
+    selector = found.spec.resource_selectors.add(api_version="apps/v1", kind="Deployment")
+    selector.label_selector.match_labels["app"] = "web"
+    found.spec.placement.cluster_affinity.cluster_names.extend(clusters)
+    found.spec.preserve_resources_on_deletion = preserve
+    return found
+
+
+def cpp(name: str = "everywhere") -> policy_pb2.ClusterPropagationPolicy:
+    found = policy_pb2.ClusterPropagationPolicy()
+    found.metadata.name = name
+    found.spec.resource_selectors.add(api_version="apps/v1", kind="Deployment")
+    return found
+
+
+def settled(
+    template: Manifest,
+    by: policy_pb2.PropagationPolicy,
+    *,
+    required_by: tuple[str, ...] = (),
+    clusters: tuple[str, ...] = (),
+) -> work_pb2.PropagationBinding:
+    """The binding as stored after ``by`` claimed ``template`` (and the scheduler and
+    the dependencies controller did their part)."""
+    made = policy.plan(
+        PolicyObserved(template, None, policies=(by,), new_binding_name="web-deployment")
+    )
+    assert made is not None and isinstance(made.writes[0], Create)
+    binding: work_pb2.PropagationBinding = made.writes[0].obj
+    binding.metadata.uid = "binding-uid"
+    binding.metadata.resource_version = "7"
+    binding.metadata.generation = 1
+    for cluster in clusters:
+        binding.spec.clusters.add(name=cluster, replicas=1)
+    for parent in required_by:
+        binding.spec.required_by.add(namespace="shop", name=parent)
+    return binding
+
+
+def dependency_only(*, required_by: tuple[str, ...] = ("api",)) -> work_pb2.PropagationBinding:
+    """A binding the dependencies controller made: no policy, only requiredBy."""
+    binding = settled(deployment(), pp(), required_by=required_by)
+    spec = work_pb2.PropagationBindingSpec()
+    spec.resource.CopyFrom(binding.spec.resource)
+    spec.required_by.extend(binding.spec.required_by)
+    binding.spec.CopyFrom(spec)
+    return binding
+
+
+def deleting(binding: work_pb2.PropagationBinding) -> work_pb2.PropagationBinding:
+    marked = kinds.PROPAGATION_BINDING.copy(binding)
+    marked.metadata.deletion_timestamp.FromSeconds(1_700_000_000)
+    return marked
+
+
+def with_spec(binding: work_pb2.PropagationBinding, **fields: Any) -> work_pb2.PropagationBinding:
+    changed = kinds.PROPAGATION_BINDING.copy(binding)
+    for name, value in fields.items():
+        setattr(changed.spec, name, value)
+    return changed
+
+
+def summary(write: Write) -> dict[str, Any]:
+    """The facts of one write that the table rows check."""
+    if isinstance(write, Purge):
+        return {"op": "purge", "key": write.key}
+    if isinstance(write, Delete):
+        marked = write.marked
+        return {
+            "op": "delete",
+            "kind": write.kind.name,
+            "key": write.kind.key_of(write.current),
+            "observed": write.current.metadata.resource_version,
+            "preserve": None if marked is None else marked.spec.preserve_resources_on_deletion,
+        }
+    obj: work_pb2.PropagationBinding = write.obj
+    spec = obj.spec
+    facts: dict[str, Any] = {
+        "op": "create" if isinstance(write, Create) else "update",
+        "kind": write.kind.name,
+        "key": write.kind.key_of(obj),
+        "policy": "/".join((spec.policy.kind, spec.policy.namespace, spec.policy.name)),
+        "resource": f"{spec.resource.kind} {spec.resource.namespace}/{spec.resource.name}",
+        "replicas": spec.replicas,
+        "placement": list(spec.placement.cluster_affinity.cluster_names),
+        "clusters": [t.name for t in spec.clusters],
+        "required_by": [f"{s.namespace}/{s.name}" for s in spec.required_by],
+        "preserve": spec.preserve_resources_on_deletion,
+        "finalizers": list(obj.metadata.finalizers),
+    }
+    if isinstance(write, Create):
+        facts["replacing"] = write.replacing
+    if isinstance(write, Update):
+        facts["observed"] = write.current.metadata.resource_version
+    return facts
+
+
+def check(result: Plan | None, expected: list[dict[str, Any]]) -> None:
+    if not expected:
+        assert result is None or not result.writes
+        return
+    assert result is not None
+    assert len(result.writes) == len(expected)
+    for write, wanted in zip(result.writes, expected, strict=True):
+        facts = summary(write)
+        assert {k: facts.get(k) for k in wanted} == wanted
+
+
+TEMPLATE = deployment()
+PLACED = pp()
+BOUND = settled(TEMPLATE, PLACED, clusters=("member1",))
+REQUIRED = settled(TEMPLATE, PLACED, required_by=("api",))
+SYSTEM = deployment(namespace="kube-system")
+SYSTEM_BOUND = settled(deployment(), pp())
+SYSTEM_BOUND.metadata.namespace = "kube-system"
+SYSTEM_BOUND.spec.resource.namespace = "kube-system"
+UNLABELLED = deployment(labels={})
+
+
+@pytest.mark.parametrize(
+    ("observed", "expected"),
+    [
+        pytest.param(
+            PolicyObserved(None, BOUND),
+            [{"op": "delete", "key": BINDING_KEY, "observed": "7", "preserve": None}],
+            id="template-gone-binding-deleted-with-its-objects",
+        ),
+        pytest.param(PolicyObserved(None, None), [], id="template-and-binding-gone"),
+        pytest.param(
+            PolicyObserved(None, deleting(BOUND)), [], id="template-gone-binding-deleting"
+        ),
+        pytest.param(
+            PolicyObserved(TEMPLATE, deleting(BOUND), policies=(PLACED,)),
+            [],
+            id="binding-deleting-waits-for-it-to-go",
+        ),
+        pytest.param(
+            PolicyObserved(UNLABELLED, None, policies=(PLACED,)), [], id="no-policy-no-binding"
+        ),
+        pytest.param(
+            PolicyObserved(UNLABELLED, BOUND, policies=(PLACED,), claimed_policy_exists=True),
+            [{"op": "delete", "key": BINDING_KEY, "preserve": None}],
+            id="no-longer-matched-objects-removed",
+        ),
+        pytest.param(
+            PolicyObserved(TEMPLATE, BOUND, claimed_policy_exists=False),
+            [{"op": "delete", "kind": "PropagationBinding", "key": BINDING_KEY, "preserve": True}],
+            id="claimed-policy-deleted-objects-orphaned",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                with_spec(BOUND, preserve_resources_on_deletion=True),
+                claimed_policy_exists=False,
+            ),
+            [{"op": "delete", "key": BINDING_KEY, "preserve": None}],
+            id="claimed-policy-deleted-already-preserving",
+        ),
+        pytest.param(
+            PolicyObserved(SYSTEM, SYSTEM_BOUND, policies=(PLACED,), claimed_policy_exists=True),
+            [
+                {
+                    "op": "delete",
+                    "key": "propagationbindings/kube-system/web-deployment",
+                    "preserve": True,
+                }
+            ],
+            id="system-template-orphaned",
+        ),
+        pytest.param(
+            PolicyObserved(UNLABELLED, REQUIRED, claimed_policy_exists=True),
+            [
+                {
+                    "op": "update",
+                    "key": BINDING_KEY,
+                    "observed": "7",
+                    "policy": "//",
+                    "resource": "Deployment shop/web",
+                    "placement": [],
+                    "replicas": 0,
+                    "required_by": ["shop/api"],
+                }
+            ],
+            id="unmatched-but-required-kept-as-dependency",
+        ),
+        pytest.param(
+            PolicyObserved(UNLABELLED, dependency_only()), [], id="unmatched-dependency-untouched"
+        ),
+        pytest.param(
+            PolicyObserved(TEMPLATE, None, policies=(PLACED,), new_binding_name="web-deployment"),
+            [
+                {
+                    "op": "create",
+                    "kind": "PropagationBinding",
+                    "key": BINDING_KEY,
+                    "replacing": 0,
+                    "policy": "PropagationPolicy/shop/place",
+                    "resource": "Deployment shop/web",
+                    "replicas": 3,
+                    "placement": ["member1"],
+                    "clusters": [],
+                    "required_by": [],
+                    "finalizers": [FINALIZER],
+                }
+            ],
+            id="new-binding",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                None,
+                cluster_policies=(cpp(),),
+                new_binding_name="web-deployment-0123456789",
+                quarantined=42,
+            ),
+            [
+                {
+                    "op": "create",
+                    "key": BINDING_KEY + "-0123456789",
+                    "replacing": 42,
+                    "policy": "ClusterPropagationPolicy//everywhere",
+                }
+            ],
+            id="new-binding-over-an-undecodable-value",
+        ),
+        pytest.param(
+            PolicyObserved(
+                deployment(replicas=5),
+                settled(TEMPLATE, PLACED, required_by=("api",), clusters=("member1",)),
+                policies=(pp(clusters=("member2",)),),
+                claimed_policy_exists=True,
+            ),
+            [
+                {
+                    "op": "update",
+                    "key": BINDING_KEY,
+                    "observed": "7",
+                    "replicas": 5,
+                    "placement": ["member2"],
+                    # The scheduler's result and requiredBy are not the policy's.
+                    "clusters": ["member1"],
+                    "required_by": ["shop/api"],
+                }
+            ],
+            id="spec-change-updates",
+        ),
+        pytest.param(
+            PolicyObserved(TEMPLATE, dependency_only(), policies=(PLACED,)),
+            [
+                {
+                    "op": "update",
+                    "key": BINDING_KEY,
+                    "policy": "PropagationPolicy/shop/place",
+                    "placement": ["member1"],
+                    "required_by": ["shop/api"],
+                }
+            ],
+            id="dependency-claimed-by-a-policy",
+        ),
+        pytest.param(
+            PolicyObserved(TEMPLATE, BOUND, policies=(PLACED,), claimed_policy_exists=True),
+            [],
+            id="nothing-to-do",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                settled(TEMPLATE, pp("zz")),
+                policies=(PLACED, pp("zz", clusters=("member1",))),
+                claimed_policy_exists=True,
+            ),
+            [],
+            id="claimed-policy-keeps-the-template",
+        ),
+    ],
+)
+def test_plan(observed: PolicyObserved, expected: list[dict[str, Any]]) -> None:
+    before = copy.deepcopy(observed.template)
+    binding_before = (
+        observed.binding.SerializeToString(deterministic=True) if observed.binding else b""
+    )
+    check(policy.plan(observed), expected)
+    # What was observed is the caches' own objects: the plan edits copies.
+    assert observed.template == before
+    if observed.binding is not None:
+        assert observed.binding.SerializeToString(deterministic=True) == binding_before
+
+
+def test_a_rewrite_over_an_undecodable_value_is_logged_once_it_landed() -> None:
+    observed = PolicyObserved(
+        TEMPLATE, None, policies=(PLACED,), new_binding_name="web-deployment", quarantined=42
+    )
+    result = policy.plan(observed)
+    assert result is not None and len(result.committed) == 1
+    clean = policy.plan(
+        PolicyObserved(TEMPLATE, None, policies=(PLACED,), new_binding_name="web-deployment")
+    )
+    assert clean is not None and clean.committed == []
+
+
+def test_one_reconcile_writes_one_key_once() -> None:
+    for observed in (
+        PolicyObserved(None, BOUND),
+        PolicyObserved(TEMPLATE, BOUND, claimed_policy_exists=False),
+        PolicyObserved(UNLABELLED, REQUIRED, claimed_policy_exists=True),
+    ):
+        result = policy.plan(observed)
+        assert result is not None
+        assert result.keys() == [BINDING_KEY]
+        assert result.requeue_after == 0
