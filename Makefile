@@ -19,7 +19,7 @@ help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
 	@echo "make up | down     start or stop etcd, 2 member clusters, the control plane and agents"
 	@echo "make test          install everything, then lint, type-check and run the whole test suite"
-	@echo "make tools         build kube-apiserver, etcd, kwok and grpcurl into $(CACHE)/bin"
+	@echo "make tools         build kube-apiserver, etcd, kwok, grpcurl, helm and buf into $(CACHE)/bin"
 	@echo "make members-up N=3 PROFILE=api|full   start member clusters in the background"
 	@echo "make members-ls | members-down"
 
@@ -41,6 +41,8 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports --no-cache
+	@bash build/tools.sh helm
+	$$(bash build/tools.sh --paths | sed -n 's/^helm=//p') lint --strict charts/archipel --set controlPlane.enabled=true
 
 typecheck: setup
 	.venv/bin/mypy

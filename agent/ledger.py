@@ -30,7 +30,6 @@ from kubernetes.client.exceptions import ApiException
 from agent.kube import Kube
 from archipel.core.names import LEDGER_LABEL, SYSTEM_NAMESPACE
 
-NAMESPACE = SYSTEM_NAMESPACE
 # The ConfigMap keys of the current format; the old one also had "manifests" and
 # "projections", the contents themselves.
 _MANIFEST_HASHES = "manifestHashes"
@@ -165,18 +164,21 @@ def config_map_data(entry: Entry) -> dict[str, str]:
 
 
 class Ledger:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, *, namespace: str = SYSTEM_NAMESPACE) -> None:
         self.kube = kube
+        # The agent's own namespace (where its chart installs it); archipel-system
+        # when it runs outside the member.
+        self.namespace = namespace
         self.entries: dict[str, Entry] = {}
 
     def _core(self) -> kubernetes.client.CoreV1Api:
         return kubernetes.client.CoreV1Api(self.kube.api_client)
 
     def _load(self) -> dict[str, Entry]:
-        self.kube.ensure_namespace(NAMESPACE)
+        self.kube.ensure_namespace(self.namespace)
         items = (
             self._core()
-            .list_namespaced_config_map(NAMESPACE, label_selector=f"{LEDGER_LABEL}=true")
+            .list_namespaced_config_map(self.namespace, label_selector=f"{LEDGER_LABEL}=true")
             .items
         )
         entries = {}
@@ -197,7 +199,7 @@ class Ledger:
             "kind": "ConfigMap",
             "metadata": {
                 "name": _config_map_name(entry.work),
-                "namespace": NAMESPACE,
+                "namespace": self.namespace,
                 "labels": {LEDGER_LABEL: "true"},
             },
             "data": config_map_data(entry),
@@ -217,7 +219,7 @@ class Ledger:
 
     def _delete(self, work: str) -> None:
         try:
-            self._core().delete_namespaced_config_map(_config_map_name(work), NAMESPACE)
+            self._core().delete_namespaced_config_map(_config_map_name(work), self.namespace)
         except ApiException as error:
             if error.status != 404:
                 raise

@@ -27,6 +27,7 @@ from agent.kube import Kube, load_api_client
 from agent.ledger import Ledger
 from agent.works import WorkManager
 from archipel import agentstream, limits
+from archipel.core.names import SYSTEM_NAMESPACE
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, work_pb2
 
 VERSION = "0.1.0"
@@ -47,13 +48,14 @@ class Agent:
         kube: Kube,
         tls_ca: bytes | None = None,
         heartbeat_interval: float | None = None,
+        namespace: str = SYSTEM_NAMESPACE,
     ) -> None:
         self.server = server
         self.token = token
         self.cluster = cluster
         self.kube = kube
         self.tls_ca = tls_ca
-        self.ledger = Ledger(kube)
+        self.ledger = Ledger(kube, namespace=namespace)
         self.facts = Facts(kube)
         self.works = WorkManager(
             kube, self.ledger, send=self.send, on_new_api=self.facts.rediscover
@@ -240,6 +242,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kubeconfig", help="omit to use in-cluster credentials")
     parser.add_argument("--tls-ca-file", type=Path)
     parser.add_argument("--heartbeat-interval", type=float)
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("ARCHIPEL_NAMESPACE") or SYSTEM_NAMESPACE,
+        help="where the agent keeps its ledger (its own namespace in the member)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
@@ -259,6 +266,7 @@ async def _serve(args: argparse.Namespace) -> None:
         kube=kube,
         tls_ca=args.tls_ca_file.read_bytes() if args.tls_ca_file else None,
         heartbeat_interval=args.heartbeat_interval,
+        namespace=args.namespace,
     )
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()

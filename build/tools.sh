@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Go programs Archipel's tests and demo run (kube-apiserver,
-# kube-controller-manager, kube-scheduler, etcd, kwok, grpcurl) from the Go module
+# kube-controller-manager, kube-scheduler, etcd, kwok, grpcurl, helm, buf) from the Go module
 # proxy, into a cache outside the repository keyed by version, so a warm machine
 # rebuilds nothing. Each program has its own module under build/ because they pin
 # different versions of shared dependencies (grpc, otel, etcd client).
@@ -19,6 +19,8 @@ kube_version=v1.35.4
 etcd_version=v3.6.16
 kwok_version=v0.7.0
 grpcurl_version=v1.9.4
+helm_version=v3.22.0
+buf_version=v1.75.0
 
 
 need_go() {
@@ -77,6 +79,15 @@ grpcurl() {
   build grpcurl "$bin_dir/grpcurl-$grpcurl_version" github.com/fullstorydev/grpcurl/cmd/grpcurl
 }
 
+helm() {
+  build helm "$bin_dir/helm-$helm_version" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$helm_version"
+}
+
+buf() {
+  build buf "$bin_dir/buf-$buf_version" github.com/bufbuild/buf/cmd/buf
+}
+
 # Where each program lives; the Python launcher reads this instead of knowing the layout.
 paths() {
   local c
@@ -87,6 +98,8 @@ paths() {
   echo "kwok=$bin_dir/kwok-$kwok_version"
   echo "kwok-stages=$share_dir/kwok-$kwok_version/stages-v2"
   echo "grpcurl=$bin_dir/grpcurl-$grpcurl_version"
+  echo "helm=$bin_dir/helm-$helm_version"
+  echo "buf=$bin_dir/buf-$buf_version"
   echo "kube-version=$kube_version"
 }
 
@@ -96,10 +109,10 @@ mkdir -p "$bin_dir" "$share_dir"
 exec 9>"$cache/.build.lock"
 flock 9
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(etcd grpcurl kwok kube)
+[ ${#tools[@]} -gt 0 ] || tools=(etcd grpcurl kwok kube helm buf)
 for t in "${tools[@]}"; do
   case $t in
-    kube|etcd|kwok|grpcurl) "$t" ;;
-    *) echo "tools.sh: unknown tool '$t' (kube, etcd, kwok, grpcurl)" >&2; exit 1 ;;
+    kube|etcd|kwok|grpcurl|helm|buf) "$t" ;;
+    *) echo "tools.sh: unknown tool '$t' (kube, etcd, kwok, grpcurl, helm, buf)" >&2; exit 1 ;;
   esac
 done

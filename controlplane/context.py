@@ -46,6 +46,9 @@ class Settings:
     """gRPC listen address."""
     metrics_listen: str = ""
     """host:port for the Prometheus endpoint; empty turns it off."""
+    health_listen: str = ""
+    """host:port of a plaintext gRPC server with only the health service, for probes
+    that cannot speak TLS (the kubelet's); empty turns it off."""
     admin_token_file: Path | None = None
     """Holds the admin credential; created with a random token when missing."""
     tls_cert_file: Path | None = None

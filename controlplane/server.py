@@ -264,6 +264,8 @@ class ControlPlane:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
         self._tasks: list[asyncio.Task[None]] = []
         # Set when a long-lived task died: the process reports NOT_SERVING and exits 1.
         self.failed = asyncio.Event()
@@ -376,6 +378,17 @@ class ControlPlane:
         await server.start()
         self.server = server
         self._spawn(self._run_server(server), "grpc-server")
+        if settings.health_listen:
+            # The kubelet's gRPC probes speak plaintext only: the same health service,
+            # alone, on a port of its own.
+            probes = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, probes)
+            self.health_port = probes.add_insecure_port(settings.health_listen)
+            if self.health_port == 0:
+                raise RuntimeError(f"cannot listen on {settings.health_listen}")
+            await probes.start()
+            self.health_server = probes
+            self._spawn(self._run_server(probes), "health-server")
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if settings.metrics_listen:
@@ -393,6 +406,8 @@ class ControlPlane:
         await self.health.enter_graceful_shutdown()
         if self.server is not None:
             await self.server.stop(self.settings.shutdown_grace)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -407,6 +422,11 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--etcd-prefix", default="/archipel/")
     parser.add_argument("--listen", default="127.0.0.1:7443")
     parser.add_argument("--metrics-listen", default="")
+    parser.add_argument(
+        "--health-listen",
+        default="",
+        help="host:port for plaintext gRPC health checks only (Kubernetes probes)",
+    )
     parser.add_argument("--admin-token-file", type=Path, default=Path(".local/admin-token"))
     parser.add_argument("--tls-cert-file", type=Path)
     parser.add_argument("--tls-key-file", type=Path)
@@ -437,6 +457,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         etcd_prefix=args.etcd_prefix,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
+        health_listen=args.health_listen,
         admin_token_file=args.admin_token_file,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,

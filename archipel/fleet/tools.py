@@ -29,6 +29,8 @@ class Tools:
     kwok: Path
     kwok_stages: Path
     grpcurl: Path
+    helm: Path
+    buf: Path
     kube_version: str
 
 
@@ -58,5 +60,7 @@ def locate() -> Tools:
         kwok=Path(paths["kwok"]),
         kwok_stages=Path(paths["kwok-stages"]),
         grpcurl=Path(paths["grpcurl"]),
+        helm=Path(paths["helm"]),
+        buf=Path(paths["buf"]),
         kube_version=paths["kube-version"],
     )

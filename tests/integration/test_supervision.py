@@ -8,6 +8,7 @@ quarantined instead, see test_hostile_storage).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from pathlib import Path
 from typing import Any
@@ -151,5 +152,28 @@ async def test_a_session_that_fails_ends_alone_and_loudly(
         assert checked.status == health_pb2.HealthCheckResponse.SERVING
     assert metrics.SESSION_CRASHES._value.get() == crashes + 1
     assert not running.done()
+    running.cancel()
+    await plane.stop()
+
+
+async def test_probes_get_the_health_service_on_a_plaintext_port_of_its_own(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    """The kubelet's gRPC probes cannot speak TLS: the health service, and only it, is
+    also served in plaintext, and says what the main port says."""
+    settings = dataclasses.replace(_settings(etcd_server, tmp_path), health_listen="127.0.0.1:0")
+    plane = ControlPlane(settings)
+    running = asyncio.create_task(serve(settings, plane))
+    await _serving(plane, running)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.health_port}") as channel:
+        probe = health_pb2_grpc.HealthStub(channel)
+        checked = await probe.Check(health_pb2.HealthCheckRequest())
+        assert checked.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await agent_pb2_grpc.AgentServiceStub(channel).Connect(iter(())).read()
+        assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        await plane.mark_not_serving()
+        checked = await probe.Check(health_pb2.HealthCheckRequest())
+        assert checked.status == health_pb2.HealthCheckResponse.NOT_SERVING
     running.cancel()
     await plane.stop()

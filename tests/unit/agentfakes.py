@@ -14,10 +14,10 @@ import copy
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from agent import ledger as ledger_module
 from agent.ledger import Ledger, entry_of
 from agent.works import WorkManager
 from archipel import structs
+from archipel.core.names import SYSTEM_NAMESPACE
 from archipel.v1alpha1 import agent_pb2, work_pb2
 
 R = TypeVar("R")
@@ -74,7 +74,7 @@ class FakeKube:
         self.watched.append((api_version, kind))
 
     def ledger_maps(self) -> list[dict[str, Any]]:
-        return [o for k, o in self.objects.items() if k[2] == ledger_module.NAMESPACE]
+        return [o for k, o in self.objects.items() if k[2] == SYSTEM_NAMESPACE]
 
     def applied_in(self, namespace: str) -> list[dict[str, Any]]:
         return [m for m in self.applied if m["metadata"].get("namespace") == namespace]
@@ -91,7 +91,7 @@ class MemberLedger(Ledger):
 
     async def forget(self, work: str) -> None:
         for key, stored in list(self.member.objects.items()):
-            if key[2] == ledger_module.NAMESPACE and stored["data"]["work"] == work:
+            if key[2] == self.namespace and stored["data"]["work"] == work:
                 del self.member.objects[key]
         self.entries.pop(work, None)
 

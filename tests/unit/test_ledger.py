@@ -226,3 +226,17 @@ def test_a_status_nested_too_deep_is_not_reflected() -> None:
     observed = Observed.of(manifest, interpreter.Registry())
     assert observed.status is None
     assert "deeper than" in observed.health_message
+
+
+async def test_the_ledger_lives_in_the_agents_own_namespace() -> None:
+    """Installed by the chart, the agent keeps its ledger where its Role lets it write:
+    its own namespace (``--namespace``, from the pod's namespace)."""
+    from agent.ledger import Ledger
+    from archipel.core.names import LEDGER_LABEL
+
+    kube = FakeKube()
+    works, _ = manager(kube, Ledger(kube, namespace="archipel-agent"))  # type: ignore[arg-type]
+    works.receive(work(configmap("c", {"k": "v"})))
+    await works.reconcile("w1")
+    ledgers = [m for m in kube.applied if m["metadata"].get("labels", {}).get(LEDGER_LABEL)]
+    assert [m["metadata"]["namespace"] for m in ledgers] == ["archipel-agent"]

@@ -1,0 +1,41 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "archipel.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end }}
+
+{{- define "archipel.labels" -}}
+app.kubernetes.io/name: archipel
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end }}
+
+{{- define "archipel.controlPlane" -}}{{ .Release.Name }}-controlplane{{- end }}
+{{- define "archipel.etcd" -}}{{ .Release.Name }}-etcd{{- end }}
+{{- define "archipel.agent" -}}{{ .Release.Name }}-agent{{- end }}
+
+{{- define "archipel.adminTokenSecret" -}}
+{{ .Values.controlPlane.adminTokenSecret | default (printf "%s-admin" (include "archipel.controlPlane" .)) }}
+{{- end }}
+
+{{- define "archipel.agentSecret" -}}
+{{ .Values.agent.existingSecret | default (printf "%s-credential" (include "archipel.agent" .)) }}
+{{- end }}
+
+{{- define "archipel.podSecurity" -}}
+runAsNonRoot: true
+runAsUser: {{ .Values.runAsUser }}
+runAsGroup: {{ .Values.runAsUser }}
+fsGroup: {{ .Values.runAsUser }}
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "archipel.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+{{- end }}

@@ -1,0 +1,182 @@
+"""The Helm chart (charts/archipel): it lints, and what it renders is accepted by a
+real kube-apiserver (a server-side dry run: admission, validation and RBAC rules, as
+``kubectl apply --dry-run=server`` does), for each way an operator installs it."""
+
+from __future__ import annotations
+
+import subprocess
+import tomllib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from archipel.fleet import tools
+from archipel.fleet.members import Fleet
+
+pytestmark = pytest.mark.members(count=1, profile="api")
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "archipel"
+AGENT = {"agent.enabled": "true", "agent.server": "cp.example.com:7443", "agent.token": "m1.s3cr3t"}
+
+# Each way the chart is installed: the values set, and the kinds it must render.
+INSTALLS: dict[str, tuple[dict[str, str], set[str]]] = {
+    "control plane with its own etcd": (
+        {"controlPlane.enabled": "true"},
+        {"Secret", "Deployment", "Service", "PodDisruptionBudget", "StatefulSet"},
+    ),
+    "control plane on external etcd, with TLS, three replicas": (
+        {
+            "controlPlane.enabled": "true",
+            "controlPlane.replicas": "3",
+            "controlPlane.tls.secretName": "archipel-tls",
+            "etcd.enabled": "false",
+            "etcd.endpoints[0]": "https://etcd-0.example:2379",
+        },
+        {"Secret", "Deployment", "Service", "PodDisruptionBudget"},
+    ),
+    "agent, cluster-admin": (
+        AGENT,
+        {
+            "ServiceAccount",
+            "Secret",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "DaemonSet",
+        },
+    ),
+    "agent, scoped to two namespaces, with a CA": (
+        {
+            **AGENT,
+            "agent.rbac": "scoped",
+            "agent.scoped.namespaces[0]": "shop",
+            "agent.scoped.namespaces[1]": "blog",
+            "agent.caConfigMap": "archipel-ca",
+        },
+        {
+            "ServiceAccount",
+            "Secret",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "DaemonSet",
+        },
+    ),
+}
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(tools.ensure("helm").helm), *args], capture_output=True, text=True, check=False
+    )
+
+
+def render(values: dict[str, str], namespace: str) -> list[dict[str, Any]]:
+    sets = [f"--set={key}={value}" for key, value in values.items()]
+    rendered = helm("template", "archipel", str(CHART), "--namespace", namespace, *sets)
+    assert rendered.returncode == 0, rendered.stderr
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+@pytest.fixture
+def namespaces(members: Fleet) -> Iterator[tuple[str, list[str]]]:
+    """A fresh release namespace, plus the scoped agent's namespaces, in the member."""
+    release = f"archipel-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(next(iter(members)).api_client())
+    made = [release, "shop", "blog"]
+    for name in made:
+        try:
+            core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+    yield release, made
+    core.delete_namespace(release)
+
+
+def dry_run_create(api: client.ApiClient, path: str, body: dict[str, Any]) -> None:
+    """POST ``body`` as a server-side dry run with strict field validation, so that a
+    misspelt field is an error, not a warning that is easy to miss; ApiException when
+    the API server refuses it."""
+    serialized = api.param_serialize(
+        method="POST",
+        resource_path=path,
+        query_params=[("dryRun", "All"), ("fieldValidation", "Strict")],
+        header_params={"Content-Type": "application/json", "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(*serialized)
+    response.read()
+    if not 200 <= response.status < 300:
+        raise ApiException(http_resp=response)
+
+
+def test_the_chart_lints_for_each_install() -> None:
+    for values, _ in INSTALLS.values():
+        sets = [f"--set={key}={value}" for key, value in values.items()]
+        linted = helm("lint", "--strict", str(CHART), *sets)
+        assert linted.returncode == 0, linted.stdout + linted.stderr
+
+
+@pytest.mark.parametrize("install", list(INSTALLS))
+def test_what_the_chart_renders_passes_a_server_side_dry_run(
+    install: str, members: Fleet, namespaces: tuple[str, list[str]]
+) -> None:
+    values, kinds = INSTALLS[install]
+    release, _ = namespaces
+    documents = render(values, release)
+    assert {d["kind"] for d in documents} == kinds
+    api = next(iter(members)).api_client()
+    dynamic = DynamicClient(api)
+    for document in documents:
+        resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        namespace = document["metadata"].get("namespace")
+        try:
+            dry_run_create(api, resource.path(namespace=namespace), document)
+        except ApiException as error:
+            pytest.fail(f"{document['kind']} {document['metadata']['name']}: {error.body}")
+
+
+def test_a_misspelt_field_fails_the_dry_run(
+    members: Fleet, namespaces: tuple[str, list[str]]
+) -> None:
+    """The check above would catch a chart that writes a field Kubernetes does not know."""
+    api = next(iter(members)).api_client()
+    release, _ = namespaces
+    (deployment,) = [
+        d for d in render({"controlPlane.enabled": "true"}, release) if d["kind"] == "Deployment"
+    ]
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    resource = DynamicClient(api).resources.get(api_version="apps/v1", kind="Deployment")
+    with pytest.raises(ApiException) as refused:
+        dry_run_create(api, resource.path(namespace=release), deployment)
+    assert "readinesProbe" in str(refused.value.body)
+
+
+def test_bad_values_are_refused_naming_the_value() -> None:
+    for values, wanted in (
+        ({"agent.enabled": "true", "agent.token": "m1.s"}, "agent.server"),
+        ({"agent.enabled": "true", "agent.server": "cp:7443"}, "agent.token"),
+        ({**AGENT, "agent.rbac": "everything"}, "agent.rbac"),
+        ({"controlPlane.enabled": "true", "etcd.enabled": "false"}, "etcd.endpoints"),
+    ):
+        sets = [f"--set={key}={value}" for key, value in values.items()]
+        rendered = helm("template", "archipel", str(CHART), *sets)
+        assert rendered.returncode == 1 and wanted in rendered.stderr, rendered.stderr
+
+
+def test_the_chart_and_the_application_have_one_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == chart["appVersion"] == project
