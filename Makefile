@@ -13,12 +13,13 @@ N ?= 3
 PROFILE ?= api
 PYTEST_ARGS ?=
 
-.PHONY: bench bench-quick bench-e2e up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+.PHONY: image bench bench-quick bench-e2e up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
 
 help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
 	@echo "make up | down     start or stop etcd, 2 member clusters, the control plane and agents"
 	@echo "make test          install everything, then lint, type-check and run the whole test suite"
+	@echo "make image         build the container image (control plane, agent, CLI) with mmdebstrap and buildah"
 	@echo "make tools         build kube-apiserver, etcd, kwok, grpcurl, helm and buf into $(CACHE)/bin"
 	@echo "make members-up N=3 PROFILE=api|full   start member clusters in the background"
 	@echo "make members-ls | members-down"
@@ -36,6 +37,10 @@ setup: .venv/.synced
 
 tools:
 	bash build/tools.sh
+
+# One image for the control plane, the agent and the CLI; no registry needed.
+image: setup
+	bash build/image/build.sh
 
 lint: setup
 	.venv/bin/ruff check .

@@ -1,0 +1,195 @@
+"""The agent as it runs in a member: from the image, as the chart's ServiceAccount.
+
+The chart's agent RBAC is applied to a real member; a token for its ServiceAccount
+comes from the TokenRequest API; the agent runs from the image with the token, the CA
+and its namespace at the standard service-account paths and KUBERNETES_SERVICE_HOST
+and _PORT set, so it uses in-cluster configuration, not a kubeconfig. A workload
+propagated through it proves that in-cluster configuration works and that the chart's
+RBAC is enough.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from kubernetes.dynamic import DynamicClient
+
+from archipel.core.names import LEDGER_LABEL
+from archipel.fleet import image, tools
+from archipel.fleet.controlplane import ControlPlaneProcess
+from archipel.fleet.members import Fleet, Member
+
+pytestmark = pytest.mark.members(count=1, profile="api", isolated=True)
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "archipel"
+SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+TIMEOUT = 120.0
+
+
+def wait_for(what: str, check: Any, *, timeout: float = TIMEOUT) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = check()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.5)
+
+
+def chart_objects(server: str, token: str, namespace: str) -> list[dict[str, Any]]:
+    helm = tools.ensure("helm").helm
+    rendered = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "archipel",
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--set",
+            "agent.enabled=true",
+            "--set",
+            f"agent.server={server}",
+            "--set",
+            f"agent.token={token}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
+
+
+def apply_all(member: Member, documents: list[dict[str, Any]]) -> None:
+    dynamic = DynamicClient(member.api_client())
+    for document in documents:
+        resource = dynamic.resources.get(api_version=document["apiVersion"], kind=document["kind"])
+        resource.create(body=document, namespace=document["metadata"].get("namespace"))
+
+
+@pytest.fixture
+def plane(members: Fleet, tmp_path: Path) -> Iterator[ControlPlaneProcess]:
+    assert members.etcd is not None
+    started = ControlPlaneProcess(
+        etcd_endpoint=members.etcd.endpoint,
+        etcd_prefix=f"/in-cluster-{uuid.uuid4().hex[:8]}/",
+        directory=tmp_path / "cp",
+        heartbeat_interval=1,
+        cluster_grace_period=4,
+    )
+    started.start()
+    yield started
+    started.stop()
+
+
+def test_the_agent_runs_from_the_image_as_the_charts_service_account(
+    members: Fleet, plane: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    member = next(iter(members))
+    namespace = "archipel-agent"
+    core = client.CoreV1Api(member.api_client())
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    token = plane.join(member).read_text().strip()
+    # Everything of the chart but the DaemonSet, which the test stands in for.
+    objects = chart_objects(plane.address, token, namespace)
+    assert any(o["kind"] == "DaemonSet" for o in objects)
+    apply_all(member, [o for o in objects if o["kind"] != "DaemonSet"])
+    requested = core.create_namespaced_service_account_token(
+        "archipel-agent",
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=3600)
+        ),
+    )
+    account = tmp_path / "serviceaccount"
+    account.mkdir()
+    (account / "token").write_text(str(requested.status.token))
+    (account / "ca.crt").write_bytes(member.ca_cert.read_bytes())
+    (account / "namespace").write_text(namespace)
+    credential = tmp_path / "credential"
+    credential.mkdir()
+    (credential / "token").write_text(token)
+    for path in (account, credential):
+        path.chmod(0o755)
+        for item in path.iterdir():
+            item.chmod(0o644)  # the image's user (10001) reads them, as a Secret mount
+    host, port = member.server.removeprefix("https://").rsplit(":", 1)
+    agent = image.ImageProcess(
+        "agent-from-image",
+        [
+            "archipel-agent",
+            f"--server={plane.address}",
+            "--token-file=/etc/archipel/credential/token",
+            f"--namespace={namespace}",
+        ],
+        log_path=tmp_path / "agent.log",
+        mounts={account: SA_PATH, credential: "/etc/archipel/credential"},
+        env={"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port},
+    )
+    agent.start()
+    try:
+        api = plane.client()
+        try:
+            app = f"app-{uuid.uuid4().hex[:6]}"
+            api.apply_document({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": app}})
+            api.apply_document(
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "metadata": {"name": "web", "namespace": app},
+                    "spec": {
+                        "replicas": 2,
+                        "selector": {"matchLabels": {"app": "web"}},
+                        "template": {
+                            "metadata": {"labels": {"app": "web"}},
+                            "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
+                        },
+                    },
+                }
+            )
+            api.apply_document(
+                {
+                    "apiVersion": "policy.karmada.io/v1alpha1",
+                    "kind": "ClusterPropagationPolicy",
+                    "metadata": {"name": app},
+                    "spec": {
+                        "resourceSelectors": [
+                            {"apiVersion": "v1", "kind": "Namespace", "name": app},
+                            {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": app},
+                        ],
+                        "placement": {"clusterAffinity": {"clusterNames": [member.name]}},
+                    },
+                }
+            )
+        finally:
+            api.close()
+        apps = client.AppsV1Api(member.api_client())
+
+        def deployed() -> Any:
+            try:
+                return apps.read_namespaced_deployment("web", app)
+            except ApiException as error:
+                if error.status == 404:
+                    return None
+                raise
+
+        found = wait_for(f"the Deployment in the member\n{agent.process.log_tail()}", deployed)
+        assert found.spec.replicas == 2
+        # The ledger is where the chart's Role lets the agent write: its own namespace.
+        ledgers = core.list_namespaced_config_map(namespace, label_selector=f"{LEDGER_LABEL}=true")
+        assert ledgers.items
+        log = (tmp_path / "agent.log").read_text()
+        assert "kubeconfig" not in log.lower()
+        assert agent.process.running
+    finally:
+        agent.stop()
