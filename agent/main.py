@@ -29,8 +29,8 @@ from agent.works import WorkManager
 from archipel import agentstream, limits
 from archipel.core.names import SYSTEM_NAMESPACE
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, work_pb2
+from archipel.version import VERSION
 
-VERSION = "0.1.0"
 log = logging.getLogger("archipel.agent")
 
 

@@ -19,6 +19,7 @@ import grpc
 import yaml
 
 from archipel import structs
+from archipel.cli import agent_manifests
 from archipel.client import (
     TEMPLATE_KINDS,
     ApiKind,
@@ -43,6 +44,7 @@ from archipel.core.names import (
 from archipel.core.scheduling import ClusterInfo
 from archipel.core.workloads import member_manifest
 from archipel.v1alpha1 import service_pb2
+from archipel.version import VERSION
 
 APPLIED_OVERRIDES = (
     ("ClusterOverridePolicy", APPLIED_CLUSTER_OVERRIDES_ANNOTATION),
@@ -675,6 +677,17 @@ class Commands:
                 rotate=args.rotate,
             ),
         )
+        if args.print_manifests:
+            # For `| kubectl apply -f -` in the member: YAML only on stdout.
+            documents = agent_manifests.agent_manifests(
+                server=args.server or self.client.config.server,
+                token=response.token,
+                namespace=args.namespace,
+                image=args.image or "",
+            )
+            sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False))
+            print(f"membercluster/{args.name} joined", file=sys.stderr)
+            return
         if args.token_file:
             path = Path(args.token_file)
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -695,6 +708,7 @@ class Commands:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archipel", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"archipel {VERSION}")
     parser.add_argument("--config", type=Path, help="config file (default .local/archipel.yaml)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -769,6 +783,16 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument(
         "--rotate", action="store_true", help="issue a new credential for an existing cluster"
     )
+    join.add_argument(
+        "--print-manifests",
+        action="store_true",
+        help="print the agent's manifests with its credential, for kubectl apply in the member",
+    )
+    join.add_argument(
+        "--server", help="the control plane's host:port as the member reaches it (manifests)"
+    )
+    join.add_argument("--namespace", default="archipel-system", help="the agent's namespace")
+    join.add_argument("--image", help="the agent's image (default archipel:<version>)")
     return parser
 
 

@@ -1,6 +1,8 @@
 """The agent as it runs in a member: from the image, as the chart's ServiceAccount.
 
-The chart's agent RBAC is applied to a real member; a token for its ServiceAccount
+The agent's manifests from ``archipel join --print-manifests`` (the chart's agent
+objects, which tests/members/test_chart.py checks they equal) are applied to a real
+member; a token for its ServiceAccount
 comes from the TokenRequest API; the agent runs from the image with the token, the CA
 and its namespace at the standard service-account paths and KUBERNETES_SERVICE_HOST
 and _PORT set, so it uses in-cluster configuration, not a kubeconfig. A workload
@@ -11,6 +13,7 @@ RBAC is enough.
 from __future__ import annotations
 
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,13 +27,12 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from archipel.core.names import LEDGER_LABEL
-from archipel.fleet import image, tools
+from archipel.fleet import image
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.members import Fleet, Member
 
 pytestmark = pytest.mark.members(count=1, profile="api", isolated=True)
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "archipel"
 SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 TIMEOUT = 120.0
 
@@ -44,30 +46,6 @@ def wait_for(what: str, check: Any, *, timeout: float = TIMEOUT) -> Any:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.5)
-
-
-def chart_objects(server: str, token: str, namespace: str) -> list[dict[str, Any]]:
-    helm = tools.ensure("helm").helm
-    rendered = subprocess.run(
-        [
-            str(helm),
-            "template",
-            "archipel",
-            str(CHART),
-            "--namespace",
-            namespace,
-            "--set",
-            "agent.enabled=true",
-            "--set",
-            f"agent.server={server}",
-            "--set",
-            f"agent.token={token}",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return [doc for doc in yaml.safe_load_all(rendered.stdout) if doc]
 
 
 def apply_all(member: Member, documents: list[dict[str, Any]]) -> None:
@@ -99,11 +77,36 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
     namespace = "archipel-agent"
     core = client.CoreV1Api(member.api_client())
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
-    token = plane.join(member).read_text().strip()
-    # Everything of the chart but the DaemonSet, which the test stands in for.
-    objects = chart_objects(plane.address, token, namespace)
-    assert any(o["kind"] == "DaemonSet" for o in objects)
-    apply_all(member, [o for o in objects if o["kind"] != "DaemonSet"])
+    # The join flow an operator follows: `archipel join NAME --print-manifests`, then
+    # everything it prints but the DaemonSet (which this test stands in for) applied.
+    config = tmp_path / "archipel.yaml"
+    plane.write_cli_config(config)
+    joined = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "archipel.cli.main",
+            "--config",
+            str(config),
+            "join",
+            member.name,
+            "--print-manifests",
+            f"--server={plane.address}",
+            f"--namespace={namespace}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert joined.returncode == 0, joined.stderr
+    objects = [doc for doc in yaml.safe_load_all(joined.stdout) if doc]
+    (secret,) = [o for o in objects if o["kind"] == "Secret"]
+    token = secret["stringData"]["token"]
+    assert token.startswith(f"{member.name}.")
+    (daemon_set,) = [o for o in objects if o["kind"] == "DaemonSet"]
+    args = daemon_set["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--server={plane.address}" in args
+    apply_all(member, [o for o in objects if o["kind"] not in ("DaemonSet", "Namespace")])
     requested = core.create_namespaced_service_account_token(
         "archipel-agent",
         namespace,

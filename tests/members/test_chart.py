@@ -180,3 +180,37 @@ def test_the_chart_and_the_application_have_one_version() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["version"] == chart["appVersion"] == project
+
+
+def _comparable(document: dict[str, Any]) -> dict[str, Any]:
+    """A document without the labels only Helm writes (who manages it, which chart)."""
+    text = yaml.safe_dump(document, sort_keys=True)
+    for helm_only in ("app.kubernetes.io/managed-by", "helm.sh/chart"):
+        text = "\n".join(line for line in text.splitlines() if helm_only not in line)
+    loaded: dict[str, Any] = yaml.safe_load(text)
+    return loaded
+
+
+def test_join_print_manifests_says_what_the_chart_renders() -> None:
+    """`archipel join NAME --print-manifests` is the chart's agent, for kubectl users:
+    the same objects, field for field (so neither can drift from the other)."""
+    from archipel.cli.agent_manifests import agent_manifests
+
+    printed = agent_manifests(server="cp.example.com:7443", token="m1.s3cr3t")
+    assert printed[0] == {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": "archipel-system"},
+    }
+    rendered = render(AGENT, "archipel-system")
+    for document in rendered:
+        if document["kind"] == "DaemonSet":
+            # The chart names its image by repository and tag; the CLI's default is
+            # the same name, and the chart says IfNotPresent as the CLI does.
+            assert (
+                document["spec"]["template"]["spec"]["containers"][0]["image"]
+                == (printed[-1]["spec"]["template"]["spec"]["containers"][0]["image"])
+            )
+    assert sorted(map(str, map(_comparable, printed[1:]))) == sorted(
+        map(str, map(_comparable, rendered))
+    )

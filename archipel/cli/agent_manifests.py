@@ -1,0 +1,186 @@
+"""The agent's manifests for one member, as ``archipel join --print-manifests`` prints
+them: what the Helm chart (charts/archipel) renders with ``agent.enabled``, with the
+cluster's credential filled in, for people who apply YAML rather than charts.
+
+A test renders the chart with the same values and checks that both say the same, so
+this is a copy of the chart's output that cannot drift from it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from archipel.version import VERSION
+
+RELEASE = "archipel"
+NAME = f"{RELEASE}-agent"
+
+
+def labels() -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "archipel",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/version": VERSION,
+        "app.kubernetes.io/component": "agent",
+    }
+
+
+def _meta(name: str, namespace: str | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": labels()}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    return meta
+
+
+def _subject(namespace: str) -> list[dict[str, str]]:
+    return [{"kind": "ServiceAccount", "name": NAME, "namespace": namespace}]
+
+
+def agent_manifests(
+    *, server: str, token: str, namespace: str = "archipel-system", image: str = ""
+) -> list[dict[str, Any]]:
+    """The Namespace, then the chart's agent objects (cluster-admin RBAC, as Karmada's
+    agent has; install the chart with ``agent.rbac=scoped`` for less)."""
+    image = image or f"archipel:{VERSION}"
+    selector = {"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "agent"}
+    rbac = "rbac.authorization.k8s.io/v1"
+    return [
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(NAME, namespace)},
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": _meta(f"{NAME}-credential", namespace),
+            "type": "Opaque",
+            "stringData": {"token": token},
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRole",
+            "metadata": _meta(f"{NAME}-base"),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["nodes", "pods"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {
+                    "apiGroups": [""],
+                    "resources": ["namespaces"],
+                    "verbs": ["get", "list", "watch", "create"],
+                },
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(f"{NAME}-base"),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": f"{NAME}-base",
+            },
+            "subjects": _subject(namespace),
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "ClusterRoleBinding",
+            "metadata": _meta(f"{NAME}-works"),
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": _subject(namespace),
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "Role",
+            "metadata": _meta(NAME, namespace),
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"],
+                },
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "list", "watch", "create", "update", "patch"],
+                },
+            ],
+        },
+        {
+            "apiVersion": rbac,
+            "kind": "RoleBinding",
+            "metadata": _meta(NAME, namespace),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": NAME},
+            "subjects": _subject(namespace),
+        },
+        {
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "metadata": _meta(NAME, namespace),
+            "spec": {
+                "selector": {"matchLabels": selector},
+                "updateStrategy": {"type": "RollingUpdate"},
+                "template": {
+                    "metadata": {"labels": labels()},
+                    "spec": {
+                        "serviceAccountName": NAME,
+                        "securityContext": {
+                            "runAsNonRoot": True,
+                            "runAsUser": 10001,
+                            "runAsGroup": 10001,
+                            "fsGroup": 10001,
+                            "seccompProfile": {"type": "RuntimeDefault"},
+                        },
+                        "containers": [
+                            {
+                                "name": "agent",
+                                "image": image,
+                                "imagePullPolicy": "IfNotPresent",
+                                "command": ["archipel-agent"],
+                                "args": [
+                                    f"--server={server}",
+                                    "--token-file=/etc/archipel/credential/token",
+                                    "--log-level=INFO",
+                                ],
+                                "env": [
+                                    {
+                                        "name": "ARCHIPEL_NAMESPACE",
+                                        "valueFrom": {
+                                            "fieldRef": {"fieldPath": "metadata.namespace"}
+                                        },
+                                    },
+                                    {
+                                        "name": "ARCHIPEL_POD_NAME",
+                                        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                    },
+                                ],
+                                "securityContext": {
+                                    "allowPrivilegeEscalation": False,
+                                    "readOnlyRootFilesystem": True,
+                                    "capabilities": {"drop": ["ALL"]},
+                                },
+                                "resources": {
+                                    "requests": {"cpu": "50m", "memory": "128Mi"},
+                                    "limits": {"memory": "512Mi"},
+                                },
+                                "volumeMounts": [
+                                    {
+                                        "name": "credential",
+                                        "mountPath": "/etc/archipel/credential",
+                                        "readOnly": True,
+                                    }
+                                ],
+                            }
+                        ],
+                        "volumes": [
+                            {"name": "credential", "secret": {"secretName": f"{NAME}-credential"}}
+                        ],
+                    },
+                },
+            },
+        },
+    ]
