@@ -46,8 +46,10 @@ lint: setup
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/lint-imports --no-cache
-	@bash build/tools.sh helm
+	@bash build/tools.sh helm buf
 	$$(bash build/tools.sh --paths | sed -n 's/^helm=//p') lint --strict charts/archipel --set controlPlane.enabled=true
+	cd proto && $$(bash ../build/tools.sh --paths | sed -n 's/^buf=//p') lint
+	cd proto && $$(bash ../build/tools.sh --paths | sed -n 's/^buf=//p') breaking --against released.binpb
 
 typecheck: setup
 	.venv/bin/mypy
@@ -61,7 +63,7 @@ test: setup tools lint typecheck
 
 # Unit tests only: no servers, seconds.
 test-fast: setup
-	.venv/bin/pytest -m "not members and not servers" $(PYTEST_ARGS)
+	.venv/bin/pytest -m "not members and not servers and not tools" $(PYTEST_ARGS)
 
 members-up: setup
 	@bash build/tools.sh etcd kube $(if $(filter full,$(PROFILE)),kwok)
@@ -98,9 +100,13 @@ bench-e2e: setup tools
 clean: members-down
 	rm -rf .local .venv
 
-# Python code generated from proto/ (committed, so installs need no protoc).
+# Code generated from proto/, in every language (committed, so installs need no
+# generator; tests check that regenerating changes nothing).
 PROTOS := $(wildcard proto/archipel/v1alpha1/*.proto)
 proto: setup
 	.venv/bin/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
 		--plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --mypy_out=. \
 		--plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc --mypy_grpc_out=. $(PROTOS)
+	@for generate in clients/*/generate.sh; do \
+		[ ! -f "$$generate" ] || bash "$$generate" || exit 1; \
+	done
