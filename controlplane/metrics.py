@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram, Info
 
 QUEUE_DEPTH = Gauge("archipel_queue_depth", "Keys waiting in a controller's queue", ["controller"])
 RECONCILE_SECONDS = Histogram(
@@ -43,3 +43,4 @@ SESSION_CRASHES = Counter(
     "archipel_agent_session_crashes_total",
     "Agent streams ended because the control plane failed reading them (a bug: see the log)",
 )
+BUILD_INFO = Info("archipel_build", "The control plane's version")

@@ -33,6 +33,7 @@ from archipel.core.errors import (
     Unauthenticated,
 )
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2
+from archipel.version import VERSION
 from controlplane import api, auth, metrics
 from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
@@ -394,7 +395,8 @@ class ControlPlane:
         if settings.metrics_listen:
             host, _, port = settings.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1")
-        log.info("control plane serving on port %d", self.port)
+        metrics.BUILD_INFO.info({"version": VERSION})
+        log.info("control plane %s serving on port %d", VERSION, self.port)
 
     async def _run_server(self, server: grpc.aio.Server) -> None:
         """The gRPC server, supervised like every other task: its ending on its own is a

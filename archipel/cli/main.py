@@ -328,7 +328,7 @@ class Commands:
                     _condition(document, "Ready").get("status", "Unknown"),
                     status.get("kubernetesVersion", "") or "<unknown>",
                     f"{nodes.get('readyNum', 0)}/{nodes.get('totalNum', 0)}",
-                    "Connected" if status.get("agent", {}).get("connected") else "Disconnected",
+                    _agent_column(status.get("agent", {})),
                     _age(document["metadata"].get("creationTimestamp")),
                 ]
             )
@@ -704,6 +704,12 @@ class Commands:
             f"run the agent: {env}archipel-agent --server {self.client.config.server} "
             f"{token_option}{kubeconfig}".rstrip()
         )
+
+
+def _agent_column(agent: dict[str, Any]) -> str:
+    """``Connected 0.1.0``: whether the agent is connected, and its version."""
+    state = "Connected" if agent.get("connected") else "Disconnected"
+    return f"{state} {agent['version']}" if agent.get("version") else state
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -35,6 +35,7 @@ from archipel.core import kinds, names
 from archipel.core.conditions import find, set_condition
 from archipel.core.errors import AlreadyExists, NotFound, Unauthenticated
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, meta_pb2, work_pb2
+from archipel.version import VERSION
 from controlplane.context import FINALIZER, WORK_FINALIZER, Context
 from controlplane.plan import Plan
 from controlplane.predicates import is_deleting
@@ -182,6 +183,33 @@ class Observed:
     liveness: dict[str, Liveness] = dataclasses.field(default_factory=dict)
     """The controller's liveness records, for the plan's bookkeeping only (a removed
     cluster's record is dropped once it is gone); the plan reads ``live``."""
+    control_plane_version: str = VERSION
+
+
+def version_skew(control_plane: str, agent: str) -> str:
+    """Why an agent's version is too far from the control plane's, or "".
+
+    As Kubernetes allows its kubelets: the agent may be up to one minor version older
+    than the control plane, never newer, and never of another major version. A version
+    that cannot be read is not judged.
+    """
+    ours, theirs = _major_minor(control_plane), _major_minor(agent)
+    if ours is None or theirs is None:
+        return ""
+    if theirs[0] != ours[0] or theirs[1] > ours[1] or ours[1] - theirs[1] > 1:
+        return (
+            f"agent {agent} and control plane {control_plane} are too far apart: the agent "
+            "may be at most one minor version older than the control plane, never newer"
+        )
+    return ""
+
+
+def _major_minor(version: str) -> tuple[int, int] | None:
+    parts = version.lstrip("v").split(".")
+    try:
+        return int(parts[0]), int(parts[1])
+    except (IndexError, ValueError):
+        return None
 
 
 def plan(observed: Observed) -> Plan:
@@ -227,6 +255,16 @@ def plan(observed: Observed) -> Plan:
         )
     status.agent.connected = live.connected
     status.agent.version = live.agent_version
+    skew = version_skew(observed.control_plane_version, live.agent_version)
+    if live.agent_version:
+        set_condition(
+            status.conditions,
+            "AgentVersionCompatible",
+            "False" if skew else "True",
+            "VersionSkew" if skew else "Compatible",
+            skew or f"agent {live.agent_version}, control plane {observed.control_plane_version}",
+            now=datetime.datetime.fromtimestamp(observed.now_wall, datetime.UTC),
+        )
     if heartbeat is not None:
         stamp = timestamp_pb2.Timestamp()
         stamp.FromSeconds(int(observed.now_wall - age))

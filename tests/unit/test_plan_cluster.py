@@ -7,6 +7,7 @@ plan is checked write by write. Times are fixed, so every timestamp the plan wri
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pytest
@@ -16,7 +17,7 @@ from archipel.core.conditions import find, set_condition
 from archipel.core.names import CLUSTER_LABEL
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
 from controlplane.context import FINALIZER, WORK_FINALIZER
-from controlplane.controllers.cluster import CREDENTIALS, Liveness, Observed, plan
+from controlplane.controllers.cluster import CREDENTIALS, Liveness, Observed, plan, version_skew
 from controlplane.plan import Delete, Plan, Purge, Update
 
 NOW_MONOTONIC = 10_000.0
@@ -512,3 +513,40 @@ def test_a_deleting_cluster_is_removed_in_one_plan(
     for bookkeeping in result.committed:
         bookkeeping()
     assert set(records) == {"member2"}
+
+
+@pytest.mark.parametrize(
+    ("control_plane", "agent", "compatible"),
+    [
+        ("0.1.0", "0.1.0", True),
+        ("0.2.3", "0.1.9", True),  # one minor older: allowed, as kubelets are
+        ("0.3.0", "0.1.0", False),  # two minors older
+        ("0.1.0", "0.2.0", False),  # newer than the control plane
+        ("1.0.0", "0.9.0", False),  # another major
+        ("v1.4.0", "v1.4.2", True),
+        ("0.1.0", "dev", True),  # unreadable: not judged
+    ],
+)
+def test_version_skew_follows_kubernetes_rule_for_kubelets(
+    control_plane: str, agent: str, compatible: bool
+) -> None:
+    assert (version_skew(control_plane, agent) == "") is compatible
+
+
+@pytest.mark.parametrize(("agent", "status"), [("0.1.0", "True"), ("0.3.0", "False")])
+def test_the_agents_version_is_judged_on_the_cluster(agent: str, status: str) -> None:
+    record = live(beat())
+    record.agent_version = agent
+    observed = dataclasses.replace(observe(member(), record), control_plane_version="0.1.0")
+    updated = update_of(plan(observed))
+    assert updated is not None
+    assert updated.status.agent.version == agent
+    condition = find(updated.status.conditions, "AgentVersionCompatible")
+    assert condition is not None and condition.status == status
+    assert (condition.reason == "VersionSkew") is (status == "False")
+
+
+def test_no_version_no_judgement() -> None:
+    updated = update_of(plan(observe(member())))
+    assert updated is not None
+    assert find(updated.status.conditions, "AgentVersionCompatible") is None
