@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Go programs Archipel's tests and demo run (kube-apiserver,
-# kube-controller-manager, kube-scheduler, etcd, kwok, grpcurl, helm, buf) from the Go module
+# kube-controller-manager, kube-scheduler, etcd, kwok, grpcurl, helm, buf, and the
+# protoc-gen-go and protoc-gen-go-grpc plugins that generate clients/go) from the Go module
 # proxy, into a cache outside the repository keyed by version, so a warm machine
 # rebuilds nothing. Each program has its own module under build/ because they pin
 # different versions of shared dependencies (grpc, otel, etcd client).
@@ -21,6 +22,8 @@ kwok_version=v0.7.0
 grpcurl_version=v1.9.4
 helm_version=v3.22.0
 buf_version=v1.75.0
+protoc_gen_go_version=v1.36.12
+protoc_gen_go_grpc_version=v1.6.2
 
 
 need_go() {
@@ -88,6 +91,17 @@ buf() {
   build buf "$bin_dir/buf-$buf_version" github.com/bufbuild/buf/cmd/buf
 }
 
+# The plugins buf runs to generate the Go client (clients/go/generate.sh).
+protoc-gen-go() {
+  build protoc-gen-go "$bin_dir/protoc-gen-go-$protoc_gen_go_version" \
+    google.golang.org/protobuf/cmd/protoc-gen-go
+}
+
+protoc-gen-go-grpc() {
+  build protoc-gen-go-grpc "$bin_dir/protoc-gen-go-grpc-$protoc_gen_go_grpc_version" \
+    google.golang.org/grpc/cmd/protoc-gen-go-grpc
+}
+
 # Where each program lives; the Python launcher reads this instead of knowing the layout.
 paths() {
   local c
@@ -100,6 +114,8 @@ paths() {
   echo "grpcurl=$bin_dir/grpcurl-$grpcurl_version"
   echo "helm=$bin_dir/helm-$helm_version"
   echo "buf=$bin_dir/buf-$buf_version"
+  echo "protoc-gen-go=$bin_dir/protoc-gen-go-$protoc_gen_go_version"
+  echo "protoc-gen-go-grpc=$bin_dir/protoc-gen-go-grpc-$protoc_gen_go_grpc_version"
   echo "kube-version=$kube_version"
 }
 
@@ -109,10 +125,10 @@ mkdir -p "$bin_dir" "$share_dir"
 exec 9>"$cache/.build.lock"
 flock 9
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(etcd grpcurl kwok kube helm buf)
+[ ${#tools[@]} -gt 0 ] || tools=(etcd grpcurl kwok kube helm buf protoc-gen-go protoc-gen-go-grpc)
 for t in "${tools[@]}"; do
   case $t in
-    kube|etcd|kwok|grpcurl|helm|buf) "$t" ;;
-    *) echo "tools.sh: unknown tool '$t' (kube, etcd, kwok, grpcurl, helm, buf)" >&2; exit 1 ;;
+    kube|etcd|kwok|grpcurl|helm|buf|protoc-gen-go|protoc-gen-go-grpc) "$t" ;;
+    *) echo "tools.sh: unknown tool '$t' (kube, etcd, kwok, grpcurl, helm, buf, protoc-gen-go, protoc-gen-go-grpc)" >&2; exit 1 ;;
   esac
 done

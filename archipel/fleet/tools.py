@@ -31,6 +31,8 @@ class Tools:
     grpcurl: Path
     helm: Path
     buf: Path
+    protoc_gen_go: Path
+    protoc_gen_go_grpc: Path
     kube_version: str
 
 
@@ -62,5 +64,7 @@ def locate() -> Tools:
         grpcurl=Path(paths["grpcurl"]),
         helm=Path(paths["helm"]),
         buf=Path(paths["buf"]),
+        protoc_gen_go=Path(paths["protoc-gen-go"]),
+        protoc_gen_go_grpc=Path(paths["protoc-gen-go-grpc"]),
         kube_version=paths["kube-version"],
     )

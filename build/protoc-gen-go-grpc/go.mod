@@ -1,0 +1,11 @@
+// Build module for protoc-gen-go-grpc, which generates clients/go's gRPC stubs.
+module archipel.invalid/build/protoc-gen-go-grpc
+
+go 1.26.7
+
+tool google.golang.org/grpc/cmd/protoc-gen-go-grpc
+
+require (
+	google.golang.org/grpc/cmd/protoc-gen-go-grpc v1.6.2 // indirect
+	google.golang.org/protobuf v1.36.11 // indirect
+)

@@ -1,0 +1,40 @@
+// @archipel/client: the generated messages and @grpc/grpc-js clients of Archipel's API
+// (src/gen/, from proto/ by generate.sh), and a few helpers to call them.
+import { Metadata, type ClientReadableStream } from "@grpc/grpc-js";
+
+export * as cluster from "./gen/archipel/v1alpha1/cluster.js";
+export * as interpreter from "./gen/archipel/v1alpha1/interpreter.js";
+export * as meta from "./gen/archipel/v1alpha1/meta.js";
+export * as override from "./gen/archipel/v1alpha1/override.js";
+export * as policy from "./gen/archipel/v1alpha1/policy.js";
+export * as service from "./gen/archipel/v1alpha1/service.js";
+export * as work from "./gen/archipel/v1alpha1/work.js";
+
+/** The metadata every admin call carries: `authorization: Bearer <token>`. */
+export function bearer(token: string): Metadata {
+  const metadata = new Metadata();
+  metadata.set("authorization", `Bearer ${token}`);
+  return metadata;
+}
+
+/** A unary call of a generated client as a promise:
+ * `await unary((done) => client.apply(request, metadata, done))`. */
+export function unary<T>(
+  call: (done: (error: Error | null, response: T) => void) => unknown,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    call((error, response) => (error ? reject(error) : resolve(response)));
+  });
+}
+
+/** The events of a server stream, as an async iterator; breaking out of the loop
+ * cancels the call. */
+export async function* events<T>(stream: ClientReadableStream<T>): AsyncGenerator<T> {
+  try {
+    for await (const event of stream) {
+      yield event as T;
+    }
+  } finally {
+    stream.cancel();
+  }
+}
