@@ -343,6 +343,10 @@ class KindService(Generic[T]):
             validation.check_object_name(name, "name")
         else:
             validation.check_name(name, "name")
+        if self.kind is kinds.PROPAGATION_BINDING and not namespace:
+            # The binding of a cluster-scoped template (a Namespace, a ClusterRole) has
+            # no namespace, as Karmada's ClusterResourceBinding has none.
+            return self.kind.key("", name)
         if self.kind.namespaced:
             validation.check_dns_label(namespace, "namespace")
         elif namespace:
