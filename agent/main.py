@@ -146,7 +146,10 @@ class Agent:
                             functools.partial(_end_session_on_failure, call, heartbeat_failure)
                         )
                         log.info(
-                            "connected to %s (session %s)", self.server, message.welcome.session
+                            "connected to %s (session %s, control plane %s)",
+                            self.server,
+                            message.welcome.session,
+                            message.welcome.control_plane_version or "unknown",
                         )
                     elif which == "work":
                         self._receive(message.work)

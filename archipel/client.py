@@ -151,6 +151,7 @@ class Client:
         self.metadata = (("authorization", f"Bearer {config.token}"),)
         self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
         self.admin = service_pb2_grpc.ClusterAdminServiceStub(self.channel)
+        self.info = service_pb2_grpc.InfoServiceStub(self.channel)
 
     def close(self) -> None:
         self.channel.close()

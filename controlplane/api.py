@@ -39,6 +39,7 @@ from archipel.v1alpha1 import (
     service_pb2,
     work_pb2,
 )
+from archipel.version import VERSION
 from controlplane import memory
 from controlplane.controllers.cluster import ClusterController
 from controlplane.etcd import Compacted
@@ -712,6 +713,16 @@ async def apply_template(store: Store, manifest: Manifest) -> Manifest:
     if updated == current:
         return current
     return await store.update(kind, updated, current=current)
+
+
+class InfoService:
+    """What this control plane is."""
+
+    @_guard
+    async def GetVersion(
+        self, request: service_pb2.GetVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> service_pb2.GetVersionResponse:
+        return service_pb2.GetVersionResponse(version=VERSION, api_version="v1alpha1")
 
 
 class ClusterAdminService:

@@ -297,6 +297,7 @@ class ControlPlane:
             **api.kind_services(self.store),
             "ResourceTemplateService": api.TemplateService(self.store),
             "ClusterAdminService": api.ClusterAdminService(self.clusters),
+            "InfoService": api.InfoService(),
             "AgentService": AgentService(
                 clusters=self.clusters, execution=self.execution, work_status=self.work_status
             ),

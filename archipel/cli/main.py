@@ -656,6 +656,13 @@ class Commands:
 
         promote.run(self.args, self.client)
 
+    # -- version ---------------------------------------------------------------------------
+
+    def version(self) -> None:
+        print(f"client: {VERSION}")
+        answer = self.client.call(self.client.info.GetVersion, service_pb2.GetVersionRequest())
+        print(f"server: {answer.version} (API {answer.api_version})")
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -745,6 +752,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("-f", "--filename", action="append")
     delete.add_argument("-n", "--namespace")
     sub.add_parser("clusters", help="member clusters: ready, version, nodes, age")
+    sub.add_parser("version", help="the versions of this CLI and of the control plane")
     cordon = sub.add_parser("cordon", help="keep new workloads off a member cluster")
     cordon.add_argument("name")
     uncordon = sub.add_parser("uncordon", help="let new workloads onto a member cluster again")

@@ -340,17 +340,21 @@ class Welcome(_message.Message):
 
     SESSION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    CONTROL_PLANE_VERSION_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     heartbeat_interval_seconds: _builtins.int
+    control_plane_version: _builtins.str
+    """The control plane's version: the agent says when it is too far from its own."""
     def __init__(
         self,
         *,
         session: _builtins.str = ...,
         heartbeat_interval_seconds: _builtins.int = ...,
+        control_plane_version: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_plane_version", b"control_plane_version", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

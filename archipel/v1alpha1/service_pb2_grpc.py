@@ -2297,3 +2297,79 @@ class ClusterAdminService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class InfoServiceStub:
+    """What this control plane is.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetVersion = channel.unary_unary(
+                '/archipel.v1alpha1.InfoService/GetVersion',
+                request_serializer=archipel_dot_v1alpha1_dot_service__pb2.GetVersionRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha1_dot_service__pb2.GetVersionResponse.FromString,
+                _registered_method=True)
+
+
+class InfoServiceServicer:
+    """What this control plane is.
+    """
+
+    def GetVersion(self, request, context):
+        """The control plane's version, as `archipel version` and grpcurl show it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_InfoServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersion,
+                    request_deserializer=archipel_dot_v1alpha1_dot_service__pb2.GetVersionRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha1_dot_service__pb2.GetVersionResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'archipel.v1alpha1.InfoService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('archipel.v1alpha1.InfoService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class InfoService:
+    """What this control plane is.
+    """
+
+    @staticmethod
+    def GetVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha1.InfoService/GetVersion',
+            archipel_dot_v1alpha1_dot_service__pb2.GetVersionRequest.SerializeToString,
+            archipel_dot_v1alpha1_dot_service__pb2.GetVersionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -581,3 +581,34 @@ class ClusterAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """Register a member cluster and issue the credential its agent connects with."""
 
 def add_ClusterAdminServiceServicer_to_server(servicer: ClusterAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class InfoServiceStub:
+    """What this control plane is."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> InfoServiceAsyncStub: ...
+    GetVersion: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetVersionRequest, _service_pb2.GetVersionResponse]
+    """The control plane's version, as `archipel version` and grpcurl show it."""
+
+@_typing.type_check_only
+class InfoServiceAsyncStub(InfoServiceStub):
+    """What this control plane is."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    GetVersion: _aio.UnaryUnaryMultiCallable[_service_pb2.GetVersionRequest, _service_pb2.GetVersionResponse]  # type: ignore[assignment]
+    """The control plane's version, as `archipel version` and grpcurl show it."""
+
+class InfoServiceServicer(metaclass=_abc_1.ABCMeta):
+    """What this control plane is."""
+
+    @_abc_1.abstractmethod
+    def GetVersion(
+        self,
+        request: _service_pb2.GetVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.GetVersionResponse, _abc.Awaitable[_service_pb2.GetVersionResponse]]:
+        """The control plane's version, as `archipel version` and grpcurl show it."""
+
+def add_InfoServiceServicer_to_server(servicer: InfoServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

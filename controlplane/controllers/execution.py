@@ -30,6 +30,7 @@ from archipel.core import kinds
 from archipel.core.errors import ArchipelError
 from archipel.core.names import CLUSTER_LABEL
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
+from archipel.version import VERSION
 from controlplane import metrics
 from controlplane.context import Context
 from controlplane.predicates import is_deleting
@@ -211,6 +212,7 @@ class ExecutionController:
             welcome=agent_pb2.Welcome(
                 session=session.id,
                 heartbeat_interval_seconds=int(self.context.settings.heartbeat_interval),
+                control_plane_version=VERSION,
             )
         )
         cluster_works = self.context.works.index_keys("cluster", session.cluster)

@@ -759,8 +759,10 @@ type Welcome struct {
 	state                    protoimpl.MessageState `protogen:"open.v1"`
 	Session                  string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
 	HeartbeatIntervalSeconds int32                  `protobuf:"varint,2,opt,name=heartbeat_interval_seconds,json=heartbeatIntervalSeconds,proto3" json:"heartbeat_interval_seconds,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// The control plane's version: the agent says when it is too far from its own.
+	ControlPlaneVersion string `protobuf:"bytes,3,opt,name=control_plane_version,json=controlPlaneVersion,proto3" json:"control_plane_version,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -805,6 +807,13 @@ func (x *Welcome) GetHeartbeatIntervalSeconds() int32 {
 		return x.HeartbeatIntervalSeconds
 	}
 	return 0
+}
+
+func (x *Welcome) GetControlPlaneVersion() string {
+	if x != nil {
+		return x.ControlPlaneVersion
+	}
+	return ""
 }
 
 type WorkDelete struct {
@@ -1236,10 +1245,11 @@ const file_archipel_v1alpha1_agent_proto_rawDesc = "" +
 	"\x05batch\x18\x06 \x01(\v2\x1d.archipel.v1alpha1.AgentBatchH\x00R\x05batch\x12=\n" +
 	"\n" +
 	"held_works\x18\a \x01(\v2\x1c.archipel.v1alpha1.HeldWorksH\x00R\theldWorksB\t\n" +
-	"\amessage\"a\n" +
+	"\amessage\"\x95\x01\n" +
 	"\aWelcome\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12<\n" +
-	"\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05R\x18heartbeatIntervalSeconds\"a\n" +
+	"\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05R\x18heartbeatIntervalSeconds\x122\n" +
+	"\x15control_plane_version\x18\x03 \x01(\tR\x13controlPlaneVersion\"a\n" +
 	"\n" +
 	"WorkDelete\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +

@@ -1843,6 +1843,96 @@ func (x *JoinResponse) GetToken() string {
 	return ""
 }
 
+type GetVersionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVersionRequest) Reset() {
+	*x = GetVersionRequest{}
+	mi := &file_archipel_v1alpha1_service_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVersionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVersionRequest) ProtoMessage() {}
+
+func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_service_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVersionRequest.ProtoReflect.Descriptor instead.
+func (*GetVersionRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_service_proto_rawDescGZIP(), []int{29}
+}
+
+type GetVersionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Archipel's version (pyproject.toml's), e.g. "0.1.0".
+	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
+	// The API version it serves, e.g. "v1alpha1".
+	ApiVersion    string `protobuf:"bytes,2,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetVersionResponse) Reset() {
+	*x = GetVersionResponse{}
+	mi := &file_archipel_v1alpha1_service_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetVersionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetVersionResponse) ProtoMessage() {}
+
+func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_service_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetVersionResponse.ProtoReflect.Descriptor instead.
+func (*GetVersionResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_service_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *GetVersionResponse) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *GetVersionResponse) GetApiVersion() string {
+	if x != nil {
+		return x.ApiVersion
+	}
+	return ""
+}
+
 var File_archipel_v1alpha1_service_proto protoreflect.FileDescriptor
 
 const file_archipel_v1alpha1_service_proto_rawDesc = "" +
@@ -1979,7 +2069,12 @@ const file_archipel_v1alpha1_service_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
 	"\fJoinResponse\x12:\n" +
 	"\acluster\x18\x01 \x01(\v2 .archipel.v1alpha1.MemberClusterR\acluster\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token2\x9b\x03\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"\x13\n" +
+	"\x11GetVersionRequest\"O\n" +
+	"\x12GetVersionResponse\x12\x18\n" +
+	"\aversion\x18\x01 \x01(\tR\aversion\x12\x1f\n" +
+	"\vapi_version\x18\x02 \x01(\tR\n" +
+	"apiVersion2\x9b\x03\n" +
 	"\x14MemberClusterService\x12F\n" +
 	"\x03Get\x12\x1d.archipel.v1alpha1.GetRequest\x1a .archipel.v1alpha1.MemberCluster\x12L\n" +
 	"\x04List\x12\x1e.archipel.v1alpha1.ListRequest\x1a$.archipel.v1alpha1.MemberClusterList\x12Q\n" +
@@ -2035,7 +2130,10 @@ const file_archipel_v1alpha1_service_proto_rawDesc = "" +
 	"\x05Apply\x12#.archipel.v1alpha1.ResourceTemplate\x1a#.archipel.v1alpha1.ResourceTemplate\x12U\n" +
 	"\x06Delete\x12(.archipel.v1alpha1.TemplateDeleteRequest\x1a!.archipel.v1alpha1.DeleteResponse2^\n" +
 	"\x13ClusterAdminService\x12G\n" +
-	"\x04Join\x12\x1e.archipel.v1alpha1.JoinRequest\x1a\x1f.archipel.v1alpha1.JoinResponseB\xd9\x01\n" +
+	"\x04Join\x12\x1e.archipel.v1alpha1.JoinRequest\x1a\x1f.archipel.v1alpha1.JoinResponse2h\n" +
+	"\vInfoService\x12Y\n" +
+	"\n" +
+	"GetVersion\x12$.archipel.v1alpha1.GetVersionRequest\x1a%.archipel.v1alpha1.GetVersionResponseB\xd9\x01\n" +
 	"\x15com.archipel.v1alpha1B\fServiceProtoP\x01ZMgithub.com/archipel-io/archipel/clients/go/archipel/v1alpha1;archipelv1alpha1\xa2\x02\x03AXX\xaa\x02\x11Archipel.V1alpha1\xca\x02\x11Archipel\\V1alpha1\xe2\x02\x1dArchipel\\V1alpha1\\GPBMetadata\xea\x02\x12Archipel::V1alpha1b\x06proto3"
 
 var (
@@ -2050,7 +2148,7 @@ func file_archipel_v1alpha1_service_proto_rawDescGZIP() []byte {
 	return file_archipel_v1alpha1_service_proto_rawDescData
 }
 
-var file_archipel_v1alpha1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_archipel_v1alpha1_service_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_archipel_v1alpha1_service_proto_goTypes = []any{
 	(*GetRequest)(nil),                            // 0: archipel.v1alpha1.GetRequest
 	(*ListRequest)(nil),                           // 1: archipel.v1alpha1.ListRequest
@@ -2081,132 +2179,136 @@ var file_archipel_v1alpha1_service_proto_goTypes = []any{
 	(*ResourceTemplateList)(nil),                  // 26: archipel.v1alpha1.ResourceTemplateList
 	(*JoinRequest)(nil),                           // 27: archipel.v1alpha1.JoinRequest
 	(*JoinResponse)(nil),                          // 28: archipel.v1alpha1.JoinResponse
-	nil,                                           // 29: archipel.v1alpha1.JoinRequest.LabelsEntry
-	(*MemberCluster)(nil),                         // 30: archipel.v1alpha1.MemberCluster
-	(*PropagationPolicy)(nil),                     // 31: archipel.v1alpha1.PropagationPolicy
-	(*ClusterPropagationPolicy)(nil),              // 32: archipel.v1alpha1.ClusterPropagationPolicy
-	(*PropagationBinding)(nil),                    // 33: archipel.v1alpha1.PropagationBinding
-	(*PropagationWork)(nil),                       // 34: archipel.v1alpha1.PropagationWork
-	(*OverridePolicy)(nil),                        // 35: archipel.v1alpha1.OverridePolicy
-	(*ClusterOverridePolicy)(nil),                 // 36: archipel.v1alpha1.ClusterOverridePolicy
-	(*ResourceInterpreterCustomization)(nil),      // 37: archipel.v1alpha1.ResourceInterpreterCustomization
-	(*ResourceTemplate)(nil),                      // 38: archipel.v1alpha1.ResourceTemplate
+	(*GetVersionRequest)(nil),                     // 29: archipel.v1alpha1.GetVersionRequest
+	(*GetVersionResponse)(nil),                    // 30: archipel.v1alpha1.GetVersionResponse
+	nil,                                           // 31: archipel.v1alpha1.JoinRequest.LabelsEntry
+	(*MemberCluster)(nil),                         // 32: archipel.v1alpha1.MemberCluster
+	(*PropagationPolicy)(nil),                     // 33: archipel.v1alpha1.PropagationPolicy
+	(*ClusterPropagationPolicy)(nil),              // 34: archipel.v1alpha1.ClusterPropagationPolicy
+	(*PropagationBinding)(nil),                    // 35: archipel.v1alpha1.PropagationBinding
+	(*PropagationWork)(nil),                       // 36: archipel.v1alpha1.PropagationWork
+	(*OverridePolicy)(nil),                        // 37: archipel.v1alpha1.OverridePolicy
+	(*ClusterOverridePolicy)(nil),                 // 38: archipel.v1alpha1.ClusterOverridePolicy
+	(*ResourceInterpreterCustomization)(nil),      // 39: archipel.v1alpha1.ResourceInterpreterCustomization
+	(*ResourceTemplate)(nil),                      // 40: archipel.v1alpha1.ResourceTemplate
 }
 var file_archipel_v1alpha1_service_proto_depIdxs = []int32{
-	30, // 0: archipel.v1alpha1.MemberClusterEvent.object:type_name -> archipel.v1alpha1.MemberCluster
-	30, // 1: archipel.v1alpha1.MemberClusterList.items:type_name -> archipel.v1alpha1.MemberCluster
-	31, // 2: archipel.v1alpha1.PropagationPolicyEvent.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	31, // 3: archipel.v1alpha1.PropagationPolicyList.items:type_name -> archipel.v1alpha1.PropagationPolicy
-	32, // 4: archipel.v1alpha1.ClusterPropagationPolicyEvent.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	32, // 5: archipel.v1alpha1.ClusterPropagationPolicyList.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	33, // 6: archipel.v1alpha1.PropagationBindingEvent.object:type_name -> archipel.v1alpha1.PropagationBinding
-	33, // 7: archipel.v1alpha1.PropagationBindingList.items:type_name -> archipel.v1alpha1.PropagationBinding
-	34, // 8: archipel.v1alpha1.PropagationWorkEvent.object:type_name -> archipel.v1alpha1.PropagationWork
-	34, // 9: archipel.v1alpha1.PropagationWorkList.items:type_name -> archipel.v1alpha1.PropagationWork
-	35, // 10: archipel.v1alpha1.OverridePolicyEvent.object:type_name -> archipel.v1alpha1.OverridePolicy
-	35, // 11: archipel.v1alpha1.OverridePolicyList.items:type_name -> archipel.v1alpha1.OverridePolicy
-	36, // 12: archipel.v1alpha1.ClusterOverridePolicyEvent.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	36, // 13: archipel.v1alpha1.ClusterOverridePolicyList.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	37, // 14: archipel.v1alpha1.ResourceInterpreterCustomizationEvent.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	37, // 15: archipel.v1alpha1.ResourceInterpreterCustomizationList.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	38, // 16: archipel.v1alpha1.ResourceTemplateEvent.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	38, // 17: archipel.v1alpha1.ResourceTemplateList.items:type_name -> archipel.v1alpha1.ResourceTemplate
-	29, // 18: archipel.v1alpha1.JoinRequest.labels:type_name -> archipel.v1alpha1.JoinRequest.LabelsEntry
-	30, // 19: archipel.v1alpha1.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
+	32, // 0: archipel.v1alpha1.MemberClusterEvent.object:type_name -> archipel.v1alpha1.MemberCluster
+	32, // 1: archipel.v1alpha1.MemberClusterList.items:type_name -> archipel.v1alpha1.MemberCluster
+	33, // 2: archipel.v1alpha1.PropagationPolicyEvent.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	33, // 3: archipel.v1alpha1.PropagationPolicyList.items:type_name -> archipel.v1alpha1.PropagationPolicy
+	34, // 4: archipel.v1alpha1.ClusterPropagationPolicyEvent.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	34, // 5: archipel.v1alpha1.ClusterPropagationPolicyList.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	35, // 6: archipel.v1alpha1.PropagationBindingEvent.object:type_name -> archipel.v1alpha1.PropagationBinding
+	35, // 7: archipel.v1alpha1.PropagationBindingList.items:type_name -> archipel.v1alpha1.PropagationBinding
+	36, // 8: archipel.v1alpha1.PropagationWorkEvent.object:type_name -> archipel.v1alpha1.PropagationWork
+	36, // 9: archipel.v1alpha1.PropagationWorkList.items:type_name -> archipel.v1alpha1.PropagationWork
+	37, // 10: archipel.v1alpha1.OverridePolicyEvent.object:type_name -> archipel.v1alpha1.OverridePolicy
+	37, // 11: archipel.v1alpha1.OverridePolicyList.items:type_name -> archipel.v1alpha1.OverridePolicy
+	38, // 12: archipel.v1alpha1.ClusterOverridePolicyEvent.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	38, // 13: archipel.v1alpha1.ClusterOverridePolicyList.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	39, // 14: archipel.v1alpha1.ResourceInterpreterCustomizationEvent.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	39, // 15: archipel.v1alpha1.ResourceInterpreterCustomizationList.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	40, // 16: archipel.v1alpha1.ResourceTemplateEvent.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	40, // 17: archipel.v1alpha1.ResourceTemplateList.items:type_name -> archipel.v1alpha1.ResourceTemplate
+	31, // 18: archipel.v1alpha1.JoinRequest.labels:type_name -> archipel.v1alpha1.JoinRequest.LabelsEntry
+	32, // 19: archipel.v1alpha1.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
 	0,  // 20: archipel.v1alpha1.MemberClusterService.Get:input_type -> archipel.v1alpha1.GetRequest
 	1,  // 21: archipel.v1alpha1.MemberClusterService.List:input_type -> archipel.v1alpha1.ListRequest
 	2,  // 22: archipel.v1alpha1.MemberClusterService.Watch:input_type -> archipel.v1alpha1.WatchRequest
-	30, // 23: archipel.v1alpha1.MemberClusterService.Apply:input_type -> archipel.v1alpha1.MemberCluster
+	32, // 23: archipel.v1alpha1.MemberClusterService.Apply:input_type -> archipel.v1alpha1.MemberCluster
 	3,  // 24: archipel.v1alpha1.MemberClusterService.Delete:input_type -> archipel.v1alpha1.DeleteRequest
 	0,  // 25: archipel.v1alpha1.PropagationPolicyService.Get:input_type -> archipel.v1alpha1.GetRequest
 	1,  // 26: archipel.v1alpha1.PropagationPolicyService.List:input_type -> archipel.v1alpha1.ListRequest
 	2,  // 27: archipel.v1alpha1.PropagationPolicyService.Watch:input_type -> archipel.v1alpha1.WatchRequest
-	31, // 28: archipel.v1alpha1.PropagationPolicyService.Apply:input_type -> archipel.v1alpha1.PropagationPolicy
+	33, // 28: archipel.v1alpha1.PropagationPolicyService.Apply:input_type -> archipel.v1alpha1.PropagationPolicy
 	3,  // 29: archipel.v1alpha1.PropagationPolicyService.Delete:input_type -> archipel.v1alpha1.DeleteRequest
 	0,  // 30: archipel.v1alpha1.ClusterPropagationPolicyService.Get:input_type -> archipel.v1alpha1.GetRequest
 	1,  // 31: archipel.v1alpha1.ClusterPropagationPolicyService.List:input_type -> archipel.v1alpha1.ListRequest
 	2,  // 32: archipel.v1alpha1.ClusterPropagationPolicyService.Watch:input_type -> archipel.v1alpha1.WatchRequest
-	32, // 33: archipel.v1alpha1.ClusterPropagationPolicyService.Apply:input_type -> archipel.v1alpha1.ClusterPropagationPolicy
+	34, // 33: archipel.v1alpha1.ClusterPropagationPolicyService.Apply:input_type -> archipel.v1alpha1.ClusterPropagationPolicy
 	3,  // 34: archipel.v1alpha1.ClusterPropagationPolicyService.Delete:input_type -> archipel.v1alpha1.DeleteRequest
 	0,  // 35: archipel.v1alpha1.PropagationBindingService.Get:input_type -> archipel.v1alpha1.GetRequest
 	1,  // 36: archipel.v1alpha1.PropagationBindingService.List:input_type -> archipel.v1alpha1.ListRequest
 	2,  // 37: archipel.v1alpha1.PropagationBindingService.Watch:input_type -> archipel.v1alpha1.WatchRequest
-	33, // 38: archipel.v1alpha1.PropagationBindingService.Apply:input_type -> archipel.v1alpha1.PropagationBinding
+	35, // 38: archipel.v1alpha1.PropagationBindingService.Apply:input_type -> archipel.v1alpha1.PropagationBinding
 	3,  // 39: archipel.v1alpha1.PropagationBindingService.Delete:input_type -> archipel.v1alpha1.DeleteRequest
 	0,  // 40: archipel.v1alpha1.PropagationWorkService.Get:input_type -> archipel.v1alpha1.GetRequest
 	1,  // 41: archipel.v1alpha1.PropagationWorkService.List:input_type -> archipel.v1alpha1.ListRequest
 	2,  // 42: archipel.v1alpha1.PropagationWorkService.Watch:input_type -> archipel.v1alpha1.WatchRequest
-	34, // 43: archipel.v1alpha1.PropagationWorkService.Apply:input_type -> archipel.v1alpha1.PropagationWork
+	36, // 43: archipel.v1alpha1.PropagationWorkService.Apply:input_type -> archipel.v1alpha1.PropagationWork
 	3,  // 44: archipel.v1alpha1.PropagationWorkService.Delete:input_type -> archipel.v1alpha1.DeleteRequest
 	0,  // 45: archipel.v1alpha1.OverridePolicyService.Get:input_type -> archipel.v1alpha1.GetRequest
 	1,  // 46: archipel.v1alpha1.OverridePolicyService.List:input_type -> archipel.v1alpha1.ListRequest
 	2,  // 47: archipel.v1alpha1.OverridePolicyService.Watch:input_type -> archipel.v1alpha1.WatchRequest
-	35, // 48: archipel.v1alpha1.OverridePolicyService.Apply:input_type -> archipel.v1alpha1.OverridePolicy
+	37, // 48: archipel.v1alpha1.OverridePolicyService.Apply:input_type -> archipel.v1alpha1.OverridePolicy
 	3,  // 49: archipel.v1alpha1.OverridePolicyService.Delete:input_type -> archipel.v1alpha1.DeleteRequest
 	0,  // 50: archipel.v1alpha1.ClusterOverridePolicyService.Get:input_type -> archipel.v1alpha1.GetRequest
 	1,  // 51: archipel.v1alpha1.ClusterOverridePolicyService.List:input_type -> archipel.v1alpha1.ListRequest
 	2,  // 52: archipel.v1alpha1.ClusterOverridePolicyService.Watch:input_type -> archipel.v1alpha1.WatchRequest
-	36, // 53: archipel.v1alpha1.ClusterOverridePolicyService.Apply:input_type -> archipel.v1alpha1.ClusterOverridePolicy
+	38, // 53: archipel.v1alpha1.ClusterOverridePolicyService.Apply:input_type -> archipel.v1alpha1.ClusterOverridePolicy
 	3,  // 54: archipel.v1alpha1.ClusterOverridePolicyService.Delete:input_type -> archipel.v1alpha1.DeleteRequest
 	0,  // 55: archipel.v1alpha1.ResourceInterpreterCustomizationService.Get:input_type -> archipel.v1alpha1.GetRequest
 	1,  // 56: archipel.v1alpha1.ResourceInterpreterCustomizationService.List:input_type -> archipel.v1alpha1.ListRequest
 	2,  // 57: archipel.v1alpha1.ResourceInterpreterCustomizationService.Watch:input_type -> archipel.v1alpha1.WatchRequest
-	37, // 58: archipel.v1alpha1.ResourceInterpreterCustomizationService.Apply:input_type -> archipel.v1alpha1.ResourceInterpreterCustomization
+	39, // 58: archipel.v1alpha1.ResourceInterpreterCustomizationService.Apply:input_type -> archipel.v1alpha1.ResourceInterpreterCustomization
 	3,  // 59: archipel.v1alpha1.ResourceInterpreterCustomizationService.Delete:input_type -> archipel.v1alpha1.DeleteRequest
 	21, // 60: archipel.v1alpha1.ResourceTemplateService.Get:input_type -> archipel.v1alpha1.TemplateGetRequest
 	22, // 61: archipel.v1alpha1.ResourceTemplateService.List:input_type -> archipel.v1alpha1.TemplateListRequest
 	23, // 62: archipel.v1alpha1.ResourceTemplateService.Watch:input_type -> archipel.v1alpha1.TemplateWatchRequest
-	38, // 63: archipel.v1alpha1.ResourceTemplateService.Apply:input_type -> archipel.v1alpha1.ResourceTemplate
+	40, // 63: archipel.v1alpha1.ResourceTemplateService.Apply:input_type -> archipel.v1alpha1.ResourceTemplate
 	24, // 64: archipel.v1alpha1.ResourceTemplateService.Delete:input_type -> archipel.v1alpha1.TemplateDeleteRequest
 	27, // 65: archipel.v1alpha1.ClusterAdminService.Join:input_type -> archipel.v1alpha1.JoinRequest
-	30, // 66: archipel.v1alpha1.MemberClusterService.Get:output_type -> archipel.v1alpha1.MemberCluster
-	6,  // 67: archipel.v1alpha1.MemberClusterService.List:output_type -> archipel.v1alpha1.MemberClusterList
-	5,  // 68: archipel.v1alpha1.MemberClusterService.Watch:output_type -> archipel.v1alpha1.MemberClusterEvent
-	30, // 69: archipel.v1alpha1.MemberClusterService.Apply:output_type -> archipel.v1alpha1.MemberCluster
-	4,  // 70: archipel.v1alpha1.MemberClusterService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	31, // 71: archipel.v1alpha1.PropagationPolicyService.Get:output_type -> archipel.v1alpha1.PropagationPolicy
-	8,  // 72: archipel.v1alpha1.PropagationPolicyService.List:output_type -> archipel.v1alpha1.PropagationPolicyList
-	7,  // 73: archipel.v1alpha1.PropagationPolicyService.Watch:output_type -> archipel.v1alpha1.PropagationPolicyEvent
-	31, // 74: archipel.v1alpha1.PropagationPolicyService.Apply:output_type -> archipel.v1alpha1.PropagationPolicy
-	4,  // 75: archipel.v1alpha1.PropagationPolicyService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	32, // 76: archipel.v1alpha1.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha1.ClusterPropagationPolicy
-	10, // 77: archipel.v1alpha1.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha1.ClusterPropagationPolicyList
-	9,  // 78: archipel.v1alpha1.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha1.ClusterPropagationPolicyEvent
-	32, // 79: archipel.v1alpha1.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha1.ClusterPropagationPolicy
-	4,  // 80: archipel.v1alpha1.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	33, // 81: archipel.v1alpha1.PropagationBindingService.Get:output_type -> archipel.v1alpha1.PropagationBinding
-	12, // 82: archipel.v1alpha1.PropagationBindingService.List:output_type -> archipel.v1alpha1.PropagationBindingList
-	11, // 83: archipel.v1alpha1.PropagationBindingService.Watch:output_type -> archipel.v1alpha1.PropagationBindingEvent
-	33, // 84: archipel.v1alpha1.PropagationBindingService.Apply:output_type -> archipel.v1alpha1.PropagationBinding
-	4,  // 85: archipel.v1alpha1.PropagationBindingService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	34, // 86: archipel.v1alpha1.PropagationWorkService.Get:output_type -> archipel.v1alpha1.PropagationWork
-	14, // 87: archipel.v1alpha1.PropagationWorkService.List:output_type -> archipel.v1alpha1.PropagationWorkList
-	13, // 88: archipel.v1alpha1.PropagationWorkService.Watch:output_type -> archipel.v1alpha1.PropagationWorkEvent
-	34, // 89: archipel.v1alpha1.PropagationWorkService.Apply:output_type -> archipel.v1alpha1.PropagationWork
-	4,  // 90: archipel.v1alpha1.PropagationWorkService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	35, // 91: archipel.v1alpha1.OverridePolicyService.Get:output_type -> archipel.v1alpha1.OverridePolicy
-	16, // 92: archipel.v1alpha1.OverridePolicyService.List:output_type -> archipel.v1alpha1.OverridePolicyList
-	15, // 93: archipel.v1alpha1.OverridePolicyService.Watch:output_type -> archipel.v1alpha1.OverridePolicyEvent
-	35, // 94: archipel.v1alpha1.OverridePolicyService.Apply:output_type -> archipel.v1alpha1.OverridePolicy
-	4,  // 95: archipel.v1alpha1.OverridePolicyService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	36, // 96: archipel.v1alpha1.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha1.ClusterOverridePolicy
-	18, // 97: archipel.v1alpha1.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha1.ClusterOverridePolicyList
-	17, // 98: archipel.v1alpha1.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha1.ClusterOverridePolicyEvent
-	36, // 99: archipel.v1alpha1.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha1.ClusterOverridePolicy
-	4,  // 100: archipel.v1alpha1.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	37, // 101: archipel.v1alpha1.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha1.ResourceInterpreterCustomization
-	20, // 102: archipel.v1alpha1.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha1.ResourceInterpreterCustomizationList
-	19, // 103: archipel.v1alpha1.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha1.ResourceInterpreterCustomizationEvent
-	37, // 104: archipel.v1alpha1.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha1.ResourceInterpreterCustomization
-	4,  // 105: archipel.v1alpha1.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	38, // 106: archipel.v1alpha1.ResourceTemplateService.Get:output_type -> archipel.v1alpha1.ResourceTemplate
-	26, // 107: archipel.v1alpha1.ResourceTemplateService.List:output_type -> archipel.v1alpha1.ResourceTemplateList
-	25, // 108: archipel.v1alpha1.ResourceTemplateService.Watch:output_type -> archipel.v1alpha1.ResourceTemplateEvent
-	38, // 109: archipel.v1alpha1.ResourceTemplateService.Apply:output_type -> archipel.v1alpha1.ResourceTemplate
-	4,  // 110: archipel.v1alpha1.ResourceTemplateService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
-	28, // 111: archipel.v1alpha1.ClusterAdminService.Join:output_type -> archipel.v1alpha1.JoinResponse
-	66, // [66:112] is the sub-list for method output_type
-	20, // [20:66] is the sub-list for method input_type
+	29, // 66: archipel.v1alpha1.InfoService.GetVersion:input_type -> archipel.v1alpha1.GetVersionRequest
+	32, // 67: archipel.v1alpha1.MemberClusterService.Get:output_type -> archipel.v1alpha1.MemberCluster
+	6,  // 68: archipel.v1alpha1.MemberClusterService.List:output_type -> archipel.v1alpha1.MemberClusterList
+	5,  // 69: archipel.v1alpha1.MemberClusterService.Watch:output_type -> archipel.v1alpha1.MemberClusterEvent
+	32, // 70: archipel.v1alpha1.MemberClusterService.Apply:output_type -> archipel.v1alpha1.MemberCluster
+	4,  // 71: archipel.v1alpha1.MemberClusterService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	33, // 72: archipel.v1alpha1.PropagationPolicyService.Get:output_type -> archipel.v1alpha1.PropagationPolicy
+	8,  // 73: archipel.v1alpha1.PropagationPolicyService.List:output_type -> archipel.v1alpha1.PropagationPolicyList
+	7,  // 74: archipel.v1alpha1.PropagationPolicyService.Watch:output_type -> archipel.v1alpha1.PropagationPolicyEvent
+	33, // 75: archipel.v1alpha1.PropagationPolicyService.Apply:output_type -> archipel.v1alpha1.PropagationPolicy
+	4,  // 76: archipel.v1alpha1.PropagationPolicyService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	34, // 77: archipel.v1alpha1.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha1.ClusterPropagationPolicy
+	10, // 78: archipel.v1alpha1.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha1.ClusterPropagationPolicyList
+	9,  // 79: archipel.v1alpha1.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha1.ClusterPropagationPolicyEvent
+	34, // 80: archipel.v1alpha1.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha1.ClusterPropagationPolicy
+	4,  // 81: archipel.v1alpha1.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	35, // 82: archipel.v1alpha1.PropagationBindingService.Get:output_type -> archipel.v1alpha1.PropagationBinding
+	12, // 83: archipel.v1alpha1.PropagationBindingService.List:output_type -> archipel.v1alpha1.PropagationBindingList
+	11, // 84: archipel.v1alpha1.PropagationBindingService.Watch:output_type -> archipel.v1alpha1.PropagationBindingEvent
+	35, // 85: archipel.v1alpha1.PropagationBindingService.Apply:output_type -> archipel.v1alpha1.PropagationBinding
+	4,  // 86: archipel.v1alpha1.PropagationBindingService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	36, // 87: archipel.v1alpha1.PropagationWorkService.Get:output_type -> archipel.v1alpha1.PropagationWork
+	14, // 88: archipel.v1alpha1.PropagationWorkService.List:output_type -> archipel.v1alpha1.PropagationWorkList
+	13, // 89: archipel.v1alpha1.PropagationWorkService.Watch:output_type -> archipel.v1alpha1.PropagationWorkEvent
+	36, // 90: archipel.v1alpha1.PropagationWorkService.Apply:output_type -> archipel.v1alpha1.PropagationWork
+	4,  // 91: archipel.v1alpha1.PropagationWorkService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	37, // 92: archipel.v1alpha1.OverridePolicyService.Get:output_type -> archipel.v1alpha1.OverridePolicy
+	16, // 93: archipel.v1alpha1.OverridePolicyService.List:output_type -> archipel.v1alpha1.OverridePolicyList
+	15, // 94: archipel.v1alpha1.OverridePolicyService.Watch:output_type -> archipel.v1alpha1.OverridePolicyEvent
+	37, // 95: archipel.v1alpha1.OverridePolicyService.Apply:output_type -> archipel.v1alpha1.OverridePolicy
+	4,  // 96: archipel.v1alpha1.OverridePolicyService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	38, // 97: archipel.v1alpha1.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha1.ClusterOverridePolicy
+	18, // 98: archipel.v1alpha1.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha1.ClusterOverridePolicyList
+	17, // 99: archipel.v1alpha1.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha1.ClusterOverridePolicyEvent
+	38, // 100: archipel.v1alpha1.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha1.ClusterOverridePolicy
+	4,  // 101: archipel.v1alpha1.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	39, // 102: archipel.v1alpha1.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha1.ResourceInterpreterCustomization
+	20, // 103: archipel.v1alpha1.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha1.ResourceInterpreterCustomizationList
+	19, // 104: archipel.v1alpha1.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha1.ResourceInterpreterCustomizationEvent
+	39, // 105: archipel.v1alpha1.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha1.ResourceInterpreterCustomization
+	4,  // 106: archipel.v1alpha1.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	40, // 107: archipel.v1alpha1.ResourceTemplateService.Get:output_type -> archipel.v1alpha1.ResourceTemplate
+	26, // 108: archipel.v1alpha1.ResourceTemplateService.List:output_type -> archipel.v1alpha1.ResourceTemplateList
+	25, // 109: archipel.v1alpha1.ResourceTemplateService.Watch:output_type -> archipel.v1alpha1.ResourceTemplateEvent
+	40, // 110: archipel.v1alpha1.ResourceTemplateService.Apply:output_type -> archipel.v1alpha1.ResourceTemplate
+	4,  // 111: archipel.v1alpha1.ResourceTemplateService.Delete:output_type -> archipel.v1alpha1.DeleteResponse
+	28, // 112: archipel.v1alpha1.ClusterAdminService.Join:output_type -> archipel.v1alpha1.JoinResponse
+	30, // 113: archipel.v1alpha1.InfoService.GetVersion:output_type -> archipel.v1alpha1.GetVersionResponse
+	67, // [67:114] is the sub-list for method output_type
+	20, // [20:67] is the sub-list for method input_type
 	20, // [20:20] is the sub-list for extension type_name
 	20, // [20:20] is the sub-list for extension extendee
 	0,  // [0:20] is the sub-list for field type_name
@@ -2228,9 +2330,9 @@ func file_archipel_v1alpha1_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha1_service_proto_rawDesc), len(file_archipel_v1alpha1_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   32,
 			NumExtensions: 0,
-			NumServices:   10,
+			NumServices:   11,
 		},
 		GoTypes:           file_archipel_v1alpha1_service_proto_goTypes,
 		DependencyIndexes: file_archipel_v1alpha1_service_proto_depIdxs,

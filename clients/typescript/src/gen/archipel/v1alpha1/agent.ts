@@ -132,6 +132,8 @@ export interface AgentMessage {
 export interface Welcome {
   session: string;
   heartbeatIntervalSeconds: number;
+  /** The control plane's version: the agent says when it is too far from its own. */
+  controlPlaneVersion: string;
 }
 
 export interface WorkDelete {
@@ -1357,7 +1359,7 @@ export const AgentMessage: MessageFns<AgentMessage> = {
 };
 
 function createBaseWelcome(): Welcome {
-  return { session: "", heartbeatIntervalSeconds: 0 };
+  return { session: "", heartbeatIntervalSeconds: 0, controlPlaneVersion: "" };
 }
 
 export const Welcome: MessageFns<Welcome> = {
@@ -1367,6 +1369,9 @@ export const Welcome: MessageFns<Welcome> = {
     }
     if (message.heartbeatIntervalSeconds !== 0) {
       writer.uint32(16).int32(message.heartbeatIntervalSeconds);
+    }
+    if (message.controlPlaneVersion !== "") {
+      writer.uint32(26).string(message.controlPlaneVersion);
     }
     return writer;
   },
@@ -1400,6 +1405,14 @@ export const Welcome: MessageFns<Welcome> = {
             message.heartbeatIntervalSeconds = reader.int32();
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.controlPlaneVersion = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1420,6 +1433,11 @@ export const Welcome: MessageFns<Welcome> = {
         : isSet(object.heartbeat_interval_seconds)
         ? globalThis.Number(object.heartbeat_interval_seconds)
         : 0,
+      controlPlaneVersion: isSet(object.controlPlaneVersion)
+        ? globalThis.String(object.controlPlaneVersion)
+        : isSet(object.control_plane_version)
+        ? globalThis.String(object.control_plane_version)
+        : "",
     };
   },
 
@@ -1431,6 +1449,9 @@ export const Welcome: MessageFns<Welcome> = {
     if (message.heartbeatIntervalSeconds !== 0) {
       obj.heartbeatIntervalSeconds = Math.round(message.heartbeatIntervalSeconds);
     }
+    if (message.controlPlaneVersion !== "") {
+      obj.controlPlaneVersion = message.controlPlaneVersion;
+    }
     return obj;
   },
 
@@ -1441,6 +1462,7 @@ export const Welcome: MessageFns<Welcome> = {
     const message = createBaseWelcome();
     message.session = object.session ?? "";
     message.heartbeatIntervalSeconds = object.heartbeatIntervalSeconds ?? 0;
+    message.controlPlaneVersion = object.controlPlaneVersion ?? "";
     return message;
   },
 };

@@ -241,6 +241,16 @@ export interface JoinResponse {
   token: string;
 }
 
+export interface GetVersionRequest {
+}
+
+export interface GetVersionResponse {
+  /** Archipel's version (pyproject.toml's), e.g. "0.1.0". */
+  version: string;
+  /** The API version it serves, e.g. "v1alpha1". */
+  apiVersion: string;
+}
+
 function createBaseGetRequest(): GetRequest {
   return { namespace: "", name: "" };
 }
@@ -3569,6 +3579,147 @@ export const JoinResponse: MessageFns<JoinResponse> = {
   },
 };
 
+function createBaseGetVersionRequest(): GetVersionRequest {
+  return {};
+}
+
+export const GetVersionRequest: MessageFns<GetVersionRequest> = {
+  encode(_: GetVersionRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetVersionRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetVersionRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): GetVersionRequest {
+    return {};
+  },
+
+  toJSON(_: GetVersionRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetVersionRequest>, I>>(base?: I): GetVersionRequest {
+    return GetVersionRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetVersionRequest>, I>>(_: I): GetVersionRequest {
+    const message = createBaseGetVersionRequest();
+    return message;
+  },
+};
+
+function createBaseGetVersionResponse(): GetVersionResponse {
+  return { version: "", apiVersion: "" };
+}
+
+export const GetVersionResponse: MessageFns<GetVersionResponse> = {
+  encode(message: GetVersionResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.version !== "") {
+      writer.uint32(10).string(message.version);
+    }
+    if (message.apiVersion !== "") {
+      writer.uint32(18).string(message.apiVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GetVersionResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGetVersionResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.version = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.apiVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GetVersionResponse {
+    return {
+      version: isSet(object.version) ? globalThis.String(object.version) : "",
+      apiVersion: isSet(object.apiVersion)
+        ? globalThis.String(object.apiVersion)
+        : isSet(object.api_version)
+        ? globalThis.String(object.api_version)
+        : "",
+    };
+  },
+
+  toJSON(message: GetVersionResponse): unknown {
+    const obj: any = {};
+    if (message.version !== "") {
+      obj.version = message.version;
+    }
+    if (message.apiVersion !== "") {
+      obj.apiVersion = message.apiVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GetVersionResponse>, I>>(base?: I): GetVersionResponse {
+    return GetVersionResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GetVersionResponse>, I>>(object: I): GetVersionResponse {
+    const message = createBaseGetVersionResponse();
+    message.version = object.version ?? "";
+    message.apiVersion = object.apiVersion ?? "";
+    return message;
+  },
+};
+
 export type MemberClusterServiceService = typeof MemberClusterServiceService;
 export const MemberClusterServiceService = {
   get: {
@@ -4875,6 +5026,54 @@ export const ClusterAdminServiceClient = makeGenericClientConstructor(
 ) as unknown as {
   new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): ClusterAdminServiceClient;
   service: typeof ClusterAdminServiceService;
+  serviceName: string;
+};
+
+/** What this control plane is. */
+export type InfoServiceService = typeof InfoServiceService;
+export const InfoServiceService = {
+  /** The control plane's version, as `archipel version` and grpcurl show it. */
+  getVersion: {
+    path: "/archipel.v1alpha1.InfoService/GetVersion" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: GetVersionRequest): Buffer => Buffer.from(GetVersionRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): GetVersionRequest => GetVersionRequest.decode(value),
+    responseSerialize: (value: GetVersionResponse): Buffer => Buffer.from(GetVersionResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): GetVersionResponse => GetVersionResponse.decode(value),
+  },
+} as const;
+
+export interface InfoServiceServer extends UntypedServiceImplementation {
+  /** The control plane's version, as `archipel version` and grpcurl show it. */
+  getVersion: handleUnaryCall<GetVersionRequest, GetVersionResponse>;
+}
+
+export interface InfoServiceClient extends Client {
+  /** The control plane's version, as `archipel version` and grpcurl show it. */
+  getVersion(
+    request: GetVersionRequest,
+    callback: (error: ServiceError | null, response: GetVersionResponse) => void,
+  ): ClientUnaryCall;
+  getVersion(
+    request: GetVersionRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: GetVersionResponse) => void,
+  ): ClientUnaryCall;
+  getVersion(
+    request: GetVersionRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: GetVersionResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const InfoServiceClient = makeGenericClientConstructor(
+  InfoServiceService,
+  "archipel.v1alpha1.InfoService",
+) as unknown as {
+  new (address: string, credentials: ChannelCredentials, options?: Partial<ClientOptions>): InfoServiceClient;
+  service: typeof InfoServiceService;
   serviceName: string;
 };
 
