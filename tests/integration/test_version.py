@@ -51,6 +51,6 @@ def test_the_version_needs_the_admin_token(plane: ControlPlaneProcess) -> None:
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         answer = stub.GetVersion(
             service_pb2.GetVersionRequest(),
-            metadata=[("authorization", f"Bearer {plane.admin_token}")],
+            metadata=(("authorization", f"Bearer {plane.admin_token}"),),
         )
         assert answer.version == VERSION
