@@ -119,11 +119,15 @@ class AgentService:
             async for message in self.execution.stream(session):
                 yield message
         finally:
+            # The bookkeeping first: this generator may be closed by a cancellation,
+            # and nothing after an await is sure to run then.
             reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
             self.execution.close(session)
             self.clusters.disconnected(cluster)
             log.info("agent for %s disconnected (session %s)", cluster, session.id)
+            # The reader handles its own errors (_read); waiting for it here only
+            # makes sure it is over before the handler is.
+            await asyncio.wait({reader}, timeout=_READER_GRACE)
         if session.error is not None:
             await context.abort(session.error.code, str(session.error))
 
@@ -237,6 +241,10 @@ def select_controllers(spec: Sequence[str], names: Sequence[str]) -> set[str]:
             )
         target.add(name)
     return chosen - removed
+
+
+# How long a closing session waits for its reader to finish after cancelling it.
+_READER_GRACE = 5.0
 
 
 def _check_held(hello: agent_pb2.Hello) -> None:
