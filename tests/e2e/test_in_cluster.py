@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,22 +29,12 @@ from archipel.core.names import LEDGER_LABEL
 from archipel.fleet import image
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.members import Fleet, Member
+from tests.e2e.conftest import wait_for
 
 pytestmark = pytest.mark.members(count=1, profile="api", isolated=True)
 
 SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 TIMEOUT = 120.0
-
-
-def wait_for(what: str, check: Any, *, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = check()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 def apply_all(member: Member, documents: list[dict[str, Any]]) -> None:
@@ -186,7 +175,9 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
                     return None
                 raise
 
-        found = wait_for(f"the Deployment in the member\n{agent.process.log_tail()}", deployed)
+        found = wait_for(
+            f"the Deployment in the member\n{agent.process.log_tail()}", deployed, timeout=TIMEOUT
+        )
         assert found.spec.replicas == 2
         # The ledger is where the chart's Role lets the agent write: its own namespace.
         ledgers = core.list_namespaced_config_map(namespace, label_selector=f"{LEDGER_LABEL}=true")

@@ -286,3 +286,13 @@ class RawAgent:
             self._running.cancel()
             await asyncio.gather(self._running, return_exceptions=True)
         await self.channel.close(None)
+
+
+def check_example_output(output: str, cluster: str) -> None:
+    """What every language's client example prints when it worked: its binding
+    scheduled to ``cluster``, and ``cluster`` among the member clusters."""
+    lines = output.splitlines()
+    scheduled = [line for line in lines if line.startswith("scheduled: ")]
+    assert len(scheduled) == 1, output
+    assert scheduled[0].endswith(f" -> {cluster}"), output
+    assert f"cluster: {cluster}" in lines, output

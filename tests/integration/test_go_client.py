@@ -18,6 +18,7 @@ import pytest
 
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.v1alpha1 import service_pb2, service_pb2_grpc
+from tests.integration.agents import check_example_output
 
 pytestmark = [pytest.mark.servers, pytest.mark.tools]
 
@@ -72,11 +73,7 @@ def test_the_example_propagates_a_config_map(
         timeout=120,
     )
 
-    lines = output.splitlines()
-    scheduled = [line for line in lines if line.startswith("scheduled: ")]
-    assert len(scheduled) == 1, output
-    assert scheduled[0].endswith(" -> go-member"), output
-    assert "cluster: go-member" in lines, output
+    check_example_output(output, "go-member")
 
 
 def test_the_committed_code_is_what_generation_gives(tmp_path: Path) -> None:
