@@ -154,7 +154,9 @@ Global___DeleteResponse: _TypeAlias = DeleteResponse  # noqa: Y015
 
 @_typing.final
 class MemberClusterEvent(_message.Message):
-    """Event types: ADDED, MODIFIED, DELETED; BOOKMARK carries only a resourceVersion."""
+    """Event types: ADDED, MODIFIED and DELETED; resource_version is the revision to resume
+    a Watch from after this event.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

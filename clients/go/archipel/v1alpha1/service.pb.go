@@ -318,7 +318,8 @@ func (x *DeleteResponse) GetDeleted() bool {
 	return false
 }
 
-// Event types: ADDED, MODIFIED, DELETED; BOOKMARK carries only a resourceVersion.
+// Event types: ADDED, MODIFIED and DELETED; resource_version is the revision to resume
+// a Watch from after this event.
 type MemberClusterEvent struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Type            string                 `protobuf:"bytes,1,opt,name=type,proto3" json:"type,omitempty"`

@@ -75,7 +75,10 @@ export interface DeleteResponse {
   deleted: boolean;
 }
 
-/** Event types: ADDED, MODIFIED, DELETED; BOOKMARK carries only a resourceVersion. */
+/**
+ * Event types: ADDED, MODIFIED and DELETED; resource_version is the revision to resume
+ * a Watch from after this event.
+ */
 export interface MemberClusterEvent {
   type: string;
   object: MemberCluster | undefined;
