@@ -17,9 +17,10 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
+from google.protobuf import descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
@@ -247,6 +248,35 @@ def select_controllers(spec: Sequence[str], names: Sequence[str]) -> set[str]:
 _READER_GRACE = 5.0
 
 
+class MethodAwarePool:
+    """The descriptor pool reflection answers from, in which a method's full name finds
+    its service's file.
+
+    upb's pool (protobuf's default implementation) does not index methods, so without
+    this ``grpcurl describe archipel.v1alpha1.PropagationPolicyService.Get`` would
+    answer "Symbol not found". Everything else is the default pool's.
+    """
+
+    def __init__(self, pool: descriptor_pool.DescriptorPool) -> None:
+        self._pool = pool
+
+    def FindFileContainingSymbol(self, symbol: str) -> Any:
+        try:
+            return self._pool.FindFileContainingSymbol(symbol)
+        except KeyError:
+            service_name, _, method = symbol.rpartition(".")
+            try:
+                service = self._pool.FindServiceByName(service_name)
+            except KeyError:
+                service = None
+            if service is None or method not in service.methods_by_name:
+                raise
+            return service.file
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pool, name)
+
+
 def _check_held(hello: agent_pb2.Hello) -> None:
     if len(hello.held_works) > limits.MAX_HELD_WORKS:
         raise TooMuch(
@@ -374,7 +404,10 @@ class ControlPlane:
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent, server)  # type: ignore[arg-type]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+            (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
+            server,
+            # Duck-typed: reflection only calls the pool's Find* methods.
+            pool=cast(descriptor_pool.DescriptorPool, MethodAwarePool(descriptor_pool.Default())),
         )
         if settings.tls_cert_file and settings.tls_key_file:
             credentials = grpc.ssl_server_credentials(
