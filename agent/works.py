@@ -243,10 +243,37 @@ class WorkManager:
             await self._apply(work, entry)
         except Exception as error:
             self._namespaces.clear()
+            await self._record_partial(work, entry)
             self.report(
                 name, applied=False, message=describe(error), generation=work.metadata.generation
             )
             raise
+
+    async def _record_partial(self, work: work_pb2.PropagationWork, entry: Entry | None) -> None:
+        """After a work failed part-way, have the ledger list the objects it applied
+        before the failure, so a restarted agent still deletes them with the work.
+
+        The entry says generation 0 and vouches for no object (no hashes): the hello
+        then asks for the work again, and every object is applied anew.
+        """
+        name = work.metadata.name
+        held = list(entry.objects) if entry is not None else []
+        applied = [ref for ref, owner in self.owner.items() if owner == name and ref not in held]
+        if not applied:
+            return  # the ledger already lists everything this work holds
+        objects = held + applied
+        partial = Entry(
+            work=name,
+            uid=work.metadata.uid,
+            generation=0,
+            objects=objects,
+            manifest_hashes=[""] * len(objects),
+            projection_hashes=[""] * len(objects),
+        )
+        try:
+            await self.ledger.record(partial)
+        except Exception as error:  # the apply's own error is the one to report
+            log.warning("work %s: recording what it applied failed: %s", name, describe(error))
 
     async def _apply(self, work: work_pb2.PropagationWork, entry: Entry | None) -> None:
         """Apply the work's objects; or, for a work the ledger holds at this generation

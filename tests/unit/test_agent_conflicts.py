@@ -25,6 +25,7 @@ from tests.unit.agentfakes import (
     configmap,
     deletions,
     manager,
+    restarted,
     secret,
     settle,
     statuses,
@@ -473,3 +474,23 @@ async def test_objects_applied_before_a_conflict_go_with_the_work() -> None:
     assert await settle(works) == {}
     assert kube.get(*key(THEIRS)) is not None  # theirs, never touched
     assert kube.get(*first) is None, "ConfigMap app/a outlives its work"
+
+
+async def test_objects_applied_before_a_failure_go_with_the_work_after_a_restart() -> None:
+    """The ledger lists what a work applied before it failed part-way, so an agent
+    restarted in between still deletes those objects with the work."""
+    kube = FakeKube()
+    kube.put(THEIRS)
+    works, _ = manager(kube)
+    works.receive(work(configmap("a", {"x": "1"}), OURS))
+    assert set(await settle(works)) == {"w1"}
+    first = key(configmap("a", {}))
+    assert kube.get(*first) is not None  # applied before the conflict on c was found
+    assert held_by(kube, "w1") == [ObjectRef("v1", "ConfigMap", "app", "a")]
+    again = restarted(kube)
+    # Held without contents: the hello asks for the work again.
+    assert again.ledger.entries["w1"].generation == 0
+    again.receive_delete(agent_pb2.WorkDelete(name="w1", uid="uid-w1"))
+    assert await settle(again) == {}
+    assert kube.get(*first) is None, "ConfigMap app/a outlives its work across a restart"
+    assert kube.get(*key(THEIRS)) is not None  # theirs, never touched
