@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
@@ -296,3 +297,20 @@ def check_example_output(output: str, cluster: str) -> None:
     assert len(scheduled) == 1, output
     assert scheduled[0].endswith(f" -> {cluster}"), output
     assert f"cluster: {cluster}" in lines, output
+
+
+def check_generated(committed: Path, fresh: Path, what: str) -> None:
+    """The committed generated code is exactly what generating anew gives (file names
+    and bytes); ``what`` names it in the message that says to run ``make proto``."""
+
+    def tree(root: Path) -> dict[str, bytes]:
+        return {
+            str(path.relative_to(root)): path.read_bytes()
+            for path in sorted(root.rglob("*"))
+            if path.is_file()
+        }
+
+    before, after = tree(committed), tree(fresh)
+    assert sorted(before) == sorted(after), f"run `make proto` ({what})"
+    stale = [name for name in before if before[name] != after[name]]
+    assert not stale, f"{what} is out of date ({', '.join(stale)}): run `make proto`"

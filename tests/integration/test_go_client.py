@@ -18,7 +18,7 @@ import pytest
 
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.v1alpha1 import service_pb2, service_pb2_grpc
-from tests.integration.agents import check_example_output
+from tests.integration.agents import check_example_output, check_generated
 
 pytestmark = [pytest.mark.servers, pytest.mark.tools]
 
@@ -80,14 +80,4 @@ def test_the_committed_code_is_what_generation_gives(tmp_path: Path) -> None:
     run(["bash", str(CLIENT / "generate.sh"), str(tmp_path)], timeout=600)
     fresh = tmp_path / "archipel"
 
-    def tree(root: Path) -> dict[str, bytes]:
-        return {
-            str(path.relative_to(root)): path.read_bytes()
-            for path in sorted(root.rglob("*"))
-            if path.is_file()
-        }
-
-    committed, generated = tree(GENERATED), tree(fresh)
-    assert sorted(committed) == sorted(generated), "run `make proto` (clients/go)"
-    stale = [name for name in committed if committed[name] != generated[name]]
-    assert not stale, f"clients/go/archipel is out of date ({', '.join(stale)}): run `make proto`"
+    check_generated(GENERATED, fresh, "clients/go/archipel")

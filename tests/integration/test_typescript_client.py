@@ -17,7 +17,7 @@ import pytest
 
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.v1alpha1 import service_pb2, service_pb2_grpc
-from tests.integration.agents import check_example_output
+from tests.integration.agents import check_example_output, check_generated
 
 pytestmark = [pytest.mark.servers, pytest.mark.tools]
 
@@ -80,14 +80,4 @@ def test_the_committed_code_is_what_generation_gives(node_modules: Path, tmp_pat
     run(["bash", str(CLIENT / "generate.sh"), str(tmp_path)], timeout=300)
     fresh = tmp_path / "src" / "gen"
 
-    def tree(root: Path) -> dict[str, bytes]:
-        return {
-            str(path.relative_to(root)): path.read_bytes()
-            for path in sorted(root.rglob("*"))
-            if path.is_file()
-        }
-
-    committed, generated = tree(GENERATED), tree(fresh)
-    assert sorted(committed) == sorted(generated), "run `make proto` (clients/typescript)"
-    stale = [name for name in committed if committed[name] != generated[name]]
-    assert not stale, f"src/gen is out of date ({', '.join(stale)}): run `make proto`"
+    check_generated(GENERATED, fresh, "clients/typescript/src/gen")
