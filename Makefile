@@ -102,11 +102,8 @@ clean: members-down
 
 # Code generated from proto/, in every language (committed, so installs need no
 # generator; tests check that regenerating changes nothing).
-PROTOS := $(wildcard proto/archipel/v1alpha1/*.proto)
 proto: setup
-	.venv/bin/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. \
-		--plugin=protoc-gen-mypy=.venv/bin/protoc-gen-mypy --mypy_out=. \
-		--plugin=protoc-gen-mypy_grpc=.venv/bin/protoc-gen-mypy_grpc --mypy_grpc_out=. $(PROTOS)
+	bash build/generate-python.sh
 	@for generate in clients/*/generate.sh; do \
 		[ ! -f "$$generate" ] || bash "$$generate" || exit 1; \
 	done

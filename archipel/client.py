@@ -1,7 +1,10 @@
 """A small synchronous Python client for the control plane, used by the CLI and tests.
 
 It knows where the server is and how to authenticate (config file or environment),
-and converts between Kubernetes-style YAML/JSON documents and the API's messages.
+and converts between Kubernetes-style YAML/JSON documents and the API's messages. It
+speaks the administration API's current version, ``archipel.v1alpha2``: callers ask
+for objects by kind, namespace and name, and never build that version's per-method
+request messages themselves.
 """
 
 from __future__ import annotations
@@ -16,17 +19,14 @@ from typing import Any
 
 import grpc
 import yaml
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf import message as pb_message
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from archipel import manifests, structs
 from archipel.core import kinds
-from archipel.v1alpha1 import (
-    service_pb2,
-    service_pb2_grpc,
-    work_pb2,
-)
+from archipel.v1alpha1 import cluster_pb2, work_pb2
+from archipel.v1alpha2 import service_pb2, service_pb2_grpc
 
 CONFIG_ENV = "ARCHIPEL_CONFIG"
 DEFAULT_CONFIG = Path(".local/archipel.yaml")
@@ -159,6 +159,98 @@ class Client:
     def stub(self, api_kind: ApiKind) -> Any:
         return getattr(service_pb2_grpc, f"{api_kind.service}Stub")(self.channel)
 
+    # -- the API's kinds -----------------------------------------------------------
+
+    def get_object(
+        self, api_kind: ApiKind, name: str, namespace: str = "", *, timeout: float = 30
+    ) -> Any:
+        request = _request(api_kind, "Get", namespace=namespace, name=name)
+        return self.call(self.stub(api_kind).Get, request, timeout=timeout).object
+
+    def list_objects(
+        self, api_kind: ApiKind, namespace: str = "", *, label_selector: str = ""
+    ) -> list[Any]:
+        """Every object of a kind (in ``namespace``, or all), page after page."""
+        request = _request(api_kind, "List", namespace=namespace, label_selector=label_selector)
+        return self.list_all(self.stub(api_kind).List, request)
+
+    def apply_object(self, api_kind: ApiKind, obj: Any) -> Any:
+        """Create ``obj``, or replace its spec, labels and annotations; the stored object."""
+        return self.call(self.stub(api_kind).Apply, _request(api_kind, "Apply", object=obj)).object
+
+    def delete_object(
+        self, api_kind: ApiKind, name: str, namespace: str = "", *, resource_version: str = ""
+    ) -> bool:
+        """True when the object is gone; False when finalizers still hold it."""
+        request = _request(
+            api_kind, "Delete", namespace=namespace, name=name, resource_version=resource_version
+        )
+        deleted: bool = self.call(self.stub(api_kind).Delete, request).deleted
+        return deleted
+
+    # -- resource templates ------------------------------------------------------------
+
+    def get_template(
+        self, api_version: str, kind: str, name: str, namespace: str = "", *, timeout: float = 30
+    ) -> work_pb2.ResourceTemplate:
+        request = service_pb2.ResourceTemplateServiceGetRequest(
+            api_version=api_version, kind=kind, namespace=namespace, name=name
+        )
+        found: work_pb2.ResourceTemplate = self.call(
+            self.templates.Get, request, timeout=timeout
+        ).object
+        return found
+
+    def list_templates(
+        self,
+        api_version: str = "",
+        kind: str = "",
+        namespace: str = "",
+        *,
+        label_selector: str = "",
+    ) -> list[work_pb2.ResourceTemplate]:
+        request = service_pb2.ResourceTemplateServiceListRequest(
+            api_version=api_version, kind=kind, namespace=namespace, label_selector=label_selector
+        )
+        return self.list_all(self.templates.List, request)
+
+    def apply_template(self, template: work_pb2.ResourceTemplate) -> work_pb2.ResourceTemplate:
+        request = service_pb2.ResourceTemplateServiceApplyRequest(object=template)
+        applied: work_pb2.ResourceTemplate = self.call(self.templates.Apply, request).object
+        return applied
+
+    def delete_template(
+        self,
+        api_version: str,
+        kind: str,
+        name: str,
+        namespace: str = "",
+        *,
+        resource_version: str = "",
+    ) -> bool:
+        request = service_pb2.ResourceTemplateServiceDeleteRequest(
+            api_version=api_version,
+            kind=kind,
+            namespace=namespace,
+            name=name,
+            resource_version=resource_version,
+        )
+        deleted: bool = self.call(self.templates.Delete, request).deleted
+        return deleted
+
+    # -- clusters and versions -----------------------------------------------------------
+
+    def join(self, name: str, **fields: Any) -> tuple[cluster_pb2.MemberCluster, str]:
+        """Register a member cluster; its MemberCluster and its agent's token."""
+        response = self.call(self.admin.Join, service_pb2.JoinRequest(name=name, **fields))
+        return response.cluster, response.token
+
+    def version(self) -> service_pb2.GetVersionResponse:
+        answer: service_pb2.GetVersionResponse = self.call(
+            self.info.GetVersion, service_pb2.GetVersionRequest()
+        )
+        return answer
+
     def stub_for(self, kind: str) -> Any:
         """The service stub of an Archipel kind named as on the command line."""
         api_kind = api_kind_by_name(kind)
@@ -218,17 +310,16 @@ class Client:
                 and resource.api_version.rpartition("/")[0] == group
             )
 
-        stub = self.stub(api_kind_by_name("binding"))  # type: ignore[arg-type]
+        bindings = kinds.PROPAGATION_BINDING
         try:
-            guess: work_pb2.PropagationBinding = self.call(
-                stub.Get,
-                service_pb2.GetRequest(namespace=namespace, name=f"{name}-{kind.lower()}"),
+            guess: work_pb2.PropagationBinding = self.get_object(
+                bindings, f"{name}-{kind.lower()}", namespace
             )
             if binds(guess):
                 return guess
         except ClientError:
             pass
-        for binding in self.list_all(stub.List, service_pb2.ListRequest(namespace=namespace)):
+        for binding in self.list_objects(bindings, namespace):
             if binds(binding):
                 found: work_pb2.PropagationBinding = binding
                 return found
@@ -240,29 +331,30 @@ class Client:
         """Apply one parsed document; returns (display name, outcome)."""
         api_kind = api_kind_of_document(document)
         if api_kind is None:
-            request = work_pb2.ResourceTemplate(manifest=structs.to_struct(document))
             before = self._template_version(document)
-            result = self.call(self.templates.Apply, request)
+            result = self.apply_template(
+                work_pb2.ResourceTemplate(manifest=structs.to_struct(document))
+            )
             manifest = structs.from_struct(result.manifest)
             name = f"{manifest['kind'].lower()}/{manifest['metadata']['name']}"
             after = manifest["metadata"].get("resourceVersion")
             return name, _outcome(before, after)
         message = to_message(api_kind, document)
         before = self._api_version_of(api_kind, message)
-        result = self.call(self.stub(api_kind).Apply, message)
+        result = self.apply_object(api_kind, message)
         name = f"{api_kind.name.lower()}/{result.metadata.name}"
         return name, _outcome(before, result.metadata.resource_version)
 
     def _template_version(self, document: dict[str, Any]) -> str | None:
         metadata = document.get("metadata", {})
-        request = service_pb2.TemplateGetRequest(
-            api_version=document.get("apiVersion", ""),
-            kind=document.get("kind", ""),
-            namespace=metadata.get("namespace", ""),
-            name=metadata.get("name", ""),
-        )
         try:
-            found = self.call(self.templates.Get, request, timeout=10)
+            found = self.get_template(
+                str(document.get("apiVersion", "")),
+                str(document.get("kind", "")),
+                str(metadata.get("name", "")),
+                str(metadata.get("namespace", "")),
+                timeout=10,
+            )
         except ClientError as error:
             if error.code in _ABSENT:
                 return None
@@ -271,11 +363,9 @@ class Client:
         return version
 
     def _api_version_of(self, api_kind: ApiKind, message: Any) -> str | None:
-        request = service_pb2.GetRequest(
-            namespace=message.metadata.namespace, name=message.metadata.name
-        )
+        namespace = message.metadata.namespace if api_kind.namespaced else ""
         try:
-            found = self.call(self.stub(api_kind).Get, request, timeout=10)
+            found = self.get_object(api_kind, message.metadata.name, namespace, timeout=10)
         except ClientError as error:
             if error.code in _ABSENT:
                 return None
@@ -288,6 +378,21 @@ class Client:
 # document's own key is malformed, and the Apply that follows rejects it naming the
 # document's field (metadata.name), which says more than the lookup's answer.
 _ABSENT = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT)
+
+
+def _request(api_kind: ApiKind, method: str, *, namespace: str = "", **fields: Any) -> Any:
+    """The v1alpha2 request of ``method`` of a kind's service.
+
+    Requests for cluster-scoped kinds have no namespace field; naming one for them is
+    the caller's mistake, said as the server would say it.
+    """
+    service = service_pb2.DESCRIPTOR.services_by_name[api_kind.service]
+    request_type = message_factory.GetMessageClass(service.methods_by_name[method].input_type)
+    if "namespace" in request_type.DESCRIPTOR.fields_by_name:
+        fields["namespace"] = namespace
+    elif namespace:
+        raise ClientError(f"namespace: must be empty: {api_kind.name} is cluster-scoped")
+    return request_type(**fields)
 
 
 def _copy(request: Any) -> Any:

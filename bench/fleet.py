@@ -22,10 +22,9 @@ from archipel.v1alpha1 import (
     agent_pb2,
     agent_pb2_grpc,
     cluster_pb2,
-    service_pb2,
-    service_pb2_grpc,
     work_pb2,
 )
+from archipel.v1alpha2 import service_pb2, service_pb2_grpc
 
 AGENTS_PER_CHANNEL = 100
 TEMPLATE_GENERATION = "work.archipel.io/template-generation"

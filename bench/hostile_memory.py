@@ -27,7 +27,8 @@ import grpc
 from archipel.fleet import tools
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.etcd import EtcdServer
-from archipel.v1alpha1 import service_pb2_grpc, work_pb2
+from archipel.v1alpha1 import work_pb2
+from archipel.v1alpha2 import service_pb2, service_pb2_grpc
 from bench.run import rss_bytes
 
 MIB = 1024 * 1024
@@ -83,7 +84,9 @@ async def flood(
                 queue.get_nowait()
                 try:
                     await stub.Apply(
-                        template, metadata=(("authorization", f"Bearer {token}"),), timeout=60
+                        service_pb2.ResourceTemplateServiceApplyRequest(object=template),
+                        metadata=(("authorization", f"Bearer {token}"),),
+                        timeout=60,
                     )
                     code = "OK"
                 except grpc.aio.AioRpcError as error:

@@ -30,7 +30,8 @@ from archipel import structs
 from archipel.fleet import tools
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.etcd import EtcdServer
-from archipel.v1alpha1 import service_pb2_grpc, work_pb2
+from archipel.v1alpha1 import work_pb2
+from archipel.v1alpha2 import service_pb2, service_pb2_grpc
 from bench.fleet import SimulatedFleet
 from controlplane.etcd import Etcd, Put
 
@@ -206,8 +207,9 @@ class Harness:
         async def one(manifest: dict[str, Any]) -> None:
             async with semaphore:
                 started[work_name(manifest)] = time.perf_counter()
+                template = work_pb2.ResourceTemplate(manifest=structs.to_struct(manifest))
                 await stub.Apply(
-                    work_pb2.ResourceTemplate(manifest=structs.to_struct(manifest)),
+                    service_pb2.ResourceTemplateServiceApplyRequest(object=template),
                     metadata=self.metadata,
                 )
 
@@ -221,8 +223,9 @@ class Harness:
         from archipel.v1alpha1 import policy_pb2
 
         stub = service_pb2_grpc.PropagationPolicyServiceStub(self.channel)
+        wanted = json_format.ParseDict(policy(), policy_pb2.PropagationPolicy())
         await stub.Apply(
-            json_format.ParseDict(policy(), policy_pb2.PropagationPolicy()), metadata=self.metadata
+            service_pb2.PropagationPolicyServiceApplyRequest(object=wanted), metadata=self.metadata
         )
 
     def metric(self, name: str, labels: str = "") -> float:

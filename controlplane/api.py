@@ -5,16 +5,22 @@ implementation, :class:`KindService`; resource templates, addressed by apiVersio
 kind as well, get :class:`TemplateService`. Errors from below are
 :mod:`archipel.core.errors`, turned into gRPC status codes in exactly one place,
 :func:`_guard` / :func:`_guard_stream`.
+
+Two versions of the administration API are served from the same servicers: each
+servicer is built for one :class:`ApiVersion`, which says how that version's messages
+carry objects and event types. The objects themselves are the same in both.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
+from google.protobuf import descriptor as pb_descriptor
 from google.protobuf import message as pb_message
 from google.protobuf import message_factory
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
@@ -36,9 +42,10 @@ from archipel.v1alpha1 import (
     interpreter_pb2,
     override_pb2,
     policy_pb2,
-    service_pb2,
     work_pb2,
 )
+from archipel.v1alpha1 import service_pb2 as v1alpha1_pb2
+from archipel.v1alpha2 import service_pb2 as v1alpha2_pb2
 from archipel.version import VERSION
 from controlplane import memory
 from controlplane.controllers.cluster import ClusterController
@@ -48,6 +55,40 @@ from controlplane.store import Store, decode, report_corrupt
 T = TypeVar("T", bound=pb_message.Message)
 M = TypeVar("M", bound=pb_message.Message)
 R = TypeVar("R")
+
+
+@dataclasses.dataclass(frozen=True)
+class ApiVersion:
+    """One version of the administration API, as its servicers need to know it."""
+
+    name: str
+    file: pb_descriptor.FileDescriptor
+    # v1alpha1 takes the object itself in Apply and answers Get and Apply with it;
+    # later versions carry it in the request's and response's ``object`` field.
+    wraps_objects: bool
+    # The wire value of a watch event's type ("ADDED", "MODIFIED", "DELETED").
+    event_type: Callable[[str], Any]
+
+    def service(self, name: str) -> pb_descriptor.ServiceDescriptor:
+        return self.file.services_by_name[name]
+
+    def responses(self, service_name: str) -> dict[str, Any]:
+        """Each method's response class, by method name."""
+        return {
+            method.name: message_factory.GetMessageClass(method.output_type)
+            for method in self.service(service_name).methods
+        }
+
+
+V1ALPHA1 = ApiVersion("v1alpha1", v1alpha1_pb2.DESCRIPTOR, wraps_objects=False, event_type=str)
+V1ALPHA2 = ApiVersion(
+    "v1alpha2",
+    v1alpha2_pb2.DESCRIPTOR,
+    wraps_objects=True,
+    event_type=lambda name: v1alpha2_pb2.EventType.Value(f"EVENT_TYPE_{name}"),
+)
+# Every version served, the preferred first.
+API_VERSIONS = (V1ALPHA2, V1ALPHA1)
 
 
 def status_message(text: str) -> str:
@@ -168,6 +209,17 @@ def undecodable_field(descriptor: Any, data: bytes) -> str:
     return ""
 
 
+def _bulk_field(descriptor: Any) -> str:
+    """Where the bulk of an oversized request is: the template's manifest, or the object."""
+    fields = descriptor.fields_by_name
+    if "manifest" in fields:
+        return "manifest"  # v1alpha1's template Apply: the template itself
+    if "object" in fields:
+        inner = fields["object"].message_type.fields_by_name
+        return "object.manifest" if "manifest" in inner else "object"
+    return "request"
+
+
 def decode_request(message_type: type[M], data: bytes) -> M:
     """Decode a request; bytes that are not a ``message_type`` are :class:`Invalid`.
 
@@ -177,9 +229,8 @@ def decode_request(message_type: type[M], data: bytes) -> M:
     """
     memory.after_large_request(len(data))
     if len(data) > limits.MAX_REQUEST_BYTES:
-        field = "manifest" if "manifest" in message_type.DESCRIPTOR.fields_by_name else "request"
         raise Invalid(
-            field,
+            _bulk_field(message_type.DESCRIPTOR),
             f"{len(data)} bytes, over the limit of {limits.MAX_REQUEST_BYTES} bytes for one "
             f"request (objects may have {limits.MAX_OBJECT_BYTES} bytes)",
         )
@@ -226,13 +277,13 @@ def _serialize(message: pb_message.Message) -> bytes:
     return message.SerializeToString()
 
 
-def service_handler(service_name: str, servicer: object) -> grpc.GenericRpcHandler[Any, Any]:
-    """The handler of one service of ``service_pb2``, decoding requests itself.
+def service_handler(
+    service: pb_descriptor.ServiceDescriptor, servicer: object
+) -> grpc.GenericRpcHandler[Any, Any]:
+    """The handler of one service of the API, decoding requests itself.
 
-    ``service_name`` is the service's short name (``PropagationPolicyService``);
     ``servicer`` has one coroutine (or async generator, for streams) per method.
     """
-    service = service_pb2.DESCRIPTOR.services_by_name[service_name]
     handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
     for method in service.methods:
         if method.client_streaming:
@@ -309,23 +360,31 @@ def parse_resource_version(text: str, field: str = "resourceVersion") -> int:
     return int(text)
 
 
+def _namespace(request: Any) -> str:
+    # v1alpha2's requests for cluster-scoped kinds have no namespace field at all.
+    namespace: str = getattr(request, "namespace", "")
+    return namespace
+
+
 class KindService(Generic[T]):
-    """Get, List, Watch, Apply and Delete for one protobuf kind."""
+    """Get, List, Watch, Apply and Delete for one protobuf kind, in one API version."""
 
     def __init__(
         self,
         store: Store,
         kind: Kind[T],
+        api: ApiVersion,
         *,
-        list_type: type[pb_message.Message],
-        event_type: type[pb_message.Message],
         validate: Callable[[T], None],
     ) -> None:
         self.store = store
         self.kind = kind
-        self.list_type = list_type
-        self.event_type = event_type
+        self.api = api
+        self.responses = api.responses(kind.service)
         self.validate = validate
+
+    def _reply(self, method: str, obj: T) -> Any:
+        return self.responses[method](object=obj) if self.api.wraps_objects else obj
 
     def _check_namespace(self, namespace: str) -> None:
         """The namespace of a List or Watch: empty means every namespace."""
@@ -355,53 +414,53 @@ class KindService(Generic[T]):
         return self.kind.key(namespace, name)
 
     @_guard
-    async def Get(
-        self, request: service_pb2.GetRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> T:
-        return await self.store.must_get(self.kind, self._key(request.namespace, request.name))
+    async def Get(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        key = self._key(_namespace(request), request.name)
+        return self._reply("Get", await self.store.must_get(self.kind, key))
 
     @_guard
     async def List(
-        self, request: service_pb2.ListRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb_message.Message:
         if request.limit < 0:
             raise Invalid("limit", "must not be negative")
-        self._check_namespace(request.namespace)
+        namespace = _namespace(request)
+        self._check_namespace(namespace)
         selector = _label_filter(request.label_selector)
         items, token, revision = await self.store.list(
             self.kind,
-            self.kind.prefix(request.namespace),
+            self.kind.prefix(namespace),
             limit=request.limit,
-            continue_token=request.__getattribute__("continue"),
+            continue_token=getattr(request, "continue"),
         )
-        response = self.list_type()
-        response.items.extend(  # type: ignore[attr-defined]
-            i for i in items if selector.matches(self.kind.meta(i).labels)
-        )
+        response = self.responses["List"](resource_version=str(revision))
+        response.items.extend(i for i in items if selector.matches(self.kind.meta(i).labels))
         setattr(response, "continue", token)
-        response.resource_version = str(revision)  # type: ignore[attr-defined]
-        return response
+        return response  # type: ignore[no-any-return]
 
     @_guard_stream
     async def Watch(
-        self, request: service_pb2.WatchRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[pb_message.Message]:
-        self._check_namespace(request.namespace)
+        namespace = _namespace(request)
+        self._check_namespace(namespace)
         selector = _label_filter(request.label_selector)
+        event = self.responses["Watch"]
         async for type_, obj, revision in watch_events(
             self.store,
             self.kind,
-            self.kind.prefix(request.namespace),
+            self.kind.prefix(namespace),
             resource_version=request.resource_version,
             matches=lambda o: selector.matches(self.kind.meta(o).labels),
         ):
-            yield self.event_type(type=type_, object=obj, resource_version=revision)
+            yield event(type=self.api.event_type(type_), object=obj, resource_version=revision)
 
     @_guard
-    async def Apply(self, request: T, context: grpc.aio.ServicerContext[Any, Any]) -> T:
+    async def Apply(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        wanted: T = request.object if self.api.wraps_objects else request
         # Size and depth first: everything after walks the object.
-        validation.check_message(request, self.kind.name)
-        obj = self.kind.copy(request)
+        validation.check_message(wanted, self.kind.name)
+        obj = self.kind.copy(wanted)
         api_version: str = obj.api_version  # type: ignore[attr-defined]
         if api_version and api_version not in self.kind.accepted_api_versions:
             raise Invalid(
@@ -418,20 +477,19 @@ class KindService(Generic[T]):
         for field in ("uid", "generation", "creation_timestamp", "deletion_timestamp"):
             metadata.ClearField(field)
         self.validate(obj)
-        return await _unless_named(
+        applied = await _unless_named(
             obj_version(self.kind, obj), lambda: apply(self.store, self.kind, self.kind.copy(obj))
         )
+        return self._reply("Apply", applied)
 
     @_guard
-    async def Delete(
-        self, request: service_pb2.DeleteRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> service_pb2.DeleteResponse:
+    async def Delete(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         deleted = await self.store.delete(
             self.kind,
-            self._key(request.namespace, request.name),
+            self._key(_namespace(request), request.name),
             resource_version=request.resource_version,
         )
-        return service_pb2.DeleteResponse(deleted=deleted)
+        return self.responses["Delete"](deleted=deleted)
 
 
 U = TypeVar("U")
@@ -536,16 +594,10 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
 }
 
 
-def kind_services(store: Store) -> dict[str, KindService[Any]]:
+def kind_services(store: Store, api: ApiVersion) -> dict[str, KindService[Any]]:
     """One servicer per API kind, keyed by the generated service's name."""
     return {
-        kind.service: KindService(
-            store,
-            kind,
-            list_type=getattr(service_pb2, f"{kind.name}List"),
-            event_type=getattr(service_pb2, f"{kind.name}Event"),
-            validate=_VALIDATORS[kind.name],
-        )
+        kind.service: KindService(store, kind, api, validate=_VALIDATORS[kind.name])
         for kind in kinds.API_KINDS.values()
     }
 
@@ -553,9 +605,14 @@ def kind_services(store: Store) -> dict[str, KindService[Any]]:
 class TemplateService:
     """Resource templates: any Kubernetes object, as a Struct on the wire."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, api: ApiVersion) -> None:
         self.store = store
         self.kind = kinds.RESOURCE_TEMPLATE
+        self.api = api
+        self.responses = api.responses("ResourceTemplateService")
+
+    def _reply(self, method: str, template: work_pb2.ResourceTemplate) -> Any:
+        return self.responses[method](object=template) if self.api.wraps_objects else template
 
     @staticmethod
     def _wire(manifest: Manifest) -> work_pb2.ResourceTemplate:
@@ -588,16 +645,12 @@ class TemplateService:
         return kinds.template_key(api_version, kind, namespace, name)
 
     @_guard
-    async def Get(
-        self, request: service_pb2.TemplateGetRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> work_pb2.ResourceTemplate:
+    async def Get(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         key = self._key(request.api_version, request.kind, request.namespace, request.name)
-        return self._wire(await self.store.must_get(self.kind, key))
+        return self._reply("Get", self._wire(await self.store.must_get(self.kind, key)))
 
     @_guard
-    async def List(
-        self, request: service_pb2.TemplateListRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> service_pb2.ResourceTemplateList:
+    async def List(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.limit < 0:
             raise Invalid("limit", "must not be negative")
         self._check_namespace(request.namespace)
@@ -617,7 +670,7 @@ class TemplateService:
             continue_token=getattr(request, "continue"),
             weigh=weigh,
         )
-        response = service_pb2.ResourceTemplateList(resource_version=str(revision))
+        response = self.responses["List"](resource_version=str(revision))
         for manifest in items:
             meta = manifest.get("metadata", {})
             if request.namespace and meta.get("namespace") != request.namespace:
@@ -629,8 +682,8 @@ class TemplateService:
 
     @_guard_stream
     async def Watch(
-        self, request: service_pb2.TemplateWatchRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> AsyncIterator[service_pb2.ResourceTemplateEvent]:
+        self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
         self._check_namespace(request.namespace)
         selector = _label_filter(request.label_selector)
 
@@ -640,6 +693,7 @@ class TemplateService:
                 return False
             return selector.matches(meta.get("labels", {}))
 
+        event = self.responses["Watch"]
         async for type_, manifest, revision in watch_events(
             self.store,
             self.kind,
@@ -647,28 +701,24 @@ class TemplateService:
             resource_version=request.resource_version,
             matches=matches,
         ):
-            yield service_pb2.ResourceTemplateEvent(
-                type=type_, object=self._wire(manifest), resource_version=revision
+            yield event(
+                type=self.api.event_type(type_),
+                object=self._wire(manifest),
+                resource_version=revision,
             )
 
     @_guard
-    async def Apply(
-        self, request: work_pb2.ResourceTemplate, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> work_pb2.ResourceTemplate:
-        manifest = validation.check_template(structs.from_struct(request.manifest))
+    async def Apply(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        wanted: work_pb2.ResourceTemplate = request.object if self.api.wraps_objects else request
+        manifest = validation.check_template(structs.from_struct(wanted.manifest))
         version = manifest.get("metadata", {}).get("resourceVersion", "")
-        return self._wire(
-            await _unless_named(
-                version, lambda: apply_template(self.store, kinds.RESOURCE_TEMPLATE.copy(manifest))
-            )
+        applied = await _unless_named(
+            version, lambda: apply_template(self.store, kinds.RESOURCE_TEMPLATE.copy(manifest))
         )
+        return self._reply("Apply", self._wire(applied))
 
     @_guard
-    async def Delete(
-        self,
-        request: service_pb2.TemplateDeleteRequest,
-        context: grpc.aio.ServicerContext[Any, Any],
-    ) -> service_pb2.DeleteResponse:
+    async def Delete(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         key = self._key(request.api_version, request.kind, request.namespace, request.name)
         try:
             current = await self.store.must_get(self.kind, key)
@@ -682,7 +732,7 @@ class TemplateService:
                     "remove the label to delete it"
                 )
         deleted = await self.store.delete(self.kind, key, resource_version=request.resource_version)
-        return service_pb2.DeleteResponse(deleted=deleted)
+        return self.responses["Delete"](deleted=deleted)
 
 
 async def apply_template(store: Store, manifest: Manifest) -> Manifest:
@@ -718,21 +768,25 @@ async def apply_template(store: Store, manifest: Manifest) -> Manifest:
 class InfoService:
     """What this control plane is."""
 
+    def __init__(self, api: ApiVersion) -> None:
+        self.api = api
+
     @_guard
-    async def GetVersion(
-        self, request: service_pb2.GetVersionRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> service_pb2.GetVersionResponse:
-        return service_pb2.GetVersionResponse(version=VERSION, api_version="v1alpha1")
+    async def GetVersion(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if self.api is V1ALPHA1:
+            return v1alpha1_pb2.GetVersionResponse(version=VERSION, api_version=V1ALPHA1.name)
+        return v1alpha2_pb2.GetVersionResponse(
+            version=VERSION, api_versions=[served.name for served in API_VERSIONS]
+        )
 
 
 class ClusterAdminService:
-    def __init__(self, clusters: ClusterController) -> None:
+    def __init__(self, clusters: ClusterController, api: ApiVersion) -> None:
         self.clusters = clusters
+        self.responses = api.responses("ClusterAdminService")
 
     @_guard
-    async def Join(
-        self, request: service_pb2.JoinRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> service_pb2.JoinResponse:
+    async def Join(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         cluster = cluster_pb2.MemberCluster(
             api_version=kinds.MEMBER_CLUSTER.api_version, kind="MemberCluster"
         )
@@ -746,4 +800,4 @@ class ClusterAdminService:
             cluster.spec.zones.append(request.zone)
         validation.check_member_cluster(cluster)
         joined, token = await self.clusters.join(cluster, rotate=request.rotate)
-        return service_pb2.JoinResponse(cluster=joined, token=token)
+        return self.responses["Join"](cluster=joined, token=token)

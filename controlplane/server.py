@@ -33,7 +33,7 @@ from archipel.core.errors import (
     TooMuch,
     Unauthenticated,
 )
-from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2
+from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
 from archipel.version import VERSION
 from controlplane import api, auth, metrics
 from controlplane.context import Context, Settings
@@ -58,9 +58,10 @@ log = logging.getLogger("archipel.controlplane")
 # these, and api_servicers() must implement each of their methods.
 SERVICE_NAMES = tuple(
     service.full_name
-    for file in (service_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
+    for file in (*(served.file for served in api.API_VERSIONS), agent_pb2.DESCRIPTOR)
     for service in file.services_by_name.values()
 )
+AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
 class AgentService:
@@ -330,16 +331,21 @@ class ControlPlane:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
 
     def api_servicers(self) -> dict[str, object]:
-        """One servicer per service of the contract, by the service's short name."""
-        return {
-            **api.kind_services(self.store),
-            "ResourceTemplateService": api.TemplateService(self.store),
-            "ClusterAdminService": api.ClusterAdminService(self.clusters),
-            "InfoService": api.InfoService(),
-            "AgentService": AgentService(
-                clusters=self.clusters, execution=self.execution, work_status=self.work_status
-            ),
-        }
+        """One servicer per service of the contract, by the service's full name."""
+        servicers: dict[str, object] = {}
+        for served in api.API_VERSIONS:
+            of_version: dict[str, object] = {
+                **api.kind_services(self.store, served),
+                "ResourceTemplateService": api.TemplateService(self.store, served),
+                "ClusterAdminService": api.ClusterAdminService(self.clusters, served),
+                "InfoService": api.InfoService(served),
+            }
+            for name, servicer in of_version.items():
+                servicers[served.service(name).full_name] = servicer
+        servicers[AGENT_SERVICE] = AgentService(
+            clusters=self.clusters, execution=self.execution, work_status=self.work_status
+        )
+        return servicers
 
     def all_controllers(self) -> list[Controller]:
         return [
@@ -397,9 +403,13 @@ class ControlPlane:
         # so that a request which is not valid protobuf is INVALID_ARGUMENT, not the
         # UNKNOWN the generated handlers answer (see api.service_handler).
         servicers = self.api_servicers()
-        agent = servicers.pop("AgentService")
+        agent = servicers.pop(AGENT_SERVICE)
+        pool = descriptor_pool.Default()
         server.add_generic_rpc_handlers(
-            [api.service_handler(name, servicer) for name, servicer in servicers.items()]
+            [
+                api.service_handler(pool.FindServiceByName(name), servicer)
+                for name, servicer in servicers.items()
+            ]
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(agent, server)  # type: ignore[arg-type]
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

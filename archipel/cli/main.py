@@ -43,7 +43,6 @@ from archipel.core.names import (
 )
 from archipel.core.scheduling import ClusterInfo
 from archipel.core.workloads import member_manifest
-from archipel.v1alpha1 import service_pb2
 from archipel.version import VERSION
 
 APPLIED_OVERRIDES = (
@@ -167,25 +166,21 @@ class Commands:
             name = document["metadata"]["name"]
             namespace = document["metadata"].get("namespace") or self.args.namespace or "default"
             if api_kind is not None:
-                request = service_pb2.DeleteRequest(
-                    namespace=namespace if api_kind.namespaced else "", name=name
+                deleted = self.client.delete_object(
+                    api_kind, name, namespace if api_kind.namespaced else ""
                 )
-                response = self.client.call(self.client.stub(api_kind).Delete, request)
                 label = api_kind.name.lower()
             else:
                 assert template is not None
                 api_version, kind = template
-                response = self.client.call(
-                    self.client.templates.Delete,
-                    service_pb2.TemplateDeleteRequest(
-                        api_version=api_version,
-                        kind=kind,
-                        namespace="" if kind in ("Namespace", "ClusterRole") else namespace,
-                        name=name,
-                    ),
+                deleted = self.client.delete_template(
+                    api_version,
+                    kind,
+                    name,
+                    "" if kind in ("Namespace", "ClusterRole") else namespace,
                 )
                 label = kind.lower()
-            state = "deleted" if response.deleted else "deletion requested"
+            state = "deleted" if deleted else "deletion requested"
             print(f"{label}/{name} {state}")
 
     def _resolve(
@@ -221,18 +216,14 @@ class Commands:
         names = args.names or []
         documents: list[dict[str, Any]] = []
         if api_kind is not None:
-            stub = self.client.stub(api_kind)
             scope = namespace if api_kind.namespaced else ""
             if names:
                 for name in names:
-                    found = self.client.call(
-                        stub.Get, service_pb2.GetRequest(namespace=scope, name=name)
-                    )
+                    found = self.client.get_object(api_kind, name, scope)
                     documents.append(message_to_document(found))
             else:
-                listed = self.client.list_all(
-                    stub.List,
-                    service_pb2.ListRequest(namespace=scope, label_selector=args.selector or ""),
+                listed = self.client.list_objects(
+                    api_kind, scope, label_selector=args.selector or ""
                 )
                 documents = [message_to_document(item) for item in listed]
             return api_kind, documents
@@ -241,22 +232,11 @@ class Commands:
         scope = "" if kind in ("Namespace", "ClusterRole") else namespace
         if names:
             for name in names:
-                found = self.client.call(
-                    self.client.templates.Get,
-                    service_pb2.TemplateGetRequest(
-                        api_version=api_version, kind=kind, namespace=scope, name=name
-                    ),
-                )
+                found = self.client.get_template(api_version, kind, name, scope)
                 documents.append(structs.from_struct(found.manifest))
         else:
-            listed = self.client.list_all(
-                self.client.templates.List,
-                service_pb2.TemplateListRequest(
-                    api_version=api_version,
-                    kind=kind,
-                    namespace=scope,
-                    label_selector=args.selector or "",
-                ),
+            listed = self.client.list_templates(
+                api_version, kind, scope, label_selector=args.selector or ""
             )
             documents = [structs.from_struct(item.manifest) for item in listed]
         return None, documents
@@ -407,9 +387,8 @@ class Commands:
     def _describe_overrides(self, binding: dict[str, Any], clusters: list[str]) -> None:
         """Per cluster, the override policies its work was rendered with, in order."""
         metadata = binding["metadata"]
-        listed = self.client.list_all(
-            self.client.stub_for("works").List,
-            service_pb2.ListRequest(label_selector=f"{BINDING_NAME_LABEL}={metadata['name']}"),
+        listed = self.client.list_objects(
+            kinds.PROPAGATION_WORK, label_selector=f"{BINDING_NAME_LABEL}={metadata['name']}"
         )
         applied: dict[str, list[str]] = {}
         for item in listed:
@@ -435,13 +414,12 @@ class Commands:
 
     def _update_cluster(self, name: str, change: Any) -> None:
         """Read, change and write back a MemberCluster; retried if someone wrote first."""
-        stub = self.client.stub_for("MemberCluster")
         for attempt in range(5):
-            cluster = self.client.call(stub.Get, service_pb2.GetRequest(name=name))
+            cluster = self.client.get_object(kinds.MEMBER_CLUSTER, name)
             if not change(cluster):
                 return
             try:
-                self.client.call(stub.Apply, cluster)
+                self.client.apply_object(kinds.MEMBER_CLUSTER, cluster)
                 return
             except ClientError as error:
                 if error.code != grpc.StatusCode.ABORTED or attempt == 4:
@@ -498,13 +476,10 @@ class Commands:
         namespace = (
             "" if kind in ("Namespace", "ClusterRole") else (self.args.namespace or "default")
         )
-        stub = self.client.stub_for("PropagationBinding")
-        request = service_pb2.GetRequest(
-            namespace=namespace, name=f"{self.args.name}-{kind.lower()}"
-        )
-        binding = self.client.call(stub.Get, request)
+        bindings = kinds.PROPAGATION_BINDING
+        binding = self.client.get_object(bindings, f"{self.args.name}-{kind.lower()}", namespace)
         binding.spec.reschedule_triggered_at.GetCurrentTime()
-        self.client.call(stub.Apply, binding)
+        self.client.apply_object(bindings, binding)
         print(f"{kind.lower()}/{self.args.name} rescheduling")
 
     # -- what-if simulation -----------------------------------------------------------------
@@ -597,12 +572,10 @@ class Commands:
         work = None
         if binding is not None:
             try:
-                work = self.client.call(
-                    self.client.stub(api_kind_by_name("work")).Get,  # type: ignore[arg-type]
-                    service_pb2.GetRequest(
-                        namespace=kinds.execution_namespace(self.args.cluster),
-                        name=f"{namespace or '_'}.{binding.metadata.name}",
-                    ),
+                work = self.client.get_object(
+                    kinds.PROPAGATION_WORK,
+                    f"{namespace or '_'}.{binding.metadata.name}",
+                    kinds.execution_namespace(self.args.cluster),
                 )
             except ClientError as error:
                 # No work for the cluster: render what it would hold. Anything else (not
@@ -617,31 +590,13 @@ class Commands:
             )
             return
         template = structs.from_struct(
-            self.client.call(
-                self.client.templates.Get,
-                service_pb2.TemplateGetRequest(
-                    api_version=api_version, kind=kind, namespace=namespace, name=name
-                ),
-            ).manifest
+            self.client.get_template(api_version, kind, name, namespace).manifest
         )
         cluster = ClusterInfo.from_proto(
-            self.client.call(
-                self.client.stub(api_kind_by_name("membercluster")).Get,  # type: ignore[arg-type]
-                service_pb2.GetRequest(name=self.args.cluster),
-            )
+            self.client.get_object(kinds.MEMBER_CLUSTER, self.args.cluster)
         )
-        namespaced = (
-            self.client.list_all(
-                self.client.stub(api_kind_by_name("overridepolicy")).List,  # type: ignore[arg-type]
-                service_pb2.ListRequest(namespace=namespace),
-            )
-            if namespace
-            else []
-        )
-        cluster_wide = self.client.list_all(
-            self.client.stub(api_kind_by_name("clusteroverridepolicy")).List,  # type: ignore[arg-type]
-            service_pb2.ListRequest(),
-        )
+        namespaced = self.client.list_objects(kinds.OVERRIDE_POLICY, namespace) if namespace else []
+        cluster_wide = self.client.list_objects(kinds.CLUSTER_OVERRIDE_POLICY)
         print(
             f"# {self.args.cluster} holds no work for {self.args.target}: rendered from the "
             "template and the override policies as they are now",
@@ -660,8 +615,8 @@ class Commands:
 
     def version(self) -> None:
         print(f"client: {VERSION}")
-        answer = self.client.call(self.client.info.GetVersion, service_pb2.GetVersionRequest())
-        print(f"server: {answer.version} (API {answer.api_version})")
+        answer = self.client.version()
+        print(f"server: {answer.version} (APIs {', '.join(answer.api_versions)})")
 
     # -- join ------------------------------------------------------------------------------
 
@@ -673,22 +628,19 @@ class Commands:
             if not sep:
                 raise ClientError(f"--label: {pair!r} must be key=value")
             labels[key] = value
-        response = self.client.call(
-            self.client.admin.Join,
-            service_pb2.JoinRequest(
-                name=args.name,
-                labels=labels,
-                provider=args.provider or "",
-                region=args.region or "",
-                zone=args.zone or "",
-                rotate=args.rotate,
-            ),
+        _, token = self.client.join(
+            args.name,
+            labels=labels,
+            provider=args.provider or "",
+            region=args.region or "",
+            zone=args.zone or "",
+            rotate=args.rotate,
         )
         if args.print_manifests:
             # For `| kubectl apply -f -` in the member: YAML only on stdout.
             documents = agent_manifests.agent_manifests(
                 server=args.server or self.client.config.server,
-                token=response.token,
+                token=token,
                 namespace=args.namespace,
                 image=args.image or "",
             )
@@ -698,15 +650,15 @@ class Commands:
         if args.token_file:
             path = Path(args.token_file)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(response.token + "\n")
+            path.write_text(token + "\n")
             path.chmod(0o600)
             token_option = f"--token-file {path}"
         else:
             token_option = ""
-            print(f"token: {response.token}")
+            print(f"token: {token}")
         kubeconfig = f" --kubeconfig {args.kubeconfig}" if args.kubeconfig else ""
         print(f"membercluster/{args.name} joined")
-        env = "" if args.token_file else f"ARCHIPEL_AGENT_TOKEN={response.token} "
+        env = "" if args.token_file else f"ARCHIPEL_AGENT_TOKEN={token} "
         print(
             f"run the agent: {env}archipel-agent --server {self.client.config.server} "
             f"{token_option}{kubeconfig}".rstrip()

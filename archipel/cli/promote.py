@@ -28,15 +28,16 @@ import copy
 import dataclasses
 import json
 import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 import yaml
 
 from archipel.client import TEMPLATE_KINDS, Client, ClientError
+from archipel.core import kinds
 from archipel.core.matching import is_system_namespace
 from archipel.core.validation import CLUSTER_SCOPED_KINDS
-from archipel.v1alpha1 import service_pb2
 
 POLICY_API_VERSION = "policy.archipel.io/v1alpha1"
 # Metadata the member's API server owns; a template must not carry it.
@@ -320,16 +321,14 @@ def _status_message(data: bytes) -> str:
 # -- the command -------------------------------------------------------------------------
 
 
-def _exists(method: Any, request: Any, client: Client) -> bool:
+def _exists(lookup: Callable[[], Any]) -> bool:
+    """Whether a Get finds its object; any answer but NOT_FOUND is the user's to see."""
     try:
-        method(request, metadata=client.metadata, timeout=30)
-    except grpc.RpcError as error:
-        if error.code() == grpc.StatusCode.NOT_FOUND:
+        lookup()
+    except ClientError as error:
+        if error.code == grpc.StatusCode.NOT_FOUND:
             return False
-        details = error.details() if hasattr(error, "details") else str(error)
-        if error.code() == grpc.StatusCode.UNAVAILABLE:
-            raise ClientError(f"cannot reach the control plane: {details}") from error
-        raise ClientError(f"{error.code().name}: {details}") from error
+        raise
     return True
 
 
@@ -340,9 +339,7 @@ def _where(namespace: str, name: str) -> str:
 def run(args: argparse.Namespace, client: Client) -> None:
     query, name = parse_target(args.target)
     cluster = args.cluster
-    if not _exists(
-        client.stub_for("MemberCluster").Get, service_pb2.GetRequest(name=cluster), client
-    ):
+    if not _exists(lambda: client.get_object(kinds.MEMBER_CLUSTER, cluster)):
         raise ClientError(
             f"--cluster: {cluster!r} is not a registered member cluster (see 'archipel clusters')"
         )
@@ -352,13 +349,9 @@ def run(args: argparse.Namespace, client: Client) -> None:
         namespace = (args.namespace or "default") if resource.namespaced else ""
         _refuse_system(resource, namespace, name)
         label = f"{resource.kind} {_where(namespace, name)}"
-        template_request = service_pb2.TemplateGetRequest(
-            api_version=resource.api_version,
-            kind=resource.kind,
-            namespace=namespace,
-            name=name,
-        )
-        if _exists(client.templates.Get, template_request, client):
+        if _exists(
+            lambda: client.get_template(resource.api_version, resource.kind, name, namespace)
+        ):
             raise ClientError(f"{label} is already a resource template in the control plane")
         live = member.read(resource, namespace, name)
     finally:
@@ -392,32 +385,26 @@ def _refuse_system(resource: Resource, namespace: str, name: str) -> None:
 def _create(
     client: Client, template: dict[str, Any], policy: dict[str, Any], namespace: str
 ) -> None:
-    policy_kind = client.stub_for(policy["kind"])
-    policy_request = service_pb2.GetRequest(
-        namespace=policy["metadata"].get("namespace", ""), name=policy["metadata"]["name"]
-    )
-    policy_label = f"{policy['kind'].lower()}/{policy['metadata']['name']}"
-    if _exists(policy_kind.Get, policy_request, client):
+    policy_kind = kinds.API_KINDS[policy["kind"]]
+    policy_namespace = policy["metadata"].get("namespace", "")
+    policy_name_ = policy["metadata"]["name"]
+    policy_label = f"{policy['kind'].lower()}/{policy_name_}"
+    if _exists(lambda: client.get_object(policy_kind, policy_name_, policy_namespace)):
         raise ClientError(
             f"{policy_label} already exists in {namespace or 'the cluster scope'}; "
             "delete it first or propagate the object with your own policy"
         )
     # The policy first: alone it selects nothing, so nothing moves before the template.
-    policy_name_, policy_outcome = client.apply_document(policy)
+    applied_policy, policy_outcome = client.apply_document(policy)
     try:
         template_name, template_outcome = client.apply_document(template)
     except ClientError as error:
         try:
-            client.call(
-                policy_kind.Delete,
-                service_pb2.DeleteRequest(
-                    namespace=policy_request.namespace, name=policy_request.name
-                ),
-            )
+            client.delete_object(policy_kind, policy_name_, policy_namespace)
         except ClientError as cleanup:
             raise ClientError(
                 f"template not created ({error}); deleting {policy_label} failed too: {cleanup}"
             ) from error
         raise ClientError(f"template not created, {policy_label} removed again: {error}") from error
     print(f"{template_name} {template_outcome}")
-    print(f"{policy_name_} {policy_outcome}")
+    print(f"{applied_policy} {policy_outcome}")

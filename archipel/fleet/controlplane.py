@@ -18,7 +18,6 @@ from archipel.client import Client, Config
 from archipel.fleet.etcd import free_port
 from archipel.fleet.members import Member
 from archipel.fleet.processes import ManagedProcess, ProcessError
-from archipel.v1alpha1 import service_pb2
 
 
 class ControlPlaneProcess:
@@ -107,22 +106,19 @@ class ControlPlaneProcess:
         """Register a member cluster; returns the file holding its agent's token."""
         client = self.client()
         try:
-            response = client.call(
-                client.admin.Join,
-                service_pb2.JoinRequest(
-                    name=member.name,
-                    labels={**member.spec.labels, **(labels or {})},
-                    provider=member.spec.provider,
-                    region=member.spec.region,
-                    zone=member.spec.zone,
-                    rotate=True,
-                ),
+            _, token = client.join(
+                member.name,
+                labels={**member.spec.labels, **(labels or {})},
+                provider=member.spec.provider,
+                region=member.spec.region,
+                zone=member.spec.zone,
+                rotate=True,
             )
         finally:
             client.close()
         token_file = self.directory / "agents" / f"{member.name}.token"
         token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.write_text(response.token + "\n")
+        token_file.write_text(token + "\n")
         token_file.chmod(0o600)
         return token_file
 

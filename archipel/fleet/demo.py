@@ -17,7 +17,6 @@ from kubernetes import client, config
 
 from archipel import structs
 from archipel.client import Client, ClientError, Config
-from archipel.v1alpha1 import service_pb2
 
 LOCAL = Path(".local")
 
@@ -26,14 +25,13 @@ def main() -> int:
     archipel = [sys.executable, "-m", "archipel.cli.main"]
     subprocess.run([*archipel, "apply", "-f", "samples/"], check=True)
     api = Client(Config.load(LOCAL / "archipel.yaml"))
-    request = service_pb2.TemplateGetRequest(
-        api_version="apps/v1", kind="Deployment", namespace="demo", name="web"
-    )
     deadline = time.monotonic() + 180
     print("waiting for demo/web to be Ready in every member ...", flush=True)
     while True:
         try:
-            manifest = structs.from_struct(api.call(api.templates.Get, request).manifest)
+            manifest = structs.from_struct(
+                api.get_template("apps/v1", "Deployment", "web", "demo").manifest
+            )
         except ClientError:
             manifest = {}
         status = manifest.get("status", {})

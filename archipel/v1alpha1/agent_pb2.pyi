@@ -42,7 +42,9 @@ class HeldWork(_message.Message):
     UID_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The work's name, <template namespace or _>.<binding name>."""
     uid: _builtins.str
+    """The work's uid."""
     generation: _builtins.int
     """The generation the agent applied, or 0: it holds the work's objects but not the
     work itself. Its ledger in the member keeps only identities and hashes, so after
@@ -67,6 +69,8 @@ Global___HeldWork: _TypeAlias = HeldWork  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
+    """The agent's first message on the stream (within 30 s of opening it)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_FIELD_NUMBER: _builtins.int
@@ -74,14 +78,20 @@ class Hello(_message.Message):
     HELD_WORKS_FIELD_NUMBER: _builtins.int
     MORE_HELD_WORKS_FIELD_NUMBER: _builtins.int
     cluster: _builtins.str
+    """The agent's cluster; a credential of another cluster gets PERMISSION_DENIED."""
     agent_version: _builtins.str
+    """The agent's version; the control plane sets AgentVersionCompatible from it."""
     more_held_works: _builtins.bool
     """More held works follow in HeldWorks messages, the last of them with more unset.
     Every message on the stream stays within the control plane's receive limit
     (4 MiB), however many works the member holds.
     """
     @_builtins.property
-    def held_works(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldWork]: ...
+    def held_works(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldWork]:
+        """The works the agent holds, from its ledger: the control plane sends only the new
+        or changed ones and deletes the rest. At most 100,000 with the HeldWorks parts.
+        """
+
     def __init__(
         self,
         *,
@@ -107,8 +117,11 @@ class HeldWorks(_message.Message):
     WORKS_FIELD_NUMBER: _builtins.int
     MORE_FIELD_NUMBER: _builtins.int
     more: _builtins.bool
+    """Another HeldWorks message follows."""
     @_builtins.property
-    def works(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldWork]: ...
+    def works(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldWork]:
+        """More works the agent holds."""
+
     def __init__(
         self,
         *,
@@ -125,14 +138,19 @@ Global___HeldWorks: _TypeAlias = HeldWorks  # noqa: Y015
 
 @_typing.final
 class WorkAck(_message.Message):
+    """The agent received a work."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The work's name."""
     uid: _builtins.str
+    """The work's uid."""
     generation: _builtins.int
+    """The work generation received."""
     def __init__(
         self,
         *,
@@ -150,6 +168,8 @@ Global___WorkAck: _TypeAlias = WorkAck  # noqa: Y015
 
 @_typing.final
 class WorkStatusReport(_message.Message):
+    """A work's status in the member, sent when it changes; it becomes the work's status."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -160,15 +180,23 @@ class WorkStatusReport(_message.Message):
     MANIFEST_STATUSES_FIELD_NUMBER: _builtins.int
     DRIFT_CORRECTIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The work's name."""
     uid: _builtins.str
+    """The work's uid; a report about another uid is not recorded."""
     generation: _builtins.int
+    """The work generation the report is about (the Applied condition's
+    observedGeneration).
+    """
     applied: _builtins.bool
     """Applied condition: True when every manifest is applied, else the error."""
     message: _builtins.str
+    """The Applied condition's message: the error when not applied."""
     drift_corrections: _builtins.int
     """The agent restored objects that were edited or deleted in the member."""
     @_builtins.property
-    def manifest_statuses(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.ManifestStatus]: ...
+    def manifest_statuses(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.ManifestStatus]:
+        """One per applied object, when applied."""
+
     def __init__(
         self,
         *,
@@ -190,12 +218,18 @@ Global___WorkStatusReport: _TypeAlias = WorkStatusReport  # noqa: Y015
 
 @_typing.final
 class WorkDeleted(_message.Message):
+    """The agent is done with a deleted work (its objects deleted, or left in place when
+    preserved); the control plane then lets the work go.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The work's name."""
     uid: _builtins.str
+    """The uid of the work deleted."""
     def __init__(
         self,
         *,
@@ -212,6 +246,10 @@ Global___WorkDeleted: _TypeAlias = WorkDeleted  # noqa: Y015
 
 @_typing.final
 class Heartbeat(_message.Message):
+    """The cluster's facts, sent every heartbeat interval; they become the
+    MemberCluster's status and Ready condition.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KUBERNETES_VERSION_FIELD_NUMBER: _builtins.int
@@ -223,19 +261,27 @@ class Heartbeat(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     CLUSTER_ID_FIELD_NUMBER: _builtins.int
     kubernetes_version: _builtins.str
+    """The member API server's version."""
     api_enablements_changed: _builtins.bool
+    """True when apiEnablements is sent; false: the last ones sent still hold."""
     api_server_ready: _builtins.bool
     """Whether the member's API server answers /readyz."""
     message: _builtins.str
+    """Why the API server is not ready."""
     cluster_id: _builtins.str
+    """The member's kube-system namespace UID; it becomes the MemberCluster's spec.id."""
     @_builtins.property
     def api_enablements(self) -> _containers.RepeatedCompositeFieldContainer[_cluster_pb2.APIEnablement]:
         """Sent in full only when they changed since the last heartbeat of this stream."""
 
     @_builtins.property
-    def node_summary(self) -> _cluster_pb2.NodeSummary: ...
+    def node_summary(self) -> _cluster_pb2.NodeSummary:
+        """The cluster's node counts."""
+
     @_builtins.property
-    def resource_summary(self) -> _cluster_pb2.ResourceSummary: ...
+    def resource_summary(self) -> _cluster_pb2.ResourceSummary:
+        """The cluster's capacity."""
+
     def __init__(
         self,
         *,
@@ -268,11 +314,17 @@ class AgentBatch(_message.Message):
     STATUSES_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkAck]: ...
+    def acks(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkAck]:
+        """Works received."""
+
     @_builtins.property
-    def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkStatusReport]: ...
+    def statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkStatusReport]:
+        """Status reports."""
+
     @_builtins.property
-    def deleted(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkDeleted]: ...
+    def deleted(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkDeleted]:
+        """Deleted works the agent is done with."""
+
     def __init__(
         self,
         *,
@@ -290,6 +342,8 @@ Global___AgentBatch: _TypeAlias = AgentBatch  # noqa: Y015
 
 @_typing.final
 class AgentMessage(_message.Message):
+    """One message from the agent to the control plane."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     HELLO_FIELD_NUMBER: _builtins.int
@@ -300,19 +354,33 @@ class AgentMessage(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     HELD_WORKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def hello(self) -> Global___Hello: ...
+    def hello(self) -> Global___Hello:
+        """The first message: who the agent is and what it holds."""
+
     @_builtins.property
-    def ack(self) -> Global___WorkAck: ...
+    def ack(self) -> Global___WorkAck:
+        """A work received."""
+
     @_builtins.property
-    def status(self) -> Global___WorkStatusReport: ...
+    def status(self) -> Global___WorkStatusReport:
+        """A work's status."""
+
     @_builtins.property
-    def deleted(self) -> Global___WorkDeleted: ...
+    def deleted(self) -> Global___WorkDeleted:
+        """A deleted work the agent is done with."""
+
     @_builtins.property
-    def heartbeat(self) -> Global___Heartbeat: ...
+    def heartbeat(self) -> Global___Heartbeat:
+        """The cluster's facts."""
+
     @_builtins.property
-    def batch(self) -> Global___AgentBatch: ...
+    def batch(self) -> Global___AgentBatch:
+        """Several acknowledgements and reports."""
+
     @_builtins.property
-    def held_works(self) -> Global___HeldWorks: ...
+    def held_works(self) -> Global___HeldWorks:
+        """The rest of the held works, when the hello said more follow."""
+
     def __init__(
         self,
         *,
@@ -336,13 +404,17 @@ Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):
+    """The control plane's first message: the session has begun."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     CONTROL_PLANE_VERSION_FIELD_NUMBER: _builtins.int
     session: _builtins.str
+    """The session's identifier, for logs."""
     heartbeat_interval_seconds: _builtins.int
+    """How often to send heartbeats (the agent's --heartbeat-interval overrides it)."""
     control_plane_version: _builtins.str
     """The control plane's version: the agent says when it is too far from its own."""
     def __init__(
@@ -362,13 +434,17 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
 class WorkDelete(_message.Message):
+    """Delete a work, and its objects from the member."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     UID_FIELD_NUMBER: _builtins.int
     PRESERVE_RESOURCES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The work's name."""
     uid: _builtins.str
+    """The uid of the work to delete."""
     preserve_resources: _builtins.bool
     """Leave the objects in the member; only stop managing them."""
     def __init__(
@@ -388,14 +464,19 @@ Global___WorkDelete: _TypeAlias = WorkDelete  # noqa: Y015
 
 @_typing.final
 class SyncComplete(_message.Message):
+    """Every work the cluster has or the agent held at connect has been handled once."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SENT_FIELD_NUMBER: _builtins.int
     DELETED_FIELD_NUMBER: _builtins.int
     UNCHANGED_FIELD_NUMBER: _builtins.int
     sent: _builtins.int
+    """Works sent because they were new or changed."""
     deleted: _builtins.int
+    """Works the agent was told to delete."""
     unchanged: _builtins.int
+    """Works the agent already held as they are."""
     def __init__(
         self,
         *,
@@ -420,9 +501,13 @@ class WorkBatch(_message.Message):
     WORKS_FIELD_NUMBER: _builtins.int
     DELETES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def works(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.PropagationWork]: ...
+    def works(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.PropagationWork]:
+        """Works to apply."""
+
     @_builtins.property
-    def deletes(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkDelete]: ...
+    def deletes(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkDelete]:
+        """Works to delete."""
+
     def __init__(
         self,
         *,
@@ -447,7 +532,9 @@ class InterpreterCustomizations(_message.Message):
 
     ITEMS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_interpreter_pb2.ResourceInterpreterCustomization]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_interpreter_pb2.ResourceInterpreterCustomization]:
+        """All of them: the set replaces the one sent before."""
+
     def __init__(
         self,
         *,
@@ -463,6 +550,8 @@ Global___InterpreterCustomizations: _TypeAlias = InterpreterCustomizations  # no
 
 @_typing.final
 class ControlMessage(_message.Message):
+    """One message from the control plane to the agent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WELCOME_FIELD_NUMBER: _builtins.int
@@ -472,17 +561,29 @@ class ControlMessage(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     CUSTOMIZATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def welcome(self) -> Global___Welcome: ...
+    def welcome(self) -> Global___Welcome:
+        """The first message of a session."""
+
     @_builtins.property
-    def work(self) -> _work_pb2.PropagationWork: ...
+    def work(self) -> _work_pb2.PropagationWork:
+        """A work to apply (new or changed)."""
+
     @_builtins.property
-    def delete(self) -> Global___WorkDelete: ...
+    def delete(self) -> Global___WorkDelete:
+        """A work to delete."""
+
     @_builtins.property
-    def synced(self) -> Global___SyncComplete: ...
+    def synced(self) -> Global___SyncComplete:
+        """The resume after connecting is complete."""
+
     @_builtins.property
-    def batch(self) -> Global___WorkBatch: ...
+    def batch(self) -> Global___WorkBatch:
+        """Several works and deletions."""
+
     @_builtins.property
-    def customizations(self) -> Global___InterpreterCustomizations: ...
+    def customizations(self) -> Global___InterpreterCustomizations:
+        """Every ResourceInterpreterCustomization."""
+
     def __init__(
         self,
         *,

@@ -38,23 +38,38 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AgentServiceStub:
+    """The stream each member cluster's agent opens to the control plane."""
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControlMessage]
+    """One bidirectional stream per agent, as the file's comment describes; needs the
+    cluster's credential ("authorization: Bearer <cluster token>").
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
+    """The stream each member cluster's agent opens to the control plane."""
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControlMessage]  # type: ignore[assignment]
+    """One bidirectional stream per agent, as the file's comment describes; needs the
+    cluster's credential ("authorization: Bearer <cluster token>").
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The stream each member cluster's agent opens to the control plane."""
+
     @_abc_1.abstractmethod
     def Connect(
         self,
         request_iterator: _MaybeAsyncIterator[_agent_pb2.AgentMessage],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_agent_pb2.ControlMessage], _abc.AsyncIterator[_agent_pb2.ControlMessage]]: ...
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.ControlMessage], _abc.AsyncIterator[_agent_pb2.ControlMessage]]:
+        """One bidirectional stream per agent, as the file's comment describes; needs the
+        cluster's credential ("authorization: Bearer <cluster token>").
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

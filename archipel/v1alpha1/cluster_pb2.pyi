@@ -22,6 +22,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class MemberCluster(_message.Message):
+    """A member cluster, Karmada's cluster.karmada.io Cluster in pull mode. Created by
+    Join (archipel join); cluster-scoped, its name a DNS label.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -30,15 +34,23 @@ class MemberCluster(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
-    """cluster.archipel.io/v1alpha1"""
+    """cluster.archipel.io/v1alpha1
+    (cluster.karmada.io/v1alpha1 is accepted); any other value is refused.
+    """
     kind: _builtins.str
     """MemberCluster"""
     @_builtins.property
-    def metadata(self) -> _meta_pb2.ObjectMeta: ...
+    def metadata(self) -> _meta_pb2.ObjectMeta:
+        """The cluster's name is the name policies and affinities use."""
+
     @_builtins.property
-    def spec(self) -> Global___MemberClusterSpec: ...
+    def spec(self) -> Global___MemberClusterSpec:
+        """What the cluster is: identity, topology and taints."""
+
     @_builtins.property
-    def status(self) -> Global___MemberClusterStatus: ...
+    def status(self) -> Global___MemberClusterStatus:
+        """What its agent last reported; written by the control plane only."""
+
     def __init__(
         self,
         *,
@@ -58,6 +70,8 @@ Global___MemberCluster: _TypeAlias = MemberCluster  # noqa: Y015
 
 @_typing.final
 class MemberClusterSpec(_message.Message):
+    """A member cluster's identity, topology and taints."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -70,15 +84,32 @@ class MemberClusterSpec(_message.Message):
     id: _builtins.str
     """A stable identifier (the member's kube-system namespace UID, reported by the agent)."""
     sync_mode: _builtins.str
-    """Always "Pull": the agent connects out."""
+    """Always "Pull": the agent connects out.
+    Karmada's "Push" is refused.
+    """
     provider: _builtins.str
+    """The cloud provider; fieldSelector and spreadByField: provider match it."""
     region: _builtins.str
+    """The region; fieldSelector and spreadByField: region match it."""
     zone: _builtins.str
-    """Deprecated in Karmada in favour of zones; kept for compatibility."""
+    """Deprecated in Karmada in favour of zones; kept for compatibility.
+    Used only when zones is empty.
+    """
     @_builtins.property
-    def zones(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def zones(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The zones the cluster spans; fieldSelector matches any of them, and
+        spreadByField: zone groups by the first.
+        """
+
     @_builtins.property
-    def taints(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Taint]: ...
+    def taints(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Taint]:
+        """Cluster taints, which policies must tolerate (clusterTolerations). NoSchedule
+        keeps new work off; NoExecute also takes work already there off the cluster;
+        PreferNoSchedule is not acted on. The control plane adds and removes
+        cluster.archipel.io/not-ready and cluster.archipel.io/unreachable (NoSchedule) as
+        Ready goes False or Unknown.
+        """
+
     def __init__(
         self,
         *,
@@ -100,12 +131,16 @@ Global___MemberClusterSpec: _TypeAlias = MemberClusterSpec  # noqa: Y015
 
 @_typing.final
 class APIResource(_message.Message):
+    """One resource a cluster serves within a group version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The resource's plural name, e.g. deployments."""
     kind: _builtins.str
+    """The resource's kind, e.g. Deployment."""
     def __init__(
         self,
         *,
@@ -122,13 +157,18 @@ Global___APIResource: _TypeAlias = APIResource  # noqa: Y015
 
 @_typing.final
 class APIEnablement(_message.Message):
+    """The resources a cluster serves in one group version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GROUP_VERSION_FIELD_NUMBER: _builtins.int
     RESOURCES_FIELD_NUMBER: _builtins.int
     group_version: _builtins.str
+    """The group version, e.g. apps/v1, or v1 for the core group."""
     @_builtins.property
-    def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___APIResource]: ...
+    def resources(self) -> _containers.RepeatedCompositeFieldContainer[Global___APIResource]:
+        """The resources served in it."""
+
     def __init__(
         self,
         *,
@@ -145,12 +185,16 @@ Global___APIEnablement: _TypeAlias = APIEnablement  # noqa: Y015
 
 @_typing.final
 class NodeSummary(_message.Message):
+    """A cluster's node counts."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOTAL_NUM_FIELD_NUMBER: _builtins.int
     READY_NUM_FIELD_NUMBER: _builtins.int
     total_num: _builtins.int
+    """Every node."""
     ready_num: _builtins.int
+    """Nodes whose Ready condition is True; with none, the cluster has no room at all."""
     def __init__(
         self,
         *,
@@ -167,6 +211,10 @@ Global___NodeSummary: _TypeAlias = NodeSummary  # noqa: Y015
 
 @_typing.final
 class ResourceSummary(_message.Message):
+    """A cluster's capacity: the scheduler's estimate of available replicas is
+    allocatable minus allocated and allocating, divided by one replica's requests.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -234,12 +282,20 @@ class ResourceSummary(_message.Message):
     ALLOCATED_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def allocatable(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Resource name (cpu, memory, pods, ...) to quantity, Kubernetes notation."""
+        """Resource name (cpu, memory, pods, ...) to quantity, Kubernetes notation.
+        Summed over the nodes' allocatable.
+        """
 
     @_builtins.property
-    def allocating(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def allocating(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Capacity promised but not yet in use; counted as used. The agent does not
+        report it.
+        """
+
     @_builtins.property
-    def allocated(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def allocated(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The requests of the pods bound to nodes and not finished (pods: their count)."""
+
     def __init__(
         self,
         *,
@@ -257,15 +313,23 @@ Global___ResourceSummary: _TypeAlias = ResourceSummary  # noqa: Y015
 
 @_typing.final
 class AgentStatus(_message.Message):
+    """The cluster's agent, as the control plane sees it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONNECTED_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
     connected: _builtins.bool
+    """Whether the agent's stream is open now."""
     version: _builtins.str
+    """The agent's version; AgentVersionCompatible is False when it is newer than the
+    control plane or more than one minor version older.
+    """
     @_builtins.property
-    def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp: ...
+    def last_heartbeat_time(self) -> _timestamp_pb2.Timestamp:
+        """When the last heartbeat arrived; to save writes it may lag by up to 30 s."""
+
     def __init__(
         self,
         *,
@@ -283,6 +347,8 @@ Global___AgentStatus: _TypeAlias = AgentStatus  # noqa: Y015
 
 @_typing.final
 class MemberClusterStatus(_message.Message):
+    """What the cluster's agent reported; written by the control plane, never by Apply."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KUBERNETES_VERSION_FIELD_NUMBER: _builtins.int
@@ -292,16 +358,32 @@ class MemberClusterStatus(_message.Message):
     RESOURCE_SUMMARY_FIELD_NUMBER: _builtins.int
     AGENT_FIELD_NUMBER: _builtins.int
     kubernetes_version: _builtins.str
+    """The member API server's version, e.g. v1.35.4."""
     @_builtins.property
-    def api_enablements(self) -> _containers.RepeatedCompositeFieldContainer[Global___APIEnablement]: ...
+    def api_enablements(self) -> _containers.RepeatedCompositeFieldContainer[Global___APIEnablement]:
+        """The APIs the cluster serves; a cluster that does not serve a template's
+        apiVersion and kind is not scheduled for it.
+        """
+
     @_builtins.property
-    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]: ...
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]:
+        """Ready (True while heartbeats say the API server answers; False when it does
+        not; Unknown after the grace period, 40 s by default, without a heartbeat) and
+        AgentVersionCompatible.
+        """
+
     @_builtins.property
-    def node_summary(self) -> Global___NodeSummary: ...
+    def node_summary(self) -> Global___NodeSummary:
+        """The cluster's node counts."""
+
     @_builtins.property
-    def resource_summary(self) -> Global___ResourceSummary: ...
+    def resource_summary(self) -> Global___ResourceSummary:
+        """The cluster's capacity, for dynamic weights and Aggregated division."""
+
     @_builtins.property
-    def agent(self) -> Global___AgentStatus: ...
+    def agent(self) -> Global___AgentStatus:
+        """The cluster's agent."""
+
     def __init__(
         self,
         *,

@@ -30,6 +30,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ResourceInterpreterCustomization(_message.Message):
+    """Describes one kind to the resource interpreter. When several target the same kind,
+    the first by name is used.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -39,10 +43,15 @@ class ResourceInterpreterCustomization(_message.Message):
     api_version: _builtins.str
     """config.archipel.io/v1alpha1 (config.karmada.io/v1alpha1 accepted)"""
     kind: _builtins.str
+    """ResourceInterpreterCustomization"""
     @_builtins.property
-    def metadata(self) -> _meta_pb2.ObjectMeta: ...
+    def metadata(self) -> _meta_pb2.ObjectMeta:
+        """Cluster-scoped: metadata.namespace must be empty."""
+
     @_builtins.property
-    def spec(self) -> Global___ResourceInterpreterCustomizationSpec: ...
+    def spec(self) -> Global___ResourceInterpreterCustomizationSpec:
+        """The kind described and its operations."""
+
     def __init__(
         self,
         *,
@@ -61,14 +70,20 @@ Global___ResourceInterpreterCustomization: _TypeAlias = ResourceInterpreterCusto
 
 @_typing.final
 class ResourceInterpreterCustomizationSpec(_message.Message):
+    """The kind a customization describes and how."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TARGET_FIELD_NUMBER: _builtins.int
     CUSTOMIZATIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def target(self) -> Global___CustomizationTarget: ...
+    def target(self) -> Global___CustomizationTarget:
+        """The kind described."""
+
     @_builtins.property
-    def customizations(self) -> Global___CustomizationRules: ...
+    def customizations(self) -> Global___CustomizationRules:
+        """The operations described."""
+
     def __init__(
         self,
         *,
@@ -85,12 +100,16 @@ Global___ResourceInterpreterCustomizationSpec: _TypeAlias = ResourceInterpreterC
 
 @_typing.final
 class CustomizationTarget(_message.Message):
+    """The kind a customization describes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """The kind's apiVersion, e.g. example.io/v1. Required."""
     kind: _builtins.str
+    """The kind, e.g. Widget. Required."""
     def __init__(
         self,
         *,
@@ -121,19 +140,33 @@ class CustomizationRules(_message.Message):
     HEALTH_INTERPRETATION_FIELD_NUMBER: _builtins.int
     DEPENDENCY_INTERPRETATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def retention(self) -> Global___RetentionRule: ...
+    def retention(self) -> Global___RetentionRule:
+        """Fields the member owns."""
+
     @_builtins.property
-    def replica_resource(self) -> Global___ReplicaResourceRule: ...
+    def replica_resource(self) -> Global___ReplicaResourceRule:
+        """Where the replica count and the pod template live."""
+
     @_builtins.property
-    def replica_revision(self) -> Global___ReplicaRevisionRule: ...
+    def replica_revision(self) -> Global___ReplicaRevisionRule:
+        """Where each cluster's share of the replicas is written."""
+
     @_builtins.property
-    def status_reflection(self) -> Global___StatusReflectionRule: ...
+    def status_reflection(self) -> Global___StatusReflectionRule:
+        """What status the agent reports."""
+
     @_builtins.property
-    def status_aggregation(self) -> Global___StatusAggregationRule: ...
+    def status_aggregation(self) -> Global___StatusAggregationRule:
+        """How the template's status sums up the clusters'."""
+
     @_builtins.property
-    def health_interpretation(self) -> Global___HealthInterpretationRule: ...
+    def health_interpretation(self) -> Global___HealthInterpretationRule:
+        """When an object in a member is healthy."""
+
     @_builtins.property
-    def dependency_interpretation(self) -> Global___DependencyInterpretationRule: ...
+    def dependency_interpretation(self) -> Global___DependencyInterpretationRule:
+        """What a workload depends on, for propagateDeps."""
+
     def __init__(
         self,
         *,
@@ -164,7 +197,9 @@ class RetentionRule(_message.Message):
     lua_script: _builtins.str
     """Karmada's form; refused: Archipel runs no user-supplied scripts."""
     @_builtins.property
-    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def paths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Paths of field names only, e.g. .spec.endpoint."""
+
     def __init__(
         self,
         *,
@@ -181,16 +216,23 @@ Global___RetentionRule: _TypeAlias = RetentionRule  # noqa: Y015
 
 @_typing.final
 class ReplicaResourceRule(_message.Message):
+    """Where a workload's replica count and pod template live."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LUA_SCRIPT_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     POD_TEMPLATE_FIELD_NUMBER: _builtins.int
     lua_script: _builtins.str
+    """Karmada's form; refused: Archipel runs no user-supplied scripts."""
     replicas: _builtins.str
-    """Where the replica count lives, e.g. ".spec.size". Missing means 1."""
+    """Where the replica count lives, e.g. ".spec.size". Missing means 1.
+    Required in the rule.
+    """
     pod_template: _builtins.str
-    """Where the pod template lives (its spec's containers give the per-replica request)."""
+    """Where the pod template lives (its spec's containers give the per-replica request).
+    Optional; without it the replicas' requests are unknown.
+    """
     def __init__(
         self,
         *,
@@ -208,13 +250,18 @@ Global___ReplicaResourceRule: _TypeAlias = ReplicaResourceRule  # noqa: Y015
 
 @_typing.final
 class ReplicaRevisionRule(_message.Message):
+    """Where each cluster's share of the replicas is written."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LUA_SCRIPT_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     lua_script: _builtins.str
+    """Karmada's form; refused: Archipel runs no user-supplied scripts."""
     replicas: _builtins.str
-    """Where to write each cluster's share of the replicas."""
+    """Where to write each cluster's share of the replicas.
+    A path of field names only, e.g. .spec.size. Required in the rule.
+    """
     def __init__(
         self,
         *,
@@ -231,14 +278,20 @@ Global___ReplicaRevisionRule: _TypeAlias = ReplicaRevisionRule  # noqa: Y015
 
 @_typing.final
 class StatusReflectionRule(_message.Message):
+    """What the agent reports of an object in the member."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LUA_SCRIPT_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
     lua_script: _builtins.str
+    """Karmada's form; refused: Archipel runs no user-supplied scripts."""
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatusField]:
-        """What the agent reports; empty: the whole .status."""
+        """What the agent reports: each field's first match, under its name. Leave the rule
+        out to keep the kind's built-in reflection (for an unknown kind, the whole
+        .status); a rule without fields reports nothing.
+        """
 
     def __init__(
         self,
@@ -256,14 +309,20 @@ Global___StatusReflectionRule: _TypeAlias = StatusReflectionRule  # noqa: Y015
 
 @_typing.final
 class StatusField(_message.Message):
+    """One reflected status field."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     PATH_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """The key in the reflected status."""
+    """The key in the reflected status.
+    Required.
+    """
     path: _builtins.str
-    """A JSONPath into the member's object; the first match is taken."""
+    """A JSONPath into the member's object; the first match is taken.
+    Required.
+    """
     def __init__(
         self,
         *,
@@ -280,11 +339,14 @@ Global___StatusField: _TypeAlias = StatusField  # noqa: Y015
 
 @_typing.final
 class StatusAggregationRule(_message.Message):
+    """How the clusters' reflected statuses become the template's status."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LUA_SCRIPT_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
     lua_script: _builtins.str
+    """Karmada's form; refused: Archipel runs no user-supplied scripts."""
     @_builtins.property
     def fields(self) -> _containers.RepeatedCompositeFieldContainer[Global___AggregatedField]:
         """How each reflected field becomes the template's status field."""
@@ -305,13 +367,21 @@ Global___StatusAggregationRule: _TypeAlias = StatusAggregationRule  # noqa: Y015
 
 @_typing.final
 class AggregatedField(_message.Message):
+    """One field of the template's aggregated status."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     OPERATION_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The reflected field aggregated, and the template's status field that receives the
+    result. Required.
+    """
     operation: _builtins.str
-    """Sum, Min, Max, AllTrue, AnyTrue, First or Collect (a list of per-cluster values)."""
+    """Sum, Min, Max, AllTrue, AnyTrue, First or Collect (a list of per-cluster values).
+    Required. Sum, Min and Max need numbers; AllTrue needs every cluster to report
+    true.
+    """
     def __init__(
         self,
         *,
@@ -328,11 +398,14 @@ Global___AggregatedField: _TypeAlias = AggregatedField  # noqa: Y015
 
 @_typing.final
 class HealthInterpretationRule(_message.Message):
+    """When an object in a member is healthy."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LUA_SCRIPT_FIELD_NUMBER: _builtins.int
     HEALTHY_WHEN_FIELD_NUMBER: _builtins.int
     lua_script: _builtins.str
+    """Karmada's form; refused: Archipel runs no user-supplied scripts."""
     @_builtins.property
     def healthy_when(self) -> _containers.RepeatedCompositeFieldContainer[Global___HealthExpression]:
         """Healthy when every expression holds; Unhealthy otherwise."""
@@ -353,6 +426,8 @@ Global___HealthInterpretationRule: _TypeAlias = HealthInterpretationRule  # noqa
 
 @_typing.final
 class HealthExpression(_message.Message):
+    """One condition on an object in the member."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATH_FIELD_NUMBER: _builtins.int
@@ -360,16 +435,21 @@ class HealthExpression(_message.Message):
     VALUES_FIELD_NUMBER: _builtins.int
     VALUE_PATH_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """A JSONPath into the member's object; the first match is compared."""
+    """A JSONPath into the member's object; the first match is compared.
+    Required.
+    """
     operator: _builtins.str
     """Equal, NotEqual, In, NotIn, Exists, DoesNotExist, GreaterThan,
     GreaterThanOrEqual, LessThan, LessThanOrEqual.
+    Exists and DoesNotExist need no value; the others need values or valuePath.
     """
     value_path: _builtins.str
     """Or compare with the value at another path of the same object."""
     @_builtins.property
     def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Literal values (numbers compare as numbers)."""
+        """Literal values (numbers compare as numbers).
+        In and NotIn take several; the other operators one.
+        """
 
     def __init__(
         self,
@@ -389,13 +469,18 @@ Global___HealthExpression: _TypeAlias = HealthExpression  # noqa: Y015
 
 @_typing.final
 class DependencyInterpretationRule(_message.Message):
+    """What a workload needs; with a rule, it replaces the kind's built-in dependencies."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LUA_SCRIPT_FIELD_NUMBER: _builtins.int
     DEPENDENCIES_FIELD_NUMBER: _builtins.int
     lua_script: _builtins.str
+    """Karmada's form; refused: Archipel runs no user-supplied scripts."""
     @_builtins.property
-    def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencyRule]: ...
+    def dependencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___DependencyRule]:
+        """The kinds of object needed and where their names are."""
+
     def __init__(
         self,
         *,
@@ -420,9 +505,13 @@ class DependencyRule(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     NAME_PATH_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """The dependency's apiVersion, e.g. v1. Required."""
     kind: _builtins.str
+    """The dependency's kind, e.g. ConfigMap. Required."""
     name_path: _builtins.str
-    """A JSONPath giving one or more names."""
+    """A JSONPath giving one or more names.
+    Required.
+    """
     def __init__(
         self,
         *,

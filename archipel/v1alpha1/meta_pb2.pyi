@@ -78,8 +78,13 @@ class ObjectMeta(_message.Message):
     DELETION_TIMESTAMP_FIELD_NUMBER: _builtins.int
     FINALIZERS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The object's name, unique per kind and namespace. Required: a lowercase DNS
+    subdomain (a DNS label for a MemberCluster).
+    """
     namespace: _builtins.str
-    """Empty for cluster-scoped objects."""
+    """Empty for cluster-scoped objects (and for the binding of a cluster-scoped
+    template). Otherwise a DNS label; refused when set on a cluster-scoped kind.
+    """
     uid: _builtins.str
     """Assigned by the control plane when the object is created."""
     resource_version: _builtins.str
@@ -87,17 +92,25 @@ class ObjectMeta(_message.Message):
     generation: _builtins.int
     """Incremented on every change to the object's spec."""
     @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels, as in Kubernetes: policies, affinities and List/Watch select on them."""
+
     @_builtins.property
-    def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def annotations(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Annotations, as in Kubernetes; at most 256 KiB of keys and values in all."""
+
     @_builtins.property
-    def creation_timestamp(self) -> _timestamp_pb2.Timestamp: ...
+    def creation_timestamp(self) -> _timestamp_pb2.Timestamp:
+        """When the object was created; set by the control plane."""
+
     @_builtins.property
     def deletion_timestamp(self) -> _timestamp_pb2.Timestamp:
         """Set when deletion was requested while finalizers remain."""
 
     @_builtins.property
-    def finalizers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def finalizers(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Keys that hold a deleted object (deletionTimestamp set) until each is removed."""
+
     def __init__(
         self,
         *,
@@ -122,6 +135,8 @@ Global___ObjectMeta: _TypeAlias = ObjectMeta  # noqa: Y015
 
 @_typing.final
 class Condition(_message.Message):
+    """A Kubernetes-style status condition."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
@@ -131,13 +146,19 @@ class Condition(_message.Message):
     LAST_TRANSITION_TIME_FIELD_NUMBER: _builtins.int
     OBSERVED_GENERATION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """What the condition reports, e.g. Ready, Scheduled, FullyApplied or Applied."""
     status: _builtins.str
     """"True", "False" or "Unknown"."""
     reason: _builtins.str
+    """A machine-readable CamelCase reason for the status."""
     message: _builtins.str
+    """A human-readable explanation."""
     observed_generation: _builtins.int
+    """The object's metadata.generation the condition was computed from."""
     @_builtins.property
-    def last_transition_time(self) -> _timestamp_pb2.Timestamp: ...
+    def last_transition_time(self) -> _timestamp_pb2.Timestamp:
+        """When status last changed."""
+
     def __init__(
         self,
         *,
@@ -158,16 +179,21 @@ Global___Condition: _TypeAlias = Condition  # noqa: Y015
 
 @_typing.final
 class LabelSelectorRequirement(_message.Message):
+    """One requirement of a Kubernetes label selector."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     VALUES_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The label key the requirement applies to."""
     operator: _builtins.str
     """In, NotIn, Exists or DoesNotExist."""
     @_builtins.property
-    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Required (non-empty) for In and NotIn; must be empty for Exists and DoesNotExist."""
+
     def __init__(
         self,
         *,
@@ -185,6 +211,10 @@ Global___LabelSelectorRequirement: _TypeAlias = LabelSelectorRequirement  # noqa
 
 @_typing.final
 class LabelSelector(_message.Message):
+    """A Kubernetes label selector: every matchLabels entry and every matchExpressions
+    requirement must hold. An empty selector matches everything.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -210,9 +240,13 @@ class LabelSelector(_message.Message):
     MATCH_LABELS_FIELD_NUMBER: _builtins.int
     MATCH_EXPRESSIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def match_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def match_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Label key to the exact value it must have."""
+
     @_builtins.property
-    def match_expressions(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelSelectorRequirement]: ...
+    def match_expressions(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelSelectorRequirement]:
+        """Further requirements, all of which must hold."""
+
     def __init__(
         self,
         *,
@@ -238,11 +272,15 @@ class Taint(_message.Message):
     EFFECT_FIELD_NUMBER: _builtins.int
     TIME_ADDED_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The taint key, e.g. cluster.archipel.io/not-ready. Required."""
     value: _builtins.str
+    """The taint value; may be empty."""
     effect: _builtins.str
     """NoSchedule, PreferNoSchedule or NoExecute."""
     @_builtins.property
-    def time_added(self) -> _timestamp_pb2.Timestamp: ...
+    def time_added(self) -> _timestamp_pb2.Timestamp:
+        """When the taint was added; the control plane sets it on the taints it adds."""
+
     def __init__(
         self,
         *,
@@ -261,6 +299,8 @@ Global___Taint: _TypeAlias = Taint  # noqa: Y015
 
 @_typing.final
 class Toleration(_message.Message):
+    """A Kubernetes toleration: lets a policy place work on clusters with a matching taint."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEY_FIELD_NUMBER: _builtins.int
@@ -269,12 +309,17 @@ class Toleration(_message.Message):
     EFFECT_FIELD_NUMBER: _builtins.int
     TOLERATION_SECONDS_FIELD_NUMBER: _builtins.int
     key: _builtins.str
+    """The taint key it tolerates; empty with operator Exists tolerates every taint."""
     operator: _builtins.str
     """Equal or Exists."""
     value: _builtins.str
+    """The taint value to match with Equal; must be empty with Exists."""
     effect: _builtins.str
+    """NoSchedule, PreferNoSchedule or NoExecute; empty matches every effect."""
     toleration_seconds: _builtins.int
-    """int32 (Kubernetes: int64) so that proto3 JSON prints a number."""
+    """int32 (Kubernetes: int64) so that proto3 JSON prints a number.
+    Accepted for Karmada compatibility; the scheduler does not act on it.
+    """
     def __init__(
         self,
         *,
@@ -307,11 +352,17 @@ class ObjectReference(_message.Message):
     UID_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """The object's apiVersion, e.g. apps/v1."""
     kind: _builtins.str
+    """The object's kind, e.g. Deployment."""
     namespace: _builtins.str
+    """The object's namespace; empty for cluster-scoped objects."""
     name: _builtins.str
+    """The object's name."""
     uid: _builtins.str
+    """The object's uid."""
     resource_version: _builtins.str
+    """The object's resourceVersion when the reference was taken."""
     def __init__(
         self,
         *,

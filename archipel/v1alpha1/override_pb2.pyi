@@ -26,6 +26,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class OverridePolicy(_message.Message):
+    """Changes the manifest a cluster gets for the templates of its own namespace. Applied
+    after every ClusterOverridePolicy, least specific policy first.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -33,11 +37,17 @@ class OverridePolicy(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)"""
     kind: _builtins.str
+    """OverridePolicy"""
     @_builtins.property
-    def metadata(self) -> _meta_pb2.ObjectMeta: ...
+    def metadata(self) -> _meta_pb2.ObjectMeta:
+        """Namespaced: the policy applies to templates in metadata.namespace only."""
+
     @_builtins.property
-    def spec(self) -> Global___OverrideSpec: ...
+    def spec(self) -> Global___OverrideSpec:
+        """Which templates, which clusters, which changes."""
+
     def __init__(
         self,
         *,
@@ -56,6 +66,11 @@ Global___OverridePolicy: _TypeAlias = OverridePolicy  # noqa: Y015
 
 @_typing.final
 class ClusterOverridePolicy(_message.Message):
+    """Changes the manifest a cluster gets for templates of any namespace, and
+    cluster-scoped ones. Applied before OverridePolicies, least specific policy first
+    (match-all, kind, labels, name), ties by name.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -63,11 +78,17 @@ class ClusterOverridePolicy(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)"""
     kind: _builtins.str
+    """ClusterOverridePolicy"""
     @_builtins.property
-    def metadata(self) -> _meta_pb2.ObjectMeta: ...
+    def metadata(self) -> _meta_pb2.ObjectMeta:
+        """Cluster-scoped: metadata.namespace must be empty."""
+
     @_builtins.property
-    def spec(self) -> Global___OverrideSpec: ...
+    def spec(self) -> Global___OverrideSpec:
+        """Which templates, which clusters, which changes."""
+
     def __init__(
         self,
         *,
@@ -86,6 +107,8 @@ Global___ClusterOverridePolicy: _TypeAlias = ClusterOverridePolicy  # noqa: Y015
 
 @_typing.final
 class OverrideSpec(_message.Message):
+    """What an OverridePolicy or ClusterOverridePolicy changes, and where."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESOURCE_SELECTORS_FIELD_NUMBER: _builtins.int
@@ -93,15 +116,23 @@ class OverrideSpec(_message.Message):
     TARGET_CLUSTER_FIELD_NUMBER: _builtins.int
     OVERRIDERS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def resource_selectors(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ResourceSelector]: ...
-    @_builtins.property
-    def override_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleWithCluster]: ...
-    @_builtins.property
-    def target_cluster(self) -> _policy_pb2.ClusterAffinity:
-        """Deprecated in Karmada in favour of overrideRules; still honoured."""
+    def resource_selectors(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ResourceSelector]:
+        """The templates the policy applies to; empty: every template in its scope."""
 
     @_builtins.property
-    def overriders(self) -> Global___Overriders: ...
+    def override_rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___RuleWithCluster]:
+        """Overriders per group of target clusters, applied in order."""
+
+    @_builtins.property
+    def target_cluster(self) -> _policy_pb2.ClusterAffinity:
+        """Deprecated in Karmada in favour of overrideRules; still honoured.
+        The clusters the top-level overriders apply to; absent: every cluster.
+        """
+
+    @_builtins.property
+    def overriders(self) -> Global___Overriders:
+        """Deprecated in Karmada in favour of overrideRules; still honoured, after them."""
+
     def __init__(
         self,
         *,
@@ -120,6 +151,8 @@ Global___OverrideSpec: _TypeAlias = OverrideSpec  # noqa: Y015
 
 @_typing.final
 class RuleWithCluster(_message.Message):
+    """Overriders and the clusters they apply to."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TARGET_CLUSTER_FIELD_NUMBER: _builtins.int
@@ -129,7 +162,9 @@ class RuleWithCluster(_message.Message):
         """Empty: every cluster."""
 
     @_builtins.property
-    def overriders(self) -> Global___Overriders: ...
+    def overriders(self) -> Global___Overriders:
+        """The changes for those clusters."""
+
     def __init__(
         self,
         *,
@@ -146,6 +181,12 @@ Global___RuleWithCluster: _TypeAlias = RuleWithCluster  # noqa: Y015
 
 @_typing.final
 class Overriders(_message.Message):
+    """Changes to one manifest, applied in Karmada's order: image, command, args, labels,
+    annotations, field, plaintext. One that cannot apply sets OverridesApplied=False on
+    the binding, naming the policy and overrider, and the cluster keeps its last good
+    work.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PLAINTEXT_FIELD_NUMBER: _builtins.int
@@ -156,19 +197,33 @@ class Overriders(_message.Message):
     ANNOTATIONS_OVERRIDER_FIELD_NUMBER: _builtins.int
     FIELD_OVERRIDER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def plaintext(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaintextOverrider]: ...
+    def plaintext(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlaintextOverrider]:
+        """JSON patch (RFC 6902) operations on the manifest."""
+
     @_builtins.property
-    def image_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageOverrider]: ...
+    def image_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___ImageOverrider]:
+        """Changes to container images."""
+
     @_builtins.property
-    def command_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandArgsOverrider]: ...
+    def command_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandArgsOverrider]:
+        """Changes to a container's command."""
+
     @_builtins.property
-    def args_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandArgsOverrider]: ...
+    def args_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandArgsOverrider]:
+        """Changes to a container's args."""
+
     @_builtins.property
-    def labels_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelAnnotationOverrider]: ...
+    def labels_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelAnnotationOverrider]:
+        """Changes to metadata.labels."""
+
     @_builtins.property
-    def annotations_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelAnnotationOverrider]: ...
+    def annotations_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelAnnotationOverrider]:
+        """Changes to metadata.annotations."""
+
     @_builtins.property
-    def field_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldOverrider]: ...
+    def field_overrider(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldOverrider]:
+        """Patches to JSON or YAML held in a string field."""
+
     def __init__(
         self,
         *,
@@ -190,17 +245,25 @@ Global___Overriders: _TypeAlias = Overriders  # noqa: Y015
 
 @_typing.final
 class PlaintextOverrider(_message.Message):
+    """One JSON patch operation on the manifest."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATH_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """A JSON pointer, e.g. /spec/replicas."""
+    """A JSON pointer, e.g. /spec/replicas.
+    Required: it must start with '/'.
+    """
     operator: _builtins.str
-    """add, remove or replace."""
+    """add, remove or replace.
+    Required.
+    """
     @_builtins.property
-    def value(self) -> _struct_pb2.Value: ...
+    def value(self) -> _struct_pb2.Value:
+        """Any JSON value; required for add and replace."""
+
     def __init__(
         self,
         *,
@@ -218,11 +281,16 @@ Global___PlaintextOverrider: _TypeAlias = PlaintextOverrider  # noqa: Y015
 
 @_typing.final
 class ImagePredicate(_message.Message):
+    """Which image an ImageOverrider changes."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATH_FIELD_NUMBER: _builtins.int
     path: _builtins.str
-    """A JSON pointer to the image string, e.g. /spec/template/spec/containers/0/image."""
+    """A JSON pointer to the image string, e.g. /spec/template/spec/containers/0/image.
+    Empty: every container image of a Pod, Deployment, ReplicaSet, StatefulSet,
+    DaemonSet, Job or CronJob.
+    """
     def __init__(
         self,
         *,
@@ -238,6 +306,8 @@ Global___ImagePredicate: _TypeAlias = ImagePredicate  # noqa: Y015
 
 @_typing.final
 class ImageOverrider(_message.Message):
+    """Changes one part of container image references."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PREDICATE_FIELD_NUMBER: _builtins.int
@@ -245,11 +315,19 @@ class ImageOverrider(_message.Message):
     OPERATOR_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     component: _builtins.str
-    """Registry, Repository or Tag."""
+    """Registry, Repository or Tag.
+    Required.
+    """
     operator: _builtins.str
+    """add, remove or replace (required): add appends value to the component, remove
+    clears it, replace sets it to value.
+    """
     value: _builtins.str
+    """The text to add or set."""
     @_builtins.property
-    def predicate(self) -> Global___ImagePredicate: ...
+    def predicate(self) -> Global___ImagePredicate:
+        """Which image; absent: every container image of the pod template."""
+
     def __init__(
         self,
         *,
@@ -268,16 +346,23 @@ Global___ImageOverrider: _TypeAlias = ImageOverrider  # noqa: Y015
 
 @_typing.final
 class CommandArgsOverrider(_message.Message):
+    """Changes to a container's command or args."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONTAINER_NAME_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     container_name: _builtins.str
+    """The container to change. Required."""
     operator: _builtins.str
-    """add or remove."""
+    """add or remove.
+    Required: add appends the values; remove deletes every occurrence of them.
+    """
     @_builtins.property
-    def value(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def value(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The entries to add or remove."""
+
     def __init__(
         self,
         *,
@@ -295,6 +380,8 @@ Global___CommandArgsOverrider: _TypeAlias = CommandArgsOverrider  # noqa: Y015
 
 @_typing.final
 class LabelAnnotationOverrider(_message.Message):
+    """Changes to metadata.labels or metadata.annotations."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -320,8 +407,13 @@ class LabelAnnotationOverrider(_message.Message):
     OPERATOR_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     operator: _builtins.str
+    """add, remove or replace (required): add sets each key, replace changes only keys
+    already present, remove deletes the keys.
+    """
     @_builtins.property
-    def value(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def value(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The keys and their values (remove uses only the keys)."""
+
     def __init__(
         self,
         *,
@@ -338,15 +430,21 @@ Global___LabelAnnotationOverrider: _TypeAlias = LabelAnnotationOverrider  # noqa
 
 @_typing.final
 class JSONPatchOperation(_message.Message):
+    """One JSON patch operation on an embedded JSON document."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUB_PATH_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     sub_path: _builtins.str
+    """A JSON pointer inside the embedded document."""
     operator: _builtins.str
+    """add, remove or replace."""
     @_builtins.property
-    def value(self) -> _struct_pb2.Value: ...
+    def value(self) -> _struct_pb2.Value:
+        """The value for add and replace."""
+
     def __init__(
         self,
         *,
@@ -364,15 +462,21 @@ Global___JSONPatchOperation: _TypeAlias = JSONPatchOperation  # noqa: Y015
 
 @_typing.final
 class YAMLPatchOperation(_message.Message):
+    """One JSON patch operation on an embedded YAML document."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SUB_PATH_FIELD_NUMBER: _builtins.int
     OPERATOR_FIELD_NUMBER: _builtins.int
     VALUE_FIELD_NUMBER: _builtins.int
     sub_path: _builtins.str
+    """A JSON pointer inside the embedded document."""
     operator: _builtins.str
+    """add, remove or replace."""
     @_builtins.property
-    def value(self) -> _struct_pb2.Value: ...
+    def value(self) -> _struct_pb2.Value:
+        """The value for add and replace."""
+
     def __init__(
         self,
         *,
@@ -390,17 +494,25 @@ Global___YAMLPatchOperation: _TypeAlias = YAMLPatchOperation  # noqa: Y015
 
 @_typing.final
 class FieldOverrider(_message.Message):
+    """Patches a JSON or YAML document held in a string field, such as a ConfigMap's data."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIELD_PATH_FIELD_NUMBER: _builtins.int
     JSON_FIELD_NUMBER: _builtins.int
     YAML_FIELD_NUMBER: _builtins.int
     field_path: _builtins.str
-    """A JSON pointer to a string field that holds JSON or YAML, e.g. /data/config.yaml."""
+    """A JSON pointer to a string field that holds JSON or YAML, e.g. /data/config.yaml.
+    Required: it must start with '/'.
+    """
     @_builtins.property
-    def json(self) -> _containers.RepeatedCompositeFieldContainer[Global___JSONPatchOperation]: ...
+    def json(self) -> _containers.RepeatedCompositeFieldContainer[Global___JSONPatchOperation]:
+        """Operations on a JSON document; exclusive with yaml."""
+
     @_builtins.property
-    def yaml(self) -> _containers.RepeatedCompositeFieldContainer[Global___YAMLPatchOperation]: ...
+    def yaml(self) -> _containers.RepeatedCompositeFieldContainer[Global___YAMLPatchOperation]:
+        """Operations on a YAML document; exclusive with json."""
+
     def __init__(
         self,
         *,

@@ -25,6 +25,10 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class PropagationPolicy(_message.Message):
+    """Propagates the resource templates of its own namespace to member clusters. In the
+    template's namespace it beats any ClusterPropagationPolicy.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -34,10 +38,15 @@ class PropagationPolicy(_message.Message):
     api_version: _builtins.str
     """policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)"""
     kind: _builtins.str
+    """PropagationPolicy"""
     @_builtins.property
-    def metadata(self) -> _meta_pb2.ObjectMeta: ...
+    def metadata(self) -> _meta_pb2.ObjectMeta:
+        """Namespaced: the policy selects templates in metadata.namespace only."""
+
     @_builtins.property
-    def spec(self) -> Global___PropagationSpec: ...
+    def spec(self) -> Global___PropagationSpec:
+        """Which templates to propagate, and where."""
+
     def __init__(
         self,
         *,
@@ -56,6 +65,10 @@ Global___PropagationPolicy: _TypeAlias = PropagationPolicy  # noqa: Y015
 
 @_typing.final
 class ClusterPropagationPolicy(_message.Message):
+    """Propagates templates of any namespace, and cluster-scoped ones, to member clusters.
+    A PropagationPolicy that matches in the template's namespace wins over it.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -63,11 +76,17 @@ class ClusterPropagationPolicy(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)"""
     kind: _builtins.str
+    """ClusterPropagationPolicy"""
     @_builtins.property
-    def metadata(self) -> _meta_pb2.ObjectMeta: ...
+    def metadata(self) -> _meta_pb2.ObjectMeta:
+        """Cluster-scoped: metadata.namespace must be empty."""
+
     @_builtins.property
-    def spec(self) -> Global___PropagationSpec: ...
+    def spec(self) -> Global___PropagationSpec:
+        """Which templates to propagate, and where."""
+
     def __init__(
         self,
         *,
@@ -86,6 +105,8 @@ Global___ClusterPropagationPolicy: _TypeAlias = ClusterPropagationPolicy  # noqa
 
 @_typing.final
 class PropagationSpec(_message.Message):
+    """What a PropagationPolicy or ClusterPropagationPolicy asks for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESOURCE_SELECTORS_FIELD_NUMBER: _builtins.int
@@ -103,30 +124,73 @@ class PropagationSpec(_message.Message):
     PRESERVE_RESOURCES_ON_DELETION_FIELD_NUMBER: _builtins.int
     SCHEDULE_PRIORITY_FIELD_NUMBER: _builtins.int
     association: _builtins.bool
-    """Deprecated in Karmada in favour of propagateDeps."""
+    """Deprecated in Karmada in favour of propagateDeps.
+    Archipel does not act on it: set propagateDeps.
+    """
     propagate_deps: _builtins.bool
+    """True: the ConfigMaps, Secrets, ServiceAccount and PVCs the workload's pod
+    template references (or what a customization names) follow it to its clusters.
+    Default false.
+    """
     priority: _builtins.int
-    """Higher wins when several policies match one template; default 0."""
+    """Higher wins when several policies match one template; default 0.
+    A namespaced policy beats a cluster one first; equal priorities go to the more
+    specific selector (name, then labels, then kind alone), then the policy name.
+    """
     preemption: _builtins.str
-    """Always or Never (default)."""
+    """Always or Never (default).
+    Always: this policy takes templates already claimed by a policy it outranks
+    (namespaced over cluster-scoped, then higher priority).
+    """
     scheduler_name: _builtins.str
+    """Copied to the binding, default "default-scheduler". Archipel's one scheduler
+    schedules every binding whatever the name.
+    """
     conflict_resolution: _builtins.str
-    """Abort (default) or Overwrite."""
+    """Abort (default) or Overwrite.
+    Overwrite lets the agent take over a member object Archipel does not manage (or
+    that another work holds); Abort leaves it alone and the work reports the conflict.
+    """
     activation_preference: _builtins.str
-    """Empty or Lazy."""
+    """Empty or Lazy.
+    Karmada's Lazy defers policy changes to the template's next change; Archipel
+    accepts it and applies policy changes at once either way.
+    """
     preserve_resources_on_deletion: _builtins.bool
+    """True: deleting the template leaves its objects in the members, unmanaged, instead
+    of deleting them. Default false. A cluster dropped from the placement still loses
+    them.
+    """
     @_builtins.property
-    def resource_selectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceSelector]: ...
+    def resource_selectors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ResourceSelector]:
+        """The templates the policy propagates (any selector may match); at least one is
+        required. Templates in kube-*, archipel-system and archipel-es-* never propagate.
+        """
+
     @_builtins.property
-    def placement(self) -> Global___Placement: ...
+    def placement(self) -> Global___Placement:
+        """Where the selected templates go and how their replicas are split."""
+
     @_builtins.property
-    def dependent_overrides(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def dependent_overrides(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Karmada's OverridePolicies that must exist first; Archipel does not wait for them."""
+
     @_builtins.property
-    def failover(self) -> Global___FailoverBehavior: ...
+    def failover(self) -> Global___FailoverBehavior:
+        """Karmada's application and cluster failover. Checked (purgeMode values) but not
+        acted on; a NoExecute cluster taint is what moves work off a cluster.
+        """
+
     @_builtins.property
-    def suspension(self) -> Global___Suspension: ...
+    def suspension(self) -> Global___Suspension:
+        """Stops sending works to every cluster or to some; what runs in them stays."""
+
     @_builtins.property
-    def schedule_priority(self) -> Global___SchedulePriority: ...
+    def schedule_priority(self) -> Global___SchedulePriority:
+        """Karmada's scheduling priority. Checked (priorityClassSource values) but not acted
+        on: the scheduler does not order bindings by it.
+        """
+
     def __init__(
         self,
         *,
@@ -162,6 +226,10 @@ Global___PropagationSpec: _TypeAlias = PropagationSpec  # noqa: Y015
 
 @_typing.final
 class ResourceSelector(_message.Message):
+    """Selects resource templates: apiVersion and kind, and optionally namespace, name or
+    labels.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -170,11 +238,19 @@ class ResourceSelector(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """The template's apiVersion, e.g. apps/v1. Required."""
     kind: _builtins.str
+    """The template's kind, e.g. Deployment. Required."""
     namespace: _builtins.str
+    """Only templates in this namespace; empty: any the policy may select. A
+    PropagationPolicy naming a namespace other than its own is refused.
+    """
     name: _builtins.str
+    """Only the template of this name; when set, labelSelector is not consulted."""
     @_builtins.property
-    def label_selector(self) -> _meta_pb2.LabelSelector: ...
+    def label_selector(self) -> _meta_pb2.LabelSelector:
+        """Only templates whose labels match; empty: every template of the kind."""
+
     def __init__(
         self,
         *,
@@ -194,11 +270,17 @@ Global___ResourceSelector: _TypeAlias = ResourceSelector  # noqa: Y015
 
 @_typing.final
 class FieldSelector(_message.Message):
+    """Selects clusters by their spec fields."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MATCH_EXPRESSIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def match_expressions(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.LabelSelectorRequirement]: ...
+    def match_expressions(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.LabelSelectorRequirement]:
+        """All must hold. key: provider, region or zone (required); operator: In or NotIn
+        (required). A cluster matches a zone if any of its zones is among the values.
+        """
+
     def __init__(
         self,
         *,
@@ -214,6 +296,8 @@ Global___FieldSelector: _TypeAlias = FieldSelector  # noqa: Y015
 
 @_typing.final
 class ClusterAffinity(_message.Message):
+    """Which clusters may be chosen: a cluster must satisfy every criterion given."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
@@ -221,13 +305,21 @@ class ClusterAffinity(_message.Message):
     CLUSTER_NAMES_FIELD_NUMBER: _builtins.int
     EXCLUDE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def label_selector(self) -> _meta_pb2.LabelSelector: ...
+    def label_selector(self) -> _meta_pb2.LabelSelector:
+        """Clusters whose labels match."""
+
     @_builtins.property
-    def field_selector(self) -> Global___FieldSelector: ...
+    def field_selector(self) -> Global___FieldSelector:
+        """Clusters whose provider, region or zone match."""
+
     @_builtins.property
-    def cluster_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def cluster_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these clusters, when non-empty."""
+
     @_builtins.property
-    def exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Never these clusters."""
+
     def __init__(
         self,
         *,
@@ -246,7 +338,9 @@ Global___ClusterAffinity: _TypeAlias = ClusterAffinity  # noqa: Y015
 
 @_typing.final
 class ClusterAffinityTerm(_message.Message):
-    """One ordered group of clusterAffinities; Karmada embeds ClusterAffinity inline."""
+    """One ordered group of clusterAffinities; Karmada embeds ClusterAffinity inline.
+    The first group in which any cluster fits is used.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -257,16 +351,29 @@ class ClusterAffinityTerm(_message.Message):
     EXCLUDE_FIELD_NUMBER: _builtins.int
     OVERFLOW_AFFINITIES_FIELD_NUMBER: _builtins.int
     affinity_name: _builtins.str
+    """The group's name. Required, and unique within clusterAffinities."""
     @_builtins.property
-    def label_selector(self) -> _meta_pb2.LabelSelector: ...
+    def label_selector(self) -> _meta_pb2.LabelSelector:
+        """Clusters whose labels match."""
+
     @_builtins.property
-    def field_selector(self) -> Global___FieldSelector: ...
+    def field_selector(self) -> Global___FieldSelector:
+        """Clusters whose provider, region or zone match."""
+
     @_builtins.property
-    def cluster_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def cluster_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Only these clusters, when non-empty."""
+
     @_builtins.property
-    def exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def exclude(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Never these clusters."""
+
     @_builtins.property
-    def overflow_affinities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterAffinity]: ...
+    def overflow_affinities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterAffinity]:
+        """Further tiers, in order, that take only the Divided replicas the group's own
+        clusters cannot hold; released first when the workload scales down.
+        """
+
     def __init__(
         self,
         *,
@@ -287,6 +394,10 @@ Global___ClusterAffinityTerm: _TypeAlias = ClusterAffinityTerm  # noqa: Y015
 
 @_typing.final
 class SpreadConstraint(_message.Message):
+    """Spreads the chosen clusters over groups: regions, zones, providers, label values or
+    single clusters. Not applied when staticWeightList decides the division.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SPREAD_BY_FIELD_FIELD_NUMBER: _builtins.int
@@ -294,10 +405,18 @@ class SpreadConstraint(_message.Message):
     MAX_GROUPS_FIELD_NUMBER: _builtins.int
     MIN_GROUPS_FIELD_NUMBER: _builtins.int
     spread_by_field: _builtins.str
-    """cluster, region, zone or provider."""
+    """cluster, region, zone or provider.
+    Exclusive with spreadByLabel; spreading by region, zone or provider also needs an
+    entry for cluster.
+    """
     spread_by_label: _builtins.str
+    """Group clusters by the value of this cluster label."""
     max_groups: _builtins.int
+    """Most groups to use (for cluster: most clusters); 0 means no limit."""
     min_groups: _builtins.int
+    """Fewest groups needed; with fewer the binding is Unschedulable. Refused above a
+    non-zero maxGroups; negative values are refused too.
+    """
     def __init__(
         self,
         *,
@@ -316,14 +435,20 @@ Global___SpreadConstraint: _TypeAlias = SpreadConstraint  # noqa: Y015
 
 @_typing.final
 class StaticClusterWeight(_message.Message):
+    """One entry of a static weight list."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TARGET_CLUSTER_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     weight: _builtins.int
-    """int32 (Karmada: int64) so that proto3 JSON prints a number, as Karmada YAML has."""
+    """int32 (Karmada: int64) so that proto3 JSON prints a number, as Karmada YAML has.
+    At least 1. A cluster takes the largest weight among the entries selecting it.
+    """
     @_builtins.property
-    def target_cluster(self) -> Global___ClusterAffinity: ...
+    def target_cluster(self) -> Global___ClusterAffinity:
+        """The clusters the weight applies to."""
+
     def __init__(
         self,
         *,
@@ -340,14 +465,23 @@ Global___StaticClusterWeight: _TypeAlias = StaticClusterWeight  # noqa: Y015
 
 @_typing.final
 class ClusterPreferences(_message.Message):
+    """How Weighted division weighs clusters: static weights or dynamic ones, not both."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     STATIC_WEIGHT_LIST_FIELD_NUMBER: _builtins.int
     DYNAMIC_WEIGHT_FIELD_NUMBER: _builtins.int
     dynamic_weight: _builtins.str
-    """AvailableReplicas."""
+    """AvailableReplicas.
+    Weights are the replicas each cluster has room for (free capacity over one
+    replica's requests); a cluster never gets more than that.
+    """
     @_builtins.property
-    def static_weight_list(self) -> _containers.RepeatedCompositeFieldContainer[Global___StaticClusterWeight]: ...
+    def static_weight_list(self) -> _containers.RepeatedCompositeFieldContainer[Global___StaticClusterWeight]:
+        """Replicas split in proportion to the weights (Webster/Sainte-Laguë). A cluster no
+        entry selects gets none, unless no entry selects any: then all count equally.
+        """
+
     def __init__(
         self,
         *,
@@ -364,17 +498,26 @@ Global___ClusterPreferences: _TypeAlias = ClusterPreferences  # noqa: Y015
 
 @_typing.final
 class ReplicaSchedulingStrategy(_message.Message):
+    """How a workload's replicas are assigned to its clusters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLICA_SCHEDULING_TYPE_FIELD_NUMBER: _builtins.int
     REPLICA_DIVISION_PREFERENCE_FIELD_NUMBER: _builtins.int
     WEIGHT_PREFERENCE_FIELD_NUMBER: _builtins.int
     replica_scheduling_type: _builtins.str
-    """Duplicated or Divided (the default when replicaScheduling is given)."""
+    """Duplicated or Divided (the default when replicaScheduling is given).
+    Without replicaScheduling, Duplicated: every cluster gets all the replicas.
+    """
     replica_division_preference: _builtins.str
-    """Aggregated or Weighted."""
+    """Aggregated or Weighted.
+    For Divided: Aggregated uses the fewest clusters with room for the replicas;
+    Weighted (or empty) splits them by weightPreference, equally when it is absent.
+    """
     @_builtins.property
-    def weight_preference(self) -> Global___ClusterPreferences: ...
+    def weight_preference(self) -> Global___ClusterPreferences:
+        """The weights of Weighted division."""
+
     def __init__(
         self,
         *,
@@ -392,10 +535,13 @@ Global___ReplicaSchedulingStrategy: _TypeAlias = ReplicaSchedulingStrategy  # no
 
 @_typing.final
 class WorkloadAffinityTerm(_message.Message):
+    """Groups workloads by a label of their templates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     GROUP_BY_LABEL_KEY_FIELD_NUMBER: _builtins.int
     group_by_label_key: _builtins.str
+    """The template label whose value makes the group. Required when the term is given."""
     def __init__(
         self,
         *,
@@ -411,14 +557,22 @@ Global___WorkloadAffinityTerm: _TypeAlias = WorkloadAffinityTerm  # noqa: Y015
 
 @_typing.final
 class WorkloadAffinity(_message.Message):
+    """Karmada's (alpha) workload affinity and anti-affinity. Checked (groupByLabelKey is
+    required) but not acted on by Archipel's scheduler.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AFFINITY_FIELD_NUMBER: _builtins.int
     ANTI_AFFINITY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def affinity(self) -> Global___WorkloadAffinityTerm: ...
+    def affinity(self) -> Global___WorkloadAffinityTerm:
+        """Place the workload with the other workloads of its group."""
+
     @_builtins.property
-    def anti_affinity(self) -> Global___WorkloadAffinityTerm: ...
+    def anti_affinity(self) -> Global___WorkloadAffinityTerm:
+        """Keep the workload apart from the other workloads of its group."""
+
     def __init__(
         self,
         *,
@@ -435,6 +589,8 @@ Global___WorkloadAffinity: _TypeAlias = WorkloadAffinity  # noqa: Y015
 
 @_typing.final
 class Placement(_message.Message):
+    """Where a template goes and how its replicas are split."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_AFFINITY_FIELD_NUMBER: _builtins.int
@@ -444,17 +600,33 @@ class Placement(_message.Message):
     REPLICA_SCHEDULING_FIELD_NUMBER: _builtins.int
     WORKLOAD_AFFINITY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def cluster_affinity(self) -> Global___ClusterAffinity: ...
+    def cluster_affinity(self) -> Global___ClusterAffinity:
+        """The clusters that may be chosen; absent: every cluster. Refused together with
+        clusterAffinities.
+        """
+
     @_builtins.property
-    def cluster_affinities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterAffinityTerm]: ...
+    def cluster_affinities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterAffinityTerm]:
+        """Ordered groups of clusters; the first in which any cluster fits is used."""
+
     @_builtins.property
-    def cluster_tolerations(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Toleration]: ...
+    def cluster_tolerations(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Toleration]:
+        """The cluster taints the workload tolerates. A NoSchedule or NoExecute taint that
+        is not tolerated keeps the cluster out (NoSchedule: for new placements only).
+        """
+
     @_builtins.property
-    def spread_constraints(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpreadConstraint]: ...
+    def spread_constraints(self) -> _containers.RepeatedCompositeFieldContainer[Global___SpreadConstraint]:
+        """How the chosen clusters are spread over regions, zones, providers or labels."""
+
     @_builtins.property
-    def replica_scheduling(self) -> Global___ReplicaSchedulingStrategy: ...
+    def replica_scheduling(self) -> Global___ReplicaSchedulingStrategy:
+        """How replicas are assigned; absent: Duplicated."""
+
     @_builtins.property
-    def workload_affinity(self) -> Global___WorkloadAffinity: ...
+    def workload_affinity(self) -> Global___WorkloadAffinity:
+        """Karmada's workload affinity; not acted on."""
+
     def __init__(
         self,
         *,
@@ -475,10 +647,15 @@ Global___Placement: _TypeAlias = Placement  # noqa: Y015
 
 @_typing.final
 class DecisionConditions(_message.Message):
+    """Karmada's application failover trigger."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOLERATION_SECONDS_FIELD_NUMBER: _builtins.int
     toleration_seconds: _builtins.int
+    """How long an unhealthy application is tolerated before failover (Karmada: 300).
+    Not acted on.
+    """
     def __init__(
         self,
         *,
@@ -496,12 +673,16 @@ Global___DecisionConditions: _TypeAlias = DecisionConditions  # noqa: Y015
 
 @_typing.final
 class StatePreservationRule(_message.Message):
+    """A piece of state Karmada carries to the new cluster on failover."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALIAS_LABEL_NAME_FIELD_NUMBER: _builtins.int
     JSON_PATH_FIELD_NUMBER: _builtins.int
     alias_label_name: _builtins.str
+    """The label the preserved value is written to."""
     json_path: _builtins.str
+    """A JSONPath into the status to read the value from."""
     def __init__(
         self,
         *,
@@ -518,11 +699,15 @@ Global___StatePreservationRule: _TypeAlias = StatePreservationRule  # noqa: Y015
 
 @_typing.final
 class StatePreservation(_message.Message):
+    """State Karmada carries to the new cluster on failover; not acted on."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RULES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatePreservationRule]: ...
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___StatePreservationRule]:
+        """The values to carry."""
+
     def __init__(
         self,
         *,
@@ -538,6 +723,8 @@ Global___StatePreservation: _TypeAlias = StatePreservation  # noqa: Y015
 
 @_typing.final
 class ApplicationFailoverBehavior(_message.Message):
+    """Karmada's failover of an unhealthy application; checked but not acted on."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DECISION_CONDITIONS_FIELD_NUMBER: _builtins.int
@@ -547,10 +734,15 @@ class ApplicationFailoverBehavior(_message.Message):
     purge_mode: _builtins.str
     """Directly, Gracefully (default) or Never."""
     grace_period_seconds: _builtins.int
+    """How long Gracefully waits before removing the old copy (Karmada: 600)."""
     @_builtins.property
-    def decision_conditions(self) -> Global___DecisionConditions: ...
+    def decision_conditions(self) -> Global___DecisionConditions:
+        """When to fail over."""
+
     @_builtins.property
-    def state_preservation(self) -> Global___StatePreservation: ...
+    def state_preservation(self) -> Global___StatePreservation:
+        """State to carry to the new cluster."""
+
     def __init__(
         self,
         *,
@@ -571,13 +763,18 @@ Global___ApplicationFailoverBehavior: _TypeAlias = ApplicationFailoverBehavior  
 
 @_typing.final
 class ClusterFailoverBehavior(_message.Message):
+    """Karmada's failover away from a failed cluster; checked but not acted on."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PURGE_MODE_FIELD_NUMBER: _builtins.int
     STATE_PRESERVATION_FIELD_NUMBER: _builtins.int
     purge_mode: _builtins.str
+    """Directly or Gracefully."""
     @_builtins.property
-    def state_preservation(self) -> Global___StatePreservation: ...
+    def state_preservation(self) -> Global___StatePreservation:
+        """State to carry to the new cluster."""
+
     def __init__(
         self,
         *,
@@ -594,14 +791,22 @@ Global___ClusterFailoverBehavior: _TypeAlias = ClusterFailoverBehavior  # noqa: 
 
 @_typing.final
 class FailoverBehavior(_message.Message):
+    """Karmada's failover behaviour. Archipel checks the purgeMode values but does not act
+    on it; a NoExecute cluster taint is what moves work off a cluster.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     APPLICATION_FIELD_NUMBER: _builtins.int
     CLUSTER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def application(self) -> Global___ApplicationFailoverBehavior: ...
+    def application(self) -> Global___ApplicationFailoverBehavior:
+        """Failover of an unhealthy application."""
+
     @_builtins.property
-    def cluster(self) -> Global___ClusterFailoverBehavior: ...
+    def cluster(self) -> Global___ClusterFailoverBehavior:
+        """Failover away from a failed cluster."""
+
     def __init__(
         self,
         *,
@@ -618,11 +823,15 @@ Global___FailoverBehavior: _TypeAlias = FailoverBehavior  # noqa: Y015
 
 @_typing.final
 class SuspendClusters(_message.Message):
+    """Clusters to which works are not sent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_NAMES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def cluster_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def cluster_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The clusters' names (DNS labels)."""
+
     def __init__(
         self,
         *,
@@ -638,13 +847,18 @@ Global___SuspendClusters: _TypeAlias = SuspendClusters  # noqa: Y015
 
 @_typing.final
 class Suspension(_message.Message):
+    """Stops sending works (and changes to them) to members; what runs there is left alone."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DISPATCHING_FIELD_NUMBER: _builtins.int
     DISPATCHING_ON_CLUSTERS_FIELD_NUMBER: _builtins.int
     dispatching: _builtins.bool
+    """True: no cluster receives the template's works."""
     @_builtins.property
-    def dispatching_on_clusters(self) -> Global___SuspendClusters: ...
+    def dispatching_on_clusters(self) -> Global___SuspendClusters:
+        """Only these clusters receive none."""
+
     def __init__(
         self,
         *,
@@ -663,6 +877,8 @@ Global___Suspension: _TypeAlias = Suspension  # noqa: Y015
 
 @_typing.final
 class SchedulePriority(_message.Message):
+    """Karmada's scheduling priority; checked but not acted on."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PRIORITY_CLASS_SOURCE_FIELD_NUMBER: _builtins.int
@@ -670,6 +886,7 @@ class SchedulePriority(_message.Message):
     priority_class_source: _builtins.str
     """KubePriorityClass, PodPriorityClass or FederatedPriorityClass."""
     priority_class_name: _builtins.str
+    """The name of the PriorityClass."""
     def __init__(
         self,
         *,

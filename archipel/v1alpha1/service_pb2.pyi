@@ -5,6 +5,9 @@ The administration API: the same five calls for every kind, plus cluster joining
 Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 ABORTED (resourceVersion conflict), UNAUTHENTICATED, PERMISSION_DENIED.
 Authenticate with metadata "authorization: Bearer <token>".
+
+The services of this file are kept for existing clients: they stay as they are
+within v1alpha1. New clients use the same-named services in archipel.v1alpha2.
 """
 
 from archipel.v1alpha1 import cluster_pb2 as _cluster_pb2
@@ -29,12 +32,16 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class GetRequest(_message.Message):
+    """Names one object for Get."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """The object's namespace; empty for cluster-scoped kinds."""
     name: _builtins.str
+    """The object's name."""
     def __init__(
         self,
         *,
@@ -51,6 +58,8 @@ Global___GetRequest: _TypeAlias = GetRequest  # noqa: Y015
 
 @_typing.final
 class ListRequest(_message.Message):
+    """Asks for a kind's objects, a page at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
@@ -62,7 +71,9 @@ class ListRequest(_message.Message):
     label_selector: _builtins.str
     """Kubernetes label selector syntax: "app=web,tier in (a,b),!legacy"."""
     limit: _builtins.int
-    """Page size; 0 means everything."""
+    """Page size; 0 means everything.
+    A page also ends before 3 MiB; negative values are refused.
+    """
     def __init__(
         self,
         *,
@@ -80,16 +91,21 @@ Global___ListRequest: _TypeAlias = ListRequest  # noqa: Y015
 
 @_typing.final
 class WatchRequest(_message.Message):
+    """Asks for a kind's changes as they happen."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """Empty watches every namespace."""
     label_selector: _builtins.str
+    """Only objects whose labels match (the syntax of ListRequest.labelSelector)."""
     resource_version: _builtins.str
     """Start after this revision (from a List). Empty: send the current objects as
     ADDED events first, then changes.
+    A revision etcd has compacted away gets OUT_OF_RANGE: list again.
     """
     def __init__(
         self,
@@ -108,15 +124,21 @@ Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
 
 @_typing.final
 class DeleteRequest(_message.Message):
+    """Names one object for Delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """The object's namespace; empty for cluster-scoped kinds."""
     name: _builtins.str
+    """The object's name."""
     resource_version: _builtins.str
-    """Delete only if the object is still at this version."""
+    """Delete only if the object is still at this version.
+    Otherwise ABORTED; empty deletes whatever version is stored.
+    """
     def __init__(
         self,
         *,
@@ -134,6 +156,8 @@ Global___DeleteRequest: _TypeAlias = DeleteRequest  # noqa: Y015
 
 @_typing.final
 class DeleteResponse(_message.Message):
+    """The outcome of a Delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DELETED_FIELD_NUMBER: _builtins.int
@@ -164,9 +188,13 @@ class MemberClusterEvent(_message.Message):
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _cluster_pb2.MemberCluster: ...
+    def object(self) -> _cluster_pb2.MemberCluster:
+        """The object; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -184,14 +212,19 @@ Global___MemberClusterEvent: _TypeAlias = MemberClusterEvent  # noqa: Y015
 
 @_typing.final
 class MemberClusterList(_message.Message):
+    """One page of MemberClusters."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_cluster_pb2.MemberCluster]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_cluster_pb2.MemberCluster]:
+        """The objects of this page."""
+
     def __init__(
         self,
         *,
@@ -208,15 +241,21 @@ Global___MemberClusterList: _TypeAlias = MemberClusterList  # noqa: Y015
 
 @_typing.final
 class PropagationPolicyEvent(_message.Message):
+    """One change to a PropagationPolicy, as a Watch streams it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _policy_pb2.PropagationPolicy: ...
+    def object(self) -> _policy_pb2.PropagationPolicy:
+        """The object; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -234,14 +273,19 @@ Global___PropagationPolicyEvent: _TypeAlias = PropagationPolicyEvent  # noqa: Y0
 
 @_typing.final
 class PropagationPolicyList(_message.Message):
+    """One page of PropagationPolicies."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.PropagationPolicy]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.PropagationPolicy]:
+        """The objects of this page."""
+
     def __init__(
         self,
         *,
@@ -258,15 +302,21 @@ Global___PropagationPolicyList: _TypeAlias = PropagationPolicyList  # noqa: Y015
 
 @_typing.final
 class ClusterPropagationPolicyEvent(_message.Message):
+    """One change to a ClusterPropagationPolicy, as a Watch streams it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _policy_pb2.ClusterPropagationPolicy: ...
+    def object(self) -> _policy_pb2.ClusterPropagationPolicy:
+        """The object; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -284,14 +334,19 @@ Global___ClusterPropagationPolicyEvent: _TypeAlias = ClusterPropagationPolicyEve
 
 @_typing.final
 class ClusterPropagationPolicyList(_message.Message):
+    """One page of ClusterPropagationPolicies."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ClusterPropagationPolicy]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ClusterPropagationPolicy]:
+        """The objects of this page."""
+
     def __init__(
         self,
         *,
@@ -308,15 +363,21 @@ Global___ClusterPropagationPolicyList: _TypeAlias = ClusterPropagationPolicyList
 
 @_typing.final
 class PropagationBindingEvent(_message.Message):
+    """One change to a PropagationBinding, as a Watch streams it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _work_pb2.PropagationBinding: ...
+    def object(self) -> _work_pb2.PropagationBinding:
+        """The object; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -334,14 +395,19 @@ Global___PropagationBindingEvent: _TypeAlias = PropagationBindingEvent  # noqa: 
 
 @_typing.final
 class PropagationBindingList(_message.Message):
+    """One page of PropagationBindings."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.PropagationBinding]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.PropagationBinding]:
+        """The objects of this page."""
+
     def __init__(
         self,
         *,
@@ -358,15 +424,21 @@ Global___PropagationBindingList: _TypeAlias = PropagationBindingList  # noqa: Y0
 
 @_typing.final
 class PropagationWorkEvent(_message.Message):
+    """One change to a PropagationWork, as a Watch streams it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _work_pb2.PropagationWork: ...
+    def object(self) -> _work_pb2.PropagationWork:
+        """The object; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -384,14 +456,19 @@ Global___PropagationWorkEvent: _TypeAlias = PropagationWorkEvent  # noqa: Y015
 
 @_typing.final
 class PropagationWorkList(_message.Message):
+    """One page of PropagationWorks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.PropagationWork]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.PropagationWork]:
+        """The objects of this page."""
+
     def __init__(
         self,
         *,
@@ -408,15 +485,21 @@ Global___PropagationWorkList: _TypeAlias = PropagationWorkList  # noqa: Y015
 
 @_typing.final
 class OverridePolicyEvent(_message.Message):
+    """One change to a OverridePolicy, as a Watch streams it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _override_pb2.OverridePolicy: ...
+    def object(self) -> _override_pb2.OverridePolicy:
+        """The object; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -434,14 +517,19 @@ Global___OverridePolicyEvent: _TypeAlias = OverridePolicyEvent  # noqa: Y015
 
 @_typing.final
 class OverridePolicyList(_message.Message):
+    """One page of OverridePolicies."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_override_pb2.OverridePolicy]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_override_pb2.OverridePolicy]:
+        """The objects of this page."""
+
     def __init__(
         self,
         *,
@@ -458,15 +546,21 @@ Global___OverridePolicyList: _TypeAlias = OverridePolicyList  # noqa: Y015
 
 @_typing.final
 class ClusterOverridePolicyEvent(_message.Message):
+    """One change to a ClusterOverridePolicy, as a Watch streams it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _override_pb2.ClusterOverridePolicy: ...
+    def object(self) -> _override_pb2.ClusterOverridePolicy:
+        """The object; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -484,14 +578,19 @@ Global___ClusterOverridePolicyEvent: _TypeAlias = ClusterOverridePolicyEvent  # 
 
 @_typing.final
 class ClusterOverridePolicyList(_message.Message):
+    """One page of ClusterOverridePolicies."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_override_pb2.ClusterOverridePolicy]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_override_pb2.ClusterOverridePolicy]:
+        """The objects of this page."""
+
     def __init__(
         self,
         *,
@@ -508,15 +607,21 @@ Global___ClusterOverridePolicyList: _TypeAlias = ClusterOverridePolicyList  # no
 
 @_typing.final
 class ResourceInterpreterCustomizationEvent(_message.Message):
+    """One change to a ResourceInterpreterCustomization, as a Watch streams it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _interpreter_pb2.ResourceInterpreterCustomization: ...
+    def object(self) -> _interpreter_pb2.ResourceInterpreterCustomization:
+        """The object; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -534,14 +639,19 @@ Global___ResourceInterpreterCustomizationEvent: _TypeAlias = ResourceInterpreter
 
 @_typing.final
 class ResourceInterpreterCustomizationList(_message.Message):
+    """One page of ResourceInterpreterCustomizations."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_interpreter_pb2.ResourceInterpreterCustomization]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_interpreter_pb2.ResourceInterpreterCustomization]:
+        """The objects of this page."""
+
     def __init__(
         self,
         *,
@@ -567,9 +677,13 @@ class TemplateGetRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """The template's apiVersion, e.g. apps/v1."""
     kind: _builtins.str
+    """The template's kind, e.g. Deployment."""
     namespace: _builtins.str
+    """The template's namespace; empty for cluster-scoped kinds."""
     name: _builtins.str
+    """The template's name."""
     def __init__(
         self,
         *,
@@ -588,6 +702,8 @@ Global___TemplateGetRequest: _TypeAlias = TemplateGetRequest  # noqa: Y015
 
 @_typing.final
 class TemplateListRequest(_message.Message):
+    """Asks for templates, a page at a time."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -597,11 +713,17 @@ class TemplateListRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
-    """Both empty: every kind."""
+    """Both empty: every kind.
+    Otherwise give apiVersion and kind together.
+    """
     kind: _builtins.str
+    """The kind listed; given together with apiVersion."""
     namespace: _builtins.str
+    """Empty lists every namespace."""
     label_selector: _builtins.str
+    """Kubernetes label selector syntax, as in ListRequest."""
     limit: _builtins.int
+    """Page size; 0 means everything (a page also ends before 3 MiB)."""
     def __init__(
         self,
         *,
@@ -621,6 +743,8 @@ Global___TemplateListRequest: _TypeAlias = TemplateListRequest  # noqa: Y015
 
 @_typing.final
 class TemplateWatchRequest(_message.Message):
+    """Asks for templates' changes as they happen."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -629,10 +753,17 @@ class TemplateWatchRequest(_message.Message):
     LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """With kind, only that kind; both empty: every kind."""
     kind: _builtins.str
+    """The kind watched; given together with apiVersion."""
     namespace: _builtins.str
+    """Empty watches every namespace."""
     label_selector: _builtins.str
+    """Only templates whose labels match."""
     resource_version: _builtins.str
+    """Start after this revision (from a List). Empty: the current templates as ADDED
+    events first, then changes.
+    """
     def __init__(
         self,
         *,
@@ -652,6 +783,8 @@ Global___TemplateWatchRequest: _TypeAlias = TemplateWatchRequest  # noqa: Y015
 
 @_typing.final
 class TemplateDeleteRequest(_message.Message):
+    """Names one template for Delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -660,10 +793,15 @@ class TemplateDeleteRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """The template's apiVersion."""
     kind: _builtins.str
+    """The template's kind."""
     namespace: _builtins.str
+    """The template's namespace; empty for cluster-scoped kinds."""
     name: _builtins.str
+    """The template's name."""
     resource_version: _builtins.str
+    """Delete only if the template is still at this version (otherwise ABORTED)."""
     def __init__(
         self,
         *,
@@ -683,15 +821,21 @@ Global___TemplateDeleteRequest: _TypeAlias = TemplateDeleteRequest  # noqa: Y015
 
 @_typing.final
 class ResourceTemplateEvent(_message.Message):
+    """One change to a template, as a Watch streams it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TYPE_FIELD_NUMBER: _builtins.int
     OBJECT_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     type: _builtins.str
+    """ADDED, MODIFIED or DELETED."""
     resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
     @_builtins.property
-    def object(self) -> _work_pb2.ResourceTemplate: ...
+    def object(self) -> _work_pb2.ResourceTemplate:
+        """The template; for DELETED, as it last was."""
+
     def __init__(
         self,
         *,
@@ -709,14 +853,19 @@ Global___ResourceTemplateEvent: _TypeAlias = ResourceTemplateEvent  # noqa: Y015
 
 @_typing.final
 class ResourceTemplateList(_message.Message):
+    """One page of templates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
     CONTINUE_FIELD_NUMBER: _builtins.int
     RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
     resource_version: _builtins.str
+    """The revision the list was read at: Watch from it to follow what changes next."""
     @_builtins.property
-    def items(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.ResourceTemplate]: ...
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_work_pb2.ResourceTemplate]:
+        """The templates of this page."""
+
     def __init__(
         self,
         *,
@@ -733,6 +882,8 @@ Global___ResourceTemplateList: _TypeAlias = ResourceTemplateList  # noqa: Y015
 
 @_typing.final
 class JoinRequest(_message.Message):
+    """Registers a member cluster."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -762,13 +913,19 @@ class JoinRequest(_message.Message):
     ZONE_FIELD_NUMBER: _builtins.int
     ROTATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The cluster's name: a lowercase DNS label."""
     provider: _builtins.str
+    """The cluster's provider (spec.provider)."""
     region: _builtins.str
+    """The cluster's region (spec.region)."""
     zone: _builtins.str
+    """The cluster's zone (spec.zone and spec.zones)."""
     rotate: _builtins.bool
     """Issue a new credential for a cluster that already exists (the old one stops working)."""
     @_builtins.property
-    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The MemberCluster's labels."""
+
     def __init__(
         self,
         *,
@@ -789,14 +946,20 @@ Global___JoinRequest: _TypeAlias = JoinRequest  # noqa: Y015
 
 @_typing.final
 class JoinResponse(_message.Message):
+    """A registered cluster and its agent's credential."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """Shown once; the control plane keeps only its hash."""
+    """Shown once; the control plane keeps only its hash.
+    The agent connects with it ("<cluster>.<secret>").
+    """
     @_builtins.property
-    def cluster(self) -> _cluster_pb2.MemberCluster: ...
+    def cluster(self) -> _cluster_pb2.MemberCluster:
+        """The MemberCluster."""
+
     def __init__(
         self,
         *,
@@ -813,6 +976,8 @@ Global___JoinResponse: _TypeAlias = JoinResponse  # noqa: Y015
 
 @_typing.final
 class GetVersionRequest(_message.Message):
+    """GetVersion takes no arguments."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -828,6 +993,8 @@ Global___GetVersionRequest: _TypeAlias = GetVersionRequest  # noqa: Y015
 
 @_typing.final
 class GetVersionResponse(_message.Message):
+    """The control plane's version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int

@@ -31,7 +31,11 @@ if _version_not_supported:
 
 
 class MemberClusterServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Member clusters (cluster-scoped). ClusterAdminService.Join registers one with its
+    credential; Delete takes a cluster out of the fleet and leaves what runs in it.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -67,34 +71,46 @@ class MemberClusterServiceStub:
 
 
 class MemberClusterServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Member clusters (cluster-scoped). ClusterAdminService.Join registers one with its
+    credential; Delete takes a cluster out of the fleet and leaves what runs in it.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One MemberCluster; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """All MemberClusters, a page at a time; the kind is cluster-scoped, so
+        the namespace must be empty.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to MemberClusters, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the object; while finalizers remain it is only marked for deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -136,7 +152,11 @@ def add_MemberClusterServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class MemberClusterService:
-    """Missing associated documentation comment in .proto file."""
+    """Member clusters (cluster-scoped). ClusterAdminService.Join registers one with its
+    credential; Delete takes a cluster out of the fleet and leaves what runs in it.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -275,7 +295,11 @@ class MemberClusterService:
 
 
 class PropagationPolicyServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationPolicies (namespaced). Deleting one stops propagation and leaves the
+    objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -311,34 +335,45 @@ class PropagationPolicyServiceStub:
 
 
 class PropagationPolicyServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationPolicies (namespaced). Deleting one stops propagation and leaves the
+    objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One PropagationPolicy; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The PropagationPolicies of a namespace, or all, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to PropagationPolicies, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the object; while finalizers remain it is only marked for deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -380,7 +415,11 @@ def add_PropagationPolicyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PropagationPolicyService:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationPolicies (namespaced). Deleting one stops propagation and leaves the
+    objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -519,7 +558,11 @@ class PropagationPolicyService:
 
 
 class ClusterPropagationPolicyServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """ClusterPropagationPolicies (cluster-scoped). Deleting one stops propagation and
+    leaves the objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -555,34 +598,46 @@ class ClusterPropagationPolicyServiceStub:
 
 
 class ClusterPropagationPolicyServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """ClusterPropagationPolicies (cluster-scoped). Deleting one stops propagation and
+    leaves the objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One ClusterPropagationPolicy; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """All ClusterPropagationPolicies, a page at a time; the kind is cluster-scoped, so
+        the namespace must be empty.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to ClusterPropagationPolicies, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the object; while finalizers remain it is only marked for deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -624,7 +679,11 @@ def add_ClusterPropagationPolicyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ClusterPropagationPolicyService:
-    """Missing associated documentation comment in .proto file."""
+    """ClusterPropagationPolicies (cluster-scoped). Deleting one stops propagation and
+    leaves the objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -763,7 +822,11 @@ class ClusterPropagationPolicyService:
 
 
 class PropagationBindingServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationBindings, which the controllers write: where each template goes and how
+    it is doing there.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -799,34 +862,45 @@ class PropagationBindingServiceStub:
 
 
 class PropagationBindingServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationBindings, which the controllers write: where each template goes and how
+    it is doing there.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One PropagationBinding; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The PropagationBindings of a namespace, or all, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to PropagationBindings, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the object; while finalizers remain it is only marked for deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -868,7 +942,11 @@ def add_PropagationBindingServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PropagationBindingService:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationBindings, which the controllers write: where each template goes and how
+    it is doing there.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -1007,7 +1085,11 @@ class PropagationBindingService:
 
 
 class PropagationWorkServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationWorks, which the controllers write, in the namespaces
+    archipel-es-<cluster>.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -1043,34 +1125,45 @@ class PropagationWorkServiceStub:
 
 
 class PropagationWorkServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationWorks, which the controllers write, in the namespaces
+    archipel-es-<cluster>.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One PropagationWork; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The PropagationWorks of a namespace, or all, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to PropagationWorks, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the object; while finalizers remain it is only marked for deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1112,7 +1205,11 @@ def add_PropagationWorkServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PropagationWorkService:
-    """Missing associated documentation comment in .proto file."""
+    """PropagationWorks, which the controllers write, in the namespaces
+    archipel-es-<cluster>.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -1251,7 +1348,10 @@ class PropagationWorkService:
 
 
 class OverridePolicyServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """OverridePolicies (namespaced).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -1287,34 +1387,44 @@ class OverridePolicyServiceStub:
 
 
 class OverridePolicyServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """OverridePolicies (namespaced).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One OverridePolicy; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The OverridePolicies of a namespace, or all, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to OverridePolicies, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the object; while finalizers remain it is only marked for deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1356,7 +1466,10 @@ def add_OverridePolicyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class OverridePolicyService:
-    """Missing associated documentation comment in .proto file."""
+    """OverridePolicies (namespaced).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -1495,7 +1608,10 @@ class OverridePolicyService:
 
 
 class ClusterOverridePolicyServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """ClusterOverridePolicies (cluster-scoped).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -1531,34 +1647,45 @@ class ClusterOverridePolicyServiceStub:
 
 
 class ClusterOverridePolicyServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """ClusterOverridePolicies (cluster-scoped).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One ClusterOverridePolicy; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """All ClusterOverridePolicies, a page at a time; the kind is cluster-scoped, so
+        the namespace must be empty.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to ClusterOverridePolicies, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the object; while finalizers remain it is only marked for deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1600,7 +1727,10 @@ def add_ClusterOverridePolicyServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ClusterOverridePolicyService:
-    """Missing associated documentation comment in .proto file."""
+    """ClusterOverridePolicies (cluster-scoped).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -1739,7 +1869,11 @@ class ClusterOverridePolicyService:
 
 
 class ResourceInterpreterCustomizationServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """ResourceInterpreterCustomizations (cluster-scoped). Apply refuses any luaScript and
+    any rule that does not compile, naming the field.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -1775,34 +1909,46 @@ class ResourceInterpreterCustomizationServiceStub:
 
 
 class ResourceInterpreterCustomizationServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """ResourceInterpreterCustomizations (cluster-scoped). Apply refuses any luaScript and
+    any rule that does not compile, naming the field.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One ResourceInterpreterCustomization; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """All ResourceInterpreterCustomizations, a page at a time; the kind is
+        cluster-scoped, so the namespace must be empty.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to ResourceInterpreterCustomizations, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the object; while finalizers remain it is only marked for deletion.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -1844,7 +1990,11 @@ def add_ResourceInterpreterCustomizationServiceServicer_to_server(servicer, serv
 
  # This class is part of an EXPERIMENTAL API.
 class ResourceInterpreterCustomizationService:
-    """Missing associated documentation comment in .proto file."""
+    """ResourceInterpreterCustomizations (cluster-scoped). Apply refuses any luaScript and
+    any rule that does not compile, naming the field.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -1983,7 +2133,11 @@ class ResourceInterpreterCustomizationService:
 
 
 class ResourceTemplateServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Resource templates: any Kubernetes object to propagate, addressed by apiVersion,
+    kind, namespace and name.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -2019,34 +2173,45 @@ class ResourceTemplateServiceStub:
 
 
 class ResourceTemplateServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Resource templates: any Kubernetes object to propagate, addressed by apiVersion,
+    kind, namespace and name.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Get(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One template; NOT_FOUND when there is none.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def List(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Templates of one kind or all, of a namespace or all, a page at a time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Changes to templates, Kubernetes-style.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Apply(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates the template, or replaces it (its status and server-set metadata are
+        kept). Refused with INVALID_ARGUMENT, naming the field, when it is not valid.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Delete(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Deletes the template, and its objects from every member. FAILED_PRECONDITION when
+        it is labelled resourcetemplate.archipel.io/deletion-protected: Always.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -2088,7 +2253,11 @@ def add_ResourceTemplateServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ResourceTemplateService:
-    """Missing associated documentation comment in .proto file."""
+    """Resource templates: any Kubernetes object to propagate, addressed by apiVersion,
+    kind, namespace and name.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Get(request,
@@ -2227,7 +2396,10 @@ class ResourceTemplateService:
 
 
 class ClusterAdminServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Registering member clusters.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -2243,10 +2415,14 @@ class ClusterAdminServiceStub:
 
 
 class ClusterAdminServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Registering member clusters.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def Join(self, request, context):
         """Register a member cluster and issue the credential its agent connects with.
+        ALREADY_EXISTS when the cluster exists and rotate is not set.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -2269,7 +2445,10 @@ def add_ClusterAdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class ClusterAdminService:
-    """Missing associated documentation comment in .proto file."""
+    """Registering member clusters.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @staticmethod
     def Join(request,
@@ -2301,6 +2480,8 @@ class ClusterAdminService:
 
 class InfoServiceStub:
     """What this control plane is.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
     """
 
     def __init__(self, channel):
@@ -2318,6 +2499,8 @@ class InfoServiceStub:
 
 class InfoServiceServicer:
     """What this control plane is.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
     """
 
     def GetVersion(self, request, context):
@@ -2345,6 +2528,8 @@ def add_InfoServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class InfoService:
     """What this control plane is.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
     """
 
     @staticmethod

@@ -5,6 +5,9 @@ The administration API: the same five calls for every kind, plus cluster joining
 Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 ABORTED (resourceVersion conflict), UNAUTHENTICATED, PERMISSION_DENIED.
 Authenticate with metadata "authorization: Bearer <token>".
+
+The services of this file are kept for existing clients: they stay as they are
+within v1alpha1. New clients use the same-named services in archipel.v1alpha2.
 """
 
 from archipel.v1alpha1 import cluster_pb2 as _cluster_pb2
@@ -36,554 +39,977 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class MemberClusterServiceStub:
+    """Member clusters (cluster-scoped). ClusterAdminService.Join registers one with its
+    credential; Delete takes a cluster out of the fleet and leaves what runs in it.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> MemberClusterServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _cluster_pb2.MemberCluster]
+    """One MemberCluster; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.MemberClusterList]
+    """All MemberClusters, a page at a time; the kind is cluster-scoped, so
+    the namespace must be empty.
+    """
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.MemberClusterEvent]
+    """Changes to MemberClusters, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_cluster_pb2.MemberCluster, _cluster_pb2.MemberCluster]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 @_typing.type_check_only
 class MemberClusterServiceAsyncStub(MemberClusterServiceStub):
+    """Member clusters (cluster-scoped). ClusterAdminService.Join registers one with its
+    credential; Delete takes a cluster out of the fleet and leaves what runs in it.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _cluster_pb2.MemberCluster]  # type: ignore[assignment]
+    """One MemberCluster; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.MemberClusterList]  # type: ignore[assignment]
+    """All MemberClusters, a page at a time; the kind is cluster-scoped, so
+    the namespace must be empty.
+    """
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.MemberClusterEvent]  # type: ignore[assignment]
+    """Changes to MemberClusters, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_cluster_pb2.MemberCluster, _cluster_pb2.MemberCluster]  # type: ignore[assignment]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 class MemberClusterServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Member clusters (cluster-scoped). ClusterAdminService.Join registers one with its
+    credential; Delete takes a cluster out of the fleet and leaves what runs in it.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_cluster_pb2.MemberCluster, _abc.Awaitable[_cluster_pb2.MemberCluster]]: ...
+    ) -> _typing.Union[_cluster_pb2.MemberCluster, _abc.Awaitable[_cluster_pb2.MemberCluster]]:
+        """One MemberCluster; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.ListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.MemberClusterList, _abc.Awaitable[_service_pb2.MemberClusterList]]: ...
+    ) -> _typing.Union[_service_pb2.MemberClusterList, _abc.Awaitable[_service_pb2.MemberClusterList]]:
+        """All MemberClusters, a page at a time; the kind is cluster-scoped, so
+        the namespace must be empty.
+        """
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.MemberClusterEvent], _abc.AsyncIterator[_service_pb2.MemberClusterEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.MemberClusterEvent], _abc.AsyncIterator[_service_pb2.MemberClusterEvent]]:
+        """Changes to MemberClusters, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _cluster_pb2.MemberCluster,
         context: _ServicerContext,
-    ) -> _typing.Union[_cluster_pb2.MemberCluster, _abc.Awaitable[_cluster_pb2.MemberCluster]]: ...
+    ) -> _typing.Union[_cluster_pb2.MemberCluster, _abc.Awaitable[_cluster_pb2.MemberCluster]]:
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 def add_MemberClusterServiceServicer_to_server(servicer: MemberClusterServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class PropagationPolicyServiceStub:
+    """PropagationPolicies (namespaced). Deleting one stops propagation and leaves the
+    objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PropagationPolicyServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _policy_pb2.PropagationPolicy]
+    """One PropagationPolicy; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.PropagationPolicyList]
+    """The PropagationPolicies of a namespace, or all, a page at a time."""
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.PropagationPolicyEvent]
+    """Changes to PropagationPolicies, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_policy_pb2.PropagationPolicy, _policy_pb2.PropagationPolicy]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 @_typing.type_check_only
 class PropagationPolicyServiceAsyncStub(PropagationPolicyServiceStub):
+    """PropagationPolicies (namespaced). Deleting one stops propagation and leaves the
+    objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _policy_pb2.PropagationPolicy]  # type: ignore[assignment]
+    """One PropagationPolicy; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.PropagationPolicyList]  # type: ignore[assignment]
+    """The PropagationPolicies of a namespace, or all, a page at a time."""
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.PropagationPolicyEvent]  # type: ignore[assignment]
+    """Changes to PropagationPolicies, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_policy_pb2.PropagationPolicy, _policy_pb2.PropagationPolicy]  # type: ignore[assignment]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 class PropagationPolicyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """PropagationPolicies (namespaced). Deleting one stops propagation and leaves the
+    objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_policy_pb2.PropagationPolicy, _abc.Awaitable[_policy_pb2.PropagationPolicy]]: ...
+    ) -> _typing.Union[_policy_pb2.PropagationPolicy, _abc.Awaitable[_policy_pb2.PropagationPolicy]]:
+        """One PropagationPolicy; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.ListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.PropagationPolicyList, _abc.Awaitable[_service_pb2.PropagationPolicyList]]: ...
+    ) -> _typing.Union[_service_pb2.PropagationPolicyList, _abc.Awaitable[_service_pb2.PropagationPolicyList]]:
+        """The PropagationPolicies of a namespace, or all, a page at a time."""
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.PropagationPolicyEvent], _abc.AsyncIterator[_service_pb2.PropagationPolicyEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.PropagationPolicyEvent], _abc.AsyncIterator[_service_pb2.PropagationPolicyEvent]]:
+        """Changes to PropagationPolicies, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _policy_pb2.PropagationPolicy,
         context: _ServicerContext,
-    ) -> _typing.Union[_policy_pb2.PropagationPolicy, _abc.Awaitable[_policy_pb2.PropagationPolicy]]: ...
+    ) -> _typing.Union[_policy_pb2.PropagationPolicy, _abc.Awaitable[_policy_pb2.PropagationPolicy]]:
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 def add_PropagationPolicyServiceServicer_to_server(servicer: PropagationPolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ClusterPropagationPolicyServiceStub:
+    """ClusterPropagationPolicies (cluster-scoped). Deleting one stops propagation and
+    leaves the objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ClusterPropagationPolicyServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _policy_pb2.ClusterPropagationPolicy]
+    """One ClusterPropagationPolicy; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ClusterPropagationPolicyList]
+    """All ClusterPropagationPolicies, a page at a time; the kind is cluster-scoped, so
+    the namespace must be empty.
+    """
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ClusterPropagationPolicyEvent]
+    """Changes to ClusterPropagationPolicies, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_policy_pb2.ClusterPropagationPolicy, _policy_pb2.ClusterPropagationPolicy]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 @_typing.type_check_only
 class ClusterPropagationPolicyServiceAsyncStub(ClusterPropagationPolicyServiceStub):
+    """ClusterPropagationPolicies (cluster-scoped). Deleting one stops propagation and
+    leaves the objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _policy_pb2.ClusterPropagationPolicy]  # type: ignore[assignment]
+    """One ClusterPropagationPolicy; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ClusterPropagationPolicyList]  # type: ignore[assignment]
+    """All ClusterPropagationPolicies, a page at a time; the kind is cluster-scoped, so
+    the namespace must be empty.
+    """
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ClusterPropagationPolicyEvent]  # type: ignore[assignment]
+    """Changes to ClusterPropagationPolicies, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_policy_pb2.ClusterPropagationPolicy, _policy_pb2.ClusterPropagationPolicy]  # type: ignore[assignment]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 class ClusterPropagationPolicyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """ClusterPropagationPolicies (cluster-scoped). Deleting one stops propagation and
+    leaves the objects in the members.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_policy_pb2.ClusterPropagationPolicy, _abc.Awaitable[_policy_pb2.ClusterPropagationPolicy]]: ...
+    ) -> _typing.Union[_policy_pb2.ClusterPropagationPolicy, _abc.Awaitable[_policy_pb2.ClusterPropagationPolicy]]:
+        """One ClusterPropagationPolicy; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.ListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.ClusterPropagationPolicyList, _abc.Awaitable[_service_pb2.ClusterPropagationPolicyList]]: ...
+    ) -> _typing.Union[_service_pb2.ClusterPropagationPolicyList, _abc.Awaitable[_service_pb2.ClusterPropagationPolicyList]]:
+        """All ClusterPropagationPolicies, a page at a time; the kind is cluster-scoped, so
+        the namespace must be empty.
+        """
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.ClusterPropagationPolicyEvent], _abc.AsyncIterator[_service_pb2.ClusterPropagationPolicyEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ClusterPropagationPolicyEvent], _abc.AsyncIterator[_service_pb2.ClusterPropagationPolicyEvent]]:
+        """Changes to ClusterPropagationPolicies, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _policy_pb2.ClusterPropagationPolicy,
         context: _ServicerContext,
-    ) -> _typing.Union[_policy_pb2.ClusterPropagationPolicy, _abc.Awaitable[_policy_pb2.ClusterPropagationPolicy]]: ...
+    ) -> _typing.Union[_policy_pb2.ClusterPropagationPolicy, _abc.Awaitable[_policy_pb2.ClusterPropagationPolicy]]:
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 def add_ClusterPropagationPolicyServiceServicer_to_server(servicer: ClusterPropagationPolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class PropagationBindingServiceStub:
+    """PropagationBindings, which the controllers write: where each template goes and how
+    it is doing there.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PropagationBindingServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _work_pb2.PropagationBinding]
+    """One PropagationBinding; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.PropagationBindingList]
+    """The PropagationBindings of a namespace, or all, a page at a time."""
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.PropagationBindingEvent]
+    """Changes to PropagationBindings, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_work_pb2.PropagationBinding, _work_pb2.PropagationBinding]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 @_typing.type_check_only
 class PropagationBindingServiceAsyncStub(PropagationBindingServiceStub):
+    """PropagationBindings, which the controllers write: where each template goes and how
+    it is doing there.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _work_pb2.PropagationBinding]  # type: ignore[assignment]
+    """One PropagationBinding; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.PropagationBindingList]  # type: ignore[assignment]
+    """The PropagationBindings of a namespace, or all, a page at a time."""
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.PropagationBindingEvent]  # type: ignore[assignment]
+    """Changes to PropagationBindings, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_work_pb2.PropagationBinding, _work_pb2.PropagationBinding]  # type: ignore[assignment]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 class PropagationBindingServiceServicer(metaclass=_abc_1.ABCMeta):
+    """PropagationBindings, which the controllers write: where each template goes and how
+    it is doing there.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_work_pb2.PropagationBinding, _abc.Awaitable[_work_pb2.PropagationBinding]]: ...
+    ) -> _typing.Union[_work_pb2.PropagationBinding, _abc.Awaitable[_work_pb2.PropagationBinding]]:
+        """One PropagationBinding; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.ListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.PropagationBindingList, _abc.Awaitable[_service_pb2.PropagationBindingList]]: ...
+    ) -> _typing.Union[_service_pb2.PropagationBindingList, _abc.Awaitable[_service_pb2.PropagationBindingList]]:
+        """The PropagationBindings of a namespace, or all, a page at a time."""
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.PropagationBindingEvent], _abc.AsyncIterator[_service_pb2.PropagationBindingEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.PropagationBindingEvent], _abc.AsyncIterator[_service_pb2.PropagationBindingEvent]]:
+        """Changes to PropagationBindings, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _work_pb2.PropagationBinding,
         context: _ServicerContext,
-    ) -> _typing.Union[_work_pb2.PropagationBinding, _abc.Awaitable[_work_pb2.PropagationBinding]]: ...
+    ) -> _typing.Union[_work_pb2.PropagationBinding, _abc.Awaitable[_work_pb2.PropagationBinding]]:
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 def add_PropagationBindingServiceServicer_to_server(servicer: PropagationBindingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class PropagationWorkServiceStub:
+    """PropagationWorks, which the controllers write, in the namespaces
+    archipel-es-<cluster>.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PropagationWorkServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _work_pb2.PropagationWork]
+    """One PropagationWork; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.PropagationWorkList]
+    """The PropagationWorks of a namespace, or all, a page at a time."""
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.PropagationWorkEvent]
+    """Changes to PropagationWorks, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_work_pb2.PropagationWork, _work_pb2.PropagationWork]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 @_typing.type_check_only
 class PropagationWorkServiceAsyncStub(PropagationWorkServiceStub):
+    """PropagationWorks, which the controllers write, in the namespaces
+    archipel-es-<cluster>.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _work_pb2.PropagationWork]  # type: ignore[assignment]
+    """One PropagationWork; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.PropagationWorkList]  # type: ignore[assignment]
+    """The PropagationWorks of a namespace, or all, a page at a time."""
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.PropagationWorkEvent]  # type: ignore[assignment]
+    """Changes to PropagationWorks, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_work_pb2.PropagationWork, _work_pb2.PropagationWork]  # type: ignore[assignment]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 class PropagationWorkServiceServicer(metaclass=_abc_1.ABCMeta):
+    """PropagationWorks, which the controllers write, in the namespaces
+    archipel-es-<cluster>.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_work_pb2.PropagationWork, _abc.Awaitable[_work_pb2.PropagationWork]]: ...
+    ) -> _typing.Union[_work_pb2.PropagationWork, _abc.Awaitable[_work_pb2.PropagationWork]]:
+        """One PropagationWork; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.ListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.PropagationWorkList, _abc.Awaitable[_service_pb2.PropagationWorkList]]: ...
+    ) -> _typing.Union[_service_pb2.PropagationWorkList, _abc.Awaitable[_service_pb2.PropagationWorkList]]:
+        """The PropagationWorks of a namespace, or all, a page at a time."""
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.PropagationWorkEvent], _abc.AsyncIterator[_service_pb2.PropagationWorkEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.PropagationWorkEvent], _abc.AsyncIterator[_service_pb2.PropagationWorkEvent]]:
+        """Changes to PropagationWorks, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _work_pb2.PropagationWork,
         context: _ServicerContext,
-    ) -> _typing.Union[_work_pb2.PropagationWork, _abc.Awaitable[_work_pb2.PropagationWork]]: ...
+    ) -> _typing.Union[_work_pb2.PropagationWork, _abc.Awaitable[_work_pb2.PropagationWork]]:
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 def add_PropagationWorkServiceServicer_to_server(servicer: PropagationWorkServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class OverridePolicyServiceStub:
+    """OverridePolicies (namespaced).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> OverridePolicyServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _override_pb2.OverridePolicy]
+    """One OverridePolicy; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.OverridePolicyList]
+    """The OverridePolicies of a namespace, or all, a page at a time."""
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.OverridePolicyEvent]
+    """Changes to OverridePolicies, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_override_pb2.OverridePolicy, _override_pb2.OverridePolicy]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 @_typing.type_check_only
 class OverridePolicyServiceAsyncStub(OverridePolicyServiceStub):
+    """OverridePolicies (namespaced).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _override_pb2.OverridePolicy]  # type: ignore[assignment]
+    """One OverridePolicy; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.OverridePolicyList]  # type: ignore[assignment]
+    """The OverridePolicies of a namespace, or all, a page at a time."""
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.OverridePolicyEvent]  # type: ignore[assignment]
+    """Changes to OverridePolicies, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_override_pb2.OverridePolicy, _override_pb2.OverridePolicy]  # type: ignore[assignment]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 class OverridePolicyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """OverridePolicies (namespaced).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_override_pb2.OverridePolicy, _abc.Awaitable[_override_pb2.OverridePolicy]]: ...
+    ) -> _typing.Union[_override_pb2.OverridePolicy, _abc.Awaitable[_override_pb2.OverridePolicy]]:
+        """One OverridePolicy; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.ListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.OverridePolicyList, _abc.Awaitable[_service_pb2.OverridePolicyList]]: ...
+    ) -> _typing.Union[_service_pb2.OverridePolicyList, _abc.Awaitable[_service_pb2.OverridePolicyList]]:
+        """The OverridePolicies of a namespace, or all, a page at a time."""
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.OverridePolicyEvent], _abc.AsyncIterator[_service_pb2.OverridePolicyEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.OverridePolicyEvent], _abc.AsyncIterator[_service_pb2.OverridePolicyEvent]]:
+        """Changes to OverridePolicies, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _override_pb2.OverridePolicy,
         context: _ServicerContext,
-    ) -> _typing.Union[_override_pb2.OverridePolicy, _abc.Awaitable[_override_pb2.OverridePolicy]]: ...
+    ) -> _typing.Union[_override_pb2.OverridePolicy, _abc.Awaitable[_override_pb2.OverridePolicy]]:
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 def add_OverridePolicyServiceServicer_to_server(servicer: OverridePolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ClusterOverridePolicyServiceStub:
+    """ClusterOverridePolicies (cluster-scoped).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ClusterOverridePolicyServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _override_pb2.ClusterOverridePolicy]
+    """One ClusterOverridePolicy; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ClusterOverridePolicyList]
+    """All ClusterOverridePolicies, a page at a time; the kind is cluster-scoped, so
+    the namespace must be empty.
+    """
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ClusterOverridePolicyEvent]
+    """Changes to ClusterOverridePolicies, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_override_pb2.ClusterOverridePolicy, _override_pb2.ClusterOverridePolicy]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 @_typing.type_check_only
 class ClusterOverridePolicyServiceAsyncStub(ClusterOverridePolicyServiceStub):
+    """ClusterOverridePolicies (cluster-scoped).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _override_pb2.ClusterOverridePolicy]  # type: ignore[assignment]
+    """One ClusterOverridePolicy; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ClusterOverridePolicyList]  # type: ignore[assignment]
+    """All ClusterOverridePolicies, a page at a time; the kind is cluster-scoped, so
+    the namespace must be empty.
+    """
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ClusterOverridePolicyEvent]  # type: ignore[assignment]
+    """Changes to ClusterOverridePolicies, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_override_pb2.ClusterOverridePolicy, _override_pb2.ClusterOverridePolicy]  # type: ignore[assignment]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 class ClusterOverridePolicyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """ClusterOverridePolicies (cluster-scoped).
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_override_pb2.ClusterOverridePolicy, _abc.Awaitable[_override_pb2.ClusterOverridePolicy]]: ...
+    ) -> _typing.Union[_override_pb2.ClusterOverridePolicy, _abc.Awaitable[_override_pb2.ClusterOverridePolicy]]:
+        """One ClusterOverridePolicy; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.ListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.ClusterOverridePolicyList, _abc.Awaitable[_service_pb2.ClusterOverridePolicyList]]: ...
+    ) -> _typing.Union[_service_pb2.ClusterOverridePolicyList, _abc.Awaitable[_service_pb2.ClusterOverridePolicyList]]:
+        """All ClusterOverridePolicies, a page at a time; the kind is cluster-scoped, so
+        the namespace must be empty.
+        """
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.ClusterOverridePolicyEvent], _abc.AsyncIterator[_service_pb2.ClusterOverridePolicyEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ClusterOverridePolicyEvent], _abc.AsyncIterator[_service_pb2.ClusterOverridePolicyEvent]]:
+        """Changes to ClusterOverridePolicies, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _override_pb2.ClusterOverridePolicy,
         context: _ServicerContext,
-    ) -> _typing.Union[_override_pb2.ClusterOverridePolicy, _abc.Awaitable[_override_pb2.ClusterOverridePolicy]]: ...
+    ) -> _typing.Union[_override_pb2.ClusterOverridePolicy, _abc.Awaitable[_override_pb2.ClusterOverridePolicy]]:
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 def add_ClusterOverridePolicyServiceServicer_to_server(servicer: ClusterOverridePolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ResourceInterpreterCustomizationServiceStub:
+    """ResourceInterpreterCustomizations (cluster-scoped). Apply refuses any luaScript and
+    any rule that does not compile, naming the field.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ResourceInterpreterCustomizationServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _interpreter_pb2.ResourceInterpreterCustomization]
+    """One ResourceInterpreterCustomization; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ResourceInterpreterCustomizationList]
+    """All ResourceInterpreterCustomizations, a page at a time; the kind is
+    cluster-scoped, so the namespace must be empty.
+    """
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ResourceInterpreterCustomizationEvent]
+    """Changes to ResourceInterpreterCustomizations, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_interpreter_pb2.ResourceInterpreterCustomization, _interpreter_pb2.ResourceInterpreterCustomization]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 @_typing.type_check_only
 class ResourceInterpreterCustomizationServiceAsyncStub(ResourceInterpreterCustomizationServiceStub):
+    """ResourceInterpreterCustomizations (cluster-scoped). Apply refuses any luaScript and
+    any rule that does not compile, naming the field.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.GetRequest, _interpreter_pb2.ResourceInterpreterCustomization]  # type: ignore[assignment]
+    """One ResourceInterpreterCustomization; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.ListRequest, _service_pb2.ResourceInterpreterCustomizationList]  # type: ignore[assignment]
+    """All ResourceInterpreterCustomizations, a page at a time; the kind is
+    cluster-scoped, so the namespace must be empty.
+    """
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WatchRequest, _service_pb2.ResourceInterpreterCustomizationEvent]  # type: ignore[assignment]
+    """Changes to ResourceInterpreterCustomizations, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_interpreter_pb2.ResourceInterpreterCustomization, _interpreter_pb2.ResourceInterpreterCustomization]  # type: ignore[assignment]
+    """Creates the object, or replaces its spec, labels and annotations (status and
+    server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+    field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.DeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 class ResourceInterpreterCustomizationServiceServicer(metaclass=_abc_1.ABCMeta):
+    """ResourceInterpreterCustomizations (cluster-scoped). Apply refuses any luaScript and
+    any rule that does not compile, naming the field.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.GetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_interpreter_pb2.ResourceInterpreterCustomization, _abc.Awaitable[_interpreter_pb2.ResourceInterpreterCustomization]]: ...
+    ) -> _typing.Union[_interpreter_pb2.ResourceInterpreterCustomization, _abc.Awaitable[_interpreter_pb2.ResourceInterpreterCustomization]]:
+        """One ResourceInterpreterCustomization; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.ListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.ResourceInterpreterCustomizationList, _abc.Awaitable[_service_pb2.ResourceInterpreterCustomizationList]]: ...
+    ) -> _typing.Union[_service_pb2.ResourceInterpreterCustomizationList, _abc.Awaitable[_service_pb2.ResourceInterpreterCustomizationList]]:
+        """All ResourceInterpreterCustomizations, a page at a time; the kind is
+        cluster-scoped, so the namespace must be empty.
+        """
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.WatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.ResourceInterpreterCustomizationEvent], _abc.AsyncIterator[_service_pb2.ResourceInterpreterCustomizationEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ResourceInterpreterCustomizationEvent], _abc.AsyncIterator[_service_pb2.ResourceInterpreterCustomizationEvent]]:
+        """Changes to ResourceInterpreterCustomizations, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _interpreter_pb2.ResourceInterpreterCustomization,
         context: _ServicerContext,
-    ) -> _typing.Union[_interpreter_pb2.ResourceInterpreterCustomization, _abc.Awaitable[_interpreter_pb2.ResourceInterpreterCustomization]]: ...
+    ) -> _typing.Union[_interpreter_pb2.ResourceInterpreterCustomization, _abc.Awaitable[_interpreter_pb2.ResourceInterpreterCustomization]]:
+        """Creates the object, or replaces its spec, labels and annotations (status and
+        server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+        field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.DeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the object; while finalizers remain it is only marked for deletion."""
 
 def add_ResourceInterpreterCustomizationServiceServicer_to_server(servicer: ResourceInterpreterCustomizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ResourceTemplateServiceStub:
+    """Resource templates: any Kubernetes object to propagate, addressed by apiVersion,
+    kind, namespace and name.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ResourceTemplateServiceAsyncStub: ...
     Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.TemplateGetRequest, _work_pb2.ResourceTemplate]
+    """One template; NOT_FOUND when there is none."""
     List: _grpc.UnaryUnaryMultiCallable[_service_pb2.TemplateListRequest, _service_pb2.ResourceTemplateList]
+    """Templates of one kind or all, of a namespace or all, a page at a time."""
     Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.TemplateWatchRequest, _service_pb2.ResourceTemplateEvent]
+    """Changes to templates, Kubernetes-style."""
     Apply: _grpc.UnaryUnaryMultiCallable[_work_pb2.ResourceTemplate, _work_pb2.ResourceTemplate]
+    """Creates the template, or replaces it (its status and server-set metadata are
+    kept). Refused with INVALID_ARGUMENT, naming the field, when it is not valid.
+    """
     Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.TemplateDeleteRequest, _service_pb2.DeleteResponse]
+    """Deletes the template, and its objects from every member. FAILED_PRECONDITION when
+    it is labelled resourcetemplate.archipel.io/deletion-protected: Always.
+    """
 
 @_typing.type_check_only
 class ResourceTemplateServiceAsyncStub(ResourceTemplateServiceStub):
+    """Resource templates: any Kubernetes object to propagate, addressed by apiVersion,
+    kind, namespace and name.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Get: _aio.UnaryUnaryMultiCallable[_service_pb2.TemplateGetRequest, _work_pb2.ResourceTemplate]  # type: ignore[assignment]
+    """One template; NOT_FOUND when there is none."""
     List: _aio.UnaryUnaryMultiCallable[_service_pb2.TemplateListRequest, _service_pb2.ResourceTemplateList]  # type: ignore[assignment]
+    """Templates of one kind or all, of a namespace or all, a page at a time."""
     Watch: _aio.UnaryStreamMultiCallable[_service_pb2.TemplateWatchRequest, _service_pb2.ResourceTemplateEvent]  # type: ignore[assignment]
+    """Changes to templates, Kubernetes-style."""
     Apply: _aio.UnaryUnaryMultiCallable[_work_pb2.ResourceTemplate, _work_pb2.ResourceTemplate]  # type: ignore[assignment]
+    """Creates the template, or replaces it (its status and server-set metadata are
+    kept). Refused with INVALID_ARGUMENT, naming the field, when it is not valid.
+    """
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.TemplateDeleteRequest, _service_pb2.DeleteResponse]  # type: ignore[assignment]
+    """Deletes the template, and its objects from every member. FAILED_PRECONDITION when
+    it is labelled resourcetemplate.archipel.io/deletion-protected: Always.
+    """
 
 class ResourceTemplateServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Resource templates: any Kubernetes object to propagate, addressed by apiVersion,
+    kind, namespace and name.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Get(
         self,
         request: _service_pb2.TemplateGetRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_work_pb2.ResourceTemplate, _abc.Awaitable[_work_pb2.ResourceTemplate]]: ...
+    ) -> _typing.Union[_work_pb2.ResourceTemplate, _abc.Awaitable[_work_pb2.ResourceTemplate]]:
+        """One template; NOT_FOUND when there is none."""
 
     @_abc_1.abstractmethod
     def List(
         self,
         request: _service_pb2.TemplateListRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.ResourceTemplateList, _abc.Awaitable[_service_pb2.ResourceTemplateList]]: ...
+    ) -> _typing.Union[_service_pb2.ResourceTemplateList, _abc.Awaitable[_service_pb2.ResourceTemplateList]]:
+        """Templates of one kind or all, of a namespace or all, a page at a time."""
 
     @_abc_1.abstractmethod
     def Watch(
         self,
         request: _service_pb2.TemplateWatchRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_service_pb2.ResourceTemplateEvent], _abc.AsyncIterator[_service_pb2.ResourceTemplateEvent]]: ...
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ResourceTemplateEvent], _abc.AsyncIterator[_service_pb2.ResourceTemplateEvent]]:
+        """Changes to templates, Kubernetes-style."""
 
     @_abc_1.abstractmethod
     def Apply(
         self,
         request: _work_pb2.ResourceTemplate,
         context: _ServicerContext,
-    ) -> _typing.Union[_work_pb2.ResourceTemplate, _abc.Awaitable[_work_pb2.ResourceTemplate]]: ...
+    ) -> _typing.Union[_work_pb2.ResourceTemplate, _abc.Awaitable[_work_pb2.ResourceTemplate]]:
+        """Creates the template, or replaces it (its status and server-set metadata are
+        kept). Refused with INVALID_ARGUMENT, naming the field, when it is not valid.
+        """
 
     @_abc_1.abstractmethod
     def Delete(
         self,
         request: _service_pb2.TemplateDeleteRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]: ...
+    ) -> _typing.Union[_service_pb2.DeleteResponse, _abc.Awaitable[_service_pb2.DeleteResponse]]:
+        """Deletes the template, and its objects from every member. FAILED_PRECONDITION when
+        it is labelled resourcetemplate.archipel.io/deletion-protected: Always.
+        """
 
 def add_ResourceTemplateServiceServicer_to_server(servicer: ResourceTemplateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ClusterAdminServiceStub:
+    """Registering member clusters.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ClusterAdminServiceAsyncStub: ...
     Join: _grpc.UnaryUnaryMultiCallable[_service_pb2.JoinRequest, _service_pb2.JoinResponse]
-    """Register a member cluster and issue the credential its agent connects with."""
+    """Register a member cluster and issue the credential its agent connects with.
+    ALREADY_EXISTS when the cluster exists and rotate is not set.
+    """
 
 @_typing.type_check_only
 class ClusterAdminServiceAsyncStub(ClusterAdminServiceStub):
+    """Registering member clusters.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Join: _aio.UnaryUnaryMultiCallable[_service_pb2.JoinRequest, _service_pb2.JoinResponse]  # type: ignore[assignment]
-    """Register a member cluster and issue the credential its agent connects with."""
+    """Register a member cluster and issue the credential its agent connects with.
+    ALREADY_EXISTS when the cluster exists and rotate is not set.
+    """
 
 class ClusterAdminServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Registering member clusters.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
+
     @_abc_1.abstractmethod
     def Join(
         self,
         request: _service_pb2.JoinRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.JoinResponse, _abc.Awaitable[_service_pb2.JoinResponse]]:
-        """Register a member cluster and issue the credential its agent connects with."""
+        """Register a member cluster and issue the credential its agent connects with.
+        ALREADY_EXISTS when the cluster exists and rotate is not set.
+        """
 
 def add_ClusterAdminServiceServicer_to_server(servicer: ClusterAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class InfoServiceStub:
-    """What this control plane is."""
+    """What this control plane is.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
@@ -594,14 +1020,20 @@ class InfoServiceStub:
 
 @_typing.type_check_only
 class InfoServiceAsyncStub(InfoServiceStub):
-    """What this control plane is."""
+    """What this control plane is.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GetVersion: _aio.UnaryUnaryMultiCallable[_service_pb2.GetVersionRequest, _service_pb2.GetVersionResponse]  # type: ignore[assignment]
     """The control plane's version, as `archipel version` and grpcurl show it."""
 
 class InfoServiceServicer(metaclass=_abc_1.ABCMeta):
-    """What this control plane is."""
+    """What this control plane is.
+    Kept for existing clients; new clients use the same-named service in
+    archipel.v1alpha2.
+    """
 
     @_abc_1.abstractmethod
     def GetVersion(

@@ -36,7 +36,11 @@ class ResourceTemplate(_message.Message):
 
     MANIFEST_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def manifest(self) -> _struct_pb2.Struct: ...
+    def manifest(self) -> _struct_pb2.Struct:
+        """The object as JSON; at most 1 MiB and 28 levels deep. A namespaced kind given
+        no namespace goes to "default". A status sent with it is ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -52,12 +56,18 @@ Global___ResourceTemplate: _TypeAlias = ResourceTemplate  # noqa: Y015
 
 @_typing.final
 class TargetCluster(_message.Message):
+    """One cluster of a schedule."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
     REPLICAS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """The member cluster's name."""
     replicas: _builtins.int
+    """The cluster's share of the replicas (Duplicated: all of them; 0 for objects
+    without replicas).
+    """
     def __init__(
         self,
         *,
@@ -74,6 +84,8 @@ Global___TargetCluster: _TypeAlias = TargetCluster  # noqa: Y015
 
 @_typing.final
 class PolicyReference(_message.Message):
+    """The policy that claimed a template."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KIND_FIELD_NUMBER: _builtins.int
@@ -82,7 +94,9 @@ class PolicyReference(_message.Message):
     kind: _builtins.str
     """PropagationPolicy or ClusterPropagationPolicy."""
     namespace: _builtins.str
+    """The policy's namespace; empty for a ClusterPropagationPolicy."""
     name: _builtins.str
+    """The policy's name."""
     def __init__(
         self,
         *,
@@ -100,6 +114,11 @@ Global___PolicyReference: _TypeAlias = PolicyReference  # noqa: Y015
 
 @_typing.final
 class PropagationBinding(_message.Message):
+    """One per propagated template (Karmada's ResourceBinding and ClusterResourceBinding),
+    kept by the controllers: which policy claimed the template and where it goes. In
+    the template's namespace; none for a cluster-scoped template.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -110,12 +129,19 @@ class PropagationBinding(_message.Message):
     api_version: _builtins.str
     """work.archipel.io/v1alpha1"""
     kind: _builtins.str
+    """PropagationBinding"""
     @_builtins.property
-    def metadata(self) -> _meta_pb2.ObjectMeta: ...
+    def metadata(self) -> _meta_pb2.ObjectMeta:
+        """Named after the template."""
+
     @_builtins.property
-    def spec(self) -> Global___PropagationBindingSpec: ...
+    def spec(self) -> Global___PropagationBindingSpec:
+        """What the policy asks for and where the scheduler put the template."""
+
     @_builtins.property
-    def status(self) -> Global___PropagationBindingStatus: ...
+    def status(self) -> Global___PropagationBindingStatus:
+        """Scheduling and per-cluster status."""
+
     def __init__(
         self,
         *,
@@ -135,6 +161,8 @@ Global___PropagationBinding: _TypeAlias = PropagationBinding  # noqa: Y015
 
 @_typing.final
 class PropagationBindingSpec(_message.Message):
+    """A binding's template, the claiming policy's settings and the scheduling result."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESOURCE_FIELD_NUMBER: _builtins.int
@@ -151,24 +179,47 @@ class PropagationBindingSpec(_message.Message):
     REPLICA_REQUIREMENTS_FIELD_NUMBER: _builtins.int
     REQUIRED_BY_FIELD_NUMBER: _builtins.int
     replicas: _builtins.int
+    """The template's replica count, as its interpreter reads it (0 for kinds without
+    replicas).
+    """
     conflict_resolution: _builtins.str
+    """From the policy: Abort (default) or Overwrite."""
     preserve_resources_on_deletion: _builtins.bool
+    """From the policy. Also set when the binding is released because its policy was
+    deleted, so that the member objects stay.
+    """
     scheduler_name: _builtins.str
+    """From the policy; default "default-scheduler"."""
     propagate_deps: _builtins.bool
+    """From the policy: the template's dependencies follow it."""
     @_builtins.property
-    def resource(self) -> _meta_pb2.ObjectReference: ...
-    @_builtins.property
-    def placement(self) -> _policy_pb2.Placement: ...
-    @_builtins.property
-    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetCluster]:
-        """The scheduling result."""
+    def resource(self) -> _meta_pb2.ObjectReference:
+        """The template bound."""
 
     @_builtins.property
-    def policy(self) -> Global___PolicyReference: ...
+    def placement(self) -> _policy_pb2.Placement:
+        """The claiming policy's placement."""
+
     @_builtins.property
-    def suspension(self) -> _policy_pb2.Suspension: ...
+    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetCluster]:
+        """The scheduling result.
+        Written by the scheduler.
+        """
+
     @_builtins.property
-    def reschedule_triggered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def policy(self) -> Global___PolicyReference:
+        """The claiming policy; empty for a binding that exists only for requiredBy."""
+
+    @_builtins.property
+    def suspension(self) -> _policy_pb2.Suspension:
+        """From the policy: clusters that receive no works."""
+
+    @_builtins.property
+    def reschedule_triggered_at(self) -> _timestamp_pb2.Timestamp:
+        """Set by `archipel reschedule`: when later than status.lastScheduledTime, the next
+        decision divides replicas from scratch instead of steadily.
+        """
+
     @_builtins.property
     def replica_requirements(self) -> Global___ReplicaRequirements:
         """What one replica asks for; the scheduler's estimator divides free capacity by it."""
@@ -206,15 +257,21 @@ Global___PropagationBindingSpec: _TypeAlias = PropagationBindingSpec  # noqa: Y0
 
 @_typing.final
 class BindingSnapshot(_message.Message):
+    """A workload binding that requires an object, and where it runs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     CLUSTERS_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
+    """The workload binding's namespace."""
     name: _builtins.str
+    """The workload binding's name."""
     @_builtins.property
-    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetCluster]: ...
+    def clusters(self) -> _containers.RepeatedCompositeFieldContainer[Global___TargetCluster]:
+        """The clusters the workload runs in (replicas are not recorded)."""
+
     def __init__(
         self,
         *,
@@ -232,6 +289,8 @@ Global___BindingSnapshot: _TypeAlias = BindingSnapshot  # noqa: Y015
 
 @_typing.final
 class ReplicaRequirements(_message.Message):
+    """What one replica of a workload asks for."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -274,6 +333,8 @@ Global___ReplicaRequirements: _TypeAlias = ReplicaRequirements  # noqa: Y015
 
 @_typing.final
 class AggregatedStatusItem(_message.Message):
+    """One target cluster's status, from its work."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLUSTER_NAME_FIELD_NUMBER: _builtins.int
@@ -283,13 +344,19 @@ class AggregatedStatusItem(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     HEALTH_MESSAGE_FIELD_NUMBER: _builtins.int
     cluster_name: _builtins.str
+    """The member cluster."""
     applied: _builtins.bool
+    """True when the cluster's work is applied at its current generation."""
     applied_message: _builtins.str
+    """The work's Applied message: the error, when it is not applied."""
     health: _builtins.str
     """Healthy, Unhealthy or Unknown."""
     health_message: _builtins.str
+    """Why health is Unknown when the interpreter could not tell."""
     @_builtins.property
-    def status(self) -> _struct_pb2.Struct: ...
+    def status(self) -> _struct_pb2.Struct:
+        """The status reflected from the member's object (as its kind's interpreter says)."""
+
     def __init__(
         self,
         *,
@@ -310,6 +377,8 @@ Global___AggregatedStatusItem: _TypeAlias = AggregatedStatusItem  # noqa: Y015
 
 @_typing.final
 class PropagationBindingStatus(_message.Message):
+    """What the controllers observed of a binding."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SCHEDULER_OBSERVED_GENERATION_FIELD_NUMBER: _builtins.int
@@ -317,12 +386,22 @@ class PropagationBindingStatus(_message.Message):
     CONDITIONS_FIELD_NUMBER: _builtins.int
     AGGREGATED_STATUS_FIELD_NUMBER: _builtins.int
     scheduler_observed_generation: _builtins.int
+    """The binding generation the last scheduling decision was made for."""
     @_builtins.property
-    def last_scheduled_time(self) -> _timestamp_pb2.Timestamp: ...
+    def last_scheduled_time(self) -> _timestamp_pb2.Timestamp:
+        """When the scheduling result last changed."""
+
     @_builtins.property
-    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]: ...
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]:
+        """Scheduled (reason Success, NoClusterFit, Unschedulable or SchedulerError) and
+        FullyApplied; OverridesApplied, Interpreted, StatusAggregated and WorksReadable
+        once they have something to say.
+        """
+
     @_builtins.property
-    def aggregated_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___AggregatedStatusItem]: ...
+    def aggregated_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___AggregatedStatusItem]:
+        """One item per target cluster."""
+
     def __init__(
         self,
         *,
@@ -341,11 +420,17 @@ Global___PropagationBindingStatus: _TypeAlias = PropagationBindingStatus  # noqa
 
 @_typing.final
 class WorkloadTemplate(_message.Message):
+    """The objects a work applies."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MANIFESTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def manifests(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]: ...
+    def manifests(self) -> _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]:
+        """The manifests to apply in the member: the template as that cluster gets it, with
+        its share of the replicas and overrides applied.
+        """
+
     def __init__(
         self,
         *,
@@ -361,6 +446,10 @@ Global___WorkloadTemplate: _TypeAlias = WorkloadTemplate  # noqa: Y015
 
 @_typing.final
 class PropagationWork(_message.Message):
+    """Karmada's Work: one template's manifest for one member cluster, the unit its agent
+    applies. Written by the controllers, named <template namespace or _>.<binding name>.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     API_VERSION_FIELD_NUMBER: _builtins.int
@@ -369,15 +458,21 @@ class PropagationWork(_message.Message):
     SPEC_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
     api_version: _builtins.str
+    """work.archipel.io/v1alpha1"""
     kind: _builtins.str
+    """PropagationWork"""
     @_builtins.property
     def metadata(self) -> _meta_pb2.ObjectMeta:
         """Namespace archipel-es-<cluster>: each cluster's works live apart."""
 
     @_builtins.property
-    def spec(self) -> Global___PropagationWorkSpec: ...
+    def spec(self) -> Global___PropagationWorkSpec:
+        """What the agent applies."""
+
     @_builtins.property
-    def status(self) -> Global___PropagationWorkStatus: ...
+    def status(self) -> Global___PropagationWorkStatus:
+        """What the agent reported."""
+
     def __init__(
         self,
         *,
@@ -397,6 +492,8 @@ Global___PropagationWork: _TypeAlias = PropagationWork  # noqa: Y015
 
 @_typing.final
 class PropagationWorkSpec(_message.Message):
+    """What an agent applies, and how."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKLOAD_FIELD_NUMBER: _builtins.int
@@ -404,12 +501,17 @@ class PropagationWorkSpec(_message.Message):
     PRESERVE_RESOURCES_ON_DELETION_FIELD_NUMBER: _builtins.int
     CONFLICT_RESOLUTION_FIELD_NUMBER: _builtins.int
     suspend_dispatching: _builtins.bool
+    """True: the work is not sent to the agent (the policy's suspension); the member
+    keeps what it has.
+    """
     preserve_resources_on_deletion: _builtins.bool
     """When the work goes, leave its objects in the member instead of deleting them."""
     conflict_resolution: _builtins.str
     """Abort (default) or Overwrite: whether to take over objects Archipel did not create."""
     @_builtins.property
-    def workload(self) -> Global___WorkloadTemplate: ...
+    def workload(self) -> Global___WorkloadTemplate:
+        """The objects to apply."""
+
     def __init__(
         self,
         *,
@@ -428,6 +530,8 @@ Global___PropagationWorkSpec: _TypeAlias = PropagationWorkSpec  # noqa: Y015
 
 @_typing.final
 class ResourceIdentifier(_message.Message):
+    """Which object of a work a status is about."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ORDINAL_FIELD_NUMBER: _builtins.int
@@ -438,12 +542,19 @@ class ResourceIdentifier(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
     ordinal: _builtins.int
+    """The object's position among the work's objects."""
     group: _builtins.str
+    """The API group; empty for the core group."""
     version: _builtins.str
+    """The API version, e.g. v1."""
     kind: _builtins.str
+    """The kind."""
     resource: _builtins.str
+    """The plural resource name; Archipel's agent leaves it empty."""
     namespace: _builtins.str
+    """The namespace; empty for cluster-scoped objects."""
     name: _builtins.str
+    """The name."""
     def __init__(
         self,
         *,
@@ -465,6 +576,8 @@ Global___ResourceIdentifier: _TypeAlias = ResourceIdentifier  # noqa: Y015
 
 @_typing.final
 class ManifestStatus(_message.Message):
+    """One applied object's status in the member."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     IDENTIFIER_FIELD_NUMBER: _builtins.int
@@ -472,14 +585,21 @@ class ManifestStatus(_message.Message):
     HEALTH_FIELD_NUMBER: _builtins.int
     HEALTH_MESSAGE_FIELD_NUMBER: _builtins.int
     health: _builtins.str
+    """Healthy, Unhealthy or Unknown."""
     health_message: _builtins.str
     """Why health is Unknown when the interpreter could not tell, such as a failing
     ResourceInterpreterCustomization.
     """
     @_builtins.property
-    def identifier(self) -> Global___ResourceIdentifier: ...
+    def identifier(self) -> Global___ResourceIdentifier:
+        """Which object."""
+
     @_builtins.property
-    def status(self) -> _struct_pb2.Struct: ...
+    def status(self) -> _struct_pb2.Struct:
+        """The status reflected from it by its kind's interpreter; empty when it is over
+        256 KiB or nested too deep (healthMessage says so).
+        """
+
     def __init__(
         self,
         *,
@@ -498,14 +618,22 @@ Global___ManifestStatus: _TypeAlias = ManifestStatus  # noqa: Y015
 
 @_typing.final
 class PropagationWorkStatus(_message.Message):
+    """What the agent last reported of a work."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONDITIONS_FIELD_NUMBER: _builtins.int
     MANIFEST_STATUSES_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]: ...
+    def conditions(self) -> _containers.RepeatedCompositeFieldContainer[_meta_pb2.Condition]:
+        """Applied: True when every manifest is applied, else False with the error; its
+        observedGeneration is the work generation the report is about.
+        """
+
     @_builtins.property
-    def manifest_statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestStatus]: ...
+    def manifest_statuses(self) -> _containers.RepeatedCompositeFieldContainer[Global___ManifestStatus]:
+        """One per applied object."""
+
     def __init__(
         self,
         *,

@@ -21,6 +21,6 @@ ln -s "$(tool protoc-gen-go)" "$plugins/protoc-gen-go"
 ln -s "$(tool protoc-gen-go-grpc)" "$plugins/protoc-gen-go-grpc"
 
 # Files for messages that no longer exist must not linger.
-rm -f "$out"/archipel/v1alpha1/*.pb.go
+rm -f "$out"/archipel/v1alpha1/*.pb.go "$out"/archipel/v1alpha2/*.pb.go
 cd "$root/proto"
 PATH="$plugins:$PATH" "$(tool buf)" generate --template "$here/buf.gen.yaml" -o "$out" .

@@ -21,9 +21,9 @@ from kubernetes.client.exceptions import ApiException
 
 from archipel import structs
 from archipel.client import Client, message_to_document
+from archipel.core import kinds
 from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
 from archipel.fleet.members import Fleet, Member
-from archipel.v1alpha1 import service_pb2
 
 T = TypeVar("T")
 # member1 and member3 are "gold", member2 "silver": label-selector placement picks 2 of 3.
@@ -90,12 +90,7 @@ class Pipeline:
         """A resource template as the control plane holds it, status included."""
         api = self.client()
         try:
-            found = api.call(
-                api.templates.Get,
-                service_pb2.TemplateGetRequest(
-                    api_version=api_version, kind=kind, namespace=namespace, name=name
-                ),
-            )
+            found = api.get_template(api_version, kind, name, namespace)
         finally:
             api.close()
         manifest: dict[str, Any] = structs.from_struct(found.manifest)
@@ -104,10 +99,7 @@ class Pipeline:
     def cluster(self, name: str) -> dict[str, Any]:
         api = self.client()
         try:
-            found = api.call(
-                api.stub(_kind("MemberCluster")).Get, service_pb2.GetRequest(name=name)
-            )
-            return message_to_document(found)
+            return message_to_document(api.get_object(kinds.MEMBER_CLUSTER, name))
         finally:
             api.close()
 
@@ -139,14 +131,6 @@ class Pipeline:
 
 def _is_ready(pipeline: Pipeline, name: str) -> bool:
     return pipeline.ready(name) == "True"
-
-
-def _kind(name: str) -> Any:
-    from archipel.client import api_kind_by_name
-
-    kind = api_kind_by_name(name)
-    assert kind is not None
-    return kind
 
 
 @pytest.fixture(scope="module")

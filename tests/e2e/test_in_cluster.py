@@ -179,9 +179,17 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
             f"the Deployment in the member\n{agent.process.log_tail()}", deployed, timeout=TIMEOUT
         )
         assert found.spec.replicas == 2
-        # The ledger is where the chart's Role lets the agent write: its own namespace.
-        ledgers = core.list_namespaced_config_map(namespace, label_selector=f"{LEDGER_LABEL}=true")
-        assert ledgers.items
+        # The ledger is where the chart's Role lets the agent write: its own namespace. The
+        # agent records it after the apply, so it may lag the Deployment.
+        wait_for(
+            f"the agent's ledger in {namespace}\n{agent.process.log_tail()}",
+            lambda: (
+                core.list_namespaced_config_map(
+                    namespace, label_selector=f"{LEDGER_LABEL}=true"
+                ).items
+            ),
+            timeout=TIMEOUT,
+        )
         log = (tmp_path / "agent.log").read_text()
         assert "kubeconfig" not in log.lower()
         assert agent.process.running

@@ -14,8 +14,10 @@ import pytest
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from archipel.core import kinds
 from archipel.fleet import tools
-from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, service_pb2, service_pb2_grpc
+from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
+from archipel.v1alpha2 import service_pb2, service_pb2_grpc
 from tests.e2e.conftest import (
     Pipeline,
     configmap,
@@ -121,11 +123,7 @@ def test_deleting_the_policy_leaves_the_objects(pipeline: Pipeline, namespace: s
     try:
         wait_for(
             "the binding to go",
-            lambda: (
-                not api.call(
-                    api.stub(_binding_kind()).List, service_pb2.ListRequest(namespace=namespace)
-                ).items
-            ),
+            lambda: not api.list_objects(kinds.PROPAGATION_BINDING, namespace),
         )
     finally:
         api.close()
@@ -144,12 +142,6 @@ def _applied(pipeline: Pipeline, namespace: str) -> bool:
 
 def _connected(pipeline: Pipeline, name: str) -> bool:
     return bool(pipeline.cluster(name)["status"]["agent"].get("connected"))
-
-
-def _binding_kind() -> Any:
-    from archipel.client import api_kind_by_name
-
-    return api_kind_by_name("binding")
 
 
 def test_manual_edits_are_reverted(pipeline: Pipeline, namespace: str) -> None:
@@ -522,9 +514,13 @@ def test_watch_lists_then_streams_changes(pipeline: Pipeline, namespace: str) ->
     api = pipeline.client()
     stub = service_pb2_grpc.PropagationPolicyServiceStub(api.channel)
     try:
-        listed = api.call(stub.List, service_pb2.ListRequest(namespace=namespace))
+        listed = api.call(
+            stub.List, service_pb2.PropagationPolicyServiceListRequest(namespace=namespace)
+        )
         events = stub.Watch(
-            service_pb2.WatchRequest(namespace=namespace, resource_version=listed.resource_version),
+            service_pb2.PropagationPolicyServiceWatchRequest(
+                namespace=namespace, resource_version=listed.resource_version
+            ),
             metadata=api.metadata,
             timeout=30,
         )
@@ -533,10 +529,13 @@ def test_watch_lists_then_streams_changes(pipeline: Pipeline, namespace: str) ->
         seen = []
         for event in events:
             seen.append((event.type, event.object.metadata.name))
-            if event.type == "DELETED":
+            if event.type == service_pb2.EVENT_TYPE_DELETED:
                 events.cancel()
                 break
-        assert seen == [("ADDED", "web"), ("DELETED", "web")]
+        assert seen == [
+            (service_pb2.EVENT_TYPE_ADDED, "web"),
+            (service_pb2.EVENT_TYPE_DELETED, "web"),
+        ]
     finally:
         api.close()
 
@@ -553,23 +552,20 @@ def test_api_errors_use_the_right_codes(pipeline: Pipeline, namespace: str) -> N
         return grpc.StatusCode.OK
 
     try:
-        missing = service_pb2.GetRequest(namespace=namespace, name="nope")
+        get = service_pb2.PropagationPolicyServiceGetRequest
+        missing = get(namespace=namespace, name="nope")
         assert code(stub.Get, missing) == grpc.StatusCode.NOT_FOUND
-        assert (
-            code(stub.Get, service_pb2.GetRequest(namespace=namespace))
-            == grpc.StatusCode.INVALID_ARGUMENT
-        )
-        assert (
-            code(stub.List, service_pb2.ListRequest(label_selector="a in ("))
-            == grpc.StatusCode.INVALID_ARGUMENT
-        )
+        assert code(stub.Get, get(namespace=namespace)) == grpc.StatusCode.INVALID_ARGUMENT
+        bad_selector = service_pb2.PropagationPolicyServiceListRequest(label_selector="a in (")
+        assert code(stub.List, bad_selector) == grpc.StatusCode.INVALID_ARGUMENT
         pipeline.apply(policy(namespace, cluster_names=["member1"]))
-        current = api.call(stub.Get, service_pb2.GetRequest(namespace=namespace, name="web"))
+        current = api.call(stub.Get, get(namespace=namespace, name="web")).object
         pipeline.apply(policy(namespace, cluster_names=["member2"]))
         stale = type(current)()
         stale.CopyFrom(current)
         stale.spec.placement.cluster_affinity.cluster_names[:] = ["member3"]
-        assert code(stub.Apply, stale) == grpc.StatusCode.ABORTED
+        apply = service_pb2.PropagationPolicyServiceApplyRequest(object=stale)
+        assert code(stub.Apply, apply) == grpc.StatusCode.ABORTED
         assert (
             code(api.admin.Join, service_pb2.JoinRequest(name="member1"))
             == grpc.StatusCode.ALREADY_EXISTS
@@ -585,16 +581,14 @@ def test_api_errors_use_the_right_codes(pipeline: Pipeline, namespace: str) -> N
 def test_a_stuck_agent_does_not_hold_up_the_others(pipeline: Pipeline, namespace: str) -> None:
     api = pipeline.client()
     try:
-        joined = api.call(api.admin.Join, service_pb2.JoinRequest(name=f"stuck-{namespace[-6:]}"))
+        joined, token = api.join(f"stuck-{namespace[-6:]}")
     finally:
         api.close()
-    stuck = joined.cluster.metadata.name
+    stuck = joined.metadata.name
     with grpc.insecure_channel(pipeline.plane.address) as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         hello = agent_pb2.AgentMessage(hello=agent_pb2.Hello(cluster=stuck))
-        stream = stub.Connect(
-            iter([hello]), metadata=(("authorization", f"Bearer {joined.token}"),)
-        )
+        stream = stub.Connect(iter([hello]), metadata=(("authorization", f"Bearer {token}"),))
         for _welcome in stream:
             break  # after the welcome this "agent" never reads again
         big = [deployment(namespace, f"d{i}") for i in range(40)]
@@ -660,16 +654,16 @@ def test_relabelled_cluster_loses_the_workload(pipeline: Pipeline, namespace: st
     pipeline.apply(deployment(namespace), policy(namespace, label_selector={"tier": "gold"}))
     wait_for("the gold clusters", lambda: placed(pipeline, namespace) == {"member1", "member3"})
     api = pipeline.client()
-    stub = api.stub_for("MemberCluster")
+    clusters = kinds.MEMBER_CLUSTER
     try:
-        cluster = api.call(stub.Get, service_pb2.GetRequest(name="member3"))
+        cluster = api.get_object(clusters, "member3")
         cluster.metadata.labels["tier"] = "bronze"
-        api.call(stub.Apply, cluster)
+        api.apply_object(clusters, cluster)
         wait_for("member3 to lose it", lambda: placed(pipeline, namespace) == {"member1"})
     finally:
-        cluster = api.call(stub.Get, service_pb2.GetRequest(name="member3"))
+        cluster = api.get_object(clusters, "member3")
         cluster.metadata.labels["tier"] = "gold"
-        api.call(stub.Apply, cluster)
+        api.apply_object(clusters, cluster)
         api.close()
 
 

@@ -10,7 +10,6 @@ import pytest
 from kubernetes import client as k8s
 
 from archipel.client import ClientError, api_kind_by_name, message_to_document
-from archipel.v1alpha1 import service_pb2
 from tests.e2e.conftest import Pipeline, wait_for
 
 pytestmark = pytest.mark.members(count=3, profile="full", isolated=True)
@@ -83,7 +82,7 @@ def _binding(pipeline: Pipeline, namespace: str, name: str) -> dict[str, Any] | 
     try:
         kind = api_kind_by_name("binding")
         assert kind is not None
-        found = api.call(api.stub(kind).Get, service_pb2.GetRequest(namespace=namespace, name=name))
+        found = api.get_object(kind, name, namespace)
         return message_to_document(found)
     except ClientError:
         return None

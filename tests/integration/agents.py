@@ -299,16 +299,22 @@ def check_example_output(output: str, cluster: str) -> None:
     assert f"cluster: {cluster}" in lines, output
 
 
-def check_generated(committed: Path, fresh: Path, what: str) -> None:
+def check_generated(
+    committed: Path, fresh: Path, what: str, *, ignore: tuple[str, ...] = ()
+) -> None:
     """The committed generated code is exactly what generating anew gives (file names
-    and bytes); ``what`` names it in the message that says to run ``make proto``."""
+    and bytes); ``what`` names it in the message that says to run ``make proto``.
+    Paths with a part in ``ignore`` (``__pycache__``) are not generated code."""
 
     def tree(root: Path) -> dict[str, bytes]:
         return {
             str(path.relative_to(root)): path.read_bytes()
             for path in sorted(root.rglob("*"))
-            if path.is_file()
+            if path.is_file() and not ignore_part(path.relative_to(root))
         }
+
+    def ignore_part(path: Path) -> bool:
+        return any(part in ignore for part in path.parts)
 
     before, after = tree(committed), tree(fresh)
     assert sorted(before) == sorted(after), f"run `make proto` ({what})"

@@ -17,7 +17,7 @@ import grpc
 import pytest
 
 from archipel.fleet.controlplane import ControlPlaneProcess
-from archipel.v1alpha1 import service_pb2, service_pb2_grpc
+from archipel.v1alpha2 import service_pb2, service_pb2_grpc
 from tests.integration.agents import check_example_output, check_generated
 
 pytestmark = [pytest.mark.servers, pytest.mark.tools]

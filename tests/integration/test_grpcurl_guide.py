@@ -117,15 +117,26 @@ def test_the_guide_is_a_session_with_expectations() -> None:
     expected = {line for step in steps for line in step.expected}
     # What the guide promises the reader, at the least.
     for promise in (
-        "archipel.v1alpha1.ResourceTemplateService",  # list shows the services
+        "archipel.v1alpha2.ResourceTemplateService",  # list shows the services
+        "archipel.v1alpha1.ResourceTemplateService",  # and those of the previous version
         "grpc.health.v1.Health",
         '"name": "web",',  # get returns the applied object
         '"name": "web-deployment",',  # the binding
         '"name": "shop.web-deployment",',  # the work
-        '"type": "MODIFIED",',  # a watch from a List's revision
+        '"type": "EVENT_TYPE_MODIFIED",',  # a watch from a List's revision
+        '"v1alpha2",',  # GetVersion names the versions served
         '"status": "SERVING"',
     ):
         assert promise in expected, promise
+    # The guide teaches v1alpha2; one v1alpha1 call shows that the previous version
+    # still answers, from the same store.
+    versions = [
+        version
+        for step in steps
+        for version in re.findall(r"archipel\.(v1alpha\d+)\.\w+Service/", step.block.code)
+    ]
+    assert set(versions) == {"v1alpha1", "v1alpha2"}, versions
+    assert versions.count("v1alpha1") == 1, versions
     assert sum(step.watch for step in steps) >= 9, "a watch for every kind"
     for step in steps:
         if step.watch:

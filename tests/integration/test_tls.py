@@ -9,10 +9,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archipel.client import Client, ClientError, Config
+from archipel.core import kinds
 from archipel.fleet import pki
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.etcd import EtcdServer
-from archipel.v1alpha1 import service_pb2
+from archipel.v1alpha2 import service_pb2
 
 pytestmark = pytest.mark.servers
 
@@ -36,14 +37,15 @@ def test_control_plane_serves_tls(etcd_server: EtcdServer, tmp_path: Path) -> No
         assert response.status == health_pb2.HealthCheckResponse.SERVING
 
         trusted = Client(Config(plane.address, plane.admin_token, ca.cert_path.read_bytes()))
-        listed = trusted.call(trusted.stub_for("MemberCluster").List, service_pb2.ListRequest())
-        assert list(listed.items) == []
+        assert trusted.list_objects(kinds.MEMBER_CLUSTER) == []
         trusted.close()
 
         plaintext = Client(Config(plane.address, plane.admin_token))
         with pytest.raises(ClientError, match=r"UNAVAILABLE|cannot reach"):
             plaintext.call(
-                plaintext.stub_for("MemberCluster").List, service_pb2.ListRequest(), timeout=3
+                plaintext.stub(kinds.MEMBER_CLUSTER).List,
+                service_pb2.MemberClusterServiceListRequest(),
+                timeout=3,
             )
         plaintext.close()
     finally:

@@ -38,7 +38,7 @@ def test_archipel_version_names_the_cli_and_the_control_plane(
     assert answered.returncode == 0, answered.stderr
     assert answered.stdout.splitlines() == [
         f"client: {VERSION}",
-        f"server: {VERSION} (API v1alpha1)",
+        f"server: {VERSION} (APIs v1alpha2, v1alpha1)",
     ]
     assert cli(plane, tmp_path, "--version").stdout.strip() == f"archipel {VERSION}"
 

@@ -19,7 +19,8 @@ import pytest
 from archipel import client as client_module
 from archipel.cli import main as cli
 from archipel.client import Client, ClientError, Config
-from archipel.v1alpha1 import service_pb2, work_pb2
+from archipel.v1alpha1 import work_pb2
+from archipel.v1alpha2 import service_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web\n"
@@ -132,7 +133,7 @@ class _PagedList:
     def __call__(self, request: Any, *, metadata: Any, timeout: float) -> Any:
         self.requests.append(request)
         start = int(getattr(request, "continue") or 0)
-        answer = service_pb2.PropagationWorkList()
+        answer = service_pb2.PropagationWorkServiceListResponse()
         for name in self.names[start : start + self.page]:
             work = answer.items.add()
             work.metadata.name = name
@@ -153,7 +154,7 @@ def _client() -> Client:
 
 def test_list_all_follows_continue_tokens() -> None:
     method = _PagedList(total=25, page=10)
-    request = service_pb2.ListRequest(namespace="archipel-es-member1")
+    request = service_pb2.PropagationWorkServiceListRequest(namespace="archipel-es-member1")
     client = _client()
     try:
         items = client.list_all(method, request)
@@ -166,14 +167,14 @@ def test_list_all_follows_continue_tokens() -> None:
 
 def test_list_all_stops_on_a_repeated_token() -> None:
     def stuck(request: Any, *, metadata: Any, timeout: float) -> Any:
-        answer = service_pb2.PropagationWorkList(items=[work_pb2.PropagationWork()])
+        answer = service_pb2.PropagationWorkServiceListResponse(items=[work_pb2.PropagationWork()])
         setattr(answer, "continue", "same")
         return answer
 
     client = _client()
     try:
         with pytest.raises(ClientError, match="repeated a continue token"):
-            client.list_all(stuck, service_pb2.ListRequest())
+            client.list_all(stuck, service_pb2.PropagationWorkServiceListRequest())
     finally:
         client.close()
 

@@ -3,7 +3,9 @@ that other languages' stubs are generated from)."""
 
 from __future__ import annotations
 
-from archipel.v1alpha1 import agent_pb2, service_pb2
+from archipel.v1alpha1 import agent_pb2
+from archipel.v1alpha1 import service_pb2 as v1alpha1_pb2
+from archipel.v1alpha2 import service_pb2 as v1alpha2_pb2
 from controlplane.context import Settings
 from controlplane.server import SERVICE_NAMES, ControlPlane
 
@@ -13,8 +15,8 @@ def test_every_rpc_in_the_contract_has_an_implementation() -> None:
     plane = ControlPlane(Settings(etcd_endpoints=["http://127.0.0.1:1"]))
     servicers = plane.api_servicers()
     declared = {
-        service.name: service
-        for file in (service_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
+        service.full_name: service
+        for file in (v1alpha1_pb2.DESCRIPTOR, v1alpha2_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
         for service in file.services_by_name.values()
     }
     assert set(servicers) == set(declared)

@@ -346,39 +346,19 @@ def test_cli_parses_promote() -> None:
     )
 
 
-class _NotFound(grpc.RpcError):
-    def code(self) -> grpc.StatusCode:
-        return grpc.StatusCode.NOT_FOUND
-
-    def details(self) -> str:
-        return "not found"
-
-
-class _FakeStub:
-    def __init__(self, log: list[str]) -> None:
-        self.log = log
-
-    def Get(self, request: Any, **_: Any) -> Any:
-        raise _NotFound()
-
-    def Delete(self, request: Any, **_: Any) -> Any:
-        self.log.append(f"delete {request.namespace}/{request.name}")
-
-
 class _FakeClient:
     """Records writes; the template write fails when ``fail_template`` is set."""
-
-    metadata = ()
 
     def __init__(self, *, fail_template: bool) -> None:
         self.fail_template = fail_template
         self.log: list[str] = []
 
-    def stub_for(self, kind: str) -> _FakeStub:
-        return _FakeStub(self.log)
+    def get_object(self, api_kind: Any, name: str, namespace: str = "") -> Any:
+        raise ClientError("NOT_FOUND: not found", code=grpc.StatusCode.NOT_FOUND)
 
-    def call(self, method: Any, request: Any) -> Any:
-        return method(request)
+    def delete_object(self, api_kind: Any, name: str, namespace: str = "") -> bool:
+        self.log.append(f"delete {namespace}/{name}")
+        return True
 
     def apply_document(self, document: dict[str, Any]) -> tuple[str, str]:
         self.log.append(f"apply {document['kind']}")

@@ -6,8 +6,9 @@
 // It applies the ConfigMap as a resource template, applies a PropagationPolicy that
 // places it on CLUSTER (tolerating every taint, so that a cluster whose agent has not
 // connected yet qualifies), watches the template's PropagationBinding until it is
-// Scheduled, and lists the member clusters. Plaintext gRPC; the admin token goes in
-// the "authorization: Bearer <token>" metadata of every call.
+// Scheduled, and lists the member clusters, through the services of archipel.v1alpha2
+// (which carry the objects of archipel.v1alpha1). Plaintext gRPC; the admin token goes
+// in the "authorization: Bearer <token>" metadata of every call.
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { credentials, status, type ServiceError } from "@grpc/grpc-js";
@@ -15,16 +16,21 @@ import { credentials, status, type ServiceError } from "@grpc/grpc-js";
 import { bearer, events, unary } from "./index.js";
 import type { MemberCluster } from "./gen/archipel/v1alpha1/cluster.js";
 import { PropagationPolicy } from "./gen/archipel/v1alpha1/policy.js";
+import type { PropagationBinding } from "./gen/archipel/v1alpha1/work.js";
 import {
-  ListRequest,
-  type MemberClusterList,
+  EventType,
   MemberClusterServiceClient,
+  MemberClusterServiceListRequest,
+  type MemberClusterServiceListResponse,
   PropagationBindingServiceClient,
+  PropagationBindingServiceWatchRequest,
+  PropagationPolicyServiceApplyRequest,
+  type PropagationPolicyServiceApplyResponse,
   PropagationPolicyServiceClient,
+  ResourceTemplateServiceApplyRequest,
+  type ResourceTemplateServiceApplyResponse,
   ResourceTemplateServiceClient,
-  WatchRequest,
-} from "./gen/archipel/v1alpha1/service.js";
-import type { PropagationBinding, ResourceTemplate } from "./gen/archipel/v1alpha1/work.js";
+} from "./gen/archipel/v1alpha2/service.js";
 
 const { values: args } = parseArgs({
   options: {
@@ -90,9 +96,12 @@ function scheduled(binding: PropagationBinding | undefined): binding is Propagat
 async function waitUntilScheduled(): Promise<PropagationBinding> {
   // An empty resourceVersion: the current bindings arrive first as ADDED events, so a
   // binding scheduled before the watch began is seen too.
-  const stream = bindings.watch(WatchRequest.fromPartial({ namespace }), metadata);
+  const stream = bindings.watch(
+    PropagationBindingServiceWatchRequest.fromPartial({ namespace }),
+    metadata,
+  );
   for await (const event of events(stream)) {
-    if (event.type !== "DELETED" && scheduled(event.object)) {
+    if (event.type !== EventType.EVENT_TYPE_DELETED && scheduled(event.object)) {
       return event.object;
     }
   }
@@ -101,9 +110,9 @@ async function waitUntilScheduled(): Promise<PropagationBinding> {
 
 async function listClusters(): Promise<MemberCluster[]> {
   const found: MemberCluster[] = [];
-  let request = ListRequest.fromPartial({ limit: 100 });
+  let request = MemberClusterServiceListRequest.fromPartial({ limit: 100 });
   for (;;) {
-    const page = await unary<MemberClusterList>((done) =>
+    const page = await unary<MemberClusterServiceListResponse>((done) =>
       clusters.list(request, metadata, done),
     );
     found.push(...page.items);
@@ -116,36 +125,15 @@ async function listClusters(): Promise<MemberCluster[]> {
 
 async function main(): Promise<void> {
   // (a) The ConfigMap, as a resource template: the manifest is the object itself.
-  const template = await unary<ResourceTemplate>((done) =>
+  const { object: template } = await unary<ResourceTemplateServiceApplyResponse>((done) =>
     templates.apply(
-      {
-        manifest: {
-          apiVersion: "v1",
-          kind: "ConfigMap",
-          metadata: { name, namespace },
-          data: { greeting: "hello from the TypeScript client" },
-        },
-      },
-      metadata,
-      done,
-    ),
-  );
-  const applied = template.manifest?.["metadata"] as { resourceVersion?: string } | undefined;
-  console.log(`applied: ConfigMap ${namespace}/${name} at ${applied?.resourceVersion ?? "?"}`);
-
-  // (b) A PropagationPolicy that places it on the cluster.
-  const policy = await unary<PropagationPolicy>((done) =>
-    policies.apply(
-      PropagationPolicy.fromPartial({
-        apiVersion: "policy.archipel.io/v1alpha1",
-        kind: "PropagationPolicy",
-        metadata: { name: `${name}-to-${clusterName}`, namespace },
-        spec: {
-          resourceSelectors: [{ apiVersion: "v1", kind: "ConfigMap", name }],
-          placement: {
-            clusterAffinity: { clusterNames: [clusterName] },
-            // A cluster whose agent has not connected is tainted: schedule there anyway.
-            clusterTolerations: [{ operator: "Exists" }],
+      ResourceTemplateServiceApplyRequest.fromPartial({
+        object: {
+          manifest: {
+            apiVersion: "v1",
+            kind: "ConfigMap",
+            metadata: { name, namespace },
+            data: { greeting: "hello from the TypeScript client" },
           },
         },
       }),
@@ -153,7 +141,32 @@ async function main(): Promise<void> {
       done,
     ),
   );
-  console.log(`policy: ${policy.metadata?.namespace}/${policy.metadata?.name}`);
+  const applied = template?.manifest?.["metadata"] as { resourceVersion?: string } | undefined;
+  console.log(`applied: ConfigMap ${namespace}/${name} at ${applied?.resourceVersion ?? "?"}`);
+
+  // (b) A PropagationPolicy that places it on the cluster.
+  const { object: policy } = await unary<PropagationPolicyServiceApplyResponse>((done) =>
+    policies.apply(
+      PropagationPolicyServiceApplyRequest.fromPartial({
+        object: PropagationPolicy.fromPartial({
+          apiVersion: "policy.archipel.io/v1alpha1",
+          kind: "PropagationPolicy",
+          metadata: { name: `${name}-to-${clusterName}`, namespace },
+          spec: {
+            resourceSelectors: [{ apiVersion: "v1", kind: "ConfigMap", name }],
+            placement: {
+              clusterAffinity: { clusterNames: [clusterName] },
+              // A cluster whose agent has not connected is tainted: schedule there anyway.
+              clusterTolerations: [{ operator: "Exists" }],
+            },
+          },
+        }),
+      }),
+      metadata,
+      done,
+    ),
+  );
+  console.log(`policy: ${policy?.metadata?.namespace}/${policy?.metadata?.name}`);
 
   // (c) The template's binding, once the scheduler has placed it.
   const binding = await waitUntilScheduled();

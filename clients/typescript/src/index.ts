@@ -2,13 +2,21 @@
 // (src/gen/, from proto/ by generate.sh), and a few helpers to call them.
 import { Metadata, type ClientReadableStream } from "@grpc/grpc-js";
 
+// The objects (archipel.v1alpha1): the same in both versions of the services.
 export * as cluster from "./gen/archipel/v1alpha1/cluster.js";
 export * as interpreter from "./gen/archipel/v1alpha1/interpreter.js";
 export * as meta from "./gen/archipel/v1alpha1/meta.js";
 export * as override from "./gen/archipel/v1alpha1/override.js";
 export * as policy from "./gen/archipel/v1alpha1/policy.js";
-export * as service from "./gen/archipel/v1alpha1/service.js";
 export * as work from "./gen/archipel/v1alpha1/work.js";
+// The services (archipel.v1alpha2): one request and one response message per call
+// (PropagationPolicyServiceApplyRequest {object} -> PropagationPolicyServiceApplyResponse
+// {object}, ...), and watch events typed by the EventType enum.
+export * as service from "./gen/archipel/v1alpha2/service.js";
+// The first version of the services (archipel.v1alpha1), still served for existing
+// callers: shared GetRequest/ListRequest/WatchRequest, objects as Apply's request and
+// Get's response, event types as strings.
+export * as serviceV1alpha1 from "./gen/archipel/v1alpha1/service.js";
 
 /** The metadata every admin call carries: `authorization: Bearer <token>`. */
 export function bearer(token: string): Metadata {

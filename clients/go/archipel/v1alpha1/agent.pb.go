@@ -36,8 +36,10 @@ const (
 // A work the agent holds in its member (its objects are applied there).
 type HeldWork struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Uid   string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	// The work's name, <template namespace or _>.<binding name>.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The work's uid.
+	Uid string `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
 	// The generation the agent applied, or 0: it holds the work's objects but not the
 	// work itself. Its ledger in the member keeps only identities and hashes, so after
 	// a restart the agent needs the work again to judge drift with. No work has
@@ -99,11 +101,16 @@ func (x *HeldWork) GetGeneration() int64 {
 	return 0
 }
 
+// The agent's first message on the stream (within 30 s of opening it).
 type Hello struct {
-	state        protoimpl.MessageState `protogen:"open.v1"`
-	Cluster      string                 `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
-	AgentVersion string                 `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
-	HeldWorks    []*HeldWork            `protobuf:"bytes,3,rep,name=held_works,json=heldWorks,proto3" json:"held_works,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's cluster; a credential of another cluster gets PERMISSION_DENIED.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The agent's version; the control plane sets AgentVersionCompatible from it.
+	AgentVersion string `protobuf:"bytes,2,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// The works the agent holds, from its ledger: the control plane sends only the new
+	// or changed ones and deletes the rest. At most 100,000 with the HeldWorks parts.
+	HeldWorks []*HeldWork `protobuf:"bytes,3,rep,name=held_works,json=heldWorks,proto3" json:"held_works,omitempty"`
 	// More held works follow in HeldWorks messages, the last of them with more unset.
 	// Every message on the stream stays within the control plane's receive limit
 	// (4 MiB), however many works the member holds.
@@ -172,9 +179,11 @@ func (x *Hello) GetMoreHeldWorks() bool {
 
 // The rest of the works a Hello announced, in messages of bounded size.
 type HeldWorks struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Works         []*HeldWork            `protobuf:"bytes,1,rep,name=works,proto3" json:"works,omitempty"`
-	More          bool                   `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// More works the agent holds.
+	Works []*HeldWork `protobuf:"bytes,1,rep,name=works,proto3" json:"works,omitempty"`
+	// Another HeldWorks message follows.
+	More          bool `protobuf:"varint,2,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -223,11 +232,15 @@ func (x *HeldWorks) GetMore() bool {
 	return false
 }
 
+// The agent received a work.
 type WorkAck struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Uid           string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
-	Generation    int64                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The work's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The work's uid.
+	Uid string `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	// The work generation received.
+	Generation    int64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,14 +296,21 @@ func (x *WorkAck) GetGeneration() int64 {
 	return 0
 }
 
+// A work's status in the member, sent when it changes; it becomes the work's status.
 type WorkStatusReport struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Uid        string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
-	Generation int64                  `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The work's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The work's uid; a report about another uid is not recorded.
+	Uid string `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	// The work generation the report is about (the Applied condition's
+	// observedGeneration).
+	Generation int64 `protobuf:"varint,3,opt,name=generation,proto3" json:"generation,omitempty"`
 	// Applied condition: True when every manifest is applied, else the error.
-	Applied          bool              `protobuf:"varint,4,opt,name=applied,proto3" json:"applied,omitempty"`
-	Message          string            `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	Applied bool `protobuf:"varint,4,opt,name=applied,proto3" json:"applied,omitempty"`
+	// The Applied condition's message: the error when not applied.
+	Message string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	// One per applied object, when applied.
 	ManifestStatuses []*ManifestStatus `protobuf:"bytes,6,rep,name=manifest_statuses,json=manifestStatuses,proto3" json:"manifest_statuses,omitempty"`
 	// The agent restored objects that were edited or deleted in the member.
 	DriftCorrections int32 `protobuf:"varint,7,opt,name=drift_corrections,json=driftCorrections,proto3" json:"drift_corrections,omitempty"`
@@ -377,10 +397,14 @@ func (x *WorkStatusReport) GetDriftCorrections() int32 {
 	return 0
 }
 
+// The agent is done with a deleted work (its objects deleted, or left in place when
+// preserved); the control plane then lets the work go.
 type WorkDeleted struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Uid           string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The work's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The uid of the work deleted.
+	Uid           string `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -429,20 +453,28 @@ func (x *WorkDeleted) GetUid() string {
 	return ""
 }
 
+// The cluster's facts, sent every heartbeat interval; they become the
+// MemberCluster's status and Ready condition.
 type Heartbeat struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	KubernetesVersion string                 `protobuf:"bytes,1,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member API server's version.
+	KubernetesVersion string `protobuf:"bytes,1,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
 	// Sent in full only when they changed since the last heartbeat of this stream.
-	ApiEnablements        []*APIEnablement `protobuf:"bytes,2,rep,name=api_enablements,json=apiEnablements,proto3" json:"api_enablements,omitempty"`
-	ApiEnablementsChanged bool             `protobuf:"varint,3,opt,name=api_enablements_changed,json=apiEnablementsChanged,proto3" json:"api_enablements_changed,omitempty"`
-	NodeSummary           *NodeSummary     `protobuf:"bytes,4,opt,name=node_summary,json=nodeSummary,proto3" json:"node_summary,omitempty"`
-	ResourceSummary       *ResourceSummary `protobuf:"bytes,5,opt,name=resource_summary,json=resourceSummary,proto3" json:"resource_summary,omitempty"`
+	ApiEnablements []*APIEnablement `protobuf:"bytes,2,rep,name=api_enablements,json=apiEnablements,proto3" json:"api_enablements,omitempty"`
+	// True when apiEnablements is sent; false: the last ones sent still hold.
+	ApiEnablementsChanged bool `protobuf:"varint,3,opt,name=api_enablements_changed,json=apiEnablementsChanged,proto3" json:"api_enablements_changed,omitempty"`
+	// The cluster's node counts.
+	NodeSummary *NodeSummary `protobuf:"bytes,4,opt,name=node_summary,json=nodeSummary,proto3" json:"node_summary,omitempty"`
+	// The cluster's capacity.
+	ResourceSummary *ResourceSummary `protobuf:"bytes,5,opt,name=resource_summary,json=resourceSummary,proto3" json:"resource_summary,omitempty"`
 	// Whether the member's API server answers /readyz.
-	ApiServerReady bool   `protobuf:"varint,6,opt,name=api_server_ready,json=apiServerReady,proto3" json:"api_server_ready,omitempty"`
-	Message        string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
-	ClusterId      string `protobuf:"bytes,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	ApiServerReady bool `protobuf:"varint,6,opt,name=api_server_ready,json=apiServerReady,proto3" json:"api_server_ready,omitempty"`
+	// Why the API server is not ready.
+	Message string `protobuf:"bytes,7,opt,name=message,proto3" json:"message,omitempty"`
+	// The member's kube-system namespace UID; it becomes the MemberCluster's spec.id.
+	ClusterId     string `protobuf:"bytes,8,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Heartbeat) Reset() {
@@ -534,10 +566,13 @@ func (x *Heartbeat) GetClusterId() string {
 // Many acknowledgements and reports in one message: under load, one stream message
 // per work would cost more than the work itself.
 type AgentBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Acks          []*WorkAck             `protobuf:"bytes,1,rep,name=acks,proto3" json:"acks,omitempty"`
-	Statuses      []*WorkStatusReport    `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
-	Deleted       []*WorkDeleted         `protobuf:"bytes,3,rep,name=deleted,proto3" json:"deleted,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Works received.
+	Acks []*WorkAck `protobuf:"bytes,1,rep,name=acks,proto3" json:"acks,omitempty"`
+	// Status reports.
+	Statuses []*WorkStatusReport `protobuf:"bytes,2,rep,name=statuses,proto3" json:"statuses,omitempty"`
+	// Deleted works the agent is done with.
+	Deleted       []*WorkDeleted `protobuf:"bytes,3,rep,name=deleted,proto3" json:"deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -593,8 +628,11 @@ func (x *AgentBatch) GetDeleted() []*WorkDeleted {
 	return nil
 }
 
+// One message from the agent to the control plane.
 type AgentMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the message carries.
+	//
 	// Types that are valid to be assigned to Message:
 	//
 	//	*AgentMessage_Hello
@@ -714,30 +752,37 @@ type isAgentMessage_Message interface {
 }
 
 type AgentMessage_Hello struct {
+	// The first message: who the agent is and what it holds.
 	Hello *Hello `protobuf:"bytes,1,opt,name=hello,proto3,oneof"`
 }
 
 type AgentMessage_Ack struct {
+	// A work received.
 	Ack *WorkAck `protobuf:"bytes,2,opt,name=ack,proto3,oneof"`
 }
 
 type AgentMessage_Status struct {
+	// A work's status.
 	Status *WorkStatusReport `protobuf:"bytes,3,opt,name=status,proto3,oneof"`
 }
 
 type AgentMessage_Deleted struct {
+	// A deleted work the agent is done with.
 	Deleted *WorkDeleted `protobuf:"bytes,4,opt,name=deleted,proto3,oneof"`
 }
 
 type AgentMessage_Heartbeat struct {
+	// The cluster's facts.
 	Heartbeat *Heartbeat `protobuf:"bytes,5,opt,name=heartbeat,proto3,oneof"`
 }
 
 type AgentMessage_Batch struct {
+	// Several acknowledgements and reports.
 	Batch *AgentBatch `protobuf:"bytes,6,opt,name=batch,proto3,oneof"`
 }
 
 type AgentMessage_HeldWorks struct {
+	// The rest of the held works, when the hello said more follow.
 	HeldWorks *HeldWorks `protobuf:"bytes,7,opt,name=held_works,json=heldWorks,proto3,oneof"`
 }
 
@@ -755,10 +800,13 @@ func (*AgentMessage_Batch) isAgentMessage_Message() {}
 
 func (*AgentMessage_HeldWorks) isAgentMessage_Message() {}
 
+// The control plane's first message: the session has begun.
 type Welcome struct {
-	state                    protoimpl.MessageState `protogen:"open.v1"`
-	Session                  string                 `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
-	HeartbeatIntervalSeconds int32                  `protobuf:"varint,2,opt,name=heartbeat_interval_seconds,json=heartbeatIntervalSeconds,proto3" json:"heartbeat_interval_seconds,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The session's identifier, for logs.
+	Session string `protobuf:"bytes,1,opt,name=session,proto3" json:"session,omitempty"`
+	// How often to send heartbeats (the agent's --heartbeat-interval overrides it).
+	HeartbeatIntervalSeconds int32 `protobuf:"varint,2,opt,name=heartbeat_interval_seconds,json=heartbeatIntervalSeconds,proto3" json:"heartbeat_interval_seconds,omitempty"`
 	// The control plane's version: the agent says when it is too far from its own.
 	ControlPlaneVersion string `protobuf:"bytes,3,opt,name=control_plane_version,json=controlPlaneVersion,proto3" json:"control_plane_version,omitempty"`
 	unknownFields       protoimpl.UnknownFields
@@ -816,10 +864,13 @@ func (x *Welcome) GetControlPlaneVersion() string {
 	return ""
 }
 
+// Delete a work, and its objects from the member.
 type WorkDelete struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Uid   string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	// The work's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The uid of the work to delete.
+	Uid string `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
 	// Leave the objects in the member; only stop managing them.
 	PreserveResources bool `protobuf:"varint,3,opt,name=preserve_resources,json=preserveResources,proto3" json:"preserve_resources,omitempty"`
 	unknownFields     protoimpl.UnknownFields
@@ -877,11 +928,15 @@ func (x *WorkDelete) GetPreserveResources() bool {
 	return false
 }
 
+// Every work the cluster has or the agent held at connect has been handled once.
 type SyncComplete struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Sent          int32                  `protobuf:"varint,1,opt,name=sent,proto3" json:"sent,omitempty"`
-	Deleted       int32                  `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
-	Unchanged     int32                  `protobuf:"varint,3,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Works sent because they were new or changed.
+	Sent int32 `protobuf:"varint,1,opt,name=sent,proto3" json:"sent,omitempty"`
+	// Works the agent was told to delete.
+	Deleted int32 `protobuf:"varint,2,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	// Works the agent already held as they are.
+	Unchanged     int32 `protobuf:"varint,3,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -939,9 +994,11 @@ func (x *SyncComplete) GetUnchanged() int32 {
 
 // Several works and deletions at once, in the order they are to be handled.
 type WorkBatch struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Works         []*PropagationWork     `protobuf:"bytes,1,rep,name=works,proto3" json:"works,omitempty"`
-	Deletes       []*WorkDelete          `protobuf:"bytes,2,rep,name=deletes,proto3" json:"deletes,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Works to apply.
+	Works []*PropagationWork `protobuf:"bytes,1,rep,name=works,proto3" json:"works,omitempty"`
+	// Works to delete.
+	Deletes       []*WorkDelete `protobuf:"bytes,2,rep,name=deletes,proto3" json:"deletes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -993,7 +1050,8 @@ func (x *WorkBatch) GetDeletes() []*WorkDelete {
 // Every ResourceInterpreterCustomization, sent whole after the welcome and again on
 // any change: the agent needs them to reflect status, judge health and retain fields.
 type InterpreterCustomizations struct {
-	state         protoimpl.MessageState              `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// All of them: the set replaces the one sent before.
 	Items         []*ResourceInterpreterCustomization `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1036,8 +1094,11 @@ func (x *InterpreterCustomizations) GetItems() []*ResourceInterpreterCustomizati
 	return nil
 }
 
+// One message from the control plane to the agent.
 type ControlMessage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the message carries.
+	//
 	// Types that are valid to be assigned to Message:
 	//
 	//	*ControlMessage_Welcome
@@ -1147,26 +1208,32 @@ type isControlMessage_Message interface {
 }
 
 type ControlMessage_Welcome struct {
+	// The first message of a session.
 	Welcome *Welcome `protobuf:"bytes,1,opt,name=welcome,proto3,oneof"`
 }
 
 type ControlMessage_Work struct {
+	// A work to apply (new or changed).
 	Work *PropagationWork `protobuf:"bytes,2,opt,name=work,proto3,oneof"`
 }
 
 type ControlMessage_Delete struct {
+	// A work to delete.
 	Delete *WorkDelete `protobuf:"bytes,3,opt,name=delete,proto3,oneof"`
 }
 
 type ControlMessage_Synced struct {
+	// The resume after connecting is complete.
 	Synced *SyncComplete `protobuf:"bytes,4,opt,name=synced,proto3,oneof"`
 }
 
 type ControlMessage_Batch struct {
+	// Several works and deletions.
 	Batch *WorkBatch `protobuf:"bytes,5,opt,name=batch,proto3,oneof"`
 }
 
 type ControlMessage_Customizations struct {
+	// Every ResourceInterpreterCustomization.
 	Customizations *InterpreterCustomizations `protobuf:"bytes,6,opt,name=customizations,proto3,oneof"`
 }
 

@@ -37,7 +37,11 @@ const (
 // AgentServiceClient is the client API for AgentService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// The stream each member cluster's agent opens to the control plane.
 type AgentServiceClient interface {
+	// One bidirectional stream per agent, as the file's comment describes; needs the
+	// cluster's credential ("authorization: Bearer <cluster token>").
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, ControlMessage], error)
 }
 
@@ -65,7 +69,11 @@ type AgentService_ConnectClient = grpc.BidiStreamingClient[AgentMessage, Control
 // AgentServiceServer is the server API for AgentService service.
 // All implementations must embed UnimplementedAgentServiceServer
 // for forward compatibility.
+//
+// The stream each member cluster's agent opens to the control plane.
 type AgentServiceServer interface {
+	// One bidirectional stream per agent, as the file's comment describes; needs the
+	// cluster's credential ("authorization: Bearer <cluster token>").
 	Connect(grpc.BidiStreamingServer[AgentMessage, ControlMessage]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }

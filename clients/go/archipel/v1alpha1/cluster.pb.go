@@ -24,14 +24,20 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// A member cluster, Karmada's cluster.karmada.io Cluster in pull mode. Created by
+// Join (archipel join); cluster-scoped, its name a DNS label.
 type MemberCluster struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// cluster.archipel.io/v1alpha1
+	// (cluster.karmada.io/v1alpha1 is accepted); any other value is refused.
 	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
 	// MemberCluster
-	Kind          string               `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Metadata      *ObjectMeta          `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	Spec          *MemberClusterSpec   `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The cluster's name is the name policies and affinities use.
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// What the cluster is: identity, topology and taints.
+	Spec *MemberClusterSpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	// What its agent last reported; written by the control plane only.
 	Status        *MemberClusterStatus `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -102,17 +108,29 @@ func (x *MemberCluster) GetStatus() *MemberClusterStatus {
 	return nil
 }
 
+// A member cluster's identity, topology and taints.
 type MemberClusterSpec struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A stable identifier (the member's kube-system namespace UID, reported by the agent).
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
 	// Always "Pull": the agent connects out.
+	// Karmada's "Push" is refused.
 	SyncMode string `protobuf:"bytes,2,opt,name=sync_mode,json=syncMode,proto3" json:"sync_mode,omitempty"`
+	// The cloud provider; fieldSelector and spreadByField: provider match it.
 	Provider string `protobuf:"bytes,3,opt,name=provider,proto3" json:"provider,omitempty"`
-	Region   string `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
+	// The region; fieldSelector and spreadByField: region match it.
+	Region string `protobuf:"bytes,4,opt,name=region,proto3" json:"region,omitempty"`
 	// Deprecated in Karmada in favour of zones; kept for compatibility.
-	Zone          string   `protobuf:"bytes,5,opt,name=zone,proto3" json:"zone,omitempty"`
-	Zones         []string `protobuf:"bytes,6,rep,name=zones,proto3" json:"zones,omitempty"`
+	// Used only when zones is empty.
+	Zone string `protobuf:"bytes,5,opt,name=zone,proto3" json:"zone,omitempty"`
+	// The zones the cluster spans; fieldSelector matches any of them, and
+	// spreadByField: zone groups by the first.
+	Zones []string `protobuf:"bytes,6,rep,name=zones,proto3" json:"zones,omitempty"`
+	// Cluster taints, which policies must tolerate (clusterTolerations). NoSchedule
+	// keeps new work off; NoExecute also takes work already there off the cluster;
+	// PreferNoSchedule is not acted on. The control plane adds and removes
+	// cluster.archipel.io/not-ready and cluster.archipel.io/unreachable (NoSchedule) as
+	// Ready goes False or Unknown.
 	Taints        []*Taint `protobuf:"bytes,7,rep,name=taints,proto3" json:"taints,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -197,10 +215,13 @@ func (x *MemberClusterSpec) GetTaints() []*Taint {
 	return nil
 }
 
+// One resource a cluster serves within a group version.
 type APIResource struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The resource's plural name, e.g. deployments.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The resource's kind, e.g. Deployment.
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -249,10 +270,13 @@ func (x *APIResource) GetKind() string {
 	return ""
 }
 
+// The resources a cluster serves in one group version.
 type APIEnablement struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	GroupVersion  string                 `protobuf:"bytes,1,opt,name=group_version,json=groupVersion,proto3" json:"group_version,omitempty"`
-	Resources     []*APIResource         `protobuf:"bytes,2,rep,name=resources,proto3" json:"resources,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group version, e.g. apps/v1, or v1 for the core group.
+	GroupVersion string `protobuf:"bytes,1,opt,name=group_version,json=groupVersion,proto3" json:"group_version,omitempty"`
+	// The resources served in it.
+	Resources     []*APIResource `protobuf:"bytes,2,rep,name=resources,proto3" json:"resources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -301,10 +325,13 @@ func (x *APIEnablement) GetResources() []*APIResource {
 	return nil
 }
 
+// A cluster's node counts.
 type NodeSummary struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TotalNum      int32                  `protobuf:"varint,1,opt,name=total_num,json=totalNum,proto3" json:"total_num,omitempty"`
-	ReadyNum      int32                  `protobuf:"varint,2,opt,name=ready_num,json=readyNum,proto3" json:"ready_num,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Every node.
+	TotalNum int32 `protobuf:"varint,1,opt,name=total_num,json=totalNum,proto3" json:"total_num,omitempty"`
+	// Nodes whose Ready condition is True; with none, the cluster has no room at all.
+	ReadyNum      int32 `protobuf:"varint,2,opt,name=ready_num,json=readyNum,proto3" json:"ready_num,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -353,11 +380,17 @@ func (x *NodeSummary) GetReadyNum() int32 {
 	return 0
 }
 
+// A cluster's capacity: the scheduler's estimate of available replicas is
+// allocatable minus allocated and allocating, divided by one replica's requests.
 type ResourceSummary struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Resource name (cpu, memory, pods, ...) to quantity, Kubernetes notation.
-	Allocatable   map[string]string `protobuf:"bytes,1,rep,name=allocatable,proto3" json:"allocatable,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Allocating    map[string]string `protobuf:"bytes,2,rep,name=allocating,proto3" json:"allocating,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Summed over the nodes' allocatable.
+	Allocatable map[string]string `protobuf:"bytes,1,rep,name=allocatable,proto3" json:"allocatable,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Capacity promised but not yet in use; counted as used. The agent does not
+	// report it.
+	Allocating map[string]string `protobuf:"bytes,2,rep,name=allocating,proto3" json:"allocating,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The requests of the pods bound to nodes and not finished (pods: their count).
 	Allocated     map[string]string `protobuf:"bytes,3,rep,name=allocated,proto3" json:"allocated,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -414,10 +447,15 @@ func (x *ResourceSummary) GetAllocated() map[string]string {
 	return nil
 }
 
+// The cluster's agent, as the control plane sees it.
 type AgentStatus struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	Connected         bool                   `protobuf:"varint,1,opt,name=connected,proto3" json:"connected,omitempty"`
-	Version           string                 `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Whether the agent's stream is open now.
+	Connected bool `protobuf:"varint,1,opt,name=connected,proto3" json:"connected,omitempty"`
+	// The agent's version; AgentVersionCompatible is False when it is newer than the
+	// control plane or more than one minor version older.
+	Version string `protobuf:"bytes,2,opt,name=version,proto3" json:"version,omitempty"`
+	// When the last heartbeat arrived; to save writes it may lag by up to 30 s.
 	LastHeartbeatTime *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=last_heartbeat_time,json=lastHeartbeatTime,proto3" json:"last_heartbeat_time,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -474,16 +512,26 @@ func (x *AgentStatus) GetLastHeartbeatTime() *timestamppb.Timestamp {
 	return nil
 }
 
+// What the cluster's agent reported; written by the control plane, never by Apply.
 type MemberClusterStatus struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	KubernetesVersion string                 `protobuf:"bytes,1,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
-	ApiEnablements    []*APIEnablement       `protobuf:"bytes,2,rep,name=api_enablements,json=apiEnablements,proto3" json:"api_enablements,omitempty"`
-	Conditions        []*Condition           `protobuf:"bytes,3,rep,name=conditions,proto3" json:"conditions,omitempty"`
-	NodeSummary       *NodeSummary           `protobuf:"bytes,4,opt,name=node_summary,json=nodeSummary,proto3" json:"node_summary,omitempty"`
-	ResourceSummary   *ResourceSummary       `protobuf:"bytes,5,opt,name=resource_summary,json=resourceSummary,proto3" json:"resource_summary,omitempty"`
-	Agent             *AgentStatus           `protobuf:"bytes,6,opt,name=agent,proto3" json:"agent,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member API server's version, e.g. v1.35.4.
+	KubernetesVersion string `protobuf:"bytes,1,opt,name=kubernetes_version,json=kubernetesVersion,proto3" json:"kubernetes_version,omitempty"`
+	// The APIs the cluster serves; a cluster that does not serve a template's
+	// apiVersion and kind is not scheduled for it.
+	ApiEnablements []*APIEnablement `protobuf:"bytes,2,rep,name=api_enablements,json=apiEnablements,proto3" json:"api_enablements,omitempty"`
+	// Ready (True while heartbeats say the API server answers; False when it does
+	// not; Unknown after the grace period, 40 s by default, without a heartbeat) and
+	// AgentVersionCompatible.
+	Conditions []*Condition `protobuf:"bytes,3,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	// The cluster's node counts.
+	NodeSummary *NodeSummary `protobuf:"bytes,4,opt,name=node_summary,json=nodeSummary,proto3" json:"node_summary,omitempty"`
+	// The cluster's capacity, for dynamic weights and Aggregated division.
+	ResourceSummary *ResourceSummary `protobuf:"bytes,5,opt,name=resource_summary,json=resourceSummary,proto3" json:"resource_summary,omitempty"`
+	// The cluster's agent.
+	Agent         *AgentStatus `protobuf:"bytes,6,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MemberClusterStatus) Reset() {

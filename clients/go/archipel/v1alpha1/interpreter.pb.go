@@ -31,12 +31,17 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Describes one kind to the resource interpreter. When several target the same kind,
+// the first by name is used.
 type ResourceInterpreterCustomization struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// config.archipel.io/v1alpha1 (config.karmada.io/v1alpha1 accepted)
-	ApiVersion    string                                `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind          string                                `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Metadata      *ObjectMeta                           `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// ResourceInterpreterCustomization
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Cluster-scoped: metadata.namespace must be empty.
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// The kind described and its operations.
 	Spec          *ResourceInterpreterCustomizationSpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -100,10 +105,13 @@ func (x *ResourceInterpreterCustomization) GetSpec() *ResourceInterpreterCustomi
 	return nil
 }
 
+// The kind a customization describes and how.
 type ResourceInterpreterCustomizationSpec struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	Target         *CustomizationTarget   `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
-	Customizations *CustomizationRules    `protobuf:"bytes,2,opt,name=customizations,proto3" json:"customizations,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kind described.
+	Target *CustomizationTarget `protobuf:"bytes,1,opt,name=target,proto3" json:"target,omitempty"`
+	// The operations described.
+	Customizations *CustomizationRules `protobuf:"bytes,2,opt,name=customizations,proto3" json:"customizations,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -152,10 +160,13 @@ func (x *ResourceInterpreterCustomizationSpec) GetCustomizations() *Customizatio
 	return nil
 }
 
+// The kind a customization describes.
 type CustomizationTarget struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ApiVersion    string                 `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kind's apiVersion, e.g. example.io/v1. Required.
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// The kind, e.g. Widget. Required.
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -207,13 +218,20 @@ func (x *CustomizationTarget) GetKind() string {
 // Each rule is optional; an operation without a rule uses the built-in behaviour for
 // the kind (for an unknown kind: no replicas, the whole .status reflected, Healthy).
 type CustomizationRules struct {
-	state                    protoimpl.MessageState        `protogen:"open.v1"`
-	Retention                *RetentionRule                `protobuf:"bytes,1,opt,name=retention,proto3" json:"retention,omitempty"`
-	ReplicaResource          *ReplicaResourceRule          `protobuf:"bytes,2,opt,name=replica_resource,json=replicaResource,proto3" json:"replica_resource,omitempty"`
-	ReplicaRevision          *ReplicaRevisionRule          `protobuf:"bytes,3,opt,name=replica_revision,json=replicaRevision,proto3" json:"replica_revision,omitempty"`
-	StatusReflection         *StatusReflectionRule         `protobuf:"bytes,4,opt,name=status_reflection,json=statusReflection,proto3" json:"status_reflection,omitempty"`
-	StatusAggregation        *StatusAggregationRule        `protobuf:"bytes,5,opt,name=status_aggregation,json=statusAggregation,proto3" json:"status_aggregation,omitempty"`
-	HealthInterpretation     *HealthInterpretationRule     `protobuf:"bytes,6,opt,name=health_interpretation,json=healthInterpretation,proto3" json:"health_interpretation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Fields the member owns.
+	Retention *RetentionRule `protobuf:"bytes,1,opt,name=retention,proto3" json:"retention,omitempty"`
+	// Where the replica count and the pod template live.
+	ReplicaResource *ReplicaResourceRule `protobuf:"bytes,2,opt,name=replica_resource,json=replicaResource,proto3" json:"replica_resource,omitempty"`
+	// Where each cluster's share of the replicas is written.
+	ReplicaRevision *ReplicaRevisionRule `protobuf:"bytes,3,opt,name=replica_revision,json=replicaRevision,proto3" json:"replica_revision,omitempty"`
+	// What status the agent reports.
+	StatusReflection *StatusReflectionRule `protobuf:"bytes,4,opt,name=status_reflection,json=statusReflection,proto3" json:"status_reflection,omitempty"`
+	// How the template's status sums up the clusters'.
+	StatusAggregation *StatusAggregationRule `protobuf:"bytes,5,opt,name=status_aggregation,json=statusAggregation,proto3" json:"status_aggregation,omitempty"`
+	// When an object in a member is healthy.
+	HealthInterpretation *HealthInterpretationRule `protobuf:"bytes,6,opt,name=health_interpretation,json=healthInterpretation,proto3" json:"health_interpretation,omitempty"`
+	// What a workload depends on, for propagateDeps.
 	DependencyInterpretation *DependencyInterpretationRule `protobuf:"bytes,7,opt,name=dependency_interpretation,json=dependencyInterpretation,proto3" json:"dependency_interpretation,omitempty"`
 	unknownFields            protoimpl.UnknownFields
 	sizeCache                protoimpl.SizeCache
@@ -302,7 +320,8 @@ func (x *CustomizationRules) GetDependencyInterpretation() *DependencyInterpreta
 type RetentionRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Karmada's form; refused: Archipel runs no user-supplied scripts.
-	LuaScript     string   `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
+	LuaScript string `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
+	// Paths of field names only, e.g. .spec.endpoint.
 	Paths         []string `protobuf:"bytes,2,rep,name=paths,proto3" json:"paths,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -352,12 +371,16 @@ func (x *RetentionRule) GetPaths() []string {
 	return nil
 }
 
+// Where a workload's replica count and pod template live.
 type ReplicaResourceRule struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	LuaScript string                 `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Karmada's form; refused: Archipel runs no user-supplied scripts.
+	LuaScript string `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
 	// Where the replica count lives, e.g. ".spec.size". Missing means 1.
+	// Required in the rule.
 	Replicas string `protobuf:"bytes,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	// Where the pod template lives (its spec's containers give the per-replica request).
+	// Optional; without it the replicas' requests are unknown.
 	PodTemplate   string `protobuf:"bytes,3,opt,name=pod_template,json=podTemplate,proto3" json:"pod_template,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -414,10 +437,13 @@ func (x *ReplicaResourceRule) GetPodTemplate() string {
 	return ""
 }
 
+// Where each cluster's share of the replicas is written.
 type ReplicaRevisionRule struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	LuaScript string                 `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Karmada's form; refused: Archipel runs no user-supplied scripts.
+	LuaScript string `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
 	// Where to write each cluster's share of the replicas.
+	// A path of field names only, e.g. .spec.size. Required in the rule.
 	Replicas      string `protobuf:"bytes,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -467,10 +493,14 @@ func (x *ReplicaRevisionRule) GetReplicas() string {
 	return ""
 }
 
+// What the agent reports of an object in the member.
 type StatusReflectionRule struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	LuaScript string                 `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
-	// What the agent reports; empty: the whole .status.
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Karmada's form; refused: Archipel runs no user-supplied scripts.
+	LuaScript string `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
+	// What the agent reports: each field's first match, under its name. Leave the rule
+	// out to keep the kind's built-in reflection (for an unknown kind, the whole
+	// .status); a rule without fields reports nothing.
 	Fields        []*StatusField `protobuf:"bytes,2,rep,name=fields,proto3" json:"fields,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -520,11 +550,14 @@ func (x *StatusReflectionRule) GetFields() []*StatusField {
 	return nil
 }
 
+// One reflected status field.
 type StatusField struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The key in the reflected status.
+	// Required.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// A JSONPath into the member's object; the first match is taken.
+	// Required.
 	Path          string `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -574,9 +607,11 @@ func (x *StatusField) GetPath() string {
 	return ""
 }
 
+// How the clusters' reflected statuses become the template's status.
 type StatusAggregationRule struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	LuaScript string                 `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Karmada's form; refused: Archipel runs no user-supplied scripts.
+	LuaScript string `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
 	// How each reflected field becomes the template's status field.
 	Fields        []*AggregatedField `protobuf:"bytes,2,rep,name=fields,proto3" json:"fields,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -627,10 +662,15 @@ func (x *StatusAggregationRule) GetFields() []*AggregatedField {
 	return nil
 }
 
+// One field of the template's aggregated status.
 type AggregatedField struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The reflected field aggregated, and the template's status field that receives the
+	// result. Required.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Sum, Min, Max, AllTrue, AnyTrue, First or Collect (a list of per-cluster values).
+	// Required. Sum, Min and Max need numbers; AllTrue needs every cluster to report
+	// true.
 	Operation     string `protobuf:"bytes,2,opt,name=operation,proto3" json:"operation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -680,9 +720,11 @@ func (x *AggregatedField) GetOperation() string {
 	return ""
 }
 
+// When an object in a member is healthy.
 type HealthInterpretationRule struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	LuaScript string                 `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Karmada's form; refused: Archipel runs no user-supplied scripts.
+	LuaScript string `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
 	// Healthy when every expression holds; Unhealthy otherwise.
 	HealthyWhen   []*HealthExpression `protobuf:"bytes,2,rep,name=healthy_when,json=healthyWhen,proto3" json:"healthy_when,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -733,14 +775,18 @@ func (x *HealthInterpretationRule) GetHealthyWhen() []*HealthExpression {
 	return nil
 }
 
+// One condition on an object in the member.
 type HealthExpression struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A JSONPath into the member's object; the first match is compared.
+	// Required.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// Equal, NotEqual, In, NotIn, Exists, DoesNotExist, GreaterThan,
 	// GreaterThanOrEqual, LessThan, LessThanOrEqual.
+	// Exists and DoesNotExist need no value; the others need values or valuePath.
 	Operator string `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
 	// Literal values (numbers compare as numbers).
+	// In and NotIn take several; the other operators one.
 	Values []string `protobuf:"bytes,3,rep,name=values,proto3" json:"values,omitempty"`
 	// Or compare with the value at another path of the same object.
 	ValuePath     string `protobuf:"bytes,4,opt,name=value_path,json=valuePath,proto3" json:"value_path,omitempty"`
@@ -806,10 +852,13 @@ func (x *HealthExpression) GetValuePath() string {
 	return ""
 }
 
+// What a workload needs; with a rule, it replaces the kind's built-in dependencies.
 type DependencyInterpretationRule struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LuaScript     string                 `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
-	Dependencies  []*DependencyRule      `protobuf:"bytes,2,rep,name=dependencies,proto3" json:"dependencies,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Karmada's form; refused: Archipel runs no user-supplied scripts.
+	LuaScript string `protobuf:"bytes,1,opt,name=lua_script,json=luaScript,proto3" json:"lua_script,omitempty"`
+	// The kinds of object needed and where their names are.
+	Dependencies  []*DependencyRule `protobuf:"bytes,2,rep,name=dependencies,proto3" json:"dependencies,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -860,10 +909,13 @@ func (x *DependencyInterpretationRule) GetDependencies() []*DependencyRule {
 
 // Objects in the workload's namespace it needs, found by name.
 type DependencyRule struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	ApiVersion string                 `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind       string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The dependency's apiVersion, e.g. v1. Required.
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// The dependency's kind, e.g. ConfigMap. Required.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// A JSONPath giving one or more names.
+	// Required.
 	NamePath      string `protobuf:"bytes,3,opt,name=name_path,json=namePath,proto3" json:"name_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -26,12 +26,18 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Changes the manifest a cluster gets for the templates of its own namespace. Applied
+// after every ClusterOverridePolicy, least specific policy first.
 type OverridePolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ApiVersion    string                 `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Metadata      *ObjectMeta            `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	Spec          *OverrideSpec          `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// OverridePolicy
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Namespaced: the policy applies to templates in metadata.namespace only.
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// Which templates, which clusters, which changes.
+	Spec          *OverrideSpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -94,12 +100,19 @@ func (x *OverridePolicy) GetSpec() *OverrideSpec {
 	return nil
 }
 
+// Changes the manifest a cluster gets for templates of any namespace, and
+// cluster-scoped ones. Applied before OverridePolicies, least specific policy first
+// (match-all, kind, labels, name), ties by name.
 type ClusterOverridePolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ApiVersion    string                 `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Metadata      *ObjectMeta            `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	Spec          *OverrideSpec          `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// ClusterOverridePolicy
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Cluster-scoped: metadata.namespace must be empty.
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// Which templates, which clusters, which changes.
+	Spec          *OverrideSpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -162,13 +175,18 @@ func (x *ClusterOverridePolicy) GetSpec() *OverrideSpec {
 	return nil
 }
 
+// What an OverridePolicy or ClusterOverridePolicy changes, and where.
 type OverrideSpec struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	ResourceSelectors []*ResourceSelector    `protobuf:"bytes,1,rep,name=resource_selectors,json=resourceSelectors,proto3" json:"resource_selectors,omitempty"`
-	OverrideRules     []*RuleWithCluster     `protobuf:"bytes,2,rep,name=override_rules,json=overrideRules,proto3" json:"override_rules,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The templates the policy applies to; empty: every template in its scope.
+	ResourceSelectors []*ResourceSelector `protobuf:"bytes,1,rep,name=resource_selectors,json=resourceSelectors,proto3" json:"resource_selectors,omitempty"`
+	// Overriders per group of target clusters, applied in order.
+	OverrideRules []*RuleWithCluster `protobuf:"bytes,2,rep,name=override_rules,json=overrideRules,proto3" json:"override_rules,omitempty"`
 	// Deprecated in Karmada in favour of overrideRules; still honoured.
+	// The clusters the top-level overriders apply to; absent: every cluster.
 	TargetCluster *ClusterAffinity `protobuf:"bytes,3,opt,name=target_cluster,json=targetCluster,proto3" json:"target_cluster,omitempty"`
-	Overriders    *Overriders      `protobuf:"bytes,4,opt,name=overriders,proto3" json:"overriders,omitempty"`
+	// Deprecated in Karmada in favour of overrideRules; still honoured, after them.
+	Overriders    *Overriders `protobuf:"bytes,4,opt,name=overriders,proto3" json:"overriders,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -231,11 +249,13 @@ func (x *OverrideSpec) GetOverriders() *Overriders {
 	return nil
 }
 
+// Overriders and the clusters they apply to.
 type RuleWithCluster struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Empty: every cluster.
 	TargetCluster *ClusterAffinity `protobuf:"bytes,1,opt,name=target_cluster,json=targetCluster,proto3" json:"target_cluster,omitempty"`
-	Overriders    *Overriders      `protobuf:"bytes,2,opt,name=overriders,proto3" json:"overriders,omitempty"`
+	// The changes for those clusters.
+	Overriders    *Overriders `protobuf:"bytes,2,opt,name=overriders,proto3" json:"overriders,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -284,17 +304,28 @@ func (x *RuleWithCluster) GetOverriders() *Overriders {
 	return nil
 }
 
+// Changes to one manifest, applied in Karmada's order: image, command, args, labels,
+// annotations, field, plaintext. One that cannot apply sets OverridesApplied=False on
+// the binding, naming the policy and overrider, and the cluster keeps its last good
+// work.
 type Overriders struct {
-	state                protoimpl.MessageState      `protogen:"open.v1"`
-	Plaintext            []*PlaintextOverrider       `protobuf:"bytes,1,rep,name=plaintext,proto3" json:"plaintext,omitempty"`
-	ImageOverrider       []*ImageOverrider           `protobuf:"bytes,2,rep,name=image_overrider,json=imageOverrider,proto3" json:"image_overrider,omitempty"`
-	CommandOverrider     []*CommandArgsOverrider     `protobuf:"bytes,3,rep,name=command_overrider,json=commandOverrider,proto3" json:"command_overrider,omitempty"`
-	ArgsOverrider        []*CommandArgsOverrider     `protobuf:"bytes,4,rep,name=args_overrider,json=argsOverrider,proto3" json:"args_overrider,omitempty"`
-	LabelsOverrider      []*LabelAnnotationOverrider `protobuf:"bytes,5,rep,name=labels_overrider,json=labelsOverrider,proto3" json:"labels_overrider,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// JSON patch (RFC 6902) operations on the manifest.
+	Plaintext []*PlaintextOverrider `protobuf:"bytes,1,rep,name=plaintext,proto3" json:"plaintext,omitempty"`
+	// Changes to container images.
+	ImageOverrider []*ImageOverrider `protobuf:"bytes,2,rep,name=image_overrider,json=imageOverrider,proto3" json:"image_overrider,omitempty"`
+	// Changes to a container's command.
+	CommandOverrider []*CommandArgsOverrider `protobuf:"bytes,3,rep,name=command_overrider,json=commandOverrider,proto3" json:"command_overrider,omitempty"`
+	// Changes to a container's args.
+	ArgsOverrider []*CommandArgsOverrider `protobuf:"bytes,4,rep,name=args_overrider,json=argsOverrider,proto3" json:"args_overrider,omitempty"`
+	// Changes to metadata.labels.
+	LabelsOverrider []*LabelAnnotationOverrider `protobuf:"bytes,5,rep,name=labels_overrider,json=labelsOverrider,proto3" json:"labels_overrider,omitempty"`
+	// Changes to metadata.annotations.
 	AnnotationsOverrider []*LabelAnnotationOverrider `protobuf:"bytes,6,rep,name=annotations_overrider,json=annotationsOverrider,proto3" json:"annotations_overrider,omitempty"`
-	FieldOverrider       []*FieldOverrider           `protobuf:"bytes,7,rep,name=field_overrider,json=fieldOverrider,proto3" json:"field_overrider,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Patches to JSON or YAML held in a string field.
+	FieldOverrider []*FieldOverrider `protobuf:"bytes,7,rep,name=field_overrider,json=fieldOverrider,proto3" json:"field_overrider,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Overriders) Reset() {
@@ -376,12 +407,16 @@ func (x *Overriders) GetFieldOverrider() []*FieldOverrider {
 	return nil
 }
 
+// One JSON patch operation on the manifest.
 type PlaintextOverrider struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A JSON pointer, e.g. /spec/replicas.
+	// Required: it must start with '/'.
 	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// add, remove or replace.
-	Operator      string          `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
+	// Required.
+	Operator string `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
+	// Any JSON value; required for add and replace.
 	Value         *structpb.Value `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -438,9 +473,12 @@ func (x *PlaintextOverrider) GetValue() *structpb.Value {
 	return nil
 }
 
+// Which image an ImageOverrider changes.
 type ImagePredicate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A JSON pointer to the image string, e.g. /spec/template/spec/containers/0/image.
+	// Empty: every container image of a Pod, Deployment, ReplicaSet, StatefulSet,
+	// DaemonSet, Job or CronJob.
 	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -483,12 +521,18 @@ func (x *ImagePredicate) GetPath() string {
 	return ""
 }
 
+// Changes one part of container image references.
 type ImageOverrider struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Predicate *ImagePredicate        `protobuf:"bytes,1,opt,name=predicate,proto3" json:"predicate,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which image; absent: every container image of the pod template.
+	Predicate *ImagePredicate `protobuf:"bytes,1,opt,name=predicate,proto3" json:"predicate,omitempty"`
 	// Registry, Repository or Tag.
-	Component     string `protobuf:"bytes,2,opt,name=component,proto3" json:"component,omitempty"`
-	Operator      string `protobuf:"bytes,3,opt,name=operator,proto3" json:"operator,omitempty"`
+	// Required.
+	Component string `protobuf:"bytes,2,opt,name=component,proto3" json:"component,omitempty"`
+	// add, remove or replace (required): add appends value to the component, remove
+	// clears it, replace sets it to value.
+	Operator string `protobuf:"bytes,3,opt,name=operator,proto3" json:"operator,omitempty"`
+	// The text to add or set.
 	Value         string `protobuf:"bytes,4,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -552,11 +596,15 @@ func (x *ImageOverrider) GetValue() string {
 	return ""
 }
 
+// Changes to a container's command or args.
 type CommandArgsOverrider struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ContainerName string                 `protobuf:"bytes,1,opt,name=container_name,json=containerName,proto3" json:"container_name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The container to change. Required.
+	ContainerName string `protobuf:"bytes,1,opt,name=container_name,json=containerName,proto3" json:"container_name,omitempty"`
 	// add or remove.
-	Operator      string   `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
+	// Required: add appends the values; remove deletes every occurrence of them.
+	Operator string `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
+	// The entries to add or remove.
 	Value         []string `protobuf:"bytes,3,rep,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -613,10 +661,14 @@ func (x *CommandArgsOverrider) GetValue() []string {
 	return nil
 }
 
+// Changes to metadata.labels or metadata.annotations.
 type LabelAnnotationOverrider struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Operator      string                 `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
-	Value         map[string]string      `protobuf:"bytes,2,rep,name=value,proto3" json:"value,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// add, remove or replace (required): add sets each key, replace changes only keys
+	// already present, remove deletes the keys.
+	Operator string `protobuf:"bytes,1,opt,name=operator,proto3" json:"operator,omitempty"`
+	// The keys and their values (remove uses only the keys).
+	Value         map[string]string `protobuf:"bytes,2,rep,name=value,proto3" json:"value,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -665,11 +717,15 @@ func (x *LabelAnnotationOverrider) GetValue() map[string]string {
 	return nil
 }
 
+// One JSON patch operation on an embedded JSON document.
 type JSONPatchOperation struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SubPath       string                 `protobuf:"bytes,1,opt,name=sub_path,json=subPath,proto3" json:"sub_path,omitempty"`
-	Operator      string                 `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
-	Value         *structpb.Value        `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A JSON pointer inside the embedded document.
+	SubPath string `protobuf:"bytes,1,opt,name=sub_path,json=subPath,proto3" json:"sub_path,omitempty"`
+	// add, remove or replace.
+	Operator string `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
+	// The value for add and replace.
+	Value         *structpb.Value `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -725,11 +781,15 @@ func (x *JSONPatchOperation) GetValue() *structpb.Value {
 	return nil
 }
 
+// One JSON patch operation on an embedded YAML document.
 type YAMLPatchOperation struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SubPath       string                 `protobuf:"bytes,1,opt,name=sub_path,json=subPath,proto3" json:"sub_path,omitempty"`
-	Operator      string                 `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
-	Value         *structpb.Value        `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A JSON pointer inside the embedded document.
+	SubPath string `protobuf:"bytes,1,opt,name=sub_path,json=subPath,proto3" json:"sub_path,omitempty"`
+	// add, remove or replace.
+	Operator string `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
+	// The value for add and replace.
+	Value         *structpb.Value `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -785,11 +845,15 @@ func (x *YAMLPatchOperation) GetValue() *structpb.Value {
 	return nil
 }
 
+// Patches a JSON or YAML document held in a string field, such as a ConfigMap's data.
 type FieldOverrider struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A JSON pointer to a string field that holds JSON or YAML, e.g. /data/config.yaml.
-	FieldPath     string                `protobuf:"bytes,1,opt,name=field_path,json=fieldPath,proto3" json:"field_path,omitempty"`
-	Json          []*JSONPatchOperation `protobuf:"bytes,2,rep,name=json,proto3" json:"json,omitempty"`
+	// Required: it must start with '/'.
+	FieldPath string `protobuf:"bytes,1,opt,name=field_path,json=fieldPath,proto3" json:"field_path,omitempty"`
+	// Operations on a JSON document; exclusive with yaml.
+	Json []*JSONPatchOperation `protobuf:"bytes,2,rep,name=json,proto3" json:"json,omitempty"`
+	// Operations on a YAML document; exclusive with json.
 	Yaml          []*YAMLPatchOperation `protobuf:"bytes,3,rep,name=yaml,proto3" json:"yaml,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -26,12 +26,17 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// Propagates the resource templates of its own namespace to member clusters. In the
+// template's namespace it beats any ClusterPropagationPolicy.
 type PropagationPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)
-	ApiVersion    string           `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind          string           `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Metadata      *ObjectMeta      `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// PropagationPolicy
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Namespaced: the policy selects templates in metadata.namespace only.
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// Which templates to propagate, and where.
 	Spec          *PropagationSpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -95,12 +100,18 @@ func (x *PropagationPolicy) GetSpec() *PropagationSpec {
 	return nil
 }
 
+// Propagates templates of any namespace, and cluster-scoped ones, to member clusters.
+// A PropagationPolicy that matches in the template's namespace wins over it.
 type ClusterPropagationPolicy struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ApiVersion    string                 `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Metadata      *ObjectMeta            `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	Spec          *PropagationSpec       `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// ClusterPropagationPolicy
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Cluster-scoped: metadata.namespace must be empty.
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// Which templates to propagate, and where.
+	Spec          *PropagationSpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -163,29 +174,56 @@ func (x *ClusterPropagationPolicy) GetSpec() *PropagationSpec {
 	return nil
 }
 
+// What a PropagationPolicy or ClusterPropagationPolicy asks for.
 type PropagationSpec struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	ResourceSelectors []*ResourceSelector    `protobuf:"bytes,1,rep,name=resource_selectors,json=resourceSelectors,proto3" json:"resource_selectors,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The templates the policy propagates (any selector may match); at least one is
+	// required. Templates in kube-*, archipel-system and archipel-es-* never propagate.
+	ResourceSelectors []*ResourceSelector `protobuf:"bytes,1,rep,name=resource_selectors,json=resourceSelectors,proto3" json:"resource_selectors,omitempty"`
 	// Deprecated in Karmada in favour of propagateDeps.
-	Association   bool       `protobuf:"varint,2,opt,name=association,proto3" json:"association,omitempty"`
-	PropagateDeps bool       `protobuf:"varint,3,opt,name=propagate_deps,json=propagateDeps,proto3" json:"propagate_deps,omitempty"`
-	Placement     *Placement `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
+	// Archipel does not act on it: set propagateDeps.
+	Association bool `protobuf:"varint,2,opt,name=association,proto3" json:"association,omitempty"`
+	// True: the ConfigMaps, Secrets, ServiceAccount and PVCs the workload's pod
+	// template references (or what a customization names) follow it to its clusters.
+	// Default false.
+	PropagateDeps bool `protobuf:"varint,3,opt,name=propagate_deps,json=propagateDeps,proto3" json:"propagate_deps,omitempty"`
+	// Where the selected templates go and how their replicas are split.
+	Placement *Placement `protobuf:"bytes,4,opt,name=placement,proto3" json:"placement,omitempty"`
 	// Higher wins when several policies match one template; default 0.
+	// A namespaced policy beats a cluster one first; equal priorities go to the more
+	// specific selector (name, then labels, then kind alone), then the policy name.
 	Priority *int32 `protobuf:"varint,5,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
 	// Always or Never (default).
-	Preemption         string            `protobuf:"bytes,6,opt,name=preemption,proto3" json:"preemption,omitempty"`
-	DependentOverrides []string          `protobuf:"bytes,7,rep,name=dependent_overrides,json=dependentOverrides,proto3" json:"dependent_overrides,omitempty"`
-	SchedulerName      string            `protobuf:"bytes,8,opt,name=scheduler_name,json=schedulerName,proto3" json:"scheduler_name,omitempty"`
-	Failover           *FailoverBehavior `protobuf:"bytes,9,opt,name=failover,proto3" json:"failover,omitempty"`
+	// Always: this policy takes templates already claimed by a policy it outranks
+	// (namespaced over cluster-scoped, then higher priority).
+	Preemption string `protobuf:"bytes,6,opt,name=preemption,proto3" json:"preemption,omitempty"`
+	// Karmada's OverridePolicies that must exist first; Archipel does not wait for them.
+	DependentOverrides []string `protobuf:"bytes,7,rep,name=dependent_overrides,json=dependentOverrides,proto3" json:"dependent_overrides,omitempty"`
+	// Copied to the binding, default "default-scheduler". Archipel's one scheduler
+	// schedules every binding whatever the name.
+	SchedulerName string `protobuf:"bytes,8,opt,name=scheduler_name,json=schedulerName,proto3" json:"scheduler_name,omitempty"`
+	// Karmada's application and cluster failover. Checked (purgeMode values) but not
+	// acted on; a NoExecute cluster taint is what moves work off a cluster.
+	Failover *FailoverBehavior `protobuf:"bytes,9,opt,name=failover,proto3" json:"failover,omitempty"`
 	// Abort (default) or Overwrite.
+	// Overwrite lets the agent take over a member object Archipel does not manage (or
+	// that another work holds); Abort leaves it alone and the work reports the conflict.
 	ConflictResolution string `protobuf:"bytes,10,opt,name=conflict_resolution,json=conflictResolution,proto3" json:"conflict_resolution,omitempty"`
 	// Empty or Lazy.
-	ActivationPreference        string            `protobuf:"bytes,11,opt,name=activation_preference,json=activationPreference,proto3" json:"activation_preference,omitempty"`
-	Suspension                  *Suspension       `protobuf:"bytes,12,opt,name=suspension,proto3" json:"suspension,omitempty"`
-	PreserveResourcesOnDeletion *bool             `protobuf:"varint,13,opt,name=preserve_resources_on_deletion,json=preserveResourcesOnDeletion,proto3,oneof" json:"preserve_resources_on_deletion,omitempty"`
-	SchedulePriority            *SchedulePriority `protobuf:"bytes,14,opt,name=schedule_priority,json=schedulePriority,proto3" json:"schedule_priority,omitempty"`
-	unknownFields               protoimpl.UnknownFields
-	sizeCache                   protoimpl.SizeCache
+	// Karmada's Lazy defers policy changes to the template's next change; Archipel
+	// accepts it and applies policy changes at once either way.
+	ActivationPreference string `protobuf:"bytes,11,opt,name=activation_preference,json=activationPreference,proto3" json:"activation_preference,omitempty"`
+	// Stops sending works to every cluster or to some; what runs in them stays.
+	Suspension *Suspension `protobuf:"bytes,12,opt,name=suspension,proto3" json:"suspension,omitempty"`
+	// True: deleting the template leaves its objects in the members, unmanaged, instead
+	// of deleting them. Default false. A cluster dropped from the placement still loses
+	// them.
+	PreserveResourcesOnDeletion *bool `protobuf:"varint,13,opt,name=preserve_resources_on_deletion,json=preserveResourcesOnDeletion,proto3,oneof" json:"preserve_resources_on_deletion,omitempty"`
+	// Karmada's scheduling priority. Checked (priorityClassSource values) but not acted
+	// on: the scheduler does not order bindings by it.
+	SchedulePriority *SchedulePriority `protobuf:"bytes,14,opt,name=schedule_priority,json=schedulePriority,proto3" json:"schedule_priority,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PropagationSpec) Reset() {
@@ -316,13 +354,21 @@ func (x *PropagationSpec) GetSchedulePriority() *SchedulePriority {
 	return nil
 }
 
+// Selects resource templates: apiVersion and kind, and optionally namespace, name or
+// labels.
 type ResourceSelector struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ApiVersion    string                 `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Namespace     string                 `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
-	LabelSelector *LabelSelector         `protobuf:"bytes,5,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The template's apiVersion, e.g. apps/v1. Required.
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// The template's kind, e.g. Deployment. Required.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Only templates in this namespace; empty: any the policy may select. A
+	// PropagationPolicy naming a namespace other than its own is refused.
+	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// Only the template of this name; when set, labelSelector is not consulted.
+	Name string `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	// Only templates whose labels match; empty: every template of the kind.
+	LabelSelector *LabelSelector `protobuf:"bytes,5,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -392,8 +438,11 @@ func (x *ResourceSelector) GetLabelSelector() *LabelSelector {
 	return nil
 }
 
+// Selects clusters by their spec fields.
 type FieldSelector struct {
-	state            protoimpl.MessageState      `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// All must hold. key: provider, region or zone (required); operator: In or NotIn
+	// (required). A cluster matches a zone if any of its zones is among the values.
 	MatchExpressions []*LabelSelectorRequirement `protobuf:"bytes,1,rep,name=match_expressions,json=matchExpressions,proto3" json:"match_expressions,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -436,12 +485,17 @@ func (x *FieldSelector) GetMatchExpressions() []*LabelSelectorRequirement {
 	return nil
 }
 
+// Which clusters may be chosen: a cluster must satisfy every criterion given.
 type ClusterAffinity struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LabelSelector *LabelSelector         `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	FieldSelector *FieldSelector         `protobuf:"bytes,2,opt,name=field_selector,json=fieldSelector,proto3" json:"field_selector,omitempty"`
-	ClusterNames  []string               `protobuf:"bytes,3,rep,name=cluster_names,json=clusterNames,proto3" json:"cluster_names,omitempty"`
-	Exclude       []string               `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Clusters whose labels match.
+	LabelSelector *LabelSelector `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	// Clusters whose provider, region or zone match.
+	FieldSelector *FieldSelector `protobuf:"bytes,2,opt,name=field_selector,json=fieldSelector,proto3" json:"field_selector,omitempty"`
+	// Only these clusters, when non-empty.
+	ClusterNames []string `protobuf:"bytes,3,rep,name=cluster_names,json=clusterNames,proto3" json:"cluster_names,omitempty"`
+	// Never these clusters.
+	Exclude       []string `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -505,14 +559,22 @@ func (x *ClusterAffinity) GetExclude() []string {
 }
 
 // One ordered group of clusterAffinities; Karmada embeds ClusterAffinity inline.
+// The first group in which any cluster fits is used.
 type ClusterAffinityTerm struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	AffinityName       string                 `protobuf:"bytes,1,opt,name=affinity_name,json=affinityName,proto3" json:"affinity_name,omitempty"`
-	LabelSelector      *LabelSelector         `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	FieldSelector      *FieldSelector         `protobuf:"bytes,3,opt,name=field_selector,json=fieldSelector,proto3" json:"field_selector,omitempty"`
-	ClusterNames       []string               `protobuf:"bytes,4,rep,name=cluster_names,json=clusterNames,proto3" json:"cluster_names,omitempty"`
-	Exclude            []string               `protobuf:"bytes,5,rep,name=exclude,proto3" json:"exclude,omitempty"`
-	OverflowAffinities []*ClusterAffinity     `protobuf:"bytes,6,rep,name=overflow_affinities,json=overflowAffinities,proto3" json:"overflow_affinities,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The group's name. Required, and unique within clusterAffinities.
+	AffinityName string `protobuf:"bytes,1,opt,name=affinity_name,json=affinityName,proto3" json:"affinity_name,omitempty"`
+	// Clusters whose labels match.
+	LabelSelector *LabelSelector `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	// Clusters whose provider, region or zone match.
+	FieldSelector *FieldSelector `protobuf:"bytes,3,opt,name=field_selector,json=fieldSelector,proto3" json:"field_selector,omitempty"`
+	// Only these clusters, when non-empty.
+	ClusterNames []string `protobuf:"bytes,4,rep,name=cluster_names,json=clusterNames,proto3" json:"cluster_names,omitempty"`
+	// Never these clusters.
+	Exclude []string `protobuf:"bytes,5,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	// Further tiers, in order, that take only the Divided replicas the group's own
+	// clusters cannot hold; released first when the workload scales down.
+	OverflowAffinities []*ClusterAffinity `protobuf:"bytes,6,rep,name=overflow_affinities,json=overflowAffinities,proto3" json:"overflow_affinities,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -589,13 +651,21 @@ func (x *ClusterAffinityTerm) GetOverflowAffinities() []*ClusterAffinity {
 	return nil
 }
 
+// Spreads the chosen clusters over groups: regions, zones, providers, label values or
+// single clusters. Not applied when staticWeightList decides the division.
 type SpreadConstraint struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// cluster, region, zone or provider.
+	// Exclusive with spreadByLabel; spreading by region, zone or provider also needs an
+	// entry for cluster.
 	SpreadByField string `protobuf:"bytes,1,opt,name=spread_by_field,json=spreadByField,proto3" json:"spread_by_field,omitempty"`
+	// Group clusters by the value of this cluster label.
 	SpreadByLabel string `protobuf:"bytes,2,opt,name=spread_by_label,json=spreadByLabel,proto3" json:"spread_by_label,omitempty"`
-	MaxGroups     int32  `protobuf:"varint,3,opt,name=max_groups,json=maxGroups,proto3" json:"max_groups,omitempty"`
-	MinGroups     int32  `protobuf:"varint,4,opt,name=min_groups,json=minGroups,proto3" json:"min_groups,omitempty"`
+	// Most groups to use (for cluster: most clusters); 0 means no limit.
+	MaxGroups int32 `protobuf:"varint,3,opt,name=max_groups,json=maxGroups,proto3" json:"max_groups,omitempty"`
+	// Fewest groups needed; with fewer the binding is Unschedulable. Refused above a
+	// non-zero maxGroups; negative values are refused too.
+	MinGroups     int32 `protobuf:"varint,4,opt,name=min_groups,json=minGroups,proto3" json:"min_groups,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -658,10 +728,13 @@ func (x *SpreadConstraint) GetMinGroups() int32 {
 	return 0
 }
 
+// One entry of a static weight list.
 type StaticClusterWeight struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	TargetCluster *ClusterAffinity       `protobuf:"bytes,1,opt,name=target_cluster,json=targetCluster,proto3" json:"target_cluster,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The clusters the weight applies to.
+	TargetCluster *ClusterAffinity `protobuf:"bytes,1,opt,name=target_cluster,json=targetCluster,proto3" json:"target_cluster,omitempty"`
 	// int32 (Karmada: int64) so that proto3 JSON prints a number, as Karmada YAML has.
+	// At least 1. A cluster takes the largest weight among the entries selecting it.
 	Weight        int32 `protobuf:"varint,2,opt,name=weight,proto3" json:"weight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -711,10 +784,15 @@ func (x *StaticClusterWeight) GetWeight() int32 {
 	return 0
 }
 
+// How Weighted division weighs clusters: static weights or dynamic ones, not both.
 type ClusterPreferences struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Replicas split in proportion to the weights (Webster/Sainte-Laguë). A cluster no
+	// entry selects gets none, unless no entry selects any: then all count equally.
 	StaticWeightList []*StaticClusterWeight `protobuf:"bytes,1,rep,name=static_weight_list,json=staticWeightList,proto3" json:"static_weight_list,omitempty"`
 	// AvailableReplicas.
+	// Weights are the replicas each cluster has room for (free capacity over one
+	// replica's requests); a cluster never gets more than that.
 	DynamicWeight string `protobuf:"bytes,2,opt,name=dynamic_weight,json=dynamicWeight,proto3" json:"dynamic_weight,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -764,15 +842,20 @@ func (x *ClusterPreferences) GetDynamicWeight() string {
 	return ""
 }
 
+// How a workload's replicas are assigned to its clusters.
 type ReplicaSchedulingStrategy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Duplicated or Divided (the default when replicaScheduling is given).
+	// Without replicaScheduling, Duplicated: every cluster gets all the replicas.
 	ReplicaSchedulingType string `protobuf:"bytes,1,opt,name=replica_scheduling_type,json=replicaSchedulingType,proto3" json:"replica_scheduling_type,omitempty"`
 	// Aggregated or Weighted.
-	ReplicaDivisionPreference string              `protobuf:"bytes,2,opt,name=replica_division_preference,json=replicaDivisionPreference,proto3" json:"replica_division_preference,omitempty"`
-	WeightPreference          *ClusterPreferences `protobuf:"bytes,3,opt,name=weight_preference,json=weightPreference,proto3" json:"weight_preference,omitempty"`
-	unknownFields             protoimpl.UnknownFields
-	sizeCache                 protoimpl.SizeCache
+	// For Divided: Aggregated uses the fewest clusters with room for the replicas;
+	// Weighted (or empty) splits them by weightPreference, equally when it is absent.
+	ReplicaDivisionPreference string `protobuf:"bytes,2,opt,name=replica_division_preference,json=replicaDivisionPreference,proto3" json:"replica_division_preference,omitempty"`
+	// The weights of Weighted division.
+	WeightPreference *ClusterPreferences `protobuf:"bytes,3,opt,name=weight_preference,json=weightPreference,proto3" json:"weight_preference,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *ReplicaSchedulingStrategy) Reset() {
@@ -826,9 +909,11 @@ func (x *ReplicaSchedulingStrategy) GetWeightPreference() *ClusterPreferences {
 	return nil
 }
 
+// Groups workloads by a label of their templates.
 type WorkloadAffinityTerm struct {
-	state           protoimpl.MessageState `protogen:"open.v1"`
-	GroupByLabelKey string                 `protobuf:"bytes,1,opt,name=group_by_label_key,json=groupByLabelKey,proto3" json:"group_by_label_key,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The template label whose value makes the group. Required when the term is given.
+	GroupByLabelKey string `protobuf:"bytes,1,opt,name=group_by_label_key,json=groupByLabelKey,proto3" json:"group_by_label_key,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -870,10 +955,14 @@ func (x *WorkloadAffinityTerm) GetGroupByLabelKey() string {
 	return ""
 }
 
+// Karmada's (alpha) workload affinity and anti-affinity. Checked (groupByLabelKey is
+// required) but not acted on by Archipel's scheduler.
 type WorkloadAffinity struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Affinity      *WorkloadAffinityTerm  `protobuf:"bytes,1,opt,name=affinity,proto3" json:"affinity,omitempty"`
-	AntiAffinity  *WorkloadAffinityTerm  `protobuf:"bytes,2,opt,name=anti_affinity,json=antiAffinity,proto3" json:"anti_affinity,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Place the workload with the other workloads of its group.
+	Affinity *WorkloadAffinityTerm `protobuf:"bytes,1,opt,name=affinity,proto3" json:"affinity,omitempty"`
+	// Keep the workload apart from the other workloads of its group.
+	AntiAffinity  *WorkloadAffinityTerm `protobuf:"bytes,2,opt,name=anti_affinity,json=antiAffinity,proto3" json:"anti_affinity,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -922,16 +1011,25 @@ func (x *WorkloadAffinity) GetAntiAffinity() *WorkloadAffinityTerm {
 	return nil
 }
 
+// Where a template goes and how its replicas are split.
 type Placement struct {
-	state              protoimpl.MessageState     `protogen:"open.v1"`
-	ClusterAffinity    *ClusterAffinity           `protobuf:"bytes,1,opt,name=cluster_affinity,json=clusterAffinity,proto3" json:"cluster_affinity,omitempty"`
-	ClusterAffinities  []*ClusterAffinityTerm     `protobuf:"bytes,2,rep,name=cluster_affinities,json=clusterAffinities,proto3" json:"cluster_affinities,omitempty"`
-	ClusterTolerations []*Toleration              `protobuf:"bytes,3,rep,name=cluster_tolerations,json=clusterTolerations,proto3" json:"cluster_tolerations,omitempty"`
-	SpreadConstraints  []*SpreadConstraint        `protobuf:"bytes,4,rep,name=spread_constraints,json=spreadConstraints,proto3" json:"spread_constraints,omitempty"`
-	ReplicaScheduling  *ReplicaSchedulingStrategy `protobuf:"bytes,5,opt,name=replica_scheduling,json=replicaScheduling,proto3" json:"replica_scheduling,omitempty"`
-	WorkloadAffinity   *WorkloadAffinity          `protobuf:"bytes,6,opt,name=workload_affinity,json=workloadAffinity,proto3" json:"workload_affinity,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The clusters that may be chosen; absent: every cluster. Refused together with
+	// clusterAffinities.
+	ClusterAffinity *ClusterAffinity `protobuf:"bytes,1,opt,name=cluster_affinity,json=clusterAffinity,proto3" json:"cluster_affinity,omitempty"`
+	// Ordered groups of clusters; the first in which any cluster fits is used.
+	ClusterAffinities []*ClusterAffinityTerm `protobuf:"bytes,2,rep,name=cluster_affinities,json=clusterAffinities,proto3" json:"cluster_affinities,omitempty"`
+	// The cluster taints the workload tolerates. A NoSchedule or NoExecute taint that
+	// is not tolerated keeps the cluster out (NoSchedule: for new placements only).
+	ClusterTolerations []*Toleration `protobuf:"bytes,3,rep,name=cluster_tolerations,json=clusterTolerations,proto3" json:"cluster_tolerations,omitempty"`
+	// How the chosen clusters are spread over regions, zones, providers or labels.
+	SpreadConstraints []*SpreadConstraint `protobuf:"bytes,4,rep,name=spread_constraints,json=spreadConstraints,proto3" json:"spread_constraints,omitempty"`
+	// How replicas are assigned; absent: Duplicated.
+	ReplicaScheduling *ReplicaSchedulingStrategy `protobuf:"bytes,5,opt,name=replica_scheduling,json=replicaScheduling,proto3" json:"replica_scheduling,omitempty"`
+	// Karmada's workload affinity; not acted on.
+	WorkloadAffinity *WorkloadAffinity `protobuf:"bytes,6,opt,name=workload_affinity,json=workloadAffinity,proto3" json:"workload_affinity,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Placement) Reset() {
@@ -1006,9 +1104,12 @@ func (x *Placement) GetWorkloadAffinity() *WorkloadAffinity {
 	return nil
 }
 
+// Karmada's application failover trigger.
 type DecisionConditions struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	TolerationSeconds *int32                 `protobuf:"varint,1,opt,name=toleration_seconds,json=tolerationSeconds,proto3,oneof" json:"toleration_seconds,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How long an unhealthy application is tolerated before failover (Karmada: 300).
+	// Not acted on.
+	TolerationSeconds *int32 `protobuf:"varint,1,opt,name=toleration_seconds,json=tolerationSeconds,proto3,oneof" json:"toleration_seconds,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1050,12 +1151,15 @@ func (x *DecisionConditions) GetTolerationSeconds() int32 {
 	return 0
 }
 
+// A piece of state Karmada carries to the new cluster on failover.
 type StatePreservationRule struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	AliasLabelName string                 `protobuf:"bytes,1,opt,name=alias_label_name,json=aliasLabelName,proto3" json:"alias_label_name,omitempty"`
-	JsonPath       string                 `protobuf:"bytes,2,opt,name=json_path,json=jsonPath,proto3" json:"json_path,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The label the preserved value is written to.
+	AliasLabelName string `protobuf:"bytes,1,opt,name=alias_label_name,json=aliasLabelName,proto3" json:"alias_label_name,omitempty"`
+	// A JSONPath into the status to read the value from.
+	JsonPath      string `protobuf:"bytes,2,opt,name=json_path,json=jsonPath,proto3" json:"json_path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatePreservationRule) Reset() {
@@ -1102,8 +1206,10 @@ func (x *StatePreservationRule) GetJsonPath() string {
 	return ""
 }
 
+// State Karmada carries to the new cluster on failover; not acted on.
 type StatePreservation struct {
-	state         protoimpl.MessageState   `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The values to carry.
 	Rules         []*StatePreservationRule `protobuf:"bytes,1,rep,name=rules,proto3" json:"rules,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1146,15 +1252,19 @@ func (x *StatePreservation) GetRules() []*StatePreservationRule {
 	return nil
 }
 
+// Karmada's failover of an unhealthy application; checked but not acted on.
 type ApplicationFailoverBehavior struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	DecisionConditions *DecisionConditions    `protobuf:"bytes,1,opt,name=decision_conditions,json=decisionConditions,proto3" json:"decision_conditions,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When to fail over.
+	DecisionConditions *DecisionConditions `protobuf:"bytes,1,opt,name=decision_conditions,json=decisionConditions,proto3" json:"decision_conditions,omitempty"`
 	// Directly, Gracefully (default) or Never.
-	PurgeMode          string             `protobuf:"bytes,2,opt,name=purge_mode,json=purgeMode,proto3" json:"purge_mode,omitempty"`
-	GracePeriodSeconds *int32             `protobuf:"varint,3,opt,name=grace_period_seconds,json=gracePeriodSeconds,proto3,oneof" json:"grace_period_seconds,omitempty"`
-	StatePreservation  *StatePreservation `protobuf:"bytes,4,opt,name=state_preservation,json=statePreservation,proto3" json:"state_preservation,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	PurgeMode string `protobuf:"bytes,2,opt,name=purge_mode,json=purgeMode,proto3" json:"purge_mode,omitempty"`
+	// How long Gracefully waits before removing the old copy (Karmada: 600).
+	GracePeriodSeconds *int32 `protobuf:"varint,3,opt,name=grace_period_seconds,json=gracePeriodSeconds,proto3,oneof" json:"grace_period_seconds,omitempty"`
+	// State to carry to the new cluster.
+	StatePreservation *StatePreservation `protobuf:"bytes,4,opt,name=state_preservation,json=statePreservation,proto3" json:"state_preservation,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *ApplicationFailoverBehavior) Reset() {
@@ -1215,10 +1325,13 @@ func (x *ApplicationFailoverBehavior) GetStatePreservation() *StatePreservation 
 	return nil
 }
 
+// Karmada's failover away from a failed cluster; checked but not acted on.
 type ClusterFailoverBehavior struct {
-	state             protoimpl.MessageState `protogen:"open.v1"`
-	PurgeMode         string                 `protobuf:"bytes,1,opt,name=purge_mode,json=purgeMode,proto3" json:"purge_mode,omitempty"`
-	StatePreservation *StatePreservation     `protobuf:"bytes,2,opt,name=state_preservation,json=statePreservation,proto3" json:"state_preservation,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Directly or Gracefully.
+	PurgeMode string `protobuf:"bytes,1,opt,name=purge_mode,json=purgeMode,proto3" json:"purge_mode,omitempty"`
+	// State to carry to the new cluster.
+	StatePreservation *StatePreservation `protobuf:"bytes,2,opt,name=state_preservation,json=statePreservation,proto3" json:"state_preservation,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
 }
@@ -1267,10 +1380,14 @@ func (x *ClusterFailoverBehavior) GetStatePreservation() *StatePreservation {
 	return nil
 }
 
+// Karmada's failover behaviour. Archipel checks the purgeMode values but does not act
+// on it; a NoExecute cluster taint is what moves work off a cluster.
 type FailoverBehavior struct {
-	state         protoimpl.MessageState       `protogen:"open.v1"`
-	Application   *ApplicationFailoverBehavior `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
-	Cluster       *ClusterFailoverBehavior     `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Failover of an unhealthy application.
+	Application *ApplicationFailoverBehavior `protobuf:"bytes,1,opt,name=application,proto3" json:"application,omitempty"`
+	// Failover away from a failed cluster.
+	Cluster       *ClusterFailoverBehavior `protobuf:"bytes,2,opt,name=cluster,proto3" json:"cluster,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1319,9 +1436,11 @@ func (x *FailoverBehavior) GetCluster() *ClusterFailoverBehavior {
 	return nil
 }
 
+// Clusters to which works are not sent.
 type SuspendClusters struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ClusterNames  []string               `protobuf:"bytes,1,rep,name=cluster_names,json=clusterNames,proto3" json:"cluster_names,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The clusters' names (DNS labels).
+	ClusterNames  []string `protobuf:"bytes,1,rep,name=cluster_names,json=clusterNames,proto3" json:"cluster_names,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1363,10 +1482,13 @@ func (x *SuspendClusters) GetClusterNames() []string {
 	return nil
 }
 
+// Stops sending works (and changes to them) to members; what runs there is left alone.
 type Suspension struct {
-	state                 protoimpl.MessageState `protogen:"open.v1"`
-	Dispatching           *bool                  `protobuf:"varint,1,opt,name=dispatching,proto3,oneof" json:"dispatching,omitempty"`
-	DispatchingOnClusters *SuspendClusters       `protobuf:"bytes,2,opt,name=dispatching_on_clusters,json=dispatchingOnClusters,proto3" json:"dispatching_on_clusters,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True: no cluster receives the template's works.
+	Dispatching *bool `protobuf:"varint,1,opt,name=dispatching,proto3,oneof" json:"dispatching,omitempty"`
+	// Only these clusters receive none.
+	DispatchingOnClusters *SuspendClusters `protobuf:"bytes,2,opt,name=dispatching_on_clusters,json=dispatchingOnClusters,proto3" json:"dispatching_on_clusters,omitempty"`
 	unknownFields         protoimpl.UnknownFields
 	sizeCache             protoimpl.SizeCache
 }
@@ -1415,13 +1537,15 @@ func (x *Suspension) GetDispatchingOnClusters() *SuspendClusters {
 	return nil
 }
 
+// Karmada's scheduling priority; checked but not acted on.
 type SchedulePriority struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// KubePriorityClass, PodPriorityClass or FederatedPriorityClass.
 	PriorityClassSource string `protobuf:"bytes,1,opt,name=priority_class_source,json=priorityClassSource,proto3" json:"priority_class_source,omitempty"`
-	PriorityClassName   string `protobuf:"bytes,2,opt,name=priority_class_name,json=priorityClassName,proto3" json:"priority_class_name,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// The name of the PriorityClass.
+	PriorityClassName string `protobuf:"bytes,2,opt,name=priority_class_name,json=priorityClassName,proto3" json:"priority_class_name,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SchedulePriority) Reset() {

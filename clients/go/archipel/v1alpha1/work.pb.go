@@ -31,8 +31,10 @@ const (
 // apiVersion, kind, metadata (the control plane fills uid, resourceVersion,
 // generation and creationTimestamp), spec or data, and the aggregated status.
 type ResourceTemplate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Manifest      *structpb.Struct       `protobuf:"bytes,1,opt,name=manifest,proto3" json:"manifest,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object as JSON; at most 1 MiB and 28 levels deep. A namespaced kind given
+	// no namespace goes to "default". A status sent with it is ignored.
+	Manifest      *structpb.Struct `protobuf:"bytes,1,opt,name=manifest,proto3" json:"manifest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -74,10 +76,14 @@ func (x *ResourceTemplate) GetManifest() *structpb.Struct {
 	return nil
 }
 
+// One cluster of a schedule.
 type TargetCluster struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Replicas      int32                  `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member cluster's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The cluster's share of the replicas (Duplicated: all of them; 0 for objects
+	// without replicas).
+	Replicas      int32 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -126,11 +132,14 @@ func (x *TargetCluster) GetReplicas() int32 {
 	return 0
 }
 
+// The policy that claimed a template.
 type PolicyReference struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// PropagationPolicy or ClusterPropagationPolicy.
-	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
-	Namespace     string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The policy's namespace; empty for a ClusterPropagationPolicy.
+	Namespace string `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The policy's name.
 	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -187,13 +196,20 @@ func (x *PolicyReference) GetName() string {
 	return ""
 }
 
+// One per propagated template (Karmada's ResourceBinding and ClusterResourceBinding),
+// kept by the controllers: which policy claimed the template and where it goes. In
+// the template's namespace; none for a cluster-scoped template.
 type PropagationBinding struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// work.archipel.io/v1alpha1
-	ApiVersion    string                    `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind          string                    `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	Metadata      *ObjectMeta               `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	Spec          *PropagationBindingSpec   `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// PropagationBinding
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Named after the template.
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// What the policy asks for and where the scheduler put the template.
+	Spec *PropagationBindingSpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	// Scheduling and per-cluster status.
 	Status        *PropagationBindingStatus `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -264,20 +280,35 @@ func (x *PropagationBinding) GetStatus() *PropagationBindingStatus {
 	return nil
 }
 
+// A binding's template, the claiming policy's settings and the scheduling result.
 type PropagationBindingSpec struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Resource  *ObjectReference       `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
-	Replicas  int32                  `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
-	Placement *Placement             `protobuf:"bytes,3,opt,name=placement,proto3" json:"placement,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The template bound.
+	Resource *ObjectReference `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	// The template's replica count, as its interpreter reads it (0 for kinds without
+	// replicas).
+	Replicas int32 `protobuf:"varint,2,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	// The claiming policy's placement.
+	Placement *Placement `protobuf:"bytes,3,opt,name=placement,proto3" json:"placement,omitempty"`
 	// The scheduling result.
-	Clusters                    []*TargetCluster       `protobuf:"bytes,4,rep,name=clusters,proto3" json:"clusters,omitempty"`
-	Policy                      *PolicyReference       `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
-	ConflictResolution          string                 `protobuf:"bytes,6,opt,name=conflict_resolution,json=conflictResolution,proto3" json:"conflict_resolution,omitempty"`
-	PreserveResourcesOnDeletion bool                   `protobuf:"varint,7,opt,name=preserve_resources_on_deletion,json=preserveResourcesOnDeletion,proto3" json:"preserve_resources_on_deletion,omitempty"`
-	Suspension                  *Suspension            `protobuf:"bytes,8,opt,name=suspension,proto3" json:"suspension,omitempty"`
-	SchedulerName               string                 `protobuf:"bytes,9,opt,name=scheduler_name,json=schedulerName,proto3" json:"scheduler_name,omitempty"`
-	PropagateDeps               bool                   `protobuf:"varint,10,opt,name=propagate_deps,json=propagateDeps,proto3" json:"propagate_deps,omitempty"`
-	RescheduleTriggeredAt       *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=reschedule_triggered_at,json=rescheduleTriggeredAt,proto3" json:"reschedule_triggered_at,omitempty"`
+	// Written by the scheduler.
+	Clusters []*TargetCluster `protobuf:"bytes,4,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	// The claiming policy; empty for a binding that exists only for requiredBy.
+	Policy *PolicyReference `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
+	// From the policy: Abort (default) or Overwrite.
+	ConflictResolution string `protobuf:"bytes,6,opt,name=conflict_resolution,json=conflictResolution,proto3" json:"conflict_resolution,omitempty"`
+	// From the policy. Also set when the binding is released because its policy was
+	// deleted, so that the member objects stay.
+	PreserveResourcesOnDeletion bool `protobuf:"varint,7,opt,name=preserve_resources_on_deletion,json=preserveResourcesOnDeletion,proto3" json:"preserve_resources_on_deletion,omitempty"`
+	// From the policy: clusters that receive no works.
+	Suspension *Suspension `protobuf:"bytes,8,opt,name=suspension,proto3" json:"suspension,omitempty"`
+	// From the policy; default "default-scheduler".
+	SchedulerName string `protobuf:"bytes,9,opt,name=scheduler_name,json=schedulerName,proto3" json:"scheduler_name,omitempty"`
+	// From the policy: the template's dependencies follow it.
+	PropagateDeps bool `protobuf:"varint,10,opt,name=propagate_deps,json=propagateDeps,proto3" json:"propagate_deps,omitempty"`
+	// Set by `archipel reschedule`: when later than status.lastScheduledTime, the next
+	// decision divides replicas from scratch instead of steadily.
+	RescheduleTriggeredAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=reschedule_triggered_at,json=rescheduleTriggeredAt,proto3" json:"reschedule_triggered_at,omitempty"`
 	// What one replica asks for; the scheduler's estimator divides free capacity by it.
 	ReplicaRequirements *ReplicaRequirements `protobuf:"bytes,12,opt,name=replica_requirements,json=replicaRequirements,proto3" json:"replica_requirements,omitempty"`
 	// The workloads (bindings with propagateDeps) that need this object, and where they
@@ -408,11 +439,15 @@ func (x *PropagationBindingSpec) GetRequiredBy() []*BindingSnapshot {
 	return nil
 }
 
+// A workload binding that requires an object, and where it runs.
 type BindingSnapshot struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Namespace     string                 `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	Clusters      []*TargetCluster       `protobuf:"bytes,3,rep,name=clusters,proto3" json:"clusters,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The workload binding's namespace.
+	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The workload binding's name.
+	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// The clusters the workload runs in (replicas are not recorded).
+	Clusters      []*TargetCluster `protobuf:"bytes,3,rep,name=clusters,proto3" json:"clusters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -468,6 +503,7 @@ func (x *BindingSnapshot) GetClusters() []*TargetCluster {
 	return nil
 }
 
+// What one replica of a workload asks for.
 type ReplicaRequirements struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Resource name to quantity, summed over the pod template's containers.
@@ -513,14 +549,20 @@ func (x *ReplicaRequirements) GetResourceRequest() map[string]string {
 	return nil
 }
 
+// One target cluster's status, from its work.
 type AggregatedStatusItem struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	ClusterName    string                 `protobuf:"bytes,1,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
-	Status         *structpb.Struct       `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
-	Applied        bool                   `protobuf:"varint,3,opt,name=applied,proto3" json:"applied,omitempty"`
-	AppliedMessage string                 `protobuf:"bytes,4,opt,name=applied_message,json=appliedMessage,proto3" json:"applied_message,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The member cluster.
+	ClusterName string `protobuf:"bytes,1,opt,name=cluster_name,json=clusterName,proto3" json:"cluster_name,omitempty"`
+	// The status reflected from the member's object (as its kind's interpreter says).
+	Status *structpb.Struct `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// True when the cluster's work is applied at its current generation.
+	Applied bool `protobuf:"varint,3,opt,name=applied,proto3" json:"applied,omitempty"`
+	// The work's Applied message: the error, when it is not applied.
+	AppliedMessage string `protobuf:"bytes,4,opt,name=applied_message,json=appliedMessage,proto3" json:"applied_message,omitempty"`
 	// Healthy, Unhealthy or Unknown.
-	Health        string `protobuf:"bytes,5,opt,name=health,proto3" json:"health,omitempty"`
+	Health string `protobuf:"bytes,5,opt,name=health,proto3" json:"health,omitempty"`
+	// Why health is Unknown when the interpreter could not tell.
 	HealthMessage string `protobuf:"bytes,6,opt,name=health_message,json=healthMessage,proto3" json:"health_message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -598,14 +640,21 @@ func (x *AggregatedStatusItem) GetHealthMessage() string {
 	return ""
 }
 
+// What the controllers observed of a binding.
 type PropagationBindingStatus struct {
-	state                       protoimpl.MessageState  `protogen:"open.v1"`
-	SchedulerObservedGeneration int64                   `protobuf:"varint,1,opt,name=scheduler_observed_generation,json=schedulerObservedGeneration,proto3" json:"scheduler_observed_generation,omitempty"`
-	LastScheduledTime           *timestamppb.Timestamp  `protobuf:"bytes,2,opt,name=last_scheduled_time,json=lastScheduledTime,proto3" json:"last_scheduled_time,omitempty"`
-	Conditions                  []*Condition            `protobuf:"bytes,3,rep,name=conditions,proto3" json:"conditions,omitempty"`
-	AggregatedStatus            []*AggregatedStatusItem `protobuf:"bytes,4,rep,name=aggregated_status,json=aggregatedStatus,proto3" json:"aggregated_status,omitempty"`
-	unknownFields               protoimpl.UnknownFields
-	sizeCache                   protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The binding generation the last scheduling decision was made for.
+	SchedulerObservedGeneration int64 `protobuf:"varint,1,opt,name=scheduler_observed_generation,json=schedulerObservedGeneration,proto3" json:"scheduler_observed_generation,omitempty"`
+	// When the scheduling result last changed.
+	LastScheduledTime *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=last_scheduled_time,json=lastScheduledTime,proto3" json:"last_scheduled_time,omitempty"`
+	// Scheduled (reason Success, NoClusterFit, Unschedulable or SchedulerError) and
+	// FullyApplied; OverridesApplied, Interpreted, StatusAggregated and WorksReadable
+	// once they have something to say.
+	Conditions []*Condition `protobuf:"bytes,3,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	// One item per target cluster.
+	AggregatedStatus []*AggregatedStatusItem `protobuf:"bytes,4,rep,name=aggregated_status,json=aggregatedStatus,proto3" json:"aggregated_status,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PropagationBindingStatus) Reset() {
@@ -666,9 +715,12 @@ func (x *PropagationBindingStatus) GetAggregatedStatus() []*AggregatedStatusItem
 	return nil
 }
 
+// The objects a work applies.
 type WorkloadTemplate struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Manifests     []*structpb.Struct     `protobuf:"bytes,1,rep,name=manifests,proto3" json:"manifests,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The manifests to apply in the member: the template as that cluster gets it, with
+	// its share of the replicas and overrides applied.
+	Manifests     []*structpb.Struct `protobuf:"bytes,1,rep,name=manifests,proto3" json:"manifests,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -710,13 +762,19 @@ func (x *WorkloadTemplate) GetManifests() []*structpb.Struct {
 	return nil
 }
 
+// Karmada's Work: one template's manifest for one member cluster, the unit its agent
+// applies. Written by the controllers, named <template namespace or _>.<binding name>.
 type PropagationWork struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	ApiVersion string                 `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
-	Kind       string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// work.archipel.io/v1alpha1
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// PropagationWork
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
 	// Namespace archipel-es-<cluster>: each cluster's works live apart.
-	Metadata      *ObjectMeta            `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	Spec          *PropagationWorkSpec   `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// What the agent applies.
+	Spec *PropagationWorkSpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	// What the agent reported.
 	Status        *PropagationWorkStatus `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -787,10 +845,14 @@ func (x *PropagationWork) GetStatus() *PropagationWorkStatus {
 	return nil
 }
 
+// What an agent applies, and how.
 type PropagationWorkSpec struct {
-	state              protoimpl.MessageState `protogen:"open.v1"`
-	Workload           *WorkloadTemplate      `protobuf:"bytes,1,opt,name=workload,proto3" json:"workload,omitempty"`
-	SuspendDispatching bool                   `protobuf:"varint,2,opt,name=suspend_dispatching,json=suspendDispatching,proto3" json:"suspend_dispatching,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The objects to apply.
+	Workload *WorkloadTemplate `protobuf:"bytes,1,opt,name=workload,proto3" json:"workload,omitempty"`
+	// True: the work is not sent to the agent (the policy's suspension); the member
+	// keeps what it has.
+	SuspendDispatching bool `protobuf:"varint,2,opt,name=suspend_dispatching,json=suspendDispatching,proto3" json:"suspend_dispatching,omitempty"`
 	// When the work goes, leave its objects in the member instead of deleting them.
 	PreserveResourcesOnDeletion bool `protobuf:"varint,3,opt,name=preserve_resources_on_deletion,json=preserveResourcesOnDeletion,proto3" json:"preserve_resources_on_deletion,omitempty"`
 	// Abort (default) or Overwrite: whether to take over objects Archipel did not create.
@@ -857,15 +919,23 @@ func (x *PropagationWorkSpec) GetConflictResolution() string {
 	return ""
 }
 
+// Which object of a work a status is about.
 type ResourceIdentifier struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ordinal       int32                  `protobuf:"varint,1,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
-	Group         string                 `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
-	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	Kind          string                 `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
-	Resource      string                 `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
-	Namespace     string                 `protobuf:"bytes,6,opt,name=namespace,proto3" json:"namespace,omitempty"`
-	Name          string                 `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object's position among the work's objects.
+	Ordinal int32 `protobuf:"varint,1,opt,name=ordinal,proto3" json:"ordinal,omitempty"`
+	// The API group; empty for the core group.
+	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// The API version, e.g. v1.
+	Version string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	// The kind.
+	Kind string `protobuf:"bytes,4,opt,name=kind,proto3" json:"kind,omitempty"`
+	// The plural resource name; Archipel's agent leaves it empty.
+	Resource string `protobuf:"bytes,5,opt,name=resource,proto3" json:"resource,omitempty"`
+	// The namespace; empty for cluster-scoped objects.
+	Namespace string `protobuf:"bytes,6,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	// The name.
+	Name          string `protobuf:"bytes,7,opt,name=name,proto3" json:"name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -949,11 +1019,16 @@ func (x *ResourceIdentifier) GetName() string {
 	return ""
 }
 
+// One applied object's status in the member.
 type ManifestStatus struct {
-	state      protoimpl.MessageState `protogen:"open.v1"`
-	Identifier *ResourceIdentifier    `protobuf:"bytes,1,opt,name=identifier,proto3" json:"identifier,omitempty"`
-	Status     *structpb.Struct       `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
-	Health     string                 `protobuf:"bytes,3,opt,name=health,proto3" json:"health,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which object.
+	Identifier *ResourceIdentifier `protobuf:"bytes,1,opt,name=identifier,proto3" json:"identifier,omitempty"`
+	// The status reflected from it by its kind's interpreter; empty when it is over
+	// 256 KiB or nested too deep (healthMessage says so).
+	Status *structpb.Struct `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// Healthy, Unhealthy or Unknown.
+	Health string `protobuf:"bytes,3,opt,name=health,proto3" json:"health,omitempty"`
 	// Why health is Unknown when the interpreter could not tell, such as a failing
 	// ResourceInterpreterCustomization.
 	HealthMessage string `protobuf:"bytes,4,opt,name=health_message,json=healthMessage,proto3" json:"health_message,omitempty"`
@@ -1019,10 +1094,14 @@ func (x *ManifestStatus) GetHealthMessage() string {
 	return ""
 }
 
+// What the agent last reported of a work.
 type PropagationWorkStatus struct {
-	state            protoimpl.MessageState `protogen:"open.v1"`
-	Conditions       []*Condition           `protobuf:"bytes,1,rep,name=conditions,proto3" json:"conditions,omitempty"`
-	ManifestStatuses []*ManifestStatus      `protobuf:"bytes,2,rep,name=manifest_statuses,json=manifestStatuses,proto3" json:"manifest_statuses,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Applied: True when every manifest is applied, else False with the error; its
+	// observedGeneration is the work generation the report is about.
+	Conditions []*Condition `protobuf:"bytes,1,rep,name=conditions,proto3" json:"conditions,omitempty"`
+	// One per applied object.
+	ManifestStatuses []*ManifestStatus `protobuf:"bytes,2,rep,name=manifest_statuses,json=manifestStatuses,proto3" json:"manifest_statuses,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }

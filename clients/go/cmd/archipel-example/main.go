@@ -1,6 +1,8 @@
 // Command archipel-example shows the Go client end to end: it applies a ConfigMap
 // template and a PropagationPolicy that places it on one member cluster, waits for the
-// scheduler to bind it there, and lists the member clusters.
+// scheduler to bind it there, and lists the member clusters. It calls the services of
+// archipel.v1alpha2 (package v1alpha2), which carry the objects of archipel.v1alpha1
+// (package v1alpha1).
 //
 //	archipel-example --server 127.0.0.1:7443 --token-file admin-token \
 //	    --name demo --namespace default --cluster member1
@@ -22,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	v1alpha1 "github.com/archipel-io/archipel/clients/go/archipel/v1alpha1"
+	v1alpha2 "github.com/archipel-io/archipel/clients/go/archipel/v1alpha2"
 )
 
 func main() {
@@ -69,8 +72,10 @@ func run(server, tokenFile, name, namespace, cluster string, timeout time.Durati
 	}
 	callCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	templates := v1alpha1.NewResourceTemplateServiceClient(conn)
-	if _, err := templates.Apply(callCtx, &v1alpha1.ResourceTemplate{Manifest: manifest}); err != nil {
+	templates := v1alpha2.NewResourceTemplateServiceClient(conn)
+	if _, err := templates.Apply(callCtx, &v1alpha2.ResourceTemplateServiceApplyRequest{
+		Object: &v1alpha1.ResourceTemplate{Manifest: manifest},
+	}); err != nil {
 		return fmt.Errorf("applying the template: %w", err)
 	}
 	fmt.Printf("applied: ConfigMap %s/%s\n", namespace, name)
@@ -89,8 +94,9 @@ func run(server, tokenFile, name, namespace, cluster string, timeout time.Durati
 			},
 		},
 	}
-	policies := v1alpha1.NewPropagationPolicyServiceClient(conn)
-	if _, err := policies.Apply(callCtx, policy); err != nil {
+	policies := v1alpha2.NewPropagationPolicyServiceClient(conn)
+	if _, err := policies.Apply(
+		callCtx, &v1alpha2.PropagationPolicyServiceApplyRequest{Object: policy}); err != nil {
 		return fmt.Errorf("applying the policy: %w", err)
 	}
 	fmt.Printf("applied: PropagationPolicy %s/%s\n", namespace, name)
@@ -108,10 +114,11 @@ func run(server, tokenFile, name, namespace, cluster string, timeout time.Durati
 	fmt.Printf("scheduled: %s -> %s\n", binding.GetMetadata().GetName(), strings.Join(targets, ","))
 
 	// (d) The member clusters, page by page.
-	clusters := v1alpha1.NewMemberClusterServiceClient(conn)
+	clusters := v1alpha2.NewMemberClusterServiceClient(conn)
 	page := ""
 	for {
-		list, err := clusters.List(callCtx, &v1alpha1.ListRequest{Limit: 100, Continue: page})
+		list, err := clusters.List(
+			callCtx, &v1alpha2.MemberClusterServiceListRequest{Limit: 100, Continue: page})
 		if err != nil {
 			return fmt.Errorf("listing clusters: %w", err)
 		}
@@ -131,8 +138,8 @@ func waitScheduled(
 ) (*v1alpha1.PropagationBinding, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	stream, err := v1alpha1.NewPropagationBindingServiceClient(conn).Watch(
-		ctx, &v1alpha1.WatchRequest{Namespace: namespace})
+	stream, err := v1alpha2.NewPropagationBindingServiceClient(conn).Watch(
+		ctx, &v1alpha2.PropagationBindingServiceWatchRequest{Namespace: namespace})
 	if err != nil {
 		return nil, fmt.Errorf("watching bindings: %w", err)
 	}
@@ -145,7 +152,7 @@ func waitScheduled(
 			return nil, fmt.Errorf("watching bindings: %w", err)
 		}
 		binding := event.GetObject()
-		if event.GetType() == "DELETED" || binding == nil {
+		if event.GetType() == v1alpha2.EventType_EVENT_TYPE_DELETED || binding == nil {
 			continue
 		}
 		resource := binding.GetSpec().GetResource()

@@ -41,7 +41,9 @@ export const protobufFileName = "archipel/v1alpha1/agent.proto";
 
 /** A work the agent holds in its member (its objects are applied there). */
 export interface HeldWork {
+  /** The work's name, <template namespace or _>.<binding name>. */
   name: string;
+  /** The work's uid. */
   uid: string;
   /**
    * The generation the agent applied, or 0: it holds the work's objects but not the
@@ -53,9 +55,16 @@ export interface HeldWork {
   generation: number;
 }
 
+/** The agent's first message on the stream (within 30 s of opening it). */
 export interface Hello {
+  /** The agent's cluster; a credential of another cluster gets PERMISSION_DENIED. */
   cluster: string;
+  /** The agent's version; the control plane sets AgentVersionCompatible from it. */
   agentVersion: string;
+  /**
+   * The works the agent holds, from its ledger: the control plane sends only the new
+   * or changed ones and deletes the rest. At most 100,000 with the HeldWorks parts.
+   */
   heldWorks: HeldWork[];
   /**
    * More held works follow in HeldWorks messages, the last of them with more unset.
@@ -67,45 +76,78 @@ export interface Hello {
 
 /** The rest of the works a Hello announced, in messages of bounded size. */
 export interface HeldWorks {
+  /** More works the agent holds. */
   works: HeldWork[];
+  /** Another HeldWorks message follows. */
   more: boolean;
 }
 
+/** The agent received a work. */
 export interface WorkAck {
+  /** The work's name. */
   name: string;
+  /** The work's uid. */
   uid: string;
+  /** The work generation received. */
   generation: number;
 }
 
+/** A work's status in the member, sent when it changes; it becomes the work's status. */
 export interface WorkStatusReport {
+  /** The work's name. */
   name: string;
+  /** The work's uid; a report about another uid is not recorded. */
   uid: string;
+  /**
+   * The work generation the report is about (the Applied condition's
+   * observedGeneration).
+   */
   generation: number;
   /** Applied condition: True when every manifest is applied, else the error. */
   applied: boolean;
+  /** The Applied condition's message: the error when not applied. */
   message: string;
+  /** One per applied object, when applied. */
   manifestStatuses: ManifestStatus[];
   /** The agent restored objects that were edited or deleted in the member. */
   driftCorrections: number;
 }
 
+/**
+ * The agent is done with a deleted work (its objects deleted, or left in place when
+ * preserved); the control plane then lets the work go.
+ */
 export interface WorkDeleted {
+  /** The work's name. */
   name: string;
+  /** The uid of the work deleted. */
   uid: string;
 }
 
+/**
+ * The cluster's facts, sent every heartbeat interval; they become the
+ * MemberCluster's status and Ready condition.
+ */
 export interface Heartbeat {
+  /** The member API server's version. */
   kubernetesVersion: string;
   /** Sent in full only when they changed since the last heartbeat of this stream. */
   apiEnablements: APIEnablement[];
+  /** True when apiEnablements is sent; false: the last ones sent still hold. */
   apiEnablementsChanged: boolean;
-  nodeSummary: NodeSummary | undefined;
+  /** The cluster's node counts. */
+  nodeSummary:
+    | NodeSummary
+    | undefined;
+  /** The cluster's capacity. */
   resourceSummary:
     | ResourceSummary
     | undefined;
   /** Whether the member's API server answers /readyz. */
   apiServerReady: boolean;
+  /** Why the API server is not ready. */
   message: string;
+  /** The member's kube-system namespace UID; it becomes the MemberCluster's spec.id. */
   clusterId: string;
 }
 
@@ -114,44 +156,79 @@ export interface Heartbeat {
  * per work would cost more than the work itself.
  */
 export interface AgentBatch {
+  /** Works received. */
   acks: WorkAck[];
+  /** Status reports. */
   statuses: WorkStatusReport[];
+  /** Deleted works the agent is done with. */
   deleted: WorkDeleted[];
 }
 
+/** One message from the agent to the control plane. */
 export interface AgentMessage {
-  hello?: Hello | undefined;
-  ack?: WorkAck | undefined;
-  status?: WorkStatusReport | undefined;
-  deleted?: WorkDeleted | undefined;
-  heartbeat?: Heartbeat | undefined;
-  batch?: AgentBatch | undefined;
+  /** The first message: who the agent is and what it holds. */
+  hello?:
+    | Hello
+    | undefined;
+  /** A work received. */
+  ack?:
+    | WorkAck
+    | undefined;
+  /** A work's status. */
+  status?:
+    | WorkStatusReport
+    | undefined;
+  /** A deleted work the agent is done with. */
+  deleted?:
+    | WorkDeleted
+    | undefined;
+  /** The cluster's facts. */
+  heartbeat?:
+    | Heartbeat
+    | undefined;
+  /** Several acknowledgements and reports. */
+  batch?:
+    | AgentBatch
+    | undefined;
+  /** The rest of the held works, when the hello said more follow. */
   heldWorks?: HeldWorks | undefined;
 }
 
+/** The control plane's first message: the session has begun. */
 export interface Welcome {
+  /** The session's identifier, for logs. */
   session: string;
+  /** How often to send heartbeats (the agent's --heartbeat-interval overrides it). */
   heartbeatIntervalSeconds: number;
   /** The control plane's version: the agent says when it is too far from its own. */
   controlPlaneVersion: string;
 }
 
+/** Delete a work, and its objects from the member. */
 export interface WorkDelete {
+  /** The work's name. */
   name: string;
+  /** The uid of the work to delete. */
   uid: string;
   /** Leave the objects in the member; only stop managing them. */
   preserveResources: boolean;
 }
 
+/** Every work the cluster has or the agent held at connect has been handled once. */
 export interface SyncComplete {
+  /** Works sent because they were new or changed. */
   sent: number;
+  /** Works the agent was told to delete. */
   deleted: number;
+  /** Works the agent already held as they are. */
   unchanged: number;
 }
 
 /** Several works and deletions at once, in the order they are to be handled. */
 export interface WorkBatch {
+  /** Works to apply. */
   works: PropagationWork[];
+  /** Works to delete. */
   deletes: WorkDelete[];
 }
 
@@ -160,15 +237,33 @@ export interface WorkBatch {
  * any change: the agent needs them to reflect status, judge health and retain fields.
  */
 export interface InterpreterCustomizations {
+  /** All of them: the set replaces the one sent before. */
   items: ResourceInterpreterCustomization[];
 }
 
+/** One message from the control plane to the agent. */
 export interface ControlMessage {
-  welcome?: Welcome | undefined;
-  work?: PropagationWork | undefined;
-  delete?: WorkDelete | undefined;
-  synced?: SyncComplete | undefined;
-  batch?: WorkBatch | undefined;
+  /** The first message of a session. */
+  welcome?:
+    | Welcome
+    | undefined;
+  /** A work to apply (new or changed). */
+  work?:
+    | PropagationWork
+    | undefined;
+  /** A work to delete. */
+  delete?:
+    | WorkDelete
+    | undefined;
+  /** The resume after connecting is complete. */
+  synced?:
+    | SyncComplete
+    | undefined;
+  /** Several works and deletions. */
+  batch?:
+    | WorkBatch
+    | undefined;
+  /** Every ResourceInterpreterCustomization. */
   customizations?: InterpreterCustomizations | undefined;
 }
 
@@ -1999,8 +2094,13 @@ export const ControlMessage: MessageFns<ControlMessage> = {
   },
 };
 
+/** The stream each member cluster's agent opens to the control plane. */
 export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
+  /**
+   * One bidirectional stream per agent, as the file's comment describes; needs the
+   * cluster's credential ("authorization: Bearer <cluster token>").
+   */
   connect: {
     path: "/archipel.v1alpha1.AgentService/Connect" as const,
     requestStream: true as const,
@@ -2013,10 +2113,18 @@ export const AgentServiceService = {
 } as const;
 
 export interface AgentServiceServer extends UntypedServiceImplementation {
+  /**
+   * One bidirectional stream per agent, as the file's comment describes; needs the
+   * cluster's credential ("authorization: Bearer <cluster token>").
+   */
   connect: handleBidiStreamingCall<AgentMessage, ControlMessage>;
 }
 
 export interface AgentServiceClient extends Client {
+  /**
+   * One bidirectional stream per agent, as the file's comment describes; needs the
+   * cluster's credential ("authorization: Bearer <cluster token>").
+   */
   connect(): ClientDuplexStream<AgentMessage, ControlMessage>;
   connect(options: Partial<CallOptions>): ClientDuplexStream<AgentMessage, ControlMessage>;
   connect(metadata: Metadata, options?: Partial<CallOptions>): ClientDuplexStream<AgentMessage, ControlMessage>;

@@ -15,48 +15,103 @@ export const protobufFileName = "archipel/v1alpha1/cluster.proto";
 
 /** MemberCluster: a Kubernetes cluster whose agent connects to the control plane. */
 
+/**
+ * A member cluster, Karmada's cluster.karmada.io Cluster in pull mode. Created by
+ * Join (archipel join); cluster-scoped, its name a DNS label.
+ */
 export interface MemberCluster {
-  /** cluster.archipel.io/v1alpha1 */
+  /**
+   * cluster.archipel.io/v1alpha1
+   * (cluster.karmada.io/v1alpha1 is accepted); any other value is refused.
+   */
   apiVersion: string;
   /** MemberCluster */
   kind: string;
-  metadata: ObjectMeta | undefined;
-  spec: MemberClusterSpec | undefined;
+  /** The cluster's name is the name policies and affinities use. */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** What the cluster is: identity, topology and taints. */
+  spec:
+    | MemberClusterSpec
+    | undefined;
+  /** What its agent last reported; written by the control plane only. */
   status: MemberClusterStatus | undefined;
 }
 
+/** A member cluster's identity, topology and taints. */
 export interface MemberClusterSpec {
   /** A stable identifier (the member's kube-system namespace UID, reported by the agent). */
   id: string;
-  /** Always "Pull": the agent connects out. */
+  /**
+   * Always "Pull": the agent connects out.
+   * Karmada's "Push" is refused.
+   */
   syncMode: string;
+  /** The cloud provider; fieldSelector and spreadByField: provider match it. */
   provider: string;
+  /** The region; fieldSelector and spreadByField: region match it. */
   region: string;
-  /** Deprecated in Karmada in favour of zones; kept for compatibility. */
+  /**
+   * Deprecated in Karmada in favour of zones; kept for compatibility.
+   * Used only when zones is empty.
+   */
   zone: string;
+  /**
+   * The zones the cluster spans; fieldSelector matches any of them, and
+   * spreadByField: zone groups by the first.
+   */
   zones: string[];
+  /**
+   * Cluster taints, which policies must tolerate (clusterTolerations). NoSchedule
+   * keeps new work off; NoExecute also takes work already there off the cluster;
+   * PreferNoSchedule is not acted on. The control plane adds and removes
+   * cluster.archipel.io/not-ready and cluster.archipel.io/unreachable (NoSchedule) as
+   * Ready goes False or Unknown.
+   */
   taints: Taint[];
 }
 
+/** One resource a cluster serves within a group version. */
 export interface APIResource {
+  /** The resource's plural name, e.g. deployments. */
   name: string;
+  /** The resource's kind, e.g. Deployment. */
   kind: string;
 }
 
+/** The resources a cluster serves in one group version. */
 export interface APIEnablement {
+  /** The group version, e.g. apps/v1, or v1 for the core group. */
   groupVersion: string;
+  /** The resources served in it. */
   resources: APIResource[];
 }
 
+/** A cluster's node counts. */
 export interface NodeSummary {
+  /** Every node. */
   totalNum: number;
+  /** Nodes whose Ready condition is True; with none, the cluster has no room at all. */
   readyNum: number;
 }
 
+/**
+ * A cluster's capacity: the scheduler's estimate of available replicas is
+ * allocatable minus allocated and allocating, divided by one replica's requests.
+ */
 export interface ResourceSummary {
-  /** Resource name (cpu, memory, pods, ...) to quantity, Kubernetes notation. */
+  /**
+   * Resource name (cpu, memory, pods, ...) to quantity, Kubernetes notation.
+   * Summed over the nodes' allocatable.
+   */
   allocatable: { [key: string]: string };
+  /**
+   * Capacity promised but not yet in use; counted as used. The agent does not
+   * report it.
+   */
   allocating: { [key: string]: string };
+  /** The requests of the pods bound to nodes and not finished (pods: their count). */
   allocated: { [key: string]: string };
 }
 
@@ -75,18 +130,43 @@ export interface ResourceSummary_AllocatedEntry {
   value: string;
 }
 
+/** The cluster's agent, as the control plane sees it. */
 export interface AgentStatus {
+  /** Whether the agent's stream is open now. */
   connected: boolean;
+  /**
+   * The agent's version; AgentVersionCompatible is False when it is newer than the
+   * control plane or more than one minor version older.
+   */
   version: string;
+  /** When the last heartbeat arrived; to save writes it may lag by up to 30 s. */
   lastHeartbeatTime: Date | undefined;
 }
 
+/** What the cluster's agent reported; written by the control plane, never by Apply. */
 export interface MemberClusterStatus {
+  /** The member API server's version, e.g. v1.35.4. */
   kubernetesVersion: string;
+  /**
+   * The APIs the cluster serves; a cluster that does not serve a template's
+   * apiVersion and kind is not scheduled for it.
+   */
   apiEnablements: APIEnablement[];
+  /**
+   * Ready (True while heartbeats say the API server answers; False when it does
+   * not; Unknown after the grace period, 40 s by default, without a heartbeat) and
+   * AgentVersionCompatible.
+   */
   conditions: Condition[];
-  nodeSummary: NodeSummary | undefined;
-  resourceSummary: ResourceSummary | undefined;
+  /** The cluster's node counts. */
+  nodeSummary:
+    | NodeSummary
+    | undefined;
+  /** The cluster's capacity, for dynamic weights and Aggregated division. */
+  resourceSummary:
+    | ResourceSummary
+    | undefined;
+  /** The cluster's agent. */
   agent: AgentStatus | undefined;
 }
 

@@ -24,21 +24,38 @@ export const protobufFileName = "archipel/v1alpha1/interpreter.proto";
  * health Unknown, with the reason; other kinds are never affected.
  */
 
+/**
+ * Describes one kind to the resource interpreter. When several target the same kind,
+ * the first by name is used.
+ */
 export interface ResourceInterpreterCustomization {
   /** config.archipel.io/v1alpha1 (config.karmada.io/v1alpha1 accepted) */
   apiVersion: string;
+  /** ResourceInterpreterCustomization */
   kind: string;
-  metadata: ObjectMeta | undefined;
+  /** Cluster-scoped: metadata.namespace must be empty. */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** The kind described and its operations. */
   spec: ResourceInterpreterCustomizationSpec | undefined;
 }
 
+/** The kind a customization describes and how. */
 export interface ResourceInterpreterCustomizationSpec {
-  target: CustomizationTarget | undefined;
+  /** The kind described. */
+  target:
+    | CustomizationTarget
+    | undefined;
+  /** The operations described. */
   customizations: CustomizationRules | undefined;
 }
 
+/** The kind a customization describes. */
 export interface CustomizationTarget {
+  /** The kind's apiVersion, e.g. example.io/v1. Required. */
   apiVersion: string;
+  /** The kind, e.g. Widget. Required. */
   kind: string;
 }
 
@@ -47,12 +64,31 @@ export interface CustomizationTarget {
  * the kind (for an unknown kind: no replicas, the whole .status reflected, Healthy).
  */
 export interface CustomizationRules {
-  retention: RetentionRule | undefined;
-  replicaResource: ReplicaResourceRule | undefined;
-  replicaRevision: ReplicaRevisionRule | undefined;
-  statusReflection: StatusReflectionRule | undefined;
-  statusAggregation: StatusAggregationRule | undefined;
-  healthInterpretation: HealthInterpretationRule | undefined;
+  /** Fields the member owns. */
+  retention:
+    | RetentionRule
+    | undefined;
+  /** Where the replica count and the pod template live. */
+  replicaResource:
+    | ReplicaResourceRule
+    | undefined;
+  /** Where each cluster's share of the replicas is written. */
+  replicaRevision:
+    | ReplicaRevisionRule
+    | undefined;
+  /** What status the agent reports. */
+  statusReflection:
+    | StatusReflectionRule
+    | undefined;
+  /** How the template's status sums up the clusters'. */
+  statusAggregation:
+    | StatusAggregationRule
+    | undefined;
+  /** When an object in a member is healthy. */
+  healthInterpretation:
+    | HealthInterpretationRule
+    | undefined;
+  /** What a workload depends on, for propagateDeps. */
   dependencyInterpretation: DependencyInterpretationRule | undefined;
 }
 
@@ -60,78 +96,134 @@ export interface CustomizationRules {
 export interface RetentionRule {
   /** Karmada's form; refused: Archipel runs no user-supplied scripts. */
   luaScript: string;
+  /** Paths of field names only, e.g. .spec.endpoint. */
   paths: string[];
 }
 
+/** Where a workload's replica count and pod template live. */
 export interface ReplicaResourceRule {
+  /** Karmada's form; refused: Archipel runs no user-supplied scripts. */
   luaScript: string;
-  /** Where the replica count lives, e.g. ".spec.size". Missing means 1. */
+  /**
+   * Where the replica count lives, e.g. ".spec.size". Missing means 1.
+   * Required in the rule.
+   */
   replicas: string;
-  /** Where the pod template lives (its spec's containers give the per-replica request). */
+  /**
+   * Where the pod template lives (its spec's containers give the per-replica request).
+   * Optional; without it the replicas' requests are unknown.
+   */
   podTemplate: string;
 }
 
+/** Where each cluster's share of the replicas is written. */
 export interface ReplicaRevisionRule {
+  /** Karmada's form; refused: Archipel runs no user-supplied scripts. */
   luaScript: string;
-  /** Where to write each cluster's share of the replicas. */
+  /**
+   * Where to write each cluster's share of the replicas.
+   * A path of field names only, e.g. .spec.size. Required in the rule.
+   */
   replicas: string;
 }
 
+/** What the agent reports of an object in the member. */
 export interface StatusReflectionRule {
+  /** Karmada's form; refused: Archipel runs no user-supplied scripts. */
   luaScript: string;
-  /** What the agent reports; empty: the whole .status. */
+  /**
+   * What the agent reports: each field's first match, under its name. Leave the rule
+   * out to keep the kind's built-in reflection (for an unknown kind, the whole
+   * .status); a rule without fields reports nothing.
+   */
   fields: StatusField[];
 }
 
+/** One reflected status field. */
 export interface StatusField {
-  /** The key in the reflected status. */
+  /**
+   * The key in the reflected status.
+   * Required.
+   */
   name: string;
-  /** A JSONPath into the member's object; the first match is taken. */
+  /**
+   * A JSONPath into the member's object; the first match is taken.
+   * Required.
+   */
   path: string;
 }
 
+/** How the clusters' reflected statuses become the template's status. */
 export interface StatusAggregationRule {
+  /** Karmada's form; refused: Archipel runs no user-supplied scripts. */
   luaScript: string;
   /** How each reflected field becomes the template's status field. */
   fields: AggregatedField[];
 }
 
+/** One field of the template's aggregated status. */
 export interface AggregatedField {
+  /**
+   * The reflected field aggregated, and the template's status field that receives the
+   * result. Required.
+   */
   name: string;
-  /** Sum, Min, Max, AllTrue, AnyTrue, First or Collect (a list of per-cluster values). */
+  /**
+   * Sum, Min, Max, AllTrue, AnyTrue, First or Collect (a list of per-cluster values).
+   * Required. Sum, Min and Max need numbers; AllTrue needs every cluster to report
+   * true.
+   */
   operation: string;
 }
 
+/** When an object in a member is healthy. */
 export interface HealthInterpretationRule {
+  /** Karmada's form; refused: Archipel runs no user-supplied scripts. */
   luaScript: string;
   /** Healthy when every expression holds; Unhealthy otherwise. */
   healthyWhen: HealthExpression[];
 }
 
+/** One condition on an object in the member. */
 export interface HealthExpression {
-  /** A JSONPath into the member's object; the first match is compared. */
+  /**
+   * A JSONPath into the member's object; the first match is compared.
+   * Required.
+   */
   path: string;
   /**
    * Equal, NotEqual, In, NotIn, Exists, DoesNotExist, GreaterThan,
    * GreaterThanOrEqual, LessThan, LessThanOrEqual.
+   * Exists and DoesNotExist need no value; the others need values or valuePath.
    */
   operator: string;
-  /** Literal values (numbers compare as numbers). */
+  /**
+   * Literal values (numbers compare as numbers).
+   * In and NotIn take several; the other operators one.
+   */
   values: string[];
   /** Or compare with the value at another path of the same object. */
   valuePath: string;
 }
 
+/** What a workload needs; with a rule, it replaces the kind's built-in dependencies. */
 export interface DependencyInterpretationRule {
+  /** Karmada's form; refused: Archipel runs no user-supplied scripts. */
   luaScript: string;
+  /** The kinds of object needed and where their names are. */
   dependencies: DependencyRule[];
 }
 
 /** Objects in the workload's namespace it needs, found by name. */
 export interface DependencyRule {
+  /** The dependency's apiVersion, e.g. v1. Required. */
   apiVersion: string;
+  /** The dependency's kind, e.g. ConfigMap. Required. */
   kind: string;
-  /** A JSONPath giving one or more names. */
+  /**
+   * A JSONPath giving one or more names.
+   * Required.
+   */
   namePath: string;
 }
 

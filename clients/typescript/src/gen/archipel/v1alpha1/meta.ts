@@ -19,8 +19,15 @@ export const protobufFileName = "archipel/v1alpha1/meta.proto";
 
 /** ObjectMeta is the metadata of every stored object. */
 export interface ObjectMeta {
+  /**
+   * The object's name, unique per kind and namespace. Required: a lowercase DNS
+   * subdomain (a DNS label for a MemberCluster).
+   */
   name: string;
-  /** Empty for cluster-scoped objects. */
+  /**
+   * Empty for cluster-scoped objects (and for the binding of a cluster-scoped
+   * template). Otherwise a DNS label; refused when set on a cluster-scoped kind.
+   */
   namespace: string;
   /** Assigned by the control plane when the object is created. */
   uid: string;
@@ -28,13 +35,19 @@ export interface ObjectMeta {
   resourceVersion: string;
   /** Incremented on every change to the object's spec. */
   generation: number;
+  /** Labels, as in Kubernetes: policies, affinities and List/Watch select on them. */
   labels: { [key: string]: string };
+  /** Annotations, as in Kubernetes; at most 256 KiB of keys and values in all. */
   annotations: { [key: string]: string };
+  /** When the object was created; set by the control plane. */
   creationTimestamp:
     | Date
     | undefined;
   /** Set when deletion was requested while finalizers remain. */
-  deletionTimestamp: Date | undefined;
+  deletionTimestamp:
+    | Date
+    | undefined;
+  /** Keys that hold a deleted object (deletionTimestamp set) until each is removed. */
   finalizers: string[];
 }
 
@@ -48,25 +61,42 @@ export interface ObjectMeta_AnnotationsEntry {
   value: string;
 }
 
+/** A Kubernetes-style status condition. */
 export interface Condition {
+  /** What the condition reports, e.g. Ready, Scheduled, FullyApplied or Applied. */
   type: string;
   /** "True", "False" or "Unknown". */
   status: string;
+  /** A machine-readable CamelCase reason for the status. */
   reason: string;
+  /** A human-readable explanation. */
   message: string;
-  lastTransitionTime: Date | undefined;
+  /** When status last changed. */
+  lastTransitionTime:
+    | Date
+    | undefined;
+  /** The object's metadata.generation the condition was computed from. */
   observedGeneration: number;
 }
 
+/** One requirement of a Kubernetes label selector. */
 export interface LabelSelectorRequirement {
+  /** The label key the requirement applies to. */
   key: string;
   /** In, NotIn, Exists or DoesNotExist. */
   operator: string;
+  /** Required (non-empty) for In and NotIn; must be empty for Exists and DoesNotExist. */
   values: string[];
 }
 
+/**
+ * A Kubernetes label selector: every matchLabels entry and every matchExpressions
+ * requirement must hold. An empty selector matches everything.
+ */
 export interface LabelSelector {
+  /** Label key to the exact value it must have. */
   matchLabels: { [key: string]: string };
+  /** Further requirements, all of which must hold. */
   matchExpressions: LabelSelectorRequirement[];
 }
 
@@ -77,30 +107,46 @@ export interface LabelSelector_MatchLabelsEntry {
 
 /** A Kubernetes taint on a member cluster. */
 export interface Taint {
+  /** The taint key, e.g. cluster.archipel.io/not-ready. Required. */
   key: string;
+  /** The taint value; may be empty. */
   value: string;
   /** NoSchedule, PreferNoSchedule or NoExecute. */
   effect: string;
+  /** When the taint was added; the control plane sets it on the taints it adds. */
   timeAdded: Date | undefined;
 }
 
+/** A Kubernetes toleration: lets a policy place work on clusters with a matching taint. */
 export interface Toleration {
+  /** The taint key it tolerates; empty with operator Exists tolerates every taint. */
   key: string;
   /** Equal or Exists. */
   operator: string;
+  /** The taint value to match with Equal; must be empty with Exists. */
   value: string;
+  /** NoSchedule, PreferNoSchedule or NoExecute; empty matches every effect. */
   effect: string;
-  /** int32 (Kubernetes: int64) so that proto3 JSON prints a number. */
+  /**
+   * int32 (Kubernetes: int64) so that proto3 JSON prints a number.
+   * Accepted for Karmada compatibility; the scheduler does not act on it.
+   */
   tolerationSeconds?: number | undefined;
 }
 
 /** Which object a binding or work was made from. */
 export interface ObjectReference {
+  /** The object's apiVersion, e.g. apps/v1. */
   apiVersion: string;
+  /** The object's kind, e.g. Deployment. */
   kind: string;
+  /** The object's namespace; empty for cluster-scoped objects. */
   namespace: string;
+  /** The object's name. */
   name: string;
+  /** The object's uid. */
   uid: string;
+  /** The object's resourceVersion when the reference was taken. */
   resourceVersion: string;
 }
 

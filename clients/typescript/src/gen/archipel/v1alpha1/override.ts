@@ -20,76 +20,158 @@ export const protobufFileName = "archipel/v1alpha1/override.proto";
  * override YAML is accepted unchanged.
  */
 
+/**
+ * Changes the manifest a cluster gets for the templates of its own namespace. Applied
+ * after every ClusterOverridePolicy, least specific policy first.
+ */
 export interface OverridePolicy {
+  /** policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted) */
   apiVersion: string;
+  /** OverridePolicy */
   kind: string;
-  metadata: ObjectMeta | undefined;
+  /** Namespaced: the policy applies to templates in metadata.namespace only. */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** Which templates, which clusters, which changes. */
   spec: OverrideSpec | undefined;
 }
 
+/**
+ * Changes the manifest a cluster gets for templates of any namespace, and
+ * cluster-scoped ones. Applied before OverridePolicies, least specific policy first
+ * (match-all, kind, labels, name), ties by name.
+ */
 export interface ClusterOverridePolicy {
+  /** policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted) */
   apiVersion: string;
+  /** ClusterOverridePolicy */
   kind: string;
-  metadata: ObjectMeta | undefined;
+  /** Cluster-scoped: metadata.namespace must be empty. */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** Which templates, which clusters, which changes. */
   spec: OverrideSpec | undefined;
 }
 
+/** What an OverridePolicy or ClusterOverridePolicy changes, and where. */
 export interface OverrideSpec {
+  /** The templates the policy applies to; empty: every template in its scope. */
   resourceSelectors: ResourceSelector[];
+  /** Overriders per group of target clusters, applied in order. */
   overrideRules: RuleWithCluster[];
-  /** Deprecated in Karmada in favour of overrideRules; still honoured. */
-  targetCluster: ClusterAffinity | undefined;
+  /**
+   * Deprecated in Karmada in favour of overrideRules; still honoured.
+   * The clusters the top-level overriders apply to; absent: every cluster.
+   */
+  targetCluster:
+    | ClusterAffinity
+    | undefined;
+  /** Deprecated in Karmada in favour of overrideRules; still honoured, after them. */
   overriders: Overriders | undefined;
 }
 
+/** Overriders and the clusters they apply to. */
 export interface RuleWithCluster {
   /** Empty: every cluster. */
-  targetCluster: ClusterAffinity | undefined;
+  targetCluster:
+    | ClusterAffinity
+    | undefined;
+  /** The changes for those clusters. */
   overriders: Overriders | undefined;
 }
 
+/**
+ * Changes to one manifest, applied in Karmada's order: image, command, args, labels,
+ * annotations, field, plaintext. One that cannot apply sets OverridesApplied=False on
+ * the binding, naming the policy and overrider, and the cluster keeps its last good
+ * work.
+ */
 export interface Overriders {
+  /** JSON patch (RFC 6902) operations on the manifest. */
   plaintext: PlaintextOverrider[];
+  /** Changes to container images. */
   imageOverrider: ImageOverrider[];
+  /** Changes to a container's command. */
   commandOverrider: CommandArgsOverrider[];
+  /** Changes to a container's args. */
   argsOverrider: CommandArgsOverrider[];
+  /** Changes to metadata.labels. */
   labelsOverrider: LabelAnnotationOverrider[];
+  /** Changes to metadata.annotations. */
   annotationsOverrider: LabelAnnotationOverrider[];
+  /** Patches to JSON or YAML held in a string field. */
   fieldOverrider: FieldOverrider[];
 }
 
+/** One JSON patch operation on the manifest. */
 export interface PlaintextOverrider {
-  /** A JSON pointer, e.g. /spec/replicas. */
+  /**
+   * A JSON pointer, e.g. /spec/replicas.
+   * Required: it must start with '/'.
+   */
   path: string;
-  /** add, remove or replace. */
+  /**
+   * add, remove or replace.
+   * Required.
+   */
   operator: string;
+  /** Any JSON value; required for add and replace. */
   value: any | undefined;
 }
 
+/** Which image an ImageOverrider changes. */
 export interface ImagePredicate {
-  /** A JSON pointer to the image string, e.g. /spec/template/spec/containers/0/image. */
+  /**
+   * A JSON pointer to the image string, e.g. /spec/template/spec/containers/0/image.
+   * Empty: every container image of a Pod, Deployment, ReplicaSet, StatefulSet,
+   * DaemonSet, Job or CronJob.
+   */
   path: string;
 }
 
+/** Changes one part of container image references. */
 export interface ImageOverrider {
+  /** Which image; absent: every container image of the pod template. */
   predicate:
     | ImagePredicate
     | undefined;
-  /** Registry, Repository or Tag. */
+  /**
+   * Registry, Repository or Tag.
+   * Required.
+   */
   component: string;
+  /**
+   * add, remove or replace (required): add appends value to the component, remove
+   * clears it, replace sets it to value.
+   */
   operator: string;
+  /** The text to add or set. */
   value: string;
 }
 
+/** Changes to a container's command or args. */
 export interface CommandArgsOverrider {
+  /** The container to change. Required. */
   containerName: string;
-  /** add or remove. */
+  /**
+   * add or remove.
+   * Required: add appends the values; remove deletes every occurrence of them.
+   */
   operator: string;
+  /** The entries to add or remove. */
   value: string[];
 }
 
+/** Changes to metadata.labels or metadata.annotations. */
 export interface LabelAnnotationOverrider {
+  /**
+   * add, remove or replace (required): add sets each key, replace changes only keys
+   * already present, remove deletes the keys.
+   */
   operator: string;
+  /** The keys and their values (remove uses only the keys). */
   value: { [key: string]: string };
 }
 
@@ -98,22 +180,36 @@ export interface LabelAnnotationOverrider_ValueEntry {
   value: string;
 }
 
+/** One JSON patch operation on an embedded JSON document. */
 export interface JSONPatchOperation {
+  /** A JSON pointer inside the embedded document. */
   subPath: string;
+  /** add, remove or replace. */
   operator: string;
+  /** The value for add and replace. */
   value: any | undefined;
 }
 
+/** One JSON patch operation on an embedded YAML document. */
 export interface YAMLPatchOperation {
+  /** A JSON pointer inside the embedded document. */
   subPath: string;
+  /** add, remove or replace. */
   operator: string;
+  /** The value for add and replace. */
   value: any | undefined;
 }
 
+/** Patches a JSON or YAML document held in a string field, such as a ConfigMap's data. */
 export interface FieldOverrider {
-  /** A JSON pointer to a string field that holds JSON or YAML, e.g. /data/config.yaml. */
+  /**
+   * A JSON pointer to a string field that holds JSON or YAML, e.g. /data/config.yaml.
+   * Required: it must start with '/'.
+   */
   fieldPath: string;
+  /** Operations on a JSON document; exclusive with yaml. */
   json: JSONPatchOperation[];
+  /** Operations on a YAML document; exclusive with json. */
   yaml: YAMLPatchOperation[];
 }
 

@@ -19,171 +19,385 @@ export const protobufFileName = "archipel/v1alpha1/policy.proto";
  * strings here, as in Karmada, and validated by the control plane.
  */
 
+/**
+ * Propagates the resource templates of its own namespace to member clusters. In the
+ * template's namespace it beats any ClusterPropagationPolicy.
+ */
 export interface PropagationPolicy {
   /** policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted) */
   apiVersion: string;
+  /** PropagationPolicy */
   kind: string;
-  metadata: ObjectMeta | undefined;
+  /** Namespaced: the policy selects templates in metadata.namespace only. */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** Which templates to propagate, and where. */
   spec: PropagationSpec | undefined;
 }
 
+/**
+ * Propagates templates of any namespace, and cluster-scoped ones, to member clusters.
+ * A PropagationPolicy that matches in the template's namespace wins over it.
+ */
 export interface ClusterPropagationPolicy {
+  /** policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted) */
   apiVersion: string;
+  /** ClusterPropagationPolicy */
   kind: string;
-  metadata: ObjectMeta | undefined;
+  /** Cluster-scoped: metadata.namespace must be empty. */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** Which templates to propagate, and where. */
   spec: PropagationSpec | undefined;
 }
 
+/** What a PropagationPolicy or ClusterPropagationPolicy asks for. */
 export interface PropagationSpec {
+  /**
+   * The templates the policy propagates (any selector may match); at least one is
+   * required. Templates in kube-*, archipel-system and archipel-es-* never propagate.
+   */
   resourceSelectors: ResourceSelector[];
-  /** Deprecated in Karmada in favour of propagateDeps. */
+  /**
+   * Deprecated in Karmada in favour of propagateDeps.
+   * Archipel does not act on it: set propagateDeps.
+   */
   association: boolean;
+  /**
+   * True: the ConfigMaps, Secrets, ServiceAccount and PVCs the workload's pod
+   * template references (or what a customization names) follow it to its clusters.
+   * Default false.
+   */
   propagateDeps: boolean;
+  /** Where the selected templates go and how their replicas are split. */
   placement:
     | Placement
     | undefined;
-  /** Higher wins when several policies match one template; default 0. */
+  /**
+   * Higher wins when several policies match one template; default 0.
+   * A namespaced policy beats a cluster one first; equal priorities go to the more
+   * specific selector (name, then labels, then kind alone), then the policy name.
+   */
   priority?:
     | number
     | undefined;
-  /** Always or Never (default). */
+  /**
+   * Always or Never (default).
+   * Always: this policy takes templates already claimed by a policy it outranks
+   * (namespaced over cluster-scoped, then higher priority).
+   */
   preemption: string;
+  /** Karmada's OverridePolicies that must exist first; Archipel does not wait for them. */
   dependentOverrides: string[];
+  /**
+   * Copied to the binding, default "default-scheduler". Archipel's one scheduler
+   * schedules every binding whatever the name.
+   */
   schedulerName: string;
+  /**
+   * Karmada's application and cluster failover. Checked (purgeMode values) but not
+   * acted on; a NoExecute cluster taint is what moves work off a cluster.
+   */
   failover:
     | FailoverBehavior
     | undefined;
-  /** Abort (default) or Overwrite. */
+  /**
+   * Abort (default) or Overwrite.
+   * Overwrite lets the agent take over a member object Archipel does not manage (or
+   * that another work holds); Abort leaves it alone and the work reports the conflict.
+   */
   conflictResolution: string;
-  /** Empty or Lazy. */
+  /**
+   * Empty or Lazy.
+   * Karmada's Lazy defers policy changes to the template's next change; Archipel
+   * accepts it and applies policy changes at once either way.
+   */
   activationPreference: string;
-  suspension: Suspension | undefined;
-  preserveResourcesOnDeletion?: boolean | undefined;
+  /** Stops sending works to every cluster or to some; what runs in them stays. */
+  suspension:
+    | Suspension
+    | undefined;
+  /**
+   * True: deleting the template leaves its objects in the members, unmanaged, instead
+   * of deleting them. Default false. A cluster dropped from the placement still loses
+   * them.
+   */
+  preserveResourcesOnDeletion?:
+    | boolean
+    | undefined;
+  /**
+   * Karmada's scheduling priority. Checked (priorityClassSource values) but not acted
+   * on: the scheduler does not order bindings by it.
+   */
   schedulePriority: SchedulePriority | undefined;
 }
 
+/**
+ * Selects resource templates: apiVersion and kind, and optionally namespace, name or
+ * labels.
+ */
 export interface ResourceSelector {
+  /** The template's apiVersion, e.g. apps/v1. Required. */
   apiVersion: string;
+  /** The template's kind, e.g. Deployment. Required. */
   kind: string;
+  /**
+   * Only templates in this namespace; empty: any the policy may select. A
+   * PropagationPolicy naming a namespace other than its own is refused.
+   */
   namespace: string;
+  /** Only the template of this name; when set, labelSelector is not consulted. */
   name: string;
+  /** Only templates whose labels match; empty: every template of the kind. */
   labelSelector: LabelSelector | undefined;
 }
 
+/** Selects clusters by their spec fields. */
 export interface FieldSelector {
+  /**
+   * All must hold. key: provider, region or zone (required); operator: In or NotIn
+   * (required). A cluster matches a zone if any of its zones is among the values.
+   */
   matchExpressions: LabelSelectorRequirement[];
 }
 
+/** Which clusters may be chosen: a cluster must satisfy every criterion given. */
 export interface ClusterAffinity {
-  labelSelector: LabelSelector | undefined;
-  fieldSelector: FieldSelector | undefined;
+  /** Clusters whose labels match. */
+  labelSelector:
+    | LabelSelector
+    | undefined;
+  /** Clusters whose provider, region or zone match. */
+  fieldSelector:
+    | FieldSelector
+    | undefined;
+  /** Only these clusters, when non-empty. */
   clusterNames: string[];
+  /** Never these clusters. */
   exclude: string[];
 }
 
-/** One ordered group of clusterAffinities; Karmada embeds ClusterAffinity inline. */
+/**
+ * One ordered group of clusterAffinities; Karmada embeds ClusterAffinity inline.
+ * The first group in which any cluster fits is used.
+ */
 export interface ClusterAffinityTerm {
+  /** The group's name. Required, and unique within clusterAffinities. */
   affinityName: string;
-  labelSelector: LabelSelector | undefined;
-  fieldSelector: FieldSelector | undefined;
+  /** Clusters whose labels match. */
+  labelSelector:
+    | LabelSelector
+    | undefined;
+  /** Clusters whose provider, region or zone match. */
+  fieldSelector:
+    | FieldSelector
+    | undefined;
+  /** Only these clusters, when non-empty. */
   clusterNames: string[];
+  /** Never these clusters. */
   exclude: string[];
+  /**
+   * Further tiers, in order, that take only the Divided replicas the group's own
+   * clusters cannot hold; released first when the workload scales down.
+   */
   overflowAffinities: ClusterAffinity[];
 }
 
+/**
+ * Spreads the chosen clusters over groups: regions, zones, providers, label values or
+ * single clusters. Not applied when staticWeightList decides the division.
+ */
 export interface SpreadConstraint {
-  /** cluster, region, zone or provider. */
+  /**
+   * cluster, region, zone or provider.
+   * Exclusive with spreadByLabel; spreading by region, zone or provider also needs an
+   * entry for cluster.
+   */
   spreadByField: string;
+  /** Group clusters by the value of this cluster label. */
   spreadByLabel: string;
+  /** Most groups to use (for cluster: most clusters); 0 means no limit. */
   maxGroups: number;
+  /**
+   * Fewest groups needed; with fewer the binding is Unschedulable. Refused above a
+   * non-zero maxGroups; negative values are refused too.
+   */
   minGroups: number;
 }
 
+/** One entry of a static weight list. */
 export interface StaticClusterWeight {
+  /** The clusters the weight applies to. */
   targetCluster:
     | ClusterAffinity
     | undefined;
-  /** int32 (Karmada: int64) so that proto3 JSON prints a number, as Karmada YAML has. */
+  /**
+   * int32 (Karmada: int64) so that proto3 JSON prints a number, as Karmada YAML has.
+   * At least 1. A cluster takes the largest weight among the entries selecting it.
+   */
   weight: number;
 }
 
+/** How Weighted division weighs clusters: static weights or dynamic ones, not both. */
 export interface ClusterPreferences {
+  /**
+   * Replicas split in proportion to the weights (Webster/Sainte-Laguë). A cluster no
+   * entry selects gets none, unless no entry selects any: then all count equally.
+   */
   staticWeightList: StaticClusterWeight[];
-  /** AvailableReplicas. */
+  /**
+   * AvailableReplicas.
+   * Weights are the replicas each cluster has room for (free capacity over one
+   * replica's requests); a cluster never gets more than that.
+   */
   dynamicWeight: string;
 }
 
+/** How a workload's replicas are assigned to its clusters. */
 export interface ReplicaSchedulingStrategy {
-  /** Duplicated or Divided (the default when replicaScheduling is given). */
+  /**
+   * Duplicated or Divided (the default when replicaScheduling is given).
+   * Without replicaScheduling, Duplicated: every cluster gets all the replicas.
+   */
   replicaSchedulingType: string;
-  /** Aggregated or Weighted. */
+  /**
+   * Aggregated or Weighted.
+   * For Divided: Aggregated uses the fewest clusters with room for the replicas;
+   * Weighted (or empty) splits them by weightPreference, equally when it is absent.
+   */
   replicaDivisionPreference: string;
+  /** The weights of Weighted division. */
   weightPreference: ClusterPreferences | undefined;
 }
 
+/** Groups workloads by a label of their templates. */
 export interface WorkloadAffinityTerm {
+  /** The template label whose value makes the group. Required when the term is given. */
   groupByLabelKey: string;
 }
 
+/**
+ * Karmada's (alpha) workload affinity and anti-affinity. Checked (groupByLabelKey is
+ * required) but not acted on by Archipel's scheduler.
+ */
 export interface WorkloadAffinity {
-  affinity: WorkloadAffinityTerm | undefined;
+  /** Place the workload with the other workloads of its group. */
+  affinity:
+    | WorkloadAffinityTerm
+    | undefined;
+  /** Keep the workload apart from the other workloads of its group. */
   antiAffinity: WorkloadAffinityTerm | undefined;
 }
 
+/** Where a template goes and how its replicas are split. */
 export interface Placement {
-  clusterAffinity: ClusterAffinity | undefined;
+  /**
+   * The clusters that may be chosen; absent: every cluster. Refused together with
+   * clusterAffinities.
+   */
+  clusterAffinity:
+    | ClusterAffinity
+    | undefined;
+  /** Ordered groups of clusters; the first in which any cluster fits is used. */
   clusterAffinities: ClusterAffinityTerm[];
+  /**
+   * The cluster taints the workload tolerates. A NoSchedule or NoExecute taint that
+   * is not tolerated keeps the cluster out (NoSchedule: for new placements only).
+   */
   clusterTolerations: Toleration[];
+  /** How the chosen clusters are spread over regions, zones, providers or labels. */
   spreadConstraints: SpreadConstraint[];
-  replicaScheduling: ReplicaSchedulingStrategy | undefined;
+  /** How replicas are assigned; absent: Duplicated. */
+  replicaScheduling:
+    | ReplicaSchedulingStrategy
+    | undefined;
+  /** Karmada's workload affinity; not acted on. */
   workloadAffinity: WorkloadAffinity | undefined;
 }
 
+/** Karmada's application failover trigger. */
 export interface DecisionConditions {
+  /**
+   * How long an unhealthy application is tolerated before failover (Karmada: 300).
+   * Not acted on.
+   */
   tolerationSeconds?: number | undefined;
 }
 
+/** A piece of state Karmada carries to the new cluster on failover. */
 export interface StatePreservationRule {
+  /** The label the preserved value is written to. */
   aliasLabelName: string;
+  /** A JSONPath into the status to read the value from. */
   jsonPath: string;
 }
 
+/** State Karmada carries to the new cluster on failover; not acted on. */
 export interface StatePreservation {
+  /** The values to carry. */
   rules: StatePreservationRule[];
 }
 
+/** Karmada's failover of an unhealthy application; checked but not acted on. */
 export interface ApplicationFailoverBehavior {
+  /** When to fail over. */
   decisionConditions:
     | DecisionConditions
     | undefined;
   /** Directly, Gracefully (default) or Never. */
   purgeMode: string;
-  gracePeriodSeconds?: number | undefined;
+  /** How long Gracefully waits before removing the old copy (Karmada: 600). */
+  gracePeriodSeconds?:
+    | number
+    | undefined;
+  /** State to carry to the new cluster. */
   statePreservation: StatePreservation | undefined;
 }
 
+/** Karmada's failover away from a failed cluster; checked but not acted on. */
 export interface ClusterFailoverBehavior {
+  /** Directly or Gracefully. */
   purgeMode: string;
+  /** State to carry to the new cluster. */
   statePreservation: StatePreservation | undefined;
 }
 
+/**
+ * Karmada's failover behaviour. Archipel checks the purgeMode values but does not act
+ * on it; a NoExecute cluster taint is what moves work off a cluster.
+ */
 export interface FailoverBehavior {
-  application: ApplicationFailoverBehavior | undefined;
+  /** Failover of an unhealthy application. */
+  application:
+    | ApplicationFailoverBehavior
+    | undefined;
+  /** Failover away from a failed cluster. */
   cluster: ClusterFailoverBehavior | undefined;
 }
 
+/** Clusters to which works are not sent. */
 export interface SuspendClusters {
+  /** The clusters' names (DNS labels). */
   clusterNames: string[];
 }
 
+/** Stops sending works (and changes to them) to members; what runs there is left alone. */
 export interface Suspension {
-  dispatching?: boolean | undefined;
+  /** True: no cluster receives the template's works. */
+  dispatching?:
+    | boolean
+    | undefined;
+  /** Only these clusters receive none. */
   dispatchingOnClusters: SuspendClusters | undefined;
 }
 
+/** Karmada's scheduling priority; checked but not acted on. */
 export interface SchedulePriority {
   /** KubePriorityClass, PodPriorityClass or FederatedPriorityClass. */
   priorityClassSource: string;
+  /** The name of the PriorityClass. */
   priorityClassName: string;
 }
 

@@ -35,41 +35,62 @@ export const protobufFileName = "archipel/v1alpha1/service.proto";
  * Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
  * ABORTED (resourceVersion conflict), UNAUTHENTICATED, PERMISSION_DENIED.
  * Authenticate with metadata "authorization: Bearer <token>".
+ *
+ * The services of this file are kept for existing clients: they stay as they are
+ * within v1alpha1. New clients use the same-named services in archipel.v1alpha2.
  */
 
+/** Names one object for Get. */
 export interface GetRequest {
+  /** The object's namespace; empty for cluster-scoped kinds. */
   namespace: string;
+  /** The object's name. */
   name: string;
 }
 
+/** Asks for a kind's objects, a page at a time. */
 export interface ListRequest {
   /** Empty lists every namespace. */
   namespace: string;
   /** Kubernetes label selector syntax: "app=web,tier in (a,b),!legacy". */
   labelSelector: string;
-  /** Page size; 0 means everything. */
+  /**
+   * Page size; 0 means everything.
+   * A page also ends before 3 MiB; negative values are refused.
+   */
   limit: number;
   /** The token from the previous page. */
   continue: string;
 }
 
+/** Asks for a kind's changes as they happen. */
 export interface WatchRequest {
+  /** Empty watches every namespace. */
   namespace: string;
+  /** Only objects whose labels match (the syntax of ListRequest.labelSelector). */
   labelSelector: string;
   /**
    * Start after this revision (from a List). Empty: send the current objects as
    * ADDED events first, then changes.
+   * A revision etcd has compacted away gets OUT_OF_RANGE: list again.
    */
   resourceVersion: string;
 }
 
+/** Names one object for Delete. */
 export interface DeleteRequest {
+  /** The object's namespace; empty for cluster-scoped kinds. */
   namespace: string;
+  /** The object's name. */
   name: string;
-  /** Delete only if the object is still at this version. */
+  /**
+   * Delete only if the object is still at this version.
+   * Otherwise ABORTED; empty deletes whatever version is stored.
+   */
   resourceVersion: string;
 }
 
+/** The outcome of a Delete. */
 export interface DeleteResponse {
   /** True when the object is gone; false when finalizers still hold it. */
   deleted: boolean;
@@ -80,152 +101,275 @@ export interface DeleteResponse {
  * a Watch from after this event.
  */
 export interface MemberClusterEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: MemberCluster | undefined;
+  /** The object; for DELETED, as it last was. */
+  object:
+    | MemberCluster
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of MemberClusters. */
 export interface MemberClusterList {
+  /** The objects of this page. */
   items: MemberCluster[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
+/** One change to a PropagationPolicy, as a Watch streams it. */
 export interface PropagationPolicyEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: PropagationPolicy | undefined;
+  /** The object; for DELETED, as it last was. */
+  object:
+    | PropagationPolicy
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of PropagationPolicies. */
 export interface PropagationPolicyList {
+  /** The objects of this page. */
   items: PropagationPolicy[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
+/** One change to a ClusterPropagationPolicy, as a Watch streams it. */
 export interface ClusterPropagationPolicyEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: ClusterPropagationPolicy | undefined;
+  /** The object; for DELETED, as it last was. */
+  object:
+    | ClusterPropagationPolicy
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of ClusterPropagationPolicies. */
 export interface ClusterPropagationPolicyList {
+  /** The objects of this page. */
   items: ClusterPropagationPolicy[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
+/** One change to a PropagationBinding, as a Watch streams it. */
 export interface PropagationBindingEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: PropagationBinding | undefined;
+  /** The object; for DELETED, as it last was. */
+  object:
+    | PropagationBinding
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of PropagationBindings. */
 export interface PropagationBindingList {
+  /** The objects of this page. */
   items: PropagationBinding[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
+/** One change to a PropagationWork, as a Watch streams it. */
 export interface PropagationWorkEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: PropagationWork | undefined;
+  /** The object; for DELETED, as it last was. */
+  object:
+    | PropagationWork
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of PropagationWorks. */
 export interface PropagationWorkList {
+  /** The objects of this page. */
   items: PropagationWork[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
+/** One change to a OverridePolicy, as a Watch streams it. */
 export interface OverridePolicyEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: OverridePolicy | undefined;
+  /** The object; for DELETED, as it last was. */
+  object:
+    | OverridePolicy
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of OverridePolicies. */
 export interface OverridePolicyList {
+  /** The objects of this page. */
   items: OverridePolicy[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
+/** One change to a ClusterOverridePolicy, as a Watch streams it. */
 export interface ClusterOverridePolicyEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: ClusterOverridePolicy | undefined;
+  /** The object; for DELETED, as it last was. */
+  object:
+    | ClusterOverridePolicy
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of ClusterOverridePolicies. */
 export interface ClusterOverridePolicyList {
+  /** The objects of this page. */
   items: ClusterOverridePolicy[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
+/** One change to a ResourceInterpreterCustomization, as a Watch streams it. */
 export interface ResourceInterpreterCustomizationEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: ResourceInterpreterCustomization | undefined;
+  /** The object; for DELETED, as it last was. */
+  object:
+    | ResourceInterpreterCustomization
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of ResourceInterpreterCustomizations. */
 export interface ResourceInterpreterCustomizationList {
+  /** The objects of this page. */
   items: ResourceInterpreterCustomization[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
 /** Templates are addressed by apiVersion and kind as well as namespace and name. */
 export interface TemplateGetRequest {
+  /** The template's apiVersion, e.g. apps/v1. */
   apiVersion: string;
+  /** The template's kind, e.g. Deployment. */
   kind: string;
+  /** The template's namespace; empty for cluster-scoped kinds. */
   namespace: string;
+  /** The template's name. */
   name: string;
 }
 
+/** Asks for templates, a page at a time. */
 export interface TemplateListRequest {
-  /** Both empty: every kind. */
+  /**
+   * Both empty: every kind.
+   * Otherwise give apiVersion and kind together.
+   */
   apiVersion: string;
+  /** The kind listed; given together with apiVersion. */
   kind: string;
+  /** Empty lists every namespace. */
   namespace: string;
+  /** Kubernetes label selector syntax, as in ListRequest. */
   labelSelector: string;
+  /** Page size; 0 means everything (a page also ends before 3 MiB). */
   limit: number;
+  /** The token from the previous page. */
   continue: string;
 }
 
+/** Asks for templates' changes as they happen. */
 export interface TemplateWatchRequest {
+  /** With kind, only that kind; both empty: every kind. */
   apiVersion: string;
+  /** The kind watched; given together with apiVersion. */
   kind: string;
+  /** Empty watches every namespace. */
   namespace: string;
+  /** Only templates whose labels match. */
   labelSelector: string;
+  /**
+   * Start after this revision (from a List). Empty: the current templates as ADDED
+   * events first, then changes.
+   */
   resourceVersion: string;
 }
 
+/** Names one template for Delete. */
 export interface TemplateDeleteRequest {
+  /** The template's apiVersion. */
   apiVersion: string;
+  /** The template's kind. */
   kind: string;
+  /** The template's namespace; empty for cluster-scoped kinds. */
   namespace: string;
+  /** The template's name. */
   name: string;
+  /** Delete only if the template is still at this version (otherwise ABORTED). */
   resourceVersion: string;
 }
 
+/** One change to a template, as a Watch streams it. */
 export interface ResourceTemplateEvent {
+  /** ADDED, MODIFIED or DELETED. */
   type: string;
-  object: ResourceTemplate | undefined;
+  /** The template; for DELETED, as it last was. */
+  object:
+    | ResourceTemplate
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
   resourceVersion: string;
 }
 
+/** One page of templates. */
 export interface ResourceTemplateList {
+  /** The templates of this page. */
   items: ResourceTemplate[];
+  /** The token for the next page; empty on the last one. */
   continue: string;
+  /** The revision the list was read at: Watch from it to follow what changes next. */
   resourceVersion: string;
 }
 
+/** Registers a member cluster. */
 export interface JoinRequest {
+  /** The cluster's name: a lowercase DNS label. */
   name: string;
+  /** The MemberCluster's labels. */
   labels: { [key: string]: string };
+  /** The cluster's provider (spec.provider). */
   provider: string;
+  /** The cluster's region (spec.region). */
   region: string;
+  /** The cluster's zone (spec.zone and spec.zones). */
   zone: string;
   /** Issue a new credential for a cluster that already exists (the old one stops working). */
   rotate: boolean;
@@ -236,17 +380,24 @@ export interface JoinRequest_LabelsEntry {
   value: string;
 }
 
+/** A registered cluster and its agent's credential. */
 export interface JoinResponse {
+  /** The MemberCluster. */
   cluster:
     | MemberCluster
     | undefined;
-  /** Shown once; the control plane keeps only its hash. */
+  /**
+   * Shown once; the control plane keeps only its hash.
+   * The agent connects with it ("<cluster>.<secret>").
+   */
   token: string;
 }
 
+/** GetVersion takes no arguments. */
 export interface GetVersionRequest {
 }
 
+/** The control plane's version. */
 export interface GetVersionResponse {
   /** Archipel's version (pyproject.toml's), e.g. "0.1.0". */
   version: string;
@@ -3723,8 +3874,15 @@ export const GetVersionResponse: MessageFns<GetVersionResponse> = {
   },
 };
 
+/**
+ * Member clusters (cluster-scoped). ClusterAdminService.Join registers one with its
+ * credential; Delete takes a cluster out of the fleet and leaves what runs in it.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type MemberClusterServiceService = typeof MemberClusterServiceService;
 export const MemberClusterServiceService = {
+  /** One MemberCluster; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.MemberClusterService/Get" as const,
     requestStream: false as const,
@@ -3734,6 +3892,10 @@ export const MemberClusterServiceService = {
     responseSerialize: (value: MemberCluster): Buffer => Buffer.from(MemberCluster.encode(value).finish()),
     responseDeserialize: (value: Buffer): MemberCluster => MemberCluster.decode(value),
   },
+  /**
+   * All MemberClusters, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list: {
     path: "/archipel.v1alpha1.MemberClusterService/List" as const,
     requestStream: false as const,
@@ -3743,6 +3905,7 @@ export const MemberClusterServiceService = {
     responseSerialize: (value: MemberClusterList): Buffer => Buffer.from(MemberClusterList.encode(value).finish()),
     responseDeserialize: (value: Buffer): MemberClusterList => MemberClusterList.decode(value),
   },
+  /** Changes to MemberClusters, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.MemberClusterService/Watch" as const,
     requestStream: false as const,
@@ -3752,6 +3915,11 @@ export const MemberClusterServiceService = {
     responseSerialize: (value: MemberClusterEvent): Buffer => Buffer.from(MemberClusterEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): MemberClusterEvent => MemberClusterEvent.decode(value),
   },
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.MemberClusterService/Apply" as const,
     requestStream: false as const,
@@ -3761,6 +3929,7 @@ export const MemberClusterServiceService = {
     responseSerialize: (value: MemberCluster): Buffer => Buffer.from(MemberCluster.encode(value).finish()),
     responseDeserialize: (value: Buffer): MemberCluster => MemberCluster.decode(value),
   },
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: {
     path: "/archipel.v1alpha1.MemberClusterService/Delete" as const,
     requestStream: false as const,
@@ -3773,14 +3942,27 @@ export const MemberClusterServiceService = {
 } as const;
 
 export interface MemberClusterServiceServer extends UntypedServiceImplementation {
+  /** One MemberCluster; NOT_FOUND when there is none. */
   get: handleUnaryCall<GetRequest, MemberCluster>;
+  /**
+   * All MemberClusters, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list: handleUnaryCall<ListRequest, MemberClusterList>;
+  /** Changes to MemberClusters, Kubernetes-style. */
   watch: handleServerStreamingCall<WatchRequest, MemberClusterEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: handleUnaryCall<MemberCluster, MemberCluster>;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
 }
 
 export interface MemberClusterServiceClient extends Client {
+  /** One MemberCluster; NOT_FOUND when there is none. */
   get(request: GetRequest, callback: (error: ServiceError | null, response: MemberCluster) => void): ClientUnaryCall;
   get(
     request: GetRequest,
@@ -3793,6 +3975,10 @@ export interface MemberClusterServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MemberCluster) => void,
   ): ClientUnaryCall;
+  /**
+   * All MemberClusters, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list(
     request: ListRequest,
     callback: (error: ServiceError | null, response: MemberClusterList) => void,
@@ -3808,12 +3994,18 @@ export interface MemberClusterServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MemberClusterList) => void,
   ): ClientUnaryCall;
+  /** Changes to MemberClusters, Kubernetes-style. */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<MemberClusterEvent>;
   watch(
     request: WatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<MemberClusterEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply(
     request: MemberCluster,
     callback: (error: ServiceError | null, response: MemberCluster) => void,
@@ -3829,6 +4021,7 @@ export interface MemberClusterServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: MemberCluster) => void,
   ): ClientUnaryCall;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -3855,8 +4048,15 @@ export const MemberClusterServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/**
+ * PropagationPolicies (namespaced). Deleting one stops propagation and leaves the
+ * objects in the members.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type PropagationPolicyServiceService = typeof PropagationPolicyServiceService;
 export const PropagationPolicyServiceService = {
+  /** One PropagationPolicy; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.PropagationPolicyService/Get" as const,
     requestStream: false as const,
@@ -3866,6 +4066,7 @@ export const PropagationPolicyServiceService = {
     responseSerialize: (value: PropagationPolicy): Buffer => Buffer.from(PropagationPolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationPolicy => PropagationPolicy.decode(value),
   },
+  /** The PropagationPolicies of a namespace, or all, a page at a time. */
   list: {
     path: "/archipel.v1alpha1.PropagationPolicyService/List" as const,
     requestStream: false as const,
@@ -3876,6 +4077,7 @@ export const PropagationPolicyServiceService = {
       Buffer.from(PropagationPolicyList.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationPolicyList => PropagationPolicyList.decode(value),
   },
+  /** Changes to PropagationPolicies, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.PropagationPolicyService/Watch" as const,
     requestStream: false as const,
@@ -3886,6 +4088,11 @@ export const PropagationPolicyServiceService = {
       Buffer.from(PropagationPolicyEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationPolicyEvent => PropagationPolicyEvent.decode(value),
   },
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.PropagationPolicyService/Apply" as const,
     requestStream: false as const,
@@ -3895,6 +4102,7 @@ export const PropagationPolicyServiceService = {
     responseSerialize: (value: PropagationPolicy): Buffer => Buffer.from(PropagationPolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationPolicy => PropagationPolicy.decode(value),
   },
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: {
     path: "/archipel.v1alpha1.PropagationPolicyService/Delete" as const,
     requestStream: false as const,
@@ -3907,14 +4115,24 @@ export const PropagationPolicyServiceService = {
 } as const;
 
 export interface PropagationPolicyServiceServer extends UntypedServiceImplementation {
+  /** One PropagationPolicy; NOT_FOUND when there is none. */
   get: handleUnaryCall<GetRequest, PropagationPolicy>;
+  /** The PropagationPolicies of a namespace, or all, a page at a time. */
   list: handleUnaryCall<ListRequest, PropagationPolicyList>;
+  /** Changes to PropagationPolicies, Kubernetes-style. */
   watch: handleServerStreamingCall<WatchRequest, PropagationPolicyEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: handleUnaryCall<PropagationPolicy, PropagationPolicy>;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
 }
 
 export interface PropagationPolicyServiceClient extends Client {
+  /** One PropagationPolicy; NOT_FOUND when there is none. */
   get(
     request: GetRequest,
     callback: (error: ServiceError | null, response: PropagationPolicy) => void,
@@ -3930,6 +4148,7 @@ export interface PropagationPolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationPolicy) => void,
   ): ClientUnaryCall;
+  /** The PropagationPolicies of a namespace, or all, a page at a time. */
   list(
     request: ListRequest,
     callback: (error: ServiceError | null, response: PropagationPolicyList) => void,
@@ -3945,12 +4164,18 @@ export interface PropagationPolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationPolicyList) => void,
   ): ClientUnaryCall;
+  /** Changes to PropagationPolicies, Kubernetes-style. */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<PropagationPolicyEvent>;
   watch(
     request: WatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<PropagationPolicyEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply(
     request: PropagationPolicy,
     callback: (error: ServiceError | null, response: PropagationPolicy) => void,
@@ -3966,6 +4191,7 @@ export interface PropagationPolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationPolicy) => void,
   ): ClientUnaryCall;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -3996,8 +4222,15 @@ export const PropagationPolicyServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/**
+ * ClusterPropagationPolicies (cluster-scoped). Deleting one stops propagation and
+ * leaves the objects in the members.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type ClusterPropagationPolicyServiceService = typeof ClusterPropagationPolicyServiceService;
 export const ClusterPropagationPolicyServiceService = {
+  /** One ClusterPropagationPolicy; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.ClusterPropagationPolicyService/Get" as const,
     requestStream: false as const,
@@ -4008,6 +4241,10 @@ export const ClusterPropagationPolicyServiceService = {
       Buffer.from(ClusterPropagationPolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClusterPropagationPolicy => ClusterPropagationPolicy.decode(value),
   },
+  /**
+   * All ClusterPropagationPolicies, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list: {
     path: "/archipel.v1alpha1.ClusterPropagationPolicyService/List" as const,
     requestStream: false as const,
@@ -4018,6 +4255,7 @@ export const ClusterPropagationPolicyServiceService = {
       Buffer.from(ClusterPropagationPolicyList.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClusterPropagationPolicyList => ClusterPropagationPolicyList.decode(value),
   },
+  /** Changes to ClusterPropagationPolicies, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.ClusterPropagationPolicyService/Watch" as const,
     requestStream: false as const,
@@ -4028,6 +4266,11 @@ export const ClusterPropagationPolicyServiceService = {
       Buffer.from(ClusterPropagationPolicyEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClusterPropagationPolicyEvent => ClusterPropagationPolicyEvent.decode(value),
   },
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.ClusterPropagationPolicyService/Apply" as const,
     requestStream: false as const,
@@ -4039,6 +4282,7 @@ export const ClusterPropagationPolicyServiceService = {
       Buffer.from(ClusterPropagationPolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClusterPropagationPolicy => ClusterPropagationPolicy.decode(value),
   },
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: {
     path: "/archipel.v1alpha1.ClusterPropagationPolicyService/Delete" as const,
     requestStream: false as const,
@@ -4051,14 +4295,27 @@ export const ClusterPropagationPolicyServiceService = {
 } as const;
 
 export interface ClusterPropagationPolicyServiceServer extends UntypedServiceImplementation {
+  /** One ClusterPropagationPolicy; NOT_FOUND when there is none. */
   get: handleUnaryCall<GetRequest, ClusterPropagationPolicy>;
+  /**
+   * All ClusterPropagationPolicies, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list: handleUnaryCall<ListRequest, ClusterPropagationPolicyList>;
+  /** Changes to ClusterPropagationPolicies, Kubernetes-style. */
   watch: handleServerStreamingCall<WatchRequest, ClusterPropagationPolicyEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: handleUnaryCall<ClusterPropagationPolicy, ClusterPropagationPolicy>;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
 }
 
 export interface ClusterPropagationPolicyServiceClient extends Client {
+  /** One ClusterPropagationPolicy; NOT_FOUND when there is none. */
   get(
     request: GetRequest,
     callback: (error: ServiceError | null, response: ClusterPropagationPolicy) => void,
@@ -4074,6 +4331,10 @@ export interface ClusterPropagationPolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ClusterPropagationPolicy) => void,
   ): ClientUnaryCall;
+  /**
+   * All ClusterPropagationPolicies, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list(
     request: ListRequest,
     callback: (error: ServiceError | null, response: ClusterPropagationPolicyList) => void,
@@ -4089,12 +4350,18 @@ export interface ClusterPropagationPolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ClusterPropagationPolicyList) => void,
   ): ClientUnaryCall;
+  /** Changes to ClusterPropagationPolicies, Kubernetes-style. */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<ClusterPropagationPolicyEvent>;
   watch(
     request: WatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ClusterPropagationPolicyEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply(
     request: ClusterPropagationPolicy,
     callback: (error: ServiceError | null, response: ClusterPropagationPolicy) => void,
@@ -4110,6 +4377,7 @@ export interface ClusterPropagationPolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ClusterPropagationPolicy) => void,
   ): ClientUnaryCall;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -4140,8 +4408,15 @@ export const ClusterPropagationPolicyServiceClient = makeGenericClientConstructo
   serviceName: string;
 };
 
+/**
+ * PropagationBindings, which the controllers write: where each template goes and how
+ * it is doing there.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type PropagationBindingServiceService = typeof PropagationBindingServiceService;
 export const PropagationBindingServiceService = {
+  /** One PropagationBinding; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.PropagationBindingService/Get" as const,
     requestStream: false as const,
@@ -4151,6 +4426,7 @@ export const PropagationBindingServiceService = {
     responseSerialize: (value: PropagationBinding): Buffer => Buffer.from(PropagationBinding.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationBinding => PropagationBinding.decode(value),
   },
+  /** The PropagationBindings of a namespace, or all, a page at a time. */
   list: {
     path: "/archipel.v1alpha1.PropagationBindingService/List" as const,
     requestStream: false as const,
@@ -4161,6 +4437,7 @@ export const PropagationBindingServiceService = {
       Buffer.from(PropagationBindingList.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationBindingList => PropagationBindingList.decode(value),
   },
+  /** Changes to PropagationBindings, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.PropagationBindingService/Watch" as const,
     requestStream: false as const,
@@ -4171,6 +4448,11 @@ export const PropagationBindingServiceService = {
       Buffer.from(PropagationBindingEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationBindingEvent => PropagationBindingEvent.decode(value),
   },
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.PropagationBindingService/Apply" as const,
     requestStream: false as const,
@@ -4180,6 +4462,7 @@ export const PropagationBindingServiceService = {
     responseSerialize: (value: PropagationBinding): Buffer => Buffer.from(PropagationBinding.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationBinding => PropagationBinding.decode(value),
   },
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: {
     path: "/archipel.v1alpha1.PropagationBindingService/Delete" as const,
     requestStream: false as const,
@@ -4192,14 +4475,24 @@ export const PropagationBindingServiceService = {
 } as const;
 
 export interface PropagationBindingServiceServer extends UntypedServiceImplementation {
+  /** One PropagationBinding; NOT_FOUND when there is none. */
   get: handleUnaryCall<GetRequest, PropagationBinding>;
+  /** The PropagationBindings of a namespace, or all, a page at a time. */
   list: handleUnaryCall<ListRequest, PropagationBindingList>;
+  /** Changes to PropagationBindings, Kubernetes-style. */
   watch: handleServerStreamingCall<WatchRequest, PropagationBindingEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: handleUnaryCall<PropagationBinding, PropagationBinding>;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
 }
 
 export interface PropagationBindingServiceClient extends Client {
+  /** One PropagationBinding; NOT_FOUND when there is none. */
   get(
     request: GetRequest,
     callback: (error: ServiceError | null, response: PropagationBinding) => void,
@@ -4215,6 +4508,7 @@ export interface PropagationBindingServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationBinding) => void,
   ): ClientUnaryCall;
+  /** The PropagationBindings of a namespace, or all, a page at a time. */
   list(
     request: ListRequest,
     callback: (error: ServiceError | null, response: PropagationBindingList) => void,
@@ -4230,12 +4524,18 @@ export interface PropagationBindingServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationBindingList) => void,
   ): ClientUnaryCall;
+  /** Changes to PropagationBindings, Kubernetes-style. */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<PropagationBindingEvent>;
   watch(
     request: WatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<PropagationBindingEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply(
     request: PropagationBinding,
     callback: (error: ServiceError | null, response: PropagationBinding) => void,
@@ -4251,6 +4551,7 @@ export interface PropagationBindingServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationBinding) => void,
   ): ClientUnaryCall;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -4281,8 +4582,15 @@ export const PropagationBindingServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/**
+ * PropagationWorks, which the controllers write, in the namespaces
+ * archipel-es-<cluster>.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type PropagationWorkServiceService = typeof PropagationWorkServiceService;
 export const PropagationWorkServiceService = {
+  /** One PropagationWork; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.PropagationWorkService/Get" as const,
     requestStream: false as const,
@@ -4292,6 +4600,7 @@ export const PropagationWorkServiceService = {
     responseSerialize: (value: PropagationWork): Buffer => Buffer.from(PropagationWork.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationWork => PropagationWork.decode(value),
   },
+  /** The PropagationWorks of a namespace, or all, a page at a time. */
   list: {
     path: "/archipel.v1alpha1.PropagationWorkService/List" as const,
     requestStream: false as const,
@@ -4301,6 +4610,7 @@ export const PropagationWorkServiceService = {
     responseSerialize: (value: PropagationWorkList): Buffer => Buffer.from(PropagationWorkList.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationWorkList => PropagationWorkList.decode(value),
   },
+  /** Changes to PropagationWorks, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.PropagationWorkService/Watch" as const,
     requestStream: false as const,
@@ -4311,6 +4621,11 @@ export const PropagationWorkServiceService = {
       Buffer.from(PropagationWorkEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationWorkEvent => PropagationWorkEvent.decode(value),
   },
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.PropagationWorkService/Apply" as const,
     requestStream: false as const,
@@ -4320,6 +4635,7 @@ export const PropagationWorkServiceService = {
     responseSerialize: (value: PropagationWork): Buffer => Buffer.from(PropagationWork.encode(value).finish()),
     responseDeserialize: (value: Buffer): PropagationWork => PropagationWork.decode(value),
   },
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: {
     path: "/archipel.v1alpha1.PropagationWorkService/Delete" as const,
     requestStream: false as const,
@@ -4332,14 +4648,24 @@ export const PropagationWorkServiceService = {
 } as const;
 
 export interface PropagationWorkServiceServer extends UntypedServiceImplementation {
+  /** One PropagationWork; NOT_FOUND when there is none. */
   get: handleUnaryCall<GetRequest, PropagationWork>;
+  /** The PropagationWorks of a namespace, or all, a page at a time. */
   list: handleUnaryCall<ListRequest, PropagationWorkList>;
+  /** Changes to PropagationWorks, Kubernetes-style. */
   watch: handleServerStreamingCall<WatchRequest, PropagationWorkEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: handleUnaryCall<PropagationWork, PropagationWork>;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
 }
 
 export interface PropagationWorkServiceClient extends Client {
+  /** One PropagationWork; NOT_FOUND when there is none. */
   get(request: GetRequest, callback: (error: ServiceError | null, response: PropagationWork) => void): ClientUnaryCall;
   get(
     request: GetRequest,
@@ -4352,6 +4678,7 @@ export interface PropagationWorkServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationWork) => void,
   ): ClientUnaryCall;
+  /** The PropagationWorks of a namespace, or all, a page at a time. */
   list(
     request: ListRequest,
     callback: (error: ServiceError | null, response: PropagationWorkList) => void,
@@ -4367,12 +4694,18 @@ export interface PropagationWorkServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationWorkList) => void,
   ): ClientUnaryCall;
+  /** Changes to PropagationWorks, Kubernetes-style. */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<PropagationWorkEvent>;
   watch(
     request: WatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<PropagationWorkEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply(
     request: PropagationWork,
     callback: (error: ServiceError | null, response: PropagationWork) => void,
@@ -4388,6 +4721,7 @@ export interface PropagationWorkServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: PropagationWork) => void,
   ): ClientUnaryCall;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -4418,8 +4752,14 @@ export const PropagationWorkServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/**
+ * OverridePolicies (namespaced).
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type OverridePolicyServiceService = typeof OverridePolicyServiceService;
 export const OverridePolicyServiceService = {
+  /** One OverridePolicy; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.OverridePolicyService/Get" as const,
     requestStream: false as const,
@@ -4429,6 +4769,7 @@ export const OverridePolicyServiceService = {
     responseSerialize: (value: OverridePolicy): Buffer => Buffer.from(OverridePolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): OverridePolicy => OverridePolicy.decode(value),
   },
+  /** The OverridePolicies of a namespace, or all, a page at a time. */
   list: {
     path: "/archipel.v1alpha1.OverridePolicyService/List" as const,
     requestStream: false as const,
@@ -4438,6 +4779,7 @@ export const OverridePolicyServiceService = {
     responseSerialize: (value: OverridePolicyList): Buffer => Buffer.from(OverridePolicyList.encode(value).finish()),
     responseDeserialize: (value: Buffer): OverridePolicyList => OverridePolicyList.decode(value),
   },
+  /** Changes to OverridePolicies, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.OverridePolicyService/Watch" as const,
     requestStream: false as const,
@@ -4447,6 +4789,11 @@ export const OverridePolicyServiceService = {
     responseSerialize: (value: OverridePolicyEvent): Buffer => Buffer.from(OverridePolicyEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): OverridePolicyEvent => OverridePolicyEvent.decode(value),
   },
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.OverridePolicyService/Apply" as const,
     requestStream: false as const,
@@ -4456,6 +4803,7 @@ export const OverridePolicyServiceService = {
     responseSerialize: (value: OverridePolicy): Buffer => Buffer.from(OverridePolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): OverridePolicy => OverridePolicy.decode(value),
   },
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: {
     path: "/archipel.v1alpha1.OverridePolicyService/Delete" as const,
     requestStream: false as const,
@@ -4468,14 +4816,24 @@ export const OverridePolicyServiceService = {
 } as const;
 
 export interface OverridePolicyServiceServer extends UntypedServiceImplementation {
+  /** One OverridePolicy; NOT_FOUND when there is none. */
   get: handleUnaryCall<GetRequest, OverridePolicy>;
+  /** The OverridePolicies of a namespace, or all, a page at a time. */
   list: handleUnaryCall<ListRequest, OverridePolicyList>;
+  /** Changes to OverridePolicies, Kubernetes-style. */
   watch: handleServerStreamingCall<WatchRequest, OverridePolicyEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: handleUnaryCall<OverridePolicy, OverridePolicy>;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
 }
 
 export interface OverridePolicyServiceClient extends Client {
+  /** One OverridePolicy; NOT_FOUND when there is none. */
   get(request: GetRequest, callback: (error: ServiceError | null, response: OverridePolicy) => void): ClientUnaryCall;
   get(
     request: GetRequest,
@@ -4488,6 +4846,7 @@ export interface OverridePolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: OverridePolicy) => void,
   ): ClientUnaryCall;
+  /** The OverridePolicies of a namespace, or all, a page at a time. */
   list(
     request: ListRequest,
     callback: (error: ServiceError | null, response: OverridePolicyList) => void,
@@ -4503,12 +4862,18 @@ export interface OverridePolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: OverridePolicyList) => void,
   ): ClientUnaryCall;
+  /** Changes to OverridePolicies, Kubernetes-style. */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<OverridePolicyEvent>;
   watch(
     request: WatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<OverridePolicyEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply(
     request: OverridePolicy,
     callback: (error: ServiceError | null, response: OverridePolicy) => void,
@@ -4524,6 +4889,7 @@ export interface OverridePolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: OverridePolicy) => void,
   ): ClientUnaryCall;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -4550,8 +4916,14 @@ export const OverridePolicyServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/**
+ * ClusterOverridePolicies (cluster-scoped).
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type ClusterOverridePolicyServiceService = typeof ClusterOverridePolicyServiceService;
 export const ClusterOverridePolicyServiceService = {
+  /** One ClusterOverridePolicy; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.ClusterOverridePolicyService/Get" as const,
     requestStream: false as const,
@@ -4562,6 +4934,10 @@ export const ClusterOverridePolicyServiceService = {
       Buffer.from(ClusterOverridePolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClusterOverridePolicy => ClusterOverridePolicy.decode(value),
   },
+  /**
+   * All ClusterOverridePolicies, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list: {
     path: "/archipel.v1alpha1.ClusterOverridePolicyService/List" as const,
     requestStream: false as const,
@@ -4572,6 +4948,7 @@ export const ClusterOverridePolicyServiceService = {
       Buffer.from(ClusterOverridePolicyList.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClusterOverridePolicyList => ClusterOverridePolicyList.decode(value),
   },
+  /** Changes to ClusterOverridePolicies, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.ClusterOverridePolicyService/Watch" as const,
     requestStream: false as const,
@@ -4582,6 +4959,11 @@ export const ClusterOverridePolicyServiceService = {
       Buffer.from(ClusterOverridePolicyEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClusterOverridePolicyEvent => ClusterOverridePolicyEvent.decode(value),
   },
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.ClusterOverridePolicyService/Apply" as const,
     requestStream: false as const,
@@ -4593,6 +4975,7 @@ export const ClusterOverridePolicyServiceService = {
       Buffer.from(ClusterOverridePolicy.encode(value).finish()),
     responseDeserialize: (value: Buffer): ClusterOverridePolicy => ClusterOverridePolicy.decode(value),
   },
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: {
     path: "/archipel.v1alpha1.ClusterOverridePolicyService/Delete" as const,
     requestStream: false as const,
@@ -4605,14 +4988,27 @@ export const ClusterOverridePolicyServiceService = {
 } as const;
 
 export interface ClusterOverridePolicyServiceServer extends UntypedServiceImplementation {
+  /** One ClusterOverridePolicy; NOT_FOUND when there is none. */
   get: handleUnaryCall<GetRequest, ClusterOverridePolicy>;
+  /**
+   * All ClusterOverridePolicies, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list: handleUnaryCall<ListRequest, ClusterOverridePolicyList>;
+  /** Changes to ClusterOverridePolicies, Kubernetes-style. */
   watch: handleServerStreamingCall<WatchRequest, ClusterOverridePolicyEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: handleUnaryCall<ClusterOverridePolicy, ClusterOverridePolicy>;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
 }
 
 export interface ClusterOverridePolicyServiceClient extends Client {
+  /** One ClusterOverridePolicy; NOT_FOUND when there is none. */
   get(
     request: GetRequest,
     callback: (error: ServiceError | null, response: ClusterOverridePolicy) => void,
@@ -4628,6 +5024,10 @@ export interface ClusterOverridePolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ClusterOverridePolicy) => void,
   ): ClientUnaryCall;
+  /**
+   * All ClusterOverridePolicies, a page at a time; the kind is cluster-scoped, so
+   * the namespace must be empty.
+   */
   list(
     request: ListRequest,
     callback: (error: ServiceError | null, response: ClusterOverridePolicyList) => void,
@@ -4643,12 +5043,18 @@ export interface ClusterOverridePolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ClusterOverridePolicyList) => void,
   ): ClientUnaryCall;
+  /** Changes to ClusterOverridePolicies, Kubernetes-style. */
   watch(request: WatchRequest, options?: Partial<CallOptions>): ClientReadableStream<ClusterOverridePolicyEvent>;
   watch(
     request: WatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ClusterOverridePolicyEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply(
     request: ClusterOverridePolicy,
     callback: (error: ServiceError | null, response: ClusterOverridePolicy) => void,
@@ -4664,6 +5070,7 @@ export interface ClusterOverridePolicyServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ClusterOverridePolicy) => void,
   ): ClientUnaryCall;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -4694,8 +5101,15 @@ export const ClusterOverridePolicyServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/**
+ * ResourceInterpreterCustomizations (cluster-scoped). Apply refuses any luaScript and
+ * any rule that does not compile, naming the field.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type ResourceInterpreterCustomizationServiceService = typeof ResourceInterpreterCustomizationServiceService;
 export const ResourceInterpreterCustomizationServiceService = {
+  /** One ResourceInterpreterCustomization; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.ResourceInterpreterCustomizationService/Get" as const,
     requestStream: false as const,
@@ -4707,6 +5121,10 @@ export const ResourceInterpreterCustomizationServiceService = {
     responseDeserialize: (value: Buffer): ResourceInterpreterCustomization =>
       ResourceInterpreterCustomization.decode(value),
   },
+  /**
+   * All ResourceInterpreterCustomizations, a page at a time; the kind is
+   * cluster-scoped, so the namespace must be empty.
+   */
   list: {
     path: "/archipel.v1alpha1.ResourceInterpreterCustomizationService/List" as const,
     requestStream: false as const,
@@ -4718,6 +5136,7 @@ export const ResourceInterpreterCustomizationServiceService = {
     responseDeserialize: (value: Buffer): ResourceInterpreterCustomizationList =>
       ResourceInterpreterCustomizationList.decode(value),
   },
+  /** Changes to ResourceInterpreterCustomizations, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.ResourceInterpreterCustomizationService/Watch" as const,
     requestStream: false as const,
@@ -4729,6 +5148,11 @@ export const ResourceInterpreterCustomizationServiceService = {
     responseDeserialize: (value: Buffer): ResourceInterpreterCustomizationEvent =>
       ResourceInterpreterCustomizationEvent.decode(value),
   },
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.ResourceInterpreterCustomizationService/Apply" as const,
     requestStream: false as const,
@@ -4742,6 +5166,7 @@ export const ResourceInterpreterCustomizationServiceService = {
     responseDeserialize: (value: Buffer): ResourceInterpreterCustomization =>
       ResourceInterpreterCustomization.decode(value),
   },
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: {
     path: "/archipel.v1alpha1.ResourceInterpreterCustomizationService/Delete" as const,
     requestStream: false as const,
@@ -4754,14 +5179,27 @@ export const ResourceInterpreterCustomizationServiceService = {
 } as const;
 
 export interface ResourceInterpreterCustomizationServiceServer extends UntypedServiceImplementation {
+  /** One ResourceInterpreterCustomization; NOT_FOUND when there is none. */
   get: handleUnaryCall<GetRequest, ResourceInterpreterCustomization>;
+  /**
+   * All ResourceInterpreterCustomizations, a page at a time; the kind is
+   * cluster-scoped, so the namespace must be empty.
+   */
   list: handleUnaryCall<ListRequest, ResourceInterpreterCustomizationList>;
+  /** Changes to ResourceInterpreterCustomizations, Kubernetes-style. */
   watch: handleServerStreamingCall<WatchRequest, ResourceInterpreterCustomizationEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply: handleUnaryCall<ResourceInterpreterCustomization, ResourceInterpreterCustomization>;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete: handleUnaryCall<DeleteRequest, DeleteResponse>;
 }
 
 export interface ResourceInterpreterCustomizationServiceClient extends Client {
+  /** One ResourceInterpreterCustomization; NOT_FOUND when there is none. */
   get(
     request: GetRequest,
     callback: (error: ServiceError | null, response: ResourceInterpreterCustomization) => void,
@@ -4777,6 +5215,10 @@ export interface ResourceInterpreterCustomizationServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResourceInterpreterCustomization) => void,
   ): ClientUnaryCall;
+  /**
+   * All ResourceInterpreterCustomizations, a page at a time; the kind is
+   * cluster-scoped, so the namespace must be empty.
+   */
   list(
     request: ListRequest,
     callback: (error: ServiceError | null, response: ResourceInterpreterCustomizationList) => void,
@@ -4792,6 +5234,7 @@ export interface ResourceInterpreterCustomizationServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResourceInterpreterCustomizationList) => void,
   ): ClientUnaryCall;
+  /** Changes to ResourceInterpreterCustomizations, Kubernetes-style. */
   watch(
     request: WatchRequest,
     options?: Partial<CallOptions>,
@@ -4801,6 +5244,11 @@ export interface ResourceInterpreterCustomizationServiceClient extends Client {
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ResourceInterpreterCustomizationEvent>;
+  /**
+   * Creates the object, or replaces its spec, labels and annotations (status and
+   * server-set metadata are ignored). Refused with INVALID_ARGUMENT, naming the
+   * field, when it is not valid.
+   */
   apply(
     request: ResourceInterpreterCustomization,
     callback: (error: ServiceError | null, response: ResourceInterpreterCustomization) => void,
@@ -4816,6 +5264,7 @@ export interface ResourceInterpreterCustomizationServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResourceInterpreterCustomization) => void,
   ): ClientUnaryCall;
+  /** Deletes the object; while finalizers remain it is only marked for deletion. */
   delete(
     request: DeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -4846,8 +5295,15 @@ export const ResourceInterpreterCustomizationServiceClient = makeGenericClientCo
   serviceName: string;
 };
 
+/**
+ * Resource templates: any Kubernetes object to propagate, addressed by apiVersion,
+ * kind, namespace and name.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type ResourceTemplateServiceService = typeof ResourceTemplateServiceService;
 export const ResourceTemplateServiceService = {
+  /** One template; NOT_FOUND when there is none. */
   get: {
     path: "/archipel.v1alpha1.ResourceTemplateService/Get" as const,
     requestStream: false as const,
@@ -4857,6 +5313,7 @@ export const ResourceTemplateServiceService = {
     responseSerialize: (value: ResourceTemplate): Buffer => Buffer.from(ResourceTemplate.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResourceTemplate => ResourceTemplate.decode(value),
   },
+  /** Templates of one kind or all, of a namespace or all, a page at a time. */
   list: {
     path: "/archipel.v1alpha1.ResourceTemplateService/List" as const,
     requestStream: false as const,
@@ -4867,6 +5324,7 @@ export const ResourceTemplateServiceService = {
       Buffer.from(ResourceTemplateList.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResourceTemplateList => ResourceTemplateList.decode(value),
   },
+  /** Changes to templates, Kubernetes-style. */
   watch: {
     path: "/archipel.v1alpha1.ResourceTemplateService/Watch" as const,
     requestStream: false as const,
@@ -4877,6 +5335,10 @@ export const ResourceTemplateServiceService = {
       Buffer.from(ResourceTemplateEvent.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResourceTemplateEvent => ResourceTemplateEvent.decode(value),
   },
+  /**
+   * Creates the template, or replaces it (its status and server-set metadata are
+   * kept). Refused with INVALID_ARGUMENT, naming the field, when it is not valid.
+   */
   apply: {
     path: "/archipel.v1alpha1.ResourceTemplateService/Apply" as const,
     requestStream: false as const,
@@ -4886,6 +5348,10 @@ export const ResourceTemplateServiceService = {
     responseSerialize: (value: ResourceTemplate): Buffer => Buffer.from(ResourceTemplate.encode(value).finish()),
     responseDeserialize: (value: Buffer): ResourceTemplate => ResourceTemplate.decode(value),
   },
+  /**
+   * Deletes the template, and its objects from every member. FAILED_PRECONDITION when
+   * it is labelled resourcetemplate.archipel.io/deletion-protected: Always.
+   */
   delete: {
     path: "/archipel.v1alpha1.ResourceTemplateService/Delete" as const,
     requestStream: false as const,
@@ -4899,14 +5365,26 @@ export const ResourceTemplateServiceService = {
 } as const;
 
 export interface ResourceTemplateServiceServer extends UntypedServiceImplementation {
+  /** One template; NOT_FOUND when there is none. */
   get: handleUnaryCall<TemplateGetRequest, ResourceTemplate>;
+  /** Templates of one kind or all, of a namespace or all, a page at a time. */
   list: handleUnaryCall<TemplateListRequest, ResourceTemplateList>;
+  /** Changes to templates, Kubernetes-style. */
   watch: handleServerStreamingCall<TemplateWatchRequest, ResourceTemplateEvent>;
+  /**
+   * Creates the template, or replaces it (its status and server-set metadata are
+   * kept). Refused with INVALID_ARGUMENT, naming the field, when it is not valid.
+   */
   apply: handleUnaryCall<ResourceTemplate, ResourceTemplate>;
+  /**
+   * Deletes the template, and its objects from every member. FAILED_PRECONDITION when
+   * it is labelled resourcetemplate.archipel.io/deletion-protected: Always.
+   */
   delete: handleUnaryCall<TemplateDeleteRequest, DeleteResponse>;
 }
 
 export interface ResourceTemplateServiceClient extends Client {
+  /** One template; NOT_FOUND when there is none. */
   get(
     request: TemplateGetRequest,
     callback: (error: ServiceError | null, response: ResourceTemplate) => void,
@@ -4922,6 +5400,7 @@ export interface ResourceTemplateServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResourceTemplate) => void,
   ): ClientUnaryCall;
+  /** Templates of one kind or all, of a namespace or all, a page at a time. */
   list(
     request: TemplateListRequest,
     callback: (error: ServiceError | null, response: ResourceTemplateList) => void,
@@ -4937,12 +5416,17 @@ export interface ResourceTemplateServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResourceTemplateList) => void,
   ): ClientUnaryCall;
+  /** Changes to templates, Kubernetes-style. */
   watch(request: TemplateWatchRequest, options?: Partial<CallOptions>): ClientReadableStream<ResourceTemplateEvent>;
   watch(
     request: TemplateWatchRequest,
     metadata?: Metadata,
     options?: Partial<CallOptions>,
   ): ClientReadableStream<ResourceTemplateEvent>;
+  /**
+   * Creates the template, or replaces it (its status and server-set metadata are
+   * kept). Refused with INVALID_ARGUMENT, naming the field, when it is not valid.
+   */
   apply(
     request: ResourceTemplate,
     callback: (error: ServiceError | null, response: ResourceTemplate) => void,
@@ -4958,6 +5442,10 @@ export interface ResourceTemplateServiceClient extends Client {
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResourceTemplate) => void,
   ): ClientUnaryCall;
+  /**
+   * Deletes the template, and its objects from every member. FAILED_PRECONDITION when
+   * it is labelled resourcetemplate.archipel.io/deletion-protected: Always.
+   */
   delete(
     request: TemplateDeleteRequest,
     callback: (error: ServiceError | null, response: DeleteResponse) => void,
@@ -4988,9 +5476,17 @@ export const ResourceTemplateServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
+/**
+ * Registering member clusters.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type ClusterAdminServiceService = typeof ClusterAdminServiceService;
 export const ClusterAdminServiceService = {
-  /** Register a member cluster and issue the credential its agent connects with. */
+  /**
+   * Register a member cluster and issue the credential its agent connects with.
+   * ALREADY_EXISTS when the cluster exists and rotate is not set.
+   */
   join: {
     path: "/archipel.v1alpha1.ClusterAdminService/Join" as const,
     requestStream: false as const,
@@ -5003,12 +5499,18 @@ export const ClusterAdminServiceService = {
 } as const;
 
 export interface ClusterAdminServiceServer extends UntypedServiceImplementation {
-  /** Register a member cluster and issue the credential its agent connects with. */
+  /**
+   * Register a member cluster and issue the credential its agent connects with.
+   * ALREADY_EXISTS when the cluster exists and rotate is not set.
+   */
   join: handleUnaryCall<JoinRequest, JoinResponse>;
 }
 
 export interface ClusterAdminServiceClient extends Client {
-  /** Register a member cluster and issue the credential its agent connects with. */
+  /**
+   * Register a member cluster and issue the credential its agent connects with.
+   * ALREADY_EXISTS when the cluster exists and rotate is not set.
+   */
   join(request: JoinRequest, callback: (error: ServiceError | null, response: JoinResponse) => void): ClientUnaryCall;
   join(
     request: JoinRequest,
@@ -5032,7 +5534,11 @@ export const ClusterAdminServiceClient = makeGenericClientConstructor(
   serviceName: string;
 };
 
-/** What this control plane is. */
+/**
+ * What this control plane is.
+ * Kept for existing clients; new clients use the same-named service in
+ * archipel.v1alpha2.
+ */
 export type InfoServiceService = typeof InfoServiceService;
 export const InfoServiceService = {
   /** The control plane's version, as `archipel version` and grpcurl show it. */

@@ -27,44 +27,99 @@ export const protobufFileName = "archipel/v1alpha1/work.proto";
  * generation and creationTimestamp), spec or data, and the aggregated status.
  */
 export interface ResourceTemplate {
+  /**
+   * The object as JSON; at most 1 MiB and 28 levels deep. A namespaced kind given
+   * no namespace goes to "default". A status sent with it is ignored.
+   */
   manifest: { [key: string]: any } | undefined;
 }
 
+/** One cluster of a schedule. */
 export interface TargetCluster {
+  /** The member cluster's name. */
   name: string;
+  /**
+   * The cluster's share of the replicas (Duplicated: all of them; 0 for objects
+   * without replicas).
+   */
   replicas: number;
 }
 
+/** The policy that claimed a template. */
 export interface PolicyReference {
   /** PropagationPolicy or ClusterPropagationPolicy. */
   kind: string;
+  /** The policy's namespace; empty for a ClusterPropagationPolicy. */
   namespace: string;
+  /** The policy's name. */
   name: string;
 }
 
+/**
+ * One per propagated template (Karmada's ResourceBinding and ClusterResourceBinding),
+ * kept by the controllers: which policy claimed the template and where it goes. In
+ * the template's namespace; none for a cluster-scoped template.
+ */
 export interface PropagationBinding {
   /** work.archipel.io/v1alpha1 */
   apiVersion: string;
+  /** PropagationBinding */
   kind: string;
-  metadata: ObjectMeta | undefined;
-  spec: PropagationBindingSpec | undefined;
+  /** Named after the template. */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** What the policy asks for and where the scheduler put the template. */
+  spec:
+    | PropagationBindingSpec
+    | undefined;
+  /** Scheduling and per-cluster status. */
   status: PropagationBindingStatus | undefined;
 }
 
+/** A binding's template, the claiming policy's settings and the scheduling result. */
 export interface PropagationBindingSpec {
-  resource: ObjectReference | undefined;
+  /** The template bound. */
+  resource:
+    | ObjectReference
+    | undefined;
+  /**
+   * The template's replica count, as its interpreter reads it (0 for kinds without
+   * replicas).
+   */
   replicas: number;
+  /** The claiming policy's placement. */
   placement:
     | Placement
     | undefined;
-  /** The scheduling result. */
+  /**
+   * The scheduling result.
+   * Written by the scheduler.
+   */
   clusters: TargetCluster[];
-  policy: PolicyReference | undefined;
+  /** The claiming policy; empty for a binding that exists only for requiredBy. */
+  policy:
+    | PolicyReference
+    | undefined;
+  /** From the policy: Abort (default) or Overwrite. */
   conflictResolution: string;
+  /**
+   * From the policy. Also set when the binding is released because its policy was
+   * deleted, so that the member objects stay.
+   */
   preserveResourcesOnDeletion: boolean;
-  suspension: Suspension | undefined;
+  /** From the policy: clusters that receive no works. */
+  suspension:
+    | Suspension
+    | undefined;
+  /** From the policy; default "default-scheduler". */
   schedulerName: string;
+  /** From the policy: the template's dependencies follow it. */
   propagateDeps: boolean;
+  /**
+   * Set by `archipel reschedule`: when later than status.lastScheduledTime, the next
+   * decision divides replicas from scratch instead of steadily.
+   */
   rescheduleTriggeredAt:
     | Date
     | undefined;
@@ -79,12 +134,17 @@ export interface PropagationBindingSpec {
   requiredBy: BindingSnapshot[];
 }
 
+/** A workload binding that requires an object, and where it runs. */
 export interface BindingSnapshot {
+  /** The workload binding's namespace. */
   namespace: string;
+  /** The workload binding's name. */
   name: string;
+  /** The clusters the workload runs in (replicas are not recorded). */
   clusters: TargetCluster[];
 }
 
+/** What one replica of a workload asks for. */
 export interface ReplicaRequirements {
   /** Resource name to quantity, summed over the pod template's containers. */
   resourceRequest: { [key: string]: string };
@@ -95,38 +155,82 @@ export interface ReplicaRequirements_ResourceRequestEntry {
   value: string;
 }
 
+/** One target cluster's status, from its work. */
 export interface AggregatedStatusItem {
+  /** The member cluster. */
   clusterName: string;
-  status: { [key: string]: any } | undefined;
+  /** The status reflected from the member's object (as its kind's interpreter says). */
+  status:
+    | { [key: string]: any }
+    | undefined;
+  /** True when the cluster's work is applied at its current generation. */
   applied: boolean;
+  /** The work's Applied message: the error, when it is not applied. */
   appliedMessage: string;
   /** Healthy, Unhealthy or Unknown. */
   health: string;
+  /** Why health is Unknown when the interpreter could not tell. */
   healthMessage: string;
 }
 
+/** What the controllers observed of a binding. */
 export interface PropagationBindingStatus {
+  /** The binding generation the last scheduling decision was made for. */
   schedulerObservedGeneration: number;
-  lastScheduledTime: Date | undefined;
+  /** When the scheduling result last changed. */
+  lastScheduledTime:
+    | Date
+    | undefined;
+  /**
+   * Scheduled (reason Success, NoClusterFit, Unschedulable or SchedulerError) and
+   * FullyApplied; OverridesApplied, Interpreted, StatusAggregated and WorksReadable
+   * once they have something to say.
+   */
   conditions: Condition[];
+  /** One item per target cluster. */
   aggregatedStatus: AggregatedStatusItem[];
 }
 
+/** The objects a work applies. */
 export interface WorkloadTemplate {
+  /**
+   * The manifests to apply in the member: the template as that cluster gets it, with
+   * its share of the replicas and overrides applied.
+   */
   manifests: { [key: string]: any }[];
 }
 
+/**
+ * Karmada's Work: one template's manifest for one member cluster, the unit its agent
+ * applies. Written by the controllers, named <template namespace or _>.<binding name>.
+ */
 export interface PropagationWork {
+  /** work.archipel.io/v1alpha1 */
   apiVersion: string;
+  /** PropagationWork */
   kind: string;
   /** Namespace archipel-es-<cluster>: each cluster's works live apart. */
-  metadata: ObjectMeta | undefined;
-  spec: PropagationWorkSpec | undefined;
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** What the agent applies. */
+  spec:
+    | PropagationWorkSpec
+    | undefined;
+  /** What the agent reported. */
   status: PropagationWorkStatus | undefined;
 }
 
+/** What an agent applies, and how. */
 export interface PropagationWorkSpec {
-  workload: WorkloadTemplate | undefined;
+  /** The objects to apply. */
+  workload:
+    | WorkloadTemplate
+    | undefined;
+  /**
+   * True: the work is not sent to the agent (the policy's suspension); the member
+   * keeps what it has.
+   */
   suspendDispatching: boolean;
   /** When the work goes, leave its objects in the member instead of deleting them. */
   preserveResourcesOnDeletion: boolean;
@@ -134,19 +238,38 @@ export interface PropagationWorkSpec {
   conflictResolution: string;
 }
 
+/** Which object of a work a status is about. */
 export interface ResourceIdentifier {
+  /** The object's position among the work's objects. */
   ordinal: number;
+  /** The API group; empty for the core group. */
   group: string;
+  /** The API version, e.g. v1. */
   version: string;
+  /** The kind. */
   kind: string;
+  /** The plural resource name; Archipel's agent leaves it empty. */
   resource: string;
+  /** The namespace; empty for cluster-scoped objects. */
   namespace: string;
+  /** The name. */
   name: string;
 }
 
+/** One applied object's status in the member. */
 export interface ManifestStatus {
-  identifier: ResourceIdentifier | undefined;
-  status: { [key: string]: any } | undefined;
+  /** Which object. */
+  identifier:
+    | ResourceIdentifier
+    | undefined;
+  /**
+   * The status reflected from it by its kind's interpreter; empty when it is over
+   * 256 KiB or nested too deep (healthMessage says so).
+   */
+  status:
+    | { [key: string]: any }
+    | undefined;
+  /** Healthy, Unhealthy or Unknown. */
   health: string;
   /**
    * Why health is Unknown when the interpreter could not tell, such as a failing
@@ -155,8 +278,14 @@ export interface ManifestStatus {
   healthMessage: string;
 }
 
+/** What the agent last reported of a work. */
 export interface PropagationWorkStatus {
+  /**
+   * Applied: True when every manifest is applied, else False with the error; its
+   * observedGeneration is the work generation the report is about.
+   */
   conditions: Condition[];
+  /** One per applied object. */
   manifestStatuses: ManifestStatus[];
 }
 
