@@ -432,9 +432,10 @@ class KindService(Generic[T]):
             self.kind.prefix(namespace),
             limit=request.limit,
             continue_token=getattr(request, "continue"),
+            keep=lambda obj: selector.matches(self.kind.meta(obj).labels),
         )
         response = self.responses["List"](resource_version=str(revision))
-        response.items.extend(i for i in items if selector.matches(self.kind.meta(i).labels))
+        response.items.extend(items)
         setattr(response, "continue", token)
         return response  # type: ignore[no-any-return]
 
@@ -602,6 +603,18 @@ def kind_services(store: Store, api: ApiVersion) -> dict[str, KindService[Any]]:
     }
 
 
+def _template_filter(namespace: str, selector: selectors.Selector) -> Callable[[Manifest], bool]:
+    """Whether a template is in ``namespace`` (any, when empty) and matches ``selector``."""
+
+    def matches(manifest: Manifest) -> bool:
+        meta = manifest.get("metadata", {})
+        if namespace and meta.get("namespace") != namespace:
+            return False
+        return selector.matches(meta.get("labels", {}))
+
+    return matches
+
+
 class TemplateService:
     """Resource templates: any Kubernetes object, as a Struct on the wire."""
 
@@ -669,14 +682,10 @@ class TemplateService:
             limit=request.limit,
             continue_token=getattr(request, "continue"),
             weigh=weigh,
+            keep=_template_filter(request.namespace, selector),
         )
         response = self.responses["List"](resource_version=str(revision))
-        for manifest in items:
-            meta = manifest.get("metadata", {})
-            if request.namespace and meta.get("namespace") != request.namespace:
-                continue
-            if selector.matches(meta.get("labels", {})):
-                response.items.append(wired.get(id(manifest)) or self._wire(manifest))
+        response.items.extend(wired.get(id(m)) or self._wire(m) for m in items)
         setattr(response, "continue", token)
         return response
 
@@ -685,14 +694,7 @@ class TemplateService:
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         self._check_namespace(request.namespace)
-        selector = _label_filter(request.label_selector)
-
-        def matches(manifest: Manifest) -> bool:
-            meta = manifest.get("metadata", {})
-            if request.namespace and meta.get("namespace") != request.namespace:
-                return False
-            return selector.matches(meta.get("labels", {}))
-
+        matches = _template_filter(request.namespace, _label_filter(request.label_selector))
         event = self.responses["Watch"]
         async for type_, manifest, revision in watch_events(
             self.store,

@@ -156,6 +156,7 @@ class Store:
         on_corrupt: OnCorrupt = report_corrupt,
         max_bytes: int = limits.MAX_LIST_PAGE_BYTES,
         weigh: Callable[[T], int] | None = None,
+        keep: Callable[[T], bool] | None = None,
     ) -> tuple[list[T], str, int]:
         """Objects under ``prefix``; returns (items, continue token, revision).
 
@@ -167,6 +168,10 @@ class Store:
         its objects weigh ``max_bytes`` (their stored size, or what ``weigh`` says they
         cost the caller), so an answer always fits a gRPC message; it always holds at
         least one object, and a continue token whenever more remain.
+
+        With ``keep``, only the objects it keeps are listed, and ``limit`` counts only
+        them, as a Kubernetes List with a label selector does: a page is short only
+        because the listing ended or the page is full in bytes.
         """
         start_after, revision = _parse_token(continue_token, prefix)
         items: list[T] = []
@@ -185,6 +190,9 @@ class Store:
                     obj = decode(kind, kv.key, kv.value, kv.mod_revision)
                 except Corrupt as error:
                     on_corrupt(error, kv.mod_revision)
+                    start_after = kv.key
+                    continue
+                if keep is not None and not keep(obj):
                     start_after = kv.key
                     continue
                 size = weigh(obj) if weigh is not None else len(kv.value)

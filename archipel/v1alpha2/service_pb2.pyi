@@ -126,8 +126,9 @@ class MemberClusterServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,
@@ -407,8 +408,9 @@ class PropagationPolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,
@@ -690,8 +692,9 @@ class ClusterPropagationPolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,
@@ -973,8 +976,9 @@ class PropagationBindingServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,
@@ -1263,8 +1267,9 @@ class PropagationWorkServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,
@@ -1553,8 +1558,9 @@ class OverridePolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,
@@ -1836,8 +1842,9 @@ class ClusterOverridePolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,
@@ -2110,8 +2117,9 @@ class ResourceInterpreterCustomizationServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,
@@ -2406,8 +2414,9 @@ class ResourceTemplateServiceListRequest(_message.Message):
     label_selector: _builtins.str
     """Only objects whose labels match (Kubernetes label selector syntax)."""
     limit: _builtins.int
-    """At most this many objects per page; 0 lists them all. A page may hold fewer
-    (pages are also bounded in bytes); `continue` says whether more follow.
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
     """
     def __init__(
         self,

@@ -237,3 +237,34 @@ def test_info_names_every_served_version(plane: ControlPlaneProcess, channel: gr
     assert list(new.api_versions) == ["v1alpha2", "v1alpha1"]
     old = v1_grpc.InfoServiceStub(channel).GetVersion(v1.GetVersionRequest(), metadata=auth)
     assert (old.version, old.api_version) == (new.version, "v1alpha1")
+
+
+def test_a_label_selector_applies_before_the_limit(
+    plane: ControlPlaneProcess, channel: grpc.Channel
+) -> None:
+    auth = _auth(plane)
+    policies = v2_grpc.PropagationPolicyServiceStub(channel)
+    for name, team in (("a", "ops"), ("b", "ops"), ("c", "web"), ("d", "web")):
+        wanted = _policy("paged", name, "member1")
+        wanted.metadata.labels["team"] = team
+        policies.Apply(v2.PropagationPolicyServiceApplyRequest(object=wanted), metadata=auth)
+    first = policies.List(
+        v2.PropagationPolicyServiceListRequest(
+            namespace="paged", label_selector="team=web", limit=1
+        ),
+        metadata=auth,
+    )
+    # Kubernetes' rule: the limit counts matching objects, so no page is short or empty
+    # because non-matching objects came first.
+    assert [item.metadata.name for item in first.items] == ["c"]
+    second = policies.List(
+        v2.PropagationPolicyServiceListRequest(
+            namespace="paged",
+            label_selector="team=web",
+            limit=1,
+            **{"continue": getattr(first, "continue")},
+        ),
+        metadata=auth,
+    )
+    assert [item.metadata.name for item in second.items] == ["d"]
+    assert getattr(second, "continue") == ""

@@ -92,6 +92,27 @@ async def test_pages_are_consistent(store: Store) -> None:
     assert names == [f"p{i}" for i in range(7)]
 
 
+async def test_a_filtered_listing_fills_its_pages_with_what_it_keeps(store: Store) -> None:
+    # As a Kubernetes List with a label selector: the limit counts matching objects, so
+    # the objects filtered out between matches never leave a page short.
+    for index in range(9):
+        await store.create(KIND, policy(f"p{index}", kind="Job" if index % 3 else "Deployment"))
+
+    def deployments(obj: policy_pb2.PropagationPolicy) -> bool:
+        return obj.spec.resource_selectors[0].kind == "Deployment"
+
+    pages: list[list[str]] = []
+    token = ""
+    while True:
+        page, token, _ = await store.list(
+            KIND, KIND.prefix("default"), limit=2, continue_token=token, keep=deployments
+        )
+        pages.append([p.metadata.name for p in page])
+        if not token:
+            break
+    assert pages == [["p0", "p3"], ["p6"]]
+
+
 async def test_informer_follows_changes(store: Store) -> None:
     await store.create(KIND, policy("before"))
     informer = Informer(store, KIND)

@@ -189,8 +189,9 @@ type MemberClusterServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -742,8 +743,9 @@ type PropagationPolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,4,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -1309,8 +1311,9 @@ type ClusterPropagationPolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -1863,8 +1866,9 @@ type PropagationBindingServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,4,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -2441,8 +2445,9 @@ type PropagationWorkServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,4,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -3019,8 +3024,9 @@ type OverridePolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,4,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -3586,8 +3592,9 @@ type ClusterOverridePolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -4128,8 +4135,9 @@ type ResourceInterpreterCustomizationServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -4702,8 +4710,9 @@ type ResourceTemplateServiceListRequest struct {
 	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Only objects whose labels match (Kubernetes label selector syntax).
 	LabelSelector string `protobuf:"bytes,4,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many objects per page; 0 lists them all. A page may hold fewer
-	// (pages are also bounded in bytes); `continue` says whether more follow.
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
 	Limit int32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,6,opt,name=continue,proto3" json:"continue,omitempty"`

@@ -114,8 +114,9 @@ export interface MemberClusterServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -220,8 +221,9 @@ export interface PropagationPolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -326,8 +328,9 @@ export interface ClusterPropagationPolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -435,8 +438,9 @@ export interface PropagationBindingServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -545,8 +549,9 @@ export interface PropagationWorkServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -655,8 +660,9 @@ export interface OverridePolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -761,8 +767,9 @@ export interface ClusterOverridePolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -863,8 +870,9 @@ export interface ResourceInterpreterCustomizationServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -974,8 +982,9 @@ export interface ResourceTemplateServiceListRequest {
   /** Only objects whose labels match (Kubernetes label selector syntax). */
   labelSelector: string;
   /**
-   * At most this many objects per page; 0 lists them all. A page may hold fewer
-   * (pages are also bounded in bytes); `continue` says whether more follow.
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
