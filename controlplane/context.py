@@ -57,6 +57,24 @@ class Settings:
     """How often agents send heartbeats (told to them on connect)."""
     cluster_grace_period: float = 40.0
     """A cluster with no heartbeat for this long becomes Ready=Unknown."""
+    cluster_failure_threshold: float = 30.0
+    """An agent's report that its API server is not ready turns Ready False only once
+    it has lasted this long (Karmada's --cluster-failure-threshold): a blip is no fault."""
+    cluster_success_threshold: float = 30.0
+    """A cluster that failed turns Ready True again only once it has been healthy this
+    long (Karmada's --cluster-success-threshold), so a flapping cluster does not churn."""
+    failover_grace_period: float = 60.0
+    """A cluster not Ready (False or Unknown) for this long gets NoExecute taints, which
+    move its workloads elsewhere unless a policy tolerates them."""
+    unhealthy_cluster_threshold: float = 0.55
+    """When more than this share of the clusters is not Ready, no cluster gets a new
+    NoExecute taint: so many failing at once points at the control plane's own network."""
+    eviction_interval: float = 10.0
+    """At most one cluster gets NoExecute taints per this many seconds (rate limit)."""
+    graceful_eviction_timeout: float = 600.0
+    """How long an evicted cluster keeps its copy of a workload, at most, while the
+    workload becomes healthy in its new clusters (a graceful eviction task's default
+    gracePeriodSeconds; Karmada's --graceful-eviction-timeout)."""
     workers: int = 4
     """Parallel reconciles per controller."""
     shutdown_grace: float = 5.0

@@ -486,6 +486,22 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--tls-key-file", type=Path)
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
     parser.add_argument("--cluster-grace-period", type=float, default=40.0)
+    parser.add_argument("--cluster-failure-threshold", type=float, default=30.0)
+    parser.add_argument("--cluster-success-threshold", type=float, default=30.0)
+    parser.add_argument(
+        "--failover-grace-period",
+        type=float,
+        default=60.0,
+        help="seconds a cluster stays not Ready before it gets NoExecute taints",
+    )
+    parser.add_argument(
+        "--unhealthy-cluster-threshold",
+        type=float,
+        default=0.55,
+        help="share of not-Ready clusters above which no cluster is tainted NoExecute",
+    )
+    parser.add_argument("--eviction-interval", type=float, default=10.0)
+    parser.add_argument("--graceful-eviction-timeout", type=float, default=600.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
         "--controllers",
@@ -517,6 +533,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         tls_key_file=args.tls_key_file,
         heartbeat_interval=args.heartbeat_interval,
         cluster_grace_period=args.cluster_grace_period,
+        cluster_failure_threshold=args.cluster_failure_threshold,
+        cluster_success_threshold=args.cluster_success_threshold,
+        failover_grace_period=args.failover_grace_period,
+        unhealthy_cluster_threshold=args.unhealthy_cluster_threshold,
+        eviction_interval=args.eviction_interval,
+        graceful_eviction_timeout=args.graceful_eviction_timeout,
         workers=args.workers,
         controllers=controllers,
     )

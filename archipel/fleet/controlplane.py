@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -31,8 +32,10 @@ class ControlPlaneProcess:
         heartbeat_interval: float = 10.0,
         cluster_grace_period: float = 40.0,
         tls: tuple[Path, Path] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
-        """``tls`` is (certificate, key) to serve TLS instead of plaintext."""
+        """``tls`` is (certificate, key) to serve TLS instead of plaintext;
+        ``extra_args`` are more of the control plane's flags (failover timings)."""
         self.directory = directory
         self.tls = tls
         self.port = port or free_port()
@@ -53,6 +56,7 @@ class ControlPlaneProcess:
         ]
         if tls is not None:
             argv += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
+        argv += extra_args
         self.process = ManagedProcess(
             "controlplane", argv, log_path=directory / "controlplane.log", env=_env()
         )
