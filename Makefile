@@ -13,7 +13,7 @@ N ?= 3
 PROFILE ?= api
 PYTEST_ARGS ?=
 
-.PHONY: image bench bench-quick bench-e2e up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+.PHONY: image bench bench-quick bench-e2e bench-failover up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
 
 help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
@@ -96,6 +96,10 @@ bench-quick: setup tools
 # Apply-to-applied latency (median of 20) and 500 Deployments to 2 real members.
 bench-e2e: setup tools
 	$(PY) -m bench.e2e_propagation
+
+# Failover on 3 real full members, default and short timings (the defaults take ~12 min).
+bench-failover: setup tools
+	$(PY) -m bench.failover
 
 clean: members-down
 	rm -rf .local .venv

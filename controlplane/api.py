@@ -72,6 +72,11 @@ class ApiVersion:
     def service(self, name: str) -> pb_descriptor.ServiceDescriptor:
         return self.file.services_by_name[name]
 
+    def serves(self, kind: Kind[Any]) -> bool:
+        """Whether this version declares a service for ``kind`` (kinds added after a
+        version was frozen are served by the later versions only)."""
+        return kind.service in self.file.services_by_name
+
     def responses(self, service_name: str) -> dict[str, Any]:
         """Each method's response class, by method name."""
         return {
@@ -592,14 +597,17 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
     kinds.RESOURCE_INTERPRETER_CUSTOMIZATION.name: _check_customization,
     kinds.PROPAGATION_BINDING.name: _check_namespaced,
     kinds.PROPAGATION_WORK.name: _check_namespaced,
+    kinds.WORKLOAD_REBALANCER.name: validation.check_workload_rebalancer,
 }
 
 
 def kind_services(store: Store, api: ApiVersion) -> dict[str, KindService[Any]]:
-    """One servicer per API kind, keyed by the generated service's name."""
+    """One servicer per API kind that ``api`` declares, keyed by the generated service's
+    name."""
     return {
         kind.service: KindService(store, kind, api, validate=_VALIDATORS[kind.name])
         for kind in kinds.API_KINDS.values()
+        if api.serves(kind)
     }
 
 

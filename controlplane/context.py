@@ -23,7 +23,14 @@ from archipel import interpreter
 from archipel.core import kinds, names
 from archipel.core.kinds import CLUSTER_SCOPE, Manifest
 from archipel.core.names import BINDING_NAME_LABEL, BINDING_NAMESPACE_LABEL, CLUSTER_LABEL
-from archipel.v1alpha1 import cluster_pb2, interpreter_pb2, override_pb2, policy_pb2, work_pb2
+from archipel.v1alpha1 import (
+    apps_pb2,
+    cluster_pb2,
+    interpreter_pb2,
+    override_pb2,
+    policy_pb2,
+    work_pb2,
+)
 from controlplane.informers import Informer
 from controlplane.runtime import Controller, PlanReconcile
 from controlplane.store import Store
@@ -96,6 +103,7 @@ class Context:
     templates: Informer[Manifest]
     bindings: Informer[work_pb2.PropagationBinding]
     works: Informer[work_pb2.PropagationWork]
+    rebalancers: Informer[apps_pb2.WorkloadRebalancer]
     # Rebuilt whenever a customization changes; controllers read it, never write it.
     interpreters: interpreter.Registry = dataclasses.field(default_factory=interpreter.Registry)
 
@@ -113,6 +121,7 @@ class Context:
             templates=Informer(store, kinds.RESOURCE_TEMPLATE),
             bindings=Informer(store, kinds.PROPAGATION_BINDING),
             works=Informer(store, kinds.PROPAGATION_WORK),
+            rebalancers=Informer(store, kinds.WORKLOAD_REBALANCER),
         )
         context.works.add_index("binding", lambda w: [binding_key_of_work(w)])
         context.works.add_index("cluster", lambda w: [w.metadata.labels.get(CLUSTER_LABEL, "")])
@@ -171,6 +180,7 @@ class Context:
             self.templates,
             self.bindings,
             self.works,
+            self.rebalancers,
         ]
 
 
@@ -226,6 +236,18 @@ def binding_targets(binding: work_pb2.PropagationBinding) -> list[tuple[str, int
                 seen.add(cluster.name)
                 targets.append((cluster.name, None))
     return targets
+
+
+def kept_evictions(binding: work_pb2.PropagationBinding) -> list[tuple[str, int | None]]:
+    """The clusters a workload was evicted from whose copy its graceful eviction tasks
+    keep for now, with the replicas it had there. Not targets: their status is not
+    aggregated (a failed cluster's last report would count replicas that may be gone)."""
+    scheduled = {t.name for t in binding.spec.clusters}
+    return [
+        (task.from_cluster, task.replicas if task.HasField("replicas") else None)
+        for task in binding.spec.graceful_eviction_tasks
+        if task.purge_mode != "Directly" and task.from_cluster not in scheduled
+    ]
 
 
 def customization_targets(

@@ -43,4 +43,20 @@ SESSION_CRASHES = Counter(
     "archipel_agent_session_crashes_total",
     "Agent streams ended because the control plane failed reading them (a bug: see the log)",
 )
+CLUSTER_EVICTIONS = Counter(
+    "archipel_cluster_evictions_total",
+    "NoExecute taints the cluster controller added to failing clusters (failovers started)",
+    ["reason"],  # NotReady (the API server failed) or Unreachable (the agent went silent)
+)
+EVICTION_HALTED = Gauge(
+    "archipel_eviction_halted",
+    "1 while more than the unhealthy-cluster threshold of the clusters is not Ready, so no "
+    "cluster gets a new NoExecute taint; else 0",
+)
 BUILD_INFO = Info("archipel_build", "The control plane's version")
+WORKLOAD_EVICTIONS = Counter(
+    "archipel_workload_evictions_total",
+    "Workloads moved off a cluster by the scheduler, by reason (TaintUntolerated: the "
+    "cluster failed; ApplicationFailure: the workload stayed Unhealthy there)",
+    ["reason"],
+)

@@ -42,6 +42,7 @@ from controlplane.controllers import cluster as cluster_controller
 from controlplane.controllers import dependencies as dependencies_controller
 from controlplane.controllers import policy as policy_controller
 from controlplane.controllers import scheduler as scheduler_controller
+from controlplane.controllers import workloadrebalancer as rebalancer_controller
 from controlplane.controllers.binding import BindingController
 from controlplane.controllers.cluster import ClusterController
 from controlplane.controllers.dependencies import DependenciesController
@@ -49,6 +50,7 @@ from controlplane.controllers.execution import AgentSession, ExecutionController
 from controlplane.controllers.policy import PolicyController
 from controlplane.controllers.scheduler import SchedulerController
 from controlplane.controllers.status import BindingStatusController, WorkStatusController
+from controlplane.controllers.workloadrebalancer import WorkloadRebalancerController
 from controlplane.etcd import Etcd
 from controlplane.runtime import Controller
 from controlplane.store import Store
@@ -218,6 +220,7 @@ CONTROLLER_NAMES = (
     dependencies_controller.NAME,
     WorkStatusController.NAME,
     BindingStatusController.NAME,
+    rebalancer_controller.NAME,
 )
 
 
@@ -301,6 +304,7 @@ class ControlPlane:
         self.work_status = WorkStatusController(self.context)
         self.execution = ExecutionController(self.context, report_status=self.work_status.report)
         self.binding_status = BindingStatusController(self.context)
+        self.rebalancer = WorkloadRebalancerController(self.context)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -356,6 +360,7 @@ class ControlPlane:
             self.dependencies.controller,
             self.work_status.controller,
             self.binding_status.controller,
+            self.rebalancer.controller,
         ]
 
     def controllers(self) -> list[Controller]:
@@ -508,7 +513,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default="*",
         help="comma-separated controllers to run: '*' for all, 'name' to add one, "
         "'-name' to leave one out (cluster, policy, scheduler, binding, dependencies, "
-        "work-status, binding-status)",
+        "work-status, binding-status, workload-rebalancer)",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)

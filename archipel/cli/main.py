@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import secrets
+import string
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +35,7 @@ from archipel.client import (
     read_documents,
     to_message,
 )
-from archipel.core import kinds, overrides
+from archipel.core import kinds, overrides, validation
 from archipel.core.names import (
     APPLIED_CLUSTER_OVERRIDES_ANNOTATION,
     APPLIED_OVERRIDES_ANNOTATION,
@@ -43,6 +46,7 @@ from archipel.core.names import (
 )
 from archipel.core.scheduling import ClusterInfo
 from archipel.core.workloads import member_manifest
+from archipel.v1alpha1 import apps_pb2
 from archipel.version import VERSION
 
 APPLIED_OVERRIDES = (
@@ -379,6 +383,7 @@ class Commands:
             )
         print("Clusters:")
         print("  " + _table(rows).replace("\n", "\n  "))
+        _describe_failover(spec, status)
         self._describe_overrides(binding, list(replicas))
         if "status" in document:
             print("Aggregated status:")
@@ -481,6 +486,81 @@ class Commands:
         binding.spec.reschedule_triggered_at.GetCurrentTime()
         self.client.apply_object(bindings, binding)
         print(f"{kind.lower()}/{self.args.name} rescheduling")
+
+    def rebalance(self) -> None:
+        """Create a WorkloadRebalancer for the templates named, and (unless --no-wait)
+        wait for its result: exit code 1 when any workload failed."""
+        args = self.args
+        if args.ttl is not None and args.ttl < 0:
+            raise ClientError(f"--ttl: must not be negative, not {args.ttl}")
+        rebalancer = apps_pb2.WorkloadRebalancer(
+            api_version=kinds.WORKLOAD_REBALANCER.api_version, kind=kinds.WORKLOAD_REBALANCER.name
+        )
+        rebalancer.metadata.name = f"rebalance-{_random_suffix()}"
+        for target in args.targets:
+            kind_name, _, name = target.partition("/")
+            not_a_template = ClientError(
+                f"rebalance: {target!r} is not KIND/NAME of a template, e.g. deployment/web"
+            )
+            if not kind_name or not name:
+                raise not_a_template
+            api_kind, template = self._resolve(kind_name)
+            if api_kind is not None or template is None:
+                raise not_a_template
+            api_version, kind = template
+            namespace = (
+                "" if kind in validation.CLUSTER_SCOPED_KINDS else args.namespace or "default"
+            )
+            rebalancer.spec.workloads.add(
+                api_version=api_version, kind=kind, namespace=namespace, name=name
+            )
+        if args.ttl is not None:
+            rebalancer.spec.ttl_seconds_after_finished = args.ttl
+        created = self.client.apply_object(kinds.WORKLOAD_REBALANCER, rebalancer)
+        name = created.metadata.name
+        print(f"workloadrebalancer/{name} created")
+        if args.no_wait:
+            return
+        finished = self._wait_for_rebalancer(name, args.timeout)
+        if finished is None:
+            print(f"workloadrebalancer/{name} finished and was deleted (ttl)")
+            return
+        failed = 0
+        for observed in finished.status.observed_workloads:
+            workload = observed.workload
+            where = f" -n {workload.namespace}" if workload.namespace else ""
+            outcome = observed.result
+            if observed.result != "Successful":
+                failed += 1
+                outcome += f" ({observed.reason})" if observed.reason else ""
+            print(f"{workload.kind.lower()}/{workload.name}{where}: {outcome}")
+        if failed:
+            total = len(finished.status.observed_workloads)
+            raise ClientError(f"rebalance: {failed} of {total} workloads failed")
+
+    def _wait_for_rebalancer(self, name: str, timeout: float) -> Any:
+        """The rebalancer once its current spec finished; None when it is already gone
+        (a TTL of 0 deletes it as it finishes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                current = self.client.get_object(kinds.WORKLOAD_REBALANCER, name)
+            except ClientError as error:
+                if error.code == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+            status = current.status
+            if (
+                status.HasField("finish_time")
+                and status.observed_generation == current.metadata.generation
+            ):
+                return current
+            if time.monotonic() > deadline:
+                raise ClientError(
+                    f"workloadrebalancer/{name}: not finished after {timeout:g}s "
+                    "(is the control plane's workload-rebalancer controller running?)"
+                )
+            time.sleep(0.2)
 
     # -- what-if simulation -----------------------------------------------------------------
 
@@ -665,6 +745,42 @@ class Commands:
         )
 
 
+def _describe_failover(spec: dict[str, Any], status: dict[str, Any]) -> None:
+    """The evictions still holding an old copy, and the last failovers, newest last."""
+    tasks = spec.get("gracefulEvictionTasks", [])
+    if tasks:
+        rows = [["FROM", "REPLICAS", "PURGE", "REASON", "SINCE", "MESSAGE"]]
+        for task in tasks:
+            rows.append(
+                [
+                    task.get("fromCluster", ""),
+                    str(task.get("replicas", "")),
+                    task.get("purgeMode", ""),
+                    task.get("reason", ""),
+                    task.get("creationTimestamp", ""),
+                    task.get("message", ""),
+                ]
+            )
+        print("Evictions (old copies kept for now):")
+        print("  " + _table(rows).replace("\n", "\n  "))
+    history = status.get("failoverHistory", [])
+    if history:
+        print("Failovers:")
+        for item in history:
+            before = ",".join(item.get("clustersBeforeFailover", [])) or "-"
+            after = ",".join(item.get("clustersAfterFailover", [])) or "nowhere"
+            print(
+                f"  {item.get('startTime', '')} {item.get('originCluster', '')} "
+                f"({item.get('reason', '')}): {before} -> {after}"
+            )
+
+
+def _random_suffix(length: int = 5) -> str:
+    """Five random lowercase letters and digits, as Kubernetes' generateName adds."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
 def _agent_column(agent: dict[str, Any]) -> str:
     """``Connected 0.1.0``: whether the agent is connected, and its version."""
     state = "Connected" if agent.get("connected") else "Disconnected"
@@ -729,6 +845,21 @@ def build_parser() -> argparse.ArgumentParser:
     reschedule.add_argument("kind")
     reschedule.add_argument("name")
     reschedule.add_argument("-n", "--namespace")
+    rebalance = sub.add_parser(
+        "rebalance",
+        help="divide the replicas of templates afresh (a WorkloadRebalancer), and wait",
+    )
+    rebalance.add_argument("targets", nargs="+", metavar="KIND/NAME")
+    rebalance.add_argument("-n", "--namespace")
+    rebalance.add_argument(
+        "--ttl", type=int, help="delete the WorkloadRebalancer this many seconds after it finished"
+    )
+    rebalance.add_argument(
+        "--no-wait", action="store_true", help="print the rebalancer's name and return"
+    )
+    rebalance.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for the result (default 60)"
+    )
     promote = sub.add_parser(
         "promote", help="bring an object running in a member under Archipel, without a restart"
     )

@@ -23,6 +23,7 @@ from google.protobuf import message as pb_message
 from archipel.core import names
 from archipel.core.errors import Invalid
 from archipel.v1alpha1 import (
+    apps_pb2,
     cluster_pb2,
     interpreter_pb2,
     meta_pb2,
@@ -356,6 +357,15 @@ PROPAGATION_WORK = _proto_kind(
     group="work.archipel.io",
     short_names=("work", "works", "pw"),
 )
+WORKLOAD_REBALANCER = _proto_kind(
+    apps_pb2.WorkloadRebalancer,
+    name="WorkloadRebalancer",
+    plural="workloadrebalancers",
+    namespaced=False,
+    group="apps.archipel.io",
+    karmada_group="apps.karmada.io",
+    short_names=("rebalancer", "rebalancers", "wr"),
+)
 
 
 # -- resource templates ------------------------------------------------------------
@@ -460,6 +470,7 @@ API_KINDS: dict[str, Kind[Any]] = {
         RESOURCE_INTERPRETER_CUSTOMIZATION,
         PROPAGATION_BINDING,
         PROPAGATION_WORK,
+        WORKLOAD_REBALANCER,
     )
 }
 

@@ -44,6 +44,13 @@ LEDGER_LABEL = "archipel.io/ledger"
 NOT_READY_TAINT = "cluster.archipel.io/not-ready"
 UNREACHABLE_TAINT = "cluster.archipel.io/unreachable"
 UNSCHEDULABLE_TAINT = "cluster.archipel.io/unschedulable"
+# Karmada's keys for the same taints: a toleration of Karmada's YAML that names one
+# tolerates Archipel's.
+KARMADA_TAINT_KEYS = {
+    "cluster.karmada.io/not-ready": NOT_READY_TAINT,
+    "cluster.karmada.io/unreachable": UNREACHABLE_TAINT,
+    "cluster.karmada.io/unschedulable": UNSCHEDULABLE_TAINT,
+}
 
 # -- namespaces --------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from fractions import Fraction
 
 from archipel import quantity
-from archipel.core import division, selectors
+from archipel.core import division, names, selectors
 from archipel.core.errors import Invalid
 from archipel.v1alpha1 import cluster_pb2, meta_pb2, policy_pb2
 
@@ -26,6 +26,8 @@ class TaintInfo:
     key: str
     value: str
     effect: str
+    time_added: float | None = None
+    """When the taint appeared (seconds since the epoch): tolerationSeconds count from it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +77,15 @@ class ClusterInfo:
             provider=cluster.spec.provider,
             region=cluster.spec.region,
             zones=zones,
-            taints=tuple(TaintInfo(t.key, t.value, t.effect) for t in cluster.spec.taints),
+            taints=tuple(
+                TaintInfo(
+                    t.key,
+                    t.value,
+                    t.effect,
+                    float(t.time_added.seconds) if t.HasField("time_added") else None,
+                )
+                for t in cluster.spec.taints
+            ),
             deleting=cluster.metadata.HasField("deletion_timestamp"),
             free=free,
             api_resources=api_resources,
@@ -160,41 +170,106 @@ def affinity_rejects(
     return Affinity.of(affinity).rejects(cluster)
 
 
-def _tolerated(taint: TaintInfo, tolerations: Sequence[meta_pb2.Toleration]) -> bool:
+def _matches(toleration: meta_pb2.Toleration, taint: TaintInfo) -> bool:
+    if toleration.effect and toleration.effect != taint.effect:
+        return False
+    # Karmada's YAML tolerates Karmada's taint keys; they mean Archipel's.
+    key = names.KARMADA_TAINT_KEYS.get(toleration.key, toleration.key)
+    if toleration.operator == "Exists":
+        return not key or key == taint.key
+    return key == taint.key and toleration.value == taint.value
+
+
+def tolerated_until(taint: TaintInfo, tolerations: Sequence[meta_pb2.Toleration]) -> float | None:
+    """Until when (seconds since the epoch) ``tolerations`` tolerate ``taint``: ``inf``
+    for good, None not at all.
+
+    As Kubernetes' tolerationSeconds: only for a NoExecute taint, and counted from when
+    the taint appeared; of several matching tolerations, the most lenient wins.
+    """
+    until: float | None = None
     for toleration in tolerations:
-        if toleration.effect and toleration.effect != taint.effect:
+        if not _matches(toleration, taint):
             continue
-        if toleration.operator == "Exists":
-            if not toleration.key or toleration.key == taint.key:
-                return True
-        elif toleration.key == taint.key and toleration.value == taint.value:
-            return True
-    return False
+        if (
+            taint.effect != "NoExecute"
+            or not toleration.HasField("toleration_seconds")
+            or taint.time_added is None
+        ):
+            return math.inf
+        # Zero or less: evict at once, as Kubernetes does.
+        ends = taint.time_added + max(0, toleration.toleration_seconds)
+        until = ends if until is None else max(until, ends)
+    return until
 
 
 def taint_rejects(
-    placement: policy_pb2.Placement, cluster: ClusterInfo, *, already_scheduled: bool
+    placement: policy_pb2.Placement,
+    cluster: ClusterInfo,
+    *,
+    already_scheduled: bool,
+    now: float | None = None,
 ) -> str | None:
+    """Why the cluster's taints rule it out, or None. ``now`` (seconds since the epoch)
+    is when a toleration with tolerationSeconds is judged; None: it tolerates."""
     for taint in cluster.taints:
         if taint.effect == "PreferNoSchedule":
             continue
         # A NoSchedule taint keeps new workloads off but does not evict old ones.
         if taint.effect == "NoSchedule" and already_scheduled:
             continue
-        if not _tolerated(taint, placement.cluster_tolerations):
+        until = tolerated_until(taint, placement.cluster_tolerations)
+        if until is None:
             return f"taint {taint.key}={taint.value}:{taint.effect} is not tolerated"
+        if now is not None and now >= until:
+            return (
+                f"taint {taint.key}={taint.value}:{taint.effect} was tolerated for "
+                f"{until - (taint.time_added or until):.0f}s, which have passed"
+            )
     return None
 
 
-Filter = Callable[[policy_pb2.Placement, ClusterInfo, bool], str | None]
+def evicts(placement: policy_pb2.Placement, cluster: ClusterInfo, now: float) -> str | None:
+    """Why a cluster that holds the workload must give it up now (a NoExecute taint the
+    placement does not tolerate, or no longer does), or None."""
+    for taint in cluster.taints:
+        if taint.effect != "NoExecute":
+            continue
+        until = tolerated_until(taint, placement.cluster_tolerations)
+        if until is None or now >= until:
+            return f"taint {taint.key}:NoExecute is not tolerated"
+    return None
 
 
-def _deleting(_: policy_pb2.Placement, cluster: ClusterInfo, __: bool) -> str | None:
+def next_eviction(
+    placement: policy_pb2.Placement, clusters: Sequence[ClusterInfo], now: float
+) -> float | None:
+    """The earliest future moment a tolerationSeconds runs out on one of ``clusters``:
+    when the scheduler must look again, though nothing else changes."""
+    soonest: float | None = None
+    for cluster in clusters:
+        for taint in cluster.taints:
+            if taint.effect != "NoExecute":
+                continue
+            until = tolerated_until(taint, placement.cluster_tolerations)
+            if until is not None and now < until < math.inf:
+                soonest = until if soonest is None else min(soonest, until)
+    return soonest
+
+
+Filter = Callable[[policy_pb2.Placement, ClusterInfo, bool, float | None], str | None]
+
+
+def _deleting(
+    _: policy_pb2.Placement, cluster: ClusterInfo, __: bool, ___: float | None
+) -> str | None:
     return "cluster is being deleted" if cluster.deleting else None
 
 
-def _taints(placement: policy_pb2.Placement, cluster: ClusterInfo, scheduled: bool) -> str | None:
-    return taint_rejects(placement, cluster, already_scheduled=scheduled)
+def _taints(
+    placement: policy_pb2.Placement, cluster: ClusterInfo, scheduled: bool, now: float | None
+) -> str | None:
+    return taint_rejects(placement, cluster, already_scheduled=scheduled, now=now)
 
 
 FILTERS: tuple[Filter, ...] = (_deleting, _taints)
@@ -215,15 +290,19 @@ def _feasible(
     clusters: Sequence[ClusterInfo],
     current: frozenset[str],
     resource: tuple[str, str] | None = None,
+    now: float | None = None,
+    excluded: Mapping[str, str] | None = None,
 ) -> tuple[list[ClusterInfo], dict[str, str]]:
     fits, rejected = [], {}
     compiled = Affinity.of(affinity) if affinity is not None else None
     for cluster in clusters:
         reason = compiled.rejects(cluster) if compiled is not None else None
+        if reason is None and excluded:
+            reason = excluded.get(cluster.name)
         for check in FILTERS:
             if reason is not None:
                 break
-            reason = check(placement, cluster, cluster.name in current)
+            reason = check(placement, cluster, cluster.name in current, now)
         if reason is None:
             reason = api_rejects(cluster, resource)
         if reason is None:
@@ -438,11 +517,20 @@ def schedule(
     seed: int = 0,
     fresh: bool = False,
     resource: tuple[str, str] | None = None,
+    now: float | None = None,
+    excluded: Mapping[str, str] | None = None,
+    keep_current: bool = False,
 ) -> Decision:
     """Choose target clusters and their replicas for one binding.
 
     ``current`` is the previous result (cluster to replicas), which steady division
     keeps as far as it can; ``fresh`` ignores it, as a manual reschedule does.
+    ``keep_current``: nothing but the clusters changed since ``current`` was decided, so
+    a Divided result whose clusters all still fit stays as it is: a cluster that comes
+    back after a failover does not pull replicas back by itself (Karmada's rule; a
+    rebalance or reschedule does). ``excluded`` rules clusters out, with the reason (an
+    eviction pending for this workload there). ``now`` (seconds since the epoch) judges
+    tolerationSeconds.
     """
     previous = dict(current) if isinstance(current, Mapping) else dict.fromkeys(current, 0)
     ordered = sorted(clusters, key=lambda c: c.name)
@@ -455,18 +543,24 @@ def schedule(
     overflow: list[list[ClusterInfo]] = []
     if len(placement.cluster_affinities):
         for term in placement.cluster_affinities:
-            fits, rejected = _feasible(placement, term, ordered, scheduled_on, resource)
+            fits, rejected = _feasible(
+                placement, term, ordered, scheduled_on, resource, now, excluded
+            )
             if fits:
                 affinity_name = term.affinity_name
                 taken = {c.name for c in fits}
                 for tier in term.overflow_affinities:
-                    extra, _ = _feasible(placement, tier, ordered, scheduled_on, resource)
+                    extra, _ = _feasible(
+                        placement, tier, ordered, scheduled_on, resource, now, excluded
+                    )
                     overflow.append([c for c in extra if c.name not in taken])
                     taken |= {c.name for c in extra}
                 break
     else:
         affinity = placement.cluster_affinity if placement.HasField("cluster_affinity") else None
-        fits, rejected = _feasible(placement, affinity, ordered, scheduled_on, resource)
+        fits, rejected = _feasible(
+            placement, affinity, ordered, scheduled_on, resource, now, excluded
+        )
     if not fits:
         detail = "; ".join(f"{name}: {why}" for name, why in sorted(rejected.items()))
         return Decision(
@@ -482,9 +576,19 @@ def schedule(
         except division.Unschedulable as error:
             return Decision((), "Unschedulable", str(error), rejected, affinity_name)
         fits = sorted(fits, key=lambda c: c.name)
+    held = {n: r for n, r in previous.items() if r}
+    fitting = {c.name for c in fits} | {c.name for tier in overflow for c in tier}
     if is_duplicated(placement) or replicas == 0:
         # Objects without replicas go everywhere that fits, as Karmada does.
         targets = tuple(Target(c.name, replicas) for c in fits)
+    elif (
+        keep_current
+        and not fresh
+        and held
+        and sum(held.values()) == replicas
+        and set(held) <= fitting
+    ):
+        targets = tuple(Target(name, count) for name, count in sorted(held.items()))
     else:
         # A group's own clusters come first; overflow tiers take only the shortage, in
         # order. A smaller request fits in fewer tiers, so scaling down contracts in

@@ -14,11 +14,11 @@ from typing import Any
 
 from google.protobuf import message as pb_message
 
-from archipel import interpreter, limits
+from archipel import interpreter, jsonpath, limits
 from archipel.core import kinds, selectors
 from archipel.core.errors import Invalid
 from archipel.core.kinds import Manifest
-from archipel.v1alpha1 import cluster_pb2, meta_pb2, override_pb2, policy_pb2
+from archipel.v1alpha1 import apps_pb2, cluster_pb2, meta_pb2, override_pb2, policy_pb2
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -333,6 +333,29 @@ def _check_resource_selectors(
             selectors.from_proto(selector.label_selector, field=f"{where}.labelSelector")
 
 
+def _check_application_failover(
+    application: policy_pb2.ApplicationFailoverBehavior, field: str
+) -> None:
+    conditions = application.decision_conditions
+    if conditions.HasField("toleration_seconds") and conditions.toleration_seconds < 0:
+        raise Invalid(f"{field}.decisionConditions.tolerationSeconds", "must not be negative")
+    if application.HasField("grace_period_seconds"):
+        if application.grace_period_seconds <= 0:
+            raise Invalid(f"{field}.gracePeriodSeconds", "must be positive")
+        if (application.purge_mode or "Gracefully") != "Gracefully":
+            # As Karmada: only a graceful purge waits for anything.
+            raise Invalid(f"{field}.gracePeriodSeconds", "is only for purgeMode Gracefully")
+    for index, rule in enumerate(application.state_preservation.rules):
+        where = f"{field}.statePreservation.rules[{index}]"
+        selectors.check_qualified_name(rule.alias_label_name, f"{where}.aliasLabelName")
+        if not rule.json_path:
+            raise Invalid(f"{where}.jsonPath", "is required")
+        try:
+            jsonpath.compile(rule.json_path)
+        except jsonpath.JSONPathError as error:
+            raise Invalid(f"{where}.jsonPath", str(error)) from error
+
+
 def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace: str) -> None:
     if not len(spec.resource_selectors):
         raise Invalid("spec.resourceSelectors", "at least one selector is required")
@@ -346,6 +369,7 @@ def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace
     check_choice(spec.activation_preference, ("Lazy",), "spec.activationPreference")
     purge = ("Directly", "Gracefully", "Never")
     check_choice(spec.failover.application.purge_mode, purge, "spec.failover.application.purgeMode")
+    _check_application_failover(spec.failover.application, "spec.failover.application")
     check_choice(
         spec.failover.cluster.purge_mode,
         ("Directly", "Gracefully"),
@@ -370,6 +394,29 @@ def check_member_cluster(cluster: cluster_pb2.MemberCluster) -> None:
             raise Invalid(f"{where}.key", "required")
         if taint.effect not in TAINT_EFFECTS:
             raise Invalid(f"{where}.effect", f"must be one of {', '.join(TAINT_EFFECTS)}")
+
+
+def check_workload_rebalancer(rebalancer: apps_pb2.WorkloadRebalancer) -> None:
+    """Karmada's rules for a WorkloadRebalancer: at least one workload, each with its
+    apiVersion, kind and name (a namespace, when given, is a DNS label), and a TTL that
+    is not negative."""
+    check_metadata(rebalancer.metadata, namespaced=False)
+    spec = rebalancer.spec
+    if not len(spec.workloads):
+        raise Invalid("spec.workloads", "at least one workload is required")
+    for index, workload in enumerate(spec.workloads):
+        where = f"spec.workloads[{index}]"
+        check_api_version(workload.api_version, f"{where}.apiVersion")
+        check_kind(workload.kind, f"{where}.kind")
+        # The loosest rule: the workload may be any template, RBAC objects included.
+        check_object_name(workload.name, f"{where}.name")
+        if workload.namespace:
+            check_dns_label(workload.namespace, f"{where}.namespace")
+    if spec.HasField("ttl_seconds_after_finished") and spec.ttl_seconds_after_finished < 0:
+        raise Invalid(
+            "spec.ttlSecondsAfterFinished",
+            f"must not be negative, not {spec.ttl_seconds_after_finished}",
+        )
 
 
 def _json_path(path: tuple[str | int, ...]) -> str:

@@ -51,6 +51,54 @@ _API_PROFILE_CONTROLLERS = (
     "serviceaccount-controller",
 )
 FAKE_NODE_ANNOTATION = ("kwok.x-k8s.io/node", "fake")
+# In a ``full`` member, pods with this label run but never turn Ready: an application
+# that fails in one cluster only (an override can add the label there), for failover.
+FAULT_LABEL = ("archipel.io/fault", "unready")
+_POD_IP = (
+    '{{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) '
+    '( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}'
+)
+_UNREADY_STATUS = "\n".join(
+    [
+        "{{ $now := Now }}",
+        "conditions:",
+        "- {lastTransitionTime: {{ $now | Quote }}, status: 'True', type: PodScheduled}",
+        "- {lastTransitionTime: {{ $now | Quote }}, status: 'False', type: Ready}",
+        "- {lastTransitionTime: {{ $now | Quote }}, status: 'False', type: ContainersReady}",
+        "containerStatuses:",
+        "{{ range .spec.containers }}",
+        "- image: {{ .image | Quote }}",
+        "  name: {{ .name | Quote }}",
+        "  ready: false",
+        "  restartCount: 0",
+        "  state: {running: {startedAt: {{ $now | Quote }}}}",
+        "{{ end }}",
+        "hostIP: {{ NodeIPWith .spec.nodeName | Quote }}",
+        f"podIP: {_POD_IP}",
+        "phase: Running",
+        "startTime: {{ $now | Quote }}",
+    ]
+)
+_UNREADY_STAGE = {
+    "apiVersion": "kwok.x-k8s.io/v1alpha1",
+    "kind": "Stage",
+    "metadata": {"name": "archipel-pod-unready"},
+    "spec": {
+        "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+        "selector": {
+            "matchExpressions": [
+                {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                {"key": ".status.podIP", "operator": "DoesNotExist"},
+                {
+                    "key": f'.metadata.labels["{FAULT_LABEL[0]}"]',
+                    "operator": "In",
+                    "values": [FAULT_LABEL[1]],
+                },
+            ]
+        },
+        "next": {"statusTemplate": _UNREADY_STATUS},
+    },
+}
 ADMIN_USER = "archipel-admin"
 
 
@@ -272,9 +320,30 @@ class Member:
             f"{self.name}/kube-scheduler", argv, log_path=self.logs / "kube-scheduler.log"
         )
 
+    def _stages(self) -> list[Path]:
+        """kwok's stages, except that pods labelled FAULT_LABEL stay not Ready."""
+        directory = self.directory / "kwok-stages"
+        directory.mkdir(parents=True, exist_ok=True)
+        ready_selector = "    - key: '.status.podIP'\n      operator: 'DoesNotExist'\n"
+        skip_faulty = (
+            f"    - key: '.metadata.labels[\"{FAULT_LABEL[0]}\"]'\n      operator: 'DoesNotExist'\n"
+        )
+        stages = []
+        for stage in sorted(self._binaries.kwok_stages.glob("*.yaml")):
+            text = stage.read_text()
+            if stage.name == "pod-ready.yaml":
+                if ready_selector not in text:
+                    raise RuntimeError(f"{stage}: not the pod-ready stage this fleet patches")
+                text = text.replace(ready_selector, ready_selector + skip_faulty, 1)
+            (directory / stage.name).write_text(text)
+            stages.append(directory / stage.name)
+        (directory / "archipel-pod-unready.yaml").write_text(yaml.safe_dump(_UNREADY_STAGE))
+        stages.append(directory / "archipel-pod-unready.yaml")
+        return stages
+
     def _kwok(self) -> ManagedProcess:
         kubeconfig = self._component_kubeconfig("kwok", user="system:kwok-controller")
-        stages = sorted(self._binaries.kwok_stages.glob("*.yaml"))
+        stages = self._stages()
         key, value = FAKE_NODE_ANNOTATION
         argv = [
             str(self._binaries.kwok),

@@ -177,8 +177,10 @@ class PropagationSpec(_message.Message):
 
     @_builtins.property
     def failover(self) -> Global___FailoverBehavior:
-        """Karmada's application and cluster failover. Checked (purgeMode values) but not
-        acted on; a NoExecute cluster taint is what moves work off a cluster.
+        """Karmada's failover. A cluster tainted NoExecute (not Ready past the failover
+        grace period, by default) loses the workload unless the placement tolerates the
+        taint; `cluster.purgeMode` says how its old copy goes. With `application`, a
+        workload Unhealthy in a cluster for tolerationSeconds moves out of it too.
         """
 
     @_builtins.property
@@ -653,8 +655,9 @@ class DecisionConditions(_message.Message):
 
     TOLERATION_SECONDS_FIELD_NUMBER: _builtins.int
     toleration_seconds: _builtins.int
-    """How long an unhealthy application is tolerated before failover (Karmada: 300).
-    Not acted on.
+    """How long the workload may stay Unhealthy in a cluster before it moves out of it
+    (default 300, as Karmada). Not when it fails in every cluster it runs in: then
+    the application, not a cluster, is broken.
     """
     def __init__(
         self,
@@ -673,16 +676,18 @@ Global___DecisionConditions: _TypeAlias = DecisionConditions  # noqa: Y015
 
 @_typing.final
 class StatePreservationRule(_message.Message):
-    """A piece of state Karmada carries to the new cluster on failover."""
+    """A piece of state carried to the new clusters on application failover."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ALIAS_LABEL_NAME_FIELD_NUMBER: _builtins.int
     JSON_PATH_FIELD_NUMBER: _builtins.int
     alias_label_name: _builtins.str
-    """The label the preserved value is written to."""
+    """The label the preserved value is written to, on the copies in clusters the
+    workload was not in before, while the eviction task lasts (as Karmada).
+    """
     json_path: _builtins.str
-    """A JSONPath into the status to read the value from."""
+    """A JSONPath into the status the old copy last reported, e.g. "{.jobId}"."""
     def __init__(
         self,
         *,
@@ -699,7 +704,7 @@ Global___StatePreservationRule: _TypeAlias = StatePreservationRule  # noqa: Y015
 
 @_typing.final
 class StatePreservation(_message.Message):
-    """State Karmada carries to the new cluster on failover; not acted on."""
+    """State carried to the new clusters on application failover."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -723,7 +728,7 @@ Global___StatePreservation: _TypeAlias = StatePreservation  # noqa: Y015
 
 @_typing.final
 class ApplicationFailoverBehavior(_message.Message):
-    """Karmada's failover of an unhealthy application; checked but not acted on."""
+    """Karmada's failover of an application that stays Unhealthy in one cluster."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -732,9 +737,14 @@ class ApplicationFailoverBehavior(_message.Message):
     GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
     STATE_PRESERVATION_FIELD_NUMBER: _builtins.int
     purge_mode: _builtins.str
-    """Directly, Gracefully (default) or Never."""
+    """What becomes of the old copy: Directly deleted at once, Gracefully (default)
+    kept until the workload is healthy elsewhere or the grace period ends, Never kept
+    until the binding is rescheduled.
+    """
     grace_period_seconds: _builtins.int
-    """How long Gracefully waits before removing the old copy (Karmada: 600)."""
+    """How long Gracefully keeps the old copy at most (default: the control plane's
+    --graceful-eviction-timeout, 600 s). Only with purgeMode Gracefully.
+    """
     @_builtins.property
     def decision_conditions(self) -> Global___DecisionConditions:
         """When to fail over."""
@@ -763,14 +773,18 @@ Global___ApplicationFailoverBehavior: _TypeAlias = ApplicationFailoverBehavior  
 
 @_typing.final
 class ClusterFailoverBehavior(_message.Message):
-    """Karmada's failover away from a failed cluster; checked but not acted on."""
+    """Failover away from a failed cluster: what happens to the copy a failed cluster
+    holds once the workload is evicted from it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PURGE_MODE_FIELD_NUMBER: _builtins.int
     STATE_PRESERVATION_FIELD_NUMBER: _builtins.int
     purge_mode: _builtins.str
-    """Directly or Gracefully."""
+    """Gracefully (default): kept until the workload is healthy elsewhere or the
+    control plane's graceful eviction timeout ends; Directly: deleted at once.
+    """
     @_builtins.property
     def state_preservation(self) -> Global___StatePreservation:
         """State to carry to the new cluster."""
@@ -791,8 +805,9 @@ Global___ClusterFailoverBehavior: _TypeAlias = ClusterFailoverBehavior  # noqa: 
 
 @_typing.final
 class FailoverBehavior(_message.Message):
-    """Karmada's failover behaviour. Archipel checks the purgeMode values but does not act
-    on it; a NoExecute cluster taint is what moves work off a cluster.
+    """Karmada's failover behaviour. A cluster failing (a NoExecute taint the placement
+    does not tolerate) moves the workload whether or not this is set; `cluster` says
+    how the old copy goes.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -28,7 +28,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61rchipel/v1alpha1/work.proto\x12\x11\x61rchipel.v1alpha1\x1a\x1c\x61rchipel/v1alpha1/meta.proto\x1a\x1e\x61rchipel/v1alpha1/policy.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x10ResourceTemplate\x12)\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"/\n\rTargetCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"@\n\x0fPolicyReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xde\x01\n\x12PropagationBinding\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.ObjectMeta\x12\x37\n\x04spec\x18\x04 \x01(\x0b\x32).archipel.v1alpha1.PropagationBindingSpec\x12;\n\x06status\x18\x05 \x01(\x0b\x32+.archipel.v1alpha1.PropagationBindingStatus\"\xdd\x04\n\x16PropagationBindingSpec\x12\x34\n\x08resource\x18\x01 \x01(\x0b\x32\".archipel.v1alpha1.ObjectReference\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12/\n\tplacement\x18\x03 \x01(\x0b\x32\x1c.archipel.v1alpha1.Placement\x12\x32\n\x08\x63lusters\x18\x04 \x03(\x0b\x32 .archipel.v1alpha1.TargetCluster\x12\x32\n\x06policy\x18\x05 \x01(\x0b\x32\".archipel.v1alpha1.PolicyReference\x12\x1b\n\x13\x63onflict_resolution\x18\x06 \x01(\t\x12&\n\x1epreserve_resources_on_deletion\x18\x07 \x01(\x08\x12\x31\n\nsuspension\x18\x08 \x01(\x0b\x32\x1d.archipel.v1alpha1.Suspension\x12\x16\n\x0escheduler_name\x18\t \x01(\t\x12\x16\n\x0epropagate_deps\x18\n \x01(\x08\x12;\n\x17reschedule_triggered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\x14replica_requirements\x18\x0c \x01(\x0b\x32&.archipel.v1alpha1.ReplicaRequirements\x12\x37\n\x0brequired_by\x18\r \x03(\x0b\x32\".archipel.v1alpha1.BindingSnapshot\"f\n\x0f\x42indingSnapshot\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x32\n\x08\x63lusters\x18\x03 \x03(\x0b\x32 .archipel.v1alpha1.TargetCluster\"\xa4\x01\n\x13ReplicaRequirements\x12U\n\x10resource_request\x18\x01 \x03(\x0b\x32;.archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry\x1a\x36\n\x14ResourceRequestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\x14\x41ggregatedStatusItem\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\x12\x17\n\x0f\x61pplied_message\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x16\n\x0ehealth_message\x18\x06 \x01(\t\"\xf0\x01\n\x18PropagationBindingStatus\x12%\n\x1dscheduler_observed_generation\x18\x01 \x01(\x03\x12\x37\n\x13last_scheduled_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\nconditions\x18\x03 \x03(\x0b\x32\x1c.archipel.v1alpha1.Condition\x12\x42\n\x11\x61ggregated_status\x18\x04 \x03(\x0b\x32\'.archipel.v1alpha1.AggregatedStatusItem\">\n\x10WorkloadTemplate\x12*\n\tmanifests\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\"\xd5\x01\n\x0fPropagationWork\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.ObjectMeta\x12\x34\n\x04spec\x18\x04 \x01(\x0b\x32&.archipel.v1alpha1.PropagationWorkSpec\x12\x38\n\x06status\x18\x05 \x01(\x0b\x32(.archipel.v1alpha1.PropagationWorkStatus\"\xae\x01\n\x13PropagationWorkSpec\x12\x35\n\x08workload\x18\x01 \x01(\x0b\x32#.archipel.v1alpha1.WorkloadTemplate\x12\x1b\n\x13suspend_dispatching\x18\x02 \x01(\x08\x12&\n\x1epreserve_resources_on_deletion\x18\x03 \x01(\x08\x12\x1b\n\x13\x63onflict_resolution\x18\x04 \x01(\t\"\x86\x01\n\x12ResourceIdentifier\x12\x0f\n\x07ordinal\x18\x01 \x01(\x05\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\t\"\x9c\x01\n\x0eManifestStatus\x12\x39\n\nidentifier\x18\x01 \x01(\x0b\x32%.archipel.v1alpha1.ResourceIdentifier\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06health\x18\x03 \x01(\t\x12\x16\n\x0ehealth_message\x18\x04 \x01(\t\"\x87\x01\n\x15PropagationWorkStatus\x12\x30\n\nconditions\x18\x01 \x03(\x0b\x32\x1c.archipel.v1alpha1.Condition\x12<\n\x11manifest_statuses\x18\x02 \x03(\x0b\x32!.archipel.v1alpha1.ManifestStatusB#Z!archipel.io/api/v1alpha1;v1alpha1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61rchipel/v1alpha1/work.proto\x12\x11\x61rchipel.v1alpha1\x1a\x1c\x61rchipel/v1alpha1/meta.proto\x1a\x1e\x61rchipel/v1alpha1/policy.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"=\n\x10ResourceTemplate\x12)\n\x08manifest\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"/\n\rTargetCluster\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08replicas\x18\x02 \x01(\x05\"@\n\x0fPolicyReference\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\"\xde\x01\n\x12PropagationBinding\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.ObjectMeta\x12\x37\n\x04spec\x18\x04 \x01(\x0b\x32).archipel.v1alpha1.PropagationBindingSpec\x12;\n\x06status\x18\x05 \x01(\x0b\x32+.archipel.v1alpha1.PropagationBindingStatus\"\xde\x05\n\x16PropagationBindingSpec\x12\x34\n\x08resource\x18\x01 \x01(\x0b\x32\".archipel.v1alpha1.ObjectReference\x12\x10\n\x08replicas\x18\x02 \x01(\x05\x12/\n\tplacement\x18\x03 \x01(\x0b\x32\x1c.archipel.v1alpha1.Placement\x12\x32\n\x08\x63lusters\x18\x04 \x03(\x0b\x32 .archipel.v1alpha1.TargetCluster\x12\x32\n\x06policy\x18\x05 \x01(\x0b\x32\".archipel.v1alpha1.PolicyReference\x12\x1b\n\x13\x63onflict_resolution\x18\x06 \x01(\t\x12&\n\x1epreserve_resources_on_deletion\x18\x07 \x01(\x08\x12\x31\n\nsuspension\x18\x08 \x01(\x0b\x32\x1d.archipel.v1alpha1.Suspension\x12\x16\n\x0escheduler_name\x18\t \x01(\t\x12\x16\n\x0epropagate_deps\x18\n \x01(\x08\x12;\n\x17reschedule_triggered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\x14replica_requirements\x18\x0c \x01(\x0b\x32&.archipel.v1alpha1.ReplicaRequirements\x12\x37\n\x0brequired_by\x18\r \x03(\x0b\x32\".archipel.v1alpha1.BindingSnapshot\x12\x35\n\x08\x66\x61ilover\x18\x0e \x01(\x0b\x32#.archipel.v1alpha1.FailoverBehavior\x12H\n\x17graceful_eviction_tasks\x18\x0f \x03(\x0b\x32\'.archipel.v1alpha1.GracefulEvictionTask\"\x80\x04\n\x14GracefulEvictionTask\x12\x14\n\x0c\x66rom_cluster\x18\x01 \x01(\t\x12\x12\n\npurge_mode\x18\x02 \x01(\t\x12\x15\n\x08replicas\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x10\n\x08producer\x18\x06 \x01(\t\x12!\n\x14grace_period_seconds\x18\x07 \x01(\x05H\x01\x88\x01\x01\x12\x1e\n\x11suppress_deletion\x18\x08 \x01(\x08H\x02\x88\x01\x01\x12_\n\x15preserved_label_state\x18\t \x03(\x0b\x32@.archipel.v1alpha1.GracefulEvictionTask.PreservedLabelStateEntry\x12 \n\x18\x63lusters_before_failover\x18\n \x03(\t\x12\x36\n\x12\x63reation_timestamp\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a:\n\x18PreservedLabelStateEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0b\n\t_replicasB\x17\n\x15_grace_period_secondsB\x14\n\x12_suppress_deletion\"\xb0\x01\n\x13\x46\x61iloverHistoryItem\x12.\n\nstart_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0eorigin_cluster\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12 \n\x18\x63lusters_before_failover\x18\x04 \x03(\t\x12\x1f\n\x17\x63lusters_after_failover\x18\x05 \x03(\t\"f\n\x0f\x42indingSnapshot\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x32\n\x08\x63lusters\x18\x03 \x03(\x0b\x32 .archipel.v1alpha1.TargetCluster\"\xa4\x01\n\x13ReplicaRequirements\x12U\n\x10resource_request\x18\x01 \x03(\x0b\x32;.archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry\x1a\x36\n\x14ResourceRequestEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa7\x01\n\x14\x41ggregatedStatusItem\x12\x14\n\x0c\x63luster_name\x18\x01 \x01(\t\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0f\n\x07\x61pplied\x18\x03 \x01(\x08\x12\x17\n\x0f\x61pplied_message\x18\x04 \x01(\t\x12\x0e\n\x06health\x18\x05 \x01(\t\x12\x16\n\x0ehealth_message\x18\x06 \x01(\t\"\xb2\x02\n\x18PropagationBindingStatus\x12%\n\x1dscheduler_observed_generation\x18\x01 \x01(\x03\x12\x37\n\x13last_scheduled_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\nconditions\x18\x03 \x03(\x0b\x32\x1c.archipel.v1alpha1.Condition\x12\x42\n\x11\x61ggregated_status\x18\x04 \x03(\x0b\x32\'.archipel.v1alpha1.AggregatedStatusItem\x12@\n\x10\x66\x61ilover_history\x18\x05 \x03(\x0b\x32&.archipel.v1alpha1.FailoverHistoryItem\">\n\x10WorkloadTemplate\x12*\n\tmanifests\x18\x01 \x03(\x0b\x32\x17.google.protobuf.Struct\"\xd5\x01\n\x0fPropagationWork\x12\x13\n\x0b\x61pi_version\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12/\n\x08metadata\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.ObjectMeta\x12\x34\n\x04spec\x18\x04 \x01(\x0b\x32&.archipel.v1alpha1.PropagationWorkSpec\x12\x38\n\x06status\x18\x05 \x01(\x0b\x32(.archipel.v1alpha1.PropagationWorkStatus\"\xae\x01\n\x13PropagationWorkSpec\x12\x35\n\x08workload\x18\x01 \x01(\x0b\x32#.archipel.v1alpha1.WorkloadTemplate\x12\x1b\n\x13suspend_dispatching\x18\x02 \x01(\x08\x12&\n\x1epreserve_resources_on_deletion\x18\x03 \x01(\x08\x12\x1b\n\x13\x63onflict_resolution\x18\x04 \x01(\t\"\x86\x01\n\x12ResourceIdentifier\x12\x0f\n\x07ordinal\x18\x01 \x01(\x05\x12\r\n\x05group\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x10\n\x08resource\x18\x05 \x01(\t\x12\x11\n\tnamespace\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\t\"\x9c\x01\n\x0eManifestStatus\x12\x39\n\nidentifier\x18\x01 \x01(\x0b\x32%.archipel.v1alpha1.ResourceIdentifier\x12\'\n\x06status\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x0e\n\x06health\x18\x03 \x01(\t\x12\x16\n\x0ehealth_message\x18\x04 \x01(\t\"\x87\x01\n\x15PropagationWorkStatus\x12\x30\n\nconditions\x18\x01 \x03(\x0b\x32\x1c.archipel.v1alpha1.Condition\x12<\n\x11manifest_statuses\x18\x02 \x03(\x0b\x32!.archipel.v1alpha1.ManifestStatusB#Z!archipel.io/api/v1alpha1;v1alpha1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,6 +36,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'archipel.v1alpha1.work_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z!archipel.io/api/v1alpha1;v1alpha1'
+  _globals['_GRACEFULEVICTIONTASK_PRESERVEDLABELSTATEENTRY']._loaded_options = None
+  _globals['_GRACEFULEVICTIONTASK_PRESERVEDLABELSTATEENTRY']._serialized_options = b'8\001'
   _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._loaded_options = None
   _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._serialized_options = b'8\001'
   _globals['_RESOURCETEMPLATE']._serialized_start=176
@@ -47,27 +49,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROPAGATIONBINDING']._serialized_start=355
   _globals['_PROPAGATIONBINDING']._serialized_end=577
   _globals['_PROPAGATIONBINDINGSPEC']._serialized_start=580
-  _globals['_PROPAGATIONBINDINGSPEC']._serialized_end=1185
-  _globals['_BINDINGSNAPSHOT']._serialized_start=1187
-  _globals['_BINDINGSNAPSHOT']._serialized_end=1289
-  _globals['_REPLICAREQUIREMENTS']._serialized_start=1292
-  _globals['_REPLICAREQUIREMENTS']._serialized_end=1456
-  _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._serialized_start=1402
-  _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._serialized_end=1456
-  _globals['_AGGREGATEDSTATUSITEM']._serialized_start=1459
-  _globals['_AGGREGATEDSTATUSITEM']._serialized_end=1626
-  _globals['_PROPAGATIONBINDINGSTATUS']._serialized_start=1629
-  _globals['_PROPAGATIONBINDINGSTATUS']._serialized_end=1869
-  _globals['_WORKLOADTEMPLATE']._serialized_start=1871
-  _globals['_WORKLOADTEMPLATE']._serialized_end=1933
-  _globals['_PROPAGATIONWORK']._serialized_start=1936
-  _globals['_PROPAGATIONWORK']._serialized_end=2149
-  _globals['_PROPAGATIONWORKSPEC']._serialized_start=2152
-  _globals['_PROPAGATIONWORKSPEC']._serialized_end=2326
-  _globals['_RESOURCEIDENTIFIER']._serialized_start=2329
-  _globals['_RESOURCEIDENTIFIER']._serialized_end=2463
-  _globals['_MANIFESTSTATUS']._serialized_start=2466
-  _globals['_MANIFESTSTATUS']._serialized_end=2622
-  _globals['_PROPAGATIONWORKSTATUS']._serialized_start=2625
-  _globals['_PROPAGATIONWORKSTATUS']._serialized_end=2760
+  _globals['_PROPAGATIONBINDINGSPEC']._serialized_end=1314
+  _globals['_GRACEFULEVICTIONTASK']._serialized_start=1317
+  _globals['_GRACEFULEVICTIONTASK']._serialized_end=1829
+  _globals['_GRACEFULEVICTIONTASK_PRESERVEDLABELSTATEENTRY']._serialized_start=1711
+  _globals['_GRACEFULEVICTIONTASK_PRESERVEDLABELSTATEENTRY']._serialized_end=1769
+  _globals['_FAILOVERHISTORYITEM']._serialized_start=1832
+  _globals['_FAILOVERHISTORYITEM']._serialized_end=2008
+  _globals['_BINDINGSNAPSHOT']._serialized_start=2010
+  _globals['_BINDINGSNAPSHOT']._serialized_end=2112
+  _globals['_REPLICAREQUIREMENTS']._serialized_start=2115
+  _globals['_REPLICAREQUIREMENTS']._serialized_end=2279
+  _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._serialized_start=2225
+  _globals['_REPLICAREQUIREMENTS_RESOURCEREQUESTENTRY']._serialized_end=2279
+  _globals['_AGGREGATEDSTATUSITEM']._serialized_start=2282
+  _globals['_AGGREGATEDSTATUSITEM']._serialized_end=2449
+  _globals['_PROPAGATIONBINDINGSTATUS']._serialized_start=2452
+  _globals['_PROPAGATIONBINDINGSTATUS']._serialized_end=2758
+  _globals['_WORKLOADTEMPLATE']._serialized_start=2760
+  _globals['_WORKLOADTEMPLATE']._serialized_end=2822
+  _globals['_PROPAGATIONWORK']._serialized_start=2825
+  _globals['_PROPAGATIONWORK']._serialized_end=3038
+  _globals['_PROPAGATIONWORKSPEC']._serialized_start=3041
+  _globals['_PROPAGATIONWORKSPEC']._serialized_end=3215
+  _globals['_RESOURCEIDENTIFIER']._serialized_start=3218
+  _globals['_RESOURCEIDENTIFIER']._serialized_end=3352
+  _globals['_MANIFESTSTATUS']._serialized_start=3355
+  _globals['_MANIFESTSTATUS']._serialized_end=3511
+  _globals['_PROPAGATIONWORKSTATUS']._serialized_start=3514
+  _globals['_PROPAGATIONWORKSTATUS']._serialized_end=3649
 # @@protoc_insertion_point(module_scope)

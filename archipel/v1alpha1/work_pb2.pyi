@@ -178,6 +178,8 @@ class PropagationBindingSpec(_message.Message):
     RESCHEDULE_TRIGGERED_AT_FIELD_NUMBER: _builtins.int
     REPLICA_REQUIREMENTS_FIELD_NUMBER: _builtins.int
     REQUIRED_BY_FIELD_NUMBER: _builtins.int
+    FAILOVER_FIELD_NUMBER: _builtins.int
+    GRACEFUL_EVICTION_TASKS_FIELD_NUMBER: _builtins.int
     replicas: _builtins.int
     """The template's replica count, as its interpreter reads it (0 for kinds without
     replicas).
@@ -230,6 +232,16 @@ class PropagationBindingSpec(_message.Message):
         run: it goes to those clusters too. A binding with no policy exists only for them.
         """
 
+    @_builtins.property
+    def failover(self) -> _policy_pb2.FailoverBehavior:
+        """From the policy: how the workload fails over (purge mode and state preservation)."""
+
+    @_builtins.property
+    def graceful_eviction_tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___GracefulEvictionTask]:
+        """Clusters the workload was evicted from whose copy is kept, for now, while it
+        comes up elsewhere. Written by the scheduler; each task ends by itself.
+        """
+
     def __init__(
         self,
         *,
@@ -246,14 +258,169 @@ class PropagationBindingSpec(_message.Message):
         reschedule_triggered_at: _timestamp_pb2.Timestamp | None = ...,
         replica_requirements: Global___ReplicaRequirements | None = ...,
         required_by: _abc.Iterable[Global___BindingSnapshot] | None = ...,
+        failover: _policy_pb2.FailoverBehavior | None = ...,
+        graceful_eviction_tasks: _abc.Iterable[Global___GracefulEvictionTask] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["placement", b"placement", "policy", b"policy", "replica_requirements", b"replica_requirements", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "suspension", b"suspension"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failover", b"failover", "placement", b"placement", "policy", b"policy", "replica_requirements", b"replica_requirements", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "suspension", b"suspension"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "required_by", b"required_by", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "scheduler_name", b"scheduler_name", "suspension", b"suspension"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "failover", b"failover", "graceful_eviction_tasks", b"graceful_eviction_tasks", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "required_by", b"required_by", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "scheduler_name", b"scheduler_name", "suspension", b"suspension"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PropagationBindingSpec: _TypeAlias = PropagationBindingSpec  # noqa: Y015
+
+@_typing.final
+class GracefulEvictionTask(_message.Message):
+    """An eviction from one cluster whose old copy is kept, for a while, as Karmada's
+    graceful eviction: until the workload is healthy in the clusters it moved to, or
+    until gracePeriodSeconds have passed, whichever comes first.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class PreservedLabelStateEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    FROM_CLUSTER_FIELD_NUMBER: _builtins.int
+    PURGE_MODE_FIELD_NUMBER: _builtins.int
+    REPLICAS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PRODUCER_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    SUPPRESS_DELETION_FIELD_NUMBER: _builtins.int
+    PRESERVED_LABEL_STATE_FIELD_NUMBER: _builtins.int
+    CLUSTERS_BEFORE_FAILOVER_FIELD_NUMBER: _builtins.int
+    CREATION_TIMESTAMP_FIELD_NUMBER: _builtins.int
+    from_cluster: _builtins.str
+    """The cluster the workload was evicted from."""
+    purge_mode: _builtins.str
+    """Gracefully: the old copy goes once the workload is healthy elsewhere, or after the
+    grace period. Never: the old copy stays until the cluster is healthy again (or the
+    binding is rescheduled). Directly is never recorded as a task: the copy goes at once.
+    """
+    replicas: _builtins.int
+    """The replicas the evicted cluster held; its copy keeps them."""
+    reason: _builtins.str
+    """Why: TaintUntolerated (the cluster failed) or ApplicationFailure."""
+    message: _builtins.str
+    """What happened, for people."""
+    producer: _builtins.str
+    """Who evicted: the scheduler (Archipel's taint manager) or application failover."""
+    grace_period_seconds: _builtins.int
+    """How long, at most, the old copy is kept; empty: the control plane's
+    --graceful-eviction-timeout (600 s by default).
+    """
+    suppress_deletion: _builtins.bool
+    """True keeps the old copy until someone sets it false (or the binding is
+    rescheduled, or the cluster leaves), whatever the grace period says.
+    """
+    @_builtins.property
+    def preserved_label_state(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels the new copies get from the old copy's status (statePreservation)."""
+
+    @_builtins.property
+    def clusters_before_failover(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the workload was before the eviction."""
+
+    @_builtins.property
+    def creation_timestamp(self) -> _timestamp_pb2.Timestamp:
+        """When the eviction began; the grace period counts from here."""
+
+    def __init__(
+        self,
+        *,
+        from_cluster: _builtins.str = ...,
+        purge_mode: _builtins.str = ...,
+        replicas: _builtins.int | None = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+        producer: _builtins.str = ...,
+        grace_period_seconds: _builtins.int | None = ...,
+        suppress_deletion: _builtins.bool | None = ...,
+        preserved_label_state: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        clusters_before_failover: _abc.Iterable[_builtins.str] | None = ...,
+        creation_timestamp: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds", "_replicas", b"_replicas", "_suppress_deletion", b"_suppress_deletion", "creation_timestamp", b"creation_timestamp", "grace_period_seconds", b"grace_period_seconds", "replicas", b"replicas", "suppress_deletion", b"suppress_deletion"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds", "_replicas", b"_replicas", "_suppress_deletion", b"_suppress_deletion", "clusters_before_failover", b"clusters_before_failover", "creation_timestamp", b"creation_timestamp", "from_cluster", b"from_cluster", "grace_period_seconds", b"grace_period_seconds", "message", b"message", "preserved_label_state", b"preserved_label_state", "producer", b"producer", "purge_mode", b"purge_mode", "reason", b"reason", "replicas", b"replicas", "suppress_deletion", b"suppress_deletion"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__grace_period_seconds: _TypeAlias = _typing.Literal["grace_period_seconds"]  # noqa: Y015
+    _WhichOneofArgType__grace_period_seconds: _TypeAlias = _typing.Literal["_grace_period_seconds", b"_grace_period_seconds"]  # noqa: Y015
+    _WhichOneofReturnType__replicas: _TypeAlias = _typing.Literal["replicas"]  # noqa: Y015
+    _WhichOneofArgType__replicas: _TypeAlias = _typing.Literal["_replicas", b"_replicas"]  # noqa: Y015
+    _WhichOneofReturnType__suppress_deletion: _TypeAlias = _typing.Literal["suppress_deletion"]  # noqa: Y015
+    _WhichOneofArgType__suppress_deletion: _TypeAlias = _typing.Literal["_suppress_deletion", b"_suppress_deletion"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__grace_period_seconds) -> _WhichOneofReturnType__grace_period_seconds | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__replicas) -> _WhichOneofReturnType__replicas | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__suppress_deletion) -> _WhichOneofReturnType__suppress_deletion | None: ...
+
+Global___GracefulEvictionTask: _TypeAlias = GracefulEvictionTask  # noqa: Y015
+
+@_typing.final
+class FailoverHistoryItem(_message.Message):
+    """One failover of a workload, as `archipel describe` shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    ORIGIN_CLUSTER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CLUSTERS_BEFORE_FAILOVER_FIELD_NUMBER: _builtins.int
+    CLUSTERS_AFTER_FAILOVER_FIELD_NUMBER: _builtins.int
+    origin_cluster: _builtins.str
+    """The cluster it was evicted from."""
+    reason: _builtins.str
+    """Why: TaintUntolerated or ApplicationFailure."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the workload was evicted from the cluster."""
+
+    @_builtins.property
+    def clusters_before_failover(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where the workload was before."""
+
+    @_builtins.property
+    def clusters_after_failover(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Where it went."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        origin_cluster: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        clusters_before_failover: _abc.Iterable[_builtins.str] | None = ...,
+        clusters_after_failover: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters_after_failover", b"clusters_after_failover", "clusters_before_failover", b"clusters_before_failover", "origin_cluster", b"origin_cluster", "reason", b"reason", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailoverHistoryItem: _TypeAlias = FailoverHistoryItem  # noqa: Y015
 
 @_typing.final
 class BindingSnapshot(_message.Message):
@@ -385,6 +552,7 @@ class PropagationBindingStatus(_message.Message):
     LAST_SCHEDULED_TIME_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
     AGGREGATED_STATUS_FIELD_NUMBER: _builtins.int
+    FAILOVER_HISTORY_FIELD_NUMBER: _builtins.int
     scheduler_observed_generation: _builtins.int
     """The binding generation the last scheduling decision was made for."""
     @_builtins.property
@@ -402,6 +570,10 @@ class PropagationBindingStatus(_message.Message):
     def aggregated_status(self) -> _containers.RepeatedCompositeFieldContainer[Global___AggregatedStatusItem]:
         """One item per target cluster."""
 
+    @_builtins.property
+    def failover_history(self) -> _containers.RepeatedCompositeFieldContainer[Global___FailoverHistoryItem]:
+        """The most recent failovers, newest last (at most 10)."""
+
     def __init__(
         self,
         *,
@@ -409,10 +581,11 @@ class PropagationBindingStatus(_message.Message):
         last_scheduled_time: _timestamp_pb2.Timestamp | None = ...,
         conditions: _abc.Iterable[_meta_pb2.Condition] | None = ...,
         aggregated_status: _abc.Iterable[Global___AggregatedStatusItem] | None = ...,
+        failover_history: _abc.Iterable[Global___FailoverHistoryItem] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_scheduled_time", b"last_scheduled_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregated_status", b"aggregated_status", "conditions", b"conditions", "last_scheduled_time", b"last_scheduled_time", "scheduler_observed_generation", b"scheduler_observed_generation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregated_status", b"aggregated_status", "conditions", b"conditions", "failover_history", b"failover_history", "last_scheduled_time", b"last_scheduled_time", "scheduler_observed_generation", b"scheduler_observed_generation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

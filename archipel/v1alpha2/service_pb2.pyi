@@ -5,7 +5,8 @@ The administration API, second version: every kind gets Get, List, Watch, Apply 
 Delete, each with its own request and response message, and watch events have a
 typed EventType. The objects these calls carry are unchanged and stay defined in
 archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
-unchanged); archipel.v1alpha1's services stay served for existing clients.
+unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
+added since (WorkloadRebalancer) are served by this version only.
 
 Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -14,6 +15,7 @@ UNAUTHENTICATED, PERMISSION_DENIED.
 Authenticate with the metadata "authorization: Bearer <token>".
 """
 
+from archipel.v1alpha1 import apps_pb2 as _apps_pb2
 from archipel.v1alpha1 import cluster_pb2 as _cluster_pb2
 from archipel.v1alpha1 import interpreter_pb2 as _interpreter_pb2
 from archipel.v1alpha1 import override_pb2 as _override_pb2
@@ -2328,6 +2330,281 @@ class ResourceInterpreterCustomizationServiceDeleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResourceInterpreterCustomizationServiceDeleteResponse: _TypeAlias = ResourceInterpreterCustomizationServiceDeleteResponse  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceGetRequest(_message.Message):
+    """-- WorkloadRebalancer -------------------------------------------------------
+
+    Which WorkloadRebalancer to read.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The object's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceGetRequest: _TypeAlias = WorkloadRebalancerServiceGetRequest  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceGetResponse(_message.Message):
+    """The WorkloadRebalancer asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object(self) -> _apps_pb2.WorkloadRebalancer:
+        """The object as stored, with its status and resourceVersion."""
+
+    def __init__(
+        self,
+        *,
+        object: _apps_pb2.WorkloadRebalancer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceGetResponse: _TypeAlias = WorkloadRebalancerServiceGetResponse  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceListRequest(_message.Message):
+    """Which WorkloadRebalancers to list, and which page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CONTINUE_FIELD_NUMBER: _builtins.int
+    label_selector: _builtins.str
+    """Only objects whose labels match, in Kubernetes label selector syntax:
+    "app=web,tier in (a,b),!legacy". Empty matches every object.
+    """
+    limit: _builtins.int
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
+    """
+    def __init__(
+        self,
+        *,
+        label_selector: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue", b"continue", "label_selector", b"label_selector", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceListRequest: _TypeAlias = WorkloadRebalancerServiceListRequest  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceListResponse(_message.Message):
+    """One page of WorkloadRebalancers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    CONTINUE_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    resource_version: _builtins.str
+    """The revision the list was read at: a Watch from it misses no change."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_apps_pb2.WorkloadRebalancer]:
+        """The objects of this page, in key order."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_apps_pb2.WorkloadRebalancer] | None = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue", b"continue", "items", b"items", "resource_version", b"resource_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceListResponse: _TypeAlias = WorkloadRebalancerServiceListResponse  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceWatchRequest(_message.Message):
+    """Which WorkloadRebalancers to watch, and from when."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    label_selector: _builtins.str
+    """Only objects whose labels match (Kubernetes label selector syntax)."""
+    resource_version: _builtins.str
+    """Send the changes after this revision (a List's or an event's). Empty: first the
+    current objects as ADDED events, then the changes. Too old: OUT_OF_RANGE, and the
+    caller lists again.
+    """
+    def __init__(
+        self,
+        *,
+        label_selector: _builtins.str = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "resource_version", b"resource_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceWatchRequest: _TypeAlias = WorkloadRebalancerServiceWatchRequest  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceWatchResponse(_message.Message):
+    """One change to a WorkloadRebalancer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    type: Global___EventType.ValueType
+    """What happened."""
+    resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
+    @_builtins.property
+    def object(self) -> _apps_pb2.WorkloadRebalancer:
+        """The object after the change; for EVENT_TYPE_DELETED, its last state."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___EventType.ValueType = ...,
+        object: _apps_pb2.WorkloadRebalancer | None = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "resource_version", b"resource_version", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceWatchResponse: _TypeAlias = WorkloadRebalancerServiceWatchResponse  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceApplyRequest(_message.Message):
+    """The WorkloadRebalancer to create, or whose spec, labels and annotations to replace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object(self) -> _apps_pb2.WorkloadRebalancer:
+        """The desired object. Its status and server-set metadata (uid, generation,
+        creationTimestamp, deletionTimestamp) are ignored. With metadata.resourceVersion
+        set, the apply fails with ABORTED unless the stored object is at that version;
+        without, it applies over whatever is stored, as kubectl apply does.
+        """
+
+    def __init__(
+        self,
+        *,
+        object: _apps_pb2.WorkloadRebalancer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceApplyRequest: _TypeAlias = WorkloadRebalancerServiceApplyRequest  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceApplyResponse(_message.Message):
+    """The WorkloadRebalancer after the apply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object(self) -> _apps_pb2.WorkloadRebalancer:
+        """The object as stored; unchanged (same resourceVersion) when nothing differed."""
+
+    def __init__(
+        self,
+        *,
+        object: _apps_pb2.WorkloadRebalancer | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceApplyResponse: _TypeAlias = WorkloadRebalancerServiceApplyResponse  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceDeleteRequest(_message.Message):
+    """Which WorkloadRebalancer to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The object's name."""
+    resource_version: _builtins.str
+    """Delete only if the object is still at this version (ABORTED otherwise); empty
+    deletes whatever version is stored.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resource_version", b"resource_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceDeleteRequest: _TypeAlias = WorkloadRebalancerServiceDeleteRequest  # noqa: Y015
+
+@_typing.final
+class WorkloadRebalancerServiceDeleteResponse(_message.Message):
+    """What became of the deleted WorkloadRebalancer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """True when the object is gone; false when finalizers still hold it (it is
+    marked for deletion and goes when they are done).
+    """
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkloadRebalancerServiceDeleteResponse: _TypeAlias = WorkloadRebalancerServiceDeleteResponse  # noqa: Y015
 
 @_typing.final
 class ResourceTemplateServiceGetRequest(_message.Message):

@@ -2041,6 +2041,261 @@ class ResourceInterpreterCustomizationService:
             _registered_method=True)
 
 
+class WorkloadRebalancerServiceStub:
+    """The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+    (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Get = channel.unary_unary(
+                '/archipel.v1alpha2.WorkloadRebalancerService/Get',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceGetRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceGetResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/archipel.v1alpha2.WorkloadRebalancerService/List',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceListRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceListResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/archipel.v1alpha2.WorkloadRebalancerService/Watch',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceWatchRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceWatchResponse.FromString,
+                _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/archipel.v1alpha2.WorkloadRebalancerService/Apply',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceApplyRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceApplyResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/archipel.v1alpha2.WorkloadRebalancerService/Delete',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceDeleteRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceDeleteResponse.FromString,
+                _registered_method=True)
+
+
+class WorkloadRebalancerServiceServicer:
+    """The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+    (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+    """
+
+    def Get(self, request, context):
+        """Read one WorkloadRebalancer; NOT_FOUND when there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """List WorkloadRebalancers, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Stream the changes to WorkloadRebalancers until the caller cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Apply(self, request, context):
+        """Create a WorkloadRebalancer, or replace its spec, labels and annotations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Delete a WorkloadRebalancer (once its finalizers are done).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_WorkloadRebalancerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceGetRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceGetResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceListRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceListResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceWatchRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceWatchResponse.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceApplyRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceApplyResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceDeleteRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceDeleteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'archipel.v1alpha2.WorkloadRebalancerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('archipel.v1alpha2.WorkloadRebalancerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class WorkloadRebalancerService:
+    """The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+    (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+    """
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.WorkloadRebalancerService/Get',
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceGetRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.WorkloadRebalancerService/List',
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceListRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/archipel.v1alpha2.WorkloadRebalancerService/Watch',
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceWatchRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceWatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.WorkloadRebalancerService/Apply',
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceApplyRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.WorkloadRebalancerService/Delete',
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceDeleteRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.WorkloadRebalancerServiceDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ResourceTemplateServiceStub:
     """Resource templates: the Kubernetes objects Archipel propagates to member clusters.
     """

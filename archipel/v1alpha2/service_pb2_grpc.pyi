@@ -5,7 +5,8 @@ The administration API, second version: every kind gets Get, List, Watch, Apply 
 Delete, each with its own request and response message, and watch events have a
 typed EventType. The objects these calls carry are unchanged and stay defined in
 archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
-unchanged); archipel.v1alpha1's services stay served for existing clients.
+unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
+added since (WorkloadRebalancer) are served by this version only.
 
 Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -668,6 +669,91 @@ class ResourceInterpreterCustomizationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Delete a ResourceInterpreterCustomization (once its finalizers are done)."""
 
 def add_ResourceInterpreterCustomizationServiceServicer_to_server(servicer: ResourceInterpreterCustomizationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class WorkloadRebalancerServiceStub:
+    """The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+    (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> WorkloadRebalancerServiceAsyncStub: ...
+    Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.WorkloadRebalancerServiceGetRequest, _service_pb2.WorkloadRebalancerServiceGetResponse]
+    """Read one WorkloadRebalancer; NOT_FOUND when there is none."""
+    List: _grpc.UnaryUnaryMultiCallable[_service_pb2.WorkloadRebalancerServiceListRequest, _service_pb2.WorkloadRebalancerServiceListResponse]
+    """List WorkloadRebalancers, a page at a time."""
+    Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.WorkloadRebalancerServiceWatchRequest, _service_pb2.WorkloadRebalancerServiceWatchResponse]
+    """Stream the changes to WorkloadRebalancers until the caller cancels."""
+    Apply: _grpc.UnaryUnaryMultiCallable[_service_pb2.WorkloadRebalancerServiceApplyRequest, _service_pb2.WorkloadRebalancerServiceApplyResponse]
+    """Create a WorkloadRebalancer, or replace its spec, labels and annotations."""
+    Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.WorkloadRebalancerServiceDeleteRequest, _service_pb2.WorkloadRebalancerServiceDeleteResponse]
+    """Delete a WorkloadRebalancer (once its finalizers are done)."""
+
+@_typing.type_check_only
+class WorkloadRebalancerServiceAsyncStub(WorkloadRebalancerServiceStub):
+    """The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+    (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Get: _aio.UnaryUnaryMultiCallable[_service_pb2.WorkloadRebalancerServiceGetRequest, _service_pb2.WorkloadRebalancerServiceGetResponse]  # type: ignore[assignment]
+    """Read one WorkloadRebalancer; NOT_FOUND when there is none."""
+    List: _aio.UnaryUnaryMultiCallable[_service_pb2.WorkloadRebalancerServiceListRequest, _service_pb2.WorkloadRebalancerServiceListResponse]  # type: ignore[assignment]
+    """List WorkloadRebalancers, a page at a time."""
+    Watch: _aio.UnaryStreamMultiCallable[_service_pb2.WorkloadRebalancerServiceWatchRequest, _service_pb2.WorkloadRebalancerServiceWatchResponse]  # type: ignore[assignment]
+    """Stream the changes to WorkloadRebalancers until the caller cancels."""
+    Apply: _aio.UnaryUnaryMultiCallable[_service_pb2.WorkloadRebalancerServiceApplyRequest, _service_pb2.WorkloadRebalancerServiceApplyResponse]  # type: ignore[assignment]
+    """Create a WorkloadRebalancer, or replace its spec, labels and annotations."""
+    Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.WorkloadRebalancerServiceDeleteRequest, _service_pb2.WorkloadRebalancerServiceDeleteResponse]  # type: ignore[assignment]
+    """Delete a WorkloadRebalancer (once its finalizers are done)."""
+
+class WorkloadRebalancerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+    (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+    """
+
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _service_pb2.WorkloadRebalancerServiceGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.WorkloadRebalancerServiceGetResponse, _abc.Awaitable[_service_pb2.WorkloadRebalancerServiceGetResponse]]:
+        """Read one WorkloadRebalancer; NOT_FOUND when there is none."""
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _service_pb2.WorkloadRebalancerServiceListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.WorkloadRebalancerServiceListResponse, _abc.Awaitable[_service_pb2.WorkloadRebalancerServiceListResponse]]:
+        """List WorkloadRebalancers, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _service_pb2.WorkloadRebalancerServiceWatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.WorkloadRebalancerServiceWatchResponse], _abc.AsyncIterator[_service_pb2.WorkloadRebalancerServiceWatchResponse]]:
+        """Stream the changes to WorkloadRebalancers until the caller cancels."""
+
+    @_abc_1.abstractmethod
+    def Apply(
+        self,
+        request: _service_pb2.WorkloadRebalancerServiceApplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.WorkloadRebalancerServiceApplyResponse, _abc.Awaitable[_service_pb2.WorkloadRebalancerServiceApplyResponse]]:
+        """Create a WorkloadRebalancer, or replace its spec, labels and annotations."""
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _service_pb2.WorkloadRebalancerServiceDeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.WorkloadRebalancerServiceDeleteResponse, _abc.Awaitable[_service_pb2.WorkloadRebalancerServiceDeleteResponse]]:
+        """Delete a WorkloadRebalancer (once its finalizers are done)."""
+
+def add_WorkloadRebalancerServiceServicer_to_server(servicer: WorkloadRebalancerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ResourceTemplateServiceStub:
     """Resource templates: the Kubernetes objects Archipel propagates to member clusters."""

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from archipel import interpreter, limits, structs
-from archipel.core import kinds, overrides
+from archipel.core import eviction, kinds, overrides
 from archipel.core.conditions import find, set_condition
 from archipel.core.kinds import Manifest
 from archipel.core.names import (
@@ -37,6 +37,7 @@ from controlplane.context import (
     binding_key_of_work,
     binding_key_of_work_key,
     binding_targets,
+    kept_evictions,
     template_key_of_binding,
     work_name,
 )
@@ -139,11 +140,15 @@ def plan(observed: BindingObserved) -> Plan | None:
     generation = str(template["metadata"].get("generation", 0))
     # Most targets get the same manifest (same replicas, no overrides): build each
     # distinct one once, not once per cluster.
-    workloads: dict[tuple[int | None, int | None, tuple[str, ...]], work_pb2.WorkloadTemplate] = {}
+    workloads: dict[
+        tuple[int | None, int | None, tuple[str, ...], tuple[tuple[str, str], ...]],
+        work_pb2.WorkloadTemplate,
+    ] = {}
     policies = observed.overrides
     override_failures: list[str] = []
     interpreter_failures: list[str] = []
-    targets = binding_targets(binding)
+    # Where the workload is scheduled, and where an evicted copy is kept for now.
+    targets = binding_targets(binding) + kept_evictions(binding)
     completions = job_completions(template, binding) or {}
     for cluster, replicas in targets:
         if observed.cluster_gone(cluster):
@@ -158,7 +163,9 @@ def plan(observed: BindingObserved) -> Plan | None:
                 for where, _ in overrides.rules_for(p, cluster_info)
             )
         share = completions.get(cluster)
-        workload = workloads.get((replicas, share, rules))
+        # statePreservation: a cluster the workload moved to carries the old copy's state.
+        preserved = tuple(sorted(eviction.preserved_labels(binding, cluster).items()))
+        workload = workloads.get((replicas, share, rules, preserved))
         if workload is None:
             try:
                 manifest = member_manifest(
@@ -166,6 +173,8 @@ def plan(observed: BindingObserved) -> Plan | None:
                 )
                 if share is not None:
                     manifest["spec"]["completions"] = share
+                if preserved:
+                    manifest["metadata"].setdefault("labels", {}).update(dict(preserved))
                 if rules and cluster_info is not None:
                     manifest, _ = overrides.apply(manifest, policies, cluster_info)
             except overrides.OverrideError as error:
@@ -182,7 +191,7 @@ def plan(observed: BindingObserved) -> Plan | None:
                 failures.append(f"{cluster}: {too_much}")
                 continue
             workload = work_pb2.WorkloadTemplate(manifests=[structs.to_struct(manifest)])
-            workloads[(replicas, share, rules)] = workload
+            workloads[(replicas, share, rules, preserved)] = workload
         applied = (
             applied_overrides(policies, cluster_info) if rules and cluster_info is not None else {}
         )
@@ -436,7 +445,8 @@ class BindingController:
             for work_key, (mod_revision, reason) in context.works.quarantined.items()
             if binding_key_of_work_key(work_key) == key
         }
-        names = {name for name, _ in binding_targets(binding)} | set(works)
+        names = {name for name, _ in binding_targets(binding) + kept_evictions(binding)}
+        names |= set(works)
         names |= {cluster for cluster, _, _ in quarantined.values()}
         clusters = {}
         for name in names:

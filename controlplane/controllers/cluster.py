@@ -1,4 +1,4 @@
-"""The cluster controller: member cluster lifecycle.
+"""The cluster controller: member cluster lifecycle, and the cluster side of failover.
 
 Key: a MemberCluster key.
 
@@ -10,15 +10,78 @@ Key: a MemberCluster key.
   condition. A cluster whose agent is silent for the grace period becomes
   ``Ready=Unknown``, as Karmada's cluster-monitor-grace-period does; a cluster whose
   API server does not answer its agent becomes ``Ready=False``.
-* Taints follow readiness, NoSchedule only, as Karmada: not-ready and unreachable.
+* Damping, as Karmada's cluster status thresholds: what the agent reports moves Ready
+  between True and not True only once it has lasted. True becomes False after the
+  agent has reported its API server not ready for ``cluster_failure_threshold`` without
+  a break; False or Unknown becomes True after it has reported it ready for
+  ``cluster_success_threshold``. A cluster that never had a heartbeat becomes True on
+  its first ready one (joining is not delayed), and Unknown becomes False at once (both
+  are not True). Since when the report is what it is lives in :class:`Liveness`
+  (``steady_since``), never in etcd; a silence longer than the grace period breaks it.
+* Taints follow readiness. NoSchedule, as Karmada: not-ready (Ready=False) or
+  unreachable (Unknown), none when Ready. And the built-in failover policy: a cluster
+  not Ready for ``failover_grace_period`` (measured from the Ready condition's
+  lastTransitionTime) while its agent does not report it healthy gets a NoExecute
+  taint of the same key, which moves its workloads elsewhere unless a policy tolerates
+  it. It goes when Ready is True again (after damping). A cluster that stays unhealthy
+  never loses it: moving between False and Unknown, the NoExecute taint changes its key
+  with the NoSchedule one but keeps its ``time_added`` (tolerationSeconds count from
+  when the cluster started failing, not from when it failed differently), and the
+  change is neither halted nor rate limited, as Kubernetes swaps its node taints.
+  Taints with other keys, or other effects, are anyone else's and kept as they are.
+* Eviction safety, as Kubernetes' node lifecycle controller:
+
+  - Halt: while more than ``unhealthy_cluster_threshold`` of the member clusters
+    (those not being deleted) are not Ready, no cluster gets a new NoExecute taint;
+    ones already there stay, and recovering clusters still lose theirs. So many
+    failing at once points at the control plane's own network, and moving every
+    workload onto the few left would make things worse. A fleet of one whose cluster
+    is down is halted too: there is nowhere to move to. The fleet's counts come from
+    the clusters cache; a change in any cluster's readiness looks at every cluster
+    again while the fleet is, or was, halted (nothing else depends on the others).
+    ``archipel_eviction_halted`` is 1 while halted.
+  - Rate limit: at most one cluster gets a new NoExecute taint per
+    ``eviction_interval``, across the fleet. The last time is the controller's own
+    bookkeeping (:class:`Evictions`), recorded once the taint is committed, so a plan
+    that lost a race records nothing; while one is being committed, others wait.
+    ``archipel_cluster_evictions_total{reason="NotReady"|"Unreachable"}`` counts them.
+
+  The ``Failover`` condition says where a cluster stands, set only once failover
+  concerns it (a healthy cluster never has one):
+
+  ==============================  ===================================================
+  True ``Evicting``               tainted NoExecute: workloads move elsewhere
+  False ``EvictionHalted``        due a NoExecute taint, held back by the halt (the
+                                  message says how many of how many are not Ready)
+  False ``EvictionRateLimited``   due a NoExecute taint, waiting for the rate limit
+  False ``Pending``               not Ready, not due a taint yet (within the grace
+                                  period, reported healthy again, or just restarted);
+                                  only when the condition is already there
+  False ``ClusterReady``          Ready again, no NoExecute taint; only when the
+                                  condition is already there
+  ==============================  ===================================================
+
 * Deletion removes the cluster's works (the member is going away, so nobody is left
   to clean up) and its credential, then the finalizer.
 
+The defaults, and why (see :class:`~controlplane.context.Settings`): agents beat every
+10 s, so a silent agent makes its cluster Unknown after 40 s (four missed beats, as
+Karmada's and Kubernetes' 40 s monitor grace period) and NoExecute 60 s later, 100 s in
+all. An API server that stops answering makes its cluster False after 30 s (Karmada's
+failure threshold: a blip or an API server rollout is no fault) and NoExecute 60 s
+later, 90 s in all; it is Ready again after 30 s of health (success threshold), so a
+flapping cluster does not churn. The 60 s failover grace lets an agent restart or a
+short network partition pass without moving anything, and still moves workloads within
+two minutes. 0.55 and one cluster per 10 s are Kubernetes' ``--unhealthy-zone-threshold``
+and ``--node-eviction-rate`` (0.1 per second).
+
 A reconcile gathers an :class:`Observed` (the cached cluster and its works, a copy of
-its liveness record, both clocks, and for a deleting cluster its credential's
-revision) and :func:`plan` decides from it alone, without I/O or clocks: one update of
-the cluster, or the whole removal as one transaction. Silence changes nothing in etcd,
-so the plan asks to be looked at again within the grace period (``requeue_after``).
+its liveness record, both clocks, the fleet's counts, when the rate limit next allows
+an eviction, and for a deleting cluster its credential's revision) and :func:`plan`
+decides from it alone, without I/O or clocks: one update of the cluster, or the whole
+removal as one transaction. Silence changes nothing in etcd, and neither do thresholds
+and grace periods passing, so the plan asks to be looked at again when the next of
+them can run out (``requeue_after``); nothing sleeps.
 """
 
 from __future__ import annotations
@@ -26,6 +89,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import math
 import secrets
 import time
 
@@ -36,6 +100,7 @@ from archipel.core.conditions import find, set_condition
 from archipel.core.errors import AlreadyExists, NotFound, Unauthenticated
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, meta_pb2, work_pb2
 from archipel.version import VERSION
+from controlplane import metrics
 from controlplane.context import FINALIZER, WORK_FINALIZER, Context
 from controlplane.plan import Plan
 from controlplane.predicates import is_deleting
@@ -46,12 +111,51 @@ CREDENTIALS = "credentials/_/"
 _HEARTBEAT_WRITE_INTERVAL = 30.0
 
 
+# The taints this controller owns: these keys with these effects.
+_AUTOMATIC_KEYS = (names.NOT_READY_TAINT, names.UNREACHABLE_TAINT)
+_AUTOMATIC_EFFECTS = ("NoSchedule", "NoExecute")
+_EVICTION_REASONS = {names.NOT_READY_TAINT: "NotReady", names.UNREACHABLE_TAINT: "Unreachable"}
+
+Ready = tuple[str, str, str]
+"""A Ready condition's status, reason and message."""
+
+
 @dataclasses.dataclass
 class Liveness:
     heartbeat: agent_pb2.Heartbeat | None = None
     received_at: float = 0.0  # monotonic
     connected: bool = False
     agent_version: str = ""
+    steady_since: float = 0.0
+    """Monotonic: since when the agent has reported its API server's health as the
+    newest heartbeat does, without a break (the damping thresholds count from here)."""
+
+
+@dataclasses.dataclass
+class Evictions:
+    """The fleet's NoExecute rate limit: in-memory bookkeeping of the controller."""
+
+    last: float = -math.inf
+    """Monotonic: when the last NoExecute taint was committed."""
+    in_flight: str = ""
+    """The key of a cluster whose plan adding one is being committed, if any."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordEviction:
+    """A plan's bookkeeping once its new NoExecute taint is in etcd (never before, so
+    a plan that lost its race neither uses up the rate limit nor counts)."""
+
+    evictions: Evictions
+    key: str
+    at: float
+    reason: str
+
+    def __call__(self) -> None:
+        self.evictions.last = max(self.evictions.last, self.at)
+        if self.evictions.in_flight == self.key:
+            self.evictions.in_flight = ""
+        metrics.CLUSTER_EVICTIONS.labels(self.reason).inc()
 
 
 def hash_secret(secret: str) -> bytes:
@@ -64,7 +168,42 @@ class ClusterController:
         self.controller = context.controller(NAME, self.reconcile)
         self.liveness: dict[str, Liveness] = {}
         self.started = time.monotonic()
-        context.clusters.add_handler(lambda key, old, new: self.controller.enqueue(key))
+        self.evictions = Evictions()
+        # Whether each cluster (not being deleted) is Ready, as the cache has it, and how
+        # many are not: the halt is decided from these shares.
+        self.fleet: dict[str, bool] = {}
+        self.fleet_not_ready = 0
+        context.clusters.add_handler(self._cluster_changed)
+
+    def _cluster_changed(
+        self,
+        key: str,
+        old: cluster_pb2.MemberCluster | None,
+        new: cluster_pb2.MemberCluster | None,
+    ) -> None:
+        self.controller.enqueue(key)
+        before = self.fleet.get(key)
+        after = None if new is None or is_deleting(new) else is_ready(new)
+        if before == after:
+            return
+        was_halted = self._halted()
+        self.fleet_not_ready += (after is False) - (before is False)
+        if after is None:
+            del self.fleet[key]
+        else:
+            self.fleet[key] = after
+        halted = self._halted()
+        metrics.EVICTION_HALTED.set(1 if halted else 0)
+        if was_halted or halted:
+            # The halt is the one decision that depends on other clusters: look at every
+            # one again, so that a halt lifts (or starts, or says its new counts) now,
+            # not at the next heartbeat. Outside a halt nobody's plan would change.
+            for other in self.fleet:
+                self.controller.enqueue(other)
+
+    def _halted(self) -> bool:
+        share = self.fleet_not_ready / len(self.fleet) if self.fleet else 0.0
+        return share > self.context.settings.unhealthy_cluster_threshold
 
     # -- registration and credentials ------------------------------------------------
 
@@ -128,13 +267,27 @@ class ClusterController:
         previous = live.heartbeat
         if previous is not None and not heartbeat.api_enablements_changed:
             heartbeat.api_enablements.extend(previous.api_enablements)
+        now = time.monotonic()
+        # The damping thresholds want the report to have lasted without a break: a new
+        # state starts it, and so does a silence long enough to have made it Unknown.
+        if (
+            previous is None
+            or previous.api_server_ready != heartbeat.api_server_ready
+            or now - live.received_at > self.context.settings.cluster_grace_period
+        ):
+            live.steady_since = now
         live.heartbeat = heartbeat
-        live.received_at = time.monotonic()
+        live.received_at = now
         self.controller.enqueue(kinds.MEMBER_CLUSTER.key("", name))
 
     # -- reconcile -------------------------------------------------------------------
 
     async def reconcile(self, key: str) -> Plan | None:
+        evictions = self.evictions
+        if evictions.in_flight == key:
+            # Its last plan is over (the queue never runs one key twice at once), and
+            # since the mark is still here it was not committed: it took nothing.
+            evictions.in_flight = ""
         cluster = self.context.clusters.get(key)
         if cluster is None:
             return None
@@ -146,19 +299,40 @@ class ClusterController:
             credential = await self.context.store.etcd.get(CREDENTIALS + name)
             credential_revision = credential.mod_revision if credential is not None else 0
         live = self.liveness.get(name)
-        return plan(
+        settings = self.context.settings
+        now = time.monotonic()
+        next_eviction_at = evictions.last + settings.eviction_interval
+        if evictions.in_flight:
+            # Another cluster's taint is being committed; once it is, the next one is
+            # due an interval from about now.
+            next_eviction_at = max(next_eviction_at, now + settings.eviction_interval)
+        result = plan(
             Observed(
                 cluster=cluster,
                 works=tuple(self.context.works.by_index("cluster", name)),
                 live=dataclasses.replace(live) if live is not None else Liveness(),
-                now_monotonic=time.monotonic(),
+                now_monotonic=now,
                 now_wall=time.time(),
                 started=self.started,
-                grace_period=self.context.settings.cluster_grace_period,
+                grace_period=settings.cluster_grace_period,
                 credential_revision=credential_revision,
                 liveness=self.liveness,
+                failure_threshold=settings.cluster_failure_threshold,
+                success_threshold=settings.cluster_success_threshold,
+                failover_grace_period=settings.failover_grace_period,
+                unhealthy_threshold=settings.unhealthy_cluster_threshold,
+                eviction_interval=settings.eviction_interval,
+                other_clusters=len(self.fleet) - (key in self.fleet),
+                other_not_ready=self.fleet_not_ready - (self.fleet.get(key) is False),
+                next_eviction_at=next_eviction_at,
+                evictions=evictions,
             )
         )
+        if any(isinstance(bookkeeping, RecordEviction) for bookkeeping in result.committed):
+            # No await since the plan was made: no other cluster's plan can have used
+            # the same turn, and until this one is committed (or lost), none will.
+            evictions.in_flight = key
+        return result
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +358,25 @@ class Observed:
     """The controller's liveness records, for the plan's bookkeeping only (a removed
     cluster's record is dropped once it is gone); the plan reads ``live``."""
     control_plane_version: str = VERSION
+    # The failover settings (controlplane.context.Settings has what each means).
+    failure_threshold: float = 30.0
+    success_threshold: float = 30.0
+    failover_grace_period: float = 60.0
+    unhealthy_threshold: float = 0.55
+    eviction_interval: float = 10.0
+    other_clusters: int = 0
+    """How many other member clusters there are (not being deleted), as cached."""
+    other_not_ready: int = 0
+    """How many of them are not Ready, as cached."""
+    next_eviction_at: float = -math.inf
+    """Monotonic: the rate limit allows the next new NoExecute taint from then."""
+    evictions: Evictions = dataclasses.field(default_factory=Evictions)
+    """The controller's rate-limit record, for the plan's bookkeeping only."""
+
+
+def is_ready(cluster: cluster_pb2.MemberCluster) -> bool:
+    condition = find(cluster.status.conditions, "Ready")
+    return condition is not None and condition.status == "True"
 
 
 def version_skew(control_plane: str, agent: str) -> str:
@@ -225,6 +418,13 @@ def plan(observed: Observed) -> Plan:
     heartbeat = live.heartbeat
     now = observed.now_monotonic
     age = now - live.received_at if heartbeat is not None else now - observed.started
+    # Level-triggered liveness: look again when the grace period could run out, even
+    # if nothing changes (silence is what makes a cluster Unknown); sooner when a
+    # threshold or the failover grace runs out first.
+    waits = [max(1.0, observed.grace_period / 4)]
+    # What this pass learnt of the cluster's health, before damping (None: nothing yet,
+    # the process just restarted).
+    reported: Ready | None
     if heartbeat is not None and age <= observed.grace_period:
         status.kubernetes_version = heartbeat.kubernetes_version
         del status.api_enablements[:]
@@ -234,18 +434,28 @@ def plan(observed: Observed) -> Plan:
         if heartbeat.cluster_id:
             updated.spec.id = heartbeat.cluster_id
         if heartbeat.api_server_ready:
-            ready = ("True", "ClusterReady", "cluster is healthy and ready to accept workloads")
+            reported = ("True", "ClusterReady", "cluster is healthy and ready to accept workloads")
         else:
-            ready = ("False", "ClusterNotReachable", heartbeat.message or "API server not ready")
+            reported = ("False", "ClusterNotReachable", heartbeat.message or "API server not ready")
+        ready, wait = _damped(reported, observed)
+        waits.append(wait)
     elif heartbeat is None and age <= observed.grace_period and find(status.conditions, "Ready"):
         # Just restarted: keep what was known until agents have had time to report.
-        ready = None
+        ready = reported = None
     elif heartbeat is None and not status.agent.HasField("last_heartbeat_time"):
         # No heartbeat was ever recorded (not only since this process started): say
         # so, rather than that the agent stopped, and say it the same way every pass.
-        ready = ("Unknown", "ClusterStatusUnknown", "waiting for the cluster agent to connect")
+        ready = reported = (
+            "Unknown",
+            "ClusterStatusUnknown",
+            "waiting for the cluster agent to connect",
+        )
     else:
-        ready = ("Unknown", "ClusterStatusUnknown", "the cluster agent stopped posting status")
+        ready = reported = (
+            "Unknown",
+            "ClusterStatusUnknown",
+            "the cluster agent stopped posting status",
+        )
     if ready is not None:
         set_condition(
             status.conditions,
@@ -265,6 +475,10 @@ def plan(observed: Observed) -> Plan:
             skew or f"agent {live.agent_version}, control plane {observed.control_plane_version}",
             now=datetime.datetime.fromtimestamp(observed.now_wall, datetime.UTC),
         )
+    wait, eviction = _taints_and_failover(
+        updated, observed, unhealthy=reported is not None and reported[0] != "True"
+    )
+    waits.append(wait)
     if heartbeat is not None:
         stamp = timestamp_pb2.Timestamp()
         stamp.FromSeconds(int(observed.now_wall - age))
@@ -276,13 +490,144 @@ def plan(observed: Observed) -> Plan:
             or updated.status != cluster.status
         ):
             status.agent.last_heartbeat_time.CopyFrom(stamp)
-    _set_taints(updated, now_wall=observed.now_wall)
-    # Level-triggered liveness: look again when the grace period could run out, even
-    # if nothing changes (silence is what makes a cluster Unknown).
-    result = Plan(requeue_after=max(1.0, observed.grace_period / 4))
+    result = Plan(requeue_after=min(w for w in waits if w > 0))
     if updated != cluster:
         result.update(kinds.MEMBER_CLUSTER, updated, current=cluster)
+    if eviction:
+        result.committed.append(
+            RecordEviction(observed.evictions, kinds.MEMBER_CLUSTER.key_of(cluster), now, eviction)
+        )
     return result
+
+
+def _damped(reported: Ready, observed: Observed) -> tuple[Ready | None, float]:
+    """The Ready a fresh report makes (None: keep the one there), and the seconds
+    until a report held back may pass its threshold (0: none held back).
+
+    As Karmada's: only a move between True and not True waits for its threshold;
+    Unknown and False are both not True, so one becomes the other at once. A cluster
+    that never had a heartbeat takes its first report as it is: joining is no recovery.
+    """
+    cluster = observed.cluster
+    current = find(cluster.status.conditions, "Ready")
+    if current is None or not cluster.status.agent.HasField("last_heartbeat_time"):
+        return reported, 0.0
+    healthy = reported[0] == "True"
+    if healthy == (current.status == "True"):
+        return reported, 0.0
+    threshold = observed.success_threshold if healthy else observed.failure_threshold
+    lasted = observed.now_monotonic - observed.live.steady_since
+    if lasted >= threshold:
+        return reported, 0.0
+    return None, threshold - lasted
+
+
+def _taints_and_failover(
+    cluster: cluster_pb2.MemberCluster, observed: Observed, *, unhealthy: bool
+) -> tuple[float, str]:
+    """Set the automatic taints and the Failover condition from the Ready condition.
+
+    ``unhealthy``: this pass heard the cluster is not healthy (its agent says so, or is
+    silent); only then is a new NoExecute taint due. One the cluster has stays until it
+    is Ready. Returns the seconds until the failover grace period or the rate limit
+    runs out (0: nothing to wait for) and the reason of a NoExecute taint added ("":
+    none).
+    """
+    condition = find(cluster.status.conditions, "Ready")
+    ready = condition.status if condition is not None else "Unknown"
+    wanted = {"False": names.NOT_READY_TAINT, "Unknown": names.UNREACHABLE_TAINT}.get(ready)
+    now_wall = int(observed.now_wall)
+    taints: list[meta_pb2.Taint] = []
+    no_schedule = no_execute = False
+    for existing in cluster.spec.taints:
+        taint = meta_pb2.Taint()
+        taint.CopyFrom(existing)
+        if taint.key not in _AUTOMATIC_KEYS or taint.effect not in _AUTOMATIC_EFFECTS:
+            taints.append(taint)  # someone else's
+        elif wanted is None:
+            continue  # Ready: ours go
+        elif taint.effect == "NoSchedule":
+            if taint.key == wanted and not no_schedule:
+                taints.append(taint)
+                no_schedule = True
+        elif not no_execute:
+            # Follows the key, keeps its time: the cluster has not stopped failing.
+            taint.key = wanted
+            taints.append(taint)
+            no_execute = True
+    if wanted is not None and not no_schedule:
+        taint = meta_pb2.Taint(key=wanted, effect="NoSchedule")
+        taint.time_added.FromSeconds(now_wall)
+        taints.append(taint)
+
+    wait = 0.0
+    eviction = ""
+    grace = observed.failover_grace_period
+    total = observed.other_clusters + 1
+    not_ready = observed.other_not_ready + (wanted is not None)
+    failover: Ready | None = None
+    always = True  # set the condition even when the cluster has none yet
+    if wanted is None:
+        failover = ("False", "ClusterReady", "the cluster is Ready: no NoExecute taint")
+        always = False
+    elif no_execute:
+        failover = _evicting(wanted, grace)
+    else:
+        since = condition.last_transition_time.seconds if condition is not None else now_wall
+        left = since + grace - observed.now_wall
+        if not unhealthy or left > 0:
+            wait = left if unhealthy else 0.0
+            failover = (
+                "False",
+                "Pending",
+                f"not Ready, no NoExecute taint: one is added once the cluster has been "
+                f"not Ready for {grace:g}s while its agent does not report it healthy",
+            )
+            always = False
+        elif not_ready / total > observed.unhealthy_threshold:
+            # A halt lifts when another cluster's readiness changes, which looks at
+            # every cluster again: no timed look is needed.
+            failover = (
+                "False",
+                "EvictionHalted",
+                f"{not_ready} of {total} member clusters are not Ready, more than "
+                f"{observed.unhealthy_threshold:.0%}: no cluster gets a new NoExecute "
+                "taint while so many fail at once",
+            )
+        elif observed.now_monotonic < observed.next_eviction_at:
+            wait = observed.next_eviction_at - observed.now_monotonic
+            failover = (
+                "False",
+                "EvictionRateLimited",
+                f"waiting for its NoExecute taint: at most one cluster gets one every "
+                f"{observed.eviction_interval:g}s",
+            )
+        else:
+            taint = meta_pb2.Taint(key=wanted, effect="NoExecute")
+            taint.time_added.FromSeconds(now_wall)
+            taints.append(taint)
+            eviction = _EVICTION_REASONS[wanted]
+            failover = _evicting(wanted, grace)
+    if taints != list(cluster.spec.taints):
+        del cluster.spec.taints[:]
+        cluster.spec.taints.extend(taints)
+    if failover is not None and (always or find(cluster.status.conditions, "Failover")):
+        set_condition(
+            cluster.status.conditions,
+            "Failover",
+            *failover,
+            now=datetime.datetime.fromtimestamp(observed.now_wall, datetime.UTC),
+        )
+    return wait, eviction
+
+
+def _evicting(key: str, grace: float) -> Ready:
+    return (
+        "True",
+        "Evicting",
+        f"not Ready for {grace:g}s or more: tainted {key}:NoExecute, so workloads that do "
+        "not tolerate it move to other clusters",
+    )
 
 
 def removal(observed: Observed) -> Plan:
@@ -318,24 +663,3 @@ def removal(observed: Observed) -> Plan:
 
     result.committed.append(forget)
     return result
-
-
-def _set_taints(cluster: cluster_pb2.MemberCluster, *, now_wall: float) -> None:
-    """Taints follow the Ready condition, as Karmada's: NoSchedule not-ready (False) or
-    unreachable (Unknown), none when Ready; taints of anyone else's are kept."""
-    condition = find(cluster.status.conditions, "Ready")
-    status = condition.status if condition is not None else "Unknown"
-    wanted = {"False": names.NOT_READY_TAINT, "Unknown": names.UNREACHABLE_TAINT}.get(status)
-    automatic = (names.NOT_READY_TAINT, names.UNREACHABLE_TAINT)
-    kept = [
-        meta_pb2.Taint.FromString(t.SerializeToString())
-        for t in cluster.spec.taints
-        if t.key not in automatic or t.key == wanted
-    ]
-    if wanted is not None and not any(t.key == wanted for t in kept):
-        taint = meta_pb2.Taint(key=wanted, effect="NoSchedule")
-        taint.time_added.FromSeconds(int(now_wall))
-        kept.append(taint)
-    if [t.key for t in kept] != [t.key for t in cluster.spec.taints]:
-        del cluster.spec.taints[:]
-        cluster.spec.taints.extend(kept)

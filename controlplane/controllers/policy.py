@@ -57,8 +57,10 @@ def desired_spec(
     metadata = manifest["metadata"]
     spec = work_pb2.PropagationBindingSpec()
     if current is not None:
-        # The scheduler owns the result, the dependencies controller requiredBy; keep them.
+        # The scheduler owns the result and the eviction tasks, the dependencies
+        # controller requiredBy; keep them.
         spec.clusters.extend(current.clusters)
+        spec.graceful_eviction_tasks.extend(current.graceful_eviction_tasks)
         spec.required_by.extend(current.required_by)
         if current.HasField("reschedule_triggered_at"):
             spec.reschedule_triggered_at.CopyFrom(current.reschedule_triggered_at)
@@ -77,6 +79,8 @@ def desired_spec(
     spec.preserve_resources_on_deletion = policy_spec.preserve_resources_on_deletion
     if policy_spec.HasField("suspension"):
         spec.suspension.CopyFrom(policy_spec.suspension)
+    if policy_spec.HasField("failover"):
+        spec.failover.CopyFrom(policy_spec.failover)
     spec.scheduler_name = policy_spec.scheduler_name or "default-scheduler"
     spec.propagate_deps = policy_spec.propagate_deps
     return spec

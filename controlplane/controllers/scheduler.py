@@ -18,12 +18,14 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 
-from archipel.core import division, kinds, scheduling
+from archipel.core import division, eviction, kinds, scheduling
 from archipel.core.conditions import find, set_condition
 from archipel.core.errors import Invalid
 from archipel.v1alpha1 import cluster_pb2, work_pb2
+from controlplane import metrics
 from controlplane.context import Context
 from controlplane.plan import Plan
 from controlplane.predicates import generation_changed, is_deleting
@@ -43,6 +45,12 @@ class Observed:
     assumed: scheduling.AssumedCapacity
     """Where the plan's bookkeeping records the capacity a new placement hands out; the
     plan itself never reads it (``clusters`` already counts it)."""
+    graceful_eviction_timeout: float = 600.0
+    """How long an evicted cluster keeps its copy when its task names no grace period."""
+    unhealthy_since: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    """Since when (seconds since the epoch) the workload has been Unhealthy in each
+    cluster that reports it so, as this process saw the binding's status: application
+    failover counts tolerationSeconds from here (a restart starts the count again)."""
 
 
 class SchedulerController:
@@ -51,6 +59,7 @@ class SchedulerController:
         self.controller = context.controller(NAME, self.reconcile)
         self._snapshot: dict[str, scheduling.ClusterInfo] = {}
         self._assumed = scheduling.AssumedCapacity()
+        self._unhealthy: dict[str, dict[str, float]] = {}
         context.bindings.add_handler(self._on_binding)
         context.clusters.add_handler(self._on_cluster)
 
@@ -61,8 +70,18 @@ class SchedulerController:
         new: work_pb2.PropagationBinding | None,
     ) -> None:
         # Only a spec change can change the decision; the scheduler's own status writes
-        # (the condition) must not bring the binding back.
-        if new is not None and generation_changed(old, new):
+        # (the condition) must not bring the binding back. Pending evictions are the
+        # exception: the workload turning healthy elsewhere (aggregated status) ends them.
+        if new is None:
+            self._unhealthy.pop(key, None)
+            return
+        health_moved = unhealthy_since(self._unhealthy, key, new, time.time())
+        status_moved = old is None or old.status.aggregated_status != new.status.aggregated_status
+        if (
+            generation_changed(old, new)
+            or (len(new.spec.graceful_eviction_tasks) and status_moved)
+            or (health_moved and eviction.application_toleration(new) is not None)
+        ):
             self.controller.enqueue(key)
 
     def _on_cluster(
@@ -94,8 +113,31 @@ class SchedulerController:
                 clusters=tuple(self._assumed.apply(list(self._snapshot.values()))),
                 now=datetime.datetime.now(datetime.UTC),
                 assumed=self._assumed,
+                graceful_eviction_timeout=self.context.settings.graceful_eviction_timeout,
+                unhealthy_since=dict(self._unhealthy.get(key, {})),
             )
         )
+
+
+def unhealthy_since(
+    tracked: dict[str, dict[str, float]],
+    key: str,
+    binding: work_pb2.PropagationBinding,
+    now: float,
+) -> bool:
+    """Record since when the binding's workload is Unhealthy in each cluster (kept only
+    for those that say so now); whether anything changed."""
+    before = tracked.get(key, {})
+    after = {
+        item.cluster_name: before.get(item.cluster_name, now)
+        for item in binding.status.aggregated_status
+        if item.applied and item.health == "Unhealthy"
+    }
+    if after:
+        tracked[key] = after
+    else:
+        tracked.pop(key, None)
+    return after != before
 
 
 def capacity_reported(
@@ -159,22 +201,61 @@ def plan(observed: Observed) -> Plan | None:
         requests, invalid = {}, str(error)
     else:
         invalid = ""
-    decision = scheduling.schedule(
-        spec.placement,
-        replicas=spec.replicas,
-        clusters=observed.clusters,
-        current={t.name: t.replicas for t in spec.clusters},
-        requests=requests,
-        seed=division.tie_break_seed(binding.metadata.uid),
-        fresh=fresh,
-        resource=(spec.resource.api_version, spec.resource.kind),
-    )
+    now = observed.now.timestamp()
+    by_name = {c.name: c for c in observed.clusters}
+    current = {t.name: t.replicas for t in spec.clusters}
+    # Clusters the workload must leave now: a NoExecute taint its placement does not
+    # tolerate (or no longer does: tolerationSeconds ran out).
+    evicted = {
+        name: why
+        for name in current
+        if name in by_name and (why := scheduling.evicts(spec.placement, by_name[name], now))
+    }
+    failing, application_recheck = _failing_applications(observed, current, evicted, now)
+    # Not chosen again while an application failover away from it is pending
+    # (Karmada's ClusterEviction filter); a failed cluster's taint says so already.
+    pending = {
+        t.from_cluster: "an application failover away from this cluster is pending"
+        for t in spec.graceful_eviction_tasks
+        if t.reason == eviction.APPLICATION_FAILURE
+    }
+
+    def decide(excluded: Mapping[str, str]) -> scheduling.Decision:
+        return scheduling.schedule(
+            spec.placement,
+            replicas=spec.replicas,
+            clusters=observed.clusters,
+            current=current,
+            requests=requests,
+            seed=division.tie_break_seed(binding.metadata.uid),
+            fresh=fresh,
+            resource=(spec.resource.api_version, spec.resource.kind),
+            now=now,
+            excluded=excluded,
+            keep_current=_placed_by_failover(binding),
+        )
+
+    decision = decide({**pending, **failing})
+    if failing and not decision.scheduled:
+        # Nowhere else to go: moving the workload off would leave it nowhere.
+        failing = {}
+        decision = decide(pending)
+    evicted |= failing
     if invalid:
         decision = scheduling.Decision((), "SchedulerError", invalid)
     updated = kinds.PROPAGATION_BINDING.copy(binding)
     del updated.spec.clusters[:]
     for target in decision.targets:
         updated.spec.clusters.add(name=target.name, replicas=target.replicas)
+    moves = _evict(updated, binding, evicted, observed, applications=set(failing))
+    resolution = eviction.resolve(
+        updated,
+        clusters=by_name,
+        now=now,
+        default_grace=observed.graceful_eviction_timeout,
+    )
+    del updated.spec.graceful_eviction_tasks[:]
+    updated.spec.graceful_eviction_tasks.extend(resolution.kept)
     spec_changed = updated.spec != binding.spec
     # The generation the store gives the update: the condition speaks of the spec it
     # is written with.
@@ -191,10 +272,26 @@ def plan(observed: Observed) -> Plan | None:
     updated.status.scheduler_observed_generation = generation
     if spec_changed:
         updated.status.last_scheduled_time.FromDatetime(observed.now)
+    recheck = [
+        t
+        for t in (
+            resolution.recheck_at,
+            application_recheck,
+            scheduling.next_eviction(
+                spec.placement, [by_name[n] for n in current if n in by_name], now
+            ),
+        )
+        if t is not None
+    ]
+    # A grace period or a tolerationSeconds running out changes nothing observable: look
+    # again when it does.
+    requeue_after = max(0.5, min(recheck) - now) if recheck else 0.0
     if updated == binding:
-        return None
-    result = Plan()
+        return Plan(requeue_after=requeue_after) if requeue_after else None
+    result = Plan(requeue_after=requeue_after)
     result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+    for reason in moves:
+        result.committed.append(metrics.WORKLOAD_EVICTIONS.labels(reason).inc)
     if spec_changed:
         result.committed.append(
             functools.partial(
@@ -205,3 +302,92 @@ def plan(observed: Observed) -> Plan | None:
             )
         )
     return result
+
+
+def _placed_by_failover(binding: work_pb2.PropagationBinding) -> bool:
+    """Whether the current placement is a failover's, and nothing but the clusters changed
+    since: then a cluster that recovers pulls no replicas back (Karmada's rule; a
+    rebalance or reschedule does). Any other placement follows the clusters as before,
+    so a cluster that only now serves the kind, or joins, gets its share."""
+    status = binding.status
+    return (
+        binding.metadata.generation == status.scheduler_observed_generation
+        and len(status.failover_history) > 0
+        and status.failover_history[-1].start_time == status.last_scheduled_time
+    )
+
+
+def _failing_applications(
+    observed: Observed, current: Mapping[str, int], evicted: Mapping[str, str], now: float
+) -> tuple[dict[str, str], float | None]:
+    """The clusters the workload must leave because it has been Unhealthy there for the
+    policy's tolerationSeconds (application failover), and when the next one will be.
+
+    Only when the failure looks like the cluster's: if the workload runs in several
+    clusters and fails in every one of them, the application itself is broken, and
+    moving it helps nobody. In a single cluster the two cannot be told apart, so it
+    moves, as Karmada moves it.
+    """
+    binding = observed.binding
+    tolerate = eviction.application_toleration(binding)
+    if tolerate is None:
+        return {}, None
+    failing: dict[str, str] = {}
+    recheck: float | None = None
+    for name in current:
+        since = observed.unhealthy_since.get(name)
+        if since is None or name in evicted:
+            continue
+        if now - since >= tolerate:
+            failing[name] = f"Unhealthy for {now - since:.0f}s (tolerationSeconds {tolerate})"
+        else:
+            recheck = since + tolerate if recheck is None else min(recheck, since + tolerate)
+    if len(current) > 1 and failing and set(failing) | set(evicted) >= set(current):
+        return {}, recheck
+    return failing, recheck
+
+
+def _evict(
+    updated: work_pb2.PropagationBinding,
+    binding: work_pb2.PropagationBinding,
+    evicted: dict[str, str],
+    observed: Observed,
+    applications: set[str],
+) -> list[str]:
+    """Record the evictions the new placement makes: a graceful eviction task per
+    cluster left (unless its copy is to go at once), and a line of failover history.
+    Returns each eviction's reason."""
+    moves: list[str] = []
+    if not evicted:
+        return moves
+    after = [t.name for t in updated.spec.clusters]
+    pending = {t.from_cluster for t in updated.spec.graceful_eviction_tasks}
+    for target in binding.spec.clusters:
+        why = evicted.get(target.name)
+        if why is None or target.name in after:
+            continue
+        reason = (
+            eviction.APPLICATION_FAILURE
+            if target.name in applications
+            else eviction.TAINT_UNTOLERATED
+        )
+        task = eviction.new_task(
+            binding,
+            target.name,
+            replicas=target.replicas,
+            message=why,
+            now=observed.now,
+            reason=reason,
+        )
+        if task.purge_mode != eviction.DIRECTLY and target.name not in pending:
+            updated.spec.graceful_eviction_tasks.append(task)
+        eviction.record_history(
+            updated.status,
+            origin=target.name,
+            reason=reason,
+            before=[t.name for t in binding.spec.clusters],
+            after=after,
+            now=observed.now,
+        )
+        moves.append(reason)
+    return moves

@@ -133,9 +133,21 @@ def _is_ready(pipeline: Pipeline, name: str) -> bool:
     return pipeline.ready(name) == "True"
 
 
+# Quick damping, so outages show within seconds; the failover grace keeps its default
+# (60 s), so no test here evicts unless it asks for shorter timings.
+QUICK_HEALTH = ("--cluster-failure-threshold=2", "--cluster-success-threshold=2")
+
+
 @pytest.fixture(scope="module")
 def pipeline(members: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    directory = tmp_path_factory.mktemp("pipeline")
+    yield from start_pipeline(members, tmp_path_factory.mktemp("pipeline"), QUICK_HEALTH)
+
+
+def start_pipeline(
+    members: Fleet, directory: Path, extra_args: tuple[str, ...]
+) -> Iterator[Pipeline]:
+    """A control plane of its own on the fleet's etcd, every member joined with an agent
+    and Ready; stopped after."""
     assert members.etcd is not None
     plane = ControlPlaneProcess(
         etcd_endpoint=members.etcd.endpoint,
@@ -143,6 +155,7 @@ def pipeline(members: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         directory=directory,
         heartbeat_interval=1,
         cluster_grace_period=4,
+        extra_args=extra_args,
     )
     plane.start()
     result = Pipeline(fleet=members, plane=plane, agents={}, directory=directory)

@@ -191,3 +191,67 @@ def test_get_works_lists_every_page(
     listed = json.loads(capsys.readouterr().out)["items"]
     assert [work["metadata"]["name"] for work in listed] == method.names
     assert len(method.requests) == 13
+
+
+def test_describe_shows_pending_evictions_and_the_failover_history(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli._describe_failover(
+        {
+            "gracefulEvictionTasks": [
+                {
+                    "fromCluster": "member3",
+                    "replicas": 2,
+                    "purgeMode": "Gracefully",
+                    "reason": "TaintUntolerated",
+                    "creationTimestamp": "2026-12-02T07:00:00Z",
+                    "message": "taint cluster.archipel.io/unreachable:NoExecute is not tolerated",
+                }
+            ]
+        },
+        {
+            "failoverHistory": [
+                {
+                    "startTime": "2026-12-02T07:00:00Z",
+                    "originCluster": "member3",
+                    "reason": "TaintUntolerated",
+                    "clustersBeforeFailover": ["member1", "member2", "member3"],
+                    "clustersAfterFailover": ["member1", "member2"],
+                }
+            ]
+        },
+    )
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "Evictions (old copies kept for now):"
+    assert out[2].split()[:5] == [
+        "member3",
+        "2",
+        "Gracefully",
+        "TaintUntolerated",
+        "2026-12-02T07:00:00Z",
+    ]
+    assert out[3:] == [
+        "Failovers:",
+        "  2026-12-02T07:00:00Z member3 (TaintUntolerated): "
+        "member1,member2,member3 -> member1,member2",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["web"], "'web' is not KIND/NAME of a template"),
+        (["deployment/"], "'deployment/' is not KIND/NAME"),
+        (["binding/web-deployment"], "'binding/web-deployment' is not KIND/NAME"),
+        (["widget/x"], "unknown kind 'widget'"),
+        (["deployment/web", "--ttl", "-1"], "--ttl: must not be negative"),
+    ],
+)
+def test_rebalance_refuses_bad_targets_before_connecting(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = _run(tmp_path, "rebalance", *args)
+    assert result.returncode == 1
+    assert expected in result.stderr
+    assert "cannot reach" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1

@@ -131,3 +131,89 @@ def test_samples_are_valid() -> None:
                 validation.check_template(document)
             else:
                 to_message(api_kind, document)
+
+
+# Karmada's documentation (tutorials/workload-rebalancer), steps 3 and 6, unchanged.
+KARMADA_REBALANCER = """
+apiVersion: apps.karmada.io/v1alpha1
+kind: WorkloadRebalancer
+metadata:
+  name: demo
+spec:
+  workloads:
+    - apiVersion: apps/v1
+      kind: Deployment
+      name: foo
+      namespace: default
+"""
+
+KARMADA_REBALANCER_WITH_TTL = """
+apiVersion: apps.karmada.io/v1alpha1
+kind: WorkloadRebalancer
+metadata:
+  name: demo
+spec:
+  ttlSecondsAfterFinished: 300
+  workloads:
+    - apiVersion: apps/v1
+      kind: Deployment
+      name: foo
+      namespace: default
+"""
+
+# What Karmada's documentation shows the status becomes (step 4).
+KARMADA_REBALANCER_STATUS = """
+apiVersion: apps.karmada.io/v1alpha1
+kind: WorkloadRebalancer
+metadata:
+  creationTimestamp: "2024-05-25T09:49:51Z"
+  generation: 1
+  name: demo
+spec:
+  workloads:
+  - apiVersion: apps/v1
+    kind: Deployment
+    name: foo
+    namespace: default
+status:
+  finishTime: "2024-05-25T09:49:51Z"
+  observedGeneration: 1
+  observedWorkloads:
+  - result: Successful
+    workload:
+      apiVersion: apps/v1
+      kind: Deployment
+      name: foo
+      namespace: default
+"""
+
+
+@pytest.mark.parametrize(
+    "text", [KARMADA_REBALANCER, KARMADA_REBALANCER_WITH_TTL], ids=["rebalancer", "ttl"]
+)
+def test_karmada_workload_rebalancers_round_trip(text: str) -> None:
+    document = yaml.safe_load(text)
+    api_kind = api_kind_of_document(document)
+    assert api_kind is not None and api_kind.name == "WorkloadRebalancer"
+    assert not api_kind.namespaced
+    message = to_message(api_kind, document)
+    validation.check_workload_rebalancer(message)
+    assert json_format.MessageToDict(message) == document
+
+
+def test_karmada_workload_rebalancer_status_reads_as_karmada_writes_it() -> None:
+    document = yaml.safe_load(KARMADA_REBALANCER_STATUS)
+    api_kind = api_kind_of_document(document)
+    assert api_kind is not None
+    message = to_message(api_kind, document)
+    status = message.status
+    assert status.observed_generation == 1
+    assert status.finish_time.ToJsonString() == "2024-05-25T09:49:51Z"
+    (observed,) = status.observed_workloads
+    assert (observed.result, observed.workload.name, observed.workload.namespace) == (
+        "Successful",
+        "foo",
+        "default",
+    )
+    # What the control plane prints reads back as the same object.
+    assert to_message(api_kind, json_format.MessageToDict(message)) == message

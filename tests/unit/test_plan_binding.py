@@ -342,3 +342,36 @@ def test_cluster_label_names_the_work_s_cluster() -> None:
     work = planned_work(observed(binding(("m2", 1))), "m2")
     assert work.metadata.labels[CLUSTER_LABEL] == "m2"
     assert work.metadata.namespace == "archipel-es-m2"
+
+
+def test_an_evicted_cluster_keeps_its_work_while_its_eviction_task_lasts() -> None:
+    before = binding(("m1", 2), ("m2", 2))
+    works = {c: planned_work(observed(before), c) for c in ("m1", "m2")}
+    failed_over = binding(("m1", 4))
+    failed_over.spec.graceful_eviction_tasks.add(
+        from_cluster="m2", purge_mode="Gracefully", replicas=2, reason="TaintUntolerated"
+    )
+    result = plan(observed(failed_over, works=works))
+    # m1 takes all four; m2's copy is neither deleted nor changed while the task lasts.
+    assert shape(result) == [("Update", WORK_M1)]
+    del failed_over.spec.graceful_eviction_tasks[:]
+    assert shape(plan(observed(failed_over, works=works))) == [
+        ("Update", WORK_M1),
+        ("Delete", WORK_M2),
+    ]
+
+
+def test_a_cluster_the_workload_moved_to_gets_the_preserved_state_as_labels() -> None:
+    moved = binding(("m2", 4))
+    task = moved.spec.graceful_eviction_tasks.add(
+        from_cluster="m1", purge_mode="Gracefully", replicas=2, reason="ApplicationFailure"
+    )
+    task.clusters_before_failover.append("m1")
+    task.preserved_label_state["failover.example.com/job-id"] = "42"
+    work = planned_work(observed(moved), "m2")
+    (manifest,) = [structs.from_struct(m) for m in work.spec.workload.manifests]
+    assert manifest["metadata"]["labels"]["failover.example.com/job-id"] == "42"
+    # The old copy, kept for now, is left as it was.
+    old = planned_work(observed(moved), "m1")
+    (kept,) = [structs.from_struct(m) for m in old.spec.workload.manifests]
+    assert "failover.example.com/job-id" not in kept["metadata"].get("labels", {})

@@ -1,4 +1,5 @@
-"""The cluster controller's decisions as tables: Ready, taints, heartbeats, removal.
+"""The cluster controller's decisions as tables: Ready, taints, heartbeats, removal,
+and the cluster side of failover (damping, NoExecute taints, halt, rate limit).
 
 Each case is an observed cluster (with its liveness record and both clocks) and the
 plan is checked write by write. Times are fixed, so every timestamp the plan writes
@@ -8,16 +9,26 @@ plan is checked write by write. Times are fixed, so every timestamp the plan wri
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 
 import pytest
+from prometheus_client import REGISTRY
 
 from archipel.core import kinds, names
 from archipel.core.conditions import find, set_condition
 from archipel.core.names import CLUSTER_LABEL
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
 from controlplane.context import FINALIZER, WORK_FINALIZER
-from controlplane.controllers.cluster import CREDENTIALS, Liveness, Observed, plan, version_skew
+from controlplane.controllers.cluster import (
+    CREDENTIALS,
+    Evictions,
+    Liveness,
+    Observed,
+    RecordEviction,
+    plan,
+    version_skew,
+)
 from controlplane.plan import Delete, Plan, Purge, Update
 
 NOW_MONOTONIC = 10_000.0
@@ -28,6 +39,11 @@ KEY = "memberclusters/_/member1"
 NOT_READY = names.NOT_READY_TAINT
 UNREACHABLE = names.UNREACHABLE_TAINT
 OLD_WALL = 1_700_000_000  # what older writes stamped
+FAILURE = 30.0
+SUCCESS = 30.0
+FAILOVER = 60.0
+INTERVAL = 10.0
+STEADY = 3_600.0  # the agent has reported what it reports for an hour
 
 
 def member(
@@ -36,7 +52,11 @@ def member(
     taints: Sequence[tuple[str, str]] = (),
     finalizers: Sequence[str] = (FINALIZER,),
     deleting: bool = False,
+    ready_since: float = OLD_WALL,
+    failover: tuple[str, str] | None = None,
 ) -> cluster_pb2.MemberCluster:
+    """A stored cluster; ``ready_since`` is its Ready condition's lastTransitionTime
+    (wall clock), ``failover`` its Failover condition's status and reason."""
     result = cluster_pb2.MemberCluster()
     result.metadata.name = "member1"
     result.metadata.resource_version = "41"
@@ -49,11 +69,13 @@ def member(
         set_condition(result.status.conditions, "Ready", ready, "Before", "as it was")
         condition = find(result.status.conditions, "Ready")
         assert condition is not None
-        condition.last_transition_time.FromSeconds(OLD_WALL)
+        condition.last_transition_time.FromSeconds(int(ready_since))
         # A cluster with a Ready condition other than "waiting" has heard from its agent.
         result.status.agent.connected = True
         result.status.agent.version = "0.9.0"
         result.status.agent.last_heartbeat_time.FromSeconds(OLD_WALL)
+    if failover is not None:
+        set_condition(result.status.conditions, "Failover", *failover, "as it was")
     if deleting:
         result.metadata.deletion_timestamp.FromSeconds(OLD_WALL)
     return result
@@ -77,12 +99,17 @@ def beat(
     return result
 
 
-def live(heartbeat: agent_pb2.Heartbeat | None = None, *, age: float = 1.0) -> Liveness:
+def live(
+    heartbeat: agent_pb2.Heartbeat | None = None, *, age: float = 1.0, steady: float = STEADY
+) -> Liveness:
+    """The liveness record of an agent whose last heartbeat came ``age`` seconds ago,
+    reporting its API server's health as it does for ``steady`` seconds."""
     return Liveness(
         heartbeat=heartbeat,
         received_at=NOW_MONOTONIC - age,
         connected=heartbeat is not None,
         agent_version="0.9.0" if heartbeat is not None else "",
+        steady_since=NOW_MONOTONIC - steady,
     )
 
 
@@ -94,7 +121,12 @@ def observe(
     works: Sequence[work_pb2.PropagationWork] = (),
     credential_revision: int = 0,
     liveness: dict[str, Liveness] | None = None,
+    other_clusters: int = 1,
+    other_not_ready: int = 0,
+    next_eviction_at: float = -math.inf,
+    evictions: Evictions | None = None,
 ) -> Observed:
+    """By default one other cluster, Ready, and the rate limit allows an eviction."""
     return Observed(
         cluster=cluster,
         works=tuple(works),
@@ -105,12 +137,22 @@ def observe(
         grace_period=GRACE,
         credential_revision=credential_revision,
         liveness=liveness if liveness is not None else {},
+        failure_threshold=FAILURE,
+        success_threshold=SUCCESS,
+        failover_grace_period=FAILOVER,
+        unhealthy_threshold=0.55,
+        eviction_interval=INTERVAL,
+        other_clusters=other_clusters,
+        other_not_ready=other_not_ready,
+        next_eviction_at=next_eviction_at,
+        evictions=evictions if evictions is not None else Evictions(),
     )
 
 
-def update_of(result: Plan) -> cluster_pb2.MemberCluster | None:
-    """The cluster as the plan writes it, or None when it writes nothing."""
-    assert result.requeue_after == GRACE / 4, "silence must be noticed without a change"
+def update_of(result: Plan, *, requeue: float = GRACE / 4) -> cluster_pb2.MemberCluster | None:
+    """The cluster as the plan writes it, or None when it writes nothing; the plan
+    adds no NoExecute taint (its bookkeeping would be in ``committed``)."""
+    assert result.requeue_after == requeue, "time passing must be noticed without a change"
     assert result.committed == []
     if not result.writes:
         return None
@@ -550,3 +592,414 @@ def test_no_version_no_judgement() -> None:
     updated = update_of(plan(observe(member())))
     assert updated is not None
     assert find(updated.status.conditions, "AgentVersionCompatible") is None
+
+
+# -- damping ------------------------------------------------------------------------
+
+HEALTHY = ("True", "ClusterReady", "cluster is healthy and ready to accept workloads")
+FAILED = ("False", "ClusterNotReachable", "API server not ready")
+AS_IT_WAS = ("Before", "as it was")
+
+# (stored cluster, liveness, Ready after: a written one, or the stored one's status,
+#  taint keys after, seconds until the plan looks again)
+DAMPING = [
+    pytest.param(
+        member(ready="True"),
+        live(beat(api_server_ready=False), steady=FAILURE - 5),
+        ("True", *AS_IT_WAS),
+        [],
+        5.0,
+        id="not-ready-for-less-than-the-failure-threshold-stays-ready",
+    ),
+    pytest.param(
+        member(ready="True"),
+        live(beat(api_server_ready=False), steady=FAILURE),
+        FAILED,
+        [NOT_READY],
+        GRACE / 4,
+        id="not-ready-for-the-failure-threshold-fails",
+    ),
+    pytest.param(
+        member(ready="False", taints=[(NOT_READY, "NoSchedule")]),
+        live(beat(), steady=SUCCESS - 12),
+        ("False", *AS_IT_WAS),
+        [NOT_READY],
+        GRACE / 4,  # the threshold is 12 s away, the look at silence 10 s
+        id="ready-for-less-than-the-success-threshold-stays-not-ready",
+    ),
+    pytest.param(
+        member(ready="False", taints=[(NOT_READY, "NoSchedule")]),
+        live(beat(), steady=SUCCESS - 3),
+        ("False", *AS_IT_WAS),
+        [NOT_READY],
+        3.0,
+        id="the-success-threshold-is-looked-at-when-it-passes",
+    ),
+    pytest.param(
+        member(ready="False", taints=[(NOT_READY, "NoSchedule")]),
+        live(beat(), steady=SUCCESS),
+        HEALTHY,
+        [],
+        GRACE / 4,
+        id="ready-for-the-success-threshold-recovers",
+    ),
+    pytest.param(
+        member(ready="Unknown", taints=[(UNREACHABLE, "NoSchedule")]),
+        live(beat(), steady=1),
+        ("Unknown", *AS_IT_WAS),
+        [UNREACHABLE],
+        GRACE / 4,
+        id="back-from-silence-waits-for-the-success-threshold",
+    ),
+    pytest.param(
+        member(ready="Unknown", taints=[(UNREACHABLE, "NoSchedule")]),
+        live(beat(api_server_ready=False), steady=1),
+        FAILED,
+        [NOT_READY],
+        GRACE / 4,
+        id="unknown-to-false-at-once",
+    ),
+    pytest.param(
+        member(),
+        live(beat(), steady=0),
+        HEALTHY,
+        [],
+        GRACE / 4,
+        id="first-heartbeat-joins-at-once",
+    ),
+]
+
+
+@pytest.mark.parametrize(("observed", "record", "ready", "taints", "requeue"), DAMPING)
+def test_ready_changes_once_the_report_has_lasted(
+    observed: cluster_pb2.MemberCluster,
+    record: Liveness,
+    ready: tuple[str, str, str],
+    taints: list[str],
+    requeue: float,
+) -> None:
+    written = update_of(plan(observe(observed, record)), requeue=requeue)
+    assert written is not None  # the heartbeat's figures are status either way
+    condition = find(written.status.conditions, "Ready")
+    assert condition is not None
+    assert (condition.status, condition.reason, condition.message) == ready
+    assert [t.key for t in written.spec.taints] == taints
+
+
+def test_a_cluster_waiting_for_its_agent_joins_on_its_first_heartbeat() -> None:
+    """Ready Unknown "waiting for the cluster agent to connect" is not a recovery."""
+    waiting = settled(live())
+    condition = find(waiting.status.conditions, "Ready")
+    assert condition is not None and condition.status == "Unknown"
+    written = update_of(plan(observe(waiting, live(beat(), steady=0))))
+    assert written is not None
+    condition = find(written.status.conditions, "Ready")
+    assert condition is not None
+    assert (condition.status, condition.reason, condition.message) == HEALTHY
+    assert list(written.spec.taints) == []
+
+
+# -- NoExecute taints ----------------------------------------------------------------
+
+
+def failing(
+    ready: str = "False",
+    *,
+    since: float = FAILOVER,
+    taints: Sequence[tuple[str, str]] | None = None,
+    failover: tuple[str, str] | None = None,
+) -> cluster_pb2.MemberCluster:
+    """A cluster not Ready for ``since`` seconds, with its NoSchedule taint."""
+    key = NOT_READY if ready == "False" else UNREACHABLE
+    return member(
+        ready=ready,
+        ready_since=NOW_WALL - since,
+        taints=[(key, "NoSchedule")] if taints is None else taints,
+        failover=failover,
+    )
+
+
+FAILED_BEAT = live(beat(api_server_ready=False))
+SILENT = live(beat(), age=GRACE + 1)
+
+
+def evicting(result: Plan, reason: str) -> cluster_pb2.MemberCluster:
+    """The cluster as a plan that adds a NoExecute taint writes it, having checked
+    the plan's bookkeeping."""
+    (record,) = result.committed
+    assert isinstance(record, RecordEviction)
+    assert (record.key, record.at, record.reason) == (KEY, NOW_MONOTONIC, reason)
+    (write,) = result.writes
+    assert isinstance(write, Update)
+    written: cluster_pb2.MemberCluster = write.obj
+    return written
+
+
+def failover_of(cluster: cluster_pb2.MemberCluster) -> tuple[str, str] | None:
+    condition = find(cluster.status.conditions, "Failover")
+    return (condition.status, condition.reason) if condition is not None else None
+
+
+def taints_of(cluster: cluster_pb2.MemberCluster) -> list[tuple[str, str, int]]:
+    return [(t.key, t.effect, t.time_added.seconds) for t in cluster.spec.taints]
+
+
+@pytest.mark.parametrize(
+    ("ready", "record", "key", "reason"),
+    [
+        pytest.param("False", FAILED_BEAT, NOT_READY, "NotReady", id="not-ready"),
+        pytest.param("Unknown", SILENT, UNREACHABLE, "Unreachable", id="unreachable"),
+    ],
+)
+def test_no_execute_after_the_failover_grace_period(
+    ready: str, record: Liveness, key: str, reason: str
+) -> None:
+    written = evicting(plan(observe(failing(ready), record)), reason)
+    assert taints_of(written) == [(key, "NoSchedule", OLD_WALL), (key, "NoExecute", int(NOW_WALL))]
+    assert failover_of(written) == ("True", "Evicting")
+
+
+@pytest.mark.parametrize(
+    ("ready", "record"),
+    [
+        pytest.param("False", FAILED_BEAT, id="not-ready"),
+        pytest.param("Unknown", SILENT, id="unreachable"),
+    ],
+)
+def test_no_execute_not_before_the_failover_grace_period(ready: str, record: Liveness) -> None:
+    observed = failing(ready, since=FAILOVER - 4)
+    # The plan looks again when the grace runs out.
+    written = update_of(plan(observe(observed, record)), requeue=4.0)
+    assert written is not None  # the heartbeat's time and figures
+    assert taints_of(written) == taints_of(observed)
+    assert failover_of(written) is None
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        pytest.param(live(beat(), steady=1), id="reported-healthy-not-yet-ready"),
+        pytest.param(live(), id="just-restarted-nothing-heard"),
+    ],
+)
+def test_no_new_no_execute_unless_this_pass_heard_the_cluster_is_unhealthy(
+    record: Liveness,
+) -> None:
+    """Ready False for long, but the agent now reports the cluster healthy (damping
+    holds Ready back) or the process has not heard from it since it started."""
+    result = plan(observe(failing(), record, started=NOW_MONOTONIC - 5))
+    written = update_of(result)
+    assert written is None or not any(t.effect == "NoExecute" for t in written.spec.taints)
+
+
+def test_no_execute_goes_when_ready_again() -> None:
+    observed = failing(
+        taints=[("maintenance", "NoExecute"), (NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")],
+        failover=("True", "Evicting"),
+    )
+    written = update_of(plan(observe(observed, live(beat()))))
+    assert written is not None
+    assert taints_of(written) == [("maintenance", "NoExecute", OLD_WALL)]
+    assert failover_of(written) == ("False", "ClusterReady")
+
+
+def test_no_execute_stays_while_damping_holds_ready_back() -> None:
+    taints = [(NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")]
+    observed = failing(taints=taints, failover=("True", "Evicting"))
+    written = update_of(plan(observe(observed, live(beat(), steady=SUCCESS - 20))))
+    assert written is not None  # the heartbeat's figures
+    assert taints_of(written) == [(k, e, OLD_WALL) for k, e in taints]
+
+
+# The NoExecute taint follows Ready between False and Unknown, keeping its time, and
+# never waits for the halt or the rate limit: the cluster never stopped failing.
+# (Ready before, liveness, taints after)
+STAYS_UNHEALTHY = [
+    pytest.param(
+        "False",
+        FAILED_BEAT,
+        [(NOT_READY, "NoSchedule", OLD_WALL), (NOT_READY, "NoExecute", OLD_WALL)],
+        id="still-not-ready",
+    ),
+    pytest.param(
+        "False",
+        SILENT,
+        [(UNREACHABLE, "NoExecute", OLD_WALL), (UNREACHABLE, "NoSchedule", int(NOW_WALL))],
+        id="not-ready-becomes-unreachable",
+    ),
+    pytest.param(
+        "Unknown",
+        FAILED_BEAT,
+        [(NOT_READY, "NoExecute", OLD_WALL), (NOT_READY, "NoSchedule", int(NOW_WALL))],
+        id="unreachable-becomes-not-ready",
+    ),
+    pytest.param(
+        "False",
+        live(),
+        [(NOT_READY, "NoSchedule", OLD_WALL), (NOT_READY, "NoExecute", OLD_WALL)],
+        id="just-restarted",
+    ),
+]
+
+
+@pytest.mark.parametrize(("ready", "record", "after"), STAYS_UNHEALTHY)
+@pytest.mark.parametrize(
+    ("other_not_ready", "next_eviction_at"),
+    [
+        pytest.param(0, -math.inf, id="free"),
+        pytest.param(1, -math.inf, id="halted"),
+        pytest.param(0, NOW_MONOTONIC + 5, id="rate-limited"),
+    ],
+)
+def test_a_cluster_that_stays_unhealthy_keeps_its_no_execute_taint(
+    ready: str,
+    record: Liveness,
+    after: list[tuple[str, str, int]],
+    other_not_ready: int,
+    next_eviction_at: float,
+) -> None:
+    key = NOT_READY if ready == "False" else UNREACHABLE
+    observed = failing(
+        ready,
+        since=10 * FAILOVER,
+        taints=[(key, "NoSchedule"), (key, "NoExecute")],
+        failover=("True", "Evicting"),
+    )
+    result = plan(
+        observe(
+            observed,
+            record,
+            started=NOW_MONOTONIC - 5,
+            other_not_ready=other_not_ready,
+            next_eviction_at=next_eviction_at,
+        )
+    )
+    written = update_of(result)  # and no eviction recorded
+    assert written is not None
+    assert taints_of(written) == after
+    assert failover_of(written) == ("True", "Evicting")
+
+
+def test_user_taints_on_automatic_keys_with_other_effects_are_kept() -> None:
+    observed = failing(taints=[(NOT_READY, "PreferNoSchedule"), (NOT_READY, "NoSchedule")])
+    written = evicting(plan(observe(observed, FAILED_BEAT)), "NotReady")
+    assert taints_of(written) == [
+        (NOT_READY, "PreferNoSchedule", OLD_WALL),
+        (NOT_READY, "NoSchedule", OLD_WALL),
+        (NOT_READY, "NoExecute", int(NOW_WALL)),
+    ]
+
+
+def test_an_eviction_is_recorded_only_once_committed() -> None:
+    evictions = Evictions(last=NOW_MONOTONIC - 100, in_flight=KEY)
+    result = plan(observe(failing(), FAILED_BEAT, evictions=evictions))
+    evicting(result, "NotReady")
+    assert evictions == Evictions(last=NOW_MONOTONIC - 100, in_flight=KEY)
+
+    def count() -> float:
+        value = REGISTRY.get_sample_value(
+            "archipel_cluster_evictions_total", {"reason": "NotReady"}
+        )
+        return value or 0.0
+
+    before = count()
+    for bookkeeping in result.committed:
+        bookkeeping()
+    assert evictions == Evictions(last=NOW_MONOTONIC, in_flight="")
+    assert count() == before + 1
+
+
+# -- halt ---------------------------------------------------------------------------
+
+# (other clusters, how many of them are not Ready, halted): this one is not Ready too.
+HALT = [
+    pytest.param(0, 0, True, id="the-only-cluster"),
+    pytest.param(1, 0, False, id="1-of-2"),
+    pytest.param(1, 1, True, id="2-of-2"),
+    pytest.param(10, 5, False, id="6-of-11-below"),
+    pytest.param(19, 10, False, id="11-of-20-at-the-threshold"),
+    pytest.param(10, 6, True, id="7-of-11-above"),
+]
+
+
+@pytest.mark.parametrize(("others", "others_not_ready", "halted"), HALT)
+def test_no_new_no_execute_while_too_many_clusters_fail(
+    others: int, others_not_ready: int, halted: bool
+) -> None:
+    observed = observe(
+        failing(), FAILED_BEAT, other_clusters=others, other_not_ready=others_not_ready
+    )
+    result = plan(observed)
+    if not halted:
+        assert failover_of(evicting(result, "NotReady")) == ("True", "Evicting")
+        return
+    # A halt lifts when another cluster's readiness changes: no timed look.
+    written = update_of(result)
+    assert written is not None
+    assert not any(t.effect == "NoExecute" for t in written.spec.taints)
+    condition = find(written.status.conditions, "Failover")
+    assert condition is not None
+    assert (condition.status, condition.reason) == ("False", "EvictionHalted")
+    assert condition.message.startswith(
+        f"{others_not_ready + 1} of {others + 1} member clusters are not Ready, more than 55%"
+    )
+    # Once the halt is written, it is not written again.
+    written.metadata.resource_version = "42"
+    assert update_of(plan(dataclasses.replace(observed, cluster=written))) is None
+
+
+# -- rate limit ---------------------------------------------------------------------
+
+
+def test_no_execute_waits_for_the_rate_limit() -> None:
+    observed = observe(failing(), FAILED_BEAT, next_eviction_at=NOW_MONOTONIC + 4)
+    written = update_of(plan(observed), requeue=4.0)
+    assert written is not None
+    assert not any(t.effect == "NoExecute" for t in written.spec.taints)
+    assert failover_of(written) == ("False", "EvictionRateLimited")
+    # Still limited: nothing more to write. Its turn: the taint.
+    written.metadata.resource_version = "42"
+    assert update_of(plan(dataclasses.replace(observed, cluster=written)), requeue=4.0) is None
+    turn = dataclasses.replace(observed, cluster=written, next_eviction_at=NOW_MONOTONIC)
+    assert failover_of(evicting(plan(turn), "NotReady")) == ("True", "Evicting")
+
+
+# -- the Failover condition ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("observed", "record", "failover"),
+    [
+        pytest.param(member(), live(beat()), None, id="healthy-never-has-one"),
+        pytest.param(failing(since=1), FAILED_BEAT, None, id="within-the-grace-none-yet"),
+        pytest.param(
+            failing(since=1, failover=("False", "ClusterReady")),
+            FAILED_BEAT,
+            ("False", "Pending"),
+            id="within-the-grace-after-an-earlier-failover",
+        ),
+        pytest.param(
+            failing(failover=("False", "EvictionHalted")),
+            live(beat(), steady=1),
+            ("False", "Pending"),
+            id="halted-then-reported-healthy",
+        ),
+        pytest.param(
+            member(ready="True", failover=("False", "EvictionHalted")),
+            live(beat()),
+            ("False", "ClusterReady"),
+            id="halted-then-ready",
+        ),
+    ],
+)
+def test_the_failover_condition_says_where_the_cluster_stands(
+    observed: cluster_pb2.MemberCluster, record: Liveness, failover: tuple[str, str] | None
+) -> None:
+    written = update_of(plan(observe(observed, record)))
+    assert failover_of(written if written is not None else observed) == failover
+
+
+def test_an_evicting_cluster_as_written_plans_nothing() -> None:
+    written = evicting(plan(observe(failing(), FAILED_BEAT)), "NotReady")
+    written.metadata.resource_version = "42"
+    assert update_of(plan(observe(written, FAILED_BEAT))) is None

@@ -12,7 +12,7 @@ from google.protobuf import json_format, struct_pb2
 from archipel import limits
 from archipel.core import selectors, validation
 from archipel.core.errors import Invalid
-from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, service_pb2
+from archipel.v1alpha1 import apps_pb2, cluster_pb2, override_pb2, policy_pb2, service_pb2
 from controlplane import api
 
 
@@ -553,3 +553,70 @@ def test_undecodable_requests_are_invalid_naming_the_field() -> None:
     with pytest.raises(Invalid) as error:
         api.decode_request(service_pb2.GetRequest, b"\xff\xff\xff")
     assert error.value.code.name == "INVALID_ARGUMENT"
+
+
+def rebalancer(spec: dict[str, Any], *, name: str = "demo", namespace: str = "") -> Any:
+    document = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return json_format.ParseDict(document, apps_pb2.WorkloadRebalancer())
+
+
+WEB = {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "web"}
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({}, "spec.workloads"),
+        ({"workloads": [{**WEB, "apiVersion": ""}]}, "spec.workloads[0].apiVersion"),
+        ({"workloads": [WEB, {**WEB, "apiVersion": "Apps/v1"}]}, "spec.workloads[1].apiVersion"),
+        ({"workloads": [{**WEB, "kind": ""}]}, "spec.workloads[0].kind"),
+        ({"workloads": [{**WEB, "kind": "dep-loy"}]}, "spec.workloads[0].kind"),
+        ({"workloads": [WEB, WEB, {**WEB, "name": ""}]}, "spec.workloads[2].name"),
+        ({"workloads": [{**WEB, "name": "a/b"}]}, "spec.workloads[0].name"),
+        ({"workloads": [{**WEB, "namespace": "Shop"}]}, "spec.workloads[0].namespace"),
+        ({"workloads": [WEB], "ttlSecondsAfterFinished": -1}, "spec.ttlSecondsAfterFinished"),
+    ],
+)
+def test_bad_workload_rebalancers(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(Invalid) as error:
+        api._VALIDATORS["WorkloadRebalancer"](rebalancer(spec))
+    assert error.value.field == field
+    assert str(error.value).startswith(f"{field}: ")
+
+
+@pytest.mark.parametrize(
+    ("name", "namespace", "field"),
+    [
+        ("", "", "metadata.name"),
+        ("Demo", "", "metadata.name"),
+        ("demo", "shop", "metadata.namespace"),
+    ],
+)
+def test_workload_rebalancer_metadata(name: str, namespace: str, field: str) -> None:
+    with pytest.raises(Invalid) as error:
+        validation.check_workload_rebalancer(
+            rebalancer({"workloads": [WEB]}, name=name, namespace=namespace)
+        )
+    assert error.value.field == field
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"workloads": [WEB]},
+        # A cluster-scoped workload has no namespace; RBAC names are path segments.
+        {"workloads": [{"apiVersion": "v1", "kind": "Namespace", "name": "shop"}]},
+        {
+            "workloads": [
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRole",
+                    "name": "system:controller:web",
+                }
+            ],
+            "ttlSecondsAfterFinished": 0,
+        },
+    ],
+)
+def test_good_workload_rebalancers(spec: dict[str, Any]) -> None:
+    validation.check_workload_rebalancer(rebalancer(spec))

@@ -202,8 +202,10 @@ type PropagationSpec struct {
 	// Copied to the binding, default "default-scheduler". Archipel's one scheduler
 	// schedules every binding whatever the name.
 	SchedulerName string `protobuf:"bytes,8,opt,name=scheduler_name,json=schedulerName,proto3" json:"scheduler_name,omitempty"`
-	// Karmada's application and cluster failover. Checked (purgeMode values) but not
-	// acted on; a NoExecute cluster taint is what moves work off a cluster.
+	// Karmada's failover. A cluster tainted NoExecute (not Ready past the failover
+	// grace period, by default) loses the workload unless the placement tolerates the
+	// taint; `cluster.purgeMode` says how its old copy goes. With `application`, a
+	// workload Unhealthy in a cluster for tolerationSeconds moves out of it too.
 	Failover *FailoverBehavior `protobuf:"bytes,9,opt,name=failover,proto3" json:"failover,omitempty"`
 	// Abort (default) or Overwrite.
 	// Overwrite lets the agent take over a member object Archipel does not manage (or
@@ -1107,8 +1109,9 @@ func (x *Placement) GetWorkloadAffinity() *WorkloadAffinity {
 // Karmada's application failover trigger.
 type DecisionConditions struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// How long an unhealthy application is tolerated before failover (Karmada: 300).
-	// Not acted on.
+	// How long the workload may stay Unhealthy in a cluster before it moves out of it
+	// (default 300, as Karmada). Not when it fails in every cluster it runs in: then
+	// the application, not a cluster, is broken.
 	TolerationSeconds *int32 `protobuf:"varint,1,opt,name=toleration_seconds,json=tolerationSeconds,proto3,oneof" json:"toleration_seconds,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -1151,12 +1154,13 @@ func (x *DecisionConditions) GetTolerationSeconds() int32 {
 	return 0
 }
 
-// A piece of state Karmada carries to the new cluster on failover.
+// A piece of state carried to the new clusters on application failover.
 type StatePreservationRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// The label the preserved value is written to.
+	// The label the preserved value is written to, on the copies in clusters the
+	// workload was not in before, while the eviction task lasts (as Karmada).
 	AliasLabelName string `protobuf:"bytes,1,opt,name=alias_label_name,json=aliasLabelName,proto3" json:"alias_label_name,omitempty"`
-	// A JSONPath into the status to read the value from.
+	// A JSONPath into the status the old copy last reported, e.g. "{.jobId}".
 	JsonPath      string `protobuf:"bytes,2,opt,name=json_path,json=jsonPath,proto3" json:"json_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1206,7 +1210,7 @@ func (x *StatePreservationRule) GetJsonPath() string {
 	return ""
 }
 
-// State Karmada carries to the new cluster on failover; not acted on.
+// State carried to the new clusters on application failover.
 type StatePreservation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The values to carry.
@@ -1252,14 +1256,17 @@ func (x *StatePreservation) GetRules() []*StatePreservationRule {
 	return nil
 }
 
-// Karmada's failover of an unhealthy application; checked but not acted on.
+// Karmada's failover of an application that stays Unhealthy in one cluster.
 type ApplicationFailoverBehavior struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// When to fail over.
 	DecisionConditions *DecisionConditions `protobuf:"bytes,1,opt,name=decision_conditions,json=decisionConditions,proto3" json:"decision_conditions,omitempty"`
-	// Directly, Gracefully (default) or Never.
+	// What becomes of the old copy: Directly deleted at once, Gracefully (default)
+	// kept until the workload is healthy elsewhere or the grace period ends, Never kept
+	// until the binding is rescheduled.
 	PurgeMode string `protobuf:"bytes,2,opt,name=purge_mode,json=purgeMode,proto3" json:"purge_mode,omitempty"`
-	// How long Gracefully waits before removing the old copy (Karmada: 600).
+	// How long Gracefully keeps the old copy at most (default: the control plane's
+	// --graceful-eviction-timeout, 600 s). Only with purgeMode Gracefully.
 	GracePeriodSeconds *int32 `protobuf:"varint,3,opt,name=grace_period_seconds,json=gracePeriodSeconds,proto3,oneof" json:"grace_period_seconds,omitempty"`
 	// State to carry to the new cluster.
 	StatePreservation *StatePreservation `protobuf:"bytes,4,opt,name=state_preservation,json=statePreservation,proto3" json:"state_preservation,omitempty"`
@@ -1325,10 +1332,12 @@ func (x *ApplicationFailoverBehavior) GetStatePreservation() *StatePreservation 
 	return nil
 }
 
-// Karmada's failover away from a failed cluster; checked but not acted on.
+// Failover away from a failed cluster: what happens to the copy a failed cluster
+// holds once the workload is evicted from it.
 type ClusterFailoverBehavior struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Directly or Gracefully.
+	// Gracefully (default): kept until the workload is healthy elsewhere or the
+	// control plane's graceful eviction timeout ends; Directly: deleted at once.
 	PurgeMode string `protobuf:"bytes,1,opt,name=purge_mode,json=purgeMode,proto3" json:"purge_mode,omitempty"`
 	// State to carry to the new cluster.
 	StatePreservation *StatePreservation `protobuf:"bytes,2,opt,name=state_preservation,json=statePreservation,proto3" json:"state_preservation,omitempty"`
@@ -1380,8 +1389,9 @@ func (x *ClusterFailoverBehavior) GetStatePreservation() *StatePreservation {
 	return nil
 }
 
-// Karmada's failover behaviour. Archipel checks the purgeMode values but does not act
-// on it; a NoExecute cluster taint is what moves work off a cluster.
+// Karmada's failover behaviour. A cluster failing (a NoExecute taint the placement
+// does not tolerate) moves the workload whether or not this is set; `cluster` says
+// how the old copy goes.
 type FailoverBehavior struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Failover of an unhealthy application.

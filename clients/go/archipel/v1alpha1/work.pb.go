@@ -313,9 +313,14 @@ type PropagationBindingSpec struct {
 	ReplicaRequirements *ReplicaRequirements `protobuf:"bytes,12,opt,name=replica_requirements,json=replicaRequirements,proto3" json:"replica_requirements,omitempty"`
 	// The workloads (bindings with propagateDeps) that need this object, and where they
 	// run: it goes to those clusters too. A binding with no policy exists only for them.
-	RequiredBy    []*BindingSnapshot `protobuf:"bytes,13,rep,name=required_by,json=requiredBy,proto3" json:"required_by,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RequiredBy []*BindingSnapshot `protobuf:"bytes,13,rep,name=required_by,json=requiredBy,proto3" json:"required_by,omitempty"`
+	// From the policy: how the workload fails over (purge mode and state preservation).
+	Failover *FailoverBehavior `protobuf:"bytes,14,opt,name=failover,proto3" json:"failover,omitempty"`
+	// Clusters the workload was evicted from whose copy is kept, for now, while it
+	// comes up elsewhere. Written by the scheduler; each task ends by itself.
+	GracefulEvictionTasks []*GracefulEvictionTask `protobuf:"bytes,15,rep,name=graceful_eviction_tasks,json=gracefulEvictionTasks,proto3" json:"graceful_eviction_tasks,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *PropagationBindingSpec) Reset() {
@@ -439,6 +444,244 @@ func (x *PropagationBindingSpec) GetRequiredBy() []*BindingSnapshot {
 	return nil
 }
 
+func (x *PropagationBindingSpec) GetFailover() *FailoverBehavior {
+	if x != nil {
+		return x.Failover
+	}
+	return nil
+}
+
+func (x *PropagationBindingSpec) GetGracefulEvictionTasks() []*GracefulEvictionTask {
+	if x != nil {
+		return x.GracefulEvictionTasks
+	}
+	return nil
+}
+
+// An eviction from one cluster whose old copy is kept, for a while, as Karmada's
+// graceful eviction: until the workload is healthy in the clusters it moved to, or
+// until gracePeriodSeconds have passed, whichever comes first.
+type GracefulEvictionTask struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster the workload was evicted from.
+	FromCluster string `protobuf:"bytes,1,opt,name=from_cluster,json=fromCluster,proto3" json:"from_cluster,omitempty"`
+	// Gracefully: the old copy goes once the workload is healthy elsewhere, or after the
+	// grace period. Never: the old copy stays until the cluster is healthy again (or the
+	// binding is rescheduled). Directly is never recorded as a task: the copy goes at once.
+	PurgeMode string `protobuf:"bytes,2,opt,name=purge_mode,json=purgeMode,proto3" json:"purge_mode,omitempty"`
+	// The replicas the evicted cluster held; its copy keeps them.
+	Replicas *int32 `protobuf:"varint,3,opt,name=replicas,proto3,oneof" json:"replicas,omitempty"`
+	// Why: TaintUntolerated (the cluster failed) or ApplicationFailure.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// What happened, for people.
+	Message string `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	// Who evicted: the scheduler (Archipel's taint manager) or application failover.
+	Producer string `protobuf:"bytes,6,opt,name=producer,proto3" json:"producer,omitempty"`
+	// How long, at most, the old copy is kept; empty: the control plane's
+	// --graceful-eviction-timeout (600 s by default).
+	GracePeriodSeconds *int32 `protobuf:"varint,7,opt,name=grace_period_seconds,json=gracePeriodSeconds,proto3,oneof" json:"grace_period_seconds,omitempty"`
+	// True keeps the old copy until someone sets it false (or the binding is
+	// rescheduled, or the cluster leaves), whatever the grace period says.
+	SuppressDeletion *bool `protobuf:"varint,8,opt,name=suppress_deletion,json=suppressDeletion,proto3,oneof" json:"suppress_deletion,omitempty"`
+	// Labels the new copies get from the old copy's status (statePreservation).
+	PreservedLabelState map[string]string `protobuf:"bytes,9,rep,name=preserved_label_state,json=preservedLabelState,proto3" json:"preserved_label_state,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Where the workload was before the eviction.
+	ClustersBeforeFailover []string `protobuf:"bytes,10,rep,name=clusters_before_failover,json=clustersBeforeFailover,proto3" json:"clusters_before_failover,omitempty"`
+	// When the eviction began; the grace period counts from here.
+	CreationTimestamp *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=creation_timestamp,json=creationTimestamp,proto3" json:"creation_timestamp,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *GracefulEvictionTask) Reset() {
+	*x = GracefulEvictionTask{}
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GracefulEvictionTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GracefulEvictionTask) ProtoMessage() {}
+
+func (x *GracefulEvictionTask) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GracefulEvictionTask.ProtoReflect.Descriptor instead.
+func (*GracefulEvictionTask) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GracefulEvictionTask) GetFromCluster() string {
+	if x != nil {
+		return x.FromCluster
+	}
+	return ""
+}
+
+func (x *GracefulEvictionTask) GetPurgeMode() string {
+	if x != nil {
+		return x.PurgeMode
+	}
+	return ""
+}
+
+func (x *GracefulEvictionTask) GetReplicas() int32 {
+	if x != nil && x.Replicas != nil {
+		return *x.Replicas
+	}
+	return 0
+}
+
+func (x *GracefulEvictionTask) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *GracefulEvictionTask) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *GracefulEvictionTask) GetProducer() string {
+	if x != nil {
+		return x.Producer
+	}
+	return ""
+}
+
+func (x *GracefulEvictionTask) GetGracePeriodSeconds() int32 {
+	if x != nil && x.GracePeriodSeconds != nil {
+		return *x.GracePeriodSeconds
+	}
+	return 0
+}
+
+func (x *GracefulEvictionTask) GetSuppressDeletion() bool {
+	if x != nil && x.SuppressDeletion != nil {
+		return *x.SuppressDeletion
+	}
+	return false
+}
+
+func (x *GracefulEvictionTask) GetPreservedLabelState() map[string]string {
+	if x != nil {
+		return x.PreservedLabelState
+	}
+	return nil
+}
+
+func (x *GracefulEvictionTask) GetClustersBeforeFailover() []string {
+	if x != nil {
+		return x.ClustersBeforeFailover
+	}
+	return nil
+}
+
+func (x *GracefulEvictionTask) GetCreationTimestamp() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreationTimestamp
+	}
+	return nil
+}
+
+// One failover of a workload, as `archipel describe` shows it.
+type FailoverHistoryItem struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the workload was evicted from the cluster.
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	// The cluster it was evicted from.
+	OriginCluster string `protobuf:"bytes,2,opt,name=origin_cluster,json=originCluster,proto3" json:"origin_cluster,omitempty"`
+	// Why: TaintUntolerated or ApplicationFailure.
+	Reason string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Where the workload was before.
+	ClustersBeforeFailover []string `protobuf:"bytes,4,rep,name=clusters_before_failover,json=clustersBeforeFailover,proto3" json:"clusters_before_failover,omitempty"`
+	// Where it went.
+	ClustersAfterFailover []string `protobuf:"bytes,5,rep,name=clusters_after_failover,json=clustersAfterFailover,proto3" json:"clusters_after_failover,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *FailoverHistoryItem) Reset() {
+	*x = FailoverHistoryItem{}
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailoverHistoryItem) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailoverHistoryItem) ProtoMessage() {}
+
+func (x *FailoverHistoryItem) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailoverHistoryItem.ProtoReflect.Descriptor instead.
+func (*FailoverHistoryItem) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *FailoverHistoryItem) GetStartTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartTime
+	}
+	return nil
+}
+
+func (x *FailoverHistoryItem) GetOriginCluster() string {
+	if x != nil {
+		return x.OriginCluster
+	}
+	return ""
+}
+
+func (x *FailoverHistoryItem) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *FailoverHistoryItem) GetClustersBeforeFailover() []string {
+	if x != nil {
+		return x.ClustersBeforeFailover
+	}
+	return nil
+}
+
+func (x *FailoverHistoryItem) GetClustersAfterFailover() []string {
+	if x != nil {
+		return x.ClustersAfterFailover
+	}
+	return nil
+}
+
 // A workload binding that requires an object, and where it runs.
 type BindingSnapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -454,7 +697,7 @@ type BindingSnapshot struct {
 
 func (x *BindingSnapshot) Reset() {
 	*x = BindingSnapshot{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[5]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -466,7 +709,7 @@ func (x *BindingSnapshot) String() string {
 func (*BindingSnapshot) ProtoMessage() {}
 
 func (x *BindingSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[5]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -479,7 +722,7 @@ func (x *BindingSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BindingSnapshot.ProtoReflect.Descriptor instead.
 func (*BindingSnapshot) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{5}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BindingSnapshot) GetNamespace() string {
@@ -514,7 +757,7 @@ type ReplicaRequirements struct {
 
 func (x *ReplicaRequirements) Reset() {
 	*x = ReplicaRequirements{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[6]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -526,7 +769,7 @@ func (x *ReplicaRequirements) String() string {
 func (*ReplicaRequirements) ProtoMessage() {}
 
 func (x *ReplicaRequirements) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[6]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -539,7 +782,7 @@ func (x *ReplicaRequirements) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRequirements.ProtoReflect.Descriptor instead.
 func (*ReplicaRequirements) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{6}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReplicaRequirements) GetResourceRequest() map[string]string {
@@ -570,7 +813,7 @@ type AggregatedStatusItem struct {
 
 func (x *AggregatedStatusItem) Reset() {
 	*x = AggregatedStatusItem{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[7]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -582,7 +825,7 @@ func (x *AggregatedStatusItem) String() string {
 func (*AggregatedStatusItem) ProtoMessage() {}
 
 func (x *AggregatedStatusItem) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[7]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -595,7 +838,7 @@ func (x *AggregatedStatusItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregatedStatusItem.ProtoReflect.Descriptor instead.
 func (*AggregatedStatusItem) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{7}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AggregatedStatusItem) GetClusterName() string {
@@ -653,13 +896,15 @@ type PropagationBindingStatus struct {
 	Conditions []*Condition `protobuf:"bytes,3,rep,name=conditions,proto3" json:"conditions,omitempty"`
 	// One item per target cluster.
 	AggregatedStatus []*AggregatedStatusItem `protobuf:"bytes,4,rep,name=aggregated_status,json=aggregatedStatus,proto3" json:"aggregated_status,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The most recent failovers, newest last (at most 10).
+	FailoverHistory []*FailoverHistoryItem `protobuf:"bytes,5,rep,name=failover_history,json=failoverHistory,proto3" json:"failover_history,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PropagationBindingStatus) Reset() {
 	*x = PropagationBindingStatus{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[8]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -671,7 +916,7 @@ func (x *PropagationBindingStatus) String() string {
 func (*PropagationBindingStatus) ProtoMessage() {}
 
 func (x *PropagationBindingStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[8]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -684,7 +929,7 @@ func (x *PropagationBindingStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PropagationBindingStatus.ProtoReflect.Descriptor instead.
 func (*PropagationBindingStatus) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{8}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PropagationBindingStatus) GetSchedulerObservedGeneration() int64 {
@@ -715,6 +960,13 @@ func (x *PropagationBindingStatus) GetAggregatedStatus() []*AggregatedStatusItem
 	return nil
 }
 
+func (x *PropagationBindingStatus) GetFailoverHistory() []*FailoverHistoryItem {
+	if x != nil {
+		return x.FailoverHistory
+	}
+	return nil
+}
+
 // The objects a work applies.
 type WorkloadTemplate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -727,7 +979,7 @@ type WorkloadTemplate struct {
 
 func (x *WorkloadTemplate) Reset() {
 	*x = WorkloadTemplate{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[9]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +991,7 @@ func (x *WorkloadTemplate) String() string {
 func (*WorkloadTemplate) ProtoMessage() {}
 
 func (x *WorkloadTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[9]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +1004,7 @@ func (x *WorkloadTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadTemplate.ProtoReflect.Descriptor instead.
 func (*WorkloadTemplate) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{9}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WorkloadTemplate) GetManifests() []*structpb.Struct {
@@ -782,7 +1034,7 @@ type PropagationWork struct {
 
 func (x *PropagationWork) Reset() {
 	*x = PropagationWork{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[10]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +1046,7 @@ func (x *PropagationWork) String() string {
 func (*PropagationWork) ProtoMessage() {}
 
 func (x *PropagationWork) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[10]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +1059,7 @@ func (x *PropagationWork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PropagationWork.ProtoReflect.Descriptor instead.
 func (*PropagationWork) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{10}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PropagationWork) GetApiVersion() string {
@@ -863,7 +1115,7 @@ type PropagationWorkSpec struct {
 
 func (x *PropagationWorkSpec) Reset() {
 	*x = PropagationWorkSpec{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[11]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +1127,7 @@ func (x *PropagationWorkSpec) String() string {
 func (*PropagationWorkSpec) ProtoMessage() {}
 
 func (x *PropagationWorkSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[11]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1140,7 @@ func (x *PropagationWorkSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PropagationWorkSpec.ProtoReflect.Descriptor instead.
 func (*PropagationWorkSpec) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{11}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PropagationWorkSpec) GetWorkload() *WorkloadTemplate {
@@ -942,7 +1194,7 @@ type ResourceIdentifier struct {
 
 func (x *ResourceIdentifier) Reset() {
 	*x = ResourceIdentifier{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[12]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1206,7 @@ func (x *ResourceIdentifier) String() string {
 func (*ResourceIdentifier) ProtoMessage() {}
 
 func (x *ResourceIdentifier) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[12]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1219,7 @@ func (x *ResourceIdentifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceIdentifier.ProtoReflect.Descriptor instead.
 func (*ResourceIdentifier) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{12}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ResourceIdentifier) GetOrdinal() int32 {
@@ -1038,7 +1290,7 @@ type ManifestStatus struct {
 
 func (x *ManifestStatus) Reset() {
 	*x = ManifestStatus{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[13]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1050,7 +1302,7 @@ func (x *ManifestStatus) String() string {
 func (*ManifestStatus) ProtoMessage() {}
 
 func (x *ManifestStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[13]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1063,7 +1315,7 @@ func (x *ManifestStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestStatus.ProtoReflect.Descriptor instead.
 func (*ManifestStatus) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{13}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ManifestStatus) GetIdentifier() *ResourceIdentifier {
@@ -1108,7 +1360,7 @@ type PropagationWorkStatus struct {
 
 func (x *PropagationWorkStatus) Reset() {
 	*x = PropagationWorkStatus{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[14]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1120,7 +1372,7 @@ func (x *PropagationWorkStatus) String() string {
 func (*PropagationWorkStatus) ProtoMessage() {}
 
 func (x *PropagationWorkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[14]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1133,7 +1385,7 @@ func (x *PropagationWorkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PropagationWorkStatus.ProtoReflect.Descriptor instead.
 func (*PropagationWorkStatus) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{14}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PropagationWorkStatus) GetConditions() []*Condition {
@@ -1170,7 +1422,7 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x129\n" +
 	"\bmetadata\x18\x03 \x01(\v2\x1d.archipel.v1alpha1.ObjectMetaR\bmetadata\x12=\n" +
 	"\x04spec\x18\x04 \x01(\v2).archipel.v1alpha1.PropagationBindingSpecR\x04spec\x12C\n" +
-	"\x06status\x18\x05 \x01(\v2+.archipel.v1alpha1.PropagationBindingStatusR\x06status\"\xa1\x06\n" +
+	"\x06status\x18\x05 \x01(\v2+.archipel.v1alpha1.PropagationBindingStatusR\x06status\"\xc3\a\n" +
 	"\x16PropagationBindingSpec\x12>\n" +
 	"\bresource\x18\x01 \x01(\v2\".archipel.v1alpha1.ObjectReferenceR\bresource\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\x05R\breplicas\x12:\n" +
@@ -1188,7 +1440,36 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\x17reschedule_triggered_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x15rescheduleTriggeredAt\x12Y\n" +
 	"\x14replica_requirements\x18\f \x01(\v2&.archipel.v1alpha1.ReplicaRequirementsR\x13replicaRequirements\x12C\n" +
 	"\vrequired_by\x18\r \x03(\v2\".archipel.v1alpha1.BindingSnapshotR\n" +
-	"requiredBy\"\x81\x01\n" +
+	"requiredBy\x12?\n" +
+	"\bfailover\x18\x0e \x01(\v2#.archipel.v1alpha1.FailoverBehaviorR\bfailover\x12_\n" +
+	"\x17graceful_eviction_tasks\x18\x0f \x03(\v2'.archipel.v1alpha1.GracefulEvictionTaskR\x15gracefulEvictionTasks\"\xaf\x05\n" +
+	"\x14GracefulEvictionTask\x12!\n" +
+	"\ffrom_cluster\x18\x01 \x01(\tR\vfromCluster\x12\x1d\n" +
+	"\n" +
+	"purge_mode\x18\x02 \x01(\tR\tpurgeMode\x12\x1f\n" +
+	"\breplicas\x18\x03 \x01(\x05H\x00R\breplicas\x88\x01\x01\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\x12\x1a\n" +
+	"\bproducer\x18\x06 \x01(\tR\bproducer\x125\n" +
+	"\x14grace_period_seconds\x18\a \x01(\x05H\x01R\x12gracePeriodSeconds\x88\x01\x01\x120\n" +
+	"\x11suppress_deletion\x18\b \x01(\bH\x02R\x10suppressDeletion\x88\x01\x01\x12t\n" +
+	"\x15preserved_label_state\x18\t \x03(\v2@.archipel.v1alpha1.GracefulEvictionTask.PreservedLabelStateEntryR\x13preservedLabelState\x128\n" +
+	"\x18clusters_before_failover\x18\n" +
+	" \x03(\tR\x16clustersBeforeFailover\x12I\n" +
+	"\x12creation_timestamp\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\x11creationTimestamp\x1aF\n" +
+	"\x18PreservedLabelStateEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\v\n" +
+	"\t_replicasB\x17\n" +
+	"\x15_grace_period_secondsB\x14\n" +
+	"\x12_suppress_deletion\"\x81\x02\n" +
+	"\x13FailoverHistoryItem\x129\n" +
+	"\n" +
+	"start_time\x18\x01 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x12%\n" +
+	"\x0eorigin_cluster\x18\x02 \x01(\tR\roriginCluster\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x128\n" +
+	"\x18clusters_before_failover\x18\x04 \x03(\tR\x16clustersBeforeFailover\x126\n" +
+	"\x17clusters_after_failover\x18\x05 \x03(\tR\x15clustersAfterFailover\"\x81\x01\n" +
 	"\x0fBindingSnapshot\x12\x1c\n" +
 	"\tnamespace\x18\x01 \x01(\tR\tnamespace\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12<\n" +
@@ -1204,14 +1485,15 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\aapplied\x18\x03 \x01(\bR\aapplied\x12'\n" +
 	"\x0fapplied_message\x18\x04 \x01(\tR\x0eappliedMessage\x12\x16\n" +
 	"\x06health\x18\x05 \x01(\tR\x06health\x12%\n" +
-	"\x0ehealth_message\x18\x06 \x01(\tR\rhealthMessage\"\xbe\x02\n" +
+	"\x0ehealth_message\x18\x06 \x01(\tR\rhealthMessage\"\x91\x03\n" +
 	"\x18PropagationBindingStatus\x12B\n" +
 	"\x1dscheduler_observed_generation\x18\x01 \x01(\x03R\x1bschedulerObservedGeneration\x12J\n" +
 	"\x13last_scheduled_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11lastScheduledTime\x12<\n" +
 	"\n" +
 	"conditions\x18\x03 \x03(\v2\x1c.archipel.v1alpha1.ConditionR\n" +
 	"conditions\x12T\n" +
-	"\x11aggregated_status\x18\x04 \x03(\v2'.archipel.v1alpha1.AggregatedStatusItemR\x10aggregatedStatus\"I\n" +
+	"\x11aggregated_status\x18\x04 \x03(\v2'.archipel.v1alpha1.AggregatedStatusItemR\x10aggregatedStatus\x12Q\n" +
+	"\x10failover_history\x18\x05 \x03(\v2&.archipel.v1alpha1.FailoverHistoryItemR\x0ffailoverHistory\"I\n" +
 	"\x10WorkloadTemplate\x125\n" +
 	"\tmanifests\x18\x01 \x03(\v2\x17.google.protobuf.StructR\tmanifests\"\xff\x01\n" +
 	"\x0fPropagationWork\x12\x1f\n" +
@@ -1260,65 +1542,75 @@ func file_archipel_v1alpha1_work_proto_rawDescGZIP() []byte {
 	return file_archipel_v1alpha1_work_proto_rawDescData
 }
 
-var file_archipel_v1alpha1_work_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_archipel_v1alpha1_work_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_archipel_v1alpha1_work_proto_goTypes = []any{
 	(*ResourceTemplate)(nil),         // 0: archipel.v1alpha1.ResourceTemplate
 	(*TargetCluster)(nil),            // 1: archipel.v1alpha1.TargetCluster
 	(*PolicyReference)(nil),          // 2: archipel.v1alpha1.PolicyReference
 	(*PropagationBinding)(nil),       // 3: archipel.v1alpha1.PropagationBinding
 	(*PropagationBindingSpec)(nil),   // 4: archipel.v1alpha1.PropagationBindingSpec
-	(*BindingSnapshot)(nil),          // 5: archipel.v1alpha1.BindingSnapshot
-	(*ReplicaRequirements)(nil),      // 6: archipel.v1alpha1.ReplicaRequirements
-	(*AggregatedStatusItem)(nil),     // 7: archipel.v1alpha1.AggregatedStatusItem
-	(*PropagationBindingStatus)(nil), // 8: archipel.v1alpha1.PropagationBindingStatus
-	(*WorkloadTemplate)(nil),         // 9: archipel.v1alpha1.WorkloadTemplate
-	(*PropagationWork)(nil),          // 10: archipel.v1alpha1.PropagationWork
-	(*PropagationWorkSpec)(nil),      // 11: archipel.v1alpha1.PropagationWorkSpec
-	(*ResourceIdentifier)(nil),       // 12: archipel.v1alpha1.ResourceIdentifier
-	(*ManifestStatus)(nil),           // 13: archipel.v1alpha1.ManifestStatus
-	(*PropagationWorkStatus)(nil),    // 14: archipel.v1alpha1.PropagationWorkStatus
-	nil,                              // 15: archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry
-	(*structpb.Struct)(nil),          // 16: google.protobuf.Struct
-	(*ObjectMeta)(nil),               // 17: archipel.v1alpha1.ObjectMeta
-	(*ObjectReference)(nil),          // 18: archipel.v1alpha1.ObjectReference
-	(*Placement)(nil),                // 19: archipel.v1alpha1.Placement
-	(*Suspension)(nil),               // 20: archipel.v1alpha1.Suspension
-	(*timestamppb.Timestamp)(nil),    // 21: google.protobuf.Timestamp
-	(*Condition)(nil),                // 22: archipel.v1alpha1.Condition
+	(*GracefulEvictionTask)(nil),     // 5: archipel.v1alpha1.GracefulEvictionTask
+	(*FailoverHistoryItem)(nil),      // 6: archipel.v1alpha1.FailoverHistoryItem
+	(*BindingSnapshot)(nil),          // 7: archipel.v1alpha1.BindingSnapshot
+	(*ReplicaRequirements)(nil),      // 8: archipel.v1alpha1.ReplicaRequirements
+	(*AggregatedStatusItem)(nil),     // 9: archipel.v1alpha1.AggregatedStatusItem
+	(*PropagationBindingStatus)(nil), // 10: archipel.v1alpha1.PropagationBindingStatus
+	(*WorkloadTemplate)(nil),         // 11: archipel.v1alpha1.WorkloadTemplate
+	(*PropagationWork)(nil),          // 12: archipel.v1alpha1.PropagationWork
+	(*PropagationWorkSpec)(nil),      // 13: archipel.v1alpha1.PropagationWorkSpec
+	(*ResourceIdentifier)(nil),       // 14: archipel.v1alpha1.ResourceIdentifier
+	(*ManifestStatus)(nil),           // 15: archipel.v1alpha1.ManifestStatus
+	(*PropagationWorkStatus)(nil),    // 16: archipel.v1alpha1.PropagationWorkStatus
+	nil,                              // 17: archipel.v1alpha1.GracefulEvictionTask.PreservedLabelStateEntry
+	nil,                              // 18: archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry
+	(*structpb.Struct)(nil),          // 19: google.protobuf.Struct
+	(*ObjectMeta)(nil),               // 20: archipel.v1alpha1.ObjectMeta
+	(*ObjectReference)(nil),          // 21: archipel.v1alpha1.ObjectReference
+	(*Placement)(nil),                // 22: archipel.v1alpha1.Placement
+	(*Suspension)(nil),               // 23: archipel.v1alpha1.Suspension
+	(*timestamppb.Timestamp)(nil),    // 24: google.protobuf.Timestamp
+	(*FailoverBehavior)(nil),         // 25: archipel.v1alpha1.FailoverBehavior
+	(*Condition)(nil),                // 26: archipel.v1alpha1.Condition
 }
 var file_archipel_v1alpha1_work_proto_depIdxs = []int32{
-	16, // 0: archipel.v1alpha1.ResourceTemplate.manifest:type_name -> google.protobuf.Struct
-	17, // 1: archipel.v1alpha1.PropagationBinding.metadata:type_name -> archipel.v1alpha1.ObjectMeta
+	19, // 0: archipel.v1alpha1.ResourceTemplate.manifest:type_name -> google.protobuf.Struct
+	20, // 1: archipel.v1alpha1.PropagationBinding.metadata:type_name -> archipel.v1alpha1.ObjectMeta
 	4,  // 2: archipel.v1alpha1.PropagationBinding.spec:type_name -> archipel.v1alpha1.PropagationBindingSpec
-	8,  // 3: archipel.v1alpha1.PropagationBinding.status:type_name -> archipel.v1alpha1.PropagationBindingStatus
-	18, // 4: archipel.v1alpha1.PropagationBindingSpec.resource:type_name -> archipel.v1alpha1.ObjectReference
-	19, // 5: archipel.v1alpha1.PropagationBindingSpec.placement:type_name -> archipel.v1alpha1.Placement
+	10, // 3: archipel.v1alpha1.PropagationBinding.status:type_name -> archipel.v1alpha1.PropagationBindingStatus
+	21, // 4: archipel.v1alpha1.PropagationBindingSpec.resource:type_name -> archipel.v1alpha1.ObjectReference
+	22, // 5: archipel.v1alpha1.PropagationBindingSpec.placement:type_name -> archipel.v1alpha1.Placement
 	1,  // 6: archipel.v1alpha1.PropagationBindingSpec.clusters:type_name -> archipel.v1alpha1.TargetCluster
 	2,  // 7: archipel.v1alpha1.PropagationBindingSpec.policy:type_name -> archipel.v1alpha1.PolicyReference
-	20, // 8: archipel.v1alpha1.PropagationBindingSpec.suspension:type_name -> archipel.v1alpha1.Suspension
-	21, // 9: archipel.v1alpha1.PropagationBindingSpec.reschedule_triggered_at:type_name -> google.protobuf.Timestamp
-	6,  // 10: archipel.v1alpha1.PropagationBindingSpec.replica_requirements:type_name -> archipel.v1alpha1.ReplicaRequirements
-	5,  // 11: archipel.v1alpha1.PropagationBindingSpec.required_by:type_name -> archipel.v1alpha1.BindingSnapshot
-	1,  // 12: archipel.v1alpha1.BindingSnapshot.clusters:type_name -> archipel.v1alpha1.TargetCluster
-	15, // 13: archipel.v1alpha1.ReplicaRequirements.resource_request:type_name -> archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry
-	16, // 14: archipel.v1alpha1.AggregatedStatusItem.status:type_name -> google.protobuf.Struct
-	21, // 15: archipel.v1alpha1.PropagationBindingStatus.last_scheduled_time:type_name -> google.protobuf.Timestamp
-	22, // 16: archipel.v1alpha1.PropagationBindingStatus.conditions:type_name -> archipel.v1alpha1.Condition
-	7,  // 17: archipel.v1alpha1.PropagationBindingStatus.aggregated_status:type_name -> archipel.v1alpha1.AggregatedStatusItem
-	16, // 18: archipel.v1alpha1.WorkloadTemplate.manifests:type_name -> google.protobuf.Struct
-	17, // 19: archipel.v1alpha1.PropagationWork.metadata:type_name -> archipel.v1alpha1.ObjectMeta
-	11, // 20: archipel.v1alpha1.PropagationWork.spec:type_name -> archipel.v1alpha1.PropagationWorkSpec
-	14, // 21: archipel.v1alpha1.PropagationWork.status:type_name -> archipel.v1alpha1.PropagationWorkStatus
-	9,  // 22: archipel.v1alpha1.PropagationWorkSpec.workload:type_name -> archipel.v1alpha1.WorkloadTemplate
-	12, // 23: archipel.v1alpha1.ManifestStatus.identifier:type_name -> archipel.v1alpha1.ResourceIdentifier
-	16, // 24: archipel.v1alpha1.ManifestStatus.status:type_name -> google.protobuf.Struct
-	22, // 25: archipel.v1alpha1.PropagationWorkStatus.conditions:type_name -> archipel.v1alpha1.Condition
-	13, // 26: archipel.v1alpha1.PropagationWorkStatus.manifest_statuses:type_name -> archipel.v1alpha1.ManifestStatus
-	27, // [27:27] is the sub-list for method output_type
-	27, // [27:27] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	23, // 8: archipel.v1alpha1.PropagationBindingSpec.suspension:type_name -> archipel.v1alpha1.Suspension
+	24, // 9: archipel.v1alpha1.PropagationBindingSpec.reschedule_triggered_at:type_name -> google.protobuf.Timestamp
+	8,  // 10: archipel.v1alpha1.PropagationBindingSpec.replica_requirements:type_name -> archipel.v1alpha1.ReplicaRequirements
+	7,  // 11: archipel.v1alpha1.PropagationBindingSpec.required_by:type_name -> archipel.v1alpha1.BindingSnapshot
+	25, // 12: archipel.v1alpha1.PropagationBindingSpec.failover:type_name -> archipel.v1alpha1.FailoverBehavior
+	5,  // 13: archipel.v1alpha1.PropagationBindingSpec.graceful_eviction_tasks:type_name -> archipel.v1alpha1.GracefulEvictionTask
+	17, // 14: archipel.v1alpha1.GracefulEvictionTask.preserved_label_state:type_name -> archipel.v1alpha1.GracefulEvictionTask.PreservedLabelStateEntry
+	24, // 15: archipel.v1alpha1.GracefulEvictionTask.creation_timestamp:type_name -> google.protobuf.Timestamp
+	24, // 16: archipel.v1alpha1.FailoverHistoryItem.start_time:type_name -> google.protobuf.Timestamp
+	1,  // 17: archipel.v1alpha1.BindingSnapshot.clusters:type_name -> archipel.v1alpha1.TargetCluster
+	18, // 18: archipel.v1alpha1.ReplicaRequirements.resource_request:type_name -> archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry
+	19, // 19: archipel.v1alpha1.AggregatedStatusItem.status:type_name -> google.protobuf.Struct
+	24, // 20: archipel.v1alpha1.PropagationBindingStatus.last_scheduled_time:type_name -> google.protobuf.Timestamp
+	26, // 21: archipel.v1alpha1.PropagationBindingStatus.conditions:type_name -> archipel.v1alpha1.Condition
+	9,  // 22: archipel.v1alpha1.PropagationBindingStatus.aggregated_status:type_name -> archipel.v1alpha1.AggregatedStatusItem
+	6,  // 23: archipel.v1alpha1.PropagationBindingStatus.failover_history:type_name -> archipel.v1alpha1.FailoverHistoryItem
+	19, // 24: archipel.v1alpha1.WorkloadTemplate.manifests:type_name -> google.protobuf.Struct
+	20, // 25: archipel.v1alpha1.PropagationWork.metadata:type_name -> archipel.v1alpha1.ObjectMeta
+	13, // 26: archipel.v1alpha1.PropagationWork.spec:type_name -> archipel.v1alpha1.PropagationWorkSpec
+	16, // 27: archipel.v1alpha1.PropagationWork.status:type_name -> archipel.v1alpha1.PropagationWorkStatus
+	11, // 28: archipel.v1alpha1.PropagationWorkSpec.workload:type_name -> archipel.v1alpha1.WorkloadTemplate
+	14, // 29: archipel.v1alpha1.ManifestStatus.identifier:type_name -> archipel.v1alpha1.ResourceIdentifier
+	19, // 30: archipel.v1alpha1.ManifestStatus.status:type_name -> google.protobuf.Struct
+	26, // 31: archipel.v1alpha1.PropagationWorkStatus.conditions:type_name -> archipel.v1alpha1.Condition
+	15, // 32: archipel.v1alpha1.PropagationWorkStatus.manifest_statuses:type_name -> archipel.v1alpha1.ManifestStatus
+	33, // [33:33] is the sub-list for method output_type
+	33, // [33:33] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_archipel_v1alpha1_work_proto_init() }
@@ -1328,13 +1620,14 @@ func file_archipel_v1alpha1_work_proto_init() {
 	}
 	file_archipel_v1alpha1_meta_proto_init()
 	file_archipel_v1alpha1_policy_proto_init()
+	file_archipel_v1alpha1_work_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha1_work_proto_rawDesc), len(file_archipel_v1alpha1_work_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

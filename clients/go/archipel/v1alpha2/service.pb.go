@@ -2,7 +2,8 @@
 // Delete, each with its own request and response message, and watch events have a
 // typed EventType. The objects these calls carry are unchanged and stay defined in
 // archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
-// unchanged); archipel.v1alpha1's services stay served for existing clients.
+// unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
+// added since (WorkloadRebalancer) are served by this version only.
 //
 // Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 // ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -4580,6 +4581,549 @@ func (x *ResourceInterpreterCustomizationServiceDeleteResponse) GetDeleted() boo
 	return false
 }
 
+// Which WorkloadRebalancer to read.
+type WorkloadRebalancerServiceGetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceGetRequest) Reset() {
+	*x = WorkloadRebalancerServiceGetRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[80]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceGetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceGetRequest) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceGetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[80]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceGetRequest.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceGetRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{80}
+}
+
+func (x *WorkloadRebalancerServiceGetRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// The WorkloadRebalancer asked for.
+type WorkloadRebalancerServiceGetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object as stored, with its status and resourceVersion.
+	Object        *v1alpha1.WorkloadRebalancer `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceGetResponse) Reset() {
+	*x = WorkloadRebalancerServiceGetResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[81]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceGetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceGetResponse) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceGetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[81]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceGetResponse.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceGetResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{81}
+}
+
+func (x *WorkloadRebalancerServiceGetResponse) GetObject() *v1alpha1.WorkloadRebalancer {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+// Which WorkloadRebalancers to list, and which page.
+type WorkloadRebalancerServiceListRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only objects whose labels match, in Kubernetes label selector syntax:
+	// "app=web,tier in (a,b),!legacy". Empty matches every object.
+	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
+	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The `continue` token of the previous page; empty for the first page.
+	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceListRequest) Reset() {
+	*x = WorkloadRebalancerServiceListRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[82]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceListRequest) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[82]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceListRequest.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceListRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{82}
+}
+
+func (x *WorkloadRebalancerServiceListRequest) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
+}
+
+func (x *WorkloadRebalancerServiceListRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *WorkloadRebalancerServiceListRequest) GetContinue() string {
+	if x != nil {
+		return x.Continue
+	}
+	return ""
+}
+
+// One page of WorkloadRebalancers.
+type WorkloadRebalancerServiceListResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The objects of this page, in key order.
+	Items []*v1alpha1.WorkloadRebalancer `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// Send it back in the next request's `continue` for the next page; empty on the
+	// last page.
+	Continue string `protobuf:"bytes,2,opt,name=continue,proto3" json:"continue,omitempty"`
+	// The revision the list was read at: a Watch from it misses no change.
+	ResourceVersion string `protobuf:"bytes,3,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceListResponse) Reset() {
+	*x = WorkloadRebalancerServiceListResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[83]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceListResponse) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[83]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceListResponse.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceListResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{83}
+}
+
+func (x *WorkloadRebalancerServiceListResponse) GetItems() []*v1alpha1.WorkloadRebalancer {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *WorkloadRebalancerServiceListResponse) GetContinue() string {
+	if x != nil {
+		return x.Continue
+	}
+	return ""
+}
+
+func (x *WorkloadRebalancerServiceListResponse) GetResourceVersion() string {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return ""
+}
+
+// Which WorkloadRebalancers to watch, and from when.
+type WorkloadRebalancerServiceWatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only objects whose labels match (Kubernetes label selector syntax).
+	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	// Send the changes after this revision (a List's or an event's). Empty: first the
+	// current objects as ADDED events, then the changes. Too old: OUT_OF_RANGE, and the
+	// caller lists again.
+	ResourceVersion string `protobuf:"bytes,2,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceWatchRequest) Reset() {
+	*x = WorkloadRebalancerServiceWatchRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[84]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceWatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceWatchRequest) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceWatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[84]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceWatchRequest.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceWatchRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{84}
+}
+
+func (x *WorkloadRebalancerServiceWatchRequest) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
+}
+
+func (x *WorkloadRebalancerServiceWatchRequest) GetResourceVersion() string {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return ""
+}
+
+// One change to a WorkloadRebalancer.
+type WorkloadRebalancerServiceWatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	Type EventType `protobuf:"varint,1,opt,name=type,proto3,enum=archipel.v1alpha2.EventType" json:"type,omitempty"`
+	// The object after the change; for EVENT_TYPE_DELETED, its last state.
+	Object *v1alpha1.WorkloadRebalancer `protobuf:"bytes,2,opt,name=object,proto3" json:"object,omitempty"`
+	// The revision to resume a Watch from after this event.
+	ResourceVersion string `protobuf:"bytes,3,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceWatchResponse) Reset() {
+	*x = WorkloadRebalancerServiceWatchResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[85]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceWatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceWatchResponse) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceWatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[85]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceWatchResponse.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceWatchResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{85}
+}
+
+func (x *WorkloadRebalancerServiceWatchResponse) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *WorkloadRebalancerServiceWatchResponse) GetObject() *v1alpha1.WorkloadRebalancer {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+func (x *WorkloadRebalancerServiceWatchResponse) GetResourceVersion() string {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return ""
+}
+
+// The WorkloadRebalancer to create, or whose spec, labels and annotations to replace.
+type WorkloadRebalancerServiceApplyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The desired object. Its status and server-set metadata (uid, generation,
+	// creationTimestamp, deletionTimestamp) are ignored. With metadata.resourceVersion
+	// set, the apply fails with ABORTED unless the stored object is at that version;
+	// without, it applies over whatever is stored, as kubectl apply does.
+	Object        *v1alpha1.WorkloadRebalancer `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceApplyRequest) Reset() {
+	*x = WorkloadRebalancerServiceApplyRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[86]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceApplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceApplyRequest) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceApplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[86]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceApplyRequest.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceApplyRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{86}
+}
+
+func (x *WorkloadRebalancerServiceApplyRequest) GetObject() *v1alpha1.WorkloadRebalancer {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+// The WorkloadRebalancer after the apply.
+type WorkloadRebalancerServiceApplyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object as stored; unchanged (same resourceVersion) when nothing differed.
+	Object        *v1alpha1.WorkloadRebalancer `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceApplyResponse) Reset() {
+	*x = WorkloadRebalancerServiceApplyResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[87]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceApplyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceApplyResponse) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceApplyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[87]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceApplyResponse.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceApplyResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{87}
+}
+
+func (x *WorkloadRebalancerServiceApplyResponse) GetObject() *v1alpha1.WorkloadRebalancer {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+// Which WorkloadRebalancer to delete.
+type WorkloadRebalancerServiceDeleteRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Delete only if the object is still at this version (ABORTED otherwise); empty
+	// deletes whatever version is stored.
+	ResourceVersion string `protobuf:"bytes,2,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceDeleteRequest) Reset() {
+	*x = WorkloadRebalancerServiceDeleteRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[88]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceDeleteRequest) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[88]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceDeleteRequest.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{88}
+}
+
+func (x *WorkloadRebalancerServiceDeleteRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *WorkloadRebalancerServiceDeleteRequest) GetResourceVersion() string {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return ""
+}
+
+// What became of the deleted WorkloadRebalancer.
+type WorkloadRebalancerServiceDeleteResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the object is gone; false when finalizers still hold it (it is
+	// marked for deletion and goes when they are done).
+	Deleted       bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WorkloadRebalancerServiceDeleteResponse) Reset() {
+	*x = WorkloadRebalancerServiceDeleteResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[89]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WorkloadRebalancerServiceDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WorkloadRebalancerServiceDeleteResponse) ProtoMessage() {}
+
+func (x *WorkloadRebalancerServiceDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[89]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WorkloadRebalancerServiceDeleteResponse.ProtoReflect.Descriptor instead.
+func (*WorkloadRebalancerServiceDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{89}
+}
+
+func (x *WorkloadRebalancerServiceDeleteResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
 // Which template to read.
 type ResourceTemplateServiceGetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -4597,7 +5141,7 @@ type ResourceTemplateServiceGetRequest struct {
 
 func (x *ResourceTemplateServiceGetRequest) Reset() {
 	*x = ResourceTemplateServiceGetRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[80]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[90]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4609,7 +5153,7 @@ func (x *ResourceTemplateServiceGetRequest) String() string {
 func (*ResourceTemplateServiceGetRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[80]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[90]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4622,7 +5166,7 @@ func (x *ResourceTemplateServiceGetRequest) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use ResourceTemplateServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{80}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{90}
 }
 
 func (x *ResourceTemplateServiceGetRequest) GetApiVersion() string {
@@ -4664,7 +5208,7 @@ type ResourceTemplateServiceGetResponse struct {
 
 func (x *ResourceTemplateServiceGetResponse) Reset() {
 	*x = ResourceTemplateServiceGetResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[81]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[91]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4676,7 +5220,7 @@ func (x *ResourceTemplateServiceGetResponse) String() string {
 func (*ResourceTemplateServiceGetResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[81]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[91]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4689,7 +5233,7 @@ func (x *ResourceTemplateServiceGetResponse) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ResourceTemplateServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{81}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{91}
 }
 
 func (x *ResourceTemplateServiceGetResponse) GetObject() *v1alpha1.ResourceTemplate {
@@ -4722,7 +5266,7 @@ type ResourceTemplateServiceListRequest struct {
 
 func (x *ResourceTemplateServiceListRequest) Reset() {
 	*x = ResourceTemplateServiceListRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[82]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[92]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4734,7 +5278,7 @@ func (x *ResourceTemplateServiceListRequest) String() string {
 func (*ResourceTemplateServiceListRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[82]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[92]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4747,7 +5291,7 @@ func (x *ResourceTemplateServiceListRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ResourceTemplateServiceListRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{82}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{92}
 }
 
 func (x *ResourceTemplateServiceListRequest) GetApiVersion() string {
@@ -4808,7 +5352,7 @@ type ResourceTemplateServiceListResponse struct {
 
 func (x *ResourceTemplateServiceListResponse) Reset() {
 	*x = ResourceTemplateServiceListResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[83]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[93]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4820,7 +5364,7 @@ func (x *ResourceTemplateServiceListResponse) String() string {
 func (*ResourceTemplateServiceListResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[83]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[93]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4833,7 +5377,7 @@ func (x *ResourceTemplateServiceListResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ResourceTemplateServiceListResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{83}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{93}
 }
 
 func (x *ResourceTemplateServiceListResponse) GetItems() []*v1alpha1.ResourceTemplate {
@@ -4878,7 +5422,7 @@ type ResourceTemplateServiceWatchRequest struct {
 
 func (x *ResourceTemplateServiceWatchRequest) Reset() {
 	*x = ResourceTemplateServiceWatchRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[84]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[94]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4890,7 +5434,7 @@ func (x *ResourceTemplateServiceWatchRequest) String() string {
 func (*ResourceTemplateServiceWatchRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceWatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[84]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[94]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4903,7 +5447,7 @@ func (x *ResourceTemplateServiceWatchRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ResourceTemplateServiceWatchRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceWatchRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{84}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{94}
 }
 
 func (x *ResourceTemplateServiceWatchRequest) GetApiVersion() string {
@@ -4956,7 +5500,7 @@ type ResourceTemplateServiceWatchResponse struct {
 
 func (x *ResourceTemplateServiceWatchResponse) Reset() {
 	*x = ResourceTemplateServiceWatchResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[85]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[95]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4968,7 +5512,7 @@ func (x *ResourceTemplateServiceWatchResponse) String() string {
 func (*ResourceTemplateServiceWatchResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceWatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[85]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[95]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4981,7 +5525,7 @@ func (x *ResourceTemplateServiceWatchResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use ResourceTemplateServiceWatchResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceWatchResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{85}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{95}
 }
 
 func (x *ResourceTemplateServiceWatchResponse) GetType() EventType {
@@ -5018,7 +5562,7 @@ type ResourceTemplateServiceApplyRequest struct {
 
 func (x *ResourceTemplateServiceApplyRequest) Reset() {
 	*x = ResourceTemplateServiceApplyRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[86]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[96]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5030,7 +5574,7 @@ func (x *ResourceTemplateServiceApplyRequest) String() string {
 func (*ResourceTemplateServiceApplyRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[86]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[96]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5043,7 +5587,7 @@ func (x *ResourceTemplateServiceApplyRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ResourceTemplateServiceApplyRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceApplyRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{86}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{96}
 }
 
 func (x *ResourceTemplateServiceApplyRequest) GetObject() *v1alpha1.ResourceTemplate {
@@ -5064,7 +5608,7 @@ type ResourceTemplateServiceApplyResponse struct {
 
 func (x *ResourceTemplateServiceApplyResponse) Reset() {
 	*x = ResourceTemplateServiceApplyResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[87]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[97]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5076,7 +5620,7 @@ func (x *ResourceTemplateServiceApplyResponse) String() string {
 func (*ResourceTemplateServiceApplyResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[87]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[97]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5089,7 +5633,7 @@ func (x *ResourceTemplateServiceApplyResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use ResourceTemplateServiceApplyResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceApplyResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{87}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{97}
 }
 
 func (x *ResourceTemplateServiceApplyResponse) GetObject() *v1alpha1.ResourceTemplate {
@@ -5119,7 +5663,7 @@ type ResourceTemplateServiceDeleteRequest struct {
 
 func (x *ResourceTemplateServiceDeleteRequest) Reset() {
 	*x = ResourceTemplateServiceDeleteRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[88]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[98]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5131,7 +5675,7 @@ func (x *ResourceTemplateServiceDeleteRequest) String() string {
 func (*ResourceTemplateServiceDeleteRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[88]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[98]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5144,7 +5688,7 @@ func (x *ResourceTemplateServiceDeleteRequest) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use ResourceTemplateServiceDeleteRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{88}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{98}
 }
 
 func (x *ResourceTemplateServiceDeleteRequest) GetApiVersion() string {
@@ -5193,7 +5737,7 @@ type ResourceTemplateServiceDeleteResponse struct {
 
 func (x *ResourceTemplateServiceDeleteResponse) Reset() {
 	*x = ResourceTemplateServiceDeleteResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[89]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[99]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5205,7 +5749,7 @@ func (x *ResourceTemplateServiceDeleteResponse) String() string {
 func (*ResourceTemplateServiceDeleteResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[89]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[99]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5218,7 +5762,7 @@ func (x *ResourceTemplateServiceDeleteResponse) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use ResourceTemplateServiceDeleteResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{89}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{99}
 }
 
 func (x *ResourceTemplateServiceDeleteResponse) GetDeleted() bool {
@@ -5250,7 +5794,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[90]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5262,7 +5806,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[90]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5275,7 +5819,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{90}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *JoinRequest) GetName() string {
@@ -5333,7 +5877,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[91]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5345,7 +5889,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[91]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5358,7 +5902,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{91}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *JoinResponse) GetCluster() *v1alpha1.MemberCluster {
@@ -5384,7 +5928,7 @@ type GetVersionRequest struct {
 
 func (x *GetVersionRequest) Reset() {
 	*x = GetVersionRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[92]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5396,7 +5940,7 @@ func (x *GetVersionRequest) String() string {
 func (*GetVersionRequest) ProtoMessage() {}
 
 func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[92]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5409,7 +5953,7 @@ func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionRequest.ProtoReflect.Descriptor instead.
 func (*GetVersionRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{92}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{102}
 }
 
 // The control plane's version and the API versions it serves.
@@ -5426,7 +5970,7 @@ type GetVersionResponse struct {
 
 func (x *GetVersionResponse) Reset() {
 	*x = GetVersionResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[93]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5438,7 +5982,7 @@ func (x *GetVersionResponse) String() string {
 func (*GetVersionResponse) ProtoMessage() {}
 
 func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[93]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5451,7 +5995,7 @@ func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionResponse.ProtoReflect.Descriptor instead.
 func (*GetVersionResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{93}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *GetVersionResponse) GetVersion() string {
@@ -5472,7 +6016,7 @@ var File_archipel_v1alpha2_service_proto protoreflect.FileDescriptor
 
 const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\n" +
-	"\x1farchipel/v1alpha2/service.proto\x12\x11archipel.v1alpha2\x1a\x1farchipel/v1alpha1/cluster.proto\x1a#archipel/v1alpha1/interpreter.proto\x1a archipel/v1alpha1/override.proto\x1a\x1earchipel/v1alpha1/policy.proto\x1a\x1carchipel/v1alpha1/work.proto\"4\n" +
+	"\x1farchipel/v1alpha2/service.proto\x12\x11archipel.v1alpha2\x1a\x1carchipel/v1alpha1/apps.proto\x1a\x1farchipel/v1alpha1/cluster.proto\x1a#archipel/v1alpha1/interpreter.proto\x1a archipel/v1alpha1/override.proto\x1a\x1earchipel/v1alpha1/policy.proto\x1a\x1carchipel/v1alpha1/work.proto\"4\n" +
 	"\x1eMemberClusterServiceGetRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"[\n" +
 	"\x1fMemberClusterServiceGetResponse\x128\n" +
@@ -5712,6 +6256,34 @@ const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x10resource_version\x18\x02 \x01(\tR\x0fresourceVersion\"Q\n" +
 	"5ResourceInterpreterCustomizationServiceDeleteResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"9\n" +
+	"#WorkloadRebalancerServiceGetRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"e\n" +
+	"$WorkloadRebalancerServiceGetResponse\x12=\n" +
+	"\x06object\x18\x01 \x01(\v2%.archipel.v1alpha1.WorkloadRebalancerR\x06object\"\x7f\n" +
+	"$WorkloadRebalancerServiceListRequest\x12%\n" +
+	"\x0elabel_selector\x18\x01 \x01(\tR\rlabelSelector\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x1a\n" +
+	"\bcontinue\x18\x03 \x01(\tR\bcontinue\"\xab\x01\n" +
+	"%WorkloadRebalancerServiceListResponse\x12;\n" +
+	"\x05items\x18\x01 \x03(\v2%.archipel.v1alpha1.WorkloadRebalancerR\x05items\x12\x1a\n" +
+	"\bcontinue\x18\x02 \x01(\tR\bcontinue\x12)\n" +
+	"\x10resource_version\x18\x03 \x01(\tR\x0fresourceVersion\"y\n" +
+	"%WorkloadRebalancerServiceWatchRequest\x12%\n" +
+	"\x0elabel_selector\x18\x01 \x01(\tR\rlabelSelector\x12)\n" +
+	"\x10resource_version\x18\x02 \x01(\tR\x0fresourceVersion\"\xc4\x01\n" +
+	"&WorkloadRebalancerServiceWatchResponse\x120\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1c.archipel.v1alpha2.EventTypeR\x04type\x12=\n" +
+	"\x06object\x18\x02 \x01(\v2%.archipel.v1alpha1.WorkloadRebalancerR\x06object\x12)\n" +
+	"\x10resource_version\x18\x03 \x01(\tR\x0fresourceVersion\"f\n" +
+	"%WorkloadRebalancerServiceApplyRequest\x12=\n" +
+	"\x06object\x18\x01 \x01(\v2%.archipel.v1alpha1.WorkloadRebalancerR\x06object\"g\n" +
+	"&WorkloadRebalancerServiceApplyResponse\x12=\n" +
+	"\x06object\x18\x01 \x01(\v2%.archipel.v1alpha1.WorkloadRebalancerR\x06object\"g\n" +
+	"&WorkloadRebalancerServiceDeleteRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
+	"\x10resource_version\x18\x02 \x01(\tR\x0fresourceVersion\"C\n" +
+	"'WorkloadRebalancerServiceDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x8a\x01\n" +
 	"!ResourceTemplateServiceGetRequest\x12\x1f\n" +
 	"\vapi_version\x18\x01 \x01(\tR\n" +
@@ -5826,7 +6398,13 @@ const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\x04List\x12E.archipel.v1alpha2.ResourceInterpreterCustomizationServiceListRequest\x1aF.archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse\x12\x9a\x01\n" +
 	"\x05Watch\x12F.archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchRequest\x1aG.archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse0\x01\x12\x98\x01\n" +
 	"\x05Apply\x12F.archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest\x1aG.archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse\x12\x9b\x01\n" +
-	"\x06Delete\x12G.archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteRequest\x1aH.archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse2\xf7\x04\n" +
+	"\x06Delete\x12G.archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteRequest\x1aH.archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse2\x8d\x05\n" +
+	"\x19WorkloadRebalancerService\x12v\n" +
+	"\x03Get\x126.archipel.v1alpha2.WorkloadRebalancerServiceGetRequest\x1a7.archipel.v1alpha2.WorkloadRebalancerServiceGetResponse\x12y\n" +
+	"\x04List\x127.archipel.v1alpha2.WorkloadRebalancerServiceListRequest\x1a8.archipel.v1alpha2.WorkloadRebalancerServiceListResponse\x12~\n" +
+	"\x05Watch\x128.archipel.v1alpha2.WorkloadRebalancerServiceWatchRequest\x1a9.archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse0\x01\x12|\n" +
+	"\x05Apply\x128.archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest\x1a9.archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse\x12\x7f\n" +
+	"\x06Delete\x129.archipel.v1alpha2.WorkloadRebalancerServiceDeleteRequest\x1a:.archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse2\xf7\x04\n" +
 	"\x17ResourceTemplateService\x12r\n" +
 	"\x03Get\x124.archipel.v1alpha2.ResourceTemplateServiceGetRequest\x1a5.archipel.v1alpha2.ResourceTemplateServiceGetResponse\x12u\n" +
 	"\x04List\x125.archipel.v1alpha2.ResourceTemplateServiceListRequest\x1a6.archipel.v1alpha2.ResourceTemplateServiceListResponse\x12z\n" +
@@ -5853,7 +6431,7 @@ func file_archipel_v1alpha2_service_proto_rawDescGZIP() []byte {
 }
 
 var file_archipel_v1alpha2_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_archipel_v1alpha2_service_proto_msgTypes = make([]protoimpl.MessageInfo, 95)
+var file_archipel_v1alpha2_service_proto_msgTypes = make([]protoimpl.MessageInfo, 105)
 var file_archipel_v1alpha2_service_proto_goTypes = []any{
 	(EventType)(0),                                                // 0: archipel.v1alpha2.EventType
 	(*MemberClusterServiceGetRequest)(nil),                        // 1: archipel.v1alpha2.MemberClusterServiceGetRequest
@@ -5936,187 +6514,214 @@ var file_archipel_v1alpha2_service_proto_goTypes = []any{
 	(*ResourceInterpreterCustomizationServiceApplyResponse)(nil),  // 78: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
 	(*ResourceInterpreterCustomizationServiceDeleteRequest)(nil),  // 79: archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteRequest
 	(*ResourceInterpreterCustomizationServiceDeleteResponse)(nil), // 80: archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
-	(*ResourceTemplateServiceGetRequest)(nil),                     // 81: archipel.v1alpha2.ResourceTemplateServiceGetRequest
-	(*ResourceTemplateServiceGetResponse)(nil),                    // 82: archipel.v1alpha2.ResourceTemplateServiceGetResponse
-	(*ResourceTemplateServiceListRequest)(nil),                    // 83: archipel.v1alpha2.ResourceTemplateServiceListRequest
-	(*ResourceTemplateServiceListResponse)(nil),                   // 84: archipel.v1alpha2.ResourceTemplateServiceListResponse
-	(*ResourceTemplateServiceWatchRequest)(nil),                   // 85: archipel.v1alpha2.ResourceTemplateServiceWatchRequest
-	(*ResourceTemplateServiceWatchResponse)(nil),                  // 86: archipel.v1alpha2.ResourceTemplateServiceWatchResponse
-	(*ResourceTemplateServiceApplyRequest)(nil),                   // 87: archipel.v1alpha2.ResourceTemplateServiceApplyRequest
-	(*ResourceTemplateServiceApplyResponse)(nil),                  // 88: archipel.v1alpha2.ResourceTemplateServiceApplyResponse
-	(*ResourceTemplateServiceDeleteRequest)(nil),                  // 89: archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
-	(*ResourceTemplateServiceDeleteResponse)(nil),                 // 90: archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
-	(*JoinRequest)(nil),                                           // 91: archipel.v1alpha2.JoinRequest
-	(*JoinResponse)(nil),                                          // 92: archipel.v1alpha2.JoinResponse
-	(*GetVersionRequest)(nil),                                     // 93: archipel.v1alpha2.GetVersionRequest
-	(*GetVersionResponse)(nil),                                    // 94: archipel.v1alpha2.GetVersionResponse
-	nil,                                                           // 95: archipel.v1alpha2.JoinRequest.LabelsEntry
-	(*v1alpha1.MemberCluster)(nil),                                // 96: archipel.v1alpha1.MemberCluster
-	(*v1alpha1.PropagationPolicy)(nil),                            // 97: archipel.v1alpha1.PropagationPolicy
-	(*v1alpha1.ClusterPropagationPolicy)(nil),                     // 98: archipel.v1alpha1.ClusterPropagationPolicy
-	(*v1alpha1.PropagationBinding)(nil),                           // 99: archipel.v1alpha1.PropagationBinding
-	(*v1alpha1.PropagationWork)(nil),                              // 100: archipel.v1alpha1.PropagationWork
-	(*v1alpha1.OverridePolicy)(nil),                               // 101: archipel.v1alpha1.OverridePolicy
-	(*v1alpha1.ClusterOverridePolicy)(nil),                        // 102: archipel.v1alpha1.ClusterOverridePolicy
-	(*v1alpha1.ResourceInterpreterCustomization)(nil),             // 103: archipel.v1alpha1.ResourceInterpreterCustomization
-	(*v1alpha1.ResourceTemplate)(nil),                             // 104: archipel.v1alpha1.ResourceTemplate
+	(*WorkloadRebalancerServiceGetRequest)(nil),                   // 81: archipel.v1alpha2.WorkloadRebalancerServiceGetRequest
+	(*WorkloadRebalancerServiceGetResponse)(nil),                  // 82: archipel.v1alpha2.WorkloadRebalancerServiceGetResponse
+	(*WorkloadRebalancerServiceListRequest)(nil),                  // 83: archipel.v1alpha2.WorkloadRebalancerServiceListRequest
+	(*WorkloadRebalancerServiceListResponse)(nil),                 // 84: archipel.v1alpha2.WorkloadRebalancerServiceListResponse
+	(*WorkloadRebalancerServiceWatchRequest)(nil),                 // 85: archipel.v1alpha2.WorkloadRebalancerServiceWatchRequest
+	(*WorkloadRebalancerServiceWatchResponse)(nil),                // 86: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse
+	(*WorkloadRebalancerServiceApplyRequest)(nil),                 // 87: archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest
+	(*WorkloadRebalancerServiceApplyResponse)(nil),                // 88: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
+	(*WorkloadRebalancerServiceDeleteRequest)(nil),                // 89: archipel.v1alpha2.WorkloadRebalancerServiceDeleteRequest
+	(*WorkloadRebalancerServiceDeleteResponse)(nil),               // 90: archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
+	(*ResourceTemplateServiceGetRequest)(nil),                     // 91: archipel.v1alpha2.ResourceTemplateServiceGetRequest
+	(*ResourceTemplateServiceGetResponse)(nil),                    // 92: archipel.v1alpha2.ResourceTemplateServiceGetResponse
+	(*ResourceTemplateServiceListRequest)(nil),                    // 93: archipel.v1alpha2.ResourceTemplateServiceListRequest
+	(*ResourceTemplateServiceListResponse)(nil),                   // 94: archipel.v1alpha2.ResourceTemplateServiceListResponse
+	(*ResourceTemplateServiceWatchRequest)(nil),                   // 95: archipel.v1alpha2.ResourceTemplateServiceWatchRequest
+	(*ResourceTemplateServiceWatchResponse)(nil),                  // 96: archipel.v1alpha2.ResourceTemplateServiceWatchResponse
+	(*ResourceTemplateServiceApplyRequest)(nil),                   // 97: archipel.v1alpha2.ResourceTemplateServiceApplyRequest
+	(*ResourceTemplateServiceApplyResponse)(nil),                  // 98: archipel.v1alpha2.ResourceTemplateServiceApplyResponse
+	(*ResourceTemplateServiceDeleteRequest)(nil),                  // 99: archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
+	(*ResourceTemplateServiceDeleteResponse)(nil),                 // 100: archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
+	(*JoinRequest)(nil),                                           // 101: archipel.v1alpha2.JoinRequest
+	(*JoinResponse)(nil),                                          // 102: archipel.v1alpha2.JoinResponse
+	(*GetVersionRequest)(nil),                                     // 103: archipel.v1alpha2.GetVersionRequest
+	(*GetVersionResponse)(nil),                                    // 104: archipel.v1alpha2.GetVersionResponse
+	nil,                                                           // 105: archipel.v1alpha2.JoinRequest.LabelsEntry
+	(*v1alpha1.MemberCluster)(nil),                                // 106: archipel.v1alpha1.MemberCluster
+	(*v1alpha1.PropagationPolicy)(nil),                            // 107: archipel.v1alpha1.PropagationPolicy
+	(*v1alpha1.ClusterPropagationPolicy)(nil),                     // 108: archipel.v1alpha1.ClusterPropagationPolicy
+	(*v1alpha1.PropagationBinding)(nil),                           // 109: archipel.v1alpha1.PropagationBinding
+	(*v1alpha1.PropagationWork)(nil),                              // 110: archipel.v1alpha1.PropagationWork
+	(*v1alpha1.OverridePolicy)(nil),                               // 111: archipel.v1alpha1.OverridePolicy
+	(*v1alpha1.ClusterOverridePolicy)(nil),                        // 112: archipel.v1alpha1.ClusterOverridePolicy
+	(*v1alpha1.ResourceInterpreterCustomization)(nil),             // 113: archipel.v1alpha1.ResourceInterpreterCustomization
+	(*v1alpha1.WorkloadRebalancer)(nil),                           // 114: archipel.v1alpha1.WorkloadRebalancer
+	(*v1alpha1.ResourceTemplate)(nil),                             // 115: archipel.v1alpha1.ResourceTemplate
 }
 var file_archipel_v1alpha2_service_proto_depIdxs = []int32{
-	96,  // 0: archipel.v1alpha2.MemberClusterServiceGetResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	96,  // 1: archipel.v1alpha2.MemberClusterServiceListResponse.items:type_name -> archipel.v1alpha1.MemberCluster
+	106, // 0: archipel.v1alpha2.MemberClusterServiceGetResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	106, // 1: archipel.v1alpha2.MemberClusterServiceListResponse.items:type_name -> archipel.v1alpha1.MemberCluster
 	0,   // 2: archipel.v1alpha2.MemberClusterServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	96,  // 3: archipel.v1alpha2.MemberClusterServiceWatchResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	96,  // 4: archipel.v1alpha2.MemberClusterServiceApplyRequest.object:type_name -> archipel.v1alpha1.MemberCluster
-	96,  // 5: archipel.v1alpha2.MemberClusterServiceApplyResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	97,  // 6: archipel.v1alpha2.PropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	97,  // 7: archipel.v1alpha2.PropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationPolicy
+	106, // 3: archipel.v1alpha2.MemberClusterServiceWatchResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	106, // 4: archipel.v1alpha2.MemberClusterServiceApplyRequest.object:type_name -> archipel.v1alpha1.MemberCluster
+	106, // 5: archipel.v1alpha2.MemberClusterServiceApplyResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	107, // 6: archipel.v1alpha2.PropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	107, // 7: archipel.v1alpha2.PropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationPolicy
 	0,   // 8: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	97,  // 9: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	97,  // 10: archipel.v1alpha2.PropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	97,  // 11: archipel.v1alpha2.PropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	98,  // 12: archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	98,  // 13: archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	107, // 9: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	107, // 10: archipel.v1alpha2.PropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	107, // 11: archipel.v1alpha2.PropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	108, // 12: archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	108, // 13: archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
 	0,   // 14: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	98,  // 15: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	98,  // 16: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	98,  // 17: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	99,  // 18: archipel.v1alpha2.PropagationBindingServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	99,  // 19: archipel.v1alpha2.PropagationBindingServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationBinding
+	108, // 15: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	108, // 16: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	108, // 17: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	109, // 18: archipel.v1alpha2.PropagationBindingServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	109, // 19: archipel.v1alpha2.PropagationBindingServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationBinding
 	0,   // 20: archipel.v1alpha2.PropagationBindingServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	99,  // 21: archipel.v1alpha2.PropagationBindingServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	99,  // 22: archipel.v1alpha2.PropagationBindingServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationBinding
-	99,  // 23: archipel.v1alpha2.PropagationBindingServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	100, // 24: archipel.v1alpha2.PropagationWorkServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	100, // 25: archipel.v1alpha2.PropagationWorkServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationWork
+	109, // 21: archipel.v1alpha2.PropagationBindingServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	109, // 22: archipel.v1alpha2.PropagationBindingServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationBinding
+	109, // 23: archipel.v1alpha2.PropagationBindingServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	110, // 24: archipel.v1alpha2.PropagationWorkServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	110, // 25: archipel.v1alpha2.PropagationWorkServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationWork
 	0,   // 26: archipel.v1alpha2.PropagationWorkServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	100, // 27: archipel.v1alpha2.PropagationWorkServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	100, // 28: archipel.v1alpha2.PropagationWorkServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationWork
-	100, // 29: archipel.v1alpha2.PropagationWorkServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	101, // 30: archipel.v1alpha2.OverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	101, // 31: archipel.v1alpha2.OverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.OverridePolicy
+	110, // 27: archipel.v1alpha2.PropagationWorkServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	110, // 28: archipel.v1alpha2.PropagationWorkServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationWork
+	110, // 29: archipel.v1alpha2.PropagationWorkServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	111, // 30: archipel.v1alpha2.OverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	111, // 31: archipel.v1alpha2.OverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.OverridePolicy
 	0,   // 32: archipel.v1alpha2.OverridePolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	101, // 33: archipel.v1alpha2.OverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	101, // 34: archipel.v1alpha2.OverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.OverridePolicy
-	101, // 35: archipel.v1alpha2.OverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	102, // 36: archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	102, // 37: archipel.v1alpha2.ClusterOverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	111, // 33: archipel.v1alpha2.OverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	111, // 34: archipel.v1alpha2.OverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.OverridePolicy
+	111, // 35: archipel.v1alpha2.OverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	112, // 36: archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	112, // 37: archipel.v1alpha2.ClusterOverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
 	0,   // 38: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	102, // 39: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	102, // 40: archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	102, // 41: archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	103, // 42: archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	103, // 43: archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	112, // 39: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	112, // 40: archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	112, // 41: archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	113, // 42: archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	113, // 43: archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
 	0,   // 44: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	103, // 45: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	103, // 46: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	103, // 47: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	104, // 48: archipel.v1alpha2.ResourceTemplateServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	104, // 49: archipel.v1alpha2.ResourceTemplateServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceTemplate
-	0,   // 50: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	104, // 51: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	104, // 52: archipel.v1alpha2.ResourceTemplateServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	104, // 53: archipel.v1alpha2.ResourceTemplateServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	95,  // 54: archipel.v1alpha2.JoinRequest.labels:type_name -> archipel.v1alpha2.JoinRequest.LabelsEntry
-	96,  // 55: archipel.v1alpha2.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
-	1,   // 56: archipel.v1alpha2.MemberClusterService.Get:input_type -> archipel.v1alpha2.MemberClusterServiceGetRequest
-	3,   // 57: archipel.v1alpha2.MemberClusterService.List:input_type -> archipel.v1alpha2.MemberClusterServiceListRequest
-	5,   // 58: archipel.v1alpha2.MemberClusterService.Watch:input_type -> archipel.v1alpha2.MemberClusterServiceWatchRequest
-	7,   // 59: archipel.v1alpha2.MemberClusterService.Apply:input_type -> archipel.v1alpha2.MemberClusterServiceApplyRequest
-	9,   // 60: archipel.v1alpha2.MemberClusterService.Delete:input_type -> archipel.v1alpha2.MemberClusterServiceDeleteRequest
-	11,  // 61: archipel.v1alpha2.PropagationPolicyService.Get:input_type -> archipel.v1alpha2.PropagationPolicyServiceGetRequest
-	13,  // 62: archipel.v1alpha2.PropagationPolicyService.List:input_type -> archipel.v1alpha2.PropagationPolicyServiceListRequest
-	15,  // 63: archipel.v1alpha2.PropagationPolicyService.Watch:input_type -> archipel.v1alpha2.PropagationPolicyServiceWatchRequest
-	17,  // 64: archipel.v1alpha2.PropagationPolicyService.Apply:input_type -> archipel.v1alpha2.PropagationPolicyServiceApplyRequest
-	19,  // 65: archipel.v1alpha2.PropagationPolicyService.Delete:input_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteRequest
-	21,  // 66: archipel.v1alpha2.ClusterPropagationPolicyService.Get:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetRequest
-	23,  // 67: archipel.v1alpha2.ClusterPropagationPolicyService.List:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListRequest
-	25,  // 68: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchRequest
-	27,  // 69: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest
-	29,  // 70: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteRequest
-	31,  // 71: archipel.v1alpha2.PropagationBindingService.Get:input_type -> archipel.v1alpha2.PropagationBindingServiceGetRequest
-	33,  // 72: archipel.v1alpha2.PropagationBindingService.List:input_type -> archipel.v1alpha2.PropagationBindingServiceListRequest
-	35,  // 73: archipel.v1alpha2.PropagationBindingService.Watch:input_type -> archipel.v1alpha2.PropagationBindingServiceWatchRequest
-	37,  // 74: archipel.v1alpha2.PropagationBindingService.Apply:input_type -> archipel.v1alpha2.PropagationBindingServiceApplyRequest
-	39,  // 75: archipel.v1alpha2.PropagationBindingService.Delete:input_type -> archipel.v1alpha2.PropagationBindingServiceDeleteRequest
-	41,  // 76: archipel.v1alpha2.PropagationWorkService.Get:input_type -> archipel.v1alpha2.PropagationWorkServiceGetRequest
-	43,  // 77: archipel.v1alpha2.PropagationWorkService.List:input_type -> archipel.v1alpha2.PropagationWorkServiceListRequest
-	45,  // 78: archipel.v1alpha2.PropagationWorkService.Watch:input_type -> archipel.v1alpha2.PropagationWorkServiceWatchRequest
-	47,  // 79: archipel.v1alpha2.PropagationWorkService.Apply:input_type -> archipel.v1alpha2.PropagationWorkServiceApplyRequest
-	49,  // 80: archipel.v1alpha2.PropagationWorkService.Delete:input_type -> archipel.v1alpha2.PropagationWorkServiceDeleteRequest
-	51,  // 81: archipel.v1alpha2.OverridePolicyService.Get:input_type -> archipel.v1alpha2.OverridePolicyServiceGetRequest
-	53,  // 82: archipel.v1alpha2.OverridePolicyService.List:input_type -> archipel.v1alpha2.OverridePolicyServiceListRequest
-	55,  // 83: archipel.v1alpha2.OverridePolicyService.Watch:input_type -> archipel.v1alpha2.OverridePolicyServiceWatchRequest
-	57,  // 84: archipel.v1alpha2.OverridePolicyService.Apply:input_type -> archipel.v1alpha2.OverridePolicyServiceApplyRequest
-	59,  // 85: archipel.v1alpha2.OverridePolicyService.Delete:input_type -> archipel.v1alpha2.OverridePolicyServiceDeleteRequest
-	61,  // 86: archipel.v1alpha2.ClusterOverridePolicyService.Get:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetRequest
-	63,  // 87: archipel.v1alpha2.ClusterOverridePolicyService.List:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListRequest
-	65,  // 88: archipel.v1alpha2.ClusterOverridePolicyService.Watch:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchRequest
-	67,  // 89: archipel.v1alpha2.ClusterOverridePolicyService.Apply:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest
-	69,  // 90: archipel.v1alpha2.ClusterOverridePolicyService.Delete:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteRequest
-	71,  // 91: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetRequest
-	73,  // 92: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListRequest
-	75,  // 93: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchRequest
-	77,  // 94: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest
-	79,  // 95: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteRequest
-	81,  // 96: archipel.v1alpha2.ResourceTemplateService.Get:input_type -> archipel.v1alpha2.ResourceTemplateServiceGetRequest
-	83,  // 97: archipel.v1alpha2.ResourceTemplateService.List:input_type -> archipel.v1alpha2.ResourceTemplateServiceListRequest
-	85,  // 98: archipel.v1alpha2.ResourceTemplateService.Watch:input_type -> archipel.v1alpha2.ResourceTemplateServiceWatchRequest
-	87,  // 99: archipel.v1alpha2.ResourceTemplateService.Apply:input_type -> archipel.v1alpha2.ResourceTemplateServiceApplyRequest
-	89,  // 100: archipel.v1alpha2.ResourceTemplateService.Delete:input_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
-	91,  // 101: archipel.v1alpha2.ClusterAdminService.Join:input_type -> archipel.v1alpha2.JoinRequest
-	93,  // 102: archipel.v1alpha2.InfoService.GetVersion:input_type -> archipel.v1alpha2.GetVersionRequest
-	2,   // 103: archipel.v1alpha2.MemberClusterService.Get:output_type -> archipel.v1alpha2.MemberClusterServiceGetResponse
-	4,   // 104: archipel.v1alpha2.MemberClusterService.List:output_type -> archipel.v1alpha2.MemberClusterServiceListResponse
-	6,   // 105: archipel.v1alpha2.MemberClusterService.Watch:output_type -> archipel.v1alpha2.MemberClusterServiceWatchResponse
-	8,   // 106: archipel.v1alpha2.MemberClusterService.Apply:output_type -> archipel.v1alpha2.MemberClusterServiceApplyResponse
-	10,  // 107: archipel.v1alpha2.MemberClusterService.Delete:output_type -> archipel.v1alpha2.MemberClusterServiceDeleteResponse
-	12,  // 108: archipel.v1alpha2.PropagationPolicyService.Get:output_type -> archipel.v1alpha2.PropagationPolicyServiceGetResponse
-	14,  // 109: archipel.v1alpha2.PropagationPolicyService.List:output_type -> archipel.v1alpha2.PropagationPolicyServiceListResponse
-	16,  // 110: archipel.v1alpha2.PropagationPolicyService.Watch:output_type -> archipel.v1alpha2.PropagationPolicyServiceWatchResponse
-	18,  // 111: archipel.v1alpha2.PropagationPolicyService.Apply:output_type -> archipel.v1alpha2.PropagationPolicyServiceApplyResponse
-	20,  // 112: archipel.v1alpha2.PropagationPolicyService.Delete:output_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteResponse
-	22,  // 113: archipel.v1alpha2.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse
-	24,  // 114: archipel.v1alpha2.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse
-	26,  // 115: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse
-	28,  // 116: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse
-	30,  // 117: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteResponse
-	32,  // 118: archipel.v1alpha2.PropagationBindingService.Get:output_type -> archipel.v1alpha2.PropagationBindingServiceGetResponse
-	34,  // 119: archipel.v1alpha2.PropagationBindingService.List:output_type -> archipel.v1alpha2.PropagationBindingServiceListResponse
-	36,  // 120: archipel.v1alpha2.PropagationBindingService.Watch:output_type -> archipel.v1alpha2.PropagationBindingServiceWatchResponse
-	38,  // 121: archipel.v1alpha2.PropagationBindingService.Apply:output_type -> archipel.v1alpha2.PropagationBindingServiceApplyResponse
-	40,  // 122: archipel.v1alpha2.PropagationBindingService.Delete:output_type -> archipel.v1alpha2.PropagationBindingServiceDeleteResponse
-	42,  // 123: archipel.v1alpha2.PropagationWorkService.Get:output_type -> archipel.v1alpha2.PropagationWorkServiceGetResponse
-	44,  // 124: archipel.v1alpha2.PropagationWorkService.List:output_type -> archipel.v1alpha2.PropagationWorkServiceListResponse
-	46,  // 125: archipel.v1alpha2.PropagationWorkService.Watch:output_type -> archipel.v1alpha2.PropagationWorkServiceWatchResponse
-	48,  // 126: archipel.v1alpha2.PropagationWorkService.Apply:output_type -> archipel.v1alpha2.PropagationWorkServiceApplyResponse
-	50,  // 127: archipel.v1alpha2.PropagationWorkService.Delete:output_type -> archipel.v1alpha2.PropagationWorkServiceDeleteResponse
-	52,  // 128: archipel.v1alpha2.OverridePolicyService.Get:output_type -> archipel.v1alpha2.OverridePolicyServiceGetResponse
-	54,  // 129: archipel.v1alpha2.OverridePolicyService.List:output_type -> archipel.v1alpha2.OverridePolicyServiceListResponse
-	56,  // 130: archipel.v1alpha2.OverridePolicyService.Watch:output_type -> archipel.v1alpha2.OverridePolicyServiceWatchResponse
-	58,  // 131: archipel.v1alpha2.OverridePolicyService.Apply:output_type -> archipel.v1alpha2.OverridePolicyServiceApplyResponse
-	60,  // 132: archipel.v1alpha2.OverridePolicyService.Delete:output_type -> archipel.v1alpha2.OverridePolicyServiceDeleteResponse
-	62,  // 133: archipel.v1alpha2.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse
-	64,  // 134: archipel.v1alpha2.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListResponse
-	66,  // 135: archipel.v1alpha2.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse
-	68,  // 136: archipel.v1alpha2.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse
-	70,  // 137: archipel.v1alpha2.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteResponse
-	72,  // 138: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse
-	74,  // 139: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse
-	76,  // 140: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse
-	78,  // 141: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
-	80,  // 142: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
-	82,  // 143: archipel.v1alpha2.ResourceTemplateService.Get:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetResponse
-	84,  // 144: archipel.v1alpha2.ResourceTemplateService.List:output_type -> archipel.v1alpha2.ResourceTemplateServiceListResponse
-	86,  // 145: archipel.v1alpha2.ResourceTemplateService.Watch:output_type -> archipel.v1alpha2.ResourceTemplateServiceWatchResponse
-	88,  // 146: archipel.v1alpha2.ResourceTemplateService.Apply:output_type -> archipel.v1alpha2.ResourceTemplateServiceApplyResponse
-	90,  // 147: archipel.v1alpha2.ResourceTemplateService.Delete:output_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
-	92,  // 148: archipel.v1alpha2.ClusterAdminService.Join:output_type -> archipel.v1alpha2.JoinResponse
-	94,  // 149: archipel.v1alpha2.InfoService.GetVersion:output_type -> archipel.v1alpha2.GetVersionResponse
-	103, // [103:150] is the sub-list for method output_type
-	56,  // [56:103] is the sub-list for method input_type
-	56,  // [56:56] is the sub-list for extension type_name
-	56,  // [56:56] is the sub-list for extension extendee
-	0,   // [0:56] is the sub-list for field type_name
+	113, // 45: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	113, // 46: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	113, // 47: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	114, // 48: archipel.v1alpha2.WorkloadRebalancerServiceGetResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	114, // 49: archipel.v1alpha2.WorkloadRebalancerServiceListResponse.items:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	0,   // 50: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
+	114, // 51: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	114, // 52: archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	114, // 53: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	115, // 54: archipel.v1alpha2.ResourceTemplateServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	115, // 55: archipel.v1alpha2.ResourceTemplateServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceTemplate
+	0,   // 56: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
+	115, // 57: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	115, // 58: archipel.v1alpha2.ResourceTemplateServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	115, // 59: archipel.v1alpha2.ResourceTemplateServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	105, // 60: archipel.v1alpha2.JoinRequest.labels:type_name -> archipel.v1alpha2.JoinRequest.LabelsEntry
+	106, // 61: archipel.v1alpha2.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
+	1,   // 62: archipel.v1alpha2.MemberClusterService.Get:input_type -> archipel.v1alpha2.MemberClusterServiceGetRequest
+	3,   // 63: archipel.v1alpha2.MemberClusterService.List:input_type -> archipel.v1alpha2.MemberClusterServiceListRequest
+	5,   // 64: archipel.v1alpha2.MemberClusterService.Watch:input_type -> archipel.v1alpha2.MemberClusterServiceWatchRequest
+	7,   // 65: archipel.v1alpha2.MemberClusterService.Apply:input_type -> archipel.v1alpha2.MemberClusterServiceApplyRequest
+	9,   // 66: archipel.v1alpha2.MemberClusterService.Delete:input_type -> archipel.v1alpha2.MemberClusterServiceDeleteRequest
+	11,  // 67: archipel.v1alpha2.PropagationPolicyService.Get:input_type -> archipel.v1alpha2.PropagationPolicyServiceGetRequest
+	13,  // 68: archipel.v1alpha2.PropagationPolicyService.List:input_type -> archipel.v1alpha2.PropagationPolicyServiceListRequest
+	15,  // 69: archipel.v1alpha2.PropagationPolicyService.Watch:input_type -> archipel.v1alpha2.PropagationPolicyServiceWatchRequest
+	17,  // 70: archipel.v1alpha2.PropagationPolicyService.Apply:input_type -> archipel.v1alpha2.PropagationPolicyServiceApplyRequest
+	19,  // 71: archipel.v1alpha2.PropagationPolicyService.Delete:input_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteRequest
+	21,  // 72: archipel.v1alpha2.ClusterPropagationPolicyService.Get:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetRequest
+	23,  // 73: archipel.v1alpha2.ClusterPropagationPolicyService.List:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListRequest
+	25,  // 74: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchRequest
+	27,  // 75: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest
+	29,  // 76: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteRequest
+	31,  // 77: archipel.v1alpha2.PropagationBindingService.Get:input_type -> archipel.v1alpha2.PropagationBindingServiceGetRequest
+	33,  // 78: archipel.v1alpha2.PropagationBindingService.List:input_type -> archipel.v1alpha2.PropagationBindingServiceListRequest
+	35,  // 79: archipel.v1alpha2.PropagationBindingService.Watch:input_type -> archipel.v1alpha2.PropagationBindingServiceWatchRequest
+	37,  // 80: archipel.v1alpha2.PropagationBindingService.Apply:input_type -> archipel.v1alpha2.PropagationBindingServiceApplyRequest
+	39,  // 81: archipel.v1alpha2.PropagationBindingService.Delete:input_type -> archipel.v1alpha2.PropagationBindingServiceDeleteRequest
+	41,  // 82: archipel.v1alpha2.PropagationWorkService.Get:input_type -> archipel.v1alpha2.PropagationWorkServiceGetRequest
+	43,  // 83: archipel.v1alpha2.PropagationWorkService.List:input_type -> archipel.v1alpha2.PropagationWorkServiceListRequest
+	45,  // 84: archipel.v1alpha2.PropagationWorkService.Watch:input_type -> archipel.v1alpha2.PropagationWorkServiceWatchRequest
+	47,  // 85: archipel.v1alpha2.PropagationWorkService.Apply:input_type -> archipel.v1alpha2.PropagationWorkServiceApplyRequest
+	49,  // 86: archipel.v1alpha2.PropagationWorkService.Delete:input_type -> archipel.v1alpha2.PropagationWorkServiceDeleteRequest
+	51,  // 87: archipel.v1alpha2.OverridePolicyService.Get:input_type -> archipel.v1alpha2.OverridePolicyServiceGetRequest
+	53,  // 88: archipel.v1alpha2.OverridePolicyService.List:input_type -> archipel.v1alpha2.OverridePolicyServiceListRequest
+	55,  // 89: archipel.v1alpha2.OverridePolicyService.Watch:input_type -> archipel.v1alpha2.OverridePolicyServiceWatchRequest
+	57,  // 90: archipel.v1alpha2.OverridePolicyService.Apply:input_type -> archipel.v1alpha2.OverridePolicyServiceApplyRequest
+	59,  // 91: archipel.v1alpha2.OverridePolicyService.Delete:input_type -> archipel.v1alpha2.OverridePolicyServiceDeleteRequest
+	61,  // 92: archipel.v1alpha2.ClusterOverridePolicyService.Get:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetRequest
+	63,  // 93: archipel.v1alpha2.ClusterOverridePolicyService.List:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListRequest
+	65,  // 94: archipel.v1alpha2.ClusterOverridePolicyService.Watch:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchRequest
+	67,  // 95: archipel.v1alpha2.ClusterOverridePolicyService.Apply:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest
+	69,  // 96: archipel.v1alpha2.ClusterOverridePolicyService.Delete:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteRequest
+	71,  // 97: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetRequest
+	73,  // 98: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListRequest
+	75,  // 99: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchRequest
+	77,  // 100: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest
+	79,  // 101: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteRequest
+	81,  // 102: archipel.v1alpha2.WorkloadRebalancerService.Get:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetRequest
+	83,  // 103: archipel.v1alpha2.WorkloadRebalancerService.List:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceListRequest
+	85,  // 104: archipel.v1alpha2.WorkloadRebalancerService.Watch:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchRequest
+	87,  // 105: archipel.v1alpha2.WorkloadRebalancerService.Apply:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest
+	89,  // 106: archipel.v1alpha2.WorkloadRebalancerService.Delete:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteRequest
+	91,  // 107: archipel.v1alpha2.ResourceTemplateService.Get:input_type -> archipel.v1alpha2.ResourceTemplateServiceGetRequest
+	93,  // 108: archipel.v1alpha2.ResourceTemplateService.List:input_type -> archipel.v1alpha2.ResourceTemplateServiceListRequest
+	95,  // 109: archipel.v1alpha2.ResourceTemplateService.Watch:input_type -> archipel.v1alpha2.ResourceTemplateServiceWatchRequest
+	97,  // 110: archipel.v1alpha2.ResourceTemplateService.Apply:input_type -> archipel.v1alpha2.ResourceTemplateServiceApplyRequest
+	99,  // 111: archipel.v1alpha2.ResourceTemplateService.Delete:input_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
+	101, // 112: archipel.v1alpha2.ClusterAdminService.Join:input_type -> archipel.v1alpha2.JoinRequest
+	103, // 113: archipel.v1alpha2.InfoService.GetVersion:input_type -> archipel.v1alpha2.GetVersionRequest
+	2,   // 114: archipel.v1alpha2.MemberClusterService.Get:output_type -> archipel.v1alpha2.MemberClusterServiceGetResponse
+	4,   // 115: archipel.v1alpha2.MemberClusterService.List:output_type -> archipel.v1alpha2.MemberClusterServiceListResponse
+	6,   // 116: archipel.v1alpha2.MemberClusterService.Watch:output_type -> archipel.v1alpha2.MemberClusterServiceWatchResponse
+	8,   // 117: archipel.v1alpha2.MemberClusterService.Apply:output_type -> archipel.v1alpha2.MemberClusterServiceApplyResponse
+	10,  // 118: archipel.v1alpha2.MemberClusterService.Delete:output_type -> archipel.v1alpha2.MemberClusterServiceDeleteResponse
+	12,  // 119: archipel.v1alpha2.PropagationPolicyService.Get:output_type -> archipel.v1alpha2.PropagationPolicyServiceGetResponse
+	14,  // 120: archipel.v1alpha2.PropagationPolicyService.List:output_type -> archipel.v1alpha2.PropagationPolicyServiceListResponse
+	16,  // 121: archipel.v1alpha2.PropagationPolicyService.Watch:output_type -> archipel.v1alpha2.PropagationPolicyServiceWatchResponse
+	18,  // 122: archipel.v1alpha2.PropagationPolicyService.Apply:output_type -> archipel.v1alpha2.PropagationPolicyServiceApplyResponse
+	20,  // 123: archipel.v1alpha2.PropagationPolicyService.Delete:output_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteResponse
+	22,  // 124: archipel.v1alpha2.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse
+	24,  // 125: archipel.v1alpha2.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse
+	26,  // 126: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse
+	28,  // 127: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse
+	30,  // 128: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteResponse
+	32,  // 129: archipel.v1alpha2.PropagationBindingService.Get:output_type -> archipel.v1alpha2.PropagationBindingServiceGetResponse
+	34,  // 130: archipel.v1alpha2.PropagationBindingService.List:output_type -> archipel.v1alpha2.PropagationBindingServiceListResponse
+	36,  // 131: archipel.v1alpha2.PropagationBindingService.Watch:output_type -> archipel.v1alpha2.PropagationBindingServiceWatchResponse
+	38,  // 132: archipel.v1alpha2.PropagationBindingService.Apply:output_type -> archipel.v1alpha2.PropagationBindingServiceApplyResponse
+	40,  // 133: archipel.v1alpha2.PropagationBindingService.Delete:output_type -> archipel.v1alpha2.PropagationBindingServiceDeleteResponse
+	42,  // 134: archipel.v1alpha2.PropagationWorkService.Get:output_type -> archipel.v1alpha2.PropagationWorkServiceGetResponse
+	44,  // 135: archipel.v1alpha2.PropagationWorkService.List:output_type -> archipel.v1alpha2.PropagationWorkServiceListResponse
+	46,  // 136: archipel.v1alpha2.PropagationWorkService.Watch:output_type -> archipel.v1alpha2.PropagationWorkServiceWatchResponse
+	48,  // 137: archipel.v1alpha2.PropagationWorkService.Apply:output_type -> archipel.v1alpha2.PropagationWorkServiceApplyResponse
+	50,  // 138: archipel.v1alpha2.PropagationWorkService.Delete:output_type -> archipel.v1alpha2.PropagationWorkServiceDeleteResponse
+	52,  // 139: archipel.v1alpha2.OverridePolicyService.Get:output_type -> archipel.v1alpha2.OverridePolicyServiceGetResponse
+	54,  // 140: archipel.v1alpha2.OverridePolicyService.List:output_type -> archipel.v1alpha2.OverridePolicyServiceListResponse
+	56,  // 141: archipel.v1alpha2.OverridePolicyService.Watch:output_type -> archipel.v1alpha2.OverridePolicyServiceWatchResponse
+	58,  // 142: archipel.v1alpha2.OverridePolicyService.Apply:output_type -> archipel.v1alpha2.OverridePolicyServiceApplyResponse
+	60,  // 143: archipel.v1alpha2.OverridePolicyService.Delete:output_type -> archipel.v1alpha2.OverridePolicyServiceDeleteResponse
+	62,  // 144: archipel.v1alpha2.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse
+	64,  // 145: archipel.v1alpha2.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListResponse
+	66,  // 146: archipel.v1alpha2.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse
+	68,  // 147: archipel.v1alpha2.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse
+	70,  // 148: archipel.v1alpha2.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteResponse
+	72,  // 149: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse
+	74,  // 150: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse
+	76,  // 151: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse
+	78,  // 152: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
+	80,  // 153: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
+	82,  // 154: archipel.v1alpha2.WorkloadRebalancerService.Get:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetResponse
+	84,  // 155: archipel.v1alpha2.WorkloadRebalancerService.List:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceListResponse
+	86,  // 156: archipel.v1alpha2.WorkloadRebalancerService.Watch:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse
+	88,  // 157: archipel.v1alpha2.WorkloadRebalancerService.Apply:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
+	90,  // 158: archipel.v1alpha2.WorkloadRebalancerService.Delete:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
+	92,  // 159: archipel.v1alpha2.ResourceTemplateService.Get:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetResponse
+	94,  // 160: archipel.v1alpha2.ResourceTemplateService.List:output_type -> archipel.v1alpha2.ResourceTemplateServiceListResponse
+	96,  // 161: archipel.v1alpha2.ResourceTemplateService.Watch:output_type -> archipel.v1alpha2.ResourceTemplateServiceWatchResponse
+	98,  // 162: archipel.v1alpha2.ResourceTemplateService.Apply:output_type -> archipel.v1alpha2.ResourceTemplateServiceApplyResponse
+	100, // 163: archipel.v1alpha2.ResourceTemplateService.Delete:output_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
+	102, // 164: archipel.v1alpha2.ClusterAdminService.Join:output_type -> archipel.v1alpha2.JoinResponse
+	104, // 165: archipel.v1alpha2.InfoService.GetVersion:output_type -> archipel.v1alpha2.GetVersionResponse
+	114, // [114:166] is the sub-list for method output_type
+	62,  // [62:114] is the sub-list for method input_type
+	62,  // [62:62] is the sub-list for extension type_name
+	62,  // [62:62] is the sub-list for extension extendee
+	0,   // [0:62] is the sub-list for field type_name
 }
 
 func init() { file_archipel_v1alpha2_service_proto_init() }
@@ -6130,9 +6735,9 @@ func file_archipel_v1alpha2_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha2_service_proto_rawDesc), len(file_archipel_v1alpha2_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   95,
+			NumMessages:   105,
 			NumExtensions: 0,
-			NumServices:   11,
+			NumServices:   12,
 		},
 		GoTypes:           file_archipel_v1alpha2_service_proto_goTypes,
 		DependencyIndexes: file_archipel_v1alpha2_service_proto_depIdxs,

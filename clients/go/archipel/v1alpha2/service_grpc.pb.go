@@ -2,7 +2,8 @@
 // Delete, each with its own request and response message, and watch events have a
 // typed EventType. The objects these calls carry are unchanged and stay defined in
 // archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
-// unchanged); archipel.v1alpha1's services stay served for existing clients.
+// unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
+// added since (WorkloadRebalancer) are served by this version only.
 //
 // Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 // ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -2206,6 +2207,281 @@ var ResourceInterpreterCustomizationService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Watch",
 			Handler:       _ResourceInterpreterCustomizationService_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "archipel/v1alpha2/service.proto",
+}
+
+const (
+	WorkloadRebalancerService_Get_FullMethodName    = "/archipel.v1alpha2.WorkloadRebalancerService/Get"
+	WorkloadRebalancerService_List_FullMethodName   = "/archipel.v1alpha2.WorkloadRebalancerService/List"
+	WorkloadRebalancerService_Watch_FullMethodName  = "/archipel.v1alpha2.WorkloadRebalancerService/Watch"
+	WorkloadRebalancerService_Apply_FullMethodName  = "/archipel.v1alpha2.WorkloadRebalancerService/Apply"
+	WorkloadRebalancerService_Delete_FullMethodName = "/archipel.v1alpha2.WorkloadRebalancerService/Delete"
+)
+
+// WorkloadRebalancerServiceClient is the client API for WorkloadRebalancerService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+// (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+type WorkloadRebalancerServiceClient interface {
+	// Read one WorkloadRebalancer; NOT_FOUND when there is none.
+	Get(ctx context.Context, in *WorkloadRebalancerServiceGetRequest, opts ...grpc.CallOption) (*WorkloadRebalancerServiceGetResponse, error)
+	// List WorkloadRebalancers, a page at a time.
+	List(ctx context.Context, in *WorkloadRebalancerServiceListRequest, opts ...grpc.CallOption) (*WorkloadRebalancerServiceListResponse, error)
+	// Stream the changes to WorkloadRebalancers until the caller cancels.
+	Watch(ctx context.Context, in *WorkloadRebalancerServiceWatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WorkloadRebalancerServiceWatchResponse], error)
+	// Create a WorkloadRebalancer, or replace its spec, labels and annotations.
+	Apply(ctx context.Context, in *WorkloadRebalancerServiceApplyRequest, opts ...grpc.CallOption) (*WorkloadRebalancerServiceApplyResponse, error)
+	// Delete a WorkloadRebalancer (once its finalizers are done).
+	Delete(ctx context.Context, in *WorkloadRebalancerServiceDeleteRequest, opts ...grpc.CallOption) (*WorkloadRebalancerServiceDeleteResponse, error)
+}
+
+type workloadRebalancerServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewWorkloadRebalancerServiceClient(cc grpc.ClientConnInterface) WorkloadRebalancerServiceClient {
+	return &workloadRebalancerServiceClient{cc}
+}
+
+func (c *workloadRebalancerServiceClient) Get(ctx context.Context, in *WorkloadRebalancerServiceGetRequest, opts ...grpc.CallOption) (*WorkloadRebalancerServiceGetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WorkloadRebalancerServiceGetResponse)
+	err := c.cc.Invoke(ctx, WorkloadRebalancerService_Get_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workloadRebalancerServiceClient) List(ctx context.Context, in *WorkloadRebalancerServiceListRequest, opts ...grpc.CallOption) (*WorkloadRebalancerServiceListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WorkloadRebalancerServiceListResponse)
+	err := c.cc.Invoke(ctx, WorkloadRebalancerService_List_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workloadRebalancerServiceClient) Watch(ctx context.Context, in *WorkloadRebalancerServiceWatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WorkloadRebalancerServiceWatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &WorkloadRebalancerService_ServiceDesc.Streams[0], WorkloadRebalancerService_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WorkloadRebalancerServiceWatchRequest, WorkloadRebalancerServiceWatchResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type WorkloadRebalancerService_WatchClient = grpc.ServerStreamingClient[WorkloadRebalancerServiceWatchResponse]
+
+func (c *workloadRebalancerServiceClient) Apply(ctx context.Context, in *WorkloadRebalancerServiceApplyRequest, opts ...grpc.CallOption) (*WorkloadRebalancerServiceApplyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WorkloadRebalancerServiceApplyResponse)
+	err := c.cc.Invoke(ctx, WorkloadRebalancerService_Apply_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *workloadRebalancerServiceClient) Delete(ctx context.Context, in *WorkloadRebalancerServiceDeleteRequest, opts ...grpc.CallOption) (*WorkloadRebalancerServiceDeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WorkloadRebalancerServiceDeleteResponse)
+	err := c.cc.Invoke(ctx, WorkloadRebalancerService_Delete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// WorkloadRebalancerServiceServer is the server API for WorkloadRebalancerService service.
+// All implementations must embed UnimplementedWorkloadRebalancerServiceServer
+// for forward compatibility.
+//
+// The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+// (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+type WorkloadRebalancerServiceServer interface {
+	// Read one WorkloadRebalancer; NOT_FOUND when there is none.
+	Get(context.Context, *WorkloadRebalancerServiceGetRequest) (*WorkloadRebalancerServiceGetResponse, error)
+	// List WorkloadRebalancers, a page at a time.
+	List(context.Context, *WorkloadRebalancerServiceListRequest) (*WorkloadRebalancerServiceListResponse, error)
+	// Stream the changes to WorkloadRebalancers until the caller cancels.
+	Watch(*WorkloadRebalancerServiceWatchRequest, grpc.ServerStreamingServer[WorkloadRebalancerServiceWatchResponse]) error
+	// Create a WorkloadRebalancer, or replace its spec, labels and annotations.
+	Apply(context.Context, *WorkloadRebalancerServiceApplyRequest) (*WorkloadRebalancerServiceApplyResponse, error)
+	// Delete a WorkloadRebalancer (once its finalizers are done).
+	Delete(context.Context, *WorkloadRebalancerServiceDeleteRequest) (*WorkloadRebalancerServiceDeleteResponse, error)
+	mustEmbedUnimplementedWorkloadRebalancerServiceServer()
+}
+
+// UnimplementedWorkloadRebalancerServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedWorkloadRebalancerServiceServer struct{}
+
+func (UnimplementedWorkloadRebalancerServiceServer) Get(context.Context, *WorkloadRebalancerServiceGetRequest) (*WorkloadRebalancerServiceGetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Get not implemented")
+}
+func (UnimplementedWorkloadRebalancerServiceServer) List(context.Context, *WorkloadRebalancerServiceListRequest) (*WorkloadRebalancerServiceListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method List not implemented")
+}
+func (UnimplementedWorkloadRebalancerServiceServer) Watch(*WorkloadRebalancerServiceWatchRequest, grpc.ServerStreamingServer[WorkloadRebalancerServiceWatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedWorkloadRebalancerServiceServer) Apply(context.Context, *WorkloadRebalancerServiceApplyRequest) (*WorkloadRebalancerServiceApplyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Apply not implemented")
+}
+func (UnimplementedWorkloadRebalancerServiceServer) Delete(context.Context, *WorkloadRebalancerServiceDeleteRequest) (*WorkloadRebalancerServiceDeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
+}
+func (UnimplementedWorkloadRebalancerServiceServer) mustEmbedUnimplementedWorkloadRebalancerServiceServer() {
+}
+func (UnimplementedWorkloadRebalancerServiceServer) testEmbeddedByValue() {}
+
+// UnsafeWorkloadRebalancerServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to WorkloadRebalancerServiceServer will
+// result in compilation errors.
+type UnsafeWorkloadRebalancerServiceServer interface {
+	mustEmbedUnimplementedWorkloadRebalancerServiceServer()
+}
+
+func RegisterWorkloadRebalancerServiceServer(s grpc.ServiceRegistrar, srv WorkloadRebalancerServiceServer) {
+	// If the following call panics, it indicates UnimplementedWorkloadRebalancerServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&WorkloadRebalancerService_ServiceDesc, srv)
+}
+
+func _WorkloadRebalancerService_Get_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WorkloadRebalancerServiceGetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkloadRebalancerServiceServer).Get(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkloadRebalancerService_Get_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkloadRebalancerServiceServer).Get(ctx, req.(*WorkloadRebalancerServiceGetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkloadRebalancerService_List_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WorkloadRebalancerServiceListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkloadRebalancerServiceServer).List(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkloadRebalancerService_List_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkloadRebalancerServiceServer).List(ctx, req.(*WorkloadRebalancerServiceListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkloadRebalancerService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WorkloadRebalancerServiceWatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(WorkloadRebalancerServiceServer).Watch(m, &grpc.GenericServerStream[WorkloadRebalancerServiceWatchRequest, WorkloadRebalancerServiceWatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type WorkloadRebalancerService_WatchServer = grpc.ServerStreamingServer[WorkloadRebalancerServiceWatchResponse]
+
+func _WorkloadRebalancerService_Apply_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WorkloadRebalancerServiceApplyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkloadRebalancerServiceServer).Apply(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkloadRebalancerService_Apply_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkloadRebalancerServiceServer).Apply(ctx, req.(*WorkloadRebalancerServiceApplyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _WorkloadRebalancerService_Delete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WorkloadRebalancerServiceDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkloadRebalancerServiceServer).Delete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: WorkloadRebalancerService_Delete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkloadRebalancerServiceServer).Delete(ctx, req.(*WorkloadRebalancerServiceDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// WorkloadRebalancerService_ServiceDesc is the grpc.ServiceDesc for WorkloadRebalancerService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var WorkloadRebalancerService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "archipel.v1alpha2.WorkloadRebalancerService",
+	HandlerType: (*WorkloadRebalancerServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Get",
+			Handler:    _WorkloadRebalancerService_Get_Handler,
+		},
+		{
+			MethodName: "List",
+			Handler:    _WorkloadRebalancerService_List_Handler,
+		},
+		{
+			MethodName: "Apply",
+			Handler:    _WorkloadRebalancerService_Apply_Handler,
+		},
+		{
+			MethodName: "Delete",
+			Handler:    _WorkloadRebalancerService_Delete_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _WorkloadRebalancerService_Watch_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -97,8 +97,10 @@ export interface PropagationSpec {
    */
   schedulerName: string;
   /**
-   * Karmada's application and cluster failover. Checked (purgeMode values) but not
-   * acted on; a NoExecute cluster taint is what moves work off a cluster.
+   * Karmada's failover. A cluster tainted NoExecute (not Ready past the failover
+   * grace period, by default) loses the workload unless the placement tolerates the
+   * taint; `cluster.purgeMode` says how its old copy goes. With `application`, a
+   * workload Unhealthy in a cluster for tolerationSeconds moves out of it too.
    */
   failover:
     | FailoverBehavior
@@ -320,35 +322,46 @@ export interface Placement {
 /** Karmada's application failover trigger. */
 export interface DecisionConditions {
   /**
-   * How long an unhealthy application is tolerated before failover (Karmada: 300).
-   * Not acted on.
+   * How long the workload may stay Unhealthy in a cluster before it moves out of it
+   * (default 300, as Karmada). Not when it fails in every cluster it runs in: then
+   * the application, not a cluster, is broken.
    */
   tolerationSeconds?: number | undefined;
 }
 
-/** A piece of state Karmada carries to the new cluster on failover. */
+/** A piece of state carried to the new clusters on application failover. */
 export interface StatePreservationRule {
-  /** The label the preserved value is written to. */
+  /**
+   * The label the preserved value is written to, on the copies in clusters the
+   * workload was not in before, while the eviction task lasts (as Karmada).
+   */
   aliasLabelName: string;
-  /** A JSONPath into the status to read the value from. */
+  /** A JSONPath into the status the old copy last reported, e.g. "{.jobId}". */
   jsonPath: string;
 }
 
-/** State Karmada carries to the new cluster on failover; not acted on. */
+/** State carried to the new clusters on application failover. */
 export interface StatePreservation {
   /** The values to carry. */
   rules: StatePreservationRule[];
 }
 
-/** Karmada's failover of an unhealthy application; checked but not acted on. */
+/** Karmada's failover of an application that stays Unhealthy in one cluster. */
 export interface ApplicationFailoverBehavior {
   /** When to fail over. */
   decisionConditions:
     | DecisionConditions
     | undefined;
-  /** Directly, Gracefully (default) or Never. */
+  /**
+   * What becomes of the old copy: Directly deleted at once, Gracefully (default)
+   * kept until the workload is healthy elsewhere or the grace period ends, Never kept
+   * until the binding is rescheduled.
+   */
   purgeMode: string;
-  /** How long Gracefully waits before removing the old copy (Karmada: 600). */
+  /**
+   * How long Gracefully keeps the old copy at most (default: the control plane's
+   * --graceful-eviction-timeout, 600 s). Only with purgeMode Gracefully.
+   */
   gracePeriodSeconds?:
     | number
     | undefined;
@@ -356,17 +369,24 @@ export interface ApplicationFailoverBehavior {
   statePreservation: StatePreservation | undefined;
 }
 
-/** Karmada's failover away from a failed cluster; checked but not acted on. */
+/**
+ * Failover away from a failed cluster: what happens to the copy a failed cluster
+ * holds once the workload is evicted from it.
+ */
 export interface ClusterFailoverBehavior {
-  /** Directly or Gracefully. */
+  /**
+   * Gracefully (default): kept until the workload is healthy elsewhere or the
+   * control plane's graceful eviction timeout ends; Directly: deleted at once.
+   */
   purgeMode: string;
   /** State to carry to the new cluster. */
   statePreservation: StatePreservation | undefined;
 }
 
 /**
- * Karmada's failover behaviour. Archipel checks the purgeMode values but does not act
- * on it; a NoExecute cluster taint is what moves work off a cluster.
+ * Karmada's failover behaviour. A cluster failing (a NoExecute taint the placement
+ * does not tolerate) moves the workload whether or not this is set; `cluster` says
+ * how the old copy goes.
  */
 export interface FailoverBehavior {
   /** Failover of an unhealthy application. */

@@ -9,7 +9,7 @@ import { BinaryReader, BinaryWriter } from "@bufbuild/protobuf/wire";
 import { Struct } from "../../google/protobuf/struct.js";
 import { Timestamp } from "../../google/protobuf/timestamp.js";
 import { Condition, ObjectMeta, ObjectReference } from "./meta.js";
-import { Placement, Suspension } from "./policy.js";
+import { FailoverBehavior, Placement, Suspension } from "./policy.js";
 
 export const protobufPackage = "archipel.v1alpha1";
 
@@ -132,6 +132,82 @@ export interface PropagationBindingSpec {
    * run: it goes to those clusters too. A binding with no policy exists only for them.
    */
   requiredBy: BindingSnapshot[];
+  /** From the policy: how the workload fails over (purge mode and state preservation). */
+  failover:
+    | FailoverBehavior
+    | undefined;
+  /**
+   * Clusters the workload was evicted from whose copy is kept, for now, while it
+   * comes up elsewhere. Written by the scheduler; each task ends by itself.
+   */
+  gracefulEvictionTasks: GracefulEvictionTask[];
+}
+
+/**
+ * An eviction from one cluster whose old copy is kept, for a while, as Karmada's
+ * graceful eviction: until the workload is healthy in the clusters it moved to, or
+ * until gracePeriodSeconds have passed, whichever comes first.
+ */
+export interface GracefulEvictionTask {
+  /** The cluster the workload was evicted from. */
+  fromCluster: string;
+  /**
+   * Gracefully: the old copy goes once the workload is healthy elsewhere, or after the
+   * grace period. Never: the old copy stays until the cluster is healthy again (or the
+   * binding is rescheduled). Directly is never recorded as a task: the copy goes at once.
+   */
+  purgeMode: string;
+  /** The replicas the evicted cluster held; its copy keeps them. */
+  replicas?:
+    | number
+    | undefined;
+  /** Why: TaintUntolerated (the cluster failed) or ApplicationFailure. */
+  reason: string;
+  /** What happened, for people. */
+  message: string;
+  /** Who evicted: the scheduler (Archipel's taint manager) or application failover. */
+  producer: string;
+  /**
+   * How long, at most, the old copy is kept; empty: the control plane's
+   * --graceful-eviction-timeout (600 s by default).
+   */
+  gracePeriodSeconds?:
+    | number
+    | undefined;
+  /**
+   * True keeps the old copy until someone sets it false (or the binding is
+   * rescheduled, or the cluster leaves), whatever the grace period says.
+   */
+  suppressDeletion?:
+    | boolean
+    | undefined;
+  /** Labels the new copies get from the old copy's status (statePreservation). */
+  preservedLabelState: { [key: string]: string };
+  /** Where the workload was before the eviction. */
+  clustersBeforeFailover: string[];
+  /** When the eviction began; the grace period counts from here. */
+  creationTimestamp: Date | undefined;
+}
+
+export interface GracefulEvictionTask_PreservedLabelStateEntry {
+  key: string;
+  value: string;
+}
+
+/** One failover of a workload, as `archipel describe` shows it. */
+export interface FailoverHistoryItem {
+  /** When the workload was evicted from the cluster. */
+  startTime:
+    | Date
+    | undefined;
+  /** The cluster it was evicted from. */
+  originCluster: string;
+  /** Why: TaintUntolerated or ApplicationFailure. */
+  reason: string;
+  /** Where the workload was before. */
+  clustersBeforeFailover: string[];
+  /** Where it went. */
+  clustersAfterFailover: string[];
 }
 
 /** A workload binding that requires an object, and where it runs. */
@@ -189,6 +265,8 @@ export interface PropagationBindingStatus {
   conditions: Condition[];
   /** One item per target cluster. */
   aggregatedStatus: AggregatedStatusItem[];
+  /** The most recent failovers, newest last (at most 10). */
+  failoverHistory: FailoverHistoryItem[];
 }
 
 /** The objects a work applies. */
@@ -700,6 +778,8 @@ function createBasePropagationBindingSpec(): PropagationBindingSpec {
     rescheduleTriggeredAt: undefined,
     replicaRequirements: undefined,
     requiredBy: [],
+    failover: undefined,
+    gracefulEvictionTasks: [],
   };
 }
 
@@ -743,6 +823,12 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
     }
     for (const v of message.requiredBy) {
       BindingSnapshot.encode(v!, writer.uint32(106).fork()).join();
+    }
+    if (message.failover !== undefined) {
+      FailoverBehavior.encode(message.failover, writer.uint32(114).fork()).join();
+    }
+    for (const v of message.gracefulEvictionTasks) {
+      GracefulEvictionTask.encode(v!, writer.uint32(122).fork()).join();
     }
     return writer;
   },
@@ -864,6 +950,22 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
             message.requiredBy.push(BindingSnapshot.decode(reader, reader.uint32()));
             continue;
           }
+          case 14: {
+            if (tag !== 114) {
+              break;
+            }
+
+            message.failover = FailoverBehavior.decode(reader, reader.uint32());
+            continue;
+          }
+          case 15: {
+            if (tag !== 122) {
+              break;
+            }
+
+            message.gracefulEvictionTasks.push(GracefulEvictionTask.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -921,6 +1023,12 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
         : globalThis.Array.isArray(object?.required_by)
         ? object.required_by.map((e: any) => BindingSnapshot.fromJSON(e))
         : [],
+      failover: isSet(object.failover) ? FailoverBehavior.fromJSON(object.failover) : undefined,
+      gracefulEvictionTasks: globalThis.Array.isArray(object?.gracefulEvictionTasks)
+        ? object.gracefulEvictionTasks.map((e: any) => GracefulEvictionTask.fromJSON(e))
+        : globalThis.Array.isArray(object?.graceful_eviction_tasks)
+        ? object.graceful_eviction_tasks.map((e: any) => GracefulEvictionTask.fromJSON(e))
+        : [],
     };
   },
 
@@ -965,6 +1073,12 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
     if (message.requiredBy?.length) {
       obj.requiredBy = message.requiredBy.map((e) => BindingSnapshot.toJSON(e));
     }
+    if (message.failover !== undefined) {
+      obj.failover = FailoverBehavior.toJSON(message.failover);
+    }
+    if (message.gracefulEvictionTasks?.length) {
+      obj.gracefulEvictionTasks = message.gracefulEvictionTasks.map((e) => GracefulEvictionTask.toJSON(e));
+    }
     return obj;
   },
 
@@ -996,6 +1110,558 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
       ? ReplicaRequirements.fromPartial(object.replicaRequirements)
       : undefined;
     message.requiredBy = object.requiredBy?.map((e) => BindingSnapshot.fromPartial(e)) || [];
+    message.failover = (object.failover !== undefined && object.failover !== null)
+      ? FailoverBehavior.fromPartial(object.failover)
+      : undefined;
+    message.gracefulEvictionTasks = object.gracefulEvictionTasks?.map((e) => GracefulEvictionTask.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseGracefulEvictionTask(): GracefulEvictionTask {
+  return {
+    fromCluster: "",
+    purgeMode: "",
+    replicas: undefined,
+    reason: "",
+    message: "",
+    producer: "",
+    gracePeriodSeconds: undefined,
+    suppressDeletion: undefined,
+    preservedLabelState: {},
+    clustersBeforeFailover: [],
+    creationTimestamp: undefined,
+  };
+}
+
+export const GracefulEvictionTask: MessageFns<GracefulEvictionTask> = {
+  encode(message: GracefulEvictionTask, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.fromCluster !== "") {
+      writer.uint32(10).string(message.fromCluster);
+    }
+    if (message.purgeMode !== "") {
+      writer.uint32(18).string(message.purgeMode);
+    }
+    if (message.replicas !== undefined) {
+      writer.uint32(24).int32(message.replicas);
+    }
+    if (message.reason !== "") {
+      writer.uint32(34).string(message.reason);
+    }
+    if (message.message !== "") {
+      writer.uint32(42).string(message.message);
+    }
+    if (message.producer !== "") {
+      writer.uint32(50).string(message.producer);
+    }
+    if (message.gracePeriodSeconds !== undefined) {
+      writer.uint32(56).int32(message.gracePeriodSeconds);
+    }
+    if (message.suppressDeletion !== undefined) {
+      writer.uint32(64).bool(message.suppressDeletion);
+    }
+    globalThis.Object.entries(message.preservedLabelState).forEach(([key, value]: [string, string]) => {
+      GracefulEvictionTask_PreservedLabelStateEntry.encode({ key: key as any, value }, writer.uint32(74).fork()).join();
+    });
+    for (const v of message.clustersBeforeFailover) {
+      writer.uint32(82).string(v!);
+    }
+    if (message.creationTimestamp !== undefined) {
+      Timestamp.encode(toTimestamp(message.creationTimestamp), writer.uint32(90).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GracefulEvictionTask {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGracefulEvictionTask();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.fromCluster = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.purgeMode = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.replicas = reader.int32();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.message = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.producer = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 56) {
+              break;
+            }
+
+            message.gracePeriodSeconds = reader.int32();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.suppressDeletion = reader.bool();
+            continue;
+          }
+          case 9: {
+            if (tag !== 74) {
+              break;
+            }
+
+            const entry9 = GracefulEvictionTask_PreservedLabelStateEntry.decode(reader, reader.uint32());
+            if (entry9.value !== undefined) {
+              message.preservedLabelState[entry9.key] = entry9.value;
+            }
+            continue;
+          }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            message.clustersBeforeFailover.push(reader.string());
+            continue;
+          }
+          case 11: {
+            if (tag !== 90) {
+              break;
+            }
+
+            message.creationTimestamp = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GracefulEvictionTask {
+    return {
+      fromCluster: isSet(object.fromCluster)
+        ? globalThis.String(object.fromCluster)
+        : isSet(object.from_cluster)
+        ? globalThis.String(object.from_cluster)
+        : "",
+      purgeMode: isSet(object.purgeMode)
+        ? globalThis.String(object.purgeMode)
+        : isSet(object.purge_mode)
+        ? globalThis.String(object.purge_mode)
+        : "",
+      replicas: isSet(object.replicas) ? globalThis.Number(object.replicas) : undefined,
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      message: isSet(object.message) ? globalThis.String(object.message) : "",
+      producer: isSet(object.producer) ? globalThis.String(object.producer) : "",
+      gracePeriodSeconds: isSet(object.gracePeriodSeconds)
+        ? globalThis.Number(object.gracePeriodSeconds)
+        : isSet(object.grace_period_seconds)
+        ? globalThis.Number(object.grace_period_seconds)
+        : undefined,
+      suppressDeletion: isSet(object.suppressDeletion)
+        ? globalThis.Boolean(object.suppressDeletion)
+        : isSet(object.suppress_deletion)
+        ? globalThis.Boolean(object.suppress_deletion)
+        : undefined,
+      preservedLabelState: isObject(object.preservedLabelState)
+        ? (globalThis.Object.entries(object.preservedLabelState) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.preserved_label_state)
+        ? (globalThis.Object.entries(object.preserved_label_state) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      clustersBeforeFailover: globalThis.Array.isArray(object?.clustersBeforeFailover)
+        ? object.clustersBeforeFailover.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.clusters_before_failover)
+        ? object.clusters_before_failover.map((e: any) => globalThis.String(e))
+        : [],
+      creationTimestamp: isSet(object.creationTimestamp)
+        ? fromJsonTimestamp(object.creationTimestamp)
+        : isSet(object.creation_timestamp)
+        ? fromJsonTimestamp(object.creation_timestamp)
+        : undefined,
+    };
+  },
+
+  toJSON(message: GracefulEvictionTask): unknown {
+    const obj: any = {};
+    if (message.fromCluster !== "") {
+      obj.fromCluster = message.fromCluster;
+    }
+    if (message.purgeMode !== "") {
+      obj.purgeMode = message.purgeMode;
+    }
+    if (message.replicas !== undefined) {
+      obj.replicas = Math.round(message.replicas);
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.message !== "") {
+      obj.message = message.message;
+    }
+    if (message.producer !== "") {
+      obj.producer = message.producer;
+    }
+    if (message.gracePeriodSeconds !== undefined) {
+      obj.gracePeriodSeconds = Math.round(message.gracePeriodSeconds);
+    }
+    if (message.suppressDeletion !== undefined) {
+      obj.suppressDeletion = message.suppressDeletion;
+    }
+    if (message.preservedLabelState) {
+      const entries = globalThis.Object.entries(message.preservedLabelState) as [string, string][];
+      if (entries.length > 0) {
+        obj.preservedLabelState = {};
+        entries.forEach(([k, v]) => {
+          obj.preservedLabelState[k] = v;
+        });
+      }
+    }
+    if (message.clustersBeforeFailover?.length) {
+      obj.clustersBeforeFailover = message.clustersBeforeFailover;
+    }
+    if (message.creationTimestamp !== undefined) {
+      obj.creationTimestamp = message.creationTimestamp.toISOString();
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<GracefulEvictionTask>, I>>(base?: I): GracefulEvictionTask {
+    return GracefulEvictionTask.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<GracefulEvictionTask>, I>>(object: I): GracefulEvictionTask {
+    const message = createBaseGracefulEvictionTask();
+    message.fromCluster = object.fromCluster ?? "";
+    message.purgeMode = object.purgeMode ?? "";
+    message.replicas = object.replicas ?? undefined;
+    message.reason = object.reason ?? "";
+    message.message = object.message ?? "";
+    message.producer = object.producer ?? "";
+    message.gracePeriodSeconds = object.gracePeriodSeconds ?? undefined;
+    message.suppressDeletion = object.suppressDeletion ?? undefined;
+    message.preservedLabelState = (globalThis.Object.entries(object.preservedLabelState ?? {}) as [string, string][])
+      .reduce((acc: { [key: string]: string }, [key, value]: [string, string]) => {
+        if (value !== undefined) {
+          acc[key] = globalThis.String(value);
+        }
+        return acc;
+      }, {});
+    message.clustersBeforeFailover = object.clustersBeforeFailover?.map((e) => e) || [];
+    message.creationTimestamp = object.creationTimestamp ?? undefined;
+    return message;
+  },
+};
+
+function createBaseGracefulEvictionTask_PreservedLabelStateEntry(): GracefulEvictionTask_PreservedLabelStateEntry {
+  return { key: "", value: "" };
+}
+
+export const GracefulEvictionTask_PreservedLabelStateEntry: MessageFns<GracefulEvictionTask_PreservedLabelStateEntry> =
+  {
+    encode(
+      message: GracefulEvictionTask_PreservedLabelStateEntry,
+      writer: BinaryWriter = new BinaryWriter(),
+    ): BinaryWriter {
+      if (message.key !== "") {
+        writer.uint32(10).string(message.key);
+      }
+      if (message.value !== "") {
+        writer.uint32(18).string(message.value);
+      }
+      return writer;
+    },
+
+    decode(input: BinaryReader | Uint8Array, length?: number): GracefulEvictionTask_PreservedLabelStateEntry {
+      const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+      const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+      if (previousRecursionDepth >= 100) {
+        throw new globalThis.Error("protobuf decode recursion limit exceeded");
+      }
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+      try {
+        const end = length === undefined ? reader.len : reader.pos + length;
+        const message = createBaseGracefulEvictionTask_PreservedLabelStateEntry();
+        while (reader.pos < end) {
+          const tag = reader.uint32();
+          switch (tag >>> 3) {
+            case 1: {
+              if (tag !== 10) {
+                break;
+              }
+
+              message.key = reader.string();
+              continue;
+            }
+            case 2: {
+              if (tag !== 18) {
+                break;
+              }
+
+              message.value = reader.string();
+              continue;
+            }
+          }
+          if ((tag & 7) === 4 || tag === 0) {
+            break;
+          }
+          reader.skip(tag & 7);
+        }
+        return message;
+      } finally {
+        (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+      }
+    },
+
+    fromJSON(object: any): GracefulEvictionTask_PreservedLabelStateEntry {
+      return {
+        key: isSet(object.key) ? globalThis.String(object.key) : "",
+        value: isSet(object.value) ? globalThis.String(object.value) : "",
+      };
+    },
+
+    toJSON(message: GracefulEvictionTask_PreservedLabelStateEntry): unknown {
+      const obj: any = {};
+      if (message.key !== "") {
+        obj.key = message.key;
+      }
+      if (message.value !== "") {
+        obj.value = message.value;
+      }
+      return obj;
+    },
+
+    create<I extends Exact<DeepPartial<GracefulEvictionTask_PreservedLabelStateEntry>, I>>(
+      base?: I,
+    ): GracefulEvictionTask_PreservedLabelStateEntry {
+      return GracefulEvictionTask_PreservedLabelStateEntry.fromPartial(base ?? ({} as any));
+    },
+    fromPartial<I extends Exact<DeepPartial<GracefulEvictionTask_PreservedLabelStateEntry>, I>>(
+      object: I,
+    ): GracefulEvictionTask_PreservedLabelStateEntry {
+      const message = createBaseGracefulEvictionTask_PreservedLabelStateEntry();
+      message.key = object.key ?? "";
+      message.value = object.value ?? "";
+      return message;
+    },
+  };
+
+function createBaseFailoverHistoryItem(): FailoverHistoryItem {
+  return { startTime: undefined, originCluster: "", reason: "", clustersBeforeFailover: [], clustersAfterFailover: [] };
+}
+
+export const FailoverHistoryItem: MessageFns<FailoverHistoryItem> = {
+  encode(message: FailoverHistoryItem, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.startTime !== undefined) {
+      Timestamp.encode(toTimestamp(message.startTime), writer.uint32(10).fork()).join();
+    }
+    if (message.originCluster !== "") {
+      writer.uint32(18).string(message.originCluster);
+    }
+    if (message.reason !== "") {
+      writer.uint32(26).string(message.reason);
+    }
+    for (const v of message.clustersBeforeFailover) {
+      writer.uint32(34).string(v!);
+    }
+    for (const v of message.clustersAfterFailover) {
+      writer.uint32(42).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FailoverHistoryItem {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFailoverHistoryItem();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.startTime = fromTimestamp(Timestamp.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.originCluster = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.reason = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.clustersBeforeFailover.push(reader.string());
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.clustersAfterFailover.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FailoverHistoryItem {
+    return {
+      startTime: isSet(object.startTime)
+        ? fromJsonTimestamp(object.startTime)
+        : isSet(object.start_time)
+        ? fromJsonTimestamp(object.start_time)
+        : undefined,
+      originCluster: isSet(object.originCluster)
+        ? globalThis.String(object.originCluster)
+        : isSet(object.origin_cluster)
+        ? globalThis.String(object.origin_cluster)
+        : "",
+      reason: isSet(object.reason) ? globalThis.String(object.reason) : "",
+      clustersBeforeFailover: globalThis.Array.isArray(object?.clustersBeforeFailover)
+        ? object.clustersBeforeFailover.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.clusters_before_failover)
+        ? object.clusters_before_failover.map((e: any) => globalThis.String(e))
+        : [],
+      clustersAfterFailover: globalThis.Array.isArray(object?.clustersAfterFailover)
+        ? object.clustersAfterFailover.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.clusters_after_failover)
+        ? object.clusters_after_failover.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: FailoverHistoryItem): unknown {
+    const obj: any = {};
+    if (message.startTime !== undefined) {
+      obj.startTime = message.startTime.toISOString();
+    }
+    if (message.originCluster !== "") {
+      obj.originCluster = message.originCluster;
+    }
+    if (message.reason !== "") {
+      obj.reason = message.reason;
+    }
+    if (message.clustersBeforeFailover?.length) {
+      obj.clustersBeforeFailover = message.clustersBeforeFailover;
+    }
+    if (message.clustersAfterFailover?.length) {
+      obj.clustersAfterFailover = message.clustersAfterFailover;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FailoverHistoryItem>, I>>(base?: I): FailoverHistoryItem {
+    return FailoverHistoryItem.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FailoverHistoryItem>, I>>(object: I): FailoverHistoryItem {
+    const message = createBaseFailoverHistoryItem();
+    message.startTime = object.startTime ?? undefined;
+    message.originCluster = object.originCluster ?? "";
+    message.reason = object.reason ?? "";
+    message.clustersBeforeFailover = object.clustersBeforeFailover?.map((e) => e) || [];
+    message.clustersAfterFailover = object.clustersAfterFailover?.map((e) => e) || [];
     return message;
   },
 };
@@ -1466,7 +2132,13 @@ export const AggregatedStatusItem: MessageFns<AggregatedStatusItem> = {
 };
 
 function createBasePropagationBindingStatus(): PropagationBindingStatus {
-  return { schedulerObservedGeneration: 0, lastScheduledTime: undefined, conditions: [], aggregatedStatus: [] };
+  return {
+    schedulerObservedGeneration: 0,
+    lastScheduledTime: undefined,
+    conditions: [],
+    aggregatedStatus: [],
+    failoverHistory: [],
+  };
 }
 
 export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
@@ -1482,6 +2154,9 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
     }
     for (const v of message.aggregatedStatus) {
       AggregatedStatusItem.encode(v!, writer.uint32(34).fork()).join();
+    }
+    for (const v of message.failoverHistory) {
+      FailoverHistoryItem.encode(v!, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1531,6 +2206,14 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
             message.aggregatedStatus.push(AggregatedStatusItem.decode(reader, reader.uint32()));
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.failoverHistory.push(FailoverHistoryItem.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1563,6 +2246,11 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
         : globalThis.Array.isArray(object?.aggregated_status)
         ? object.aggregated_status.map((e: any) => AggregatedStatusItem.fromJSON(e))
         : [],
+      failoverHistory: globalThis.Array.isArray(object?.failoverHistory)
+        ? object.failoverHistory.map((e: any) => FailoverHistoryItem.fromJSON(e))
+        : globalThis.Array.isArray(object?.failover_history)
+        ? object.failover_history.map((e: any) => FailoverHistoryItem.fromJSON(e))
+        : [],
     };
   },
 
@@ -1580,6 +2268,9 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
     if (message.aggregatedStatus?.length) {
       obj.aggregatedStatus = message.aggregatedStatus.map((e) => AggregatedStatusItem.toJSON(e));
     }
+    if (message.failoverHistory?.length) {
+      obj.failoverHistory = message.failoverHistory.map((e) => FailoverHistoryItem.toJSON(e));
+    }
     return obj;
   },
 
@@ -1592,6 +2283,7 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
     message.lastScheduledTime = object.lastScheduledTime ?? undefined;
     message.conditions = object.conditions?.map((e) => Condition.fromPartial(e)) || [];
     message.aggregatedStatus = object.aggregatedStatus?.map((e) => AggregatedStatusItem.fromPartial(e)) || [];
+    message.failoverHistory = object.failoverHistory?.map((e) => FailoverHistoryItem.fromPartial(e)) || [];
     return message;
   },
 };

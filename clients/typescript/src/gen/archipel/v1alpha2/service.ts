@@ -20,6 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
+import { WorkloadRebalancer } from "../v1alpha1/apps.js";
 import { MemberCluster } from "../v1alpha1/cluster.js";
 import { ResourceInterpreterCustomization } from "../v1alpha1/interpreter.js";
 import { ClusterOverridePolicy, OverridePolicy } from "../v1alpha1/override.js";
@@ -35,7 +36,8 @@ export const protobufFileName = "archipel/v1alpha2/service.proto";
  * Delete, each with its own request and response message, and watch events have a
  * typed EventType. The objects these calls carry are unchanged and stay defined in
  * archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
- * unchanged); archipel.v1alpha1's services stay served for existing clients.
+ * unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
+ * added since (WorkloadRebalancer) are served by this version only.
  *
  * Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
  * ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -946,6 +948,109 @@ export interface ResourceInterpreterCustomizationServiceDeleteRequest {
 
 /** What became of the deleted ResourceInterpreterCustomization. */
 export interface ResourceInterpreterCustomizationServiceDeleteResponse {
+  /**
+   * True when the object is gone; false when finalizers still hold it (it is
+   * marked for deletion and goes when they are done).
+   */
+  deleted: boolean;
+}
+
+/** Which WorkloadRebalancer to read. */
+export interface WorkloadRebalancerServiceGetRequest {
+  /** The object's name. */
+  name: string;
+}
+
+/** The WorkloadRebalancer asked for. */
+export interface WorkloadRebalancerServiceGetResponse {
+  /** The object as stored, with its status and resourceVersion. */
+  object: WorkloadRebalancer | undefined;
+}
+
+/** Which WorkloadRebalancers to list, and which page. */
+export interface WorkloadRebalancerServiceListRequest {
+  /**
+   * Only objects whose labels match, in Kubernetes label selector syntax:
+   * "app=web,tier in (a,b),!legacy". Empty matches every object.
+   */
+  labelSelector: string;
+  /**
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
+   */
+  limit: number;
+  /** The `continue` token of the previous page; empty for the first page. */
+  continue: string;
+}
+
+/** One page of WorkloadRebalancers. */
+export interface WorkloadRebalancerServiceListResponse {
+  /** The objects of this page, in key order. */
+  items: WorkloadRebalancer[];
+  /**
+   * Send it back in the next request's `continue` for the next page; empty on the
+   * last page.
+   */
+  continue: string;
+  /** The revision the list was read at: a Watch from it misses no change. */
+  resourceVersion: string;
+}
+
+/** Which WorkloadRebalancers to watch, and from when. */
+export interface WorkloadRebalancerServiceWatchRequest {
+  /** Only objects whose labels match (Kubernetes label selector syntax). */
+  labelSelector: string;
+  /**
+   * Send the changes after this revision (a List's or an event's). Empty: first the
+   * current objects as ADDED events, then the changes. Too old: OUT_OF_RANGE, and the
+   * caller lists again.
+   */
+  resourceVersion: string;
+}
+
+/** One change to a WorkloadRebalancer. */
+export interface WorkloadRebalancerServiceWatchResponse {
+  /** What happened. */
+  type: EventType;
+  /** The object after the change; for EVENT_TYPE_DELETED, its last state. */
+  object:
+    | WorkloadRebalancer
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
+  resourceVersion: string;
+}
+
+/** The WorkloadRebalancer to create, or whose spec, labels and annotations to replace. */
+export interface WorkloadRebalancerServiceApplyRequest {
+  /**
+   * The desired object. Its status and server-set metadata (uid, generation,
+   * creationTimestamp, deletionTimestamp) are ignored. With metadata.resourceVersion
+   * set, the apply fails with ABORTED unless the stored object is at that version;
+   * without, it applies over whatever is stored, as kubectl apply does.
+   */
+  object: WorkloadRebalancer | undefined;
+}
+
+/** The WorkloadRebalancer after the apply. */
+export interface WorkloadRebalancerServiceApplyResponse {
+  /** The object as stored; unchanged (same resourceVersion) when nothing differed. */
+  object: WorkloadRebalancer | undefined;
+}
+
+/** Which WorkloadRebalancer to delete. */
+export interface WorkloadRebalancerServiceDeleteRequest {
+  /** The object's name. */
+  name: string;
+  /**
+   * Delete only if the object is still at this version (ABORTED otherwise); empty
+   * deletes whatever version is stored.
+   */
+  resourceVersion: string;
+}
+
+/** What became of the deleted WorkloadRebalancer. */
+export interface WorkloadRebalancerServiceDeleteResponse {
   /**
    * True when the object is gone; false when finalizers still hold it (it is
    * marked for deletion and goes when they are done).
@@ -8498,6 +8603,888 @@ export const ResourceInterpreterCustomizationServiceDeleteResponse: MessageFns<
   },
 };
 
+function createBaseWorkloadRebalancerServiceGetRequest(): WorkloadRebalancerServiceGetRequest {
+  return { name: "" };
+}
+
+export const WorkloadRebalancerServiceGetRequest: MessageFns<WorkloadRebalancerServiceGetRequest> = {
+  encode(message: WorkloadRebalancerServiceGetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceGetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceGetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceGetRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceGetRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceGetRequest>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceGetRequest {
+    return WorkloadRebalancerServiceGetRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceGetRequest>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceGetRequest {
+    const message = createBaseWorkloadRebalancerServiceGetRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceGetResponse(): WorkloadRebalancerServiceGetResponse {
+  return { object: undefined };
+}
+
+export const WorkloadRebalancerServiceGetResponse: MessageFns<WorkloadRebalancerServiceGetResponse> = {
+  encode(message: WorkloadRebalancerServiceGetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.object !== undefined) {
+      WorkloadRebalancer.encode(message.object, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceGetResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceGetResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.object = WorkloadRebalancer.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceGetResponse {
+    return { object: isSet(object.object) ? WorkloadRebalancer.fromJSON(object.object) : undefined };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceGetResponse): unknown {
+    const obj: any = {};
+    if (message.object !== undefined) {
+      obj.object = WorkloadRebalancer.toJSON(message.object);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceGetResponse>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceGetResponse {
+    return WorkloadRebalancerServiceGetResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceGetResponse>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceGetResponse {
+    const message = createBaseWorkloadRebalancerServiceGetResponse();
+    message.object = (object.object !== undefined && object.object !== null)
+      ? WorkloadRebalancer.fromPartial(object.object)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceListRequest(): WorkloadRebalancerServiceListRequest {
+  return { labelSelector: "", limit: 0, continue: "" };
+}
+
+export const WorkloadRebalancerServiceListRequest: MessageFns<WorkloadRebalancerServiceListRequest> = {
+  encode(message: WorkloadRebalancerServiceListRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.labelSelector !== "") {
+      writer.uint32(10).string(message.labelSelector);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(16).int32(message.limit);
+    }
+    if (message.continue !== "") {
+      writer.uint32(26).string(message.continue);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceListRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceListRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.labelSelector = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.limit = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.continue = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceListRequest {
+    return {
+      labelSelector: isSet(object.labelSelector)
+        ? globalThis.String(object.labelSelector)
+        : isSet(object.label_selector)
+        ? globalThis.String(object.label_selector)
+        : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      continue: isSet(object.continue) ? globalThis.String(object.continue) : "",
+    };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceListRequest): unknown {
+    const obj: any = {};
+    if (message.labelSelector !== "") {
+      obj.labelSelector = message.labelSelector;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.continue !== "") {
+      obj.continue = message.continue;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceListRequest>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceListRequest {
+    return WorkloadRebalancerServiceListRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceListRequest>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceListRequest {
+    const message = createBaseWorkloadRebalancerServiceListRequest();
+    message.labelSelector = object.labelSelector ?? "";
+    message.limit = object.limit ?? 0;
+    message.continue = object.continue ?? "";
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceListResponse(): WorkloadRebalancerServiceListResponse {
+  return { items: [], continue: "", resourceVersion: "" };
+}
+
+export const WorkloadRebalancerServiceListResponse: MessageFns<WorkloadRebalancerServiceListResponse> = {
+  encode(message: WorkloadRebalancerServiceListResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.items) {
+      WorkloadRebalancer.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.continue !== "") {
+      writer.uint32(18).string(message.continue);
+    }
+    if (message.resourceVersion !== "") {
+      writer.uint32(26).string(message.resourceVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceListResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceListResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.items.push(WorkloadRebalancer.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.continue = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.resourceVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceListResponse {
+    return {
+      items: globalThis.Array.isArray(object?.items)
+        ? object.items.map((e: any) => WorkloadRebalancer.fromJSON(e))
+        : [],
+      continue: isSet(object.continue) ? globalThis.String(object.continue) : "",
+      resourceVersion: isSet(object.resourceVersion)
+        ? globalThis.String(object.resourceVersion)
+        : isSet(object.resource_version)
+        ? globalThis.String(object.resource_version)
+        : "",
+    };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceListResponse): unknown {
+    const obj: any = {};
+    if (message.items?.length) {
+      obj.items = message.items.map((e) => WorkloadRebalancer.toJSON(e));
+    }
+    if (message.continue !== "") {
+      obj.continue = message.continue;
+    }
+    if (message.resourceVersion !== "") {
+      obj.resourceVersion = message.resourceVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceListResponse>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceListResponse {
+    return WorkloadRebalancerServiceListResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceListResponse>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceListResponse {
+    const message = createBaseWorkloadRebalancerServiceListResponse();
+    message.items = object.items?.map((e) => WorkloadRebalancer.fromPartial(e)) || [];
+    message.continue = object.continue ?? "";
+    message.resourceVersion = object.resourceVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceWatchRequest(): WorkloadRebalancerServiceWatchRequest {
+  return { labelSelector: "", resourceVersion: "" };
+}
+
+export const WorkloadRebalancerServiceWatchRequest: MessageFns<WorkloadRebalancerServiceWatchRequest> = {
+  encode(message: WorkloadRebalancerServiceWatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.labelSelector !== "") {
+      writer.uint32(10).string(message.labelSelector);
+    }
+    if (message.resourceVersion !== "") {
+      writer.uint32(18).string(message.resourceVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceWatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceWatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.labelSelector = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resourceVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceWatchRequest {
+    return {
+      labelSelector: isSet(object.labelSelector)
+        ? globalThis.String(object.labelSelector)
+        : isSet(object.label_selector)
+        ? globalThis.String(object.label_selector)
+        : "",
+      resourceVersion: isSet(object.resourceVersion)
+        ? globalThis.String(object.resourceVersion)
+        : isSet(object.resource_version)
+        ? globalThis.String(object.resource_version)
+        : "",
+    };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceWatchRequest): unknown {
+    const obj: any = {};
+    if (message.labelSelector !== "") {
+      obj.labelSelector = message.labelSelector;
+    }
+    if (message.resourceVersion !== "") {
+      obj.resourceVersion = message.resourceVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceWatchRequest>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceWatchRequest {
+    return WorkloadRebalancerServiceWatchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceWatchRequest>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceWatchRequest {
+    const message = createBaseWorkloadRebalancerServiceWatchRequest();
+    message.labelSelector = object.labelSelector ?? "";
+    message.resourceVersion = object.resourceVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceWatchResponse(): WorkloadRebalancerServiceWatchResponse {
+  return { type: 0, object: undefined, resourceVersion: "" };
+}
+
+export const WorkloadRebalancerServiceWatchResponse: MessageFns<WorkloadRebalancerServiceWatchResponse> = {
+  encode(message: WorkloadRebalancerServiceWatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.object !== undefined) {
+      WorkloadRebalancer.encode(message.object, writer.uint32(18).fork()).join();
+    }
+    if (message.resourceVersion !== "") {
+      writer.uint32(26).string(message.resourceVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceWatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceWatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.object = WorkloadRebalancer.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.resourceVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceWatchResponse {
+    return {
+      type: isSet(object.type) ? eventTypeFromJSON(object.type) : 0,
+      object: isSet(object.object) ? WorkloadRebalancer.fromJSON(object.object) : undefined,
+      resourceVersion: isSet(object.resourceVersion)
+        ? globalThis.String(object.resourceVersion)
+        : isSet(object.resource_version)
+        ? globalThis.String(object.resource_version)
+        : "",
+    };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceWatchResponse): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = eventTypeToJSON(message.type);
+    }
+    if (message.object !== undefined) {
+      obj.object = WorkloadRebalancer.toJSON(message.object);
+    }
+    if (message.resourceVersion !== "") {
+      obj.resourceVersion = message.resourceVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceWatchResponse>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceWatchResponse {
+    return WorkloadRebalancerServiceWatchResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceWatchResponse>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceWatchResponse {
+    const message = createBaseWorkloadRebalancerServiceWatchResponse();
+    message.type = object.type ?? 0;
+    message.object = (object.object !== undefined && object.object !== null)
+      ? WorkloadRebalancer.fromPartial(object.object)
+      : undefined;
+    message.resourceVersion = object.resourceVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceApplyRequest(): WorkloadRebalancerServiceApplyRequest {
+  return { object: undefined };
+}
+
+export const WorkloadRebalancerServiceApplyRequest: MessageFns<WorkloadRebalancerServiceApplyRequest> = {
+  encode(message: WorkloadRebalancerServiceApplyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.object !== undefined) {
+      WorkloadRebalancer.encode(message.object, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceApplyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceApplyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.object = WorkloadRebalancer.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceApplyRequest {
+    return { object: isSet(object.object) ? WorkloadRebalancer.fromJSON(object.object) : undefined };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceApplyRequest): unknown {
+    const obj: any = {};
+    if (message.object !== undefined) {
+      obj.object = WorkloadRebalancer.toJSON(message.object);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceApplyRequest>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceApplyRequest {
+    return WorkloadRebalancerServiceApplyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceApplyRequest>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceApplyRequest {
+    const message = createBaseWorkloadRebalancerServiceApplyRequest();
+    message.object = (object.object !== undefined && object.object !== null)
+      ? WorkloadRebalancer.fromPartial(object.object)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceApplyResponse(): WorkloadRebalancerServiceApplyResponse {
+  return { object: undefined };
+}
+
+export const WorkloadRebalancerServiceApplyResponse: MessageFns<WorkloadRebalancerServiceApplyResponse> = {
+  encode(message: WorkloadRebalancerServiceApplyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.object !== undefined) {
+      WorkloadRebalancer.encode(message.object, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceApplyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceApplyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.object = WorkloadRebalancer.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceApplyResponse {
+    return { object: isSet(object.object) ? WorkloadRebalancer.fromJSON(object.object) : undefined };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceApplyResponse): unknown {
+    const obj: any = {};
+    if (message.object !== undefined) {
+      obj.object = WorkloadRebalancer.toJSON(message.object);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceApplyResponse>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceApplyResponse {
+    return WorkloadRebalancerServiceApplyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceApplyResponse>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceApplyResponse {
+    const message = createBaseWorkloadRebalancerServiceApplyResponse();
+    message.object = (object.object !== undefined && object.object !== null)
+      ? WorkloadRebalancer.fromPartial(object.object)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceDeleteRequest(): WorkloadRebalancerServiceDeleteRequest {
+  return { name: "", resourceVersion: "" };
+}
+
+export const WorkloadRebalancerServiceDeleteRequest: MessageFns<WorkloadRebalancerServiceDeleteRequest> = {
+  encode(message: WorkloadRebalancerServiceDeleteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.resourceVersion !== "") {
+      writer.uint32(18).string(message.resourceVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceDeleteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceDeleteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resourceVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceDeleteRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      resourceVersion: isSet(object.resourceVersion)
+        ? globalThis.String(object.resourceVersion)
+        : isSet(object.resource_version)
+        ? globalThis.String(object.resource_version)
+        : "",
+    };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceDeleteRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.resourceVersion !== "") {
+      obj.resourceVersion = message.resourceVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceDeleteRequest>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceDeleteRequest {
+    return WorkloadRebalancerServiceDeleteRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceDeleteRequest>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceDeleteRequest {
+    const message = createBaseWorkloadRebalancerServiceDeleteRequest();
+    message.name = object.name ?? "";
+    message.resourceVersion = object.resourceVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseWorkloadRebalancerServiceDeleteResponse(): WorkloadRebalancerServiceDeleteResponse {
+  return { deleted: false };
+}
+
+export const WorkloadRebalancerServiceDeleteResponse: MessageFns<WorkloadRebalancerServiceDeleteResponse> = {
+  encode(message: WorkloadRebalancerServiceDeleteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): WorkloadRebalancerServiceDeleteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseWorkloadRebalancerServiceDeleteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): WorkloadRebalancerServiceDeleteResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: WorkloadRebalancerServiceDeleteResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<WorkloadRebalancerServiceDeleteResponse>, I>>(
+    base?: I,
+  ): WorkloadRebalancerServiceDeleteResponse {
+    return WorkloadRebalancerServiceDeleteResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<WorkloadRebalancerServiceDeleteResponse>, I>>(
+    object: I,
+  ): WorkloadRebalancerServiceDeleteResponse {
+    const message = createBaseWorkloadRebalancerServiceDeleteResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 function createBaseResourceTemplateServiceGetRequest(): ResourceTemplateServiceGetRequest {
   return { apiVersion: "", kind: "", namespace: "", name: "" };
 }
@@ -11510,6 +12497,187 @@ export const ResourceInterpreterCustomizationServiceClient = makeGenericClientCo
     options?: Partial<ClientOptions>,
   ): ResourceInterpreterCustomizationServiceClient;
   service: typeof ResourceInterpreterCustomizationServiceService;
+  serviceName: string;
+};
+
+/**
+ * The WorkloadRebalancers: requests to divide some workloads' replicas afresh
+ * (cluster-scoped; Karmada's apps.karmada.io/v1alpha1). Served by this version only.
+ */
+export type WorkloadRebalancerServiceService = typeof WorkloadRebalancerServiceService;
+export const WorkloadRebalancerServiceService = {
+  /** Read one WorkloadRebalancer; NOT_FOUND when there is none. */
+  get: {
+    path: "/archipel.v1alpha2.WorkloadRebalancerService/Get" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WorkloadRebalancerServiceGetRequest): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceGetRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WorkloadRebalancerServiceGetRequest =>
+      WorkloadRebalancerServiceGetRequest.decode(value),
+    responseSerialize: (value: WorkloadRebalancerServiceGetResponse): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceGetResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WorkloadRebalancerServiceGetResponse =>
+      WorkloadRebalancerServiceGetResponse.decode(value),
+  },
+  /** List WorkloadRebalancers, a page at a time. */
+  list: {
+    path: "/archipel.v1alpha2.WorkloadRebalancerService/List" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WorkloadRebalancerServiceListRequest): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceListRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WorkloadRebalancerServiceListRequest =>
+      WorkloadRebalancerServiceListRequest.decode(value),
+    responseSerialize: (value: WorkloadRebalancerServiceListResponse): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceListResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WorkloadRebalancerServiceListResponse =>
+      WorkloadRebalancerServiceListResponse.decode(value),
+  },
+  /** Stream the changes to WorkloadRebalancers until the caller cancels. */
+  watch: {
+    path: "/archipel.v1alpha2.WorkloadRebalancerService/Watch" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: WorkloadRebalancerServiceWatchRequest): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceWatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WorkloadRebalancerServiceWatchRequest =>
+      WorkloadRebalancerServiceWatchRequest.decode(value),
+    responseSerialize: (value: WorkloadRebalancerServiceWatchResponse): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceWatchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WorkloadRebalancerServiceWatchResponse =>
+      WorkloadRebalancerServiceWatchResponse.decode(value),
+  },
+  /** Create a WorkloadRebalancer, or replace its spec, labels and annotations. */
+  apply: {
+    path: "/archipel.v1alpha2.WorkloadRebalancerService/Apply" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WorkloadRebalancerServiceApplyRequest): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceApplyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WorkloadRebalancerServiceApplyRequest =>
+      WorkloadRebalancerServiceApplyRequest.decode(value),
+    responseSerialize: (value: WorkloadRebalancerServiceApplyResponse): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceApplyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WorkloadRebalancerServiceApplyResponse =>
+      WorkloadRebalancerServiceApplyResponse.decode(value),
+  },
+  /** Delete a WorkloadRebalancer (once its finalizers are done). */
+  delete: {
+    path: "/archipel.v1alpha2.WorkloadRebalancerService/Delete" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: WorkloadRebalancerServiceDeleteRequest): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceDeleteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): WorkloadRebalancerServiceDeleteRequest =>
+      WorkloadRebalancerServiceDeleteRequest.decode(value),
+    responseSerialize: (value: WorkloadRebalancerServiceDeleteResponse): Buffer =>
+      Buffer.from(WorkloadRebalancerServiceDeleteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): WorkloadRebalancerServiceDeleteResponse =>
+      WorkloadRebalancerServiceDeleteResponse.decode(value),
+  },
+} as const;
+
+export interface WorkloadRebalancerServiceServer extends UntypedServiceImplementation {
+  /** Read one WorkloadRebalancer; NOT_FOUND when there is none. */
+  get: handleUnaryCall<WorkloadRebalancerServiceGetRequest, WorkloadRebalancerServiceGetResponse>;
+  /** List WorkloadRebalancers, a page at a time. */
+  list: handleUnaryCall<WorkloadRebalancerServiceListRequest, WorkloadRebalancerServiceListResponse>;
+  /** Stream the changes to WorkloadRebalancers until the caller cancels. */
+  watch: handleServerStreamingCall<WorkloadRebalancerServiceWatchRequest, WorkloadRebalancerServiceWatchResponse>;
+  /** Create a WorkloadRebalancer, or replace its spec, labels and annotations. */
+  apply: handleUnaryCall<WorkloadRebalancerServiceApplyRequest, WorkloadRebalancerServiceApplyResponse>;
+  /** Delete a WorkloadRebalancer (once its finalizers are done). */
+  delete: handleUnaryCall<WorkloadRebalancerServiceDeleteRequest, WorkloadRebalancerServiceDeleteResponse>;
+}
+
+export interface WorkloadRebalancerServiceClient extends Client {
+  /** Read one WorkloadRebalancer; NOT_FOUND when there is none. */
+  get(
+    request: WorkloadRebalancerServiceGetRequest,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceGetResponse) => void,
+  ): ClientUnaryCall;
+  get(
+    request: WorkloadRebalancerServiceGetRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceGetResponse) => void,
+  ): ClientUnaryCall;
+  get(
+    request: WorkloadRebalancerServiceGetRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceGetResponse) => void,
+  ): ClientUnaryCall;
+  /** List WorkloadRebalancers, a page at a time. */
+  list(
+    request: WorkloadRebalancerServiceListRequest,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceListResponse) => void,
+  ): ClientUnaryCall;
+  list(
+    request: WorkloadRebalancerServiceListRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceListResponse) => void,
+  ): ClientUnaryCall;
+  list(
+    request: WorkloadRebalancerServiceListRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceListResponse) => void,
+  ): ClientUnaryCall;
+  /** Stream the changes to WorkloadRebalancers until the caller cancels. */
+  watch(
+    request: WorkloadRebalancerServiceWatchRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WorkloadRebalancerServiceWatchResponse>;
+  watch(
+    request: WorkloadRebalancerServiceWatchRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<WorkloadRebalancerServiceWatchResponse>;
+  /** Create a WorkloadRebalancer, or replace its spec, labels and annotations. */
+  apply(
+    request: WorkloadRebalancerServiceApplyRequest,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceApplyResponse) => void,
+  ): ClientUnaryCall;
+  apply(
+    request: WorkloadRebalancerServiceApplyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceApplyResponse) => void,
+  ): ClientUnaryCall;
+  apply(
+    request: WorkloadRebalancerServiceApplyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceApplyResponse) => void,
+  ): ClientUnaryCall;
+  /** Delete a WorkloadRebalancer (once its finalizers are done). */
+  delete(
+    request: WorkloadRebalancerServiceDeleteRequest,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceDeleteResponse) => void,
+  ): ClientUnaryCall;
+  delete(
+    request: WorkloadRebalancerServiceDeleteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceDeleteResponse) => void,
+  ): ClientUnaryCall;
+  delete(
+    request: WorkloadRebalancerServiceDeleteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: WorkloadRebalancerServiceDeleteResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const WorkloadRebalancerServiceClient = makeGenericClientConstructor(
+  WorkloadRebalancerServiceService,
+  "archipel.v1alpha2.WorkloadRebalancerService",
+) as unknown as {
+  new (
+    address: string,
+    credentials: ChannelCredentials,
+    options?: Partial<ClientOptions>,
+  ): WorkloadRebalancerServiceClient;
+  service: typeof WorkloadRebalancerServiceService;
   serviceName: string;
 };
 
