@@ -49,12 +49,17 @@ def test_client_sees_stop_and_restart(members: Fleet) -> None:
     watcher.start()
 
     member.stop_apiserver()
-    assert member.state() == "stopped"
-    assert ended.get(timeout=30) in {"closed", "ProtocolError", "MaxRetryError"}
-    with pytest.raises(urllib3.exceptions.HTTPError):
-        core.list_namespaced_config_map("default", _request_timeout=2)
-
-    member.start_apiserver()
+    try:
+        assert member.state() == "stopped"
+        # A busy machine may stop the server before the watch has connected: then the
+        # client sees the outage as a refused connection.
+        seen = ended.get(timeout=30)
+        assert seen in {"closed", "ProtocolError", "MaxRetryError", "NewConnectionError"}
+        with pytest.raises(urllib3.exceptions.HTTPError):
+            core.list_namespaced_config_map("default", _request_timeout=2)
+    finally:
+        # The module's other tests share this member.
+        member.start_apiserver()
     assert member.state() == "running"
     names = {cm.metadata.name for cm in core.list_namespaced_config_map("default").items}
     assert name in names, "data written before the restart must survive it"
