@@ -60,3 +60,10 @@ WORKLOAD_EVICTIONS = Counter(
     "cluster failed; ApplicationFailure: the workload stayed Unhealthy there)",
     ["reason"],
 )
+FAILOVER_RECOVERY_SECONDS = Histogram(
+    "archipel_failover_recovery_seconds",
+    "Seconds from a fault (a cluster tainted not ready or unreachable, or an application "
+    "Unhealthy past its toleration) until the workload is Healthy everywhere it moved to",
+    ["reason"],
+    buckets=(5, 10, 30, 60, 90, 120, 180, 300, 600, 1200),
+)

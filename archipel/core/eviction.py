@@ -33,7 +33,7 @@ from typing import Any
 from google.protobuf import timestamp_pb2
 
 from archipel import jsonpath, structs
-from archipel.core import scheduling
+from archipel.core import names, scheduling
 from archipel.v1alpha1 import work_pb2
 
 PRODUCER = "TaintManager"
@@ -76,6 +76,9 @@ class Resolution:
 
     kept: list[work_pb2.GracefulEvictionTask]
     recheck_at: float | None
+    recovered: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    """(reason, seconds from the fault) of each task that ended because the workload
+    is healthy where it moved: how long the failover took."""
 
 
 def resolve(
@@ -95,6 +98,7 @@ def resolve(
         else -math.inf
     )
     kept: list[work_pb2.GracefulEvictionTask] = []
+    recovered: list[tuple[str, float]] = []
     recheck: float | None = None
     for task in spec.graceful_eviction_tasks:
         began = _seconds(task.creation_timestamp)
@@ -113,7 +117,10 @@ def resolve(
             ):
                 kept.append(task)
             continue
-        if task.purge_mode == DIRECTLY or healthy_elsewhere(binding, task.from_cluster):
+        if task.purge_mode == DIRECTLY:
+            continue
+        if healthy_elsewhere(binding, task.from_cluster):
+            recovered.append((task.reason, now - fault_time(binding, task, cluster)))
             continue
         grace = (
             task.grace_period_seconds if task.HasField("grace_period_seconds") else default_grace
@@ -123,7 +130,26 @@ def resolve(
             continue
         kept.append(task)
         recheck = deadline if recheck is None else min(recheck, deadline)
-    return Resolution(kept, recheck)
+    return Resolution(kept, recheck, recovered)
+
+
+def fault_time(
+    binding: work_pb2.PropagationBinding,
+    task: work_pb2.GracefulEvictionTask,
+    cluster: scheduling.ClusterInfo,
+) -> float:
+    """When the fault behind an eviction began, as well as can be told: when the
+    cluster was first tainted for not being Ready, or, for an application, when it had
+    been Unhealthy for tolerationSeconds before the eviction."""
+    began = _seconds(task.creation_timestamp)
+    if task.reason == APPLICATION_FAILURE:
+        return began - (application_toleration(binding) or 0)
+    added = [
+        t.time_added
+        for t in cluster.taints
+        if t.key in (names.NOT_READY_TAINT, names.UNREACHABLE_TAINT) and t.time_added is not None
+    ]
+    return min([began, *added])
 
 
 def new_task(

@@ -573,7 +573,12 @@ def _taints_and_failover(
     elif no_execute:
         failover = _evicting(wanted, grace)
     else:
-        since = condition.last_transition_time.seconds if condition is not None else now_wall
+        # Nanoseconds too: whole seconds would end the grace up to a second early.
+        since = (
+            condition.last_transition_time.seconds + condition.last_transition_time.nanos / 1e9
+            if condition is not None
+            else now_wall
+        )
         left = since + grace - observed.now_wall
         if not unhealthy or left > 0:
             wait = left if unhealthy else 0.0

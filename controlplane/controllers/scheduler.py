@@ -292,6 +292,10 @@ def plan(observed: Observed) -> Plan | None:
     result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
     for reason in moves:
         result.committed.append(metrics.WORKLOAD_EVICTIONS.labels(reason).inc)
+    for reason, seconds in resolution.recovered:
+        result.committed.append(
+            functools.partial(metrics.FAILOVER_RECOVERY_SECONDS.labels(reason).observe, seconds)
+        )
     if spec_changed:
         result.committed.append(
             functools.partial(

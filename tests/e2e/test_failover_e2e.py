@@ -411,5 +411,41 @@ def test_suspended_dispatching_holds_a_clusters_work_back_without_deleting_it(
     )
 
 
+def test_a_flapping_member_leaves_no_task_behind_and_moves_nothing_twice(
+    failover: Pipeline, namespace: str
+) -> None:
+    start_spread(failover, namespace, spread_policy(namespace))
+    member3 = failover.fleet["member3"]
+    for outage in range(3):
+        member3.stop_apiserver()
+        try:
+            if outage == 0:
+                # The first outage lasts long enough to move the workload.
+                wait_for(
+                    "member3's replicas moved",
+                    lambda: scheduled(failover, namespace) == {"member1": 3, "member2": 3},
+                    timeout=TIMEOUT,
+                )
+            else:
+                wait_for(
+                    "member3 not Ready",
+                    lambda: failover.ready("member3") == "False",
+                    timeout=TIMEOUT,
+                )
+        finally:
+            member3.start_apiserver()
+        wait_for("member3 Ready", lambda: failover.ready("member3") == "True", timeout=TIMEOUT)
+    wait_for(
+        "every eviction task over, member3's copy gone",
+        lambda: not tasks(failover, namespace) and "member3" not in running(failover, namespace),
+        timeout=TIMEOUT,
+    )
+    # One move, not one per outage: the later ones found nothing of it on member3.
+    history = binding(failover, namespace)["status"]["failoverHistory"]
+    assert [h["originCluster"] for h in history] == ["member3"]
+    assert scheduled(failover, namespace) == {"member1": 3, "member2": 3}
+    assert running(failover, namespace) == {"member1": 3, "member2": 3}
+
+
 def _seconds(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

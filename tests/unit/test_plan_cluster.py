@@ -69,7 +69,7 @@ def member(
         set_condition(result.status.conditions, "Ready", ready, "Before", "as it was")
         condition = find(result.status.conditions, "Ready")
         assert condition is not None
-        condition.last_transition_time.FromSeconds(int(ready_since))
+        condition.last_transition_time.FromNanoseconds(int(ready_since * 1e9))
         # A cluster with a Ready condition other than "waiting" has heard from its agent.
         result.status.agent.connected = True
         result.status.agent.version = "0.9.0"
@@ -1003,3 +1003,11 @@ def test_an_evicting_cluster_as_written_plans_nothing() -> None:
     written = evicting(plan(observe(failing(), FAILED_BEAT)), "NotReady")
     written.metadata.resource_version = "42"
     assert update_of(plan(observe(written, FAILED_BEAT))) is None
+
+
+def test_the_failover_grace_counts_fractions_of_a_second() -> None:
+    # Ready turned False 59.5 s ago: whole seconds would make it 60 and taint early.
+    observed = failing(since=FAILOVER - 0.5)
+    written = update_of(plan(observe(observed, FAILED_BEAT)), requeue=0.5)
+    assert written is not None
+    assert not any(t.effect == "NoExecute" for t in written.spec.taints)

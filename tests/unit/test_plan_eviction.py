@@ -430,3 +430,19 @@ def test_a_workload_in_a_single_cluster_moves_when_it_fails_there() -> None:
     written, _ = decide(observed, clusters, unhealthy={"m1": T - 61})
     assert placed(written) == {"m2": 6}
     assert evicted_from(written) == [("m1", "Gracefully", 6)]
+
+
+def test_a_failover_reports_how_long_it_took_from_the_fault() -> None:
+    # m3 was tainted not ready 90 s ago and the workload evicted 60 s ago; it is now
+    # healthy where it moved: 90 s from the fault to recovery.
+    observed = binding(
+        static(), [("m1", 3), ("m2", 3)], tasks=[task("m3", began=T - 60)], healthy=["m1", "m2"]
+    )
+    resolution = eviction.resolve(
+        observed,
+        clusters={c.name: c for c in (up("m1"), up("m2"), down("m3", since=T - 90))},
+        now=T,
+        default_grace=GRACE,
+    )
+    assert resolution.kept == []
+    assert resolution.recovered == [("TaintUntolerated", pytest.approx(90))]
