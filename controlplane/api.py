@@ -598,6 +598,7 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
     kinds.PROPAGATION_BINDING.name: _check_namespaced,
     kinds.PROPAGATION_WORK.name: _check_namespaced,
     kinds.WORKLOAD_REBALANCER.name: validation.check_workload_rebalancer,
+    kinds.CLUSTER_TAINT_POLICY.name: validation.check_cluster_taint_policy,
 }
 
 

@@ -78,6 +78,11 @@ class Settings:
     NoExecute taint: so many failing at once points at the control plane's own network."""
     eviction_interval: float = 10.0
     """At most one cluster gets NoExecute taints per this many seconds (rate limit)."""
+    default_failover_taints: bool = True
+    """The built-in failover rule, the equivalent of a default ClusterTaintPolicy: a
+    cluster not Ready for ``failover_grace_period`` gets the not-ready or unreachable
+    NoExecute taint. False (--no-default-failover-taints) leaves NoExecute taints to
+    the ClusterTaintPolicies people write; the NoSchedule ones stay."""
     graceful_eviction_timeout: float = 600.0
     """How long an evicted cluster keeps its copy of a workload, at most, while the
     workload becomes healthy in its new clusters (a graceful eviction task's default
@@ -104,6 +109,7 @@ class Context:
     bindings: Informer[work_pb2.PropagationBinding]
     works: Informer[work_pb2.PropagationWork]
     rebalancers: Informer[apps_pb2.WorkloadRebalancer]
+    taint_policies: Informer[policy_pb2.ClusterTaintPolicy]
     # Rebuilt whenever a customization changes; controllers read it, never write it.
     interpreters: interpreter.Registry = dataclasses.field(default_factory=interpreter.Registry)
 
@@ -122,6 +128,7 @@ class Context:
             bindings=Informer(store, kinds.PROPAGATION_BINDING),
             works=Informer(store, kinds.PROPAGATION_WORK),
             rebalancers=Informer(store, kinds.WORKLOAD_REBALANCER),
+            taint_policies=Informer(store, kinds.CLUSTER_TAINT_POLICY),
         )
         context.works.add_index("binding", lambda w: [binding_key_of_work(w)])
         context.works.add_index("cluster", lambda w: [w.metadata.labels.get(CLUSTER_LABEL, "")])
@@ -181,6 +188,7 @@ class Context:
             self.bindings,
             self.works,
             self.rebalancers,
+            self.taint_policies,
         ]
 
 

@@ -46,7 +46,9 @@ SESSION_CRASHES = Counter(
 CLUSTER_EVICTIONS = Counter(
     "archipel_cluster_evictions_total",
     "NoExecute taints the cluster controller added to failing clusters (failovers started)",
-    ["reason"],  # NotReady (the API server failed) or Unreachable (the agent went silent)
+    # NotReady (the API server failed), Unreachable (the agent went silent), or
+    # ClusterTaintPolicy (a policy's NoExecute taint)
+    ["reason"],
 )
 EVICTION_HALTED = Gauge(
     "archipel_eviction_halted",

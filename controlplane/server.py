@@ -506,6 +506,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="share of not-Ready clusters above which no cluster is tainted NoExecute",
     )
     parser.add_argument("--eviction-interval", type=float, default=10.0)
+    parser.add_argument(
+        "--no-default-failover-taints",
+        dest="default_failover_taints",
+        action="store_false",
+        help="the built-in failover adds no NoExecute taints (its NoSchedule ones stay): "
+        "ClusterTaintPolicies decide which clusters are evicted",
+    )
     parser.add_argument("--graceful-eviction-timeout", type=float, default=600.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
@@ -543,6 +550,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         failover_grace_period=args.failover_grace_period,
         unhealthy_cluster_threshold=args.unhealthy_cluster_threshold,
         eviction_interval=args.eviction_interval,
+        default_failover_taints=args.default_failover_taints,
         graceful_eviction_timeout=args.graceful_eviction_timeout,
         workers=args.workers,
         controllers=controllers,

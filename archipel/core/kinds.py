@@ -366,6 +366,15 @@ WORKLOAD_REBALANCER = _proto_kind(
     karmada_group="apps.karmada.io",
     short_names=("rebalancer", "rebalancers", "wr"),
 )
+CLUSTER_TAINT_POLICY = _proto_kind(
+    policy_pb2.ClusterTaintPolicy,
+    name="ClusterTaintPolicy",
+    plural="clustertaintpolicies",
+    namespaced=False,
+    group="policy.archipel.io",
+    karmada_group="policy.karmada.io",
+    short_names=("ctp", "taintpolicy", "taintpolicies"),
+)
 
 
 # -- resource templates ------------------------------------------------------------
@@ -471,6 +480,7 @@ API_KINDS: dict[str, Kind[Any]] = {
         PROPAGATION_BINDING,
         PROPAGATION_WORK,
         WORKLOAD_REBALANCER,
+        CLUSTER_TAINT_POLICY,
     )
 }
 

@@ -419,6 +419,55 @@ def check_workload_rebalancer(rebalancer: apps_pb2.WorkloadRebalancer) -> None:
         )
 
 
+# What a ClusterTaintPolicy may say (Karmada's rules for it).
+TAINT_POLICY_EFFECTS = ("NoSchedule", "NoExecute")
+MATCH_CONDITION_OPERATORS = ("In", "NotIn")
+
+
+def check_cluster_taint_policy(policy: policy_pb2.ClusterTaintPolicy) -> None:
+    """Karmada's rules for a ClusterTaintPolicy: a target cluster affinity as a
+    placement's, at least one of addOnConditions and removeOnConditions, each entry
+    with a condition type, operator In or NotIn and at least one status value, and at
+    least one taint, each with a key and effect NoSchedule or NoExecute."""
+    check_metadata(policy.metadata, namespaced=False)
+    spec = policy.spec
+    if spec.HasField("target_clusters"):
+        _check_affinity(spec.target_clusters, "spec.targetClusters")
+    if not len(spec.add_on_conditions) and not len(spec.remove_on_conditions):
+        raise Invalid(
+            "spec.addOnConditions", "at least one of addOnConditions and removeOnConditions"
+        )
+    for field, conditions in (
+        ("spec.addOnConditions", spec.add_on_conditions),
+        ("spec.removeOnConditions", spec.remove_on_conditions),
+    ):
+        for index, condition in enumerate(conditions):
+            where = f"{field}[{index}]"
+            if not condition.condition_type:
+                raise Invalid(f"{where}.conditionType", "required")
+            if condition.operator not in MATCH_CONDITION_OPERATORS:
+                raise Invalid(
+                    f"{where}.operator",
+                    f"must be In or NotIn, not {limits.echo(condition.operator)}",
+                )
+            if not len(condition.status_values):
+                raise Invalid(f"{where}.statusValues", "at least one status value")
+            for position, value in enumerate(condition.status_values):
+                if not value:
+                    raise Invalid(f"{where}.statusValues[{position}]", "must not be empty")
+    if not len(spec.taints):
+        raise Invalid("spec.taints", "at least one taint")
+    for index, taint in enumerate(spec.taints):
+        where = f"spec.taints[{index}]"
+        if not taint.key:
+            raise Invalid(f"{where}.key", "required")
+        if taint.effect not in TAINT_POLICY_EFFECTS:
+            raise Invalid(
+                f"{where}.effect",
+                f"must be NoSchedule or NoExecute, not {limits.echo(taint.effect)}",
+            )
+
+
 def _json_path(path: tuple[str | int, ...]) -> str:
     text = ""
     for part in path:

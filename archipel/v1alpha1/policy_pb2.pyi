@@ -915,3 +915,164 @@ class SchedulePriority(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SchedulePriority: _TypeAlias = SchedulePriority  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicy(_message.Message):
+    """Taints member clusters when their status conditions say so, and untaints them when
+    they say otherwise: Karmada's ClusterTaintPolicy (cluster-scoped). The cluster
+    controller applies every policy to every cluster it targets, in the same write as
+    its own taints; NoExecute taints a policy adds wait for the eviction halt and rate
+    limit like the built-in ones. Deleting a policy removes none of its taints.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    SPEC_FIELD_NUMBER: _builtins.int
+    api_version: _builtins.str
+    """policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)"""
+    kind: _builtins.str
+    """ClusterTaintPolicy"""
+    @_builtins.property
+    def metadata(self) -> _meta_pb2.ObjectMeta:
+        """Cluster-scoped: metadata.namespace must be empty."""
+
+    @_builtins.property
+    def spec(self) -> Global___ClusterTaintPolicySpec:
+        """Which clusters, when to add or remove the taints, and which taints."""
+
+    def __init__(
+        self,
+        *,
+        api_version: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        metadata: _meta_pb2.ObjectMeta | None = ...,
+        spec: Global___ClusterTaintPolicySpec | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["metadata", b"metadata", "spec", b"spec"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "kind", b"kind", "metadata", b"metadata", "spec", b"spec"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicy: _TypeAlias = ClusterTaintPolicy  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicySpec(_message.Message):
+    """What a ClusterTaintPolicy asks for. Per targeted cluster, in the order the policies
+    were created: when every addOnConditions entry matches the cluster's conditions, the
+    taints it lacks are added; then, when every removeOnConditions entry matches, the
+    taints are removed. Neither: its taints stay as they are.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TARGET_CLUSTERS_FIELD_NUMBER: _builtins.int
+    ADD_ON_CONDITIONS_FIELD_NUMBER: _builtins.int
+    REMOVE_ON_CONDITIONS_FIELD_NUMBER: _builtins.int
+    TAINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def target_clusters(self) -> Global___ClusterAffinity:
+        """The clusters the policy looks at; unset: every cluster. A cluster that stops
+        matching keeps the taints the policy gave it.
+        """
+
+    @_builtins.property
+    def add_on_conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchCondition]:
+        """All must match for the taints to be added; empty: never added. At least one of
+        addOnConditions and removeOnConditions is required.
+        """
+
+    @_builtins.property
+    def remove_on_conditions(self) -> _containers.RepeatedCompositeFieldContainer[Global___MatchCondition]:
+        """All must match for the taints to be removed; empty: never removed."""
+
+    @_builtins.property
+    def taints(self) -> _containers.RepeatedCompositeFieldContainer[Global___PolicyTaint]:
+        """The taints added or removed (a taint is its key and effect); at least one."""
+
+    def __init__(
+        self,
+        *,
+        target_clusters: Global___ClusterAffinity | None = ...,
+        add_on_conditions: _abc.Iterable[Global___MatchCondition] | None = ...,
+        remove_on_conditions: _abc.Iterable[Global___MatchCondition] | None = ...,
+        taints: _abc.Iterable[Global___PolicyTaint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["target_clusters", b"target_clusters"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_on_conditions", b"add_on_conditions", "remove_on_conditions", b"remove_on_conditions", "taints", b"taints", "target_clusters", b"target_clusters"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicySpec: _TypeAlias = ClusterTaintPolicySpec  # noqa: Y015
+
+@_typing.final
+class MatchCondition(_message.Message):
+    """A test of one status condition of a cluster. A cluster without a condition of that
+    type matches neither operator.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONDITION_TYPE_FIELD_NUMBER: _builtins.int
+    OPERATOR_FIELD_NUMBER: _builtins.int
+    STATUS_VALUES_FIELD_NUMBER: _builtins.int
+    condition_type: _builtins.str
+    """The condition's type, e.g. Ready. Required."""
+    operator: _builtins.str
+    """In or NotIn: whether the condition's status is among statusValues. Required."""
+    @_builtins.property
+    def status_values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Condition statuses: True, False or Unknown (any string a condition may have). At
+        least one.
+        """
+
+    def __init__(
+        self,
+        *,
+        condition_type: _builtins.str = ...,
+        operator: _builtins.str = ...,
+        status_values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["condition_type", b"condition_type", "operator", b"operator", "status_values", b"status_values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MatchCondition: _TypeAlias = MatchCondition  # noqa: Y015
+
+@_typing.final
+class PolicyTaint(_message.Message):
+    """A taint a ClusterTaintPolicy adds to or removes from a cluster."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    EFFECT_FIELD_NUMBER: _builtins.int
+    key: _builtins.str
+    """The taint key. Required."""
+    value: _builtins.str
+    """The taint value; may be empty. A cluster that has a taint of the same key and
+    effect keeps its value.
+    """
+    effect: _builtins.str
+    """NoSchedule or NoExecute. Required."""
+    def __init__(
+        self,
+        *,
+        key: _builtins.str = ...,
+        value: _builtins.str = ...,
+        effect: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["effect", b"effect", "key", b"key", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PolicyTaint: _TypeAlias = PolicyTaint  # noqa: Y015

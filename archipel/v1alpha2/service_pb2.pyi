@@ -6,7 +6,8 @@ Delete, each with its own request and response message, and watch events have a
 typed EventType. The objects these calls carry are unchanged and stay defined in
 archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
 unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
-added since (WorkloadRebalancer) are served by this version only.
+added since (WorkloadRebalancer, ClusterTaintPolicy) are served by this version
+only.
 
 Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -2605,6 +2606,281 @@ class WorkloadRebalancerServiceDeleteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WorkloadRebalancerServiceDeleteResponse: _TypeAlias = WorkloadRebalancerServiceDeleteResponse  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceGetRequest(_message.Message):
+    """-- ClusterTaintPolicy -------------------------------------------------------
+
+    Which ClusterTaintPolicy to read.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The object's name."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceGetRequest: _TypeAlias = ClusterTaintPolicyServiceGetRequest  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceGetResponse(_message.Message):
+    """The ClusterTaintPolicy asked for."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object(self) -> _policy_pb2.ClusterTaintPolicy:
+        """The object as stored, with its status and resourceVersion."""
+
+    def __init__(
+        self,
+        *,
+        object: _policy_pb2.ClusterTaintPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceGetResponse: _TypeAlias = ClusterTaintPolicyServiceGetResponse  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceListRequest(_message.Message):
+    """Which ClusterTaintPolicies to list, and which page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    LIMIT_FIELD_NUMBER: _builtins.int
+    CONTINUE_FIELD_NUMBER: _builtins.int
+    label_selector: _builtins.str
+    """Only objects whose labels match, in Kubernetes label selector syntax:
+    "app=web,tier in (a,b),!legacy". Empty matches every object.
+    """
+    limit: _builtins.int
+    """At most this many matching objects per page; 0 lists them all. A page holds
+    fewer only when it is the last or is full in bytes; `continue` says whether more
+    follow.
+    """
+    def __init__(
+        self,
+        *,
+        label_selector: _builtins.str = ...,
+        limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue", b"continue", "label_selector", b"label_selector", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceListRequest: _TypeAlias = ClusterTaintPolicyServiceListRequest  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceListResponse(_message.Message):
+    """One page of ClusterTaintPolicies."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    CONTINUE_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    resource_version: _builtins.str
+    """The revision the list was read at: a Watch from it misses no change."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_policy_pb2.ClusterTaintPolicy]:
+        """The objects of this page, in key order."""
+
+    def __init__(
+        self,
+        *,
+        items: _abc.Iterable[_policy_pb2.ClusterTaintPolicy] | None = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["continue", b"continue", "items", b"items", "resource_version", b"resource_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceListResponse: _TypeAlias = ClusterTaintPolicyServiceListResponse  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceWatchRequest(_message.Message):
+    """Which ClusterTaintPolicies to watch, and from when."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_SELECTOR_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    label_selector: _builtins.str
+    """Only objects whose labels match (Kubernetes label selector syntax)."""
+    resource_version: _builtins.str
+    """Send the changes after this revision (a List's or an event's). Empty: first the
+    current objects as ADDED events, then the changes. Too old: OUT_OF_RANGE, and the
+    caller lists again.
+    """
+    def __init__(
+        self,
+        *,
+        label_selector: _builtins.str = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["label_selector", b"label_selector", "resource_version", b"resource_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceWatchRequest: _TypeAlias = ClusterTaintPolicyServiceWatchRequest  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceWatchResponse(_message.Message):
+    """One change to a ClusterTaintPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    OBJECT_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    type: Global___EventType.ValueType
+    """What happened."""
+    resource_version: _builtins.str
+    """The revision to resume a Watch from after this event."""
+    @_builtins.property
+    def object(self) -> _policy_pb2.ClusterTaintPolicy:
+        """The object after the change; for EVENT_TYPE_DELETED, its last state."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___EventType.ValueType = ...,
+        object: _policy_pb2.ClusterTaintPolicy | None = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object", "resource_version", b"resource_version", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceWatchResponse: _TypeAlias = ClusterTaintPolicyServiceWatchResponse  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceApplyRequest(_message.Message):
+    """The ClusterTaintPolicy to create, or whose spec, labels and annotations to replace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object(self) -> _policy_pb2.ClusterTaintPolicy:
+        """The desired object. Its status and server-set metadata (uid, generation,
+        creationTimestamp, deletionTimestamp) are ignored. With metadata.resourceVersion
+        set, the apply fails with ABORTED unless the stored object is at that version;
+        without, it applies over whatever is stored, as kubectl apply does.
+        """
+
+    def __init__(
+        self,
+        *,
+        object: _policy_pb2.ClusterTaintPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceApplyRequest: _TypeAlias = ClusterTaintPolicyServiceApplyRequest  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceApplyResponse(_message.Message):
+    """The ClusterTaintPolicy after the apply."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object(self) -> _policy_pb2.ClusterTaintPolicy:
+        """The object as stored; unchanged (same resourceVersion) when nothing differed."""
+
+    def __init__(
+        self,
+        *,
+        object: _policy_pb2.ClusterTaintPolicy | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object", b"object"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceApplyResponse: _TypeAlias = ClusterTaintPolicyServiceApplyResponse  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceDeleteRequest(_message.Message):
+    """Which ClusterTaintPolicy to delete."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    RESOURCE_VERSION_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The object's name."""
+    resource_version: _builtins.str
+    """Delete only if the object is still at this version (ABORTED otherwise); empty
+    deletes whatever version is stored.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        resource_version: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "resource_version", b"resource_version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceDeleteRequest: _TypeAlias = ClusterTaintPolicyServiceDeleteRequest  # noqa: Y015
+
+@_typing.final
+class ClusterTaintPolicyServiceDeleteResponse(_message.Message):
+    """What became of the deleted ClusterTaintPolicy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELETED_FIELD_NUMBER: _builtins.int
+    deleted: _builtins.bool
+    """True when the object is gone; false when finalizers still hold it (it is
+    marked for deletion and goes when they are done).
+    """
+    def __init__(
+        self,
+        *,
+        deleted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deleted", b"deleted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClusterTaintPolicyServiceDeleteResponse: _TypeAlias = ClusterTaintPolicyServiceDeleteResponse  # noqa: Y015
 
 @_typing.final
 class ResourceTemplateServiceGetRequest(_message.Message):

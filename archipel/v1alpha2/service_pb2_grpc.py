@@ -2296,6 +2296,264 @@ class WorkloadRebalancerService:
             _registered_method=True)
 
 
+class ClusterTaintPolicyServiceStub:
+    """The ClusterTaintPolicies: which taints member clusters get and lose as their status
+    conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+    this version only.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Get = channel.unary_unary(
+                '/archipel.v1alpha2.ClusterTaintPolicyService/Get',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceGetRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceGetResponse.FromString,
+                _registered_method=True)
+        self.List = channel.unary_unary(
+                '/archipel.v1alpha2.ClusterTaintPolicyService/List',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceListRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceListResponse.FromString,
+                _registered_method=True)
+        self.Watch = channel.unary_stream(
+                '/archipel.v1alpha2.ClusterTaintPolicyService/Watch',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceWatchRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceWatchResponse.FromString,
+                _registered_method=True)
+        self.Apply = channel.unary_unary(
+                '/archipel.v1alpha2.ClusterTaintPolicyService/Apply',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceApplyRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceApplyResponse.FromString,
+                _registered_method=True)
+        self.Delete = channel.unary_unary(
+                '/archipel.v1alpha2.ClusterTaintPolicyService/Delete',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceDeleteRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceDeleteResponse.FromString,
+                _registered_method=True)
+
+
+class ClusterTaintPolicyServiceServicer:
+    """The ClusterTaintPolicies: which taints member clusters get and lose as their status
+    conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+    this version only.
+    """
+
+    def Get(self, request, context):
+        """Read one ClusterTaintPolicy; NOT_FOUND when there is none.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def List(self, request, context):
+        """List ClusterTaintPolicies, a page at a time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Watch(self, request, context):
+        """Stream the changes to ClusterTaintPolicies until the caller cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Apply(self, request, context):
+        """Create a ClusterTaintPolicy, or replace its spec, labels and annotations.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Delete(self, request, context):
+        """Delete a ClusterTaintPolicy (once its finalizers are done).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ClusterTaintPolicyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Get': grpc.unary_unary_rpc_method_handler(
+                    servicer.Get,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceGetRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceGetResponse.SerializeToString,
+            ),
+            'List': grpc.unary_unary_rpc_method_handler(
+                    servicer.List,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceListRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceListResponse.SerializeToString,
+            ),
+            'Watch': grpc.unary_stream_rpc_method_handler(
+                    servicer.Watch,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceWatchRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceWatchResponse.SerializeToString,
+            ),
+            'Apply': grpc.unary_unary_rpc_method_handler(
+                    servicer.Apply,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceApplyRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceApplyResponse.SerializeToString,
+            ),
+            'Delete': grpc.unary_unary_rpc_method_handler(
+                    servicer.Delete,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceDeleteRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceDeleteResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'archipel.v1alpha2.ClusterTaintPolicyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('archipel.v1alpha2.ClusterTaintPolicyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ClusterTaintPolicyService:
+    """The ClusterTaintPolicies: which taints member clusters get and lose as their status
+    conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+    this version only.
+    """
+
+    @staticmethod
+    def Get(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.ClusterTaintPolicyService/Get',
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceGetRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceGetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def List(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.ClusterTaintPolicyService/List',
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceListRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Watch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/archipel.v1alpha2.ClusterTaintPolicyService/Watch',
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceWatchRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceWatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Apply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.ClusterTaintPolicyService/Apply',
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceApplyRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceApplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Delete(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.ClusterTaintPolicyService/Delete',
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceDeleteRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.ClusterTaintPolicyServiceDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ResourceTemplateServiceStub:
     """Resource templates: the Kubernetes objects Archipel propagates to member clusters.
     """

@@ -6,7 +6,8 @@ Delete, each with its own request and response message, and watch events have a
 typed EventType. The objects these calls carry are unchanged and stay defined in
 archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
 unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
-added since (WorkloadRebalancer) are served by this version only.
+added since (WorkloadRebalancer, ClusterTaintPolicy) are served by this version
+only.
 
 Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -754,6 +755,94 @@ class WorkloadRebalancerServiceServicer(metaclass=_abc_1.ABCMeta):
         """Delete a WorkloadRebalancer (once its finalizers are done)."""
 
 def add_WorkloadRebalancerServiceServicer_to_server(servicer: WorkloadRebalancerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ClusterTaintPolicyServiceStub:
+    """The ClusterTaintPolicies: which taints member clusters get and lose as their status
+    conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+    this version only.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ClusterTaintPolicyServiceAsyncStub: ...
+    Get: _grpc.UnaryUnaryMultiCallable[_service_pb2.ClusterTaintPolicyServiceGetRequest, _service_pb2.ClusterTaintPolicyServiceGetResponse]
+    """Read one ClusterTaintPolicy; NOT_FOUND when there is none."""
+    List: _grpc.UnaryUnaryMultiCallable[_service_pb2.ClusterTaintPolicyServiceListRequest, _service_pb2.ClusterTaintPolicyServiceListResponse]
+    """List ClusterTaintPolicies, a page at a time."""
+    Watch: _grpc.UnaryStreamMultiCallable[_service_pb2.ClusterTaintPolicyServiceWatchRequest, _service_pb2.ClusterTaintPolicyServiceWatchResponse]
+    """Stream the changes to ClusterTaintPolicies until the caller cancels."""
+    Apply: _grpc.UnaryUnaryMultiCallable[_service_pb2.ClusterTaintPolicyServiceApplyRequest, _service_pb2.ClusterTaintPolicyServiceApplyResponse]
+    """Create a ClusterTaintPolicy, or replace its spec, labels and annotations."""
+    Delete: _grpc.UnaryUnaryMultiCallable[_service_pb2.ClusterTaintPolicyServiceDeleteRequest, _service_pb2.ClusterTaintPolicyServiceDeleteResponse]
+    """Delete a ClusterTaintPolicy (once its finalizers are done)."""
+
+@_typing.type_check_only
+class ClusterTaintPolicyServiceAsyncStub(ClusterTaintPolicyServiceStub):
+    """The ClusterTaintPolicies: which taints member clusters get and lose as their status
+    conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+    this version only.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Get: _aio.UnaryUnaryMultiCallable[_service_pb2.ClusterTaintPolicyServiceGetRequest, _service_pb2.ClusterTaintPolicyServiceGetResponse]  # type: ignore[assignment]
+    """Read one ClusterTaintPolicy; NOT_FOUND when there is none."""
+    List: _aio.UnaryUnaryMultiCallable[_service_pb2.ClusterTaintPolicyServiceListRequest, _service_pb2.ClusterTaintPolicyServiceListResponse]  # type: ignore[assignment]
+    """List ClusterTaintPolicies, a page at a time."""
+    Watch: _aio.UnaryStreamMultiCallable[_service_pb2.ClusterTaintPolicyServiceWatchRequest, _service_pb2.ClusterTaintPolicyServiceWatchResponse]  # type: ignore[assignment]
+    """Stream the changes to ClusterTaintPolicies until the caller cancels."""
+    Apply: _aio.UnaryUnaryMultiCallable[_service_pb2.ClusterTaintPolicyServiceApplyRequest, _service_pb2.ClusterTaintPolicyServiceApplyResponse]  # type: ignore[assignment]
+    """Create a ClusterTaintPolicy, or replace its spec, labels and annotations."""
+    Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.ClusterTaintPolicyServiceDeleteRequest, _service_pb2.ClusterTaintPolicyServiceDeleteResponse]  # type: ignore[assignment]
+    """Delete a ClusterTaintPolicy (once its finalizers are done)."""
+
+class ClusterTaintPolicyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """The ClusterTaintPolicies: which taints member clusters get and lose as their status
+    conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+    this version only.
+    """
+
+    @_abc_1.abstractmethod
+    def Get(
+        self,
+        request: _service_pb2.ClusterTaintPolicyServiceGetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ClusterTaintPolicyServiceGetResponse, _abc.Awaitable[_service_pb2.ClusterTaintPolicyServiceGetResponse]]:
+        """Read one ClusterTaintPolicy; NOT_FOUND when there is none."""
+
+    @_abc_1.abstractmethod
+    def List(
+        self,
+        request: _service_pb2.ClusterTaintPolicyServiceListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ClusterTaintPolicyServiceListResponse, _abc.Awaitable[_service_pb2.ClusterTaintPolicyServiceListResponse]]:
+        """List ClusterTaintPolicies, a page at a time."""
+
+    @_abc_1.abstractmethod
+    def Watch(
+        self,
+        request: _service_pb2.ClusterTaintPolicyServiceWatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ClusterTaintPolicyServiceWatchResponse], _abc.AsyncIterator[_service_pb2.ClusterTaintPolicyServiceWatchResponse]]:
+        """Stream the changes to ClusterTaintPolicies until the caller cancels."""
+
+    @_abc_1.abstractmethod
+    def Apply(
+        self,
+        request: _service_pb2.ClusterTaintPolicyServiceApplyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ClusterTaintPolicyServiceApplyResponse, _abc.Awaitable[_service_pb2.ClusterTaintPolicyServiceApplyResponse]]:
+        """Create a ClusterTaintPolicy, or replace its spec, labels and annotations."""
+
+    @_abc_1.abstractmethod
+    def Delete(
+        self,
+        request: _service_pb2.ClusterTaintPolicyServiceDeleteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ClusterTaintPolicyServiceDeleteResponse, _abc.Awaitable[_service_pb2.ClusterTaintPolicyServiceDeleteResponse]]:
+        """Delete a ClusterTaintPolicy (once its finalizers are done)."""
+
+def add_ClusterTaintPolicyServiceServicer_to_server(servicer: ClusterTaintPolicyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ResourceTemplateServiceStub:
     """Resource templates: the Kubernetes objects Archipel propagates to member clusters."""

@@ -29,6 +29,16 @@ Key: a MemberCluster key.
   when the cluster started failing, not from when it failed differently), and the
   change is neither halted nor rate limited, as Kubernetes swaps its node taints.
   Taints with other keys, or other effects, are anyone else's and kept as they are.
+* ClusterTaintPolicies (Karmada's): each policy whose targetClusters select the
+  cluster, oldest first, adds its taints when all its addOnConditions match the
+  cluster's conditions (as this pass writes them) and removes them when all its
+  removeOnConditions do; a taint is its key and effect, and one already there keeps
+  its value and time. Nothing else removes them (not the policy's deletion). The
+  built-in rule above is the equivalent of a default policy; ``default_failover_taints``
+  off (--no-default-failover-taints) drops its NoExecute half. The taints the built-in
+  rule owns are left to it (see :func:`_taints_and_failover`). A NoExecute taint a
+  policy adds is an eviction like the built-in one: halted, rate limited, counted with
+  reason ``ClusterTaintPolicy``. A policy change looks at every cluster again.
 * Eviction safety, as Kubernetes' node lifecycle controller:
 
   - Halt: while more than ``unhealthy_cluster_threshold`` of the member clusters
@@ -92,13 +102,14 @@ import hashlib
 import math
 import secrets
 import time
+from collections.abc import Sequence
 
 from google.protobuf import timestamp_pb2
 
-from archipel.core import kinds, names
+from archipel.core import kinds, names, scheduling
 from archipel.core.conditions import find, set_condition
 from archipel.core.errors import AlreadyExists, NotFound, Unauthenticated
-from archipel.v1alpha1 import agent_pb2, cluster_pb2, meta_pb2, work_pb2
+from archipel.v1alpha1 import agent_pb2, cluster_pb2, meta_pb2, policy_pb2, work_pb2
 from archipel.version import VERSION
 from controlplane import metrics
 from controlplane.context import FINALIZER, WORK_FINALIZER, Context
@@ -115,6 +126,9 @@ _HEARTBEAT_WRITE_INTERVAL = 30.0
 _AUTOMATIC_KEYS = (names.NOT_READY_TAINT, names.UNREACHABLE_TAINT)
 _AUTOMATIC_EFFECTS = ("NoSchedule", "NoExecute")
 _EVICTION_REASONS = {names.NOT_READY_TAINT: "NotReady", names.UNREACHABLE_TAINT: "Unreachable"}
+# The eviction reason of NoExecute taints ClusterTaintPolicies add (one value, whatever
+# the policy: a metric label must not grow with the objects people create).
+POLICY_EVICTION_REASON = "ClusterTaintPolicy"
 
 Ready = tuple[str, str, str]
 """A Ready condition's status, reason and message."""
@@ -174,6 +188,7 @@ class ClusterController:
         self.fleet: dict[str, bool] = {}
         self.fleet_not_ready = 0
         context.clusters.add_handler(self._cluster_changed)
+        context.taint_policies.add_handler(self._taint_policy_changed)
 
     def _cluster_changed(
         self,
@@ -200,6 +215,16 @@ class ClusterController:
             # not at the next heartbeat. Outside a halt nobody's plan would change.
             for other in self.fleet:
                 self.controller.enqueue(other)
+
+    def _taint_policy_changed(
+        self,
+        key: str,
+        old: policy_pb2.ClusterTaintPolicy | None,
+        new: policy_pb2.ClusterTaintPolicy | None,
+    ) -> None:
+        # Which clusters a policy targets may have changed with it: look at them all.
+        for cluster_key in self.context.clusters.list_keys():
+            self.controller.enqueue(cluster_key)
 
     def _halted(self) -> bool:
         share = self.fleet_not_ready / len(self.fleet) if self.fleet else 0.0
@@ -326,6 +351,8 @@ class ClusterController:
                 other_not_ready=self.fleet_not_ready - (self.fleet.get(key) is False),
                 next_eviction_at=next_eviction_at,
                 evictions=evictions,
+                taint_policies=tuple(self.context.taint_policies.objects()),
+                default_failover_taints=settings.default_failover_taints,
             )
         )
         if any(isinstance(bookkeeping, RecordEviction) for bookkeeping in result.committed):
@@ -372,6 +399,11 @@ class Observed:
     """Monotonic: the rate limit allows the next new NoExecute taint from then."""
     evictions: Evictions = dataclasses.field(default_factory=Evictions)
     """The controller's rate-limit record, for the plan's bookkeeping only."""
+    taint_policies: tuple[policy_pb2.ClusterTaintPolicy, ...] = ()
+    """Every ClusterTaintPolicy (the informer's); the plan picks those that target the
+    cluster."""
+    default_failover_taints: bool = True
+    """The built-in rule adds NoExecute taints (off: --no-default-failover-taints)."""
 
 
 def is_ready(cluster: cluster_pb2.MemberCluster) -> bool:
@@ -522,34 +554,111 @@ def _damped(reported: Ready, observed: Observed) -> tuple[Ready | None, float]:
     return None, threshold - lasted
 
 
+Pair = tuple[str, str]
+"""A taint's identity: its key and effect."""
+
+
+def _pair(taint: meta_pb2.Taint | policy_pb2.PolicyTaint) -> Pair:
+    # A policy written for Karmada names Karmada's keys for Archipel's taints (as a
+    # toleration does): they mean Archipel's.
+    return names.KARMADA_TAINT_KEYS.get(taint.key, taint.key), taint.effect
+
+
+def targeted_policies(
+    cluster: cluster_pb2.MemberCluster, policies: Sequence[policy_pb2.ClusterTaintPolicy]
+) -> list[policy_pb2.ClusterTaintPolicy]:
+    """The ClusterTaintPolicies whose targetClusters select the cluster, in the order
+    Karmada applies them: oldest first (then by name)."""
+    info = scheduling.ClusterInfo.from_proto(cluster)
+    found = [
+        policy
+        for policy in policies
+        if not policy.spec.HasField("target_clusters")
+        or scheduling.affinity_rejects(policy.spec.target_clusters, info) is None
+    ]
+    found.sort(
+        key=lambda p: (
+            p.metadata.creation_timestamp.seconds,
+            p.metadata.creation_timestamp.nanos,
+            p.metadata.name,
+        )
+    )
+    return found
+
+
+def conditions_match(
+    conditions: Sequence[meta_pb2.Condition], tests: Sequence[policy_pb2.MatchCondition]
+) -> bool:
+    """Whether every test holds, as Karmada judges them: none never matches, and a
+    condition the cluster lacks matches neither In nor NotIn."""
+    if not tests:
+        return False
+    for test in tests:
+        condition = next((c for c in conditions if c.type == test.condition_type), None)
+        if condition is None:
+            return False
+        if test.operator == "In":
+            if condition.status not in test.status_values:
+                return False
+        elif test.operator == "NotIn":
+            if condition.status in test.status_values:
+                return False
+        else:
+            return False
+    return True
+
+
 def _taints_and_failover(
     cluster: cluster_pb2.MemberCluster, observed: Observed, *, unhealthy: bool
 ) -> tuple[float, str]:
-    """Set the automatic taints and the Failover condition from the Ready condition.
+    """Set the automatic taints, the ClusterTaintPolicies' taints and the Failover
+    condition from the cluster's conditions.
 
     ``unhealthy``: this pass heard the cluster is not healthy (its agent says so, or is
-    silent); only then is a new NoExecute taint due. One the cluster has stays until it
-    is Ready. Returns the seconds until the failover grace period or the rate limit
-    runs out (0: nothing to wait for) and the reason of a NoExecute taint added ("":
-    none).
+    silent); only then is a new built-in NoExecute taint due. One the cluster has stays
+    until it is Ready. Returns the seconds until the failover grace period or the rate
+    limit runs out (0: nothing to wait for) and the reason of the NoExecute taints
+    added ("": none).
+
+    The built-in rule owns the not-ready and unreachable NoSchedule taints, and their
+    NoExecute ones unless ``default_failover_taints`` is off; then a NoExecute taint of
+    those keys that a policy names is the policy's, and one no policy names is only
+    removed (once Ready), never added. A policy's taints that the built-in rule owns
+    are left to it. Every new NoExecute taint, built-in or a policy's, waits for the
+    halt and the rate limit; all the ones due in one pass count as one eviction.
     """
     condition = find(cluster.status.conditions, "Ready")
     ready = condition.status if condition is not None else "Unknown"
     wanted = {"False": names.NOT_READY_TAINT, "Unknown": names.UNREACHABLE_TAINT}.get(ready)
     now_wall = int(observed.now_wall)
+    builtin_no_execute = observed.default_failover_taints
+    policies = targeted_policies(cluster, observed.taint_policies)
+    named = {_pair(t) for p in policies for t in p.spec.taints}
+
+    def builtin_owns(pair: Pair) -> bool:
+        key, effect = pair
+        if key not in _AUTOMATIC_KEYS or effect not in _AUTOMATIC_EFFECTS:
+            return False
+        return effect == "NoSchedule" or builtin_no_execute or pair not in named
+
     taints: list[meta_pb2.Taint] = []
     no_schedule = no_execute = False
     for existing in cluster.spec.taints:
         taint = meta_pb2.Taint()
         taint.CopyFrom(existing)
-        if taint.key not in _AUTOMATIC_KEYS or taint.effect not in _AUTOMATIC_EFFECTS:
-            taints.append(taint)  # someone else's
+        if not builtin_owns(_pair(taint)):
+            taints.append(taint)  # someone else's, or a policy's
         elif wanted is None:
             continue  # Ready: ours go
         elif taint.effect == "NoSchedule":
             if taint.key == wanted and not no_schedule:
                 taints.append(taint)
                 no_schedule = True
+        elif not builtin_no_execute:
+            # Left from when the built-in NoExecute taints were on: it stays until the
+            # cluster is Ready, as it is.
+            taints.append(taint)
+            no_execute = True
         elif not no_execute:
             # Follows the key, keeps its time: the cluster has not stopped failing.
             taint.key = wanted
@@ -560,19 +669,46 @@ def _taints_and_failover(
         taint.time_added.FromSeconds(now_wall)
         taints.append(taint)
 
+    # The policies, in turn, as Karmada's controller: add when addOnConditions match,
+    # then remove when removeOnConditions match. A taint the cluster had keeps its time.
+    original = {_pair(t): t for t in cluster.spec.taints}
+    conditions = list(cluster.status.conditions)
+    added_by: dict[Pair, str] = {}  # new NoExecute taints, by the policy adding them
+    for policy in policies:
+        if conditions_match(conditions, policy.spec.add_on_conditions):
+            for wish in policy.spec.taints:
+                pair = _pair(wish)
+                if builtin_owns(pair) or any(_pair(t) == pair for t in taints):
+                    continue
+                taint = meta_pb2.Taint(key=pair[0], value=wish.value, effect=pair[1])
+                if pair in original:
+                    taint.CopyFrom(original[pair])
+                else:
+                    taint.time_added.FromSeconds(now_wall)
+                    if pair[1] == "NoExecute":
+                        added_by[pair] = policy.metadata.name
+                taints.append(taint)
+        if conditions_match(conditions, policy.spec.remove_on_conditions):
+            for wish in policy.spec.taints:
+                pair = _pair(wish)
+                if builtin_owns(pair):
+                    continue
+                for index, taint in enumerate(taints):
+                    if _pair(taint) == pair:
+                        del taints[index]
+                        break
+                added_by.pop(pair, None)
+
     wait = 0.0
     eviction = ""
     grace = observed.failover_grace_period
     total = observed.other_clusters + 1
     not_ready = observed.other_not_ready + (wanted is not None)
-    failover: Ready | None = None
-    always = True  # set the condition even when the cluster has none yet
-    if wanted is None:
-        failover = ("False", "ClusterReady", "the cluster is Ready: no NoExecute taint")
-        always = False
-    elif no_execute:
-        failover = _evicting(wanted, grace)
-    else:
+    halted = not_ready / total > observed.unhealthy_threshold
+    limited = observed.now_monotonic < observed.next_eviction_at
+    builtin_due = False
+    pending = False
+    if builtin_no_execute and wanted is not None and not no_execute:
         # Nanoseconds too: whole seconds would end the grace up to a second early.
         since = (
             condition.last_transition_time.seconds + condition.last_transition_time.nanos / 1e9
@@ -582,37 +718,83 @@ def _taints_and_failover(
         left = since + grace - observed.now_wall
         if not unhealthy or left > 0:
             wait = left if unhealthy else 0.0
-            failover = (
-                "False",
-                "Pending",
-                f"not Ready, no NoExecute taint: one is added once the cluster has been "
-                f"not Ready for {grace:g}s while its agent does not report it healthy",
-            )
-            always = False
-        elif not_ready / total > observed.unhealthy_threshold:
+            pending = True
+        else:
+            builtin_due = True
+    held: Ready | None = None
+    if builtin_due or added_by:
+        if halted:
             # A halt lifts when another cluster's readiness changes, which looks at
             # every cluster again: no timed look is needed.
-            failover = (
+            held = (
                 "False",
                 "EvictionHalted",
                 f"{not_ready} of {total} member clusters are not Ready, more than "
                 f"{observed.unhealthy_threshold:.0%}: no cluster gets a new NoExecute "
                 "taint while so many fail at once",
             )
-        elif observed.now_monotonic < observed.next_eviction_at:
+        elif limited:
             wait = observed.next_eviction_at - observed.now_monotonic
-            failover = (
+            held = (
                 "False",
                 "EvictionRateLimited",
                 f"waiting for its NoExecute taint: at most one cluster gets one every "
                 f"{observed.eviction_interval:g}s",
             )
-        else:
+        elif builtin_due:
+            assert wanted is not None
             taint = meta_pb2.Taint(key=wanted, effect="NoExecute")
             taint.time_added.FromSeconds(now_wall)
             taints.append(taint)
+            no_execute = True
             eviction = _EVICTION_REASONS[wanted]
-            failover = _evicting(wanted, grace)
+        else:
+            eviction = POLICY_EVICTION_REASON
+        if held is not None:
+            taints = [t for t in taints if _pair(t) not in added_by]
+            added_by.clear()
+    by_policy = [
+        (t.key, policy.metadata.name)
+        for t in taints
+        if t.effect == "NoExecute" and not builtin_owns(_pair(t))
+        for policy in policies
+        if _pair(t) in {_pair(w) for w in policy.spec.taints}
+    ]
+
+    failover: Ready | None = None
+    always = True  # set the condition even when the cluster has none yet
+    if no_execute:
+        assert wanted is not None
+        failover = _evicting(wanted, grace)
+    elif by_policy:
+        key, name = by_policy[0]
+        failover = (
+            "True",
+            "Evicting",
+            f"tainted {key}:NoExecute by ClusterTaintPolicy {name}, so workloads that do "
+            "not tolerate it move to other clusters",
+        )
+    elif held is not None:
+        failover = held
+    elif wanted is None:
+        failover = ("False", "ClusterReady", "the cluster is Ready: no NoExecute taint")
+        always = False
+    elif pending:
+        failover = (
+            "False",
+            "Pending",
+            f"not Ready, no NoExecute taint: one is added once the cluster has been "
+            f"not Ready for {grace:g}s while its agent does not report it healthy",
+        )
+        always = False
+    else:
+        failover = (
+            "False",
+            "NoFailoverTaint",
+            "not Ready, no NoExecute taint: the built-in ones are off "
+            "(--no-default-failover-taints) and no ClusterTaintPolicy adds one",
+        )
+        always = False
     if taints != list(cluster.spec.taints):
         del cluster.spec.taints[:]
         cluster.spec.taints.extend(taints)

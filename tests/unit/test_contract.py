@@ -50,3 +50,5 @@ def test_every_kind_is_served_by_the_current_version_and_only_where_declared() -
     assert kinds.WORKLOAD_REBALANCER.service not in frozen
     assert not api.V1ALPHA1.serves(kinds.WORKLOAD_REBALANCER)
     assert current.serves(kinds.WORKLOAD_REBALANCER)
+    assert kinds.CLUSTER_TAINT_POLICY.service not in frozen
+    assert current.serves(kinds.CLUSTER_TAINT_POLICY)

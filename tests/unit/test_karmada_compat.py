@@ -217,3 +217,82 @@ def test_karmada_workload_rebalancer_status_reads_as_karmada_writes_it() -> None
     )
     # What the control plane prints reads back as the same object.
     assert to_message(api_kind, json_format.MessageToDict(message)) == message
+
+
+# Karmada's documentation (userguide/failover/cluster-taint-management and the v1.14
+# release notes), unchanged.
+KARMADA_TAINT_POLICY = """
+apiVersion: policy.karmada.io/v1alpha1
+kind: ClusterTaintPolicy
+metadata:
+  name: detect-cluster-notready
+spec:
+  targetClusters:
+    clusterNames:
+    - member1
+    - member2
+  addOnConditions:
+  - conditionType: Ready
+    operator: NotIn
+    statusValues:
+    - "True"
+  removeOnConditions:
+  - conditionType: Ready
+    operator: In
+    statusValues:
+    - "True"
+  taints:
+  - key: not-ready
+    effect: NoSchedule
+"""
+
+KARMADA_TAINT_POLICY_TWO_CONDITIONS = """
+apiVersion: policy.karmada.io/v1alpha1
+kind: ClusterTaintPolicy
+metadata:
+  name: detect-cluster-notready
+spec:
+  targetClusters:
+    clusterNames:
+    - member1
+    - member2
+  addOnConditions:
+  - conditionType: Ready
+    operator: NotIn
+    statusValues:
+    - "True"
+  - conditionType: NetworkAvailable
+    operator: NotIn
+    statusValues:
+    - "True"
+  removeOnConditions:
+  - conditionType: Ready
+    operator: In
+    statusValues:
+    - "True"
+  - conditionType: NetworkAvailable
+    operator: In
+    statusValues:
+    - "True"
+  taints:
+  - key: not-ready
+    effect: NoSchedule
+  - key: not-ready
+    effect: NoExecute
+"""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [KARMADA_TAINT_POLICY, KARMADA_TAINT_POLICY_TWO_CONDITIONS],
+    ids=["user-guide", "release-notes"],
+)
+def test_karmada_cluster_taint_policies_round_trip(text: str) -> None:
+    document = yaml.safe_load(text)
+    api_kind = api_kind_of_document(document)
+    assert api_kind is not None and api_kind.name == "ClusterTaintPolicy"
+    assert not api_kind.namespaced
+    message = to_message(api_kind, document)
+    validation.check_cluster_taint_policy(message)
+    assert json_format.MessageToDict(message) == document
+    assert message.spec.add_on_conditions[0].status_values == ["True"]

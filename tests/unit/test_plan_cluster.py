@@ -11,17 +11,20 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
+from google.protobuf import json_format
 from prometheus_client import REGISTRY
 
 from archipel.core import kinds, names
 from archipel.core.conditions import find, set_condition
 from archipel.core.names import CLUSTER_LABEL
-from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
+from archipel.v1alpha1 import agent_pb2, cluster_pb2, policy_pb2, work_pb2
 from controlplane.context import FINALIZER, WORK_FINALIZER
 from controlplane.controllers.cluster import (
     CREDENTIALS,
+    POLICY_EVICTION_REASON,
     Evictions,
     Liveness,
     Observed,
@@ -125,6 +128,8 @@ def observe(
     other_not_ready: int = 0,
     next_eviction_at: float = -math.inf,
     evictions: Evictions | None = None,
+    taint_policies: Sequence[policy_pb2.ClusterTaintPolicy] = (),
+    default_failover_taints: bool = True,
 ) -> Observed:
     """By default one other cluster, Ready, and the rate limit allows an eviction."""
     return Observed(
@@ -146,6 +151,8 @@ def observe(
         other_not_ready=other_not_ready,
         next_eviction_at=next_eviction_at,
         evictions=evictions if evictions is not None else Evictions(),
+        taint_policies=tuple(taint_policies),
+        default_failover_taints=default_failover_taints,
     )
 
 
@@ -1011,3 +1018,280 @@ def test_the_failover_grace_counts_fractions_of_a_second() -> None:
     written = update_of(plan(observe(observed, FAILED_BEAT)), requeue=0.5)
     assert written is not None
     assert not any(t.effect == "NoExecute" for t in written.spec.taints)
+
+
+# -- ClusterTaintPolicy -------------------------------------------------------------
+
+NOT_TRUE: list[dict[str, Any]] = [
+    {"conditionType": "Ready", "operator": "NotIn", "statusValues": ["True"]}
+]
+TRUE: list[dict[str, Any]] = [
+    {"conditionType": "Ready", "operator": "In", "statusValues": ["True"]}
+]
+SCHEDULER_DOWN: list[dict[str, Any]] = [
+    {"conditionType": "SchedulerDown", "operator": "In", "statusValues": ["True"]}
+]
+SCHEDULER_UP: list[dict[str, Any]] = [
+    {"conditionType": "SchedulerDown", "operator": "NotIn", "statusValues": ["True"]}
+]
+
+
+def taint_policy(
+    name: str = "detect",
+    *,
+    add: list[dict[str, Any]] | None = None,
+    remove: list[dict[str, Any]] | None = None,
+    taints: Sequence[tuple[str, str]] = (("not-ready", "NoSchedule"),),
+    targets: dict[str, object] | None = None,
+    created: int = OLD_WALL,
+) -> policy_pb2.ClusterTaintPolicy:
+    """A ClusterTaintPolicy as Karmada's YAML writes it."""
+    spec: dict[str, object] = {"taints": [{"key": k, "effect": e} for k, e in taints]}
+    if add is not None:
+        spec["addOnConditions"] = add
+    if remove is not None:
+        spec["removeOnConditions"] = remove
+    if targets is not None:
+        spec["targetClusters"] = targets
+    policy = json_format.ParseDict(
+        {
+            "apiVersion": "policy.karmada.io/v1alpha1",
+            "kind": "ClusterTaintPolicy",
+            "metadata": {"name": name},
+            "spec": spec,
+        },
+        policy_pb2.ClusterTaintPolicy(),
+    )
+    policy.metadata.creation_timestamp.FromSeconds(created)
+    return policy
+
+
+def with_condition(
+    cluster: cluster_pb2.MemberCluster, type_: str, status: str
+) -> cluster_pb2.MemberCluster:
+    """The cluster with a condition another system set (as Karmada's SchedulerDown)."""
+    set_condition(cluster.status.conditions, type_, status, "Reported", "by a third party")
+    return cluster
+
+
+BEATING = live(beat())
+
+# (cluster, policies, taints after; None: the plan writes nothing). The cluster is
+# Ready (its agent reports it healthy), so the built-in rule wants no taint.
+POLICY_TAINTS = [
+    pytest.param(
+        with_condition(member(ready="True"), "SchedulerDown", "True"),
+        [taint_policy(add=SCHEDULER_DOWN, remove=SCHEDULER_UP)],
+        [("not-ready", "NoSchedule", int(NOW_WALL))],
+        id="add-on-conditions-match",
+    ),
+    pytest.param(
+        with_condition(
+            member(ready="True", taints=[("not-ready", "NoSchedule")]), "SchedulerDown", "True"
+        ),
+        [taint_policy(add=SCHEDULER_DOWN, remove=SCHEDULER_UP)],
+        None,
+        id="already-there-keeps-its-time",
+    ),
+    pytest.param(
+        with_condition(
+            member(ready="True", taints=[("not-ready", "NoSchedule")]), "SchedulerDown", "False"
+        ),
+        [taint_policy(add=SCHEDULER_DOWN, remove=SCHEDULER_UP)],
+        [],
+        id="remove-on-conditions-match",
+    ),
+    pytest.param(
+        with_condition(
+            member(ready="True", taints=[("not-ready", "NoSchedule")]), "SchedulerDown", "False"
+        ),
+        [taint_policy(add=SCHEDULER_DOWN)],
+        None,
+        id="neither-matches-unchanged",
+    ),
+    pytest.param(
+        member(ready="True"),
+        [taint_policy(add=SCHEDULER_UP)],
+        None,
+        id="a-missing-condition-matches-neither-in-nor-not-in",
+    ),
+    pytest.param(
+        with_condition(member(ready="True"), "SchedulerDown", "True"),
+        [
+            taint_policy(
+                add=[
+                    *SCHEDULER_DOWN,
+                    {"conditionType": "Ready", "operator": "In", "statusValues": ["False"]},
+                ]
+            )
+        ],
+        None,
+        id="conditions-are-anded",
+    ),
+    pytest.param(
+        with_condition(member(ready="True"), "SchedulerDown", "True"),
+        [taint_policy(add=SCHEDULER_DOWN, targets={"clusterNames": ["member2"]})],
+        None,
+        id="not-targeted",
+    ),
+    pytest.param(
+        with_condition(
+            member(ready="True", taints=[("not-ready", "NoSchedule")]), "SchedulerDown", "False"
+        ),
+        [taint_policy(remove=SCHEDULER_UP, targets={"exclude": ["member1"]})],
+        None,
+        id="no-longer-targeted-keeps-its-taints",
+    ),
+    pytest.param(
+        with_condition(member(ready="True"), "SchedulerDown", "True"),
+        [
+            taint_policy(add=SCHEDULER_DOWN, targets={"clusterNames": ["member1"]}),
+            taint_policy("later", remove=SCHEDULER_DOWN, created=OLD_WALL + 1),
+        ],
+        None,
+        id="policies-apply-oldest-first",
+    ),
+    pytest.param(
+        with_condition(member(ready="True"), "SchedulerDown", "True"),
+        [
+            taint_policy("later", add=SCHEDULER_DOWN, created=OLD_WALL + 1),
+            taint_policy(remove=SCHEDULER_DOWN, targets={"clusterNames": ["member1"]}),
+        ],
+        [("not-ready", "NoSchedule", int(NOW_WALL))],
+        id="policies-apply-oldest-first-whatever-the-list-order",
+    ),
+    pytest.param(
+        with_condition(
+            member(ready="True", taints=[("not-ready", "NoSchedule")]), "SchedulerDown", "False"
+        ),
+        [],
+        None,
+        id="a-deleted-policy-leaves-its-taints",
+    ),
+    pytest.param(
+        with_condition(member(ready="True"), "SchedulerDown", "True"),
+        [taint_policy(add=SCHEDULER_DOWN, taints=[("cluster.karmada.io/not-ready", "NoSchedule")])],
+        None,
+        id="the-built-in-taints-are-left-to-the-built-in-rule",
+    ),
+]
+
+
+@pytest.mark.parametrize(("observed", "policies", "after"), POLICY_TAINTS)
+def test_taint_policies_add_and_remove_their_taints(
+    observed: cluster_pb2.MemberCluster,
+    policies: list[policy_pb2.ClusterTaintPolicy],
+    after: list[tuple[str, str, int]] | None,
+) -> None:
+    settled_cluster = update_of(plan(observe(observed, BEATING)))
+    assert settled_cluster is not None  # the heartbeat
+    settled_cluster.metadata.resource_version = "42"
+    written = update_of(plan(observe(settled_cluster, BEATING, taint_policies=policies)))
+    if after is None:
+        assert written is None
+        return
+    assert written is not None
+    assert taints_of(written) == after
+    # And once written, the policies want nothing more.
+    written.metadata.resource_version = "43"
+    assert update_of(plan(observe(written, BEATING, taint_policies=policies))) is None
+
+
+def test_a_policy_taint_follows_ready_as_karmadas_example() -> None:
+    """Karmada's example: taint when Ready is not True, untaint when it is."""
+    policy = taint_policy(add=NOT_TRUE, remove=TRUE, taints=[("not-ready", "NoSchedule")])
+    written = update_of(plan(observe(failing(since=1), FAILED_BEAT, taint_policies=[policy])))
+    assert written is not None
+    assert taints_of(written) == [
+        (NOT_READY, "NoSchedule", OLD_WALL),
+        ("not-ready", "NoSchedule", int(NOW_WALL)),
+    ]
+    written.metadata.resource_version = "42"
+    recovered = update_of(plan(observe(written, BEATING, taint_policies=[policy])))
+    assert recovered is not None
+    assert taints_of(recovered) == []
+
+
+def test_a_policy_no_execute_taint_is_an_eviction() -> None:
+    policy = taint_policy(
+        "scheduler-down", add=SCHEDULER_DOWN, remove=SCHEDULER_UP, taints=[("sched", "NoExecute")]
+    )
+    observed = with_condition(member(ready="True"), "SchedulerDown", "True")
+    written = evicting(
+        plan(observe(observed, BEATING, taint_policies=[policy])), POLICY_EVICTION_REASON
+    )
+    assert taints_of(written) == [("sched", "NoExecute", int(NOW_WALL))]
+    condition = find(written.status.conditions, "Failover")
+    assert condition is not None
+    assert (condition.status, condition.reason) == ("True", "Evicting")
+    assert "ClusterTaintPolicy scheduler-down" in condition.message
+    # Once written, it stays, and is not counted again.
+    written.metadata.resource_version = "42"
+    assert update_of(plan(observe(written, BEATING, taint_policies=[policy]))) is None
+
+
+@pytest.mark.parametrize(
+    ("other_not_ready", "next_eviction_at", "reason", "requeue"),
+    [
+        pytest.param(1, -math.inf, "EvictionHalted", GRACE / 4, id="halted"),
+        pytest.param(0, NOW_MONOTONIC + 4, "EvictionRateLimited", 4.0, id="rate-limited"),
+    ],
+)
+def test_a_policy_no_execute_taint_waits_for_the_halt_and_the_rate_limit(
+    other_not_ready: int, next_eviction_at: float, reason: str, requeue: float
+) -> None:
+    policy = taint_policy(add=NOT_TRUE, remove=TRUE, taints=[("down", "NoExecute")])
+    observed = observe(
+        failing(since=1),
+        FAILED_BEAT,
+        taint_policies=[policy],
+        other_not_ready=other_not_ready,
+        next_eviction_at=next_eviction_at,
+        default_failover_taints=False,
+    )
+    written = update_of(plan(observed), requeue=requeue)
+    assert written is not None
+    assert taints_of(written) == [(NOT_READY, "NoSchedule", OLD_WALL)]
+    assert failover_of(written) == ("False", reason)
+
+
+def test_without_default_failover_taints_only_the_no_schedule_ones_stay() -> None:
+    observed = observe(failing(), FAILED_BEAT, default_failover_taints=False)
+    written = update_of(plan(observed))
+    assert written is not None  # the heartbeat
+    assert taints_of(written) == [(NOT_READY, "NoSchedule", OLD_WALL)]
+    assert failover_of(written) is None
+
+
+def test_without_default_failover_taints_a_policy_owns_the_built_in_no_execute() -> None:
+    """The default failover written as a policy, in Karmada's keys: no grace period,
+    and it goes once Ready again."""
+    policy = taint_policy(
+        add=NOT_TRUE, remove=TRUE, taints=[("cluster.karmada.io/not-ready", "NoExecute")]
+    )
+    observed = observe(
+        failing(since=1), FAILED_BEAT, taint_policies=[policy], default_failover_taints=False
+    )
+    written = evicting(plan(observed), POLICY_EVICTION_REASON)
+    assert taints_of(written) == [
+        (NOT_READY, "NoSchedule", OLD_WALL),
+        (NOT_READY, "NoExecute", int(NOW_WALL)),
+    ]
+    written.metadata.resource_version = "42"
+    recovered = update_of(
+        plan(observe(written, BEATING, taint_policies=[policy], default_failover_taints=False))
+    )
+    assert recovered is not None
+    assert taints_of(recovered) == []
+    assert failover_of(recovered) == ("False", "ClusterReady")
+
+
+def test_without_default_failover_taints_one_left_from_before_goes_once_ready() -> None:
+    taints = [(NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")]
+    observed = failing(taints=taints, failover=("True", "Evicting"))
+    still = update_of(plan(observe(observed, FAILED_BEAT, default_failover_taints=False)))
+    assert still is not None
+    assert taints_of(still) == [(k, e, OLD_WALL) for k, e in taints]
+    recovered = update_of(plan(observe(observed, BEATING, default_failover_taints=False)))
+    assert recovered is not None
+    assert taints_of(recovered) == []

@@ -445,4 +445,6 @@ def test_a_failover_reports_how_long_it_took_from_the_fault() -> None:
         default_grace=GRACE,
     )
     assert resolution.kept == []
-    assert resolution.recovered == [("TaintUntolerated", pytest.approx(90))]
+    ((reason, seconds),) = resolution.recovered
+    assert reason == "TaintUntolerated"
+    assert seconds == pytest.approx(90)

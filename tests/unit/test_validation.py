@@ -620,3 +620,92 @@ def test_workload_rebalancer_metadata(name: str, namespace: str, field: str) -> 
 )
 def test_good_workload_rebalancers(spec: dict[str, Any]) -> None:
     validation.check_workload_rebalancer(rebalancer(spec))
+
+
+def taint_policy(spec: dict[str, Any], *, name: str = "detect", namespace: str = "") -> Any:
+    document = {"metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return json_format.ParseDict(document, policy_pb2.ClusterTaintPolicy())
+
+
+NOT_READY_CONDITION = {"conditionType": "Ready", "operator": "NotIn", "statusValues": ["True"]}
+TAINT = {"key": "not-ready", "effect": "NoSchedule"}
+GOOD_TAINT_POLICY = {"addOnConditions": [NOT_READY_CONDITION], "taints": [TAINT]}
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"taints": [TAINT]}, "spec.addOnConditions"),
+        ({"addOnConditions": [NOT_READY_CONDITION]}, "spec.taints"),
+        ({**GOOD_TAINT_POLICY, "taints": [{"effect": "NoSchedule"}]}, "spec.taints[0].key"),
+        ({**GOOD_TAINT_POLICY, "taints": [{"key": "k"}]}, "spec.taints[0].effect"),
+        (
+            {**GOOD_TAINT_POLICY, "taints": [TAINT, {"key": "k", "effect": "PreferNoSchedule"}]},
+            "spec.taints[1].effect",
+        ),
+        (
+            {"addOnConditions": [{**NOT_READY_CONDITION, "operator": "Exists"}], "taints": [TAINT]},
+            "spec.addOnConditions[0].operator",
+        ),
+        (
+            {
+                "addOnConditions": [NOT_READY_CONDITION],
+                "removeOnConditions": [
+                    NOT_READY_CONDITION,
+                    {**NOT_READY_CONDITION, "operator": ""},
+                ],
+                "taints": [TAINT],
+            },
+            "spec.removeOnConditions[1].operator",
+        ),
+        (
+            {
+                "removeOnConditions": [{**NOT_READY_CONDITION, "statusValues": []}],
+                "taints": [TAINT],
+            },
+            "spec.removeOnConditions[0].statusValues",
+        ),
+        (
+            {"addOnConditions": [{**NOT_READY_CONDITION, "conditionType": ""}], "taints": [TAINT]},
+            "spec.addOnConditions[0].conditionType",
+        ),
+        (
+            {**GOOD_TAINT_POLICY, "targetClusters": {"clusterNames": ["Member1"]}},
+            "spec.targetClusters.clusterNames[0]",
+        ),
+        (
+            {
+                **GOOD_TAINT_POLICY,
+                "targetClusters": {
+                    "fieldSelector": {"matchExpressions": [{"key": "color", "operator": "In"}]}
+                },
+            },
+            "spec.targetClusters.fieldSelector.matchExpressions[0].key",
+        ),
+    ],
+)
+def test_bad_cluster_taint_policies(spec: dict[str, Any], field: str) -> None:
+    with pytest.raises(Invalid) as error:
+        api._VALIDATORS["ClusterTaintPolicy"](taint_policy(spec))
+    assert error.value.field == field
+    assert error.value.code.name == "INVALID_ARGUMENT"
+    assert str(error.value).startswith(f"{field}: ")
+
+
+def test_good_cluster_taint_policies() -> None:
+    validation.check_cluster_taint_policy(taint_policy(GOOD_TAINT_POLICY))
+    validation.check_cluster_taint_policy(
+        taint_policy(
+            {
+                "targetClusters": {"labelSelector": {"matchLabels": {"env": "prod"}}},
+                "removeOnConditions": [{**NOT_READY_CONDITION, "operator": "In"}],
+                "taints": [{"key": "k", "value": "v", "effect": "NoExecute"}],
+            }
+        )
+    )
+
+
+def test_cluster_taint_policies_are_cluster_scoped() -> None:
+    with pytest.raises(Invalid) as error:
+        validation.check_cluster_taint_policy(taint_policy(GOOD_TAINT_POLICY, namespace="shop"))
+    assert error.value.field == "metadata.namespace"

@@ -1602,6 +1602,292 @@ func (x *SchedulePriority) GetPriorityClassName() string {
 	return ""
 }
 
+// Taints member clusters when their status conditions say so, and untaints them when
+// they say otherwise: Karmada's ClusterTaintPolicy (cluster-scoped). The cluster
+// controller applies every policy to every cluster it targets, in the same write as
+// its own taints; NoExecute taints a policy adds wait for the eviction halt and rate
+// limit like the built-in ones. Deleting a policy removes none of its taints.
+type ClusterTaintPolicy struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted)
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// ClusterTaintPolicy
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// Cluster-scoped: metadata.namespace must be empty.
+	Metadata *ObjectMeta `protobuf:"bytes,3,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// Which clusters, when to add or remove the taints, and which taints.
+	Spec          *ClusterTaintPolicySpec `protobuf:"bytes,4,opt,name=spec,proto3" json:"spec,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicy) Reset() {
+	*x = ClusterTaintPolicy{}
+	mi := &file_archipel_v1alpha1_policy_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicy) ProtoMessage() {}
+
+func (x *ClusterTaintPolicy) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_policy_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicy.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicy) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_policy_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ClusterTaintPolicy) GetApiVersion() string {
+	if x != nil {
+		return x.ApiVersion
+	}
+	return ""
+}
+
+func (x *ClusterTaintPolicy) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ClusterTaintPolicy) GetMetadata() *ObjectMeta {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *ClusterTaintPolicy) GetSpec() *ClusterTaintPolicySpec {
+	if x != nil {
+		return x.Spec
+	}
+	return nil
+}
+
+// What a ClusterTaintPolicy asks for. Per targeted cluster, in the order the policies
+// were created: when every addOnConditions entry matches the cluster's conditions, the
+// taints it lacks are added; then, when every removeOnConditions entry matches, the
+// taints are removed. Neither: its taints stay as they are.
+type ClusterTaintPolicySpec struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The clusters the policy looks at; unset: every cluster. A cluster that stops
+	// matching keeps the taints the policy gave it.
+	TargetClusters *ClusterAffinity `protobuf:"bytes,1,opt,name=target_clusters,json=targetClusters,proto3" json:"target_clusters,omitempty"`
+	// All must match for the taints to be added; empty: never added. At least one of
+	// addOnConditions and removeOnConditions is required.
+	AddOnConditions []*MatchCondition `protobuf:"bytes,2,rep,name=add_on_conditions,json=addOnConditions,proto3" json:"add_on_conditions,omitempty"`
+	// All must match for the taints to be removed; empty: never removed.
+	RemoveOnConditions []*MatchCondition `protobuf:"bytes,3,rep,name=remove_on_conditions,json=removeOnConditions,proto3" json:"remove_on_conditions,omitempty"`
+	// The taints added or removed (a taint is its key and effect); at least one.
+	Taints        []*PolicyTaint `protobuf:"bytes,4,rep,name=taints,proto3" json:"taints,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicySpec) Reset() {
+	*x = ClusterTaintPolicySpec{}
+	mi := &file_archipel_v1alpha1_policy_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicySpec) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicySpec) ProtoMessage() {}
+
+func (x *ClusterTaintPolicySpec) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_policy_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicySpec.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicySpec) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_policy_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ClusterTaintPolicySpec) GetTargetClusters() *ClusterAffinity {
+	if x != nil {
+		return x.TargetClusters
+	}
+	return nil
+}
+
+func (x *ClusterTaintPolicySpec) GetAddOnConditions() []*MatchCondition {
+	if x != nil {
+		return x.AddOnConditions
+	}
+	return nil
+}
+
+func (x *ClusterTaintPolicySpec) GetRemoveOnConditions() []*MatchCondition {
+	if x != nil {
+		return x.RemoveOnConditions
+	}
+	return nil
+}
+
+func (x *ClusterTaintPolicySpec) GetTaints() []*PolicyTaint {
+	if x != nil {
+		return x.Taints
+	}
+	return nil
+}
+
+// A test of one status condition of a cluster. A cluster without a condition of that
+// type matches neither operator.
+type MatchCondition struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The condition's type, e.g. Ready. Required.
+	ConditionType string `protobuf:"bytes,1,opt,name=condition_type,json=conditionType,proto3" json:"condition_type,omitempty"`
+	// In or NotIn: whether the condition's status is among statusValues. Required.
+	Operator string `protobuf:"bytes,2,opt,name=operator,proto3" json:"operator,omitempty"`
+	// Condition statuses: True, False or Unknown (any string a condition may have). At
+	// least one.
+	StatusValues  []string `protobuf:"bytes,3,rep,name=status_values,json=statusValues,proto3" json:"status_values,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MatchCondition) Reset() {
+	*x = MatchCondition{}
+	mi := &file_archipel_v1alpha1_policy_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MatchCondition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MatchCondition) ProtoMessage() {}
+
+func (x *MatchCondition) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_policy_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MatchCondition.ProtoReflect.Descriptor instead.
+func (*MatchCondition) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_policy_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *MatchCondition) GetConditionType() string {
+	if x != nil {
+		return x.ConditionType
+	}
+	return ""
+}
+
+func (x *MatchCondition) GetOperator() string {
+	if x != nil {
+		return x.Operator
+	}
+	return ""
+}
+
+func (x *MatchCondition) GetStatusValues() []string {
+	if x != nil {
+		return x.StatusValues
+	}
+	return nil
+}
+
+// A taint a ClusterTaintPolicy adds to or removes from a cluster.
+type PolicyTaint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The taint key. Required.
+	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	// The taint value; may be empty. A cluster that has a taint of the same key and
+	// effect keeps its value.
+	Value string `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	// NoSchedule or NoExecute. Required.
+	Effect        string `protobuf:"bytes,3,opt,name=effect,proto3" json:"effect,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyTaint) Reset() {
+	*x = PolicyTaint{}
+	mi := &file_archipel_v1alpha1_policy_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyTaint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyTaint) ProtoMessage() {}
+
+func (x *PolicyTaint) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_policy_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyTaint.ProtoReflect.Descriptor instead.
+func (*PolicyTaint) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_policy_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PolicyTaint) GetKey() string {
+	if x != nil {
+		return x.Key
+	}
+	return ""
+}
+
+func (x *PolicyTaint) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+func (x *PolicyTaint) GetEffect() string {
+	if x != nil {
+		return x.Effect
+	}
+	return ""
+}
+
 var File_archipel_v1alpha1_policy_proto protoreflect.FileDescriptor
 
 const file_archipel_v1alpha1_policy_proto_rawDesc = "" +
@@ -1722,7 +2008,26 @@ const file_archipel_v1alpha1_policy_proto_rawDesc = "" +
 	"\f_dispatching\"v\n" +
 	"\x10SchedulePriority\x122\n" +
 	"\x15priority_class_source\x18\x01 \x01(\tR\x13priorityClassSource\x12.\n" +
-	"\x13priority_class_name\x18\x02 \x01(\tR\x11priorityClassNameB\xd8\x01\n" +
+	"\x13priority_class_name\x18\x02 \x01(\tR\x11priorityClassName\"\xc3\x01\n" +
+	"\x12ClusterTaintPolicy\x12\x1f\n" +
+	"\vapi_version\x18\x01 \x01(\tR\n" +
+	"apiVersion\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x129\n" +
+	"\bmetadata\x18\x03 \x01(\v2\x1d.archipel.v1alpha1.ObjectMetaR\bmetadata\x12=\n" +
+	"\x04spec\x18\x04 \x01(\v2).archipel.v1alpha1.ClusterTaintPolicySpecR\x04spec\"\xc1\x02\n" +
+	"\x16ClusterTaintPolicySpec\x12K\n" +
+	"\x0ftarget_clusters\x18\x01 \x01(\v2\".archipel.v1alpha1.ClusterAffinityR\x0etargetClusters\x12M\n" +
+	"\x11add_on_conditions\x18\x02 \x03(\v2!.archipel.v1alpha1.MatchConditionR\x0faddOnConditions\x12S\n" +
+	"\x14remove_on_conditions\x18\x03 \x03(\v2!.archipel.v1alpha1.MatchConditionR\x12removeOnConditions\x126\n" +
+	"\x06taints\x18\x04 \x03(\v2\x1e.archipel.v1alpha1.PolicyTaintR\x06taints\"x\n" +
+	"\x0eMatchCondition\x12%\n" +
+	"\x0econdition_type\x18\x01 \x01(\tR\rconditionType\x12\x1a\n" +
+	"\boperator\x18\x02 \x01(\tR\boperator\x12#\n" +
+	"\rstatus_values\x18\x03 \x03(\tR\fstatusValues\"M\n" +
+	"\vPolicyTaint\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\x12\x16\n" +
+	"\x06effect\x18\x03 \x01(\tR\x06effectB\xd8\x01\n" +
 	"\x15com.archipel.v1alpha1B\vPolicyProtoP\x01ZMgithub.com/archipel-io/archipel/clients/go/archipel/v1alpha1;archipelv1alpha1\xa2\x02\x03AXX\xaa\x02\x11Archipel.V1alpha1\xca\x02\x11Archipel\\V1alpha1\xe2\x02\x1dArchipel\\V1alpha1\\GPBMetadata\xea\x02\x12Archipel::V1alpha1b\x06proto3"
 
 var (
@@ -1737,7 +2042,7 @@ func file_archipel_v1alpha1_policy_proto_rawDescGZIP() []byte {
 	return file_archipel_v1alpha1_policy_proto_rawDescData
 }
 
-var file_archipel_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_archipel_v1alpha1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_archipel_v1alpha1_policy_proto_goTypes = []any{
 	(*PropagationPolicy)(nil),           // 0: archipel.v1alpha1.PropagationPolicy
 	(*ClusterPropagationPolicy)(nil),    // 1: archipel.v1alpha1.ClusterPropagationPolicy
@@ -1762,26 +2067,30 @@ var file_archipel_v1alpha1_policy_proto_goTypes = []any{
 	(*SuspendClusters)(nil),             // 20: archipel.v1alpha1.SuspendClusters
 	(*Suspension)(nil),                  // 21: archipel.v1alpha1.Suspension
 	(*SchedulePriority)(nil),            // 22: archipel.v1alpha1.SchedulePriority
-	(*ObjectMeta)(nil),                  // 23: archipel.v1alpha1.ObjectMeta
-	(*LabelSelector)(nil),               // 24: archipel.v1alpha1.LabelSelector
-	(*LabelSelectorRequirement)(nil),    // 25: archipel.v1alpha1.LabelSelectorRequirement
-	(*Toleration)(nil),                  // 26: archipel.v1alpha1.Toleration
+	(*ClusterTaintPolicy)(nil),          // 23: archipel.v1alpha1.ClusterTaintPolicy
+	(*ClusterTaintPolicySpec)(nil),      // 24: archipel.v1alpha1.ClusterTaintPolicySpec
+	(*MatchCondition)(nil),              // 25: archipel.v1alpha1.MatchCondition
+	(*PolicyTaint)(nil),                 // 26: archipel.v1alpha1.PolicyTaint
+	(*ObjectMeta)(nil),                  // 27: archipel.v1alpha1.ObjectMeta
+	(*LabelSelector)(nil),               // 28: archipel.v1alpha1.LabelSelector
+	(*LabelSelectorRequirement)(nil),    // 29: archipel.v1alpha1.LabelSelectorRequirement
+	(*Toleration)(nil),                  // 30: archipel.v1alpha1.Toleration
 }
 var file_archipel_v1alpha1_policy_proto_depIdxs = []int32{
-	23, // 0: archipel.v1alpha1.PropagationPolicy.metadata:type_name -> archipel.v1alpha1.ObjectMeta
+	27, // 0: archipel.v1alpha1.PropagationPolicy.metadata:type_name -> archipel.v1alpha1.ObjectMeta
 	2,  // 1: archipel.v1alpha1.PropagationPolicy.spec:type_name -> archipel.v1alpha1.PropagationSpec
-	23, // 2: archipel.v1alpha1.ClusterPropagationPolicy.metadata:type_name -> archipel.v1alpha1.ObjectMeta
+	27, // 2: archipel.v1alpha1.ClusterPropagationPolicy.metadata:type_name -> archipel.v1alpha1.ObjectMeta
 	2,  // 3: archipel.v1alpha1.ClusterPropagationPolicy.spec:type_name -> archipel.v1alpha1.PropagationSpec
 	3,  // 4: archipel.v1alpha1.PropagationSpec.resource_selectors:type_name -> archipel.v1alpha1.ResourceSelector
 	13, // 5: archipel.v1alpha1.PropagationSpec.placement:type_name -> archipel.v1alpha1.Placement
 	19, // 6: archipel.v1alpha1.PropagationSpec.failover:type_name -> archipel.v1alpha1.FailoverBehavior
 	21, // 7: archipel.v1alpha1.PropagationSpec.suspension:type_name -> archipel.v1alpha1.Suspension
 	22, // 8: archipel.v1alpha1.PropagationSpec.schedule_priority:type_name -> archipel.v1alpha1.SchedulePriority
-	24, // 9: archipel.v1alpha1.ResourceSelector.label_selector:type_name -> archipel.v1alpha1.LabelSelector
-	25, // 10: archipel.v1alpha1.FieldSelector.match_expressions:type_name -> archipel.v1alpha1.LabelSelectorRequirement
-	24, // 11: archipel.v1alpha1.ClusterAffinity.label_selector:type_name -> archipel.v1alpha1.LabelSelector
+	28, // 9: archipel.v1alpha1.ResourceSelector.label_selector:type_name -> archipel.v1alpha1.LabelSelector
+	29, // 10: archipel.v1alpha1.FieldSelector.match_expressions:type_name -> archipel.v1alpha1.LabelSelectorRequirement
+	28, // 11: archipel.v1alpha1.ClusterAffinity.label_selector:type_name -> archipel.v1alpha1.LabelSelector
 	4,  // 12: archipel.v1alpha1.ClusterAffinity.field_selector:type_name -> archipel.v1alpha1.FieldSelector
-	24, // 13: archipel.v1alpha1.ClusterAffinityTerm.label_selector:type_name -> archipel.v1alpha1.LabelSelector
+	28, // 13: archipel.v1alpha1.ClusterAffinityTerm.label_selector:type_name -> archipel.v1alpha1.LabelSelector
 	4,  // 14: archipel.v1alpha1.ClusterAffinityTerm.field_selector:type_name -> archipel.v1alpha1.FieldSelector
 	5,  // 15: archipel.v1alpha1.ClusterAffinityTerm.overflow_affinities:type_name -> archipel.v1alpha1.ClusterAffinity
 	5,  // 16: archipel.v1alpha1.StaticClusterWeight.target_cluster:type_name -> archipel.v1alpha1.ClusterAffinity
@@ -1791,7 +2100,7 @@ var file_archipel_v1alpha1_policy_proto_depIdxs = []int32{
 	11, // 20: archipel.v1alpha1.WorkloadAffinity.anti_affinity:type_name -> archipel.v1alpha1.WorkloadAffinityTerm
 	5,  // 21: archipel.v1alpha1.Placement.cluster_affinity:type_name -> archipel.v1alpha1.ClusterAffinity
 	6,  // 22: archipel.v1alpha1.Placement.cluster_affinities:type_name -> archipel.v1alpha1.ClusterAffinityTerm
-	26, // 23: archipel.v1alpha1.Placement.cluster_tolerations:type_name -> archipel.v1alpha1.Toleration
+	30, // 23: archipel.v1alpha1.Placement.cluster_tolerations:type_name -> archipel.v1alpha1.Toleration
 	7,  // 24: archipel.v1alpha1.Placement.spread_constraints:type_name -> archipel.v1alpha1.SpreadConstraint
 	10, // 25: archipel.v1alpha1.Placement.replica_scheduling:type_name -> archipel.v1alpha1.ReplicaSchedulingStrategy
 	12, // 26: archipel.v1alpha1.Placement.workload_affinity:type_name -> archipel.v1alpha1.WorkloadAffinity
@@ -1802,11 +2111,17 @@ var file_archipel_v1alpha1_policy_proto_depIdxs = []int32{
 	17, // 31: archipel.v1alpha1.FailoverBehavior.application:type_name -> archipel.v1alpha1.ApplicationFailoverBehavior
 	18, // 32: archipel.v1alpha1.FailoverBehavior.cluster:type_name -> archipel.v1alpha1.ClusterFailoverBehavior
 	20, // 33: archipel.v1alpha1.Suspension.dispatching_on_clusters:type_name -> archipel.v1alpha1.SuspendClusters
-	34, // [34:34] is the sub-list for method output_type
-	34, // [34:34] is the sub-list for method input_type
-	34, // [34:34] is the sub-list for extension type_name
-	34, // [34:34] is the sub-list for extension extendee
-	0,  // [0:34] is the sub-list for field type_name
+	27, // 34: archipel.v1alpha1.ClusterTaintPolicy.metadata:type_name -> archipel.v1alpha1.ObjectMeta
+	24, // 35: archipel.v1alpha1.ClusterTaintPolicy.spec:type_name -> archipel.v1alpha1.ClusterTaintPolicySpec
+	5,  // 36: archipel.v1alpha1.ClusterTaintPolicySpec.target_clusters:type_name -> archipel.v1alpha1.ClusterAffinity
+	25, // 37: archipel.v1alpha1.ClusterTaintPolicySpec.add_on_conditions:type_name -> archipel.v1alpha1.MatchCondition
+	25, // 38: archipel.v1alpha1.ClusterTaintPolicySpec.remove_on_conditions:type_name -> archipel.v1alpha1.MatchCondition
+	26, // 39: archipel.v1alpha1.ClusterTaintPolicySpec.taints:type_name -> archipel.v1alpha1.PolicyTaint
+	40, // [40:40] is the sub-list for method output_type
+	40, // [40:40] is the sub-list for method input_type
+	40, // [40:40] is the sub-list for extension type_name
+	40, // [40:40] is the sub-list for extension extendee
+	0,  // [0:40] is the sub-list for field type_name
 }
 
 func init() { file_archipel_v1alpha1_policy_proto_init() }
@@ -1825,7 +2140,7 @@ func file_archipel_v1alpha1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha1_policy_proto_rawDesc), len(file_archipel_v1alpha1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   23,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

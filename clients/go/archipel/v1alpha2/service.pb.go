@@ -3,7 +3,8 @@
 // typed EventType. The objects these calls carry are unchanged and stay defined in
 // archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
 // unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
-// added since (WorkloadRebalancer) are served by this version only.
+// added since (WorkloadRebalancer, ClusterTaintPolicy) are served by this version
+// only.
 //
 // Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 // ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -5124,6 +5125,549 @@ func (x *WorkloadRebalancerServiceDeleteResponse) GetDeleted() bool {
 	return false
 }
 
+// Which ClusterTaintPolicy to read.
+type ClusterTaintPolicyServiceGetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceGetRequest) Reset() {
+	*x = ClusterTaintPolicyServiceGetRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[90]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceGetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceGetRequest) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceGetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[90]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceGetRequest.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceGetRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{90}
+}
+
+func (x *ClusterTaintPolicyServiceGetRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// The ClusterTaintPolicy asked for.
+type ClusterTaintPolicyServiceGetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object as stored, with its status and resourceVersion.
+	Object        *v1alpha1.ClusterTaintPolicy `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceGetResponse) Reset() {
+	*x = ClusterTaintPolicyServiceGetResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[91]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceGetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceGetResponse) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceGetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[91]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceGetResponse.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceGetResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{91}
+}
+
+func (x *ClusterTaintPolicyServiceGetResponse) GetObject() *v1alpha1.ClusterTaintPolicy {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+// Which ClusterTaintPolicies to list, and which page.
+type ClusterTaintPolicyServiceListRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only objects whose labels match, in Kubernetes label selector syntax:
+	// "app=web,tier in (a,b),!legacy". Empty matches every object.
+	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	// At most this many matching objects per page; 0 lists them all. A page holds
+	// fewer only when it is the last or is full in bytes; `continue` says whether more
+	// follow.
+	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	// The `continue` token of the previous page; empty for the first page.
+	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceListRequest) Reset() {
+	*x = ClusterTaintPolicyServiceListRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[92]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceListRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceListRequest) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceListRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[92]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceListRequest.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceListRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{92}
+}
+
+func (x *ClusterTaintPolicyServiceListRequest) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
+}
+
+func (x *ClusterTaintPolicyServiceListRequest) GetLimit() int32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ClusterTaintPolicyServiceListRequest) GetContinue() string {
+	if x != nil {
+		return x.Continue
+	}
+	return ""
+}
+
+// One page of ClusterTaintPolicies.
+type ClusterTaintPolicyServiceListResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The objects of this page, in key order.
+	Items []*v1alpha1.ClusterTaintPolicy `protobuf:"bytes,1,rep,name=items,proto3" json:"items,omitempty"`
+	// Send it back in the next request's `continue` for the next page; empty on the
+	// last page.
+	Continue string `protobuf:"bytes,2,opt,name=continue,proto3" json:"continue,omitempty"`
+	// The revision the list was read at: a Watch from it misses no change.
+	ResourceVersion string `protobuf:"bytes,3,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceListResponse) Reset() {
+	*x = ClusterTaintPolicyServiceListResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[93]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceListResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceListResponse) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceListResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[93]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceListResponse.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceListResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{93}
+}
+
+func (x *ClusterTaintPolicyServiceListResponse) GetItems() []*v1alpha1.ClusterTaintPolicy {
+	if x != nil {
+		return x.Items
+	}
+	return nil
+}
+
+func (x *ClusterTaintPolicyServiceListResponse) GetContinue() string {
+	if x != nil {
+		return x.Continue
+	}
+	return ""
+}
+
+func (x *ClusterTaintPolicyServiceListResponse) GetResourceVersion() string {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return ""
+}
+
+// Which ClusterTaintPolicies to watch, and from when.
+type ClusterTaintPolicyServiceWatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only objects whose labels match (Kubernetes label selector syntax).
+	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
+	// Send the changes after this revision (a List's or an event's). Empty: first the
+	// current objects as ADDED events, then the changes. Too old: OUT_OF_RANGE, and the
+	// caller lists again.
+	ResourceVersion string `protobuf:"bytes,2,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceWatchRequest) Reset() {
+	*x = ClusterTaintPolicyServiceWatchRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[94]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceWatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceWatchRequest) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceWatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[94]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceWatchRequest.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceWatchRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{94}
+}
+
+func (x *ClusterTaintPolicyServiceWatchRequest) GetLabelSelector() string {
+	if x != nil {
+		return x.LabelSelector
+	}
+	return ""
+}
+
+func (x *ClusterTaintPolicyServiceWatchRequest) GetResourceVersion() string {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return ""
+}
+
+// One change to a ClusterTaintPolicy.
+type ClusterTaintPolicyServiceWatchResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What happened.
+	Type EventType `protobuf:"varint,1,opt,name=type,proto3,enum=archipel.v1alpha2.EventType" json:"type,omitempty"`
+	// The object after the change; for EVENT_TYPE_DELETED, its last state.
+	Object *v1alpha1.ClusterTaintPolicy `protobuf:"bytes,2,opt,name=object,proto3" json:"object,omitempty"`
+	// The revision to resume a Watch from after this event.
+	ResourceVersion string `protobuf:"bytes,3,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceWatchResponse) Reset() {
+	*x = ClusterTaintPolicyServiceWatchResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[95]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceWatchResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceWatchResponse) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceWatchResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[95]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceWatchResponse.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceWatchResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{95}
+}
+
+func (x *ClusterTaintPolicyServiceWatchResponse) GetType() EventType {
+	if x != nil {
+		return x.Type
+	}
+	return EventType_EVENT_TYPE_UNSPECIFIED
+}
+
+func (x *ClusterTaintPolicyServiceWatchResponse) GetObject() *v1alpha1.ClusterTaintPolicy {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+func (x *ClusterTaintPolicyServiceWatchResponse) GetResourceVersion() string {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return ""
+}
+
+// The ClusterTaintPolicy to create, or whose spec, labels and annotations to replace.
+type ClusterTaintPolicyServiceApplyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The desired object. Its status and server-set metadata (uid, generation,
+	// creationTimestamp, deletionTimestamp) are ignored. With metadata.resourceVersion
+	// set, the apply fails with ABORTED unless the stored object is at that version;
+	// without, it applies over whatever is stored, as kubectl apply does.
+	Object        *v1alpha1.ClusterTaintPolicy `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceApplyRequest) Reset() {
+	*x = ClusterTaintPolicyServiceApplyRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[96]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceApplyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceApplyRequest) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceApplyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[96]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceApplyRequest.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceApplyRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{96}
+}
+
+func (x *ClusterTaintPolicyServiceApplyRequest) GetObject() *v1alpha1.ClusterTaintPolicy {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+// The ClusterTaintPolicy after the apply.
+type ClusterTaintPolicyServiceApplyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object as stored; unchanged (same resourceVersion) when nothing differed.
+	Object        *v1alpha1.ClusterTaintPolicy `protobuf:"bytes,1,opt,name=object,proto3" json:"object,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceApplyResponse) Reset() {
+	*x = ClusterTaintPolicyServiceApplyResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[97]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceApplyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceApplyResponse) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceApplyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[97]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceApplyResponse.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceApplyResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{97}
+}
+
+func (x *ClusterTaintPolicyServiceApplyResponse) GetObject() *v1alpha1.ClusterTaintPolicy {
+	if x != nil {
+		return x.Object
+	}
+	return nil
+}
+
+// Which ClusterTaintPolicy to delete.
+type ClusterTaintPolicyServiceDeleteRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The object's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Delete only if the object is still at this version (ABORTED otherwise); empty
+	// deletes whatever version is stored.
+	ResourceVersion string `protobuf:"bytes,2,opt,name=resource_version,json=resourceVersion,proto3" json:"resource_version,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceDeleteRequest) Reset() {
+	*x = ClusterTaintPolicyServiceDeleteRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[98]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceDeleteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceDeleteRequest) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceDeleteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[98]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceDeleteRequest.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceDeleteRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{98}
+}
+
+func (x *ClusterTaintPolicyServiceDeleteRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ClusterTaintPolicyServiceDeleteRequest) GetResourceVersion() string {
+	if x != nil {
+		return x.ResourceVersion
+	}
+	return ""
+}
+
+// What became of the deleted ClusterTaintPolicy.
+type ClusterTaintPolicyServiceDeleteResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// True when the object is gone; false when finalizers still hold it (it is
+	// marked for deletion and goes when they are done).
+	Deleted       bool `protobuf:"varint,1,opt,name=deleted,proto3" json:"deleted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClusterTaintPolicyServiceDeleteResponse) Reset() {
+	*x = ClusterTaintPolicyServiceDeleteResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[99]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClusterTaintPolicyServiceDeleteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClusterTaintPolicyServiceDeleteResponse) ProtoMessage() {}
+
+func (x *ClusterTaintPolicyServiceDeleteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[99]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClusterTaintPolicyServiceDeleteResponse.ProtoReflect.Descriptor instead.
+func (*ClusterTaintPolicyServiceDeleteResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{99}
+}
+
+func (x *ClusterTaintPolicyServiceDeleteResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
 // Which template to read.
 type ResourceTemplateServiceGetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -5141,7 +5685,7 @@ type ResourceTemplateServiceGetRequest struct {
 
 func (x *ResourceTemplateServiceGetRequest) Reset() {
 	*x = ResourceTemplateServiceGetRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[90]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[100]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5153,7 +5697,7 @@ func (x *ResourceTemplateServiceGetRequest) String() string {
 func (*ResourceTemplateServiceGetRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceGetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[90]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[100]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5166,7 +5710,7 @@ func (x *ResourceTemplateServiceGetRequest) ProtoReflect() protoreflect.Message 
 
 // Deprecated: Use ResourceTemplateServiceGetRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceGetRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{90}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{100}
 }
 
 func (x *ResourceTemplateServiceGetRequest) GetApiVersion() string {
@@ -5208,7 +5752,7 @@ type ResourceTemplateServiceGetResponse struct {
 
 func (x *ResourceTemplateServiceGetResponse) Reset() {
 	*x = ResourceTemplateServiceGetResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[91]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[101]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5220,7 +5764,7 @@ func (x *ResourceTemplateServiceGetResponse) String() string {
 func (*ResourceTemplateServiceGetResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceGetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[91]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[101]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5233,7 +5777,7 @@ func (x *ResourceTemplateServiceGetResponse) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ResourceTemplateServiceGetResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceGetResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{91}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{101}
 }
 
 func (x *ResourceTemplateServiceGetResponse) GetObject() *v1alpha1.ResourceTemplate {
@@ -5266,7 +5810,7 @@ type ResourceTemplateServiceListRequest struct {
 
 func (x *ResourceTemplateServiceListRequest) Reset() {
 	*x = ResourceTemplateServiceListRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[92]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[102]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5278,7 +5822,7 @@ func (x *ResourceTemplateServiceListRequest) String() string {
 func (*ResourceTemplateServiceListRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[92]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[102]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5291,7 +5835,7 @@ func (x *ResourceTemplateServiceListRequest) ProtoReflect() protoreflect.Message
 
 // Deprecated: Use ResourceTemplateServiceListRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceListRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{92}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{102}
 }
 
 func (x *ResourceTemplateServiceListRequest) GetApiVersion() string {
@@ -5352,7 +5896,7 @@ type ResourceTemplateServiceListResponse struct {
 
 func (x *ResourceTemplateServiceListResponse) Reset() {
 	*x = ResourceTemplateServiceListResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[93]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[103]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5364,7 +5908,7 @@ func (x *ResourceTemplateServiceListResponse) String() string {
 func (*ResourceTemplateServiceListResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[93]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[103]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5377,7 +5921,7 @@ func (x *ResourceTemplateServiceListResponse) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ResourceTemplateServiceListResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceListResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{93}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{103}
 }
 
 func (x *ResourceTemplateServiceListResponse) GetItems() []*v1alpha1.ResourceTemplate {
@@ -5422,7 +5966,7 @@ type ResourceTemplateServiceWatchRequest struct {
 
 func (x *ResourceTemplateServiceWatchRequest) Reset() {
 	*x = ResourceTemplateServiceWatchRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[94]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[104]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5434,7 +5978,7 @@ func (x *ResourceTemplateServiceWatchRequest) String() string {
 func (*ResourceTemplateServiceWatchRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceWatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[94]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[104]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5447,7 +5991,7 @@ func (x *ResourceTemplateServiceWatchRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ResourceTemplateServiceWatchRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceWatchRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{94}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{104}
 }
 
 func (x *ResourceTemplateServiceWatchRequest) GetApiVersion() string {
@@ -5500,7 +6044,7 @@ type ResourceTemplateServiceWatchResponse struct {
 
 func (x *ResourceTemplateServiceWatchResponse) Reset() {
 	*x = ResourceTemplateServiceWatchResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[95]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[105]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5512,7 +6056,7 @@ func (x *ResourceTemplateServiceWatchResponse) String() string {
 func (*ResourceTemplateServiceWatchResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceWatchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[95]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[105]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5525,7 +6069,7 @@ func (x *ResourceTemplateServiceWatchResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use ResourceTemplateServiceWatchResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceWatchResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{95}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{105}
 }
 
 func (x *ResourceTemplateServiceWatchResponse) GetType() EventType {
@@ -5562,7 +6106,7 @@ type ResourceTemplateServiceApplyRequest struct {
 
 func (x *ResourceTemplateServiceApplyRequest) Reset() {
 	*x = ResourceTemplateServiceApplyRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[96]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[106]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5574,7 +6118,7 @@ func (x *ResourceTemplateServiceApplyRequest) String() string {
 func (*ResourceTemplateServiceApplyRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[96]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[106]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5587,7 +6131,7 @@ func (x *ResourceTemplateServiceApplyRequest) ProtoReflect() protoreflect.Messag
 
 // Deprecated: Use ResourceTemplateServiceApplyRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceApplyRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{96}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{106}
 }
 
 func (x *ResourceTemplateServiceApplyRequest) GetObject() *v1alpha1.ResourceTemplate {
@@ -5608,7 +6152,7 @@ type ResourceTemplateServiceApplyResponse struct {
 
 func (x *ResourceTemplateServiceApplyResponse) Reset() {
 	*x = ResourceTemplateServiceApplyResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[97]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[107]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5620,7 +6164,7 @@ func (x *ResourceTemplateServiceApplyResponse) String() string {
 func (*ResourceTemplateServiceApplyResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[97]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[107]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5633,7 +6177,7 @@ func (x *ResourceTemplateServiceApplyResponse) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use ResourceTemplateServiceApplyResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceApplyResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{97}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{107}
 }
 
 func (x *ResourceTemplateServiceApplyResponse) GetObject() *v1alpha1.ResourceTemplate {
@@ -5663,7 +6207,7 @@ type ResourceTemplateServiceDeleteRequest struct {
 
 func (x *ResourceTemplateServiceDeleteRequest) Reset() {
 	*x = ResourceTemplateServiceDeleteRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[98]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[108]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5675,7 +6219,7 @@ func (x *ResourceTemplateServiceDeleteRequest) String() string {
 func (*ResourceTemplateServiceDeleteRequest) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceDeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[98]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[108]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5688,7 +6232,7 @@ func (x *ResourceTemplateServiceDeleteRequest) ProtoReflect() protoreflect.Messa
 
 // Deprecated: Use ResourceTemplateServiceDeleteRequest.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceDeleteRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{98}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{108}
 }
 
 func (x *ResourceTemplateServiceDeleteRequest) GetApiVersion() string {
@@ -5737,7 +6281,7 @@ type ResourceTemplateServiceDeleteResponse struct {
 
 func (x *ResourceTemplateServiceDeleteResponse) Reset() {
 	*x = ResourceTemplateServiceDeleteResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[99]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[109]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5749,7 +6293,7 @@ func (x *ResourceTemplateServiceDeleteResponse) String() string {
 func (*ResourceTemplateServiceDeleteResponse) ProtoMessage() {}
 
 func (x *ResourceTemplateServiceDeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[99]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[109]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5762,7 +6306,7 @@ func (x *ResourceTemplateServiceDeleteResponse) ProtoReflect() protoreflect.Mess
 
 // Deprecated: Use ResourceTemplateServiceDeleteResponse.ProtoReflect.Descriptor instead.
 func (*ResourceTemplateServiceDeleteResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{99}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{109}
 }
 
 func (x *ResourceTemplateServiceDeleteResponse) GetDeleted() bool {
@@ -5794,7 +6338,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[100]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[110]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5806,7 +6350,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[100]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[110]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5819,7 +6363,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{100}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{110}
 }
 
 func (x *JoinRequest) GetName() string {
@@ -5877,7 +6421,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[101]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[111]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5889,7 +6433,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[101]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[111]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5902,7 +6446,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{101}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{111}
 }
 
 func (x *JoinResponse) GetCluster() *v1alpha1.MemberCluster {
@@ -5928,7 +6472,7 @@ type GetVersionRequest struct {
 
 func (x *GetVersionRequest) Reset() {
 	*x = GetVersionRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[102]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5940,7 +6484,7 @@ func (x *GetVersionRequest) String() string {
 func (*GetVersionRequest) ProtoMessage() {}
 
 func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[102]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5953,7 +6497,7 @@ func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionRequest.ProtoReflect.Descriptor instead.
 func (*GetVersionRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{102}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{112}
 }
 
 // The control plane's version and the API versions it serves.
@@ -5970,7 +6514,7 @@ type GetVersionResponse struct {
 
 func (x *GetVersionResponse) Reset() {
 	*x = GetVersionResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[103]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -5982,7 +6526,7 @@ func (x *GetVersionResponse) String() string {
 func (*GetVersionResponse) ProtoMessage() {}
 
 func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[103]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -5995,7 +6539,7 @@ func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionResponse.ProtoReflect.Descriptor instead.
 func (*GetVersionResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{103}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *GetVersionResponse) GetVersion() string {
@@ -6284,6 +6828,34 @@ const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
 	"\x10resource_version\x18\x02 \x01(\tR\x0fresourceVersion\"C\n" +
 	"'WorkloadRebalancerServiceDeleteResponse\x12\x18\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"9\n" +
+	"#ClusterTaintPolicyServiceGetRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"e\n" +
+	"$ClusterTaintPolicyServiceGetResponse\x12=\n" +
+	"\x06object\x18\x01 \x01(\v2%.archipel.v1alpha1.ClusterTaintPolicyR\x06object\"\x7f\n" +
+	"$ClusterTaintPolicyServiceListRequest\x12%\n" +
+	"\x0elabel_selector\x18\x01 \x01(\tR\rlabelSelector\x12\x14\n" +
+	"\x05limit\x18\x02 \x01(\x05R\x05limit\x12\x1a\n" +
+	"\bcontinue\x18\x03 \x01(\tR\bcontinue\"\xab\x01\n" +
+	"%ClusterTaintPolicyServiceListResponse\x12;\n" +
+	"\x05items\x18\x01 \x03(\v2%.archipel.v1alpha1.ClusterTaintPolicyR\x05items\x12\x1a\n" +
+	"\bcontinue\x18\x02 \x01(\tR\bcontinue\x12)\n" +
+	"\x10resource_version\x18\x03 \x01(\tR\x0fresourceVersion\"y\n" +
+	"%ClusterTaintPolicyServiceWatchRequest\x12%\n" +
+	"\x0elabel_selector\x18\x01 \x01(\tR\rlabelSelector\x12)\n" +
+	"\x10resource_version\x18\x02 \x01(\tR\x0fresourceVersion\"\xc4\x01\n" +
+	"&ClusterTaintPolicyServiceWatchResponse\x120\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1c.archipel.v1alpha2.EventTypeR\x04type\x12=\n" +
+	"\x06object\x18\x02 \x01(\v2%.archipel.v1alpha1.ClusterTaintPolicyR\x06object\x12)\n" +
+	"\x10resource_version\x18\x03 \x01(\tR\x0fresourceVersion\"f\n" +
+	"%ClusterTaintPolicyServiceApplyRequest\x12=\n" +
+	"\x06object\x18\x01 \x01(\v2%.archipel.v1alpha1.ClusterTaintPolicyR\x06object\"g\n" +
+	"&ClusterTaintPolicyServiceApplyResponse\x12=\n" +
+	"\x06object\x18\x01 \x01(\v2%.archipel.v1alpha1.ClusterTaintPolicyR\x06object\"g\n" +
+	"&ClusterTaintPolicyServiceDeleteRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12)\n" +
+	"\x10resource_version\x18\x02 \x01(\tR\x0fresourceVersion\"C\n" +
+	"'ClusterTaintPolicyServiceDeleteResponse\x12\x18\n" +
 	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x8a\x01\n" +
 	"!ResourceTemplateServiceGetRequest\x12\x1f\n" +
 	"\vapi_version\x18\x01 \x01(\tR\n" +
@@ -6404,7 +6976,13 @@ const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\x04List\x127.archipel.v1alpha2.WorkloadRebalancerServiceListRequest\x1a8.archipel.v1alpha2.WorkloadRebalancerServiceListResponse\x12~\n" +
 	"\x05Watch\x128.archipel.v1alpha2.WorkloadRebalancerServiceWatchRequest\x1a9.archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse0\x01\x12|\n" +
 	"\x05Apply\x128.archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest\x1a9.archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse\x12\x7f\n" +
-	"\x06Delete\x129.archipel.v1alpha2.WorkloadRebalancerServiceDeleteRequest\x1a:.archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse2\xf7\x04\n" +
+	"\x06Delete\x129.archipel.v1alpha2.WorkloadRebalancerServiceDeleteRequest\x1a:.archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse2\x8d\x05\n" +
+	"\x19ClusterTaintPolicyService\x12v\n" +
+	"\x03Get\x126.archipel.v1alpha2.ClusterTaintPolicyServiceGetRequest\x1a7.archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse\x12y\n" +
+	"\x04List\x127.archipel.v1alpha2.ClusterTaintPolicyServiceListRequest\x1a8.archipel.v1alpha2.ClusterTaintPolicyServiceListResponse\x12~\n" +
+	"\x05Watch\x128.archipel.v1alpha2.ClusterTaintPolicyServiceWatchRequest\x1a9.archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse0\x01\x12|\n" +
+	"\x05Apply\x128.archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest\x1a9.archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse\x12\x7f\n" +
+	"\x06Delete\x129.archipel.v1alpha2.ClusterTaintPolicyServiceDeleteRequest\x1a:.archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse2\xf7\x04\n" +
 	"\x17ResourceTemplateService\x12r\n" +
 	"\x03Get\x124.archipel.v1alpha2.ResourceTemplateServiceGetRequest\x1a5.archipel.v1alpha2.ResourceTemplateServiceGetResponse\x12u\n" +
 	"\x04List\x125.archipel.v1alpha2.ResourceTemplateServiceListRequest\x1a6.archipel.v1alpha2.ResourceTemplateServiceListResponse\x12z\n" +
@@ -6431,7 +7009,7 @@ func file_archipel_v1alpha2_service_proto_rawDescGZIP() []byte {
 }
 
 var file_archipel_v1alpha2_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_archipel_v1alpha2_service_proto_msgTypes = make([]protoimpl.MessageInfo, 105)
+var file_archipel_v1alpha2_service_proto_msgTypes = make([]protoimpl.MessageInfo, 115)
 var file_archipel_v1alpha2_service_proto_goTypes = []any{
 	(EventType)(0),                                                // 0: archipel.v1alpha2.EventType
 	(*MemberClusterServiceGetRequest)(nil),                        // 1: archipel.v1alpha2.MemberClusterServiceGetRequest
@@ -6524,204 +7102,231 @@ var file_archipel_v1alpha2_service_proto_goTypes = []any{
 	(*WorkloadRebalancerServiceApplyResponse)(nil),                // 88: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
 	(*WorkloadRebalancerServiceDeleteRequest)(nil),                // 89: archipel.v1alpha2.WorkloadRebalancerServiceDeleteRequest
 	(*WorkloadRebalancerServiceDeleteResponse)(nil),               // 90: archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
-	(*ResourceTemplateServiceGetRequest)(nil),                     // 91: archipel.v1alpha2.ResourceTemplateServiceGetRequest
-	(*ResourceTemplateServiceGetResponse)(nil),                    // 92: archipel.v1alpha2.ResourceTemplateServiceGetResponse
-	(*ResourceTemplateServiceListRequest)(nil),                    // 93: archipel.v1alpha2.ResourceTemplateServiceListRequest
-	(*ResourceTemplateServiceListResponse)(nil),                   // 94: archipel.v1alpha2.ResourceTemplateServiceListResponse
-	(*ResourceTemplateServiceWatchRequest)(nil),                   // 95: archipel.v1alpha2.ResourceTemplateServiceWatchRequest
-	(*ResourceTemplateServiceWatchResponse)(nil),                  // 96: archipel.v1alpha2.ResourceTemplateServiceWatchResponse
-	(*ResourceTemplateServiceApplyRequest)(nil),                   // 97: archipel.v1alpha2.ResourceTemplateServiceApplyRequest
-	(*ResourceTemplateServiceApplyResponse)(nil),                  // 98: archipel.v1alpha2.ResourceTemplateServiceApplyResponse
-	(*ResourceTemplateServiceDeleteRequest)(nil),                  // 99: archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
-	(*ResourceTemplateServiceDeleteResponse)(nil),                 // 100: archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
-	(*JoinRequest)(nil),                                           // 101: archipel.v1alpha2.JoinRequest
-	(*JoinResponse)(nil),                                          // 102: archipel.v1alpha2.JoinResponse
-	(*GetVersionRequest)(nil),                                     // 103: archipel.v1alpha2.GetVersionRequest
-	(*GetVersionResponse)(nil),                                    // 104: archipel.v1alpha2.GetVersionResponse
-	nil,                                                           // 105: archipel.v1alpha2.JoinRequest.LabelsEntry
-	(*v1alpha1.MemberCluster)(nil),                                // 106: archipel.v1alpha1.MemberCluster
-	(*v1alpha1.PropagationPolicy)(nil),                            // 107: archipel.v1alpha1.PropagationPolicy
-	(*v1alpha1.ClusterPropagationPolicy)(nil),                     // 108: archipel.v1alpha1.ClusterPropagationPolicy
-	(*v1alpha1.PropagationBinding)(nil),                           // 109: archipel.v1alpha1.PropagationBinding
-	(*v1alpha1.PropagationWork)(nil),                              // 110: archipel.v1alpha1.PropagationWork
-	(*v1alpha1.OverridePolicy)(nil),                               // 111: archipel.v1alpha1.OverridePolicy
-	(*v1alpha1.ClusterOverridePolicy)(nil),                        // 112: archipel.v1alpha1.ClusterOverridePolicy
-	(*v1alpha1.ResourceInterpreterCustomization)(nil),             // 113: archipel.v1alpha1.ResourceInterpreterCustomization
-	(*v1alpha1.WorkloadRebalancer)(nil),                           // 114: archipel.v1alpha1.WorkloadRebalancer
-	(*v1alpha1.ResourceTemplate)(nil),                             // 115: archipel.v1alpha1.ResourceTemplate
+	(*ClusterTaintPolicyServiceGetRequest)(nil),                   // 91: archipel.v1alpha2.ClusterTaintPolicyServiceGetRequest
+	(*ClusterTaintPolicyServiceGetResponse)(nil),                  // 92: archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse
+	(*ClusterTaintPolicyServiceListRequest)(nil),                  // 93: archipel.v1alpha2.ClusterTaintPolicyServiceListRequest
+	(*ClusterTaintPolicyServiceListResponse)(nil),                 // 94: archipel.v1alpha2.ClusterTaintPolicyServiceListResponse
+	(*ClusterTaintPolicyServiceWatchRequest)(nil),                 // 95: archipel.v1alpha2.ClusterTaintPolicyServiceWatchRequest
+	(*ClusterTaintPolicyServiceWatchResponse)(nil),                // 96: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse
+	(*ClusterTaintPolicyServiceApplyRequest)(nil),                 // 97: archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest
+	(*ClusterTaintPolicyServiceApplyResponse)(nil),                // 98: archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse
+	(*ClusterTaintPolicyServiceDeleteRequest)(nil),                // 99: archipel.v1alpha2.ClusterTaintPolicyServiceDeleteRequest
+	(*ClusterTaintPolicyServiceDeleteResponse)(nil),               // 100: archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse
+	(*ResourceTemplateServiceGetRequest)(nil),                     // 101: archipel.v1alpha2.ResourceTemplateServiceGetRequest
+	(*ResourceTemplateServiceGetResponse)(nil),                    // 102: archipel.v1alpha2.ResourceTemplateServiceGetResponse
+	(*ResourceTemplateServiceListRequest)(nil),                    // 103: archipel.v1alpha2.ResourceTemplateServiceListRequest
+	(*ResourceTemplateServiceListResponse)(nil),                   // 104: archipel.v1alpha2.ResourceTemplateServiceListResponse
+	(*ResourceTemplateServiceWatchRequest)(nil),                   // 105: archipel.v1alpha2.ResourceTemplateServiceWatchRequest
+	(*ResourceTemplateServiceWatchResponse)(nil),                  // 106: archipel.v1alpha2.ResourceTemplateServiceWatchResponse
+	(*ResourceTemplateServiceApplyRequest)(nil),                   // 107: archipel.v1alpha2.ResourceTemplateServiceApplyRequest
+	(*ResourceTemplateServiceApplyResponse)(nil),                  // 108: archipel.v1alpha2.ResourceTemplateServiceApplyResponse
+	(*ResourceTemplateServiceDeleteRequest)(nil),                  // 109: archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
+	(*ResourceTemplateServiceDeleteResponse)(nil),                 // 110: archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
+	(*JoinRequest)(nil),                                           // 111: archipel.v1alpha2.JoinRequest
+	(*JoinResponse)(nil),                                          // 112: archipel.v1alpha2.JoinResponse
+	(*GetVersionRequest)(nil),                                     // 113: archipel.v1alpha2.GetVersionRequest
+	(*GetVersionResponse)(nil),                                    // 114: archipel.v1alpha2.GetVersionResponse
+	nil,                                                           // 115: archipel.v1alpha2.JoinRequest.LabelsEntry
+	(*v1alpha1.MemberCluster)(nil),                                // 116: archipel.v1alpha1.MemberCluster
+	(*v1alpha1.PropagationPolicy)(nil),                            // 117: archipel.v1alpha1.PropagationPolicy
+	(*v1alpha1.ClusterPropagationPolicy)(nil),                     // 118: archipel.v1alpha1.ClusterPropagationPolicy
+	(*v1alpha1.PropagationBinding)(nil),                           // 119: archipel.v1alpha1.PropagationBinding
+	(*v1alpha1.PropagationWork)(nil),                              // 120: archipel.v1alpha1.PropagationWork
+	(*v1alpha1.OverridePolicy)(nil),                               // 121: archipel.v1alpha1.OverridePolicy
+	(*v1alpha1.ClusterOverridePolicy)(nil),                        // 122: archipel.v1alpha1.ClusterOverridePolicy
+	(*v1alpha1.ResourceInterpreterCustomization)(nil),             // 123: archipel.v1alpha1.ResourceInterpreterCustomization
+	(*v1alpha1.WorkloadRebalancer)(nil),                           // 124: archipel.v1alpha1.WorkloadRebalancer
+	(*v1alpha1.ClusterTaintPolicy)(nil),                           // 125: archipel.v1alpha1.ClusterTaintPolicy
+	(*v1alpha1.ResourceTemplate)(nil),                             // 126: archipel.v1alpha1.ResourceTemplate
 }
 var file_archipel_v1alpha2_service_proto_depIdxs = []int32{
-	106, // 0: archipel.v1alpha2.MemberClusterServiceGetResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	106, // 1: archipel.v1alpha2.MemberClusterServiceListResponse.items:type_name -> archipel.v1alpha1.MemberCluster
+	116, // 0: archipel.v1alpha2.MemberClusterServiceGetResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	116, // 1: archipel.v1alpha2.MemberClusterServiceListResponse.items:type_name -> archipel.v1alpha1.MemberCluster
 	0,   // 2: archipel.v1alpha2.MemberClusterServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	106, // 3: archipel.v1alpha2.MemberClusterServiceWatchResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	106, // 4: archipel.v1alpha2.MemberClusterServiceApplyRequest.object:type_name -> archipel.v1alpha1.MemberCluster
-	106, // 5: archipel.v1alpha2.MemberClusterServiceApplyResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	107, // 6: archipel.v1alpha2.PropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	107, // 7: archipel.v1alpha2.PropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationPolicy
+	116, // 3: archipel.v1alpha2.MemberClusterServiceWatchResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	116, // 4: archipel.v1alpha2.MemberClusterServiceApplyRequest.object:type_name -> archipel.v1alpha1.MemberCluster
+	116, // 5: archipel.v1alpha2.MemberClusterServiceApplyResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	117, // 6: archipel.v1alpha2.PropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	117, // 7: archipel.v1alpha2.PropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationPolicy
 	0,   // 8: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	107, // 9: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	107, // 10: archipel.v1alpha2.PropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	107, // 11: archipel.v1alpha2.PropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	108, // 12: archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	108, // 13: archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	117, // 9: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	117, // 10: archipel.v1alpha2.PropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	117, // 11: archipel.v1alpha2.PropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	118, // 12: archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	118, // 13: archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
 	0,   // 14: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	108, // 15: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	108, // 16: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	108, // 17: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	109, // 18: archipel.v1alpha2.PropagationBindingServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	109, // 19: archipel.v1alpha2.PropagationBindingServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationBinding
+	118, // 15: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	118, // 16: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	118, // 17: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	119, // 18: archipel.v1alpha2.PropagationBindingServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	119, // 19: archipel.v1alpha2.PropagationBindingServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationBinding
 	0,   // 20: archipel.v1alpha2.PropagationBindingServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	109, // 21: archipel.v1alpha2.PropagationBindingServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	109, // 22: archipel.v1alpha2.PropagationBindingServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationBinding
-	109, // 23: archipel.v1alpha2.PropagationBindingServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	110, // 24: archipel.v1alpha2.PropagationWorkServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	110, // 25: archipel.v1alpha2.PropagationWorkServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationWork
+	119, // 21: archipel.v1alpha2.PropagationBindingServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	119, // 22: archipel.v1alpha2.PropagationBindingServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationBinding
+	119, // 23: archipel.v1alpha2.PropagationBindingServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	120, // 24: archipel.v1alpha2.PropagationWorkServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	120, // 25: archipel.v1alpha2.PropagationWorkServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationWork
 	0,   // 26: archipel.v1alpha2.PropagationWorkServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	110, // 27: archipel.v1alpha2.PropagationWorkServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	110, // 28: archipel.v1alpha2.PropagationWorkServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationWork
-	110, // 29: archipel.v1alpha2.PropagationWorkServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	111, // 30: archipel.v1alpha2.OverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	111, // 31: archipel.v1alpha2.OverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.OverridePolicy
+	120, // 27: archipel.v1alpha2.PropagationWorkServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	120, // 28: archipel.v1alpha2.PropagationWorkServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationWork
+	120, // 29: archipel.v1alpha2.PropagationWorkServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	121, // 30: archipel.v1alpha2.OverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	121, // 31: archipel.v1alpha2.OverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.OverridePolicy
 	0,   // 32: archipel.v1alpha2.OverridePolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	111, // 33: archipel.v1alpha2.OverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	111, // 34: archipel.v1alpha2.OverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.OverridePolicy
-	111, // 35: archipel.v1alpha2.OverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	112, // 36: archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	112, // 37: archipel.v1alpha2.ClusterOverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	121, // 33: archipel.v1alpha2.OverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	121, // 34: archipel.v1alpha2.OverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.OverridePolicy
+	121, // 35: archipel.v1alpha2.OverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	122, // 36: archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	122, // 37: archipel.v1alpha2.ClusterOverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
 	0,   // 38: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	112, // 39: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	112, // 40: archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	112, // 41: archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	113, // 42: archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	113, // 43: archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	122, // 39: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	122, // 40: archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	122, // 41: archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	123, // 42: archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	123, // 43: archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
 	0,   // 44: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	113, // 45: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	113, // 46: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	113, // 47: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	114, // 48: archipel.v1alpha2.WorkloadRebalancerServiceGetResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	114, // 49: archipel.v1alpha2.WorkloadRebalancerServiceListResponse.items:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	123, // 45: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	123, // 46: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	123, // 47: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	124, // 48: archipel.v1alpha2.WorkloadRebalancerServiceGetResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	124, // 49: archipel.v1alpha2.WorkloadRebalancerServiceListResponse.items:type_name -> archipel.v1alpha1.WorkloadRebalancer
 	0,   // 50: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	114, // 51: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	114, // 52: archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	114, // 53: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	115, // 54: archipel.v1alpha2.ResourceTemplateServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	115, // 55: archipel.v1alpha2.ResourceTemplateServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceTemplate
-	0,   // 56: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	115, // 57: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	115, // 58: archipel.v1alpha2.ResourceTemplateServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	115, // 59: archipel.v1alpha2.ResourceTemplateServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	105, // 60: archipel.v1alpha2.JoinRequest.labels:type_name -> archipel.v1alpha2.JoinRequest.LabelsEntry
-	106, // 61: archipel.v1alpha2.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
-	1,   // 62: archipel.v1alpha2.MemberClusterService.Get:input_type -> archipel.v1alpha2.MemberClusterServiceGetRequest
-	3,   // 63: archipel.v1alpha2.MemberClusterService.List:input_type -> archipel.v1alpha2.MemberClusterServiceListRequest
-	5,   // 64: archipel.v1alpha2.MemberClusterService.Watch:input_type -> archipel.v1alpha2.MemberClusterServiceWatchRequest
-	7,   // 65: archipel.v1alpha2.MemberClusterService.Apply:input_type -> archipel.v1alpha2.MemberClusterServiceApplyRequest
-	9,   // 66: archipel.v1alpha2.MemberClusterService.Delete:input_type -> archipel.v1alpha2.MemberClusterServiceDeleteRequest
-	11,  // 67: archipel.v1alpha2.PropagationPolicyService.Get:input_type -> archipel.v1alpha2.PropagationPolicyServiceGetRequest
-	13,  // 68: archipel.v1alpha2.PropagationPolicyService.List:input_type -> archipel.v1alpha2.PropagationPolicyServiceListRequest
-	15,  // 69: archipel.v1alpha2.PropagationPolicyService.Watch:input_type -> archipel.v1alpha2.PropagationPolicyServiceWatchRequest
-	17,  // 70: archipel.v1alpha2.PropagationPolicyService.Apply:input_type -> archipel.v1alpha2.PropagationPolicyServiceApplyRequest
-	19,  // 71: archipel.v1alpha2.PropagationPolicyService.Delete:input_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteRequest
-	21,  // 72: archipel.v1alpha2.ClusterPropagationPolicyService.Get:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetRequest
-	23,  // 73: archipel.v1alpha2.ClusterPropagationPolicyService.List:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListRequest
-	25,  // 74: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchRequest
-	27,  // 75: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest
-	29,  // 76: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteRequest
-	31,  // 77: archipel.v1alpha2.PropagationBindingService.Get:input_type -> archipel.v1alpha2.PropagationBindingServiceGetRequest
-	33,  // 78: archipel.v1alpha2.PropagationBindingService.List:input_type -> archipel.v1alpha2.PropagationBindingServiceListRequest
-	35,  // 79: archipel.v1alpha2.PropagationBindingService.Watch:input_type -> archipel.v1alpha2.PropagationBindingServiceWatchRequest
-	37,  // 80: archipel.v1alpha2.PropagationBindingService.Apply:input_type -> archipel.v1alpha2.PropagationBindingServiceApplyRequest
-	39,  // 81: archipel.v1alpha2.PropagationBindingService.Delete:input_type -> archipel.v1alpha2.PropagationBindingServiceDeleteRequest
-	41,  // 82: archipel.v1alpha2.PropagationWorkService.Get:input_type -> archipel.v1alpha2.PropagationWorkServiceGetRequest
-	43,  // 83: archipel.v1alpha2.PropagationWorkService.List:input_type -> archipel.v1alpha2.PropagationWorkServiceListRequest
-	45,  // 84: archipel.v1alpha2.PropagationWorkService.Watch:input_type -> archipel.v1alpha2.PropagationWorkServiceWatchRequest
-	47,  // 85: archipel.v1alpha2.PropagationWorkService.Apply:input_type -> archipel.v1alpha2.PropagationWorkServiceApplyRequest
-	49,  // 86: archipel.v1alpha2.PropagationWorkService.Delete:input_type -> archipel.v1alpha2.PropagationWorkServiceDeleteRequest
-	51,  // 87: archipel.v1alpha2.OverridePolicyService.Get:input_type -> archipel.v1alpha2.OverridePolicyServiceGetRequest
-	53,  // 88: archipel.v1alpha2.OverridePolicyService.List:input_type -> archipel.v1alpha2.OverridePolicyServiceListRequest
-	55,  // 89: archipel.v1alpha2.OverridePolicyService.Watch:input_type -> archipel.v1alpha2.OverridePolicyServiceWatchRequest
-	57,  // 90: archipel.v1alpha2.OverridePolicyService.Apply:input_type -> archipel.v1alpha2.OverridePolicyServiceApplyRequest
-	59,  // 91: archipel.v1alpha2.OverridePolicyService.Delete:input_type -> archipel.v1alpha2.OverridePolicyServiceDeleteRequest
-	61,  // 92: archipel.v1alpha2.ClusterOverridePolicyService.Get:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetRequest
-	63,  // 93: archipel.v1alpha2.ClusterOverridePolicyService.List:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListRequest
-	65,  // 94: archipel.v1alpha2.ClusterOverridePolicyService.Watch:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchRequest
-	67,  // 95: archipel.v1alpha2.ClusterOverridePolicyService.Apply:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest
-	69,  // 96: archipel.v1alpha2.ClusterOverridePolicyService.Delete:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteRequest
-	71,  // 97: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetRequest
-	73,  // 98: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListRequest
-	75,  // 99: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchRequest
-	77,  // 100: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest
-	79,  // 101: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteRequest
-	81,  // 102: archipel.v1alpha2.WorkloadRebalancerService.Get:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetRequest
-	83,  // 103: archipel.v1alpha2.WorkloadRebalancerService.List:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceListRequest
-	85,  // 104: archipel.v1alpha2.WorkloadRebalancerService.Watch:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchRequest
-	87,  // 105: archipel.v1alpha2.WorkloadRebalancerService.Apply:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest
-	89,  // 106: archipel.v1alpha2.WorkloadRebalancerService.Delete:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteRequest
-	91,  // 107: archipel.v1alpha2.ResourceTemplateService.Get:input_type -> archipel.v1alpha2.ResourceTemplateServiceGetRequest
-	93,  // 108: archipel.v1alpha2.ResourceTemplateService.List:input_type -> archipel.v1alpha2.ResourceTemplateServiceListRequest
-	95,  // 109: archipel.v1alpha2.ResourceTemplateService.Watch:input_type -> archipel.v1alpha2.ResourceTemplateServiceWatchRequest
-	97,  // 110: archipel.v1alpha2.ResourceTemplateService.Apply:input_type -> archipel.v1alpha2.ResourceTemplateServiceApplyRequest
-	99,  // 111: archipel.v1alpha2.ResourceTemplateService.Delete:input_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
-	101, // 112: archipel.v1alpha2.ClusterAdminService.Join:input_type -> archipel.v1alpha2.JoinRequest
-	103, // 113: archipel.v1alpha2.InfoService.GetVersion:input_type -> archipel.v1alpha2.GetVersionRequest
-	2,   // 114: archipel.v1alpha2.MemberClusterService.Get:output_type -> archipel.v1alpha2.MemberClusterServiceGetResponse
-	4,   // 115: archipel.v1alpha2.MemberClusterService.List:output_type -> archipel.v1alpha2.MemberClusterServiceListResponse
-	6,   // 116: archipel.v1alpha2.MemberClusterService.Watch:output_type -> archipel.v1alpha2.MemberClusterServiceWatchResponse
-	8,   // 117: archipel.v1alpha2.MemberClusterService.Apply:output_type -> archipel.v1alpha2.MemberClusterServiceApplyResponse
-	10,  // 118: archipel.v1alpha2.MemberClusterService.Delete:output_type -> archipel.v1alpha2.MemberClusterServiceDeleteResponse
-	12,  // 119: archipel.v1alpha2.PropagationPolicyService.Get:output_type -> archipel.v1alpha2.PropagationPolicyServiceGetResponse
-	14,  // 120: archipel.v1alpha2.PropagationPolicyService.List:output_type -> archipel.v1alpha2.PropagationPolicyServiceListResponse
-	16,  // 121: archipel.v1alpha2.PropagationPolicyService.Watch:output_type -> archipel.v1alpha2.PropagationPolicyServiceWatchResponse
-	18,  // 122: archipel.v1alpha2.PropagationPolicyService.Apply:output_type -> archipel.v1alpha2.PropagationPolicyServiceApplyResponse
-	20,  // 123: archipel.v1alpha2.PropagationPolicyService.Delete:output_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteResponse
-	22,  // 124: archipel.v1alpha2.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse
-	24,  // 125: archipel.v1alpha2.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse
-	26,  // 126: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse
-	28,  // 127: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse
-	30,  // 128: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteResponse
-	32,  // 129: archipel.v1alpha2.PropagationBindingService.Get:output_type -> archipel.v1alpha2.PropagationBindingServiceGetResponse
-	34,  // 130: archipel.v1alpha2.PropagationBindingService.List:output_type -> archipel.v1alpha2.PropagationBindingServiceListResponse
-	36,  // 131: archipel.v1alpha2.PropagationBindingService.Watch:output_type -> archipel.v1alpha2.PropagationBindingServiceWatchResponse
-	38,  // 132: archipel.v1alpha2.PropagationBindingService.Apply:output_type -> archipel.v1alpha2.PropagationBindingServiceApplyResponse
-	40,  // 133: archipel.v1alpha2.PropagationBindingService.Delete:output_type -> archipel.v1alpha2.PropagationBindingServiceDeleteResponse
-	42,  // 134: archipel.v1alpha2.PropagationWorkService.Get:output_type -> archipel.v1alpha2.PropagationWorkServiceGetResponse
-	44,  // 135: archipel.v1alpha2.PropagationWorkService.List:output_type -> archipel.v1alpha2.PropagationWorkServiceListResponse
-	46,  // 136: archipel.v1alpha2.PropagationWorkService.Watch:output_type -> archipel.v1alpha2.PropagationWorkServiceWatchResponse
-	48,  // 137: archipel.v1alpha2.PropagationWorkService.Apply:output_type -> archipel.v1alpha2.PropagationWorkServiceApplyResponse
-	50,  // 138: archipel.v1alpha2.PropagationWorkService.Delete:output_type -> archipel.v1alpha2.PropagationWorkServiceDeleteResponse
-	52,  // 139: archipel.v1alpha2.OverridePolicyService.Get:output_type -> archipel.v1alpha2.OverridePolicyServiceGetResponse
-	54,  // 140: archipel.v1alpha2.OverridePolicyService.List:output_type -> archipel.v1alpha2.OverridePolicyServiceListResponse
-	56,  // 141: archipel.v1alpha2.OverridePolicyService.Watch:output_type -> archipel.v1alpha2.OverridePolicyServiceWatchResponse
-	58,  // 142: archipel.v1alpha2.OverridePolicyService.Apply:output_type -> archipel.v1alpha2.OverridePolicyServiceApplyResponse
-	60,  // 143: archipel.v1alpha2.OverridePolicyService.Delete:output_type -> archipel.v1alpha2.OverridePolicyServiceDeleteResponse
-	62,  // 144: archipel.v1alpha2.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse
-	64,  // 145: archipel.v1alpha2.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListResponse
-	66,  // 146: archipel.v1alpha2.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse
-	68,  // 147: archipel.v1alpha2.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse
-	70,  // 148: archipel.v1alpha2.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteResponse
-	72,  // 149: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse
-	74,  // 150: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse
-	76,  // 151: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse
-	78,  // 152: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
-	80,  // 153: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
-	82,  // 154: archipel.v1alpha2.WorkloadRebalancerService.Get:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetResponse
-	84,  // 155: archipel.v1alpha2.WorkloadRebalancerService.List:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceListResponse
-	86,  // 156: archipel.v1alpha2.WorkloadRebalancerService.Watch:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse
-	88,  // 157: archipel.v1alpha2.WorkloadRebalancerService.Apply:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
-	90,  // 158: archipel.v1alpha2.WorkloadRebalancerService.Delete:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
-	92,  // 159: archipel.v1alpha2.ResourceTemplateService.Get:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetResponse
-	94,  // 160: archipel.v1alpha2.ResourceTemplateService.List:output_type -> archipel.v1alpha2.ResourceTemplateServiceListResponse
-	96,  // 161: archipel.v1alpha2.ResourceTemplateService.Watch:output_type -> archipel.v1alpha2.ResourceTemplateServiceWatchResponse
-	98,  // 162: archipel.v1alpha2.ResourceTemplateService.Apply:output_type -> archipel.v1alpha2.ResourceTemplateServiceApplyResponse
-	100, // 163: archipel.v1alpha2.ResourceTemplateService.Delete:output_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
-	102, // 164: archipel.v1alpha2.ClusterAdminService.Join:output_type -> archipel.v1alpha2.JoinResponse
-	104, // 165: archipel.v1alpha2.InfoService.GetVersion:output_type -> archipel.v1alpha2.GetVersionResponse
-	114, // [114:166] is the sub-list for method output_type
-	62,  // [62:114] is the sub-list for method input_type
-	62,  // [62:62] is the sub-list for extension type_name
-	62,  // [62:62] is the sub-list for extension extendee
-	0,   // [0:62] is the sub-list for field type_name
+	124, // 51: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	124, // 52: archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	124, // 53: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	125, // 54: archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	125, // 55: archipel.v1alpha2.ClusterTaintPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	0,   // 56: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
+	125, // 57: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	125, // 58: archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	125, // 59: archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	126, // 60: archipel.v1alpha2.ResourceTemplateServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	126, // 61: archipel.v1alpha2.ResourceTemplateServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceTemplate
+	0,   // 62: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
+	126, // 63: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	126, // 64: archipel.v1alpha2.ResourceTemplateServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	126, // 65: archipel.v1alpha2.ResourceTemplateServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	115, // 66: archipel.v1alpha2.JoinRequest.labels:type_name -> archipel.v1alpha2.JoinRequest.LabelsEntry
+	116, // 67: archipel.v1alpha2.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
+	1,   // 68: archipel.v1alpha2.MemberClusterService.Get:input_type -> archipel.v1alpha2.MemberClusterServiceGetRequest
+	3,   // 69: archipel.v1alpha2.MemberClusterService.List:input_type -> archipel.v1alpha2.MemberClusterServiceListRequest
+	5,   // 70: archipel.v1alpha2.MemberClusterService.Watch:input_type -> archipel.v1alpha2.MemberClusterServiceWatchRequest
+	7,   // 71: archipel.v1alpha2.MemberClusterService.Apply:input_type -> archipel.v1alpha2.MemberClusterServiceApplyRequest
+	9,   // 72: archipel.v1alpha2.MemberClusterService.Delete:input_type -> archipel.v1alpha2.MemberClusterServiceDeleteRequest
+	11,  // 73: archipel.v1alpha2.PropagationPolicyService.Get:input_type -> archipel.v1alpha2.PropagationPolicyServiceGetRequest
+	13,  // 74: archipel.v1alpha2.PropagationPolicyService.List:input_type -> archipel.v1alpha2.PropagationPolicyServiceListRequest
+	15,  // 75: archipel.v1alpha2.PropagationPolicyService.Watch:input_type -> archipel.v1alpha2.PropagationPolicyServiceWatchRequest
+	17,  // 76: archipel.v1alpha2.PropagationPolicyService.Apply:input_type -> archipel.v1alpha2.PropagationPolicyServiceApplyRequest
+	19,  // 77: archipel.v1alpha2.PropagationPolicyService.Delete:input_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteRequest
+	21,  // 78: archipel.v1alpha2.ClusterPropagationPolicyService.Get:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetRequest
+	23,  // 79: archipel.v1alpha2.ClusterPropagationPolicyService.List:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListRequest
+	25,  // 80: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchRequest
+	27,  // 81: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest
+	29,  // 82: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:input_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteRequest
+	31,  // 83: archipel.v1alpha2.PropagationBindingService.Get:input_type -> archipel.v1alpha2.PropagationBindingServiceGetRequest
+	33,  // 84: archipel.v1alpha2.PropagationBindingService.List:input_type -> archipel.v1alpha2.PropagationBindingServiceListRequest
+	35,  // 85: archipel.v1alpha2.PropagationBindingService.Watch:input_type -> archipel.v1alpha2.PropagationBindingServiceWatchRequest
+	37,  // 86: archipel.v1alpha2.PropagationBindingService.Apply:input_type -> archipel.v1alpha2.PropagationBindingServiceApplyRequest
+	39,  // 87: archipel.v1alpha2.PropagationBindingService.Delete:input_type -> archipel.v1alpha2.PropagationBindingServiceDeleteRequest
+	41,  // 88: archipel.v1alpha2.PropagationWorkService.Get:input_type -> archipel.v1alpha2.PropagationWorkServiceGetRequest
+	43,  // 89: archipel.v1alpha2.PropagationWorkService.List:input_type -> archipel.v1alpha2.PropagationWorkServiceListRequest
+	45,  // 90: archipel.v1alpha2.PropagationWorkService.Watch:input_type -> archipel.v1alpha2.PropagationWorkServiceWatchRequest
+	47,  // 91: archipel.v1alpha2.PropagationWorkService.Apply:input_type -> archipel.v1alpha2.PropagationWorkServiceApplyRequest
+	49,  // 92: archipel.v1alpha2.PropagationWorkService.Delete:input_type -> archipel.v1alpha2.PropagationWorkServiceDeleteRequest
+	51,  // 93: archipel.v1alpha2.OverridePolicyService.Get:input_type -> archipel.v1alpha2.OverridePolicyServiceGetRequest
+	53,  // 94: archipel.v1alpha2.OverridePolicyService.List:input_type -> archipel.v1alpha2.OverridePolicyServiceListRequest
+	55,  // 95: archipel.v1alpha2.OverridePolicyService.Watch:input_type -> archipel.v1alpha2.OverridePolicyServiceWatchRequest
+	57,  // 96: archipel.v1alpha2.OverridePolicyService.Apply:input_type -> archipel.v1alpha2.OverridePolicyServiceApplyRequest
+	59,  // 97: archipel.v1alpha2.OverridePolicyService.Delete:input_type -> archipel.v1alpha2.OverridePolicyServiceDeleteRequest
+	61,  // 98: archipel.v1alpha2.ClusterOverridePolicyService.Get:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetRequest
+	63,  // 99: archipel.v1alpha2.ClusterOverridePolicyService.List:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListRequest
+	65,  // 100: archipel.v1alpha2.ClusterOverridePolicyService.Watch:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchRequest
+	67,  // 101: archipel.v1alpha2.ClusterOverridePolicyService.Apply:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest
+	69,  // 102: archipel.v1alpha2.ClusterOverridePolicyService.Delete:input_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteRequest
+	71,  // 103: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetRequest
+	73,  // 104: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListRequest
+	75,  // 105: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchRequest
+	77,  // 106: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest
+	79,  // 107: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:input_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteRequest
+	81,  // 108: archipel.v1alpha2.WorkloadRebalancerService.Get:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetRequest
+	83,  // 109: archipel.v1alpha2.WorkloadRebalancerService.List:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceListRequest
+	85,  // 110: archipel.v1alpha2.WorkloadRebalancerService.Watch:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchRequest
+	87,  // 111: archipel.v1alpha2.WorkloadRebalancerService.Apply:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest
+	89,  // 112: archipel.v1alpha2.WorkloadRebalancerService.Delete:input_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteRequest
+	91,  // 113: archipel.v1alpha2.ClusterTaintPolicyService.Get:input_type -> archipel.v1alpha2.ClusterTaintPolicyServiceGetRequest
+	93,  // 114: archipel.v1alpha2.ClusterTaintPolicyService.List:input_type -> archipel.v1alpha2.ClusterTaintPolicyServiceListRequest
+	95,  // 115: archipel.v1alpha2.ClusterTaintPolicyService.Watch:input_type -> archipel.v1alpha2.ClusterTaintPolicyServiceWatchRequest
+	97,  // 116: archipel.v1alpha2.ClusterTaintPolicyService.Apply:input_type -> archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest
+	99,  // 117: archipel.v1alpha2.ClusterTaintPolicyService.Delete:input_type -> archipel.v1alpha2.ClusterTaintPolicyServiceDeleteRequest
+	101, // 118: archipel.v1alpha2.ResourceTemplateService.Get:input_type -> archipel.v1alpha2.ResourceTemplateServiceGetRequest
+	103, // 119: archipel.v1alpha2.ResourceTemplateService.List:input_type -> archipel.v1alpha2.ResourceTemplateServiceListRequest
+	105, // 120: archipel.v1alpha2.ResourceTemplateService.Watch:input_type -> archipel.v1alpha2.ResourceTemplateServiceWatchRequest
+	107, // 121: archipel.v1alpha2.ResourceTemplateService.Apply:input_type -> archipel.v1alpha2.ResourceTemplateServiceApplyRequest
+	109, // 122: archipel.v1alpha2.ResourceTemplateService.Delete:input_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
+	111, // 123: archipel.v1alpha2.ClusterAdminService.Join:input_type -> archipel.v1alpha2.JoinRequest
+	113, // 124: archipel.v1alpha2.InfoService.GetVersion:input_type -> archipel.v1alpha2.GetVersionRequest
+	2,   // 125: archipel.v1alpha2.MemberClusterService.Get:output_type -> archipel.v1alpha2.MemberClusterServiceGetResponse
+	4,   // 126: archipel.v1alpha2.MemberClusterService.List:output_type -> archipel.v1alpha2.MemberClusterServiceListResponse
+	6,   // 127: archipel.v1alpha2.MemberClusterService.Watch:output_type -> archipel.v1alpha2.MemberClusterServiceWatchResponse
+	8,   // 128: archipel.v1alpha2.MemberClusterService.Apply:output_type -> archipel.v1alpha2.MemberClusterServiceApplyResponse
+	10,  // 129: archipel.v1alpha2.MemberClusterService.Delete:output_type -> archipel.v1alpha2.MemberClusterServiceDeleteResponse
+	12,  // 130: archipel.v1alpha2.PropagationPolicyService.Get:output_type -> archipel.v1alpha2.PropagationPolicyServiceGetResponse
+	14,  // 131: archipel.v1alpha2.PropagationPolicyService.List:output_type -> archipel.v1alpha2.PropagationPolicyServiceListResponse
+	16,  // 132: archipel.v1alpha2.PropagationPolicyService.Watch:output_type -> archipel.v1alpha2.PropagationPolicyServiceWatchResponse
+	18,  // 133: archipel.v1alpha2.PropagationPolicyService.Apply:output_type -> archipel.v1alpha2.PropagationPolicyServiceApplyResponse
+	20,  // 134: archipel.v1alpha2.PropagationPolicyService.Delete:output_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteResponse
+	22,  // 135: archipel.v1alpha2.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse
+	24,  // 136: archipel.v1alpha2.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse
+	26,  // 137: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse
+	28,  // 138: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse
+	30,  // 139: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteResponse
+	32,  // 140: archipel.v1alpha2.PropagationBindingService.Get:output_type -> archipel.v1alpha2.PropagationBindingServiceGetResponse
+	34,  // 141: archipel.v1alpha2.PropagationBindingService.List:output_type -> archipel.v1alpha2.PropagationBindingServiceListResponse
+	36,  // 142: archipel.v1alpha2.PropagationBindingService.Watch:output_type -> archipel.v1alpha2.PropagationBindingServiceWatchResponse
+	38,  // 143: archipel.v1alpha2.PropagationBindingService.Apply:output_type -> archipel.v1alpha2.PropagationBindingServiceApplyResponse
+	40,  // 144: archipel.v1alpha2.PropagationBindingService.Delete:output_type -> archipel.v1alpha2.PropagationBindingServiceDeleteResponse
+	42,  // 145: archipel.v1alpha2.PropagationWorkService.Get:output_type -> archipel.v1alpha2.PropagationWorkServiceGetResponse
+	44,  // 146: archipel.v1alpha2.PropagationWorkService.List:output_type -> archipel.v1alpha2.PropagationWorkServiceListResponse
+	46,  // 147: archipel.v1alpha2.PropagationWorkService.Watch:output_type -> archipel.v1alpha2.PropagationWorkServiceWatchResponse
+	48,  // 148: archipel.v1alpha2.PropagationWorkService.Apply:output_type -> archipel.v1alpha2.PropagationWorkServiceApplyResponse
+	50,  // 149: archipel.v1alpha2.PropagationWorkService.Delete:output_type -> archipel.v1alpha2.PropagationWorkServiceDeleteResponse
+	52,  // 150: archipel.v1alpha2.OverridePolicyService.Get:output_type -> archipel.v1alpha2.OverridePolicyServiceGetResponse
+	54,  // 151: archipel.v1alpha2.OverridePolicyService.List:output_type -> archipel.v1alpha2.OverridePolicyServiceListResponse
+	56,  // 152: archipel.v1alpha2.OverridePolicyService.Watch:output_type -> archipel.v1alpha2.OverridePolicyServiceWatchResponse
+	58,  // 153: archipel.v1alpha2.OverridePolicyService.Apply:output_type -> archipel.v1alpha2.OverridePolicyServiceApplyResponse
+	60,  // 154: archipel.v1alpha2.OverridePolicyService.Delete:output_type -> archipel.v1alpha2.OverridePolicyServiceDeleteResponse
+	62,  // 155: archipel.v1alpha2.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse
+	64,  // 156: archipel.v1alpha2.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListResponse
+	66,  // 157: archipel.v1alpha2.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse
+	68,  // 158: archipel.v1alpha2.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse
+	70,  // 159: archipel.v1alpha2.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteResponse
+	72,  // 160: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse
+	74,  // 161: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse
+	76,  // 162: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse
+	78,  // 163: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
+	80,  // 164: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
+	82,  // 165: archipel.v1alpha2.WorkloadRebalancerService.Get:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetResponse
+	84,  // 166: archipel.v1alpha2.WorkloadRebalancerService.List:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceListResponse
+	86,  // 167: archipel.v1alpha2.WorkloadRebalancerService.Watch:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse
+	88,  // 168: archipel.v1alpha2.WorkloadRebalancerService.Apply:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
+	90,  // 169: archipel.v1alpha2.WorkloadRebalancerService.Delete:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
+	92,  // 170: archipel.v1alpha2.ClusterTaintPolicyService.Get:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse
+	94,  // 171: archipel.v1alpha2.ClusterTaintPolicyService.List:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceListResponse
+	96,  // 172: archipel.v1alpha2.ClusterTaintPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse
+	98,  // 173: archipel.v1alpha2.ClusterTaintPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse
+	100, // 174: archipel.v1alpha2.ClusterTaintPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse
+	102, // 175: archipel.v1alpha2.ResourceTemplateService.Get:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetResponse
+	104, // 176: archipel.v1alpha2.ResourceTemplateService.List:output_type -> archipel.v1alpha2.ResourceTemplateServiceListResponse
+	106, // 177: archipel.v1alpha2.ResourceTemplateService.Watch:output_type -> archipel.v1alpha2.ResourceTemplateServiceWatchResponse
+	108, // 178: archipel.v1alpha2.ResourceTemplateService.Apply:output_type -> archipel.v1alpha2.ResourceTemplateServiceApplyResponse
+	110, // 179: archipel.v1alpha2.ResourceTemplateService.Delete:output_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
+	112, // 180: archipel.v1alpha2.ClusterAdminService.Join:output_type -> archipel.v1alpha2.JoinResponse
+	114, // 181: archipel.v1alpha2.InfoService.GetVersion:output_type -> archipel.v1alpha2.GetVersionResponse
+	125, // [125:182] is the sub-list for method output_type
+	68,  // [68:125] is the sub-list for method input_type
+	68,  // [68:68] is the sub-list for extension type_name
+	68,  // [68:68] is the sub-list for extension extendee
+	0,   // [0:68] is the sub-list for field type_name
 }
 
 func init() { file_archipel_v1alpha2_service_proto_init() }
@@ -6735,9 +7340,9 @@ func file_archipel_v1alpha2_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha2_service_proto_rawDesc), len(file_archipel_v1alpha2_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   105,
+			NumMessages:   115,
 			NumExtensions: 0,
-			NumServices:   12,
+			NumServices:   13,
 		},
 		GoTypes:           file_archipel_v1alpha2_service_proto_goTypes,
 		DependencyIndexes: file_archipel_v1alpha2_service_proto_depIdxs,

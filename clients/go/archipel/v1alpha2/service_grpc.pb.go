@@ -3,7 +3,8 @@
 // typed EventType. The objects these calls carry are unchanged and stay defined in
 // archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
 // unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
-// added since (WorkloadRebalancer) are served by this version only.
+// added since (WorkloadRebalancer, ClusterTaintPolicy) are served by this version
+// only.
 //
 // Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
 // ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -2482,6 +2483,283 @@ var WorkloadRebalancerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Watch",
 			Handler:       _WorkloadRebalancerService_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
+	Metadata: "archipel/v1alpha2/service.proto",
+}
+
+const (
+	ClusterTaintPolicyService_Get_FullMethodName    = "/archipel.v1alpha2.ClusterTaintPolicyService/Get"
+	ClusterTaintPolicyService_List_FullMethodName   = "/archipel.v1alpha2.ClusterTaintPolicyService/List"
+	ClusterTaintPolicyService_Watch_FullMethodName  = "/archipel.v1alpha2.ClusterTaintPolicyService/Watch"
+	ClusterTaintPolicyService_Apply_FullMethodName  = "/archipel.v1alpha2.ClusterTaintPolicyService/Apply"
+	ClusterTaintPolicyService_Delete_FullMethodName = "/archipel.v1alpha2.ClusterTaintPolicyService/Delete"
+)
+
+// ClusterTaintPolicyServiceClient is the client API for ClusterTaintPolicyService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// The ClusterTaintPolicies: which taints member clusters get and lose as their status
+// conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+// this version only.
+type ClusterTaintPolicyServiceClient interface {
+	// Read one ClusterTaintPolicy; NOT_FOUND when there is none.
+	Get(ctx context.Context, in *ClusterTaintPolicyServiceGetRequest, opts ...grpc.CallOption) (*ClusterTaintPolicyServiceGetResponse, error)
+	// List ClusterTaintPolicies, a page at a time.
+	List(ctx context.Context, in *ClusterTaintPolicyServiceListRequest, opts ...grpc.CallOption) (*ClusterTaintPolicyServiceListResponse, error)
+	// Stream the changes to ClusterTaintPolicies until the caller cancels.
+	Watch(ctx context.Context, in *ClusterTaintPolicyServiceWatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ClusterTaintPolicyServiceWatchResponse], error)
+	// Create a ClusterTaintPolicy, or replace its spec, labels and annotations.
+	Apply(ctx context.Context, in *ClusterTaintPolicyServiceApplyRequest, opts ...grpc.CallOption) (*ClusterTaintPolicyServiceApplyResponse, error)
+	// Delete a ClusterTaintPolicy (once its finalizers are done).
+	Delete(ctx context.Context, in *ClusterTaintPolicyServiceDeleteRequest, opts ...grpc.CallOption) (*ClusterTaintPolicyServiceDeleteResponse, error)
+}
+
+type clusterTaintPolicyServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewClusterTaintPolicyServiceClient(cc grpc.ClientConnInterface) ClusterTaintPolicyServiceClient {
+	return &clusterTaintPolicyServiceClient{cc}
+}
+
+func (c *clusterTaintPolicyServiceClient) Get(ctx context.Context, in *ClusterTaintPolicyServiceGetRequest, opts ...grpc.CallOption) (*ClusterTaintPolicyServiceGetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterTaintPolicyServiceGetResponse)
+	err := c.cc.Invoke(ctx, ClusterTaintPolicyService_Get_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterTaintPolicyServiceClient) List(ctx context.Context, in *ClusterTaintPolicyServiceListRequest, opts ...grpc.CallOption) (*ClusterTaintPolicyServiceListResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterTaintPolicyServiceListResponse)
+	err := c.cc.Invoke(ctx, ClusterTaintPolicyService_List_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterTaintPolicyServiceClient) Watch(ctx context.Context, in *ClusterTaintPolicyServiceWatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ClusterTaintPolicyServiceWatchResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ClusterTaintPolicyService_ServiceDesc.Streams[0], ClusterTaintPolicyService_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ClusterTaintPolicyServiceWatchRequest, ClusterTaintPolicyServiceWatchResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterTaintPolicyService_WatchClient = grpc.ServerStreamingClient[ClusterTaintPolicyServiceWatchResponse]
+
+func (c *clusterTaintPolicyServiceClient) Apply(ctx context.Context, in *ClusterTaintPolicyServiceApplyRequest, opts ...grpc.CallOption) (*ClusterTaintPolicyServiceApplyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterTaintPolicyServiceApplyResponse)
+	err := c.cc.Invoke(ctx, ClusterTaintPolicyService_Apply_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterTaintPolicyServiceClient) Delete(ctx context.Context, in *ClusterTaintPolicyServiceDeleteRequest, opts ...grpc.CallOption) (*ClusterTaintPolicyServiceDeleteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ClusterTaintPolicyServiceDeleteResponse)
+	err := c.cc.Invoke(ctx, ClusterTaintPolicyService_Delete_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ClusterTaintPolicyServiceServer is the server API for ClusterTaintPolicyService service.
+// All implementations must embed UnimplementedClusterTaintPolicyServiceServer
+// for forward compatibility.
+//
+// The ClusterTaintPolicies: which taints member clusters get and lose as their status
+// conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+// this version only.
+type ClusterTaintPolicyServiceServer interface {
+	// Read one ClusterTaintPolicy; NOT_FOUND when there is none.
+	Get(context.Context, *ClusterTaintPolicyServiceGetRequest) (*ClusterTaintPolicyServiceGetResponse, error)
+	// List ClusterTaintPolicies, a page at a time.
+	List(context.Context, *ClusterTaintPolicyServiceListRequest) (*ClusterTaintPolicyServiceListResponse, error)
+	// Stream the changes to ClusterTaintPolicies until the caller cancels.
+	Watch(*ClusterTaintPolicyServiceWatchRequest, grpc.ServerStreamingServer[ClusterTaintPolicyServiceWatchResponse]) error
+	// Create a ClusterTaintPolicy, or replace its spec, labels and annotations.
+	Apply(context.Context, *ClusterTaintPolicyServiceApplyRequest) (*ClusterTaintPolicyServiceApplyResponse, error)
+	// Delete a ClusterTaintPolicy (once its finalizers are done).
+	Delete(context.Context, *ClusterTaintPolicyServiceDeleteRequest) (*ClusterTaintPolicyServiceDeleteResponse, error)
+	mustEmbedUnimplementedClusterTaintPolicyServiceServer()
+}
+
+// UnimplementedClusterTaintPolicyServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedClusterTaintPolicyServiceServer struct{}
+
+func (UnimplementedClusterTaintPolicyServiceServer) Get(context.Context, *ClusterTaintPolicyServiceGetRequest) (*ClusterTaintPolicyServiceGetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Get not implemented")
+}
+func (UnimplementedClusterTaintPolicyServiceServer) List(context.Context, *ClusterTaintPolicyServiceListRequest) (*ClusterTaintPolicyServiceListResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method List not implemented")
+}
+func (UnimplementedClusterTaintPolicyServiceServer) Watch(*ClusterTaintPolicyServiceWatchRequest, grpc.ServerStreamingServer[ClusterTaintPolicyServiceWatchResponse]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
+}
+func (UnimplementedClusterTaintPolicyServiceServer) Apply(context.Context, *ClusterTaintPolicyServiceApplyRequest) (*ClusterTaintPolicyServiceApplyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Apply not implemented")
+}
+func (UnimplementedClusterTaintPolicyServiceServer) Delete(context.Context, *ClusterTaintPolicyServiceDeleteRequest) (*ClusterTaintPolicyServiceDeleteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
+}
+func (UnimplementedClusterTaintPolicyServiceServer) mustEmbedUnimplementedClusterTaintPolicyServiceServer() {
+}
+func (UnimplementedClusterTaintPolicyServiceServer) testEmbeddedByValue() {}
+
+// UnsafeClusterTaintPolicyServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to ClusterTaintPolicyServiceServer will
+// result in compilation errors.
+type UnsafeClusterTaintPolicyServiceServer interface {
+	mustEmbedUnimplementedClusterTaintPolicyServiceServer()
+}
+
+func RegisterClusterTaintPolicyServiceServer(s grpc.ServiceRegistrar, srv ClusterTaintPolicyServiceServer) {
+	// If the following call panics, it indicates UnimplementedClusterTaintPolicyServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&ClusterTaintPolicyService_ServiceDesc, srv)
+}
+
+func _ClusterTaintPolicyService_Get_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterTaintPolicyServiceGetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterTaintPolicyServiceServer).Get(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterTaintPolicyService_Get_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterTaintPolicyServiceServer).Get(ctx, req.(*ClusterTaintPolicyServiceGetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterTaintPolicyService_List_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterTaintPolicyServiceListRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterTaintPolicyServiceServer).List(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterTaintPolicyService_List_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterTaintPolicyServiceServer).List(ctx, req.(*ClusterTaintPolicyServiceListRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterTaintPolicyService_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ClusterTaintPolicyServiceWatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ClusterTaintPolicyServiceServer).Watch(m, &grpc.GenericServerStream[ClusterTaintPolicyServiceWatchRequest, ClusterTaintPolicyServiceWatchResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ClusterTaintPolicyService_WatchServer = grpc.ServerStreamingServer[ClusterTaintPolicyServiceWatchResponse]
+
+func _ClusterTaintPolicyService_Apply_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterTaintPolicyServiceApplyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterTaintPolicyServiceServer).Apply(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterTaintPolicyService_Apply_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterTaintPolicyServiceServer).Apply(ctx, req.(*ClusterTaintPolicyServiceApplyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClusterTaintPolicyService_Delete_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ClusterTaintPolicyServiceDeleteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterTaintPolicyServiceServer).Delete(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterTaintPolicyService_Delete_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterTaintPolicyServiceServer).Delete(ctx, req.(*ClusterTaintPolicyServiceDeleteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// ClusterTaintPolicyService_ServiceDesc is the grpc.ServiceDesc for ClusterTaintPolicyService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var ClusterTaintPolicyService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "archipel.v1alpha2.ClusterTaintPolicyService",
+	HandlerType: (*ClusterTaintPolicyServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Get",
+			Handler:    _ClusterTaintPolicyService_Get_Handler,
+		},
+		{
+			MethodName: "List",
+			Handler:    _ClusterTaintPolicyService_List_Handler,
+		},
+		{
+			MethodName: "Apply",
+			Handler:    _ClusterTaintPolicyService_Apply_Handler,
+		},
+		{
+			MethodName: "Delete",
+			Handler:    _ClusterTaintPolicyService_Delete_Handler,
+		},
+	},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _ClusterTaintPolicyService_Watch_Handler,
 			ServerStreams: true,
 		},
 	},

@@ -421,6 +421,80 @@ export interface SchedulePriority {
   priorityClassName: string;
 }
 
+/**
+ * Taints member clusters when their status conditions say so, and untaints them when
+ * they say otherwise: Karmada's ClusterTaintPolicy (cluster-scoped). The cluster
+ * controller applies every policy to every cluster it targets, in the same write as
+ * its own taints; NoExecute taints a policy adds wait for the eviction halt and rate
+ * limit like the built-in ones. Deleting a policy removes none of its taints.
+ */
+export interface ClusterTaintPolicy {
+  /** policy.archipel.io/v1alpha1 (policy.karmada.io/v1alpha1 is accepted) */
+  apiVersion: string;
+  /** ClusterTaintPolicy */
+  kind: string;
+  /** Cluster-scoped: metadata.namespace must be empty. */
+  metadata:
+    | ObjectMeta
+    | undefined;
+  /** Which clusters, when to add or remove the taints, and which taints. */
+  spec: ClusterTaintPolicySpec | undefined;
+}
+
+/**
+ * What a ClusterTaintPolicy asks for. Per targeted cluster, in the order the policies
+ * were created: when every addOnConditions entry matches the cluster's conditions, the
+ * taints it lacks are added; then, when every removeOnConditions entry matches, the
+ * taints are removed. Neither: its taints stay as they are.
+ */
+export interface ClusterTaintPolicySpec {
+  /**
+   * The clusters the policy looks at; unset: every cluster. A cluster that stops
+   * matching keeps the taints the policy gave it.
+   */
+  targetClusters:
+    | ClusterAffinity
+    | undefined;
+  /**
+   * All must match for the taints to be added; empty: never added. At least one of
+   * addOnConditions and removeOnConditions is required.
+   */
+  addOnConditions: MatchCondition[];
+  /** All must match for the taints to be removed; empty: never removed. */
+  removeOnConditions: MatchCondition[];
+  /** The taints added or removed (a taint is its key and effect); at least one. */
+  taints: PolicyTaint[];
+}
+
+/**
+ * A test of one status condition of a cluster. A cluster without a condition of that
+ * type matches neither operator.
+ */
+export interface MatchCondition {
+  /** The condition's type, e.g. Ready. Required. */
+  conditionType: string;
+  /** In or NotIn: whether the condition's status is among statusValues. Required. */
+  operator: string;
+  /**
+   * Condition statuses: True, False or Unknown (any string a condition may have). At
+   * least one.
+   */
+  statusValues: string[];
+}
+
+/** A taint a ClusterTaintPolicy adds to or removes from a cluster. */
+export interface PolicyTaint {
+  /** The taint key. Required. */
+  key: string;
+  /**
+   * The taint value; may be empty. A cluster that has a taint of the same key and
+   * effect keeps its value.
+   */
+  value: string;
+  /** NoSchedule or NoExecute. Required. */
+  effect: string;
+}
+
 function createBasePropagationPolicy(): PropagationPolicy {
   return { apiVersion: "", kind: "", metadata: undefined, spec: undefined };
 }
@@ -3130,6 +3204,472 @@ export const SchedulePriority: MessageFns<SchedulePriority> = {
     const message = createBaseSchedulePriority();
     message.priorityClassSource = object.priorityClassSource ?? "";
     message.priorityClassName = object.priorityClassName ?? "";
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicy(): ClusterTaintPolicy {
+  return { apiVersion: "", kind: "", metadata: undefined, spec: undefined };
+}
+
+export const ClusterTaintPolicy: MessageFns<ClusterTaintPolicy> = {
+  encode(message: ClusterTaintPolicy, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.apiVersion !== "") {
+      writer.uint32(10).string(message.apiVersion);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    if (message.metadata !== undefined) {
+      ObjectMeta.encode(message.metadata, writer.uint32(26).fork()).join();
+    }
+    if (message.spec !== undefined) {
+      ClusterTaintPolicySpec.encode(message.spec, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicy {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicy();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.apiVersion = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.metadata = ObjectMeta.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.spec = ClusterTaintPolicySpec.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicy {
+    return {
+      apiVersion: isSet(object.apiVersion)
+        ? globalThis.String(object.apiVersion)
+        : isSet(object.api_version)
+        ? globalThis.String(object.api_version)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      metadata: isSet(object.metadata) ? ObjectMeta.fromJSON(object.metadata) : undefined,
+      spec: isSet(object.spec) ? ClusterTaintPolicySpec.fromJSON(object.spec) : undefined,
+    };
+  },
+
+  toJSON(message: ClusterTaintPolicy): unknown {
+    const obj: any = {};
+    if (message.apiVersion !== "") {
+      obj.apiVersion = message.apiVersion;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.metadata !== undefined) {
+      obj.metadata = ObjectMeta.toJSON(message.metadata);
+    }
+    if (message.spec !== undefined) {
+      obj.spec = ClusterTaintPolicySpec.toJSON(message.spec);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicy>, I>>(base?: I): ClusterTaintPolicy {
+    return ClusterTaintPolicy.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicy>, I>>(object: I): ClusterTaintPolicy {
+    const message = createBaseClusterTaintPolicy();
+    message.apiVersion = object.apiVersion ?? "";
+    message.kind = object.kind ?? "";
+    message.metadata = (object.metadata !== undefined && object.metadata !== null)
+      ? ObjectMeta.fromPartial(object.metadata)
+      : undefined;
+    message.spec = (object.spec !== undefined && object.spec !== null)
+      ? ClusterTaintPolicySpec.fromPartial(object.spec)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicySpec(): ClusterTaintPolicySpec {
+  return { targetClusters: undefined, addOnConditions: [], removeOnConditions: [], taints: [] };
+}
+
+export const ClusterTaintPolicySpec: MessageFns<ClusterTaintPolicySpec> = {
+  encode(message: ClusterTaintPolicySpec, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.targetClusters !== undefined) {
+      ClusterAffinity.encode(message.targetClusters, writer.uint32(10).fork()).join();
+    }
+    for (const v of message.addOnConditions) {
+      MatchCondition.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.removeOnConditions) {
+      MatchCondition.encode(v!, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.taints) {
+      PolicyTaint.encode(v!, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicySpec {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicySpec();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.targetClusters = ClusterAffinity.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.addOnConditions.push(MatchCondition.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.removeOnConditions.push(MatchCondition.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.taints.push(PolicyTaint.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicySpec {
+    return {
+      targetClusters: isSet(object.targetClusters)
+        ? ClusterAffinity.fromJSON(object.targetClusters)
+        : isSet(object.target_clusters)
+        ? ClusterAffinity.fromJSON(object.target_clusters)
+        : undefined,
+      addOnConditions: globalThis.Array.isArray(object?.addOnConditions)
+        ? object.addOnConditions.map((e: any) => MatchCondition.fromJSON(e))
+        : globalThis.Array.isArray(object?.add_on_conditions)
+        ? object.add_on_conditions.map((e: any) => MatchCondition.fromJSON(e))
+        : [],
+      removeOnConditions: globalThis.Array.isArray(object?.removeOnConditions)
+        ? object.removeOnConditions.map((e: any) => MatchCondition.fromJSON(e))
+        : globalThis.Array.isArray(object?.remove_on_conditions)
+        ? object.remove_on_conditions.map((e: any) => MatchCondition.fromJSON(e))
+        : [],
+      taints: globalThis.Array.isArray(object?.taints) ? object.taints.map((e: any) => PolicyTaint.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: ClusterTaintPolicySpec): unknown {
+    const obj: any = {};
+    if (message.targetClusters !== undefined) {
+      obj.targetClusters = ClusterAffinity.toJSON(message.targetClusters);
+    }
+    if (message.addOnConditions?.length) {
+      obj.addOnConditions = message.addOnConditions.map((e) => MatchCondition.toJSON(e));
+    }
+    if (message.removeOnConditions?.length) {
+      obj.removeOnConditions = message.removeOnConditions.map((e) => MatchCondition.toJSON(e));
+    }
+    if (message.taints?.length) {
+      obj.taints = message.taints.map((e) => PolicyTaint.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicySpec>, I>>(base?: I): ClusterTaintPolicySpec {
+    return ClusterTaintPolicySpec.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicySpec>, I>>(object: I): ClusterTaintPolicySpec {
+    const message = createBaseClusterTaintPolicySpec();
+    message.targetClusters = (object.targetClusters !== undefined && object.targetClusters !== null)
+      ? ClusterAffinity.fromPartial(object.targetClusters)
+      : undefined;
+    message.addOnConditions = object.addOnConditions?.map((e) => MatchCondition.fromPartial(e)) || [];
+    message.removeOnConditions = object.removeOnConditions?.map((e) => MatchCondition.fromPartial(e)) || [];
+    message.taints = object.taints?.map((e) => PolicyTaint.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseMatchCondition(): MatchCondition {
+  return { conditionType: "", operator: "", statusValues: [] };
+}
+
+export const MatchCondition: MessageFns<MatchCondition> = {
+  encode(message: MatchCondition, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.conditionType !== "") {
+      writer.uint32(10).string(message.conditionType);
+    }
+    if (message.operator !== "") {
+      writer.uint32(18).string(message.operator);
+    }
+    for (const v of message.statusValues) {
+      writer.uint32(26).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MatchCondition {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMatchCondition();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.conditionType = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.operator = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.statusValues.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MatchCondition {
+    return {
+      conditionType: isSet(object.conditionType)
+        ? globalThis.String(object.conditionType)
+        : isSet(object.condition_type)
+        ? globalThis.String(object.condition_type)
+        : "",
+      operator: isSet(object.operator) ? globalThis.String(object.operator) : "",
+      statusValues: globalThis.Array.isArray(object?.statusValues)
+        ? object.statusValues.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.status_values)
+        ? object.status_values.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: MatchCondition): unknown {
+    const obj: any = {};
+    if (message.conditionType !== "") {
+      obj.conditionType = message.conditionType;
+    }
+    if (message.operator !== "") {
+      obj.operator = message.operator;
+    }
+    if (message.statusValues?.length) {
+      obj.statusValues = message.statusValues;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MatchCondition>, I>>(base?: I): MatchCondition {
+    return MatchCondition.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MatchCondition>, I>>(object: I): MatchCondition {
+    const message = createBaseMatchCondition();
+    message.conditionType = object.conditionType ?? "";
+    message.operator = object.operator ?? "";
+    message.statusValues = object.statusValues?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBasePolicyTaint(): PolicyTaint {
+  return { key: "", value: "", effect: "" };
+}
+
+export const PolicyTaint: MessageFns<PolicyTaint> = {
+  encode(message: PolicyTaint, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    if (message.effect !== "") {
+      writer.uint32(26).string(message.effect);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): PolicyTaint {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBasePolicyTaint();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.effect = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): PolicyTaint {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+      effect: isSet(object.effect) ? globalThis.String(object.effect) : "",
+    };
+  },
+
+  toJSON(message: PolicyTaint): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    if (message.effect !== "") {
+      obj.effect = message.effect;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<PolicyTaint>, I>>(base?: I): PolicyTaint {
+    return PolicyTaint.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<PolicyTaint>, I>>(object: I): PolicyTaint {
+    const message = createBasePolicyTaint();
+    message.key = object.key ?? "";
+    message.value = object.value ?? "";
+    message.effect = object.effect ?? "";
     return message;
   },
 };

@@ -24,7 +24,7 @@ import { WorkloadRebalancer } from "../v1alpha1/apps.js";
 import { MemberCluster } from "../v1alpha1/cluster.js";
 import { ResourceInterpreterCustomization } from "../v1alpha1/interpreter.js";
 import { ClusterOverridePolicy, OverridePolicy } from "../v1alpha1/override.js";
-import { ClusterPropagationPolicy, PropagationPolicy } from "../v1alpha1/policy.js";
+import { ClusterPropagationPolicy, ClusterTaintPolicy, PropagationPolicy } from "../v1alpha1/policy.js";
 import { PropagationBinding, PropagationWork, ResourceTemplate } from "../v1alpha1/work.js";
 
 export const protobufPackage = "archipel.v1alpha2";
@@ -37,7 +37,8 @@ export const protobufFileName = "archipel/v1alpha2/service.proto";
  * typed EventType. The objects these calls carry are unchanged and stay defined in
  * archipel.v1alpha1 (whose JSON names equal Karmada's, so Karmada YAML is accepted
  * unchanged); archipel.v1alpha1's services stay served for existing clients. Kinds
- * added since (WorkloadRebalancer) are served by this version only.
+ * added since (WorkloadRebalancer, ClusterTaintPolicy) are served by this version
+ * only.
  *
  * Errors: INVALID_ARGUMENT (the message names the field), NOT_FOUND, ALREADY_EXISTS,
  * ABORTED (resourceVersion conflict), FAILED_PRECONDITION, OUT_OF_RANGE (a Watch's
@@ -1051,6 +1052,109 @@ export interface WorkloadRebalancerServiceDeleteRequest {
 
 /** What became of the deleted WorkloadRebalancer. */
 export interface WorkloadRebalancerServiceDeleteResponse {
+  /**
+   * True when the object is gone; false when finalizers still hold it (it is
+   * marked for deletion and goes when they are done).
+   */
+  deleted: boolean;
+}
+
+/** Which ClusterTaintPolicy to read. */
+export interface ClusterTaintPolicyServiceGetRequest {
+  /** The object's name. */
+  name: string;
+}
+
+/** The ClusterTaintPolicy asked for. */
+export interface ClusterTaintPolicyServiceGetResponse {
+  /** The object as stored, with its status and resourceVersion. */
+  object: ClusterTaintPolicy | undefined;
+}
+
+/** Which ClusterTaintPolicies to list, and which page. */
+export interface ClusterTaintPolicyServiceListRequest {
+  /**
+   * Only objects whose labels match, in Kubernetes label selector syntax:
+   * "app=web,tier in (a,b),!legacy". Empty matches every object.
+   */
+  labelSelector: string;
+  /**
+   * At most this many matching objects per page; 0 lists them all. A page holds
+   * fewer only when it is the last or is full in bytes; `continue` says whether more
+   * follow.
+   */
+  limit: number;
+  /** The `continue` token of the previous page; empty for the first page. */
+  continue: string;
+}
+
+/** One page of ClusterTaintPolicies. */
+export interface ClusterTaintPolicyServiceListResponse {
+  /** The objects of this page, in key order. */
+  items: ClusterTaintPolicy[];
+  /**
+   * Send it back in the next request's `continue` for the next page; empty on the
+   * last page.
+   */
+  continue: string;
+  /** The revision the list was read at: a Watch from it misses no change. */
+  resourceVersion: string;
+}
+
+/** Which ClusterTaintPolicies to watch, and from when. */
+export interface ClusterTaintPolicyServiceWatchRequest {
+  /** Only objects whose labels match (Kubernetes label selector syntax). */
+  labelSelector: string;
+  /**
+   * Send the changes after this revision (a List's or an event's). Empty: first the
+   * current objects as ADDED events, then the changes. Too old: OUT_OF_RANGE, and the
+   * caller lists again.
+   */
+  resourceVersion: string;
+}
+
+/** One change to a ClusterTaintPolicy. */
+export interface ClusterTaintPolicyServiceWatchResponse {
+  /** What happened. */
+  type: EventType;
+  /** The object after the change; for EVENT_TYPE_DELETED, its last state. */
+  object:
+    | ClusterTaintPolicy
+    | undefined;
+  /** The revision to resume a Watch from after this event. */
+  resourceVersion: string;
+}
+
+/** The ClusterTaintPolicy to create, or whose spec, labels and annotations to replace. */
+export interface ClusterTaintPolicyServiceApplyRequest {
+  /**
+   * The desired object. Its status and server-set metadata (uid, generation,
+   * creationTimestamp, deletionTimestamp) are ignored. With metadata.resourceVersion
+   * set, the apply fails with ABORTED unless the stored object is at that version;
+   * without, it applies over whatever is stored, as kubectl apply does.
+   */
+  object: ClusterTaintPolicy | undefined;
+}
+
+/** The ClusterTaintPolicy after the apply. */
+export interface ClusterTaintPolicyServiceApplyResponse {
+  /** The object as stored; unchanged (same resourceVersion) when nothing differed. */
+  object: ClusterTaintPolicy | undefined;
+}
+
+/** Which ClusterTaintPolicy to delete. */
+export interface ClusterTaintPolicyServiceDeleteRequest {
+  /** The object's name. */
+  name: string;
+  /**
+   * Delete only if the object is still at this version (ABORTED otherwise); empty
+   * deletes whatever version is stored.
+   */
+  resourceVersion: string;
+}
+
+/** What became of the deleted ClusterTaintPolicy. */
+export interface ClusterTaintPolicyServiceDeleteResponse {
   /**
    * True when the object is gone; false when finalizers still hold it (it is
    * marked for deletion and goes when they are done).
@@ -9485,6 +9589,888 @@ export const WorkloadRebalancerServiceDeleteResponse: MessageFns<WorkloadRebalan
   },
 };
 
+function createBaseClusterTaintPolicyServiceGetRequest(): ClusterTaintPolicyServiceGetRequest {
+  return { name: "" };
+}
+
+export const ClusterTaintPolicyServiceGetRequest: MessageFns<ClusterTaintPolicyServiceGetRequest> = {
+  encode(message: ClusterTaintPolicyServiceGetRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceGetRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceGetRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceGetRequest {
+    return { name: isSet(object.name) ? globalThis.String(object.name) : "" };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceGetRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceGetRequest>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceGetRequest {
+    return ClusterTaintPolicyServiceGetRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceGetRequest>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceGetRequest {
+    const message = createBaseClusterTaintPolicyServiceGetRequest();
+    message.name = object.name ?? "";
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceGetResponse(): ClusterTaintPolicyServiceGetResponse {
+  return { object: undefined };
+}
+
+export const ClusterTaintPolicyServiceGetResponse: MessageFns<ClusterTaintPolicyServiceGetResponse> = {
+  encode(message: ClusterTaintPolicyServiceGetResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.object !== undefined) {
+      ClusterTaintPolicy.encode(message.object, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceGetResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceGetResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.object = ClusterTaintPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceGetResponse {
+    return { object: isSet(object.object) ? ClusterTaintPolicy.fromJSON(object.object) : undefined };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceGetResponse): unknown {
+    const obj: any = {};
+    if (message.object !== undefined) {
+      obj.object = ClusterTaintPolicy.toJSON(message.object);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceGetResponse>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceGetResponse {
+    return ClusterTaintPolicyServiceGetResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceGetResponse>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceGetResponse {
+    const message = createBaseClusterTaintPolicyServiceGetResponse();
+    message.object = (object.object !== undefined && object.object !== null)
+      ? ClusterTaintPolicy.fromPartial(object.object)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceListRequest(): ClusterTaintPolicyServiceListRequest {
+  return { labelSelector: "", limit: 0, continue: "" };
+}
+
+export const ClusterTaintPolicyServiceListRequest: MessageFns<ClusterTaintPolicyServiceListRequest> = {
+  encode(message: ClusterTaintPolicyServiceListRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.labelSelector !== "") {
+      writer.uint32(10).string(message.labelSelector);
+    }
+    if (message.limit !== 0) {
+      writer.uint32(16).int32(message.limit);
+    }
+    if (message.continue !== "") {
+      writer.uint32(26).string(message.continue);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceListRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceListRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.labelSelector = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.limit = reader.int32();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.continue = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceListRequest {
+    return {
+      labelSelector: isSet(object.labelSelector)
+        ? globalThis.String(object.labelSelector)
+        : isSet(object.label_selector)
+        ? globalThis.String(object.label_selector)
+        : "",
+      limit: isSet(object.limit) ? globalThis.Number(object.limit) : 0,
+      continue: isSet(object.continue) ? globalThis.String(object.continue) : "",
+    };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceListRequest): unknown {
+    const obj: any = {};
+    if (message.labelSelector !== "") {
+      obj.labelSelector = message.labelSelector;
+    }
+    if (message.limit !== 0) {
+      obj.limit = Math.round(message.limit);
+    }
+    if (message.continue !== "") {
+      obj.continue = message.continue;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceListRequest>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceListRequest {
+    return ClusterTaintPolicyServiceListRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceListRequest>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceListRequest {
+    const message = createBaseClusterTaintPolicyServiceListRequest();
+    message.labelSelector = object.labelSelector ?? "";
+    message.limit = object.limit ?? 0;
+    message.continue = object.continue ?? "";
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceListResponse(): ClusterTaintPolicyServiceListResponse {
+  return { items: [], continue: "", resourceVersion: "" };
+}
+
+export const ClusterTaintPolicyServiceListResponse: MessageFns<ClusterTaintPolicyServiceListResponse> = {
+  encode(message: ClusterTaintPolicyServiceListResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.items) {
+      ClusterTaintPolicy.encode(v!, writer.uint32(10).fork()).join();
+    }
+    if (message.continue !== "") {
+      writer.uint32(18).string(message.continue);
+    }
+    if (message.resourceVersion !== "") {
+      writer.uint32(26).string(message.resourceVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceListResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceListResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.items.push(ClusterTaintPolicy.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.continue = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.resourceVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceListResponse {
+    return {
+      items: globalThis.Array.isArray(object?.items)
+        ? object.items.map((e: any) => ClusterTaintPolicy.fromJSON(e))
+        : [],
+      continue: isSet(object.continue) ? globalThis.String(object.continue) : "",
+      resourceVersion: isSet(object.resourceVersion)
+        ? globalThis.String(object.resourceVersion)
+        : isSet(object.resource_version)
+        ? globalThis.String(object.resource_version)
+        : "",
+    };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceListResponse): unknown {
+    const obj: any = {};
+    if (message.items?.length) {
+      obj.items = message.items.map((e) => ClusterTaintPolicy.toJSON(e));
+    }
+    if (message.continue !== "") {
+      obj.continue = message.continue;
+    }
+    if (message.resourceVersion !== "") {
+      obj.resourceVersion = message.resourceVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceListResponse>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceListResponse {
+    return ClusterTaintPolicyServiceListResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceListResponse>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceListResponse {
+    const message = createBaseClusterTaintPolicyServiceListResponse();
+    message.items = object.items?.map((e) => ClusterTaintPolicy.fromPartial(e)) || [];
+    message.continue = object.continue ?? "";
+    message.resourceVersion = object.resourceVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceWatchRequest(): ClusterTaintPolicyServiceWatchRequest {
+  return { labelSelector: "", resourceVersion: "" };
+}
+
+export const ClusterTaintPolicyServiceWatchRequest: MessageFns<ClusterTaintPolicyServiceWatchRequest> = {
+  encode(message: ClusterTaintPolicyServiceWatchRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.labelSelector !== "") {
+      writer.uint32(10).string(message.labelSelector);
+    }
+    if (message.resourceVersion !== "") {
+      writer.uint32(18).string(message.resourceVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceWatchRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceWatchRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.labelSelector = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resourceVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceWatchRequest {
+    return {
+      labelSelector: isSet(object.labelSelector)
+        ? globalThis.String(object.labelSelector)
+        : isSet(object.label_selector)
+        ? globalThis.String(object.label_selector)
+        : "",
+      resourceVersion: isSet(object.resourceVersion)
+        ? globalThis.String(object.resourceVersion)
+        : isSet(object.resource_version)
+        ? globalThis.String(object.resource_version)
+        : "",
+    };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceWatchRequest): unknown {
+    const obj: any = {};
+    if (message.labelSelector !== "") {
+      obj.labelSelector = message.labelSelector;
+    }
+    if (message.resourceVersion !== "") {
+      obj.resourceVersion = message.resourceVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceWatchRequest>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceWatchRequest {
+    return ClusterTaintPolicyServiceWatchRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceWatchRequest>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceWatchRequest {
+    const message = createBaseClusterTaintPolicyServiceWatchRequest();
+    message.labelSelector = object.labelSelector ?? "";
+    message.resourceVersion = object.resourceVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceWatchResponse(): ClusterTaintPolicyServiceWatchResponse {
+  return { type: 0, object: undefined, resourceVersion: "" };
+}
+
+export const ClusterTaintPolicyServiceWatchResponse: MessageFns<ClusterTaintPolicyServiceWatchResponse> = {
+  encode(message: ClusterTaintPolicyServiceWatchResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.type !== 0) {
+      writer.uint32(8).int32(message.type);
+    }
+    if (message.object !== undefined) {
+      ClusterTaintPolicy.encode(message.object, writer.uint32(18).fork()).join();
+    }
+    if (message.resourceVersion !== "") {
+      writer.uint32(26).string(message.resourceVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceWatchResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceWatchResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.type = reader.int32() as any;
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.object = ClusterTaintPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.resourceVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceWatchResponse {
+    return {
+      type: isSet(object.type) ? eventTypeFromJSON(object.type) : 0,
+      object: isSet(object.object) ? ClusterTaintPolicy.fromJSON(object.object) : undefined,
+      resourceVersion: isSet(object.resourceVersion)
+        ? globalThis.String(object.resourceVersion)
+        : isSet(object.resource_version)
+        ? globalThis.String(object.resource_version)
+        : "",
+    };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceWatchResponse): unknown {
+    const obj: any = {};
+    if (message.type !== 0) {
+      obj.type = eventTypeToJSON(message.type);
+    }
+    if (message.object !== undefined) {
+      obj.object = ClusterTaintPolicy.toJSON(message.object);
+    }
+    if (message.resourceVersion !== "") {
+      obj.resourceVersion = message.resourceVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceWatchResponse>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceWatchResponse {
+    return ClusterTaintPolicyServiceWatchResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceWatchResponse>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceWatchResponse {
+    const message = createBaseClusterTaintPolicyServiceWatchResponse();
+    message.type = object.type ?? 0;
+    message.object = (object.object !== undefined && object.object !== null)
+      ? ClusterTaintPolicy.fromPartial(object.object)
+      : undefined;
+    message.resourceVersion = object.resourceVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceApplyRequest(): ClusterTaintPolicyServiceApplyRequest {
+  return { object: undefined };
+}
+
+export const ClusterTaintPolicyServiceApplyRequest: MessageFns<ClusterTaintPolicyServiceApplyRequest> = {
+  encode(message: ClusterTaintPolicyServiceApplyRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.object !== undefined) {
+      ClusterTaintPolicy.encode(message.object, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceApplyRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceApplyRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.object = ClusterTaintPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceApplyRequest {
+    return { object: isSet(object.object) ? ClusterTaintPolicy.fromJSON(object.object) : undefined };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceApplyRequest): unknown {
+    const obj: any = {};
+    if (message.object !== undefined) {
+      obj.object = ClusterTaintPolicy.toJSON(message.object);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceApplyRequest>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceApplyRequest {
+    return ClusterTaintPolicyServiceApplyRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceApplyRequest>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceApplyRequest {
+    const message = createBaseClusterTaintPolicyServiceApplyRequest();
+    message.object = (object.object !== undefined && object.object !== null)
+      ? ClusterTaintPolicy.fromPartial(object.object)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceApplyResponse(): ClusterTaintPolicyServiceApplyResponse {
+  return { object: undefined };
+}
+
+export const ClusterTaintPolicyServiceApplyResponse: MessageFns<ClusterTaintPolicyServiceApplyResponse> = {
+  encode(message: ClusterTaintPolicyServiceApplyResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.object !== undefined) {
+      ClusterTaintPolicy.encode(message.object, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceApplyResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceApplyResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.object = ClusterTaintPolicy.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceApplyResponse {
+    return { object: isSet(object.object) ? ClusterTaintPolicy.fromJSON(object.object) : undefined };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceApplyResponse): unknown {
+    const obj: any = {};
+    if (message.object !== undefined) {
+      obj.object = ClusterTaintPolicy.toJSON(message.object);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceApplyResponse>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceApplyResponse {
+    return ClusterTaintPolicyServiceApplyResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceApplyResponse>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceApplyResponse {
+    const message = createBaseClusterTaintPolicyServiceApplyResponse();
+    message.object = (object.object !== undefined && object.object !== null)
+      ? ClusterTaintPolicy.fromPartial(object.object)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceDeleteRequest(): ClusterTaintPolicyServiceDeleteRequest {
+  return { name: "", resourceVersion: "" };
+}
+
+export const ClusterTaintPolicyServiceDeleteRequest: MessageFns<ClusterTaintPolicyServiceDeleteRequest> = {
+  encode(message: ClusterTaintPolicyServiceDeleteRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.resourceVersion !== "") {
+      writer.uint32(18).string(message.resourceVersion);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceDeleteRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceDeleteRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.resourceVersion = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceDeleteRequest {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      resourceVersion: isSet(object.resourceVersion)
+        ? globalThis.String(object.resourceVersion)
+        : isSet(object.resource_version)
+        ? globalThis.String(object.resource_version)
+        : "",
+    };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceDeleteRequest): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.resourceVersion !== "") {
+      obj.resourceVersion = message.resourceVersion;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceDeleteRequest>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceDeleteRequest {
+    return ClusterTaintPolicyServiceDeleteRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceDeleteRequest>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceDeleteRequest {
+    const message = createBaseClusterTaintPolicyServiceDeleteRequest();
+    message.name = object.name ?? "";
+    message.resourceVersion = object.resourceVersion ?? "";
+    return message;
+  },
+};
+
+function createBaseClusterTaintPolicyServiceDeleteResponse(): ClusterTaintPolicyServiceDeleteResponse {
+  return { deleted: false };
+}
+
+export const ClusterTaintPolicyServiceDeleteResponse: MessageFns<ClusterTaintPolicyServiceDeleteResponse> = {
+  encode(message: ClusterTaintPolicyServiceDeleteResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.deleted !== false) {
+      writer.uint32(8).bool(message.deleted);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ClusterTaintPolicyServiceDeleteResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseClusterTaintPolicyServiceDeleteResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.deleted = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ClusterTaintPolicyServiceDeleteResponse {
+    return { deleted: isSet(object.deleted) ? globalThis.Boolean(object.deleted) : false };
+  },
+
+  toJSON(message: ClusterTaintPolicyServiceDeleteResponse): unknown {
+    const obj: any = {};
+    if (message.deleted !== false) {
+      obj.deleted = message.deleted;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ClusterTaintPolicyServiceDeleteResponse>, I>>(
+    base?: I,
+  ): ClusterTaintPolicyServiceDeleteResponse {
+    return ClusterTaintPolicyServiceDeleteResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ClusterTaintPolicyServiceDeleteResponse>, I>>(
+    object: I,
+  ): ClusterTaintPolicyServiceDeleteResponse {
+    const message = createBaseClusterTaintPolicyServiceDeleteResponse();
+    message.deleted = object.deleted ?? false;
+    return message;
+  },
+};
+
 function createBaseResourceTemplateServiceGetRequest(): ResourceTemplateServiceGetRequest {
   return { apiVersion: "", kind: "", namespace: "", name: "" };
 }
@@ -12678,6 +13664,188 @@ export const WorkloadRebalancerServiceClient = makeGenericClientConstructor(
     options?: Partial<ClientOptions>,
   ): WorkloadRebalancerServiceClient;
   service: typeof WorkloadRebalancerServiceService;
+  serviceName: string;
+};
+
+/**
+ * The ClusterTaintPolicies: which taints member clusters get and lose as their status
+ * conditions change (cluster-scoped; Karmada's policy.karmada.io/v1alpha1). Served by
+ * this version only.
+ */
+export type ClusterTaintPolicyServiceService = typeof ClusterTaintPolicyServiceService;
+export const ClusterTaintPolicyServiceService = {
+  /** Read one ClusterTaintPolicy; NOT_FOUND when there is none. */
+  get: {
+    path: "/archipel.v1alpha2.ClusterTaintPolicyService/Get" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClusterTaintPolicyServiceGetRequest): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceGetRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClusterTaintPolicyServiceGetRequest =>
+      ClusterTaintPolicyServiceGetRequest.decode(value),
+    responseSerialize: (value: ClusterTaintPolicyServiceGetResponse): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceGetResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClusterTaintPolicyServiceGetResponse =>
+      ClusterTaintPolicyServiceGetResponse.decode(value),
+  },
+  /** List ClusterTaintPolicies, a page at a time. */
+  list: {
+    path: "/archipel.v1alpha2.ClusterTaintPolicyService/List" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClusterTaintPolicyServiceListRequest): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceListRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClusterTaintPolicyServiceListRequest =>
+      ClusterTaintPolicyServiceListRequest.decode(value),
+    responseSerialize: (value: ClusterTaintPolicyServiceListResponse): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceListResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClusterTaintPolicyServiceListResponse =>
+      ClusterTaintPolicyServiceListResponse.decode(value),
+  },
+  /** Stream the changes to ClusterTaintPolicies until the caller cancels. */
+  watch: {
+    path: "/archipel.v1alpha2.ClusterTaintPolicyService/Watch" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ClusterTaintPolicyServiceWatchRequest): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceWatchRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClusterTaintPolicyServiceWatchRequest =>
+      ClusterTaintPolicyServiceWatchRequest.decode(value),
+    responseSerialize: (value: ClusterTaintPolicyServiceWatchResponse): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceWatchResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClusterTaintPolicyServiceWatchResponse =>
+      ClusterTaintPolicyServiceWatchResponse.decode(value),
+  },
+  /** Create a ClusterTaintPolicy, or replace its spec, labels and annotations. */
+  apply: {
+    path: "/archipel.v1alpha2.ClusterTaintPolicyService/Apply" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClusterTaintPolicyServiceApplyRequest): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceApplyRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClusterTaintPolicyServiceApplyRequest =>
+      ClusterTaintPolicyServiceApplyRequest.decode(value),
+    responseSerialize: (value: ClusterTaintPolicyServiceApplyResponse): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceApplyResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClusterTaintPolicyServiceApplyResponse =>
+      ClusterTaintPolicyServiceApplyResponse.decode(value),
+  },
+  /** Delete a ClusterTaintPolicy (once its finalizers are done). */
+  delete: {
+    path: "/archipel.v1alpha2.ClusterTaintPolicyService/Delete" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ClusterTaintPolicyServiceDeleteRequest): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceDeleteRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ClusterTaintPolicyServiceDeleteRequest =>
+      ClusterTaintPolicyServiceDeleteRequest.decode(value),
+    responseSerialize: (value: ClusterTaintPolicyServiceDeleteResponse): Buffer =>
+      Buffer.from(ClusterTaintPolicyServiceDeleteResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ClusterTaintPolicyServiceDeleteResponse =>
+      ClusterTaintPolicyServiceDeleteResponse.decode(value),
+  },
+} as const;
+
+export interface ClusterTaintPolicyServiceServer extends UntypedServiceImplementation {
+  /** Read one ClusterTaintPolicy; NOT_FOUND when there is none. */
+  get: handleUnaryCall<ClusterTaintPolicyServiceGetRequest, ClusterTaintPolicyServiceGetResponse>;
+  /** List ClusterTaintPolicies, a page at a time. */
+  list: handleUnaryCall<ClusterTaintPolicyServiceListRequest, ClusterTaintPolicyServiceListResponse>;
+  /** Stream the changes to ClusterTaintPolicies until the caller cancels. */
+  watch: handleServerStreamingCall<ClusterTaintPolicyServiceWatchRequest, ClusterTaintPolicyServiceWatchResponse>;
+  /** Create a ClusterTaintPolicy, or replace its spec, labels and annotations. */
+  apply: handleUnaryCall<ClusterTaintPolicyServiceApplyRequest, ClusterTaintPolicyServiceApplyResponse>;
+  /** Delete a ClusterTaintPolicy (once its finalizers are done). */
+  delete: handleUnaryCall<ClusterTaintPolicyServiceDeleteRequest, ClusterTaintPolicyServiceDeleteResponse>;
+}
+
+export interface ClusterTaintPolicyServiceClient extends Client {
+  /** Read one ClusterTaintPolicy; NOT_FOUND when there is none. */
+  get(
+    request: ClusterTaintPolicyServiceGetRequest,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceGetResponse) => void,
+  ): ClientUnaryCall;
+  get(
+    request: ClusterTaintPolicyServiceGetRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceGetResponse) => void,
+  ): ClientUnaryCall;
+  get(
+    request: ClusterTaintPolicyServiceGetRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceGetResponse) => void,
+  ): ClientUnaryCall;
+  /** List ClusterTaintPolicies, a page at a time. */
+  list(
+    request: ClusterTaintPolicyServiceListRequest,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceListResponse) => void,
+  ): ClientUnaryCall;
+  list(
+    request: ClusterTaintPolicyServiceListRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceListResponse) => void,
+  ): ClientUnaryCall;
+  list(
+    request: ClusterTaintPolicyServiceListRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceListResponse) => void,
+  ): ClientUnaryCall;
+  /** Stream the changes to ClusterTaintPolicies until the caller cancels. */
+  watch(
+    request: ClusterTaintPolicyServiceWatchRequest,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ClusterTaintPolicyServiceWatchResponse>;
+  watch(
+    request: ClusterTaintPolicyServiceWatchRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ClusterTaintPolicyServiceWatchResponse>;
+  /** Create a ClusterTaintPolicy, or replace its spec, labels and annotations. */
+  apply(
+    request: ClusterTaintPolicyServiceApplyRequest,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceApplyResponse) => void,
+  ): ClientUnaryCall;
+  apply(
+    request: ClusterTaintPolicyServiceApplyRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceApplyResponse) => void,
+  ): ClientUnaryCall;
+  apply(
+    request: ClusterTaintPolicyServiceApplyRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceApplyResponse) => void,
+  ): ClientUnaryCall;
+  /** Delete a ClusterTaintPolicy (once its finalizers are done). */
+  delete(
+    request: ClusterTaintPolicyServiceDeleteRequest,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceDeleteResponse) => void,
+  ): ClientUnaryCall;
+  delete(
+    request: ClusterTaintPolicyServiceDeleteRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceDeleteResponse) => void,
+  ): ClientUnaryCall;
+  delete(
+    request: ClusterTaintPolicyServiceDeleteRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ClusterTaintPolicyServiceDeleteResponse) => void,
+  ): ClientUnaryCall;
+}
+
+export const ClusterTaintPolicyServiceClient = makeGenericClientConstructor(
+  ClusterTaintPolicyServiceService,
+  "archipel.v1alpha2.ClusterTaintPolicyService",
+) as unknown as {
+  new (
+    address: string,
+    credentials: ChannelCredentials,
+    options?: Partial<ClientOptions>,
+  ): ClusterTaintPolicyServiceClient;
+  service: typeof ClusterTaintPolicyServiceService;
   serviceName: string;
 };
 
