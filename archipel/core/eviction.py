@@ -34,7 +34,7 @@ from google.protobuf import timestamp_pb2
 
 from archipel import jsonpath, structs
 from archipel.core import names, scheduling
-from archipel.v1alpha1 import work_pb2
+from archipel.v1alpha1 import policy_pb2, work_pb2
 
 PRODUCER = "TaintManager"
 """Karmada's name for who evicts on a NoExecute taint."""
@@ -172,13 +172,17 @@ def new_task(
         producer=PRODUCER,
         clusters_before_failover=sorted(t.name for t in binding.spec.clusters),
     )
+    failover = binding.spec.failover
     if reason == APPLICATION_FAILURE:
-        application = binding.spec.failover.application
+        application = failover.application
         task.producer = APPLICATION_PRODUCER
         task.purge_mode = application.purge_mode or GRACEFULLY
         if application.HasField("grace_period_seconds"):
             task.grace_period_seconds = application.grace_period_seconds
-        task.preserved_label_state.update(preserved_state(binding, cluster))
+        rules = application.state_preservation.rules
+    else:
+        rules = failover.cluster.state_preservation.rules
+    task.preserved_label_state.update(preserved_state(binding, cluster, rules))
     task.creation_timestamp.FromDatetime(now)
     return task
 
@@ -194,11 +198,14 @@ def application_toleration(binding: work_pb2.PropagationBinding) -> int | None:
     return DEFAULT_APPLICATION_TOLERATION
 
 
-def preserved_state(binding: work_pb2.PropagationBinding, cluster: str) -> dict[str, str]:
+def preserved_state(
+    binding: work_pb2.PropagationBinding,
+    cluster: str,
+    rules: Sequence[policy_pb2.StatePreservationRule],
+) -> dict[str, str]:
     """statePreservation: each rule's JSONPath read from the status the old copy last
-    reported, as the label value its new copies get. A path that finds nothing is left
-    out (the label is not invented)."""
-    rules = binding.spec.failover.application.state_preservation.rules
+    reported (for a failed cluster, its last report before it failed), as the label value
+    its new copies get. A path that finds nothing is left out (no label is invented)."""
     if not len(rules):
         return {}
     status: Any = {}

@@ -345,8 +345,12 @@ def _check_application_failover(
         if (application.purge_mode or "Gracefully") != "Gracefully":
             # As Karmada: only a graceful purge waits for anything.
             raise Invalid(f"{field}.gracePeriodSeconds", "is only for purgeMode Gracefully")
-    for index, rule in enumerate(application.state_preservation.rules):
-        where = f"{field}.statePreservation.rules[{index}]"
+    _check_state_preservation(application.state_preservation, f"{field}.statePreservation")
+
+
+def _check_state_preservation(preservation: policy_pb2.StatePreservation, field: str) -> None:
+    for index, rule in enumerate(preservation.rules):
+        where = f"{field}.rules[{index}]"
         selectors.check_qualified_name(rule.alias_label_name, f"{where}.aliasLabelName")
         if not rule.json_path:
             raise Invalid(f"{where}.jsonPath", "is required")
@@ -370,6 +374,9 @@ def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace
     purge = ("Directly", "Gracefully", "Never")
     check_choice(spec.failover.application.purge_mode, purge, "spec.failover.application.purgeMode")
     _check_application_failover(spec.failover.application, "spec.failover.application")
+    _check_state_preservation(
+        spec.failover.cluster.state_preservation, "spec.failover.cluster.statePreservation"
+    )
     check_choice(
         spec.failover.cluster.purge_mode,
         ("Directly", "Gracefully"),

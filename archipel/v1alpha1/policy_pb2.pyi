@@ -676,7 +676,7 @@ Global___DecisionConditions: _TypeAlias = DecisionConditions  # noqa: Y015
 
 @_typing.final
 class StatePreservationRule(_message.Message):
-    """A piece of state carried to the new clusters on application failover."""
+    """A piece of state carried to the new clusters on failover."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -687,7 +687,9 @@ class StatePreservationRule(_message.Message):
     workload was not in before, while the eviction task lasts (as Karmada).
     """
     json_path: _builtins.str
-    """A JSONPath into the status the old copy last reported, e.g. "{.jobId}"."""
+    """A JSONPath into the status the old copy last reported (a failed cluster's: its
+    last report before it failed), e.g. "{.jobId}".
+    """
     def __init__(
         self,
         *,
@@ -704,7 +706,7 @@ Global___StatePreservationRule: _TypeAlias = StatePreservationRule  # noqa: Y015
 
 @_typing.final
 class StatePreservation(_message.Message):
-    """State carried to the new clusters on application failover."""
+    """State carried to the new clusters on failover."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -787,7 +789,9 @@ class ClusterFailoverBehavior(_message.Message):
     """
     @_builtins.property
     def state_preservation(self) -> Global___StatePreservation:
-        """State to carry to the new cluster."""
+        """Values read from the failed cluster's last reported status, written as labels on
+        the copies in clusters the workload moves to, while its eviction task lasts.
+        """
 
     def __init__(
         self,
@@ -807,7 +811,7 @@ Global___ClusterFailoverBehavior: _TypeAlias = ClusterFailoverBehavior  # noqa: 
 class FailoverBehavior(_message.Message):
     """Karmada's failover behaviour. A cluster failing (a NoExecute taint the placement
     does not tolerate) moves the workload whether or not this is set; `cluster` says
-    how the old copy goes.
+    how the old copy goes and what state moves with it.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

@@ -212,6 +212,50 @@ def test_a_failed_member_fails_over_gracefully_and_nothing_comes_back_by_itself(
     )
 
 
+def test_a_workload_divided_by_dynamic_weights_leaves_a_failed_member_too(
+    failover: Pipeline, namespace: str
+) -> None:
+    # Karmada#3623: with dynamic weights, a NoExecute taint moved nothing.
+    policy = spread_policy(namespace)
+    policy["spec"]["placement"]["replicaScheduling"] = {
+        "replicaSchedulingType": "Divided",
+        "replicaDivisionPreference": "Weighted",
+        "weightPreference": {"dynamicWeight": "AvailableReplicas"},
+    }
+    failover.apply(deployment(namespace, replicas=6), policy)
+    wait_for(
+        "6 replicas across the members",
+        lambda: (
+            sum(running(failover, namespace).values()) == 6
+            and "member3" in running(failover, namespace)
+        ),
+        timeout=TIMEOUT,
+    )
+    member3 = failover.fleet["member3"]
+    member3.stop_apiserver()
+    try:
+
+        def moved_off() -> dict[str, int]:
+            placement = scheduled(failover, namespace)
+            done = "member3" not in placement and sum(placement.values()) == 6
+            return placement if done else {}
+
+        moved = wait_for("member3's replicas moved", moved_off, timeout=TIMEOUT)
+        wait_for(
+            "healthy where it moved",
+            functools.partial(healthy_everywhere, failover, namespace, set(moved)),
+            timeout=TIMEOUT,
+        )
+        assert sum(running(failover, namespace, ("member1", "member2")).values()) == 6
+    finally:
+        member3.start_apiserver()
+    wait_for(
+        "member3's old copy deleted",
+        lambda: "member3" not in running(failover, namespace),
+        timeout=TIMEOUT,
+    )
+
+
 def test_purge_mode_directly_removes_the_old_copy_at_once(
     failover: Pipeline, namespace: str
 ) -> None:

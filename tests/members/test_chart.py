@@ -214,3 +214,26 @@ def test_join_print_manifests_says_what_the_chart_renders() -> None:
     assert sorted(map(str, map(_comparable, printed[1:]))) == sorted(
         map(str, map(_comparable, rendered))
     )
+
+
+@pytest.mark.parametrize("default_taints", ["true", "false"])
+def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> None:
+    from controlplane.server import parse_args
+
+    documents = render(
+        {
+            "controlPlane.enabled": "true",
+            "controlPlane.failover.defaultTaints": default_taints,
+            "controlPlane.failover.gracePeriod": "120",
+        },
+        "archipel-system",
+    )
+    (deployment,) = [
+        d
+        for d in documents
+        if d["kind"] == "Deployment" and "controlplane" in d["metadata"]["name"]
+    ]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    settings = parse_args(container["args"])
+    assert settings.failover_grace_period == 120
+    assert settings.default_failover_taints == (default_taints == "true")

@@ -68,3 +68,12 @@ def test_a_wrong_application_failover_is_refused_naming_the_field(
             spec({"application": application}), policy_namespace="shop"
         )
     assert refused.value.field == f"spec.failover.application.{field}"
+
+
+def test_a_wrong_cluster_state_preservation_rule_is_refused_naming_the_field() -> None:
+    failover = {
+        "cluster": {"statePreservation": {"rules": [{"aliasLabelName": "a", "jsonPath": "{"}]}}
+    }
+    with pytest.raises(Invalid) as refused:
+        validation.check_propagation_spec(spec(failover), policy_namespace="shop")
+    assert refused.value.field == "spec.failover.cluster.statePreservation.rules[0].jsonPath"

@@ -448,3 +448,20 @@ def test_a_failover_reports_how_long_it_took_from_the_fault() -> None:
     ((reason, seconds),) = resolution.recovered
     assert reason == "TaintUntolerated"
     assert seconds == pytest.approx(90)
+
+
+def test_a_failed_clusters_eviction_preserves_the_state_its_policy_names() -> None:
+    observed = binding(static(), [("m1", 3), ("m3", 3)])
+    observed.spec.failover.cluster.state_preservation.rules.add(
+        alias_label_name="failover.example.com/generation", json_path="{.observedGeneration}"
+    )
+    last_report = observed.status.aggregated_status.add(cluster_name="m3", applied=True)
+    last_report.status.update({"observedGeneration": 7})
+    written, _ = decide(observed, [up("m1"), up("m2"), down("m3")])
+    (pending,) = written.spec.graceful_eviction_tasks
+    assert pending.reason == "TaintUntolerated"
+    assert dict(pending.preserved_label_state) == {"failover.example.com/generation": "7"}
+    # m2 is new to the workload: its copy carries the state; m1's does not.
+    assert placed(written) == {"m1": 3, "m2": 3}
+    assert eviction.preserved_labels(written, "m2") == {"failover.example.com/generation": "7"}
+    assert eviction.preserved_labels(written, "m1") == {}

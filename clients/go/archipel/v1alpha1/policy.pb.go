@@ -1154,13 +1154,14 @@ func (x *DecisionConditions) GetTolerationSeconds() int32 {
 	return 0
 }
 
-// A piece of state carried to the new clusters on application failover.
+// A piece of state carried to the new clusters on failover.
 type StatePreservationRule struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The label the preserved value is written to, on the copies in clusters the
 	// workload was not in before, while the eviction task lasts (as Karmada).
 	AliasLabelName string `protobuf:"bytes,1,opt,name=alias_label_name,json=aliasLabelName,proto3" json:"alias_label_name,omitempty"`
-	// A JSONPath into the status the old copy last reported, e.g. "{.jobId}".
+	// A JSONPath into the status the old copy last reported (a failed cluster's: its
+	// last report before it failed), e.g. "{.jobId}".
 	JsonPath      string `protobuf:"bytes,2,opt,name=json_path,json=jsonPath,proto3" json:"json_path,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1210,7 +1211,7 @@ func (x *StatePreservationRule) GetJsonPath() string {
 	return ""
 }
 
-// State carried to the new clusters on application failover.
+// State carried to the new clusters on failover.
 type StatePreservation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The values to carry.
@@ -1339,7 +1340,8 @@ type ClusterFailoverBehavior struct {
 	// Gracefully (default): kept until the workload is healthy elsewhere or the
 	// control plane's graceful eviction timeout ends; Directly: deleted at once.
 	PurgeMode string `protobuf:"bytes,1,opt,name=purge_mode,json=purgeMode,proto3" json:"purge_mode,omitempty"`
-	// State to carry to the new cluster.
+	// Values read from the failed cluster's last reported status, written as labels on
+	// the copies in clusters the workload moves to, while its eviction task lasts.
 	StatePreservation *StatePreservation `protobuf:"bytes,2,opt,name=state_preservation,json=statePreservation,proto3" json:"state_preservation,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache
@@ -1391,7 +1393,7 @@ func (x *ClusterFailoverBehavior) GetStatePreservation() *StatePreservation {
 
 // Karmada's failover behaviour. A cluster failing (a NoExecute taint the placement
 // does not tolerate) moves the workload whether or not this is set; `cluster` says
-// how the old copy goes.
+// how the old copy goes and what state moves with it.
 type FailoverBehavior struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Failover of an unhealthy application.

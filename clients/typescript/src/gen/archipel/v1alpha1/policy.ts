@@ -329,18 +329,21 @@ export interface DecisionConditions {
   tolerationSeconds?: number | undefined;
 }
 
-/** A piece of state carried to the new clusters on application failover. */
+/** A piece of state carried to the new clusters on failover. */
 export interface StatePreservationRule {
   /**
    * The label the preserved value is written to, on the copies in clusters the
    * workload was not in before, while the eviction task lasts (as Karmada).
    */
   aliasLabelName: string;
-  /** A JSONPath into the status the old copy last reported, e.g. "{.jobId}". */
+  /**
+   * A JSONPath into the status the old copy last reported (a failed cluster's: its
+   * last report before it failed), e.g. "{.jobId}".
+   */
   jsonPath: string;
 }
 
-/** State carried to the new clusters on application failover. */
+/** State carried to the new clusters on failover. */
 export interface StatePreservation {
   /** The values to carry. */
   rules: StatePreservationRule[];
@@ -379,14 +382,17 @@ export interface ClusterFailoverBehavior {
    * control plane's graceful eviction timeout ends; Directly: deleted at once.
    */
   purgeMode: string;
-  /** State to carry to the new cluster. */
+  /**
+   * Values read from the failed cluster's last reported status, written as labels on
+   * the copies in clusters the workload moves to, while its eviction task lasts.
+   */
   statePreservation: StatePreservation | undefined;
 }
 
 /**
  * Karmada's failover behaviour. A cluster failing (a NoExecute taint the placement
  * does not tolerate) moves the workload whether or not this is set; `cluster` says
- * how the old copy goes.
+ * how the old copy goes and what state moves with it.
  */
 export interface FailoverBehavior {
   /** Failover of an unhealthy application. */
