@@ -866,14 +866,22 @@ Global___SuspendClusters: _TypeAlias = SuspendClusters  # noqa: Y015
 
 @_typing.final
 class Suspension(_message.Message):
-    """Stops sending works (and changes to them) to members; what runs there is left alone."""
+    """Holds propagation back: sending works (and changes to them) to members, or
+    scheduling; what runs in the members is left alone.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     DISPATCHING_FIELD_NUMBER: _builtins.int
     DISPATCHING_ON_CLUSTERS_FIELD_NUMBER: _builtins.int
+    SCHEDULING_FIELD_NUMBER: _builtins.int
     dispatching: _builtins.bool
     """True: no cluster receives the template's works."""
+    scheduling: _builtins.bool
+    """True: the placement stays as it is (none yet, for a new template), whatever
+    changes, failovers included, until it is false again. The binding's
+    SchedulingSuspended condition says so.
+    """
     @_builtins.property
     def dispatching_on_clusters(self) -> Global___SuspendClusters:
         """Only these clusters receive none."""
@@ -883,14 +891,20 @@ class Suspension(_message.Message):
         *,
         dispatching: _builtins.bool | None = ...,
         dispatching_on_clusters: Global___SuspendClusters | None = ...,
+        scheduling: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_dispatching", b"_dispatching", "dispatching", b"dispatching", "dispatching_on_clusters", b"dispatching_on_clusters"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_dispatching", b"_dispatching", "_scheduling", b"_scheduling", "dispatching", b"dispatching", "dispatching_on_clusters", b"dispatching_on_clusters", "scheduling", b"scheduling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dispatching", b"_dispatching", "dispatching", b"dispatching", "dispatching_on_clusters", b"dispatching_on_clusters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_dispatching", b"_dispatching", "_scheduling", b"_scheduling", "dispatching", b"dispatching", "dispatching_on_clusters", b"dispatching_on_clusters", "scheduling", b"scheduling"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__dispatching: _TypeAlias = _typing.Literal["dispatching"]  # noqa: Y015
     _WhichOneofArgType__dispatching: _TypeAlias = _typing.Literal["_dispatching", b"_dispatching"]  # noqa: Y015
+    _WhichOneofReturnType__scheduling: _TypeAlias = _typing.Literal["scheduling"]  # noqa: Y015
+    _WhichOneofArgType__scheduling: _TypeAlias = _typing.Literal["_scheduling", b"_scheduling"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__dispatching) -> _WhichOneofReturnType__dispatching | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__scheduling) -> _WhichOneofReturnType__scheduling | None: ...
 
 Global___Suspension: _TypeAlias = Suspension  # noqa: Y015
 

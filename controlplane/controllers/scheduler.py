@@ -189,6 +189,8 @@ def plan(observed: Observed) -> Plan | None:
     if is_deleting(binding) or not binding.spec.policy.kind:
         return None
     spec = binding.spec
+    if spec.suspension.scheduling:
+        return _scheduling_held(binding, observed.now)
     # A reschedule asked for after the last decision divides from scratch.
     fresh = spec.HasField("reschedule_triggered_at") and (
         not binding.status.HasField("last_scheduled_time")
@@ -270,6 +272,7 @@ def plan(observed: Observed) -> Plan | None:
         now=observed.now,
     )
     updated.status.scheduler_observed_generation = generation
+    _scheduling_resumed(updated, observed.now)
     if spec_changed:
         updated.status.last_scheduled_time.FromDatetime(observed.now)
     recheck = [
@@ -306,6 +309,41 @@ def plan(observed: Observed) -> Plan | None:
             )
         )
     return result
+
+
+def _scheduling_held(binding: work_pb2.PropagationBinding, now: datetime.datetime) -> Plan | None:
+    """suspension.scheduling: nothing is decided (the placement stays); only the
+    SchedulingSuspended condition says so."""
+    updated = kinds.PROPAGATION_BINDING.copy(binding)
+    set_condition(
+        updated.status.conditions,
+        "SchedulingSuspended",
+        "True",
+        "SchedulingSuspended",
+        "spec.suspension.scheduling is true: the placement is held",
+        binding.metadata.generation,
+        now=now,
+    )
+    if updated == binding:
+        return None
+    result = Plan()
+    result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+    return result
+
+
+def _scheduling_resumed(updated: work_pb2.PropagationBinding, now: datetime.datetime) -> None:
+    """Once suspension.scheduling is false again, the condition says so."""
+    condition = find(updated.status.conditions, "SchedulingSuspended")
+    if condition is not None and condition.status == "True":
+        set_condition(
+            updated.status.conditions,
+            "SchedulingSuspended",
+            "False",
+            "SchedulingResumed",
+            "scheduling resumed",
+            updated.metadata.generation,
+            now=now,
+        )
 
 
 def _placed_by_failover(binding: work_pb2.PropagationBinding) -> bool:

@@ -491,5 +491,27 @@ def test_a_flapping_member_leaves_no_task_behind_and_moves_nothing_twice(
     assert running(failover, namespace) == {"member1": 3, "member2": 3}
 
 
+def test_suspended_scheduling_places_nothing_until_resumed(
+    failover: Pipeline, namespace: str
+) -> None:
+    policy = spread_policy(namespace, divided=False)
+    policy["spec"]["suspension"] = {"scheduling": True}
+    failover.apply(deployment(namespace, replicas=2), policy)
+
+    def suspended() -> bool:
+        conditions = binding(failover, namespace).get("status", {}).get("conditions", [])
+        return any(c["type"] == "SchedulingSuspended" and c["status"] == "True" for c in conditions)
+
+    wait_for("the binding's scheduling suspended", suspended)
+    assert scheduled(failover, namespace) == {}
+    assert running(failover, namespace) == {}
+    policy["spec"]["suspension"] = {"scheduling": False}
+    failover.apply(policy)
+    wait_for(
+        "placed once scheduling resumes",
+        lambda: running(failover, namespace) == dict.fromkeys(MEMBERS, 2),
+    )
+
+
 def _seconds(stamp: str) -> float:
     return datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()

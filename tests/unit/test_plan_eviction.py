@@ -465,3 +465,22 @@ def test_a_failed_clusters_eviction_preserves_the_state_its_policy_names() -> No
     assert placed(written) == {"m1": 3, "m2": 3}
     assert eviction.preserved_labels(written, "m2") == {"failover.example.com/generation": "7"}
     assert eviction.preserved_labels(written, "m1") == {}
+
+
+def test_suspended_scheduling_holds_the_placement_even_through_a_failure() -> None:
+    observed = binding(static(), [("m1", 2), ("m2", 2), ("m3", 2)])
+    observed.spec.suspension.scheduling = True
+    held, _ = decide(observed, [up("m1"), up("m2"), down("m3")])
+    assert placed(held) == {"m1": 2, "m2": 2, "m3": 2}
+    assert evicted_from(held) == []
+    (condition,) = [c for c in held.status.conditions if c.type == "SchedulingSuspended"]
+    assert (condition.status, condition.reason) == ("True", "SchedulingSuspended")
+    # Held again: nothing to write.
+    again, _ = decide(held, [up("m1"), up("m2"), down("m3")])
+    assert again is held
+
+    held.spec.suspension.scheduling = False
+    resumed, _ = decide(held, [up("m1"), up("m2"), down("m3")])
+    assert placed(resumed) == {"m1": 3, "m2": 3}
+    (condition,) = [c for c in resumed.status.conditions if c.type == "SchedulingSuspended"]
+    assert (condition.status, condition.reason) == ("False", "SchedulingResumed")

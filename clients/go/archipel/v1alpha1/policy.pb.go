@@ -1494,15 +1494,20 @@ func (x *SuspendClusters) GetClusterNames() []string {
 	return nil
 }
 
-// Stops sending works (and changes to them) to members; what runs there is left alone.
+// Holds propagation back: sending works (and changes to them) to members, or
+// scheduling; what runs in the members is left alone.
 type Suspension struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// True: no cluster receives the template's works.
 	Dispatching *bool `protobuf:"varint,1,opt,name=dispatching,proto3,oneof" json:"dispatching,omitempty"`
 	// Only these clusters receive none.
 	DispatchingOnClusters *SuspendClusters `protobuf:"bytes,2,opt,name=dispatching_on_clusters,json=dispatchingOnClusters,proto3" json:"dispatching_on_clusters,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// True: the placement stays as it is (none yet, for a new template), whatever
+	// changes, failovers included, until it is false again. The binding's
+	// SchedulingSuspended condition says so.
+	Scheduling    *bool `protobuf:"varint,3,opt,name=scheduling,proto3,oneof" json:"scheduling,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Suspension) Reset() {
@@ -1547,6 +1552,13 @@ func (x *Suspension) GetDispatchingOnClusters() *SuspendClusters {
 		return x.DispatchingOnClusters
 	}
 	return nil
+}
+
+func (x *Suspension) GetScheduling() bool {
+	if x != nil && x.Scheduling != nil {
+		return *x.Scheduling
+	}
+	return false
 }
 
 // Karmada's scheduling priority; checked but not acted on.
@@ -2002,12 +2014,16 @@ const file_archipel_v1alpha1_policy_proto_rawDesc = "" +
 	"\vapplication\x18\x01 \x01(\v2..archipel.v1alpha1.ApplicationFailoverBehaviorR\vapplication\x12D\n" +
 	"\acluster\x18\x02 \x01(\v2*.archipel.v1alpha1.ClusterFailoverBehaviorR\acluster\"6\n" +
 	"\x0fSuspendClusters\x12#\n" +
-	"\rcluster_names\x18\x01 \x03(\tR\fclusterNames\"\x9f\x01\n" +
+	"\rcluster_names\x18\x01 \x03(\tR\fclusterNames\"\xd3\x01\n" +
 	"\n" +
 	"Suspension\x12%\n" +
 	"\vdispatching\x18\x01 \x01(\bH\x00R\vdispatching\x88\x01\x01\x12Z\n" +
-	"\x17dispatching_on_clusters\x18\x02 \x01(\v2\".archipel.v1alpha1.SuspendClustersR\x15dispatchingOnClustersB\x0e\n" +
-	"\f_dispatching\"v\n" +
+	"\x17dispatching_on_clusters\x18\x02 \x01(\v2\".archipel.v1alpha1.SuspendClustersR\x15dispatchingOnClusters\x12#\n" +
+	"\n" +
+	"scheduling\x18\x03 \x01(\bH\x01R\n" +
+	"scheduling\x88\x01\x01B\x0e\n" +
+	"\f_dispatchingB\r\n" +
+	"\v_scheduling\"v\n" +
 	"\x10SchedulePriority\x122\n" +
 	"\x15priority_class_source\x18\x01 \x01(\tR\x13priorityClassSource\x12.\n" +
 	"\x13priority_class_name\x18\x02 \x01(\tR\x11priorityClassName\"\xc3\x01\n" +

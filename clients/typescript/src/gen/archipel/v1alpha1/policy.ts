@@ -409,14 +409,25 @@ export interface SuspendClusters {
   clusterNames: string[];
 }
 
-/** Stops sending works (and changes to them) to members; what runs there is left alone. */
+/**
+ * Holds propagation back: sending works (and changes to them) to members, or
+ * scheduling; what runs in the members is left alone.
+ */
 export interface Suspension {
   /** True: no cluster receives the template's works. */
   dispatching?:
     | boolean
     | undefined;
   /** Only these clusters receive none. */
-  dispatchingOnClusters: SuspendClusters | undefined;
+  dispatchingOnClusters:
+    | SuspendClusters
+    | undefined;
+  /**
+   * True: the placement stays as it is (none yet, for a new template), whatever
+   * changes, failovers included, until it is false again. The binding's
+   * SchedulingSuspended condition says so.
+   */
+  scheduling?: boolean | undefined;
 }
 
 /** Karmada's scheduling priority; checked but not acted on. */
@@ -3030,7 +3041,7 @@ export const SuspendClusters: MessageFns<SuspendClusters> = {
 };
 
 function createBaseSuspension(): Suspension {
-  return { dispatching: undefined, dispatchingOnClusters: undefined };
+  return { dispatching: undefined, dispatchingOnClusters: undefined, scheduling: undefined };
 }
 
 export const Suspension: MessageFns<Suspension> = {
@@ -3040,6 +3051,9 @@ export const Suspension: MessageFns<Suspension> = {
     }
     if (message.dispatchingOnClusters !== undefined) {
       SuspendClusters.encode(message.dispatchingOnClusters, writer.uint32(18).fork()).join();
+    }
+    if (message.scheduling !== undefined) {
+      writer.uint32(24).bool(message.scheduling);
     }
     return writer;
   },
@@ -3073,6 +3087,14 @@ export const Suspension: MessageFns<Suspension> = {
             message.dispatchingOnClusters = SuspendClusters.decode(reader, reader.uint32());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.scheduling = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -3093,6 +3115,7 @@ export const Suspension: MessageFns<Suspension> = {
         : isSet(object.dispatching_on_clusters)
         ? SuspendClusters.fromJSON(object.dispatching_on_clusters)
         : undefined,
+      scheduling: isSet(object.scheduling) ? globalThis.Boolean(object.scheduling) : undefined,
     };
   },
 
@@ -3103,6 +3126,9 @@ export const Suspension: MessageFns<Suspension> = {
     }
     if (message.dispatchingOnClusters !== undefined) {
       obj.dispatchingOnClusters = SuspendClusters.toJSON(message.dispatchingOnClusters);
+    }
+    if (message.scheduling !== undefined) {
+      obj.scheduling = message.scheduling;
     }
     return obj;
   },
@@ -3117,6 +3143,7 @@ export const Suspension: MessageFns<Suspension> = {
       (object.dispatchingOnClusters !== undefined && object.dispatchingOnClusters !== null)
         ? SuspendClusters.fromPartial(object.dispatchingOnClusters)
         : undefined;
+    message.scheduling = object.scheduling ?? undefined;
     return message;
   },
 };
