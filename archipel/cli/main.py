@@ -35,7 +35,7 @@ from archipel.client import (
     read_documents,
     to_message,
 )
-from archipel.core import kinds, overrides, validation
+from archipel.core import kinds, matching, overrides, validation
 from archipel.core.names import (
     APPLIED_CLUSTER_OVERRIDES_ANNOTATION,
     APPLIED_OVERRIDES_ANNOTATION,
@@ -345,7 +345,8 @@ class Commands:
             metadata["name"],
         )
         if found is None:
-            print("Propagation:  not propagated (no policy matches)")
+            waiting = self._waiting_for_overrides(document)
+            print(f"Propagation:  not propagated ({waiting or 'no policy matches'})")
             return
         binding = message_to_document(found)
         spec, status = binding.get("spec", {}), binding.get("status", {})
@@ -361,7 +362,12 @@ class Commands:
         for snapshot in spec.get("requiredBy", []):
             clusters = ", ".join(c["name"] for c in snapshot.get("clusters", [])) or "nowhere yet"
             print(f"Required by:  {snapshot.get('namespace')}/{snapshot.get('name')} ({clusters})")
-        for failed in ("Interpreted", "OverridesApplied", "StatusAggregated"):
+        for failed in (
+            "DependentOverridesReady",
+            "Interpreted",
+            "OverridesApplied",
+            "StatusAggregated",
+        ):
             condition = _condition(binding, failed)
             if condition.get("status") == "False":
                 print(f"{failed}: False ({condition.get('message', '')})")
@@ -388,6 +394,35 @@ class Commands:
         if "status" in document:
             print("Aggregated status:")
             print("  " + json.dumps(document["status"], separators=(", ", ": ")))
+
+    def _waiting_for_overrides(self, document: dict[str, Any]) -> str:
+        """What an unbound template waits for: the dependentOverrides of the policy that
+        matches it, when some are missing (the policy controller's own rule); else ""."""
+        try:
+            return self._missing_overrides(document)
+        except ClientError:
+            return ""  # not allowed to list policies: say nothing rather than fail
+
+    def _missing_overrides(self, document: dict[str, Any]) -> str:
+        namespace = document["metadata"].get("namespace", "")
+        policies = (
+            self.client.list_objects(kinds.PROPAGATION_POLICY, namespace) if namespace else []
+        )
+        candidate = matching.choose(
+            document, policies, self.client.list_objects(kinds.CLUSTER_PROPAGATION_POLICY)
+        )
+        if candidate is None or not candidate.policy.spec.dependent_overrides:
+            return ""
+        overrides = (
+            {o.metadata.name for o in self.client.list_objects(kinds.OVERRIDE_POLICY, namespace)}
+            if namespace
+            else set()
+        )
+        cluster_overrides = {
+            o.metadata.name for o in self.client.list_objects(kinds.CLUSTER_OVERRIDE_POLICY)
+        }
+        missing = matching.missing_dependent_overrides(candidate, overrides, cluster_overrides)
+        return matching.waiting_for_overrides(candidate, missing) if missing else ""
 
     def _describe_overrides(self, binding: dict[str, Any], clusters: list[str]) -> None:
         """Per cluster, the override policies its work was rendered with, in order."""

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 from archipel.core import selectors
@@ -141,3 +141,33 @@ def choose(
     if outranks and winner.policy.spec.preemption == "Always":
         return winner
     return current
+
+
+def missing_dependent_overrides(
+    candidate: Candidate, overrides: Collection[str], cluster_overrides: Collection[str]
+) -> list[str]:
+    """The names in the policy's ``dependentOverrides`` that are not stored, in order.
+
+    As in Karmada's detector: a PropagationPolicy's names are OverridePolicies of its
+    own namespace, a ClusterPropagationPolicy's are ClusterOverridePolicies.
+    ``overrides`` are the OverridePolicy names of the policy's namespace,
+    ``cluster_overrides`` the ClusterOverridePolicy names.
+    """
+    present = overrides if candidate.namespaced else cluster_overrides
+    missing: list[str] = []
+    for name in candidate.policy.spec.dependent_overrides:
+        if name not in present and name not in missing:
+            missing.append(name)
+    return missing
+
+
+def waiting_for_overrides(candidate: Candidate, missing: Iterable[str]) -> str:
+    """What a template waiting for its policy's dependent overrides says about it."""
+    namespace = candidate.policy.metadata.namespace
+    if candidate.namespaced:
+        names = ", ".join(f"{namespace}/{name}" for name in missing)
+        kind, policy = "OverridePolicy", f"{namespace}/{candidate.policy.metadata.name}"
+    else:
+        names = ", ".join(missing)
+        kind, policy = "ClusterOverridePolicy", candidate.policy.metadata.name
+    return f"waiting for {kind} {names} ({candidate.kind} {policy} dependentOverrides)"

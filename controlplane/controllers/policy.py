@@ -5,7 +5,9 @@ that should propagate it (Karmada's precedence, see :mod:`archipel.core.matching
 make the template's PropagationBinding say so. A template that no policy matches any
 more loses its binding: when its policy still exists (the template's labels changed,
 say) the objects are removed from the members; when the policy itself was deleted,
-the binding goes but the objects stay in place, as in Karmada.
+the binding goes but the objects stay in place, as in Karmada. A policy whose
+``dependentOverrides`` are not all stored writes nothing until they are (Karmada's
+detector); the template says so in the log, and on its binding if it has one.
 
 A reconcile is two steps. :meth:`PolicyController.observe` copies what the decision
 needs out of the caches into a :class:`PolicyObserved`; :func:`plan`, pure (no I/O,
@@ -18,14 +20,16 @@ etcd (tests/unit/test_plan_policy.py).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import logging
 
 from archipel import interpreter
 from archipel.core import kinds, matching
+from archipel.core.conditions import find, set_condition
 from archipel.core.kinds import Manifest
 from archipel.core.workloads import replica_requests, template_replicas
-from archipel.v1alpha1 import interpreter_pb2, policy_pb2, work_pb2
+from archipel.v1alpha1 import interpreter_pb2, override_pb2, policy_pb2, work_pb2
 from controlplane.context import (
     FINALIZER,
     Context,
@@ -42,6 +46,8 @@ from controlplane.predicates import (
 
 NAME = "policy-controller"
 log = logging.getLogger(__name__)
+# On a binding whose template's policy waits for its dependentOverrides.
+OVERRIDES_READY = "DependentOverridesReady"
 
 
 BUILTIN_INTERPRETERS = interpreter.Registry()
@@ -107,6 +113,12 @@ class PolicyObserved:
     """The mod_revision of an undecodable value stored at the new binding's key (0:
     none); the new binding is written over it."""
     interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
+    overrides: frozenset[str] = frozenset()
+    """The names of the OverridePolicies of the template's namespace."""
+    cluster_overrides: frozenset[str] = frozenset()
+    """The names of the ClusterOverridePolicies."""
+    now: datetime.datetime | None = None
+    """When the observation was made: what a condition's transition says."""
 
 
 def plan(observed: PolicyObserved) -> Plan | None:
@@ -146,6 +158,11 @@ def plan(observed: PolicyObserved) -> Plan | None:
         binding.spec if binding is not None else None,
         observed.interpreters,
     )
+    missing = matching.missing_dependent_overrides(
+        candidate, observed.overrides, observed.cluster_overrides
+    )
+    if missing and (binding is None or binding.spec != spec):
+        return _wait_for_overrides(observed, candidate, missing)
     result = Plan()
     if binding is None:
         new = work_pb2.PropagationBinding(
@@ -162,11 +179,62 @@ def plan(observed: PolicyObserved) -> Plan | None:
             key = kinds.PROPAGATION_BINDING.key_of(new)
             result.committed.append(functools.partial(log.warning, "rewrote undecodable %s", key))
         return result
-    if binding.spec == spec:
-        return None
     updated = kinds.PROPAGATION_BINDING.copy(binding)
     updated.spec.CopyFrom(spec)
+    waited = find(binding.status.conditions, OVERRIDES_READY)
+    if waited is not None and waited.status != "True":
+        # Nothing waits any more: the overrides exist, or (one was deleted since) the
+        # binding already is what the policy says.
+        set_condition(
+            updated.status.conditions,
+            OVERRIDES_READY,
+            "True",
+            "NothingHeldBack" if missing else "DependentOverridesPresent",
+            "the binding is what its policy says"
+            if missing
+            else "every override the policy depends on exists",
+            binding.metadata.generation + (binding.spec != spec),
+            now=observed.now,
+        )
+    if updated == binding:
+        return None
     result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+    return result
+
+
+def _wait_for_overrides(
+    observed: PolicyObserved, candidate: matching.Candidate, missing: list[str]
+) -> Plan | None:
+    """Karmada's dependentOverrides: the policy is applied to the template only while
+    every override it names exists. Until then nothing is written from it: no binding
+    is created, an existing one keeps its spec (and what it propagated stays) and says
+    why in a DependentOverridesReady=False condition. As in Karmada's detector, this
+    holds for every application of the policy, so an override deleted after the policy
+    took effect removes nothing but holds the policy's (and the template's) later
+    changes to the binding until it is back. An override's creation brings the template
+    back here (:meth:`PolicyController._on_override`)."""
+    template, binding = observed.template, observed.binding
+    assert template is not None
+    message = matching.waiting_for_overrides(candidate, missing)
+    metadata = template["metadata"]
+    where = "/".join(p for p in (metadata.get("namespace", ""), metadata["name"]) if p)
+    result = Plan()
+    result.committed.append(
+        functools.partial(log.info, "%s %s: %s", template["kind"], where, message)
+    )
+    if binding is None:
+        return result
+    updated = kinds.PROPAGATION_BINDING.copy(binding)
+    if set_condition(
+        updated.status.conditions,
+        OVERRIDES_READY,
+        "False",
+        "WaitingForDependentOverrides",
+        message,
+        binding.metadata.generation,
+        now=observed.now,
+    ):
+        result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
     return result
 
 
@@ -207,6 +275,8 @@ class PolicyController:
         context.cluster_policies.add_handler(self._on_policy)
         context.bindings.add_handler(self._on_binding)
         context.customizations.add_handler(self._on_customization)
+        context.overrides.add_handler(self._on_override)
+        context.cluster_overrides.add_handler(self._on_override)
 
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
         # Aggregated status written back into the template changes nothing here.
@@ -227,6 +297,33 @@ class PolicyController:
         namespace = key.split("/")[1]
         for template_key in self.context.templates.list_keys():
             if namespace == kinds.CLUSTER_SCOPE or template_key.split("/")[3] == namespace:
+                self.controller.enqueue(template_key)
+
+    def _on_override(
+        self,
+        key: str,
+        old: override_pb2.OverridePolicy | override_pb2.ClusterOverridePolicy | None,
+        new: override_pb2.OverridePolicy | override_pb2.ClusterOverridePolicy | None,
+    ) -> None:
+        # dependentOverrides wait for an override to exist: its creation (or deletion)
+        # concerns the templates in the scope of a policy that names it. A
+        # PropagationPolicy names OverridePolicies of its namespace, a
+        # ClusterPropagationPolicy ClusterOverridePolicies.
+        if (old is None) == (new is None):
+            return
+        found = new or old
+        assert found is not None
+        name, namespace = found.metadata.name, found.metadata.namespace
+        if namespace:
+            prefix = kinds.PROPAGATION_POLICY.prefix(namespace)
+            policies: list[policy_pb2.PropagationPolicy | policy_pb2.ClusterPropagationPolicy]
+            policies = list(self.context.policies.objects(prefix))
+        else:
+            policies = list(self.context.cluster_policies.objects())
+        if not any(name in p.spec.dependent_overrides for p in policies):
+            return
+        for template_key in self.context.templates.list_keys():
+            if not namespace or template_key.split("/")[3] == namespace:
                 self.controller.enqueue(template_key)
 
     def _on_customization(
@@ -291,6 +388,16 @@ class PolicyController:
             new_binding_name=new_name,
             quarantined=quarantined,
             interpreters=context.interpreters,
+            overrides=frozenset(
+                o.metadata.name
+                for o in context.overrides.objects(kinds.OVERRIDE_POLICY.prefix(namespace))
+            )
+            if namespace
+            else frozenset(),
+            cluster_overrides=frozenset(
+                o.metadata.name for o in context.cluster_overrides.objects()
+            ),
+            now=datetime.datetime.now(datetime.UTC),
         )
 
     async def reconcile(self, key: str) -> Plan | None:

@@ -8,6 +8,8 @@ the decision is about); no etcd, no informer.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 from typing import Any
 
 import pytest
@@ -358,3 +360,181 @@ def test_one_reconcile_writes_one_key_once() -> None:
         assert result is not None
         assert result.keys() == [BINDING_KEY]
         assert result.requeue_after == 0
+
+
+# -- dependentOverrides: the policy waits for the overrides it names ----------------------
+
+
+def needing(
+    found: policy_pb2.PropagationPolicy | policy_pb2.ClusterPropagationPolicy, *names: str
+) -> Any:
+    changed = copy.deepcopy(found)
+    changed.spec.dependent_overrides.extend(names)
+    return changed
+
+
+def ready_condition(write: Write) -> tuple[str, str, str] | None:
+    assert isinstance(write, Update)
+    found = next((c for c in write.obj.status.conditions if c.type == policy.OVERRIDES_READY), None)
+    return None if found is None else (found.status, found.reason, found.message)
+
+
+WAITING = needing(PLACED, "web-override", "db-override")
+WAITING_MESSAGE = (
+    "waiting for OverridePolicy shop/web-override, shop/db-override "
+    "(PropagationPolicy shop/place dependentOverrides)"
+)
+
+
+@pytest.mark.parametrize(
+    ("observed", "expected"),
+    [
+        pytest.param(
+            PolicyObserved(TEMPLATE, None, policies=(WAITING,), new_binding_name="web-deployment"),
+            [],
+            id="missing-overrides-no-binding",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                None,
+                policies=(WAITING,),
+                new_binding_name="web-deployment",
+                overrides=frozenset({"web-override"}),
+                # A PropagationPolicy's names are OverridePolicies, not cluster ones.
+                cluster_overrides=frozenset({"db-override"}),
+            ),
+            [],
+            id="one-still-missing-no-binding",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                None,
+                policies=(WAITING,),
+                new_binding_name="web-deployment",
+                overrides=frozenset({"web-override", "db-override", "other"}),
+            ),
+            [{"op": "create", "key": BINDING_KEY, "policy": "PropagationPolicy/shop/place"}],
+            id="overrides-present-binding-created",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                None,
+                cluster_policies=(needing(cpp(), "everywhere-override"),),
+                new_binding_name="web-deployment",
+                # A ClusterPropagationPolicy's names are ClusterOverridePolicies.
+                overrides=frozenset({"everywhere-override"}),
+            ),
+            [],
+            id="cluster-policy-waits-for-a-cluster-override",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                None,
+                cluster_policies=(needing(cpp(), "everywhere-override"),),
+                new_binding_name="web-deployment",
+                cluster_overrides=frozenset({"everywhere-override"}),
+            ),
+            [
+                {
+                    "op": "create",
+                    "key": BINDING_KEY,
+                    "policy": "ClusterPropagationPolicy//everywhere",
+                }
+            ],
+            id="cluster-override-present-binding-created",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                BOUND,
+                policies=(needing(pp(clusters=("member2",)), "web-override"),),
+                claimed_policy_exists=True,
+            ),
+            # Only the condition: the placement stays what it was.
+            [{"op": "update", "key": BINDING_KEY, "observed": "7", "placement": ["member1"]}],
+            id="policy-change-held-while-missing",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                dependency_only(),
+                policies=(needing(PLACED, "web-override"),),
+            ),
+            [{"op": "update", "key": BINDING_KEY, "policy": "//", "required_by": ["shop/api"]}],
+            id="dependency-not-claimed-while-missing",
+        ),
+        pytest.param(
+            PolicyObserved(
+                TEMPLATE,
+                BOUND,
+                policies=(needing(PLACED, "web-override"),),
+                claimed_policy_exists=True,
+            ),
+            [],
+            id="override-deleted-after-taking-effect-nothing-held",
+        ),
+    ],
+)
+def test_plan_dependent_overrides(observed: PolicyObserved, expected: list[dict[str, Any]]) -> None:
+    check(policy.plan(observed), expected)
+
+
+def test_waiting_without_a_binding_is_logged() -> None:
+    result = policy.plan(
+        PolicyObserved(TEMPLATE, None, policies=(WAITING,), new_binding_name="web-deployment")
+    )
+    assert result is not None and result.writes == [] and len(result.committed) == 1
+    logged = result.committed[0]
+    assert isinstance(logged, functools.partial)
+    assert logged.args[1:] == ("Deployment", "shop/web", WAITING_MESSAGE)
+
+
+def test_waiting_binding_says_why_then_resumes() -> None:
+    moved = needing(pp(clusters=("member2",)), "web-override", "db-override")
+    held = policy.plan(
+        PolicyObserved(
+            TEMPLATE,
+            BOUND,
+            policies=(moved,),
+            claimed_policy_exists=True,
+            overrides=frozenset({"db-override"}),
+        )
+    )
+    assert held is not None and len(held.writes) == 1
+    waiting = held.writes[0]
+    assert isinstance(waiting, Update) and waiting.obj.spec == BOUND.spec
+    assert ready_condition(waiting) == (
+        "False",
+        "WaitingForDependentOverrides",
+        "waiting for OverridePolicy shop/web-override "
+        "(PropagationPolicy shop/place dependentOverrides)",
+    )
+    # Stored so, the next pass while still missing writes nothing.
+    stored = kinds.PROPAGATION_BINDING.copy(waiting.obj)
+    again = PolicyObserved(
+        TEMPLATE,
+        stored,
+        policies=(moved,),
+        claimed_policy_exists=True,
+        overrides=frozenset({"db-override"}),
+    )
+    assert not (policy.plan(again) or Plan()).writes
+    # The override appears: the policy takes effect and the condition says so.
+    ready = policy.plan(
+        dataclasses.replace(again, overrides=frozenset({"db-override", "web-override"}))
+    )
+    assert ready is not None and len(ready.writes) == 1
+    applied = ready.writes[0]
+    assert summary(applied)["placement"] == ["member2"]
+    assert ready_condition(applied) == (
+        "True",
+        "DependentOverridesPresent",
+        "every override the policy depends on exists",
+    )
+    assert isinstance(applied, Update)
+    condition = next(c for c in applied.obj.status.conditions if c.type == policy.OVERRIDES_READY)
+    assert condition.observed_generation == BOUND.metadata.generation + 1

@@ -197,7 +197,16 @@ type PropagationSpec struct {
 	// Always: this policy takes templates already claimed by a policy it outranks
 	// (namespaced over cluster-scoped, then higher priority).
 	Preemption string `protobuf:"bytes,6,opt,name=preemption,proto3" json:"preemption,omitempty"`
-	// Karmada's OverridePolicies that must exist first; Archipel does not wait for them.
+	// Overrides that must exist before the policy takes effect, as in Karmada: a
+	// PropagationPolicy's names are OverridePolicies of its namespace, a
+	// ClusterPropagationPolicy's are ClusterOverridePolicies. While one is missing,
+	// nothing is written from the policy: no binding is created, an existing one keeps
+	// its spec and gets DependentOverridesReady=False naming the missing ones, and
+	// `archipel describe` says what the template waits for. The templates are
+	// re-evaluated as soon as a named override is created. As in Karmada, every
+	// application of the policy is gated: deleting a named override later removes
+	// nothing already propagated, but holds the binding (placement, replicas) at what it
+	// is until the override is back.
 	DependentOverrides []string `protobuf:"bytes,7,rep,name=dependent_overrides,json=dependentOverrides,proto3" json:"dependent_overrides,omitempty"`
 	// Copied to the binding, default "default-scheduler". Archipel's one scheduler
 	// schedules every binding whatever the name.

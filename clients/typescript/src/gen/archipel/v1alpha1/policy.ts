@@ -89,7 +89,18 @@ export interface PropagationSpec {
    * (namespaced over cluster-scoped, then higher priority).
    */
   preemption: string;
-  /** Karmada's OverridePolicies that must exist first; Archipel does not wait for them. */
+  /**
+   * Overrides that must exist before the policy takes effect, as in Karmada: a
+   * PropagationPolicy's names are OverridePolicies of its namespace, a
+   * ClusterPropagationPolicy's are ClusterOverridePolicies. While one is missing,
+   * nothing is written from the policy: no binding is created, an existing one keeps
+   * its spec and gets DependentOverridesReady=False naming the missing ones, and
+   * `archipel describe` says what the template waits for. The templates are
+   * re-evaluated as soon as a named override is created. As in Karmada, every
+   * application of the policy is gated: deleting a named override later removes
+   * nothing already propagated, but holds the binding (placement, replicas) at what it
+   * is until the override is back.
+   */
   dependentOverrides: string[];
   /**
    * Copied to the binding, default "default-scheduler". Archipel's one scheduler
