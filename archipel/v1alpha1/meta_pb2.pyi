@@ -318,7 +318,8 @@ class Toleration(_message.Message):
     """NoSchedule, PreferNoSchedule or NoExecute; empty matches every effect."""
     toleration_seconds: _builtins.int
     """int32 (Kubernetes: int64) so that proto3 JSON prints a number.
-    Accepted for Karmada compatibility; the scheduler does not act on it.
+    For a NoExecute taint: how long after the taint appeared the workload stays;
+    empty tolerates it for good, zero or less not at all.
     """
     def __init__(
         self,

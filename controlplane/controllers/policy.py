@@ -85,6 +85,14 @@ def desired_spec(
     spec.preserve_resources_on_deletion = policy_spec.preserve_resources_on_deletion
     if policy_spec.HasField("suspension"):
         spec.suspension.CopyFrom(policy_spec.suspension)
+    if (
+        current is not None
+        and current.suspension.HasField("scheduling")
+        and not policy_spec.suspension.HasField("scheduling")
+    ):
+        # Karmada's binding-level field, set on the binding by whoever holds its
+        # scheduling back: a policy that does not say otherwise leaves it alone.
+        spec.suspension.scheduling = current.suspension.scheduling
     if policy_spec.HasField("failover"):
         spec.failover.CopyFrom(policy_spec.failover)
     spec.scheduler_name = policy_spec.scheduler_name or "default-scheduler"

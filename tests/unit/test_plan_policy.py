@@ -538,3 +538,25 @@ def test_waiting_binding_says_why_then_resumes() -> None:
     assert isinstance(applied, Update)
     condition = next(c for c in applied.obj.status.conditions if c.type == policy.OVERRIDES_READY)
     assert condition.observed_generation == BOUND.metadata.generation + 1
+
+
+def test_a_binding_level_scheduling_suspension_outlives_the_policys_rewrite() -> None:
+    from archipel.core.matching import Candidate
+    from controlplane.controllers.policy import desired_spec
+
+    policy = policy_pb2.PropagationPolicy()
+    policy.metadata.name, policy.metadata.namespace = "web", "shop"
+    policy.spec.resource_selectors.add(api_version="apps/v1", kind="Deployment")
+    manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": 2},
+    }
+    held = work_pb2.PropagationBindingSpec()
+    held.suspension.scheduling = True  # set on the binding, as Karmada's users do
+    candidate = Candidate(policy=policy, namespaced=True, specificity=0)
+    assert desired_spec(candidate, manifest, held).suspension.scheduling
+    # A policy that says otherwise wins.
+    policy.spec.suspension.scheduling = False
+    assert not desired_spec(candidate, manifest, held).suspension.scheduling

@@ -450,7 +450,8 @@ type Toleration struct {
 	// NoSchedule, PreferNoSchedule or NoExecute; empty matches every effect.
 	Effect string `protobuf:"bytes,4,opt,name=effect,proto3" json:"effect,omitempty"`
 	// int32 (Kubernetes: int64) so that proto3 JSON prints a number.
-	// Accepted for Karmada compatibility; the scheduler does not act on it.
+	// For a NoExecute taint: how long after the taint appeared the workload stays;
+	// empty tolerates it for good, zero or less not at all.
 	TolerationSeconds *int32 `protobuf:"varint,5,opt,name=toleration_seconds,json=tolerationSeconds,proto3,oneof" json:"toleration_seconds,omitempty"`
 	unknownFields     protoimpl.UnknownFields
 	sizeCache         protoimpl.SizeCache

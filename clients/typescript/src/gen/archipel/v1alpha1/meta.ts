@@ -129,7 +129,8 @@ export interface Toleration {
   effect: string;
   /**
    * int32 (Kubernetes: int64) so that proto3 JSON prints a number.
-   * Accepted for Karmada compatibility; the scheduler does not act on it.
+   * For a NoExecute taint: how long after the taint appeared the workload stays;
+   * empty tolerates it for good, zero or less not at all.
    */
   tolerationSeconds?: number | undefined;
 }
