@@ -307,11 +307,10 @@ def check_placement(placement: policy_pb2.Placement, field: str) -> None:
         if weight.weight < 1:
             raise Invalid(f"{item}.weight", "must be at least 1")
         _check_affinity(weight.target_cluster, f"{item}.targetCluster")
-    affinity = placement.workload_affinity
-    if affinity.HasField("affinity") and not affinity.affinity.group_by_label_key:
-        raise Invalid(f"{field}.workloadAffinity.affinity.groupByLabelKey", "required")
-    if affinity.HasField("anti_affinity") and not affinity.anti_affinity.group_by_label_key:
-        raise Invalid(f"{field}.workloadAffinity.antiAffinity.groupByLabelKey", "required")
+    if placement.HasField("workload_affinity"):
+        # Accepted and ignored would be worse than refused: a workload placed with no
+        # regard for its group is silently wrong.
+        raise Invalid(f"{field}.workloadAffinity", _NOT_SUPPORTED)
 
 
 def _check_resource_selectors(
@@ -360,6 +359,10 @@ def _check_state_preservation(preservation: policy_pb2.StatePreservation, field:
             raise Invalid(f"{where}.jsonPath", str(error)) from error
 
 
+DEFAULT_SCHEDULER = "default-scheduler"
+_NOT_SUPPORTED = "not supported yet (see docs/karmada-fields.md)"
+
+
 def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace: str) -> None:
     if not len(spec.resource_selectors):
         raise Invalid("spec.resourceSelectors", "at least one selector is required")
@@ -370,7 +373,19 @@ def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace
         check_placement(spec.placement, "spec.placement")
     check_choice(spec.preemption, ("Always", "Never"), "spec.preemption")
     check_choice(spec.conflict_resolution, ("Abort", "Overwrite"), "spec.conflictResolution")
-    check_choice(spec.activation_preference, ("Lazy",), "spec.activationPreference")
+    if spec.activation_preference:
+        # Karmada's only value is Lazy; Archipel applies policy changes at once.
+        raise Invalid(
+            "spec.activationPreference",
+            f"{limits.echo(spec.activation_preference)}: {_NOT_SUPPORTED} "
+            "(without it, policy changes apply at once)",
+        )
+    if spec.scheduler_name not in ("", DEFAULT_SCHEDULER):
+        raise Invalid(
+            "spec.schedulerName",
+            f"{limits.echo(spec.scheduler_name)}: Archipel has one scheduler, "
+            f"{DEFAULT_SCHEDULER!r}; a binding for another would never be scheduled",
+        )
     purge = ("Directly", "Gracefully", "Never")
     check_choice(spec.failover.application.purge_mode, purge, "spec.failover.application.purgeMode")
     _check_application_failover(spec.failover.application, "spec.failover.application")
@@ -382,11 +397,8 @@ def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace
         ("Directly", "Gracefully"),
         "spec.failover.cluster.purgeMode",
     )
-    check_choice(
-        spec.schedule_priority.priority_class_source,
-        ("KubePriorityClass", "PodPriorityClass", "FederatedPriorityClass"),
-        "spec.schedulePriority.priorityClassSource",
-    )
+    if spec.HasField("schedule_priority"):
+        raise Invalid("spec.schedulePriority", _NOT_SUPPORTED)
     for index, name in enumerate(spec.suspension.dispatching_on_clusters.cluster_names):
         check_dns_label(name, f"spec.suspension.dispatchingOnClusters.clusterNames[{index}]")
 

@@ -124,8 +124,8 @@ class PropagationSpec(_message.Message):
     PRESERVE_RESOURCES_ON_DELETION_FIELD_NUMBER: _builtins.int
     SCHEDULE_PRIORITY_FIELD_NUMBER: _builtins.int
     association: _builtins.bool
-    """Deprecated in Karmada in favour of propagateDeps.
-    Archipel does not act on it: set propagateDeps.
+    """Deprecated in Karmada in favour of propagateDeps, and the same: true makes the
+    template's dependencies follow it.
     """
     propagate_deps: _builtins.bool
     """True: the ConfigMaps, Secrets, ServiceAccount and PVCs the workload's pod
@@ -143,8 +143,8 @@ class PropagationSpec(_message.Message):
     (namespaced over cluster-scoped, then higher priority).
     """
     scheduler_name: _builtins.str
-    """Copied to the binding, default "default-scheduler". Archipel's one scheduler
-    schedules every binding whatever the name.
+    """Empty or "default-scheduler", Archipel's one scheduler; any other name is refused
+    (a binding for a scheduler that does not exist would never be scheduled).
     """
     conflict_resolution: _builtins.str
     """Abort (default) or Overwrite.
@@ -152,9 +152,8 @@ class PropagationSpec(_message.Message):
     that another work holds); Abort leaves it alone and the work reports the conflict.
     """
     activation_preference: _builtins.str
-    """Empty or Lazy.
-    Karmada's Lazy defers policy changes to the template's next change; Archipel
-    accepts it and applies policy changes at once either way.
+    """Karmada's Lazy defers policy changes to the template's next change. Not supported
+    yet: any value is refused, naming the field (policy changes apply at once).
     """
     preserve_resources_on_deletion: _builtins.bool
     """True: deleting the template leaves its objects in the members, unmanaged, instead
@@ -199,9 +198,7 @@ class PropagationSpec(_message.Message):
 
     @_builtins.property
     def schedule_priority(self) -> Global___SchedulePriority:
-        """Karmada's scheduling priority. Checked (priorityClassSource values) but not acted
-        on: the scheduler does not order bindings by it.
-        """
+        """Karmada's scheduling priority. Not supported yet: refused, naming the field."""
 
     def __init__(
         self,
@@ -569,8 +566,8 @@ Global___WorkloadAffinityTerm: _TypeAlias = WorkloadAffinityTerm  # noqa: Y015
 
 @_typing.final
 class WorkloadAffinity(_message.Message):
-    """Karmada's (alpha) workload affinity and anti-affinity. Checked (groupByLabelKey is
-    required) but not acted on by Archipel's scheduler.
+    """Karmada's (alpha) workload affinity and anti-affinity. Not supported yet: refused,
+    naming the field.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -637,7 +634,7 @@ class Placement(_message.Message):
 
     @_builtins.property
     def workload_affinity(self) -> Global___WorkloadAffinity:
-        """Karmada's workload affinity; not acted on."""
+        """Karmada's workload affinity; not supported yet, refused naming the field."""
 
     def __init__(
         self,
@@ -920,7 +917,7 @@ Global___Suspension: _TypeAlias = Suspension  # noqa: Y015
 
 @_typing.final
 class SchedulePriority(_message.Message):
-    """Karmada's scheduling priority; checked but not acted on."""
+    """Karmada's scheduling priority; not supported yet (refused)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -96,7 +96,8 @@ def desired_spec(
     if policy_spec.HasField("failover"):
         spec.failover.CopyFrom(policy_spec.failover)
     spec.scheduler_name = policy_spec.scheduler_name or "default-scheduler"
-    spec.propagate_deps = policy_spec.propagate_deps
+    # association is Karmada's deprecated name for propagateDeps.
+    spec.propagate_deps = policy_spec.propagate_deps or policy_spec.association
     return spec
 
 

@@ -560,3 +560,22 @@ def test_a_binding_level_scheduling_suspension_outlives_the_policys_rewrite() ->
     # A policy that says otherwise wins.
     policy.spec.suspension.scheduling = False
     assert not desired_spec(candidate, manifest, held).suspension.scheduling
+
+
+def test_association_is_karmadas_old_name_for_propagate_deps() -> None:
+    from archipel.core.matching import Candidate
+    from controlplane.controllers.policy import desired_spec
+
+    policy = policy_pb2.PropagationPolicy()
+    policy.metadata.name, policy.metadata.namespace = "web", "shop"
+    policy.spec.resource_selectors.add(api_version="apps/v1", kind="Deployment")
+    manifest = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"replicas": 2},
+    }
+    candidate = Candidate(policy=policy, namespaced=True, specificity=0)
+    assert not desired_spec(candidate, manifest, None).propagate_deps
+    policy.spec.association = True
+    assert desired_spec(candidate, manifest, None).propagate_deps

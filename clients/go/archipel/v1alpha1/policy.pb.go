@@ -180,8 +180,8 @@ type PropagationSpec struct {
 	// The templates the policy propagates (any selector may match); at least one is
 	// required. Templates in kube-*, archipel-system and archipel-es-* never propagate.
 	ResourceSelectors []*ResourceSelector `protobuf:"bytes,1,rep,name=resource_selectors,json=resourceSelectors,proto3" json:"resource_selectors,omitempty"`
-	// Deprecated in Karmada in favour of propagateDeps.
-	// Archipel does not act on it: set propagateDeps.
+	// Deprecated in Karmada in favour of propagateDeps, and the same: true makes the
+	// template's dependencies follow it.
 	Association bool `protobuf:"varint,2,opt,name=association,proto3" json:"association,omitempty"`
 	// True: the ConfigMaps, Secrets, ServiceAccount and PVCs the workload's pod
 	// template references (or what a customization names) follow it to its clusters.
@@ -208,8 +208,8 @@ type PropagationSpec struct {
 	// nothing already propagated, but holds the binding (placement, replicas) at what it
 	// is until the override is back.
 	DependentOverrides []string `protobuf:"bytes,7,rep,name=dependent_overrides,json=dependentOverrides,proto3" json:"dependent_overrides,omitempty"`
-	// Copied to the binding, default "default-scheduler". Archipel's one scheduler
-	// schedules every binding whatever the name.
+	// Empty or "default-scheduler", Archipel's one scheduler; any other name is refused
+	// (a binding for a scheduler that does not exist would never be scheduled).
 	SchedulerName string `protobuf:"bytes,8,opt,name=scheduler_name,json=schedulerName,proto3" json:"scheduler_name,omitempty"`
 	// Karmada's failover. A cluster tainted NoExecute (not Ready past the failover
 	// grace period, by default) loses the workload unless the placement tolerates the
@@ -220,9 +220,8 @@ type PropagationSpec struct {
 	// Overwrite lets the agent take over a member object Archipel does not manage (or
 	// that another work holds); Abort leaves it alone and the work reports the conflict.
 	ConflictResolution string `protobuf:"bytes,10,opt,name=conflict_resolution,json=conflictResolution,proto3" json:"conflict_resolution,omitempty"`
-	// Empty or Lazy.
-	// Karmada's Lazy defers policy changes to the template's next change; Archipel
-	// accepts it and applies policy changes at once either way.
+	// Karmada's Lazy defers policy changes to the template's next change. Not supported
+	// yet: any value is refused, naming the field (policy changes apply at once).
 	ActivationPreference string `protobuf:"bytes,11,opt,name=activation_preference,json=activationPreference,proto3" json:"activation_preference,omitempty"`
 	// Stops sending works to every cluster or to some; what runs in them stays.
 	Suspension *Suspension `protobuf:"bytes,12,opt,name=suspension,proto3" json:"suspension,omitempty"`
@@ -230,8 +229,7 @@ type PropagationSpec struct {
 	// of deleting them. Default false. A cluster dropped from the placement still loses
 	// them.
 	PreserveResourcesOnDeletion *bool `protobuf:"varint,13,opt,name=preserve_resources_on_deletion,json=preserveResourcesOnDeletion,proto3,oneof" json:"preserve_resources_on_deletion,omitempty"`
-	// Karmada's scheduling priority. Checked (priorityClassSource values) but not acted
-	// on: the scheduler does not order bindings by it.
+	// Karmada's scheduling priority. Not supported yet: refused, naming the field.
 	SchedulePriority *SchedulePriority `protobuf:"bytes,14,opt,name=schedule_priority,json=schedulePriority,proto3" json:"schedule_priority,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -966,8 +964,8 @@ func (x *WorkloadAffinityTerm) GetGroupByLabelKey() string {
 	return ""
 }
 
-// Karmada's (alpha) workload affinity and anti-affinity. Checked (groupByLabelKey is
-// required) but not acted on by Archipel's scheduler.
+// Karmada's (alpha) workload affinity and anti-affinity. Not supported yet: refused,
+// naming the field.
 type WorkloadAffinity struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Place the workload with the other workloads of its group.
@@ -1037,7 +1035,7 @@ type Placement struct {
 	SpreadConstraints []*SpreadConstraint `protobuf:"bytes,4,rep,name=spread_constraints,json=spreadConstraints,proto3" json:"spread_constraints,omitempty"`
 	// How replicas are assigned; absent: Duplicated.
 	ReplicaScheduling *ReplicaSchedulingStrategy `protobuf:"bytes,5,opt,name=replica_scheduling,json=replicaScheduling,proto3" json:"replica_scheduling,omitempty"`
-	// Karmada's workload affinity; not acted on.
+	// Karmada's workload affinity; not supported yet, refused naming the field.
 	WorkloadAffinity *WorkloadAffinity `protobuf:"bytes,6,opt,name=workload_affinity,json=workloadAffinity,proto3" json:"workload_affinity,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -1570,7 +1568,7 @@ func (x *Suspension) GetScheduling() bool {
 	return false
 }
 
-// Karmada's scheduling priority; checked but not acted on.
+// Karmada's scheduling priority; not supported yet (refused).
 type SchedulePriority struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// KubePriorityClass, PodPriorityClass or FederatedPriorityClass.

@@ -61,8 +61,8 @@ export interface PropagationSpec {
    */
   resourceSelectors: ResourceSelector[];
   /**
-   * Deprecated in Karmada in favour of propagateDeps.
-   * Archipel does not act on it: set propagateDeps.
+   * Deprecated in Karmada in favour of propagateDeps, and the same: true makes the
+   * template's dependencies follow it.
    */
   association: boolean;
   /**
@@ -103,8 +103,8 @@ export interface PropagationSpec {
    */
   dependentOverrides: string[];
   /**
-   * Copied to the binding, default "default-scheduler". Archipel's one scheduler
-   * schedules every binding whatever the name.
+   * Empty or "default-scheduler", Archipel's one scheduler; any other name is refused
+   * (a binding for a scheduler that does not exist would never be scheduled).
    */
   schedulerName: string;
   /**
@@ -123,9 +123,8 @@ export interface PropagationSpec {
    */
   conflictResolution: string;
   /**
-   * Empty or Lazy.
-   * Karmada's Lazy defers policy changes to the template's next change; Archipel
-   * accepts it and applies policy changes at once either way.
+   * Karmada's Lazy defers policy changes to the template's next change. Not supported
+   * yet: any value is refused, naming the field (policy changes apply at once).
    */
   activationPreference: string;
   /** Stops sending works to every cluster or to some; what runs in them stays. */
@@ -140,10 +139,7 @@ export interface PropagationSpec {
   preserveResourcesOnDeletion?:
     | boolean
     | undefined;
-  /**
-   * Karmada's scheduling priority. Checked (priorityClassSource values) but not acted
-   * on: the scheduler does not order bindings by it.
-   */
+  /** Karmada's scheduling priority. Not supported yet: refused, naming the field. */
   schedulePriority: SchedulePriority | undefined;
 }
 
@@ -292,8 +288,8 @@ export interface WorkloadAffinityTerm {
 }
 
 /**
- * Karmada's (alpha) workload affinity and anti-affinity. Checked (groupByLabelKey is
- * required) but not acted on by Archipel's scheduler.
+ * Karmada's (alpha) workload affinity and anti-affinity. Not supported yet: refused,
+ * naming the field.
  */
 export interface WorkloadAffinity {
   /** Place the workload with the other workloads of its group. */
@@ -326,7 +322,7 @@ export interface Placement {
   replicaScheduling:
     | ReplicaSchedulingStrategy
     | undefined;
-  /** Karmada's workload affinity; not acted on. */
+  /** Karmada's workload affinity; not supported yet, refused naming the field. */
   workloadAffinity: WorkloadAffinity | undefined;
 }
 
@@ -441,7 +437,7 @@ export interface Suspension {
   scheduling?: boolean | undefined;
 }
 
-/** Karmada's scheduling priority; checked but not acted on. */
+/** Karmada's scheduling priority; not supported yet (refused). */
 export interface SchedulePriority {
   /** KubePriorityClass, PodPriorityClass or FederatedPriorityClass. */
   priorityClassSource: string;
