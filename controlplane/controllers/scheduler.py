@@ -350,13 +350,23 @@ def _placed_by_failover(binding: work_pb2.PropagationBinding) -> bool:
     """Whether the current placement is a failover's, and nothing but the clusters changed
     since: then a cluster that recovers pulls no replicas back (Karmada's rule; a
     rebalance or reschedule does). Any other placement follows the clusters as before,
-    so a cluster that only now serves the kind, or joins, gets its share."""
+    so a cluster that only now serves the kind, or joins, gets its share.
+
+    Judged by where the last failover put the workload, not by when the binding was
+    last written: its eviction tasks ending is a write too.
+    """
     status = binding.status
-    return (
-        binding.metadata.generation == status.scheduler_observed_generation
-        and len(status.failover_history) > 0
-        and status.failover_history[-1].start_time == status.last_scheduled_time
-    )
+    if binding.metadata.generation != status.scheduler_observed_generation:
+        return False
+    if not len(status.failover_history):
+        return False
+    last = status.failover_history[-1]
+    spec = binding.spec
+    if spec.HasField("reschedule_triggered_at") and (
+        spec.reschedule_triggered_at.ToNanoseconds() >= last.start_time.ToNanoseconds()
+    ):
+        return False
+    return sorted(last.clusters_after_failover) == sorted(t.name for t in spec.clusters)
 
 
 def _failing_applications(

@@ -96,7 +96,10 @@ def binding(
     result.status.scheduler_observed_generation = GENERATION if steady else GENERATION - 1
     if tasks:
         # Tasks come from a failover, whose placement this is.
-        moved = result.status.failover_history.add(origin_cluster=tasks[0].from_cluster)
+        moved = result.status.failover_history.add(
+            origin_cluster=tasks[0].from_cluster,
+            clusters_after_failover=[name for name, _ in current],
+        )
         moved.start_time.FromSeconds(int(T - 60))
         result.status.last_scheduled_time.FromSeconds(int(T - 60))
     for name in healthy:
@@ -323,6 +326,44 @@ def test_a_recovered_cluster_pulls_no_divided_replicas_back() -> None:
     assert placed(rescaled) == {"m1": 3, "m2": 3, "m3": 3}
 
 
+def test_nothing_comes_back_after_the_eviction_task_ended_either() -> None:
+    """The task ending later is a write of its own; the placement is still the
+    failover's, and a cluster that recovers after it pulls nothing back."""
+
+    def at(
+        observed: work_pb2.PropagationBinding, clusters: list[ClusterInfo], seconds: int
+    ) -> work_pb2.PropagationBinding:
+        result = plan(
+            Observed(
+                binding=observed,
+                clusters=tuple(clusters),
+                now=NOW + datetime.timedelta(seconds=seconds),
+                assumed=AssumedCapacity(),
+                graceful_eviction_timeout=GRACE,
+            )
+        )
+        assert result is not None
+        (write,) = [w for w in result.writes if isinstance(w, Update)]
+        written = write.obj
+        assert isinstance(written, work_pb2.PropagationBinding)
+        written.metadata.generation = written.status.scheduler_observed_generation
+        return written
+
+    failed_over = at(
+        binding(static(), [("m1", 2), ("m2", 2), ("m3", 2)]), [up("m1"), up("m2"), down("m3")], 0
+    )
+    for name in ("m1", "m2"):
+        failed_over.status.aggregated_status.add(cluster_name=name, applied=True, health="Healthy")
+    ended = at(failed_over, [up("m1"), up("m2"), down("m3")], 30)
+    assert evicted_from(ended) == []
+    back, _ = decide(ended, [up("m1"), up("m2"), up("m3")])
+    assert placed(back) == {"m1": 3, "m2": 3}
+    # A reschedule asked for after the failover divides by the weights again.
+    ended.spec.reschedule_triggered_at.FromSeconds(int(T + 60))
+    rescheduled = at(ended, [up("m1"), up("m2"), up("m3")], 90)
+    assert placed(rescheduled) == {"m1": 2, "m2": 2, "m3": 2}
+
+
 def test_a_cluster_that_fits_only_now_gets_its_share_when_no_failover_placed_it() -> None:
     # Placed on m1 alone while m2 did not serve the kind yet (not a failover): once m2
     # fits, the weights divide again, as before.
@@ -362,7 +403,9 @@ def with_application_failover(
 def test_a_workload_unhealthy_past_its_toleration_moves_and_carries_its_state() -> None:
     # m3 joined after the workload was placed on m1 and m2.
     observed = with_application_failover(binding(static(), [("m1", 3), ("m2", 3)]))
-    observed.status.failover_history.add().start_time.FromSeconds(1)
+    observed.status.failover_history.add(
+        clusters_after_failover=["m1", "m2"]
+    ).start_time.FromSeconds(1)
     observed.status.last_scheduled_time.FromSeconds(1)
     clusters = [up("m1"), up("m2"), up("m3")]
     waiting, requeue_after = decide(observed, clusters, unhealthy={"m1": T - 20})
