@@ -16,6 +16,7 @@ import pytest
 
 from archipel.core import kinds
 from archipel.core.kinds import Manifest
+from archipel.core.matching import Candidate
 from archipel.v1alpha1 import policy_pb2, work_pb2
 from controlplane.context import FINALIZER
 from controlplane.controllers import policy
@@ -540,42 +541,34 @@ def test_waiting_binding_says_why_then_resumes() -> None:
     assert condition.observed_generation == BOUND.metadata.generation + 1
 
 
-def test_a_binding_level_scheduling_suspension_outlives_the_policys_rewrite() -> None:
-    from archipel.core.matching import Candidate
-    from controlplane.controllers.policy import desired_spec
+WEB_MANIFEST = {
+    "apiVersion": "apps/v1",
+    "kind": "Deployment",
+    "metadata": {"name": "web", "namespace": "shop"},
+    "spec": {"replicas": 2},
+}
 
-    policy = policy_pb2.PropagationPolicy()
-    policy.metadata.name, policy.metadata.namespace = "web", "shop"
-    policy.spec.resource_selectors.add(api_version="apps/v1", kind="Deployment")
-    manifest = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "shop"},
-        "spec": {"replicas": 2},
-    }
+
+def web_candidate() -> tuple[policy_pb2.PropagationPolicy, Candidate]:
+    """A PropagationPolicy for Deployments in shop, and it as the one candidate."""
+    web = policy_pb2.PropagationPolicy()
+    web.metadata.name, web.metadata.namespace = "web", "shop"
+    web.spec.resource_selectors.add(api_version="apps/v1", kind="Deployment")
+    return web, Candidate(policy=web, namespaced=True, specificity=0)
+
+
+def test_a_binding_level_scheduling_suspension_outlives_the_policys_rewrite() -> None:
+    web, candidate = web_candidate()
     held = work_pb2.PropagationBindingSpec()
     held.suspension.scheduling = True  # set on the binding, as Karmada's users do
-    candidate = Candidate(policy=policy, namespaced=True, specificity=0)
-    assert desired_spec(candidate, manifest, held).suspension.scheduling
+    assert policy.desired_spec(candidate, WEB_MANIFEST, held).suspension.scheduling
     # A policy that says otherwise wins.
-    policy.spec.suspension.scheduling = False
-    assert not desired_spec(candidate, manifest, held).suspension.scheduling
+    web.spec.suspension.scheduling = False
+    assert not policy.desired_spec(candidate, WEB_MANIFEST, held).suspension.scheduling
 
 
 def test_association_is_karmadas_old_name_for_propagate_deps() -> None:
-    from archipel.core.matching import Candidate
-    from controlplane.controllers.policy import desired_spec
-
-    policy = policy_pb2.PropagationPolicy()
-    policy.metadata.name, policy.metadata.namespace = "web", "shop"
-    policy.spec.resource_selectors.add(api_version="apps/v1", kind="Deployment")
-    manifest = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "shop"},
-        "spec": {"replicas": 2},
-    }
-    candidate = Candidate(policy=policy, namespaced=True, specificity=0)
-    assert not desired_spec(candidate, manifest, None).propagate_deps
-    policy.spec.association = True
-    assert desired_spec(candidate, manifest, None).propagate_deps
+    web, candidate = web_candidate()
+    assert not policy.desired_spec(candidate, WEB_MANIFEST, None).propagate_deps
+    web.spec.association = True
+    assert policy.desired_spec(candidate, WEB_MANIFEST, None).propagate_deps
