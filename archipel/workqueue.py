@@ -5,12 +5,15 @@ controllers and the agent's works both run on it.
 
 Events only name keys; a key added again while it waits is stored once, and a key
 added while a worker holds it is handed out again once that worker is done, so the
-reconcile that follows always sees the newest state.
+reconcile that follows always sees the newest state. Keys leave in the order they
+came, unless the queue is given a priority: then higher priorities leave first (in the
+order they came among equals), as Karmada's scheduler queue orders bindings.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -24,11 +27,15 @@ class WorkQueue:
         base_delay: float = 0.01,
         max_delay: float = 30.0,
         on_depth: Callable[[int], None] | None = None,
+        priority: Callable[[str], int] | None = None,
     ) -> None:
         self.name = name
         self.base_delay = base_delay
         self.max_delay = max_delay
-        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        # (-priority, arrival, key): the arrival count keeps equals first come, first out.
+        self._ready: asyncio.PriorityQueue[tuple[int, int, str]] = asyncio.PriorityQueue()
+        self._arrivals = itertools.count()
+        self._priority: Callable[[str], int] = priority or (lambda key: 0)
         self._waiting: set[str] = set()
         self._processing: set[str] = set()
         self._dirty: set[str] = set()
@@ -43,7 +50,7 @@ class WorkQueue:
         if key in self._waiting:
             return
         self._waiting.add(key)
-        self._ready.put_nowait(key)
+        self._ready.put_nowait((-self._priority(key), next(self._arrivals), key))
         self._on_depth(len(self._waiting))
 
     def add_after(self, key: str, delay: float) -> None:
@@ -76,7 +83,7 @@ class WorkQueue:
         self._failures.pop(key, None)
 
     async def get(self) -> str:
-        key = await self._ready.get()
+        _, _, key = await self._ready.get()
         self._waiting.discard(key)
         self._processing.add(key)
         self._on_depth(len(self._waiting))

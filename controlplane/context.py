@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,12 @@ class Context:
         return f"{name}-{hashlib.sha256(identity.encode()).hexdigest()[:10]}"
 
     def controller(
-        self, name: str, reconcile: PlanReconcile, *, workers: int | None = None
+        self,
+        name: str,
+        reconcile: PlanReconcile,
+        *,
+        workers: int | None = None,
+        priority: Callable[[str], int] | None = None,
     ) -> Controller:
         """A controller whose plans are committed to this store, and whose next pass
         over a key waits for these caches to see what its last plan wrote."""
@@ -174,6 +180,7 @@ class Context:
             store=self.store,
             caches=self.informers(),
             workers=workers or self.settings.workers,
+            priority=priority,
         )
 
     def informers(self) -> list[Informer[Any]]:

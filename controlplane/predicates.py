@@ -8,6 +8,8 @@ usual questions once, so handlers read as what they care about.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Protocol
 
 from archipel.core import kinds
@@ -52,19 +54,35 @@ def labels_changed(old: _Object | None, new: _Object | None) -> bool:
     return old is None or new is None or old.metadata.labels != new.metadata.labels
 
 
+def _what_policies_read(manifest: Manifest) -> tuple[bytes, Any, Any]:
+    """What a change of a template is judged by: its spec (everything but metadata and
+    status), labels and annotations. Aggregated status written back into it is not a
+    change."""
+    metadata = manifest.get("metadata", {})
+    return (
+        kinds.RESOURCE_TEMPLATE.spec_fingerprint(manifest),
+        metadata.get("labels") or {},
+        metadata.get("annotations") or {},
+    )
+
+
 def template_changed(old: Manifest | None, new: Manifest | None) -> bool:
-    """A template change other than its status (which the control plane aggregates into
-    it): the spec, labels, annotations, or its deletion."""
+    """A template change other than its status: the spec, labels, annotations, or its
+    deletion."""
     if old is None or new is None:
         return True
-    strip = kinds.RESOURCE_TEMPLATE.spec_fingerprint
-    old_meta, new_meta = old.get("metadata", {}), new.get("metadata", {})
-    return (
-        strip(old) != strip(new)
-        or old_meta.get("labels") != new_meta.get("labels")
-        or old_meta.get("annotations") != new_meta.get("annotations")
-        or old_meta.get("deletionTimestamp") != new_meta.get("deletionTimestamp")
-    )
+    return _what_policies_read(old) != _what_policies_read(new) or old.get("metadata", {}).get(
+        "deletionTimestamp"
+    ) != new.get("metadata", {}).get("deletionTimestamp")
+
+
+def template_digest(manifest: Manifest) -> str:
+    """A digest of what :func:`template_changed` compares (deletion aside): recorded on
+    a binding, it tells later whether the template changed since."""
+    body, labels, annotations = _what_policies_read(manifest)
+    digest = hashlib.sha256(body)
+    digest.update(json.dumps([labels, annotations], sort_keys=True).encode())
+    return digest.hexdigest()[:32]
 
 
 def is_deleting(obj: _Object) -> bool:

@@ -39,12 +39,15 @@ class Controller:
         store: Store,
         caches: Sequence[Informer[Any]],
         workers: int = 4,
+        priority: Callable[[str], int] | None = None,
     ) -> None:
         self.name = name
         self.plan = reconcile
         self.store = store
         self.caches = list(caches)
-        self.queue = WorkQueue(name, on_depth=metrics.QUEUE_DEPTH.labels(name).set)
+        self.queue = WorkQueue(
+            name, on_depth=metrics.QUEUE_DEPTH.labels(name).set, priority=priority
+        )
         self.reconciler = Reconciler(
             name,
             self.reconcile,

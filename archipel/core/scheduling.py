@@ -520,6 +520,7 @@ def schedule(
     now: float | None = None,
     excluded: Mapping[str, str] | None = None,
     keep_current: bool = False,
+    observing_affinity: str = "",
 ) -> Decision:
     """Choose target clusters and their replicas for one binding.
 
@@ -530,7 +531,11 @@ def schedule(
     back after a failover does not pull replicas back by itself (Karmada's rule; a
     rebalance or reschedule does). ``excluded`` rules clusters out, with the reason (an
     eviction pending for this workload there). ``now`` (seconds since the epoch) judges
-    tolerationSeconds.
+    tolerationSeconds. ``observing_affinity`` names the clusterAffinities group the
+    workload was last placed in: the search starts there and goes on to later groups
+    (then, as a last resort, the earlier ones), so a workload that fell back stays in
+    its group when an earlier one fits again (Karmada's
+    ``schedulerObservingAffinityName``); ``fresh`` starts again from the first group.
     """
     previous = dict(current) if isinstance(current, Mapping) else dict.fromkeys(current, 0)
     ordered = sorted(clusters, key=lambda c: c.name)
@@ -542,7 +547,15 @@ def schedule(
     # when the group's own clusters cannot hold the replicas.
     overflow: list[list[ClusterInfo]] = []
     if len(placement.cluster_affinities):
-        for term in placement.cluster_affinities:
+        terms = list(placement.cluster_affinities)
+        group_names = [term.affinity_name for term in terms]
+        start = 0
+        if observing_affinity in group_names and not fresh:
+            start = group_names.index(observing_affinity)
+        # Karmada goes on to later groups only; when none of them fits, the earlier
+        # groups are tried too rather than withdrawing a workload that has somewhere
+        # to run.
+        for term in terms[start:] + terms[:start]:
             fits, rejected = _feasible(
                 placement, term, ordered, scheduled_on, resource, now, excluded
             )

@@ -15,7 +15,7 @@ from typing import Any
 from google.protobuf import message as pb_message
 
 from archipel import interpreter, jsonpath, limits
-from archipel.core import kinds, selectors
+from archipel.core import kinds, selectors, workloads
 from archipel.core.errors import Invalid
 from archipel.core.kinds import Manifest
 from archipel.v1alpha1 import apps_pb2, cluster_pb2, meta_pb2, override_pb2, policy_pb2
@@ -363,6 +363,19 @@ DEFAULT_SCHEDULER = "default-scheduler"
 _NOT_SUPPORTED = "not supported yet (see docs/karmada-fields.md)"
 
 
+def _check_schedule_priority(priority: policy_pb2.SchedulePriority, field: str) -> None:
+    source = priority.priority_class_source
+    if source in ("PodPriorityClass", "FederatedPriorityClass"):
+        raise Invalid(
+            f"{field}.priorityClassSource",
+            f"{source}: {_NOT_SUPPORTED} (KubePriorityClass is: a PriorityClass template "
+            "in the control plane)",
+        )
+    check_choice(source, ("KubePriorityClass",), f"{field}.priorityClassSource")
+    # A PriorityClass is named like any cluster-scoped object.
+    check_name(priority.priority_class_name, f"{field}.priorityClassName")
+
+
 def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace: str) -> None:
     if not len(spec.resource_selectors):
         raise Invalid("spec.resourceSelectors", "at least one selector is required")
@@ -373,13 +386,7 @@ def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace
         check_placement(spec.placement, "spec.placement")
     check_choice(spec.preemption, ("Always", "Never"), "spec.preemption")
     check_choice(spec.conflict_resolution, ("Abort", "Overwrite"), "spec.conflictResolution")
-    if spec.activation_preference:
-        # Karmada's only value is Lazy; Archipel applies policy changes at once.
-        raise Invalid(
-            "spec.activationPreference",
-            f"{limits.echo(spec.activation_preference)}: {_NOT_SUPPORTED} "
-            "(without it, policy changes apply at once)",
-        )
+    check_choice(spec.activation_preference, ("Lazy",), "spec.activationPreference")
     if spec.scheduler_name not in ("", DEFAULT_SCHEDULER):
         raise Invalid(
             "spec.schedulerName",
@@ -398,7 +405,7 @@ def check_propagation_spec(spec: policy_pb2.PropagationSpec, *, policy_namespace
         "spec.failover.cluster.purgeMode",
     )
     if spec.HasField("schedule_priority"):
-        raise Invalid("spec.schedulePriority", _NOT_SUPPORTED)
+        _check_schedule_priority(spec.schedule_priority, "spec.schedulePriority")
     for index, name in enumerate(spec.suspension.dispatching_on_clusters.cluster_names):
         check_dns_label(name, f"spec.suspension.dispatchingOnClusters.clusterNames[{index}]")
 
@@ -590,6 +597,18 @@ def check_template(manifest: Any) -> Manifest:
         check_dns_label(namespace, "metadata.namespace")
     _check_template_metadata(metadata, api_version, kind)
     _check_replicas(manifest)
+    # Policies' schedulePriority reads it: a class without a usable value would be a
+    # class that is there and cannot be used.
+    if (
+        kind == workloads.PRIORITY_CLASS_KIND
+        and api_version.startswith("scheduling.k8s.io/")
+        and workloads.priority_value(manifest) is None
+    ):
+        raise Invalid(
+            "value",
+            f"required: an integer up to {2 * workloads.MAX_PRIORITY}, as Kubernetes "
+            "allows for a PriorityClass",
+        )
     return manifest
 
 

@@ -26,6 +26,27 @@ BUILTIN_INTERPRETERS = interpreter.Registry()
 _DROPPED_METADATA = (*kinds.SERVER_METADATA_FIELDS, "ownerReferences", "finalizers")
 
 
+# Where a policy's schedulePriority (priorityClassSource KubePriorityClass) is looked
+# up: PriorityClass templates stored in the control plane, as Karmada reads them from
+# its own API server.
+PRIORITY_CLASS_API_VERSION = "scheduling.k8s.io/v1"
+PRIORITY_CLASS_KIND = "PriorityClass"
+# Kubernetes' bound for a user PriorityClass's value (higher is kept for system classes).
+MAX_PRIORITY = 1_000_000_000
+
+
+def priority_class_key(name: str) -> str:
+    return kinds.template_key(PRIORITY_CLASS_API_VERSION, PRIORITY_CLASS_KIND, "", name)
+
+
+def priority_value(manifest: Manifest) -> int | None:
+    """A PriorityClass template's ``value``, or None when it has no valid one."""
+    value = manifest.get("value")
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if -(2**31) <= value <= 2 * MAX_PRIORITY else None
+
+
 def template_replicas(
     manifest: Manifest, interpreters: interpreter.Registry = BUILTIN_INTERPRETERS
 ) -> int:

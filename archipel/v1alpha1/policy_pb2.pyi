@@ -152,8 +152,9 @@ class PropagationSpec(_message.Message):
     that another work holds); Abort leaves it alone and the work reports the conflict.
     """
     activation_preference: _builtins.str
-    """Karmada's Lazy defers policy changes to the template's next change. Not supported
-    yet: any value is refused, naming the field (policy changes apply at once).
+    """Lazy: the policy (a change of it, or a new policy) applies to a template only at
+    that template's next change of spec, labels or annotations, as Karmada's lazy
+    activation. Empty: changes apply at once. Any other value is refused.
     """
     preserve_resources_on_deletion: _builtins.bool
     """True: deleting the template leaves its objects in the members, unmanaged, instead
@@ -198,7 +199,9 @@ class PropagationSpec(_message.Message):
 
     @_builtins.property
     def schedule_priority(self) -> Global___SchedulePriority:
-        """Karmada's scheduling priority. Not supported yet: refused, naming the field."""
+        """The priority the template's binding is scheduled with: bindings of higher priority
+        leave the scheduler's queue first.
+        """
 
     def __init__(
         self,
@@ -917,14 +920,17 @@ Global___Suspension: _TypeAlias = Suspension  # noqa: Y015
 
 @_typing.final
 class SchedulePriority(_message.Message):
-    """Karmada's scheduling priority; not supported yet (refused)."""
+    """Karmada's scheduling priority, from a PriorityClass."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PRIORITY_CLASS_SOURCE_FIELD_NUMBER: _builtins.int
     PRIORITY_CLASS_NAME_FIELD_NUMBER: _builtins.int
     priority_class_source: _builtins.str
-    """KubePriorityClass, PodPriorityClass or FederatedPriorityClass."""
+    """KubePriorityClass (the default): a scheduling.k8s.io PriorityClass template stored
+    in the control plane. Karmada's PodPriorityClass and FederatedPriorityClass are
+    refused, naming the field.
+    """
     priority_class_name: _builtins.str
     """The name of the PriorityClass."""
     def __init__(

@@ -180,6 +180,8 @@ class PropagationBindingSpec(_message.Message):
     REQUIRED_BY_FIELD_NUMBER: _builtins.int
     FAILOVER_FIELD_NUMBER: _builtins.int
     GRACEFUL_EVICTION_TASKS_FIELD_NUMBER: _builtins.int
+    SCHEDULE_PRIORITY_FIELD_NUMBER: _builtins.int
+    TEMPLATE_DIGEST_FIELD_NUMBER: _builtins.int
     replicas: _builtins.int
     """The template's replica count, as its interpreter reads it (0 for kinds without
     replicas).
@@ -194,6 +196,11 @@ class PropagationBindingSpec(_message.Message):
     """From the policy; default "default-scheduler"."""
     propagate_deps: _builtins.bool
     """From the policy: the template's dependencies follow it."""
+    template_digest: _builtins.str
+    """A digest of the template's spec, labels and annotations when the policy last
+    applied to it. Under activationPreference Lazy a policy change waits until the
+    template differs from this.
+    """
     @_builtins.property
     def resource(self) -> _meta_pb2.ObjectReference:
         """The template bound."""
@@ -242,6 +249,12 @@ class PropagationBindingSpec(_message.Message):
         comes up elsewhere. Written by the scheduler; each task ends by itself.
         """
 
+    @_builtins.property
+    def schedule_priority(self) -> Global___BindingSchedulePriority:
+        """The claiming policy's schedulePriority, resolved: bindings of higher priority are
+        scheduled first.
+        """
+
     def __init__(
         self,
         *,
@@ -260,14 +273,50 @@ class PropagationBindingSpec(_message.Message):
         required_by: _abc.Iterable[Global___BindingSnapshot] | None = ...,
         failover: _policy_pb2.FailoverBehavior | None = ...,
         graceful_eviction_tasks: _abc.Iterable[Global___GracefulEvictionTask] | None = ...,
+        schedule_priority: Global___BindingSchedulePriority | None = ...,
+        template_digest: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["failover", b"failover", "placement", b"placement", "policy", b"policy", "replica_requirements", b"replica_requirements", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "suspension", b"suspension"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["failover", b"failover", "placement", b"placement", "policy", b"policy", "replica_requirements", b"replica_requirements", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "schedule_priority", b"schedule_priority", "suspension", b"suspension"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "failover", b"failover", "graceful_eviction_tasks", b"graceful_eviction_tasks", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "required_by", b"required_by", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "scheduler_name", b"scheduler_name", "suspension", b"suspension"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "failover", b"failover", "graceful_eviction_tasks", b"graceful_eviction_tasks", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "required_by", b"required_by", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "schedule_priority", b"schedule_priority", "scheduler_name", b"scheduler_name", "suspension", b"suspension", "template_digest", b"template_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PropagationBindingSpec: _TypeAlias = PropagationBindingSpec  # noqa: Y015
+
+@_typing.final
+class BindingSchedulePriority(_message.Message):
+    """The priority a binding is scheduled with (Karmada's binding schedulePriority), from
+    the PriorityClass its policy names.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRIORITY_FIELD_NUMBER: _builtins.int
+    PRIORITY_CLASS_NAME_FIELD_NUMBER: _builtins.int
+    priority: _builtins.int
+    """The PriorityClass's value; unset while the class is missing, and then the binding
+    is not scheduled (Scheduled=False names the class).
+    """
+    priority_class_name: _builtins.str
+    """The PriorityClass the policy names (priorityClassSource KubePriorityClass: a
+    scheduling.k8s.io PriorityClass template in the control plane).
+    """
+    def __init__(
+        self,
+        *,
+        priority: _builtins.int | None = ...,
+        priority_class_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "priority", b"priority"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_priority", b"_priority", "priority", b"priority", "priority_class_name", b"priority_class_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__priority: _TypeAlias = _typing.Literal["priority"]  # noqa: Y015
+    _WhichOneofArgType__priority: _TypeAlias = _typing.Literal["_priority", b"_priority"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__priority) -> _WhichOneofReturnType__priority | None: ...
+
+Global___BindingSchedulePriority: _TypeAlias = BindingSchedulePriority  # noqa: Y015
 
 @_typing.final
 class GracefulEvictionTask(_message.Message):
@@ -553,8 +602,14 @@ class PropagationBindingStatus(_message.Message):
     CONDITIONS_FIELD_NUMBER: _builtins.int
     AGGREGATED_STATUS_FIELD_NUMBER: _builtins.int
     FAILOVER_HISTORY_FIELD_NUMBER: _builtins.int
+    SCHEDULER_OBSERVING_AFFINITY_NAME_FIELD_NUMBER: _builtins.int
     scheduler_observed_generation: _builtins.int
     """The binding generation the last scheduling decision was made for."""
+    scheduler_observing_affinity_name: _builtins.str
+    """The clusterAffinities group the workload was last placed in. Later decisions start
+    from this group, so a workload that fell back to a later group stays there when an
+    earlier one fits again; a reschedule starts from the first group.
+    """
     @_builtins.property
     def last_scheduled_time(self) -> _timestamp_pb2.Timestamp:
         """When the scheduling result last changed."""
@@ -582,10 +637,11 @@ class PropagationBindingStatus(_message.Message):
         conditions: _abc.Iterable[_meta_pb2.Condition] | None = ...,
         aggregated_status: _abc.Iterable[Global___AggregatedStatusItem] | None = ...,
         failover_history: _abc.Iterable[Global___FailoverHistoryItem] | None = ...,
+        scheduler_observing_affinity_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["last_scheduled_time", b"last_scheduled_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregated_status", b"aggregated_status", "conditions", b"conditions", "failover_history", b"failover_history", "last_scheduled_time", b"last_scheduled_time", "scheduler_observed_generation", b"scheduler_observed_generation"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aggregated_status", b"aggregated_status", "conditions", b"conditions", "failover_history", b"failover_history", "last_scheduled_time", b"last_scheduled_time", "scheduler_observed_generation", b"scheduler_observed_generation", "scheduler_observing_affinity_name", b"scheduler_observing_affinity_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

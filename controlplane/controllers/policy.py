@@ -23,12 +23,20 @@ import dataclasses
 import datetime
 import functools
 import logging
+from collections.abc import Iterable, Mapping
 
 from archipel import interpreter
 from archipel.core import kinds, matching
 from archipel.core.conditions import find, set_condition
 from archipel.core.kinds import Manifest
-from archipel.core.workloads import replica_requests, template_replicas
+from archipel.core.workloads import (
+    PRIORITY_CLASS_API_VERSION,
+    PRIORITY_CLASS_KIND,
+    priority_class_key,
+    priority_value,
+    replica_requests,
+    template_replicas,
+)
 from archipel.v1alpha1 import interpreter_pb2, override_pb2, policy_pb2, work_pb2
 from controlplane.context import (
     FINALIZER,
@@ -42,6 +50,7 @@ from controlplane.predicates import (
     is_deleting,
     lifecycle_changed,
     template_changed,
+    template_digest,
 )
 
 NAME = "policy-controller"
@@ -51,6 +60,7 @@ OVERRIDES_READY = "DependentOverridesReady"
 
 
 BUILTIN_INTERPRETERS = interpreter.Registry()
+_PRIORITY_CLASSES = kinds.template_type_prefix(PRIORITY_CLASS_API_VERSION, PRIORITY_CLASS_KIND)
 
 
 def desired_spec(
@@ -58,7 +68,11 @@ def desired_spec(
     manifest: Manifest,
     current: work_pb2.PropagationBindingSpec | None,
     interpreters: interpreter.Registry = BUILTIN_INTERPRETERS,
+    priority_classes: Mapping[str, int] | None = None,
 ) -> work_pb2.PropagationBindingSpec:
+    """The binding spec the policy asks for. ``priority_classes`` maps the
+    PriorityClass templates' names to their values; a schedulePriority naming one that
+    is missing leaves the priority unset, and the scheduler holds the binding."""
     policy_spec: policy_pb2.PropagationSpec = candidate.policy.spec
     metadata = manifest["metadata"]
     spec = work_pb2.PropagationBindingSpec()
@@ -98,6 +112,13 @@ def desired_spec(
     spec.scheduler_name = policy_spec.scheduler_name or "default-scheduler"
     # association is Karmada's deprecated name for propagateDeps.
     spec.propagate_deps = policy_spec.propagate_deps or policy_spec.association
+    if policy_spec.HasField("schedule_priority"):
+        name = policy_spec.schedule_priority.priority_class_name
+        spec.schedule_priority.priority_class_name = name
+        value = (priority_classes or {}).get(name)
+        if value is not None:
+            spec.schedule_priority.priority = value
+    spec.template_digest = template_digest(manifest)
     return spec
 
 
@@ -126,6 +147,8 @@ class PolicyObserved:
     """The names of the OverridePolicies of the template's namespace."""
     cluster_overrides: frozenset[str] = frozenset()
     """The names of the ClusterOverridePolicies."""
+    priority_classes: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """The PriorityClass templates, name to value: what schedulePriority resolves to."""
     now: datetime.datetime | None = None
     """When the observation was made: what a condition's transition says."""
 
@@ -161,11 +184,16 @@ def plan(observed: PolicyObserved) -> Plan | None:
             binding,
             orphan=matching.is_system(template) or not observed.claimed_policy_exists,
         )
+    if candidate.policy.spec.activation_preference == "Lazy" and not _activates(
+        observed, candidate
+    ):
+        return None
     spec = desired_spec(
         candidate,
         template,
         binding.spec if binding is not None else None,
         observed.interpreters,
+        observed.priority_classes,
     )
     missing = matching.missing_dependent_overrides(
         candidate, observed.overrides, observed.cluster_overrides
@@ -209,6 +237,25 @@ def plan(observed: PolicyObserved) -> Plan | None:
         return None
     result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
     return result
+
+
+def _activates(observed: PolicyObserved, candidate: matching.Candidate) -> bool:
+    """Karmada's lazy activation: whether a Lazy policy applies to the template now.
+
+    It does when the template changed (spec, labels or annotations) since the binding
+    was last written from a policy, or, for a template not bound yet, since the policy
+    was last written: etcd revisions order the two writes. A binding whose policy is
+    gone, or one that exists only for requiredBy, is no state to keep.
+    """
+    template, binding = observed.template, observed.binding
+    assert template is not None
+    if binding is not None and observed.claimed_policy_exists:
+        recorded = binding.spec.template_digest
+        return not recorded or recorded != template_digest(template)
+    if binding is not None and binding.spec.policy.kind:
+        return True
+    written = int(template["metadata"].get("resourceVersion") or 0)
+    return written > int(candidate.policy.metadata.resource_version or 0)
 
 
 def _wait_for_overrides(
@@ -289,8 +336,15 @@ class PolicyController:
 
     def _on_template(self, key: str, old: Manifest | None, new: Manifest | None) -> None:
         # Aggregated status written back into the template changes nothing here.
-        if template_changed(old, new):
-            self.controller.enqueue(key)
+        if not template_changed(old, new):
+            return
+        self.controller.enqueue(key)
+        if key.startswith(_PRIORITY_CLASSES):
+            # The bindings whose schedulePriority names it take its value (or lose it).
+            name = key.rsplit("/", 1)[-1]
+            for binding in self.context.bindings.objects():
+                if binding.spec.schedule_priority.priority_class_name == name:
+                    self.controller.enqueue(template_key_of_binding(binding))
 
     def _on_policy(
         self,
@@ -370,6 +424,21 @@ class PolicyController:
             return self.context.cluster_policies.get(key) is not None
         return False
 
+    def _priority_classes(
+        self,
+        policies: Iterable[policy_pb2.PropagationPolicy | policy_pb2.ClusterPropagationPolicy],
+    ) -> dict[str, int]:
+        """The values of the PriorityClasses these policies name (read one by one: the
+        templates are many, the classes named few)."""
+        classes = {}
+        for policy in policies:
+            name = policy.spec.schedule_priority.priority_class_name
+            found = self.context.templates.get(priority_class_key(name)) if name else None
+            value = priority_value(found) if found is not None else None
+            if value is not None:
+                classes[name] = value
+        return classes
+
     def observe(self, key: str) -> PolicyObserved:
         """The template at ``key``, its binding and the policies that could claim it,
         as the caches hold them now."""
@@ -386,13 +455,17 @@ class PolicyController:
                 kinds.PROPAGATION_BINDING.key(namespace, new_name)
             )
             quarantined = corrupt[0] if corrupt is not None else 0
+        policies = (
+            tuple(context.policies.objects(kinds.PROPAGATION_POLICY.prefix(namespace)))
+            if namespace
+            else ()
+        )
+        cluster_policies = tuple(context.cluster_policies.objects())
         return PolicyObserved(
             template=template,
             binding=binding,
-            policies=tuple(context.policies.objects(kinds.PROPAGATION_POLICY.prefix(namespace)))
-            if namespace
-            else (),
-            cluster_policies=tuple(context.cluster_policies.objects()),
+            policies=policies,
+            cluster_policies=cluster_policies,
             claimed_policy_exists=binding is not None and self._policy_exists(binding.spec.policy),
             new_binding_name=new_name,
             quarantined=quarantined,
@@ -406,6 +479,7 @@ class PolicyController:
             cluster_overrides=frozenset(
                 o.metadata.name for o in context.cluster_overrides.objects()
             ),
+            priority_classes=self._priority_classes((*policies, *cluster_policies)),
             now=datetime.datetime.now(datetime.UTC),
         )
 

@@ -56,12 +56,17 @@ class Observed:
 class SchedulerController:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = context.controller(NAME, self.reconcile)
+        # Karmada's priority-based scheduling: a backlog is worked off by schedulePriority.
+        self.controller = context.controller(NAME, self.reconcile, priority=self._priority)
         self._snapshot: dict[str, scheduling.ClusterInfo] = {}
         self._assumed = scheduling.AssumedCapacity()
         self._unhealthy: dict[str, dict[str, float]] = {}
         context.bindings.add_handler(self._on_binding)
         context.clusters.add_handler(self._on_cluster)
+
+    def _priority(self, key: str) -> int:
+        binding = self.context.bindings.get(key)
+        return binding.spec.schedule_priority.priority if binding is not None else 0
 
     def _on_binding(
         self,
@@ -191,6 +196,10 @@ def plan(observed: Observed) -> Plan | None:
     spec = binding.spec
     if spec.suspension.scheduling:
         return _scheduling_held(binding, observed.now)
+    if spec.schedule_priority.priority_class_name and not spec.schedule_priority.HasField(
+        "priority"
+    ):
+        return _priority_class_missing(binding, observed.now)
     # A reschedule asked for after the last decision divides from scratch.
     fresh = spec.HasField("reschedule_triggered_at") and (
         not binding.status.HasField("last_scheduled_time")
@@ -235,6 +244,7 @@ def plan(observed: Observed) -> Plan | None:
             now=now,
             excluded=excluded,
             keep_current=_placed_by_failover(binding),
+            observing_affinity=binding.status.scheduler_observing_affinity_name,
         )
 
     decision = decide({**pending, **failing})
@@ -272,6 +282,9 @@ def plan(observed: Observed) -> Plan | None:
         now=observed.now,
     )
     updated.status.scheduler_observed_generation = generation
+    if decision.scheduled or not len(spec.placement.cluster_affinities):
+        # A failed decision leaves the group in use as it was, as Karmada's does.
+        updated.status.scheduler_observing_affinity_name = decision.affinity_name
     _scheduling_resumed(updated, observed.now)
     if spec_changed:
         updated.status.last_scheduled_time.FromDatetime(observed.now)
@@ -324,6 +337,34 @@ def _scheduling_held(binding: work_pb2.PropagationBinding, now: datetime.datetim
         binding.metadata.generation,
         now=now,
     )
+    if updated == binding:
+        return None
+    result = Plan()
+    result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+    return result
+
+
+def _priority_class_missing(
+    binding: work_pb2.PropagationBinding, now: datetime.datetime
+) -> Plan | None:
+    """The policy's schedulePriority names a PriorityClass the control plane does not
+    have: nothing is decided (the placement stays) until it exists, and the Scheduled
+    condition names it. Its creation brings the binding back (the policy controller
+    writes the priority)."""
+    ref = binding.spec.policy
+    where = f"{ref.kind} {'/'.join(p for p in (ref.namespace, ref.name) if p)}"
+    updated = kinds.PROPAGATION_BINDING.copy(binding)
+    set_condition(
+        updated.status.conditions,
+        "Scheduled",
+        "False",
+        "SchedulerError",
+        f"PriorityClass {binding.spec.schedule_priority.priority_class_name!r} not found "
+        f"(spec.schedulePriority.priorityClassName of {where}): create it or name another",
+        binding.metadata.generation,
+        now=now,
+    )
+    updated.status.scheduler_observed_generation = binding.metadata.generation
     if updated == binding:
         return None
     result = Plan()

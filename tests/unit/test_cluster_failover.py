@@ -58,7 +58,7 @@ def drain(controller: ClusterController) -> set[str]:
     queue = controller.controller.queue
     keys: set[str] = set()
     while len(queue):
-        got = queue._ready.get_nowait()
+        _, _, got = queue._ready.get_nowait()
         queue._waiting.discard(got)
         keys.add(got)
     return keys

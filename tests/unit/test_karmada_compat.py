@@ -108,8 +108,6 @@ spec:
 # Karmada fields Archipel does not act on yet: refused, each naming itself, rather
 # than accepted and ignored (docs/karmada-fields.md).
 NOT_YET = {
-    "spec.activationPreference": ("activationPreference",),
-    "spec.schedulePriority": ("schedulePriority",),
     "spec.placement.workloadAffinity": ("placement", "workloadAffinity"),
 }
 
@@ -339,3 +337,44 @@ def test_karmada_cluster_taint_policies_round_trip(text: str) -> None:
     validation.check_cluster_taint_policy(message)
     assert json_format.MessageToDict(message) == document
     assert message.spec.add_on_conditions[0].status_values == ["True"]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        pytest.param(
+            ("schedulePriority", "priorityClassSource"),
+            "PodPriorityClass",
+            "spec.schedulePriority.priorityClassSource",
+            id="pod-priority-class",
+        ),
+        pytest.param(
+            ("schedulePriority", "priorityClassSource"),
+            "FederatedPriorityClass",
+            "spec.schedulePriority.priorityClassSource",
+            id="federated-priority-class",
+        ),
+        pytest.param(
+            ("schedulePriority", "priorityClassName"),
+            "",
+            "spec.schedulePriority.priorityClassName",
+            id="no-class-named",
+        ),
+        pytest.param(
+            ("activationPreference",), "Eager", "spec.activationPreference", id="not-lazy"
+        ),
+    ],
+)
+def test_what_schedule_priority_and_activation_do_not_take_is_refused(
+    path: tuple[str, ...], value: str, field: str
+) -> None:
+    document = yaml.safe_load(FULL_KARMADA_POLICY)
+    del document["spec"]["placement"]["workloadAffinity"]
+    parent = document["spec"]
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    message = to_message(API_KINDS[1], document)
+    with pytest.raises(Invalid) as refused:
+        validation.check_propagation_spec(message.spec, policy_namespace="default")
+    assert refused.value.field == field

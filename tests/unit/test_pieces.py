@@ -35,6 +35,22 @@ async def test_queue_backs_off_per_key() -> None:
     assert await asyncio.wait_for(queue.get(), timeout=1) == "a"
 
 
+async def test_a_queue_with_a_priority_hands_out_higher_priorities_first() -> None:
+    priorities = {"low": -5, "plain": 0, "high": 1000, "also-high": 1000}
+    queue = WorkQueue("t", priority=priorities.__getitem__)
+    for key in ("low", "plain", "high", "also-high"):
+        queue.add(key)
+    # Equal priorities keep the order they came in.
+    assert [await queue.get() for _ in range(4)] == ["high", "also-high", "plain", "low"]
+
+
+async def test_a_queue_without_a_priority_is_first_come_first_out() -> None:
+    queue = WorkQueue("t")
+    for key in ("c", "a", "b"):
+        queue.add(key)
+    assert [await queue.get() for _ in range(3)] == ["c", "a", "b"]
+
+
 def test_struct_round_trip_keeps_integers() -> None:
     manifest = {"spec": {"replicas": 3, "ratio": 0.5, "items": [1, "x", None, True]}}
     assert structs.from_struct(structs.to_struct(manifest)) == manifest

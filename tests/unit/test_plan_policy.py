@@ -572,3 +572,109 @@ def test_association_is_karmadas_old_name_for_propagate_deps() -> None:
     assert not policy.desired_spec(candidate, WEB_MANIFEST, None).propagate_deps
     web.spec.association = True
     assert policy.desired_spec(candidate, WEB_MANIFEST, None).propagate_deps
+
+
+def lazy(policy_: policy_pb2.PropagationPolicy, revision: int) -> policy_pb2.PropagationPolicy:
+    """``policy_`` made Lazy, as stored at etcd revision ``revision``."""
+    made = copy.deepcopy(policy_)
+    made.spec.activation_preference = "Lazy"
+    made.metadata.resource_version = str(revision)
+    return made
+
+
+def at_revision(template: Manifest, revision: int, **spec: Any) -> Manifest:
+    changed = copy.deepcopy(template)
+    changed["metadata"]["resourceVersion"] = str(revision)
+    changed["spec"].update(spec)
+    return changed
+
+
+def test_a_lazy_policy_created_after_its_template_waits_for_the_templates_change() -> None:
+    template = deployment()  # resourceVersion 5
+    waiting = PolicyObserved(
+        template, None, policies=(lazy(pp(), 9),), new_binding_name="web-deployment"
+    )
+    assert policy.plan(waiting) is None
+    # The template changes after the policy: the policy applies.
+    changed = dataclasses.replace(waiting, template=at_revision(template, 12, replicas=4))
+    made = policy.plan(changed)
+    assert made is not None and isinstance(made.writes[0], Create)
+
+
+def test_a_lazy_policy_older_than_its_template_applies_at_once() -> None:
+    observed = PolicyObserved(
+        deployment(), None, policies=(lazy(pp(), 3),), new_binding_name="web-deployment"
+    )
+    made = policy.plan(observed)
+    assert made is not None and isinstance(made.writes[0], Create)
+
+
+def test_a_lazy_policys_change_waits_for_the_templates_next_change() -> None:
+    template = deployment()
+    binding = settled(template, lazy(pp(), 3))
+    moved = lazy(pp(clusters=("member2",)), 20)
+    # Status written back into the template is no change of it.
+    with_status = copy.deepcopy(template)
+    with_status["status"] = {"readyReplicas": 3}
+    with_status["metadata"]["resourceVersion"] = "30"
+    held = PolicyObserved(with_status, binding, policies=(moved,), claimed_policy_exists=True)
+    assert policy.plan(held) is None
+    relabelled = copy.deepcopy(with_status)
+    relabelled["metadata"]["labels"]["tier"] = "front"
+    made = policy.plan(dataclasses.replace(held, template=relabelled))
+    assert made is not None and isinstance(made.writes[0], Update)
+    assert list(made.writes[0].obj.spec.placement.cluster_affinity.cluster_names) == ["member2"]
+
+
+def test_a_non_lazy_policys_change_applies_at_once() -> None:
+    template = deployment()
+    binding = settled(template, pp())
+    observed = PolicyObserved(
+        template, binding, policies=(pp(clusters=("member2",)),), claimed_policy_exists=True
+    )
+    made = policy.plan(observed)
+    assert made is not None and isinstance(made.writes[0], Update)
+
+
+def test_a_lazy_policy_takes_over_from_a_deleted_one_at_once() -> None:
+    template = deployment()
+    binding = settled(template, pp("old"))
+    observed = PolicyObserved(
+        template, binding, policies=(lazy(pp("new"), 40),), claimed_policy_exists=False
+    )
+    made = policy.plan(observed)
+    assert made is not None and isinstance(made.writes[0], Update)
+    assert made.writes[0].obj.spec.policy.name == "new"
+
+
+def prioritized(class_name: str) -> policy_pb2.PropagationPolicy:
+    made = pp()
+    made.spec.schedule_priority.priority_class_source = "KubePriorityClass"
+    made.spec.schedule_priority.priority_class_name = class_name
+    return made
+
+
+@pytest.mark.parametrize(
+    ("classes", "expected"),
+    [
+        pytest.param({"high": 1000}, 1000, id="found"),
+        pytest.param({"high": 0}, 0, id="zero-is-a-value"),
+        pytest.param({"low": 10}, None, id="missing"),
+    ],
+)
+def test_the_binding_carries_the_priority_its_class_resolves_to(
+    classes: dict[str, int], expected: int | None
+) -> None:
+    made = policy.plan(
+        PolicyObserved(
+            deployment(),
+            None,
+            policies=(prioritized("high"),),
+            new_binding_name="web-deployment",
+            priority_classes=classes,
+        )
+    )
+    assert made is not None and isinstance(made.writes[0], Create)
+    priority = made.writes[0].obj.spec.schedule_priority
+    assert priority.priority_class_name == "high"
+    assert (priority.priority if priority.HasField("priority") else None) == expected

@@ -319,3 +319,62 @@ def test_the_snapshot_as_observed_is_what_is_scheduled() -> None:
     assert scheduled is not None
     assert (scheduled.status, scheduled.reason) == ("False", "Unschedulable")
     assert list(write.obj.spec.clusters) == []
+
+
+def groups() -> policy_pb2.Placement:
+    return policy_pb2.Placement(
+        cluster_affinities=[
+            policy_pb2.ClusterAffinityTerm(affinity_name="primary", cluster_names=["m1"]),
+            policy_pb2.ClusterAffinityTerm(affinity_name="backup", cluster_names=["m2"]),
+        ]
+    )
+
+
+def test_the_group_placed_in_is_recorded() -> None:
+    only_m2 = [c for c in CLUSTERS if c.name == "m2"]
+    write = the_update(plan(observe(binding(groups()), only_m2)))
+    assert [(t.name, t.replicas) for t in write.obj.spec.clusters] == [("m2", 2)]
+    assert write.obj.status.scheduler_observing_affinity_name == "backup"
+
+
+def test_a_workload_stays_in_its_group_when_an_earlier_one_fits_again() -> None:
+    placed = binding(groups(), current=[("m2", 2)])
+    placed.status.scheduler_observing_affinity_name = "backup"
+    write = the_update(plan(observe(placed)))
+    assert [(t.name, t.replicas) for t in write.obj.spec.clusters] == [("m2", 2)]
+    assert write.obj.status.scheduler_observing_affinity_name == "backup"
+
+
+def test_a_reschedule_starts_again_from_the_first_group() -> None:
+    placed = binding(groups(), current=[("m2", 2)], triggered=NOW, scheduled_at=EARLIER)
+    placed.status.scheduler_observing_affinity_name = "backup"
+    write = the_update(plan(observe(placed)))
+    assert [(t.name, t.replicas) for t in write.obj.spec.clusters] == [("m1", 2)]
+    assert write.obj.status.scheduler_observing_affinity_name == "primary"
+
+
+def test_a_failed_decision_keeps_the_group_in_use() -> None:
+    placed = binding(groups(), current=[("m2", 2)])
+    placed.status.scheduler_observing_affinity_name = "backup"
+    write = the_update(plan(observe(placed, [])))
+    assert write.obj.status.scheduler_observing_affinity_name == "backup"
+
+
+def test_a_missing_priority_class_holds_scheduling_and_names_it() -> None:
+    placed = binding(names("m1", "m2"), current=[("m1", 2)])
+    placed.spec.schedule_priority.priority_class_name = "urgent"
+    write = the_update(plan(observe(placed)))
+    assert [(t.name, t.replicas) for t in write.obj.spec.clusters] == [("m1", 2)]
+    condition = find(write.obj.status.conditions, "Scheduled")
+    assert condition is not None
+    assert (condition.status, condition.reason) == ("False", "SchedulerError")
+    assert "PriorityClass 'urgent' not found" in condition.message
+    assert "PropagationPolicy default/web" in condition.message
+
+
+def test_a_resolved_priority_class_schedules() -> None:
+    placed = binding(names("m1", "m2"))
+    placed.spec.schedule_priority.priority_class_name = "urgent"
+    placed.spec.schedule_priority.priority = 0
+    write = the_update(plan(observe(placed)))
+    assert [t.name for t in write.obj.spec.clusters] == ["m1", "m2"]

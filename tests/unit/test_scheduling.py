@@ -115,6 +115,49 @@ def test_cluster_affinities_fall_back_in_order() -> None:
     assert [t.name for t in decision.targets] == ["member2"]
 
 
+GROUPS = policy_pb2.Placement(
+    cluster_affinities=[
+        policy_pb2.ClusterAffinityTerm(affinity_name="primary", cluster_names=["member1"]),
+        policy_pb2.ClusterAffinityTerm(affinity_name="backup", cluster_names=["member2"]),
+        policy_pb2.ClusterAffinityTerm(affinity_name="last", cluster_names=["member3"]),
+    ]
+)
+
+
+@pytest.mark.parametrize(
+    ("observing", "fresh", "clusters", "expected"),
+    [
+        pytest.param("", False, CLUSTERS, ("primary", "member1"), id="first-decision"),
+        pytest.param("backup", False, CLUSTERS, ("backup", "member2"), id="stays-in-its-group"),
+        pytest.param("backup", True, CLUSTERS, ("primary", "member1"), id="reschedule-starts-over"),
+        pytest.param(
+            "renamed", False, CLUSTERS, ("primary", "member1"), id="unknown-group-starts-over"
+        ),
+        pytest.param(
+            "backup",
+            False,
+            [c for c in CLUSTERS if c.name != "member2"],
+            ("last", "member3"),
+            id="goes-on-to-later-groups",
+        ),
+        pytest.param(
+            "last",
+            False,
+            [c for c in CLUSTERS if c.name != "member3"],
+            ("primary", "member1"),
+            id="earlier-groups-rather-than-nowhere",
+        ),
+    ],
+)
+def test_cluster_affinities_start_from_the_group_in_use(
+    observing: str, fresh: bool, clusters: list[ClusterInfo], expected: tuple[str, str]
+) -> None:
+    decision = scheduling.schedule(
+        GROUPS, replicas=1, clusters=clusters, observing_affinity=observing, fresh=fresh
+    )
+    assert (decision.affinity_name, *[t.name for t in decision.targets]) == expected
+
+
 def divided(**strategy: object) -> policy_pb2.Placement:
     return policy_pb2.Placement(
         replica_scheduling=policy_pb2.ReplicaSchedulingStrategy(

@@ -166,6 +166,32 @@ def test_cluster_scoped_kind_refuses_a_namespace() -> None:
             },
             "metadata.labels",
         ),
+        (
+            {
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {"name": "high"},
+            },
+            "value",
+        ),
+        (
+            {
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {"name": "high"},
+                "value": "1000",
+            },
+            "value",
+        ),
+        (
+            {
+                "apiVersion": "scheduling.k8s.io/v1",
+                "kind": "PriorityClass",
+                "metadata": {"name": "high"},
+                "value": 2**40,
+            },
+            "value",
+        ),
     ],
 )
 def test_bad_templates(manifest: Any, field: str) -> None:

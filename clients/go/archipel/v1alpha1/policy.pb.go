@@ -220,8 +220,9 @@ type PropagationSpec struct {
 	// Overwrite lets the agent take over a member object Archipel does not manage (or
 	// that another work holds); Abort leaves it alone and the work reports the conflict.
 	ConflictResolution string `protobuf:"bytes,10,opt,name=conflict_resolution,json=conflictResolution,proto3" json:"conflict_resolution,omitempty"`
-	// Karmada's Lazy defers policy changes to the template's next change. Not supported
-	// yet: any value is refused, naming the field (policy changes apply at once).
+	// Lazy: the policy (a change of it, or a new policy) applies to a template only at
+	// that template's next change of spec, labels or annotations, as Karmada's lazy
+	// activation. Empty: changes apply at once. Any other value is refused.
 	ActivationPreference string `protobuf:"bytes,11,opt,name=activation_preference,json=activationPreference,proto3" json:"activation_preference,omitempty"`
 	// Stops sending works to every cluster or to some; what runs in them stays.
 	Suspension *Suspension `protobuf:"bytes,12,opt,name=suspension,proto3" json:"suspension,omitempty"`
@@ -229,7 +230,8 @@ type PropagationSpec struct {
 	// of deleting them. Default false. A cluster dropped from the placement still loses
 	// them.
 	PreserveResourcesOnDeletion *bool `protobuf:"varint,13,opt,name=preserve_resources_on_deletion,json=preserveResourcesOnDeletion,proto3,oneof" json:"preserve_resources_on_deletion,omitempty"`
-	// Karmada's scheduling priority. Not supported yet: refused, naming the field.
+	// The priority the template's binding is scheduled with: bindings of higher priority
+	// leave the scheduler's queue first.
 	SchedulePriority *SchedulePriority `protobuf:"bytes,14,opt,name=schedule_priority,json=schedulePriority,proto3" json:"schedule_priority,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
@@ -1568,10 +1570,12 @@ func (x *Suspension) GetScheduling() bool {
 	return false
 }
 
-// Karmada's scheduling priority; not supported yet (refused).
+// Karmada's scheduling priority, from a PriorityClass.
 type SchedulePriority struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// KubePriorityClass, PodPriorityClass or FederatedPriorityClass.
+	// KubePriorityClass (the default): a scheduling.k8s.io PriorityClass template stored
+	// in the control plane. Karmada's PodPriorityClass and FederatedPriorityClass are
+	// refused, naming the field.
 	PriorityClassSource string `protobuf:"bytes,1,opt,name=priority_class_source,json=priorityClassSource,proto3" json:"priority_class_source,omitempty"`
 	// The name of the PriorityClass.
 	PriorityClassName string `protobuf:"bytes,2,opt,name=priority_class_name,json=priorityClassName,proto3" json:"priority_class_name,omitempty"`

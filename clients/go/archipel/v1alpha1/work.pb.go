@@ -319,8 +319,15 @@ type PropagationBindingSpec struct {
 	// Clusters the workload was evicted from whose copy is kept, for now, while it
 	// comes up elsewhere. Written by the scheduler; each task ends by itself.
 	GracefulEvictionTasks []*GracefulEvictionTask `protobuf:"bytes,15,rep,name=graceful_eviction_tasks,json=gracefulEvictionTasks,proto3" json:"graceful_eviction_tasks,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// The claiming policy's schedulePriority, resolved: bindings of higher priority are
+	// scheduled first.
+	SchedulePriority *BindingSchedulePriority `protobuf:"bytes,16,opt,name=schedule_priority,json=schedulePriority,proto3" json:"schedule_priority,omitempty"`
+	// A digest of the template's spec, labels and annotations when the policy last
+	// applied to it. Under activationPreference Lazy a policy change waits until the
+	// template differs from this.
+	TemplateDigest string `protobuf:"bytes,17,opt,name=template_digest,json=templateDigest,proto3" json:"template_digest,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PropagationBindingSpec) Reset() {
@@ -458,6 +465,78 @@ func (x *PropagationBindingSpec) GetGracefulEvictionTasks() []*GracefulEvictionT
 	return nil
 }
 
+func (x *PropagationBindingSpec) GetSchedulePriority() *BindingSchedulePriority {
+	if x != nil {
+		return x.SchedulePriority
+	}
+	return nil
+}
+
+func (x *PropagationBindingSpec) GetTemplateDigest() string {
+	if x != nil {
+		return x.TemplateDigest
+	}
+	return ""
+}
+
+// The priority a binding is scheduled with (Karmada's binding schedulePriority), from
+// the PriorityClass its policy names.
+type BindingSchedulePriority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The PriorityClass's value; unset while the class is missing, and then the binding
+	// is not scheduled (Scheduled=False names the class).
+	Priority *int32 `protobuf:"varint,1,opt,name=priority,proto3,oneof" json:"priority,omitempty"`
+	// The PriorityClass the policy names (priorityClassSource KubePriorityClass: a
+	// scheduling.k8s.io PriorityClass template in the control plane).
+	PriorityClassName string `protobuf:"bytes,2,opt,name=priority_class_name,json=priorityClassName,proto3" json:"priority_class_name,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *BindingSchedulePriority) Reset() {
+	*x = BindingSchedulePriority{}
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BindingSchedulePriority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BindingSchedulePriority) ProtoMessage() {}
+
+func (x *BindingSchedulePriority) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BindingSchedulePriority.ProtoReflect.Descriptor instead.
+func (*BindingSchedulePriority) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *BindingSchedulePriority) GetPriority() int32 {
+	if x != nil && x.Priority != nil {
+		return *x.Priority
+	}
+	return 0
+}
+
+func (x *BindingSchedulePriority) GetPriorityClassName() string {
+	if x != nil {
+		return x.PriorityClassName
+	}
+	return ""
+}
+
 // An eviction from one cluster whose old copy is kept, for a while, as Karmada's
 // graceful eviction: until the workload is healthy in the clusters it moved to, or
 // until gracePeriodSeconds have passed, whichever comes first.
@@ -495,7 +574,7 @@ type GracefulEvictionTask struct {
 
 func (x *GracefulEvictionTask) Reset() {
 	*x = GracefulEvictionTask{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[5]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +586,7 @@ func (x *GracefulEvictionTask) String() string {
 func (*GracefulEvictionTask) ProtoMessage() {}
 
 func (x *GracefulEvictionTask) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[5]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +599,7 @@ func (x *GracefulEvictionTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GracefulEvictionTask.ProtoReflect.Descriptor instead.
 func (*GracefulEvictionTask) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{5}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GracefulEvictionTask) GetFromCluster() string {
@@ -619,7 +698,7 @@ type FailoverHistoryItem struct {
 
 func (x *FailoverHistoryItem) Reset() {
 	*x = FailoverHistoryItem{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[6]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -631,7 +710,7 @@ func (x *FailoverHistoryItem) String() string {
 func (*FailoverHistoryItem) ProtoMessage() {}
 
 func (x *FailoverHistoryItem) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[6]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -644,7 +723,7 @@ func (x *FailoverHistoryItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailoverHistoryItem.ProtoReflect.Descriptor instead.
 func (*FailoverHistoryItem) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{6}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *FailoverHistoryItem) GetStartTime() *timestamppb.Timestamp {
@@ -697,7 +776,7 @@ type BindingSnapshot struct {
 
 func (x *BindingSnapshot) Reset() {
 	*x = BindingSnapshot{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[7]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -709,7 +788,7 @@ func (x *BindingSnapshot) String() string {
 func (*BindingSnapshot) ProtoMessage() {}
 
 func (x *BindingSnapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[7]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -722,7 +801,7 @@ func (x *BindingSnapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BindingSnapshot.ProtoReflect.Descriptor instead.
 func (*BindingSnapshot) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{7}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *BindingSnapshot) GetNamespace() string {
@@ -757,7 +836,7 @@ type ReplicaRequirements struct {
 
 func (x *ReplicaRequirements) Reset() {
 	*x = ReplicaRequirements{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[8]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -769,7 +848,7 @@ func (x *ReplicaRequirements) String() string {
 func (*ReplicaRequirements) ProtoMessage() {}
 
 func (x *ReplicaRequirements) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[8]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -782,7 +861,7 @@ func (x *ReplicaRequirements) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaRequirements.ProtoReflect.Descriptor instead.
 func (*ReplicaRequirements) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{8}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ReplicaRequirements) GetResourceRequest() map[string]string {
@@ -813,7 +892,7 @@ type AggregatedStatusItem struct {
 
 func (x *AggregatedStatusItem) Reset() {
 	*x = AggregatedStatusItem{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[9]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -825,7 +904,7 @@ func (x *AggregatedStatusItem) String() string {
 func (*AggregatedStatusItem) ProtoMessage() {}
 
 func (x *AggregatedStatusItem) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[9]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -838,7 +917,7 @@ func (x *AggregatedStatusItem) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AggregatedStatusItem.ProtoReflect.Descriptor instead.
 func (*AggregatedStatusItem) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{9}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AggregatedStatusItem) GetClusterName() string {
@@ -898,13 +977,17 @@ type PropagationBindingStatus struct {
 	AggregatedStatus []*AggregatedStatusItem `protobuf:"bytes,4,rep,name=aggregated_status,json=aggregatedStatus,proto3" json:"aggregated_status,omitempty"`
 	// The most recent failovers, newest last (at most 10).
 	FailoverHistory []*FailoverHistoryItem `protobuf:"bytes,5,rep,name=failover_history,json=failoverHistory,proto3" json:"failover_history,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The clusterAffinities group the workload was last placed in. Later decisions start
+	// from this group, so a workload that fell back to a later group stays there when an
+	// earlier one fits again; a reschedule starts from the first group.
+	SchedulerObservingAffinityName string `protobuf:"bytes,6,opt,name=scheduler_observing_affinity_name,json=schedulerObservingAffinityName,proto3" json:"scheduler_observing_affinity_name,omitempty"`
+	unknownFields                  protoimpl.UnknownFields
+	sizeCache                      protoimpl.SizeCache
 }
 
 func (x *PropagationBindingStatus) Reset() {
 	*x = PropagationBindingStatus{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[10]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +999,7 @@ func (x *PropagationBindingStatus) String() string {
 func (*PropagationBindingStatus) ProtoMessage() {}
 
 func (x *PropagationBindingStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[10]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1012,7 @@ func (x *PropagationBindingStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PropagationBindingStatus.ProtoReflect.Descriptor instead.
 func (*PropagationBindingStatus) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{10}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PropagationBindingStatus) GetSchedulerObservedGeneration() int64 {
@@ -967,6 +1050,13 @@ func (x *PropagationBindingStatus) GetFailoverHistory() []*FailoverHistoryItem {
 	return nil
 }
 
+func (x *PropagationBindingStatus) GetSchedulerObservingAffinityName() string {
+	if x != nil {
+		return x.SchedulerObservingAffinityName
+	}
+	return ""
+}
+
 // The objects a work applies.
 type WorkloadTemplate struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -979,7 +1069,7 @@ type WorkloadTemplate struct {
 
 func (x *WorkloadTemplate) Reset() {
 	*x = WorkloadTemplate{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[11]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1081,7 @@ func (x *WorkloadTemplate) String() string {
 func (*WorkloadTemplate) ProtoMessage() {}
 
 func (x *WorkloadTemplate) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[11]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1094,7 @@ func (x *WorkloadTemplate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkloadTemplate.ProtoReflect.Descriptor instead.
 func (*WorkloadTemplate) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{11}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WorkloadTemplate) GetManifests() []*structpb.Struct {
@@ -1034,7 +1124,7 @@ type PropagationWork struct {
 
 func (x *PropagationWork) Reset() {
 	*x = PropagationWork{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[12]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1046,7 +1136,7 @@ func (x *PropagationWork) String() string {
 func (*PropagationWork) ProtoMessage() {}
 
 func (x *PropagationWork) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[12]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1059,7 +1149,7 @@ func (x *PropagationWork) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PropagationWork.ProtoReflect.Descriptor instead.
 func (*PropagationWork) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{12}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PropagationWork) GetApiVersion() string {
@@ -1115,7 +1205,7 @@ type PropagationWorkSpec struct {
 
 func (x *PropagationWorkSpec) Reset() {
 	*x = PropagationWorkSpec{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[13]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1127,7 +1217,7 @@ func (x *PropagationWorkSpec) String() string {
 func (*PropagationWorkSpec) ProtoMessage() {}
 
 func (x *PropagationWorkSpec) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[13]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1140,7 +1230,7 @@ func (x *PropagationWorkSpec) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PropagationWorkSpec.ProtoReflect.Descriptor instead.
 func (*PropagationWorkSpec) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{13}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PropagationWorkSpec) GetWorkload() *WorkloadTemplate {
@@ -1194,7 +1284,7 @@ type ResourceIdentifier struct {
 
 func (x *ResourceIdentifier) Reset() {
 	*x = ResourceIdentifier{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[14]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1206,7 +1296,7 @@ func (x *ResourceIdentifier) String() string {
 func (*ResourceIdentifier) ProtoMessage() {}
 
 func (x *ResourceIdentifier) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[14]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1219,7 +1309,7 @@ func (x *ResourceIdentifier) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceIdentifier.ProtoReflect.Descriptor instead.
 func (*ResourceIdentifier) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{14}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ResourceIdentifier) GetOrdinal() int32 {
@@ -1290,7 +1380,7 @@ type ManifestStatus struct {
 
 func (x *ManifestStatus) Reset() {
 	*x = ManifestStatus{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[15]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1392,7 @@ func (x *ManifestStatus) String() string {
 func (*ManifestStatus) ProtoMessage() {}
 
 func (x *ManifestStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[15]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1405,7 @@ func (x *ManifestStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ManifestStatus.ProtoReflect.Descriptor instead.
 func (*ManifestStatus) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{15}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ManifestStatus) GetIdentifier() *ResourceIdentifier {
@@ -1360,7 +1450,7 @@ type PropagationWorkStatus struct {
 
 func (x *PropagationWorkStatus) Reset() {
 	*x = PropagationWorkStatus{}
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[16]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1372,7 +1462,7 @@ func (x *PropagationWorkStatus) String() string {
 func (*PropagationWorkStatus) ProtoMessage() {}
 
 func (x *PropagationWorkStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_work_proto_msgTypes[16]
+	mi := &file_archipel_v1alpha1_work_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1385,7 +1475,7 @@ func (x *PropagationWorkStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PropagationWorkStatus.ProtoReflect.Descriptor instead.
 func (*PropagationWorkStatus) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{16}
+	return file_archipel_v1alpha1_work_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PropagationWorkStatus) GetConditions() []*Condition {
@@ -1422,7 +1512,7 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x129\n" +
 	"\bmetadata\x18\x03 \x01(\v2\x1d.archipel.v1alpha1.ObjectMetaR\bmetadata\x12=\n" +
 	"\x04spec\x18\x04 \x01(\v2).archipel.v1alpha1.PropagationBindingSpecR\x04spec\x12C\n" +
-	"\x06status\x18\x05 \x01(\v2+.archipel.v1alpha1.PropagationBindingStatusR\x06status\"\xc3\a\n" +
+	"\x06status\x18\x05 \x01(\v2+.archipel.v1alpha1.PropagationBindingStatusR\x06status\"\xc5\b\n" +
 	"\x16PropagationBindingSpec\x12>\n" +
 	"\bresource\x18\x01 \x01(\v2\".archipel.v1alpha1.ObjectReferenceR\bresource\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\x05R\breplicas\x12:\n" +
@@ -1442,7 +1532,13 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\vrequired_by\x18\r \x03(\v2\".archipel.v1alpha1.BindingSnapshotR\n" +
 	"requiredBy\x12?\n" +
 	"\bfailover\x18\x0e \x01(\v2#.archipel.v1alpha1.FailoverBehaviorR\bfailover\x12_\n" +
-	"\x17graceful_eviction_tasks\x18\x0f \x03(\v2'.archipel.v1alpha1.GracefulEvictionTaskR\x15gracefulEvictionTasks\"\xaf\x05\n" +
+	"\x17graceful_eviction_tasks\x18\x0f \x03(\v2'.archipel.v1alpha1.GracefulEvictionTaskR\x15gracefulEvictionTasks\x12W\n" +
+	"\x11schedule_priority\x18\x10 \x01(\v2*.archipel.v1alpha1.BindingSchedulePriorityR\x10schedulePriority\x12'\n" +
+	"\x0ftemplate_digest\x18\x11 \x01(\tR\x0etemplateDigest\"w\n" +
+	"\x17BindingSchedulePriority\x12\x1f\n" +
+	"\bpriority\x18\x01 \x01(\x05H\x00R\bpriority\x88\x01\x01\x12.\n" +
+	"\x13priority_class_name\x18\x02 \x01(\tR\x11priorityClassNameB\v\n" +
+	"\t_priority\"\xaf\x05\n" +
 	"\x14GracefulEvictionTask\x12!\n" +
 	"\ffrom_cluster\x18\x01 \x01(\tR\vfromCluster\x12\x1d\n" +
 	"\n" +
@@ -1485,7 +1581,7 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\aapplied\x18\x03 \x01(\bR\aapplied\x12'\n" +
 	"\x0fapplied_message\x18\x04 \x01(\tR\x0eappliedMessage\x12\x16\n" +
 	"\x06health\x18\x05 \x01(\tR\x06health\x12%\n" +
-	"\x0ehealth_message\x18\x06 \x01(\tR\rhealthMessage\"\x91\x03\n" +
+	"\x0ehealth_message\x18\x06 \x01(\tR\rhealthMessage\"\xdc\x03\n" +
 	"\x18PropagationBindingStatus\x12B\n" +
 	"\x1dscheduler_observed_generation\x18\x01 \x01(\x03R\x1bschedulerObservedGeneration\x12J\n" +
 	"\x13last_scheduled_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\x11lastScheduledTime\x12<\n" +
@@ -1493,7 +1589,8 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"conditions\x18\x03 \x03(\v2\x1c.archipel.v1alpha1.ConditionR\n" +
 	"conditions\x12T\n" +
 	"\x11aggregated_status\x18\x04 \x03(\v2'.archipel.v1alpha1.AggregatedStatusItemR\x10aggregatedStatus\x12Q\n" +
-	"\x10failover_history\x18\x05 \x03(\v2&.archipel.v1alpha1.FailoverHistoryItemR\x0ffailoverHistory\"I\n" +
+	"\x10failover_history\x18\x05 \x03(\v2&.archipel.v1alpha1.FailoverHistoryItemR\x0ffailoverHistory\x12I\n" +
+	"!scheduler_observing_affinity_name\x18\x06 \x01(\tR\x1eschedulerObservingAffinityName\"I\n" +
 	"\x10WorkloadTemplate\x125\n" +
 	"\tmanifests\x18\x01 \x03(\v2\x17.google.protobuf.StructR\tmanifests\"\xff\x01\n" +
 	"\x0fPropagationWork\x12\x1f\n" +
@@ -1542,75 +1639,77 @@ func file_archipel_v1alpha1_work_proto_rawDescGZIP() []byte {
 	return file_archipel_v1alpha1_work_proto_rawDescData
 }
 
-var file_archipel_v1alpha1_work_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_archipel_v1alpha1_work_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_archipel_v1alpha1_work_proto_goTypes = []any{
 	(*ResourceTemplate)(nil),         // 0: archipel.v1alpha1.ResourceTemplate
 	(*TargetCluster)(nil),            // 1: archipel.v1alpha1.TargetCluster
 	(*PolicyReference)(nil),          // 2: archipel.v1alpha1.PolicyReference
 	(*PropagationBinding)(nil),       // 3: archipel.v1alpha1.PropagationBinding
 	(*PropagationBindingSpec)(nil),   // 4: archipel.v1alpha1.PropagationBindingSpec
-	(*GracefulEvictionTask)(nil),     // 5: archipel.v1alpha1.GracefulEvictionTask
-	(*FailoverHistoryItem)(nil),      // 6: archipel.v1alpha1.FailoverHistoryItem
-	(*BindingSnapshot)(nil),          // 7: archipel.v1alpha1.BindingSnapshot
-	(*ReplicaRequirements)(nil),      // 8: archipel.v1alpha1.ReplicaRequirements
-	(*AggregatedStatusItem)(nil),     // 9: archipel.v1alpha1.AggregatedStatusItem
-	(*PropagationBindingStatus)(nil), // 10: archipel.v1alpha1.PropagationBindingStatus
-	(*WorkloadTemplate)(nil),         // 11: archipel.v1alpha1.WorkloadTemplate
-	(*PropagationWork)(nil),          // 12: archipel.v1alpha1.PropagationWork
-	(*PropagationWorkSpec)(nil),      // 13: archipel.v1alpha1.PropagationWorkSpec
-	(*ResourceIdentifier)(nil),       // 14: archipel.v1alpha1.ResourceIdentifier
-	(*ManifestStatus)(nil),           // 15: archipel.v1alpha1.ManifestStatus
-	(*PropagationWorkStatus)(nil),    // 16: archipel.v1alpha1.PropagationWorkStatus
-	nil,                              // 17: archipel.v1alpha1.GracefulEvictionTask.PreservedLabelStateEntry
-	nil,                              // 18: archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry
-	(*structpb.Struct)(nil),          // 19: google.protobuf.Struct
-	(*ObjectMeta)(nil),               // 20: archipel.v1alpha1.ObjectMeta
-	(*ObjectReference)(nil),          // 21: archipel.v1alpha1.ObjectReference
-	(*Placement)(nil),                // 22: archipel.v1alpha1.Placement
-	(*Suspension)(nil),               // 23: archipel.v1alpha1.Suspension
-	(*timestamppb.Timestamp)(nil),    // 24: google.protobuf.Timestamp
-	(*FailoverBehavior)(nil),         // 25: archipel.v1alpha1.FailoverBehavior
-	(*Condition)(nil),                // 26: archipel.v1alpha1.Condition
+	(*BindingSchedulePriority)(nil),  // 5: archipel.v1alpha1.BindingSchedulePriority
+	(*GracefulEvictionTask)(nil),     // 6: archipel.v1alpha1.GracefulEvictionTask
+	(*FailoverHistoryItem)(nil),      // 7: archipel.v1alpha1.FailoverHistoryItem
+	(*BindingSnapshot)(nil),          // 8: archipel.v1alpha1.BindingSnapshot
+	(*ReplicaRequirements)(nil),      // 9: archipel.v1alpha1.ReplicaRequirements
+	(*AggregatedStatusItem)(nil),     // 10: archipel.v1alpha1.AggregatedStatusItem
+	(*PropagationBindingStatus)(nil), // 11: archipel.v1alpha1.PropagationBindingStatus
+	(*WorkloadTemplate)(nil),         // 12: archipel.v1alpha1.WorkloadTemplate
+	(*PropagationWork)(nil),          // 13: archipel.v1alpha1.PropagationWork
+	(*PropagationWorkSpec)(nil),      // 14: archipel.v1alpha1.PropagationWorkSpec
+	(*ResourceIdentifier)(nil),       // 15: archipel.v1alpha1.ResourceIdentifier
+	(*ManifestStatus)(nil),           // 16: archipel.v1alpha1.ManifestStatus
+	(*PropagationWorkStatus)(nil),    // 17: archipel.v1alpha1.PropagationWorkStatus
+	nil,                              // 18: archipel.v1alpha1.GracefulEvictionTask.PreservedLabelStateEntry
+	nil,                              // 19: archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry
+	(*structpb.Struct)(nil),          // 20: google.protobuf.Struct
+	(*ObjectMeta)(nil),               // 21: archipel.v1alpha1.ObjectMeta
+	(*ObjectReference)(nil),          // 22: archipel.v1alpha1.ObjectReference
+	(*Placement)(nil),                // 23: archipel.v1alpha1.Placement
+	(*Suspension)(nil),               // 24: archipel.v1alpha1.Suspension
+	(*timestamppb.Timestamp)(nil),    // 25: google.protobuf.Timestamp
+	(*FailoverBehavior)(nil),         // 26: archipel.v1alpha1.FailoverBehavior
+	(*Condition)(nil),                // 27: archipel.v1alpha1.Condition
 }
 var file_archipel_v1alpha1_work_proto_depIdxs = []int32{
-	19, // 0: archipel.v1alpha1.ResourceTemplate.manifest:type_name -> google.protobuf.Struct
-	20, // 1: archipel.v1alpha1.PropagationBinding.metadata:type_name -> archipel.v1alpha1.ObjectMeta
+	20, // 0: archipel.v1alpha1.ResourceTemplate.manifest:type_name -> google.protobuf.Struct
+	21, // 1: archipel.v1alpha1.PropagationBinding.metadata:type_name -> archipel.v1alpha1.ObjectMeta
 	4,  // 2: archipel.v1alpha1.PropagationBinding.spec:type_name -> archipel.v1alpha1.PropagationBindingSpec
-	10, // 3: archipel.v1alpha1.PropagationBinding.status:type_name -> archipel.v1alpha1.PropagationBindingStatus
-	21, // 4: archipel.v1alpha1.PropagationBindingSpec.resource:type_name -> archipel.v1alpha1.ObjectReference
-	22, // 5: archipel.v1alpha1.PropagationBindingSpec.placement:type_name -> archipel.v1alpha1.Placement
+	11, // 3: archipel.v1alpha1.PropagationBinding.status:type_name -> archipel.v1alpha1.PropagationBindingStatus
+	22, // 4: archipel.v1alpha1.PropagationBindingSpec.resource:type_name -> archipel.v1alpha1.ObjectReference
+	23, // 5: archipel.v1alpha1.PropagationBindingSpec.placement:type_name -> archipel.v1alpha1.Placement
 	1,  // 6: archipel.v1alpha1.PropagationBindingSpec.clusters:type_name -> archipel.v1alpha1.TargetCluster
 	2,  // 7: archipel.v1alpha1.PropagationBindingSpec.policy:type_name -> archipel.v1alpha1.PolicyReference
-	23, // 8: archipel.v1alpha1.PropagationBindingSpec.suspension:type_name -> archipel.v1alpha1.Suspension
-	24, // 9: archipel.v1alpha1.PropagationBindingSpec.reschedule_triggered_at:type_name -> google.protobuf.Timestamp
-	8,  // 10: archipel.v1alpha1.PropagationBindingSpec.replica_requirements:type_name -> archipel.v1alpha1.ReplicaRequirements
-	7,  // 11: archipel.v1alpha1.PropagationBindingSpec.required_by:type_name -> archipel.v1alpha1.BindingSnapshot
-	25, // 12: archipel.v1alpha1.PropagationBindingSpec.failover:type_name -> archipel.v1alpha1.FailoverBehavior
-	5,  // 13: archipel.v1alpha1.PropagationBindingSpec.graceful_eviction_tasks:type_name -> archipel.v1alpha1.GracefulEvictionTask
-	17, // 14: archipel.v1alpha1.GracefulEvictionTask.preserved_label_state:type_name -> archipel.v1alpha1.GracefulEvictionTask.PreservedLabelStateEntry
-	24, // 15: archipel.v1alpha1.GracefulEvictionTask.creation_timestamp:type_name -> google.protobuf.Timestamp
-	24, // 16: archipel.v1alpha1.FailoverHistoryItem.start_time:type_name -> google.protobuf.Timestamp
-	1,  // 17: archipel.v1alpha1.BindingSnapshot.clusters:type_name -> archipel.v1alpha1.TargetCluster
-	18, // 18: archipel.v1alpha1.ReplicaRequirements.resource_request:type_name -> archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry
-	19, // 19: archipel.v1alpha1.AggregatedStatusItem.status:type_name -> google.protobuf.Struct
-	24, // 20: archipel.v1alpha1.PropagationBindingStatus.last_scheduled_time:type_name -> google.protobuf.Timestamp
-	26, // 21: archipel.v1alpha1.PropagationBindingStatus.conditions:type_name -> archipel.v1alpha1.Condition
-	9,  // 22: archipel.v1alpha1.PropagationBindingStatus.aggregated_status:type_name -> archipel.v1alpha1.AggregatedStatusItem
-	6,  // 23: archipel.v1alpha1.PropagationBindingStatus.failover_history:type_name -> archipel.v1alpha1.FailoverHistoryItem
-	19, // 24: archipel.v1alpha1.WorkloadTemplate.manifests:type_name -> google.protobuf.Struct
-	20, // 25: archipel.v1alpha1.PropagationWork.metadata:type_name -> archipel.v1alpha1.ObjectMeta
-	13, // 26: archipel.v1alpha1.PropagationWork.spec:type_name -> archipel.v1alpha1.PropagationWorkSpec
-	16, // 27: archipel.v1alpha1.PropagationWork.status:type_name -> archipel.v1alpha1.PropagationWorkStatus
-	11, // 28: archipel.v1alpha1.PropagationWorkSpec.workload:type_name -> archipel.v1alpha1.WorkloadTemplate
-	14, // 29: archipel.v1alpha1.ManifestStatus.identifier:type_name -> archipel.v1alpha1.ResourceIdentifier
-	19, // 30: archipel.v1alpha1.ManifestStatus.status:type_name -> google.protobuf.Struct
-	26, // 31: archipel.v1alpha1.PropagationWorkStatus.conditions:type_name -> archipel.v1alpha1.Condition
-	15, // 32: archipel.v1alpha1.PropagationWorkStatus.manifest_statuses:type_name -> archipel.v1alpha1.ManifestStatus
-	33, // [33:33] is the sub-list for method output_type
-	33, // [33:33] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	24, // 8: archipel.v1alpha1.PropagationBindingSpec.suspension:type_name -> archipel.v1alpha1.Suspension
+	25, // 9: archipel.v1alpha1.PropagationBindingSpec.reschedule_triggered_at:type_name -> google.protobuf.Timestamp
+	9,  // 10: archipel.v1alpha1.PropagationBindingSpec.replica_requirements:type_name -> archipel.v1alpha1.ReplicaRequirements
+	8,  // 11: archipel.v1alpha1.PropagationBindingSpec.required_by:type_name -> archipel.v1alpha1.BindingSnapshot
+	26, // 12: archipel.v1alpha1.PropagationBindingSpec.failover:type_name -> archipel.v1alpha1.FailoverBehavior
+	6,  // 13: archipel.v1alpha1.PropagationBindingSpec.graceful_eviction_tasks:type_name -> archipel.v1alpha1.GracefulEvictionTask
+	5,  // 14: archipel.v1alpha1.PropagationBindingSpec.schedule_priority:type_name -> archipel.v1alpha1.BindingSchedulePriority
+	18, // 15: archipel.v1alpha1.GracefulEvictionTask.preserved_label_state:type_name -> archipel.v1alpha1.GracefulEvictionTask.PreservedLabelStateEntry
+	25, // 16: archipel.v1alpha1.GracefulEvictionTask.creation_timestamp:type_name -> google.protobuf.Timestamp
+	25, // 17: archipel.v1alpha1.FailoverHistoryItem.start_time:type_name -> google.protobuf.Timestamp
+	1,  // 18: archipel.v1alpha1.BindingSnapshot.clusters:type_name -> archipel.v1alpha1.TargetCluster
+	19, // 19: archipel.v1alpha1.ReplicaRequirements.resource_request:type_name -> archipel.v1alpha1.ReplicaRequirements.ResourceRequestEntry
+	20, // 20: archipel.v1alpha1.AggregatedStatusItem.status:type_name -> google.protobuf.Struct
+	25, // 21: archipel.v1alpha1.PropagationBindingStatus.last_scheduled_time:type_name -> google.protobuf.Timestamp
+	27, // 22: archipel.v1alpha1.PropagationBindingStatus.conditions:type_name -> archipel.v1alpha1.Condition
+	10, // 23: archipel.v1alpha1.PropagationBindingStatus.aggregated_status:type_name -> archipel.v1alpha1.AggregatedStatusItem
+	7,  // 24: archipel.v1alpha1.PropagationBindingStatus.failover_history:type_name -> archipel.v1alpha1.FailoverHistoryItem
+	20, // 25: archipel.v1alpha1.WorkloadTemplate.manifests:type_name -> google.protobuf.Struct
+	21, // 26: archipel.v1alpha1.PropagationWork.metadata:type_name -> archipel.v1alpha1.ObjectMeta
+	14, // 27: archipel.v1alpha1.PropagationWork.spec:type_name -> archipel.v1alpha1.PropagationWorkSpec
+	17, // 28: archipel.v1alpha1.PropagationWork.status:type_name -> archipel.v1alpha1.PropagationWorkStatus
+	12, // 29: archipel.v1alpha1.PropagationWorkSpec.workload:type_name -> archipel.v1alpha1.WorkloadTemplate
+	15, // 30: archipel.v1alpha1.ManifestStatus.identifier:type_name -> archipel.v1alpha1.ResourceIdentifier
+	20, // 31: archipel.v1alpha1.ManifestStatus.status:type_name -> google.protobuf.Struct
+	27, // 32: archipel.v1alpha1.PropagationWorkStatus.conditions:type_name -> archipel.v1alpha1.Condition
+	16, // 33: archipel.v1alpha1.PropagationWorkStatus.manifest_statuses:type_name -> archipel.v1alpha1.ManifestStatus
+	34, // [34:34] is the sub-list for method output_type
+	34, // [34:34] is the sub-list for method input_type
+	34, // [34:34] is the sub-list for extension type_name
+	34, // [34:34] is the sub-list for extension extendee
+	0,  // [0:34] is the sub-list for field type_name
 }
 
 func init() { file_archipel_v1alpha1_work_proto_init() }
@@ -1621,13 +1720,14 @@ func file_archipel_v1alpha1_work_proto_init() {
 	file_archipel_v1alpha1_meta_proto_init()
 	file_archipel_v1alpha1_policy_proto_init()
 	file_archipel_v1alpha1_work_proto_msgTypes[5].OneofWrappers = []any{}
+	file_archipel_v1alpha1_work_proto_msgTypes[6].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha1_work_proto_rawDesc), len(file_archipel_v1alpha1_work_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

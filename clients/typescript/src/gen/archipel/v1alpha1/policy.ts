@@ -123,8 +123,9 @@ export interface PropagationSpec {
    */
   conflictResolution: string;
   /**
-   * Karmada's Lazy defers policy changes to the template's next change. Not supported
-   * yet: any value is refused, naming the field (policy changes apply at once).
+   * Lazy: the policy (a change of it, or a new policy) applies to a template only at
+   * that template's next change of spec, labels or annotations, as Karmada's lazy
+   * activation. Empty: changes apply at once. Any other value is refused.
    */
   activationPreference: string;
   /** Stops sending works to every cluster or to some; what runs in them stays. */
@@ -139,7 +140,10 @@ export interface PropagationSpec {
   preserveResourcesOnDeletion?:
     | boolean
     | undefined;
-  /** Karmada's scheduling priority. Not supported yet: refused, naming the field. */
+  /**
+   * The priority the template's binding is scheduled with: bindings of higher priority
+   * leave the scheduler's queue first.
+   */
   schedulePriority: SchedulePriority | undefined;
 }
 
@@ -437,9 +441,13 @@ export interface Suspension {
   scheduling?: boolean | undefined;
 }
 
-/** Karmada's scheduling priority; not supported yet (refused). */
+/** Karmada's scheduling priority, from a PriorityClass. */
 export interface SchedulePriority {
-  /** KubePriorityClass, PodPriorityClass or FederatedPriorityClass. */
+  /**
+   * KubePriorityClass (the default): a scheduling.k8s.io PriorityClass template stored
+   * in the control plane. Karmada's PodPriorityClass and FederatedPriorityClass are
+   * refused, naming the field.
+   */
   priorityClassSource: string;
   /** The name of the PriorityClass. */
   priorityClassName: string;

@@ -141,6 +141,38 @@ export interface PropagationBindingSpec {
    * comes up elsewhere. Written by the scheduler; each task ends by itself.
    */
   gracefulEvictionTasks: GracefulEvictionTask[];
+  /**
+   * The claiming policy's schedulePriority, resolved: bindings of higher priority are
+   * scheduled first.
+   */
+  schedulePriority:
+    | BindingSchedulePriority
+    | undefined;
+  /**
+   * A digest of the template's spec, labels and annotations when the policy last
+   * applied to it. Under activationPreference Lazy a policy change waits until the
+   * template differs from this.
+   */
+  templateDigest: string;
+}
+
+/**
+ * The priority a binding is scheduled with (Karmada's binding schedulePriority), from
+ * the PriorityClass its policy names.
+ */
+export interface BindingSchedulePriority {
+  /**
+   * The PriorityClass's value; unset while the class is missing, and then the binding
+   * is not scheduled (Scheduled=False names the class).
+   */
+  priority?:
+    | number
+    | undefined;
+  /**
+   * The PriorityClass the policy names (priorityClassSource KubePriorityClass: a
+   * scheduling.k8s.io PriorityClass template in the control plane).
+   */
+  priorityClassName: string;
 }
 
 /**
@@ -267,6 +299,12 @@ export interface PropagationBindingStatus {
   aggregatedStatus: AggregatedStatusItem[];
   /** The most recent failovers, newest last (at most 10). */
   failoverHistory: FailoverHistoryItem[];
+  /**
+   * The clusterAffinities group the workload was last placed in. Later decisions start
+   * from this group, so a workload that fell back to a later group stays there when an
+   * earlier one fits again; a reschedule starts from the first group.
+   */
+  schedulerObservingAffinityName: string;
 }
 
 /** The objects a work applies. */
@@ -780,6 +818,8 @@ function createBasePropagationBindingSpec(): PropagationBindingSpec {
     requiredBy: [],
     failover: undefined,
     gracefulEvictionTasks: [],
+    schedulePriority: undefined,
+    templateDigest: "",
   };
 }
 
@@ -829,6 +869,12 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
     }
     for (const v of message.gracefulEvictionTasks) {
       GracefulEvictionTask.encode(v!, writer.uint32(122).fork()).join();
+    }
+    if (message.schedulePriority !== undefined) {
+      BindingSchedulePriority.encode(message.schedulePriority, writer.uint32(130).fork()).join();
+    }
+    if (message.templateDigest !== "") {
+      writer.uint32(138).string(message.templateDigest);
     }
     return writer;
   },
@@ -966,6 +1012,22 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
             message.gracefulEvictionTasks.push(GracefulEvictionTask.decode(reader, reader.uint32()));
             continue;
           }
+          case 16: {
+            if (tag !== 130) {
+              break;
+            }
+
+            message.schedulePriority = BindingSchedulePriority.decode(reader, reader.uint32());
+            continue;
+          }
+          case 17: {
+            if (tag !== 138) {
+              break;
+            }
+
+            message.templateDigest = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1029,6 +1091,16 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
         : globalThis.Array.isArray(object?.graceful_eviction_tasks)
         ? object.graceful_eviction_tasks.map((e: any) => GracefulEvictionTask.fromJSON(e))
         : [],
+      schedulePriority: isSet(object.schedulePriority)
+        ? BindingSchedulePriority.fromJSON(object.schedulePriority)
+        : isSet(object.schedule_priority)
+        ? BindingSchedulePriority.fromJSON(object.schedule_priority)
+        : undefined,
+      templateDigest: isSet(object.templateDigest)
+        ? globalThis.String(object.templateDigest)
+        : isSet(object.template_digest)
+        ? globalThis.String(object.template_digest)
+        : "",
     };
   },
 
@@ -1079,6 +1151,12 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
     if (message.gracefulEvictionTasks?.length) {
       obj.gracefulEvictionTasks = message.gracefulEvictionTasks.map((e) => GracefulEvictionTask.toJSON(e));
     }
+    if (message.schedulePriority !== undefined) {
+      obj.schedulePriority = BindingSchedulePriority.toJSON(message.schedulePriority);
+    }
+    if (message.templateDigest !== "") {
+      obj.templateDigest = message.templateDigest;
+    }
     return obj;
   },
 
@@ -1114,6 +1192,99 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
       ? FailoverBehavior.fromPartial(object.failover)
       : undefined;
     message.gracefulEvictionTasks = object.gracefulEvictionTasks?.map((e) => GracefulEvictionTask.fromPartial(e)) || [];
+    message.schedulePriority = (object.schedulePriority !== undefined && object.schedulePriority !== null)
+      ? BindingSchedulePriority.fromPartial(object.schedulePriority)
+      : undefined;
+    message.templateDigest = object.templateDigest ?? "";
+    return message;
+  },
+};
+
+function createBaseBindingSchedulePriority(): BindingSchedulePriority {
+  return { priority: undefined, priorityClassName: "" };
+}
+
+export const BindingSchedulePriority: MessageFns<BindingSchedulePriority> = {
+  encode(message: BindingSchedulePriority, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.priority !== undefined) {
+      writer.uint32(8).int32(message.priority);
+    }
+    if (message.priorityClassName !== "") {
+      writer.uint32(18).string(message.priorityClassName);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): BindingSchedulePriority {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseBindingSchedulePriority();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 8) {
+              break;
+            }
+
+            message.priority = reader.int32();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.priorityClassName = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): BindingSchedulePriority {
+    return {
+      priority: isSet(object.priority) ? globalThis.Number(object.priority) : undefined,
+      priorityClassName: isSet(object.priorityClassName)
+        ? globalThis.String(object.priorityClassName)
+        : isSet(object.priority_class_name)
+        ? globalThis.String(object.priority_class_name)
+        : "",
+    };
+  },
+
+  toJSON(message: BindingSchedulePriority): unknown {
+    const obj: any = {};
+    if (message.priority !== undefined) {
+      obj.priority = Math.round(message.priority);
+    }
+    if (message.priorityClassName !== "") {
+      obj.priorityClassName = message.priorityClassName;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<BindingSchedulePriority>, I>>(base?: I): BindingSchedulePriority {
+    return BindingSchedulePriority.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<BindingSchedulePriority>, I>>(object: I): BindingSchedulePriority {
+    const message = createBaseBindingSchedulePriority();
+    message.priority = object.priority ?? undefined;
+    message.priorityClassName = object.priorityClassName ?? "";
     return message;
   },
 };
@@ -2138,6 +2309,7 @@ function createBasePropagationBindingStatus(): PropagationBindingStatus {
     conditions: [],
     aggregatedStatus: [],
     failoverHistory: [],
+    schedulerObservingAffinityName: "",
   };
 }
 
@@ -2157,6 +2329,9 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
     }
     for (const v of message.failoverHistory) {
       FailoverHistoryItem.encode(v!, writer.uint32(42).fork()).join();
+    }
+    if (message.schedulerObservingAffinityName !== "") {
+      writer.uint32(50).string(message.schedulerObservingAffinityName);
     }
     return writer;
   },
@@ -2214,6 +2389,14 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
             message.failoverHistory.push(FailoverHistoryItem.decode(reader, reader.uint32()));
             continue;
           }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.schedulerObservingAffinityName = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2251,6 +2434,11 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
         : globalThis.Array.isArray(object?.failover_history)
         ? object.failover_history.map((e: any) => FailoverHistoryItem.fromJSON(e))
         : [],
+      schedulerObservingAffinityName: isSet(object.schedulerObservingAffinityName)
+        ? globalThis.String(object.schedulerObservingAffinityName)
+        : isSet(object.scheduler_observing_affinity_name)
+        ? globalThis.String(object.scheduler_observing_affinity_name)
+        : "",
     };
   },
 
@@ -2271,6 +2459,9 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
     if (message.failoverHistory?.length) {
       obj.failoverHistory = message.failoverHistory.map((e) => FailoverHistoryItem.toJSON(e));
     }
+    if (message.schedulerObservingAffinityName !== "") {
+      obj.schedulerObservingAffinityName = message.schedulerObservingAffinityName;
+    }
     return obj;
   },
 
@@ -2284,6 +2475,7 @@ export const PropagationBindingStatus: MessageFns<PropagationBindingStatus> = {
     message.conditions = object.conditions?.map((e) => Condition.fromPartial(e)) || [];
     message.aggregatedStatus = object.aggregatedStatus?.map((e) => AggregatedStatusItem.fromPartial(e)) || [];
     message.failoverHistory = object.failoverHistory?.map((e) => FailoverHistoryItem.fromPartial(e)) || [];
+    message.schedulerObservingAffinityName = object.schedulerObservingAffinityName ?? "";
     return message;
   },
 };
