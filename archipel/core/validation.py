@@ -224,8 +224,15 @@ def check_metadata(meta: meta_pb2.ObjectMeta, *, namespaced: bool) -> None:
 
 
 def _check_affinity(
-    affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm, field: str
+    affinity: policy_pb2.ClusterAffinity | policy_pb2.ClusterAffinityTerm,
+    field: str,
+    *,
+    overflow: bool = False,
 ) -> None:
+    # ClusterAffinity carries a name only as an overflow tier (Karmada's
+    # OverflowClusterAffinity); elsewhere a name would be silently meaningless.
+    if isinstance(affinity, policy_pb2.ClusterAffinity) and affinity.affinity_name and not overflow:
+        raise Invalid(f"{field}.affinityName", "is only for overflowAffinities")
     for index, name in enumerate(affinity.cluster_names):
         check_dns_label(name, f"{field}.clusterNames[{index}]")
     for index, name in enumerate(affinity.exclude):
@@ -240,6 +247,50 @@ def _check_affinity(
         check_choice(expression.operator, ("In", "NotIn"), f"{where}.operator")
         if not expression.operator:
             raise Invalid(f"{where}.operator", "required")
+
+
+def _check_overflow(
+    placement: policy_pb2.Placement, term: policy_pb2.ClusterAffinityTerm, field: str
+) -> None:
+    """Karmada's rules for a group's overflowAffinities (v1.18)."""
+    if not len(term.overflow_affinities):
+        return
+    strategy = placement.replica_scheduling
+    if not (
+        strategy.replica_scheduling_type in ("", "Divided")
+        and placement.HasField("replica_scheduling")
+        and (
+            strategy.replica_division_preference == "Aggregated"
+            or strategy.weight_preference.dynamic_weight
+        )
+    ):
+        raise Invalid(
+            f"{field}.overflowAffinities",
+            "can only be used together with dynamic weight or aggregated scheduling",
+        )
+    if not (
+        term.HasField("label_selector")
+        or len(term.field_selector.match_expressions)
+        or len(term.cluster_names)
+        or len(term.exclude)
+    ):
+        raise Invalid(
+            f"{field}.overflowAffinities",
+            "can only be used together with the inline ClusterAffinity",
+        )
+    names = {term.affinity_name}
+    for index, tier in enumerate(term.overflow_affinities):
+        where = f"{field}.overflowAffinities[{index}]"
+        if not tier.affinity_name:
+            raise Invalid(f"{where}.affinityName", "required")
+        if tier.affinity_name in names:
+            raise Invalid(
+                f"{where}.affinityName",
+                f"{limits.echo(tier.affinity_name)}: an overflow affinity name must be unique "
+                "and must not duplicate the primary group's affinityName",
+            )
+        names.add(tier.affinity_name)
+        _check_affinity(tier, where, overflow=True)
 
 
 def check_placement(placement: policy_pb2.Placement, field: str) -> None:
@@ -258,6 +309,7 @@ def check_placement(placement: policy_pb2.Placement, field: str) -> None:
             )
         seen.add(term.affinity_name)
         _check_affinity(term, where)
+        _check_overflow(placement, term, where)
     for index, toleration in enumerate(placement.cluster_tolerations):
         where = f"{field}.clusterTolerations[{index}]"
         check_choice(toleration.operator, ("Equal", "Exists"), f"{where}.operator")

@@ -316,6 +316,11 @@ class ClusterAffinity(_message.Message):
     FIELD_SELECTOR_FIELD_NUMBER: _builtins.int
     CLUSTER_NAMES_FIELD_NUMBER: _builtins.int
     EXCLUDE_FIELD_NUMBER: _builtins.int
+    AFFINITY_NAME_FIELD_NUMBER: _builtins.int
+    affinity_name: _builtins.str
+    """The tier's name, only in overflowAffinities (Karmada's OverflowClusterAffinity),
+    where it is required and unique within its group; refused anywhere else.
+    """
     @_builtins.property
     def label_selector(self) -> _meta_pb2.LabelSelector:
         """Clusters whose labels match."""
@@ -339,10 +344,11 @@ class ClusterAffinity(_message.Message):
         field_selector: Global___FieldSelector | None = ...,
         cluster_names: _abc.Iterable[_builtins.str] | None = ...,
         exclude: _abc.Iterable[_builtins.str] | None = ...,
+        affinity_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["field_selector", b"field_selector", "label_selector", b"label_selector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cluster_names", b"cluster_names", "exclude", b"exclude", "field_selector", b"field_selector", "label_selector", b"label_selector"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity_name", b"affinity_name", "cluster_names", b"cluster_names", "exclude", b"exclude", "field_selector", b"field_selector", "label_selector", b"label_selector"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -383,7 +389,9 @@ class ClusterAffinityTerm(_message.Message):
     @_builtins.property
     def overflow_affinities(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClusterAffinity]:
         """Further tiers, in order, that take only the Divided replicas the group's own
-        clusters cannot hold; released first when the workload scales down.
+        clusters cannot hold; released first when the workload scales down. As in Karmada,
+        only with Divided replicas by dynamic weight or Aggregated, and only when the group
+        itself selects clusters.
         """
 
     def __init__(

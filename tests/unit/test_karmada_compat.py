@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -378,3 +379,116 @@ def test_what_schedule_priority_and_activation_do_not_take_is_refused(
     with pytest.raises(Invalid) as refused:
         validation.check_propagation_spec(message.spec, policy_namespace="default")
     assert refused.value.field == field
+
+
+OVERFLOW = """
+apiVersion: policy.karmada.io/v1alpha1
+kind: PropagationPolicy
+metadata:
+  name: burst
+  namespace: default
+spec:
+  resourceSelectors:
+    - apiVersion: apps/v1
+      kind: Deployment
+  placement:
+    clusterAffinities:
+      - affinityName: idc
+        clusterNames: [member1]
+        overflowAffinities:
+          - affinityName: cloud-1
+            clusterNames: [member2]
+          - affinityName: cloud-2
+            labelSelector:
+              matchLabels: {provider: aws}
+    replicaScheduling:
+      replicaSchedulingType: Divided
+      replicaDivisionPreference: Weighted
+      weightPreference:
+        dynamicWeight: AvailableReplicas
+"""
+
+
+def test_karmadas_overflow_yaml_is_accepted_unchanged() -> None:
+    document = yaml.safe_load(OVERFLOW)
+    message = to_message(API_KINDS[1], document)
+    assert json_format.MessageToDict(message) == document
+    validation.check_propagation_spec(message.spec, policy_namespace="default")
+
+
+def _overflow_refusal(change: Any) -> Invalid:
+    document = yaml.safe_load(OVERFLOW)
+    change(document["spec"]["placement"])
+    message = to_message(API_KINDS[1], document)
+    with pytest.raises(Invalid) as refused:
+        validation.check_propagation_spec(message.spec, policy_namespace="default")
+    return refused.value
+
+
+def _set(path: str, value: Any) -> Any:
+    def change(placement: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        parent: Any = placement
+        for step in parents:
+            parent = parent[int(step)] if step.isdigit() else parent[step]
+        parent[last] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "problem"),
+    [
+        pytest.param(
+            lambda p: p.pop("replicaScheduling"),
+            "spec.placement.clusterAffinities[0].overflowAffinities",
+            "dynamic weight or aggregated",
+            id="duplicated",
+        ),
+        pytest.param(
+            _set("replicaScheduling.weightPreference", {"staticWeightList": []}),
+            "spec.placement.clusterAffinities[0].overflowAffinities",
+            "dynamic weight or aggregated",
+            id="static-weights",
+        ),
+        pytest.param(
+            _set("clusterAffinities.0.clusterNames", []),
+            "spec.placement.clusterAffinities[0].overflowAffinities",
+            "inline ClusterAffinity",
+            id="group-selects-nothing",
+        ),
+        pytest.param(
+            _set("clusterAffinities.0.overflowAffinities.1.affinityName", "cloud-1"),
+            "spec.placement.clusterAffinities[0].overflowAffinities[1].affinityName",
+            "must be unique",
+            id="tier-names-repeat",
+        ),
+        pytest.param(
+            _set("clusterAffinities.0.overflowAffinities.0.affinityName", "idc"),
+            "spec.placement.clusterAffinities[0].overflowAffinities[0].affinityName",
+            "primary group",
+            id="tier-named-like-its-group",
+        ),
+        pytest.param(
+            _set("clusterAffinities.0.overflowAffinities.0.affinityName", ""),
+            "spec.placement.clusterAffinities[0].overflowAffinities[0].affinityName",
+            "required",
+            id="tier-unnamed",
+        ),
+    ],
+)
+def test_karmadas_overflow_rules(change: Any, field: str, problem: str) -> None:
+    refused = _overflow_refusal(change)
+    assert refused.field == field
+    assert problem in str(refused)
+
+
+def test_a_name_on_a_plain_cluster_affinity_is_refused() -> None:
+    document = yaml.safe_load(AFFINITIES)
+    document["spec"]["placement"] = {
+        "clusterAffinity": {"affinityName": "x", "clusterNames": ["member1"]}
+    }
+    message = to_message(API_KINDS[2], document)
+    with pytest.raises(Invalid) as refused:
+        validation.check_propagation_spec(message.spec, policy_namespace="")
+    assert refused.value.field == "spec.placement.clusterAffinity.affinityName"

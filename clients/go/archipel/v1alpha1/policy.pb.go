@@ -506,7 +506,10 @@ type ClusterAffinity struct {
 	// Only these clusters, when non-empty.
 	ClusterNames []string `protobuf:"bytes,3,rep,name=cluster_names,json=clusterNames,proto3" json:"cluster_names,omitempty"`
 	// Never these clusters.
-	Exclude       []string `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	Exclude []string `protobuf:"bytes,4,rep,name=exclude,proto3" json:"exclude,omitempty"`
+	// The tier's name, only in overflowAffinities (Karmada's OverflowClusterAffinity),
+	// where it is required and unique within its group; refused anywhere else.
+	AffinityName  string `protobuf:"bytes,5,opt,name=affinity_name,json=affinityName,proto3" json:"affinity_name,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -569,6 +572,13 @@ func (x *ClusterAffinity) GetExclude() []string {
 	return nil
 }
 
+func (x *ClusterAffinity) GetAffinityName() string {
+	if x != nil {
+		return x.AffinityName
+	}
+	return ""
+}
+
 // One ordered group of clusterAffinities; Karmada embeds ClusterAffinity inline.
 // The first group in which any cluster fits is used.
 type ClusterAffinityTerm struct {
@@ -584,7 +594,9 @@ type ClusterAffinityTerm struct {
 	// Never these clusters.
 	Exclude []string `protobuf:"bytes,5,rep,name=exclude,proto3" json:"exclude,omitempty"`
 	// Further tiers, in order, that take only the Divided replicas the group's own
-	// clusters cannot hold; released first when the workload scales down.
+	// clusters cannot hold; released first when the workload scales down. As in Karmada,
+	// only with Divided replicas by dynamic weight or Aggregated, and only when the group
+	// itself selects clusters.
 	OverflowAffinities []*ClusterAffinity `protobuf:"bytes,6,rep,name=overflow_affinities,json=overflowAffinities,proto3" json:"overflow_affinities,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
@@ -1960,12 +1972,13 @@ const file_archipel_v1alpha1_policy_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12G\n" +
 	"\x0elabel_selector\x18\x05 \x01(\v2 .archipel.v1alpha1.LabelSelectorR\rlabelSelector\"i\n" +
 	"\rFieldSelector\x12X\n" +
-	"\x11match_expressions\x18\x01 \x03(\v2+.archipel.v1alpha1.LabelSelectorRequirementR\x10matchExpressions\"\xe2\x01\n" +
+	"\x11match_expressions\x18\x01 \x03(\v2+.archipel.v1alpha1.LabelSelectorRequirementR\x10matchExpressions\"\x87\x02\n" +
 	"\x0fClusterAffinity\x12G\n" +
 	"\x0elabel_selector\x18\x01 \x01(\v2 .archipel.v1alpha1.LabelSelectorR\rlabelSelector\x12G\n" +
 	"\x0efield_selector\x18\x02 \x01(\v2 .archipel.v1alpha1.FieldSelectorR\rfieldSelector\x12#\n" +
 	"\rcluster_names\x18\x03 \x03(\tR\fclusterNames\x12\x18\n" +
-	"\aexclude\x18\x04 \x03(\tR\aexclude\"\xe0\x02\n" +
+	"\aexclude\x18\x04 \x03(\tR\aexclude\x12#\n" +
+	"\raffinity_name\x18\x05 \x01(\tR\faffinityName\"\xe0\x02\n" +
 	"\x13ClusterAffinityTerm\x12#\n" +
 	"\raffinity_name\x18\x01 \x01(\tR\faffinityName\x12G\n" +
 	"\x0elabel_selector\x18\x02 \x01(\v2 .archipel.v1alpha1.LabelSelectorR\rlabelSelector\x12G\n" +

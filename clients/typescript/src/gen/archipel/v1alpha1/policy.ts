@@ -190,6 +190,11 @@ export interface ClusterAffinity {
   clusterNames: string[];
   /** Never these clusters. */
   exclude: string[];
+  /**
+   * The tier's name, only in overflowAffinities (Karmada's OverflowClusterAffinity),
+   * where it is required and unique within its group; refused anywhere else.
+   */
+  affinityName: string;
 }
 
 /**
@@ -213,7 +218,9 @@ export interface ClusterAffinityTerm {
   exclude: string[];
   /**
    * Further tiers, in order, that take only the Divided replicas the group's own
-   * clusters cannot hold; released first when the workload scales down.
+   * clusters cannot hold; released first when the workload scales down. As in Karmada,
+   * only with Divided replicas by dynamic weight or Aggregated, and only when the group
+   * itself selects clusters.
    */
   overflowAffinities: ClusterAffinity[];
 }
@@ -1326,7 +1333,7 @@ export const FieldSelector: MessageFns<FieldSelector> = {
 };
 
 function createBaseClusterAffinity(): ClusterAffinity {
-  return { labelSelector: undefined, fieldSelector: undefined, clusterNames: [], exclude: [] };
+  return { labelSelector: undefined, fieldSelector: undefined, clusterNames: [], exclude: [], affinityName: "" };
 }
 
 export const ClusterAffinity: MessageFns<ClusterAffinity> = {
@@ -1342,6 +1349,9 @@ export const ClusterAffinity: MessageFns<ClusterAffinity> = {
     }
     for (const v of message.exclude) {
       writer.uint32(34).string(v!);
+    }
+    if (message.affinityName !== "") {
+      writer.uint32(42).string(message.affinityName);
     }
     return writer;
   },
@@ -1391,6 +1401,14 @@ export const ClusterAffinity: MessageFns<ClusterAffinity> = {
             message.exclude.push(reader.string());
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.affinityName = reader.string();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1421,6 +1439,11 @@ export const ClusterAffinity: MessageFns<ClusterAffinity> = {
         ? object.cluster_names.map((e: any) => globalThis.String(e))
         : [],
       exclude: globalThis.Array.isArray(object?.exclude) ? object.exclude.map((e: any) => globalThis.String(e)) : [],
+      affinityName: isSet(object.affinityName)
+        ? globalThis.String(object.affinityName)
+        : isSet(object.affinity_name)
+        ? globalThis.String(object.affinity_name)
+        : "",
     };
   },
 
@@ -1438,6 +1461,9 @@ export const ClusterAffinity: MessageFns<ClusterAffinity> = {
     if (message.exclude?.length) {
       obj.exclude = message.exclude;
     }
+    if (message.affinityName !== "") {
+      obj.affinityName = message.affinityName;
+    }
     return obj;
   },
 
@@ -1454,6 +1480,7 @@ export const ClusterAffinity: MessageFns<ClusterAffinity> = {
       : undefined;
     message.clusterNames = object.clusterNames?.map((e) => e) || [];
     message.exclude = object.exclude?.map((e) => e) || [];
+    message.affinityName = object.affinityName ?? "";
     return message;
   },
 };
