@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import kubernetes
@@ -29,6 +29,18 @@ FIELD_MANAGER = "archipel-agent"
 
 class KubeError(Exception):
     """A call to the member's API server failed; the message says why."""
+
+
+class RefusedError(KubeError):
+    """The API server answered with an error status (``status``: 403, 404, 410...)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class NotServed(KubeError):
+    """The member does not serve the kind (its CRD is not there, or not any more)."""
 
 
 def load_api_client(kubeconfig: str | None) -> kubernetes.client.ApiClient:
@@ -89,7 +101,7 @@ class Kube:
             try:
                 return self.dynamic.resources.get(api_version=api_version, kind=kind)
             except ResourceNotFoundError as error:
-                raise KubeError(f"the member does not serve {kind} in {api_version}") from error
+                raise NotServed(f"the member does not serve {kind} in {api_version}") from error
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> Manifest | None:
         resource = self.resource(api_version, kind)
@@ -115,7 +127,13 @@ class Kube:
         return dict(applied.to_dict())
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
-        resource = self.resource(api_version, kind)
+        try:
+            resource = self.resource(api_version, kind)
+        except NotServed:
+            # Its CRD was removed from the member, and its objects with it: nothing is
+            # left to delete (and a work leaving a cluster that stopped serving its kind
+            # must not fail for ever).
+            return False
         try:
             resource.delete(
                 name=name,
@@ -127,20 +145,62 @@ class Kube:
         return True
 
     def raw_get(self, path: str, *, timeout: float = 5) -> Any:
-        """GET a path of the API server (discovery, /readyz); JSON is decoded."""
-        method, url, headers, _, _ = self.api_client.param_serialize(
-            "GET", path, header_params={"Accept": "application/json"}, auth_settings=["BearerToken"]
-        )
-        response = self.api_client.call_api(
-            method, url, header_params=headers, _request_timeout=timeout
-        )
-        data: bytes = response.read()  # type: ignore[no-untyped-call]
+        """GET a path of the API server (discovery, /readyz, a list); JSON is decoded.
+
+        Nothing is cached: every call asks the API server, so discovery after an API
+        went away reads its absence."""
+        response = self._raw_request(path, [], timeout)
+        data: bytes = response.read()
         if response.status != 200:
-            raise KubeError(f"GET {path}: {response.status} {data[:200]!r}")
+            raise RefusedError(f"GET {path}: {response.status} {data[:200]!r}", response.status)
         try:
             return json.loads(data)
         except ValueError:
             return data.decode(errors="replace")
+
+    def watch_events(
+        self, path: str, *, resource_version: str, timeout: int
+    ) -> Iterator[dict[str, Any]]:
+        """Watch the collection at ``path`` from ``resource_version``, with bookmarks,
+        until the API server ends the watch after ``timeout`` seconds: the events
+        decoded, the objects as plain JSON (no model classes to fail on a field the
+        client does not know). RefusedError when the API server refuses the watch."""
+        query = [
+            ("watch", "true"),
+            ("resourceVersion", resource_version),
+            ("allowWatchBookmarks", "true"),
+            ("timeoutSeconds", str(timeout)),
+        ]
+        # The read timeout is a little longer than the server's: a connection that went
+        # silent (a member gone without closing it) fails rather than hangs.
+        response = self._raw_request(path, query, (10, timeout + 15))
+        try:
+            if response.status != 200:
+                data: bytes = response.read()
+                raise RefusedError(
+                    f"watch {path}: {response.status} {data[:200]!r}", response.status
+                )
+            for line in kubernetes.watch.watch.iter_resp_lines(response.response):  # type: ignore[no-untyped-call]
+                if line.strip():
+                    yield json.loads(line)
+        finally:
+            # Closed, not returned to the pool: a watch left early has unread data.
+            response.response.close()
+            response.response.release_conn()
+
+    def _raw_request(
+        self, path: str, query: list[tuple[str, str]], timeout: float | tuple[float, float]
+    ) -> Any:
+        method, url, headers, _, _ = self.api_client.param_serialize(
+            "GET",
+            path,
+            query_params=query,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        return self.api_client.call_api(
+            method, url, header_params=headers, _request_timeout=timeout
+        )
 
     def is_namespaced(self, api_version: str, kind: str) -> bool:
         return bool(self.resource(api_version, kind).namespaced)

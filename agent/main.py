@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
 
+from agent.apiwatch import APIWatch
 from agent.facts import Facts
 from agent.kube import Kube, load_api_client
 from agent.ledger import Ledger
@@ -57,6 +58,9 @@ class Agent:
         self.tls_ca = tls_ca
         self.ledger = Ledger(kube, namespace=namespace)
         self.facts = Facts(kube)
+        # The member's CRDs and APIServices, watched so that an API it stops (or starts)
+        # serving is in the next heartbeat, not in ten.
+        self.api_watch = APIWatch(kube, on_change=self.facts.rediscover)
         self.works = WorkManager(
             kube, self.ledger, send=self.send, on_new_api=self.facts.rediscover
         )
@@ -194,14 +198,16 @@ class Agent:
         self.works.receive(work)
 
     async def run(self) -> None:
-        """The workers that apply works and the stream that brings them, supervised
-        together: if either ever fails, the other stops and the error ends the process
-        (non-zero, with the traceback), never leaving a half-alive agent behind."""
+        """The workers that apply works, the stream that brings them and the watch on
+        the member's APIs, supervised together: if any ever fails, the others stop and
+        the error ends the process (non-zero, with the traceback), never leaving a
+        half-alive agent behind."""
         await self.ledger.load()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(self.works.run(), name="works")
                 group.create_task(self._stream_forever(), name="stream")
+                group.create_task(self.api_watch.run(), name="api-watch")
         finally:
             self.works.stop()
 

@@ -69,6 +69,17 @@ def agent_manifests(
                     "resources": ["namespaces"],
                     "verbs": ["get", "list", "watch", "create"],
                 },
+                # The agent watches these to know when the APIs served change.
+                {
+                    "apiGroups": ["apiextensions.k8s.io"],
+                    "resources": ["customresourcedefinitions"],
+                    "verbs": ["list", "watch"],
+                },
+                {
+                    "apiGroups": ["apiregistration.k8s.io"],
+                    "resources": ["apiservices"],
+                    "verbs": ["list", "watch"],
+                },
             ],
         },
         {

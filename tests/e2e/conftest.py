@@ -290,6 +290,16 @@ def override_policy(
     }
 
 
+def serves(cluster: dict[str, Any], group_version: str, kind: str) -> bool:
+    """Whether a MemberCluster document lists ``kind`` in ``group_version`` among the
+    APIs its member serves (``status.apiEnablements``, from the agent's discovery)."""
+    return any(
+        enablement.get("groupVersion") == group_version
+        and any(resource.get("kind") == kind for resource in enablement.get("resources", []))
+        for enablement in cluster.get("status", {}).get("apiEnablements", [])
+    )
+
+
 def works_of(pipeline: Pipeline, namespace: str, binding: str) -> dict[str, dict[str, Any]]:
     """The works of a binding, by cluster."""
     listed = pipeline.cli(

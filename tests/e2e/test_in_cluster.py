@@ -25,11 +25,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
+from archipel.client import message_to_document
+from archipel.core import kinds
 from archipel.core.names import LEDGER_LABEL
 from archipel.fleet import image
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.members import Fleet, Member
-from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import serves, wait_for, widget_crd
 
 pytestmark = pytest.mark.members(count=1, profile="api", isolated=True)
 
@@ -189,6 +191,29 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
                 ).items
             ),
             timeout=TIMEOUT,
+        )
+        # The chart's RBAC lets the agent watch the member's CRDs: one deleted there
+        # leaves the cluster's apiEnablements within a few heartbeats (1 s here), where
+        # discovery's every-tenth-heartbeat safety net alone would take up to 10 s.
+        group = f"{app}.example.com"
+        crd = widget_crd(group)
+        extensions = client.ApiextensionsV1Api(member.api_client())
+        extensions.create_custom_resource_definition(crd)  # type: ignore[arg-type]
+
+        def listed() -> bool:
+            api = plane.client()
+            try:
+                cluster = message_to_document(api.get_object(kinds.MEMBER_CLUSTER, member.name))
+            finally:
+                api.close()
+            return serves(cluster, f"{group}/v1", "Widget")
+
+        wait_for(f"the Widget API listed\n{agent.process.log_tail()}", listed, timeout=TIMEOUT)
+        extensions.delete_custom_resource_definition(crd["metadata"]["name"])
+        wait_for(
+            f"the Widget API gone within 5 s\n{agent.process.log_tail()}",
+            lambda: not listed(),
+            timeout=5,
         )
         log = (tmp_path / "agent.log").read_text()
         assert "kubeconfig" not in log.lower()
