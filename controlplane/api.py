@@ -803,7 +803,12 @@ class TemplateService:
             fallback = scopes.builtin_scope(f"{defined.group}/v", defined.kind).namespaced
             if fallback != defined.namespaced:
                 self._refuse_contradictions(defined.group, defined.kind, fallback, "delete")
-        deleted = await self.store.delete(self.kind, key, resource_version=request.resource_version)
+        deleted, revision = await self.store.delete_at(
+            self.kind, key, resource_version=request.resource_version
+        )
+        if defined is not None:
+            # As for an apply: the kind's scope has changed when the caller hears back.
+            await self.templates.wait_for_revision(revision)
         return self.responses["Delete"](deleted=deleted)
 
 
