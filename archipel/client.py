@@ -88,6 +88,19 @@ for _api_version, _kind, _names in (
     ("networking.k8s.io/v1", "Ingress", ("ingress", "ingresses", "ing")),
     ("rbac.authorization.k8s.io/v1", "Role", ("role", "roles")),
     ("rbac.authorization.k8s.io/v1", "ClusterRole", ("clusterrole", "clusterroles")),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", ("rolebinding", "rolebindings")),
+    (
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        ("clusterrolebinding", "clusterrolebindings"),
+    ),
+    ("scheduling.k8s.io/v1", "PriorityClass", ("priorityclass", "priorityclasses", "pc")),
+    ("storage.k8s.io/v1", "StorageClass", ("storageclass", "storageclasses", "sc")),
+    (
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        ("customresourcedefinition", "customresourcedefinitions", "crd", "crds"),
+    ),
 ):
     for _name in _names:
         TEMPLATE_KINDS[_name] = (_api_version, _kind)

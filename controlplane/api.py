@@ -588,6 +588,14 @@ def _check_namespaced(obj: Any) -> None:
     validation.check_metadata(obj.metadata, namespaced=True)
 
 
+def _check_binding(binding: work_pb2.PropagationBinding) -> None:
+    """A binding lives where its template does: the binding of a cluster-scoped
+    template (Karmada's ClusterResourceBinding) has no namespace either."""
+    resource = binding.spec.resource
+    cluster_scoped = bool(resource.kind) and not resource.namespace
+    validation.check_metadata(binding.metadata, namespaced=not cluster_scoped)
+
+
 # How each API kind is checked before it is stored (the kinds themselves, their
 # services and messages come from the one registry, ``kinds.API_KINDS``).
 _VALIDATORS: dict[str, Callable[[Any], None]] = {
@@ -597,7 +605,7 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
     kinds.OVERRIDE_POLICY.name: _check_override,
     kinds.CLUSTER_OVERRIDE_POLICY.name: _check_override,
     kinds.RESOURCE_INTERPRETER_CUSTOMIZATION.name: _check_customization,
-    kinds.PROPAGATION_BINDING.name: _check_namespaced,
+    kinds.PROPAGATION_BINDING.name: _check_binding,
     kinds.PROPAGATION_WORK.name: _check_namespaced,
     kinds.WORKLOAD_REBALANCER.name: validation.check_workload_rebalancer,
     kinds.CLUSTER_TAINT_POLICY.name: validation.check_cluster_taint_policy,

@@ -8,6 +8,8 @@ import pytest
 
 from archipel.core import kinds, scopes, validation
 from archipel.core.errors import Invalid
+from archipel.v1alpha1 import work_pb2
+from controlplane import api
 
 GROUP = "scope.example.com"
 
@@ -156,3 +158,23 @@ def test_built_in_cluster_scoped_kinds_refuse_a_namespace(api_version: str, kind
     with pytest.raises(Invalid) as refused:
         validation.check_template({**manifest, "metadata": {"name": "x", "namespace": "team"}})
     assert refused.value.field == "metadata.namespace"
+
+
+def test_a_binding_lives_where_its_template_does() -> None:
+    """The binding of a cluster-scoped template has no namespace (Karmada's
+    ClusterResourceBinding), so `archipel reschedule` can write it back."""
+    binding = work_pb2.PropagationBinding()
+    binding.metadata.name = "p-priorityclass"
+    binding.spec.resource.api_version = "scheduling.k8s.io/v1"
+    binding.spec.resource.kind = "PriorityClass"
+    binding.spec.resource.name = "p"
+    api._VALIDATORS[kinds.PROPAGATION_BINDING.name](binding)
+    binding.metadata.namespace = "team"
+    with pytest.raises(Invalid) as refused:
+        api._VALIDATORS[kinds.PROPAGATION_BINDING.name](binding)
+    assert refused.value.field == "metadata.namespace"
+    binding.spec.resource.namespace = "team"
+    api._VALIDATORS[kinds.PROPAGATION_BINDING.name](binding)
+    binding.metadata.namespace = ""
+    with pytest.raises(Invalid):
+        api._VALIDATORS[kinds.PROPAGATION_BINDING.name](binding)
