@@ -766,9 +766,10 @@ class TemplateService:
 
     def _refuse_contradictions(self, group: str, kind: str, namespaced: bool, verb: str) -> None:
         """FAILED_PRECONDITION when stored templates of ``group``/``kind`` would disagree
-        with the scope ``namespaced`` (read from the cache: a template written in the
-        last moments may be missed; the scope rule never makes one unreachable by key)."""
-        prefix = kinds.template_type_prefix(f"{group}/v", kind)
+        with the scope ``namespaced``: the CLI would then look for them where they are
+        not. Read from the template cache, which a write made in the same instant by
+        another client may not have reached yet (docs/semantics.md says so)."""
+        prefix = kinds.template_group_kind_prefix(group, kind)
         found = scopes.contradicting(namespaced, self.templates.objects(prefix))
         if found:
             scope = "namespaced" if namespaced else "cluster-scoped"
@@ -808,7 +809,7 @@ class TemplateService:
         defined = scopes.crd_scope(current)
         if defined is not None:
             # Without this CRD the kind falls back to the built-in rule.
-            fallback = scopes.builtin_scope(f"{defined.group}/v", defined.kind).namespaced
+            fallback = scopes.builtin_namespaced(defined.kind)
             if fallback != defined.namespaced:
                 self._refuse_contradictions(defined.group, defined.kind, fallback, "delete")
         deleted, revision = await self.store.delete_at(

@@ -108,10 +108,16 @@ def crd_scope(manifest: Mapping[str, Any]) -> CrdScope | None:
     return CrdScope(group, kind, scope == "Namespaced", str(name))
 
 
+def builtin_namespaced(kind: str) -> bool:
+    """Whether a kind is namespaced when no CRD defines it: rules 2 and 3 of the
+    module's docstring (the group does not matter to them)."""
+    return kind not in BUILTIN_CLUSTER_SCOPED
+
+
 def builtin_scope(api_version: str, kind: str) -> Scope:
-    """The scope without any CRD: rules 2 and 3 of the module's docstring."""
+    """The scope without any CRD."""
     group, _ = kinds.split_api_version(api_version)
-    return Scope(group, kind, namespaced=kind not in BUILTIN_CLUSTER_SCOPED)
+    return Scope(group, kind, namespaced=builtin_namespaced(kind))
 
 
 class KindScopes:
