@@ -24,7 +24,7 @@ from google.protobuf import message as pb_message
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from archipel import manifests, structs
-from archipel.core import kinds
+from archipel.core import kinds, scopes
 from archipel.v1alpha1 import cluster_pb2, work_pb2
 from archipel.v1alpha2 import service_pb2, service_pb2_grpc
 
@@ -88,6 +88,19 @@ for _api_version, _kind, _names in (
     ("networking.k8s.io/v1", "Ingress", ("ingress", "ingresses", "ing")),
     ("rbac.authorization.k8s.io/v1", "Role", ("role", "roles")),
     ("rbac.authorization.k8s.io/v1", "ClusterRole", ("clusterrole", "clusterroles")),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding", ("rolebinding", "rolebindings")),
+    (
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        ("clusterrolebinding", "clusterrolebindings"),
+    ),
+    ("scheduling.k8s.io/v1", "PriorityClass", ("priorityclass", "priorityclasses", "pc")),
+    ("storage.k8s.io/v1", "StorageClass", ("storageclass", "storageclasses", "sc")),
+    (
+        "apiextensions.k8s.io/v1",
+        "CustomResourceDefinition",
+        ("customresourcedefinition", "customresourcedefinitions", "crd", "crds"),
+    ),
 ):
     for _name in _names:
         TEMPLATE_KINDS[_name] = (_api_version, _kind)
@@ -152,6 +165,8 @@ class Client:
         self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
         self.admin = service_pb2_grpc.ClusterAdminServiceStub(self.channel)
         self.info = service_pb2_grpc.InfoServiceStub(self.channel)
+        # Each kind's scope, asked once per client (one CLI invocation): (group, kind).
+        self._scopes: dict[tuple[str, str], scopes.Scope] = {}
 
     def close(self) -> None:
         self.channel.close()
@@ -237,6 +252,43 @@ class Client:
         )
         deleted: bool = self.call(self.templates.Delete, request).deleted
         return deleted
+
+    def template_scope(self, api_version: str, kind: str) -> scopes.Scope:
+        """Whether templates of a kind are namespaced, as the control plane decides it
+        (ResourceTemplateService.GetScope); asked once per kind and client. A control
+        plane too old to answer gets the built-in rule, which is what it applies."""
+        group, _ = kinds.split_api_version(api_version)
+        known = self._scopes.get((group, kind))
+        if known is not None:
+            return known
+        request = service_pb2.ResourceTemplateServiceGetScopeRequest(
+            api_version=api_version, kind=kind
+        )
+        try:
+            answer = self.call(self.templates.GetScope, request)
+            scope = scopes.Scope(
+                answer.group,
+                answer.kind,
+                answer.namespaced,
+                defined_by=answer.custom_resource_definition,
+            )
+        except ClientError as error:
+            if error.code != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            scope = scopes.builtin_scope(api_version, kind)
+        self._scopes[(group, kind)] = scope
+        return scope
+
+    def forget_scopes(self) -> None:
+        """Ask again from now on: a CustomResourceDefinition was applied or deleted."""
+        self._scopes.clear()
+
+    def template_namespace(self, api_version: str, kind: str, namespace: str | None) -> str:
+        """The namespace a template of this kind is addressed in: ``namespace`` (or
+        ``default``) when the kind is namespaced, none when it is cluster-scoped."""
+        if not self.template_scope(api_version, kind).namespaced:
+            return ""
+        return namespace or "default"
 
     # -- clusters and versions -----------------------------------------------------------
 

@@ -26,7 +26,7 @@ from google.protobuf import message_factory
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random
 
 from archipel import interpreter, limits, structs
-from archipel.core import kinds, selectors, validation
+from archipel.core import kinds, scopes, selectors, validation
 from archipel.core.errors import (
     ArchipelError,
     Conflict,
@@ -37,6 +37,7 @@ from archipel.core.errors import (
 )
 from archipel.core.kinds import Kind, Manifest
 from archipel.core.names import DELETION_PROTECTION_LABELS
+from archipel.core.scopes import KindScopes
 from archipel.v1alpha1 import (
     cluster_pb2,
     interpreter_pb2,
@@ -50,6 +51,7 @@ from archipel.version import VERSION
 from controlplane import memory
 from controlplane.controllers.cluster import ClusterController
 from controlplane.etcd import Compacted
+from controlplane.informers import Informer
 from controlplane.store import Store, decode, report_corrupt
 
 T = TypeVar("T", bound=pb_message.Message)
@@ -586,6 +588,14 @@ def _check_namespaced(obj: Any) -> None:
     validation.check_metadata(obj.metadata, namespaced=True)
 
 
+def _check_binding(binding: work_pb2.PropagationBinding) -> None:
+    """A binding lives where its template does: the binding of a cluster-scoped
+    template (Karmada's ClusterResourceBinding) has no namespace either."""
+    resource = binding.spec.resource
+    cluster_scoped = bool(resource.kind) and not resource.namespace
+    validation.check_metadata(binding.metadata, namespaced=not cluster_scoped)
+
+
 # How each API kind is checked before it is stored (the kinds themselves, their
 # services and messages come from the one registry, ``kinds.API_KINDS``).
 _VALIDATORS: dict[str, Callable[[Any], None]] = {
@@ -595,7 +605,7 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
     kinds.OVERRIDE_POLICY.name: _check_override,
     kinds.CLUSTER_OVERRIDE_POLICY.name: _check_override,
     kinds.RESOURCE_INTERPRETER_CUSTOMIZATION.name: _check_customization,
-    kinds.PROPAGATION_BINDING.name: _check_namespaced,
+    kinds.PROPAGATION_BINDING.name: _check_binding,
     kinds.PROPAGATION_WORK.name: _check_namespaced,
     kinds.WORKLOAD_REBALANCER.name: validation.check_workload_rebalancer,
     kinds.CLUSTER_TAINT_POLICY.name: validation.check_cluster_taint_policy,
@@ -625,13 +635,30 @@ def _template_filter(namespace: str, selector: selectors.Selector) -> Callable[[
 
 
 class TemplateService:
-    """Resource templates: any Kubernetes object, as a Struct on the wire."""
+    """Resource templates: any Kubernetes object, as a Struct on the wire.
 
-    def __init__(self, store: Store, api: ApiVersion) -> None:
+    Whether a kind is namespaced comes from ``scopes``, which the control plane keeps
+    current from ``templates`` (the template cache): see :mod:`archipel.core.scopes`.
+    A CRD template changes a kind's scope, so its Apply and Delete are refused when the
+    kind's stored templates would then contradict it, and an applied CRD is in the cache
+    before the Apply answers: the next Apply (its custom resources, often the next
+    document of the same file) is held to its scope.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        api: ApiVersion,
+        *,
+        templates: Informer[Manifest],
+        scopes: KindScopes,
+    ) -> None:
         self.store = store
         self.kind = kinds.RESOURCE_TEMPLATE
         self.api = api
         self.responses = api.responses("ResourceTemplateService")
+        self.templates = templates
+        self.scopes = scopes
 
     def _reply(self, method: str, template: work_pb2.ResourceTemplate) -> Any:
         return self.responses[method](object=template) if self.api.wraps_objects else template
@@ -721,12 +748,49 @@ class TemplateService:
     @_guard
     async def Apply(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         wanted: work_pb2.ResourceTemplate = request.object if self.api.wraps_objects else request
-        manifest = validation.check_template(structs.from_struct(wanted.manifest))
+        manifest = validation.check_template(
+            structs.from_struct(wanted.manifest), scope_of=self.scopes.scope
+        )
+        defined = scopes.crd_scope(manifest)
+        if defined is not None:
+            self._refuse_contradictions(defined.group, defined.kind, defined.namespaced, "apply")
         version = manifest.get("metadata", {}).get("resourceVersion", "")
         applied = await _unless_named(
             version, lambda: apply_template(self.store, kinds.RESOURCE_TEMPLATE.copy(manifest))
         )
+        if defined is not None:
+            # The kind's scope holds for the caller's next call, not some time later.
+            revision = applied.get("metadata", {}).get("resourceVersion", "")
+            await self.templates.wait_for_revision(int(revision or 0))
         return self._reply("Apply", self._wire(applied))
+
+    def _refuse_contradictions(self, group: str, kind: str, namespaced: bool, verb: str) -> None:
+        """FAILED_PRECONDITION when stored templates of ``group``/``kind`` would disagree
+        with the scope ``namespaced``: the CLI would then look for them where they are
+        not. Read from the template cache, which a write made in the same instant by
+        another client may not have reached yet (docs/semantics.md says so)."""
+        prefix = kinds.template_group_kind_prefix(group, kind)
+        found = scopes.contradicting(namespaced, self.templates.objects(prefix))
+        if found:
+            scope = "namespaced" if namespaced else "cluster-scoped"
+            shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+            raise FailedPrecondition(
+                f"cannot {verb} the CustomResourceDefinition: {kind}.{group} would be {scope}, "
+                f"but templates of it are stored {'without' if namespaced else 'with'} a "
+                f"namespace ({shown}); delete them first"
+            )
+
+    @_guard
+    async def GetScope(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        api_version = validation.check_api_version(request.api_version)
+        kind = validation.check_kind(request.kind)
+        scope = self.scopes.scope(api_version, kind)
+        return self.responses["GetScope"](
+            group=scope.group,
+            kind=scope.kind,
+            namespaced=scope.namespaced,
+            custom_resource_definition=scope.defined_by,
+        )
 
     @_guard
     async def Delete(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
@@ -742,7 +806,18 @@ class TemplateService:
                     f"{request.kind} {request.name} is protected by the label {label}=Always; "
                     "remove the label to delete it"
                 )
-        deleted = await self.store.delete(self.kind, key, resource_version=request.resource_version)
+        defined = scopes.crd_scope(current)
+        if defined is not None:
+            # Without this CRD the kind falls back to the built-in rule.
+            fallback = scopes.builtin_namespaced(defined.kind)
+            if fallback != defined.namespaced:
+                self._refuse_contradictions(defined.group, defined.kind, fallback, "delete")
+        deleted, revision = await self.store.delete_at(
+            self.kind, key, resource_version=request.resource_version
+        )
+        if defined is not None:
+            # As for an apply: the kind's scope has changed when the caller hears back.
+            await self.templates.wait_for_revision(revision)
         return self.responses["Delete"](deleted=deleted)
 
 

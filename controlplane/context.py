@@ -24,6 +24,7 @@ from archipel import interpreter
 from archipel.core import kinds, names
 from archipel.core.kinds import CLUSTER_SCOPE, Manifest
 from archipel.core.names import BINDING_NAME_LABEL, BINDING_NAMESPACE_LABEL, CLUSTER_LABEL
+from archipel.core.scopes import KindScopes
 from archipel.v1alpha1 import (
     apps_pb2,
     cluster_pb2,
@@ -113,6 +114,9 @@ class Context:
     taint_policies: Informer[policy_pb2.ClusterTaintPolicy]
     # Rebuilt whenever a customization changes; controllers read it, never write it.
     interpreters: interpreter.Registry = dataclasses.field(default_factory=interpreter.Registry)
+    # Which template kinds are namespaced, from the CRD templates in the cache; the
+    # API validates templates and answers GetScope with it.
+    scopes: KindScopes = dataclasses.field(default_factory=KindScopes)
 
     @classmethod
     def build(cls, settings: Settings, store: Store) -> Context:
@@ -141,6 +145,7 @@ class Context:
         context.customizations.add_handler(
             lambda key, old, new: context.interpreters.update(context.customizations.objects())
         )
+        context.templates.add_handler(lambda key, old, new: context.scopes.observe(key, new))
         return context
 
     def binding_of(self, template_key: str) -> work_pb2.PropagationBinding | None:

@@ -340,7 +340,12 @@ class ControlPlane:
         for served in api.API_VERSIONS:
             of_version: dict[str, object] = {
                 **api.kind_services(self.store, served),
-                "ResourceTemplateService": api.TemplateService(self.store, served),
+                "ResourceTemplateService": api.TemplateService(
+                    self.store,
+                    served,
+                    templates=self.context.templates,
+                    scopes=self.context.scopes,
+                ),
                 "ClusterAdminService": api.ClusterAdminService(self.clusters, served),
                 "InfoService": api.InfoService(served),
             }

@@ -348,6 +348,14 @@ class Store:
         An object that cannot be decoded is deleted outright: its finalizers cannot be
         read, and deleting it is the way out of the quarantine.
         """
+        gone, _ = await self.delete_at(kind, key, resource_version=resource_version)
+        return gone
+
+    async def delete_at(
+        self, kind: Kind[T], key: str, *, resource_version: str = ""
+    ) -> tuple[bool, int]:
+        """:meth:`delete`, and the revision the deletion (or the mark) landed at, for a
+        caller that waits for a cache to see it."""
         try:
             current = await self.must_get(kind, key)
         except Corrupt:
@@ -359,17 +367,17 @@ class Store:
                     f"{kind.name} {_display(key)} is at resourceVersion {kv.mod_revision}, "
                     f"not {resource_version}"
                 ) from None
-            await self.commit([plan.Purge(key, kv.mod_revision)])
+            revision = await self.commit([plan.Purge(key, kv.mod_revision)])
             log.warning("deleted undecodable object %s", key)
-            return True
+            return True, revision
         meta = kind.meta(current)
         if resource_version and meta.resource_version != resource_version:
             raise Conflict(
                 f"{kind.name} {_display(key)} is at resourceVersion {meta.resource_version}, "
                 f"not {resource_version}"
             )
-        await self.commit([plan.Delete(kind, current)])
-        return not meta.finalizers
+        revision = await self.commit([plan.Delete(kind, current)])
+        return not meta.finalizers, revision
 
     async def remove_finalizer(self, kind: Kind[T], obj: T, finalizer: str) -> T:
         meta = kind.meta(obj)

@@ -35,7 +35,7 @@ from archipel.client import (
     read_documents,
     to_message,
 )
-from archipel.core import kinds, matching, overrides, validation
+from archipel.core import kinds, matching, overrides, scopes
 from archipel.core.names import (
     APPLIED_CLUSTER_OVERRIDES_ANNOTATION,
     APPLIED_OVERRIDES_ANNOTATION,
@@ -128,12 +128,17 @@ class Commands:
 
     # -- apply / delete ------------------------------------------------------------------
 
-    def _documents(self) -> list[tuple[str, dict[str, Any]]]:
+    def _documents(self, *, deleting: bool = False) -> list[tuple[str, dict[str, Any]]]:
+        """The documents of -f, Archipel's kinds with their namespace defaulted.
+
+        A template's namespace is left for :meth:`_template_namespace`, at its turn: its
+        kind's scope may be defined by a CRD earlier in the same files.
+        """
         if not self.args.filename:
             raise ClientError("-f: give a file, a directory or '-'")
         documents: list[tuple[str, dict[str, Any]]] = []
         for source in self.args.filename:
-            documents.extend(read_documents(source, namespace=self.args.namespace))
+            documents.extend(read_documents(source))
         for origin, document in documents:
             try:
                 api_kind = api_kind_of_document(document)
@@ -141,26 +146,47 @@ class Commands:
                 raise ClientError(f"{origin}: {error}") from error
             if api_kind is not None:
                 if api_kind.namespaced and not document["metadata"].get("namespace"):
-                    document["metadata"]["namespace"] = "default"
+                    document["metadata"]["namespace"] = self.args.namespace or "default"
                 try:
                     to_message(api_kind, document)  # every document parses before any is sent
                 except ClientError as error:
                     raise ClientError(f"{origin}: {error}") from error
-        # Namespaces first, then everything else in the order given.
-        documents.sort(key=lambda item: 0 if item[1].get("kind") == "Namespace" else 1)
+        # Namespaces and CRDs first (what the rest lives in, or is the kind of), then
+        # everything else in the order given; a delete goes the other way round.
+        documents.sort(key=lambda item: (_FIRST.get(item[1].get("kind", ""), 2), 0))
+        if deleting:
+            documents.reverse()
         return documents
+
+    def _template_namespace(self, document: dict[str, Any]) -> str:
+        """A template document's namespace by its kind's scope, as the control plane
+        says it: its own or -n's (or default) when namespaced, none when cluster-scoped
+        (a namespace the document itself names is left for the server to refuse)."""
+        metadata = document.setdefault("metadata", {})
+        own = metadata.get("namespace")
+        if own:
+            return str(own)
+        return self.client.template_namespace(
+            str(document.get("apiVersion", "")), str(document.get("kind", "")), self.args.namespace
+        )
 
     def apply(self) -> None:
         for origin, document in self._documents():
             try:
+                if api_kind_of_document(document) is None:
+                    namespace = self._template_namespace(document)
+                    if namespace:
+                        document["metadata"]["namespace"] = namespace
                 name, outcome = self.client.apply_document(document)
             except ClientError as error:
                 raise ClientError(f"{origin}: {error}") from error
+            if scopes.is_crd(document):
+                self.client.forget_scopes()
             print(f"{name} {outcome}")
 
     def delete(self) -> None:
         if self.args.filename:
-            targets = [(d.get("kind", ""), d) for _, d in self._documents()]
+            targets = [(d.get("kind", ""), d) for _, d in self._documents(deleting=True)]
         else:
             if not self.args.kind or not self.args.names:
                 raise ClientError("delete: give KIND NAME... or -f FILE")
@@ -181,8 +207,10 @@ class Commands:
                     api_version,
                     kind,
                     name,
-                    "" if kind in ("Namespace", "ClusterRole") else namespace,
+                    self.client.template_namespace(api_version, kind, namespace),
                 )
+                if kind == scopes.CRD_KIND:
+                    self.client.forget_scopes()
                 label = kind.lower()
             state = "deleted" if deleted else "deletion requested"
             print(f"{label}/{name} {state}")
@@ -233,7 +261,8 @@ class Commands:
             return api_kind, documents
         assert template is not None
         api_version, kind = template
-        scope = "" if kind in ("Namespace", "ClusterRole") else namespace
+        namespaced = self.client.template_scope(api_version, kind).namespaced
+        scope = namespace if namespaced else ""
         if names:
             for name in names:
                 found = self.client.get_template(api_version, kind, name, scope)
@@ -512,14 +541,17 @@ class Commands:
         _, template = self._resolve(self.args.kind)
         if template is None:
             raise ClientError("reschedule: give the template's KIND and NAME, e.g. deployment web")
-        kind = template[1]
-        namespace = (
-            "" if kind in ("Namespace", "ClusterRole") else (self.args.namespace or "default")
-        )
-        bindings = kinds.PROPAGATION_BINDING
-        binding = self.client.get_object(bindings, f"{self.args.name}-{kind.lower()}", namespace)
+        api_version, kind = template
+        namespace = self.client.template_namespace(api_version, kind, self.args.namespace)
+        binding = self.client.binding_of(api_version, kind, namespace, self.args.name)
+        if binding is None:
+            where = f" in {namespace}" if namespace else ""
+            raise ClientError(
+                f"{kind.lower()}/{self.args.name}{where} has no binding: no policy propagates it",
+                code=grpc.StatusCode.NOT_FOUND,
+            )
         binding.spec.reschedule_triggered_at.GetCurrentTime()
-        self.client.apply_object(bindings, binding)
+        self.client.apply_object(kinds.PROPAGATION_BINDING, binding)
         print(f"{kind.lower()}/{self.args.name} rescheduling")
 
     def rebalance(self) -> None:
@@ -543,9 +575,7 @@ class Commands:
             if api_kind is not None or template is None:
                 raise not_a_template
             api_version, kind = template
-            namespace = (
-                "" if kind in validation.CLUSTER_SCOPED_KINDS else args.namespace or "default"
-            )
+            namespace = self.client.template_namespace(api_version, kind, args.namespace)
             rebalancer.spec.workloads.add(
                 api_version=api_version, kind=kind, namespace=namespace, name=name
             )
@@ -655,11 +685,17 @@ class Commands:
         if cluster is None:
             raise ClientError(f"--cluster: {self.args.cluster!r} is not in {self.args.clusters}")
         documents = [d for source in self.args.filename for _, d in read_documents(source)]
+        # Offline, the files' own CRDs are all there is to say a kind is cluster-scoped.
+        known = scopes.KindScopes()
+        for number, document in enumerate(documents):
+            known.observe(str(number), document)
         namespaced, cluster_wide, templates = [], [], []
         for document in documents:
             api_kind = api_kind_of_document(document)
             if api_kind is None:
-                document.setdefault("metadata", {}).setdefault("namespace", "default")
+                metadata = document.setdefault("metadata", {})
+                if known.namespaced(str(document.get("apiVersion", "")), document.get("kind", "")):
+                    metadata.setdefault("namespace", "default")
                 templates.append(document)
             elif api_kind.name == "OverridePolicy":
                 message = to_message(api_kind, document)
@@ -682,7 +718,7 @@ class Commands:
         if api_kind is not None or resolved is None or not name:
             raise ClientError(f"render: {self.args.target!r} is not KIND/NAME of a template")
         api_version, kind = resolved
-        namespace = "" if kind in ("Namespace", "ClusterRole") else self.args.namespace or "default"
+        namespace = self.client.template_namespace(api_version, kind, self.args.namespace)
         binding = self.client.binding_of(api_version, kind, namespace, name)
         work = None
         if binding is not None:
@@ -778,6 +814,10 @@ class Commands:
             f"run the agent: {env}archipel-agent --server {self.client.config.server} "
             f"{token_option}{kubeconfig}".rstrip()
         )
+
+
+# The kinds -f applies first, in this order (and a delete removes last).
+_FIRST = {"Namespace": 0, scopes.CRD_KIND: 1}
 
 
 def _describe_failover(spec: dict[str, Any], status: dict[str, Any]) -> None:

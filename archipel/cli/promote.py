@@ -37,7 +37,6 @@ import yaml
 from archipel.client import TEMPLATE_KINDS, Client, ClientError
 from archipel.core import kinds
 from archipel.core.matching import is_system_namespace
-from archipel.core.validation import CLUSTER_SCOPED_KINDS
 
 POLICY_API_VERSION = "policy.archipel.io/v1alpha1"
 # Metadata the member's API server owns; a template must not carry it.
@@ -348,6 +347,7 @@ def run(args: argparse.Namespace, client: Client) -> None:
         resource = member.resolve(query)
         namespace = (args.namespace or "default") if resource.namespaced else ""
         _refuse_system(resource, namespace, name)
+        _refuse_other_scope(resource, client)
         label = f"{resource.kind} {_where(namespace, name)}"
         if _exists(
             lambda: client.get_template(resource.api_version, resource.kind, name, namespace)
@@ -374,12 +374,26 @@ def _refuse_system(resource: Resource, namespace: str, name: str) -> None:
         )
     if resource.kind == "Namespace" and is_system_namespace(name):
         raise ClientError(f"Namespace {name} is a system namespace; it is not promoted")
-    # The control plane keeps templates of kinds it does not know as namespaced.
-    if not resource.namespaced and resource.kind not in CLUSTER_SCOPED_KINDS:
-        raise ClientError(
-            f"{resource.kind} is cluster-scoped and not among the cluster-scoped kinds "
-            "the control plane keeps templates for"
-        )
+
+
+def _refuse_other_scope(resource: Resource, client: Client) -> None:
+    """The control plane must keep templates of the kind with the scope the member
+    gives it: a kind it does not know (no CRD template defines it) it keeps as
+    namespaced, so a cluster-scoped custom resource needs its CRD applied first."""
+    scope = client.template_scope(resource.api_version, resource.kind)
+    if scope.namespaced == resource.namespaced:
+        return
+    member = "namespaced" if resource.namespaced else "cluster-scoped"
+    theirs = "namespaced" if scope.namespaced else "cluster-scoped"
+    why = (
+        f"CustomResourceDefinition {scope.defined_by} says so"
+        if scope.defined_by
+        else "no CustomResourceDefinition template defines the kind"
+    )
+    raise ClientError(
+        f"{resource.kind} is {member} in the member but {theirs} in the control plane "
+        f"({why}); apply the kind's CustomResourceDefinition as a template first"
+    )
 
 
 def _create(

@@ -400,6 +400,11 @@ def split_api_version(api_version: str) -> tuple[str, str]:
 
 def template_type_prefix(api_version: str, kind: str) -> str:
     group, _ = split_api_version(api_version)
+    return template_group_kind_prefix(group, kind)
+
+
+def template_group_kind_prefix(group: str, kind: str) -> str:
+    """Where the templates of a kind are, in every version of its group."""
     return f"templates/{group or 'core'}/{kind}/"
 
 

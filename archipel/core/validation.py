@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from google.protobuf import message as pb_message
 
 from archipel import interpreter, jsonpath, limits
-from archipel.core import kinds, selectors, workloads
+from archipel.core import kinds, scopes, selectors, workloads
 from archipel.core.errors import Invalid
 from archipel.core.kinds import Manifest
 from archipel.v1alpha1 import apps_pb2, cluster_pb2, meta_pb2, override_pb2, policy_pb2
@@ -30,34 +30,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 SPREAD_FIELDS = ("cluster", "region", "zone", "provider")
 FIELD_SELECTOR_KEYS = ("provider", "region", "zone")
-
-# Kinds that are cluster-scoped in every Kubernetes cluster; anything else is
-# treated as namespaced, and defaults to the "default" namespace as kubectl does.
-CLUSTER_SCOPED_KINDS = frozenset(
-    {
-        "Namespace",
-        "Node",
-        "PersistentVolume",
-        "ClusterRole",
-        "ClusterRoleBinding",
-        "CustomResourceDefinition",
-        "StorageClass",
-        "PriorityClass",
-        "IngressClass",
-        "RuntimeClass",
-        "CSIDriver",
-        "CSINode",
-        "APIService",
-        "ValidatingWebhookConfiguration",
-        "MutatingWebhookConfiguration",
-        "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
-        "VolumeSnapshotClass",
-        "FlowSchema",
-        "PriorityLevelConfiguration",
-    }
-)
-
 
 # Kinds whose names Kubernetes checks as path segments rather than DNS subdomains (RBAC
 # objects are named system:controller:... and the like); everything else is stricter.
@@ -620,12 +592,17 @@ def _check_template_metadata(metadata: dict[str, Any], api_version: str, kind: s
         selectors.check_qualified_name(finalizer, where, what="finalizer")
 
 
-def check_template(manifest: Any) -> Manifest:
+def check_template(
+    manifest: Any, *, scope_of: Callable[[str, str], scopes.Scope] = scopes.builtin_scope
+) -> Manifest:
     """A resource template; returns it with the namespace defaulted where needed.
 
     Checks at least what kube-apiserver checks of any object (apiVersion, kind and
     metadata), the fields Archipel itself interprets (replicas), and Archipel's own
     bounds: depth first, since every later step walks the manifest, then size.
+    ``scope_of(apiVersion, kind)`` says whether the kind is namespaced: the control
+    plane passes what its CRD templates say (:class:`scopes.KindScopes`); without it,
+    only the built-in rule is known.
     """
     if not isinstance(manifest, dict):
         raise Invalid("manifest", "must be a Kubernetes object")
@@ -638,9 +615,11 @@ def check_template(manifest: Any) -> Manifest:
     if not isinstance(metadata, dict):
         raise Invalid("metadata", "required")
     namespace = metadata.get("namespace", "")
-    if kind in CLUSTER_SCOPED_KINDS:
+    scope = scope_of(api_version, kind)
+    if not scope.namespaced:
         if namespace:
-            raise Invalid("metadata.namespace", f"must be empty: {kind} is cluster-scoped")
+            why = f" (CustomResourceDefinition {scope.defined_by})" if scope.defined_by else ""
+            raise Invalid("metadata.namespace", f"must be empty: {kind} is cluster-scoped{why}")
     else:
         if not namespace:
             metadata["namespace"] = namespace = "default"

@@ -3204,6 +3204,74 @@ class ResourceTemplateServiceDeleteResponse(_message.Message):
 Global___ResourceTemplateServiceDeleteResponse: _TypeAlias = ResourceTemplateServiceDeleteResponse  # noqa: Y015
 
 @_typing.final
+class ResourceTemplateServiceGetScopeRequest(_message.Message):
+    """Which kind's scope to tell."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    API_VERSION_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    api_version: _builtins.str
+    """The kind's apiVersion, e.g. "scheduling.k8s.io/v1"; only its group matters."""
+    kind: _builtins.str
+    """The kind, e.g. "PriorityClass"."""
+    def __init__(
+        self,
+        *,
+        api_version: _builtins.str = ...,
+        kind: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_version", b"api_version", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceTemplateServiceGetScopeRequest: _TypeAlias = ResourceTemplateServiceGetScopeRequest  # noqa: Y015
+
+@_typing.final
+class ResourceTemplateServiceGetScopeResponse(_message.Message):
+    """Whether templates of a kind are namespaced, as the control plane decides it (the
+    scope its Apply holds templates to, and the namespace Get, List and Delete take).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GROUP_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAMESPACED_FIELD_NUMBER: _builtins.int
+    CUSTOM_RESOURCE_DEFINITION_FIELD_NUMBER: _builtins.int
+    group: _builtins.str
+    """The kind's API group; empty for the core group."""
+    kind: _builtins.str
+    """The kind, as asked."""
+    namespaced: _builtins.bool
+    """True when templates of the kind live in a namespace ("default" when they name
+    none); false when they are cluster-scoped and must name no namespace.
+    """
+    custom_resource_definition: _builtins.str
+    """The name of the CustomResourceDefinition template whose spec.scope decides; empty
+    when no CRD template defines the kind and the built-in rule does: Kubernetes'
+    cluster-scoped kinds (Namespace, ClusterRole, StorageClass, PriorityClass, ...)
+    are cluster-scoped, every other kind is namespaced.
+    """
+    def __init__(
+        self,
+        *,
+        group: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        namespaced: _builtins.bool = ...,
+        custom_resource_definition: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["custom_resource_definition", b"custom_resource_definition", "group", b"group", "kind", b"kind", "namespaced", b"namespaced"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResourceTemplateServiceGetScopeResponse: _TypeAlias = ResourceTemplateServiceGetScopeResponse  # noqa: Y015
+
+@_typing.final
 class JoinRequest(_message.Message):
     """-- Joining clusters ---------------------------------------------------------
 

@@ -2589,6 +2589,11 @@ class ResourceTemplateServiceStub:
                 request_serializer=archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceDeleteRequest.SerializeToString,
                 response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceDeleteResponse.FromString,
                 _registered_method=True)
+        self.GetScope = channel.unary_unary(
+                '/archipel.v1alpha2.ResourceTemplateService/GetScope',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceGetScopeRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceGetScopeResponse.FromString,
+                _registered_method=True)
 
 
 class ResourceTemplateServiceServicer:
@@ -2632,6 +2637,16 @@ class ResourceTemplateServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetScope(self, request, context):
+        """Whether templates of a kind are namespaced: from a CustomResourceDefinition
+        template defining the kind when the control plane holds one, else from the
+        built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+        defines it, the CRD's scope holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ResourceTemplateServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -2659,6 +2674,11 @@ def add_ResourceTemplateServiceServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceDeleteRequest.FromString,
                     response_serializer=archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceDeleteResponse.SerializeToString,
+            ),
+            'GetScope': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetScope,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceGetScopeRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceGetScopeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2797,6 +2817,33 @@ class ResourceTemplateService:
             '/archipel.v1alpha2.ResourceTemplateService/Delete',
             archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceDeleteRequest.SerializeToString,
             archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceDeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetScope(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.ResourceTemplateService/GetScope',
+            archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceGetScopeRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.ResourceTemplateServiceGetScopeResponse.FromString,
             options,
             channel_credentials,
             insecure,

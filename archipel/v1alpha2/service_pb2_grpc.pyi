@@ -865,6 +865,12 @@ class ResourceTemplateServiceStub:
     """Delete a template (once its finalizers are done); FAILED_PRECONDITION while a
     deletion-protection label says Always.
     """
+    GetScope: _grpc.UnaryUnaryMultiCallable[_service_pb2.ResourceTemplateServiceGetScopeRequest, _service_pb2.ResourceTemplateServiceGetScopeResponse]
+    """Whether templates of a kind are namespaced: from a CustomResourceDefinition
+    template defining the kind when the control plane holds one, else from the
+    built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+    defines it, the CRD's scope holds.
+    """
 
 @_typing.type_check_only
 class ResourceTemplateServiceAsyncStub(ResourceTemplateServiceStub):
@@ -884,6 +890,12 @@ class ResourceTemplateServiceAsyncStub(ResourceTemplateServiceStub):
     Delete: _aio.UnaryUnaryMultiCallable[_service_pb2.ResourceTemplateServiceDeleteRequest, _service_pb2.ResourceTemplateServiceDeleteResponse]  # type: ignore[assignment]
     """Delete a template (once its finalizers are done); FAILED_PRECONDITION while a
     deletion-protection label says Always.
+    """
+    GetScope: _aio.UnaryUnaryMultiCallable[_service_pb2.ResourceTemplateServiceGetScopeRequest, _service_pb2.ResourceTemplateServiceGetScopeResponse]  # type: ignore[assignment]
+    """Whether templates of a kind are namespaced: from a CustomResourceDefinition
+    template defining the kind when the control plane holds one, else from the
+    built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+    defines it, the CRD's scope holds.
     """
 
 class ResourceTemplateServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -931,6 +943,18 @@ class ResourceTemplateServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_service_pb2.ResourceTemplateServiceDeleteResponse, _abc.Awaitable[_service_pb2.ResourceTemplateServiceDeleteResponse]]:
         """Delete a template (once its finalizers are done); FAILED_PRECONDITION while a
         deletion-protection label says Always.
+        """
+
+    @_abc_1.abstractmethod
+    def GetScope(
+        self,
+        request: _service_pb2.ResourceTemplateServiceGetScopeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ResourceTemplateServiceGetScopeResponse, _abc.Awaitable[_service_pb2.ResourceTemplateServiceGetScopeResponse]]:
+        """Whether templates of a kind are namespaced: from a CustomResourceDefinition
+        template defining the kind when the control plane holds one, else from the
+        built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+        defines it, the CRD's scope holds.
         """
 
 def add_ResourceTemplateServiceServicer_to_server(servicer: ResourceTemplateServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

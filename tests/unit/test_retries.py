@@ -22,7 +22,7 @@ from archipel import client as client_module
 from archipel import structs
 from archipel.cli import main as cli
 from archipel.client import Client, ClientError, Config
-from archipel.core import kinds
+from archipel.core import kinds, scopes
 from archipel.core.errors import Unavailable
 from archipel.v1alpha1 import cluster_pb2, work_pb2
 from controlplane import informers
@@ -290,6 +290,9 @@ def test_render_reports_a_refused_work_lookup(
     binding = work_pb2.PropagationBinding()
     binding.metadata.name = "web-configmap"
     monkeypatch.setattr(client_module.Client, "binding_of", lambda self, *args: binding)
+    monkeypatch.setattr(
+        client_module.Client, "template_scope", lambda self, *args: scopes.builtin_scope(*args)
+    )
     stub = _Stub(grpc.StatusCode.PERMISSION_DENIED)
     monkeypatch.setattr(client_module.Client, "stub", lambda self, api_kind: stub)
     monkeypatch.setattr(

@@ -6316,6 +6316,139 @@ func (x *ResourceTemplateServiceDeleteResponse) GetDeleted() bool {
 	return false
 }
 
+// Which kind's scope to tell.
+type ResourceTemplateServiceGetScopeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kind's apiVersion, e.g. "scheduling.k8s.io/v1"; only its group matters.
+	ApiVersion string `protobuf:"bytes,1,opt,name=api_version,json=apiVersion,proto3" json:"api_version,omitempty"`
+	// The kind, e.g. "PriorityClass".
+	Kind          string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResourceTemplateServiceGetScopeRequest) Reset() {
+	*x = ResourceTemplateServiceGetScopeRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[110]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceTemplateServiceGetScopeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceTemplateServiceGetScopeRequest) ProtoMessage() {}
+
+func (x *ResourceTemplateServiceGetScopeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[110]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceTemplateServiceGetScopeRequest.ProtoReflect.Descriptor instead.
+func (*ResourceTemplateServiceGetScopeRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{110}
+}
+
+func (x *ResourceTemplateServiceGetScopeRequest) GetApiVersion() string {
+	if x != nil {
+		return x.ApiVersion
+	}
+	return ""
+}
+
+func (x *ResourceTemplateServiceGetScopeRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+// Whether templates of a kind are namespaced, as the control plane decides it (the
+// scope its Apply holds templates to, and the namespace Get, List and Delete take).
+type ResourceTemplateServiceGetScopeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The kind's API group; empty for the core group.
+	Group string `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	// The kind, as asked.
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// True when templates of the kind live in a namespace ("default" when they name
+	// none); false when they are cluster-scoped and must name no namespace.
+	Namespaced bool `protobuf:"varint,3,opt,name=namespaced,proto3" json:"namespaced,omitempty"`
+	// The name of the CustomResourceDefinition template whose spec.scope decides; empty
+	// when no CRD template defines the kind and the built-in rule does: Kubernetes'
+	// cluster-scoped kinds (Namespace, ClusterRole, StorageClass, PriorityClass, ...)
+	// are cluster-scoped, every other kind is namespaced.
+	CustomResourceDefinition string `protobuf:"bytes,4,opt,name=custom_resource_definition,json=customResourceDefinition,proto3" json:"custom_resource_definition,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
+}
+
+func (x *ResourceTemplateServiceGetScopeResponse) Reset() {
+	*x = ResourceTemplateServiceGetScopeResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[111]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceTemplateServiceGetScopeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceTemplateServiceGetScopeResponse) ProtoMessage() {}
+
+func (x *ResourceTemplateServiceGetScopeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[111]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceTemplateServiceGetScopeResponse.ProtoReflect.Descriptor instead.
+func (*ResourceTemplateServiceGetScopeResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{111}
+}
+
+func (x *ResourceTemplateServiceGetScopeResponse) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ResourceTemplateServiceGetScopeResponse) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ResourceTemplateServiceGetScopeResponse) GetNamespaced() bool {
+	if x != nil {
+		return x.Namespaced
+	}
+	return false
+}
+
+func (x *ResourceTemplateServiceGetScopeResponse) GetCustomResourceDefinition() string {
+	if x != nil {
+		return x.CustomResourceDefinition
+	}
+	return ""
+}
+
 // The cluster to register.
 type JoinRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -6338,7 +6471,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[110]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[112]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6350,7 +6483,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[110]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[112]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6363,7 +6496,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{110}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{112}
 }
 
 func (x *JoinRequest) GetName() string {
@@ -6421,7 +6554,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[111]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[113]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6433,7 +6566,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[111]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[113]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6446,7 +6579,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{111}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{113}
 }
 
 func (x *JoinResponse) GetCluster() *v1alpha1.MemberCluster {
@@ -6472,7 +6605,7 @@ type GetVersionRequest struct {
 
 func (x *GetVersionRequest) Reset() {
 	*x = GetVersionRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[112]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[114]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6484,7 +6617,7 @@ func (x *GetVersionRequest) String() string {
 func (*GetVersionRequest) ProtoMessage() {}
 
 func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[112]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[114]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6497,7 +6630,7 @@ func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionRequest.ProtoReflect.Descriptor instead.
 func (*GetVersionRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{112}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{114}
 }
 
 // The control plane's version and the API versions it serves.
@@ -6514,7 +6647,7 @@ type GetVersionResponse struct {
 
 func (x *GetVersionResponse) Reset() {
 	*x = GetVersionResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[113]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[115]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6526,7 +6659,7 @@ func (x *GetVersionResponse) String() string {
 func (*GetVersionResponse) ProtoMessage() {}
 
 func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[113]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[115]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6539,7 +6672,7 @@ func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionResponse.ProtoReflect.Descriptor instead.
 func (*GetVersionResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{113}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{115}
 }
 
 func (x *GetVersionResponse) GetVersion() string {
@@ -6900,7 +7033,18 @@ const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12)\n" +
 	"\x10resource_version\x18\x05 \x01(\tR\x0fresourceVersion\"A\n" +
 	"%ResourceTemplateServiceDeleteResponse\x12\x18\n" +
-	"\adeleted\x18\x01 \x01(\bR\adeleted\"\x80\x02\n" +
+	"\adeleted\x18\x01 \x01(\bR\adeleted\"]\n" +
+	"&ResourceTemplateServiceGetScopeRequest\x12\x1f\n" +
+	"\vapi_version\x18\x01 \x01(\tR\n" +
+	"apiVersion\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\"\xb1\x01\n" +
+	"'ResourceTemplateServiceGetScopeResponse\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x1e\n" +
+	"\n" +
+	"namespaced\x18\x03 \x01(\bR\n" +
+	"namespaced\x12<\n" +
+	"\x1acustom_resource_definition\x18\x04 \x01(\tR\x18customResourceDefinition\"\x80\x02\n" +
 	"\vJoinRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12B\n" +
 	"\x06labels\x18\x02 \x03(\v2*.archipel.v1alpha2.JoinRequest.LabelsEntryR\x06labels\x12\x1a\n" +
@@ -6982,13 +7126,14 @@ const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\x04List\x127.archipel.v1alpha2.ClusterTaintPolicyServiceListRequest\x1a8.archipel.v1alpha2.ClusterTaintPolicyServiceListResponse\x12~\n" +
 	"\x05Watch\x128.archipel.v1alpha2.ClusterTaintPolicyServiceWatchRequest\x1a9.archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse0\x01\x12|\n" +
 	"\x05Apply\x128.archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest\x1a9.archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse\x12\x7f\n" +
-	"\x06Delete\x129.archipel.v1alpha2.ClusterTaintPolicyServiceDeleteRequest\x1a:.archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse2\xf7\x04\n" +
+	"\x06Delete\x129.archipel.v1alpha2.ClusterTaintPolicyServiceDeleteRequest\x1a:.archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse2\xfb\x05\n" +
 	"\x17ResourceTemplateService\x12r\n" +
 	"\x03Get\x124.archipel.v1alpha2.ResourceTemplateServiceGetRequest\x1a5.archipel.v1alpha2.ResourceTemplateServiceGetResponse\x12u\n" +
 	"\x04List\x125.archipel.v1alpha2.ResourceTemplateServiceListRequest\x1a6.archipel.v1alpha2.ResourceTemplateServiceListResponse\x12z\n" +
 	"\x05Watch\x126.archipel.v1alpha2.ResourceTemplateServiceWatchRequest\x1a7.archipel.v1alpha2.ResourceTemplateServiceWatchResponse0\x01\x12x\n" +
 	"\x05Apply\x126.archipel.v1alpha2.ResourceTemplateServiceApplyRequest\x1a7.archipel.v1alpha2.ResourceTemplateServiceApplyResponse\x12{\n" +
-	"\x06Delete\x127.archipel.v1alpha2.ResourceTemplateServiceDeleteRequest\x1a8.archipel.v1alpha2.ResourceTemplateServiceDeleteResponse2^\n" +
+	"\x06Delete\x127.archipel.v1alpha2.ResourceTemplateServiceDeleteRequest\x1a8.archipel.v1alpha2.ResourceTemplateServiceDeleteResponse\x12\x81\x01\n" +
+	"\bGetScope\x129.archipel.v1alpha2.ResourceTemplateServiceGetScopeRequest\x1a:.archipel.v1alpha2.ResourceTemplateServiceGetScopeResponse2^\n" +
 	"\x13ClusterAdminService\x12G\n" +
 	"\x04Join\x12\x1e.archipel.v1alpha2.JoinRequest\x1a\x1f.archipel.v1alpha2.JoinResponse2h\n" +
 	"\vInfoService\x12Y\n" +
@@ -7009,7 +7154,7 @@ func file_archipel_v1alpha2_service_proto_rawDescGZIP() []byte {
 }
 
 var file_archipel_v1alpha2_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_archipel_v1alpha2_service_proto_msgTypes = make([]protoimpl.MessageInfo, 115)
+var file_archipel_v1alpha2_service_proto_msgTypes = make([]protoimpl.MessageInfo, 117)
 var file_archipel_v1alpha2_service_proto_goTypes = []any{
 	(EventType)(0),                                                // 0: archipel.v1alpha2.EventType
 	(*MemberClusterServiceGetRequest)(nil),                        // 1: archipel.v1alpha2.MemberClusterServiceGetRequest
@@ -7122,92 +7267,94 @@ var file_archipel_v1alpha2_service_proto_goTypes = []any{
 	(*ResourceTemplateServiceApplyResponse)(nil),                  // 108: archipel.v1alpha2.ResourceTemplateServiceApplyResponse
 	(*ResourceTemplateServiceDeleteRequest)(nil),                  // 109: archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
 	(*ResourceTemplateServiceDeleteResponse)(nil),                 // 110: archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
-	(*JoinRequest)(nil),                                           // 111: archipel.v1alpha2.JoinRequest
-	(*JoinResponse)(nil),                                          // 112: archipel.v1alpha2.JoinResponse
-	(*GetVersionRequest)(nil),                                     // 113: archipel.v1alpha2.GetVersionRequest
-	(*GetVersionResponse)(nil),                                    // 114: archipel.v1alpha2.GetVersionResponse
-	nil,                                                           // 115: archipel.v1alpha2.JoinRequest.LabelsEntry
-	(*v1alpha1.MemberCluster)(nil),                                // 116: archipel.v1alpha1.MemberCluster
-	(*v1alpha1.PropagationPolicy)(nil),                            // 117: archipel.v1alpha1.PropagationPolicy
-	(*v1alpha1.ClusterPropagationPolicy)(nil),                     // 118: archipel.v1alpha1.ClusterPropagationPolicy
-	(*v1alpha1.PropagationBinding)(nil),                           // 119: archipel.v1alpha1.PropagationBinding
-	(*v1alpha1.PropagationWork)(nil),                              // 120: archipel.v1alpha1.PropagationWork
-	(*v1alpha1.OverridePolicy)(nil),                               // 121: archipel.v1alpha1.OverridePolicy
-	(*v1alpha1.ClusterOverridePolicy)(nil),                        // 122: archipel.v1alpha1.ClusterOverridePolicy
-	(*v1alpha1.ResourceInterpreterCustomization)(nil),             // 123: archipel.v1alpha1.ResourceInterpreterCustomization
-	(*v1alpha1.WorkloadRebalancer)(nil),                           // 124: archipel.v1alpha1.WorkloadRebalancer
-	(*v1alpha1.ClusterTaintPolicy)(nil),                           // 125: archipel.v1alpha1.ClusterTaintPolicy
-	(*v1alpha1.ResourceTemplate)(nil),                             // 126: archipel.v1alpha1.ResourceTemplate
+	(*ResourceTemplateServiceGetScopeRequest)(nil),                // 111: archipel.v1alpha2.ResourceTemplateServiceGetScopeRequest
+	(*ResourceTemplateServiceGetScopeResponse)(nil),               // 112: archipel.v1alpha2.ResourceTemplateServiceGetScopeResponse
+	(*JoinRequest)(nil),                                           // 113: archipel.v1alpha2.JoinRequest
+	(*JoinResponse)(nil),                                          // 114: archipel.v1alpha2.JoinResponse
+	(*GetVersionRequest)(nil),                                     // 115: archipel.v1alpha2.GetVersionRequest
+	(*GetVersionResponse)(nil),                                    // 116: archipel.v1alpha2.GetVersionResponse
+	nil,                                                           // 117: archipel.v1alpha2.JoinRequest.LabelsEntry
+	(*v1alpha1.MemberCluster)(nil),                                // 118: archipel.v1alpha1.MemberCluster
+	(*v1alpha1.PropagationPolicy)(nil),                            // 119: archipel.v1alpha1.PropagationPolicy
+	(*v1alpha1.ClusterPropagationPolicy)(nil),                     // 120: archipel.v1alpha1.ClusterPropagationPolicy
+	(*v1alpha1.PropagationBinding)(nil),                           // 121: archipel.v1alpha1.PropagationBinding
+	(*v1alpha1.PropagationWork)(nil),                              // 122: archipel.v1alpha1.PropagationWork
+	(*v1alpha1.OverridePolicy)(nil),                               // 123: archipel.v1alpha1.OverridePolicy
+	(*v1alpha1.ClusterOverridePolicy)(nil),                        // 124: archipel.v1alpha1.ClusterOverridePolicy
+	(*v1alpha1.ResourceInterpreterCustomization)(nil),             // 125: archipel.v1alpha1.ResourceInterpreterCustomization
+	(*v1alpha1.WorkloadRebalancer)(nil),                           // 126: archipel.v1alpha1.WorkloadRebalancer
+	(*v1alpha1.ClusterTaintPolicy)(nil),                           // 127: archipel.v1alpha1.ClusterTaintPolicy
+	(*v1alpha1.ResourceTemplate)(nil),                             // 128: archipel.v1alpha1.ResourceTemplate
 }
 var file_archipel_v1alpha2_service_proto_depIdxs = []int32{
-	116, // 0: archipel.v1alpha2.MemberClusterServiceGetResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	116, // 1: archipel.v1alpha2.MemberClusterServiceListResponse.items:type_name -> archipel.v1alpha1.MemberCluster
+	118, // 0: archipel.v1alpha2.MemberClusterServiceGetResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	118, // 1: archipel.v1alpha2.MemberClusterServiceListResponse.items:type_name -> archipel.v1alpha1.MemberCluster
 	0,   // 2: archipel.v1alpha2.MemberClusterServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	116, // 3: archipel.v1alpha2.MemberClusterServiceWatchResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	116, // 4: archipel.v1alpha2.MemberClusterServiceApplyRequest.object:type_name -> archipel.v1alpha1.MemberCluster
-	116, // 5: archipel.v1alpha2.MemberClusterServiceApplyResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	117, // 6: archipel.v1alpha2.PropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	117, // 7: archipel.v1alpha2.PropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationPolicy
+	118, // 3: archipel.v1alpha2.MemberClusterServiceWatchResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	118, // 4: archipel.v1alpha2.MemberClusterServiceApplyRequest.object:type_name -> archipel.v1alpha1.MemberCluster
+	118, // 5: archipel.v1alpha2.MemberClusterServiceApplyResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	119, // 6: archipel.v1alpha2.PropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	119, // 7: archipel.v1alpha2.PropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationPolicy
 	0,   // 8: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	117, // 9: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	117, // 10: archipel.v1alpha2.PropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	117, // 11: archipel.v1alpha2.PropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	118, // 12: archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	118, // 13: archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	119, // 9: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	119, // 10: archipel.v1alpha2.PropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	119, // 11: archipel.v1alpha2.PropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	120, // 12: archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	120, // 13: archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
 	0,   // 14: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	118, // 15: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	118, // 16: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	118, // 17: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	119, // 18: archipel.v1alpha2.PropagationBindingServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	119, // 19: archipel.v1alpha2.PropagationBindingServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationBinding
+	120, // 15: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	120, // 16: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	120, // 17: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	121, // 18: archipel.v1alpha2.PropagationBindingServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	121, // 19: archipel.v1alpha2.PropagationBindingServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationBinding
 	0,   // 20: archipel.v1alpha2.PropagationBindingServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	119, // 21: archipel.v1alpha2.PropagationBindingServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	119, // 22: archipel.v1alpha2.PropagationBindingServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationBinding
-	119, // 23: archipel.v1alpha2.PropagationBindingServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	120, // 24: archipel.v1alpha2.PropagationWorkServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	120, // 25: archipel.v1alpha2.PropagationWorkServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationWork
+	121, // 21: archipel.v1alpha2.PropagationBindingServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	121, // 22: archipel.v1alpha2.PropagationBindingServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationBinding
+	121, // 23: archipel.v1alpha2.PropagationBindingServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	122, // 24: archipel.v1alpha2.PropagationWorkServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	122, // 25: archipel.v1alpha2.PropagationWorkServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationWork
 	0,   // 26: archipel.v1alpha2.PropagationWorkServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	120, // 27: archipel.v1alpha2.PropagationWorkServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	120, // 28: archipel.v1alpha2.PropagationWorkServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationWork
-	120, // 29: archipel.v1alpha2.PropagationWorkServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	121, // 30: archipel.v1alpha2.OverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	121, // 31: archipel.v1alpha2.OverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.OverridePolicy
+	122, // 27: archipel.v1alpha2.PropagationWorkServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	122, // 28: archipel.v1alpha2.PropagationWorkServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationWork
+	122, // 29: archipel.v1alpha2.PropagationWorkServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	123, // 30: archipel.v1alpha2.OverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	123, // 31: archipel.v1alpha2.OverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.OverridePolicy
 	0,   // 32: archipel.v1alpha2.OverridePolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	121, // 33: archipel.v1alpha2.OverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	121, // 34: archipel.v1alpha2.OverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.OverridePolicy
-	121, // 35: archipel.v1alpha2.OverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	122, // 36: archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	122, // 37: archipel.v1alpha2.ClusterOverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	123, // 33: archipel.v1alpha2.OverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	123, // 34: archipel.v1alpha2.OverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.OverridePolicy
+	123, // 35: archipel.v1alpha2.OverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	124, // 36: archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	124, // 37: archipel.v1alpha2.ClusterOverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
 	0,   // 38: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	122, // 39: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	122, // 40: archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	122, // 41: archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	123, // 42: archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	123, // 43: archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	124, // 39: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	124, // 40: archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	124, // 41: archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	125, // 42: archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	125, // 43: archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
 	0,   // 44: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	123, // 45: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	123, // 46: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	123, // 47: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	124, // 48: archipel.v1alpha2.WorkloadRebalancerServiceGetResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	124, // 49: archipel.v1alpha2.WorkloadRebalancerServiceListResponse.items:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	125, // 45: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	125, // 46: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	125, // 47: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	126, // 48: archipel.v1alpha2.WorkloadRebalancerServiceGetResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	126, // 49: archipel.v1alpha2.WorkloadRebalancerServiceListResponse.items:type_name -> archipel.v1alpha1.WorkloadRebalancer
 	0,   // 50: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	124, // 51: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	124, // 52: archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	124, // 53: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	125, // 54: archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
-	125, // 55: archipel.v1alpha2.ClusterTaintPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	126, // 51: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	126, // 52: archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	126, // 53: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	127, // 54: archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	127, // 55: archipel.v1alpha2.ClusterTaintPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterTaintPolicy
 	0,   // 56: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	125, // 57: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
-	125, // 58: archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
-	125, // 59: archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
-	126, // 60: archipel.v1alpha2.ResourceTemplateServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	126, // 61: archipel.v1alpha2.ResourceTemplateServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceTemplate
+	127, // 57: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	127, // 58: archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	127, // 59: archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	128, // 60: archipel.v1alpha2.ResourceTemplateServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	128, // 61: archipel.v1alpha2.ResourceTemplateServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceTemplate
 	0,   // 62: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	126, // 63: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	126, // 64: archipel.v1alpha2.ResourceTemplateServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	126, // 65: archipel.v1alpha2.ResourceTemplateServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	115, // 66: archipel.v1alpha2.JoinRequest.labels:type_name -> archipel.v1alpha2.JoinRequest.LabelsEntry
-	116, // 67: archipel.v1alpha2.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
+	128, // 63: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	128, // 64: archipel.v1alpha2.ResourceTemplateServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	128, // 65: archipel.v1alpha2.ResourceTemplateServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	117, // 66: archipel.v1alpha2.JoinRequest.labels:type_name -> archipel.v1alpha2.JoinRequest.LabelsEntry
+	118, // 67: archipel.v1alpha2.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
 	1,   // 68: archipel.v1alpha2.MemberClusterService.Get:input_type -> archipel.v1alpha2.MemberClusterServiceGetRequest
 	3,   // 69: archipel.v1alpha2.MemberClusterService.List:input_type -> archipel.v1alpha2.MemberClusterServiceListRequest
 	5,   // 70: archipel.v1alpha2.MemberClusterService.Watch:input_type -> archipel.v1alpha2.MemberClusterServiceWatchRequest
@@ -7263,67 +7410,69 @@ var file_archipel_v1alpha2_service_proto_depIdxs = []int32{
 	105, // 120: archipel.v1alpha2.ResourceTemplateService.Watch:input_type -> archipel.v1alpha2.ResourceTemplateServiceWatchRequest
 	107, // 121: archipel.v1alpha2.ResourceTemplateService.Apply:input_type -> archipel.v1alpha2.ResourceTemplateServiceApplyRequest
 	109, // 122: archipel.v1alpha2.ResourceTemplateService.Delete:input_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
-	111, // 123: archipel.v1alpha2.ClusterAdminService.Join:input_type -> archipel.v1alpha2.JoinRequest
-	113, // 124: archipel.v1alpha2.InfoService.GetVersion:input_type -> archipel.v1alpha2.GetVersionRequest
-	2,   // 125: archipel.v1alpha2.MemberClusterService.Get:output_type -> archipel.v1alpha2.MemberClusterServiceGetResponse
-	4,   // 126: archipel.v1alpha2.MemberClusterService.List:output_type -> archipel.v1alpha2.MemberClusterServiceListResponse
-	6,   // 127: archipel.v1alpha2.MemberClusterService.Watch:output_type -> archipel.v1alpha2.MemberClusterServiceWatchResponse
-	8,   // 128: archipel.v1alpha2.MemberClusterService.Apply:output_type -> archipel.v1alpha2.MemberClusterServiceApplyResponse
-	10,  // 129: archipel.v1alpha2.MemberClusterService.Delete:output_type -> archipel.v1alpha2.MemberClusterServiceDeleteResponse
-	12,  // 130: archipel.v1alpha2.PropagationPolicyService.Get:output_type -> archipel.v1alpha2.PropagationPolicyServiceGetResponse
-	14,  // 131: archipel.v1alpha2.PropagationPolicyService.List:output_type -> archipel.v1alpha2.PropagationPolicyServiceListResponse
-	16,  // 132: archipel.v1alpha2.PropagationPolicyService.Watch:output_type -> archipel.v1alpha2.PropagationPolicyServiceWatchResponse
-	18,  // 133: archipel.v1alpha2.PropagationPolicyService.Apply:output_type -> archipel.v1alpha2.PropagationPolicyServiceApplyResponse
-	20,  // 134: archipel.v1alpha2.PropagationPolicyService.Delete:output_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteResponse
-	22,  // 135: archipel.v1alpha2.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse
-	24,  // 136: archipel.v1alpha2.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse
-	26,  // 137: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse
-	28,  // 138: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse
-	30,  // 139: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteResponse
-	32,  // 140: archipel.v1alpha2.PropagationBindingService.Get:output_type -> archipel.v1alpha2.PropagationBindingServiceGetResponse
-	34,  // 141: archipel.v1alpha2.PropagationBindingService.List:output_type -> archipel.v1alpha2.PropagationBindingServiceListResponse
-	36,  // 142: archipel.v1alpha2.PropagationBindingService.Watch:output_type -> archipel.v1alpha2.PropagationBindingServiceWatchResponse
-	38,  // 143: archipel.v1alpha2.PropagationBindingService.Apply:output_type -> archipel.v1alpha2.PropagationBindingServiceApplyResponse
-	40,  // 144: archipel.v1alpha2.PropagationBindingService.Delete:output_type -> archipel.v1alpha2.PropagationBindingServiceDeleteResponse
-	42,  // 145: archipel.v1alpha2.PropagationWorkService.Get:output_type -> archipel.v1alpha2.PropagationWorkServiceGetResponse
-	44,  // 146: archipel.v1alpha2.PropagationWorkService.List:output_type -> archipel.v1alpha2.PropagationWorkServiceListResponse
-	46,  // 147: archipel.v1alpha2.PropagationWorkService.Watch:output_type -> archipel.v1alpha2.PropagationWorkServiceWatchResponse
-	48,  // 148: archipel.v1alpha2.PropagationWorkService.Apply:output_type -> archipel.v1alpha2.PropagationWorkServiceApplyResponse
-	50,  // 149: archipel.v1alpha2.PropagationWorkService.Delete:output_type -> archipel.v1alpha2.PropagationWorkServiceDeleteResponse
-	52,  // 150: archipel.v1alpha2.OverridePolicyService.Get:output_type -> archipel.v1alpha2.OverridePolicyServiceGetResponse
-	54,  // 151: archipel.v1alpha2.OverridePolicyService.List:output_type -> archipel.v1alpha2.OverridePolicyServiceListResponse
-	56,  // 152: archipel.v1alpha2.OverridePolicyService.Watch:output_type -> archipel.v1alpha2.OverridePolicyServiceWatchResponse
-	58,  // 153: archipel.v1alpha2.OverridePolicyService.Apply:output_type -> archipel.v1alpha2.OverridePolicyServiceApplyResponse
-	60,  // 154: archipel.v1alpha2.OverridePolicyService.Delete:output_type -> archipel.v1alpha2.OverridePolicyServiceDeleteResponse
-	62,  // 155: archipel.v1alpha2.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse
-	64,  // 156: archipel.v1alpha2.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListResponse
-	66,  // 157: archipel.v1alpha2.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse
-	68,  // 158: archipel.v1alpha2.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse
-	70,  // 159: archipel.v1alpha2.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteResponse
-	72,  // 160: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse
-	74,  // 161: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse
-	76,  // 162: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse
-	78,  // 163: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
-	80,  // 164: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
-	82,  // 165: archipel.v1alpha2.WorkloadRebalancerService.Get:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetResponse
-	84,  // 166: archipel.v1alpha2.WorkloadRebalancerService.List:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceListResponse
-	86,  // 167: archipel.v1alpha2.WorkloadRebalancerService.Watch:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse
-	88,  // 168: archipel.v1alpha2.WorkloadRebalancerService.Apply:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
-	90,  // 169: archipel.v1alpha2.WorkloadRebalancerService.Delete:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
-	92,  // 170: archipel.v1alpha2.ClusterTaintPolicyService.Get:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse
-	94,  // 171: archipel.v1alpha2.ClusterTaintPolicyService.List:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceListResponse
-	96,  // 172: archipel.v1alpha2.ClusterTaintPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse
-	98,  // 173: archipel.v1alpha2.ClusterTaintPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse
-	100, // 174: archipel.v1alpha2.ClusterTaintPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse
-	102, // 175: archipel.v1alpha2.ResourceTemplateService.Get:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetResponse
-	104, // 176: archipel.v1alpha2.ResourceTemplateService.List:output_type -> archipel.v1alpha2.ResourceTemplateServiceListResponse
-	106, // 177: archipel.v1alpha2.ResourceTemplateService.Watch:output_type -> archipel.v1alpha2.ResourceTemplateServiceWatchResponse
-	108, // 178: archipel.v1alpha2.ResourceTemplateService.Apply:output_type -> archipel.v1alpha2.ResourceTemplateServiceApplyResponse
-	110, // 179: archipel.v1alpha2.ResourceTemplateService.Delete:output_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
-	112, // 180: archipel.v1alpha2.ClusterAdminService.Join:output_type -> archipel.v1alpha2.JoinResponse
-	114, // 181: archipel.v1alpha2.InfoService.GetVersion:output_type -> archipel.v1alpha2.GetVersionResponse
-	125, // [125:182] is the sub-list for method output_type
-	68,  // [68:125] is the sub-list for method input_type
+	111, // 123: archipel.v1alpha2.ResourceTemplateService.GetScope:input_type -> archipel.v1alpha2.ResourceTemplateServiceGetScopeRequest
+	113, // 124: archipel.v1alpha2.ClusterAdminService.Join:input_type -> archipel.v1alpha2.JoinRequest
+	115, // 125: archipel.v1alpha2.InfoService.GetVersion:input_type -> archipel.v1alpha2.GetVersionRequest
+	2,   // 126: archipel.v1alpha2.MemberClusterService.Get:output_type -> archipel.v1alpha2.MemberClusterServiceGetResponse
+	4,   // 127: archipel.v1alpha2.MemberClusterService.List:output_type -> archipel.v1alpha2.MemberClusterServiceListResponse
+	6,   // 128: archipel.v1alpha2.MemberClusterService.Watch:output_type -> archipel.v1alpha2.MemberClusterServiceWatchResponse
+	8,   // 129: archipel.v1alpha2.MemberClusterService.Apply:output_type -> archipel.v1alpha2.MemberClusterServiceApplyResponse
+	10,  // 130: archipel.v1alpha2.MemberClusterService.Delete:output_type -> archipel.v1alpha2.MemberClusterServiceDeleteResponse
+	12,  // 131: archipel.v1alpha2.PropagationPolicyService.Get:output_type -> archipel.v1alpha2.PropagationPolicyServiceGetResponse
+	14,  // 132: archipel.v1alpha2.PropagationPolicyService.List:output_type -> archipel.v1alpha2.PropagationPolicyServiceListResponse
+	16,  // 133: archipel.v1alpha2.PropagationPolicyService.Watch:output_type -> archipel.v1alpha2.PropagationPolicyServiceWatchResponse
+	18,  // 134: archipel.v1alpha2.PropagationPolicyService.Apply:output_type -> archipel.v1alpha2.PropagationPolicyServiceApplyResponse
+	20,  // 135: archipel.v1alpha2.PropagationPolicyService.Delete:output_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteResponse
+	22,  // 136: archipel.v1alpha2.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse
+	24,  // 137: archipel.v1alpha2.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse
+	26,  // 138: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse
+	28,  // 139: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse
+	30,  // 140: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteResponse
+	32,  // 141: archipel.v1alpha2.PropagationBindingService.Get:output_type -> archipel.v1alpha2.PropagationBindingServiceGetResponse
+	34,  // 142: archipel.v1alpha2.PropagationBindingService.List:output_type -> archipel.v1alpha2.PropagationBindingServiceListResponse
+	36,  // 143: archipel.v1alpha2.PropagationBindingService.Watch:output_type -> archipel.v1alpha2.PropagationBindingServiceWatchResponse
+	38,  // 144: archipel.v1alpha2.PropagationBindingService.Apply:output_type -> archipel.v1alpha2.PropagationBindingServiceApplyResponse
+	40,  // 145: archipel.v1alpha2.PropagationBindingService.Delete:output_type -> archipel.v1alpha2.PropagationBindingServiceDeleteResponse
+	42,  // 146: archipel.v1alpha2.PropagationWorkService.Get:output_type -> archipel.v1alpha2.PropagationWorkServiceGetResponse
+	44,  // 147: archipel.v1alpha2.PropagationWorkService.List:output_type -> archipel.v1alpha2.PropagationWorkServiceListResponse
+	46,  // 148: archipel.v1alpha2.PropagationWorkService.Watch:output_type -> archipel.v1alpha2.PropagationWorkServiceWatchResponse
+	48,  // 149: archipel.v1alpha2.PropagationWorkService.Apply:output_type -> archipel.v1alpha2.PropagationWorkServiceApplyResponse
+	50,  // 150: archipel.v1alpha2.PropagationWorkService.Delete:output_type -> archipel.v1alpha2.PropagationWorkServiceDeleteResponse
+	52,  // 151: archipel.v1alpha2.OverridePolicyService.Get:output_type -> archipel.v1alpha2.OverridePolicyServiceGetResponse
+	54,  // 152: archipel.v1alpha2.OverridePolicyService.List:output_type -> archipel.v1alpha2.OverridePolicyServiceListResponse
+	56,  // 153: archipel.v1alpha2.OverridePolicyService.Watch:output_type -> archipel.v1alpha2.OverridePolicyServiceWatchResponse
+	58,  // 154: archipel.v1alpha2.OverridePolicyService.Apply:output_type -> archipel.v1alpha2.OverridePolicyServiceApplyResponse
+	60,  // 155: archipel.v1alpha2.OverridePolicyService.Delete:output_type -> archipel.v1alpha2.OverridePolicyServiceDeleteResponse
+	62,  // 156: archipel.v1alpha2.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse
+	64,  // 157: archipel.v1alpha2.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListResponse
+	66,  // 158: archipel.v1alpha2.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse
+	68,  // 159: archipel.v1alpha2.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse
+	70,  // 160: archipel.v1alpha2.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteResponse
+	72,  // 161: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse
+	74,  // 162: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse
+	76,  // 163: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse
+	78,  // 164: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
+	80,  // 165: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
+	82,  // 166: archipel.v1alpha2.WorkloadRebalancerService.Get:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetResponse
+	84,  // 167: archipel.v1alpha2.WorkloadRebalancerService.List:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceListResponse
+	86,  // 168: archipel.v1alpha2.WorkloadRebalancerService.Watch:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse
+	88,  // 169: archipel.v1alpha2.WorkloadRebalancerService.Apply:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
+	90,  // 170: archipel.v1alpha2.WorkloadRebalancerService.Delete:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
+	92,  // 171: archipel.v1alpha2.ClusterTaintPolicyService.Get:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse
+	94,  // 172: archipel.v1alpha2.ClusterTaintPolicyService.List:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceListResponse
+	96,  // 173: archipel.v1alpha2.ClusterTaintPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse
+	98,  // 174: archipel.v1alpha2.ClusterTaintPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse
+	100, // 175: archipel.v1alpha2.ClusterTaintPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse
+	102, // 176: archipel.v1alpha2.ResourceTemplateService.Get:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetResponse
+	104, // 177: archipel.v1alpha2.ResourceTemplateService.List:output_type -> archipel.v1alpha2.ResourceTemplateServiceListResponse
+	106, // 178: archipel.v1alpha2.ResourceTemplateService.Watch:output_type -> archipel.v1alpha2.ResourceTemplateServiceWatchResponse
+	108, // 179: archipel.v1alpha2.ResourceTemplateService.Apply:output_type -> archipel.v1alpha2.ResourceTemplateServiceApplyResponse
+	110, // 180: archipel.v1alpha2.ResourceTemplateService.Delete:output_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
+	112, // 181: archipel.v1alpha2.ResourceTemplateService.GetScope:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetScopeResponse
+	114, // 182: archipel.v1alpha2.ClusterAdminService.Join:output_type -> archipel.v1alpha2.JoinResponse
+	116, // 183: archipel.v1alpha2.InfoService.GetVersion:output_type -> archipel.v1alpha2.GetVersionResponse
+	126, // [126:184] is the sub-list for method output_type
+	68,  // [68:126] is the sub-list for method input_type
 	68,  // [68:68] is the sub-list for extension type_name
 	68,  // [68:68] is the sub-list for extension extendee
 	0,   // [0:68] is the sub-list for field type_name
@@ -7340,7 +7489,7 @@ func file_archipel_v1alpha2_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha2_service_proto_rawDesc), len(file_archipel_v1alpha2_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   115,
+			NumMessages:   117,
 			NumExtensions: 0,
 			NumServices:   13,
 		},

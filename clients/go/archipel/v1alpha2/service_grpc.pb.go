@@ -2767,11 +2767,12 @@ var ClusterTaintPolicyService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	ResourceTemplateService_Get_FullMethodName    = "/archipel.v1alpha2.ResourceTemplateService/Get"
-	ResourceTemplateService_List_FullMethodName   = "/archipel.v1alpha2.ResourceTemplateService/List"
-	ResourceTemplateService_Watch_FullMethodName  = "/archipel.v1alpha2.ResourceTemplateService/Watch"
-	ResourceTemplateService_Apply_FullMethodName  = "/archipel.v1alpha2.ResourceTemplateService/Apply"
-	ResourceTemplateService_Delete_FullMethodName = "/archipel.v1alpha2.ResourceTemplateService/Delete"
+	ResourceTemplateService_Get_FullMethodName      = "/archipel.v1alpha2.ResourceTemplateService/Get"
+	ResourceTemplateService_List_FullMethodName     = "/archipel.v1alpha2.ResourceTemplateService/List"
+	ResourceTemplateService_Watch_FullMethodName    = "/archipel.v1alpha2.ResourceTemplateService/Watch"
+	ResourceTemplateService_Apply_FullMethodName    = "/archipel.v1alpha2.ResourceTemplateService/Apply"
+	ResourceTemplateService_Delete_FullMethodName   = "/archipel.v1alpha2.ResourceTemplateService/Delete"
+	ResourceTemplateService_GetScope_FullMethodName = "/archipel.v1alpha2.ResourceTemplateService/GetScope"
 )
 
 // ResourceTemplateServiceClient is the client API for ResourceTemplateService service.
@@ -2792,6 +2793,11 @@ type ResourceTemplateServiceClient interface {
 	// Delete a template (once its finalizers are done); FAILED_PRECONDITION while a
 	// deletion-protection label says Always.
 	Delete(ctx context.Context, in *ResourceTemplateServiceDeleteRequest, opts ...grpc.CallOption) (*ResourceTemplateServiceDeleteResponse, error)
+	// Whether templates of a kind are namespaced: from a CustomResourceDefinition
+	// template defining the kind when the control plane holds one, else from the
+	// built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+	// defines it, the CRD's scope holds.
+	GetScope(ctx context.Context, in *ResourceTemplateServiceGetScopeRequest, opts ...grpc.CallOption) (*ResourceTemplateServiceGetScopeResponse, error)
 }
 
 type resourceTemplateServiceClient struct {
@@ -2861,6 +2867,16 @@ func (c *resourceTemplateServiceClient) Delete(ctx context.Context, in *Resource
 	return out, nil
 }
 
+func (c *resourceTemplateServiceClient) GetScope(ctx context.Context, in *ResourceTemplateServiceGetScopeRequest, opts ...grpc.CallOption) (*ResourceTemplateServiceGetScopeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ResourceTemplateServiceGetScopeResponse)
+	err := c.cc.Invoke(ctx, ResourceTemplateService_GetScope_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ResourceTemplateServiceServer is the server API for ResourceTemplateService service.
 // All implementations must embed UnimplementedResourceTemplateServiceServer
 // for forward compatibility.
@@ -2879,6 +2895,11 @@ type ResourceTemplateServiceServer interface {
 	// Delete a template (once its finalizers are done); FAILED_PRECONDITION while a
 	// deletion-protection label says Always.
 	Delete(context.Context, *ResourceTemplateServiceDeleteRequest) (*ResourceTemplateServiceDeleteResponse, error)
+	// Whether templates of a kind are namespaced: from a CustomResourceDefinition
+	// template defining the kind when the control plane holds one, else from the
+	// built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+	// defines it, the CRD's scope holds.
+	GetScope(context.Context, *ResourceTemplateServiceGetScopeRequest) (*ResourceTemplateServiceGetScopeResponse, error)
 	mustEmbedUnimplementedResourceTemplateServiceServer()
 }
 
@@ -2903,6 +2924,9 @@ func (UnimplementedResourceTemplateServiceServer) Apply(context.Context, *Resour
 }
 func (UnimplementedResourceTemplateServiceServer) Delete(context.Context, *ResourceTemplateServiceDeleteRequest) (*ResourceTemplateServiceDeleteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Delete not implemented")
+}
+func (UnimplementedResourceTemplateServiceServer) GetScope(context.Context, *ResourceTemplateServiceGetScopeRequest) (*ResourceTemplateServiceGetScopeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetScope not implemented")
 }
 func (UnimplementedResourceTemplateServiceServer) mustEmbedUnimplementedResourceTemplateServiceServer() {
 }
@@ -3009,6 +3033,24 @@ func _ResourceTemplateService_Delete_Handler(srv interface{}, ctx context.Contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ResourceTemplateService_GetScope_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ResourceTemplateServiceGetScopeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ResourceTemplateServiceServer).GetScope(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ResourceTemplateService_GetScope_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ResourceTemplateServiceServer).GetScope(ctx, req.(*ResourceTemplateServiceGetScopeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ResourceTemplateService_ServiceDesc is the grpc.ServiceDesc for ResourceTemplateService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -3031,6 +3073,10 @@ var ResourceTemplateService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Delete",
 			Handler:    _ResourceTemplateService_Delete_Handler,
+		},
+		{
+			MethodName: "GetScope",
+			Handler:    _ResourceTemplateService_GetScope_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

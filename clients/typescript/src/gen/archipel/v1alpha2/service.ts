@@ -1282,6 +1282,37 @@ export interface ResourceTemplateServiceDeleteResponse {
   deleted: boolean;
 }
 
+/** Which kind's scope to tell. */
+export interface ResourceTemplateServiceGetScopeRequest {
+  /** The kind's apiVersion, e.g. "scheduling.k8s.io/v1"; only its group matters. */
+  apiVersion: string;
+  /** The kind, e.g. "PriorityClass". */
+  kind: string;
+}
+
+/**
+ * Whether templates of a kind are namespaced, as the control plane decides it (the
+ * scope its Apply holds templates to, and the namespace Get, List and Delete take).
+ */
+export interface ResourceTemplateServiceGetScopeResponse {
+  /** The kind's API group; empty for the core group. */
+  group: string;
+  /** The kind, as asked. */
+  kind: string;
+  /**
+   * True when templates of the kind live in a namespace ("default" when they name
+   * none); false when they are cluster-scoped and must name no namespace.
+   */
+  namespaced: boolean;
+  /**
+   * The name of the CustomResourceDefinition template whose spec.scope decides; empty
+   * when no CRD template defines the kind and the built-in rule does: Kubernetes'
+   * cluster-scoped kinds (Namespace, ClusterRole, StorageClass, PriorityClass, ...)
+   * are cluster-scoped, every other kind is namespaced.
+   */
+  customResourceDefinition: string;
+}
+
 /** The cluster to register. */
 export interface JoinRequest {
   /** The cluster's name: a DNS label, unique in the fleet. */
@@ -11561,6 +11592,224 @@ export const ResourceTemplateServiceDeleteResponse: MessageFns<ResourceTemplateS
   },
 };
 
+function createBaseResourceTemplateServiceGetScopeRequest(): ResourceTemplateServiceGetScopeRequest {
+  return { apiVersion: "", kind: "" };
+}
+
+export const ResourceTemplateServiceGetScopeRequest: MessageFns<ResourceTemplateServiceGetScopeRequest> = {
+  encode(message: ResourceTemplateServiceGetScopeRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.apiVersion !== "") {
+      writer.uint32(10).string(message.apiVersion);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResourceTemplateServiceGetScopeRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResourceTemplateServiceGetScopeRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.apiVersion = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResourceTemplateServiceGetScopeRequest {
+    return {
+      apiVersion: isSet(object.apiVersion)
+        ? globalThis.String(object.apiVersion)
+        : isSet(object.api_version)
+        ? globalThis.String(object.api_version)
+        : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+    };
+  },
+
+  toJSON(message: ResourceTemplateServiceGetScopeRequest): unknown {
+    const obj: any = {};
+    if (message.apiVersion !== "") {
+      obj.apiVersion = message.apiVersion;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResourceTemplateServiceGetScopeRequest>, I>>(
+    base?: I,
+  ): ResourceTemplateServiceGetScopeRequest {
+    return ResourceTemplateServiceGetScopeRequest.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResourceTemplateServiceGetScopeRequest>, I>>(
+    object: I,
+  ): ResourceTemplateServiceGetScopeRequest {
+    const message = createBaseResourceTemplateServiceGetScopeRequest();
+    message.apiVersion = object.apiVersion ?? "";
+    message.kind = object.kind ?? "";
+    return message;
+  },
+};
+
+function createBaseResourceTemplateServiceGetScopeResponse(): ResourceTemplateServiceGetScopeResponse {
+  return { group: "", kind: "", namespaced: false, customResourceDefinition: "" };
+}
+
+export const ResourceTemplateServiceGetScopeResponse: MessageFns<ResourceTemplateServiceGetScopeResponse> = {
+  encode(message: ResourceTemplateServiceGetScopeResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.group !== "") {
+      writer.uint32(10).string(message.group);
+    }
+    if (message.kind !== "") {
+      writer.uint32(18).string(message.kind);
+    }
+    if (message.namespaced !== false) {
+      writer.uint32(24).bool(message.namespaced);
+    }
+    if (message.customResourceDefinition !== "") {
+      writer.uint32(34).string(message.customResourceDefinition);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ResourceTemplateServiceGetScopeResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseResourceTemplateServiceGetScopeResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.group = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.kind = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.namespaced = reader.bool();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.customResourceDefinition = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ResourceTemplateServiceGetScopeResponse {
+    return {
+      group: isSet(object.group) ? globalThis.String(object.group) : "",
+      kind: isSet(object.kind) ? globalThis.String(object.kind) : "",
+      namespaced: isSet(object.namespaced) ? globalThis.Boolean(object.namespaced) : false,
+      customResourceDefinition: isSet(object.customResourceDefinition)
+        ? globalThis.String(object.customResourceDefinition)
+        : isSet(object.custom_resource_definition)
+        ? globalThis.String(object.custom_resource_definition)
+        : "",
+    };
+  },
+
+  toJSON(message: ResourceTemplateServiceGetScopeResponse): unknown {
+    const obj: any = {};
+    if (message.group !== "") {
+      obj.group = message.group;
+    }
+    if (message.kind !== "") {
+      obj.kind = message.kind;
+    }
+    if (message.namespaced !== false) {
+      obj.namespaced = message.namespaced;
+    }
+    if (message.customResourceDefinition !== "") {
+      obj.customResourceDefinition = message.customResourceDefinition;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<ResourceTemplateServiceGetScopeResponse>, I>>(
+    base?: I,
+  ): ResourceTemplateServiceGetScopeResponse {
+    return ResourceTemplateServiceGetScopeResponse.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<ResourceTemplateServiceGetScopeResponse>, I>>(
+    object: I,
+  ): ResourceTemplateServiceGetScopeResponse {
+    const message = createBaseResourceTemplateServiceGetScopeResponse();
+    message.group = object.group ?? "";
+    message.kind = object.kind ?? "";
+    message.namespaced = object.namespaced ?? false;
+    message.customResourceDefinition = object.customResourceDefinition ?? "";
+    return message;
+  },
+};
+
 function createBaseJoinRequest(): JoinRequest {
   return { name: "", labels: {}, provider: "", region: "", zone: "", rotate: false };
 }
@@ -13928,6 +14177,25 @@ export const ResourceTemplateServiceService = {
     responseDeserialize: (value: Buffer): ResourceTemplateServiceDeleteResponse =>
       ResourceTemplateServiceDeleteResponse.decode(value),
   },
+  /**
+   * Whether templates of a kind are namespaced: from a CustomResourceDefinition
+   * template defining the kind when the control plane holds one, else from the
+   * built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+   * defines it, the CRD's scope holds.
+   */
+  getScope: {
+    path: "/archipel.v1alpha2.ResourceTemplateService/GetScope" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ResourceTemplateServiceGetScopeRequest): Buffer =>
+      Buffer.from(ResourceTemplateServiceGetScopeRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ResourceTemplateServiceGetScopeRequest =>
+      ResourceTemplateServiceGetScopeRequest.decode(value),
+    responseSerialize: (value: ResourceTemplateServiceGetScopeResponse): Buffer =>
+      Buffer.from(ResourceTemplateServiceGetScopeResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ResourceTemplateServiceGetScopeResponse =>
+      ResourceTemplateServiceGetScopeResponse.decode(value),
+  },
 } as const;
 
 export interface ResourceTemplateServiceServer extends UntypedServiceImplementation {
@@ -13947,6 +14215,13 @@ export interface ResourceTemplateServiceServer extends UntypedServiceImplementat
    * deletion-protection label says Always.
    */
   delete: handleUnaryCall<ResourceTemplateServiceDeleteRequest, ResourceTemplateServiceDeleteResponse>;
+  /**
+   * Whether templates of a kind are namespaced: from a CustomResourceDefinition
+   * template defining the kind when the control plane holds one, else from the
+   * built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+   * defines it, the CRD's scope holds.
+   */
+  getScope: handleUnaryCall<ResourceTemplateServiceGetScopeRequest, ResourceTemplateServiceGetScopeResponse>;
 }
 
 export interface ResourceTemplateServiceClient extends Client {
@@ -14029,6 +14304,27 @@ export interface ResourceTemplateServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ResourceTemplateServiceDeleteResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Whether templates of a kind are namespaced: from a CustomResourceDefinition
+   * template defining the kind when the control plane holds one, else from the
+   * built-in rule. A kind nobody defined yet is namespaced; once a CRD template
+   * defines it, the CRD's scope holds.
+   */
+  getScope(
+    request: ResourceTemplateServiceGetScopeRequest,
+    callback: (error: ServiceError | null, response: ResourceTemplateServiceGetScopeResponse) => void,
+  ): ClientUnaryCall;
+  getScope(
+    request: ResourceTemplateServiceGetScopeRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ResourceTemplateServiceGetScopeResponse) => void,
+  ): ClientUnaryCall;
+  getScope(
+    request: ResourceTemplateServiceGetScopeRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ResourceTemplateServiceGetScopeResponse) => void,
   ): ClientUnaryCall;
 }
 
