@@ -293,7 +293,8 @@ type PropagationBindingSpec struct {
 	// The scheduling result.
 	// Written by the scheduler.
 	Clusters []*TargetCluster `protobuf:"bytes,4,rep,name=clusters,proto3" json:"clusters,omitempty"`
-	// The claiming policy; empty for a binding that exists only for requiredBy.
+	// The claiming policy; empty for a binding that exists only for requiredBy, or that
+	// auto-propagates a Namespace (auto_propagated).
 	Policy *PolicyReference `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
 	// From the policy: Abort (default) or Overwrite.
 	ConflictResolution string `protobuf:"bytes,6,opt,name=conflict_resolution,json=conflictResolution,proto3" json:"conflict_resolution,omitempty"`
@@ -319,8 +320,12 @@ type PropagationBindingSpec struct {
 	// Clusters the workload was evicted from whose copy is kept, for now, while it
 	// comes up elsewhere. Written by the scheduler; each task ends by itself.
 	GracefulEvictionTasks []*GracefulEvictionTask `protobuf:"bytes,15,rep,name=graceful_eviction_tasks,json=gracefulEvictionTasks,proto3" json:"graceful_eviction_tasks,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// Set by the namespace controller on the binding of a Namespace that no policy
+	// claims: it goes to every member cluster (Karmada's namespace auto-propagation).
+	// Such a binding has no policy, and a policy that claims the Namespace replaces it.
+	AutoPropagated bool `protobuf:"varint,16,opt,name=auto_propagated,json=autoPropagated,proto3" json:"auto_propagated,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *PropagationBindingSpec) Reset() {
@@ -456,6 +461,13 @@ func (x *PropagationBindingSpec) GetGracefulEvictionTasks() []*GracefulEvictionT
 		return x.GracefulEvictionTasks
 	}
 	return nil
+}
+
+func (x *PropagationBindingSpec) GetAutoPropagated() bool {
+	if x != nil {
+		return x.AutoPropagated
+	}
+	return false
 }
 
 // An eviction from one cluster whose old copy is kept, for a while, as Karmada's
@@ -1422,7 +1434,7 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x129\n" +
 	"\bmetadata\x18\x03 \x01(\v2\x1d.archipel.v1alpha1.ObjectMetaR\bmetadata\x12=\n" +
 	"\x04spec\x18\x04 \x01(\v2).archipel.v1alpha1.PropagationBindingSpecR\x04spec\x12C\n" +
-	"\x06status\x18\x05 \x01(\v2+.archipel.v1alpha1.PropagationBindingStatusR\x06status\"\xc3\a\n" +
+	"\x06status\x18\x05 \x01(\v2+.archipel.v1alpha1.PropagationBindingStatusR\x06status\"\xec\a\n" +
 	"\x16PropagationBindingSpec\x12>\n" +
 	"\bresource\x18\x01 \x01(\v2\".archipel.v1alpha1.ObjectReferenceR\bresource\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\x05R\breplicas\x12:\n" +
@@ -1442,7 +1454,8 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\vrequired_by\x18\r \x03(\v2\".archipel.v1alpha1.BindingSnapshotR\n" +
 	"requiredBy\x12?\n" +
 	"\bfailover\x18\x0e \x01(\v2#.archipel.v1alpha1.FailoverBehaviorR\bfailover\x12_\n" +
-	"\x17graceful_eviction_tasks\x18\x0f \x03(\v2'.archipel.v1alpha1.GracefulEvictionTaskR\x15gracefulEvictionTasks\"\xaf\x05\n" +
+	"\x17graceful_eviction_tasks\x18\x0f \x03(\v2'.archipel.v1alpha1.GracefulEvictionTaskR\x15gracefulEvictionTasks\x12'\n" +
+	"\x0fauto_propagated\x18\x10 \x01(\bR\x0eautoPropagated\"\xaf\x05\n" +
 	"\x14GracefulEvictionTask\x12!\n" +
 	"\ffrom_cluster\x18\x01 \x01(\tR\vfromCluster\x12\x1d\n" +
 	"\n" +

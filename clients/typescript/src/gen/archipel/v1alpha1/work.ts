@@ -97,7 +97,10 @@ export interface PropagationBindingSpec {
    * Written by the scheduler.
    */
   clusters: TargetCluster[];
-  /** The claiming policy; empty for a binding that exists only for requiredBy. */
+  /**
+   * The claiming policy; empty for a binding that exists only for requiredBy, or that
+   * auto-propagates a Namespace (auto_propagated).
+   */
   policy:
     | PolicyReference
     | undefined;
@@ -141,6 +144,12 @@ export interface PropagationBindingSpec {
    * comes up elsewhere. Written by the scheduler; each task ends by itself.
    */
   gracefulEvictionTasks: GracefulEvictionTask[];
+  /**
+   * Set by the namespace controller on the binding of a Namespace that no policy
+   * claims: it goes to every member cluster (Karmada's namespace auto-propagation).
+   * Such a binding has no policy, and a policy that claims the Namespace replaces it.
+   */
+  autoPropagated: boolean;
 }
 
 /**
@@ -780,6 +789,7 @@ function createBasePropagationBindingSpec(): PropagationBindingSpec {
     requiredBy: [],
     failover: undefined,
     gracefulEvictionTasks: [],
+    autoPropagated: false,
   };
 }
 
@@ -829,6 +839,9 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
     }
     for (const v of message.gracefulEvictionTasks) {
       GracefulEvictionTask.encode(v!, writer.uint32(122).fork()).join();
+    }
+    if (message.autoPropagated !== false) {
+      writer.uint32(128).bool(message.autoPropagated);
     }
     return writer;
   },
@@ -966,6 +979,14 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
             message.gracefulEvictionTasks.push(GracefulEvictionTask.decode(reader, reader.uint32()));
             continue;
           }
+          case 16: {
+            if (tag !== 128) {
+              break;
+            }
+
+            message.autoPropagated = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1029,6 +1050,11 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
         : globalThis.Array.isArray(object?.graceful_eviction_tasks)
         ? object.graceful_eviction_tasks.map((e: any) => GracefulEvictionTask.fromJSON(e))
         : [],
+      autoPropagated: isSet(object.autoPropagated)
+        ? globalThis.Boolean(object.autoPropagated)
+        : isSet(object.auto_propagated)
+        ? globalThis.Boolean(object.auto_propagated)
+        : false,
     };
   },
 
@@ -1079,6 +1105,9 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
     if (message.gracefulEvictionTasks?.length) {
       obj.gracefulEvictionTasks = message.gracefulEvictionTasks.map((e) => GracefulEvictionTask.toJSON(e));
     }
+    if (message.autoPropagated !== false) {
+      obj.autoPropagated = message.autoPropagated;
+    }
     return obj;
   },
 
@@ -1114,6 +1143,7 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
       ? FailoverBehavior.fromPartial(object.failover)
       : undefined;
     message.gracefulEvictionTasks = object.gracefulEvictionTasks?.map((e) => GracefulEvictionTask.fromPartial(e)) || [];
+    message.autoPropagated = object.autoPropagated ?? false;
     return message;
   },
 };
