@@ -73,8 +73,8 @@ class NamespaceObserved:
     """Its binding (found by what it binds), if any."""
     clusters: tuple[str, ...] = ()
     """The member clusters, those being deleted left out, sorted."""
-    claimed: bool = False
-    """Whether a ClusterPropagationPolicy selects the Namespace."""
+    cluster_policies: tuple[policy_pb2.ClusterPropagationPolicy, ...] = ()
+    """Every ClusterPropagationPolicy: one that selects the Namespace claims it."""
     skipped: tuple[re.Pattern[str], ...] = ()
     """``--skipped-propagating-namespaces``."""
     new_binding_name: str = ""
@@ -99,8 +99,10 @@ def plan(observed: NamespaceObserved) -> Plan | None:
         # Deleting the Namespace removes it from the members, as in Karmada.
         result.delete(kinds.PROPAGATION_BINDING, binding)
         return result
-    if observed.claimed or "deletionTimestamp" in template.get("metadata", {}):
+    if "deletionTimestamp" in template.get("metadata", {}):
         return None
+    if matching.choose(template, (), observed.cluster_policies) is not None:
+        return None  # the policy controller's, even while its policy waits for overrides
     if not matching.auto_propagates(template, observed.skipped):
         if binding is None or not binding.spec.auto_propagated:
             return None
@@ -225,7 +227,7 @@ class NamespaceController:
             clusters=tuple(
                 sorted(c.metadata.name for c in context.clusters.objects() if not is_deleting(c))
             ),
-            claimed=matching.choose(template, (), context.cluster_policies.objects()) is not None,
+            cluster_policies=tuple(context.cluster_policies.objects()),
             skipped=context.settings.skipped_propagating_namespaces,
             new_binding_name=new_name,
             quarantined=quarantined,
