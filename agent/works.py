@@ -314,7 +314,7 @@ class WorkManager:
                     self.kube.get, ref.api_version, ref.kind, ref.namespace, ref.name
                 )
                 fetched = True
-                if live is not None:
+                if live is not None and not _terminating(ref, live):
                     projection = self._projection(body, live)
                     if digest(projection) == recorded[ref][1]:
                         # As it was left: applying it again would change nothing.
@@ -414,6 +414,14 @@ class WorkManager:
             body = kind_interpreter.retain(body, live)
         applied = await self.kube.call(self.kube.apply, body)
         self.applies += 1
+        if _terminating(ref, applied):
+            # Applied to a namespace on its way out, it is gone for good once it goes,
+            # and no watch restores it (namespaces are not watched): fail, so the work
+            # is applied again, with backoff, and creates it anew once it is gone.
+            raise KubeError(
+                f"Namespace {ref.name} is being deleted in the member; "
+                "it is created again once it is gone"
+            )
         if ref.kind == "CustomResourceDefinition":
             # The cluster now serves a new kind: the control plane's scheduler
             # should hear about it at the next heartbeat, not in ten.
@@ -676,6 +684,11 @@ class WorkManager:
 
 def _log_failure(name: str, error: Exception, delay: float) -> None:
     log.warning("work %s: %s; retrying in %.1fs", name, describe(error), delay)
+
+
+def _terminating(ref: ObjectRef, live: Manifest) -> bool:
+    """Whether ``live`` is a Namespace being deleted in the member."""
+    return ref.kind == "Namespace" and bool((live.get("metadata") or {}).get("deletionTimestamp"))
 
 
 def _with_ownership(manifest: Manifest, work: str) -> Manifest:

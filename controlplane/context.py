@@ -16,7 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,10 @@ class Settings:
     controllers: tuple[str, ...] = ("*",)
     """Which controllers run, as Karmada's --controllers: names, ``*`` for all, and
     ``-name`` to leave one out (see ``server.select_controllers``)."""
+    skipped_propagating_namespaces: tuple[re.Pattern[str], ...] = ()
+    """Namespaces whose whole name matches one of these are not sent to every member
+    by themselves (Karmada's --skipped-propagating-namespaces); the system namespaces
+    never are, whatever this says."""
 
 
 @dataclasses.dataclass
@@ -277,6 +282,29 @@ def customization_targets(
     return {
         (c.spec.target.api_version, c.spec.target.kind) for c in customizations if c is not None
     }
+
+
+def auto_propagated_spec(
+    manifest: Manifest,
+    clusters: Iterable[str],
+    current: work_pb2.PropagationBindingSpec | None = None,
+) -> work_pb2.PropagationBindingSpec:
+    """The spec of the binding of a Namespace no policy claims: ``clusters`` (every
+    member, from the namespace controller), ``autoPropagated``, and the ``requiredBy``
+    entries the dependencies controller keeps in ``current``. The policy controller
+    writes it too, when a policy lets such a Namespace go, so the two agree on it."""
+    metadata = manifest["metadata"]
+    spec = work_pb2.PropagationBindingSpec(auto_propagated=True, conflict_resolution="Abort")
+    spec.resource.api_version = manifest["apiVersion"]
+    spec.resource.kind = manifest["kind"]
+    spec.resource.name = metadata["name"]
+    spec.resource.uid = metadata.get("uid", "")
+    spec.resource.resource_version = metadata.get("resourceVersion", "")
+    for name in clusters:
+        spec.clusters.add(name=name)
+    if current is not None:
+        spec.required_by.extend(current.required_by)
+    return spec
 
 
 def policy_key(ref: work_pb2.PolicyReference) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import csv
 import logging
 import os
 import signal
@@ -26,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from archipel import limits
+from archipel.core import matching
 from archipel.core.errors import (
     ArchipelError,
     Invalid,
@@ -40,6 +42,7 @@ from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
 from controlplane.controllers import cluster as cluster_controller
 from controlplane.controllers import dependencies as dependencies_controller
+from controlplane.controllers import namespace as namespace_controller
 from controlplane.controllers import policy as policy_controller
 from controlplane.controllers import scheduler as scheduler_controller
 from controlplane.controllers import workloadrebalancer as rebalancer_controller
@@ -47,6 +50,7 @@ from controlplane.controllers.binding import BindingController
 from controlplane.controllers.cluster import ClusterController
 from controlplane.controllers.dependencies import DependenciesController
 from controlplane.controllers.execution import AgentSession, ExecutionController
+from controlplane.controllers.namespace import NamespaceController
 from controlplane.controllers.policy import PolicyController
 from controlplane.controllers.scheduler import SchedulerController
 from controlplane.controllers.status import BindingStatusController, WorkStatusController
@@ -218,6 +222,7 @@ CONTROLLER_NAMES = (
     scheduler_controller.NAME,
     binding_controller.NAME,
     dependencies_controller.NAME,
+    namespace_controller.NAME,
     WorkStatusController.NAME,
     BindingStatusController.NAME,
     rebalancer_controller.NAME,
@@ -301,6 +306,7 @@ class ControlPlane:
         self.scheduler = SchedulerController(self.context)
         self.binding = BindingController(self.context)
         self.dependencies = DependenciesController(self.context)
+        self.namespaces = NamespaceController(self.context)
         self.work_status = WorkStatusController(self.context)
         self.execution = ExecutionController(self.context, report_status=self.work_status.report)
         self.binding_status = BindingStatusController(self.context)
@@ -363,6 +369,7 @@ class ControlPlane:
             self.scheduler.controller,
             self.binding.controller,
             self.dependencies.controller,
+            self.namespaces.controller,
             self.work_status.controller,
             self.binding_status.controller,
             self.rebalancer.controller,
@@ -525,7 +532,17 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default="*",
         help="comma-separated controllers to run: '*' for all, 'name' to add one, "
         "'-name' to leave one out (cluster, policy, scheduler, binding, dependencies, "
-        "work-status, binding-status, workload-rebalancer)",
+        "namespace, work-status, binding-status, workload-rebalancer)",
+    )
+    parser.add_argument(
+        "--skipped-propagating-namespaces",
+        action="append",
+        default=[],
+        metavar="REGEX[,REGEX...]",
+        help="namespaces whose whole name matches one of these regular expressions are "
+        "not sent to every member cluster by themselves (repeatable; comma-separated as "
+        "Karmada's flag, CSV-quoted when a pattern holds a comma); kube-*, "
+        "archipel-system, archipel-es-* and default never are",
     )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
@@ -539,6 +556,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     if bool(args.tls_cert_file) != bool(args.tls_key_file):
         parser.error("--tls-cert-file and --tls-key-file go together")
+    try:
+        skipped = matching.skipped_namespace_patterns(
+            text for value in args.skipped_propagating_namespaces for text in _csv(value)
+        )
+    except Invalid as error:
+        # One line and exit code 1, as the CLI answers bad input: nothing starts.
+        print(f"{parser.prog}: --{error}", file=sys.stderr)
+        raise SystemExit(1) from None
     return Settings(
         etcd_endpoints=args.etcd,
         etcd_prefix=args.etcd_prefix,
@@ -559,7 +584,18 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         graceful_eviction_timeout=args.graceful_eviction_timeout,
         workers=args.workers,
         controllers=controllers,
+        skipped_propagating_namespaces=skipped,
     )
+
+
+def _csv(value: str) -> list[str]:
+    """One value of a list flag: comma-separated, read as CSV, as Go's pflag reads
+    Karmada's string slices (so ``"a{1,3}"``, quoted, is one pattern)."""
+    try:
+        rows = list(csv.reader([value]))
+    except csv.Error as error:
+        raise Invalid("skipped-propagating-namespaces", f"{limits.echo(value)}: {error}") from None
+    return [text.strip() for row in rows for text in row if text.strip()]
 
 
 async def serve(settings: Settings, plane: ControlPlane | None = None) -> int:

@@ -386,6 +386,8 @@ class Commands:
             scheduled = _condition(binding, "Scheduled")
             reason = f"{scheduled.get('reason', '')}: {scheduled.get('message', '')}"
             print(f"Scheduled:    {scheduled.get('status', 'Unknown')} ({reason})")
+        elif spec.get("autoPropagated"):
+            print("Policy:       none: a Namespace goes to every member cluster by itself")
         else:
             print("Policy:       none: it goes where the workloads that need it run")
         for snapshot in spec.get("requiredBy", []):

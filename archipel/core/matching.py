@@ -8,17 +8,26 @@
   unless a policy that outranks it has ``preemption: Always``.
 * Templates in system namespaces (and those Namespace objects) are never propagated,
   whatever the policy says, as Karmada skips ``kube-*`` and its own namespaces.
+* A Namespace no policy claims goes to every member cluster by itself
+  (:func:`auto_propagates`), as Karmada's namespace sync controller sends it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from archipel import limits
 from archipel.core import selectors
+from archipel.core.errors import Invalid
 from archipel.core.kinds import Manifest
-from archipel.core.names import EXECUTION_NAMESPACE_PREFIX, SYSTEM_NAMESPACE
+from archipel.core.names import (
+    EXECUTION_NAMESPACE_PREFIX,
+    SKIP_AUTO_PROPAGATION_LABELS,
+    SYSTEM_NAMESPACE,
+)
 from archipel.v1alpha1 import policy_pb2
 
 MATCH_ALL, MATCH_LABELS, MATCH_NAME = 1, 2, 3
@@ -34,12 +43,56 @@ def is_system_namespace(name: str) -> bool:
     return name in SYSTEM_NAMESPACES or name.startswith(SYSTEM_NAMESPACE_PREFIXES)
 
 
+def is_namespace(manifest: Manifest) -> bool:
+    return manifest.get("kind") == "Namespace" and manifest.get("apiVersion") == "v1"
+
+
 def is_system(manifest: Manifest) -> bool:
     """Whether ``manifest`` is in a system namespace or is a system Namespace itself."""
     metadata = manifest.get("metadata", {})
-    if manifest.get("kind") == "Namespace" and manifest.get("apiVersion") == "v1":
+    if is_namespace(manifest):
         return is_system_namespace(metadata.get("name", ""))
     return is_system_namespace(metadata.get("namespace", "") or "")
+
+
+# Every member cluster has a namespace of its own by this name, so it is never sent
+# there by itself (Karmada's namespace sync controller leaves it out too).
+DEFAULT_NAMESPACE = "default"
+
+
+def auto_propagates(manifest: Manifest, skipped: Iterable[re.Pattern[str]] = ()) -> bool:
+    """Whether ``manifest`` is a Namespace that goes to every member cluster with no
+    policy (Karmada's namespace auto-propagation): neither a system namespace nor
+    ``default``, not labelled to skip it (either label of
+    :data:`~archipel.core.names.SKIP_AUTO_PROPAGATION_LABELS` set to ``true``, in any
+    case, as Karmada reads its own), and its name fully matches none of ``skipped``
+    (``--skipped-propagating-namespaces``)."""
+    if not is_namespace(manifest):
+        return False
+    metadata = manifest.get("metadata", {})
+    name = metadata.get("name", "")
+    if is_system_namespace(name) or name == DEFAULT_NAMESPACE:
+        return False
+    labels = metadata.get("labels") or {}
+    if any(str(labels.get(label, "")).lower() == "true" for label in SKIP_AUTO_PROPAGATION_LABELS):
+        return False
+    return not any(pattern.fullmatch(name) for pattern in skipped)
+
+
+def skipped_namespace_patterns(texts: Iterable[str]) -> tuple[re.Pattern[str], ...]:
+    """``--skipped-propagating-namespaces``: regular expressions a namespace's whole
+    name must match (as Karmada anchors its own), compiled once; :class:`Invalid`
+    naming the first one that does not compile."""
+    patterns = []
+    for text in texts:
+        try:
+            patterns.append(re.compile(text))
+        except re.error as error:
+            raise Invalid(
+                "skipped-propagating-namespaces",
+                f"{limits.echo(text)} is not a regular expression: {error}",
+            ) from None
+    return tuple(patterns)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,15 @@ DELETION_PROTECTION_LABELS = (
 )
 """Karmada's label is honoured too, so protected templates stay protected after a move."""
 
+# -- on Namespace templates ---------------------------------------------------------
+
+SKIP_AUTO_PROPAGATION_LABELS = (
+    "namespace.archipel.io/skip-auto-propagation",
+    "namespace.karmada.io/skip-auto-propagation",
+)
+"""A Namespace labelled ``"true"`` by either is not sent to every member cluster by
+itself (Karmada's label is honoured, so namespaces labelled for Karmada stay put)."""
+
 # -- on member objects (the agent's) -----------------------------------------------
 
 MANAGED_LABEL = "archipel.io/managed"

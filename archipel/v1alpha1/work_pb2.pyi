@@ -182,6 +182,7 @@ class PropagationBindingSpec(_message.Message):
     GRACEFUL_EVICTION_TASKS_FIELD_NUMBER: _builtins.int
     SCHEDULE_PRIORITY_FIELD_NUMBER: _builtins.int
     TEMPLATE_DIGEST_FIELD_NUMBER: _builtins.int
+    AUTO_PROPAGATED_FIELD_NUMBER: _builtins.int
     replicas: _builtins.int
     """The template's replica count, as its interpreter reads it (0 for kinds without
     replicas).
@@ -201,6 +202,11 @@ class PropagationBindingSpec(_message.Message):
     applied to it. Under activationPreference Lazy a policy change waits until the
     template differs from this.
     """
+    auto_propagated: _builtins.bool
+    """Set by the namespace controller on the binding of a Namespace that no policy
+    claims: it goes to every member cluster (Karmada's namespace auto-propagation).
+    Such a binding has no policy, and a policy that claims the Namespace replaces it.
+    """
     @_builtins.property
     def resource(self) -> _meta_pb2.ObjectReference:
         """The template bound."""
@@ -217,7 +223,9 @@ class PropagationBindingSpec(_message.Message):
 
     @_builtins.property
     def policy(self) -> Global___PolicyReference:
-        """The claiming policy; empty for a binding that exists only for requiredBy."""
+        """The claiming policy; empty for a binding that exists only for requiredBy, or that
+        auto-propagates a Namespace (auto_propagated).
+        """
 
     @_builtins.property
     def suspension(self) -> _policy_pb2.Suspension:
@@ -275,10 +283,11 @@ class PropagationBindingSpec(_message.Message):
         graceful_eviction_tasks: _abc.Iterable[Global___GracefulEvictionTask] | None = ...,
         schedule_priority: Global___BindingSchedulePriority | None = ...,
         template_digest: _builtins.str = ...,
+        auto_propagated: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["failover", b"failover", "placement", b"placement", "policy", b"policy", "replica_requirements", b"replica_requirements", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "schedule_priority", b"schedule_priority", "suspension", b"suspension"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "failover", b"failover", "graceful_eviction_tasks", b"graceful_eviction_tasks", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "required_by", b"required_by", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "schedule_priority", b"schedule_priority", "scheduler_name", b"scheduler_name", "suspension", b"suspension", "template_digest", b"template_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auto_propagated", b"auto_propagated", "clusters", b"clusters", "conflict_resolution", b"conflict_resolution", "failover", b"failover", "graceful_eviction_tasks", b"graceful_eviction_tasks", "placement", b"placement", "policy", b"policy", "preserve_resources_on_deletion", b"preserve_resources_on_deletion", "propagate_deps", b"propagate_deps", "replica_requirements", b"replica_requirements", "replicas", b"replicas", "required_by", b"required_by", "reschedule_triggered_at", b"reschedule_triggered_at", "resource", b"resource", "schedule_priority", b"schedule_priority", "scheduler_name", b"scheduler_name", "suspension", b"suspension", "template_digest", b"template_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

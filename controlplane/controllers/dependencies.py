@@ -214,8 +214,13 @@ def _release(result: Plan, binding: work_pb2.PropagationBinding, parent: tuple[s
     index = _entry(binding, parent)
     if index < 0 or is_deleting(binding):
         return
-    if len(binding.spec.required_by) == 1 and not binding.spec.policy.kind:
-        # Nothing else needs it and no policy propagates it: it leaves the members.
+    if (
+        len(binding.spec.required_by) == 1
+        and not binding.spec.policy.kind
+        and not binding.spec.auto_propagated
+    ):
+        # Nothing else needs it and nothing propagates it (neither a policy nor the
+        # namespace controller, for a Namespace): it leaves the members.
         result.delete(kinds.PROPAGATION_BINDING, binding)
         return
     updated = kinds.PROPAGATION_BINDING.copy(binding)

@@ -9,6 +9,14 @@ the binding goes but the objects stay in place, as in Karmada. A policy whose
 ``dependentOverrides`` are not all stored writes nothing until they are (Karmada's
 detector); the template says so in the log, and on its binding if it has one.
 
+A Namespace that no policy claims goes to every member cluster by itself, through a
+binding the namespace controller keeps (``autoPropagated``; see
+:mod:`controlplane.controllers.namespace`). This controller leaves such a binding
+alone, takes it over (as its own, with the policy's placement) when a policy claims
+the Namespace, and, when the policy lets go of a Namespace that is sent everywhere by
+itself, turns the binding back into an auto-propagated one instead of deleting it: the
+namespace, and all that runs in it, never leaves a member in between.
+
 A reconcile is two steps. :meth:`PolicyController.observe` copies what the decision
 needs out of the caches into a :class:`PolicyObserved`; :func:`plan`, pure (no I/O,
 no clock), decides and returns the one write it calls for (create, update or delete
@@ -41,6 +49,7 @@ from archipel.v1alpha1 import interpreter_pb2, override_pb2, policy_pb2, work_pb
 from controlplane.context import (
     FINALIZER,
     Context,
+    auto_propagated_spec,
     customization_targets,
     template_key_of_binding,
 )
@@ -151,6 +160,9 @@ class PolicyObserved:
     """The PriorityClass templates, name to value: what schedulePriority resolves to."""
     now: datetime.datetime | None = None
     """When the observation was made: what a condition's transition says."""
+    auto_propagates: bool = False
+    """Whether the template is a Namespace that goes to every member cluster when no
+    policy claims it (:func:`archipel.core.matching.auto_propagates`)."""
 
 
 def plan(observed: PolicyObserved) -> Plan | None:
@@ -158,8 +170,8 @@ def plan(observed: PolicyObserved) -> Plan | None:
     None when it already does (or a deletion under way must finish first)."""
     template, binding = observed.template, observed.binding
     if template is None:
-        if binding is None or is_deleting(binding):
-            return None
+        if binding is None or is_deleting(binding) or binding.spec.auto_propagated:
+            return None  # an auto-propagated one is the namespace controller's to delete
         result = Plan()
         result.delete(kinds.PROPAGATION_BINDING, binding)
         return result
@@ -173,8 +185,10 @@ def plan(observed: PolicyObserved) -> Plan | None:
         template, observed.policies, observed.cluster_policies, claimed_by=claimed
     )
     if candidate is None:
-        if binding is None:
-            return None
+        if binding is None or binding.spec.auto_propagated:
+            return None  # nothing of a policy's, or the namespace controller's
+        if binding.spec.policy.kind and observed.auto_propagates:
+            return _hand_over(binding, template)
         if binding.spec.required_by:
             # Workloads that propagate their dependencies still need it there.
             return _keep_as_dependency(binding)
@@ -302,6 +316,19 @@ def _keep_as_dependency(binding: work_pb2.PropagationBinding) -> Plan | None:
     updated.spec.Clear()
     updated.spec.resource.CopyFrom(binding.spec.resource)
     updated.spec.required_by.extend(binding.spec.required_by)
+    result = Plan()
+    result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
+    return result
+
+
+def _hand_over(binding: work_pb2.PropagationBinding, template: Manifest) -> Plan:
+    """A policy let go of a Namespace that goes everywhere by itself: the binding
+    becomes an auto-propagated one, still on the clusters the policy chose (the
+    namespace controller adds the others), so no member loses it meanwhile."""
+    updated = kinds.PROPAGATION_BINDING.copy(binding)
+    updated.spec.CopyFrom(
+        auto_propagated_spec(template, (t.name for t in binding.spec.clusters), binding.spec)
+    )
     result = Plan()
     result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
     return result
@@ -481,6 +508,9 @@ class PolicyController:
             ),
             priority_classes=self._priority_classes((*policies, *cluster_policies)),
             now=datetime.datetime.now(datetime.UTC),
+            auto_propagates=matching.auto_propagates(
+                template, context.settings.skipped_propagating_namespaces
+            ),
         )
 
     async def reconcile(self, key: str) -> Plan | None:

@@ -225,6 +225,9 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
             "controlPlane.enabled": "true",
             "controlPlane.failover.defaultTaints": default_taints,
             "controlPlane.failover.gracePeriod": "120",
+            "controlPlane.skippedPropagatingNamespaces[0]": "team-.*",
+            # A comma inside a pattern stays in it (helm's --set escapes it).
+            "controlPlane.skippedPropagatingNamespaces[1]": r"scratch-[0-9]{1\,3}",
         },
         "archipel-system",
     )
@@ -237,3 +240,7 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
     settings = parse_args(container["args"])
     assert settings.failover_grace_period == 120
     assert settings.default_failover_taints == (default_taints == "true")
+    assert [p.pattern for p in settings.skipped_propagating_namespaces] == [
+        "team-.*",
+        "scratch-[0-9]{1,3}",
+    ]

@@ -54,6 +54,10 @@ class FakeKube:
         """Store ``manifest`` as the API server would: with a new resourceVersion."""
         self.version += 1
         stored = copy.deepcopy(manifest)
+        previous = self.objects.get(self.key(manifest))
+        if previous is not None and "deletionTimestamp" in previous["metadata"]:
+            # No write clears a deletion under way.
+            stored["metadata"]["deletionTimestamp"] = previous["metadata"]["deletionTimestamp"]
         stored["metadata"]["resourceVersion"] = str(self.version)
         stored["metadata"]["uid"] = "uid-" + stored["metadata"]["name"]
         self.objects[self.key(manifest)] = stored

@@ -215,6 +215,27 @@ async def test_an_object_with_archipels_label_is_adopted_under_abort(existing: M
     assert statuses(sent, "w1")[-1].applied
 
 
+async def test_a_namespace_being_deleted_in_the_member_is_created_anew_once_gone() -> None:
+    """Applied to a Terminating namespace, the work would report applied and lose the
+    namespace a moment later, unwatched: it fails instead, and its retry creates it."""
+    kube = FakeKube()
+    going = labelled(namespace("team-a"), **{MANAGED_LABEL: "true"})
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    kube.put(going)
+    works, sent = manager(kube)
+    works.receive(work(namespace("team-a")))
+    failed = await settle(works)
+    assert set(failed) == {"w1"} and isinstance(failed["w1"], KubeError)
+    [report] = statuses(sent, "w1")
+    assert not report.applied and "being deleted in the member" in report.message
+    del kube.objects[key(going)]  # the member's namespace controller is done
+    works.queue.add("w1")  # its retry
+    assert await settle(works) == {}
+    live = kube.get(*key(going))
+    assert live is not None and "deletionTimestamp" not in live["metadata"]
+    assert statuses(sent, "w1")[-1].applied
+
+
 # -- objects of another work -------------------------------------------------------------
 
 

@@ -293,7 +293,8 @@ type PropagationBindingSpec struct {
 	// The scheduling result.
 	// Written by the scheduler.
 	Clusters []*TargetCluster `protobuf:"bytes,4,rep,name=clusters,proto3" json:"clusters,omitempty"`
-	// The claiming policy; empty for a binding that exists only for requiredBy.
+	// The claiming policy; empty for a binding that exists only for requiredBy, or that
+	// auto-propagates a Namespace (auto_propagated).
 	Policy *PolicyReference `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
 	// From the policy: Abort (default) or Overwrite.
 	ConflictResolution string `protobuf:"bytes,6,opt,name=conflict_resolution,json=conflictResolution,proto3" json:"conflict_resolution,omitempty"`
@@ -326,6 +327,10 @@ type PropagationBindingSpec struct {
 	// applied to it. Under activationPreference Lazy a policy change waits until the
 	// template differs from this.
 	TemplateDigest string `protobuf:"bytes,17,opt,name=template_digest,json=templateDigest,proto3" json:"template_digest,omitempty"`
+	// Set by the namespace controller on the binding of a Namespace that no policy
+	// claims: it goes to every member cluster (Karmada's namespace auto-propagation).
+	// Such a binding has no policy, and a policy that claims the Namespace replaces it.
+	AutoPropagated bool `protobuf:"varint,18,opt,name=auto_propagated,json=autoPropagated,proto3" json:"auto_propagated,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -477,6 +482,13 @@ func (x *PropagationBindingSpec) GetTemplateDigest() string {
 		return x.TemplateDigest
 	}
 	return ""
+}
+
+func (x *PropagationBindingSpec) GetAutoPropagated() bool {
+	if x != nil {
+		return x.AutoPropagated
+	}
+	return false
 }
 
 // The priority a binding is scheduled with (Karmada's binding schedulePriority), from
@@ -1512,7 +1524,7 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x129\n" +
 	"\bmetadata\x18\x03 \x01(\v2\x1d.archipel.v1alpha1.ObjectMetaR\bmetadata\x12=\n" +
 	"\x04spec\x18\x04 \x01(\v2).archipel.v1alpha1.PropagationBindingSpecR\x04spec\x12C\n" +
-	"\x06status\x18\x05 \x01(\v2+.archipel.v1alpha1.PropagationBindingStatusR\x06status\"\xc5\b\n" +
+	"\x06status\x18\x05 \x01(\v2+.archipel.v1alpha1.PropagationBindingStatusR\x06status\"\xee\b\n" +
 	"\x16PropagationBindingSpec\x12>\n" +
 	"\bresource\x18\x01 \x01(\v2\".archipel.v1alpha1.ObjectReferenceR\bresource\x12\x1a\n" +
 	"\breplicas\x18\x02 \x01(\x05R\breplicas\x12:\n" +
@@ -1534,7 +1546,8 @@ const file_archipel_v1alpha1_work_proto_rawDesc = "" +
 	"\bfailover\x18\x0e \x01(\v2#.archipel.v1alpha1.FailoverBehaviorR\bfailover\x12_\n" +
 	"\x17graceful_eviction_tasks\x18\x0f \x03(\v2'.archipel.v1alpha1.GracefulEvictionTaskR\x15gracefulEvictionTasks\x12W\n" +
 	"\x11schedule_priority\x18\x10 \x01(\v2*.archipel.v1alpha1.BindingSchedulePriorityR\x10schedulePriority\x12'\n" +
-	"\x0ftemplate_digest\x18\x11 \x01(\tR\x0etemplateDigest\"w\n" +
+	"\x0ftemplate_digest\x18\x11 \x01(\tR\x0etemplateDigest\x12'\n" +
+	"\x0fauto_propagated\x18\x12 \x01(\bR\x0eautoPropagated\"w\n" +
 	"\x17BindingSchedulePriority\x12\x1f\n" +
 	"\bpriority\x18\x01 \x01(\x05H\x00R\bpriority\x88\x01\x01\x12.\n" +
 	"\x13priority_class_name\x18\x02 \x01(\tR\x11priorityClassNameB\v\n" +

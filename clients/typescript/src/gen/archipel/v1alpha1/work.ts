@@ -97,7 +97,10 @@ export interface PropagationBindingSpec {
    * Written by the scheduler.
    */
   clusters: TargetCluster[];
-  /** The claiming policy; empty for a binding that exists only for requiredBy. */
+  /**
+   * The claiming policy; empty for a binding that exists only for requiredBy, or that
+   * auto-propagates a Namespace (auto_propagated).
+   */
   policy:
     | PolicyReference
     | undefined;
@@ -154,6 +157,12 @@ export interface PropagationBindingSpec {
    * template differs from this.
    */
   templateDigest: string;
+  /**
+   * Set by the namespace controller on the binding of a Namespace that no policy
+   * claims: it goes to every member cluster (Karmada's namespace auto-propagation).
+   * Such a binding has no policy, and a policy that claims the Namespace replaces it.
+   */
+  autoPropagated: boolean;
 }
 
 /**
@@ -820,6 +829,7 @@ function createBasePropagationBindingSpec(): PropagationBindingSpec {
     gracefulEvictionTasks: [],
     schedulePriority: undefined,
     templateDigest: "",
+    autoPropagated: false,
   };
 }
 
@@ -875,6 +885,9 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
     }
     if (message.templateDigest !== "") {
       writer.uint32(138).string(message.templateDigest);
+    }
+    if (message.autoPropagated !== false) {
+      writer.uint32(144).bool(message.autoPropagated);
     }
     return writer;
   },
@@ -1028,6 +1041,14 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
             message.templateDigest = reader.string();
             continue;
           }
+          case 18: {
+            if (tag !== 144) {
+              break;
+            }
+
+            message.autoPropagated = reader.bool();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1101,6 +1122,11 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
         : isSet(object.template_digest)
         ? globalThis.String(object.template_digest)
         : "",
+      autoPropagated: isSet(object.autoPropagated)
+        ? globalThis.Boolean(object.autoPropagated)
+        : isSet(object.auto_propagated)
+        ? globalThis.Boolean(object.auto_propagated)
+        : false,
     };
   },
 
@@ -1157,6 +1183,9 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
     if (message.templateDigest !== "") {
       obj.templateDigest = message.templateDigest;
     }
+    if (message.autoPropagated !== false) {
+      obj.autoPropagated = message.autoPropagated;
+    }
     return obj;
   },
 
@@ -1196,6 +1225,7 @@ export const PropagationBindingSpec: MessageFns<PropagationBindingSpec> = {
       ? BindingSchedulePriority.fromPartial(object.schedulePriority)
       : undefined;
     message.templateDigest = object.templateDigest ?? "";
+    message.autoPropagated = object.autoPropagated ?? false;
     return message;
   },
 };
