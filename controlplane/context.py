@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -282,29 +282,6 @@ def customization_targets(
     return {
         (c.spec.target.api_version, c.spec.target.kind) for c in customizations if c is not None
     }
-
-
-def auto_propagated_spec(
-    manifest: Manifest,
-    clusters: Iterable[str],
-    current: work_pb2.PropagationBindingSpec | None = None,
-) -> work_pb2.PropagationBindingSpec:
-    """The spec of the binding of a Namespace no policy claims: ``clusters`` (every
-    member, from the namespace controller), ``autoPropagated``, and the ``requiredBy``
-    entries the dependencies controller keeps in ``current``. The policy controller
-    writes it too, when a policy lets such a Namespace go, so the two agree on it."""
-    metadata = manifest["metadata"]
-    spec = work_pb2.PropagationBindingSpec(auto_propagated=True, conflict_resolution="Abort")
-    spec.resource.api_version = manifest["apiVersion"]
-    spec.resource.kind = manifest["kind"]
-    spec.resource.name = metadata["name"]
-    spec.resource.uid = metadata.get("uid", "")
-    spec.resource.resource_version = metadata.get("resourceVersion", "")
-    for name in clusters:
-        spec.clusters.add(name=name)
-    if current is not None:
-        spec.required_by.extend(current.required_by)
-    return spec
 
 
 def policy_key(ref: work_pb2.PolicyReference) -> str:

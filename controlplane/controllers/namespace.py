@@ -37,17 +37,15 @@ tests/unit/test_plan_namespace.py.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import re
 
 from archipel.core import kinds, matching
 from archipel.core.kinds import CLUSTER_SCOPE, Manifest
 from archipel.v1alpha1 import cluster_pb2, policy_pb2, work_pb2
+from controlplane import bindings
 from controlplane.context import (
-    FINALIZER,
     Context,
-    auto_propagated_spec,
     template_key_of_binding,
 )
 from controlplane.plan import Plan
@@ -107,49 +105,28 @@ def plan(observed: NamespaceObserved) -> Plan | None:
         if binding is None or not binding.spec.auto_propagated:
             return None
         return _stop(binding)
-    spec = auto_propagated_spec(
+    spec = bindings.auto_propagated_spec(
         template, observed.clusters, binding.spec if binding is not None else None
     )
-    result = Plan()
     if binding is None:
-        new = work_pb2.PropagationBinding(
-            api_version=kinds.PROPAGATION_BINDING.api_version, kind="PropagationBinding"
+        return bindings.create(
+            template, spec, name=observed.new_binding_name, quarantined=observed.quarantined
         )
-        new.metadata.name = observed.new_binding_name
-        new.metadata.finalizers.append(FINALIZER)
-        new.spec.CopyFrom(spec)
-        # Bindings are derived, so a corrupted one is repaired by writing it anew.
-        result.create(kinds.PROPAGATION_BINDING, new, replacing=observed.quarantined)
-        if observed.quarantined:
-            key = kinds.PROPAGATION_BINDING.key_of(new)
-            result.committed.append(functools.partial(log.warning, "rewrote undecodable %s", key))
-        return result
     if binding.spec == spec:
         return None
     # An auto-propagated binding kept current, or one that only followed the workloads
     # requiring the Namespace, which now goes everywhere.
+    result = Plan()
     updated = kinds.PROPAGATION_BINDING.copy(binding)
     updated.spec.CopyFrom(spec)
     result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
     return result
 
 
-def _stop(binding: work_pb2.PropagationBinding) -> Plan:
+def _stop(binding: work_pb2.PropagationBinding) -> Plan | None:
     """No more syncing; the namespace stays in the members (Karmada's behaviour when
     the skip label is added). What requires the Namespace keeps it where it needs it."""
-    result = Plan()
-    if binding.spec.required_by:
-        kept = kinds.PROPAGATION_BINDING.copy(binding)
-        kept.spec.Clear()
-        kept.spec.resource.CopyFrom(binding.spec.resource)
-        kept.spec.required_by.extend(binding.spec.required_by)
-        result.update(kinds.PROPAGATION_BINDING, kept, current=binding)
-        return result
-    marked = kinds.PROPAGATION_BINDING.copy(binding)
-    # Written with the deletion mark, so the binding controller and the agents orphan.
-    marked.spec.preserve_resources_on_deletion = True
-    result.delete(kinds.PROPAGATION_BINDING, binding, marked=marked)
-    return result
+    return bindings.let_go(binding, orphan=True)
 
 
 class NamespaceController:

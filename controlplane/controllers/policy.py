@@ -46,10 +46,9 @@ from archipel.core.workloads import (
     template_replicas,
 )
 from archipel.v1alpha1 import interpreter_pb2, override_pb2, policy_pb2, work_pb2
+from controlplane import bindings
 from controlplane.context import (
-    FINALIZER,
     Context,
-    auto_propagated_spec,
     customization_targets,
     template_key_of_binding,
 )
@@ -189,12 +188,10 @@ def plan(observed: PolicyObserved) -> Plan | None:
             return None  # nothing of a policy's, or the namespace controller's
         if binding.spec.policy.kind and observed.auto_propagates:
             return _hand_over(binding, template)
-        if binding.spec.required_by:
-            # Workloads that propagate their dependencies still need it there.
-            return _keep_as_dependency(binding)
-        # A system template bound before it was excluded keeps its member objects,
-        # and so does one whose policy was deleted.
-        return _release(
+        # Workloads that propagate their dependencies still need it where they run. A
+        # system template bound before it was excluded keeps its member objects, and
+        # so does one whose policy was deleted.
+        return bindings.let_go(
             binding,
             orphan=matching.is_system(template) or not observed.claimed_policy_exists,
         )
@@ -214,22 +211,11 @@ def plan(observed: PolicyObserved) -> Plan | None:
     )
     if missing and (binding is None or binding.spec != spec):
         return _wait_for_overrides(observed, candidate, missing)
-    result = Plan()
     if binding is None:
-        new = work_pb2.PropagationBinding(
-            api_version=kinds.PROPAGATION_BINDING.api_version, kind="PropagationBinding"
+        return bindings.create(
+            template, spec, name=observed.new_binding_name, quarantined=observed.quarantined
         )
-        new.metadata.name = observed.new_binding_name
-        new.metadata.namespace = template["metadata"].get("namespace", "")
-        new.metadata.finalizers.append(FINALIZER)
-        new.spec.CopyFrom(spec)
-        # Bindings are derived, so a corrupted one is repaired by writing what it
-        # should be (its status is recomputed).
-        result.create(kinds.PROPAGATION_BINDING, new, replacing=observed.quarantined)
-        if observed.quarantined:
-            key = kinds.PROPAGATION_BINDING.key_of(new)
-            result.committed.append(functools.partial(log.warning, "rewrote undecodable %s", key))
-        return result
+    result = Plan()
     updated = kinds.PROPAGATION_BINDING.copy(binding)
     updated.spec.CopyFrom(spec)
     waited = find(binding.status.conditions, OVERRIDES_READY)
@@ -308,44 +294,18 @@ def _wait_for_overrides(
     return result
 
 
-def _keep_as_dependency(binding: work_pb2.PropagationBinding) -> Plan | None:
-    """Drop what the policy asked for; what requires the object keeps it in place."""
-    if not binding.spec.policy.kind:
-        return None  # already only a dependency
-    updated = kinds.PROPAGATION_BINDING.copy(binding)
-    updated.spec.Clear()
-    updated.spec.resource.CopyFrom(binding.spec.resource)
-    updated.spec.required_by.extend(binding.spec.required_by)
-    result = Plan()
-    result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
-    return result
-
-
 def _hand_over(binding: work_pb2.PropagationBinding, template: Manifest) -> Plan:
     """A policy let go of a Namespace that goes everywhere by itself: the binding
     becomes an auto-propagated one, still on the clusters the policy chose (the
     namespace controller adds the others), so no member loses it meanwhile."""
     updated = kinds.PROPAGATION_BINDING.copy(binding)
     updated.spec.CopyFrom(
-        auto_propagated_spec(template, (t.name for t in binding.spec.clusters), binding.spec)
+        bindings.auto_propagated_spec(
+            template, (t.name for t in binding.spec.clusters), binding.spec
+        )
     )
     result = Plan()
     result.update(kinds.PROPAGATION_BINDING, updated, current=binding)
-    return result
-
-
-def _release(binding: work_pb2.PropagationBinding, *, orphan: bool) -> Plan:
-    """Delete the binding; with ``orphan`` its objects stay in the members.
-
-    The flag is written with the deletion mark, so whoever finishes the deletion (the
-    binding controller, then the agents) knows to orphan rather than delete.
-    """
-    marked = None
-    if orphan and not binding.spec.preserve_resources_on_deletion:
-        marked = kinds.PROPAGATION_BINDING.copy(binding)
-        marked.spec.preserve_resources_on_deletion = True
-    result = Plan()
-    result.delete(kinds.PROPAGATION_BINDING, binding, marked=marked)
     return result
 
 

@@ -17,7 +17,8 @@ import pytest
 from archipel.core import kinds
 from archipel.core.kinds import Manifest
 from archipel.v1alpha1 import policy_pb2, work_pb2
-from controlplane.context import FINALIZER, auto_propagated_spec
+from controlplane.bindings import auto_propagated_spec
+from controlplane.context import FINALIZER
 from controlplane.controllers import dependencies, namespace, policy
 from controlplane.controllers.dependencies import DependenciesObserved
 from controlplane.controllers.namespace import NamespaceObserved
