@@ -13,7 +13,7 @@ N ?= 3
 PROFILE ?= api
 PYTEST_ARGS ?=
 
-.PHONY: image bench bench-quick bench-e2e bench-failover up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+.PHONY: image bench bench-quick bench-e2e bench-failover chaos up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
 
 help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
@@ -23,6 +23,7 @@ help:
 	@echo "make tools         build kube-apiserver, etcd, kwok, grpcurl, helm and buf into $(CACHE)/bin"
 	@echo "make members-up N=3 PROFILE=api|full   start member clusters in the background"
 	@echo "make members-ls | members-down"
+	@echo "make chaos DURATION=300 SEED=1   random faults under load on real members; report in .local/bench/chaos.json"
 
 $(UV):
 	@python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade
@@ -100,6 +101,12 @@ bench-e2e: setup tools
 # Failover on 3 real full members, default and short timings (the defaults take ~12 min).
 bench-failover: setup tools
 	$(PY) -m bench.failover
+
+# Random faults under a seeded load on real members; the report goes to .local/bench/chaos.json.
+DURATION ?= 300
+SEED ?= 1
+chaos: setup tools
+	$(PY) -m bench.chaos --duration $(DURATION) --seed $(SEED)
 
 clean: members-down
 	rm -rf .local .venv

@@ -1,0 +1,633 @@
+"""Chaos: a seeded random history of changes, faults injected at random, and a check
+that every member ends up holding exactly what the final templates and policies say.
+
+The fleet is real: member clusters (kube-apiservers), the control plane's own etcd, the
+control plane and an agent per member, each a process this script kills (``kill -9``),
+freezes (SIGSTOP, then SIGCONT) and restarts, as a supervisor would.
+
+* **The load** (:class:`History`): ConfigMaps and Deployments in namespace ``chaos``,
+  created, changed, rescaled, moved from one policy to another and deleted, and the
+  placements of three PropagationPolicies changed (member subsets, Duplicated or
+  Divided by equal static weights). Every step is drawn from one ``random.Random(seed)``
+  and the model it keeps, so a seed replays the same history. A step that fails (the
+  control plane is down) is retried until it is acknowledged, so the model is what was
+  stored. Policies are never deleted: Karmada's rule leaves a deleted policy's objects
+  in place, which would make "what should be where" a matter of timing.
+* **The faults** (:func:`inject`): every few seconds one of: kill -9 of the control plane,
+  of its etcd, of an agent, or of a member's API server (each restarted after a moment);
+  or SIGSTOP of the control plane or an agent (continued after a moment).
+* **The check** (:func:`compare`): after the last fault, each member's ConfigMaps and
+  Deployments in ``chaos`` against :func:`expected`: same objects, same content, the
+  Duplicated replicas, and for Divided the members and the total. It is repeated until
+  it comes out clean (the seconds that took are the convergence time) or a deadline
+  passes; what is still wrong then is reported as lost, extra, misplaced or wrong.
+
+``make chaos DURATION=300`` runs it; the report is printed and written to
+``.local/bench/chaos.json``. ``tests/e2e/test_chaos.py`` runs a short one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import random
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import tenacity
+
+from archipel.client import Client, ClientError
+from archipel.fleet import tools
+from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
+from archipel.fleet.etcd import EtcdServer
+from archipel.fleet.members import Fleet, Member, default_specs
+
+NAMESPACE = "chaos"
+POLICIES = ("p0", "p1", "p2")
+POLICY_LABEL = "chaos.archipel.io/policy"
+KINDS = ("ConfigMap", "Deployment")
+
+# -- the model: what the templates and policies say ------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    clusters: tuple[str, ...]
+    divided: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Template:
+    kind: str
+    name: str
+    policy: str
+    version: int
+    replicas: int = 0
+    """Deployments only: always at least the number of members, so a Divided one has
+    a replica in every member it is placed on."""
+
+
+@dataclasses.dataclass
+class Model:
+    placements: dict[str, Placement]
+    templates: dict[str, Template] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One change: the template or policy it writes (None: the template is deleted)."""
+
+    what: str
+    template: Template | None = None
+    name: str = ""
+    policy: str = ""
+    placement: Placement | None = None
+
+
+class History:
+    """The seeded random steps, each drawn from the model as it stands."""
+
+    def __init__(self, seed: int, members: tuple[str, ...], *, most_templates: int = 24):
+        self.random = random.Random(seed)
+        self.members = members
+        self.most_templates = most_templates
+        self.model = Model(placements={p: self._placement() for p in POLICIES})
+        self._serial = 0
+
+    def _placement(self) -> Placement:
+        count = self.random.randint(1, len(self.members))
+        clusters = tuple(sorted(self.random.sample(self.members, count)))
+        return Placement(clusters, divided=self.random.random() < 0.5)
+
+    def _replicas(self) -> int:
+        return self.random.randint(len(self.members), len(self.members) + 4)
+
+    def next(self) -> Step:
+        model, pick = self.model, self.random
+        names = sorted(model.templates)
+        choice = pick.random()
+        if not names or (choice < 0.35 and len(names) < self.most_templates):
+            self._serial += 1
+            kind = pick.choice(KINDS)
+            prefix = "cm" if kind == "ConfigMap" else "dp"
+            template = Template(
+                kind,
+                f"chaos-{prefix}-{self._serial:04d}",
+                pick.choice(POLICIES),
+                1,
+                self._replicas() if kind == "Deployment" else 0,
+            )
+            return Step("create", template=template, name=template.name)
+        name = pick.choice(names)
+        current = model.templates[name]
+        if choice < 0.6:
+            changed = dataclasses.replace(current, version=current.version + 1)
+            if current.kind == "Deployment" and pick.random() < 0.5:
+                changed = dataclasses.replace(changed, replicas=self._replicas())
+            return Step("update", template=changed, name=name)
+        if choice < 0.72:
+            others = [p for p in POLICIES if p != current.policy]
+            moved = dataclasses.replace(current, policy=pick.choice(others))
+            return Step("move", template=moved, name=name)
+        if choice < 0.85:
+            return Step("delete", name=name)
+        policy = pick.choice(POLICIES)
+        return Step("place", policy=policy, placement=self._placement())
+
+    def commit(self, step: Step) -> None:
+        """The step was acknowledged: the model follows it."""
+        if step.placement is not None:
+            self.model.placements[step.policy] = step.placement
+        elif step.template is not None:
+            self.model.templates[step.name] = step.template
+        else:
+            self.model.templates.pop(step.name, None)
+
+
+def template_document(template: Template) -> dict[str, Any]:
+    metadata = {
+        "name": template.name,
+        "namespace": NAMESPACE,
+        "labels": {POLICY_LABEL: template.policy},
+    }
+    if template.kind == "ConfigMap":
+        return {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": {"version": str(template.version)},
+        }
+    labels = {"app": template.name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata,
+        "spec": {
+            "replicas": template.replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "app", "image": _image(template.version)}]},
+            },
+        },
+    }
+
+
+def policy_document(name: str, placement: Placement) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "resourceSelectors": [
+            {
+                "apiVersion": api_version,
+                "kind": kind,
+                "labelSelector": {"matchLabels": {POLICY_LABEL: name}},
+            }
+            for api_version, kind in (("v1", "ConfigMap"), ("apps/v1", "Deployment"))
+        ],
+        "placement": {"clusterAffinity": {"clusterNames": list(placement.clusters)}},
+    }
+    if placement.divided:
+        spec["placement"]["replicaScheduling"] = {
+            "replicaSchedulingType": "Divided",
+            "replicaDivisionPreference": "Weighted",
+            "weightPreference": {
+                "staticWeightList": [
+                    {"targetCluster": {"clusterNames": [c]}, "weight": 1}
+                    for c in placement.clusters
+                ]
+            },
+        }
+    return {
+        "apiVersion": "policy.karmada.io/v1alpha1",
+        "kind": "PropagationPolicy",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": spec,
+    }
+
+
+def _image(version: int) -> str:
+    return f"registry.local/app:v{version}"
+
+
+# -- what should be where, and what is -----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Seen:
+    """A ConfigMap or Deployment in a member: its content as the check compares it."""
+
+    version: str
+    replicas: int = 0
+
+
+Observed = Mapping[str, Mapping[tuple[str, str], Seen]]
+"""Member name -> (kind, name) -> what it holds."""
+
+
+def expected(model: Model) -> dict[str, dict[tuple[str, str], Seen]]:
+    """What each member must hold. A Divided Deployment's share per member is left to
+    the scheduler (replicas 0 here); :func:`compare` checks the members and the total."""
+    wanted: dict[str, dict[tuple[str, str], Seen]] = {}
+    for template in model.templates.values():
+        placement = model.placements[template.policy]
+        for member in placement.clusters:
+            replicas = 0 if placement.divided else template.replicas
+            version = (
+                str(template.version) if template.kind == "ConfigMap" else _image(template.version)
+            )
+            wanted.setdefault(member, {})[(template.kind, template.name)] = Seen(version, replicas)
+    return wanted
+
+
+@dataclasses.dataclass
+class Differences:
+    lost: list[str] = dataclasses.field(default_factory=list)
+    """Should be in a member and is not."""
+    extra: list[str] = dataclasses.field(default_factory=list)
+    """In a member, and its template is deleted."""
+    misplaced: list[str] = dataclasses.field(default_factory=list)
+    """In a member its policy does not place it on."""
+    wrong: list[str] = dataclasses.field(default_factory=list)
+    """In the right member with the wrong content, or a Divided total that is off."""
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.extra or self.misplaced or self.wrong)
+
+    def first(self) -> str:
+        """One difference, as an example."""
+        return next(iter(self.lost + self.extra + self.misplaced + self.wrong), "")
+
+    def counts(self) -> dict[str, int]:
+        return {f: len(getattr(self, f)) for f in ("lost", "extra", "misplaced", "wrong")}
+
+
+def compare(model: Model, observed: Observed) -> Differences:
+    wanted = expected(model)
+    found = Differences()
+    totals: dict[str, int] = {}
+    for member in sorted(set(wanted) | set(observed)):
+        should = wanted.get(member, {})
+        holds = observed.get(member, {})
+        for key in sorted(set(should) | set(holds)):
+            where = f"{member}: {key[0]} {key[1]}"
+            if key not in holds:
+                found.lost.append(where)
+            elif key not in should:
+                (found.misplaced if key[1] in model.templates else found.extra).append(where)
+            elif holds[key].version != should[key].version:
+                found.wrong.append(f"{where}: {holds[key].version}, not {should[key].version}")
+            elif should[key].replicas and holds[key].replicas != should[key].replicas:
+                found.wrong.append(
+                    f"{where}: {holds[key].replicas} replicas, not {should[key].replicas}"
+                )
+            if key in holds and key[0] == "Deployment":
+                totals[key[1]] = totals.get(key[1], 0) + holds[key].replicas
+    for template in model.templates.values():
+        placement = model.placements[template.policy]
+        if template.kind == "Deployment" and placement.divided:
+            total = totals.get(template.name, 0)
+            if total != template.replicas:
+                found.wrong.append(
+                    f"Deployment {template.name}: {total} replicas in all, not {template.replicas}"
+                )
+    return found
+
+
+class Unobservable(RuntimeError):
+    """A member's API server did not answer a listing."""
+
+
+def observe(members: Mapping[str, Member]) -> dict[str, dict[tuple[str, str], Seen]]:
+    """What each member holds in ``chaos``, read from its API server."""
+    result: dict[str, dict[tuple[str, str], Seen]] = {}
+    for name, member in members.items():
+        holds: dict[tuple[str, str], Seen] = {}
+        for kind, path in (
+            ("ConfigMap", f"/api/v1/namespaces/{NAMESPACE}/configmaps"),
+            ("Deployment", f"/apis/apps/v1/namespaces/{NAMESPACE}/deployments"),
+        ):
+            try:
+                status, body = member.request("GET", path)
+            except OSError as error:
+                raise Unobservable(f"{name}: {error}") from error
+            if status != 200:
+                raise Unobservable(f"{name}: GET {path}: {status}")
+            for item in body.get("items", []):
+                object_name = item["metadata"]["name"]
+                if not object_name.startswith("chaos-"):
+                    continue  # kube-root-ca.crt
+                if kind == "ConfigMap":
+                    holds[(kind, object_name)] = Seen(item.get("data", {}).get("version", ""))
+                else:
+                    spec = item["spec"]
+                    image = spec["template"]["spec"]["containers"][0]["image"]
+                    holds[(kind, object_name)] = Seen(image, spec.get("replicas", 0))
+        result[name] = holds
+    return result
+
+
+# -- the fleet and its faults ------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Settings:
+    duration: float = 60.0
+    seed: int = 1
+    fault_interval: float = 5.0
+    converge_timeout: float = 240.0
+    members: int = 3
+
+
+@dataclasses.dataclass
+class Plane:
+    """What the faults act on."""
+
+    etcd: EtcdServer
+    control_plane: ControlPlaneProcess
+    agents: dict[str, AgentProcess]
+    members: dict[str, Member]
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    name: str
+    target: str
+    break_: Callable[[], None]
+    mend: Callable[[], None]
+
+
+def faults(plane: Plane) -> list[Fault]:
+    """Every fault the fleet can take, one per target."""
+    found = [
+        Fault("kill", "controlplane", plane.control_plane.process.kill, plane.control_plane.start),
+        Fault(
+            "stop",
+            "controlplane",
+            plane.control_plane.process.pause,
+            plane.control_plane.process.resume,
+        ),
+        Fault("kill", "etcd", plane.etcd.process.kill, plane.etcd.start),
+    ]
+    for name, agent in plane.agents.items():
+        found.append(Fault("kill", f"{name}/agent", agent.kill, agent.start))
+        found.append(Fault("stop", f"{name}/agent", agent.process.pause, agent.process.resume))
+    for name, member in plane.members.items():
+        found.append(
+            Fault("kill", f"{name}/apiserver", member.apiserver.kill, member.start_apiserver)
+        )
+    return found
+
+
+def supervise(plane: Plane) -> list[str]:
+    """Restart whatever is not running, as Kubernetes restarts a crashed pod: a control
+    plane that lost its etcd for too long exits (loudly, by design), and must come
+    back. Returns what was restarted."""
+    restarted = []
+    if not plane.etcd.process.running:
+        plane.etcd.start()
+        restarted.append("etcd")
+    if not plane.control_plane.process.running:
+        plane.control_plane.start()
+        restarted.append("controlplane")
+    for name, agent in plane.agents.items():
+        if not agent.process.running:
+            agent.start()
+            restarted.append(f"{name}/agent")
+    for name, member in plane.members.items():
+        if not member.apiserver.running:
+            member.start_apiserver()
+            restarted.append(f"{name}/apiserver")
+    return restarted
+
+
+# What a control plane that is down, frozen, restarting or without its etcd answers.
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+
+
+def _transient(error: BaseException) -> bool:
+    return isinstance(error, ClientError) and error.code in _TRANSIENT
+
+
+def _retrying() -> tenacity.Retrying:
+    """A step is retried until the control plane acknowledges it: while it is down,
+    frozen or without its etcd, calls fail or time out."""
+    return tenacity.Retrying(
+        retry=tenacity.retry_if_exception(_transient),
+        wait=tenacity.wait_exponential_jitter(multiplier=0.2, max=3.0, jitter=0.5),
+        stop=tenacity.stop_after_delay(120),
+        reraise=True,
+    )
+
+
+def write(client: Client, step: Step, model: Model) -> None:
+    if step.placement is not None:
+        client.apply_document(policy_document(step.policy, step.placement))
+    elif step.template is not None:
+        client.apply_document(template_document(step.template))
+    else:
+        current = model.templates[step.name]
+        api_version = "v1" if current.kind == "ConfigMap" else "apps/v1"
+        try:
+            client.delete_template(api_version, current.kind, step.name, NAMESPACE)
+        except ClientError as error:
+            # An earlier try may have deleted it and lost the answer: gone is what
+            # was asked.
+            if error.code != grpc.StatusCode.NOT_FOUND:
+                raise
+
+
+class Run:
+    """One chaos run on a started fleet of members."""
+
+    def __init__(self, settings: Settings, members: Mapping[str, Member], directory: Path):
+        self.settings = settings
+        self.members = dict(members)
+        self.directory = directory
+        self.history = History(settings.seed, tuple(sorted(self.members)))
+        self.steps: dict[str, int] = {}
+        self.injected: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._failures: list[BaseException] = []
+        self.restarted_at_end: list[str] = []
+
+    @contextlib.contextmanager
+    def plane(self) -> Iterator[Plane]:
+        binaries = tools.ensure("etcd")
+        etcd = EtcdServer(binary=binaries.etcd, directory=self.directory / "etcd", name="chaos")
+        etcd.start()
+        control_plane = ControlPlaneProcess(
+            etcd_endpoint=etcd.endpoint,
+            directory=self.directory / "controlplane",
+            heartbeat_interval=1,
+            cluster_grace_period=4,
+        )
+        agents: dict[str, AgentProcess] = {}
+        try:
+            control_plane.start()
+            for name, member in self.members.items():
+                token = control_plane.join(member)
+                agents[name] = AgentProcess(
+                    control_plane=control_plane,
+                    member=member,
+                    token_file=token,
+                    heartbeat_interval=1,
+                )
+                agents[name].start()
+            yield Plane(etcd, control_plane, agents, self.members)
+        finally:
+            for agent in agents.values():
+                agent.stop()
+            control_plane.stop()
+            etcd.stop()
+
+    def _load(self, plane: Plane) -> None:
+        client = Client(plane.control_plane.config())
+        try:
+            # The policies first, so every template has its policy from the start.
+            for policy, placement in self.history.model.placements.items():
+                _retrying()(client.apply_document, policy_document(policy, placement))
+            while not self._stop.is_set():
+                step = self.history.next()
+                _retrying()(write, client, step, self.history.model)
+                self.history.commit(step)
+                self.steps[step.what] = self.steps.get(step.what, 0) + 1
+                self._stop.wait(self.history.random.uniform(0.02, 0.2))
+        except BaseException as error:
+            self._failures.append(error)
+        finally:
+            client.close()
+
+    def _faults(self, plane: Plane, started: float) -> None:
+        """Inject faults until the run's time is up. Runs on the main thread: processes
+        are started with a parent-death signal, which Linux ties to the thread that
+        started them, so one restarted from a thread that ends would die with it."""
+        chooser = random.Random(self.settings.seed + 1)
+        every = faults(plane)
+        deadline = started + self.settings.duration
+        while time.monotonic() + self.settings.fault_interval < deadline:
+            time.sleep(self.settings.fault_interval)
+            fault = chooser.choice(every)
+            at = time.monotonic() - started
+            fault.break_()
+            time.sleep(chooser.uniform(0.5, 3.0))
+            fault.mend()
+            self.injected.append(
+                {
+                    "fault": fault.name,
+                    "target": fault.target,
+                    "at": round(at, 1),
+                    "mended_after": round(time.monotonic() - started - at, 1),
+                    "restarted": supervise(plane),
+                }
+            )
+        time.sleep(max(0.0, deadline - time.monotonic()))
+
+    def _check(self) -> Differences:
+        """The members against the model; a member that does not answer is counted as
+        holding nothing, and the check is made again."""
+        try:
+            return compare(self.history.model, observe(self.members))
+        except Unobservable as error:
+            return Differences(lost=[str(error)])
+
+    def run(self) -> dict[str, Any]:
+        with self.plane() as plane:
+            started = time.monotonic()
+            load = threading.Thread(target=self._load, args=(plane,), name="chaos-load")
+            load.start()
+            try:
+                self._faults(plane, started)
+            finally:
+                self._stop.set()
+                load.join()
+            if self._failures:
+                raise self._failures[0]
+            self.restarted_at_end = supervise(plane)
+            last_fault = time.monotonic()
+            differences = self._check()
+            # How the differences shrank: what was slow to converge, for the report.
+            progress = [{"t": 0.0, **differences.counts(), "first": differences.first()}]
+            while (
+                not differences.clean
+                and time.monotonic() - last_fault < self.settings.converge_timeout
+            ):
+                time.sleep(1.0)
+                differences = self._check()
+                if differences.counts() != {k: progress[-1][k] for k in differences.counts()}:
+                    progress.append(
+                        {
+                            "t": round(time.monotonic() - last_fault, 1),
+                            **differences.counts(),
+                            "first": differences.first(),
+                        }
+                    )
+            converged = time.monotonic() - last_fault if differences.clean else None
+        return {
+            "settings": dataclasses.asdict(self.settings),
+            "operations": sum(self.steps.values()),
+            "operations_by_kind": dict(sorted(self.steps.items())),
+            "faults": len(self.injected),
+            "faults_by_kind": _tally(
+                f"{f['fault']} {f['target'].split('/')[-1]}" for f in self.injected
+            ),
+            "templates_at_end": len(self.history.model.templates),
+            **differences.counts(),
+            "examples": (
+                differences.lost + differences.extra + differences.misplaced + differences.wrong
+            )[:20],
+            "converge_seconds": None if converged is None else round(converged, 1),
+            "restarted_at_end": self.restarted_at_end,
+            "convergence": progress,
+            "duplicate_applies": "not measured",
+            "injected": self.injected,
+        }
+
+
+def _tally(items: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for item in items:
+        counts[item] = counts.get(item, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=300.0)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--fault-interval", type=float, default=5.0)
+    parser.add_argument("--output", type=Path, default=Path(".local/bench/chaos.json"))
+    args = parser.parse_args(argv)
+    settings = Settings(duration=args.duration, seed=args.seed, fault_interval=args.fault_interval)
+    # The logs of every process stay under .local/chaos for a look after the run.
+    scratch = args.output.parent.parent / "chaos"
+    # A run starts from nothing: the control plane's etcd of an earlier run holds its
+    # templates, which this run's model knows nothing of.
+    shutil.rmtree(scratch, ignore_errors=True)
+    fleet = Fleet(scratch / "fleet", default_specs(settings.members))
+    with fleet:
+        report = Run(settings, fleet.members, scratch / "run").run()
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    summary = {k: v for k, v in report.items() if k != "injected"}
+    print(json.dumps(summary, indent=2))
+    failed = report["lost"] or report["extra"] or report["misplaced"] or report["wrong"]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The chaos run's pure parts: the seeded history replays, and the check tells lost,
+extra, misplaced and wrong objects apart."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bench.chaos import (
+    History,
+    Model,
+    Placement,
+    Seen,
+    Step,
+    Template,
+    compare,
+    expected,
+    policy_document,
+    template_document,
+)
+
+MEMBERS = ("member1", "member2", "member3")
+
+
+def steps(seed: int, count: int) -> list[Step]:
+    history = History(seed, MEMBERS)
+    taken = []
+    for _ in range(count):
+        step = history.next()
+        history.commit(step)
+        taken.append(step)
+    return taken
+
+
+def test_a_seed_replays_the_same_history() -> None:
+    assert steps(7, 200) == steps(7, 200)
+    assert steps(7, 200) != steps(8, 200)
+
+
+def test_the_history_keeps_its_model_consistent() -> None:
+    history = History(3, MEMBERS, most_templates=10)
+    for _ in range(500):
+        history.commit(history.next())
+        assert len(history.model.templates) <= 10
+        for template in history.model.templates.values():
+            assert template.policy in history.model.placements
+            if template.kind == "Deployment":
+                assert template.replicas >= len(MEMBERS)
+
+
+def model() -> Model:
+    return Model(
+        placements={
+            "p0": Placement(("member1", "member2"), divided=False),
+            "p1": Placement(("member2", "member3"), divided=True),
+        },
+        templates={
+            "chaos-cm-0001": Template("ConfigMap", "chaos-cm-0001", "p0", 2),
+            "chaos-dp-0002": Template("Deployment", "chaos-dp-0002", "p1", 1, replicas=5),
+        },
+    )
+
+
+def settled() -> dict[str, dict[tuple[str, str], Seen]]:
+    return {
+        "member1": {("ConfigMap", "chaos-cm-0001"): Seen("2")},
+        "member2": {
+            ("ConfigMap", "chaos-cm-0001"): Seen("2"),
+            ("Deployment", "chaos-dp-0002"): Seen("registry.local/app:v1", 3),
+        },
+        "member3": {("Deployment", "chaos-dp-0002"): Seen("registry.local/app:v1", 2)},
+    }
+
+
+def test_what_the_model_says_is_clean() -> None:
+    assert compare(model(), settled()).clean
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        pytest.param(lambda s: s["member1"].clear(), "lost", id="missing"),
+        pytest.param(
+            lambda s: s["member3"].update({("ConfigMap", "chaos-cm-0001"): Seen("2")}),
+            "misplaced",
+            id="outside-its-placement",
+        ),
+        pytest.param(
+            lambda s: s["member3"].update({("ConfigMap", "chaos-cm-0999"): Seen("1")}),
+            "extra",
+            id="its-template-deleted",
+        ),
+        pytest.param(
+            lambda s: s["member1"].update({("ConfigMap", "chaos-cm-0001"): Seen("1")}),
+            "wrong",
+            id="old-content",
+        ),
+        pytest.param(
+            lambda s: s["member3"].update(
+                {("Deployment", "chaos-dp-0002"): Seen("registry.local/app:v1", 1)}
+            ),
+            "wrong",
+            id="divided-total-off",
+        ),
+    ],
+)
+def test_each_difference_is_told_apart(change: object, field: str) -> None:
+    observed = settled()
+    change(observed)  # type: ignore[operator]
+    found = compare(model(), observed)
+    assert {k: v for k, v in found.counts().items() if v} == {field: 1}
+
+
+def test_duplicated_replicas_are_checked_per_member() -> None:
+    duplicated = model()
+    duplicated.placements["p1"] = dataclasses.replace(duplicated.placements["p1"], divided=False)
+    assert expected(duplicated)["member3"][("Deployment", "chaos-dp-0002")].replicas == 5
+
+
+def test_documents_select_by_the_policy_label() -> None:
+    template = template_document(Template("Deployment", "chaos-dp-0003", "p2", 4, replicas=3))
+    policy = policy_document("p2", Placement(("member1",), divided=True))
+    label = template["metadata"]["labels"]
+    for selector in policy["spec"]["resourceSelectors"]:
+        assert selector["labelSelector"]["matchLabels"].items() <= label.items()
+    weights = policy["spec"]["placement"]["replicaScheduling"]["weightPreference"]
+    assert weights["staticWeightList"] == [
+        {"targetCluster": {"clusterNames": ["member1"]}, "weight": 1}
+    ]
