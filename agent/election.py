@@ -359,8 +359,11 @@ class Elector:
                 # Another candidate wrote first: it leads, or the next read says who.
                 raise NotLeader("another agent wrote the lease first") from error
             if error.status == 404 and decision.create:
-                # No namespace yet (the agent makes its own, as for its ledger).
+                # No namespace yet (the agent makes its own, as for its ledger): the
+                # next try creates the Lease.
                 await self.kube.call_lease(self.kube.ensure_namespace, self.namespace)
+                log.info("created namespace %s for lease %s", self.namespace, self.name)
+                return
             raise
         self._seen = observe(self._seen, written, time.monotonic())
         self._renewed(started, decision.epoch)
