@@ -347,3 +347,17 @@ async def _until(check: Callable[[], bool]) -> None:
         if check():
             return
         await asyncio.sleep(0.01)
+
+
+def test_the_agents_flags() -> None:
+    from agent.main import parse_args, timing
+
+    assert parse_args([]).leader_elect is False  # a lone agent run by hand
+    assert parse_args(["--leader-elect"]).leader_elect is True
+    assert parse_args(["--leader-elect=true"]).leader_elect is True
+    assert parse_args(["--leader-elect=false"]).leader_elect is False
+    assert timing(parse_args([])) == Timing(15, 10, 2)
+    with pytest.raises(SystemExit):
+        parse_args(["--leader-elect", "--leader-elect-renew-deadline=20"])
+    with pytest.raises(SystemExit):
+        parse_args(["--leader-elect=maybe"])
