@@ -39,6 +39,11 @@ class RefusedError(KubeError):
         self.status = status
 
 
+class NotLeader(KubeError):
+    """This agent may no longer act in the member: another agent may lead by now
+    (agent/election.py). Raised before a write, never after it was sent."""
+
+
 class NotServed(KubeError):
     """The member does not serve the kind (its CRD is not there, or not any more)."""
 
@@ -71,6 +76,10 @@ class Kube:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=workers, thread_name_prefix="kube"
         )
+        # Two threads: a Lease call that hangs until its timeout does not hold the next.
+        self._lease_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=2, thread_name_prefix="lease"
+        )
         self._dynamic: DynamicClient | None = None
         self._discovery_lock = threading.Lock()
 
@@ -80,8 +89,17 @@ class Kube:
             self._executor, functools.partial(function, *args, **kwargs)
         )
 
+    async def call_lease(self, function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """As :meth:`call`, on a lane of its own for the leader election's Lease calls:
+        a renewal queued behind a burst of applies would cost the agent its lease."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._lease_executor, functools.partial(function, *args, **kwargs)
+        )
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._lease_executor.shutdown(wait=False, cancel_futures=True)
 
     # -- blocking helpers (run through call()) ------------------------------------------
 
@@ -157,6 +175,25 @@ class Kube:
             return json.loads(data)
         except ValueError:
             return data.decode(errors="replace")
+
+    def raw_send(self, method: str, path: str, body: Manifest, *, timeout: float = 5) -> Manifest:
+        """POST or PUT ``body`` as JSON to ``path``; the object the API server answers
+        with. RefusedError (with the status: 409 on a stale resourceVersion) otherwise."""
+        method, url, headers, data, _ = self.api_client.param_serialize(
+            method,
+            path,
+            header_params={"Accept": "application/json", "Content-Type": "application/json"},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        response: Any = self.api_client.call_api(
+            method, url, header_params=headers, body=data, _request_timeout=timeout
+        )
+        raw: bytes = response.read()
+        if response.status not in (200, 201):
+            raise RefusedError(f"{method} {path}: {response.status} {raw[:200]!r}", response.status)
+        answer: Manifest = json.loads(raw)
+        return answer
 
     def watch_events(
         self, path: str, *, resource_version: str, timeout: int

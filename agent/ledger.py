@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any
 
 import kubernetes
@@ -34,6 +35,10 @@ from archipel.core.names import LEDGER_LABEL, SYSTEM_NAMESPACE
 # "projections", the contents themselves.
 _MANIFEST_HASHES = "manifestHashes"
 _PROJECTION_HASHES = "projectionHashes"
+
+
+def _always() -> None:
+    """No fence: an agent that does not elect may always write."""
 
 
 def digest(value: Any) -> str:
@@ -170,6 +175,9 @@ class Ledger:
         # when it runs outside the member.
         self.namespace = namespace
         self.entries: dict[str, Entry] = {}
+        # Raises NotLeader once this agent may no longer write to the member (its lease
+        # may have expired, agent/election.py); checked in the thread, before each write.
+        self.fence: Callable[[], None] = _always
 
     def _core(self) -> kubernetes.client.CoreV1Api:
         return kubernetes.client.CoreV1Api(self.kube.api_client)
@@ -194,6 +202,7 @@ class Ledger:
         self.entries = await self.kube.call(self._load)
 
     def _write(self, entry: Entry) -> None:
+        self.fence()
         body = {
             "apiVersion": "v1",
             "kind": "ConfigMap",
@@ -218,6 +227,7 @@ class Ledger:
         self.entries[entry.work] = entry
 
     def _delete(self, work: str) -> None:
+        self.fence()
         try:
             self._core().delete_namespaced_config_map(_config_map_name(work), self.namespace)
         except ApiException as error:

@@ -5,26 +5,37 @@ member; after a restart, at generation 0, so that they are sent again), applies 
 it is sent, and reports status and heartbeats. When the stream breaks it reconnects
 with exponential backoff and jitter, and meanwhile leaves every running workload
 alone: a control plane outage never touches the members.
+
+With ``--leader-elect`` (the chart's DaemonSet runs one agent per node) the agents of a
+cluster elect a leader through a Lease in the member (:mod:`agent.election`). Only the
+leader opens the stream and applies; each term starts from the ledger as the previous
+leader left it, so a takeover re-applies nothing that is in place. The others stand by
+with their client, discovery and API watches ready.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import grpc
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
 
-from agent.apiwatch import APIWatch
+from agent import election
+from agent.apiwatch import TRANSIENT, APIWatch
+from agent.election import Elector, Term, Timing
 from agent.facts import Facts
-from agent.kube import Kube, load_api_client
+from agent.kube import Kube, NotLeader, load_api_client
 from agent.ledger import Ledger
 from agent.works import WorkManager
 from archipel import agentstream, limits
@@ -39,6 +50,14 @@ class StreamEnded(Exception):
     """The control plane closed the stream; reconnect."""
 
 
+class TermOver(Exception):
+    """This agent's term as leader is over: it stops acting and stands by."""
+
+
+def _standing_by() -> None:
+    raise NotLeader("this agent stands by: another agent of the cluster leads")
+
+
 class Agent:
     def __init__(
         self,
@@ -50,7 +69,10 @@ class Agent:
         tls_ca: bytes | None = None,
         heartbeat_interval: float | None = None,
         namespace: str = SYSTEM_NAMESPACE,
+        elector: Elector | None = None,
     ) -> None:
+        """``elector``: campaign for the cluster's Lease and act only while leading;
+        None: act from the start (the one agent of its cluster)."""
         self.server = server
         self.token = token
         self.cluster = cluster
@@ -61,14 +83,25 @@ class Agent:
         # The member's CRDs and APIServices, watched so that an API it stops (or starts)
         # serving is in the next heartbeat, not in ten.
         self.api_watch = APIWatch(kube, on_change=self.facts.rediscover)
-        self.works = WorkManager(
-            kube, self.ledger, send=self.send, on_new_api=self.facts.rediscover
-        )
+        self.elector = elector
+        # The current term as leader, when electing (its identity and epoch go in the
+        # hello); None otherwise, and while standing by.
+        self.term: Term | None = None
+        self.works = self._work_manager(fence=None)
         self.heartbeat_interval = heartbeat_interval
         self._outbox: asyncio.Queue[agent_pb2.AgentMessage] | None = None
         self._pending: list[agent_pb2.AgentMessage] = []
         self.connected = asyncio.Event()
         self.sessions = 0
+
+    def _work_manager(self, *, fence: Any) -> WorkManager:
+        return WorkManager(
+            self.kube,
+            self.ledger,
+            send=self.send,
+            on_new_api=self.facts.rediscover,
+            fence=fence,
+        )
 
     def send(self, message: agent_pb2.AgentMessage) -> None:
         """Queue a message for the control plane; kept until a stream is open."""
@@ -101,6 +134,9 @@ class Agent:
     def hello(self) -> agent_pb2.Hello:
         """What a new session starts with: this cluster, and the works it holds."""
         hello = agent_pb2.Hello(cluster=self.cluster, agent_version=VERSION)
+        if self.term is not None:
+            hello.leader_identity = self.term.identity
+            hello.leader_epoch = self.term.epoch
         for entry in self.ledger.entries.values():
             # Generation 0 (no work has it) for a work known by its hashes only, held
             # since before this process started: the control plane then sends it again,
@@ -202,6 +238,9 @@ class Agent:
         the member's APIs, supervised together: if any ever fails, the others stop and
         the error ends the process (non-zero, with the traceback), never leaving a
         half-alive agent behind."""
+        if self.elector is not None:
+            await self._run_elected(self.elector)
+            return
         await self.ledger.load()
         try:
             async with asyncio.TaskGroup() as group:
@@ -210,6 +249,82 @@ class Agent:
                 group.create_task(self.api_watch.run(), name="api-watch")
         finally:
             self.works.stop()
+
+    async def _run_elected(self, elector: Elector) -> None:
+        """The election, the watch on the member's APIs (warm for a takeover), and each
+        term won, one after the other, supervised together as :meth:`run` says. On the
+        way out, once nothing acts any more, the Lease is released, so a standby takes
+        over at its next try instead of after a lease duration."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(elector.run(), name="election")
+                group.create_task(self.api_watch.run(), name="api-watch")
+                group.create_task(self._terms(elector), name="terms")
+        finally:
+            self.works.stop()
+            await elector.release()
+
+    async def _terms(self, elector: Elector) -> None:
+        await self._warm()
+        while True:
+            term = await elector.next_term()
+            await self._lead(term)
+
+    async def _warm(self) -> None:
+        """What a standby keeps ready for a takeover: the client's connections, the
+        member's discovery, and a readable ledger (its namespace too, where the Lease
+        lives). Best effort: the election retries what the member cannot answer yet."""
+        self.ledger.fence = _standing_by
+        try:
+            await self.kube.call(lambda: self.kube.dynamic)
+            await self.ledger.load()
+        except TRANSIENT as error:
+            log.warning("standing by without a warm cache: %s", error)
+            return
+        log.info("standing by: %d works in the ledger", len(self.ledger.entries))
+
+    async def _lead(self, term: Term) -> None:
+        """Act for one term: the works and the stream, from the ledger as the member
+        holds it now (another leader may have written it since this process read it),
+        until the term is over. Its writes check the term's deadline themselves; this
+        only stops the tasks."""
+        self.term = term
+        self.ledger.fence = term.check
+        self.works = self._work_manager(fence=term.check)
+        self._pending.clear()  # reports of an earlier term: the new term reports anew
+        started = time.monotonic()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(_until_over(term), name="term")
+                group.create_task(self._act(), name="act")
+        except* TermOver:
+            log.warning(
+                "stopped acting after %.1fs as leader at epoch %d; standing by",
+                time.monotonic() - started,
+                term.epoch,
+            )
+        finally:
+            self.works.stop()
+            self.ledger.fence = _standing_by
+            self.term = None
+            self.connected.clear()
+
+    async def _act(self) -> None:
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential_jitter(initial=0.5, max=10),
+            stop=stop_never,
+            retry=retry_if_exception_type(TRANSIENT),
+            before_sleep=lambda state: log.warning(
+                "reading the ledger: %s; retrying",
+                state.outcome.exception() if state.outcome else "",
+            ),
+            reraise=True,
+        ):
+            with attempt:
+                await self.ledger.load()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self.works.run(), name="works")
+            group.create_task(self._stream_forever(), name="stream")
 
     async def _stream_forever(self) -> None:
         retrying = AsyncRetrying(
@@ -226,6 +341,20 @@ class Agent:
         async for attempt in retrying:
             with attempt:
                 await self._session()
+
+
+async def _until_over(term: Term) -> None:
+    """Return never; raise TermOver when the term ends: lost (the elector says so) or
+    past its deadline (which the elector may notice only at its next try)."""
+    while not term.lost.is_set():
+        remaining = term.valid_until - time.monotonic()
+        if remaining <= 0:
+            term.end()
+            break
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await term.lost.wait()
+    raise TermOver(f"epoch {term.epoch}")
 
 
 def _end_session_on_failure(
@@ -256,8 +385,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("ARCHIPEL_NAMESPACE") or SYSTEM_NAMESPACE,
         help="where the agent keeps its ledger (its own namespace in the member)",
     )
+    parser.add_argument(
+        "--leader-elect",
+        type=_boolean,
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="true|false",
+        help="elect one active agent among several of a cluster through a Lease in the "
+        "member (the chart's DaemonSet turns it on); off by default: a lone agent would "
+        "only wait, after a crash, for its own old lease to expire",
+    )
+    parser.add_argument(
+        "--identity",
+        default=election.default_identity(dict(os.environ), socket.gethostname(), os.getpid()),
+        help="this agent's name in the Lease (default: $ARCHIPEL_POD_NAME, else hostname-pid)",
+    )
+    parser.add_argument(
+        "--leader-elect-resource-name", help="the Lease (default: archipel-agent-<cluster>)"
+    )
+    parser.add_argument("--leader-elect-lease-duration", type=int, default=15)
+    parser.add_argument("--leader-elect-renew-deadline", type=float, default=10.0)
+    parser.add_argument("--leader-elect-retry-period", type=float, default=2.0)
     parser.add_argument("--log-level", default="INFO")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    problem = timing(args).problem()
+    if problem is not None:
+        parser.error(f"--leader-elect-*: {problem}")
+    return args
+
+
+def timing(args: argparse.Namespace) -> Timing:
+    return Timing(
+        lease_duration=args.leader_elect_lease_duration,
+        renew_deadline=args.leader_elect_renew_deadline,
+        retry_period=args.leader_elect_retry_period,
+    )
+
+
+def _boolean(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("true", "1", "yes"):
+        return True
+    if lowered in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r}: true or false")
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -268,6 +440,15 @@ async def _serve(args: argparse.Namespace) -> None:
         raise SystemExit("error: no credential: give --token-file or set ARCHIPEL_AGENT_TOKEN")
     cluster = args.cluster or token.partition(".")[0]
     kube = Kube(load_api_client(args.kubeconfig))
+    elector = None
+    if args.leader_elect:
+        elector = Elector(
+            kube,
+            name=args.leader_elect_resource_name or election.lease_name(cluster),
+            namespace=args.namespace,
+            identity=args.identity,
+            timing=timing(args),
+        )
     agent = Agent(
         server=args.server,
         token=token,
@@ -276,6 +457,7 @@ async def _serve(args: argparse.Namespace) -> None:
         tls_ca=args.tls_ca_file.read_bytes() if args.tls_ca_file else None,
         heartbeat_interval=args.heartbeat_interval,
         namespace=args.namespace,
+        elector=elector,
     )
     task = asyncio.create_task(agent.run())
     loop = asyncio.get_running_loop()

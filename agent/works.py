@@ -26,7 +26,7 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from tenacity import (
     RetryCallState,
@@ -37,7 +37,7 @@ from tenacity import (
 )
 
 from agent import drift
-from agent.kube import Kube, KubeError, Manifest, describe
+from agent.kube import Kube, KubeError, Manifest, NotLeader, describe
 from agent.ledger import Entry, Ledger, ObjectRef, digest
 from archipel import interpreter, limits, structs
 from archipel.core.names import MANAGED_LABEL, WORK_ANNOTATION
@@ -45,6 +45,7 @@ from archipel.v1alpha1 import agent_pb2, interpreter_pb2, work_pb2
 from archipel.workqueue import Reconciler, WorkQueue
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
 _FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}
 # A watch that fails for any reason starts over after 0.5 s, doubling up to 10 s.
 WATCH_BACKOFF = Retrying(
@@ -121,11 +122,17 @@ class WorkManager:
         workers: int = 16,
         on_new_api: Callable[[], None] = lambda: None,
         watch: Callable[[str, str], None] | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         """``watch``, if given, is called with (apiVersion, kind) once for each kind the
         agent starts holding objects of (Namespaces aside), instead of starting a watch
         thread for it: tests, which have no API server to watch, pass one and deliver
-        watch events themselves through :meth:`on_event`. ``None`` (the agent) watches."""
+        watch events themselves through :meth:`on_event`. ``None`` (the agent) watches.
+
+        ``fence``, if given, raises NotLeader once this agent may no longer write to the
+        member (its leadership term is over, agent/election.py); every write to the
+        member checks it first, in the thread that makes the write."""
+        self.fence = fence
         self.on_new_api = on_new_api
         self._start_watch = watch
         self.kube = kube
@@ -241,6 +248,10 @@ class WorkManager:
             return
         try:
             await self._apply(work, entry)
+        except NotLeader:
+            # The term is over and the agent stops acting: the next leader reports, and
+            # this one must not write its partial record to the ledger.
+            raise
         except Exception as error:
             self._namespaces.clear()
             await self._record_partial(work, entry)
@@ -339,7 +350,7 @@ class WorkManager:
         for stale in held - set(refs):
             if not self._held_by(name, stale):
                 continue  # another work took it over
-            await self.kube.call(
+            await self._write(
                 self.kube.delete, stale.api_version, stale.kind, stale.namespace, stale.name
             )
             self.owner.pop(stale, None)
@@ -396,7 +407,7 @@ class WorkManager:
         ``fetched``. Returns the object as the API server answered."""
         name = work.metadata.name
         if ref.namespace and ref.namespace not in self._namespaces:
-            await self.kube.call(
+            await self._write(
                 self.kube.ensure_namespace, ref.namespace, labels={MANAGED_LABEL: "true"}
             )
             self._namespaces.add(ref.namespace)
@@ -412,7 +423,7 @@ class WorkManager:
                     self.kube.get, ref.api_version, ref.kind, ref.namespace, ref.name
                 )
             body = kind_interpreter.retain(body, live)
-        applied = await self.kube.call(self.kube.apply, body)
+        applied = await self._write(self.kube.apply, body)
         self.applies += 1
         if _terminating(ref, applied):
             # Applied to a namespace on its way out, it is gone for good once it goes,
@@ -427,6 +438,21 @@ class WorkManager:
             # should hear about it at the next heartbeat, not in ten.
             self.on_new_api()
         return applied
+
+    async def _write(self, function: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """``function`` (a write to the member) in the executor, unless the fence says
+        this agent may no longer act: checked in the worker thread, right before the
+        write, since the executor may start it well after it was queued."""
+        fence = self.fence
+        if fence is None:
+            return await self.kube.call(function, *args, **kwargs)
+
+        def fenced() -> R:
+            assert fence is not None
+            fence()
+            return function(*args, **kwargs)
+
+        return await self.kube.call(fenced)
 
     async def _check_conflict(self, ref: ObjectRef, work: str, resolution: str) -> None:
         """Refuse, unless the policy says Overwrite, an object someone else holds: one
@@ -471,7 +497,7 @@ class WorkManager:
             if not self._held_by(name, ref):
                 continue  # another work took it over: it stays, and stays theirs
             if not delete.preserve_resources:
-                await self.kube.call(
+                await self._write(
                     self.kube.delete, ref.api_version, ref.kind, ref.namespace, ref.name
                 )
             self.owner.pop(ref, None)

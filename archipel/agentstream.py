@@ -81,7 +81,10 @@ def hello_messages(
     """The hello, and as many HeldWorks messages after it as keep each within
     ``max_bytes``: a member may hold more works than one message can name."""
     held = list(hello.held_works)
-    first = agent_pb2.Hello(cluster=hello.cluster, agent_version=hello.agent_version)
+    # Everything the hello says but its held works (the leader's identity and epoch too).
+    first = agent_pb2.Hello()
+    first.CopyFrom(hello)
+    first.ClearField("held_works")
     chunks: list[list[agent_pb2.HeldWork]] = [[]]
     size = 0
     for work in held:

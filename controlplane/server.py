@@ -110,18 +110,24 @@ class AgentService:
             if hello.more_held_works:
                 await self._read_held_works(hello, request_iterator)
             self.clusters.require_registered(cluster)
+            # Last, with no await before the session is open: an agent of an older
+            # lease epoch than the newest seen is refused here (controlplane/fencing.py),
+            # and two hellos of one cluster are judged one after the other.
+            session = self.execution.open(hello)
         except ArchipelError as error:
             await context.abort(error.code, str(error))
-        session = self.execution.open(hello)
         self.clusters.connected(cluster, hello.agent_version)
         reader = asyncio.create_task(
             self._read(session, cluster, request_iterator), name=f"session-{session.id}"
         )
         log.info(
-            "agent for %s connected (session %s, holds %d works)",
+            "agent for %s connected (session %s, holds %d works%s)",
             cluster,
             session.id,
             len(session.held),
+            f", leader {limits.echo(hello.leader_identity)} at lease epoch {hello.leader_epoch}"
+            if hello.leader_epoch
+            else "",
         )
         try:
             async for message in self.execution.stream(session):

@@ -155,6 +155,8 @@ def agent_manifests(
                                 "args": [
                                     f"--server={server}",
                                     "--token-file=/etc/archipel/credential/token",
+                                    # One agent per node, one of them active.
+                                    "--leader-elect=true",
                                     "--log-level=INFO",
                                 ],
                                 "env": [

@@ -137,7 +137,12 @@ class AgentProcess:
         member: Member,
         token_file: Path,
         heartbeat_interval: float | None = None,
+        name: str = "agent",
+        extra_args: Sequence[str] = (),
     ) -> None:
+        """``name`` tells apart several agents of one member (its log is
+        ``agents/<member>-<name>.log`` then); ``extra_args`` are more of the agent's
+        flags (``--leader-elect``, ``--identity``, the lease's timings)."""
         self.member = member
         argv = [
             sys.executable,
@@ -149,11 +154,11 @@ class AgentProcess:
         ]
         if heartbeat_interval is not None:
             argv.append(f"--heartbeat-interval={heartbeat_interval}")
+        argv += extra_args
+        log_name = member.name if name == "agent" else f"{member.name}-{name}"
+        self.log_path = control_plane.directory / "agents" / f"{log_name}.log"
         self.process = ManagedProcess(
-            f"{member.name}/agent",
-            argv,
-            log_path=control_plane.directory / "agents" / f"{member.name}.log",
-            env=_env(),
+            f"{member.name}/{name}", argv, log_path=self.log_path, env=_env()
         )
 
     def start(self) -> None:
@@ -164,6 +169,13 @@ class AgentProcess:
 
     def kill(self) -> None:
         self.process.kill()
+
+    def pause(self) -> None:
+        """SIGSTOP: the agent holds its connections but does nothing."""
+        self.process.pause()
+
+    def resume(self) -> None:
+        self.process.resume()
 
 
 def _env() -> dict[str, str]:

@@ -27,7 +27,7 @@ from archipel.v1alpha1 import interpreter_pb2 as archipel_dot_v1alpha1_dot_inter
 from archipel.v1alpha1 import work_pb2 as archipel_dot_v1alpha1_dot_work__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61rchipel/v1alpha1/agent.proto\x12\x11\x61rchipel.v1alpha1\x1a\x1f\x61rchipel/v1alpha1/cluster.proto\x1a#archipel/v1alpha1/interpreter.proto\x1a\x1c\x61rchipel/v1alpha1/work.proto\"9\n\x08HeldWork\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"y\n\x05Hello\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12/\n\nheld_works\x18\x03 \x03(\x0b\x32\x1b.archipel.v1alpha1.HeldWork\x12\x17\n\x0fmore_held_works\x18\x04 \x01(\x08\"E\n\tHeldWorks\x12*\n\x05works\x18\x01 \x03(\x0b\x32\x1b.archipel.v1alpha1.HeldWork\x12\x0c\n\x04more\x18\x02 \x01(\x08\"8\n\x07WorkAck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"\xbc\x01\n\x10WorkStatusReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08\x12\x0f\n\x07message\x18\x05 \x01(\t\x12<\n\x11manifest_statuses\x18\x06 \x03(\x0b\x32!.archipel.v1alpha1.ManifestStatus\x12\x19\n\x11\x64rift_corrections\x18\x07 \x01(\x05\"(\n\x0bWorkDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\"\xb6\x02\n\tHeartbeat\x12\x1a\n\x12kubernetes_version\x18\x01 \x01(\t\x12\x39\n\x0f\x61pi_enablements\x18\x02 \x03(\x0b\x32 .archipel.v1alpha1.APIEnablement\x12\x1f\n\x17\x61pi_enablements_changed\x18\x03 \x01(\x08\x12\x34\n\x0cnode_summary\x18\x04 \x01(\x0b\x32\x1e.archipel.v1alpha1.NodeSummary\x12<\n\x10resource_summary\x18\x05 \x01(\x0b\x32\".archipel.v1alpha1.ResourceSummary\x12\x18\n\x10\x61pi_server_ready\x18\x06 \x01(\x08\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x12\n\ncluster_id\x18\x08 \x01(\t\"\x9e\x01\n\nAgentBatch\x12(\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x1a.archipel.v1alpha1.WorkAck\x12\x35\n\x08statuses\x18\x02 \x03(\x0b\x32#.archipel.v1alpha1.WorkStatusReport\x12/\n\x07\x64\x65leted\x18\x03 \x03(\x0b\x32\x1e.archipel.v1alpha1.WorkDeleted\"\xf0\x02\n\x0c\x41gentMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.archipel.v1alpha1.HelloH\x00\x12)\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1a.archipel.v1alpha1.WorkAckH\x00\x12\x35\n\x06status\x18\x03 \x01(\x0b\x32#.archipel.v1alpha1.WorkStatusReportH\x00\x12\x31\n\x07\x64\x65leted\x18\x04 \x01(\x0b\x32\x1e.archipel.v1alpha1.WorkDeletedH\x00\x12\x31\n\theartbeat\x18\x05 \x01(\x0b\x32\x1c.archipel.v1alpha1.HeartbeatH\x00\x12.\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x1d.archipel.v1alpha1.AgentBatchH\x00\x12\x32\n\nheld_works\x18\x07 \x01(\x0b\x32\x1c.archipel.v1alpha1.HeldWorksH\x00\x42\t\n\x07message\"]\n\x07Welcome\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05\x12\x1d\n\x15\x63ontrol_plane_version\x18\x03 \x01(\t\"C\n\nWorkDelete\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x1a\n\x12preserve_resources\x18\x03 \x01(\x08\"@\n\x0cSyncComplete\x12\x0c\n\x04sent\x18\x01 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\"n\n\tWorkBatch\x12\x31\n\x05works\x18\x01 \x03(\x0b\x32\".archipel.v1alpha1.PropagationWork\x12.\n\x07\x64\x65letes\x18\x02 \x03(\x0b\x32\x1d.archipel.v1alpha1.WorkDelete\"_\n\x19InterpreterCustomizations\x12\x42\n\x05items\x18\x01 \x03(\x0b\x32\x33.archipel.v1alpha1.ResourceInterpreterCustomization\"\xd9\x02\n\x0e\x43ontrolMessage\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.archipel.v1alpha1.WelcomeH\x00\x12\x32\n\x04work\x18\x02 \x01(\x0b\x32\".archipel.v1alpha1.PropagationWorkH\x00\x12/\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.WorkDeleteH\x00\x12\x31\n\x06synced\x18\x04 \x01(\x0b\x32\x1f.archipel.v1alpha1.SyncCompleteH\x00\x12-\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x1c.archipel.v1alpha1.WorkBatchH\x00\x12\x46\n\x0e\x63ustomizations\x18\x06 \x01(\x0b\x32,.archipel.v1alpha1.InterpreterCustomizationsH\x00\x42\t\n\x07message2a\n\x0c\x41gentService\x12Q\n\x07\x43onnect\x12\x1f.archipel.v1alpha1.AgentMessage\x1a!.archipel.v1alpha1.ControlMessage(\x01\x30\x01\x42#Z!archipel.io/api/v1alpha1;v1alpha1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61rchipel/v1alpha1/agent.proto\x12\x11\x61rchipel.v1alpha1\x1a\x1f\x61rchipel/v1alpha1/cluster.proto\x1a#archipel/v1alpha1/interpreter.proto\x1a\x1c\x61rchipel/v1alpha1/work.proto\"9\n\x08HeldWork\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"\xa8\x01\n\x05Hello\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12/\n\nheld_works\x18\x03 \x03(\x0b\x32\x1b.archipel.v1alpha1.HeldWork\x12\x17\n\x0fmore_held_works\x18\x04 \x01(\x08\x12\x17\n\x0fleader_identity\x18\x05 \x01(\t\x12\x14\n\x0cleader_epoch\x18\x06 \x01(\x03\"E\n\tHeldWorks\x12*\n\x05works\x18\x01 \x03(\x0b\x32\x1b.archipel.v1alpha1.HeldWork\x12\x0c\n\x04more\x18\x02 \x01(\x08\"8\n\x07WorkAck\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\"\xbc\x01\n\x10WorkStatusReport\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x12\n\ngeneration\x18\x03 \x01(\x03\x12\x0f\n\x07\x61pplied\x18\x04 \x01(\x08\x12\x0f\n\x07message\x18\x05 \x01(\t\x12<\n\x11manifest_statuses\x18\x06 \x03(\x0b\x32!.archipel.v1alpha1.ManifestStatus\x12\x19\n\x11\x64rift_corrections\x18\x07 \x01(\x05\"(\n\x0bWorkDeleted\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\"\xb6\x02\n\tHeartbeat\x12\x1a\n\x12kubernetes_version\x18\x01 \x01(\t\x12\x39\n\x0f\x61pi_enablements\x18\x02 \x03(\x0b\x32 .archipel.v1alpha1.APIEnablement\x12\x1f\n\x17\x61pi_enablements_changed\x18\x03 \x01(\x08\x12\x34\n\x0cnode_summary\x18\x04 \x01(\x0b\x32\x1e.archipel.v1alpha1.NodeSummary\x12<\n\x10resource_summary\x18\x05 \x01(\x0b\x32\".archipel.v1alpha1.ResourceSummary\x12\x18\n\x10\x61pi_server_ready\x18\x06 \x01(\x08\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x12\n\ncluster_id\x18\x08 \x01(\t\"\x9e\x01\n\nAgentBatch\x12(\n\x04\x61\x63ks\x18\x01 \x03(\x0b\x32\x1a.archipel.v1alpha1.WorkAck\x12\x35\n\x08statuses\x18\x02 \x03(\x0b\x32#.archipel.v1alpha1.WorkStatusReport\x12/\n\x07\x64\x65leted\x18\x03 \x03(\x0b\x32\x1e.archipel.v1alpha1.WorkDeleted\"\xf0\x02\n\x0c\x41gentMessage\x12)\n\x05hello\x18\x01 \x01(\x0b\x32\x18.archipel.v1alpha1.HelloH\x00\x12)\n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x1a.archipel.v1alpha1.WorkAckH\x00\x12\x35\n\x06status\x18\x03 \x01(\x0b\x32#.archipel.v1alpha1.WorkStatusReportH\x00\x12\x31\n\x07\x64\x65leted\x18\x04 \x01(\x0b\x32\x1e.archipel.v1alpha1.WorkDeletedH\x00\x12\x31\n\theartbeat\x18\x05 \x01(\x0b\x32\x1c.archipel.v1alpha1.HeartbeatH\x00\x12.\n\x05\x62\x61tch\x18\x06 \x01(\x0b\x32\x1d.archipel.v1alpha1.AgentBatchH\x00\x12\x32\n\nheld_works\x18\x07 \x01(\x0b\x32\x1c.archipel.v1alpha1.HeldWorksH\x00\x42\t\n\x07message\"]\n\x07Welcome\x12\x0f\n\x07session\x18\x01 \x01(\t\x12\"\n\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05\x12\x1d\n\x15\x63ontrol_plane_version\x18\x03 \x01(\t\"C\n\nWorkDelete\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03uid\x18\x02 \x01(\t\x12\x1a\n\x12preserve_resources\x18\x03 \x01(\x08\"@\n\x0cSyncComplete\x12\x0c\n\x04sent\x18\x01 \x01(\x05\x12\x0f\n\x07\x64\x65leted\x18\x02 \x01(\x05\x12\x11\n\tunchanged\x18\x03 \x01(\x05\"n\n\tWorkBatch\x12\x31\n\x05works\x18\x01 \x03(\x0b\x32\".archipel.v1alpha1.PropagationWork\x12.\n\x07\x64\x65letes\x18\x02 \x03(\x0b\x32\x1d.archipel.v1alpha1.WorkDelete\"_\n\x19InterpreterCustomizations\x12\x42\n\x05items\x18\x01 \x03(\x0b\x32\x33.archipel.v1alpha1.ResourceInterpreterCustomization\"\xd9\x02\n\x0e\x43ontrolMessage\x12-\n\x07welcome\x18\x01 \x01(\x0b\x32\x1a.archipel.v1alpha1.WelcomeH\x00\x12\x32\n\x04work\x18\x02 \x01(\x0b\x32\".archipel.v1alpha1.PropagationWorkH\x00\x12/\n\x06\x64\x65lete\x18\x03 \x01(\x0b\x32\x1d.archipel.v1alpha1.WorkDeleteH\x00\x12\x31\n\x06synced\x18\x04 \x01(\x0b\x32\x1f.archipel.v1alpha1.SyncCompleteH\x00\x12-\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x1c.archipel.v1alpha1.WorkBatchH\x00\x12\x46\n\x0e\x63ustomizations\x18\x06 \x01(\x0b\x32,.archipel.v1alpha1.InterpreterCustomizationsH\x00\x42\t\n\x07message2a\n\x0c\x41gentService\x12Q\n\x07\x43onnect\x12\x1f.archipel.v1alpha1.AgentMessage\x1a!.archipel.v1alpha1.ControlMessage(\x01\x30\x01\x42#Z!archipel.io/api/v1alpha1;v1alpha1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,34 +37,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'Z!archipel.io/api/v1alpha1;v1alpha1'
   _globals['_HELDWORK']._serialized_start=152
   _globals['_HELDWORK']._serialized_end=209
-  _globals['_HELLO']._serialized_start=211
-  _globals['_HELLO']._serialized_end=332
-  _globals['_HELDWORKS']._serialized_start=334
-  _globals['_HELDWORKS']._serialized_end=403
-  _globals['_WORKACK']._serialized_start=405
-  _globals['_WORKACK']._serialized_end=461
-  _globals['_WORKSTATUSREPORT']._serialized_start=464
-  _globals['_WORKSTATUSREPORT']._serialized_end=652
-  _globals['_WORKDELETED']._serialized_start=654
-  _globals['_WORKDELETED']._serialized_end=694
-  _globals['_HEARTBEAT']._serialized_start=697
-  _globals['_HEARTBEAT']._serialized_end=1007
-  _globals['_AGENTBATCH']._serialized_start=1010
-  _globals['_AGENTBATCH']._serialized_end=1168
-  _globals['_AGENTMESSAGE']._serialized_start=1171
-  _globals['_AGENTMESSAGE']._serialized_end=1539
-  _globals['_WELCOME']._serialized_start=1541
-  _globals['_WELCOME']._serialized_end=1634
-  _globals['_WORKDELETE']._serialized_start=1636
-  _globals['_WORKDELETE']._serialized_end=1703
-  _globals['_SYNCCOMPLETE']._serialized_start=1705
-  _globals['_SYNCCOMPLETE']._serialized_end=1769
-  _globals['_WORKBATCH']._serialized_start=1771
-  _globals['_WORKBATCH']._serialized_end=1881
-  _globals['_INTERPRETERCUSTOMIZATIONS']._serialized_start=1883
-  _globals['_INTERPRETERCUSTOMIZATIONS']._serialized_end=1978
-  _globals['_CONTROLMESSAGE']._serialized_start=1981
-  _globals['_CONTROLMESSAGE']._serialized_end=2326
-  _globals['_AGENTSERVICE']._serialized_start=2328
-  _globals['_AGENTSERVICE']._serialized_end=2425
+  _globals['_HELLO']._serialized_start=212
+  _globals['_HELLO']._serialized_end=380
+  _globals['_HELDWORKS']._serialized_start=382
+  _globals['_HELDWORKS']._serialized_end=451
+  _globals['_WORKACK']._serialized_start=453
+  _globals['_WORKACK']._serialized_end=509
+  _globals['_WORKSTATUSREPORT']._serialized_start=512
+  _globals['_WORKSTATUSREPORT']._serialized_end=700
+  _globals['_WORKDELETED']._serialized_start=702
+  _globals['_WORKDELETED']._serialized_end=742
+  _globals['_HEARTBEAT']._serialized_start=745
+  _globals['_HEARTBEAT']._serialized_end=1055
+  _globals['_AGENTBATCH']._serialized_start=1058
+  _globals['_AGENTBATCH']._serialized_end=1216
+  _globals['_AGENTMESSAGE']._serialized_start=1219
+  _globals['_AGENTMESSAGE']._serialized_end=1587
+  _globals['_WELCOME']._serialized_start=1589
+  _globals['_WELCOME']._serialized_end=1682
+  _globals['_WORKDELETE']._serialized_start=1684
+  _globals['_WORKDELETE']._serialized_end=1751
+  _globals['_SYNCCOMPLETE']._serialized_start=1753
+  _globals['_SYNCCOMPLETE']._serialized_end=1817
+  _globals['_WORKBATCH']._serialized_start=1819
+  _globals['_WORKBATCH']._serialized_end=1929
+  _globals['_INTERPRETERCUSTOMIZATIONS']._serialized_start=1931
+  _globals['_INTERPRETERCUSTOMIZATIONS']._serialized_end=2026
+  _globals['_CONTROLMESSAGE']._serialized_start=2029
+  _globals['_CONTROLMESSAGE']._serialized_end=2374
+  _globals['_AGENTSERVICE']._serialized_start=2376
+  _globals['_AGENTSERVICE']._serialized_end=2473
 # @@protoc_insertion_point(module_scope)

@@ -77,6 +77,8 @@ class Hello(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     HELD_WORKS_FIELD_NUMBER: _builtins.int
     MORE_HELD_WORKS_FIELD_NUMBER: _builtins.int
+    LEADER_IDENTITY_FIELD_NUMBER: _builtins.int
+    LEADER_EPOCH_FIELD_NUMBER: _builtins.int
     cluster: _builtins.str
     """The agent's cluster; a credential of another cluster gets PERMISSION_DENIED."""
     agent_version: _builtins.str
@@ -85,6 +87,18 @@ class Hello(_message.Message):
     """More held works follow in HeldWorks messages, the last of them with more unset.
     Every message on the stream stays within the control plane's receive limit
     (4 MiB), however many works the member holds.
+    """
+    leader_identity: _builtins.str
+    """When the member's agents elect a leader (several agents per cluster, as a
+    DaemonSet runs them): the holder identity of the agent Lease in the member, this
+    agent's own. Empty when the agent does not elect.
+    """
+    leader_epoch: _builtins.int
+    """The Lease's leaseTransitions when this agent acquired it: the leader's epoch, which
+    only grows. The control plane keeps the stream of the newest epoch it has seen for
+    the cluster and refuses an older one with FAILED_PRECONDITION, so a deposed leader
+    that still reaches it cannot take the stream back. 0: the agent does not elect, and
+    its stream replaces any other of its cluster.
     """
     @_builtins.property
     def held_works(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldWork]:
@@ -99,10 +113,12 @@ class Hello(_message.Message):
         agent_version: _builtins.str = ...,
         held_works: _abc.Iterable[Global___HeldWork] | None = ...,
         more_held_works: _builtins.bool = ...,
+        leader_identity: _builtins.str = ...,
+        leader_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cluster", b"cluster", "held_works", b"held_works", "more_held_works", b"more_held_works"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "cluster", b"cluster", "held_works", b"held_works", "leader_epoch", b"leader_epoch", "leader_identity", b"leader_identity", "more_held_works", b"more_held_works"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,11 +27,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from archipel import limits
 from archipel.core import kinds
-from archipel.core.errors import ArchipelError
+from archipel.core.errors import ArchipelError, FailedPrecondition
 from archipel.core.names import CLUSTER_LABEL
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
 from archipel.version import VERSION
-from controlplane import metrics
+from controlplane import fencing, metrics
 from controlplane.context import Context
 from controlplane.predicates import is_deleting
 
@@ -59,6 +59,8 @@ class AgentSession:
     def __init__(self, cluster: str, held: Iterable[agent_pb2.HeldWork]) -> None:
         self.cluster = cluster
         self.id = uuid.uuid4().hex[:12]
+        # The elected agent at the other end (epoch 0: one that does not elect).
+        self.leader = fencing.Leader("", 0)
         # name -> (uid, generation) the agent holds, as far as we know.
         self.held: dict[str, tuple[str, int]] = {w.name: (w.uid, w.generation) for w in held}
         self._dirty: dict[str, None] = {}  # insertion-ordered set
@@ -121,6 +123,8 @@ class ExecutionController:
     def __init__(self, context: Context, *, report_status: ReportStatus | None = None) -> None:
         self.context = context
         self.sessions: dict[str, AgentSession] = {}
+        # The newest elected agent seen per cluster, in memory (controlplane/fencing.py).
+        self.leaders: dict[str, fencing.Leader] = {}
         # Where a work that can never be delivered gets its status.
         self.report_status = report_status
         context.works.add_handler(self._on_work)
@@ -161,12 +165,44 @@ class ExecutionController:
         )
 
     def open(self, hello: agent_pb2.Hello) -> AgentSession:
-        """Start a session, replacing an older one for the same cluster."""
-        previous = self.sessions.get(hello.cluster)
+        """Start a session, replacing an older one for the same cluster, unless the
+        hello comes from a leader older than the newest one seen for it
+        (:mod:`controlplane.fencing`): FailedPrecondition then, and the current
+        session stays."""
+        cluster = hello.cluster
+        leader = fencing.Leader(hello.leader_identity, hello.leader_epoch)
+        newest = self.leaders.get(cluster)
+        refused = fencing.refusal(newest, leader)
+        if refused is not None:
+            metrics.AGENT_STREAMS_FENCED.inc()
+            raise FailedPrecondition(refused)
+        previous = self.sessions.get(cluster)
         if previous is not None:
-            previous.close()
-        session = AgentSession(hello.cluster, hello.held_works)
-        self.sessions[hello.cluster] = session
+            if leader.epoch == 0 and previous.leader.epoch > 0:
+                log.warning(
+                    "an agent of %s that does not elect a leader replaces the stream of "
+                    "its leader %s (epoch %d): run every agent of a cluster with "
+                    "--leader-elect, or only one",
+                    cluster,
+                    fencing.who(previous.leader.identity),
+                    previous.leader.epoch,
+                )
+            if leader.epoch > 0 and leader != previous.leader:
+                # Deposed: tell it why, so its log says more than a closed stream.
+                previous.fail(
+                    FailedPrecondition(
+                        f"agent {fencing.who(leader.identity)} took over "
+                        f"at lease epoch {leader.epoch}"
+                    )
+                )
+            else:
+                previous.close()
+        updated = fencing.newest(newest, leader)
+        if updated is not None:
+            self.leaders[cluster] = updated
+        session = AgentSession(cluster, hello.held_works)
+        session.leader = leader
+        self.sessions[cluster] = session
         metrics.AGENTS_CONNECTED.set(len(self.sessions))
         return session
 

@@ -125,6 +125,8 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
             f"--server={plane.address}",
             "--token-file=/etc/archipel/credential/token",
             f"--namespace={namespace}",
+            # As the DaemonSet runs it: the Role must let it hold its Lease.
+            "--leader-elect=true",
         ],
         log_path=tmp_path / "agent.log",
         mounts={account: SA_PATH, credential: "/etc/archipel/credential"},
@@ -192,6 +194,11 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
             ),
             timeout=TIMEOUT,
         )
+        # It leads through its Lease there, as each agent of the DaemonSet would try to.
+        lease = client.CoordinationV1Api(member.api_client()).read_namespaced_lease(
+            f"archipel-agent-{member.name}", namespace
+        )
+        assert lease.spec.holder_identity
         # The chart's RBAC lets the agent watch the member's CRDs: one deleted there
         # leaves the cluster's apiEnablements within a few heartbeats (1 s here), where
         # discovery's every-tenth-heartbeat safety net alone would take up to 10 s.

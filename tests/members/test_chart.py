@@ -244,3 +244,19 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
         "team-.*",
         "scratch-[0-9]{1,3}",
     ]
+
+
+@pytest.mark.parametrize("leader_elect", ["true", "false"])
+def test_the_agents_arguments_are_ones_it_takes(leader_elect: str) -> None:
+    """The DaemonSet's agents elect a leader unless told not to, with flags the agent
+    takes (a flag it does not know would crash every pod at start)."""
+    from agent.main import parse_args
+
+    documents = render({**AGENT, "agent.leaderElect": leader_elect}, "archipel-system")
+    (daemon_set,) = [d for d in documents if d["kind"] == "DaemonSet"]
+    (container,) = daemon_set["spec"]["template"]["spec"]["containers"]
+    args = parse_args(container["args"])
+    assert args.leader_elect == (leader_elect == "true")
+    env = {item["name"]: item for item in container["env"]}
+    # Each pod's name is its identity in the Lease.
+    assert env["ARCHIPEL_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"

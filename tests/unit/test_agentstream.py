@@ -107,7 +107,9 @@ async def test_a_status_too_large_is_replaced_by_an_empty_one() -> None:
 
 
 def test_a_large_hello_goes_in_parts_within_the_limit() -> None:
-    hello = agent_pb2.Hello(cluster="c1", agent_version="v")
+    hello = agent_pb2.Hello(
+        cluster="c1", agent_version="v", leader_identity="agent-x", leader_epoch=7
+    )
     for index in range(50_000):
         hello.held_works.add(name=f"namespace.workload-{index}-deployment", uid="u" * 36)
     messages = agentstream.hello_messages(hello)
@@ -115,6 +117,8 @@ def test_a_large_hello_goes_in_parts_within_the_limit() -> None:
     assert all(m.ByteSize() <= limits.MAX_REPORT_BATCH_BYTES + 64 for m in messages)
     first, rest = messages[0].hello, [m.held_works for m in messages[1:]]
     assert first.cluster == "c1" and first.more_held_works
+    # The leader's identity and epoch are the first part's, which the fence reads.
+    assert (first.leader_identity, first.leader_epoch) == ("agent-x", 7)
     assert [part.more for part in rest] == [True] * (len(rest) - 1) + [False]
     names = [w.name for w in first.held_works] + [w.name for p in rest for w in p.works]
     assert names == [w.name for w in hello.held_works]

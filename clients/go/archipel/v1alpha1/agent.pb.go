@@ -115,6 +115,16 @@ type Hello struct {
 	// Every message on the stream stays within the control plane's receive limit
 	// (4 MiB), however many works the member holds.
 	MoreHeldWorks bool `protobuf:"varint,4,opt,name=more_held_works,json=moreHeldWorks,proto3" json:"more_held_works,omitempty"`
+	// When the member's agents elect a leader (several agents per cluster, as a
+	// DaemonSet runs them): the holder identity of the agent Lease in the member, this
+	// agent's own. Empty when the agent does not elect.
+	LeaderIdentity string `protobuf:"bytes,5,opt,name=leader_identity,json=leaderIdentity,proto3" json:"leader_identity,omitempty"`
+	// The Lease's leaseTransitions when this agent acquired it: the leader's epoch, which
+	// only grows. The control plane keeps the stream of the newest epoch it has seen for
+	// the cluster and refuses an older one with FAILED_PRECONDITION, so a deposed leader
+	// that still reaches it cannot take the stream back. 0: the agent does not elect, and
+	// its stream replaces any other of its cluster.
+	LeaderEpoch   int64 `protobuf:"varint,6,opt,name=leader_epoch,json=leaderEpoch,proto3" json:"leader_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -175,6 +185,20 @@ func (x *Hello) GetMoreHeldWorks() bool {
 		return x.MoreHeldWorks
 	}
 	return false
+}
+
+func (x *Hello) GetLeaderIdentity() string {
+	if x != nil {
+		return x.LeaderIdentity
+	}
+	return ""
+}
+
+func (x *Hello) GetLeaderEpoch() int64 {
+	if x != nil {
+		return x.LeaderEpoch
+	}
+	return 0
 }
 
 // The rest of the works a Hello announced, in messages of bounded size.
@@ -1259,13 +1283,15 @@ const file_archipel_v1alpha1_agent_proto_rawDesc = "" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x03 \x01(\x03R\n" +
-	"generation\"\xaa\x01\n" +
+	"generation\"\xf6\x01\n" +
 	"\x05Hello\x12\x18\n" +
 	"\acluster\x18\x01 \x01(\tR\acluster\x12#\n" +
 	"\ragent_version\x18\x02 \x01(\tR\fagentVersion\x12:\n" +
 	"\n" +
 	"held_works\x18\x03 \x03(\v2\x1b.archipel.v1alpha1.HeldWorkR\theldWorks\x12&\n" +
-	"\x0fmore_held_works\x18\x04 \x01(\bR\rmoreHeldWorks\"R\n" +
+	"\x0fmore_held_works\x18\x04 \x01(\bR\rmoreHeldWorks\x12'\n" +
+	"\x0fleader_identity\x18\x05 \x01(\tR\x0eleaderIdentity\x12!\n" +
+	"\fleader_epoch\x18\x06 \x01(\x03R\vleaderEpoch\"R\n" +
 	"\tHeldWorks\x121\n" +
 	"\x05works\x18\x01 \x03(\v2\x1b.archipel.v1alpha1.HeldWorkR\x05works\x12\x12\n" +
 	"\x04more\x18\x02 \x01(\bR\x04more\"O\n" +

@@ -72,6 +72,20 @@ export interface Hello {
    * (4 MiB), however many works the member holds.
    */
   moreHeldWorks: boolean;
+  /**
+   * When the member's agents elect a leader (several agents per cluster, as a
+   * DaemonSet runs them): the holder identity of the agent Lease in the member, this
+   * agent's own. Empty when the agent does not elect.
+   */
+  leaderIdentity: string;
+  /**
+   * The Lease's leaseTransitions when this agent acquired it: the leader's epoch, which
+   * only grows. The control plane keeps the stream of the newest epoch it has seen for
+   * the cluster and refuses an older one with FAILED_PRECONDITION, so a deposed leader
+   * that still reaches it cannot take the stream back. 0: the agent does not elect, and
+   * its stream replaces any other of its cluster.
+   */
+  leaderEpoch: number;
 }
 
 /** The rest of the works a Hello announced, in messages of bounded size. */
@@ -369,7 +383,7 @@ export const HeldWork: MessageFns<HeldWork> = {
 };
 
 function createBaseHello(): Hello {
-  return { cluster: "", agentVersion: "", heldWorks: [], moreHeldWorks: false };
+  return { cluster: "", agentVersion: "", heldWorks: [], moreHeldWorks: false, leaderIdentity: "", leaderEpoch: 0 };
 }
 
 export const Hello: MessageFns<Hello> = {
@@ -385,6 +399,12 @@ export const Hello: MessageFns<Hello> = {
     }
     if (message.moreHeldWorks !== false) {
       writer.uint32(32).bool(message.moreHeldWorks);
+    }
+    if (message.leaderIdentity !== "") {
+      writer.uint32(42).string(message.leaderIdentity);
+    }
+    if (message.leaderEpoch !== 0) {
+      writer.uint32(48).int64(message.leaderEpoch);
     }
     return writer;
   },
@@ -434,6 +454,22 @@ export const Hello: MessageFns<Hello> = {
             message.moreHeldWorks = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.leaderIdentity = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.leaderEpoch = longToNumber(reader.int64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -464,6 +500,16 @@ export const Hello: MessageFns<Hello> = {
         : isSet(object.more_held_works)
         ? globalThis.Boolean(object.more_held_works)
         : false,
+      leaderIdentity: isSet(object.leaderIdentity)
+        ? globalThis.String(object.leaderIdentity)
+        : isSet(object.leader_identity)
+        ? globalThis.String(object.leader_identity)
+        : "",
+      leaderEpoch: isSet(object.leaderEpoch)
+        ? globalThis.Number(object.leaderEpoch)
+        : isSet(object.leader_epoch)
+        ? globalThis.Number(object.leader_epoch)
+        : 0,
     };
   },
 
@@ -481,6 +527,12 @@ export const Hello: MessageFns<Hello> = {
     if (message.moreHeldWorks !== false) {
       obj.moreHeldWorks = message.moreHeldWorks;
     }
+    if (message.leaderIdentity !== "") {
+      obj.leaderIdentity = message.leaderIdentity;
+    }
+    if (message.leaderEpoch !== 0) {
+      obj.leaderEpoch = Math.round(message.leaderEpoch);
+    }
     return obj;
   },
 
@@ -493,6 +545,8 @@ export const Hello: MessageFns<Hello> = {
     message.agentVersion = object.agentVersion ?? "";
     message.heldWorks = object.heldWorks?.map((e) => HeldWork.fromPartial(e)) || [];
     message.moreHeldWorks = object.moreHeldWorks ?? false;
+    message.leaderIdentity = object.leaderIdentity ?? "";
+    message.leaderEpoch = object.leaderEpoch ?? 0;
     return message;
   },
 };
