@@ -2,8 +2,9 @@
 that every member ends up holding exactly what the final templates and policies say.
 
 The fleet is real: member clusters (kube-apiservers), the control plane's own etcd, the
-control plane and an agent per member, each a process this script kills (``kill -9``),
-freezes (SIGSTOP, then SIGCONT) and restarts, as a supervisor would.
+control plane and two agents per member (electing their leader through a Lease in the
+member), each a process this script kills (``kill -9``), freezes (SIGSTOP, then
+SIGCONT) and restarts, as a supervisor would.
 
 * **The load** (:class:`History`): ConfigMaps and Deployments in namespace ``chaos``,
   created, changed, rescaled, moved from one policy to another and deleted, and the
@@ -50,6 +51,12 @@ from archipel.fleet.etcd import EtcdServer
 from archipel.fleet.members import Fleet, Member, default_specs
 
 NAMESPACE = "chaos"
+# Short lease timings, so a standby takes over within seconds of the leader's death.
+LEASE_TIMINGS = (
+    "--leader-elect-lease-duration=4",
+    "--leader-elect-renew-deadline=3",
+    "--leader-elect-retry-period=1",
+)
 POLICIES = ("p0", "p1", "p2")
 POLICY_LABEL = "chaos.archipel.io/policy"
 KINDS = ("ConfigMap", "Deployment")
@@ -343,6 +350,7 @@ class Settings:
     fault_interval: float = 5.0
     converge_timeout: float = 240.0
     members: int = 3
+    agents_per_member: int = 2
 
 
 @dataclasses.dataclass
@@ -376,8 +384,8 @@ def faults(plane: Plane) -> list[Fault]:
         Fault("kill", "etcd", plane.etcd.process.kill, plane.etcd.start),
     ]
     for name, agent in plane.agents.items():
-        found.append(Fault("kill", f"{name}/agent", agent.kill, agent.start))
-        found.append(Fault("stop", f"{name}/agent", agent.process.pause, agent.process.resume))
+        found.append(Fault("kill", name, agent.kill, agent.start))
+        found.append(Fault("stop", name, agent.process.pause, agent.process.resume))
     for name, member in plane.members.items():
         found.append(
             Fault("kill", f"{name}/apiserver", member.apiserver.kill, member.start_apiserver)
@@ -399,7 +407,7 @@ def supervise(plane: Plane) -> list[str]:
     for name, agent in plane.agents.items():
         if not agent.process.running:
             agent.start()
-            restarted.append(f"{name}/agent")
+            restarted.append(name)
     for name, member in plane.members.items():
         if not member.apiserver.running:
             member.start_apiserver()
@@ -481,17 +489,27 @@ class Run:
             control_plane.start()
             for name, member in self.members.items():
                 token = control_plane.join(member)
-                agents[name] = AgentProcess(
-                    control_plane=control_plane,
-                    member=member,
-                    token_file=token,
-                    heartbeat_interval=1,
-                )
-                agents[name].start()
+                for replica in range(self.settings.agents_per_member):
+                    # Two agents per member, as a DaemonSet runs them: one leads
+                    # through the member's Lease, the other stands by.
+                    agent = f"agent-{replica}"
+                    agents[f"{name}/{agent}"] = AgentProcess(
+                        control_plane=control_plane,
+                        member=member,
+                        token_file=token,
+                        heartbeat_interval=1,
+                        name=agent,
+                        extra_args=(
+                            "--leader-elect",
+                            f"--identity={name}-{agent}",
+                            *LEASE_TIMINGS,
+                        ),
+                    )
+                    agents[f"{name}/{agent}"].start()
             yield Plane(etcd, control_plane, agents, self.members)
         finally:
-            for agent in agents.values():
-                agent.stop()
+            for process in agents.values():
+                process.stop()
             control_plane.stop()
             etcd.stop()
 
@@ -583,7 +601,7 @@ class Run:
             "operations_by_kind": dict(sorted(self.steps.items())),
             "faults": len(self.injected),
             "faults_by_kind": _tally(
-                f"{f['fault']} {f['target'].split('/')[-1]}" for f in self.injected
+                f"{f['fault']} {f['target'].split('/')[-1].split('-')[0]}" for f in self.injected
             ),
             "templates_at_end": len(self.history.model.templates),
             **differences.counts(),
