@@ -21,15 +21,23 @@ import contextlib
 import functools
 import logging
 import os
+import random
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_never, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_never,
+    wait_exponential_jitter,
+)
 
 from agent import election
 from agent.apiwatch import TRANSIENT, APIWatch
@@ -328,7 +336,7 @@ class Agent:
 
     async def _stream_forever(self) -> None:
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=0.5, max=20),
+            wait=ReconnectBackoff(lambda: self.sessions),
             stop=stop_never,
             retry=retry_if_exception_type((grpc.aio.AioRpcError, StreamEnded, OSError)),
             before_sleep=lambda state: log.warning(
@@ -355,6 +363,31 @@ async def _until_over(term: Term) -> None:
             async with asyncio.timeout(remaining):
                 await term.lost.wait()
     raise TermOver(f"epoch {term.epoch}")
+
+
+class ReconnectBackoff:
+    """Exponential backoff with jitter (0.5 s doubling up to 20 s, plus up to 1 s) that
+    starts over once a session was established.
+
+    tenacity counts every failed attempt of the retry loop, and one loop lasts the
+    agent's life: without the reset, each reconnect would wait the longest delay ever
+    reached, so an agent that lived through a few restarts of the control plane would
+    wait 20 s after the next one. A failure after a good session waits 0.5 s (plus
+    jitter, so a fleet of agents does not come back in step)."""
+
+    def __init__(self, sessions: Callable[[], int], *, initial: float = 0.5, most: float = 20.0):
+        self._sessions = sessions
+        self._initial = initial
+        self._most = most
+        self._seen = -1
+        self._streak_from = 0
+
+    def __call__(self, state: RetryCallState) -> float:
+        if self._sessions() != self._seen:
+            self._seen = self._sessions()
+            self._streak_from = state.attempt_number
+        failures = state.attempt_number - self._streak_from
+        return float(min(self._most, self._initial * 2**failures) + random.uniform(0, 1))
 
 
 def _end_session_on_failure(

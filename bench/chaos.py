@@ -482,7 +482,10 @@ class Run:
             etcd_endpoint=etcd.endpoint,
             directory=self.directory / "controlplane",
             heartbeat_interval=1,
-            cluster_grace_period=4,
+            # The default grace: an agent restarted within seconds does not make its
+            # cluster NotReady (which holds new placements off it, Karmada's NoSchedule
+            # taint, until the cluster has been Ready again for the success threshold).
+            cluster_grace_period=40,
         )
         agents: dict[str, AgentProcess] = {}
         try:
