@@ -152,6 +152,12 @@ class WorkManager:
         self.observed: dict[ObjectRef, Observed] = {}
         self.owner: dict[ObjectRef, str] = {}
         self.drifted: set[str] = set()
+        # Works being applied now, with the newest resourceVersion a watch event brought
+        # for each of their objects meanwhile. Such an event is judged once the apply is
+        # over: against the ledger's entry it would meet the previous generation's
+        # projection (the new one is recorded last), and the apply's own write would
+        # look like a change made in the member.
+        self.applying: dict[str, dict[ObjectRef, int]] = {}
         self.corrections: dict[str, int] = {}
         self.applies = 0
         self._last_report: dict[str, bytes] = {}
@@ -246,6 +252,7 @@ class WorkManager:
         if current and name not in self.drifted and entry is not None and entry.has_contents:
             self.report(name, applied=True, message="")
             return
+        self.applying[name] = {}
         try:
             await self._apply(work, entry)
         except NotLeader:
@@ -259,6 +266,9 @@ class WorkManager:
                 name, applied=False, message=describe(error), generation=work.metadata.generation
             )
             raise
+        finally:
+            # A failed apply is retried from the start, events and all.
+            self.applying.pop(name, None)
 
     async def _record_partial(self, work: work_pb2.PropagationWork, entry: Entry | None) -> None:
         """After a work failed part-way, have the ledger list the objects it applied
@@ -314,6 +324,8 @@ class WorkManager:
         refs: list[ObjectRef] = []
         bodies: list[Manifest] = []
         projections: list[Any] = []
+        # What each object's resourceVersion was when this apply left it.
+        applied_versions: dict[ObjectRef, int] = {}
         applies = 0
         for manifest in ordered:
             ref = ObjectRef.of(manifest)
@@ -331,6 +343,7 @@ class WorkManager:
                         # As it was left: applying it again would change nothing.
                         self._hold(ref, name, body, live, refs, bodies)
                         projections.append(projection)
+                        applied_versions[ref] = _resource_version(live)
                         continue
             try:
                 applied = await self._apply_object(
@@ -347,6 +360,7 @@ class WorkManager:
             applies += 1
             self._hold(ref, name, body, applied, refs, bodies)
             projections.append(self._projection(body, applied))
+            applied_versions[ref] = _resource_version(applied)
         for stale in held - set(refs):
             if not self._held_by(name, stale):
                 continue  # another work took it over
@@ -365,6 +379,13 @@ class WorkManager:
                 projections=projections,
             )
         )
+        if any(
+            version > applied_versions.get(ref, 0)
+            for ref, version in self.applying.pop(name, {}).items()
+        ):
+            # Something wrote an object after this apply did: judge it as drift, by
+            # applying again (which changes nothing if it was only a status).
+            self._drift(name)
         if recorded:
             log.info(
                 "work %s: checked after a restart, %d of %d objects applied again",
@@ -667,6 +688,13 @@ class WorkManager:
         name = self.owner.get(ref)
         if name is None or name in self.deleting:
             return
+        if name in self.applying:
+            version = _resource_version(manifest)
+            seen = self.applying[name]
+            seen[ref] = max(seen.get(ref, 0), version)
+            if type_ != "DELETED":
+                self._observe(ref, manifest)
+            return
         if type_ == "DELETED":
             self.observed.pop(ref, None)
         elif self._observe(ref, manifest) is None:
@@ -710,6 +738,16 @@ class WorkManager:
 
 def _log_failure(name: str, error: Exception, delay: float) -> None:
     log.warning("work %s: %s; retrying in %.1fs", name, describe(error), delay)
+
+
+def _resource_version(manifest: Manifest) -> int:
+    """A member object's resourceVersion as a number (etcd's revision, as every
+    kube-apiserver gives it; 0 when absent or not a number)."""
+    version = (manifest.get("metadata") or {}).get("resourceVersion", "0")
+    try:
+        return int(version)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _terminating(ref: ObjectRef, live: Manifest) -> bool:

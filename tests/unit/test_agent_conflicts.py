@@ -17,6 +17,7 @@ import pytest
 
 from agent.kube import KubeError
 from agent.ledger import ObjectRef, entry_of
+from agent.works import WorkManager
 from archipel import structs
 from archipel.core.names import MANAGED_LABEL, WORK_ANNOTATION
 from archipel.v1alpha1 import agent_pb2
@@ -515,3 +516,54 @@ async def test_objects_applied_before_a_failure_go_with_the_work_after_a_restart
     assert await settle(again) == {}
     assert kube.get(*first) is None, "ConfigMap app/a outlives its work across a restart"
     assert kube.get(*key(THEIRS)) is not None  # theirs, never touched
+
+
+class EchoingKube(FakeKube):
+    """A member whose watch delivers each apply's own event while the agent is still
+    applying the work (the watch thread does not wait for the ledger's record)."""
+
+    works: WorkManager | None = None
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        stored = super().apply(manifest)
+        if self.works is not None and manifest["metadata"].get("namespace") == "app":
+            self.works.on_event("MODIFIED", stored)
+        return stored
+
+
+async def test_the_event_of_an_apply_under_way_is_not_drift() -> None:
+    kube = EchoingKube()
+    works, sent = manager(kube)
+    kube.works = works
+    works.receive(work(configmap("c", {"k": "1"})))
+    assert await settle(works) == {}
+    kube.applied.clear()
+    works.receive(work(configmap("c", {"k": "2"}), generation=2))
+    assert await settle(works) == {}
+    assert [m["data"] for m in kube.applied_in("app")] == [{"k": "2"}]
+    assert statuses(sent, "w1")[-1].drift_corrections == 0
+
+
+async def test_a_change_made_during_an_apply_is_drift_once_it_is_over() -> None:
+    """A write by someone else after the agent's own, seen while the work is still being
+    applied, is judged once the apply is over: the object is put back."""
+    kube = EchoingKube()
+    works, sent = manager(kube)
+    works.receive(work(configmap("c", {"k": "1"}), configmap("d", {"k": "1"})))
+    assert await settle(works) == {}
+
+    original_apply = kube.apply
+    meddled: list[bool] = []
+
+    def apply_then_meddle(manifest: dict[str, Any]) -> dict[str, Any]:
+        stored = original_apply(manifest)
+        if manifest["metadata"]["name"] == "c" and not meddled:
+            meddled.append(True)  # once: someone edits c right after the agent did
+            works.on_event("MODIFIED", kube.put({**stored, "data": {"k": "theirs"}}))
+        return stored
+
+    kube.apply = apply_then_meddle  # type: ignore[method-assign]
+    works.receive(work(configmap("c", {"k": "2"}), configmap("d", {"k": "2"}), generation=2))
+    assert await settle(works) == {}
+    assert kube.get(*key(configmap("c", {})))["data"] == {"k": "2"}
+    assert statuses(sent, "w1")[-1].drift_corrections == 1
