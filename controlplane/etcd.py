@@ -3,28 +3,88 @@
 It offers only what the store needs: reads at a revision, conditional writes guarded
 by ``mod_revision`` (0 means "must not exist"), and prefix watches that report
 compaction so the caller can relist. Every etcd error becomes :class:`Unavailable`.
+
+Several endpoints make one cluster: requests are spread over the members that answer
+(gRPC's round robin), a member that stops answering leaves the rotation, and what
+fails while a member is lost or a leader is elected is tried again (``RETRIES``). A
+watch that breaks resumes on another member from the revision after the last event
+it delivered, so the caller loses nothing and never relists for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import etcd3aio
 import grpc
-from etcd3aio._protobuf import Compare
-from etcd3aio.errors import EtcdError
+from etcd3aio._protobuf import (
+    Compare,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchResponse,
+    WatchStub,
+)
+from etcd3aio.errors import EtcdConnectionError, EtcdError
 from etcd3aio.kv import prefix_range_end
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
+from archipel import addresses
 from archipel.core.errors import TooMuch, Unavailable
 from controlplane import metrics
 
 # etcd3aio wraps most failures in EtcdError, but lets some gRPC statuses through
 # (RESOURCE_EXHAUSTED for a request over etcd's limit).
 _CLIENT_ERRORS = (EtcdError, grpc.aio.AioRpcError)
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _member_lost(error: BaseException) -> bool:
+    """A failure another try may not see: no member answered (UNAVAILABLE), or the
+    one that did had no leader or lost it (etcd answers UNAVAILABLE then too)."""
+    if isinstance(error, EtcdConnectionError):
+        return True
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# While a member is lost (its connection fails, gRPC's round robin drops it) or the
+# cluster elects a new leader (about two seconds with etcd's default timings), calls
+# fail with UNAVAILABLE. Jittered exponential waits, about 3.5 s in all, ride that out
+# without every waiting caller coming back at the same instant; after that the caller
+# gets Unavailable (a controller's queue retries, the API answers UNAVAILABLE). Tests
+# swap in a copy with a fake sleep.
+RETRIES = AsyncRetrying(
+    wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.1),
+    stop=stop_after_attempt(8),
+    retry=retry_if_exception(_member_lost),
+    reraise=True,
+)
+# Sent with every watch: a member cut off from its cluster's leader then ends the
+# watch (UNAVAILABLE) instead of keeping it open and silent, so it resumes elsewhere.
+_REQUIRE_LEADER = (("hasleader", "true"),)
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        log.info(
+            "etcd %s: %s; trying again in %.2fs",
+            what,
+            state.outcome.exception() if state.outcome else "",
+            state.upcoming_sleep,
+        )
+
+    return before_sleep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,8 +150,13 @@ class Etcd:
     """A connection to etcd with all keys below ``prefix``."""
 
     def __init__(self, endpoints: Sequence[str], *, prefix: str = "/archipel/") -> None:
+        self.endpoints = addresses.split(endpoints)
+        if not self.endpoints:
+            raise ValueError("no etcd endpoint")
+        # One try per call in etcd3aio: the retries are ours (RETRIES), with jitter and
+        # long enough for a leader election.
         self._client = etcd3aio.Etcd3Client(
-            [e.removeprefix("http://") for e in endpoints], rpc_max_attempts=3
+            [e.removeprefix("http://") for e in self.endpoints], rpc_max_attempts=1
         )
         # gRPC's default 4 MiB limit is far below a page of large objects or a full
         # listing; etcd3aio exposes no setting, so extend its channel options here.
@@ -118,10 +183,17 @@ class Etcd:
         assert self._client.kv is not None, "connect() first"
         return self._client.kv
 
+    async def _retried(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again while no member (or no leader) answers."""
+        async for attempt in RETRIES.copy(before_sleep=_log_retry(what)):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: tenacity reraises the last failure")
+
     async def get(self, key: str) -> KeyValue | None:
         started = time.perf_counter()
         try:
-            response = await self._kv.get(self._abs(key), timeout=10)
+            response = await self._retried("get", lambda: self._kv.get(self._abs(key), timeout=10))
         except _CLIENT_ERRORS as error:
             raise Unavailable(f"etcd: {error}") from error
         finally:
@@ -137,12 +209,15 @@ class Etcd:
         start = self._abs(start_after) + b"\x00" if start_after else self._abs(prefix)
         started = time.perf_counter()
         try:
-            response = await self._kv.get(
-                start,
-                range_end=prefix_range_end(self._abs(prefix)),
-                revision=revision,
-                limit=limit,
-                timeout=30,
+            response = await self._retried(
+                "range",
+                lambda: self._kv.get(
+                    start,
+                    range_end=prefix_range_end(self._abs(prefix)),
+                    revision=revision,
+                    limit=limit,
+                    timeout=30,
+                ),
             )
         except _CLIENT_ERRORS as error:
             if revision and _status_code(error) == grpc.StatusCode.OUT_OF_RANGE:
@@ -183,9 +258,10 @@ class Etcd:
                 success.append(kv.txn_op_delete(key))
         started = time.perf_counter()
         try:
-            # A retried transaction whose first attempt did land fails its guard and
-            # is reported as a conflict: the caller rereads, which is always safe.
-            response = await kv.txn(compare, success, timeout=10)
+            # A retried transaction whose first attempt did land (its member died
+            # before answering) fails its guard and is reported as a conflict: the
+            # caller rereads, which is always safe.
+            response = await self._retried("txn", lambda: kv.txn(compare, success, timeout=10))
         except _CLIENT_ERRORS as error:
             if "too large" in str(error) or "larger than max" in str(error):
                 raise TooMuch(
@@ -216,45 +292,108 @@ class Etcd:
 
         With ``previous``, a deletion carries the value the key had. Raises
         :class:`Compacted` when ``start_revision`` is gone.
+
+        When the stream breaks (its member died or lost its leader), the watch opens
+        again, on whichever member answers, from the revision after the last event it
+        delivered: nothing is lost and nothing repeated. Only a watch that breaks
+        again before delivering anything raises :class:`Unavailable`, so the caller's
+        own backoff paces a cluster that keeps failing.
         """
-        assert self._client.watch is not None, "connect() first"
-        stream = self._client.watch.watch(
-            self._abs(prefix),
-            range_end=prefix_range_end(self._abs(prefix)),
-            start_revision=start_revision,
-            prev_kv=previous,
-            progress_notify=True,
-        )
-        async for response in _unavailable_on_error(stream):
-            if response.compact_revision:
-                raise Compacted(response.compact_revision)
-            if response.canceled:
-                raise Unavailable(f"etcd watch canceled: {response.cancel_reason}")
-            if not response.events:
-                continue
-            yield [
-                Event(
-                    "DELETE" if event.type == 1 else "PUT",
-                    self._rel(event.kv.key),
-                    event.prev_kv.value if event.type == 1 else event.kv.value,
-                    event.kv.mod_revision,
-                    created=event.kv.create_revision == event.kv.mod_revision,
+        key = self._abs(prefix)
+        range_end = prefix_range_end(key)
+        resume = start_revision
+        resumed_idle = False
+        while True:
+            call = await self._open_watch(key, range_end, resume, previous)
+            try:
+                while True:
+                    response = await _read(call)
+                    if response is None:
+                        raise Unavailable("etcd watch: the stream ended")
+                    if response.compact_revision:
+                        raise Compacted(response.compact_revision)
+                    if response.canceled:
+                        raise Unavailable(f"etcd watch canceled: {response.cancel_reason}")
+                    if not response.events:
+                        continue
+                    resumed_idle = False
+                    resume = response.events[-1].kv.mod_revision + 1
+                    yield [
+                        Event(
+                            "DELETE" if event.type == 1 else "PUT",
+                            self._rel(event.kv.key),
+                            event.prev_kv.value if event.type == 1 else event.kv.value,
+                            event.kv.mod_revision,
+                            created=event.kv.create_revision == event.kv.mod_revision,
+                        )
+                        for event in response.events
+                    ]
+            except grpc.aio.AioRpcError as error:
+                if not _member_lost(error) or resumed_idle:
+                    raise Unavailable(f"etcd watch: {error.details() or error.code()}") from error
+                log.info(
+                    "etcd watch on %s broke (%s); resuming from revision %d",
+                    prefix,
+                    error.details() or error.code().name,
+                    resume,
                 )
-                for event in response.events
-            ]
+                resumed_idle = True
+            finally:
+                call.cancel()
+
+    async def _open_watch(
+        self, key: bytes, range_end: bytes, start_revision: int, previous: bool
+    ) -> Any:
+        """A watch stream that etcd has confirmed (its first answer, ``created``)."""
+        assert self._client._channel is not None, "connect() first"
+        stub = WatchStub(self._client._channel)
+        create = WatchRequest(
+            create_request=WatchCreateRequest(
+                key=key,
+                range_end=range_end,
+                start_revision=start_revision,
+                prev_kv=previous,
+                progress_notify=True,
+            )
+        )
+
+        async def requests() -> AsyncIterator[WatchRequest]:
+            yield create
+            # The stream stays open for etcd's answers until it is cancelled.
+            await asyncio.Future()
+
+        async def open_once() -> Any:
+            call = stub.Watch(requests(), metadata=_REQUIRE_LEADER)
+            try:
+                first = await _read(call)
+            except BaseException:
+                call.cancel()
+                raise
+            if first is None or not first.created:
+                call.cancel()
+                raise Unavailable("etcd watch: the stream ended before it was created")
+            if first.compact_revision:
+                call.cancel()
+                raise Compacted(first.compact_revision)
+            return call
+
+        try:
+            return await self._retried("watch", open_once)
+        except _CLIENT_ERRORS as error:
+            raise Unavailable(f"etcd watch: {error}") from error
 
     async def current_revision(self) -> int:
         _, revision, _ = await self.range("\x00none", limit=1)
         return revision
 
 
-async def _unavailable_on_error(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """A watch stream whose client errors become :class:`Unavailable`, as elsewhere."""
-    try:
-        async for item in stream:
-            yield item
-    except _CLIENT_ERRORS as error:
-        raise Unavailable(f"etcd watch: {error}") from error
+async def _read(call: Any) -> WatchResponse | None:
+    """The stream's next answer, or None when it has ended."""
+    response = await call.read()
+    if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+        return None
+    answer: WatchResponse = response
+    return answer
 
 
 # etcd refuses a transaction with more operations than --max-txn-ops (default 128),
