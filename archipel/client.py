@@ -140,8 +140,9 @@ class Config:
         return addresses.split(self.server)
 
     @classmethod
-    def load(cls, path: Path | None = None) -> Config:
-        """From ``path``, ``$ARCHIPEL_CONFIG`` or ``.local/archipel.yaml``; env wins."""
+    def load(cls, path: Path | None = None, *, server: str | None = None) -> Config:
+        """From ``path``, ``$ARCHIPEL_CONFIG`` or ``.local/archipel.yaml``; env wins,
+        and ``server`` (the CLI's ``--server``) over both."""
         data: dict[str, Any] = {}
         candidate = path or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
         if candidate.exists():
@@ -151,7 +152,7 @@ class Config:
             data = loaded
         elif path is not None:
             raise ClientError(f"{path}: no such config file")
-        server = os.environ.get("ARCHIPEL_SERVER") or data.get("server")
+        server = server or os.environ.get("ARCHIPEL_SERVER") or data.get("server")
         if isinstance(server, list):
             # A YAML list of servers is the same as the comma-separated string.
             server = ",".join(addresses.split(server))

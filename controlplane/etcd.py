@@ -70,6 +70,19 @@ RETRIES = AsyncRetrying(
     retry=retry_if_exception(_member_lost),
     reraise=True,
 )
+
+
+def _resume_wait(breaks: int) -> float:
+    """How long a watch waits before it opens again after ``breaks`` breaks in a row:
+    ``RETRIES``' wait (exponential, jittered) for that many failed attempts."""
+    state = RetryCallState(retry_object=RETRIES, fn=None, args=(), kwargs={})
+    state.attempt_number = breaks
+    return float(RETRIES.wait(state))
+
+
+# Breaks in a row, with no event in between, after which a watch gives up: as many as
+# the tries of any other call.
+_RESUME_LIMIT = 8
 # Sent with every watch: a member cut off from its cluster's leader then ends the
 # watch (UNAVAILABLE) instead of keeping it open and silent, so it resumes elsewhere.
 _REQUIRE_LEADER = (("hasleader", "true"),)
@@ -295,14 +308,17 @@ class Etcd:
 
         When the stream breaks (its member died or lost its leader), the watch opens
         again, on whichever member answers, from the revision after the last event it
-        delivered: nothing is lost and nothing repeated. Only a watch that breaks
-        again before delivering anything raises :class:`Unavailable`, so the caller's
-        own backoff paces a cluster that keeps failing.
+        delivered: nothing is lost and nothing repeated. Breaks with nothing delivered
+        in between wait longer each time (``RETRIES``' waits: losing the leader can
+        break a watch twice, once on the dead member and once on a member that finds
+        itself without a leader); at the eighth in a row the watch raises
+        :class:`Unavailable`, and the caller's own backoff paces a cluster that keeps
+        failing.
         """
         key = self._abs(prefix)
         range_end = prefix_range_end(key)
         resume = start_revision
-        resumed_idle = False
+        idle_breaks = 0  # breaks since the last events arrived
         while True:
             call = await self._open_watch(key, range_end, resume, previous)
             try:
@@ -316,7 +332,7 @@ class Etcd:
                         raise Unavailable(f"etcd watch canceled: {response.cancel_reason}")
                     if not response.events:
                         continue
-                    resumed_idle = False
+                    idle_breaks = 0
                     resume = response.events[-1].kv.mod_revision + 1
                     yield [
                         Event(
@@ -329,17 +345,20 @@ class Etcd:
                         for event in response.events
                     ]
             except grpc.aio.AioRpcError as error:
-                if not _member_lost(error) or resumed_idle:
+                idle_breaks += 1
+                if not _member_lost(error) or idle_breaks >= _RESUME_LIMIT:
                     raise Unavailable(f"etcd watch: {error.details() or error.code()}") from error
+                wait = _resume_wait(idle_breaks)
                 log.info(
-                    "etcd watch on %s broke (%s); resuming from revision %d",
+                    "etcd watch on %s broke (%s); resuming from revision %d in %.2fs",
                     prefix,
                     error.details() or error.code().name,
                     resume,
+                    wait,
                 )
-                resumed_idle = True
             finally:
                 call.cancel()
+            await asyncio.sleep(wait)
 
     async def _open_watch(
         self, key: bytes, range_end: bytes, start_revision: int, previous: bool

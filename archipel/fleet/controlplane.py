@@ -137,13 +137,16 @@ class AgentProcess:
         member: Member,
         token_file: Path,
         heartbeat_interval: float | None = None,
+        servers: Sequence[str] = (),
     ) -> None:
+        """``servers`` are the control plane's addresses as the agent is told them
+        (several, tried in turn); by default, ``control_plane``'s own."""
         self.member = member
         argv = [
             sys.executable,
             "-m",
             "agent",
-            f"--server={control_plane.address}",
+            f"--server={','.join(servers) if servers else control_plane.address}",
             f"--token-file={token_file}",
             f"--kubeconfig={member.kubeconfig}",
         ]

@@ -93,9 +93,14 @@ class EtcdServer:
         )
 
     def start(self, *, timeout: float = 30.0) -> None:
+        self.launch()
+        self.wait_ready(timeout=timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting: a member of a cluster is healthy only
+        once a quorum runs, and a restarted one once it has caught up."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process.start()
-        self.wait_ready(timeout=timeout)
 
     def wait_ready(self, *, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -184,8 +189,7 @@ class EtcdCluster:
         leader, so none can be healthy before the others have started)."""
         try:
             for member in self.members:
-                member.directory.mkdir(parents=True, exist_ok=True)
-                member.process.start()
+                member.launch()
             self.wait_healthy(timeout=timeout)
         except BaseException:
             self.stop()
