@@ -123,8 +123,12 @@ class Commands:
     @property
     def client(self) -> Client:
         if self._client is None:
-            server = ",".join(self.args.servers) if self.args.servers else None
-            self._client = Client(Config.load(self.args.config, server=server))
+            config = (
+                Config.load(self.args.config, server=",".join(self.args.servers))
+                if self.args.servers
+                else Config.load(self.args.config)
+            )
+            self._client = Client(config)
         return self._client
 
     # -- apply / delete ------------------------------------------------------------------
