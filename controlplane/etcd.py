@@ -88,12 +88,19 @@ _RESUME_LIMIT = 8
 _REQUIRE_LEADER = (("hasleader", "true"),)
 
 
+def _describe(error: BaseException | None) -> str:
+    """One line for a log: a gRPC error's own text spans several."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
+
+
 def _log_retry(what: str) -> Callable[[RetryCallState], None]:
     def before_sleep(state: RetryCallState) -> None:
         log.info(
             "etcd %s: %s; trying again in %.2fs",
             what,
-            state.outcome.exception() if state.outcome else "",
+            _describe(state.outcome.exception() if state.outcome else None),
             state.upcoming_sleep,
         )
 
@@ -173,8 +180,16 @@ class Etcd:
         )
         # gRPC's default 4 MiB limit is far below a page of large objects or a full
         # listing; etcd3aio exposes no setting, so extend its channel options here.
-        self._client._manager.grpc_options.append(
-            ("grpc.max_receive_message_length", 512 * 1024 * 1024)
+        self._client._manager.grpc_options.extend(
+            [
+                ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+                # A member that went down is tried again at least every 5 s (gRPC's
+                # own backoff grows to two minutes): once it is back it takes its
+                # share of requests within seconds, and losing another member soon
+                # after never leaves the client with no member to turn to.
+                ("grpc.initial_reconnect_backoff_ms", 250),
+                ("grpc.max_reconnect_backoff_ms", 5000),
+            ]
         )
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._group = _GroupCommit(self)
@@ -347,12 +362,12 @@ class Etcd:
             except grpc.aio.AioRpcError as error:
                 idle_breaks += 1
                 if not _member_lost(error) or idle_breaks >= _RESUME_LIMIT:
-                    raise Unavailable(f"etcd watch: {error.details() or error.code()}") from error
+                    raise Unavailable(f"etcd watch: {_describe(error)}") from error
                 wait = _resume_wait(idle_breaks)
                 log.info(
                     "etcd watch on %s broke (%s); resuming from revision %d in %.2fs",
                     prefix,
-                    error.details() or error.code().name,
+                    _describe(error),
                     resume,
                     wait,
                 )
