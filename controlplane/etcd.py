@@ -409,6 +409,10 @@ class Etcd:
             if first.compact_revision:
                 call.cancel()
                 raise Compacted(first.compact_revision)
+            if first.canceled:
+                # etcd refused the watch (created and canceled in one answer).
+                call.cancel()
+                raise Unavailable(f"etcd watch refused: {first.cancel_reason}")
             return call
 
         try:

@@ -11,7 +11,6 @@ import pytest
 
 from archipel.core import kinds
 from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
-from archipel.fleet.etcd import EtcdServer
 from archipel.fleet.members import Fleet
 from tests.integration.test_control_plane_addresses import nowhere
 
@@ -28,10 +27,11 @@ def _ready(plane: ControlPlaneProcess, name: str) -> bool:
 
 
 def test_an_agent_given_a_dead_address_first_connects_to_the_next(
-    members: Fleet, etcd_server: EtcdServer, tmp_path: Path
+    members: Fleet, tmp_path: Path
 ) -> None:
+    assert members.etcd is not None
     plane = ControlPlaneProcess(
-        etcd_endpoint=etcd_server.endpoint,
+        etcd_endpoint=members.etcd.endpoint,
         etcd_prefix=f"/addresses-{tmp_path.name}/",
         directory=tmp_path / "cp",
         heartbeat_interval=1,
