@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from archipel.fleet import tools
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.etcd import EtcdCluster, EtcdServer
 from archipel.v1alpha1 import agent_pb2, service_pb2
@@ -32,20 +31,10 @@ NAMESPACE = "ha"
 CLUSTER = "member"
 
 
-@pytest.fixture(scope="module")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    """Three etcd members of the module's own: the tests here break them."""
-    cluster = EtcdCluster(
-        binary=tools.ensure("etcd").etcd, directory=tmp_path_factory.mktemp("etcd-cluster")
-    )
-    cluster.start()
-    yield cluster
-    cluster.stop()
-
-
 @pytest.fixture
 def etcd_members(etcd_cluster: EtcdCluster) -> Iterator[EtcdCluster]:
-    """The cluster, every member running and healthy before and after the test."""
+    """The module's cluster (tests/conftest.py), every member running and healthy
+    before and after the test."""
     _revive(etcd_cluster)
     yield etcd_cluster
     _revive(etcd_cluster)
