@@ -330,6 +330,10 @@ class Etcd:
         :class:`Unavailable`, and the caller's own backoff paces a cluster that keeps
         failing.
         """
+        # Not etcd3aio's own watch: it reconnects by itself from the revision in the
+        # last answer's header, and an answer that replays history (a watch catching
+        # up, in batches of 1,000 revisions) carries the store's current revision, past
+        # events not yet sent. Resuming after the last event delivered loses none.
         key = self._abs(prefix)
         range_end = prefix_range_end(key)
         resume = start_revision
