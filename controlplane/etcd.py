@@ -4,17 +4,20 @@ It offers only what the store needs: reads at a revision, conditional writes gua
 by ``mod_revision`` (0 means "must not exist"), and prefix watches that report
 compaction so the caller can relist. Every etcd error becomes :class:`Unavailable`.
 
-Several endpoints make one cluster: requests are spread over the members that answer
-(gRPC's round robin), a member that stops answering leaves the rotation, and what
-fails while a member is lost or a leader is elected is tried again (``RETRIES``). A
-watch that breaks resumes on another member from the revision after the last event
-it delivered, so the caller loses nothing and never relists for it.
+Several endpoints name the members of one cluster. Requests go to one member at a
+time; one that fails because its member is lost (or has no leader) moves the
+connection on to the next member and is tried again there (``RETRIES``), and so is a
+watch, from the revision after the last event it delivered, so the caller loses
+nothing and never relists for it. Endpoints may be IP addresses or host names
+(resolved by gRPC, again after a failure, so a member that comes back at a new
+address is found).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
@@ -166,6 +169,39 @@ class Delete:
     expect_mod_revision: int
 
 
+def _member_client(endpoint: str) -> etcd3aio.Etcd3Client:
+    """An etcd3aio client for one member, at an IP address or a host name."""
+    address = endpoint.removeprefix("http://")
+    # One try per call in etcd3aio: the retries are ours (RETRIES), with jitter, long
+    # enough for a leader election, and on the next member.
+    client = etcd3aio.Etcd3Client([address], rpc_max_attempts=1)
+    client._manager.target = _target(address)
+    # gRPC's default 4 MiB limit is far below a page of large objects or a full
+    # listing; etcd3aio exposes no setting, so extend its channel options here.
+    client._manager.grpc_options.extend(
+        [
+            ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+            # A member that went down is tried again at least every 5 s (gRPC's own
+            # backoff grows to two minutes): once it is back, it is ready to be turned
+            # to within seconds when the next member is lost.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+    )
+    return client
+
+
+def _target(address: str) -> str:
+    """gRPC's target for ``host:port``: the address itself for an IP address (as
+    etcd3aio names it), else the name, for gRPC's DNS resolver."""
+    host, _, port = address.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"dns:///{address}"
+    return f"ipv4:{host}:{port}" if ip.version == 4 else f"ipv6:[{ip}]:{port}"
+
+
 class Etcd:
     """A connection to etcd with all keys below ``prefix``."""
 
@@ -173,32 +209,40 @@ class Etcd:
         self.endpoints = addresses.split(endpoints)
         if not self.endpoints:
             raise ValueError("no etcd endpoint")
-        # One try per call in etcd3aio: the retries are ours (RETRIES), with jitter and
-        # long enough for a leader election.
-        self._client = etcd3aio.Etcd3Client(
-            [e.removeprefix("http://") for e in self.endpoints], rpc_max_attempts=1
-        )
-        # gRPC's default 4 MiB limit is far below a page of large objects or a full
-        # listing; etcd3aio exposes no setting, so extend its channel options here.
-        self._client._manager.grpc_options.extend(
-            [
-                ("grpc.max_receive_message_length", 512 * 1024 * 1024),
-                # A member that went down is tried again at least every 5 s (gRPC's
-                # own backoff grows to two minutes): once it is back it takes its
-                # share of requests within seconds, and losing another member soon
-                # after never leaves the client with no member to turn to.
-                ("grpc.initial_reconnect_backoff_ms", 250),
-                ("grpc.max_reconnect_backoff_ms", 5000),
-            ]
-        )
+        # A client per member, not one over all of them: etcd3aio's own client takes
+        # only IP addresses for several endpoints (gRPC's ipv4: target), where
+        # production names its members; and with one member at a time, which one a
+        # failure came from is known, so the next try goes elsewhere.
+        self._clients = [_member_client(endpoint) for endpoint in self.endpoints]
+        self._current = 0
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._group = _GroupCommit(self)
 
     async def connect(self) -> None:
-        await self._client.connect()
+        for client in self._clients:
+            await client.connect()
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
+
+    @property
+    def current_endpoint(self) -> str:
+        """The member requests go to now."""
+        return self.endpoints[self._current]
+
+    def _lost(self, index: int, error: BaseException) -> None:
+        """The member at ``index`` failed a request as lost: the next member is
+        current, unless another request has moved on already."""
+        if self._current != index or len(self._clients) == 1:
+            return
+        self._current = (index + 1) % len(self._clients)
+        log.info(
+            "etcd member %s: %s; turning to %s",
+            self.endpoints[index],
+            _describe(error),
+            self.endpoints[self._current],
+        )
 
     def _abs(self, key: str) -> bytes:
         return (self.prefix + key).encode()
@@ -206,22 +250,31 @@ class Etcd:
     def _rel(self, key: bytes) -> str:
         return key.decode()[len(self.prefix) :]
 
-    @property
-    def _kv(self) -> Any:
-        assert self._client.kv is not None, "connect() first"
-        return self._client.kv
+    def _kv(self, index: int) -> Any:
+        kv = self._clients[index].kv
+        assert kv is not None, "connect() first"
+        return kv
 
-    async def _retried(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()``, tried again while no member (or no leader) answers."""
+    async def _retried(self, what: str, call: Callable[[int], Awaitable[T]]) -> T:
+        """``call(index)`` on the current member (its index), tried again, on the next
+        member when this one is lost, while no member (or no leader) answers."""
         async for attempt in RETRIES.copy(before_sleep=_log_retry(what)):
             with attempt:
-                return await call()
+                index = self._current
+                try:
+                    return await call(index)
+                except BaseException as error:
+                    if _member_lost(error):
+                        self._lost(index, error)
+                    raise
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
     async def get(self, key: str) -> KeyValue | None:
         started = time.perf_counter()
         try:
-            response = await self._retried("get", lambda: self._kv.get(self._abs(key), timeout=10))
+            response = await self._retried(
+                "get", lambda member: self._kv(member).get(self._abs(key), timeout=10)
+            )
         except _CLIENT_ERRORS as error:
             raise Unavailable(f"etcd: {error}") from error
         finally:
@@ -239,7 +292,7 @@ class Etcd:
         try:
             response = await self._retried(
                 "range",
-                lambda: self._kv.get(
+                lambda member: self._kv(member).get(
                     start,
                     range_end=prefix_range_end(self._abs(prefix)),
                     revision=revision,
@@ -264,7 +317,7 @@ class Etcd:
 
         Returns the new revision, or None when a guard failed (someone else wrote).
         """
-        kv = self._kv
+        kv = self._kv(self._current)  # builds the operations: any member's will do
         compare = []
         success = []
         for write in writes:
@@ -289,7 +342,9 @@ class Etcd:
             # A retried transaction whose first attempt did land (its member died
             # before answering) fails its guard and is reported as a conflict: the
             # caller rereads, which is always safe.
-            response = await self._retried("txn", lambda: kv.txn(compare, success, timeout=10))
+            response = await self._retried(
+                "txn", lambda member: self._kv(member).txn(compare, success, timeout=10)
+            )
         except _CLIENT_ERRORS as error:
             if "too large" in str(error) or "larger than max" in str(error):
                 raise TooMuch(
@@ -339,7 +394,7 @@ class Etcd:
         resume = start_revision
         idle_breaks = 0  # breaks since the last events arrived
         while True:
-            call = await self._open_watch(key, range_end, resume, previous)
+            call, member = await self._open_watch(key, range_end, resume, previous)
             try:
                 while True:
                     response = await _read(call)
@@ -364,6 +419,8 @@ class Etcd:
                         for event in response.events
                     ]
             except grpc.aio.AioRpcError as error:
+                if _member_lost(error):
+                    self._lost(member, error)
                 idle_breaks += 1
                 if not _member_lost(error) or idle_breaks >= _RESUME_LIMIT:
                     raise Unavailable(f"etcd watch: {_describe(error)}") from error
@@ -381,10 +438,9 @@ class Etcd:
 
     async def _open_watch(
         self, key: bytes, range_end: bytes, start_revision: int, previous: bool
-    ) -> Any:
-        """A watch stream that etcd has confirmed (its first answer, ``created``)."""
-        assert self._client._channel is not None, "connect() first"
-        stub = WatchStub(self._client._channel)
+    ) -> tuple[Any, int]:
+        """A watch stream that etcd has confirmed (its first answer, ``created``), and
+        the index of the member it is on."""
         create = WatchRequest(
             create_request=WatchCreateRequest(
                 key=key,
@@ -400,8 +456,10 @@ class Etcd:
             # The stream stays open for etcd's answers until it is cancelled.
             await asyncio.Future()
 
-        async def open_once() -> Any:
-            call = stub.Watch(requests(), metadata=_REQUIRE_LEADER)
+        async def open_once(index: int) -> tuple[Any, int]:
+            channel = self._clients[index]._channel
+            assert channel is not None, "connect() first"
+            call = WatchStub(channel).Watch(requests(), metadata=_REQUIRE_LEADER)
             try:
                 first = await _read(call)
             except BaseException:
@@ -417,12 +475,22 @@ class Etcd:
                 # etcd refused the watch (created and canceled in one answer).
                 call.cancel()
                 raise Unavailable(f"etcd watch refused: {first.cancel_reason}")
-            return call
+            return call, index
 
         try:
             return await self._retried("watch", open_once)
         except _CLIENT_ERRORS as error:
             raise Unavailable(f"etcd watch: {error}") from error
+
+    async def compact(self, revision: int) -> None:
+        """Drop history before ``revision`` (etcd does it by itself, by its
+        ``--auto-compaction-*`` flags; tests ask for it)."""
+        try:
+            await self._retried(
+                "compact", lambda member: self._kv(member).compact(revision, physical=True)
+            )
+        except _CLIENT_ERRORS as error:
+            raise Unavailable(f"etcd: {error}") from error
 
     async def current_revision(self) -> int:
         _, revision, _ = await self.range("\x00none", limit=1)

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from archipel.core.errors import Unavailable
 from archipel.fleet.controlplane import ControlPlaneProcess
-from archipel.fleet.etcd import EtcdCluster, EtcdServer
+from archipel.fleet.etcd import EtcdCluster, EtcdServer, free_port
 from archipel.v1alpha1 import agent_pb2, service_pb2
 from controlplane.etcd import Etcd, Put
 from tests.integration.agents import Api, RawAgent, config_map, eventually
@@ -47,10 +48,11 @@ def _revive(cluster: EtcdCluster) -> None:
     cluster.wait_healthy()
 
 
-def _kill_order(cluster: EtcdCluster) -> list[EtcdServer]:
-    """Every member once, the leader first: losing it costs an election too."""
+def _kill_order(cluster: EtcdCluster, *, first: str = "") -> list[EtcdServer]:
+    """Every member once: the one at endpoint ``first`` (the one a client is on), then
+    the leader (losing it costs an election too), then the others."""
     leader = cluster.leader()
-    return sorted(cluster, key=lambda member: member is not leader)
+    return sorted(cluster, key=lambda member: (member.endpoint != first, member is not leader))
 
 
 async def _rejoin(member: EtcdServer) -> None:
@@ -91,13 +93,18 @@ async def test_writes_land_and_the_watch_loses_nothing_while_members_die(
     watcher = asyncio.create_task(watch(await etcd.current_revision() + 1))
     try:
         await write(20)
-        for member in _kill_order(etcd_members):
+        for member in _kill_order(etcd_members, first=etcd.current_endpoint):
             was_leader = member is etcd_members.leader()
+            was_current = member.endpoint == etcd.current_endpoint
             member.kill()
             lost = time.monotonic()
             await write(1)
+            if was_current:
+                # The client moved on from the member it was on, watch included.
+                assert etcd.current_endpoint != member.endpoint
             print(
-                f"\n{member.name} ({'leader' if was_leader else 'follower'}) killed: "
+                f"\n{member.name} ({'leader' if was_leader else 'follower'}"
+                f"{', the one the client was on' if was_current else ''}) killed: "
                 f"the next write landed after {time.monotonic() - lost:.2f}s"
             )
             await write(20)
@@ -117,17 +124,29 @@ async def test_writes_land_and_the_watch_loses_nothing_while_members_die(
         assert etcd_members.healthy()
         # Each member, once back, holds everything written while it was away.
         for member in etcd_members:
-            alone = Etcd([member.endpoint], prefix=etcd.prefix)
-            await alone.connect()
-            try:
-                items, _, _ = await alone.range("k/")
-            finally:
-                await alone.close()
-            assert [item.key for item in items] == written, member.name
+            held = await eventually(
+                f"an answer from {member.name} alone", functools.partial(_keys, member, etcd.prefix)
+            )
+            assert held == written, member.name
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await etcd.close()
+
+
+async def _keys(member: EtcdServer, prefix: str) -> list[str] | None:
+    """The keys under ``prefix``/k/ as ``member`` alone answers, or None while it does
+    not: gRPC shares connections between clients, and one to a member that was down
+    waits out its reconnection backoff (5 s at most) before it is tried again."""
+    alone = Etcd([member.endpoint], prefix=prefix)
+    await alone.connect()
+    try:
+        items, _, _ = await alone.range("k/")
+    except Unavailable:
+        return None
+    finally:
+        await alone.close()
+    return [item.key for item in items]
 
 
 @pytest.fixture
@@ -203,15 +222,29 @@ async def test_a_member_stopped_cleanly_rejoins_with_its_data(etcd_members: Etcd
     try:
         member = etcd_members[0]
         member.stop()
-        assert await etcd.commit([Put("while-away", b"v", 0)]) is not None
+        assert await etcd.commit([Put("k/while-away", b"v", 0)]) is not None
         await _rejoin(member)
         assert etcd_members.healthy()
-        alone = Etcd([member.endpoint], prefix=etcd.prefix)
-        await alone.connect()
-        try:
-            found = await eventually("the write made while away", lambda: alone.get("while-away"))
-        finally:
-            await alone.close()
-        assert found.value == b"v"
+        held = await eventually(
+            f"an answer from {member.name} alone", functools.partial(_keys, member, etcd.prefix)
+        )
+        assert "k/while-away" in held
+    finally:
+        await etcd.close()
+
+
+async def test_members_named_by_host_name_with_a_dead_one_first(
+    etcd_members: EtcdCluster,
+) -> None:
+    # Host names, as production names its members, resolved by gRPC; and an endpoint
+    # where nothing listens, first: the client turns to the next.
+    named = [e.replace("127.0.0.1", "localhost") for e in etcd_members.endpoints]
+    etcd = Etcd([f"http://127.0.0.1:{free_port()}", *named], prefix=f"/ha-{uuid.uuid4().hex[:8]}/")
+    await etcd.connect()
+    try:
+        assert await etcd.commit([Put("named", b"v", 0)]) is not None
+        found = await etcd.get("named")
+        assert found is not None and found.value == b"v"
+        assert etcd.current_endpoint in named
     finally:
         await etcd.close()
