@@ -394,10 +394,10 @@ class Etcd:
         resume = start_revision
         idle_breaks = 0  # breaks since the last events arrived
         while True:
-            call, member = await self._open_watch(key, range_end, resume, previous)
+            stream = await self._open_watch(key, range_end, resume, previous)
             try:
                 while True:
-                    response = await _read(call)
+                    response = await stream.read()
                     if response is None:
                         raise Unavailable("etcd watch: the stream ended")
                     if response.compact_revision:
@@ -420,7 +420,7 @@ class Etcd:
                     ]
             except grpc.aio.AioRpcError as error:
                 if _member_lost(error):
-                    self._lost(member, error)
+                    self._lost(stream.member, error)
                 idle_breaks += 1
                 if not _member_lost(error) or idle_breaks >= _RESUME_LIMIT:
                     raise Unavailable(f"etcd watch: {_describe(error)}") from error
@@ -433,14 +433,13 @@ class Etcd:
                     wait,
                 )
             finally:
-                call.cancel()
+                stream.close()
             await asyncio.sleep(wait)
 
     async def _open_watch(
         self, key: bytes, range_end: bytes, start_revision: int, previous: bool
-    ) -> tuple[Any, int]:
-        """A watch stream that etcd has confirmed (its first answer, ``created``), and
-        the index of the member it is on."""
+    ) -> _WatchStream:
+        """A watch stream that etcd has confirmed (its first answer, ``created``)."""
         create = WatchRequest(
             create_request=WatchCreateRequest(
                 key=key,
@@ -451,31 +450,23 @@ class Etcd:
             )
         )
 
-        async def requests() -> AsyncIterator[WatchRequest]:
-            yield create
-            # The stream stays open for etcd's answers until it is cancelled.
-            await asyncio.Future()
-
-        async def open_once(index: int) -> tuple[Any, int]:
+        async def open_once(index: int) -> _WatchStream:
             channel = self._clients[index]._channel
             assert channel is not None, "connect() first"
-            call = WatchStub(channel).Watch(requests(), metadata=_REQUIRE_LEADER)
+            stream = _WatchStream(channel, create, index)
             try:
-                first = await _read(call)
+                first = await stream.read()
+                if first is None or not first.created:
+                    raise Unavailable("etcd watch: the stream ended before it was created")
+                if first.compact_revision:
+                    raise Compacted(first.compact_revision)
+                if first.canceled:
+                    # etcd refused the watch (created and canceled in one answer).
+                    raise Unavailable(f"etcd watch refused: {first.cancel_reason}")
             except BaseException:
-                call.cancel()
+                stream.close()
                 raise
-            if first is None or not first.created:
-                call.cancel()
-                raise Unavailable("etcd watch: the stream ended before it was created")
-            if first.compact_revision:
-                call.cancel()
-                raise Compacted(first.compact_revision)
-            if first.canceled:
-                # etcd refused the watch (created and canceled in one answer).
-                call.cancel()
-                raise Unavailable(f"etcd watch refused: {first.cancel_reason}")
-            return call, index
+            return stream
 
         try:
             return await self._retried("watch", open_once)
@@ -497,13 +488,32 @@ class Etcd:
         return revision
 
 
-async def _read(call: Any) -> WatchResponse | None:
-    """The stream's next answer, or None when it has ended."""
-    response = await call.read()
-    if response is grpc.aio.EOF:  # type: ignore[attr-defined]
-        return None
-    answer: WatchResponse = response
-    return answer
+class _WatchStream:
+    """One watch stream on one member (``member``, its index)."""
+
+    def __init__(self, channel: grpc.aio.Channel, create: WatchRequest, member: int) -> None:
+        self.member = member
+        # The requests end when the stream is closed: gRPC's task that sends them then
+        # ends too, instead of waiting, for ever, on requests that never come.
+        self._closed = asyncio.Event()
+
+        async def requests() -> AsyncIterator[WatchRequest]:
+            yield create
+            await self._closed.wait()
+
+        self._call = WatchStub(channel).Watch(requests(), metadata=_REQUIRE_LEADER)
+
+    async def read(self) -> WatchResponse | None:
+        """The stream's next answer, or None when it has ended."""
+        response = await self._call.read()
+        if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+            return None
+        answer: WatchResponse = response
+        return answer
+
+    def close(self) -> None:
+        self._closed.set()
+        self._call.cancel()
 
 
 # etcd refuses a transaction with more operations than --max-txn-ops (default 128),
