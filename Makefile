@@ -11,6 +11,8 @@ export UV_PROJECT_ENVIRONMENT := $(CURDIR)/.venv
 PY := .venv/bin/python
 N ?= 3
 PROFILE ?= api
+# make up ETCD_MEMBERS=3: the control plane on an etcd cluster of its own (3 members).
+ETCD_MEMBERS ?= 0
 PYTEST_ARGS ?=
 
 .PHONY: image bench bench-quick bench-e2e bench-failover chaos up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
@@ -18,6 +20,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
 	@echo "make up | down     start or stop etcd, 2 member clusters, the control plane and agents"
+	@echo "make up ETCD_MEMBERS=3            the same, the control plane on a 3-member etcd cluster"
 	@echo "make test          install everything, then lint, type-check and run the whole test suite"
 	@echo "make image         build the container image (control plane, agent, CLI) with mmdebstrap and buildah"
 	@echo "make tools         build kube-apiserver, etcd, kwok, grpcurl, helm and buf into $(CACHE)/bin"
@@ -79,7 +82,7 @@ members-ls: setup
 # The main job: etcd, two full member clusters, the control plane and an agent per member.
 up: setup
 	@bash build/tools.sh etcd kube kwok
-	$(PY) -m archipel.fleet.fleetctl up --count 2 --profile full --root .local/members --control-plane --reuse
+	$(PY) -m archipel.fleet.fleetctl up --count 2 --profile full --root .local/members --control-plane --etcd-members $(ETCD_MEMBERS) --reuse
 
 down: setup
 	$(PY) -m archipel.fleet.fleetctl down --root .local/members

@@ -3,8 +3,9 @@
 It opens one bidirectional stream, says which works it holds (from its ledger in the
 member; after a restart, at generation 0, so that they are sent again), applies what
 it is sent, and reports status and heartbeats. When the stream breaks it reconnects
-with exponential backoff and jitter, and meanwhile leaves every running workload
-alone: a control plane outage never touches the members.
+with exponential backoff and jitter, each time to the next of the control plane's
+addresses when it has several (``--server a:7443,b:7443``), and meanwhile leaves every
+running workload alone: a control plane outage never touches the members.
 
 With ``--leader-elect`` (the chart's DaemonSet runs one agent per node) the agents of a
 cluster elect a leader through a Lease in the member (:mod:`agent.election`). Only the
@@ -26,7 +27,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,7 @@ from agent.facts import Facts
 from agent.kube import Kube, NotLeader, load_api_client
 from agent.ledger import Ledger
 from agent.works import WorkManager
-from archipel import agentstream, limits
+from archipel import addresses, agentstream, limits
 from archipel.core.names import SYSTEM_NAMESPACE
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, work_pb2
 from archipel.version import VERSION
@@ -70,7 +71,7 @@ class Agent:
     def __init__(
         self,
         *,
-        server: str,
+        server: str | Sequence[str],
         token: str,
         cluster: str,
         kube: Kube,
@@ -81,7 +82,12 @@ class Agent:
     ) -> None:
         """``elector``: campaign for the cluster's Lease and act only while leading;
         None: act from the start (the one agent of its cluster)."""
-        self.server = server
+        # Addresses of one control plane (its replicas, or the ways to reach it): one
+        # session at a time, with the current one; a failed session moves to the next.
+        self.servers = addresses.split(server)
+        if not self.servers:
+            raise ValueError("no control-plane address")
+        self._current = 0
         self.token = token
         self.cluster = cluster
         self.kube = kube
@@ -117,6 +123,23 @@ class Agent:
             self._outbox.put_nowait(message)
         elif message.HasField("status") or message.HasField("deleted"):
             self._pending.append(message)
+
+    @property
+    def server(self) -> str:
+        """The address the agent connects to now (or is connected to)."""
+        return self.servers[self._current]
+
+    def _next_server(self, state: RetryCallState) -> None:
+        """After a failed or ended session: wait (tenacity), then try the next address."""
+        failed = self.server
+        self._current = (self._current + 1) % len(self.servers)
+        log.warning(
+            "connection to %s lost (%s); reconnecting to %s in %.1fs",
+            failed,
+            state.outcome.exception() if state.outcome else "",
+            self.server,
+            state.upcoming_sleep,
+        )
 
     def _channel(self) -> grpc.aio.Channel:
         options = [
@@ -339,11 +362,7 @@ class Agent:
             wait=ReconnectBackoff(lambda: self.sessions),
             stop=stop_never,
             retry=retry_if_exception_type((grpc.aio.AioRpcError, StreamEnded, OSError)),
-            before_sleep=lambda state: log.warning(
-                "connection to %s lost (%s); reconnecting",
-                self.server,
-                state.outcome.exception() if state.outcome else "",
-            ),
+            before_sleep=self._next_server,
             reraise=True,
         )
         async for attempt in retrying:
@@ -405,7 +424,12 @@ def _end_session_on_failure(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="archipel-agent", description=__doc__)
-    parser.add_argument("--server", default=os.environ.get("ARCHIPEL_SERVER", "127.0.0.1:7443"))
+    parser.add_argument(
+        "--server",
+        action="append",
+        help="the control plane's host:port; several (replicas) separated by commas or by "
+        "repeating the flag, tried in turn (default $ARCHIPEL_SERVER or 127.0.0.1:7443)",
+    )
     parser.add_argument(
         "--token-file", type=Path, default=os.environ.get("ARCHIPEL_AGENT_TOKEN_FILE")
     )
@@ -483,7 +507,7 @@ async def _serve(args: argparse.Namespace) -> None:
             timing=timing(args),
         )
     agent = Agent(
-        server=args.server,
+        server=args.server or os.environ.get("ARCHIPEL_SERVER") or "127.0.0.1:7443",
         token=token,
         cluster=cluster,
         kube=kube,

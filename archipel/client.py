@@ -13,7 +13,8 @@ import dataclasses
 import os
 import re
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ import grpc
 import yaml
 from google.protobuf import json_format, message_factory
 from google.protobuf import message as pb_message
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from archipel import manifests, structs
+from archipel import addresses, manifests, structs
 from archipel.core import kinds, scopes
 from archipel.v1alpha1 import cluster_pb2, work_pb2
 from archipel.v1alpha2 import service_pb2, service_pb2_grpc
@@ -51,10 +52,12 @@ def _code(error: grpc.RpcError) -> grpc.StatusCode | None:
 
 
 # The server cannot be reached (restarting, a dropped connection): a few quick tries
-# before giving up. Never any other code: those are answers, and asking again changes
-# nothing. Tests swap in a copy with a fake sleep.
+# before giving up, each at the next of the configured servers (FailoverChannel).
+# Never any other code: those are answers, and asking again changes nothing. The
+# jitter keeps many clients that lost one server from all coming back at once. Tests
+# swap in a copy with a fake sleep.
 CONNECTION_RETRIES = Retrying(
-    wait=wait_exponential(multiplier=0.2, max=2.0),
+    wait=wait_exponential_jitter(multiplier=0.2, max=2.0, jitter=0.2),
     stop=stop_after_attempt(4),
     retry=retry_if_exception(
         lambda error: (
@@ -125,13 +128,21 @@ def api_kind_of_document(document: dict[str, Any]) -> ApiKind | None:
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """``server`` is one ``host:port``, or several separated by commas: replicas of one
+    control plane, tried in turn when one cannot be reached."""
+
     server: str
     token: str
     tls_ca: bytes | None = None
 
+    @property
+    def servers(self) -> list[str]:
+        return addresses.split(self.server)
+
     @classmethod
-    def load(cls, path: Path | None = None) -> Config:
-        """From ``path``, ``$ARCHIPEL_CONFIG`` or ``.local/archipel.yaml``; env wins."""
+    def load(cls, path: Path | None = None, *, server: str | None = None) -> Config:
+        """From ``path``, ``$ARCHIPEL_CONFIG`` or ``.local/archipel.yaml``; env wins,
+        and ``server`` (the CLI's ``--server``) over both."""
         data: dict[str, Any] = {}
         candidate = path or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
         if candidate.exists():
@@ -141,7 +152,10 @@ class Config:
             data = loaded
         elif path is not None:
             raise ClientError(f"{path}: no such config file")
-        server = os.environ.get("ARCHIPEL_SERVER") or data.get("server")
+        server = server or os.environ.get("ARCHIPEL_SERVER") or data.get("server")
+        if isinstance(server, list):
+            # A YAML list of servers is the same as the comma-separated string.
+            server = ",".join(addresses.split(server))
         token = os.environ.get("ARCHIPEL_TOKEN") or data.get("token", "")
         if not token and data.get("tokenFile"):
             token = Path(data["tokenFile"]).read_text().strip()
@@ -153,14 +167,140 @@ class Config:
         return cls(server=server, token=token, tls_ca=Path(ca).read_bytes() if ca else None)
 
 
+class FailoverChannel(grpc.Channel):
+    """One channel over several servers of one control plane.
+
+    Calls go to the current server; a unary call that fails with UNAVAILABLE (the
+    server is down or unreachable) moves the channel on to the next server, so the
+    caller's retry (``CONNECTION_RETRIES``, with backoff and jitter) asks that one.
+    Stubs are built on this channel as on any other, and never see the switch.
+    Streaming calls go to the current server as they are made.
+    """
+
+    def __init__(self, servers: Sequence[str], connect: Callable[[str], grpc.Channel]) -> None:
+        if not servers:
+            raise ValueError("no server")
+        self.servers = list(servers)
+        self._connect = connect
+        self._channels: dict[int, grpc.Channel] = {}
+        self._lock = threading.Lock()
+        self.current = 0
+
+    def channel(self, index: int) -> grpc.Channel:
+        with self._lock:
+            if index not in self._channels:
+                self._channels[index] = self._connect(self.servers[index])
+            return self._channels[index]
+
+    def failed(self, index: int) -> None:
+        """The server at ``index`` could not be reached: the next one is current, unless
+        another call has moved on already."""
+        with self._lock:
+            if self.current == index:
+                self.current = (index + 1) % len(self.servers)
+
+    def unary_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        # (``_registered_method`` is grpc's own hint for generated stubs, not passed on:
+        # the calls work the same without it.)
+        return _FailoverCallable(
+            self,
+            lambda channel: channel.unary_unary(method, request_serializer, response_deserializer),
+        )
+
+    def unary_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return lambda *args, **kwargs: self.channel(self.current).unary_stream(
+            method, request_serializer, response_deserializer
+        )(*args, **kwargs)
+
+    def stream_unary(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return lambda *args, **kwargs: self.channel(self.current).stream_unary(
+            method, request_serializer, response_deserializer
+        )(*args, **kwargs)
+
+    def stream_stream(
+        self,
+        method: str,
+        request_serializer: Any = None,
+        response_deserializer: Any = None,
+        _registered_method: bool = False,
+    ) -> Any:
+        return lambda *args, **kwargs: self.channel(self.current).stream_stream(
+            method, request_serializer, response_deserializer
+        )(*args, **kwargs)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self.channel(self.current).subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        for channel in list(self._channels.values()):
+            channel.unsubscribe(callback)
+
+    def close(self) -> None:
+        with self._lock:
+            channels = list(self._channels.values())
+            self._channels.clear()
+        for channel in channels:
+            channel.close()
+
+    def __enter__(self) -> FailoverChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _FailoverCallable:
+    """A unary method of a :class:`FailoverChannel`: called on the current server."""
+
+    def __init__(self, channel: FailoverChannel, make: Callable[[grpc.Channel], Any]) -> None:
+        self._channel = channel
+        self._make = make
+        self._methods: dict[int, Any] = {}
+
+    def __call__(self, request: Any, **kwargs: Any) -> Any:
+        index = self._channel.current
+        if index not in self._methods:
+            self._methods[index] = self._make(self._channel.channel(index))
+        try:
+            return self._methods[index](request, **kwargs)
+        except grpc.RpcError as error:
+            if _code(error) == grpc.StatusCode.UNAVAILABLE:
+                self._channel.failed(index)
+            raise
+
+
 class Client:
     def __init__(self, config: Config) -> None:
         self.config = config
-        if config.tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca)
-            self.channel = grpc.secure_channel(config.server, credentials)
-        else:
-            self.channel = grpc.insecure_channel(config.server)
+        servers = config.servers
+        if not servers:
+            raise ClientError("no server configured")
+
+        def connect(server: str) -> grpc.Channel:
+            if config.tls_ca is not None:
+                credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca)
+                return grpc.secure_channel(server, credentials)
+            return grpc.insecure_channel(server)
+
+        self.channel = FailoverChannel(servers, connect)
         self.metadata = (("authorization", f"Bearer {config.token}"),)
         self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
         self.admin = service_pb2_grpc.ClusterAdminServiceStub(self.channel)
@@ -313,8 +453,10 @@ class Client:
     def call(self, method: Any, request: Any, *, timeout: float = 30) -> Any:
         """Call ``method``; retried while the server is unreachable, and any failure
         becomes a :class:`ClientError` carrying the status code."""
+        # At least one try at every server, and a few more when there is only one.
+        tries = max(4, len(self.channel.servers) + 1)
         try:
-            return CONNECTION_RETRIES.copy()(
+            return CONNECTION_RETRIES.copy(stop=stop_after_attempt(tries))(
                 method, request, metadata=self.metadata, timeout=timeout
             )
         except grpc.RpcError as error:

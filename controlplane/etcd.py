@@ -3,28 +3,111 @@
 It offers only what the store needs: reads at a revision, conditional writes guarded
 by ``mod_revision`` (0 means "must not exist"), and prefix watches that report
 compaction so the caller can relist. Every etcd error becomes :class:`Unavailable`.
+
+Several endpoints name the members of one cluster. Requests go to one member at a
+time; one that fails because its member is lost (or has no leader) moves the
+connection on to the next member and is tried again there (``RETRIES``), and so is a
+watch, from the revision after the last event it delivered, so the caller loses
+nothing and never relists for it. Endpoints may be IP addresses or host names
+(resolved by gRPC, again after a failure, so a member that comes back at a new
+address is found).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
+import logging
 import time
-from collections.abc import AsyncIterator, Coroutine, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any, TypeVar
 
 import etcd3aio
 import grpc
-from etcd3aio._protobuf import Compare
-from etcd3aio.errors import EtcdError
+from etcd3aio._protobuf import (
+    Compare,
+    WatchCreateRequest,
+    WatchRequest,
+    WatchResponse,
+    WatchStub,
+)
+from etcd3aio.errors import EtcdConnectionError, EtcdError
 from etcd3aio.kv import prefix_range_end
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
+from archipel import addresses
 from archipel.core.errors import TooMuch, Unavailable
 from controlplane import metrics
 
 # etcd3aio wraps most failures in EtcdError, but lets some gRPC statuses through
 # (RESOURCE_EXHAUSTED for a request over etcd's limit).
 _CLIENT_ERRORS = (EtcdError, grpc.aio.AioRpcError)
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _member_lost(error: BaseException) -> bool:
+    """A failure another try may not see: no member answered (UNAVAILABLE), or the
+    one that did had no leader or lost it (etcd answers UNAVAILABLE then too)."""
+    if isinstance(error, EtcdConnectionError):
+        return True
+    return isinstance(error, grpc.aio.AioRpcError) and error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# While a member is lost (its connection fails, gRPC's round robin drops it) or the
+# cluster elects a new leader (about two seconds with etcd's default timings), calls
+# fail with UNAVAILABLE. Jittered exponential waits, about 3.5 s in all, ride that out
+# without every waiting caller coming back at the same instant; after that the caller
+# gets Unavailable (a controller's queue retries, the API answers UNAVAILABLE). Tests
+# swap in a copy with a fake sleep.
+RETRIES = AsyncRetrying(
+    wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.1),
+    stop=stop_after_attempt(8),
+    retry=retry_if_exception(_member_lost),
+    reraise=True,
+)
+
+
+def _resume_wait(breaks: int) -> float:
+    """How long a watch waits before it opens again after ``breaks`` breaks in a row:
+    ``RETRIES``' wait (exponential, jittered) for that many failed attempts."""
+    state = RetryCallState(retry_object=RETRIES, fn=None, args=(), kwargs={})
+    state.attempt_number = breaks
+    return float(RETRIES.wait(state))
+
+
+# Breaks in a row, with no event in between, after which a watch gives up: as many as
+# the tries of any other call.
+_RESUME_LIMIT = 8
+# Sent with every watch: a member cut off from its cluster's leader then ends the
+# watch (UNAVAILABLE) instead of keeping it open and silent, so it resumes elsewhere.
+_REQUIRE_LEADER = (("hasleader", "true"),)
+
+
+def _describe(error: BaseException | None) -> str:
+    """One line for a log: a gRPC error's own text spans several."""
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return str(error)
+
+
+def _log_retry(what: str) -> Callable[[RetryCallState], None]:
+    def before_sleep(state: RetryCallState) -> None:
+        log.info(
+            "etcd %s: %s; trying again in %.2fs",
+            what,
+            _describe(state.outcome.exception() if state.outcome else None),
+            state.upcoming_sleep,
+        )
+
+    return before_sleep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,26 +169,80 @@ class Delete:
     expect_mod_revision: int
 
 
+def _member_client(endpoint: str) -> etcd3aio.Etcd3Client:
+    """An etcd3aio client for one member, at an IP address or a host name."""
+    address = endpoint.removeprefix("http://")
+    # One try per call in etcd3aio: the retries are ours (RETRIES), with jitter, long
+    # enough for a leader election, and on the next member.
+    client = etcd3aio.Etcd3Client([address], rpc_max_attempts=1)
+    client._manager.target = _target(address)
+    # gRPC's default 4 MiB limit is far below a page of large objects or a full
+    # listing; etcd3aio exposes no setting, so extend its channel options here.
+    client._manager.grpc_options.extend(
+        [
+            ("grpc.max_receive_message_length", 512 * 1024 * 1024),
+            # A member that went down is tried again at least every 5 s (gRPC's own
+            # backoff grows to two minutes): once it is back, it is ready to be turned
+            # to within seconds when the next member is lost.
+            ("grpc.initial_reconnect_backoff_ms", 250),
+            ("grpc.max_reconnect_backoff_ms", 5000),
+        ]
+    )
+    return client
+
+
+def _target(address: str) -> str:
+    """gRPC's target for ``host:port``: the address itself for an IP address (as
+    etcd3aio names it), else the name, for gRPC's DNS resolver."""
+    host, _, port = address.rpartition(":")
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"dns:///{address}"
+    return f"ipv4:{host}:{port}" if ip.version == 4 else f"ipv6:[{ip}]:{port}"
+
+
 class Etcd:
     """A connection to etcd with all keys below ``prefix``."""
 
     def __init__(self, endpoints: Sequence[str], *, prefix: str = "/archipel/") -> None:
-        self._client = etcd3aio.Etcd3Client(
-            [e.removeprefix("http://") for e in endpoints], rpc_max_attempts=3
-        )
-        # gRPC's default 4 MiB limit is far below a page of large objects or a full
-        # listing; etcd3aio exposes no setting, so extend its channel options here.
-        self._client._manager.grpc_options.append(
-            ("grpc.max_receive_message_length", 512 * 1024 * 1024)
-        )
+        self.endpoints = addresses.split(endpoints)
+        if not self.endpoints:
+            raise ValueError("no etcd endpoint")
+        # A client per member, not one over all of them: etcd3aio's own client takes
+        # only IP addresses for several endpoints (gRPC's ipv4: target), where
+        # production names its members; and with one member at a time, which one a
+        # failure came from is known, so the next try goes elsewhere.
+        self._clients = [_member_client(endpoint) for endpoint in self.endpoints]
+        self._current = 0
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self._group = _GroupCommit(self)
 
     async def connect(self) -> None:
-        await self._client.connect()
+        for client in self._clients:
+            await client.connect()
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
+
+    @property
+    def current_endpoint(self) -> str:
+        """The member requests go to now."""
+        return self.endpoints[self._current]
+
+    def _lost(self, index: int, error: BaseException) -> None:
+        """The member at ``index`` failed a request as lost: the next member is
+        current, unless another request has moved on already."""
+        if self._current != index or len(self._clients) == 1:
+            return
+        self._current = (index + 1) % len(self._clients)
+        log.info(
+            "etcd member %s: %s; turning to %s",
+            self.endpoints[index],
+            _describe(error),
+            self.endpoints[self._current],
+        )
 
     def _abs(self, key: str) -> bytes:
         return (self.prefix + key).encode()
@@ -113,15 +250,31 @@ class Etcd:
     def _rel(self, key: bytes) -> str:
         return key.decode()[len(self.prefix) :]
 
-    @property
-    def _kv(self) -> Any:
-        assert self._client.kv is not None, "connect() first"
-        return self._client.kv
+    def _kv(self, index: int) -> Any:
+        kv = self._clients[index].kv
+        assert kv is not None, "connect() first"
+        return kv
+
+    async def _retried(self, what: str, call: Callable[[int], Awaitable[T]]) -> T:
+        """``call(index)`` on the current member (its index), tried again, on the next
+        member when this one is lost, while no member (or no leader) answers."""
+        async for attempt in RETRIES.copy(before_sleep=_log_retry(what)):
+            with attempt:
+                index = self._current
+                try:
+                    return await call(index)
+                except BaseException as error:
+                    if _member_lost(error):
+                        self._lost(index, error)
+                    raise
+        raise AssertionError("unreachable: tenacity reraises the last failure")
 
     async def get(self, key: str) -> KeyValue | None:
         started = time.perf_counter()
         try:
-            response = await self._kv.get(self._abs(key), timeout=10)
+            response = await self._retried(
+                "get", lambda member: self._kv(member).get(self._abs(key), timeout=10)
+            )
         except _CLIENT_ERRORS as error:
             raise Unavailable(f"etcd: {error}") from error
         finally:
@@ -137,12 +290,15 @@ class Etcd:
         start = self._abs(start_after) + b"\x00" if start_after else self._abs(prefix)
         started = time.perf_counter()
         try:
-            response = await self._kv.get(
-                start,
-                range_end=prefix_range_end(self._abs(prefix)),
-                revision=revision,
-                limit=limit,
-                timeout=30,
+            response = await self._retried(
+                "range",
+                lambda member: self._kv(member).get(
+                    start,
+                    range_end=prefix_range_end(self._abs(prefix)),
+                    revision=revision,
+                    limit=limit,
+                    timeout=30,
+                ),
             )
         except _CLIENT_ERRORS as error:
             if revision and _status_code(error) == grpc.StatusCode.OUT_OF_RANGE:
@@ -161,7 +317,7 @@ class Etcd:
 
         Returns the new revision, or None when a guard failed (someone else wrote).
         """
-        kv = self._kv
+        kv = self._kv(self._current)  # builds the operations: any member's will do
         compare = []
         success = []
         for write in writes:
@@ -183,9 +339,12 @@ class Etcd:
                 success.append(kv.txn_op_delete(key))
         started = time.perf_counter()
         try:
-            # A retried transaction whose first attempt did land fails its guard and
-            # is reported as a conflict: the caller rereads, which is always safe.
-            response = await kv.txn(compare, success, timeout=10)
+            # A retried transaction whose first attempt did land (its member died
+            # before answering) fails its guard and is reported as a conflict: the
+            # caller rereads, which is always safe.
+            response = await self._retried(
+                "txn", lambda member: self._kv(member).txn(compare, success, timeout=10)
+            )
         except _CLIENT_ERRORS as error:
             if "too large" in str(error) or "larger than max" in str(error):
                 raise TooMuch(
@@ -216,45 +375,145 @@ class Etcd:
 
         With ``previous``, a deletion carries the value the key had. Raises
         :class:`Compacted` when ``start_revision`` is gone.
+
+        When the stream breaks (its member died or lost its leader), the watch opens
+        again, on whichever member answers, from the revision after the last event it
+        delivered: nothing is lost and nothing repeated. Breaks with nothing delivered
+        in between wait longer each time (``RETRIES``' waits: losing the leader can
+        break a watch twice, once on the dead member and once on a member that finds
+        itself without a leader); at the eighth in a row the watch raises
+        :class:`Unavailable`, and the caller's own backoff paces a cluster that keeps
+        failing.
         """
-        assert self._client.watch is not None, "connect() first"
-        stream = self._client.watch.watch(
-            self._abs(prefix),
-            range_end=prefix_range_end(self._abs(prefix)),
-            start_revision=start_revision,
-            prev_kv=previous,
-            progress_notify=True,
-        )
-        async for response in _unavailable_on_error(stream):
-            if response.compact_revision:
-                raise Compacted(response.compact_revision)
-            if response.canceled:
-                raise Unavailable(f"etcd watch canceled: {response.cancel_reason}")
-            if not response.events:
-                continue
-            yield [
-                Event(
-                    "DELETE" if event.type == 1 else "PUT",
-                    self._rel(event.kv.key),
-                    event.prev_kv.value if event.type == 1 else event.kv.value,
-                    event.kv.mod_revision,
-                    created=event.kv.create_revision == event.kv.mod_revision,
+        # Not etcd3aio's own watch: it reconnects by itself from the revision in the
+        # last answer's header, and an answer that replays history (a watch catching
+        # up, in batches of 1,000 revisions) carries the store's current revision, past
+        # events not yet sent. Resuming after the last event delivered loses none.
+        key = self._abs(prefix)
+        range_end = prefix_range_end(key)
+        resume = start_revision
+        idle_breaks = 0  # breaks since the last events arrived
+        while True:
+            stream = await self._open_watch(key, range_end, resume, previous)
+            try:
+                while True:
+                    response = await stream.read()
+                    if response is None:
+                        raise Unavailable("etcd watch: the stream ended")
+                    if response.compact_revision:
+                        raise Compacted(response.compact_revision)
+                    if response.canceled:
+                        raise Unavailable(f"etcd watch canceled: {response.cancel_reason}")
+                    if not response.events:
+                        continue
+                    idle_breaks = 0
+                    resume = response.events[-1].kv.mod_revision + 1
+                    yield [
+                        Event(
+                            "DELETE" if event.type == 1 else "PUT",
+                            self._rel(event.kv.key),
+                            event.prev_kv.value if event.type == 1 else event.kv.value,
+                            event.kv.mod_revision,
+                            created=event.kv.create_revision == event.kv.mod_revision,
+                        )
+                        for event in response.events
+                    ]
+            except grpc.aio.AioRpcError as error:
+                if _member_lost(error):
+                    self._lost(stream.member, error)
+                idle_breaks += 1
+                if not _member_lost(error) or idle_breaks >= _RESUME_LIMIT:
+                    raise Unavailable(f"etcd watch: {_describe(error)}") from error
+                wait = _resume_wait(idle_breaks)
+                log.info(
+                    "etcd watch on %s broke (%s); resuming from revision %d in %.2fs",
+                    prefix,
+                    _describe(error),
+                    resume,
+                    wait,
                 )
-                for event in response.events
-            ]
+            finally:
+                stream.close()
+            await asyncio.sleep(wait)
+
+    async def _open_watch(
+        self, key: bytes, range_end: bytes, start_revision: int, previous: bool
+    ) -> _WatchStream:
+        """A watch stream that etcd has confirmed (its first answer, ``created``)."""
+        create = WatchRequest(
+            create_request=WatchCreateRequest(
+                key=key,
+                range_end=range_end,
+                start_revision=start_revision,
+                prev_kv=previous,
+                progress_notify=True,
+            )
+        )
+
+        async def open_once(index: int) -> _WatchStream:
+            channel = self._clients[index]._channel
+            assert channel is not None, "connect() first"
+            stream = _WatchStream(channel, create, index)
+            try:
+                first = await stream.read()
+                if first is None or not first.created:
+                    raise Unavailable("etcd watch: the stream ended before it was created")
+                if first.compact_revision:
+                    raise Compacted(first.compact_revision)
+                if first.canceled:
+                    # etcd refused the watch (created and canceled in one answer).
+                    raise Unavailable(f"etcd watch refused: {first.cancel_reason}")
+            except BaseException:
+                stream.close()
+                raise
+            return stream
+
+        try:
+            return await self._retried("watch", open_once)
+        except _CLIENT_ERRORS as error:
+            raise Unavailable(f"etcd watch: {error}") from error
+
+    async def compact(self, revision: int) -> None:
+        """Drop history before ``revision`` (etcd does it by itself, by its
+        ``--auto-compaction-*`` flags; tests ask for it)."""
+        try:
+            await self._retried(
+                "compact", lambda member: self._kv(member).compact(revision, physical=True)
+            )
+        except _CLIENT_ERRORS as error:
+            raise Unavailable(f"etcd: {error}") from error
 
     async def current_revision(self) -> int:
         _, revision, _ = await self.range("\x00none", limit=1)
         return revision
 
 
-async def _unavailable_on_error(stream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """A watch stream whose client errors become :class:`Unavailable`, as elsewhere."""
-    try:
-        async for item in stream:
-            yield item
-    except _CLIENT_ERRORS as error:
-        raise Unavailable(f"etcd watch: {error}") from error
+class _WatchStream:
+    """One watch stream on one member (``member``, its index)."""
+
+    def __init__(self, channel: grpc.aio.Channel, create: WatchRequest, member: int) -> None:
+        self.member = member
+        # The requests end when the stream is closed: gRPC's task that sends them then
+        # ends too, instead of waiting, for ever, on requests that never come.
+        self._closed = asyncio.Event()
+
+        async def requests() -> AsyncIterator[WatchRequest]:
+            yield create
+            await self._closed.wait()
+
+        self._call = WatchStub(channel).Watch(requests(), metadata=_REQUIRE_LEADER)
+
+    async def read(self) -> WatchResponse | None:
+        """The stream's next answer, or None when it has ended."""
+        response = await self._call.read()
+        if response is grpc.aio.EOF:  # type: ignore[attr-defined]
+            return None
+        answer: WatchResponse = response
+        return answer
+
+    def close(self) -> None:
+        self._closed.set()
+        self._call.cancel()
 
 
 # etcd refuses a transaction with more operations than --max-txn-ops (default 128),

@@ -26,7 +26,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from archipel import limits
+from archipel import addresses, limits
 from archipel.core import matching
 from archipel.core.errors import (
     ArchipelError,
@@ -494,7 +494,10 @@ class ControlPlane:
 def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="archipel-controlplane", description=__doc__)
     parser.add_argument(
-        "--etcd", action="append", required=True, help="etcd client URL (repeatable)"
+        "--etcd",
+        action="append",
+        required=True,
+        help="etcd client URLs of one cluster: repeat the flag, or separate with commas",
     )
     parser.add_argument("--etcd-prefix", default="/archipel/")
     parser.add_argument("--listen", default="127.0.0.1:7443")
@@ -571,7 +574,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         print(f"{parser.prog}: --{error}", file=sys.stderr)
         raise SystemExit(1) from None
     return Settings(
-        etcd_endpoints=args.etcd,
+        etcd_endpoints=addresses.split(args.etcd),
         etcd_prefix=args.etcd_prefix,
         listen=args.listen,
         metrics_listen=args.metrics_listen,

@@ -15,7 +15,7 @@ import pytest
 
 from archipel.fleet import members as member_clusters
 from archipel.fleet import tools
-from archipel.fleet.etcd import EtcdServer
+from archipel.fleet.etcd import EtcdCluster, EtcdServer
 
 FleetFactory = Callable[[int, member_clusters.Profile], member_clusters.Fleet]
 
@@ -28,6 +28,18 @@ def etcd_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdServer
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """Three etcd members forming one cluster, of the module's own: tests that use it
+    stop and kill members, so no other module shares it."""
+    cluster = EtcdCluster(
+        binary=tools.ensure("etcd").etcd, directory=tmp_path_factory.mktemp("etcd-cluster")
+    )
+    cluster.start()
+    yield cluster
+    cluster.stop()
 
 
 def _start_fleet(root: Path, count: int, profile: member_clusters.Profile) -> member_clusters.Fleet:

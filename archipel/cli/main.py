@@ -123,7 +123,12 @@ class Commands:
     @property
     def client(self) -> Client:
         if self._client is None:
-            self._client = Client(Config.load(self.args.config))
+            config = (
+                Config.load(self.args.config, server=",".join(self.args.servers))
+                if self.args.servers
+                else Config.load(self.args.config)
+            )
+            self._client = Client(config)
         return self._client
 
     # -- apply / delete ------------------------------------------------------------------
@@ -868,6 +873,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archipel", description=__doc__)
     parser.add_argument("--version", action="version", version=f"archipel {VERSION}")
     parser.add_argument("--config", type=Path, help="config file (default .local/archipel.yaml)")
+    parser.add_argument(
+        "--server",
+        dest="servers",
+        action="append",
+        metavar="HOST:PORT",
+        help="the control plane, instead of the config's server; several (its replicas), "
+        "separated by commas or by repeating the flag, are tried in turn",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def scoped(command: argparse.ArgumentParser) -> None:

@@ -139,16 +139,19 @@ class AgentProcess:
         heartbeat_interval: float | None = None,
         name: str = "agent",
         extra_args: Sequence[str] = (),
+        servers: Sequence[str] = (),
     ) -> None:
         """``name`` tells apart several agents of one member (its log is
         ``agents/<member>-<name>.log`` then); ``extra_args`` are more of the agent's
-        flags (``--leader-elect``, ``--identity``, the lease's timings)."""
+        flags (``--leader-elect``, ``--identity``, the lease's timings); ``servers``
+        are the control plane's addresses as the agent is told them (several, tried in
+        turn), by default ``control_plane``'s own."""
         self.member = member
         argv = [
             sys.executable,
             "-m",
             "agent",
-            f"--server={control_plane.address}",
+            f"--server={','.join(servers) if servers else control_plane.address}",
             f"--token-file={token_file}",
             f"--kubeconfig={member.kubeconfig}",
         ]

@@ -1,7 +1,9 @@
-"""A real etcd server on loopback, for member clusters and for the control plane.
+"""Real etcd on loopback, for member clusters and for the control plane.
 
 One etcd can serve many kube-apiservers (each under its own ``--etcd-prefix``), which
 is how a fleet of members stays cheap: one etcd process instead of one per member.
+:class:`EtcdCluster` runs several members forming one Raft cluster (three, by
+default), for tests and a local setup that lose a member and keep working.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import socket
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from archipel.fleet.processes import ManagedProcess, ProcessError
 
@@ -38,14 +42,31 @@ def free_port() -> int:
 
 
 class EtcdServer:
-    """etcd with its own data directory, client and peer ports."""
+    """etcd with its own data directory, client and peer ports.
 
-    def __init__(self, *, binary: Path, directory: Path, name: str = "etcd") -> None:
+    Alone by default; with ``initial_cluster`` (``name=peer-url`` pairs, this member's
+    among them) and ``peer_port`` it is one member of a cluster (see
+    :class:`EtcdCluster`). The data directory outlives :meth:`stop` and :meth:`kill`,
+    so :meth:`start` again brings back the same member, not a new one.
+    """
+
+    def __init__(
+        self,
+        *,
+        binary: Path,
+        directory: Path,
+        name: str = "etcd",
+        peer_port: int | None = None,
+        initial_cluster: str | None = None,
+        cluster_token: str = "etcd-cluster",
+    ) -> None:
         self.directory = directory
+        self.name = name
         self.client_port = free_port()
-        self.peer_port = free_port()
+        self.peer_port = peer_port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.client_port}"
-        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.peer_url = f"http://127.0.0.1:{self.peer_port}"
+        peer = self.peer_url
         self.process = ManagedProcess(
             name,
             [
@@ -56,7 +77,11 @@ class EtcdServer:
                 f"--advertise-client-urls={self.endpoint}",
                 f"--listen-peer-urls={peer}",
                 f"--initial-advertise-peer-urls={peer}",
-                f"--initial-cluster={name}={peer}",
+                f"--initial-cluster={initial_cluster or f'{name}={peer}'}",
+                f"--initial-cluster-token={cluster_token}",
+                # Only read on the first start: a restarted member finds its data
+                # directory and rejoins with what it holds.
+                "--initial-cluster-state=new",
                 # Test data is disposable: skipping fsync makes every write far cheaper.
                 "--unsafe-no-fsync",
                 "--auto-compaction-mode=periodic",
@@ -68,9 +93,14 @@ class EtcdServer:
         )
 
     def start(self, *, timeout: float = 30.0) -> None:
+        self.launch()
+        self.wait_ready(timeout=timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting: a member of a cluster is healthy only
+        once a quorum runs, and a restarted one once it has caught up."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process.start()
-        self.wait_ready(timeout=timeout)
 
     def wait_ready(self, *, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -96,9 +126,120 @@ class EtcdServer:
     def stop(self) -> None:
         self.process.stop()
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a lost machine would: no clean shutdown."""
+        self.process.kill()
+
+    @property
+    def running(self) -> bool:
+        return self.process.running
+
     def __enter__(self) -> EtcdServer:
         self.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class EtcdCluster:
+    """``size`` etcd members on loopback forming one cluster, each a real process.
+
+    Tests stop, kill (-9) and start members one by one; a member started again keeps
+    its data directory and so rejoins as itself. ``endpoints`` lists every member's
+    client URL, in member order, for the control plane's ``--etcd``.
+    """
+
+    def __init__(self, *, binary: Path, directory: Path, size: int = 3) -> None:
+        if size < 1:
+            raise ValueError(f"an etcd cluster needs at least one member, not {size}")
+        self.directory = directory
+        peers = {f"etcd{i}": free_port() for i in range(size)}
+        initial = ",".join(f"{name}=http://127.0.0.1:{port}" for name, port in peers.items())
+        # A token of its own, so members of two clusters started by one test run can
+        # never take each other's peers for their own.
+        token = f"archipel-{directory.name}-{random.randrange(1 << 32):08x}"
+        self.members = [
+            EtcdServer(
+                binary=binary,
+                directory=directory / name,
+                name=name,
+                peer_port=port,
+                initial_cluster=initial,
+                cluster_token=token,
+            )
+            for name, port in peers.items()
+        ]
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [member.endpoint for member in self.members]
+
+    def __getitem__(self, index: int) -> EtcdServer:
+        return self.members[index]
+
+    def __iter__(self) -> Iterator[EtcdServer]:
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        """Start every member at once (a new cluster needs a quorum to elect a
+        leader, so none can be healthy before the others have started)."""
+        try:
+            for member in self.members:
+                member.launch()
+            self.wait_healthy(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_healthy(self, *, timeout: float = 60.0) -> None:
+        """Until every running member reports healthy (it has a leader)."""
+        for member in self.members:
+            if member.running:
+                member.wait_ready(timeout=timeout)
+
+    def healthy(self) -> bool:
+        """Whether every member runs and reports healthy."""
+        return all(member.running and member.healthy() for member in self.members)
+
+    def leader(self) -> EtcdServer | None:
+        """The member that leads now, by its own status, or None while there is none."""
+        ids: dict[int, EtcdServer] = {}
+        leader = 0
+        for member in self.members:
+            if not member.running:
+                continue
+            status = _post_json(f"{member.endpoint}/v3/maintenance/status", {})
+            if status is None:
+                continue
+            header = status.get("header", {})
+            ids[int(header.get("member_id", 0))] = member
+            leader = leader or int(status.get("leader", 0))
+        return ids.get(leader)
+
+    def stop(self) -> None:
+        for member in reversed(self.members):
+            member.stop()
+
+    def __enter__(self) -> EtcdCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _post_json(url: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """POST to etcd's JSON gateway; None when the member does not answer."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            answer = json.load(response)
+    except (OSError, urllib.error.URLError, ValueError):
+        return None
+    return answer if isinstance(answer, dict) else None

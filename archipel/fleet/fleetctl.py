@@ -4,6 +4,10 @@
 parent-death signal keeps every child tied to it), waits until the fleet is ready and
 returns. The supervisor writes ``state.json`` beside the members; ``ls`` and ``down``
 read it. ``down`` sends the supervisor SIGTERM, and it stops everything it started.
+
+With ``--control-plane``, the control plane stores its objects in the fleet's etcd, or,
+with ``--etcd-members N``, in an etcd cluster of its own of N members on loopback
+(``ls`` lists them), as production would run it: three or five members.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from archipel.fleet import members
+from archipel.fleet import members, tools
 from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
-from archipel.fleet.etcd import free_port
+from archipel.fleet.etcd import EtcdCluster, free_port
 from archipel.fleet.processes import alive
 
 STATE_FILE = "state.json"
@@ -54,11 +58,16 @@ def up(
     profile: members.Profile,
     timeout: float,
     control_plane: bool = False,
+    etcd_members: int = 0,
     reuse: bool = False,
 ) -> None:
     state = _read_state(root)
     if state is not None and alive(state.get("supervisorPid")):
-        if reuse and (state.get("controlPlane") is not None) == control_plane:
+        plane = state.get("controlPlane")
+        same = (plane is not None) == control_plane and (
+            plane is None or len(plane.get("etcd", {})) == etcd_members
+        )
+        if reuse and same:
             print("already running")
             ls(root)
             return
@@ -79,6 +88,7 @@ def up(
                 "--profile",
                 profile,
                 *(["--control-plane"] if control_plane else []),
+                *(["--etcd-members", str(etcd_members)] if etcd_members else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -100,8 +110,16 @@ def up(
     raise FleetCtlError(f"members not ready after {timeout:.0f}s (log {log_path})")
 
 
-def serve(root: Path, *, count: int, profile: members.Profile, control_plane: bool) -> None:
-    """Run the fleet (and optionally a control plane with an agent per member) until
+def serve(
+    root: Path,
+    *,
+    count: int,
+    profile: members.Profile,
+    control_plane: bool,
+    etcd_members: int = 0,
+) -> None:
+    """Run the fleet (and optionally a control plane with an agent per member, on an
+    etcd cluster of its own when ``etcd_members`` says how many members) until
     SIGTERM or SIGINT."""
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -109,13 +127,23 @@ def serve(root: Path, *, count: int, profile: members.Profile, control_plane: bo
     fleet = members.Fleet(root, members.default_specs(count, profile=profile))
     fleet.start()
     plane: ControlPlaneProcess | None = None
+    etcd: EtcdCluster | None = None
     agents: list[AgentProcess] = []
     try:
         state = fleet.describe() | {"startedInSeconds": fleet.started_in, "profile": profile}
         if control_plane:
             local = root.parent
+            endpoints = [fleet.etcd.endpoint] if fleet.etcd else []
+            if etcd_members:
+                etcd = EtcdCluster(
+                    binary=tools.ensure("etcd").etcd,
+                    directory=root / "_controlplane-etcd",
+                    size=etcd_members,
+                )
+                etcd.start()
+                endpoints = etcd.endpoints
             plane = ControlPlaneProcess(
-                etcd_endpoint=fleet.etcd.endpoint if fleet.etcd else "",
+                etcd_endpoint=",".join(endpoints),
                 directory=local,
                 port=_preferred_port(7443),
             )
@@ -128,6 +156,10 @@ def serve(root: Path, *, count: int, profile: members.Profile, control_plane: bo
                 agents.append(agent)
             plane.write_cli_config(local / "archipel.yaml")
             state["controlPlane"] = {"address": plane.address, "pid": plane.process.pid}
+            if etcd is not None:
+                state["controlPlane"]["etcd"] = {
+                    m.name: {"endpoint": m.endpoint, "pid": m.process.pid} for m in etcd
+                }
             state["agents"] = {a.member.name: a.process.pid for a in agents}
         tmp = _state_path(root).with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
@@ -141,6 +173,8 @@ def serve(root: Path, *, count: int, profile: members.Profile, control_plane: bo
             agent.stop()
         if plane is not None:
             plane.stop()
+        if etcd is not None:
+            etcd.stop()
         fleet.stop()
         print("fleet stopped", flush=True)
 
@@ -220,6 +254,12 @@ def ls(root: Path) -> None:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
+    etcd = (state.get("controlPlane") or {}).get("etcd") or {}
+    if etcd:
+        print(f"\ncontrol plane etcd ({len(etcd)} members):")
+        for name, member in etcd.items():
+            status = "running" if alive(member["pid"]) else "stopped"
+            print(f"  {name}  {status}  {member['endpoint']}  pid {member['pid']}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
         help="also run a control plane and an agent per member",
     )
     parser.add_argument(
+        "--etcd-members",
+        type=int,
+        default=0,
+        help="with --control-plane: an etcd cluster of this many members of its own for the "
+        "control plane (3 or 5 to survive the loss of 1 or 2); 0 shares the fleet's etcd",
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="succeed if the same setup already runs"
     )
     args = parser.parse_args(argv)
@@ -242,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.count < 1:
             raise FleetCtlError("--count: must be at least 1")
+        if args.etcd_members < 0:
+            raise FleetCtlError("--etcd-members: must be 0 (the fleet's etcd) or more")
         if args.command == "up":
             up(
                 root,
@@ -249,10 +298,17 @@ def main(argv: list[str] | None = None) -> int:
                 profile=args.profile,
                 timeout=args.timeout,
                 control_plane=args.control_plane,
+                etcd_members=args.etcd_members,
                 reuse=args.reuse,
             )
         elif args.command == "serve":
-            serve(root, count=args.count, profile=args.profile, control_plane=args.control_plane)
+            serve(
+                root,
+                count=args.count,
+                profile=args.profile,
+                control_plane=args.control_plane,
+                etcd_members=args.etcd_members,
+            )
         elif args.command == "down":
             down(root)
         else:

@@ -145,9 +145,7 @@ async def test_watch_from_a_compacted_revision_says_so(store: Store) -> None:
         obj.spec.priority = index
         await store.update(KIND, obj)
     revision = await store.etcd.current_revision()
-    client = store.etcd._client
-    assert client.kv is not None
-    await client.kv.compact(revision, physical=True)
+    await store.etcd.compact(revision)
     with pytest.raises(Compacted):
         async for _ in store.etcd.watch(
             KIND.prefix(), start_revision=int(first.metadata.resource_version)
