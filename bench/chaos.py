@@ -1,10 +1,10 @@
 """Chaos: a seeded random history of changes, faults injected at random, and a check
 that every member ends up holding exactly what the final templates and policies say.
 
-The fleet is real: member clusters (kube-apiservers), the control plane's own etcd, the
-control plane and two agents per member (electing their leader through a Lease in the
-member), each a process this script kills (``kill -9``), freezes (SIGSTOP, then
-SIGCONT) and restarts, as a supervisor would.
+The fleet is real: member clusters (kube-apiservers), the control plane's own etcd
+cluster (three members), the control plane and two agents per member (electing their
+leader through a Lease in the member), each a process this script kills (``kill -9``),
+freezes (SIGSTOP, then SIGCONT) and restarts, as a supervisor would.
 
 * **The load** (:class:`History`): ConfigMaps and Deployments in namespace ``chaos``,
   created, changed, rescaled, moved from one policy to another and deleted, and the
@@ -14,8 +14,9 @@ SIGCONT) and restarts, as a supervisor would.
   control plane is down) is retried until it is acknowledged, so the model is what was
   stored. Policies are never deleted: Karmada's rule leaves a deleted policy's objects
   in place, which would make "what should be where" a matter of timing.
-* **The faults** (:func:`inject`): every few seconds one of: kill -9 of the control plane,
-  of its etcd, of an agent, or of a member's API server (each restarted after a moment);
+* **The faults** (:func:`faults`): every few seconds one of: kill -9 of the control
+  plane, of an etcd member, of an agent, or of a member's API server (each restarted
+  after a moment);
   or SIGSTOP of the control plane or an agent (continued after a moment).
 * **The check** (:func:`compare`): after the last fault, each member's ConfigMaps and
   Deployments in ``chaos`` against :func:`expected`: same objects, same content, the
@@ -34,6 +35,7 @@ import contextlib
 import dataclasses
 import json
 import random
+import re
 import shutil
 import threading
 import time
@@ -47,7 +49,7 @@ import tenacity
 from archipel.client import Client, ClientError
 from archipel.fleet import tools
 from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
-from archipel.fleet.etcd import EtcdServer
+from archipel.fleet.etcd import EtcdCluster
 from archipel.fleet.members import Fleet, Member, default_specs
 
 NAMESPACE = "chaos"
@@ -357,7 +359,7 @@ class Settings:
 class Plane:
     """What the faults act on."""
 
-    etcd: EtcdServer
+    etcd: EtcdCluster
     control_plane: ControlPlaneProcess
     agents: dict[str, AgentProcess]
     members: dict[str, Member]
@@ -381,8 +383,9 @@ def faults(plane: Plane) -> list[Fault]:
             plane.control_plane.process.pause,
             plane.control_plane.process.resume,
         ),
-        Fault("kill", "etcd", plane.etcd.process.kill, plane.etcd.start),
     ]
+    for index, etcd_member in enumerate(plane.etcd):
+        found.append(Fault("kill", f"etcd-{index}", etcd_member.process.kill, etcd_member.start))
     for name, agent in plane.agents.items():
         found.append(Fault("kill", name, agent.kill, agent.start))
         found.append(Fault("stop", name, agent.process.pause, agent.process.resume))
@@ -398,9 +401,10 @@ def supervise(plane: Plane) -> list[str]:
     plane that lost its etcd for too long exits (loudly, by design), and must come
     back. Returns what was restarted."""
     restarted = []
-    if not plane.etcd.process.running:
-        plane.etcd.start()
-        restarted.append("etcd")
+    for index, etcd_member in enumerate(plane.etcd):
+        if not etcd_member.process.running:
+            etcd_member.start()
+            restarted.append(f"etcd-{index}")
     if not plane.control_plane.process.running:
         plane.control_plane.start()
         restarted.append("controlplane")
@@ -476,10 +480,10 @@ class Run:
     @contextlib.contextmanager
     def plane(self) -> Iterator[Plane]:
         binaries = tools.ensure("etcd")
-        etcd = EtcdServer(binary=binaries.etcd, directory=self.directory / "etcd", name="chaos")
+        etcd = EtcdCluster(binary=binaries.etcd, directory=self.directory / "etcd", size=3)
         etcd.start()
         control_plane = ControlPlaneProcess(
-            etcd_endpoint=etcd.endpoint,
+            etcd_endpoint=",".join(etcd.endpoints),
             directory=self.directory / "controlplane",
             heartbeat_interval=1,
             # The default grace: an agent restarted within seconds does not make its
@@ -614,9 +618,25 @@ class Run:
             "converge_seconds": None if converged is None else round(converged, 1),
             "restarted_at_end": self.restarted_at_end,
             "convergence": progress,
-            "duplicate_applies": "not measured",
+            **duplicate_applies(self.directory / "controlplane" / "agents"),
             "injected": self.injected,
         }
+
+
+_AGAIN = re.compile(r"checked after a restart, (\d+) of \d+ objects applied again")
+
+
+def duplicate_applies(logs: Path) -> dict[str, int]:
+    """Applies that changed nothing, from the agents' logs: the load never edits a
+    member, so every drift correction re-applied what was in place, and so did every
+    object applied again when an agent checked its ledger after a restart or a
+    takeover (it applies only what differs from what it recorded)."""
+    corrections = again = 0
+    for log_file in sorted(logs.glob("*.log")):
+        text = log_file.read_text(errors="replace")
+        corrections += text.count("restored objects changed in the member")
+        again += sum(int(count) for count in _AGAIN.findall(text))
+    return {"drift_corrections": corrections, "applied_again_after_restart": again}
 
 
 def _tally(items: Any) -> dict[str, int]:

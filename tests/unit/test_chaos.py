@@ -4,6 +4,7 @@ extra, misplaced and wrong objects apart."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +16,7 @@ from bench.chaos import (
     Step,
     Template,
     compare,
+    duplicate_applies,
     expected,
     policy_document,
     template_document,
@@ -128,3 +130,17 @@ def test_documents_select_by_the_policy_label() -> None:
     assert weights["staticWeightList"] == [
         {"targetCluster": {"clusterNames": ["member1"]}, "weight": 1}
     ]
+
+
+def test_duplicate_applies_are_counted_from_the_agents_logs(tmp_path: Path) -> None:
+    (tmp_path / "member1-agent-0.log").write_text(
+        "INFO agent.works: work chaos.a: restored objects changed in the member\n"
+        "INFO agent.works: work chaos.b: checked after a restart, 2 of 3 objects applied again\n"
+    )
+    (tmp_path / "member2-agent-1.log").write_text(
+        "INFO agent.works: work chaos.c: checked after a restart, 0 of 4 objects applied again\n"
+    )
+    assert duplicate_applies(tmp_path) == {
+        "drift_corrections": 1,
+        "applied_again_after_restart": 2,
+    }
