@@ -19,7 +19,9 @@ freezes (SIGSTOP, then SIGCONT) and restarts, as a supervisor would.
   after a moment);
   or SIGSTOP of the control plane or an agent (continued after a moment).
 * **The check** (:func:`compare`): after the last fault, each member's ConfigMaps and
-  Deployments in ``chaos`` against :func:`expected`: same objects, same content, the
+  Deployments in ``chaos`` against :func:`expected` of what the control plane stores
+  (:func:`stored_model`; where that is not what the history wrote, because a write whose
+  answer was lost was carried out late, the report lists it apart): same objects, same content, the
   Duplicated replicas, and for Divided the members and the total. It is repeated until
   it comes out clean (the seconds that took are the convergence time) or a deadline
   passes; what is still wrong then is reported as lost, extra, misplaced or wrong.
@@ -46,7 +48,9 @@ from typing import Any
 import grpc
 import tenacity
 
+from archipel import structs
 from archipel.client import Client, ClientError
+from archipel.core import kinds
 from archipel.fleet import tools
 from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
 from archipel.fleet.etcd import EtcdCluster
@@ -396,6 +400,51 @@ def faults(plane: Plane) -> list[Fault]:
     return found
 
 
+def stored_model(client: Client) -> Model:
+    """The model as the control plane stores it at the end: what the members must
+    match. It can differ from the history's when a write the load gave up on (its
+    answer lost while the control plane was frozen) was carried out after a later one:
+    such a write is the client's to fence with a resourceVersion, not propagation's."""
+    placements = {}
+    for policy in client.list_objects(kinds.PROPAGATION_POLICY, NAMESPACE):
+        spec = policy.spec
+        placements[policy.metadata.name] = Placement(
+            tuple(sorted(spec.placement.cluster_affinity.cluster_names)),
+            divided=spec.placement.replica_scheduling.replica_scheduling_type == "Divided",
+        )
+    templates = {}
+    for found in client.list_templates(namespace=NAMESPACE):
+        manifest = structs.from_struct(found.manifest)
+        metadata = manifest["metadata"]
+        name, policy = metadata["name"], metadata.get("labels", {}).get(POLICY_LABEL, "")
+        if not name.startswith("chaos-") or policy not in placements:
+            continue
+        if manifest["kind"] == "ConfigMap":
+            version = int(manifest.get("data", {}).get("version", "0"))
+            templates[name] = Template("ConfigMap", name, policy, version)
+        else:
+            image = manifest["spec"]["template"]["spec"]["containers"][0]["image"]
+            version = int(image.rsplit(":v", 1)[-1])
+            replicas = int(manifest["spec"].get("replicas", 0))
+            templates[name] = Template("Deployment", name, policy, version, replicas)
+    return Model(placements=placements, templates=templates)
+
+
+def model_differences(written: Model, stored: Model) -> list[str]:
+    """Where the control plane's final state is not what the load's history says."""
+    found = [
+        f"policy {name}"
+        for name in sorted(set(written.placements) | set(stored.placements))
+        if written.placements.get(name) != stored.placements.get(name)
+    ]
+    found += [
+        f"template {name}"
+        for name in sorted(set(written.templates) | set(stored.templates))
+        if written.templates.get(name) != stored.templates.get(name)
+    ]
+    return found
+
+
 def supervise(plane: Plane) -> list[str]:
     """Restart whatever is not running, as Kubernetes restarts a crashed pod: a control
     plane that lost its etcd for too long exits (loudly, by design), and must come
@@ -476,6 +525,7 @@ class Run:
         self._stop = threading.Event()
         self._failures: list[BaseException] = []
         self.restarted_at_end: list[str] = []
+        self.not_as_written: list[str] = []
 
     @contextlib.contextmanager
     def plane(self) -> Iterator[Plane]:
@@ -562,11 +612,11 @@ class Run:
             )
         time.sleep(max(0.0, deadline - time.monotonic()))
 
-    def _check(self) -> Differences:
+    def _check(self, model: Model) -> Differences:
         """The members against the model; a member that does not answer is counted as
         holding nothing, and the check is made again."""
         try:
-            return compare(self.history.model, observe(self.members))
+            return compare(model, observe(self.members))
         except Unobservable as error:
             return Differences(lost=[str(error)])
 
@@ -584,7 +634,13 @@ class Run:
                 raise self._failures[0]
             self.restarted_at_end = supervise(plane)
             last_fault = time.monotonic()
-            differences = self._check()
+            client = Client(plane.control_plane.config())
+            try:
+                final = _retrying()(stored_model, client)
+            finally:
+                client.close()
+            self.not_as_written = model_differences(self.history.model, final)
+            differences = self._check(final)
             # How the differences shrank: what was slow to converge, for the report.
             progress = [{"t": 0.0, **differences.counts(), "first": differences.first()}]
             while (
@@ -592,7 +648,7 @@ class Run:
                 and time.monotonic() - last_fault < self.settings.converge_timeout
             ):
                 time.sleep(1.0)
-                differences = self._check()
+                differences = self._check(final)
                 if differences.counts() != {k: progress[-1][k] for k in differences.counts()}:
                     progress.append(
                         {
@@ -610,7 +666,10 @@ class Run:
             "faults_by_kind": _tally(
                 f"{f['fault']} {f['target'].split('/')[-1].split('-')[0]}" for f in self.injected
             ),
-            "templates_at_end": len(self.history.model.templates),
+            "templates_at_end": len(final.templates),
+            # Writes carried out after the load had given up on them, so stored other
+            # than the history says; the members are checked against what is stored.
+            "stored_not_as_written": self.not_as_written,
             **differences.counts(),
             "examples": (
                 differences.lost + differences.extra + differences.misplaced + differences.wrong

@@ -170,6 +170,22 @@ def start_pipeline(
     plane.stop()
 
 
+def own_control_plane(members: Fleet, directory: Path, name: str) -> Iterator[ControlPlaneProcess]:
+    """A control plane of its own on the fleet's etcd, under a prefix of its own, with
+    quick heartbeats and no member joined; stopped after."""
+    assert members.etcd is not None
+    started = ControlPlaneProcess(
+        etcd_endpoint=members.etcd.endpoint,
+        etcd_prefix=f"/{name}-{uuid.uuid4().hex[:8]}/",
+        directory=directory,
+        heartbeat_interval=1,
+        cluster_grace_period=4,
+    )
+    started.start()
+    yield started
+    started.stop()
+
+
 @pytest.fixture
 def namespace() -> str:
     return f"e2e-{uuid.uuid4().hex[:6]}"

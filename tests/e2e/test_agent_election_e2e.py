@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from archipel.core.names import LEDGER_LABEL, SYSTEM_NAMESPACE
 from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
 from archipel.fleet.members import Fleet, Member
-from tests.e2e.conftest import configmap, wait_for
+from tests.e2e.conftest import configmap, own_control_plane, wait_for
 
 pytestmark = pytest.mark.members(count=1, profile="api", isolated=True)
 
@@ -45,17 +44,7 @@ CHECKED = re.compile(r"work (\S+): checked after a restart, (\d+) of (\d+) objec
 
 @pytest.fixture
 def plane(members: Fleet, tmp_path: Path) -> Iterator[ControlPlaneProcess]:
-    assert members.etcd is not None
-    started = ControlPlaneProcess(
-        etcd_endpoint=members.etcd.endpoint,
-        etcd_prefix=f"/election-{uuid.uuid4().hex[:8]}/",
-        directory=tmp_path / "cp",
-        heartbeat_interval=1,
-        cluster_grace_period=4,
-    )
-    started.start()
-    yield started
-    started.stop()
+    yield from own_control_plane(members, tmp_path / "cp", "election")
 
 
 class Election:

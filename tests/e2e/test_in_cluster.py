@@ -31,7 +31,7 @@ from archipel.core.names import LEDGER_LABEL
 from archipel.fleet import image
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.members import Fleet, Member
-from tests.e2e.conftest import serves, wait_for, widget_crd
+from tests.e2e.conftest import own_control_plane, serves, wait_for, widget_crd
 
 pytestmark = pytest.mark.members(count=1, profile="api", isolated=True)
 
@@ -48,17 +48,7 @@ def apply_all(member: Member, documents: list[dict[str, Any]]) -> None:
 
 @pytest.fixture
 def plane(members: Fleet, tmp_path: Path) -> Iterator[ControlPlaneProcess]:
-    assert members.etcd is not None
-    started = ControlPlaneProcess(
-        etcd_endpoint=members.etcd.endpoint,
-        etcd_prefix=f"/in-cluster-{uuid.uuid4().hex[:8]}/",
-        directory=tmp_path / "cp",
-        heartbeat_interval=1,
-        cluster_grace_period=4,
-    )
-    started.start()
-    yield started
-    started.stop()
+    yield from own_control_plane(members, tmp_path / "cp", "in-cluster")
 
 
 def test_the_agent_runs_from_the_image_as_the_charts_service_account(

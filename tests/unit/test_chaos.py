@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from archipel import structs
+from archipel.client import to_message
+from archipel.v1alpha1 import work_pb2
 from bench.chaos import (
     History,
     Model,
@@ -18,7 +22,9 @@ from bench.chaos import (
     compare,
     duplicate_applies,
     expected,
+    model_differences,
     policy_document,
+    stored_model,
     template_document,
 )
 
@@ -144,3 +150,39 @@ def test_duplicate_applies_are_counted_from_the_agents_logs(tmp_path: Path) -> N
         "drift_corrections": 1,
         "applied_again_after_restart": 2,
     }
+
+
+class StoredClient:
+    """What the control plane answers for namespace chaos: the documents the load
+    wrote, read back."""
+
+    def __init__(self, policies: list[dict[str, Any]], templates: list[dict[str, Any]]):
+        self.policies = policies
+        self.templates = templates
+
+    def list_objects(self, api_kind: Any, namespace: str = "") -> list[Any]:
+        return [to_message(api_kind, document) for document in self.policies]
+
+    def list_templates(self, namespace: str = "") -> list[work_pb2.ResourceTemplate]:
+        return [work_pb2.ResourceTemplate(manifest=structs.to_struct(t)) for t in self.templates]
+
+
+def test_the_stored_model_reads_back_what_the_load_wrote() -> None:
+    written = model()
+    client = StoredClient(
+        [policy_document(name, placement) for name, placement in written.placements.items()],
+        [template_document(template) for template in written.templates.values()],
+    )
+    stored = stored_model(client)  # type: ignore[arg-type]
+    assert model_differences(written, stored) == []
+
+
+def test_a_late_write_is_told_apart() -> None:
+    written = model()
+    stored = model()
+    stored.templates["chaos-cm-0009"] = Template("ConfigMap", "chaos-cm-0009", "p0", 1)
+    del stored.templates["chaos-dp-0002"]
+    assert model_differences(written, stored) == [
+        "template chaos-cm-0009",
+        "template chaos-dp-0002",
+    ]
