@@ -514,9 +514,11 @@ class WorkManager:
         # (a work that failed part-way holds objects its entry does not list yet).
         refs = list(entry.objects) if entry is not None else []
         refs += [ref for ref, owner in self.owner.items() if owner == name and ref not in refs]
+        released = 0
         for ref in refs:
             if not self._held_by(name, ref):
                 continue  # another work took it over: it stays, and stays theirs
+            released += 1
             if not delete.preserve_resources:
                 await self._write(
                     self.kube.delete, ref.api_version, ref.kind, ref.namespace, ref.name
@@ -525,6 +527,15 @@ class WorkManager:
             self.observed.pop(ref, None)
         if entry is not None:
             await self.ledger.forget(name)
+        # Every deletion in a member says so: what Archipel removed, and why it did not.
+        log.info(
+            "work %s deleted: %d objects %s",
+            name,
+            released,
+            "left in place (preserveResourcesOnDeletion)"
+            if delete.preserve_resources
+            else "removed from the member",
+        )
         self.deleting.pop(name, None)
         self._last_report.pop(name, None)
         self.send(agent_pb2.AgentMessage(deleted=agent_pb2.WorkDeleted(name=name, uid=delete.uid)))
