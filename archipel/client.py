@@ -220,9 +220,7 @@ class FailoverChannel(grpc.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return lambda *args, **kwargs: self.channel(self.current).unary_stream(
-            method, request_serializer, response_deserializer
-        )(*args, **kwargs)
+        return self._on_current("unary_stream", method, request_serializer, response_deserializer)
 
     def stream_unary(
         self,
@@ -231,9 +229,7 @@ class FailoverChannel(grpc.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return lambda *args, **kwargs: self.channel(self.current).stream_unary(
-            method, request_serializer, response_deserializer
-        )(*args, **kwargs)
+        return self._on_current("stream_unary", method, request_serializer, response_deserializer)
 
     def stream_stream(
         self,
@@ -242,7 +238,14 @@ class FailoverChannel(grpc.Channel):
         response_deserializer: Any = None,
         _registered_method: bool = False,
     ) -> Any:
-        return lambda *args, **kwargs: self.channel(self.current).stream_stream(
+        return self._on_current("stream_stream", method, request_serializer, response_deserializer)
+
+    def _on_current(
+        self, shape: str, method: str, request_serializer: Any, response_deserializer: Any
+    ) -> Any:
+        """A streaming call on whichever channel is current when it is made; streams are
+        not tried again elsewhere (only unary calls fail over)."""
+        return lambda *args, **kwargs: getattr(self.channel(self.current), shape)(
             method, request_serializer, response_deserializer
         )(*args, **kwargs)
 
