@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import kubernetes
 from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError, ResourceNotFoundError
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError, ResourceNotFoundError
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -144,6 +144,27 @@ class Kube:
         )
         return dict(applied.to_dict())
 
+    def store_config_map(self, body: Manifest, *, exists: bool) -> None:
+        """Create or wholly replace a ConfigMap this agent alone writes (its ledger).
+
+        A plain POST or unconditional PUT: no field ownership to merge, so it costs the
+        API server, and this process, less than a server-side apply; the ledger is
+        written once or twice per apply. ``exists`` says which to try first."""
+        metadata = body["metadata"]
+        collection = f"/api/v1/namespaces/{metadata['namespace']}/configmaps"
+        attempts = [("PUT", f"{collection}/{metadata['name']}"), ("POST", collection)]
+        if not exists:
+            attempts.reverse()
+        for method, path in attempts[:-1]:
+            try:
+                self.raw_send(method, path, body)
+                return
+            except RefusedError as error:
+                if error.status not in (404, 409):  # absent for a PUT, present for a POST
+                    raise
+        method, path = attempts[-1]
+        self.raw_send(method, path, body)
+
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         try:
             resource = self.resource(api_version, kind)
@@ -160,6 +181,30 @@ class Kube:
             )
         except NotFoundError:
             return False
+        return True
+
+    def delete_owned(
+        self, api_version: str, kind: str, namespace: str, name: str, *, annotation: str, value: str
+    ) -> bool:
+        """Delete the object only if it carries ``annotation: value``, and only the very
+        object read with it (a precondition on its uid): whether it was deleted."""
+        try:
+            live = self.get(api_version, kind, namespace, name)
+        except NotServed:
+            return False  # its CRD went, and its objects with it
+        if live is None:
+            return False
+        metadata = live.get("metadata") or {}
+        if (metadata.get("annotations") or {}).get(annotation) != value:
+            return False
+        try:
+            self.resource(api_version, kind).delete(
+                name=name,
+                namespace=namespace or None,
+                body={"propagationPolicy": "Background", "preconditions": {"uid": metadata["uid"]}},
+            )
+        except (NotFoundError, ConflictError):
+            return False  # gone, or replaced by another object since it was read
         return True
 
     def raw_get(self, path: str, *, timeout: float = 5) -> Any:

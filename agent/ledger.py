@@ -35,6 +35,10 @@ from archipel.core.names import LEDGER_LABEL, SYSTEM_NAMESPACE
 # "projections", the contents themselves.
 _MANIFEST_HASHES = "manifestHashes"
 _PROJECTION_HASHES = "projectionHashes"
+# Objects an apply in progress may create: written before the apply, so that an agent
+# killed between creating an object and recording it leaves a ledger that still names
+# it. Present only while some are pending, so a settled entry's data is unchanged.
+_PENDING = "pendingObjects"
 
 
 def _always() -> None:
@@ -91,6 +95,11 @@ class Entry:
     manifests: list[dict[str, Any]] | None = None
     projections: list[Any] | None = None
     preserve_on_delete: bool = False
+    # Objects an apply may have created but has not confirmed (written ahead of it).
+    # Unlike ``objects``, they are not known to be this work's: one may be an object
+    # someone else holds that the apply refused, so they are deleted only after the
+    # live object is read and found to carry this work's annotation.
+    pending: list[ObjectRef] = dataclasses.field(default_factory=list)
     # Read from a ConfigMap of the old format, which held contents: rewrite it.
     legacy: bool = False
 
@@ -141,6 +150,7 @@ def entry_of(data: dict[str, str]) -> Entry:
         generation=int(data["generation"]),
         objects=objects,
     )
+    entry.pending = [ObjectRef(*ref) for ref in json.loads(data.get(_PENDING, "[]"))]
     if _MANIFEST_HASHES in data:
         entry.manifest_hashes = [str(h) for h in json.loads(data[_MANIFEST_HASHES])]
         entry.projection_hashes = [str(h) for h in json.loads(data[_PROJECTION_HASHES])]
@@ -158,7 +168,7 @@ def entry_of(data: dict[str, str]) -> Entry:
 
 def config_map_data(entry: Entry) -> dict[str, str]:
     """What the ledger ConfigMap of ``entry`` holds: identities and hashes only."""
-    return {
+    data = {
         "work": entry.work,
         "uid": entry.uid,
         "generation": str(entry.generation),
@@ -166,6 +176,9 @@ def config_map_data(entry: Entry) -> dict[str, str]:
         _MANIFEST_HASHES: json.dumps(entry.manifest_hashes),
         _PROJECTION_HASHES: json.dumps(entry.projection_hashes),
     }
+    if entry.pending:
+        data[_PENDING] = json.dumps([ref.as_list() for ref in entry.pending])
+    return data
 
 
 class Ledger:
@@ -201,7 +214,7 @@ class Ledger:
     async def load(self) -> None:
         self.entries = await self.kube.call(self._load)
 
-    def _write(self, entry: Entry) -> None:
+    def _write(self, entry: Entry, exists: bool) -> None:
         self.fence()
         body = {
             "apiVersion": "v1",
@@ -213,16 +226,16 @@ class Ledger:
             },
             "data": config_map_data(entry),
         }
-        # Server-side apply drops the old format's "manifests" and "projections" keys:
-        # this field manager wrote them, and no longer applies them.
-        self.kube.apply(body)
+        # Replaced whole: keys no longer written go (the old format's "manifests" and
+        # "projections", and "pendingObjects" once settled).
+        self.kube.store_config_map(body, exists=exists)
 
     async def record(self, entry: Entry) -> None:
         """Hold ``entry``, writing it to the member unless it is written there already
         (a check after a restart that found every object as it was changes nothing)."""
         held = self.entries.get(entry.work)
         if held is None or held.legacy or config_map_data(held) != config_map_data(entry):
-            await self.kube.call(self._write, entry)
+            await self.kube.call(self._write, entry, held is not None)
         entry.legacy = False
         self.entries[entry.work] = entry
 

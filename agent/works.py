@@ -281,8 +281,12 @@ class WorkManager:
         held = list(entry.objects) if entry is not None else []
         applied = [ref for ref, owner in self.owner.items() if owner == name and ref not in held]
         if not applied:
-            return  # the ledger already lists everything this work holds
+            # The ledger lists everything this work holds, and names as pending what
+            # the attempt may have created before it failed (a write that timed out
+            # may still have been made).
+            return
         objects = held + applied
+        current = self.ledger.entries.get(name)
         partial = Entry(
             work=name,
             uid=work.metadata.uid,
@@ -290,6 +294,7 @@ class WorkManager:
             objects=objects,
             manifest_hashes=[""] * len(objects),
             projection_hashes=[""] * len(objects),
+            pending=[ref for ref in (current.pending if current else []) if ref not in objects],
         )
         try:
             await self.ledger.record(partial)
@@ -307,6 +312,7 @@ class WorkManager:
         held = set(entry.objects) if entry is not None else set()
         # Objects applied for this work by an attempt that failed part-way are its too.
         held |= {ref for ref, owner in self.owner.items() if owner == name}
+        await self._write_ahead(work, entry, [ObjectRef.of(m) for m in ordered])
         recorded: dict[ObjectRef, tuple[str, str]] = {}
         if (
             entry is not None
@@ -369,6 +375,11 @@ class WorkManager:
             )
             self.owner.pop(stale, None)
             self.observed.pop(stale, None)
+        for maybe in entry.pending if entry is not None else []:
+            # Written ahead by an attempt that did not finish, and not in this generation:
+            # the last chance to remove it, since the record below no longer names it.
+            if maybe not in held and maybe not in refs and self._held_by(name, maybe):
+                await self._delete_if_applied(name, maybe)
         await self.ledger.record(
             Entry.applied(
                 work=name,
@@ -397,6 +408,49 @@ class WorkManager:
             self.corrections[name] = self.corrections.get(name, 0) + 1
             log.info("work %s: restored objects changed in the member", name)
         self.report(name, applied=True, message="")
+
+    async def _write_ahead(
+        self, work: work_pb2.PropagationWork, entry: Entry | None, refs: list[ObjectRef]
+    ) -> None:
+        """Have the ledger name every object this apply may create before it creates any.
+
+        The apply records its objects last; an agent killed (or deposed) in between
+        would otherwise leave objects no ledger names, which the next leader could not
+        delete with the work. They are written as *pending*: not yet known to be this
+        work's (a conflict may refuse one), so deleting one checks the live object.
+        """
+        listed = set(entry.objects) if entry is not None else set()
+        already = entry.pending if entry is not None else []
+        new = [ref for ref in refs if ref not in listed and ref not in already]
+        if not new:
+            return
+        if entry is None:
+            ahead = Entry(
+                work=work.metadata.name,
+                uid=work.metadata.uid,
+                generation=0,
+                objects=[],
+                pending=new,
+            )
+        else:
+            ahead = dataclasses.replace(entry, pending=[*already, *new])
+        await self.ledger.record(ahead)
+
+    async def _delete_if_applied(self, name: str, ref: ObjectRef) -> bool:
+        """Delete a pending object if the live one is work ``name``'s (it carries the
+        work's annotation): one refused as a conflict is someone else's and stays."""
+        deleted = await self._write(
+            self.kube.delete_owned,
+            ref.api_version,
+            ref.kind,
+            ref.namespace,
+            ref.name,
+            annotation=WORK_ANNOTATION,
+            value=name,
+        )
+        self.owner.pop(ref, None)
+        self.observed.pop(ref, None)
+        return deleted
 
     def _hold(
         self,
@@ -515,6 +569,10 @@ class WorkManager:
         refs = list(entry.objects) if entry is not None else []
         refs += [ref for ref, owner in self.owner.items() if owner == name and ref not in refs]
         released = 0
+        if not delete.preserve_resources:
+            for maybe in entry.pending if entry is not None else []:
+                if maybe not in refs and self._held_by(name, maybe):
+                    released += await self._delete_if_applied(name, maybe)
         for ref in refs:
             if not self._held_by(name, ref):
                 continue  # another work took it over: it stays, and stays theirs

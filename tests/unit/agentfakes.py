@@ -70,6 +70,17 @@ class FakeKube:
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         return self.objects.pop((api_version, kind, namespace, name), None) is not None
 
+    def store_config_map(self, body: dict[str, Any], *, exists: bool) -> None:
+        self.apply(body)
+
+    def delete_owned(
+        self, api_version: str, kind: str, namespace: str, name: str, *, annotation: str, value: str
+    ) -> bool:
+        found = self.objects.get((api_version, kind, namespace, name))
+        if found is None or (found["metadata"].get("annotations") or {}).get(annotation) != value:
+            return False
+        return self.delete(api_version, kind, namespace, name)
+
     def ensure_namespace(self, name: str, *, labels: dict[str, str] | None = None) -> bool:
         return False
 
@@ -85,7 +96,7 @@ class FakeKube:
 
 
 class MemberLedger(Ledger):
-    """The real ledger on a FakeKube. Its ConfigMaps are written with ``kube.apply``,
+    """The real ledger on a FakeKube. Its ConfigMaps are written with ``kube.store_config_map``,
     which the fake has; forgetting one goes through the kubernetes client's CoreV1Api,
     which it has not, so ``forget`` removes the map from the fake's objects instead."""
 

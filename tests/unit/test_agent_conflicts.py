@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from agent.kube import KubeError
+from agent.kube import KubeError, NotLeader
 from agent.ledger import ObjectRef, entry_of
 from agent.works import WorkManager
 from archipel import structs
-from archipel.core.names import MANAGED_LABEL, WORK_ANNOTATION
+from archipel.core.names import LEDGER_LABEL, MANAGED_LABEL, WORK_ANNOTATION
 from archipel.v1alpha1 import agent_pb2
 from tests.unit.agentfakes import (
     FakeKube,
@@ -84,7 +84,12 @@ def held_by(kube: FakeKube, work_name: str) -> list[ObjectRef]:
 
 def workload_applies(kube: FakeKube) -> list[str]:
     """The names of the objects applied, less the ledger's own ConfigMaps."""
-    return [m["metadata"]["name"] for m in kube.applied if m not in kube.ledger_maps()]
+    return [m["metadata"]["name"] for m in workload_manifests(kube)]
+
+
+def workload_manifests(kube: FakeKube) -> list[Manifest]:
+    """What was applied, less the ledger's own ConfigMaps."""
+    return [m for m in kube.applied if LEDGER_LABEL not in (m["metadata"].get("labels") or {})]
 
 
 def names(report: agent_pb2.WorkStatusReport) -> list[tuple[str, str, str]]:
@@ -173,7 +178,7 @@ async def test_the_refusal_names_the_conflicting_object(existing: Manifest, name
     [report] = statuses(sent, "w1")
     assert not report.applied
     assert f"{named} already exists in the member" in report.message
-    assert [m for m in kube.applied if m["kind"] == existing["kind"]] == []
+    assert [m for m in workload_manifests(kube) if m["kind"] == existing["kind"]] == []
 
 
 async def test_a_refused_work_is_applied_once_its_policy_says_overwrite() -> None:
@@ -516,6 +521,70 @@ async def test_objects_applied_before_a_failure_go_with_the_work_after_a_restart
     assert await settle(again) == {}
     assert kube.get(*first) is None, "ConfigMap app/a outlives its work across a restart"
     assert kube.get(*key(THEIRS)) is not None  # theirs, never touched
+
+
+class DyingKube(FakeKube):
+    """A member whose agent is killed (here: deposed, which writes nothing more either)
+    right after the API server stored the object named ``dies_after``."""
+
+    dies_after = "b"
+
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        stored = super().apply(manifest)
+        if manifest["metadata"]["name"] == self.dies_after:
+            self.dies_after = ""
+            raise NotLeader("killed right after the write")
+        return stored
+
+
+async def test_an_object_created_by_an_agent_killed_before_recording_it_goes_with_the_work() -> (
+    None
+):
+    """The ledger names what an apply may create before it creates it, so the next
+    agent deletes an object whose creator died before recording it."""
+    kube = DyingKube()
+    works, _ = manager(kube)
+    works.receive(work(configmap("a", {"x": "1"}), configmap("b", {"x": "2"})))
+    with pytest.raises(NotLeader):
+        await works.reconcile("w1")
+    assert kube.get(*key(configmap("b", {}))) is not None
+    again = restarted(kube)
+    again.receive_delete(agent_pb2.WorkDelete(name="w1", uid="uid-w1"))
+    assert await settle(again) == {}
+    assert kube.get(*key(configmap("a", {}))) is None, "ConfigMap app/a outlives its work"
+    assert kube.get(*key(configmap("b", {}))) is None, "ConfigMap app/b outlives its work"
+    assert kube.ledger_maps() == []
+
+
+async def test_an_object_left_by_a_killed_apply_goes_when_a_later_generation_drops_it() -> None:
+    kube = DyingKube()
+    works, _ = manager(kube)
+    works.receive(work(configmap("a", {"x": "1"}), configmap("b", {"x": "2"})))
+    with pytest.raises(NotLeader):
+        await works.reconcile("w1")
+    again = restarted(kube)
+    again.receive(work(configmap("c", {"x": "3"}), generation=2))
+    assert await settle(again) == {}
+    assert kube.get(*key(configmap("b", {}))) is None, "ConfigMap app/b outlives its generation"
+    assert kube.get(*key(configmap("c", {}))) is not None
+    (stored,) = kube.ledger_maps()
+    assert "pendingObjects" not in stored["data"]  # settled: nothing is pending any more
+    assert held_by(kube, "w1") == [ObjectRef("v1", "ConfigMap", "app", "c")]
+
+
+async def test_a_pending_object_someone_else_holds_is_never_deleted() -> None:
+    """A refused object stays named as pending; deleting the work leaves it alone."""
+    kube = FakeKube()
+    kube.put(THEIRS)
+    works, _ = manager(kube)
+    works.receive(work(OURS))
+    assert set(await settle(works)) == {"w1"}
+    (stored,) = kube.ledger_maps()
+    assert entry_of(stored["data"]).pending == [ObjectRef("v1", "ConfigMap", "app", "c")]
+    again = restarted(kube)
+    again.receive_delete(agent_pb2.WorkDelete(name="w1", uid="uid-w1"))
+    assert await settle(again) == {}
+    assert kube.get(*key(THEIRS))["data"] == {"k": "theirs"}
 
 
 class EchoingKube(FakeKube):
