@@ -34,8 +34,10 @@ from archipel.v1alpha1 import (
     policy_pb2,
     work_pb2,
 )
+from controlplane.etcd import Guard
 from controlplane.informers import Informer
-from controlplane.runtime import Controller, PlanReconcile
+from controlplane.runtime import Controller, Owner, PlanReconcile, everything
+from controlplane.shards import Shards
 from controlplane.store import Store
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,13 @@ class Settings:
     controllers: tuple[str, ...] = ("*",)
     """Which controllers run, as Karmada's --controllers: names, ``*`` for all, and
     ``-name`` to leave one out (see ``server.select_controllers``)."""
+    replica_id: str = ""
+    """This replica's name among the control plane's replicas (empty: the host's name
+    and a random suffix); see controlplane/shards.py."""
+    shards: int = 32
+    """How many shards controller keys hash into; every replica must say the same."""
+    shard_lease_seconds: int = 10
+    """A replica that stops renewing its lease loses its shards after this long."""
     skipped_propagating_namespaces: tuple[re.Pattern[str], ...] = ()
     """Namespaces whose whole name matches one of these are not sent to every member
     by themselves (Karmada's --skipped-propagating-namespaces); the system namespaces
@@ -122,9 +131,11 @@ class Context:
     # Which template kinds are namespaced, from the CRD templates in the cache; the
     # API validates templates and answers GetScope with it.
     scopes: KindScopes = dataclasses.field(default_factory=KindScopes)
+    # Which keys this replica runs (None: one control plane alone runs them all).
+    shards: Shards | None = None
 
     @classmethod
-    def build(cls, settings: Settings, store: Store) -> Context:
+    def build(cls, settings: Settings, store: Store, *, shards: Shards | None = None) -> Context:
         context = cls(
             settings=settings,
             store=store,
@@ -139,6 +150,7 @@ class Context:
             works=Informer(store, kinds.PROPAGATION_WORK),
             rebalancers=Informer(store, kinds.WORKLOAD_REBALANCER),
             taint_policies=Informer(store, kinds.CLUSTER_TAINT_POLICY),
+            shards=shards,
         )
         context.works.add_index("binding", lambda w: [binding_key_of_work(w)])
         context.works.add_index("cluster", lambda w: [w.metadata.labels.get(CLUSTER_LABEL, "")])
@@ -181,9 +193,15 @@ class Context:
         *,
         workers: int | None = None,
         priority: Callable[[str], int] | None = None,
+        owner: Owner | None = None,
     ) -> Controller:
         """A controller whose plans are committed to this store, and whose next pass
-        over a key waits for these caches to see what its last plan wrote."""
+        over a key waits for these caches to see what its last plan wrote.
+
+        ``owner`` says which keys this replica runs; by default those of the shards it
+        holds (every key, without replicas)."""
+        if owner is None:
+            owner = self.shards.owns_key if self.shards is not None else everything
         return Controller(
             name,
             reconcile,
@@ -191,7 +209,17 @@ class Context:
             caches=self.informers(),
             workers=workers or self.settings.workers,
             priority=priority,
+            owner=owner,
         )
+
+    def owns_cluster(self, cluster: str) -> list[Guard] | None:
+        """The rule for what a cluster's agent reports: see Shards.owns_cluster."""
+        return self.shards.owns_cluster(cluster) if self.shards is not None else []
+
+    def holds_stream(self, cluster: str) -> list[Guard] | None:
+        """Whether this replica holds ``cluster``'s agent stream (see
+        Shards.stream_guard); always, without replicas."""
+        return self.shards.stream_guard(cluster) if self.shards is not None else []
 
     def informers(self) -> list[Informer[Any]]:
         return [

@@ -156,17 +156,31 @@ class Compacted(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class Put:
-    """One write in a transaction, guarded by the key's expected mod_revision."""
+    """One write in a transaction, guarded by the key's expected mod_revision; ``lease``
+    (an etcd lease id, 0 for none) makes the key go when the lease expires."""
 
     key: str
     value: bytes
     expect_mod_revision: int
+    lease: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class Delete:
     key: str
     expect_mod_revision: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Guard:
+    """A condition of a transaction that writes nothing: the key is still at
+    ``expect_mod_revision`` (a shard a replica claimed is still its claim)."""
+
+    key: str
+    expect_mod_revision: int
+
+
+Write = Put | Delete | Guard
 
 
 def _member_client(endpoint: str) -> etcd3aio.Etcd3Client:
@@ -312,7 +326,7 @@ class Etcd:
         ]
         return items, response.header.revision, bool(response.more)
 
-    async def commit(self, writes: Sequence[Put | Delete]) -> int | None:
+    async def commit(self, writes: Sequence[Write]) -> int | None:
         """Apply all writes atomically if every guard holds.
 
         Returns the new revision, or None when a guard failed (someone else wrote).
@@ -320,8 +334,12 @@ class Etcd:
         kv = self._kv(self._current)  # builds the operations: any member's will do
         compare = []
         success = []
+        guarded: set[bytes] = set()
         for write in writes:
             key = self._abs(write.key)
+            if isinstance(write, Guard) and key in guarded:
+                continue  # several callers of one group name the same shard
+            guarded.add(key)
             if write.expect_mod_revision == 0:
                 compare.append(kv.txn_compare_create_revision(key, 0))
             else:
@@ -334,8 +352,8 @@ class Etcd:
                     )
                 )
             if isinstance(write, Put):
-                success.append(kv.txn_op_put(key, write.value))
-            else:
+                success.append(kv.txn_op_put(key, write.value, lease=write.lease))
+            elif isinstance(write, Delete):
                 success.append(kv.txn_op_delete(key))
         started = time.perf_counter()
         try:
@@ -358,7 +376,7 @@ class Etcd:
         revision: int = response.header.revision
         return revision
 
-    async def commit_grouped(self, writes: Sequence[Put | Delete]) -> int | None:
+    async def commit_grouped(self, writes: Sequence[Write]) -> int | None:
         """Like :meth:`commit`, but shares one etcd transaction with concurrent callers.
 
         Many reconciles write at once (a binding's works, agents' status reports);
@@ -483,6 +501,53 @@ class Etcd:
         except _CLIENT_ERRORS as error:
             raise Unavailable(f"etcd: {error}") from error
 
+    # -- leases ------------------------------------------------------------------------
+
+    async def grant_lease(self, ttl: int) -> int:
+        """A new lease of ``ttl`` seconds; its id."""
+        try:
+            response = await self._retried(
+                "lease grant", lambda member: self._lease(member).grant(ttl, timeout=5)
+            )
+        except _CLIENT_ERRORS as error:
+            raise Unavailable(f"etcd: {error}") from error
+        lease: int = response.ID
+        return lease
+
+    async def keep_alive(self, lease: int) -> int:
+        """Renew ``lease`` once; the seconds it has left (0: it expired, and every key
+        attached to it is gone)."""
+
+        async def renew(member: int) -> int:
+            call = self._lease(member).keep_alive(lease)
+            try:
+                async for response in call:
+                    ttl: int = response.TTL
+                    return max(ttl, 0)
+            finally:
+                call.cancel()
+            raise Unavailable("etcd lease keep-alive: no answer")
+
+        try:
+            return await self._retried("lease keep-alive", renew)
+        except _CLIENT_ERRORS as error:
+            raise Unavailable(f"etcd: {error}") from error
+
+    async def revoke_lease(self, lease: int) -> None:
+        """End ``lease`` now: its keys go at once, not when it would have expired."""
+        try:
+            await self._retried(
+                "lease revoke", lambda member: self._lease(member).revoke(lease, timeout=5)
+            )
+        except _CLIENT_ERRORS as error:
+            if _status_code(error) != grpc.StatusCode.NOT_FOUND:
+                raise Unavailable(f"etcd: {error}") from error
+
+    def _lease(self, index: int) -> Any:
+        lease = self._clients[index].lease
+        assert lease is not None, "connect() first"
+        return lease
+
     async def current_revision(self) -> int:
         _, revision, _ = await self.range("\x00none", limit=1)
         return revision
@@ -524,7 +589,7 @@ MAX_TXN_BYTES = 1024 * 1024
 _MAX_GROUPS_IN_FLIGHT = 4
 
 
-def write_size(write: Put | Delete) -> int:
+def write_size(write: Write) -> int:
     return len(write.key) + (len(write.value) if isinstance(write, Put) else 0) + 16
 
 
@@ -533,7 +598,7 @@ class _GroupCommit:
 
     def __init__(self, etcd: Etcd) -> None:
         self._etcd = etcd
-        self._pending: list[tuple[list[Put | Delete], asyncio.Future[int | None]]] = []
+        self._pending: list[tuple[list[Write], asyncio.Future[int | None]]] = []
         self._flushing = False
         self._slots = asyncio.Semaphore(_MAX_GROUPS_IN_FLIGHT)
         # Flushes and commits in flight, held so none is collected before it is done;
@@ -545,7 +610,7 @@ class _GroupCommit:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def submit(self, writes: list[Put | Delete]) -> int | None:
+    async def submit(self, writes: list[Write]) -> int | None:
         future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         self._pending.append((writes, future))
         if not self._flushing:
@@ -553,14 +618,15 @@ class _GroupCommit:
             self._start(self._flush())
         return await future
 
-    def _take(self) -> list[tuple[list[Put | Delete], asyncio.Future[int | None]]]:
-        group: list[tuple[list[Put | Delete], asyncio.Future[int | None]]] = []
+    def _take(self) -> list[tuple[list[Write], asyncio.Future[int | None]]]:
+        group: list[tuple[list[Write], asyncio.Future[int | None]]] = []
         keys: set[str] = set()
         rest = []
         operations = 0
         size = 0
         for writes, future in self._pending:
-            touched = {w.key for w in writes}
+            # Guards only compare: two callers may guard by the same shard.
+            touched = {w.key for w in writes if not isinstance(w, Guard)}
             added = sum(write_size(w) for w in writes)
             fits = (
                 operations + len(writes) <= MAX_TXN_OPS and size + added <= MAX_TXN_BYTES
@@ -588,9 +654,7 @@ class _GroupCommit:
         finally:
             self._flushing = False
 
-    async def _commit(
-        self, group: list[tuple[list[Put | Delete], asyncio.Future[int | None]]]
-    ) -> None:
+    async def _commit(self, group: list[tuple[list[Write], asyncio.Future[int | None]]]) -> None:
         try:
             if len(group) == 1:
                 writes, future = group[0]

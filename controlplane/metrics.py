@@ -23,6 +23,7 @@ WORKS_DELIVERED = Counter("archipel_works_delivered_total", "Works sent to agent
 WORKS_ACKNOWLEDGED = Counter("archipel_works_acknowledged_total", "Works agents acknowledged")
 WORK_DELETES_DELIVERED = Counter("archipel_work_deletes_delivered_total", "Deletes sent to agents")
 AGENTS_CONNECTED = Gauge("archipel_agents_connected", "Agent streams currently open")
+SHARDS_HELD = Gauge("archipel_shards_held", "Controller shards this replica holds")
 AGENT_STREAMS_FENCED = Counter(
     "archipel_agent_streams_fenced_total",
     "Agent streams refused because their leader's lease epoch is older than the newest seen",

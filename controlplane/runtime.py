@@ -7,6 +7,11 @@ again it waits until every cache holding a key it wrote has seen that revision, 
 next plan is made from a view that includes the last one, never from a timed requeue
 that hopes so.
 
+With several replicas (:mod:`controlplane.shards`), a controller reconciles only the
+keys its ``owner`` rule gives this replica, and commits each plan together with the
+rule's guards, so a replica that lost a key since it looked writes nothing. Keys it
+does not own are parked, and queued again whenever what the replica owns changes.
+
 A :class:`Conflict` (another writer won the race, or the cache was behind) requeues
 quickly; any other error is logged and retried with backoff (:class:`Reconciler`). The
 loop survives ordinary errors, so one bad object never stops a controller.
@@ -21,6 +26,7 @@ from typing import Any
 from archipel.core.errors import AlreadyExists, Conflict, NotFound, Unavailable
 from archipel.workqueue import Reconciler, WorkQueue
 from controlplane import metrics
+from controlplane.etcd import Guard
 from controlplane.informers import Informer
 from controlplane.plan import Plan
 from controlplane.store import Store
@@ -28,6 +34,13 @@ from controlplane.store import Store
 log = logging.getLogger(__name__)
 
 PlanReconcile = Callable[[str], Awaitable[Plan | None]]
+Owner = Callable[[str], "list[Guard] | None"]
+"""Whether this replica runs a key now: the guards its writes must carry, or None."""
+
+
+def everything(key: str) -> list[Guard] | None:
+    """The rule of a control plane with no replicas: every key is its own."""
+    return []
 
 
 class Controller:
@@ -40,8 +53,12 @@ class Controller:
         caches: Sequence[Informer[Any]],
         workers: int = 4,
         priority: Callable[[str], int] | None = None,
+        owner: Owner = everything,
     ) -> None:
         self.name = name
+        self.owner = owner
+        # Keys another replica runs, to queue again when this one's share changes.
+        self._parked: set[str] = set()
         self.plan = reconcile
         self.store = store
         self.caches = list(caches)
@@ -64,6 +81,12 @@ class Controller:
     def enqueue(self, key: str) -> None:
         self.queue.add(key)
 
+    def ownership_changed(self) -> None:
+        """This replica gained or lost keys: look at every parked one again."""
+        parked, self._parked = self._parked, set()
+        for key in parked:
+            self.queue.add(key)
+
     async def reconcile(self, key: str) -> float | None:
         """Plan ``key`` and commit the plan; seconds until it is due again, or None."""
         written = self._written.get(key)
@@ -72,11 +95,20 @@ class Controller:
             for cache in caches:
                 await cache.wait_for_revision(revision)
             del self._written[key]
+        guards = self.owner(key)
+        if guards is None:
+            self._parked.add(key)
+            return None
         plan = await self.plan(key)
         if plan is None:
             return None
         if plan.writes:
-            revision = await self.store.commit(plan.writes)
+            # Asked again after planning: a key lost meanwhile fails here, not in etcd.
+            guards = self.owner(key)
+            if guards is None:
+                self._parked.add(key)
+                return None
+            revision = await self.store.commit(plan.writes, guards=guards)
             written_keys = plan.keys()
             caches = [c for c in self.caches if any(k.startswith(c.prefix) for k in written_keys)]
             if caches:

@@ -57,6 +57,12 @@ from controlplane.controllers.status import BindingStatusController, WorkStatusC
 from controlplane.controllers.workloadrebalancer import WorkloadRebalancerController
 from controlplane.etcd import Etcd
 from controlplane.runtime import Controller
+from controlplane.shards import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_SHARDS,
+    Shards,
+    default_replica_id,
+)
 from controlplane.store import Store
 
 log = logging.getLogger("archipel.controlplane")
@@ -79,10 +85,14 @@ class AgentService:
         clusters: ClusterController,
         execution: ExecutionController,
         work_status: WorkStatusController,
+        shards: Shards,
     ) -> None:
         self.clusters = clusters
         self.execution = execution
         self.work_status = work_status
+        self.shards = shards
+        # Releases of stream claims under way, held so none is collected unfinished.
+        self._releasing: set[asyncio.Task[None]] = set()
 
     async def Connect(
         self,
@@ -116,6 +126,15 @@ class AgentService:
             session = self.execution.open(hello)
         except ArchipelError as error:
             await context.abort(error.code, str(error))
+        try:
+            # Every replica's fence: the newest epoch is kept in etcd, and the replica
+            # that held the stream before sees its claim replaced and ends it.
+            await self.shards.claim_stream(
+                cluster, session.id, hello.leader_identity, hello.leader_epoch
+            )
+        except ArchipelError as error:
+            self.execution.close(session)
+            await context.abort(error.code, str(error))
         self.clusters.connected(cluster, hello.agent_version)
         reader = asyncio.create_task(
             self._read(session, cluster, request_iterator), name=f"session-{session.id}"
@@ -138,6 +157,9 @@ class AgentService:
             reader.cancel()
             self.execution.close(session)
             self.clusters.disconnected(cluster)
+            release = asyncio.ensure_future(self.shards.release_stream(cluster, session.id))
+            self._releasing.add(release)
+            release.add_done_callback(self._releasing.discard)
             log.info("agent for %s disconnected (session %s)", cluster, session.id)
             # The reader handles its own errors (_read); waiting for it here only
             # makes sure it is over before the handler is.
@@ -306,7 +328,14 @@ class ControlPlane:
         self.settings = settings
         self.etcd = Etcd(settings.etcd_endpoints, prefix=settings.etcd_prefix)
         self.store = Store(self.etcd)
-        self.context = Context.build(settings, self.store)
+        self.shards = Shards(
+            self.etcd,
+            replica=settings.replica_id or default_replica_id(),
+            count=settings.shards,
+            lease_seconds=settings.shard_lease_seconds,
+            address=settings.listen,
+        )
+        self.context = Context.build(settings, self.store, shards=self.shards)
         self.clusters = ClusterController(self.context)
         self.policy = PolicyController(self.context)
         self.scheduler = SchedulerController(self.context)
@@ -315,6 +344,7 @@ class ControlPlane:
         self.namespaces = NamespaceController(self.context)
         self.work_status = WorkStatusController(self.context)
         self.execution = ExecutionController(self.context, report_status=self.work_status.report)
+        self.shards.on_stream_lost(self.execution.stream_taken)
         self.binding_status = BindingStatusController(self.context)
         self.rebalancer = WorkloadRebalancerController(self.context)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -364,7 +394,10 @@ class ControlPlane:
             for name, servicer in of_version.items():
                 servicers[served.service(name).full_name] = servicer
         servicers[AGENT_SERVICE] = AgentService(
-            clusters=self.clusters, execution=self.execution, work_status=self.work_status
+            clusters=self.clusters,
+            execution=self.execution,
+            work_status=self.work_status,
+            shards=self.shards,
         )
         return servicers
 
@@ -405,7 +438,15 @@ class ControlPlane:
             all_synced.cancel()
             stuck = [i.kind.name for i in self.context.informers() if not i.synced.is_set()]
             raise RuntimeError(f"the caches of {', '.join(stuck)} did not fill")
-        for controller in self.controllers():
+        running = self.controllers()
+
+        def ownership_changed() -> None:
+            for controller in running:
+                controller.ownership_changed()
+
+        self.shards.add_listener(ownership_changed)
+        self._spawn(self.shards.run(), "shards")
+        for controller in running:
             self._spawn(controller.run(), controller.name)
 
         interceptor = auth.AuthInterceptor(
@@ -488,6 +529,9 @@ class ControlPlane:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Leaving on purpose (a rolling restart): the shards and streams go to the other
+        # replicas now, not when the lease would have expired.
+        await self.shards.stop()
         await self.etcd.close()
 
 
@@ -537,6 +581,24 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--graceful-eviction-timeout", type=float, default=600.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
+        "--replica-id",
+        default="",
+        help="this replica's name among the control plane's replicas (a pod's name); "
+        "default: the host's name and a random suffix",
+    )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        default=DEFAULT_SHARDS,
+        help="how many shards controller keys hash into; the same on every replica",
+    )
+    parser.add_argument(
+        "--shard-lease-seconds",
+        type=int,
+        default=DEFAULT_LEASE_SECONDS,
+        help="a replica that stops renewing its etcd lease loses its shards after this long",
+    )
+    parser.add_argument(
         "--controllers",
         default="*",
         help="comma-separated controllers to run: '*' for all, 'name' to add one, "
@@ -565,6 +627,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     if bool(args.tls_cert_file) != bool(args.tls_key_file):
         parser.error("--tls-cert-file and --tls-key-file go together")
+    if args.shards < 1:
+        parser.error("--shards must be at least 1")
+    if args.shard_lease_seconds < 2:
+        parser.error("--shard-lease-seconds must be at least 2")
     try:
         skipped = matching.skipped_namespace_patterns(
             text for value in args.skipped_propagating_namespaces for text in _csv(value)
@@ -592,6 +658,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default_failover_taints=args.default_failover_taints,
         graceful_eviction_timeout=args.graceful_eviction_timeout,
         workers=args.workers,
+        replica_id=args.replica_id,
+        shards=args.shards,
+        shard_lease_seconds=args.shard_lease_seconds,
         controllers=controllers,
         skipped_propagating_namespaces=skipped,
     )

@@ -35,6 +35,7 @@ from controlplane.etcd import (
     MAX_TXN_BYTES,
     MAX_TXN_OPS,
     Etcd,
+    Guard,
     KeyValue,
     Put,
     RevisionOutOfRange,
@@ -221,7 +222,7 @@ class Store:
 
     # -- writes ------------------------------------------------------------------------
 
-    async def commit(self, writes: Sequence[plan.Write]) -> int:
+    async def commit(self, writes: Sequence[plan.Write], *, guards: Sequence[Guard] = ()) -> int:
         """Apply a reconcile's writes together; returns the revision they landed at.
 
         Each write is guarded by the resourceVersion its caller observed (a create by
@@ -231,13 +232,17 @@ class Store:
         bytes) is split, in order, into as few transactions as those limits allow;
         each part is still all or nothing, and a reconcile that lost a race part-way
         finds its own earlier parts done when it looks again.
+
+        ``guards`` hold every part: a controller passes its shard's claim, so a replica
+        that lost the shard (paused, partitioned, its lease expired) writes nothing,
+        and the write fails as a :class:`Conflict`.
         """
         prepared = [p for p in map(self._prepare, writes) if p is not None]
         if len({p.op.key for p in prepared}) != len(prepared):
             raise ValueError("a plan writes one key twice")
         revision = 0
         for chunk in _chunks(prepared):
-            landed = await self.etcd.commit_grouped([p.op for p in chunk])
+            landed = await self.etcd.commit_grouped([*(p.op for p in chunk), *guards])
             if landed is None:
                 for p in chunk:
                     p.undo()

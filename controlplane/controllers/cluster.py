@@ -113,6 +113,7 @@ from archipel.v1alpha1 import agent_pb2, cluster_pb2, meta_pb2, policy_pb2, work
 from archipel.version import VERSION
 from controlplane import metrics
 from controlplane.context import FINALIZER, WORK_FINALIZER, Context
+from controlplane.etcd import Guard
 from controlplane.plan import Plan
 from controlplane.predicates import is_deleting
 
@@ -179,9 +180,13 @@ def hash_secret(secret: str) -> bytes:
 class ClusterController:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = context.controller(NAME, self.reconcile)
+        self.controller = context.controller(NAME, self.reconcile, owner=self._owner)
         self.liveness: dict[str, Liveness] = {}
         self.started = time.monotonic()
+        # With replicas: when this one took over a cluster it has no heartbeat from
+        # (its agent's stream ended elsewhere), monotonic. The cluster gets the grace a
+        # restart gets, counted from then: its agent may be reconnecting right now.
+        self.adopted: dict[str, float] = {}
         self.evictions = Evictions()
         # Whether each cluster (not being deleted) is Ready, as the cache has it, and how
         # many are not: the halt is decided from these shares.
@@ -189,6 +194,16 @@ class ClusterController:
         self.fleet_not_ready = 0
         context.clusters.add_handler(self._cluster_changed)
         context.taint_policies.add_handler(self._taint_policy_changed)
+
+    def _owner(self, key: str) -> list[Guard] | None:
+        name = key.rsplit("/", 1)[-1]
+        guards = self.context.owns_cluster(name)
+        if guards is None:
+            # Another replica has the cluster: what this one knows of it grows stale, and
+            # must not count as its last heartbeat if the cluster comes back here.
+            self.adopted.pop(name, None)
+            self.liveness.pop(name, None)
+        return guards
 
     def _cluster_changed(
         self,
@@ -338,7 +353,9 @@ class ClusterController:
                 live=dataclasses.replace(live) if live is not None else Liveness(),
                 now_monotonic=now,
                 now_wall=time.time(),
-                started=self.started,
+                started=max(self.started, self.adopted.setdefault(name, now))
+                if live is None
+                else self.started,
                 grace_period=settings.cluster_grace_period,
                 credential_revision=credential_revision,
                 liveness=self.liveness,

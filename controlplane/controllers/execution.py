@@ -206,6 +206,18 @@ class ExecutionController:
         metrics.AGENTS_CONNECTED.set(len(self.sessions))
         return session
 
+    def stream_taken(self, cluster: str, session_id: str) -> None:
+        """Another replica took ``cluster``'s agent stream (a newer leader connected
+        there, or this replica's claim went with its lease): end ours, saying why."""
+        session = self.sessions.get(cluster)
+        if session is not None and session.id == session_id:
+            session.fail(
+                FailedPrecondition(
+                    "another control-plane replica holds this cluster's agent stream now"
+                )
+            )
+            self.close(session)
+
     def close(self, session: AgentSession) -> None:
         session.close()
         if self.sessions.get(session.cluster) is session:

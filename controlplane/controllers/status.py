@@ -45,6 +45,7 @@ from controlplane.context import (
     template_key_of_binding,
     work_key,
 )
+from controlplane.etcd import Guard
 from controlplane.plan import Plan
 from controlplane.predicates import is_deleting, status_changed
 
@@ -155,10 +156,17 @@ class WorkStatusController:
     def __init__(self, context: Context) -> None:
         self.context = context
         # Many cheap workers: their writes share etcd transactions (see Etcd.commit_grouped).
+        # Reports arrive on the replica holding the agent's stream, in memory: that
+        # replica writes them, guarded by its hold on the stream.
         self.controller = context.controller(
-            self.NAME, self.reconcile, workers=context.settings.workers * 8
+            self.NAME, self.reconcile, workers=context.settings.workers * 8, owner=self._owner
         )
         self.pending = PendingReports()
+
+    def _owner(self, key: str) -> list[Guard] | None:
+        namespace = key.split("/")[1]
+        cluster = kinds.cluster_of_execution_namespace(namespace)
+        return self.context.holds_stream(cluster) if cluster is not None else None
 
     def report(self, cluster: str, report: agent_pb2.WorkStatusReport) -> None:
         key = kinds.PROPAGATION_WORK.key(kinds.execution_namespace(cluster), report.name)
