@@ -13,6 +13,9 @@ N ?= 3
 PROFILE ?= api
 # make up ETCD_MEMBERS=3: the control plane on an etcd cluster of its own (3 members).
 ETCD_MEMBERS ?= 0
+# make up REPLICAS=3: three control-plane processes on that etcd, one admin token;
+# make chaos REPLICAS=3: the same under faults.
+REPLICAS ?= 1
 PYTEST_ARGS ?=
 
 .PHONY: image bench bench-quick bench-e2e bench-failover chaos up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
@@ -21,6 +24,7 @@ help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
 	@echo "make up | down     start or stop etcd, 2 member clusters, the control plane and agents"
 	@echo "make up ETCD_MEMBERS=3            the same, the control plane on a 3-member etcd cluster"
+	@echo "make up REPLICAS=3                the same, 3 control-plane replicas on one etcd"
 	@echo "make test          install everything, then lint, type-check and run the whole test suite"
 	@echo "make image         build the container image (control plane, agent, CLI) with mmdebstrap and buildah"
 	@echo "make tools         build kube-apiserver, etcd, kwok, grpcurl, helm and buf into $(CACHE)/bin"
@@ -82,7 +86,7 @@ members-ls: setup
 # The main job: etcd, two full member clusters, the control plane and an agent per member.
 up: setup
 	@bash build/tools.sh etcd kube kwok
-	$(PY) -m archipel.fleet.fleetctl up --count 2 --profile full --root .local/members --control-plane --etcd-members $(ETCD_MEMBERS) --reuse
+	$(PY) -m archipel.fleet.fleetctl up --count 2 --profile full --root .local/members --control-plane --etcd-members $(ETCD_MEMBERS) --replicas $(REPLICAS) --reuse
 
 down: setup
 	$(PY) -m archipel.fleet.fleetctl down --root .local/members
