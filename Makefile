@@ -31,6 +31,7 @@ help:
 	@echo "make members-up N=3 PROFILE=api|full   start member clusters in the background"
 	@echo "make members-ls | members-down"
 	@echo "make chaos DURATION=300 SEED=1   random faults under load on real members; report in .local/bench/chaos.json"
+	@echo "make chaos REPLICAS=3             the same with 3 control-plane replicas (faults hit one at random)"
 
 $(UV):
 	@python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade
@@ -113,7 +114,7 @@ bench-failover: setup tools
 DURATION ?= 300
 SEED ?= 1
 chaos: setup tools
-	$(PY) -m bench.chaos --duration $(DURATION) --seed $(SEED)
+	$(PY) -m bench.chaos --duration $(DURATION) --seed $(SEED) --replicas $(REPLICAS)
 
 clean: members-down
 	rm -rf .local .venv
