@@ -18,7 +18,7 @@ ETCD_MEMBERS ?= 0
 REPLICAS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: image bench bench-quick bench-e2e bench-failover chaos up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+.PHONY: image bench bench-quick bench-e2e bench-failover bench-replicas chaos up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
 
 help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
@@ -105,6 +105,11 @@ bench-quick: setup tools
 # Apply-to-applied latency (median of 20) and 500 Deployments to 2 real members.
 bench-e2e: setup tools
 	$(PY) -m bench.e2e_propagation
+
+# Fan-out works/s with 1, 2 and 3 control-plane replicas on one etcd, and etcd's raw
+# write rate beside (simulated clusters, a few minutes).
+bench-replicas: setup tools
+	$(PY) -m bench.replicas
 
 # Failover on 3 real full members, default and short timings (the defaults take ~12 min).
 bench-failover: setup tools
