@@ -13,20 +13,25 @@ N ?= 3
 PROFILE ?= api
 # make up ETCD_MEMBERS=3: the control plane on an etcd cluster of its own (3 members).
 ETCD_MEMBERS ?= 0
+# make up REPLICAS=3: three control-plane processes on that etcd, one admin token;
+# make chaos REPLICAS=3: the same under faults.
+REPLICAS ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: image bench bench-quick bench-e2e bench-failover chaos up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
+.PHONY: image bench bench-quick bench-e2e bench-failover bench-replicas chaos up down proto help setup tools test test-fast lint typecheck fmt members-up members-down members-ls demo clean
 
 help:
 	@echo "make demo          start everything locally and propagate the sample app (make down stops it)"
 	@echo "make up | down     start or stop etcd, 2 member clusters, the control plane and agents"
 	@echo "make up ETCD_MEMBERS=3            the same, the control plane on a 3-member etcd cluster"
+	@echo "make up REPLICAS=3                the same, 3 control-plane replicas on one etcd"
 	@echo "make test          install everything, then lint, type-check and run the whole test suite"
 	@echo "make image         build the container image (control plane, agent, CLI) with mmdebstrap and buildah"
 	@echo "make tools         build kube-apiserver, etcd, kwok, grpcurl, helm and buf into $(CACHE)/bin"
 	@echo "make members-up N=3 PROFILE=api|full   start member clusters in the background"
 	@echo "make members-ls | members-down"
 	@echo "make chaos DURATION=300 SEED=1   random faults under load on real members; report in .local/bench/chaos.json"
+	@echo "make chaos REPLICAS=3             the same with 3 control-plane replicas (faults hit one at random)"
 
 $(UV):
 	@python3 -m pip --version >/dev/null 2>&1 || python3 -m ensurepip --upgrade
@@ -82,7 +87,7 @@ members-ls: setup
 # The main job: etcd, two full member clusters, the control plane and an agent per member.
 up: setup
 	@bash build/tools.sh etcd kube kwok
-	$(PY) -m archipel.fleet.fleetctl up --count 2 --profile full --root .local/members --control-plane --etcd-members $(ETCD_MEMBERS) --reuse
+	$(PY) -m archipel.fleet.fleetctl up --count 2 --profile full --root .local/members --control-plane --etcd-members $(ETCD_MEMBERS) --replicas $(REPLICAS) --reuse
 
 down: setup
 	$(PY) -m archipel.fleet.fleetctl down --root .local/members
@@ -101,6 +106,11 @@ bench-quick: setup tools
 bench-e2e: setup tools
 	$(PY) -m bench.e2e_propagation
 
+# Fan-out works/s with 1, 2 and 3 control-plane replicas on one etcd, and etcd's raw
+# write rate beside (simulated clusters, a few minutes).
+bench-replicas: setup tools
+	$(PY) -m bench.replicas
+
 # Failover on 3 real full members, default and short timings (the defaults take ~12 min).
 bench-failover: setup tools
 	$(PY) -m bench.failover
@@ -109,7 +119,7 @@ bench-failover: setup tools
 DURATION ?= 300
 SEED ?= 1
 chaos: setup tools
-	$(PY) -m bench.chaos --duration $(DURATION) --seed $(SEED)
+	$(PY) -m bench.chaos --duration $(DURATION) --seed $(SEED) --replicas $(REPLICAS)
 
 clean: members-down
 	rm -rf .local .venv

@@ -17,7 +17,10 @@ freezes (SIGSTOP, then SIGCONT) and restarts, as a supervisor would.
 * **The faults** (:func:`faults`): every few seconds one of: kill -9 of the control
   plane, of an etcd member, of an agent, or of a member's API server (each restarted
   after a moment);
-  or SIGSTOP of the control plane or an agent (continued after a moment).
+  or SIGSTOP of the control plane or an agent (continued after a moment). With
+  ``--replicas N`` the control plane is N processes on the etcd cluster, a fault on it
+  hits one replica drawn at random (:func:`pick_replica`), and the agents are spread
+  over the replicas, each told every address to fail over.
 * **The check** (:func:`compare`): after the last fault, each member's ConfigMaps and
   Deployments in ``chaos`` against :func:`expected` of what the control plane stores
   (:func:`stored_model`; where that is not what the history wrote, because a write whose
@@ -52,7 +55,7 @@ from archipel import structs
 from archipel.client import Client, ClientError
 from archipel.core import kinds
 from archipel.fleet import tools
-from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
+from archipel.fleet.controlplane import AgentProcess, ControlPlaneReplicas
 from archipel.fleet.etcd import EtcdCluster
 from archipel.fleet.members import Fleet, Member, default_specs
 
@@ -357,6 +360,8 @@ class Settings:
     converge_timeout: float = 240.0
     members: int = 3
     agents_per_member: int = 2
+    replicas: int = 1
+    """Control-plane processes on the one etcd cluster."""
 
 
 @dataclasses.dataclass
@@ -364,7 +369,7 @@ class Plane:
     """What the faults act on."""
 
     etcd: EtcdCluster
-    control_plane: ControlPlaneProcess
+    control_plane: ControlPlaneReplicas
     agents: dict[str, AgentProcess]
     members: dict[str, Member]
 
@@ -375,18 +380,56 @@ class Fault:
     target: str
     break_: Callable[[], None]
     mend: Callable[[], None]
+    aim: Callable[[], str] | None = None
+    """Called just before ``break_`` when the target is drawn each time (one replica of
+    several); returns the target's name for the report."""
 
 
-def faults(plane: Plane) -> list[Fault]:
-    """Every fault the fleet can take, one per target."""
+def pick_replica(chooser: random.Random, count: int) -> int:
+    """The replica a control-plane fault hits. With one replica nothing is drawn, so a
+    seed replays the same faults as before there were replicas."""
+    return chooser.randrange(count) if count > 1 else 0
+
+
+def replica_name(index: int, count: int) -> str:
+    """A replica as the report names it: ``controlplane`` when it is the only one."""
+    return "controlplane" if count == 1 else f"controlplane-{index}"
+
+
+class _ReplicaTarget:
+    """The replica a control-plane fault acts on: drawn when the fault breaks, so
+    its mend acts on the same one."""
+
+    def __init__(self, replicas: ControlPlaneReplicas, chooser: random.Random) -> None:
+        self.replicas = replicas
+        self.chooser = chooser
+        self.index = 0
+
+    def aim(self) -> str:
+        self.index = pick_replica(self.chooser, len(self.replicas))
+        return replica_name(self.index, len(self.replicas))
+
+    def kill(self) -> None:
+        self.replicas[self.index].process.kill()
+
+    def start(self) -> None:
+        self.replicas[self.index].start()
+
+    def pause(self) -> None:
+        self.replicas[self.index].process.pause()
+
+    def resume(self) -> None:
+        self.replicas[self.index].process.resume()
+
+
+def faults(plane: Plane, chooser: random.Random | None = None) -> list[Fault]:
+    """Every fault the fleet can take, one per target; the control plane's two pick
+    one of its replicas with ``chooser`` each time."""
+    killed = _ReplicaTarget(plane.control_plane, chooser or random.Random(0))
+    stopped = _ReplicaTarget(plane.control_plane, chooser or random.Random(0))
     found = [
-        Fault("kill", "controlplane", plane.control_plane.process.kill, plane.control_plane.start),
-        Fault(
-            "stop",
-            "controlplane",
-            plane.control_plane.process.pause,
-            plane.control_plane.process.resume,
-        ),
+        Fault("kill", "controlplane", killed.kill, killed.start, killed.aim),
+        Fault("stop", "controlplane", stopped.pause, stopped.resume, stopped.aim),
     ]
     for index, etcd_member in enumerate(plane.etcd):
         found.append(Fault("kill", f"etcd-{index}", etcd_member.process.kill, etcd_member.start))
@@ -454,9 +497,10 @@ def supervise(plane: Plane) -> list[str]:
         if not etcd_member.process.running:
             etcd_member.start()
             restarted.append(f"etcd-{index}")
-    if not plane.control_plane.process.running:
-        plane.control_plane.start()
-        restarted.append("controlplane")
+    for index, replica in enumerate(plane.control_plane.replicas):
+        if not replica.process.running:
+            replica.start()
+            restarted.append(replica_name(index, len(plane.control_plane)))
     for name, agent in plane.agents.items():
         if not agent.process.running:
             agent.start()
@@ -532,7 +576,8 @@ class Run:
         binaries = tools.ensure("etcd")
         etcd = EtcdCluster(binary=binaries.etcd, directory=self.directory / "etcd", size=3)
         etcd.start()
-        control_plane = ControlPlaneProcess(
+        control_plane = ControlPlaneReplicas(
+            self.settings.replicas,
             etcd_endpoint=",".join(etcd.endpoints),
             directory=self.directory / "controlplane",
             heartbeat_interval=1,
@@ -548,10 +593,11 @@ class Run:
                 token = control_plane.join(member)
                 for replica in range(self.settings.agents_per_member):
                     # Two agents per member, as a DaemonSet runs them: one leads
-                    # through the member's Lease, the other stands by.
+                    # through the member's Lease, the other stands by. Agent i starts
+                    # on control-plane replica i mod N and fails over to the others.
                     agent = f"agent-{replica}"
-                    agents[f"{name}/{agent}"] = AgentProcess(
-                        control_plane=control_plane,
+                    agents[f"{name}/{agent}"] = control_plane.agent(
+                        len(agents),
                         member=member,
                         token_file=token,
                         heartbeat_interval=1,
@@ -592,19 +638,20 @@ class Run:
         are started with a parent-death signal, which Linux ties to the thread that
         started them, so one restarted from a thread that ends would die with it."""
         chooser = random.Random(self.settings.seed + 1)
-        every = faults(plane)
+        every = faults(plane, chooser)
         deadline = started + self.settings.duration
         while time.monotonic() + self.settings.fault_interval < deadline:
             time.sleep(self.settings.fault_interval)
             fault = chooser.choice(every)
             at = time.monotonic() - started
+            target = fault.aim() if fault.aim is not None else fault.target
             fault.break_()
             time.sleep(chooser.uniform(0.5, 3.0))
             fault.mend()
             self.injected.append(
                 {
                     "fault": fault.name,
-                    "target": fault.target,
+                    "target": target,
                     "at": round(at, 1),
                     "mended_after": round(time.monotonic() - started - at, 1),
                     "restarted": supervise(plane),
@@ -710,9 +757,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--fault-interval", type=float, default=5.0)
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="control-plane processes on the one etcd cluster"
+    )
     parser.add_argument("--output", type=Path, default=Path(".local/bench/chaos.json"))
     args = parser.parse_args(argv)
-    settings = Settings(duration=args.duration, seed=args.seed, fault_interval=args.fault_interval)
+    if args.replicas < 1:
+        parser.error("--replicas: must be at least 1")
+    settings = Settings(
+        duration=args.duration,
+        seed=args.seed,
+        fault_interval=args.fault_interval,
+        replicas=args.replicas,
+    )
     # The logs of every process stay under .local/chaos for a look after the run.
     scratch = args.output.parent.parent / "chaos"
     # A run starts from nothing: the control plane's etcd of an earlier run holds its

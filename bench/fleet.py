@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import grpc
 
@@ -46,12 +46,22 @@ class SimulatedAgent:
 
 
 class SimulatedFleet:
-    def __init__(self, address: str, admin_token: str, *, heartbeat_interval: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        admin_token: str,
+        *,
+        heartbeat_interval: float = 10.0,
+        addresses: Sequence[str] = (),
+    ) -> None:
+        """``addresses`` are the control plane's replicas when it has several: agent
+        ``i`` streams from replica ``i mod N`` (``address`` by default)."""
         self.address = address
+        self.addresses = list(addresses) or [address]
         self.admin_token = admin_token
         self.heartbeat_interval = heartbeat_interval
         self.agents: list[SimulatedAgent] = []
-        self._channels: list[grpc.aio.Channel] = []
+        self._channels: dict[tuple[int, int], grpc.aio.Channel] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.arrival_event = asyncio.Event()
         self.connect_seconds = 0.0
@@ -79,15 +89,16 @@ class SimulatedFleet:
 
     def _channel_for(self, index: int) -> grpc.aio.Channel:
         # A few agents share a connection, as a real fleet never would, but one process
-        # cannot hold a thousand sockets' worth of HTTP/2 state cheaply either.
-        while len(self._channels) <= index // AGENTS_PER_CHANNEL:
-            self._channels.append(
-                grpc.aio.insecure_channel(
-                    self.address,
-                    options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-                )
+        # cannot hold a thousand sockets' worth of HTTP/2 state cheaply either. Agents
+        # are dealt over the replicas first, then grouped per replica.
+        replica = index % len(self.addresses)
+        key = (replica, index // len(self.addresses) // AGENTS_PER_CHANNEL)
+        if key not in self._channels:
+            self._channels[key] = grpc.aio.insecure_channel(
+                self.addresses[replica],
+                options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
             )
-        return self._channels[index // AGENTS_PER_CHANNEL]
+        return self._channels[key]
 
     async def _run_agent(self, index: int, agent: SimulatedAgent) -> None:
         stub = agent_pb2_grpc.AgentServiceStub(self._channel_for(index))
@@ -185,7 +196,7 @@ class SimulatedFleet:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for channel in self._channels:
+        for channel in self._channels.values():
             await channel.close(None)
         self._channels.clear()
 

@@ -2,6 +2,9 @@
 
 They run exactly as an operator would run them (``python -m controlplane``,
 ``python -m agent``), so a test can kill, restart or pause either side.
+:class:`ControlPlaneReplicas` runs several control-plane processes on one etcd (or
+etcd cluster), sharing one admin token file, as a Deployment with several replicas
+would; agents are spread over them and told every address, to fail over.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -33,15 +36,21 @@ class ControlPlaneProcess:
         cluster_grace_period: float = 40.0,
         tls: tuple[Path, Path] | None = None,
         extra_args: Sequence[str] = (),
+        name: str = "controlplane",
+        token_file: Path | None = None,
     ) -> None:
         """``tls`` is (certificate, key) to serve TLS instead of plaintext;
-        ``extra_args`` are more of the control plane's flags (failover timings)."""
+        ``extra_args`` are more of the control plane's flags (failover timings).
+        ``name`` names the log (``<directory>/<name>.log``), so replicas sharing a
+        directory keep theirs apart; ``token_file`` is the admin token's file, by
+        default ``<directory>/admin-token`` (replicas share one)."""
         self.directory = directory
+        self.name = name
         self.tls = tls
         self.port = port or free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.token_file = directory / "admin-token"
+        self.token_file = token_file or directory / "admin-token"
         argv = [
             sys.executable,
             "-m",
@@ -57,9 +66,7 @@ class ControlPlaneProcess:
         if tls is not None:
             argv += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
         argv += extra_args
-        self.process = ManagedProcess(
-            "controlplane", argv, log_path=directory / "controlplane.log", env=_env()
-        )
+        self.process = ManagedProcess(name, argv, log_path=directory / f"{name}.log", env=_env())
 
     @property
     def admin_token(self) -> str:
@@ -79,8 +86,16 @@ class ControlPlaneProcess:
         return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
 
     def start(self, *, timeout: float = 60.0) -> None:
+        self.launch()
+        self.wait_serving(timeout=timeout)
+
+    def launch(self) -> None:
+        """Start the process without waiting for it to serve (:meth:`wait_serving`),
+        so several replicas can come up side by side."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self.process.start()
+
+    def wait_serving(self, *, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while not self.serving():
             self.process.check_running()
@@ -108,23 +123,165 @@ class ControlPlaneProcess:
 
     def join(self, member: Member, *, labels: dict[str, str] | None = None) -> Path:
         """Register a member cluster; returns the file holding its agent's token."""
-        client = self.client()
-        try:
-            _, token = client.join(
-                member.name,
-                labels={**member.spec.labels, **(labels or {})},
-                provider=member.spec.provider,
-                region=member.spec.region,
-                zone=member.spec.zone,
-                rotate=True,
+        return _join(self.client(), self.directory, member, labels)
+
+
+def _join(client: Client, directory: Path, member: Member, labels: dict[str, str] | None) -> Path:
+    """Register ``member`` through ``client`` (closed after) and write its agent's token
+    to ``<directory>/agents/<member>.token``."""
+    try:
+        _, token = client.join(
+            member.name,
+            labels={**member.spec.labels, **(labels or {})},
+            provider=member.spec.provider,
+            region=member.spec.region,
+            zone=member.spec.zone,
+            rotate=True,
+        )
+    finally:
+        client.close()
+    token_file = directory / "agents" / f"{member.name}.token"
+    token_file.parent.mkdir(parents=True, exist_ok=True)
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    return token_file
+
+
+def rotated(addresses: Sequence[str], start: int) -> list[str]:
+    """``addresses`` beginning at ``start`` (mod their count) and wrapping around: the
+    server list of the ``start``-th agent, so agents spread over the replicas and each
+    fails over to all the others."""
+    if not addresses:
+        return []
+    first = start % len(addresses)
+    return [*addresses[first:], *addresses[:first]]
+
+
+class ControlPlaneReplicas:
+    """``count`` control-plane processes on one etcd, one admin token file between them.
+
+    With one replica it is exactly one :class:`ControlPlaneProcess` as before (log
+    ``controlplane.log``); with more, replica ``i`` logs to ``controlplane-<i>.log`` in
+    the same directory, and serves on a port and a metrics port of its own. The client
+    config names every replica, so a client fails over between them.
+    """
+
+    def __init__(
+        self,
+        count: int,
+        *,
+        etcd_endpoint: str,
+        directory: Path,
+        etcd_prefix: str = "/archipel/",
+        ports: Sequence[int | None] = (),
+        heartbeat_interval: float = 10.0,
+        cluster_grace_period: float = 40.0,
+        tls: tuple[Path, Path] | None = None,
+        extra_args: Sequence[str] = (),
+        replica_args: Callable[[int], Sequence[str]] | None = None,
+    ) -> None:
+        """``ports`` are the replicas' gRPC ports in order (missing or None: any free
+        port); ``extra_args`` go to every replica, and ``replica_args(i)`` (if given)
+        to replica ``i`` only, after them: :meth:`replica_id_args` names each replica
+        for a control plane that takes ``--replica-id``."""
+        if count < 1:
+            raise ValueError("a control plane needs at least one replica")
+        self.directory = directory
+        self.token_file = directory / "admin-token"
+        self.replicas = [
+            ControlPlaneProcess(
+                etcd_endpoint=etcd_endpoint,
+                directory=directory,
+                etcd_prefix=etcd_prefix,
+                port=ports[index] if index < len(ports) else None,
+                heartbeat_interval=heartbeat_interval,
+                cluster_grace_period=cluster_grace_period,
+                tls=tls,
+                extra_args=[*extra_args, *(replica_args(index) if replica_args else ())],
+                name="controlplane" if count == 1 else f"controlplane-{index}",
+                token_file=self.token_file,
             )
-        finally:
-            client.close()
-        token_file = self.directory / "agents" / f"{member.name}.token"
-        token_file.parent.mkdir(parents=True, exist_ok=True)
-        token_file.write_text(token + "\n")
-        token_file.chmod(0o600)
-        return token_file
+            for index in range(count)
+        ]
+
+    @staticmethod
+    def replica_id_args(index: int) -> tuple[str, ...]:
+        """The flags that name replica ``index`` (``replica-<index>``), for
+        ``replica_args`` once the control plane accepts ``--replica-id``."""
+        return (f"--replica-id=replica-{index}",)
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def __getitem__(self, index: int) -> ControlPlaneProcess:
+        return self.replicas[index]
+
+    @property
+    def addresses(self) -> list[str]:
+        return [replica.address for replica in self.replicas]
+
+    @property
+    def server(self) -> str:
+        """Every replica's address, comma-separated, as flags and configs take them."""
+        return ",".join(self.addresses)
+
+    @property
+    def admin_token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    def servers_for(self, index: int) -> list[str]:
+        """The server list of the ``index``-th agent: replica ``index mod count`` first."""
+        return rotated(self.addresses, index)
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        # The first replica creates the shared token file; were several to start
+        # together, each could write a token of its own over the others'.
+        first, *others = self.replicas
+        first.start(timeout=timeout)
+        for replica in others:
+            replica.launch()
+        for replica in others:
+            replica.wait_serving(timeout=timeout)
+
+    def stop(self) -> None:
+        for replica in self.replicas:
+            replica.stop()
+
+    def config(self) -> Config:
+        return Config(server=self.server, token=self.admin_token)
+
+    def client(self) -> Client:
+        return Client(self.config())
+
+    def write_cli_config(self, path: Path) -> None:
+        path.write_text(f"server: {self.server}\ntokenFile: {self.token_file.resolve()}\n")
+
+    def join(self, member: Member, *, labels: dict[str, str] | None = None) -> Path:
+        """Register a member cluster through any replica that answers; returns the
+        file holding its agent's token."""
+        return _join(self.client(), self.directory, member, labels)
+
+    def agent(
+        self,
+        index: int,
+        *,
+        member: Member,
+        token_file: Path,
+        heartbeat_interval: float | None = None,
+        name: str = "agent",
+        extra_args: Sequence[str] = (),
+    ) -> AgentProcess:
+        """The ``index``-th agent: it starts on replica ``index mod count`` and fails
+        over to the others (the other arguments as :class:`AgentProcess` takes them)."""
+        return AgentProcess(
+            control_plane=self.replicas[index % len(self.replicas)],
+            member=member,
+            token_file=token_file,
+            heartbeat_interval=heartbeat_interval,
+            name=name,
+            extra_args=extra_args,
+            servers=self.servers_for(index),
+        )
 
 
 class AgentProcess:

@@ -7,7 +7,10 @@ read it. ``down`` sends the supervisor SIGTERM, and it stops everything it start
 
 With ``--control-plane``, the control plane stores its objects in the fleet's etcd, or,
 with ``--etcd-members N``, in an etcd cluster of its own of N members on loopback
-(``ls`` lists them), as production would run it: three or five members.
+(``ls`` lists them), as production would run it: three or five members. With
+``--replicas N``, N control-plane processes share that etcd and one admin token file
+(each logs to ``controlplane-<i>.log``); agent ``i`` starts on replica ``i mod N`` and
+is told every address to fail over, and the CLI config names every replica.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from archipel.fleet import members, tools
-from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
+from archipel.fleet.controlplane import AgentProcess, ControlPlaneReplicas
 from archipel.fleet.etcd import EtcdCluster, free_port
 from archipel.fleet.processes import alive
 
@@ -59,13 +62,18 @@ def up(
     timeout: float,
     control_plane: bool = False,
     etcd_members: int = 0,
+    replicas: int = 1,
     reuse: bool = False,
 ) -> None:
     state = _read_state(root)
     if state is not None and alive(state.get("supervisorPid")):
         plane = state.get("controlPlane")
         same = (plane is not None) == control_plane and (
-            plane is None or len(plane.get("etcd", {})) == etcd_members
+            plane is None
+            or (
+                len(plane.get("etcd", {})) == etcd_members
+                and len(plane.get("replicas", [plane])) == replicas
+            )
         )
         if reuse and same:
             print("already running")
@@ -89,6 +97,7 @@ def up(
                 profile,
                 *(["--control-plane"] if control_plane else []),
                 *(["--etcd-members", str(etcd_members)] if etcd_members else []),
+                *(["--replicas", str(replicas)] if replicas != 1 else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -117,16 +126,17 @@ def serve(
     profile: members.Profile,
     control_plane: bool,
     etcd_members: int = 0,
+    replicas: int = 1,
 ) -> None:
-    """Run the fleet (and optionally a control plane with an agent per member, on an
-    etcd cluster of its own when ``etcd_members`` says how many members) until
-    SIGTERM or SIGINT."""
+    """Run the fleet (and optionally a control plane of ``replicas`` processes with an
+    agent per member, on an etcd cluster of its own when ``etcd_members`` says how many
+    members) until SIGTERM or SIGINT."""
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stopping.set())
     fleet = members.Fleet(root, members.default_specs(count, profile=profile))
     fleet.start()
-    plane: ControlPlaneProcess | None = None
+    plane: ControlPlaneReplicas | None = None
     etcd: EtcdCluster | None = None
     agents: list[AgentProcess] = []
     try:
@@ -142,20 +152,33 @@ def serve(
                 )
                 etcd.start()
                 endpoints = etcd.endpoints
-            plane = ControlPlaneProcess(
+            plane = ControlPlaneReplicas(
+                replicas,
                 etcd_endpoint=",".join(endpoints),
                 directory=local,
-                port=_preferred_port(7443),
+                # 7443, 7444, ... when free, so people can remember them.
+                ports=[_preferred_port(7443 + index) for index in range(replicas)],
             )
             plane.start()
-            for member in fleet:
-                agent = AgentProcess(
-                    control_plane=plane, member=member, token_file=plane.join(member)
-                )
+            for index, member in enumerate(fleet):
+                agent = plane.agent(index, member=member, token_file=plane.join(member))
                 agent.start()
                 agents.append(agent)
             plane.write_cli_config(local / "archipel.yaml")
-            state["controlPlane"] = {"address": plane.address, "pid": plane.process.pid}
+            # "address" and "pid" stay the first replica's, as they were with one.
+            state["controlPlane"] = {
+                "address": plane[0].address,
+                "pid": plane[0].process.pid,
+                "replicas": [
+                    {
+                        "address": replica.address,
+                        "pid": replica.process.pid,
+                        "metricsPort": replica.metrics_port,
+                        "log": str(replica.process.log_path),
+                    }
+                    for replica in plane.replicas
+                ],
+            }
             if etcd is not None:
                 state["controlPlane"]["etcd"] = {
                     m.name: {"endpoint": m.endpoint, "pid": m.process.pid} for m in etcd
@@ -254,7 +277,18 @@ def ls(root: Path) -> None:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
-    etcd = (state.get("controlPlane") or {}).get("etcd") or {}
+    plane = state.get("controlPlane") or {}
+    replicas = plane.get("replicas") or []
+    if replicas:
+        print(f"\ncontrol plane ({len(replicas)} replica{'s' if len(replicas) > 1 else ''}):")
+        for index, replica in enumerate(replicas):
+            status = "running" if alive(replica["pid"]) else "stopped"
+            print(
+                f"  replica-{index}  {status}  {replica['address']}  "
+                f"metrics :{replica['metricsPort']}  pid {replica['pid']}  "
+                f"{os.path.relpath(replica['log'])}"
+            )
+    etcd = plane.get("etcd") or {}
     if etcd:
         print(f"\ncontrol plane etcd ({len(etcd)} members):")
         for name, member in etcd.items():
@@ -282,6 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         "control plane (3 or 5 to survive the loss of 1 or 2); 0 shares the fleet's etcd",
     )
     parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="with --control-plane: this many control-plane processes on the same etcd, "
+        "sharing one admin token; agents are spread over them",
+    )
+    parser.add_argument(
         "--reuse", action="store_true", help="succeed if the same setup already runs"
     )
     args = parser.parse_args(argv)
@@ -289,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.count < 1:
             raise FleetCtlError("--count: must be at least 1")
+        if args.replicas < 1:
+            raise FleetCtlError("--replicas: must be at least 1")
         if args.etcd_members < 0:
             raise FleetCtlError("--etcd-members: must be 0 (the fleet's etcd) or more")
         if args.command == "up":
@@ -299,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 timeout=args.timeout,
                 control_plane=args.control_plane,
                 etcd_members=args.etcd_members,
+                replicas=args.replicas,
                 reuse=args.reuse,
             )
         elif args.command == "serve":
@@ -308,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                 profile=args.profile,
                 control_plane=args.control_plane,
                 etcd_members=args.etcd_members,
+                replicas=args.replicas,
             )
         elif args.command == "down":
             down(root)

@@ -4,6 +4,7 @@ extra, misplaced and wrong objects apart."""
 from __future__ import annotations
 
 import dataclasses
+import random
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,9 @@ from bench.chaos import (
     duplicate_applies,
     expected,
     model_differences,
+    pick_replica,
     policy_document,
+    replica_name,
     stored_model,
     template_document,
 )
@@ -185,4 +188,24 @@ def test_a_late_write_is_told_apart() -> None:
     assert model_differences(written, stored) == [
         "template chaos-cm-0009",
         "template chaos-dp-0002",
+    ]
+
+
+def test_one_replica_draws_nothing_so_a_seed_replays_the_same_faults() -> None:
+    chooser, untouched = random.Random(5), random.Random(5)
+    assert [pick_replica(chooser, 1) for _ in range(10)] == [0] * 10
+    assert chooser.random() == untouched.random()
+    assert replica_name(0, 1) == "controlplane"
+
+
+def test_a_fault_on_several_replicas_hits_each_of_them_reproducibly() -> None:
+    chooser = random.Random(9)
+    drawn = [pick_replica(chooser, 3) for _ in range(60)]
+    assert set(drawn) == {0, 1, 2}
+    again = random.Random(9)
+    assert drawn == [pick_replica(again, 3) for _ in range(60)]
+    assert [replica_name(i, 3) for i in range(3)] == [
+        "controlplane-0",
+        "controlplane-1",
+        "controlplane-2",
     ]

@@ -1,0 +1,59 @@
+"""The launcher's control-plane replicas, as configured before anything starts: each
+replica's log, port and flags, the shared token file, and each agent's server list."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from archipel.client import Config
+from archipel.fleet.controlplane import ControlPlaneReplicas, rotated
+
+
+def test_agents_start_on_replica_i_mod_n_and_fail_over_to_the_others() -> None:
+    assert rotated(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert rotated(["a", "b", "c"], 1) == ["b", "c", "a"]
+    assert rotated(["a", "b", "c"], 5) == ["c", "a", "b"]
+    assert rotated(["a"], 3) == ["a"]
+    assert rotated([], 2) == []
+
+
+def test_one_replica_is_the_control_plane_as_before(tmp_path: Path) -> None:
+    plane = ControlPlaneReplicas(1, etcd_endpoint="127.0.0.1:2379", directory=tmp_path)
+    (only,) = plane.replicas
+    assert only.process.log_path == tmp_path / "controlplane.log"
+    assert only.token_file == tmp_path / "admin-token"
+    assert plane.server == only.address
+    assert plane.servers_for(1) == [only.address]
+
+
+def test_replicas_share_the_token_file_and_keep_their_own_logs_and_ports(tmp_path: Path) -> None:
+    plane = ControlPlaneReplicas(
+        3,
+        etcd_endpoint="127.0.0.1:2379",
+        directory=tmp_path,
+        ports=[17443, None],
+        extra_args=["--heartbeat-interval=1"],
+        replica_args=ControlPlaneReplicas.replica_id_args,
+    )
+    assert [r.process.log_path.name for r in plane.replicas] == [
+        "controlplane-0.log",
+        "controlplane-1.log",
+        "controlplane-2.log",
+    ]
+    assert {r.token_file for r in plane.replicas} == {tmp_path / "admin-token"}
+    assert f"--admin-token-file={tmp_path / 'admin-token'}" in plane[2].process.argv
+    assert plane[0].port == 17443
+    assert len({r.port for r in plane.replicas}) == 3
+    assert len({r.metrics_port for r in plane.replicas}) == 3
+    assert plane[1].process.argv[-2:] == ["--heartbeat-interval=1", "--replica-id=replica-1"]
+    assert plane.servers_for(1) == [plane[1].address, plane[2].address, plane[0].address]
+    assert plane.server == ",".join(r.address for r in plane.replicas)
+
+
+def test_the_cli_config_names_every_replica(tmp_path: Path) -> None:
+    plane = ControlPlaneReplicas(2, etcd_endpoint="127.0.0.1:2379", directory=tmp_path)
+    (tmp_path / "admin-token").write_text("secret\n")
+    plane.write_cli_config(tmp_path / "archipel.yaml")
+    config = Config.load(tmp_path / "archipel.yaml")
+    assert config.servers == plane.addresses
+    assert config.token == "secret"
