@@ -101,6 +101,7 @@ def stream_key(cluster: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class Holder:
     replica: str
+    """The claim: ``<replica>@<lease>`` (see Shards.claim)."""
     mod_revision: int
 
 
@@ -283,11 +284,26 @@ class Shards:
                 log.warning("replica %s: revoking its lease failed: %s", self.replica, error)
             self.lease = 0
 
+    @property
+    def claim(self) -> str:
+        """What this replica's claims say: its name and its lease. A replica restarted
+        under the same name has a new lease, and never takes the claims its previous
+        process made (that process may only be paused) for its own."""
+        return f"{self.replica}@{self.lease:x}"
+
     async def _register(self) -> None:
         self.lease = await self.etcd.grant_lease(self.lease_seconds)
         self._renewed_at = time.monotonic()
-        value = json.dumps({"replica": self.replica, "address": self.address}).encode()
-        await self.etcd.commit([Put(MEMBERS + self.replica, value, 0, lease=self.lease)])
+        value = json.dumps(
+            {"replica": self.replica, "lease": f"{self.lease:x}", "address": self.address}
+        ).encode()
+        key = MEMBERS + self.replica
+        # A previous process of this name may still be registered, its lease not expired
+        # yet: this one's registration replaces it.
+        previous = await self.etcd.get(key)
+        await self.etcd.commit(
+            [Put(key, value, previous.mod_revision if previous else 0, lease=self.lease)]
+        )
         self.members.add(self.replica)
         log.info(
             "replica %s joined (lease %x, %d s; %d shards)",
@@ -414,11 +430,11 @@ class Shards:
             mine = wanted.get(shard) == self.replica
             if holder is None and mine:
                 revision = await self.etcd.commit(
-                    [Put(shard_key(shard), self.replica.encode(), 0, lease=self.lease)]
+                    [Put(shard_key(shard), self.claim.encode(), 0, lease=self.lease)]
                 )
                 if revision is not None:
                     held[shard] = revision
-            elif holder is not None and holder.replica == self.replica:
+            elif holder is not None and holder.replica == self.claim:
                 if mine:
                     held[shard] = holder.mod_revision
                 else:

@@ -181,9 +181,11 @@ class ControlPlaneReplicas:
         replica_args: Callable[[int], Sequence[str]] | None = None,
     ) -> None:
         """``ports`` are the replicas' gRPC ports in order (missing or None: any free
-        port); ``extra_args`` go to every replica, and ``replica_args(i)`` (if given)
-        to replica ``i`` only, after them: :meth:`replica_id_args` names each replica
-        for a control plane that takes ``--replica-id``."""
+        port); ``extra_args`` go to every replica, and ``replica_args(i)`` to replica
+        ``i`` only, after them (by default :meth:`replica_id_args`, which names each
+        replica in the shards' logs and keys: ``replica-<i>``)."""
+        if replica_args is None:
+            replica_args = self.replica_id_args
         if count < 1:
             raise ValueError("a control plane needs at least one replica")
         self.directory = directory
@@ -197,7 +199,7 @@ class ControlPlaneReplicas:
                 heartbeat_interval=heartbeat_interval,
                 cluster_grace_period=cluster_grace_period,
                 tls=tls,
-                extra_args=[*extra_args, *(replica_args(index) if replica_args else ())],
+                extra_args=[*extra_args, *replica_args(index)],
                 name="controlplane" if count == 1 else f"controlplane-{index}",
                 token_file=self.token_file,
             )
@@ -206,8 +208,7 @@ class ControlPlaneReplicas:
 
     @staticmethod
     def replica_id_args(index: int) -> tuple[str, ...]:
-        """The flags that name replica ``index`` (``replica-<index>``), for
-        ``replica_args`` once the control plane accepts ``--replica-id``."""
+        """The flags that name replica ``index``: ``replica-<index>``."""
         return (f"--replica-id=replica-{index}",)
 
     def __len__(self) -> int:
