@@ -192,8 +192,22 @@ class Agent:
                 agentstream.outgoing(hello, outbox),
                 metadata=[("authorization", f"Bearer {self.token}")],
             )
+            # Until the welcome promises keep-alives, the agent waits as long as it takes.
+            silence: float | None = None
+            messages = aiter(call)
             try:
-                async for message in call:
+                while True:
+                    try:
+                        async with asyncio.timeout(silence):
+                            message = await anext(messages)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        call.cancel()
+                        raise StreamEnded(
+                            f"the control plane at {self.server} sent nothing for "
+                            f"{silence:.0f}s: it is frozen or cut off"
+                        ) from None
                     which = message.WhichOneof("message")
                     if which == "welcome":
                         self._outbox = outbox
@@ -216,6 +230,8 @@ class Agent:
                         heartbeats.add_done_callback(
                             functools.partial(_end_session_on_failure, call, heartbeat_failure)
                         )
+                        if message.welcome.keep_alive_seconds > 0:
+                            silence = 3.0 * message.welcome.keep_alive_seconds
                         log.info(
                             "connected to %s (session %s, control plane %s)",
                             self.server,

@@ -427,26 +427,51 @@ class Welcome(_message.Message):
     SESSION_FIELD_NUMBER: _builtins.int
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     CONTROL_PLANE_VERSION_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_SECONDS_FIELD_NUMBER: _builtins.int
     session: _builtins.str
     """The session's identifier, for logs."""
     heartbeat_interval_seconds: _builtins.int
     """How often to send heartbeats (the agent's --heartbeat-interval overrides it)."""
     control_plane_version: _builtins.str
     """The control plane's version: the agent says when it is too far from its own."""
+    keep_alive_seconds: _builtins.int
+    """While the session lasts, the control plane sends a message at least this often (a
+    KeepAlive when it has nothing else to say). An agent that hears nothing for three
+    times as long takes the control plane for gone (frozen, or cut off without the
+    connection closing) and connects to its next address. 0: no such promise.
+    """
     def __init__(
         self,
         *,
         session: _builtins.str = ...,
         heartbeat_interval_seconds: _builtins.int = ...,
         control_plane_version: _builtins.str = ...,
+        keep_alive_seconds: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_plane_version", b"control_plane_version", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "session", b"session"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_plane_version", b"control_plane_version", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "keep_alive_seconds", b"keep_alive_seconds", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
+
+@_typing.final
+class KeepAlive(_message.Message):
+    """Sent on an idle stream, so the agent can tell a quiet control plane from a gone one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___KeepAlive: _TypeAlias = KeepAlive  # noqa: Y015
 
 @_typing.final
 class WorkDelete(_message.Message):
@@ -576,6 +601,7 @@ class ControlMessage(_message.Message):
     SYNCED_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     CUSTOMIZATIONS_FIELD_NUMBER: _builtins.int
+    KEEP_ALIVE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """The first message of a session."""
@@ -600,6 +626,10 @@ class ControlMessage(_message.Message):
     def customizations(self) -> Global___InterpreterCustomizations:
         """Every ResourceInterpreterCustomization."""
 
+    @_builtins.property
+    def keep_alive(self) -> Global___KeepAlive:
+        """Nothing to say, and still here (see Welcome.keep_alive_seconds)."""
+
     def __init__(
         self,
         *,
@@ -609,12 +639,13 @@ class ControlMessage(_message.Message):
         synced: Global___SyncComplete | None = ...,
         batch: Global___WorkBatch | None = ...,
         customizations: Global___InterpreterCustomizations | None = ...,
+        keep_alive: Global___KeepAlive | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customizations", b"customizations", "delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customizations", b"customizations", "delete", b"delete", "keep_alive", b"keep_alive", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customizations", b"customizations", "delete", b"delete", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customizations", b"customizations", "delete", b"delete", "keep_alive", b"keep_alive", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "work", "delete", "synced", "batch", "customizations"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "work", "delete", "synced", "batch", "customizations", "keep_alive"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

@@ -101,15 +101,19 @@ class AgentSession:
             del self._dirty[name]
         return names
 
-    async def next_dirty(self) -> str | None:
-        """The next dirty work's name; "" when only the customizations are due."""
+    async def next_dirty(self, idle: float | None = None) -> str | None:
+        """The next dirty work's name; "" when only the customizations are due, or
+        when nothing came for ``idle`` seconds (the stream is due a keep-alive)."""
         while not self._dirty:
             if self.closed.is_set():
                 return None
             if self.customizations_due:
                 return ""
             self._wakeup.clear()
-            await self._wakeup.wait()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), idle)
+            except TimeoutError:
+                return ""
         name = next(iter(self._dirty))
         del self._dirty[name]
         return name
@@ -256,11 +260,13 @@ class ExecutionController:
 
     async def stream(self, session: AgentSession) -> AsyncIterator[agent_pb2.ControlMessage]:
         """What the control plane sends one agent, for as long as the session lasts."""
+        keep_alive = max(1, int(self.context.settings.heartbeat_interval))
         yield agent_pb2.ControlMessage(
             welcome=agent_pb2.Welcome(
                 session=session.id,
                 heartbeat_interval_seconds=int(self.context.settings.heartbeat_interval),
                 control_plane_version=VERSION,
+                keep_alive_seconds=keep_alive,
             )
         )
         cluster_works = self.context.works.index_keys("cluster", session.cluster)
@@ -282,11 +288,15 @@ class ExecutionController:
             if session.customizations_due:
                 session.customizations_due = False
                 yield self._customizations()
-            first = await session.next_dirty()
+            first = await session.next_dirty(idle=keep_alive)
             if first is None:
                 return
             if not first:
-                continue  # only the customizations were due
+                if not session.customizations_due:
+                    # Idle: a frozen or cut-off control plane says nothing at all, and
+                    # its agent then moves to another replica.
+                    yield agent_pb2.ControlMessage(keep_alive=agent_pb2.KeepAlive())
+                continue
             # Whatever else is already dirty goes out in the same stream message, up to
             # BATCH works and about MAX_STREAM_BATCH_BYTES.
             message = agent_pb2.ControlMessage()

@@ -1,10 +1,23 @@
-"""Two control-plane replicas on one etcd, one admin token: a template applied through
-one replica reaches the member; the replica the agent is connected to is killed
-(``kill -9``), a change applied through the other one reaches the member too, the
-agent having failed over to it. Real processes on a real member cluster."""
+"""Two control-plane replicas on one etcd, one admin token. Real processes on a real
+member cluster.
+
+* A template applied through one replica reaches the member; the replica the agent is
+  connected to is killed (``kill -9``), a change applied through the other one reaches
+  the member too, the agent having failed over to it.
+* The replicas share the controllers' shards; one frozen (SIGSTOP) loses its shards
+  to the other once its lease expires, and, woken, finds them gone and writes nothing
+  with them, then gets its share back.
+* A rolling restart (SIGTERM, start, one replica after the other) costs the agent one
+  reconnect per restart of its replica, and its resume re-delivers nothing.
+
+The takeover times are printed (``-s``), held only to generous bounds.
+"""
 
 from __future__ import annotations
 
+import re
+import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,11 +27,14 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from archipel.client import Client
+from archipel.core import kinds
 from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess, ControlPlaneReplicas
 from archipel.fleet.members import Fleet, Member
 from tests.e2e.conftest import configmap, policy, wait_for
 
 pytestmark = pytest.mark.members(count=1, profile="api")
+SHARDS = 32
+LEASE_SECONDS = 2
 
 
 @pytest.fixture
@@ -31,6 +47,7 @@ def replicas(members: Fleet, tmp_path: Path) -> Iterator[ControlPlaneReplicas]:
         directory=tmp_path / "cp",
         heartbeat_interval=1,
         cluster_grace_period=4,
+        extra_args=[f"--shards={SHARDS}", f"--shard-lease-seconds={LEASE_SECONDS}"],
     )
     started.start()
     yield started
@@ -104,5 +121,117 @@ def test_a_change_reaches_the_member_after_the_agents_replica_is_killed(
             lambda: (_data(member, namespace, "settings") or {}).get("version") == "2",
         )
         assert _connected_to(agent, replicas) is other
+    finally:
+        agent.stop()
+
+
+def _shards_held(plane: ControlPlaneProcess) -> int:
+    url = f"http://127.0.0.1:{plane.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r"^archipel_shards_held (\S+)$", text, re.MULTILINE)
+    return int(float(found.group(1))) if found else 0
+
+
+def _shared(replicas: ControlPlaneReplicas) -> bool:
+    held = [_shards_held(r) for r in replicas.replicas]
+    return sum(held) == SHARDS and all(held)
+
+
+def _setup(
+    members: Fleet, replicas: ControlPlaneReplicas, namespace: str
+) -> tuple[Member, AgentProcess]:
+    member = next(iter(members))
+    agent = replicas.agent(0, member=member, token_file=replicas.join(member), heartbeat_interval=1)
+    agent.start()
+    _apply(
+        replicas[0],
+        configmap(namespace, "settings", {"version": "1"}),
+        policy(
+            namespace, "settings", cluster_names=[member.name], kind="ConfigMap", api_version="v1"
+        ),
+    )
+    wait_for(
+        "version 1 in the member",
+        lambda: (_data(member, namespace, "settings") or {}).get("version") == "1",
+    )
+    return member, agent
+
+
+def test_replicas_share_the_shards_and_a_frozen_one_loses_its_share(
+    members: Fleet, replicas: ControlPlaneReplicas
+) -> None:
+    namespace = f"e2e-{uuid.uuid4().hex[:6]}"
+    member, agent = _setup(members, replicas, namespace)
+    try:
+        wait_for("the shards to be shared", lambda: _shared(replicas))
+        api = Client(replicas[1].config())
+        try:
+            # Written by the replica holding the stream, read through either.
+            wait_for(
+                "the cluster's agent to show connected",
+                lambda: api.get_object(kinds.MEMBER_CLUSTER, member.name).status.agent.connected,
+            )
+        finally:
+            api.close()
+        frozen, other = replicas[0], replicas[1]
+        frozen.process.pause()
+        paused = time.monotonic()
+        try:
+            wait_for("the other replica to take every shard", lambda: _shards_held(other) == SHARDS)
+            took = time.monotonic() - paused
+            print(f"shards of a frozen replica taken over in {took:.1f}s (lease {LEASE_SECONDS}s)")
+            assert took < 5 * LEASE_SECONDS
+            _apply(other, configmap(namespace, "settings", {"version": "2"}))
+            wait_for(
+                "version 2 in the member, with one replica frozen",
+                lambda: (_data(member, namespace, "settings") or {}).get("version") == "2",
+            )
+        finally:
+            frozen.process.resume()
+        wait_for(
+            "the woken replica to find its lease gone",
+            lambda: "its lease expired; its shards are gone" in frozen.process.log_tail(400),
+        )
+        wait_for("the shards to be shared again", lambda: _shared(replicas))
+        _apply(frozen, configmap(namespace, "settings", {"version": "3"}))
+        wait_for(
+            "version 3 in the member",
+            lambda: (_data(member, namespace, "settings") or {}).get("version") == "3",
+        )
+    finally:
+        agent.stop()
+
+
+IN_SYNC = re.compile(r"in sync: (\d+) sent, (\d+) deleted, (\d+) unchanged")
+
+
+def test_a_rolling_restart_redelivers_nothing(
+    members: Fleet, replicas: ControlPlaneReplicas
+) -> None:
+    namespace = f"e2e-{uuid.uuid4().hex[:6]}"
+    member, agent = _setup(members, replicas, namespace)
+    try:
+        wait_for("the shards to be shared", lambda: _shared(replicas))
+        offset = len(IN_SYNC.findall(agent.process.log_tail(1000)))
+        for replica in replicas.replicas:
+            restarted = time.monotonic()
+            replica.restart()
+            wait_for("the shards to be shared after the restart", lambda: _shared(replicas))
+            print(
+                f"{replica.process.name} restarted, shards shared again in "
+                f"{time.monotonic() - restarted:.1f}s"
+            )
+        wait_for("the agent to be connected", lambda: _connected_to(agent, replicas))
+        resumes = IN_SYNC.findall(agent.process.log_tail(1000))[offset:]
+        # One resume for the restart of the agent's replica (the other's restart does
+        # not touch its stream), and none of them sent a work the agent held.
+        assert 1 <= len(resumes) <= 2, resumes
+        assert all(sent == "0" and deleted == "0" for sent, deleted, _ in resumes), resumes
+        _apply(replicas[1], configmap(namespace, "settings", {"version": "2"}))
+        wait_for(
+            "version 2 in the member after the rolling restart",
+            lambda: (_data(member, namespace, "settings") or {}).get("version") == "2",
+        )
     finally:
         agent.stop()

@@ -833,8 +833,13 @@ type Welcome struct {
 	HeartbeatIntervalSeconds int32 `protobuf:"varint,2,opt,name=heartbeat_interval_seconds,json=heartbeatIntervalSeconds,proto3" json:"heartbeat_interval_seconds,omitempty"`
 	// The control plane's version: the agent says when it is too far from its own.
 	ControlPlaneVersion string `protobuf:"bytes,3,opt,name=control_plane_version,json=controlPlaneVersion,proto3" json:"control_plane_version,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// While the session lasts, the control plane sends a message at least this often (a
+	// KeepAlive when it has nothing else to say). An agent that hears nothing for three
+	// times as long takes the control plane for gone (frozen, or cut off without the
+	// connection closing) and connects to its next address. 0: no such promise.
+	KeepAliveSeconds int32 `protobuf:"varint,4,opt,name=keep_alive_seconds,json=keepAliveSeconds,proto3" json:"keep_alive_seconds,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Welcome) Reset() {
@@ -888,6 +893,50 @@ func (x *Welcome) GetControlPlaneVersion() string {
 	return ""
 }
 
+func (x *Welcome) GetKeepAliveSeconds() int32 {
+	if x != nil {
+		return x.KeepAliveSeconds
+	}
+	return 0
+}
+
+// Sent on an idle stream, so the agent can tell a quiet control plane from a gone one.
+type KeepAlive struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KeepAlive) Reset() {
+	*x = KeepAlive{}
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeepAlive) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeepAlive) ProtoMessage() {}
+
+func (x *KeepAlive) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeepAlive.ProtoReflect.Descriptor instead.
+func (*KeepAlive) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{10}
+}
+
 // Delete a work, and its objects from the member.
 type WorkDelete struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -903,7 +952,7 @@ type WorkDelete struct {
 
 func (x *WorkDelete) Reset() {
 	*x = WorkDelete{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[10]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -915,7 +964,7 @@ func (x *WorkDelete) String() string {
 func (*WorkDelete) ProtoMessage() {}
 
 func (x *WorkDelete) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[10]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -928,7 +977,7 @@ func (x *WorkDelete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkDelete.ProtoReflect.Descriptor instead.
 func (*WorkDelete) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{10}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WorkDelete) GetName() string {
@@ -967,7 +1016,7 @@ type SyncComplete struct {
 
 func (x *SyncComplete) Reset() {
 	*x = SyncComplete{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[11]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -979,7 +1028,7 @@ func (x *SyncComplete) String() string {
 func (*SyncComplete) ProtoMessage() {}
 
 func (x *SyncComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[11]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -992,7 +1041,7 @@ func (x *SyncComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncComplete.ProtoReflect.Descriptor instead.
 func (*SyncComplete) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{11}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SyncComplete) GetSent() int32 {
@@ -1029,7 +1078,7 @@ type WorkBatch struct {
 
 func (x *WorkBatch) Reset() {
 	*x = WorkBatch{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[12]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1090,7 @@ func (x *WorkBatch) String() string {
 func (*WorkBatch) ProtoMessage() {}
 
 func (x *WorkBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[12]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1103,7 @@ func (x *WorkBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkBatch.ProtoReflect.Descriptor instead.
 func (*WorkBatch) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{12}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WorkBatch) GetWorks() []*PropagationWork {
@@ -1083,7 +1132,7 @@ type InterpreterCustomizations struct {
 
 func (x *InterpreterCustomizations) Reset() {
 	*x = InterpreterCustomizations{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[13]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1095,7 +1144,7 @@ func (x *InterpreterCustomizations) String() string {
 func (*InterpreterCustomizations) ProtoMessage() {}
 
 func (x *InterpreterCustomizations) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[13]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1108,7 +1157,7 @@ func (x *InterpreterCustomizations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterpreterCustomizations.ProtoReflect.Descriptor instead.
 func (*InterpreterCustomizations) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{13}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *InterpreterCustomizations) GetItems() []*ResourceInterpreterCustomization {
@@ -1131,6 +1180,7 @@ type ControlMessage struct {
 	//	*ControlMessage_Synced
 	//	*ControlMessage_Batch
 	//	*ControlMessage_Customizations
+	//	*ControlMessage_KeepAlive
 	Message       isControlMessage_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1138,7 +1188,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[14]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1200,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[14]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1213,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{14}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ControlMessage) GetMessage() isControlMessage_Message {
@@ -1227,6 +1277,15 @@ func (x *ControlMessage) GetCustomizations() *InterpreterCustomizations {
 	return nil
 }
 
+func (x *ControlMessage) GetKeepAlive() *KeepAlive {
+	if x != nil {
+		if x, ok := x.Message.(*ControlMessage_KeepAlive); ok {
+			return x.KeepAlive
+		}
+	}
+	return nil
+}
+
 type isControlMessage_Message interface {
 	isControlMessage_Message()
 }
@@ -1261,6 +1320,11 @@ type ControlMessage_Customizations struct {
 	Customizations *InterpreterCustomizations `protobuf:"bytes,6,opt,name=customizations,proto3,oneof"`
 }
 
+type ControlMessage_KeepAlive struct {
+	// Nothing to say, and still here (see Welcome.keep_alive_seconds).
+	KeepAlive *KeepAlive `protobuf:"bytes,7,opt,name=keep_alive,json=keepAlive,proto3,oneof"`
+}
+
 func (*ControlMessage_Welcome) isControlMessage_Message() {}
 
 func (*ControlMessage_Work) isControlMessage_Message() {}
@@ -1272,6 +1336,8 @@ func (*ControlMessage_Synced) isControlMessage_Message() {}
 func (*ControlMessage_Batch) isControlMessage_Message() {}
 
 func (*ControlMessage_Customizations) isControlMessage_Message() {}
+
+func (*ControlMessage_KeepAlive) isControlMessage_Message() {}
 
 var File_archipel_v1alpha1_agent_proto protoreflect.FileDescriptor
 
@@ -1338,11 +1404,13 @@ const file_archipel_v1alpha1_agent_proto_rawDesc = "" +
 	"\x05batch\x18\x06 \x01(\v2\x1d.archipel.v1alpha1.AgentBatchH\x00R\x05batch\x12=\n" +
 	"\n" +
 	"held_works\x18\a \x01(\v2\x1c.archipel.v1alpha1.HeldWorksH\x00R\theldWorksB\t\n" +
-	"\amessage\"\x95\x01\n" +
+	"\amessage\"\xc3\x01\n" +
 	"\aWelcome\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12<\n" +
 	"\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05R\x18heartbeatIntervalSeconds\x122\n" +
-	"\x15control_plane_version\x18\x03 \x01(\tR\x13controlPlaneVersion\"a\n" +
+	"\x15control_plane_version\x18\x03 \x01(\tR\x13controlPlaneVersion\x12,\n" +
+	"\x12keep_alive_seconds\x18\x04 \x01(\x05R\x10keepAliveSeconds\"\v\n" +
+	"\tKeepAlive\"a\n" +
 	"\n" +
 	"WorkDelete\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x10\n" +
@@ -1356,14 +1424,16 @@ const file_archipel_v1alpha1_agent_proto_rawDesc = "" +
 	"\x05works\x18\x01 \x03(\v2\".archipel.v1alpha1.PropagationWorkR\x05works\x127\n" +
 	"\adeletes\x18\x02 \x03(\v2\x1d.archipel.v1alpha1.WorkDeleteR\adeletes\"f\n" +
 	"\x19InterpreterCustomizations\x12I\n" +
-	"\x05items\x18\x01 \x03(\v23.archipel.v1alpha1.ResourceInterpreterCustomizationR\x05items\"\x8f\x03\n" +
+	"\x05items\x18\x01 \x03(\v23.archipel.v1alpha1.ResourceInterpreterCustomizationR\x05items\"\xce\x03\n" +
 	"\x0eControlMessage\x126\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1a.archipel.v1alpha1.WelcomeH\x00R\awelcome\x128\n" +
 	"\x04work\x18\x02 \x01(\v2\".archipel.v1alpha1.PropagationWorkH\x00R\x04work\x127\n" +
 	"\x06delete\x18\x03 \x01(\v2\x1d.archipel.v1alpha1.WorkDeleteH\x00R\x06delete\x129\n" +
 	"\x06synced\x18\x04 \x01(\v2\x1f.archipel.v1alpha1.SyncCompleteH\x00R\x06synced\x124\n" +
 	"\x05batch\x18\x05 \x01(\v2\x1c.archipel.v1alpha1.WorkBatchH\x00R\x05batch\x12V\n" +
-	"\x0ecustomizations\x18\x06 \x01(\v2,.archipel.v1alpha1.InterpreterCustomizationsH\x00R\x0ecustomizationsB\t\n" +
+	"\x0ecustomizations\x18\x06 \x01(\v2,.archipel.v1alpha1.InterpreterCustomizationsH\x00R\x0ecustomizations\x12=\n" +
+	"\n" +
+	"keep_alive\x18\a \x01(\v2\x1c.archipel.v1alpha1.KeepAliveH\x00R\tkeepAliveB\t\n" +
 	"\amessage2a\n" +
 	"\fAgentService\x12Q\n" +
 	"\aConnect\x12\x1f.archipel.v1alpha1.AgentMessage\x1a!.archipel.v1alpha1.ControlMessage(\x010\x01B\xd7\x01\n" +
@@ -1382,7 +1452,7 @@ func file_archipel_v1alpha1_agent_proto_rawDescGZIP() []byte {
 	return file_archipel_v1alpha1_agent_proto_rawDescData
 }
 
-var file_archipel_v1alpha1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_archipel_v1alpha1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_archipel_v1alpha1_agent_proto_goTypes = []any{
 	(*HeldWork)(nil),                         // 0: archipel.v1alpha1.HeldWork
 	(*Hello)(nil),                            // 1: archipel.v1alpha1.Hello
@@ -1394,25 +1464,26 @@ var file_archipel_v1alpha1_agent_proto_goTypes = []any{
 	(*AgentBatch)(nil),                       // 7: archipel.v1alpha1.AgentBatch
 	(*AgentMessage)(nil),                     // 8: archipel.v1alpha1.AgentMessage
 	(*Welcome)(nil),                          // 9: archipel.v1alpha1.Welcome
-	(*WorkDelete)(nil),                       // 10: archipel.v1alpha1.WorkDelete
-	(*SyncComplete)(nil),                     // 11: archipel.v1alpha1.SyncComplete
-	(*WorkBatch)(nil),                        // 12: archipel.v1alpha1.WorkBatch
-	(*InterpreterCustomizations)(nil),        // 13: archipel.v1alpha1.InterpreterCustomizations
-	(*ControlMessage)(nil),                   // 14: archipel.v1alpha1.ControlMessage
-	(*ManifestStatus)(nil),                   // 15: archipel.v1alpha1.ManifestStatus
-	(*APIEnablement)(nil),                    // 16: archipel.v1alpha1.APIEnablement
-	(*NodeSummary)(nil),                      // 17: archipel.v1alpha1.NodeSummary
-	(*ResourceSummary)(nil),                  // 18: archipel.v1alpha1.ResourceSummary
-	(*PropagationWork)(nil),                  // 19: archipel.v1alpha1.PropagationWork
-	(*ResourceInterpreterCustomization)(nil), // 20: archipel.v1alpha1.ResourceInterpreterCustomization
+	(*KeepAlive)(nil),                        // 10: archipel.v1alpha1.KeepAlive
+	(*WorkDelete)(nil),                       // 11: archipel.v1alpha1.WorkDelete
+	(*SyncComplete)(nil),                     // 12: archipel.v1alpha1.SyncComplete
+	(*WorkBatch)(nil),                        // 13: archipel.v1alpha1.WorkBatch
+	(*InterpreterCustomizations)(nil),        // 14: archipel.v1alpha1.InterpreterCustomizations
+	(*ControlMessage)(nil),                   // 15: archipel.v1alpha1.ControlMessage
+	(*ManifestStatus)(nil),                   // 16: archipel.v1alpha1.ManifestStatus
+	(*APIEnablement)(nil),                    // 17: archipel.v1alpha1.APIEnablement
+	(*NodeSummary)(nil),                      // 18: archipel.v1alpha1.NodeSummary
+	(*ResourceSummary)(nil),                  // 19: archipel.v1alpha1.ResourceSummary
+	(*PropagationWork)(nil),                  // 20: archipel.v1alpha1.PropagationWork
+	(*ResourceInterpreterCustomization)(nil), // 21: archipel.v1alpha1.ResourceInterpreterCustomization
 }
 var file_archipel_v1alpha1_agent_proto_depIdxs = []int32{
 	0,  // 0: archipel.v1alpha1.Hello.held_works:type_name -> archipel.v1alpha1.HeldWork
 	0,  // 1: archipel.v1alpha1.HeldWorks.works:type_name -> archipel.v1alpha1.HeldWork
-	15, // 2: archipel.v1alpha1.WorkStatusReport.manifest_statuses:type_name -> archipel.v1alpha1.ManifestStatus
-	16, // 3: archipel.v1alpha1.Heartbeat.api_enablements:type_name -> archipel.v1alpha1.APIEnablement
-	17, // 4: archipel.v1alpha1.Heartbeat.node_summary:type_name -> archipel.v1alpha1.NodeSummary
-	18, // 5: archipel.v1alpha1.Heartbeat.resource_summary:type_name -> archipel.v1alpha1.ResourceSummary
+	16, // 2: archipel.v1alpha1.WorkStatusReport.manifest_statuses:type_name -> archipel.v1alpha1.ManifestStatus
+	17, // 3: archipel.v1alpha1.Heartbeat.api_enablements:type_name -> archipel.v1alpha1.APIEnablement
+	18, // 4: archipel.v1alpha1.Heartbeat.node_summary:type_name -> archipel.v1alpha1.NodeSummary
+	19, // 5: archipel.v1alpha1.Heartbeat.resource_summary:type_name -> archipel.v1alpha1.ResourceSummary
 	3,  // 6: archipel.v1alpha1.AgentBatch.acks:type_name -> archipel.v1alpha1.WorkAck
 	4,  // 7: archipel.v1alpha1.AgentBatch.statuses:type_name -> archipel.v1alpha1.WorkStatusReport
 	5,  // 8: archipel.v1alpha1.AgentBatch.deleted:type_name -> archipel.v1alpha1.WorkDeleted
@@ -1423,22 +1494,23 @@ var file_archipel_v1alpha1_agent_proto_depIdxs = []int32{
 	6,  // 13: archipel.v1alpha1.AgentMessage.heartbeat:type_name -> archipel.v1alpha1.Heartbeat
 	7,  // 14: archipel.v1alpha1.AgentMessage.batch:type_name -> archipel.v1alpha1.AgentBatch
 	2,  // 15: archipel.v1alpha1.AgentMessage.held_works:type_name -> archipel.v1alpha1.HeldWorks
-	19, // 16: archipel.v1alpha1.WorkBatch.works:type_name -> archipel.v1alpha1.PropagationWork
-	10, // 17: archipel.v1alpha1.WorkBatch.deletes:type_name -> archipel.v1alpha1.WorkDelete
-	20, // 18: archipel.v1alpha1.InterpreterCustomizations.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	20, // 16: archipel.v1alpha1.WorkBatch.works:type_name -> archipel.v1alpha1.PropagationWork
+	11, // 17: archipel.v1alpha1.WorkBatch.deletes:type_name -> archipel.v1alpha1.WorkDelete
+	21, // 18: archipel.v1alpha1.InterpreterCustomizations.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
 	9,  // 19: archipel.v1alpha1.ControlMessage.welcome:type_name -> archipel.v1alpha1.Welcome
-	19, // 20: archipel.v1alpha1.ControlMessage.work:type_name -> archipel.v1alpha1.PropagationWork
-	10, // 21: archipel.v1alpha1.ControlMessage.delete:type_name -> archipel.v1alpha1.WorkDelete
-	11, // 22: archipel.v1alpha1.ControlMessage.synced:type_name -> archipel.v1alpha1.SyncComplete
-	12, // 23: archipel.v1alpha1.ControlMessage.batch:type_name -> archipel.v1alpha1.WorkBatch
-	13, // 24: archipel.v1alpha1.ControlMessage.customizations:type_name -> archipel.v1alpha1.InterpreterCustomizations
-	8,  // 25: archipel.v1alpha1.AgentService.Connect:input_type -> archipel.v1alpha1.AgentMessage
-	14, // 26: archipel.v1alpha1.AgentService.Connect:output_type -> archipel.v1alpha1.ControlMessage
-	26, // [26:27] is the sub-list for method output_type
-	25, // [25:26] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	20, // 20: archipel.v1alpha1.ControlMessage.work:type_name -> archipel.v1alpha1.PropagationWork
+	11, // 21: archipel.v1alpha1.ControlMessage.delete:type_name -> archipel.v1alpha1.WorkDelete
+	12, // 22: archipel.v1alpha1.ControlMessage.synced:type_name -> archipel.v1alpha1.SyncComplete
+	13, // 23: archipel.v1alpha1.ControlMessage.batch:type_name -> archipel.v1alpha1.WorkBatch
+	14, // 24: archipel.v1alpha1.ControlMessage.customizations:type_name -> archipel.v1alpha1.InterpreterCustomizations
+	10, // 25: archipel.v1alpha1.ControlMessage.keep_alive:type_name -> archipel.v1alpha1.KeepAlive
+	8,  // 26: archipel.v1alpha1.AgentService.Connect:input_type -> archipel.v1alpha1.AgentMessage
+	15, // 27: archipel.v1alpha1.AgentService.Connect:output_type -> archipel.v1alpha1.ControlMessage
+	27, // [27:28] is the sub-list for method output_type
+	26, // [26:27] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_archipel_v1alpha1_agent_proto_init() }
@@ -1458,13 +1530,14 @@ func file_archipel_v1alpha1_agent_proto_init() {
 		(*AgentMessage_Batch)(nil),
 		(*AgentMessage_HeldWorks)(nil),
 	}
-	file_archipel_v1alpha1_agent_proto_msgTypes[14].OneofWrappers = []any{
+	file_archipel_v1alpha1_agent_proto_msgTypes[15].OneofWrappers = []any{
 		(*ControlMessage_Welcome)(nil),
 		(*ControlMessage_Work)(nil),
 		(*ControlMessage_Delete)(nil),
 		(*ControlMessage_Synced)(nil),
 		(*ControlMessage_Batch)(nil),
 		(*ControlMessage_Customizations)(nil),
+		(*ControlMessage_KeepAlive)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1472,7 +1545,7 @@ func file_archipel_v1alpha1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha1_agent_proto_rawDesc), len(file_archipel_v1alpha1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -216,6 +216,17 @@ export interface Welcome {
   heartbeatIntervalSeconds: number;
   /** The control plane's version: the agent says when it is too far from its own. */
   controlPlaneVersion: string;
+  /**
+   * While the session lasts, the control plane sends a message at least this often (a
+   * KeepAlive when it has nothing else to say). An agent that hears nothing for three
+   * times as long takes the control plane for gone (frozen, or cut off without the
+   * connection closing) and connects to its next address. 0: no such promise.
+   */
+  keepAliveSeconds: number;
+}
+
+/** Sent on an idle stream, so the agent can tell a quiet control plane from a gone one. */
+export interface KeepAlive {
 }
 
 /** Delete a work, and its objects from the member. */
@@ -278,7 +289,11 @@ export interface ControlMessage {
     | WorkBatch
     | undefined;
   /** Every ResourceInterpreterCustomization. */
-  customizations?: InterpreterCustomizations | undefined;
+  customizations?:
+    | InterpreterCustomizations
+    | undefined;
+  /** Nothing to say, and still here (see Welcome.keep_alive_seconds). */
+  keepAlive?: KeepAlive | undefined;
 }
 
 function createBaseHeldWork(): HeldWork {
@@ -1508,7 +1523,7 @@ export const AgentMessage: MessageFns<AgentMessage> = {
 };
 
 function createBaseWelcome(): Welcome {
-  return { session: "", heartbeatIntervalSeconds: 0, controlPlaneVersion: "" };
+  return { session: "", heartbeatIntervalSeconds: 0, controlPlaneVersion: "", keepAliveSeconds: 0 };
 }
 
 export const Welcome: MessageFns<Welcome> = {
@@ -1521,6 +1536,9 @@ export const Welcome: MessageFns<Welcome> = {
     }
     if (message.controlPlaneVersion !== "") {
       writer.uint32(26).string(message.controlPlaneVersion);
+    }
+    if (message.keepAliveSeconds !== 0) {
+      writer.uint32(32).int32(message.keepAliveSeconds);
     }
     return writer;
   },
@@ -1562,6 +1580,14 @@ export const Welcome: MessageFns<Welcome> = {
             message.controlPlaneVersion = reader.string();
             continue;
           }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.keepAliveSeconds = reader.int32();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1587,6 +1613,11 @@ export const Welcome: MessageFns<Welcome> = {
         : isSet(object.control_plane_version)
         ? globalThis.String(object.control_plane_version)
         : "",
+      keepAliveSeconds: isSet(object.keepAliveSeconds)
+        ? globalThis.Number(object.keepAliveSeconds)
+        : isSet(object.keep_alive_seconds)
+        ? globalThis.Number(object.keep_alive_seconds)
+        : 0,
     };
   },
 
@@ -1601,6 +1632,9 @@ export const Welcome: MessageFns<Welcome> = {
     if (message.controlPlaneVersion !== "") {
       obj.controlPlaneVersion = message.controlPlaneVersion;
     }
+    if (message.keepAliveSeconds !== 0) {
+      obj.keepAliveSeconds = Math.round(message.keepAliveSeconds);
+    }
     return obj;
   },
 
@@ -1612,6 +1646,59 @@ export const Welcome: MessageFns<Welcome> = {
     message.session = object.session ?? "";
     message.heartbeatIntervalSeconds = object.heartbeatIntervalSeconds ?? 0;
     message.controlPlaneVersion = object.controlPlaneVersion ?? "";
+    message.keepAliveSeconds = object.keepAliveSeconds ?? 0;
+    return message;
+  },
+};
+
+function createBaseKeepAlive(): KeepAlive {
+  return {};
+}
+
+export const KeepAlive: MessageFns<KeepAlive> = {
+  encode(_: KeepAlive, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): KeepAlive {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseKeepAlive();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): KeepAlive {
+    return {};
+  },
+
+  toJSON(_: KeepAlive): unknown {
+    const obj: any = {};
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<KeepAlive>, I>>(base?: I): KeepAlive {
+    return KeepAlive.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<KeepAlive>, I>>(_: I): KeepAlive {
+    const message = createBaseKeepAlive();
     return message;
   },
 };
@@ -1986,6 +2073,7 @@ function createBaseControlMessage(): ControlMessage {
     synced: undefined,
     batch: undefined,
     customizations: undefined,
+    keepAlive: undefined,
   };
 }
 
@@ -2008,6 +2096,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     }
     if (message.customizations !== undefined) {
       InterpreterCustomizations.encode(message.customizations, writer.uint32(50).fork()).join();
+    }
+    if (message.keepAlive !== undefined) {
+      KeepAlive.encode(message.keepAlive, writer.uint32(58).fork()).join();
     }
     return writer;
   },
@@ -2073,6 +2164,14 @@ export const ControlMessage: MessageFns<ControlMessage> = {
             message.customizations = InterpreterCustomizations.decode(reader, reader.uint32());
             continue;
           }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.keepAlive = KeepAlive.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2094,6 +2193,11 @@ export const ControlMessage: MessageFns<ControlMessage> = {
       batch: isSet(object.batch) ? WorkBatch.fromJSON(object.batch) : undefined,
       customizations: isSet(object.customizations)
         ? InterpreterCustomizations.fromJSON(object.customizations)
+        : undefined,
+      keepAlive: isSet(object.keepAlive)
+        ? KeepAlive.fromJSON(object.keepAlive)
+        : isSet(object.keep_alive)
+        ? KeepAlive.fromJSON(object.keep_alive)
         : undefined,
     };
   },
@@ -2117,6 +2221,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     }
     if (message.customizations !== undefined) {
       obj.customizations = InterpreterCustomizations.toJSON(message.customizations);
+    }
+    if (message.keepAlive !== undefined) {
+      obj.keepAlive = KeepAlive.toJSON(message.keepAlive);
     }
     return obj;
   },
@@ -2143,6 +2250,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
       : undefined;
     message.customizations = (object.customizations !== undefined && object.customizations !== null)
       ? InterpreterCustomizations.fromPartial(object.customizations)
+      : undefined;
+    message.keepAlive = (object.keepAlive !== undefined && object.keepAlive !== null)
+      ? KeepAlive.fromPartial(object.keepAlive)
       : undefined;
     return message;
   },
