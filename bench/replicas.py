@@ -9,11 +9,13 @@ to every cluster; then ``--templates`` templates applied, dealt over the replica
 rate is templates times clusters works over the time from the first apply to the last
 work's arrival at its agent, as ``bench.run``'s fan-out measures it.
 
-Until the replicas divide the controllers between them, every replica runs every
-controller and they race for the same writes (optimistic concurrency keeps that
-correct), so more replicas need not mean more works per second: the table says what
-it is. ``make bench-replicas`` runs it; the results go to
-``.local/bench/replicas.json``.
+The replicas divide the controllers' keys between them (controlplane/shards.py); the
+run starts once every shard is held. Each replica still caches every object and
+serves the agents connected to it, so the table also says how the work split: the
+binding controller's reconciles and the CPU seconds of each replica. On a machine
+with fewer cores than replicas plus etcd plus the simulated fleet, more replicas
+cannot mean more works per second; the split says what they would scale by.
+``make bench-replicas`` runs it; the results go to ``.local/bench/replicas.json``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import json
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +76,8 @@ async def fanout(root: Path, replicas: int, templates: int, clusters: int) -> di
         await fleet.join(clusters, labels={"fleet": "sim"})
         fleet.connect()
         await fleet.wait_connected(seconds=300)
+        await _shards_settled(plane)
+        before = [_metrics(replica.metrics_port) for replica in plane.replicas]
         await service_pb2_grpc.PropagationPolicyServiceStub(channels[0]).Apply(
             service_pb2.PropagationPolicyServiceApplyRequest(
                 object=json_format.ParseDict(policy(), policy_pb2.PropagationPolicy())
@@ -104,6 +109,14 @@ async def fanout(root: Path, replicas: int, templates: int, clusters: int) -> di
             for agent in fleet.agents
             for (name, _), arrival in agent.arrivals.items()
         ]
+        after = [_metrics(replica.metrics_port) for replica in plane.replicas]
+        split = [
+            {
+                key: round(later.get(key, 0.0) - earlier.get(key, 0.0), 2)
+                for key in (_BINDING_RECONCILES, _CPU)
+            }
+            for earlier, later in zip(before, after, strict=True)
+        ]
         return {
             "replicas": replicas,
             "templates": templates,
@@ -114,6 +127,8 @@ async def fanout(root: Path, replicas: int, templates: int, clusters: int) -> di
             "works_per_second": round(total / (last - first), 1),
             "latency_p50_ms": round(percentile(latencies, 0.5) * 1000, 1),
             "latency_p99_ms": round(percentile(latencies, 0.99) * 1000, 1),
+            "binding_reconciles": [part[_BINDING_RECONCILES] for part in split],
+            "cpu_seconds": [part[_CPU] for part in split],
         }
     finally:
         if fleet is not None:
@@ -124,19 +139,54 @@ async def fanout(root: Path, replicas: int, templates: int, clusters: int) -> di
         etcd.stop()
 
 
+_BINDING_RECONCILES = 'archipel_reconcile_duration_seconds_count{controller="binding-controller"}'
+_CPU = "process_cpu_seconds_total"
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """A replica's Prometheus samples, by name and labels as the text format has them."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+async def _shards_settled(plane: ControlPlaneReplicas, *, seconds: float = 120.0) -> None:
+    """Until the replicas hold every shard between them, each its share."""
+    deadline = time.monotonic() + seconds
+    while True:
+        held = [_metrics(r.metrics_port).get("archipel_shards_held", 0.0) for r in plane.replicas]
+        if all(held) and sum(held) == _SHARDS:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"shards not settled after {seconds:.0f}s: {held}")
+        await asyncio.sleep(0.2)
+
+
+_SHARDS = 32  # the control plane's default --shards
+
+
 def table(results: dict[str, Any]) -> str:
     raw = results["etcd_raw"]["keys_per_second"]
     lines = [
         f"etcd raw writes: {raw:.0f} keys/s ({results['etcd_raw']['value_bytes']} B values)",
         "",
         f"{'replicas':>8}  {'works':>6}  {'seconds':>8}  {'works/s':>8}  {'of etcd':>7}  "
-        f"{'p50 ms':>8}  {'p99 ms':>8}",
+        f"{'p50 ms':>8}  {'p99 ms':>8}  binding reconciles / CPU s per replica",
     ]
     for run in results["fanout"]:
+        split = ", ".join(
+            f"{int(count)} / {cpu:.1f}"
+            for count, cpu in zip(run["binding_reconciles"], run["cpu_seconds"], strict=True)
+        )
         lines.append(
             f"{run['replicas']:>8}  {run['works']:>6}  {run['seconds']:>8.1f}  "
             f"{run['works_per_second']:>8.0f}  {run['works_per_second'] / raw:>7.0%}  "
-            f"{run['latency_p50_ms']:>8.0f}  {run['latency_p99_ms']:>8.0f}"
+            f"{run['latency_p50_ms']:>8.0f}  {run['latency_p99_ms']:>8.0f}  {split}"
         )
     return "\n".join(lines)
 

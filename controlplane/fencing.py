@@ -11,11 +11,10 @@ newest epoch it has seen for the cluster, refuses an older one, and lets a newer
 replace the current stream, instead of letting whichever agent connected last evict
 the other.
 
-The newest epoch seen is kept in memory, per control plane process. A restart forgets
-it, and the first leader to reconnect sets it again; a deposed leader that reconnects
-first is accepted until the real one arrives with its newer epoch and replaces it. The
-fence is the second line, the Lease in the member the first, so this window is
-accepted rather than a write to etcd on every connect.
+The execution controller keeps the newest epoch seen in memory, to judge two hellos of
+one cluster on one replica in order; the stream's claim in etcd
+(:meth:`controlplane.shards.Shards.claim_stream`) applies the same rule across replicas
+and restarts, with the newest epoch stored per cluster (written only when it grows).
 """
 
 from __future__ import annotations
