@@ -55,6 +55,9 @@ Key: a MemberCluster key.
     bookkeeping (:class:`Evictions`), recorded once the taint is committed, so a plan
     that lost a race records nothing; while one is being committed, others wait.
     ``archipel_cluster_evictions_total{reason="NotReady"|"Unreachable"}`` counts them.
+    The newest NoExecute taint on any other cluster in the cache counts as well, so
+    the limit holds across replicas (each runs the clusters whose agents it streams)
+    and across a restart.
 
   The ``Failover`` condition says where a cluster stands, set only once failover
   concerns it (a healthy cluster never has one):
@@ -346,6 +349,18 @@ class ClusterController:
             # Another cluster's taint is being committed; once it is, the next one is
             # due an interval from about now.
             next_eviction_at = max(next_eviction_at, now + settings.eviction_interval)
+        # Only a cluster not Ready gets the built-in NoExecute taint; any may get a
+        # policy's. Others skip the look over the fleet.
+        might_evict = not is_ready(cluster) or bool(self.context.taint_policies.list_keys())
+        newest = (
+            newest_no_execute(self.context.clusters.objects(), besides=key) if might_evict else None
+        )
+        if newest is not None:
+            # Taints other replicas (or this process before a restart) added count too:
+            # the rate limit is the fleet's, and the clusters cache shows them all.
+            next_eviction_at = max(
+                next_eviction_at, now + newest + settings.eviction_interval - time.time()
+            )
         result = plan(
             Observed(
                 cluster=cluster,
@@ -421,6 +436,21 @@ class Observed:
     cluster."""
     default_failover_taints: bool = True
     """The built-in rule adds NoExecute taints (off: --no-default-failover-taints)."""
+
+
+def newest_no_execute(
+    clusters: Sequence[cluster_pb2.MemberCluster], *, besides: str
+) -> float | None:
+    """When the newest NoExecute taint of any other cluster was added (Unix seconds);
+    None when no other cluster has one."""
+    times = [
+        taint.time_added.seconds
+        for cluster in clusters
+        if kinds.MEMBER_CLUSTER.key_of(cluster) != besides and not is_deleting(cluster)
+        for taint in cluster.spec.taints
+        if taint.effect == "NoExecute" and taint.HasField("time_added")
+    ]
+    return float(max(times)) if times else None
 
 
 def is_ready(cluster: cluster_pb2.MemberCluster) -> bool:

@@ -115,10 +115,16 @@ def test_a_change_reaches_the_member_after_the_agents_replica_is_killed(
         connected = wait_for("the agent's replica", lambda: _connected_to(agent, replicas))
         other = next(r for r in replicas.replicas if r is not connected)
         connected.process.kill()
+        killed = time.monotonic()
         _apply(other, configmap(namespace, "settings", {"version": "2"}))
         wait_for(
             "version 2 in the member",
             lambda: (_data(member, namespace, "settings") or {}).get("version") == "2",
+        )
+        # The dead replica's shards wait for its lease to expire; the agent reconnects.
+        print(
+            f"a change applied after kill -9 of the agent's replica reached the member "
+            f"{time.monotonic() - killed:.1f}s after the kill (lease {LEASE_SECONDS}s)"
         )
         assert _connected_to(agent, replicas) is other
     finally:
@@ -222,7 +228,10 @@ def test_a_rolling_restart_redelivers_nothing(
                 f"{replica.process.name} restarted, shards shared again in "
                 f"{time.monotonic() - restarted:.1f}s"
             )
-        wait_for("the agent to be connected", lambda: _connected_to(agent, replicas))
+        wait_for(
+            "the agent's resume on another replica",
+            lambda: len(IN_SYNC.findall(agent.process.log_tail(1000))) > offset,
+        )
         resumes = IN_SYNC.findall(agent.process.log_tail(1000))[offset:]
         # One resume for the restart of the agent's replica (the other's restart does
         # not touch its stream), and none of them sent a work the agent held.

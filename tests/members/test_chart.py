@@ -228,6 +228,8 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
             "controlPlane.skippedPropagatingNamespaces[0]": "team-.*",
             # A comma inside a pattern stays in it (helm's --set escapes it).
             "controlPlane.skippedPropagatingNamespaces[1]": r"scratch-[0-9]{1\,3}",
+            "controlPlane.replicas": "3",
+            "controlPlane.shards": "64",
         },
         "archipel-system",
     )
@@ -238,6 +240,15 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
     ]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     settings = parse_args(container["args"])
+    assert deployment["spec"]["replicas"] == 3
+    # Each replica is its pod (the kubelet expands the variable from the pod's name).
+    assert settings.replica_id == "$(ARCHIPEL_POD_NAME)"
+    pod_name = {
+        "name": "ARCHIPEL_POD_NAME",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+    assert pod_name in container["env"]
+    assert (settings.shards, settings.shard_lease_seconds) == (64, 10)
     assert settings.failover_grace_period == 120
     assert settings.default_failover_taints == (default_taints == "true")
     assert [p.pattern for p in settings.skipped_propagating_namespaces] == [

@@ -19,7 +19,12 @@ from archipel.core.conditions import set_condition
 from archipel.v1alpha1 import agent_pb2, cluster_pb2
 from controlplane.context import Context, Settings
 from controlplane.controllers import cluster as cluster_controller
-from controlplane.controllers.cluster import ClusterController, Observed, RecordEviction
+from controlplane.controllers.cluster import (
+    ClusterController,
+    Observed,
+    RecordEviction,
+    newest_no_execute,
+)
 from controlplane.etcd import Etcd
 from controlplane.plan import Plan
 from controlplane.store import Store
@@ -164,3 +169,24 @@ def test_steady_since_restarts_when_the_report_changes_or_after_a_silence(
     assert beat(False)  # another
     assert not beat(False, silent=39.0)
     assert beat(False, silent=41.0)  # a silence past the 40 s grace breaks the count
+
+
+def test_the_rate_limit_counts_no_execute_taints_any_replica_added() -> None:
+    """The newest NoExecute taint of the other clusters, from the clusters cache."""
+
+    def member(name: str, *taints: tuple[str, int]) -> cluster_pb2.MemberCluster:
+        built = cluster_pb2.MemberCluster()
+        built.metadata.name = name
+        for effect, added in taints:
+            taint = built.spec.taints.add(key="k", effect=effect)
+            taint.time_added.FromSeconds(added)
+        return built
+
+    clusters = [
+        member("a", ("NoExecute", 100), ("NoSchedule", 900)),
+        member("b", ("NoExecute", 300)),
+        member("c"),
+    ]
+    assert newest_no_execute(clusters, besides="memberclusters/_/c") == 300.0
+    assert newest_no_execute(clusters, besides="memberclusters/_/b") == 100.0
+    assert newest_no_execute(clusters[2:], besides="") is None
