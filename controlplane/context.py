@@ -194,12 +194,14 @@ class Context:
         workers: int | None = None,
         priority: Callable[[str], int] | None = None,
         owner: Owner | None = None,
+        follows: frozenset[str] = frozenset({"shards"}),
     ) -> Controller:
         """A controller whose plans are committed to this store, and whose next pass
         over a key waits for these caches to see what its last plan wrote.
 
         ``owner`` says which keys this replica runs; by default those of the shards it
-        holds (every key, without replicas)."""
+        holds (every key, without replicas); ``follows`` names the changes of what
+        this replica holds that can change the rule's answers (see Controller)."""
         if owner is None:
             owner = self.shards.owns_key if self.shards is not None else everything
         return Controller(
@@ -210,6 +212,7 @@ class Context:
             workers=workers or self.settings.workers,
             priority=priority,
             owner=owner,
+            follows=follows,
         )
 
     def owns_cluster(self, cluster: str) -> list[Guard] | None:

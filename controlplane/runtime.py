@@ -54,9 +54,13 @@ class Controller:
         workers: int = 4,
         priority: Callable[[str], int] | None = None,
         owner: Owner = everything,
+        follows: frozenset[str] = frozenset({"shards"}),
     ) -> None:
         self.name = name
         self.owner = owner
+        # Which changes of ownership (controlplane/shards.py) can change what the owner
+        # rule says: a look over the parked keys costs a hash each.
+        self.follows = follows
         # Keys another replica runs, to queue again when this one's share changes.
         self._parked: set[str] = set()
         self.plan = reconcile
@@ -79,13 +83,20 @@ class Controller:
         self._conflicts = metrics.RECONCILE_CONFLICTS.labels(name)
 
     def enqueue(self, key: str) -> None:
+        if self.owner(key) is None:
+            # Another replica's: parked without a pass through the queue, which every
+            # change to anything the key depends on would otherwise cost each replica.
+            self._parked.add(key)
+            return
         self.queue.add(key)
 
-    def ownership_changed(self) -> None:
-        """This replica gained or lost keys: look at every parked one again."""
+    def ownership_changed(self, what: str = "shards") -> None:
+        """This replica gained or lost keys: queue the parked ones that are its own now."""
+        if what not in self.follows:
+            return
         parked, self._parked = self._parked, set()
         for key in parked:
-            self.queue.add(key)
+            self.enqueue(key)
 
     async def reconcile(self, key: str) -> float | None:
         """Plan ``key`` and commit the plan; seconds until it is due again, or None."""

@@ -440,9 +440,9 @@ class ControlPlane:
             raise RuntimeError(f"the caches of {', '.join(stuck)} did not fill")
         running = self.controllers()
 
-        def ownership_changed() -> None:
+        def ownership_changed(what: str) -> None:
             for controller in running:
-                controller.ownership_changed()
+                controller.ownership_changed(what)
 
         self.shards.add_listener(ownership_changed)
         self._spawn(self.shards.run(), "shards")

@@ -54,8 +54,9 @@ FLEET_SHARD = 0
 DEFAULT_SHARDS = 32
 DEFAULT_LEASE_SECONDS = 10
 
-ShardListener = Callable[[], None]
-"""Called whenever what this replica owns changes: shards, or agent streams."""
+ShardListener = Callable[[str], None]
+"""Called whenever what this replica owns changes, with what: ``"shards"`` or
+``"streams"`` (agent streams, held here or anywhere)."""
 StreamLostListener = Callable[[str, str], None]
 """Called with (cluster, session) when another replica took that cluster's stream, or
 this replica's claim on it went with its lease."""
@@ -242,7 +243,7 @@ class Shards:
             if revision is not None:
                 self.my_streams[cluster] = StreamClaim(session, revision)
                 self.streams[cluster] = self.replica
-                self._notify()
+                self._notify("streams")
                 return
         raise Unavailable(f"cluster {cluster}: the agent stream's claim kept conflicting")
 
@@ -252,15 +253,15 @@ class Shards:
         if claim is None or claim.session != session:
             return
         del self.my_streams[cluster]
-        self._notify()
+        self._notify("streams")
         try:
             await self.etcd.commit([Delete(stream_key(cluster), claim.mod_revision)])
         except Unavailable as error:
             log.warning("cluster %s: releasing the agent stream failed: %s", cluster, error)
 
-    def _notify(self) -> None:
+    def _notify(self, what: str) -> None:
         for listener in self._listeners:
-            listener()
+            listener(what)
 
     def _fresh(self) -> bool:
         """Whether the lease is surely still alive: renewed within its TTL."""
@@ -327,7 +328,13 @@ class Shards:
                     self._set_held({})
                 continue
             if left > 0:
+                stale = not self._fresh()
                 self._renewed_at = started
+                if stale:
+                    # Keys parked while the lease was not known to be alive are this
+                    # replica's again.
+                    self._notify("shards")
+                    self._notify("streams")
                 continue
             # Expired (the process was paused, or etcd unreachable, for longer than the
             # TTL): every claim went with it. Join again as a new lease.
@@ -383,7 +390,7 @@ class Shards:
             claim = self.my_streams.get(cluster)
             if claim is not None and mod_revision != claim.mod_revision:
                 self._lose_stream(cluster, claim)
-            self._notify()
+            self._notify("streams")
 
     def _lose_stream(self, cluster: str, claim: StreamClaim) -> None:
         del self.my_streams[cluster]
@@ -400,7 +407,7 @@ class Shards:
             claim = self.my_streams.get(cluster)
             if claim is not None:
                 self._lose_stream(cluster, claim)
-            self._notify()
+            self._notify("streams")
         elif key.startswith(SHARDS):
             shard = int(key[len(SHARDS) :])
             self.holders.pop(shard, None)
@@ -462,4 +469,4 @@ class Shards:
                 len(held),
                 self.count,
             )
-            self._notify()
+            self._notify("shards")

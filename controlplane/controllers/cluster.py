@@ -183,7 +183,9 @@ def hash_secret(secret: str) -> bytes:
 class ClusterController:
     def __init__(self, context: Context) -> None:
         self.context = context
-        self.controller = context.controller(NAME, self.reconcile, owner=self._owner)
+        self.controller = context.controller(
+            NAME, self.reconcile, owner=self._owner, follows=frozenset({"shards", "streams"})
+        )
         self.liveness: dict[str, Liveness] = {}
         self.started = time.monotonic()
         # With replicas: when this one took over a cluster it has no heartbeat from

@@ -159,7 +159,11 @@ class WorkStatusController:
         # Reports arrive on the replica holding the agent's stream, in memory: that
         # replica writes them, guarded by its hold on the stream.
         self.controller = context.controller(
-            self.NAME, self.reconcile, workers=context.settings.workers * 8, owner=self._owner
+            self.NAME,
+            self.reconcile,
+            workers=context.settings.workers * 8,
+            owner=self._owner,
+            follows=frozenset({"streams"}),
         )
         self.pending = PendingReports()
 
