@@ -3,8 +3,12 @@
 Start-up order matters: informers list before any controller runs, so controllers
 never act on a partial view, and agents are accepted only once the work cache is
 complete, so a restart resends nothing an agent already holds. SIGTERM marks the
-health service NOT_SERVING, lets open calls finish for ``shutdown_grace`` seconds and
-stops the controllers; all state is in etcd, so a restart loses nothing.
+health service NOT_SERVING, lets open calls finish for ``shutdown_grace`` seconds,
+stops the controllers and leaves the replicas' membership (its shards go to the others
+at once); all state is in etcd, so a restart loses nothing.
+
+Several processes may run against one etcd: each is a replica that serves everything
+and runs the controller keys of the shards it holds (:mod:`controlplane.shards`).
 """
 
 from __future__ import annotations

@@ -253,6 +253,10 @@ class Shards:
         if claim is None or claim.session != session:
             return
         del self.my_streams[cluster]
+        if self.streams.get(cluster) == self.replica:
+            # Not held anywhere now, without waiting for the watch to say so: the
+            # cluster is the fleet shard's at once.
+            del self.streams[cluster]
         self._notify("streams")
         try:
             await self.etcd.commit([Delete(stream_key(cluster), claim.mod_revision)])

@@ -75,6 +75,17 @@ def _connected_to(
     return next((r for r in replicas.replicas if f"connected to {r.address} " in lines[-1]), None)
 
 
+def _change_arrives(
+    plane: ControlPlaneProcess, member: Member, namespace: str, version: str, when: str = ""
+) -> None:
+    """Apply version ``version`` of the settings through ``plane``; wait for the member."""
+    _apply(plane, configmap(namespace, "settings", {"version": version}))
+    wait_for(
+        f"version {version} in the member{when}",
+        lambda: (_data(member, namespace, "settings") or {}).get("version") == version,
+    )
+
+
 def _apply(plane: ControlPlaneProcess, *documents: dict[str, object]) -> None:
     # One replica's own address only: the write must go through that replica.
     api = Client(plane.config())
@@ -116,11 +127,7 @@ def test_a_change_reaches_the_member_after_the_agents_replica_is_killed(
         other = next(r for r in replicas.replicas if r is not connected)
         connected.process.kill()
         killed = time.monotonic()
-        _apply(other, configmap(namespace, "settings", {"version": "2"}))
-        wait_for(
-            "version 2 in the member",
-            lambda: (_data(member, namespace, "settings") or {}).get("version") == "2",
-        )
+        _change_arrives(other, member, namespace, "2")
         # The dead replica's shards wait for its lease to expire; the agent reconnects.
         print(
             f"a change applied after kill -9 of the agent's replica reached the member "
@@ -188,11 +195,7 @@ def test_replicas_share_the_shards_and_a_frozen_one_loses_its_share(
             took = time.monotonic() - paused
             print(f"shards of a frozen replica taken over in {took:.1f}s (lease {LEASE_SECONDS}s)")
             assert took < 5 * LEASE_SECONDS
-            _apply(other, configmap(namespace, "settings", {"version": "2"}))
-            wait_for(
-                "version 2 in the member, with one replica frozen",
-                lambda: (_data(member, namespace, "settings") or {}).get("version") == "2",
-            )
+            _change_arrives(other, member, namespace, "2", ", with one replica frozen")
         finally:
             frozen.process.resume()
         wait_for(
@@ -200,11 +203,7 @@ def test_replicas_share_the_shards_and_a_frozen_one_loses_its_share(
             lambda: "its lease expired; its shards are gone" in frozen.process.log_tail(400),
         )
         wait_for("the shards to be shared again", lambda: _shared(replicas))
-        _apply(frozen, configmap(namespace, "settings", {"version": "3"}))
-        wait_for(
-            "version 3 in the member",
-            lambda: (_data(member, namespace, "settings") or {}).get("version") == "3",
-        )
+        _change_arrives(frozen, member, namespace, "3")
     finally:
         agent.stop()
 
@@ -237,10 +236,6 @@ def test_a_rolling_restart_redelivers_nothing(
         # not touch its stream), and none of them sent a work the agent held.
         assert 1 <= len(resumes) <= 2, resumes
         assert all(sent == "0" and deleted == "0" for sent, deleted, _ in resumes), resumes
-        _apply(replicas[1], configmap(namespace, "settings", {"version": "2"}))
-        wait_for(
-            "version 2 in the member after the rolling restart",
-            lambda: (_data(member, namespace, "settings") or {}).get("version") == "2",
-        )
+        _change_arrives(replicas[1], member, namespace, "2", " after the rolling restart")
     finally:
         agent.stop()
