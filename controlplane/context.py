@@ -219,10 +219,10 @@ class Context:
         """The rule for what a cluster's agent reports: see Shards.owns_cluster."""
         return self.shards.owns_cluster(cluster) if self.shards is not None else []
 
-    def holds_stream(self, cluster: str) -> list[Guard] | None:
-        """Whether this replica holds ``cluster``'s agent stream (see
-        Shards.stream_guard); always, without replicas."""
-        return self.shards.stream_guard(cluster) if self.shards is not None else []
+    def owns_reports(self, cluster: str) -> list[Guard] | None:
+        """Whether this replica writes what ``cluster``'s agent reported (see
+        Shards.owns_reports); always, without replicas."""
+        return self.shards.owns_reports(cluster) if self.shards is not None else []
 
     def informers(self) -> list[Informer[Any]]:
         return [

@@ -191,6 +191,15 @@ class Shards:
             return None
         return [Guard(stream_key(cluster), claim.mod_revision)]
 
+    def owns_reports(self, cluster: str) -> list[Guard] | None:
+        """The rule for writing what ``cluster``'s agent reported: the stream's holder,
+        or, while no replica holds it (the agent left, before it comes back), whichever
+        replica still has reports from it, as long as the stream stays unclaimed."""
+        guard = self.stream_guard(cluster)
+        if guard is not None or cluster in self.streams:
+            return guard
+        return [Guard(stream_key(cluster), 0)]
+
     def owns_cluster(self, cluster: str) -> list[Guard] | None:
         """The cluster controller's rule: the replica holding the cluster's agent
         stream has its heartbeats and runs it; one no replica holds a stream for (its

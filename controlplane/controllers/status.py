@@ -157,7 +157,8 @@ class WorkStatusController:
         self.context = context
         # Many cheap workers: their writes share etcd transactions (see Etcd.commit_grouped).
         # Reports arrive on the replica holding the agent's stream, in memory: that
-        # replica writes them, guarded by its hold on the stream.
+        # replica writes them, guarded by its hold on the stream (or, once the agent
+        # left, by no replica holding it).
         self.controller = context.controller(
             self.NAME,
             self.reconcile,
@@ -170,7 +171,7 @@ class WorkStatusController:
     def _owner(self, key: str) -> list[Guard] | None:
         namespace = key.split("/")[1]
         cluster = kinds.cluster_of_execution_namespace(namespace)
-        return self.context.holds_stream(cluster) if cluster is not None else None
+        return self.context.owns_reports(cluster) if cluster is not None else None
 
     def report(self, cluster: str, report: agent_pb2.WorkStatusReport) -> None:
         key = kinds.PROPAGATION_WORK.key(kinds.execution_namespace(cluster), report.name)

@@ -184,3 +184,19 @@ async def test_a_cluster_without_a_stream_belongs_to_the_fleet_shard(replicas: R
 
 async def _true(value: object) -> bool:
     return bool(value)
+
+
+async def test_reports_are_written_by_the_streams_holder_or_while_nobody_holds_it(
+    replicas: Replicas,
+) -> None:
+    a = await replicas.start("a")
+    b = await replicas.start("b")
+    await asyncio.wait_for(a.ready.wait(), 10)
+    vacant = b.owns_reports("member5")
+    assert vacant is not None and vacant[0].expect_mod_revision == 0
+    await a.claim_stream("member5", "s", "", 0)
+    await eventually("b to see a's stream", lambda: _true("member5" in b.streams))
+    assert b.owns_reports("member5") is None
+    assert a.owns_reports("member5") == a.stream_guard("member5")
+    # A write b made while the stream was vacant fails once a holds it.
+    assert await b.etcd.commit([Put("objects/report", b"late", 0), *vacant]) is None
