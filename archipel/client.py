@@ -9,7 +9,9 @@ request messages themselves.
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import datetime
 import os
 import re
 import sys
@@ -27,7 +29,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from archipel import addresses, manifests, structs
 from archipel.core import kinds, scopes
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from archipel.v1alpha2 import service_pb2, service_pb2_grpc
+from archipel.v1alpha2 import access_pb2, access_pb2_grpc, service_pb2, service_pb2_grpc
 
 CONFIG_ENV = "ARCHIPEL_CONFIG"
 DEFAULT_CONFIG = Path(".local/archipel.yaml")
@@ -163,8 +165,21 @@ class Config:
             raise ClientError(
                 "no server configured: run 'make up', or set ARCHIPEL_SERVER and ARCHIPEL_TOKEN"
             )
-        ca = data.get("tlsCaFile")
-        return cls(server=server, token=token, tls_ca=Path(ca).read_bytes() if ca else None)
+        return cls(server=server, token=token, tls_ca=_certificate_authority(data))
+
+
+def _certificate_authority(data: dict[str, Any]) -> bytes | None:
+    """The CA bundle a config names: ``tlsCaFile`` (a path), or
+    ``certificateAuthorityData`` (base64 of the PEM, as in a kubeconfig), which a config
+    printed by ``archipel user create`` carries so that it works on its own."""
+    inline = data.get("certificateAuthorityData")
+    if inline:
+        try:
+            return base64.b64decode(str(inline), validate=True)
+        except ValueError as error:
+            raise ClientError(f"certificateAuthorityData: not base64 ({error})") from None
+    path = data.get("tlsCaFile")
+    return Path(path).read_bytes() if path else None
 
 
 class FailoverChannel(grpc.Channel):
@@ -308,6 +323,7 @@ class Client:
         self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
         self.admin = service_pb2_grpc.ClusterAdminServiceStub(self.channel)
         self.info = service_pb2_grpc.InfoServiceStub(self.channel)
+        self.users = access_pb2_grpc.UserServiceStub(self.channel)
         # Each kind's scope, asked once per client (one CLI invocation): (group, kind).
         self._scopes: dict[tuple[str, str], scopes.Scope] = {}
 
@@ -439,6 +455,44 @@ class Client:
         """Register a member cluster; its MemberCluster and its agent's token."""
         response = self.call(self.admin.Join, service_pb2.JoinRequest(name=name, **fields))
         return response.cluster, response.token
+
+    # -- users and audit -----------------------------------------------------------------
+
+    def create_user(
+        self, name: str, role: str, namespaces: Sequence[str] = (), *, rotate: bool = False
+    ) -> tuple[access_pb2.User, str]:
+        """Create a user (or issue a new token for one); the user and its token."""
+        user = access_pb2.User(name=name, role=role, namespaces=list(namespaces))
+        response = self.call(
+            self.users.Create, access_pb2.UserServiceCreateRequest(user=user, rotate=rotate)
+        )
+        return response.user, response.token
+
+    def list_users(self) -> list[access_pb2.User]:
+        return list(self.call(self.users.List, access_pb2.UserServiceListRequest()).users)
+
+    def delete_user(self, name: str) -> bool:
+        return bool(
+            self.call(self.users.Delete, access_pb2.UserServiceDeleteRequest(name=name)).deleted
+        )
+
+    def audit_events(
+        self, since: datetime.datetime | None, *, limit: int = 0
+    ) -> list[access_pb2.AuditEvent]:
+        """The audit events of every server in the config (each replica keeps its own
+        log), oldest first."""
+        request = access_pb2.AuditServiceListRequest(limit=limit)
+        if since is not None:
+            request.since.FromDatetime(since)
+        events: list[access_pb2.AuditEvent] = []
+        for index in range(len(self.channel.servers)):
+            stub = access_pb2_grpc.AuditServiceStub(self.channel.channel(index))
+            try:
+                events.extend(stub.List(request, metadata=self.metadata, timeout=30).events)
+            except grpc.RpcError as error:
+                server = self.channel.servers[index]
+                raise ClientError(f"{server}: {_describe(error)}", code=_code(error)) from error
+        return sorted(events, key=lambda event: event.time.ToNanoseconds())
 
     def version(self) -> service_pb2.GetVersionResponse:
         answer: service_pb2.GetVersionResponse = self.call(

@@ -48,7 +48,7 @@ from archipel.v1alpha1 import (
 from archipel.v1alpha1 import service_pb2 as v1alpha1_pb2
 from archipel.v1alpha2 import service_pb2 as v1alpha2_pb2
 from archipel.version import VERSION
-from controlplane import memory
+from controlplane import auth, memory
 from controlplane.controllers.cluster import ClusterController
 from controlplane.etcd import Compacted
 from controlplane.informers import Informer
@@ -420,8 +420,16 @@ class KindService(Generic[T]):
             raise Invalid("namespace", f"must be empty: {self.kind.name} is cluster-scoped")
         return self.kind.key(namespace, name)
 
+    def _reach(self, namespace: str, name: str = "", *, write: bool) -> None:
+        """Hold the caller to its namespaces, and say what the call is about."""
+        auth.describe(kind=self.kind.name, namespace=namespace, name=name)
+        auth.check_namespace(namespace, namespaced=self.kind.namespaced, write=write)
+        if self.kind is kinds.PROPAGATION_WORK and not write:
+            auth.reading_secrets("works (they carry the rendered Secrets)")
+
     @_guard
     async def Get(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        self._reach(_namespace(request), request.name, write=False)
         key = self._key(_namespace(request), request.name)
         return self._reply("Get", await self.store.must_get(self.kind, key))
 
@@ -433,6 +441,7 @@ class KindService(Generic[T]):
             raise Invalid("limit", "must not be negative")
         namespace = _namespace(request)
         self._check_namespace(namespace)
+        self._reach(namespace, write=False)
         selector = _label_filter(request.label_selector)
         items, token, revision = await self.store.list(
             self.kind,
@@ -452,6 +461,7 @@ class KindService(Generic[T]):
     ) -> AsyncIterator[pb_message.Message]:
         namespace = _namespace(request)
         self._check_namespace(namespace)
+        self._reach(namespace, write=False)
         selector = _label_filter(request.label_selector)
         event = self.responses["Watch"]
         async for type_, obj, revision in watch_events(
@@ -480,6 +490,7 @@ class KindService(Generic[T]):
             raise Invalid("kind", f"must be {self.kind.name}, not {limits.echo(obj.kind)}")  # type: ignore[attr-defined]
         obj.api_version = self.kind.api_version  # type: ignore[attr-defined]
         obj.kind = self.kind.name  # type: ignore[attr-defined]
+        self._reach(self.kind.meta(obj).namespace, self.kind.meta(obj).name, write=True)
         # Identity, history and deletion are the store's, whatever the caller sent.
         metadata = obj.metadata  # type: ignore[attr-defined]
         for field in ("uid", "generation", "creation_timestamp", "deletion_timestamp"):
@@ -492,6 +503,7 @@ class KindService(Generic[T]):
 
     @_guard
     async def Delete(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        self._reach(_namespace(request), request.name, write=True)
         deleted = await self.store.delete(
             self.kind,
             self._key(_namespace(request), request.name),
@@ -634,6 +646,10 @@ def _template_filter(namespace: str, selector: selectors.Selector) -> Callable[[
     return matches
 
 
+def _is_secret(api_version: str, kind: str) -> bool:
+    return api_version == "v1" and kind == "Secret"
+
+
 class TemplateService:
     """Resource templates: any Kubernetes object, as a Struct on the wire.
 
@@ -693,9 +709,36 @@ class TemplateService:
         validation.check_object_name(name, "name")
         return kinds.template_key(api_version, kind, namespace, name)
 
+    @staticmethod
+    def _reach(api_version: str, kind: str, namespace: str, name: str = "", *, write: bool) -> None:
+        """Hold the caller to its namespaces (a template without a namespace is
+        cluster-scoped) and, for reads, to Secrets; say what the call is about."""
+        auth.describe(kind=kind, namespace=namespace, name=name)
+        auth.check_namespace(namespace, namespaced=bool(namespace), write=write)
+        if not write and _is_secret(api_version, kind):
+            auth.reading_secrets()
+
+    def _reach_all(self, api_version: str, kind: str, namespace: str) -> Callable[[Manifest], bool]:
+        """The same for a List or Watch; answers which templates the caller may see
+        (a caller who may not read Secrets reads every other kind)."""
+        namespaced = True if not kind else self.scopes.scope(api_version, kind).namespaced
+        auth.describe(kind=kind, namespace=namespace)
+        auth.check_namespace(namespace, namespaced=namespaced, write=False)
+        if kind:
+            if _is_secret(api_version, kind):
+                auth.reading_secrets()
+            return lambda manifest: True
+        if auth.may_read_secrets():
+            auth.reading_secrets()
+            return lambda manifest: True
+        return lambda manifest: (
+            not _is_secret(manifest.get("apiVersion", ""), manifest.get("kind", ""))
+        )
+
     @_guard
     async def Get(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         key = self._key(request.api_version, request.kind, request.namespace, request.name)
+        self._reach(request.api_version, request.kind, request.namespace, request.name, write=False)
         return self._reply("Get", self._wire(await self.store.must_get(self.kind, key)))
 
     @_guard
@@ -704,6 +747,9 @@ class TemplateService:
             raise Invalid("limit", "must not be negative")
         self._check_namespace(request.namespace)
         selector = _label_filter(request.label_selector)
+        prefix = self._type_prefix(request.api_version, request.kind)
+        visible = self._reach_all(request.api_version, request.kind, request.namespace)
+        in_namespace = _template_filter(request.namespace, selector)
         # Pages are bounded by what templates weigh on the wire (a Struct can be several
         # times its JSON), and each is converted once.
         wired: dict[int, work_pb2.ResourceTemplate] = {}
@@ -714,11 +760,11 @@ class TemplateService:
 
         items, token, revision = await self.store.list(
             self.kind,
-            self._type_prefix(request.api_version, request.kind),
+            prefix,
             limit=request.limit,
             continue_token=getattr(request, "continue"),
             weigh=weigh,
-            keep=_template_filter(request.namespace, selector),
+            keep=lambda manifest: in_namespace(manifest) and visible(manifest),
         )
         response = self.responses["List"](resource_version=str(revision))
         response.items.extend(wired.get(id(m)) or self._wire(m) for m in items)
@@ -730,14 +776,16 @@ class TemplateService:
         self, request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
         self._check_namespace(request.namespace)
-        matches = _template_filter(request.namespace, _label_filter(request.label_selector))
+        in_namespace = _template_filter(request.namespace, _label_filter(request.label_selector))
+        prefix = self._type_prefix(request.api_version, request.kind)
+        visible = self._reach_all(request.api_version, request.kind, request.namespace)
         event = self.responses["Watch"]
         async for type_, manifest, revision in watch_events(
             self.store,
             self.kind,
-            self._type_prefix(request.api_version, request.kind),
+            prefix,
             resource_version=request.resource_version,
-            matches=matches,
+            matches=lambda manifest: in_namespace(manifest) and visible(manifest),
         ):
             yield event(
                 type=self.api.event_type(type_),
@@ -750,6 +798,14 @@ class TemplateService:
         wanted: work_pb2.ResourceTemplate = request.object if self.api.wraps_objects else request
         manifest = validation.check_template(
             structs.from_struct(wanted.manifest), scope_of=self.scopes.scope
+        )
+        metadata = manifest.get("metadata", {})
+        self._reach(
+            manifest.get("apiVersion", ""),
+            manifest.get("kind", ""),
+            metadata.get("namespace", ""),
+            metadata.get("name", ""),
+            write=True,
         )
         defined = scopes.crd_scope(manifest)
         if defined is not None:
@@ -795,6 +851,7 @@ class TemplateService:
     @_guard
     async def Delete(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         key = self._key(request.api_version, request.kind, request.namespace, request.name)
+        self._reach(request.api_version, request.kind, request.namespace, request.name, write=True)
         try:
             current = await self.store.must_get(self.kind, key)
         except Corrupt:
@@ -885,5 +942,6 @@ class ClusterAdminService:
         if request.zone:
             cluster.spec.zones.append(request.zone)
         validation.check_member_cluster(cluster)
+        auth.describe(kind="MemberCluster", name=request.name)
         joined, token = await self.clusters.join(cluster, rotate=request.rotate)
         return self.responses["Join"](cluster=joined, token=token)

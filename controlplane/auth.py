@@ -1,32 +1,54 @@
-"""Who may call what.
+"""Who is calling, whether they may, and the audit record of what they did.
 
-* Admin calls need the admin credential: ``authorization: Bearer <admin token>``.
-  The token lives in a file the operator controls; the server keeps only its hash.
-* Agents authenticate with their cluster's token on the agent stream, and only there;
-  a cluster token on an admin call is PERMISSION_DENIED, an unknown one
-  UNAUTHENTICATED.
-* Health checks and server reflection are open, so grpcurl can list and describe.
+* Callers authenticate with ``authorization: Bearer <token>``: the admin token (in a
+  file the operator controls; the server keeps only its hash), or a user's token
+  (:mod:`controlplane.users`), each giving an :class:`~archipel.core.roles.Identity`.
+* :func:`archipel.core.roles.decide` allows or refuses the RPC from its name alone;
+  the servicers then hold the identity to the request's namespace and to Secrets
+  (:func:`check_namespace`, :func:`reading_secrets`), through the call's context.
+* An agent's credential (its cluster's token, or its client certificate) opens its own
+  cluster's agent stream and nothing else: the stream authenticates itself, and the
+  credential of a cluster on any other call is PERMISSION_DENIED.
+* Health checks, server reflection (so grpcurl can list and describe) and agent
+  registration (which checks its bootstrap token itself) are open.
+* Every mutating call and every read of Secrets is written to the audit log
+  (:mod:`controlplane.audit`) with its outcome, refusals included.
 """
 
 from __future__ import annotations
 
+import contextvars
+import dataclasses
 import hashlib
 import os
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
-from archipel.core.errors import Unauthenticated
+from archipel import structs
+from archipel.core import roles
+from archipel.core.errors import ArchipelError, PermissionDenied, Unauthenticated
+from archipel.core.roles import Identity, Role
+from archipel.v1alpha2 import access_pb2
+from controlplane.audit import AuditLog
+from controlplane.users import UserDirectory
 
 OPEN_PREFIXES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
+    # An agent that registers has no identity yet; its bootstrap token is checked by
+    # the registration service itself.
+    "/archipel.v1alpha2.RegistrationService/",
 )
 AGENT_PREFIX = "/archipel.v1alpha1.AgentService/"
+
+ADMIN = Identity("admin", Role.ADMIN)
 
 
 def load_or_create_admin_token(path: Path) -> str:
@@ -54,37 +76,97 @@ def bearer_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> str | No
     return None
 
 
-def _rejecting(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str
-) -> grpc.RpcMethodHandler[Any, Any]:
-    async def abort(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(code, message)
+# -- the call under way --------------------------------------------------------------
 
-    if handler.request_streaming and handler.response_streaming:
-        factory = grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        factory = grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        factory = grpc.unary_stream_rpc_method_handler
-    else:
-        factory = grpc.unary_unary_rpc_method_handler
-    rejecting: grpc.RpcMethodHandler[Any, Any] = factory(
-        abort,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-    return rejecting
+
+@dataclasses.dataclass
+class Call:
+    """One authorized call: who makes it, and what the servicer found it is about."""
+
+    identity: Identity
+    method: str
+    kind: str = ""
+    namespace: str = ""
+    name: str = ""
+    reads_secrets: bool = False
+
+
+_CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar("archipel_call", default=None)
+
+
+def current_call() -> Call:
+    """The call being served. Fails closed: code reached without an authorized call
+    (a path the interceptor did not wrap) may do nothing."""
+    call = _CALL.get()
+    if call is None:
+        raise PermissionDenied("no authenticated caller")
+    return call
+
+
+def caller() -> Identity:
+    return current_call().identity
+
+
+def describe(*, kind: str = "", namespace: str = "", name: str = "") -> None:
+    """Say what the call is about, for the audit log."""
+    call = _CALL.get()
+    if call is not None:
+        call.kind = kind or call.kind
+        call.namespace = namespace or call.namespace
+        call.name = name or call.name
+
+
+def check_namespace(namespace: str, *, namespaced: bool, write: bool) -> None:
+    caller().check_namespace(namespace, namespaced=namespaced, write=write)
+
+
+def may_read_secrets() -> bool:
+    return caller().may_read_secrets()
+
+
+def reading_secrets(what: str = "Secrets") -> None:
+    """The call reads Secrets: refused unless the caller may, and audited either way."""
+    call = current_call()
+    call.reads_secrets = True
+    call.identity.check_secrets(what)
+
+
+# -- the interceptor -----------------------------------------------------------------
+
+Behavior = Callable[..., Any]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
-        self, *, admin_token: str, authenticate_cluster: Callable[[str], Awaitable[str]]
+        self,
+        *,
+        admin_token: str,
+        users: UserDirectory,
+        authenticate_cluster: Callable[[str], Awaitable[str]],
+        audit: AuditLog,
     ) -> None:
         self._admin_hash = hashlib.sha256(admin_token.encode()).digest()
+        self._users = users
         self._authenticate_cluster = authenticate_cluster
+        self._audit = audit
 
     def is_admin(self, token: str) -> bool:
         return secrets.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin_hash)
+
+    async def authenticate(self, token: str | None) -> Identity:
+        if token is None:
+            raise Unauthenticated("missing credentials: send 'authorization: Bearer <token>'")
+        if self.is_admin(token):
+            return ADMIN
+        if self._users.is_user_token(token):
+            return await self._users.authenticate(token)
+        try:
+            cluster = await self._authenticate_cluster(token)
+        except Unauthenticated:
+            raise Unauthenticated("invalid credentials") from None
+        raise PermissionDenied(
+            f"the credential of cluster {cluster} may only open the agent stream"
+        )
 
     async def intercept_service(
         self,
@@ -98,21 +180,151 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None or method.startswith(OPEN_PREFIXES) or method.startswith(AGENT_PREFIX):
             # The agent stream authenticates itself: it needs to know which cluster.
             return handler
-        token = bearer_token(handler_call_details.invocation_metadata)
-        if token is None:
-            return _rejecting(
-                handler,
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing credentials: send 'authorization: Bearer <admin token>'",
-            )
-        if self.is_admin(token):
-            return handler
         try:
-            cluster = await self._authenticate_cluster(token)
-        except Unauthenticated:
-            return _rejecting(handler, grpc.StatusCode.UNAUTHENTICATED, "invalid credentials")
-        return _rejecting(
-            handler,
-            grpc.StatusCode.PERMISSION_DENIED,
-            f"the credential of cluster {cluster} may only open the agent stream",
+            identity = await self.authenticate(
+                bearer_token(handler_call_details.invocation_metadata)
+            )
+        except ArchipelError as error:
+            return self._refusing(handler, Call(Identity("", Role.VIEWER), method), error)
+        decision = roles.decide(identity, method)
+        if not decision.allowed:
+            return self._refusing(
+                handler, Call(identity, method), PermissionDenied(decision.reason)
+            )
+        return self._serving(handler, identity, method)
+
+    # -- audit ---------------------------------------------------------------------------
+
+    def _record(self, call: Call, context: grpc.aio.ServicerContext[Any, Any], code: str) -> None:
+        _, verb = roles.split_method(call.method)
+        if not (roles.is_mutating(verb) or call.reads_secrets):
+            return
+        self._audit.record(
+            access_pb2.AuditEvent(
+                identity=call.identity.name,
+                role=call.identity.role.value if call.identity.name else "",
+                method=call.method,
+                verb=verb,
+                kind=call.kind,
+                namespace=call.namespace,
+                name=call.name,
+                code=code,
+                peer=context.peer(),
+            )
         )
+
+    @staticmethod
+    def _outcome(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code.name
+        # An abort sets the code; an exception that escaped the servicer did not.
+        return "UNKNOWN" if failed else "OK"
+
+    # -- handlers ------------------------------------------------------------------------
+
+    def _refusing(
+        self, handler: grpc.RpcMethodHandler[Any, Any], call: Call, error: ArchipelError
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            call.kind, call.namespace, call.name = _what(call.method, request)
+            self._record(call, context, error.code.name)
+            await context.abort(error.code, str(error))
+
+        return _same_shape(handler, refuse, refuse)
+
+    def _serving(
+        self, handler: grpc.RpcMethodHandler[Any, Any], identity: Identity, method: str
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        unary: Behavior | None = handler.unary_unary or handler.stream_unary
+        streaming: Behavior | None = handler.unary_stream or handler.stream_stream
+
+        async def serve_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            call = Call(identity, method)
+            token = _CALL.set(call)
+            failed = False
+            try:
+                assert unary is not None
+                return await unary(request, context)
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                self._record(call, context, self._outcome(context, failed))
+                _CALL.reset(token)
+
+        async def serve_stream(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any]
+        ) -> AsyncIterator[Any]:
+            # Each RPC is served in its own task, so the call stays in its context.
+            call = Call(identity, method)
+            _CALL.set(call)
+            failed = False
+            try:
+                assert streaming is not None
+                async for item in streaming(request, context):
+                    yield item
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                self._record(call, context, self._outcome(context, failed))
+
+        return _same_shape(handler, serve_unary, serve_stream)
+
+
+def _what(method: str, request: Any) -> tuple[str, str, str]:
+    """(kind, namespace, name) of a refused request, as far as it can be read: the audit
+    log says what someone tried to change, not only that they tried."""
+    if not isinstance(request, bytes):
+        return "", "", ""
+    service_name, _, method_name = method.lstrip("/").partition("/")
+    try:
+        service = descriptor_pool.Default().FindServiceByName(service_name)
+        request_type = message_factory.GetMessageClass(
+            service.methods_by_name[method_name].input_type
+        )
+        message = request_type.FromString(request)
+    except (KeyError, DecodeError):
+        return "", "", ""
+    fields = message.DESCRIPTOR.fields_by_name
+    target: Any = getattr(message, "object") if "object" in fields else message  # noqa: B009
+    kind = service.name.removesuffix("Service")
+    if "manifest" in target.DESCRIPTOR.fields_by_name:  # a resource template
+        manifest = structs.from_struct(target.manifest)
+        metadata = manifest.get("metadata")
+        metadata = metadata if isinstance(metadata, dict) else {}
+        return (
+            str(manifest.get("kind", "")),
+            str(metadata.get("namespace", "")),
+            str(metadata.get("name", "")),
+        )
+    if "metadata" in target.DESCRIPTOR.fields_by_name:
+        return kind, target.metadata.namespace, target.metadata.name
+    return (
+        str(getattr(message, "kind", "")) or kind,
+        str(getattr(message, "namespace", "")),
+        str(getattr(message, "name", "")),
+    )
+
+
+def _same_shape(
+    handler: grpc.RpcMethodHandler[Any, Any], unary: Behavior, streaming: Behavior
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler like ``handler`` (same streaming shape and codecs) running ``unary`` or
+    ``streaming``, whichever its shape answers with."""
+    if handler.request_streaming and handler.response_streaming:
+        factory: Callable[..., grpc.RpcMethodHandler[Any, Any]] = (
+            grpc.stream_stream_rpc_method_handler
+        )
+    elif handler.request_streaming:
+        factory = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        factory = grpc.unary_stream_rpc_method_handler
+    else:
+        factory = grpc.unary_unary_rpc_method_handler
+    return factory(
+        streaming if handler.response_streaming else unary,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

@@ -65,6 +65,12 @@ class Settings:
     """Holds the admin credential; created with a random token when missing."""
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    audit_log_path: Path | None = None
+    """Where the audit log is written (JSON lines); None keeps none."""
+    audit_log_max_bytes: int = 100 * 1024 * 1024
+    """The audit log rotates when it reaches this size."""
+    audit_log_backups: int = 10
+    """Rotated audit logs kept."""
     heartbeat_interval: float = 10.0
     """How often agents send heartbeats (told to them on connect)."""
     cluster_grace_period: float = 40.0

@@ -40,8 +40,10 @@ from archipel.core.errors import (
     Unauthenticated,
 )
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
+from archipel.v1alpha2 import access_pb2
 from archipel.version import VERSION
-from controlplane import api, auth, metrics
+from controlplane import access, api, auth, metrics
+from controlplane.audit import AuditLog
 from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
 from controlplane.controllers import cluster as cluster_controller
@@ -68,13 +70,18 @@ from controlplane.shards import (
     default_replica_id,
 )
 from controlplane.store import Store
+from controlplane.users import UserDirectory
 
 log = logging.getLogger("archipel.controlplane")
 # Every service in proto/, as the contract declares them: reflection and health list
 # these, and api_servicers() must implement each of their methods.
 SERVICE_NAMES = tuple(
     service.full_name
-    for file in (*(served.file for served in api.API_VERSIONS), agent_pb2.DESCRIPTOR)
+    for file in (
+        *(served.file for served in api.API_VERSIONS),
+        access_pb2.DESCRIPTOR,
+        agent_pb2.DESCRIPTOR,
+    )
     for service in file.services_by_name.values()
 )
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
@@ -351,6 +358,13 @@ class ControlPlane:
         self.shards.on_stream_lost(self.execution.stream_taken)
         self.binding_status = BindingStatusController(self.context)
         self.rebalancer = WorkloadRebalancerController(self.context)
+        self.users = UserDirectory(self.etcd)
+        self.audit = AuditLog(
+            settings.audit_log_path,
+            max_bytes=settings.audit_log_max_bytes,
+            backups=settings.audit_log_backups,
+            replica=self.shards.replica,
+        )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.port = 0
@@ -397,6 +411,8 @@ class ControlPlane:
             }
             for name, servicer in of_version.items():
                 servicers[served.service(name).full_name] = servicer
+        servicers[access.USER_SERVICE] = access.UserService(self.users)
+        servicers[access.AUDIT_SERVICE] = access.AuditService(self.audit)
         servicers[AGENT_SERVICE] = AgentService(
             clusters=self.clusters,
             execution=self.execution,
@@ -432,6 +448,7 @@ class ControlPlane:
         )
         for informer in self.context.informers():
             self._spawn(informer.run(), f"informer-{informer.kind.name}")
+        self._spawn(self.users.run(), "users")
         all_synced: asyncio.Future[Any] = asyncio.ensure_future(
             asyncio.gather(*(i.synced.wait() for i in self.context.informers()))
         )
@@ -454,7 +471,10 @@ class ControlPlane:
             self._spawn(controller.run(), controller.name)
 
         interceptor = auth.AuthInterceptor(
-            admin_token=admin_token, authenticate_cluster=self.clusters.authenticate
+            admin_token=admin_token,
+            users=self.users,
+            authenticate_cluster=self.clusters.authenticate,
+            audit=self.audit,
         )
         server = grpc.aio.server(
             interceptors=[interceptor],
@@ -537,6 +557,7 @@ class ControlPlane:
         # replicas now, not when the lease would have expired.
         await self.shards.stop()
         await self.etcd.close()
+        self.audit.close()
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -556,6 +577,20 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="host:port for plaintext gRPC health checks only (Kubernetes probes)",
     )
     parser.add_argument("--admin-token-file", type=Path, default=Path(".local/admin-token"))
+    parser.add_argument(
+        "--audit-log-path",
+        type=Path,
+        help="write the audit log (JSON lines) to this file; default: none",
+    )
+    parser.add_argument(
+        "--audit-log-maxsize",
+        type=int,
+        default=100,
+        help="megabytes the audit log reaches before it is rotated",
+    )
+    parser.add_argument(
+        "--audit-log-maxbackup", type=int, default=10, help="rotated audit logs to keep"
+    )
     parser.add_argument("--tls-cert-file", type=Path)
     parser.add_argument("--tls-key-file", type=Path)
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
@@ -631,6 +666,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     if bool(args.tls_cert_file) != bool(args.tls_key_file):
         parser.error("--tls-cert-file and --tls-key-file go together")
+    if args.audit_log_maxsize < 1:
+        parser.error("--audit-log-maxsize must be at least 1 (megabyte)")
+    if args.audit_log_maxbackup < 0:
+        parser.error("--audit-log-maxbackup must not be negative")
     if args.shards < 1:
         parser.error("--shards must be at least 1")
     if args.shard_lease_seconds < 2:
@@ -652,6 +691,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         admin_token_file=args.admin_token_file,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
+        audit_log_path=args.audit_log_path,
+        audit_log_max_bytes=args.audit_log_maxsize * 1024 * 1024,
+        audit_log_backups=args.audit_log_maxbackup,
         heartbeat_interval=args.heartbeat_interval,
         cluster_grace_period=args.cluster_grace_period,
         cluster_failure_threshold=args.cluster_failure_threshold,

@@ -8,8 +8,10 @@ credential come from ``.local/archipel.yaml`` (written by ``make up``), the file
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime
 import json
+import re
 import secrets
 import string
 import sys
@@ -20,6 +22,7 @@ from typing import Any
 
 import grpc
 import yaml
+from google.protobuf import json_format
 
 from archipel import structs
 from archipel.cli import agent_manifests
@@ -776,6 +779,60 @@ class Commands:
         answer = self.client.version()
         print(f"server: {answer.version} (APIs {', '.join(answer.api_versions)})")
 
+    # -- users and audit -------------------------------------------------------------------
+
+    def user(self) -> None:
+        args = self.args
+        if args.user_command == "create":
+            _, token = self.client.create_user(
+                args.name, args.role, args.namespace or [], rotate=args.rotate
+            )
+            config: dict[str, Any] = {"server": self.client.config.server, "token": token}
+            if self.client.config.tls_ca is not None:
+                config["certificateAuthorityData"] = base64.b64encode(
+                    self.client.config.tls_ca
+                ).decode()
+            text = yaml.safe_dump(config, sort_keys=False)
+            if args.output_file:
+                path = Path(args.output_file)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # The config holds the user's token: for that user's eyes only.
+                path.touch(mode=0o600, exist_ok=True)
+                path.chmod(0o600)
+                path.write_text(text)
+                print(f"user/{args.name} created; its CLI config is in {path}", file=sys.stderr)
+            else:
+                sys.stdout.write(text)
+                print(f"user/{args.name} created ({args.role})", file=sys.stderr)
+        elif args.user_command == "list":
+            print(f"{'NAME':<30} {'ROLE':<9} {'NAMESPACES':<30} TOKEN ISSUED")
+            for user in self.client.list_users():
+                issued = user.token_issued.ToDatetime(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                namespaces = ",".join(user.namespaces) or "*"
+                print(f"{user.name:<30} {user.role:<9} {namespaces:<30} {issued}")
+        else:
+            if not self.client.delete_user(args.name):
+                raise ClientError(f"user {args.name} not found")
+            print(f"user/{args.name} deleted")
+
+    def audit(self) -> None:
+        since = None
+        if self.args.since:
+            since = datetime.datetime.now(datetime.UTC) - parse_duration(self.args.since, "--since")
+        events = self.client.audit_events(since, limit=self.args.limit)
+        if self.args.output == "json":
+            for event in events:
+                print(json.dumps(json_format.MessageToDict(event), separators=(",", ":")))
+            return
+        print(f"{'TIME':<24} {'IDENTITY':<24} {'VERB':<8} {'OBJECT':<50} CODE")
+        for event in events:
+            when = event.time.ToDatetime(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4]
+            target = "/".join(part for part in (event.namespace, event.name) if part)
+            shown = f"{event.kind}/{target}" if event.kind else event.method
+            print(
+                f"{when:<24} {event.identity or '-':<24} {event.verb:<8} {shown:<50} {event.code}"
+            )
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -869,6 +926,18 @@ def _agent_column(agent: dict[str, Any]) -> str:
     return f"{state} {agent['version']}" if agent.get("version") else state
 
 
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str, flag: str) -> datetime.timedelta:
+    """``90s``, ``15m``, ``1h30m``, ``2d``: kubectl's and Go's units, largest first."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or match is None:
+        raise ClientError(f"{flag}: {text!r} is not a duration such as 30s, 15m, 1h or 2d")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="archipel", description=__doc__)
     parser.add_argument("--version", action="version", version=f"archipel {VERSION}")
@@ -959,6 +1028,35 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--cluster-kubeconfig", required=True, help="that member's kubeconfig")
     promote.add_argument("--context", help="the kubeconfig context (default: its current one)")
     promote.add_argument("--dry-run", action="store_true", help="print the documents only")
+    user = sub.add_parser("user", help="people and programs that use the API, with a role")
+    users = user.add_subparsers(dest="user_command", required=True)
+    create_user = users.add_parser(
+        "create", help="create a user and print a CLI config with its token"
+    )
+    create_user.add_argument("name")
+    create_user.add_argument(
+        "--role", required=True, choices=["admin", "operator", "editor", "viewer"]
+    )
+    create_user.add_argument(
+        "--namespace",
+        action="append",
+        help="limit an editor or viewer to this namespace (repeatable)",
+    )
+    create_user.add_argument(
+        "--rotate", action="store_true", help="issue a new token for an existing user"
+    )
+    create_user.add_argument(
+        "-o", "--output-file", help="write the CLI config here (mode 0600) instead of printing it"
+    )
+    users.add_parser("list", help="the users, their roles and namespaces")
+    delete_user = users.add_parser("delete", help="delete a user: its token stops working")
+    delete_user.add_argument("name")
+    audit = sub.add_parser(
+        "audit", help="what was changed, and who read Secrets (every replica's log)"
+    )
+    audit.add_argument("--since", help="only events this recent: 30s, 15m, 1h, 2d")
+    audit.add_argument("--limit", type=int, default=0, help="at most this many, the latest")
+    audit.add_argument("-o", "--output", choices=["json", ""], default="")
     join = sub.add_parser("join", help="register a member cluster and issue its agent credential")
     join.add_argument("name")
     join.add_argument("--label", action="append", help="key=value (repeatable)")

@@ -51,6 +51,8 @@ class ControlPlaneProcess:
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.token_file = token_file or directory / "admin-token"
+        # Each replica writes its own audit log, as a pod of the chart does.
+        self.audit_log = directory / f"{name}.audit.log"
         argv = [
             sys.executable,
             "-m",
@@ -62,6 +64,7 @@ class ControlPlaneProcess:
             f"--admin-token-file={self.token_file}",
             f"--heartbeat-interval={heartbeat_interval}",
             f"--cluster-grace-period={cluster_grace_period}",
+            f"--audit-log-path={self.audit_log}",
         ]
         if tls is not None:
             argv += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]

@@ -255,6 +255,13 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
         "team-.*",
         "scratch-[0-9]{1,3}",
     ]
+    # Every replica audits into a volume of its own.
+    assert settings.audit_log_path is not None
+    assert settings.audit_log_path.parent.as_posix() == "/var/log/archipel"
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["audit"] == "/var/log/archipel"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert "emptyDir" in volumes["audit"]
 
 
 @pytest.mark.parametrize("leader_elect", ["true", "false"])
