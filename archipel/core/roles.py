@@ -10,7 +10,7 @@ The roles follow Kubernetes' user-facing ClusterRoles (``admin``, ``edit``, ``vi
 where they overlap: a viewer reads everything but Secrets, an editor writes the
 application (templates and policies), and neither touches the fleet or the control
 plane's own credentials. An ``operator`` runs the fleet: clusters (cordon, taints,
-rebalancing) and policies, without the applications' Secrets.
+rebalancing and rescheduling) and policies, without the applications' Secrets.
 
 Services are named without their package, so both API versions share one table. A
 service this table does not name (joining clusters, tokens, certificate requests,
@@ -77,7 +77,9 @@ _READS: dict[Role, frozenset[Area]] = {
 }
 _WRITES: dict[Role, frozenset[Area]] = {
     Role.ADMIN: frozenset(Area),
-    Role.OPERATOR: frozenset({Area.FLEET, Area.POLICIES, Area.CLUSTER_POLICIES}),
+    # Bindings too: `archipel reschedule` divides a template's replicas afresh by
+    # writing its binding, as a WorkloadRebalancer does for several.
+    Role.OPERATOR: frozenset({Area.FLEET, Area.BINDINGS, Area.POLICIES, Area.CLUSTER_POLICIES}),
     Role.EDITOR: frozenset({Area.TEMPLATES, Area.POLICIES, Area.CLUSTER_POLICIES}),
     Role.VIEWER: frozenset(),
 }

@@ -52,7 +52,8 @@ ACCESS: dict[str, tuple[set[str], set[str]]] = {
     "MemberClusterService": (ALL, {OPERATOR}),
     "WorkloadRebalancerService": (ALL, {OPERATOR}),
     "ClusterTaintPolicyService": (ALL, {OPERATOR}),
-    "PropagationBindingService": (ALL, set()),
+    # Operators reschedule: `archipel reschedule` writes the binding.
+    "PropagationBindingService": (ALL, {OPERATOR}),
     # Works carry the rendered Secrets: read by those who may read Secrets.
     "PropagationWorkService": ({EDITOR}, set()),
     "InfoService": (ALL, set()),

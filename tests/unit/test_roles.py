@@ -31,6 +31,7 @@ V1 = "/archipel.v1alpha1."
         (OPERATOR, f"{V2}ResourceTemplateService/Apply", False),
         (OPERATOR, f"{V2}ResourceTemplateService/Get", True),
         (OPERATOR, f"{V2}PropagationWorkService/Get", False),
+        (OPERATOR, f"{V2}PropagationBindingService/Apply", True),
         (OPERATOR, f"{V2}ClusterAdminService/Join", False),
         (OPERATOR, f"{V2}UserService/List", False),
         (EDITOR, f"{V2}ResourceTemplateService/Apply", True),
