@@ -100,6 +100,7 @@ class ControlPlaneProcess:
         default ``<directory>/encryption-config.yaml``, made with a fresh key when
         missing); without, nothing is."""
         self.directory = directory
+        self.etcd_prefix = etcd_prefix
         self.name = name
         self.tls = tls
         self.port = port or free_port()
