@@ -51,7 +51,7 @@ import hashlib
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,9 @@ _UNPLURALIZED = ("endpoints",)
 _RESOURCE_PART = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GROUP = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _API_KINDS_BY_PLURAL = {kind.plural: kind for kind in kinds.API_KINDS.values()}
+# Resources and kinds whose rule is remembered; past this many (templates of that many
+# kinds), the rest are looked up each time.
+_MEMO_LIMIT = 4096
 
 
 class ConfigError(Invalid):
@@ -378,6 +381,10 @@ class Encryption:
         # A work or a binding is encrypted by its template's rule: only then must its
         # value be read to know the template's kind.
         self._follow_templates = any(rule.writer.kind != IDENTITY for rule in config.rules)
+        # Which rule (its index) names a (group, resource), and a template kind
+        # (apiVersion, kind): decided once, as every write asks.
+        self._by_resource: dict[tuple[str, str], int | None] = {}
+        self._by_kind: dict[tuple[str, str], int | None] = {}
 
     def describe(self) -> str:
         """One line for the log: what each rule writes with (never a secret)."""
@@ -400,27 +407,43 @@ class Encryption:
         if found is None:
             return None
         group, resource = found
-        own = self.config.rule_for(group, resource)
-        if not self._follow_templates or (own is not None and own is self.config.rules[0]):
-            return own
+        own = self._resource_rule(group, resource)
+        if not self._follow_templates or own == 0:
+            return self._rule(own)
         if resource == kinds.PROPAGATION_WORK.plural:
             made_from = _work_kinds(value)
         elif resource == kinds.PROPAGATION_BINDING.plural:
             made_from = _binding_kinds(value)
         else:
-            return own
+            return self._rule(own)
         # The work (or binding) and the template it was made from are one resource
         # for this choice: the first rule naming either, as for any other resource.
-        return self._first_rule([(group, resource), *made_from])
+        indices = [own, *(self._kind_rule(*pair) for pair in made_from)]
+        return self._rule(min((i for i in indices if i is not None), default=None))
 
-    def _first_rule(self, resources: Iterable[tuple[str, str]]) -> Rule | None:
-        """The first rule, in the file's order, that names one of ``resources``
-        ((group, resource) pairs)."""
-        wanted = set(resources)
-        for rule in self.config.rules:
-            if any(rule.matches(group, resource) for group, resource in wanted):
-                return rule
-        return None
+    def _rule(self, index: int | None) -> Rule | None:
+        return None if index is None else self.config.rules[index]
+
+    def _resource_rule(self, group: str, resource: str) -> int | None:
+        """The index of the first rule naming the resource."""
+        found = self._by_resource.get((group, resource), -1)
+        if found == -1:
+            found = next(
+                (i for i, rule in enumerate(self.config.rules) if rule.matches(group, resource)),
+                None,
+            )
+            if len(self._by_resource) < _MEMO_LIMIT:
+                self._by_resource[group, resource] = found
+        return found
+
+    def _kind_rule(self, api_version: str, kind: str) -> int | None:
+        """The index of the first rule naming a template kind."""
+        found = self._by_kind.get((api_version, kind), -1)
+        if found == -1:
+            found = self._resource_rule(_group_of(api_version), guess_resource(kind))
+            if len(self._by_kind) < _MEMO_LIMIT:
+                self._by_kind[api_version, kind] = found
+        return found
 
     def stored_with(self, value: bytes) -> str:
         """How a stored value was written: ``identity`` or ``aesgcm:<key name>`` (or the
@@ -470,31 +493,27 @@ class Encryption:
             ) from None
 
 
-def _made_from(api_version: str, kind: str) -> tuple[str, str]:
-    return _group_of(api_version), guess_resource(kind)
-
-
 def _work_kinds(value: bytes) -> list[tuple[str, str]]:
-    """(group, resource) of each manifest a stored work holds."""
+    """(apiVersion, kind) of each manifest a stored work holds."""
     try:
         work = work_pb2.PropagationWork.FromString(value)
     except DecodeError:
         return []
     return [
-        _made_from(m.fields["apiVersion"].string_value, m.fields["kind"].string_value)
+        (m.fields["apiVersion"].string_value, m.fields["kind"].string_value)
         for m in work.spec.workload.manifests
         if "kind" in m.fields
     ]
 
 
 def _binding_kinds(value: bytes) -> list[tuple[str, str]]:
-    """(group, resource) of the template a stored binding binds."""
+    """(apiVersion, kind) of the template a stored binding binds."""
     try:
         binding = work_pb2.PropagationBinding.FromString(value)
     except DecodeError:
         return []
     resource = binding.spec.resource
-    return [_made_from(resource.api_version, resource.kind)]
+    return [(resource.api_version, resource.kind)]
 
 
 # -- rewriting ---------------------------------------------------------------------------
