@@ -63,14 +63,12 @@ from google.protobuf.message import DecodeError
 from archipel.core import kinds
 from archipel.core.errors import Invalid
 from archipel.v1alpha1 import work_pb2
-from controlplane.etcd import Etcd, KeyValue, Put, Undecryptable
+from controlplane.etcd import ENCRYPTED_PREFIX, Etcd, KeyValue, Put, Undecryptable
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "apiserver.config.k8s.io/v1"
 KIND = "EncryptionConfiguration"
-# Every transformed value starts with this; a value without it is plaintext.
-ENCRYPTED_PREFIX = b"k8s:enc:"
 AESGCM_PREFIX = b"k8s:enc:aesgcm:v1:"
 NONCE_BYTES = 12
 IDENTITY = "identity"

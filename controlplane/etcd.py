@@ -116,6 +116,10 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
     return before_sleep
 
 
+# Every value a transformer encrypted starts with this (kube-apiserver's format).
+ENCRYPTED_PREFIX = b"k8s:enc:"
+
+
 class Undecryptable(Exception):
     """Raised by a :class:`Transformer` that cannot turn a stored value back into
     plaintext (no configured key decrypts it, or it fails authentication)."""
@@ -319,6 +323,12 @@ class Etcd:
     def _from_storage(self, key: bytes, value: bytes) -> bytes:
         """A stored value as its writer gave it, or :class:`Unreadable`."""
         if self.transformer is None:
+            if value.startswith(ENCRYPTED_PREFIX):
+                # Never handed to a decoder as if it were the object: ciphertext could
+                # happen to parse.
+                return Unreadable(
+                    value, "encrypted, and this control plane has no --encryption-provider-config"
+                )
             return value
         try:
             return self.transformer.read(self._rel(key), value, context=key)

@@ -28,10 +28,13 @@ import pytest
 import yaml
 from etcd3aio.kv import prefix_range_end
 from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from archipel import structs
 from archipel.client import Client, ClientError, api_kind_by_name
 from archipel.core import kinds
+from archipel.core.errors import Corrupt
 from archipel.fleet.controlplane import (
     ControlPlaneProcess,
     encryption_config_text,
@@ -39,6 +42,7 @@ from archipel.fleet.controlplane import (
 )
 from archipel.fleet.etcd import EtcdServer
 from archipel.v1alpha1 import agent_pb2, policy_pb2, service_pb2
+from archipel.v1alpha2 import storage_pb2, storage_pb2_grpc
 from controlplane import encryption, plan
 from controlplane.etcd import Etcd, Put
 from controlplane.informers import Informer
@@ -229,6 +233,41 @@ def test_a_value_no_key_decrypts_is_corrupt_never_plaintext(
     assert raw(plane, etcd_server)[key] == ENCRYPTED + b"gone:" + bytes(60)
 
 
+def test_the_storage_service_is_served_listed_healthy_and_admin_only(
+    plane: ControlPlaneProcess,
+) -> None:
+    service = "archipel.v1alpha2.StorageAdminService"
+    with grpc.insecure_channel(plane.address) as channel:
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        (answer,) = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30
+        )
+        assert service in {s.name for s in answer.list_services_response.service}
+        health = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=30
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        reencrypt = storage_pb2_grpc.StorageAdminServiceStub(channel).Reencrypt
+        with pytest.raises(grpc.RpcError) as refused:
+            reencrypt(storage_pb2.ReencryptRequest(dry_run=True), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with closing(plane.client()) as client:
+            agent_token = client.join("storage-probe")[1]
+        with pytest.raises(grpc.RpcError) as refused:
+            reencrypt(
+                storage_pb2.ReencryptRequest(dry_run=True),
+                metadata=(("authorization", f"Bearer {agent_token}"),),
+                timeout=30,
+            )
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        answered = reencrypt(
+            storage_pb2.ReencryptRequest(dry_run=True),
+            metadata=(("authorization", f"Bearer {plane.admin_token}"),),
+            timeout=30,
+        )
+        assert "memberclusters.cluster.archipel.io" in {r.resource for r in answered.resources}
+
+
 # -- rotation, as docs/encryption.md tells it ----------------------------------------------
 
 
@@ -415,12 +454,16 @@ async def test_every_way_into_and_out_of_etcd_goes_through_the_transformer(
         current = await etcd.get(lost, raw=True)
         assert current is not None
         tampered = current.value[:-1] + bytes([current.value[-1] ^ 1])
-        raw_etcd = Etcd([etcd_server.endpoint], prefix=etcd.prefix)  # no transformer
-        await raw_etcd.connect()
+        unconfigured = Etcd([etcd_server.endpoint], prefix=etcd.prefix)  # no transformer
+        await unconfigured.connect()
         try:
-            assert await raw_etcd.commit([Put(lost, tampered, current.mod_revision)]) is not None
+            # A control plane without the configuration never takes ciphertext for an
+            # object either.
+            with pytest.raises(Corrupt, match="has no --encryption-provider-config"):
+                await Store(unconfigured).get(kind, lost)
+            assert await unconfigured.commit([Put(lost, tampered, current.mod_revision)])
         finally:
-            await raw_etcd.close()
+            await unconfigured.close()
         await eventually("the quarantine", _sync(lambda: lost in informer.quarantined))
         assert "fails authentication" in informer.quarantined[lost][1]
         task.cancel()
