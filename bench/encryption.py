@@ -3,6 +3,9 @@
 * The transformer alone, in process: microseconds to encrypt and to decrypt a value of
   1 KiB and of 64 KiB (AES-GCM through ``cryptography``), and to decide how a work is
   stored (its template's kind, read from the work).
+* The store alone, in process, on a real etcd: ``--secrets`` Secret templates created
+  32 at a time (writes per second: etcd and the store's own Python), then listed, with
+  and without the transformer, alternating.
 * Through the API, on a real etcd and control-plane process: ``--secrets`` Secret
   templates (1 KiB of data each) applied, 32 at a time (writes per second), then listed
   (objects per second: every one decrypted), once with Secrets encrypted (the launcher's
@@ -25,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,7 @@ import yaml
 from google.protobuf import json_format, struct_pb2
 
 from archipel import structs
+from archipel.core import kinds
 from archipel.fleet import tools
 from archipel.fleet.controlplane import ControlPlaneProcess, encryption_config_text
 from archipel.fleet.etcd import EtcdServer
@@ -40,6 +45,8 @@ from archipel.v1alpha1 import policy_pb2, work_pb2
 from archipel.v1alpha2 import service_pb2, service_pb2_grpc
 from bench.fleet import SimulatedFleet
 from controlplane import encryption
+from controlplane.etcd import Etcd
+from controlplane.store import Store
 
 RESULTS = Path(".local/bench")
 NAMESPACE = "bench"
@@ -88,6 +95,62 @@ def transformer_costs(rounds: int = 2000) -> dict[str, float]:
         t.write(work_key, raw, context=b"/archipel/" + work_key.encode())
     results["classify_work_us"] = (time.perf_counter() - started) / rounds * 1e6
     return results
+
+
+async def store_run(
+    endpoint: str, transformer: encryption.Encryption | None, secrets: int
+) -> dict[str, Any]:
+    """Create, then list, ``secrets`` Secret templates through a store on a fresh prefix."""
+    etcd = Etcd([endpoint], prefix=f"/bench-{uuid.uuid4().hex[:8]}/", transformer=transformer)
+    await etcd.connect()
+    store = Store(etcd)
+    slots = asyncio.Semaphore(32)
+
+    async def create(index: int) -> None:
+        async with slots:
+            await store.create(kinds.RESOURCE_TEMPLATE, secret(index))
+
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(create(i) for i in range(secrets)))
+        written = time.perf_counter() - started
+        listings = []
+        for _ in range(5):
+            started = time.perf_counter()
+            token, listed = "", 0
+            while True:
+                items, token, _ = await store.list(
+                    kinds.RESOURCE_TEMPLATE, "templates/", continue_token=token
+                )
+                listed += len(items)
+                if not token:
+                    break
+            listings.append(time.perf_counter() - started)
+            assert listed == secrets, listed
+    finally:
+        await etcd.close()
+    return {
+        "encrypted": transformer is not None,
+        "writes_per_second": secrets / written,
+        "listed_per_second": secrets / statistics.median(listings),
+    }
+
+
+async def store_runs(root: Path, *, secrets: int, rounds: int) -> list[dict[str, Any]]:
+    """:func:`store_run` with and without the transformer, alternating, on one etcd."""
+    config = encryption.parse_config(
+        yaml.safe_load(encryption_config_text([("key1", os.urandom(32))]))
+    )
+    etcd_server = EtcdServer(binary=tools.ensure("etcd").etcd, directory=root / "store-etcd")
+    etcd_server.start()
+    try:
+        return [
+            await store_run(etcd_server.endpoint, transformer, secrets)
+            for _ in range(rounds)
+            for transformer in (None, encryption.Encryption(config))
+        ]
+    finally:
+        etcd_server.stop()
 
 
 async def api_run(root: Path, *, encrypt: bool, secrets: int, clusters: int) -> dict[str, Any]:
@@ -180,11 +243,22 @@ async def api_run(root: Path, *, encrypt: bool, secrets: int, clusters: int) -> 
         etcd.stop()
 
 
+def _mean(runs: list[dict[str, Any]], encrypted: bool, field: str) -> float:
+    return statistics.mean(float(run[field]) for run in runs if run["encrypted"] == encrypted)
+
+
 def table(results: dict[str, Any]) -> str:
+    costs = ", ".join(f"{k.removesuffix('_us')} {v:.1f}" for k, v in results["transformer"].items())
     lines = [
-        "transformer (us per call): "
-        + ", ".join(f"{k.removesuffix('_us')} {v:.1f}" for k, v in results["transformer"].items())
+        f"transformer (us per call): {costs}",
+        f"{'store':12} {'writes/s':>10} {'listed/s':>10}",
     ]
+    for encrypted in (False, True):
+        label = "encrypted" if encrypted else "plaintext"
+        lines.append(
+            f"{label:12} {_mean(results['store'], encrypted, 'writes_per_second'):10.0f} "
+            f"{_mean(results['store'], encrypted, 'listed_per_second'):10.0f}   (mean)"
+        )
     lines.append(
         f"{'':12} {'writes/s':>10} {'listed/s':>10} {'works/s':>10}   "
         f"({results['runs'][0]['secrets']} Secrets, {results['runs'][0]['clusters']} clusters)"
@@ -195,6 +269,13 @@ def table(results: dict[str, Any]) -> str:
             f"{label:12} {run['writes_per_second']:10.0f} {run['listed_per_second']:10.0f} "
             f"{run['works_per_second']:10.0f}"
         )
+    for encrypted in (False, True):
+        label = "encrypted" if encrypted else "plaintext"
+        means = [
+            _mean(results["runs"], encrypted, field)
+            for field in ("writes_per_second", "listed_per_second", "works_per_second")
+        ]
+        lines.append(f"{label:12} " + " ".join(f"{m:10.0f}" for m in means) + "   (mean)")
     return "\n".join(lines)
 
 
@@ -207,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: dict[str, Any] = {"transformer": transformer_costs(), "runs": []}
     with tempfile.TemporaryDirectory(prefix="archipel-bench-encryption-") as tmp:
+        results["store"] = asyncio.run(
+            store_runs(Path(tmp), secrets=args.secrets, rounds=max(args.rounds, 3))
+        )
         for round_ in range(args.rounds):
             for encrypt in (False, True):
                 root = Path(tmp) / f"round-{round_}"
