@@ -195,13 +195,6 @@ class EncryptionConfig:
     rules: tuple[Rule, ...]
     keys: Mapping[str, Key]
 
-    def rule_for(self, group: str, resource: str) -> Rule | None:
-        """The first rule naming the resource (kube-apiserver's order)."""
-        for rule in self.rules:
-            if rule.matches(group, resource):
-                return rule
-        return None
-
 
 def load_config(path: Path) -> EncryptionConfig:
     """The file at ``path``, checked; :class:`ConfigError` names what is wrong."""
