@@ -24,14 +24,13 @@ from controlplane.encryption import (
     AESGCM_PREFIX,
     ConfigError,
     Encryption,
-    Undecryptable,
     UnsupportedValue,
     guess_resource,
     load_config,
     parse_config,
     resource_of_key,
 )
-from controlplane.etcd import Unreadable
+from controlplane.etcd import Undecryptable, Unreadable
 from controlplane.store import decode
 
 KEY1 = bytes(range(32))
