@@ -61,9 +61,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf.message import DecodeError
 
 from archipel.core import kinds
-from archipel.core.errors import Invalid
+from archipel.core.errors import Corrupt, Invalid
 from archipel.v1alpha1 import work_pb2
 from controlplane.etcd import ENCRYPTED_PREFIX, Etcd, KeyValue, Put, Undecryptable
+from controlplane.store import report_corrupt
 
 log = logging.getLogger(__name__)
 
@@ -562,7 +563,8 @@ async def reencrypt(
                 try:
                     plaintext = encryption.read(key, kv.value, context=etcd.stored_key(key))
                 except Undecryptable as error:
-                    log.error("reencrypt: %s cannot be decrypted (%s); left as it is", key, error)
+                    # Logged and counted as every corrupt object is; left as it is.
+                    report_corrupt(Corrupt(key, str(error)), kv.mod_revision)
                     tally.unreadable += 1
                     return
                 wanted = encryption.writer_for(key, plaintext)
