@@ -29,7 +29,14 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from archipel import addresses, manifests, structs
 from archipel.core import kinds, scopes
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from archipel.v1alpha2 import access_pb2, access_pb2_grpc, service_pb2, service_pb2_grpc
+from archipel.v1alpha2 import (
+    access_pb2,
+    access_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+    storage_pb2,
+    storage_pb2_grpc,
+)
 
 CONFIG_ENV = "ARCHIPEL_CONFIG"
 DEFAULT_CONFIG = Path(".local/archipel.yaml")
@@ -324,6 +331,7 @@ class Client:
         self.admin = service_pb2_grpc.ClusterAdminServiceStub(self.channel)
         self.info = service_pb2_grpc.InfoServiceStub(self.channel)
         self.users = access_pb2_grpc.UserServiceStub(self.channel)
+        self.storage = storage_pb2_grpc.StorageAdminServiceStub(self.channel)
         # Each kind's scope, asked once per client (one CLI invocation): (group, kind).
         self._scopes: dict[tuple[str, str], scopes.Scope] = {}
 
@@ -497,6 +505,15 @@ class Client:
     def version(self) -> service_pb2.GetVersionResponse:
         answer: service_pb2.GetVersionResponse = self.call(
             self.info.GetVersion, service_pb2.GetVersionRequest()
+        )
+        return answer
+
+    def reencrypt(self, *, dry_run: bool = False) -> storage_pb2.ReencryptResponse:
+        """Rewrite every stored object in the form the encryption configuration writes
+        now (``archipel admin reencrypt``)."""
+        # It reads and may rewrite every object: minutes, for a large store.
+        answer: storage_pb2.ReencryptResponse = self.call(
+            self.storage.Reencrypt, storage_pb2.ReencryptRequest(dry_run=dry_run), timeout=3600
         )
         return answer
 

@@ -47,10 +47,11 @@ from archipel.v1alpha1 import (
 )
 from archipel.v1alpha1 import service_pb2 as v1alpha1_pb2
 from archipel.v1alpha2 import service_pb2 as v1alpha2_pb2
+from archipel.v1alpha2 import storage_pb2
 from archipel.version import VERSION
-from controlplane import auth, memory
+from controlplane import auth, encryption, memory
 from controlplane.controllers.cluster import ClusterController
-from controlplane.etcd import Compacted
+from controlplane.etcd import Compacted, Etcd
 from controlplane.informers import Informer
 from controlplane.store import Store, decode, report_corrupt
 
@@ -945,3 +946,35 @@ class ClusterAdminService:
         auth.describe(kind="MemberCluster", name=request.name)
         joined, token = await self.clusters.join(cluster, rotate=request.rotate)
         return self.responses["Join"](cluster=joined, token=token)
+
+
+class StorageAdminService:
+    """Rewriting what is stored: archipel.v1alpha2.StorageAdminService (admin only, as
+    every call but the agents' is)."""
+
+    def __init__(self, etcd: Etcd, encrypting: encryption.Encryption | None) -> None:
+        self.etcd = etcd
+        self.encryption = encrypting
+
+    @_guard
+    async def Reencrypt(
+        self, request: storage_pb2.ReencryptRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> storage_pb2.ReencryptResponse:
+        if self.encryption is None:
+            raise FailedPrecondition(
+                "this control plane runs without --encryption-provider-config: it has no "
+                "key to rewrite with"
+            )
+        counts = await encryption.reencrypt(self.etcd, self.encryption, dry_run=request.dry_run)
+        return storage_pb2.ReencryptResponse(
+            resources=[
+                storage_pb2.ReencryptedResource(
+                    resource=name,
+                    rewritten=tally.rewritten,
+                    unchanged=tally.unchanged,
+                    unreadable=tally.unreadable,
+                    skipped=tally.skipped,
+                )
+                for name, tally in sorted(counts.items())
+            ]
+        )

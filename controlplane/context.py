@@ -63,6 +63,9 @@ class Settings:
     that cannot speak TLS (the kubelet's); empty turns it off."""
     admin_token_file: Path | None = None
     """Holds the admin credential; created with a random token when missing."""
+    encryption_provider_config: Path | None = None
+    """An EncryptionConfiguration: what is encrypted in etcd, with which keys (see
+    controlplane/encryption.py); None stores everything as plaintext."""
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     audit_log_path: Path | None = None

@@ -4,6 +4,12 @@ It offers only what the store needs: reads at a revision, conditional writes gua
 by ``mod_revision`` (0 means "must not exist"), and prefix watches that report
 compaction so the caller can relist. Every etcd error becomes :class:`Unavailable`.
 
+Every value passes through it on its way into and out of etcd, so this is where a
+storage :class:`Transformer` (encryption at rest, :mod:`controlplane.encryption`)
+applies: to each ``Put`` of a transaction, and to each value a get, a range or a
+watch returns. A value it cannot read back comes out as :class:`Unreadable`, which
+the store reports as a corrupt object.
+
 Several endpoints name the members of one cluster. Requests go to one member at a
 time; one that fails because its member is lost (or has no leader) moves the
 connection on to the next member and is tried again there (``RETRIES``), and so is a
@@ -21,7 +27,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import etcd3aio
 import grpc
@@ -108,6 +114,40 @@ def _log_retry(what: str) -> Callable[[RetryCallState], None]:
         )
 
     return before_sleep
+
+
+# Every value a transformer encrypted starts with this (kube-apiserver's format).
+ENCRYPTED_PREFIX = b"k8s:enc:"
+
+
+class Undecryptable(Exception):
+    """Raised by a :class:`Transformer` that cannot turn a stored value back into
+    plaintext (no configured key decrypts it, or it fails authentication)."""
+
+
+class Transformer(Protocol):
+    """Turns values into what etcd stores and back. ``key`` is below the prefix (it
+    decides how a value is stored), ``context`` the whole etcd key (bound to the
+    stored value, so a value copied under another key does not read back)."""
+
+    def write(self, key: str, value: bytes, *, context: bytes) -> bytes: ...
+
+    def read(self, key: str, value: bytes, *, context: bytes) -> bytes: ...
+
+
+class Unreadable(bytes):
+    """A stored value the transformer could not read back: the stored bytes, and why.
+
+    It stands in for the value wherever one is returned, so one such value fails only
+    its own object, as an undecodable value does (:func:`controlplane.store.decode`
+    reports it as corrupt), and never a listing, a watch or a cache."""
+
+    reason: str
+
+    def __new__(cls, stored: bytes, reason: str) -> Unreadable:
+        value = super().__new__(cls, stored)
+        value.reason = reason
+        return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,7 +259,13 @@ def _target(address: str) -> str:
 class Etcd:
     """A connection to etcd with all keys below ``prefix``."""
 
-    def __init__(self, endpoints: Sequence[str], *, prefix: str = "/archipel/") -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        prefix: str = "/archipel/",
+        transformer: Transformer | None = None,
+    ) -> None:
         self.endpoints = addresses.split(endpoints)
         if not self.endpoints:
             raise ValueError("no etcd endpoint")
@@ -230,6 +276,7 @@ class Etcd:
         self._clients = [_member_client(endpoint) for endpoint in self.endpoints]
         self._current = 0
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
+        self.transformer = transformer
         self._group = _GroupCommit(self)
 
     async def connect(self) -> None:
@@ -261,8 +308,36 @@ class Etcd:
     def _abs(self, key: str) -> bytes:
         return (self.prefix + key).encode()
 
+    def stored_key(self, key: str) -> bytes:
+        """The whole etcd key of ``key`` (below the prefix)."""
+        return self._abs(key)
+
     def _rel(self, key: bytes) -> str:
         return key.decode()[len(self.prefix) :]
+
+    def _to_storage(self, key: bytes, value: bytes) -> bytes:
+        if self.transformer is None:
+            return value
+        return self.transformer.write(self._rel(key), value, context=key)
+
+    def _from_storage(self, key: bytes, value: bytes) -> bytes:
+        """A stored value as its writer gave it, or :class:`Unreadable`."""
+        if self.transformer is None:
+            if value.startswith(ENCRYPTED_PREFIX):
+                # Never handed to a decoder as if it were the object: ciphertext could
+                # happen to parse.
+                return Unreadable(
+                    value, "encrypted, and this control plane has no --encryption-provider-config"
+                )
+            return value
+        try:
+            return self.transformer.read(self._rel(key), value, context=key)
+        except Undecryptable as error:
+            return Unreadable(value, str(error))
+
+    def _key_value(self, kv: Any, raw: bool) -> KeyValue:
+        value = kv.value if raw else self._from_storage(kv.key, kv.value)
+        return KeyValue(self._rel(kv.key), value, kv.mod_revision, kv.create_revision)
 
     def _kv(self, index: int) -> Any:
         kv = self._clients[index].kv
@@ -283,7 +358,8 @@ class Etcd:
                     raise
         raise AssertionError("unreachable: tenacity reraises the last failure")
 
-    async def get(self, key: str) -> KeyValue | None:
+    async def get(self, key: str, *, raw: bool = False) -> KeyValue | None:
+        """The key's value; with ``raw``, as stored (not through the transformer)."""
         started = time.perf_counter()
         try:
             response = await self._retried(
@@ -294,13 +370,20 @@ class Etcd:
         finally:
             metrics.ETCD_LATENCY.labels("get").observe(time.perf_counter() - started)
         for kv in response.kvs:
-            return KeyValue(self._rel(kv.key), kv.value, kv.mod_revision, kv.create_revision)
+            return self._key_value(kv, raw)
         return None
 
     async def range(
-        self, prefix: str, *, start_after: str = "", limit: int = 0, revision: int = 0
+        self,
+        prefix: str,
+        *,
+        start_after: str = "",
+        limit: int = 0,
+        revision: int = 0,
+        raw: bool = False,
     ) -> tuple[list[KeyValue], int, bool]:
-        """Keys under ``prefix`` in key order; returns (items, revision, more)."""
+        """Keys under ``prefix`` in key order; returns (items, revision, more). With
+        ``raw``, values as stored (not through the transformer)."""
         start = self._abs(start_after) + b"\x00" if start_after else self._abs(prefix)
         started = time.perf_counter()
         try:
@@ -320,10 +403,7 @@ class Etcd:
             raise Unavailable(f"etcd: {error}") from error
         finally:
             metrics.ETCD_LATENCY.labels("range").observe(time.perf_counter() - started)
-        items = [
-            KeyValue(self._rel(kv.key), kv.value, kv.mod_revision, kv.create_revision)
-            for kv in response.kvs
-        ]
+        items = [self._key_value(kv, raw) for kv in response.kvs]
         return items, response.header.revision, bool(response.more)
 
     async def commit(self, writes: Sequence[Write]) -> int | None:
@@ -352,7 +432,8 @@ class Etcd:
                     )
                 )
             if isinstance(write, Put):
-                success.append(kv.txn_op_put(key, write.value, lease=write.lease))
+                value = self._to_storage(key, write.value)
+                success.append(kv.txn_op_put(key, value, lease=write.lease))
             elif isinstance(write, Delete):
                 success.append(kv.txn_op_delete(key))
         started = time.perf_counter()
@@ -430,7 +511,10 @@ class Etcd:
                         Event(
                             "DELETE" if event.type == 1 else "PUT",
                             self._rel(event.kv.key),
-                            event.prev_kv.value if event.type == 1 else event.kv.value,
+                            self._from_storage(
+                                event.kv.key,
+                                event.prev_kv.value if event.type == 1 else event.kv.value,
+                            ),
                             event.kv.mod_revision,
                             created=event.kv.create_revision == event.kv.mod_revision,
                         )

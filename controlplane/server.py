@@ -40,9 +40,9 @@ from archipel.core.errors import (
     Unauthenticated,
 )
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
-from archipel.v1alpha2 import access_pb2
+from archipel.v1alpha2 import access_pb2, storage_pb2
 from archipel.version import VERSION
-from controlplane import access, api, auth, metrics
+from controlplane import access, api, auth, encryption, metrics
 from controlplane.audit import AuditLog
 from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
@@ -80,10 +80,12 @@ SERVICE_NAMES = tuple(
     for file in (
         *(served.file for served in api.API_VERSIONS),
         access_pb2.DESCRIPTOR,
+        storage_pb2.DESCRIPTOR,
         agent_pb2.DESCRIPTOR,
     )
     for service in file.services_by_name.values()
 )
+STORAGE_ADMIN_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageAdminService"].full_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
@@ -336,8 +338,17 @@ class ControlPlane:
     """Everything one control plane runs, started and stopped together."""
 
     def __init__(self, settings: Settings) -> None:
+        """Builds everything and connects to nothing; a bad encryption configuration
+        raises :class:`encryption.ConfigError` here, before anything starts."""
         self.settings = settings
-        self.etcd = Etcd(settings.etcd_endpoints, prefix=settings.etcd_prefix)
+        self.encryption: encryption.Encryption | None = None
+        if settings.encryption_provider_config is not None:
+            self.encryption = encryption.Encryption(
+                encryption.load_config(settings.encryption_provider_config)
+            )
+        self.etcd = Etcd(
+            settings.etcd_endpoints, prefix=settings.etcd_prefix, transformer=self.encryption
+        )
         self.store = Store(self.etcd)
         self.shards = Shards(
             self.etcd,
@@ -413,6 +424,7 @@ class ControlPlane:
                 servicers[served.service(name).full_name] = servicer
         servicers[access.USER_SERVICE] = access.UserService(self.users)
         servicers[access.AUDIT_SERVICE] = access.AuditService(self.audit)
+        servicers[STORAGE_ADMIN_SERVICE] = api.StorageAdminService(self.etcd, self.encryption)
         servicers[AGENT_SERVICE] = AgentService(
             clusters=self.clusters,
             execution=self.execution,
@@ -442,6 +454,8 @@ class ControlPlane:
 
     async def start(self) -> None:
         settings = self.settings
+        if self.encryption is not None:
+            log.info("encryption at rest: %s", self.encryption.describe())
         await self.etcd.connect()
         admin_token = auth.load_or_create_admin_token(
             settings.admin_token_file or Path(".local/admin-token")
@@ -591,6 +605,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument(
         "--audit-log-maxbackup", type=int, default=10, help="rotated audit logs to keep"
     )
+    parser.add_argument(
+        "--encryption-provider-config",
+        type=Path,
+        metavar="FILE",
+        help="an EncryptionConfiguration (kube-apiserver's format): which resources are "
+        "encrypted in etcd, and with which keys (docs/encryption.md)",
+    )
     parser.add_argument("--tls-cert-file", type=Path)
     parser.add_argument("--tls-key-file", type=Path)
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
@@ -689,6 +710,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         metrics_listen=args.metrics_listen,
         health_listen=args.health_listen,
         admin_token_file=args.admin_token_file,
+        encryption_provider_config=args.encryption_provider_config,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
         audit_log_path=args.audit_log_path,
@@ -755,6 +777,15 @@ async def _first(*events: asyncio.Event) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
+    try:
+        return _run(settings)
+    except encryption.ConfigError as error:
+        # One line and exit code 1: nothing has started.
+        print(f"archipel-controlplane: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(settings: Settings) -> int:
     profile = os.environ.get("ARCHIPEL_PROFILE")
     if not profile:
         return asyncio.run(serve(settings))

@@ -39,6 +39,7 @@ from controlplane.etcd import (
     KeyValue,
     Put,
     RevisionOutOfRange,
+    Unreadable,
     write_size,
 )
 from controlplane.etcd import Delete as EtcdDelete
@@ -54,8 +55,13 @@ def decode(kind: Kind[T], key: str, value: bytes, mod_revision: int) -> T:
     Anything may sit in etcd (a hand-written key, a value from a buggy version), and
     decoders fail in many ways (DecodeError, JSONDecodeError, UnicodeDecodeError,
     RecursionError, a JSON value that is not an object): one object that cannot be
-    read must never take a cache, a listing or a start-up down with it.
+    read must never take a cache, a listing or a start-up down with it. A value that
+    could not be decrypted (:class:`~controlplane.etcd.Unreadable`: no configured key
+    for it, or it fails authentication) is corrupt the same way, never read as
+    plaintext.
     """
+    if isinstance(value, Unreadable):
+        raise Corrupt(key, value.reason)
     try:
         obj = kind.decode(value)
         meta = kind.meta(obj)

@@ -833,6 +833,41 @@ class Commands:
                 f"{when:<24} {event.identity or '-':<24} {event.verb:<8} {shown:<50} {event.code}"
             )
 
+    # -- admin -----------------------------------------------------------------------------
+
+    def admin(self) -> None:
+        getattr(self, f"admin_{self.args.admin_command}")()
+
+    def admin_reencrypt(self) -> None:
+        """Rewrite what etcd holds under the current encryption key; a table of what was
+        done, and exit code 1 when some objects could not be rewritten."""
+        answer = self.client.reencrypt(dry_run=self.args.dry_run)
+        done = "WOULD REWRITE" if self.args.dry_run else "REWRITTEN"
+        rows = [["RESOURCE", done, "UNCHANGED", "UNREADABLE", "SKIPPED"]]
+        for item in answer.resources:
+            rows.append(
+                [
+                    item.resource,
+                    str(item.rewritten),
+                    str(item.unchanged),
+                    str(item.unreadable),
+                    str(item.skipped),
+                ]
+            )
+        print(_table(rows))
+        unreadable = sum(item.unreadable for item in answer.resources)
+        skipped = sum(item.skipped for item in answer.resources)
+        if unreadable:
+            raise ClientError(
+                f"reencrypt: {unreadable} objects no configured key decrypts were left as they "
+                "are (the control plane's log names them)"
+            )
+        if skipped:
+            raise ClientError(
+                f"reencrypt: {skipped} objects kept changing under the rewrite; run it again "
+                "once every replica has the same encryption configuration"
+            )
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -1057,6 +1092,15 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--since", help="only events this recent: 30s, 15m, 1h, 2d")
     audit.add_argument("--limit", type=int, default=0, help="at most this many, the latest")
     audit.add_argument("-o", "--output", choices=["json", ""], default="")
+    admin = sub.add_parser("admin", help="administration of the control plane's storage")
+    admin_sub = admin.add_subparsers(dest="admin_command", required=True)
+    reencrypt = admin_sub.add_parser(
+        "reencrypt",
+        help="rewrite every stored object under the current encryption key (after a rotation)",
+    )
+    reencrypt.add_argument(
+        "--dry-run", action="store_true", help="count what would be rewritten; write nothing"
+    )
     join = sub.add_parser("join", help="register a member cluster and issue its agent credential")
     join.add_argument("name")
     join.add_argument("--label", action="append", help="key=value (repeatable)")

@@ -5,10 +5,15 @@ They run exactly as an operator would run them (``python -m controlplane``,
 :class:`ControlPlaneReplicas` runs several control-plane processes on one etcd (or
 etcd cluster), sharing one admin token file, as a Deployment with several replicas
 would; agents are spread over them and told every address, to fail over.
+
+By default a control plane encrypts Secrets in etcd: it is given an encryption
+configuration (``encryption-config.yaml`` in its directory, one fresh random key, mode
+0600, made on first start and kept), which replicas share.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import time
@@ -22,6 +27,51 @@ from archipel.client import Client, Config
 from archipel.fleet.etcd import free_port
 from archipel.fleet.members import Member
 from archipel.fleet.processes import ManagedProcess, ProcessError
+
+ENCRYPTION_CONFIG = "encryption-config.yaml"
+
+
+def encryption_config_text(
+    keys: Sequence[tuple[str, bytes]], resources: Sequence[str] = ("secrets",)
+) -> str:
+    """An EncryptionConfiguration (the control plane's --encryption-provider-config):
+    ``resources`` encrypted with AES-GCM, ``keys`` as (name, secret) in order (the first
+    encrypts, all decrypt), and plaintext still read."""
+    listed = "".join(
+        f"            - name: {name}\n              secret: {base64.b64encode(secret).decode()}\n"
+        for name, secret in keys
+    )
+    return (
+        "apiVersion: apiserver.config.k8s.io/v1\n"
+        "kind: EncryptionConfiguration\n"
+        "resources:\n"
+        f"  - resources: [{', '.join(resources)}]\n"
+        "    providers:\n"
+        "      - aesgcm:\n"
+        "          keys:\n"
+        f"{listed}"
+        "      - identity: {}\n"
+    )
+
+
+def write_encryption_config(path: Path, text: str) -> None:
+    """Write an encryption configuration readable by its owner only (it holds keys),
+    replacing the file at once: a control plane starting meanwhile reads the old one
+    or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+    os.replace(partial, path)
+
+
+def ensure_encryption_config(path: Path) -> None:
+    """The configuration at ``path``, made with one fresh random 256-bit key (``key1``)
+    encrypting Secrets when it is missing; an existing one is kept, so a restart reads
+    what the last start wrote."""
+    if not path.exists():
+        write_encryption_config(path, encryption_config_text([("key1", os.urandom(32))]))
 
 
 class ControlPlaneProcess:
@@ -38,13 +88,19 @@ class ControlPlaneProcess:
         extra_args: Sequence[str] = (),
         name: str = "controlplane",
         token_file: Path | None = None,
+        encrypt: bool = True,
+        encryption_config: Path | None = None,
     ) -> None:
         """``tls`` is (certificate, key) to serve TLS instead of plaintext;
         ``extra_args`` are more of the control plane's flags (failover timings).
         ``name`` names the log (``<directory>/<name>.log``), so replicas sharing a
         directory keep theirs apart; ``token_file`` is the admin token's file, by
-        default ``<directory>/admin-token`` (replicas share one)."""
+        default ``<directory>/admin-token`` (replicas share one). With ``encrypt``,
+        Secrets are encrypted in etcd by the configuration ``encryption_config`` (by
+        default ``<directory>/encryption-config.yaml``, made with a fresh key when
+        missing); without, nothing is."""
         self.directory = directory
+        self.etcd_prefix = etcd_prefix
         self.name = name
         self.tls = tls
         self.port = port or free_port()
@@ -53,6 +109,9 @@ class ControlPlaneProcess:
         self.token_file = token_file or directory / "admin-token"
         # Each replica writes its own audit log, as a pod of the chart does.
         self.audit_log = directory / f"{name}.audit.log"
+        self.encryption_config: Path | None = None
+        if encrypt:
+            self.encryption_config = encryption_config or directory / ENCRYPTION_CONFIG
         argv = [
             sys.executable,
             "-m",
@@ -68,6 +127,8 @@ class ControlPlaneProcess:
         ]
         if tls is not None:
             argv += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
+        if self.encryption_config is not None:
+            argv.append(f"--encryption-provider-config={self.encryption_config}")
         argv += extra_args
         self.process = ManagedProcess(name, argv, log_path=directory / f"{name}.log", env=_env())
 
@@ -96,6 +157,8 @@ class ControlPlaneProcess:
         """Start the process without waiting for it to serve (:meth:`wait_serving`),
         so several replicas can come up side by side."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.encryption_config is not None:
+            ensure_encryption_config(self.encryption_config)
         self.process.start()
 
     def wait_serving(self, *, timeout: float = 60.0) -> None:
@@ -182,17 +245,21 @@ class ControlPlaneReplicas:
         tls: tuple[Path, Path] | None = None,
         extra_args: Sequence[str] = (),
         replica_args: Callable[[int], Sequence[str]] | None = None,
+        encrypt: bool = True,
     ) -> None:
         """``ports`` are the replicas' gRPC ports in order (missing or None: any free
         port); ``extra_args`` go to every replica, and ``replica_args(i)`` to replica
         ``i`` only, after them (by default :meth:`replica_id_args`, which names each
-        replica in the shards' logs and keys: ``replica-<i>``)."""
+        replica in the shards' logs and keys: ``replica-<i>``). With ``encrypt`` every
+        replica reads one encryption configuration,
+        ``<directory>/encryption-config.yaml``."""
         if replica_args is None:
             replica_args = self.replica_id_args
         if count < 1:
             raise ValueError("a control plane needs at least one replica")
         self.directory = directory
         self.token_file = directory / "admin-token"
+        self.encryption_config = directory / ENCRYPTION_CONFIG if encrypt else None
         self.replicas = [
             ControlPlaneProcess(
                 etcd_endpoint=etcd_endpoint,
@@ -205,6 +272,8 @@ class ControlPlaneReplicas:
                 extra_args=[*extra_args, *replica_args(index)],
                 name="controlplane" if count == 1 else f"controlplane-{index}",
                 token_file=self.token_file,
+                encrypt=encrypt,
+                encryption_config=self.encryption_config,
             )
             for index in range(count)
         ]
@@ -239,7 +308,10 @@ class ControlPlaneReplicas:
 
     def start(self, *, timeout: float = 60.0) -> None:
         # The first replica creates the shared token file; were several to start
-        # together, each could write a token of its own over the others'.
+        # together, each could write a token of its own over the others'. The shared
+        # encryption configuration is made first, for the same reason.
+        if self.encryption_config is not None:
+            ensure_encryption_config(self.encryption_config)
         first, *others = self.replicas
         first.start(timeout=timeout)
         for replica in others:

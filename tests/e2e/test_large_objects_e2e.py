@@ -216,6 +216,9 @@ def test_a_propagated_secret_leaves_no_value_in_any_config_map(
     core = pipeline.core(MEMBER)
     found = core.read_namespaced_secret("credentials", namespace)
     assert found.data and "password" in found.data
+    # Encrypted in the control plane's etcd (the launcher's default), the real value
+    # in the member: decrypted on its way to the agent.
+    assert base64.b64decode(found.data["password"]).decode() == marker
     assert ledger_of(pipeline, name) is not None  # the barrier: its entry is written
     encoded = base64.b64encode(marker.encode()).decode()
     for config_map in core.list_config_map_for_all_namespaces().items:

@@ -4,6 +4,7 @@ real kube-apiserver (a server-side dry run: admission, validation and RBAC rules
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import tomllib
 import uuid
@@ -262,6 +263,45 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
     assert mounts["audit"] == "/var/log/archipel"
     volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
     assert "emptyDir" in volumes["audit"]
+    # Secrets are encrypted at rest, by the configuration the chart made.
+    assert settings.encryption_provider_config == Path("/etc/archipel/encryption/config.yaml")
+    mount = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}["encryption"]
+    assert settings.encryption_provider_config.parent == Path(mount)
+
+
+def test_the_chart_makes_an_encryption_configuration_the_control_plane_takes() -> None:
+    from controlplane.encryption import parse_config
+
+    def configs(values: dict[str, str]) -> list[bytes]:
+        return [
+            base64.b64decode(d["data"]["config.yaml"])
+            for d in render({"controlPlane.enabled": "true", **values}, "archipel-system")
+            if d["kind"] == "Secret" and d["metadata"]["name"].endswith("-encryption")
+        ]
+
+    (made,) = configs({})
+    (rule,) = parse_config(yaml.safe_load(made)).rules
+    assert rule.resources == ("secrets",)
+    assert rule.writer.label == "aesgcm:key1"
+    (again,) = configs({})
+    assert again != made  # a fresh random key for each new install
+    # An operator's own Secret: the chart makes none, and mounts that one.
+    assert configs({"controlPlane.encryption.existingSecret": "mine"}) == []
+    documents = render(
+        {"controlPlane.enabled": "true", "controlPlane.encryption.existingSecret": "mine"},
+        "archipel-system",
+    )
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["encryption"]["secret"]["secretName"] == "mine"
+    # Turned off: no flag, no volume.
+    documents = render(
+        {"controlPlane.enabled": "true", "controlPlane.encryption.enabled": "false"},
+        "archipel-system",
+    )
+    (deployment,) = [d for d in documents if d["kind"] == "Deployment"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert not any("encryption" in arg for arg in container["args"])
 
 
 @pytest.mark.parametrize("leader_elect", ["true", "false"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from archipel.client import Config
-from archipel.fleet.controlplane import ControlPlaneReplicas, rotated
+from archipel.fleet.controlplane import ControlPlaneReplicas, ensure_encryption_config, rotated
 
 
 def test_agents_start_on_replica_i_mod_n_and_fail_over_to_the_others() -> None:
@@ -57,3 +57,30 @@ def test_the_cli_config_names_every_replica(tmp_path: Path) -> None:
     config = Config.load(tmp_path / "archipel.yaml")
     assert config.servers == plane.addresses
     assert config.token == "secret"
+
+
+def test_replicas_share_one_encryption_configuration_made_once(tmp_path: Path) -> None:
+    plane = ControlPlaneReplicas(3, etcd_endpoint="127.0.0.1:2379", directory=tmp_path)
+    config = tmp_path / "encryption-config.yaml"
+    assert {r.encryption_config for r in plane.replicas} == {config}
+    for replica in plane.replicas:
+        assert f"--encryption-provider-config={config}" in replica.process.argv
+    # Made with a fresh key on first use, readable by its owner only, then kept.
+    ensure_encryption_config(config)
+    made = config.read_text()
+    assert config.stat().st_mode & 0o777 == 0o600
+    assert "kind: EncryptionConfiguration" in made and "resources: [secrets]" in made
+    ensure_encryption_config(config)
+    assert config.read_text() == made
+    other = tmp_path / "other" / "encryption-config.yaml"
+    ensure_encryption_config(other)
+    assert other.read_text() != made  # another fresh key
+
+
+def test_a_control_plane_without_encryption_gets_no_configuration(tmp_path: Path) -> None:
+    plane = ControlPlaneReplicas(
+        2, etcd_endpoint="127.0.0.1:2379", directory=tmp_path, encrypt=False
+    )
+    for replica in plane.replicas:
+        assert replica.encryption_config is None
+        assert not any("--encryption-provider-config" in a for a in replica.process.argv)

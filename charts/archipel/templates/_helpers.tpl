@@ -20,6 +20,25 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.controlPlane.adminTokenSecret | default (printf "%s-admin" (include "archipel.controlPlane" .)) }}
 {{- end }}
 
+{{- define "archipel.encryptionSecret" -}}
+{{ .Values.controlPlane.encryption.existingSecret | default (printf "%s-encryption" (include "archipel.controlPlane" .)) }}
+{{- end }}
+
+{{/* An EncryptionConfiguration (the control plane's --encryption-provider-config) with
+one AES-GCM key, .secret (base64), encrypting Secrets. */}}
+{{- define "archipel.encryptionConfig" -}}
+apiVersion: apiserver.config.k8s.io/v1
+kind: EncryptionConfiguration
+resources:
+  - resources: [secrets]
+    providers:
+      - aesgcm:
+          keys:
+            - name: key1
+              secret: {{ .secret }}
+      - identity: {}
+{{- end }}
+
 {{- define "archipel.agentSecret" -}}
 {{ .Values.agent.existingSecret | default (printf "%s-credential" (include "archipel.agent" .)) }}
 {{- end }}
