@@ -79,6 +79,7 @@ class Agent:
         heartbeat_interval: float | None = None,
         namespace: str = SYSTEM_NAMESPACE,
         elector: Elector | None = None,
+        insecure: bool = False,
     ) -> None:
         """``elector``: campaign for the cluster's Lease and act only while leading;
         None: act from the start (the one agent of its cluster)."""
@@ -92,6 +93,7 @@ class Agent:
         self.cluster = cluster
         self.kube = kube
         self.tls_ca = tls_ca
+        self.insecure = insecure
         self.ledger = Ledger(kube, namespace=namespace)
         self.facts = Facts(kube)
         # The member's CRDs and APIServices, watched so that an API it stops (or starts)
@@ -133,10 +135,11 @@ class Agent:
         """After a failed or ended session: wait (tenacity), then try the next address."""
         failed = self.server
         self._current = (self._current + 1) % len(self.servers)
+        error = state.outcome.exception() if state.outcome else None
         log.warning(
             "connection to %s lost (%s); reconnecting to %s in %.1fs",
             failed,
-            state.outcome.exception() if state.outcome else "",
+            transport_problem(error, failed) or error or "",
             self.server,
             state.upcoming_sleep,
         )
@@ -147,10 +150,12 @@ class Agent:
             ("grpc.keepalive_timeout_ms", 10000),
             ("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
         ]
-        if self.tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)
-            return grpc.aio.secure_channel(self.server, credentials, options=options)
-        return grpc.aio.insecure_channel(self.server, options=options)
+        if self.insecure:
+            return grpc.aio.insecure_channel(self.server, options=options)
+        # Without a CA bundle, the system's roots: a control plane serving a
+        # certificate of a public CA needs none.
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)
+        return grpc.aio.secure_channel(self.server, credentials, options=options)
 
     async def _heartbeats(self, interval: float) -> None:
         self.facts.reset()
@@ -386,6 +391,23 @@ class Agent:
                 await self._session()
 
 
+def transport_problem(error: BaseException | None, server: str) -> str | None:
+    """What to do about a connection that failed in the TLS handshake, in one line; None
+    for any other failure."""
+    if not isinstance(error, grpc.aio.AioRpcError):
+        return None
+    details = (error.details() or "").lower()
+    if "certificate verify failed" in details or "handshake failed" in details:
+        return (
+            f"cannot verify the control plane's certificate at {server}: pass "
+            "--tls-ca-file with the control plane's CA bundle (its --pki-dir's ca/ca.crt, "
+            "or the ca.crt of the chart's CA Secret)"
+        )
+    if "wrong_version_number" in details or ("http2" in details and "frame" in details):
+        return f"{server} does not speak TLS: is it a control plane started with --insecure?"
+    return None
+
+
 async def _until_over(term: Term) -> None:
     """Return never; raise TermOver when the term ends: lost (the elector says so) or
     past its deadline (which the elector may notice only at its next try)."""
@@ -451,7 +473,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--cluster", help="defaults to the cluster named in the token")
     parser.add_argument("--kubeconfig", help="omit to use in-cluster credentials")
-    parser.add_argument("--tls-ca-file", type=Path)
+    parser.add_argument(
+        "--tls-ca-file",
+        type=Path,
+        default=os.environ.get("ARCHIPEL_TLS_CA_FILE") or None,
+        help="the control plane's CA bundle (its --pki-dir's ca/ca.crt); default "
+        "$ARCHIPEL_TLS_CA_FILE, else the system's roots",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, to a control plane started with --insecure (loopback only)",
+    )
     parser.add_argument("--heartbeat-interval", type=float)
     parser.add_argument(
         "--namespace",
@@ -527,7 +560,8 @@ async def _serve(args: argparse.Namespace) -> None:
         token=token,
         cluster=cluster,
         kube=kube,
-        tls_ca=args.tls_ca_file.read_bytes() if args.tls_ca_file else None,
+        tls_ca=_read_ca(args.tls_ca_file),
+        insecure=args.insecure,
         heartbeat_interval=args.heartbeat_interval,
         namespace=args.namespace,
         elector=elector,
@@ -542,6 +576,17 @@ async def _serve(args: argparse.Namespace) -> None:
         log.info("agent stopped")
     finally:
         kube.close()
+
+
+def _read_ca(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise SystemExit(
+            f"error: --tls-ca-file: cannot read the control plane's CA bundle: {error}"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:

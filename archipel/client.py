@@ -134,6 +134,13 @@ class Config:
     server: str
     token: str
     tls_ca: bytes | None = None
+    """The CA bundle the control plane's certificate is checked with; None: the
+    system's roots."""
+    tls_ca_file: str = ""
+    """Where ``tls_ca`` was read from, for the commands the CLI prints."""
+    insecure: bool = False
+    """Plaintext, to a control plane started with --insecure (``insecure: true`` in the
+    config file, or ARCHIPEL_INSECURE=1)."""
 
     @property
     def servers(self) -> list[str]:
@@ -163,8 +170,19 @@ class Config:
             raise ClientError(
                 "no server configured: run 'make up', or set ARCHIPEL_SERVER and ARCHIPEL_TOKEN"
             )
-        ca = data.get("tlsCaFile")
-        return cls(server=server, token=token, tls_ca=Path(ca).read_bytes() if ca else None)
+        ca = os.environ.get("ARCHIPEL_TLS_CA_FILE") or data.get("tlsCaFile")
+        try:
+            tls_ca = Path(ca).read_bytes() if ca else None
+        except OSError as error:
+            raise ClientError(
+                f"tlsCaFile: cannot read the control plane's CA bundle: {error}"
+            ) from None
+        insecure = os.environ.get("ARCHIPEL_INSECURE", "").lower() in ("1", "true", "yes") or (
+            data.get("insecure") is True
+        )
+        return cls(
+            server=server, token=token, tls_ca=tls_ca, tls_ca_file=ca or "", insecure=insecure
+        )
 
 
 class FailoverChannel(grpc.Channel):
@@ -298,10 +316,10 @@ class Client:
             raise ClientError("no server configured")
 
         def connect(server: str) -> grpc.Channel:
-            if config.tls_ca is not None:
-                credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca)
-                return grpc.secure_channel(server, credentials)
-            return grpc.insecure_channel(server)
+            if config.insecure:
+                return grpc.insecure_channel(server)
+            credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca)
+            return grpc.secure_channel(server, credentials)
 
         self.channel = FailoverChannel(servers, connect)
         self.metadata = (("authorization", f"Bearer {config.token}"),)
@@ -608,6 +626,13 @@ def _describe(error: grpc.RpcError) -> str:
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
     if code == grpc.StatusCode.UNAVAILABLE:
+        lowered = (details or "").lower()
+        if "certificate verify failed" in lowered or "handshake failed" in lowered:
+            return (
+                "cannot verify the control plane's certificate: set tlsCaFile in the "
+                "config (or ARCHIPEL_TLS_CA_FILE) to its CA bundle (the control plane's "
+                f"--pki-dir ca/ca.crt): {details}"
+            )
         return f"cannot reach the control plane: {details}"
     name = code.name if code is not None else "ERROR"
     return f"{name}: {details}"

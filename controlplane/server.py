@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from archipel import addresses, limits
+from archipel import addresses, limits, pki
 from archipel.core import matching
 from archipel.core.errors import (
     ArchipelError,
@@ -41,7 +41,7 @@ from archipel.core.errors import (
 )
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
 from archipel.version import VERSION
-from controlplane import api, auth, metrics
+from controlplane import api, auth, certificates, metrics
 from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
 from controlplane.controllers import cluster as cluster_controller
@@ -354,6 +354,8 @@ class ControlPlane:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.agent_port = 0
+        self.transport: certificates.TransportSecurity | None = None
         self.health_server: grpc.aio.Server | None = None
         self.health_port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -487,13 +489,17 @@ class ControlPlane:
             # Duck-typed: reflection only calls the pool's Find* methods.
             pool=cast(descriptor_pool.DescriptorPool, MethodAwarePool(descriptor_pool.Default())),
         )
-        if settings.tls_cert_file and settings.tls_key_file:
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
-            )
-            self.port = server.add_secure_port(settings.listen, credentials)
-        else:
+        if settings.insecure:
             self.port = server.add_insecure_port(settings.listen)
+        else:
+            transport = self.transport = await asyncio.to_thread(load_transport, settings)
+            self.port = server.add_secure_port(settings.listen, transport.api_credentials())
+            # The same server, a second port: every client there shows a certificate
+            # of the control plane's CA (mutual TLS), as agents with one do.
+            agent_listen = agent_address(settings)
+            self.agent_port = server.add_secure_port(agent_listen, transport.agent_credentials())
+            if self.agent_port == 0:
+                raise RuntimeError(f"cannot listen on {agent_listen}")
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {settings.listen}")
         await server.start()
@@ -516,6 +522,17 @@ class ControlPlane:
             host, _, port = settings.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1")
         metrics.BUILD_INFO.info({"version": VERSION})
+        if self.transport is not None:
+            log.info(
+                "control plane %s serving TLS on port %d, agents (mutual TLS) on port %d; "
+                "clients trust %s",
+                VERSION,
+                self.port,
+                self.agent_port,
+                self.transport.ca_file or "the CA of --tls-cert-file",
+            )
+        else:
+            log.warning("serving PLAINTEXT (--insecure): for loopback development only")
         log.info("control plane %s serving on port %d", VERSION, self.port)
 
     async def _run_server(self, server: grpc.aio.Server) -> None:
@@ -539,6 +556,30 @@ class ControlPlane:
         await self.etcd.close()
 
 
+def load_transport(settings: Settings) -> certificates.TransportSecurity:
+    return certificates.load(
+        pki_dir=settings.pki_dir or DEFAULT_PKI_DIR,
+        listen=settings.listen,
+        sans=settings.tls_sans,
+        tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file,
+        client_ca_file=settings.client_ca_file,
+        client_ca_key_file=settings.client_ca_key_file,
+    )
+
+
+def agent_address(settings: Settings) -> str:
+    """``--agent-listen``, or by default the listen host with the next port."""
+    if settings.agent_listen:
+        return settings.agent_listen
+    host, port = pki.split_host_port(settings.listen)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port + 1 if port else 0}"
+
+
+DEFAULT_PKI_DIR = Path(".local/pki")
+
+
 def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(prog="archipel-controlplane", description=__doc__)
     parser.add_argument(
@@ -556,8 +597,50 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="host:port for plaintext gRPC health checks only (Kubernetes probes)",
     )
     parser.add_argument("--admin-token-file", type=Path, default=Path(".local/admin-token"))
-    parser.add_argument("--tls-cert-file", type=Path)
-    parser.add_argument("--tls-key-file", type=Path)
+    parser.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        help="the serving certificate (PEM); default: one issued at start by the CA in --pki-dir",
+    )
+    parser.add_argument("--tls-key-file", type=Path, help="the serving certificate's key")
+    parser.add_argument(
+        "--pki-dir",
+        type=Path,
+        default=DEFAULT_PKI_DIR,
+        help="the control plane's CA (ca/ca.crt, ca/ca.key), created on first start; "
+        "replicas share it",
+    )
+    parser.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="more DNS names or IP addresses for the issued serving certificate (repeatable)",
+    )
+    parser.add_argument(
+        "--client-ca-file",
+        type=Path,
+        help="the CA that issues and checks agents' client certificates (with "
+        "--client-ca-key-file); default: the CA in --pki-dir",
+    )
+    parser.add_argument("--client-ca-key-file", type=Path)
+    parser.add_argument(
+        "--agent-listen",
+        default="",
+        help="host:port of the mutual-TLS port for agents with certificates (default: the "
+        "--listen host, its port + 1)",
+    )
+    parser.add_argument(
+        "--agent-cert-validity",
+        default="30d",
+        help="how long an agent's certificate is valid (90s, 15m, 12h, 30d); agents renew "
+        "at 2/3 of it",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext and no agent port; refused unless --listen is a loopback address",
+    )
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
     parser.add_argument("--cluster-grace-period", type=float, default=40.0)
     parser.add_argument("--cluster-failure-threshold", type=float, default=30.0)
@@ -631,6 +714,24 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
     if bool(args.tls_cert_file) != bool(args.tls_key_file):
         parser.error("--tls-cert-file and --tls-key-file go together")
+    if bool(args.client_ca_file) != bool(args.client_ca_key_file):
+        parser.error("--client-ca-file and --client-ca-key-file go together")
+    listen_host = args.listen.rpartition(":")[0]
+    if args.insecure and not pki.is_loopback(listen_host):
+        # One line and exit code 1: plaintext would carry the admin token and every
+        # agent's credential over the network.
+        print(
+            f"{parser.prog}: --insecure serves plaintext, which is allowed on a loopback "
+            f"address only, not on {limits.echo(listen_host)}: drop --insecure (TLS is on "
+            "by default) or listen on 127.0.0.1",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    try:
+        agent_cert_validity = certificates.parse_duration(args.agent_cert_validity)
+    except ValueError as error:
+        print(f"{parser.prog}: --agent-cert-validity: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     if args.shards < 1:
         parser.error("--shards must be at least 1")
     if args.shard_lease_seconds < 2:
@@ -652,6 +753,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         admin_token_file=args.admin_token_file,
         tls_cert_file=args.tls_cert_file,
         tls_key_file=args.tls_key_file,
+        pki_dir=args.pki_dir,
+        tls_sans=tuple(name for value in args.tls_san for name in addresses.split(value)),
+        client_ca_file=args.client_ca_file,
+        client_ca_key_file=args.client_ca_key_file,
+        insecure=args.insecure,
+        agent_listen=args.agent_listen,
+        agent_cert_validity=agent_cert_validity.total_seconds(),
         heartbeat_interval=args.heartbeat_interval,
         cluster_grace_period=args.cluster_grace_period,
         cluster_failure_threshold=args.cluster_failure_threshold,

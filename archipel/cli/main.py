@@ -801,6 +801,7 @@ class Commands:
                 token=token,
                 namespace=args.namespace,
                 image=args.image or "",
+                ca=self.client.config.tls_ca,
             )
             sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False))
             print(f"membercluster/{args.name} joined", file=sys.stderr)
@@ -815,6 +816,9 @@ class Commands:
             token_option = ""
             print(f"token: {token}")
         kubeconfig = f" --kubeconfig {args.kubeconfig}" if args.kubeconfig else ""
+        ca_file = self.client.config.tls_ca_file
+        if ca_file:
+            kubeconfig = f" --tls-ca-file {ca_file}{kubeconfig}"
         print(f"membercluster/{args.name} joined")
         env = "" if args.token_file else f"ARCHIPEL_AGENT_TOKEN={token} "
         print(

@@ -14,10 +14,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from archipel import pki
 from archipel.client import Client, Config
 from archipel.fleet.etcd import free_port
 from archipel.fleet.members import Member
@@ -34,22 +36,33 @@ class ControlPlaneProcess:
         port: int | None = None,
         heartbeat_interval: float = 10.0,
         cluster_grace_period: float = 40.0,
-        tls: tuple[Path, Path] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
         extra_args: Sequence[str] = (),
         name: str = "controlplane",
         token_file: Path | None = None,
+        insecure: bool = False,
+        pki_dir: Path | None = None,
+        agent_port: int | None = None,
     ) -> None:
-        """``tls`` is (certificate, key) to serve TLS instead of plaintext;
-        ``extra_args`` are more of the control plane's flags (failover timings).
-        ``name`` names the log (``<directory>/<name>.log``), so replicas sharing a
-        directory keep theirs apart; ``token_file`` is the admin token's file, by
-        default ``<directory>/admin-token`` (replicas share one)."""
+        """The control plane serves TLS with a certificate of its own CA, created in
+        ``pki_dir`` (default ``<directory>/pki``, which replicas share); ``tls`` is
+        (certificate, key, CA bundle) to serve the operator's certificate instead, and
+        ``insecure`` serves plaintext (``--insecure``). ``extra_args`` are more of the
+        control plane's flags (failover timings). ``name`` names the log
+        (``<directory>/<name>.log``), so replicas sharing a directory keep theirs apart;
+        ``token_file`` is the admin token's file, by default ``<directory>/admin-token``
+        (replicas share one)."""
         self.directory = directory
         self.name = name
         self.tls = tls
+        self.insecure = insecure
+        self.pki_dir = pki_dir or directory / "pki"
         self.port = port or free_port()
+        self.agent_port = agent_port or free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # Agents with a certificate connect here (mutual TLS).
+        self.agent_address = f"127.0.0.1:{self.agent_port}"
         self.token_file = token_file or directory / "admin-token"
         argv = [
             sys.executable,
@@ -63,6 +76,10 @@ class ControlPlaneProcess:
             f"--heartbeat-interval={heartbeat_interval}",
             f"--cluster-grace-period={cluster_grace_period}",
         ]
+        if insecure:
+            argv.append("--insecure")
+        else:
+            argv += [f"--pki-dir={self.pki_dir}", f"--agent-listen={self.agent_address}"]
         if tls is not None:
             argv += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
         argv += extra_args
@@ -72,11 +89,31 @@ class ControlPlaneProcess:
     def admin_token(self) -> str:
         return self.token_file.read_text().strip()
 
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA bundle clients verify the control plane with (None: plaintext)."""
+        if self.insecure:
+            return None
+        return self.tls[2] if self.tls is not None else pki.ca_cert_path(self.pki_dir)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        ca = self.ca_file
+        if ca is None:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+
+    def channel(self, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A channel to this control plane's API port, trusting its CA."""
+        return open_channel(self.address, self.ca_file, options=options)
+
+    def aio_channel(self, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        """The same as :meth:`channel`, for asyncio."""
+        return open_aio_channel(self.address, self.ca_file, options=options)
+
     def serving(self) -> bool:
-        if self.tls is not None:
-            # Any answer over TLS, even a refusal, means the server is up.
-            return self.process.running and "serving on port" in self.process.log_tail(50)
-        with grpc.insecure_channel(self.address) as channel:
+        if self.ca_file is not None and not self.ca_file.exists():
+            return False  # the CA comes first: the process has not got that far
+        with self.channel() as channel:
             try:
                 response = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1
@@ -113,17 +150,53 @@ class ControlPlaneProcess:
         self.start()
 
     def config(self) -> Config:
-        return Config(server=self.address, token=self.admin_token)
+        ca = self.ca_file
+        return Config(
+            server=self.address,
+            token=self.admin_token,
+            tls_ca=ca.read_bytes() if ca is not None else None,
+            insecure=ca is None,
+        )
 
     def client(self) -> Client:
         return Client(self.config())
 
     def write_cli_config(self, path: Path) -> None:
-        path.write_text(f"server: {self.address}\ntokenFile: {self.token_file.resolve()}\n")
+        write_cli_config(path, self.address, self.token_file, self.ca_file)
 
     def join(self, member: Member, *, labels: dict[str, str] | None = None) -> Path:
         """Register a member cluster; returns the file holding its agent's token."""
         return _join(self.client(), self.directory, member, labels)
+
+
+def open_channel(
+    address: str, ca_file: Path | None, *, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A channel to a control plane: TLS trusting ``ca_file``, plaintext when None."""
+    if ca_file is None:
+        return grpc.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def open_aio_channel(
+    address: str, ca_file: Path | None, *, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """:func:`open_channel` for asyncio."""
+    if ca_file is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def write_cli_config(path: Path, server: str, token_file: Path, ca_file: Path | None) -> None:
+    """The CLI's config file: where the control plane is, the admin token and the CA."""
+    lines = [f"server: {server}", f"tokenFile: {token_file.resolve()}"]
+    if ca_file is not None:
+        lines.append(f"tlsCaFile: {ca_file.resolve()}")
+    else:
+        lines.append("insecure: true")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _join(client: Client, directory: Path, member: Member, labels: dict[str, str] | None) -> Path:
@@ -176,14 +249,17 @@ class ControlPlaneReplicas:
         ports: Sequence[int | None] = (),
         heartbeat_interval: float = 10.0,
         cluster_grace_period: float = 40.0,
-        tls: tuple[Path, Path] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
         extra_args: Sequence[str] = (),
         replica_args: Callable[[int], Sequence[str]] | None = None,
+        insecure: bool = False,
+        agent_ports: Sequence[int | None] = (),
     ) -> None:
         """``ports`` are the replicas' gRPC ports in order (missing or None: any free
-        port); ``extra_args`` go to every replica, and ``replica_args(i)`` to replica
-        ``i`` only, after them (by default :meth:`replica_id_args`, which names each
-        replica in the shards' logs and keys: ``replica-<i>``)."""
+        port), ``agent_ports`` their mutual-TLS ports for agents (the same);
+        ``extra_args`` go to every replica, and ``replica_args(i)`` to replica ``i``
+        only, after them (by default :meth:`replica_id_args`, which names each replica
+        in the shards' logs and keys: ``replica-<i>``)."""
         if replica_args is None:
             replica_args = self.replica_id_args
         if count < 1:
@@ -202,6 +278,9 @@ class ControlPlaneReplicas:
                 extra_args=[*extra_args, *replica_args(index)],
                 name="controlplane" if count == 1 else f"controlplane-{index}",
                 token_file=self.token_file,
+                insecure=insecure,
+                pki_dir=directory / "pki",
+                agent_port=agent_ports[index] if index < len(agent_ports) else None,
             )
             for index in range(count)
         ]
@@ -234,9 +313,18 @@ class ControlPlaneReplicas:
         """The server list of the ``index``-th agent: replica ``index mod count`` first."""
         return rotated(self.addresses, index)
 
+    @property
+    def ca_file(self) -> Path | None:
+        return self.replicas[0].ca_file
+
+    @property
+    def agent_addresses(self) -> list[str]:
+        return [replica.agent_address for replica in self.replicas]
+
     def start(self, *, timeout: float = 60.0) -> None:
         # The first replica creates the shared token file; were several to start
-        # together, each could write a token of its own over the others'.
+        # together, each could write a token of its own over the others'. (The CA
+        # they share is safe either way: see archipel.pki.ensure_ca.)
         first, *others = self.replicas
         first.start(timeout=timeout)
         for replica in others:
@@ -249,13 +337,19 @@ class ControlPlaneReplicas:
             replica.stop()
 
     def config(self) -> Config:
-        return Config(server=self.server, token=self.admin_token)
+        ca = self.ca_file
+        return Config(
+            server=self.server,
+            token=self.admin_token,
+            tls_ca=ca.read_bytes() if ca is not None else None,
+            insecure=ca is None,
+        )
 
     def client(self) -> Client:
         return Client(self.config())
 
     def write_cli_config(self, path: Path) -> None:
-        path.write_text(f"server: {self.server}\ntokenFile: {self.token_file.resolve()}\n")
+        write_cli_config(path, self.server, self.token_file, self.ca_file)
 
     def join(self, member: Member, *, labels: dict[str, str] | None = None) -> Path:
         """Register a member cluster through any replica that answers; returns the
@@ -313,6 +407,8 @@ class AgentProcess:
             f"--token-file={token_file}",
             f"--kubeconfig={member.kubeconfig}",
         ]
+        if control_plane.ca_file is not None:
+            argv.append(f"--tls-ca-file={control_plane.ca_file}")
         if heartbeat_interval is not None:
             argv.append(f"--heartbeat-interval={heartbeat_interval}")
         argv += extra_args

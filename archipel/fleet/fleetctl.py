@@ -158,6 +158,8 @@ def serve(
                 directory=local,
                 # 7443, 7444, ... when free, so people can remember them.
                 ports=[_preferred_port(7443 + index) for index in range(replicas)],
+                # The agents' mutual-TLS ports: 7453, 7454, ...
+                agent_ports=[_preferred_port(7453 + index) for index in range(replicas)],
             )
             plane.start()
             for index, member in enumerate(fleet):

@@ -367,7 +367,7 @@ def test_bad_input_is_refused_and_nothing_is_stored(pipeline: Pipeline, tmp_path
 
 def test_an_agent_cannot_ask_for_another_clusters_works(pipeline: Pipeline) -> None:
     token = (pipeline.directory / "agents" / "member1.token").read_text().strip()
-    with grpc.insecure_channel(pipeline.plane.address) as channel:
+    with pipeline.plane.channel() as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         hello = agent_pb2.AgentMessage(hello=agent_pb2.Hello(cluster="member2"))
         stream = stub.Connect(
@@ -585,7 +585,7 @@ def test_a_stuck_agent_does_not_hold_up_the_others(pipeline: Pipeline, namespace
     finally:
         api.close()
     stuck = joined.metadata.name
-    with grpc.insecure_channel(pipeline.plane.address) as channel:
+    with pipeline.plane.channel() as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         hello = agent_pb2.AgentMessage(hello=agent_pb2.Hello(cluster=stuck))
         stream = stub.Connect(iter([hello]), metadata=(("authorization", f"Bearer {token}"),))

@@ -35,8 +35,8 @@ class Api:
 
     def __init__(self, plane: ControlPlaneProcess) -> None:
         self.plane = plane
-        self.channel = grpc.aio.insecure_channel(
-            plane.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self.channel = plane.aio_channel(
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         )
         self.metadata = (("authorization", f"Bearer {plane.admin_token}"),)
         self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
@@ -163,8 +163,7 @@ class RawAgent:
     """
 
     def __init__(self, plane: ControlPlaneProcess, cluster: str, token: str) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            plane.address,
+        self.channel = plane.aio_channel(
             options=[("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES)],
         )
         self.cluster = cluster

@@ -214,6 +214,14 @@ def test_join_print_manifests_says_what_the_chart_renders() -> None:
     assert sorted(map(str, map(_comparable, printed[1:]))) == sorted(
         map(str, map(_comparable, rendered))
     )
+    # With the control plane's CA bundle: a ConfigMap, mounted, and the agent told.
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    printed = agent_manifests(server="cp.example.com:7443", token="m1.s3cr3t", ca=ca.encode())
+    rendered = render({**AGENT, "agent.ca": ca}, "archipel-system")
+    assert sorted(map(str, map(_comparable, printed[1:]))) == sorted(
+        map(str, map(_comparable, rendered))
+    )
+    assert "ConfigMap" in {document["kind"] for document in printed}
 
 
 @pytest.mark.parametrize("default_taints", ["true", "false"])
@@ -249,6 +257,15 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
     }
     assert pod_name in container["env"]
     assert (settings.shards, settings.shard_lease_seconds) == (64, 10)
+    # TLS with the CA Secret the chart made, for the Service's names; agents' port.
+    assert not settings.insecure
+    assert str(settings.pki_dir) == "/etc/archipel/pki"
+    assert "archipel-controlplane.archipel-system.svc" in settings.tls_sans
+    assert settings.agent_listen == "0.0.0.0:7445"
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    assert ("Secret", "archipel-controlplane-ca") in kinds
+    (ca_secret,) = [d for d in documents if d["metadata"]["name"] == "archipel-controlplane-ca"]
+    assert set(ca_secret["data"]) == {"ca.crt", "ca.key"}
     assert settings.failover_grace_period == 120
     assert settings.default_failover_taints == (default_taints == "true")
     assert [p.pattern for p in settings.skipped_propagating_namespaces] == [

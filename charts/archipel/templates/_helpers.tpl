@@ -20,6 +20,10 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{ .Values.controlPlane.adminTokenSecret | default (printf "%s-admin" (include "archipel.controlPlane" .)) }}
 {{- end }}
 
+{{- define "archipel.caSecret" -}}
+{{ .Values.controlPlane.tls.caSecretName | default (printf "%s-ca" (include "archipel.controlPlane" .)) }}
+{{- end }}
+
 {{- define "archipel.agentSecret" -}}
 {{ .Values.agent.existingSecret | default (printf "%s-credential" (include "archipel.agent" .)) }}
 {{- end }}
