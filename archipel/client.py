@@ -27,7 +27,12 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 from archipel import addresses, manifests, structs
 from archipel.core import kinds, scopes
 from archipel.v1alpha1 import cluster_pb2, work_pb2
-from archipel.v1alpha2 import service_pb2, service_pb2_grpc
+from archipel.v1alpha2 import (
+    registration_pb2,
+    registration_pb2_grpc,
+    service_pb2,
+    service_pb2_grpc,
+)
 
 CONFIG_ENV = "ARCHIPEL_CONFIG"
 DEFAULT_CONFIG = Path(".local/archipel.yaml")
@@ -326,6 +331,8 @@ class Client:
         self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
         self.admin = service_pb2_grpc.ClusterAdminServiceStub(self.channel)
         self.info = service_pb2_grpc.InfoServiceStub(self.channel)
+        self.tokens = registration_pb2_grpc.BootstrapTokenServiceStub(self.channel)
+        self.requests = registration_pb2_grpc.CertificateSigningRequestServiceStub(self.channel)
         # Each kind's scope, asked once per client (one CLI invocation): (group, kind).
         self._scopes: dict[tuple[str, str], scopes.Scope] = {}
 
@@ -457,6 +464,55 @@ class Client:
         """Register a member cluster; its MemberCluster and its agent's token."""
         response = self.call(self.admin.Join, service_pb2.JoinRequest(name=name, **fields))
         return response.cluster, response.token
+
+    def revoke(self, name: str) -> str:
+        """Cut a cluster's agent off: its certificates and token stop working."""
+        answer = self.call(self.admin.Revoke, service_pb2.RevokeRequest(name=name))
+        return str(answer.message)
+
+    # -- bootstrap tokens and certificate signing requests --------------------------------
+
+    def create_token(
+        self, *, ttl_seconds: int, cluster: str = "", usages: Sequence[str] = ()
+    ) -> registration_pb2.BootstrapTokenServiceCreateResponse:
+        answer: registration_pb2.BootstrapTokenServiceCreateResponse = self.call(
+            self.tokens.Create,
+            registration_pb2.BootstrapTokenServiceCreateRequest(
+                ttl_seconds=ttl_seconds, cluster=cluster, usages=list(usages)
+            ),
+        )
+        return answer
+
+    def list_tokens(self) -> list[registration_pb2.BootstrapToken]:
+        answer = self.call(self.tokens.List, registration_pb2.BootstrapTokenServiceListRequest())
+        return list(answer.items)
+
+    def delete_token(self, token_id: str) -> None:
+        self.call(
+            self.tokens.Delete, registration_pb2.BootstrapTokenServiceDeleteRequest(id=token_id)
+        )
+
+    def list_requests(self) -> list[registration_pb2.CertificateSigningRequest]:
+        answer = self.call(
+            self.requests.List, registration_pb2.CertificateSigningRequestServiceListRequest()
+        )
+        return list(answer.items)
+
+    def approve_request(self, name: str) -> registration_pb2.CertificateSigningRequest:
+        answer = self.call(
+            self.requests.Approve,
+            registration_pb2.CertificateSigningRequestServiceApproveRequest(name=name),
+        )
+        return answer.request  # type: ignore[no-any-return]
+
+    def deny_request(
+        self, name: str, reason: str = ""
+    ) -> registration_pb2.CertificateSigningRequest:
+        answer = self.call(
+            self.requests.Deny,
+            registration_pb2.CertificateSigningRequestServiceDenyRequest(name=name, reason=reason),
+        )
+        return answer.request  # type: ignore[no-any-return]
 
     def version(self) -> service_pb2.GetVersionResponse:
         answer: service_pb2.GetVersionResponse = self.call(

@@ -25,6 +25,9 @@ OPEN_PREFIXES = (
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
+    # Agents registering: the bootstrap token in the request is checked by the
+    # service itself (controlplane/registration.py).
+    "/archipel.v1alpha2.RegistrationService/",
 )
 AGENT_PREFIX = "/archipel.v1alpha1.AgentService/"
 

@@ -31,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
 from archipel import addresses, limits, pki
-from archipel.core import matching
+from archipel.core import kinds, matching
 from archipel.core.errors import (
     ArchipelError,
     Invalid,
@@ -40,8 +40,9 @@ from archipel.core.errors import (
     Unauthenticated,
 )
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
+from archipel.v1alpha2 import registration_pb2
 from archipel.version import VERSION
-from controlplane import api, auth, certificates, metrics
+from controlplane import api, auth, certificates, metrics, registration
 from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
 from controlplane.controllers import cluster as cluster_controller
@@ -74,9 +75,14 @@ log = logging.getLogger("archipel.controlplane")
 # these, and api_servicers() must implement each of their methods.
 SERVICE_NAMES = tuple(
     service.full_name
-    for file in (*(served.file for served in api.API_VERSIONS), agent_pb2.DESCRIPTOR)
+    for file in (
+        *(served.file for served in api.API_VERSIONS),
+        registration_pb2.DESCRIPTOR,
+        agent_pb2.DESCRIPTOR,
+    )
     for service in file.services_by_name.values()
 )
+REGISTRATION_SERVICES = registration_pb2.DESCRIPTOR.services_by_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
@@ -90,11 +96,13 @@ class AgentService:
         execution: ExecutionController,
         work_status: WorkStatusController,
         shards: Shards,
+        registrar: registration.Registrar,
     ) -> None:
         self.clusters = clusters
         self.execution = execution
         self.work_status = work_status
         self.shards = shards
+        self.registrar = registrar
         # Releases of stream claims under way, held so none is collected unfinished.
         self._releasing: set[asyncio.Task[None]] = set()
 
@@ -104,10 +112,7 @@ class AgentService:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[agent_pb2.ControlMessage]:
         try:
-            token = auth.bearer_token(context.invocation_metadata())  # type: ignore[arg-type]
-            if token is None:
-                raise Unauthenticated("missing cluster credentials")
-            cluster = await self.clusters.authenticate(token)
+            cluster = await self._authenticate(context)
             try:
                 first = await asyncio.wait_for(anext(request_iterator), timeout=30)
             except (StopAsyncIteration, TimeoutError) as error:
@@ -171,6 +176,42 @@ class AgentService:
         if session.error is not None:
             await context.abort(session.error.code, str(session.error))
 
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The cluster this stream is for: from the client certificate on the agent
+        port (mutual TLS), never from what the agent says; else from its join token."""
+        peer = context.auth_context()
+        certificate = list(peer.get("x509_pem_cert", ()))
+        if peer.get("x509_common_name") and certificate:
+            return await self.registrar.authenticate(certificate[0])
+        token = auth.bearer_token(context.invocation_metadata())  # type: ignore[arg-type]
+        if token is None:
+            raise Unauthenticated(
+                "missing cluster credentials: a client certificate on the agent port, or "
+                "'authorization: Bearer <cluster token>'"
+            )
+        return await self.clusters.authenticate(token)
+
+    async def _renew(self, session: AgentSession, cluster: str, csr: str) -> None:
+        """Sign a renewal CSR on the open stream; the answer goes down the same stream."""
+        try:
+            certificate = await self.registrar.renew(cluster, csr)
+        except ArchipelError as error:
+            session.push(
+                agent_pb2.ControlMessage(
+                    certificate=agent_pb2.RenewedCertificate(error=str(error)[:500])
+                )
+            )
+            return
+        ca = self.registrar.ca
+        session.push(
+            agent_pb2.ControlMessage(
+                certificate=agent_pb2.RenewedCertificate(
+                    certificate=certificate, ca=ca.cert_pem.decode() if ca else ""
+                )
+            )
+        )
+        log.info("renewed the certificate of cluster %s's agent", cluster)
+
     @staticmethod
     async def _read_held_works(
         hello: agent_pb2.Hello, request_iterator: AsyncIterator[agent_pb2.AgentMessage]
@@ -222,6 +263,12 @@ class AgentService:
                         )
                         return
                     self.clusters.heartbeat(cluster, message.heartbeat)
+                elif which == "renewal":
+                    if session.renewing is not None and not session.renewing.done():
+                        continue  # one at a time: the agent asks again if it must
+                    session.renewing = asyncio.create_task(
+                        self._renew(session, cluster, message.renewal.csr)
+                    )
                 elif which == "batch":
                     batch = message.batch
                     for ack in batch.acks:
@@ -349,6 +396,14 @@ class ControlPlane:
         self.work_status = WorkStatusController(self.context)
         self.execution = ExecutionController(self.context, report_status=self.work_status.report)
         self.shards.on_stream_lost(self.execution.stream_taken)
+        self.registrar = registration.Registrar(
+            self.store,
+            validity=settings.agent_cert_validity,
+            cluster_exists=lambda name: (
+                self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name)) is not None
+            ),
+        )
+        self.registrar.on_revoked(self.execution.revoke)
         self.binding_status = BindingStatusController(self.context)
         self.rebalancer = WorkloadRebalancerController(self.context)
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -394,16 +449,28 @@ class ControlPlane:
                     templates=self.context.templates,
                     scopes=self.context.scopes,
                 ),
-                "ClusterAdminService": api.ClusterAdminService(self.clusters, served),
+                "ClusterAdminService": api.ClusterAdminService(
+                    self.clusters, served, revoke=self.registrar.revoke
+                ),
                 "InfoService": api.InfoService(served),
             }
             for name, servicer in of_version.items():
                 servicers[served.service(name).full_name] = servicer
+        servicers[REGISTRATION_SERVICES["RegistrationService"].full_name] = (
+            registration.RegistrationService(self.registrar)
+        )
+        servicers[REGISTRATION_SERVICES["BootstrapTokenService"].full_name] = (
+            registration.BootstrapTokenService(self.registrar)
+        )
+        servicers[REGISTRATION_SERVICES["CertificateSigningRequestService"].full_name] = (
+            registration.CertificateSigningRequestService(self.registrar)
+        )
         servicers[AGENT_SERVICE] = AgentService(
             clusters=self.clusters,
             execution=self.execution,
             work_status=self.work_status,
             shards=self.shards,
+            registrar=self.registrar,
         )
         return servicers
 
@@ -452,6 +519,7 @@ class ControlPlane:
 
         self.shards.add_listener(ownership_changed)
         self._spawn(self.shards.run(), "shards")
+        self._spawn(self.registrar.watch_revocations(), "revocations")
         for controller in running:
             self._spawn(controller.run(), controller.name)
 
@@ -493,6 +561,7 @@ class ControlPlane:
             self.port = server.add_insecure_port(settings.listen)
         else:
             transport = self.transport = await asyncio.to_thread(load_transport, settings)
+            self.registrar.ca = transport.agent_ca
             self.port = server.add_secure_port(settings.listen, transport.api_credentials())
             # The same server, a second port: every client there shows a certificate
             # of the control plane's CA (mutual TLS), as agents with one do.

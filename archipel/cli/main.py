@@ -79,6 +79,21 @@ def _age(timestamp: str | None) -> str:
     return f"{max(seconds, 0)}s"
 
 
+def _duration_seconds(text: str) -> int:
+    """``--ttl``: 90s, 15m, 1h, 2d, or seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value, scale = text.strip(), 1
+    if value and value[-1] in units:
+        value, scale = value[:-1], units[value[-1]]
+    try:
+        seconds = int(float(value) * scale)
+    except ValueError:
+        raise ClientError(f"--ttl: {text!r} is not a duration such as 90s, 15m, 1h or 2d") from None
+    if seconds <= 0:
+        raise ClientError(f"--ttl: {text!r} must be positive")
+    return seconds
+
+
 def _table(rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
@@ -353,6 +368,13 @@ class Commands:
         return rows
 
     def clusters(self) -> None:
+        if self.args.action == "revoke":
+            if not self.args.name:
+                raise ClientError("clusters revoke: name the cluster")
+            print(self.client.revoke(self.args.name))
+            return
+        if self.args.action:
+            raise ClientError(f"clusters: unknown action {self.args.action!r} (revoke)")
         self.args.kind, self.args.names = "memberclusters", []
         self.args.all_namespaces, self.args.selector, self.args.output = False, "", ""
         self.args.namespace = None
@@ -776,6 +798,68 @@ class Commands:
         answer = self.client.version()
         print(f"server: {answer.version} (APIs {', '.join(answer.api_versions)})")
 
+    # -- bootstrap tokens and certificate signing requests ---------------------------------
+
+    def token(self) -> None:
+        args = self.args
+        if args.action == "create":
+            ttl = _duration_seconds(args.ttl)
+            answer = self.client.create_token(
+                ttl_seconds=ttl, cluster=args.cluster or "", usages=args.usages or ()
+            )
+            made = answer.bootstrap_token
+            # The token on stdout alone, for $(...) and files; the rest on stderr.
+            print(answer.token)
+            print(
+                f"bootstrap token {made.id} expires {made.expires.ToJsonString()}"
+                + (f", registers cluster {made.cluster} without approval" if made.cluster else "")
+                + "; it is shown only now",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            rows = [["ID", "CLUSTER", "USAGES", "EXPIRES", "DESCRIPTION"]]
+            for token in self.client.list_tokens():
+                rows.append(
+                    [
+                        token.id,
+                        token.cluster or "<any: approve by hand>",
+                        ",".join(token.usages),
+                        token.expires.ToJsonString(),
+                        token.description,
+                    ]
+                )
+            print(_table(rows))
+        else:
+            if not args.id:
+                raise ClientError("token delete: name the token's id")
+            self.client.delete_token(args.id.split(".")[0])
+            print(f"bootstrap token {args.id.split('.')[0]} deleted")
+
+    def csr(self) -> None:
+        args = self.args
+        if args.action == "list":
+            rows = [["NAME", "CLUSTER", "STATE", "TOKEN", "AGE", "MESSAGE"]]
+            for request in self.client.list_requests():
+                rows.append(
+                    [
+                        request.name,
+                        request.cluster,
+                        request.state,
+                        request.token_id,
+                        _age(request.created.ToJsonString()),
+                        request.message,
+                    ]
+                )
+            print(_table(rows))
+            return
+        if not args.name:
+            raise ClientError(f"csr {args.action}: name the request (archipel csr list)")
+        if args.action == "approve":
+            decided = self.client.approve_request(args.name)
+        else:
+            decided = self.client.deny_request(args.name, args.reason or "")
+        print(f"certificatesigningrequest/{decided.name} {decided.state.lower()}")
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -963,6 +1047,23 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--cluster-kubeconfig", required=True, help="that member's kubeconfig")
     promote.add_argument("--context", help="the kubeconfig context (default: its current one)")
     promote.add_argument("--dry-run", action="store_true", help="print the documents only")
+    clusters_parser = sub.choices["clusters"]
+    clusters_parser.add_argument(
+        "action", nargs="?", help="revoke: cut a cluster's agent off (certificates and token)"
+    )
+    clusters_parser.add_argument("name", nargs="?")
+    token = sub.add_parser("token", help="bootstrap tokens for registering agents")
+    token.add_argument("action", choices=["create", "list", "delete"])
+    token.add_argument("id", nargs="?", help="delete: the token's id")
+    token.add_argument("--ttl", default="1h", help="how long it works (90s, 15m, 1h, 2d)")
+    token.add_argument(
+        "--cluster", help="bind it to this cluster: registrations are approved without a person"
+    )
+    token.add_argument("--usages", action="append", help="join (the default)")
+    csr = sub.add_parser("csr", help="agents' certificate signing requests")
+    csr.add_argument("action", choices=["list", "approve", "deny"])
+    csr.add_argument("name", nargs="?")
+    csr.add_argument("--reason", help="deny: why, for the agent's log")
     join = sub.add_parser("join", help="register a member cluster and issue its agent credential")
     join.add_argument("name")
     join.add_argument("--label", action="append", help="key=value (repeatable)")

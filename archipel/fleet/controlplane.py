@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archipel import pki
 from archipel.client import Client, Config
+from archipel.core import kinds
 from archipel.fleet.etcd import free_port
 from archipel.fleet.members import Member
 from archipel.fleet.processes import ManagedProcess, ProcessError
@@ -168,6 +169,20 @@ class ControlPlaneProcess:
         """Register a member cluster; returns the file holding its agent's token."""
         return _join(self.client(), self.directory, member, labels)
 
+    def bootstrap(
+        self,
+        member: Member,
+        *,
+        labels: dict[str, str] | None = None,
+        bound: bool = True,
+        ttl_seconds: int = 3600,
+    ) -> Path:
+        """The documented flow's first step: the member's MemberCluster (with its
+        labels) and a bootstrap token for its agent, bound to it unless ``bound`` is
+        false (then the agent's request waits for archipel csr approve). Returns the
+        token's file (mode 0600)."""
+        return _bootstrap(self.client(), self.directory, member, labels, bound, ttl_seconds)
+
 
 def open_channel(
     address: str, ca_file: Path | None, *, options: Sequence[tuple[str, Any]] = ()
@@ -217,6 +232,40 @@ def _join(client: Client, directory: Path, member: Member, labels: dict[str, str
     token_file.parent.mkdir(parents=True, exist_ok=True)
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
+    return token_file
+
+
+def _bootstrap(
+    client: Client,
+    directory: Path,
+    member: Member,
+    labels: dict[str, str] | None,
+    bound: bool,
+    ttl_seconds: int,
+) -> Path:
+    spec = member.spec
+    try:
+        client.apply_document(
+            {
+                "apiVersion": kinds.MEMBER_CLUSTER.api_version,
+                "kind": "MemberCluster",
+                "metadata": {"name": member.name, "labels": {**spec.labels, **(labels or {})}},
+                "spec": {
+                    "syncMode": "Pull",
+                    "provider": spec.provider,
+                    "region": spec.region,
+                    "zone": spec.zone,
+                    "zones": [spec.zone] if spec.zone else [],
+                },
+            }
+        )
+        token = client.create_token(
+            ttl_seconds=ttl_seconds, cluster=member.name if bound else ""
+        ).token
+    finally:
+        client.close()
+    token_file = directory / "agents" / f"{member.name}.bootstrap-token"
+    pki.write_file(token_file, (token + "\n").encode(), private=True)
     return token_file
 
 
@@ -356,12 +405,17 @@ class ControlPlaneReplicas:
         file holding its agent's token."""
         return _join(self.client(), self.directory, member, labels)
 
+    def bootstrap(self, member: Member, *, labels: dict[str, str] | None = None) -> Path:
+        """As :meth:`ControlPlaneProcess.bootstrap`, through any replica."""
+        return _bootstrap(self.client(), self.directory, member, labels, True, 3600)
+
     def agent(
         self,
         index: int,
         *,
         member: Member,
-        token_file: Path,
+        token_file: Path | None = None,
+        bootstrap_token_file: Path | None = None,
         heartbeat_interval: float | None = None,
         name: str = "agent",
         extra_args: Sequence[str] = (),
@@ -372,10 +426,12 @@ class ControlPlaneReplicas:
             control_plane=self.replicas[index % len(self.replicas)],
             member=member,
             token_file=token_file,
+            bootstrap_token_file=bootstrap_token_file,
             heartbeat_interval=heartbeat_interval,
             name=name,
             extra_args=extra_args,
             servers=self.servers_for(index),
+            agent_servers=rotated(self.agent_addresses, index),
         )
 
 
@@ -387,26 +443,42 @@ class AgentProcess:
         *,
         control_plane: ControlPlaneProcess,
         member: Member,
-        token_file: Path,
+        token_file: Path | None = None,
         heartbeat_interval: float | None = None,
         name: str = "agent",
         extra_args: Sequence[str] = (),
         servers: Sequence[str] = (),
+        bootstrap_token_file: Path | None = None,
+        agent_servers: Sequence[str] = (),
     ) -> None:
         """``name`` tells apart several agents of one member (its log is
         ``agents/<member>-<name>.log`` then); ``extra_args`` are more of the agent's
         flags (``--leader-elect``, ``--identity``, the lease's timings); ``servers``
         are the control plane's addresses as the agent is told them (several, tried in
-        turn), by default ``control_plane``'s own."""
+        turn), by default ``control_plane``'s own.
+
+        With ``token_file`` (archipel join's token) the agent streams on the API port;
+        without it, it uses the certificate in its identity Secret, registering first
+        with ``bootstrap_token_file`` when it has none, and streams on the mutual-TLS
+        ``agent_servers`` (by default ``control_plane``'s). Tokens go in files: the
+        command line holds no secret."""
         self.member = member
         argv = [
             sys.executable,
             "-m",
             "agent",
             f"--server={','.join(servers) if servers else control_plane.address}",
-            f"--token-file={token_file}",
             f"--kubeconfig={member.kubeconfig}",
         ]
+        if token_file is not None:
+            argv.append(f"--token-file={token_file}")
+        else:
+            argv += [
+                f"--cluster={member.name}",
+                "--agent-server=" + ",".join(agent_servers or [control_plane.agent_address]),
+            ]
+            if bootstrap_token_file is not None:
+                argv.append(f"--bootstrap-token-file={bootstrap_token_file}")
         if control_plane.ca_file is not None:
             argv.append(f"--tls-ca-file={control_plane.ca_file}")
         if heartbeat_interval is not None:

@@ -163,7 +163,12 @@ def serve(
             )
             plane.start()
             for index, member in enumerate(fleet):
-                agent = plane.agent(index, member=member, token_file=plane.join(member))
+                # The documented flow: a bootstrap token bound to the member, then the
+                # agent registers and keeps its certificate in a Secret of the member;
+                # its stream is mutual TLS.
+                agent = plane.agent(
+                    index, member=member, bootstrap_token_file=plane.bootstrap(member)
+                )
                 agent.start()
                 agents.append(agent)
             plane.write_cli_config(local / "archipel.yaml")

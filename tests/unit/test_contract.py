@@ -6,6 +6,7 @@ from __future__ import annotations
 from archipel.core import kinds
 from archipel.v1alpha1 import agent_pb2
 from archipel.v1alpha1 import service_pb2 as v1alpha1_pb2
+from archipel.v1alpha2 import registration_pb2
 from archipel.v1alpha2 import service_pb2 as v1alpha2_pb2
 from controlplane import api
 from controlplane.context import Settings
@@ -18,7 +19,12 @@ def test_every_rpc_in_the_contract_has_an_implementation() -> None:
     servicers = plane.api_servicers()
     declared = {
         service.full_name: service
-        for file in (v1alpha1_pb2.DESCRIPTOR, v1alpha2_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
+        for file in (
+            v1alpha1_pb2.DESCRIPTOR,
+            v1alpha2_pb2.DESCRIPTOR,
+            registration_pb2.DESCRIPTOR,
+            agent_pb2.DESCRIPTOR,
+        )
         for service in file.services_by_name.values()
     }
     assert set(servicers) == set(declared)
