@@ -101,7 +101,7 @@ class IdentityStore:
         return RegistrationError(
             f"storing the agent's identity: cannot {verb} secrets in namespace "
             f"{self.namespace} (HTTP {error.status}): the agent's ServiceAccount needs get, "
-            f"create and update on secrets there (the chart's Role {self.name} rule)"
+            "create and update on secrets there (the chart's Role archipel-agent grants them)"
         )
 
     async def load(self) -> Identity | None:

@@ -142,6 +142,7 @@ def agent_manifests(
                     "resources": ["leases"],
                     "verbs": ["get", "list", "watch", "create", "update", "patch"],
                 },
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
             ],
         },
         {

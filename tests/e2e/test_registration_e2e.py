@@ -19,6 +19,9 @@ import pytest
 from cryptography import x509
 from kubernetes import client as k8s
 
+from agent.identity import Identity, IdentityStore, RegistrationError
+from agent.kube import Kube
+from archipel import pki
 from archipel.core import kinds
 from archipel.fleet.controlplane import AgentProcess, ControlPlaneProcess
 from archipel.fleet.members import Fleet, Member
@@ -293,3 +296,30 @@ def test_registration_failures_are_one_line_that_says_what_to_do(setup: Setup) -
     wait_for("the agent to exit", lambda: not nothing.process.running, nothing)
     last = log_of(nothing).strip().splitlines()[-1]
     assert "no bootstrap token" in last and "archipel token create --cluster" in last
+
+
+async def test_an_identity_secret_the_agent_may_not_write_says_which_right_it_lacks(
+    members: Fleet,
+) -> None:
+    """RBAC in the member, for real: a user with no rights on secrets (impersonated by
+    the member's admin) is refused, and the error names the verb, the resource, the
+    namespace and what grants them."""
+    member = next(iter(members))
+    api_client = member.api_client()
+    api_client.set_default_header("Impersonate-User", "archipel-test-nobody")
+    kube = Kube(api_client)
+    store = IdentityStore(kube, namespace="default")
+    try:
+        with pytest.raises(RegistrationError) as refused:
+            await store.load()
+        assert "cannot get secrets in namespace default (HTTP 403)" in str(refused.value)
+        cert, key = pki.CertificateAuthority.create("x").issue_client("m1")
+        identity = Identity(pki.key_pem(key), pki.cert_pem(cert), b"")
+        with pytest.raises(RegistrationError) as refused:
+            await store.save(identity)
+        message = str(refused.value)
+        assert "cannot update secrets in namespace default" in message
+        assert "needs get, create and update on secrets" in message
+        assert "\n" not in message
+    finally:
+        kube.close()

@@ -54,6 +54,25 @@ INSTALLS: dict[str, tuple[dict[str, str], set[str]]] = {
             "DaemonSet",
         },
     ),
+    "agent registering with a bootstrap token, with its CA": (
+        {
+            "agent.enabled": "true",
+            "agent.server": "cp.example.com:7443",
+            "agent.cluster": "m1",
+            "agent.bootstrapToken": "abcdef.0123456789abcdef",
+            "agent.ca": "-----BEGIN CERTIFICATE-----",
+        },
+        {
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "DaemonSet",
+        },
+    ),
     "agent, scoped to two namespaces, with a CA": (
         {
             **AGENT,
@@ -261,7 +280,7 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
     assert not settings.insecure
     assert str(settings.pki_dir) == "/etc/archipel/pki"
     assert "archipel-controlplane.archipel-system.svc" in settings.tls_sans
-    assert settings.agent_listen == "0.0.0.0:7445"
+    assert settings.agent_listen == "0.0.0.0:7444"
     kinds = {(d["kind"], d["metadata"]["name"]) for d in documents}
     assert ("Secret", "archipel-controlplane-ca") in kinds
     (ca_secret,) = [d for d in documents if d["metadata"]["name"] == "archipel-controlplane-ca"]
@@ -288,3 +307,41 @@ def test_the_agents_arguments_are_ones_it_takes(leader_elect: str) -> None:
     env = {item["name"]: item for item in container["env"]}
     # Each pod's name is its identity in the Lease.
     assert env["ARCHIPEL_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_an_agent_that_registers_is_given_a_file_never_a_flag() -> None:
+    """The bootstrap flow: the token in a Secret mounted as a file (a flag's value is in
+    every process listing), the cluster it registers, and the right to keep its identity
+    Secret."""
+    from agent.main import parse_args
+
+    documents = render(
+        {
+            "agent.enabled": "true",
+            "agent.server": "cp.example.com:7443",
+            "agent.cluster": "m1",
+            "agent.bootstrapToken": "abcdef.0123456789abcdef",
+        },
+        "archipel-system",
+    )
+    (daemon_set,) = [d for d in documents if d["kind"] == "DaemonSet"]
+    (container,) = daemon_set["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if "0123456789abcdef" in a]
+    args = parse_args(container["args"])
+    assert str(args.bootstrap_token_file) == "/etc/archipel/bootstrap/token"
+    assert args.token_file is None and args.cluster == "m1"
+    (secret,) = [d for d in documents if d["metadata"]["name"] == "archipel-agent-bootstrap"]
+    assert secret["stringData"] == {"token": "abcdef.0123456789abcdef"}
+    (role,) = [d for d in documents if d["kind"] == "Role"]
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]} in (
+        role["rules"]
+    )
+    missing = helm(
+        "template",
+        "archipel",
+        str(CHART),
+        "--set=agent.enabled=true",
+        "--set=agent.server=cp:7443",
+        "--set=agent.bootstrapToken=abcdef.0123456789abcdef",
+    )
+    assert missing.returncode != 0 and "agent.cluster" in missing.stderr
