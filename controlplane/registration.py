@@ -196,6 +196,11 @@ class Registrar:
             # public, so an expired token may still fetch an approved one.
             return _outcome(existing)
         record = await self._valid_token(token)
+        if existing is not None:
+            raise AlreadyExists(
+                f"registration: request {name} exists for another token; an agent keeps "
+                "its key: ask with the token it first used, or start over with a new key"
+            )
         bootstrap.check_csr(csr_pem, bound_cluster=record["cluster"])
         accepted, _ = await self._read(AGENT_CERTIFICATES + cluster)
         if (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,7 +17,8 @@ import pytest
 from archipel import bootstrap, pki
 from archipel.client import ClientError
 from archipel.core import kinds
-from archipel.fleet.controlplane import ControlPlaneProcess
+from archipel.fleet.controlplane import ControlPlaneProcess, ControlPlaneReplicas
+from archipel.fleet.etcd import EtcdServer
 from archipel.v1alpha1 import agent_pb2
 from archipel.v1alpha2 import registration_pb2, registration_pb2_grpc
 from tests.integration.agents import Api, RawAgent
@@ -339,3 +341,30 @@ async def test_deleting_a_cluster_revokes_its_certificates(plane: ControlPlanePr
     )
     await again.close()
     client.close()
+
+
+async def test_revocation_through_one_replica_cuts_the_stream_another_holds(
+    etcd_server: EtcdServer, tmp_path: Path
+) -> None:
+    replicas = ControlPlaneReplicas(
+        2,
+        etcd_endpoint=etcd_server.endpoint,
+        etcd_prefix=f"/revoke-replicas-{tmp_path.name}/",
+        directory=tmp_path,
+    )
+    replicas.start()
+    try:
+        holder, other = replicas[1], replicas[0]
+        certificate = certified(other, "edge11")
+        agent = RawAgent(holder, "edge11", certificate=certificate)
+        agent.start(agent_pb2.Hello(cluster="edge11"))
+        await agent.wait("the resume", agent.synced.is_set)
+        client = other.client()  # replica 0 only: the revocation is written there
+        client.revoke("edge11")
+        client.close()
+        error = await end_of(agent)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert "edge11 was revoked" in (error.details() or "")
+        await agent.close()
+    finally:
+        replicas.stop()
