@@ -481,6 +481,8 @@ class AgentProcess:
                 argv.append(f"--bootstrap-token-file={bootstrap_token_file}")
         if control_plane.ca_file is not None:
             argv.append(f"--tls-ca-file={control_plane.ca_file}")
+        elif control_plane.insecure:
+            argv.append("--insecure")
         if heartbeat_interval is not None:
             argv.append(f"--heartbeat-interval={heartbeat_interval}")
         argv += extra_args

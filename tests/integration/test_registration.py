@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from archipel import bootstrap, pki
+from archipel.cli.main import main
 from archipel.client import ClientError
 from archipel.core import kinds
 from archipel.fleet.controlplane import ControlPlaneProcess, ControlPlaneReplicas
@@ -368,3 +369,41 @@ async def test_revocation_through_one_replica_cuts_the_stream_another_holds(
         await agent.close()
     finally:
         replicas.stop()
+
+
+def test_the_cli_manages_tokens_requests_and_revocations(
+    plane: ControlPlaneProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "archipel.yaml"
+    plane.write_cli_config(config)
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = main(["--config", str(config), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, err = cli("token", "create", "--ttl", "10m", "--cluster", "edge12")
+    token = out.strip()
+    # The token alone on stdout (for files and $(...)), the rest on stderr.
+    assert code == 0 and bootstrap.TOKEN_PATTERN.match(token), out
+    assert "registers cluster edge12 without approval" in err
+    code, out, _ = cli("token", "list")
+    assert code == 0 and token.split(".")[0] in out and token.split(".")[1] not in out
+    assert cli("token", "create", "--ttl", "forever")[0] == 1
+    unbound = cli("token", "create")[1].strip()
+    pending = register(plane, unbound, bootstrap.make_csr("edge13", pki.new_key()))
+    code, out, _ = cli("csr", "list")
+    assert code == 0 and pending.name in out and "Pending" in out
+    code, out, _ = cli("csr", "approve", pending.name)
+    assert (code, out.strip()) == (0, f"certificatesigningrequest/{pending.name} approved")
+    code, _, err = cli("csr", "approve", pending.name)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "already Approved" in err
+    other = register(plane, unbound, bootstrap.make_csr("edge14", pki.new_key()))
+    assert cli("csr", "deny", other.name, "--reason", "unknown site")[0] == 0
+    assert "Denied" in cli("csr", "list")[1]
+    code, out, _ = cli("clusters", "revoke", "edge13")
+    assert code == 0 and "edge13 revoked" in out
+    code, _, err = cli("clusters", "revoke", "nowhere")
+    assert code == 1 and "NOT_FOUND" in err
+    assert cli("token", "delete", token.split(".")[0])[0] == 0
+    assert token.split(".")[0] not in cli("token", "list")[1]
