@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import functools
 import logging
 import os
@@ -27,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,14 @@ from agent import election
 from agent.apiwatch import TRANSIENT, APIWatch
 from agent.election import Elector, Term, Timing
 from agent.facts import Facts
+from agent.identity import (
+    SECRET_NAME,
+    Identity,
+    IdentityStore,
+    RegistrationError,
+    new_request,
+    register,
+)
 from agent.kube import Kube, NotLeader, load_api_client
 from agent.ledger import Ledger
 from agent.works import WorkManager
@@ -79,6 +88,10 @@ class Agent:
         heartbeat_interval: float | None = None,
         namespace: str = SYSTEM_NAMESPACE,
         elector: Elector | None = None,
+        insecure: bool = False,
+        identity: Identity | None = None,
+        identity_store: IdentityStore | None = None,
+        reregister: Callable[[], Awaitable[Identity | None]] | None = None,
     ) -> None:
         """``elector``: campaign for the cluster's Lease and act only while leading;
         None: act from the start (the one agent of its cluster)."""
@@ -92,6 +105,14 @@ class Agent:
         self.cluster = cluster
         self.kube = kube
         self.tls_ca = tls_ca
+        self.insecure = insecure
+        # With an identity, the stream opens on the control plane's mutual-TLS port with
+        # its certificate (``server`` names that port), and no token is sent.
+        self.identity = identity
+        self.identity_store = identity_store
+        self.reregister = reregister
+        self._renewal_key: bytes | None = None
+        self.renewals = 0
         self.ledger = Ledger(kube, namespace=namespace)
         self.facts = Facts(kube)
         # The member's CRDs and APIServices, watched so that an API it stops (or starts)
@@ -133,10 +154,11 @@ class Agent:
         """After a failed or ended session: wait (tenacity), then try the next address."""
         failed = self.server
         self._current = (self._current + 1) % len(self.servers)
+        error = state.outcome.exception() if state.outcome else None
         log.warning(
             "connection to %s lost (%s); reconnecting to %s in %.1fs",
             failed,
-            state.outcome.exception() if state.outcome else "",
+            transport_problem(error, failed) or error or "",
             self.server,
             state.upcoming_sleep,
         )
@@ -147,10 +169,20 @@ class Agent:
             ("grpc.keepalive_timeout_ms", 10000),
             ("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
         ]
-        if self.tls_ca is not None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)
+        if self.insecure:
+            return grpc.aio.insecure_channel(self.server, options=options)
+        if self.identity is not None:
+            identity = self.identity
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=self.tls_ca or identity.ca_pem or None,
+                private_key=identity.key_pem,
+                certificate_chain=identity.cert_pem,
+            )
             return grpc.aio.secure_channel(self.server, credentials, options=options)
-        return grpc.aio.insecure_channel(self.server, options=options)
+        # Without a CA bundle, the system's roots: a control plane serving a
+        # certificate of a public CA needs none.
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)
+        return grpc.aio.secure_channel(self.server, credentials, options=options)
 
     async def _heartbeats(self, interval: float) -> None:
         self.facts.reset()
@@ -186,11 +218,13 @@ class Agent:
         # with it (it is not a connection error, so it is not retried): never silently.
         # (Not a TaskGroup: it would wrap the stream's own errors, which are retried.)
         heartbeat_failure: list[BaseException] = []
+        renewals: asyncio.Task[None] | None = None
+        await self._newest_identity()
         async with self._channel() as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             call = stub.Connect(
                 agentstream.outgoing(hello, outbox),
-                metadata=[("authorization", f"Bearer {self.token}")],
+                metadata=[] if self.identity else [("authorization", f"Bearer {self.token}")],
             )
             # Until the welcome promises keep-alives, the agent waits as long as it takes.
             silence: float | None = None
@@ -232,6 +266,10 @@ class Agent:
                         )
                         if message.welcome.keep_alive_seconds > 0:
                             silence = 3.0 * message.welcome.keep_alive_seconds
+                        if self.identity is not None and renewals is None:
+                            renewals = asyncio.create_task(
+                                self._renew_when_due(outbox), name="renewals"
+                            )
                         log.info(
                             "connected to %s (session %s, control plane %s)",
                             self.server,
@@ -247,6 +285,8 @@ class Agent:
                             self._receive(work)
                         for delete in message.batch.deletes:
                             self.works.receive_delete(delete)
+                    elif which == "certificate":
+                        await self._renewed(message.certificate)
                     elif which == "customizations":
                         self.works.set_customizations(message.customizations.items)
                     elif which == "synced":
@@ -264,12 +304,69 @@ class Agent:
             finally:
                 self._outbox = None
                 self.connected.clear()
-                if heartbeats is not None:
-                    heartbeats.cancel()
-                    await asyncio.gather(heartbeats, return_exceptions=True)
+                for task in (heartbeats, renewals):
+                    if task is not None:
+                        task.cancel()
+                        await asyncio.gather(task, return_exceptions=True)
         if heartbeat_failure:
             raise heartbeat_failure[0]
         raise StreamEnded("the control plane closed the stream")
+
+    async def _newest_identity(self) -> None:
+        """The identity in the Secret, if newer than this agent's: another agent of the
+        cluster (a leader before this one) may have renewed it."""
+        if self.identity is None or self.identity_store is None:
+            return
+        try:
+            stored = await self.identity_store.load()
+        except Exception as error:
+            log.warning("reading the identity Secret: %s; using the certificate in memory", error)
+            return
+        if stored is not None and stored.valid() and stored.not_after > self.identity.not_after:
+            self.identity = stored
+
+    async def _renew_when_due(self, outbox: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
+        """Ask for a new certificate on the open stream once 2/3 of the current one's
+        lifetime has passed; again a while later if the answer does not come."""
+        while self.identity is not None:
+            identity = self.identity
+            due = (identity.renew_at() - datetime.datetime.now(datetime.UTC)).total_seconds()
+            if due > 0:
+                await asyncio.sleep(due)
+                continue  # the identity may have changed meanwhile
+            key_pem, csr = new_request(identity.cluster)
+            self._renewal_key = key_pem
+            log.info(
+                "renewing certificate %s (valid until %s)", identity.serial, identity.not_after
+            )
+            outbox.put_nowait(
+                agent_pb2.AgentMessage(renewal=agent_pb2.CertificateRenewal(csr=csr.decode()))
+            )
+            lifetime = (identity.not_after - identity.cert.not_valid_before_utc).total_seconds()
+            # Not answered (or refused): ask again, well before the certificate expires.
+            await asyncio.sleep(max(1.0, min(60.0, lifetime / 30)))
+
+    async def _renewed(self, answer: agent_pb2.RenewedCertificate) -> None:
+        """The control plane's answer to a renewal: the new certificate goes into the
+        Secret, and is what the next connection uses; the open stream stays."""
+        if answer.error or self._renewal_key is None or self.identity is None:
+            log.warning("certificate renewal refused: %s", answer.error or "not asked for")
+            return
+        renewed = Identity(
+            key_pem=self._renewal_key,
+            cert_pem=answer.certificate.encode(),
+            ca_pem=answer.ca.encode() or self.identity.ca_pem,
+        )
+        self._renewal_key = None
+        if self.identity_store is not None:
+            await self.identity_store.save(renewed)
+        self.identity = renewed
+        self.renewals += 1
+        log.info(
+            "certificate renewed: %s, valid until %s; the next connection uses it",
+            renewed.serial,
+            renewed.not_after,
+        )
 
     def _receive(self, work: work_pb2.PropagationWork) -> None:
         meta = work.metadata
@@ -383,7 +480,46 @@ class Agent:
         )
         async for attempt in retrying:
             with attempt:
-                await self._session()
+                try:
+                    await self._session()
+                except grpc.aio.AioRpcError as error:
+                    await self._refused(error)
+                    raise
+
+    async def _refused(self, error: grpc.aio.AioRpcError) -> None:
+        """The control plane no longer accepts this agent's certificate (revoked, or
+        the cluster deleted): register again if a bootstrap token is at hand (the file
+        is read anew: a Secret mounted there may have been given a new token)."""
+        refusals = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+        if self.identity is None or error.code() not in refusals:
+            return
+        log.error("the control plane refuses this agent's certificate: %s", error.details())
+        if self.reregister is None:
+            return
+        try:
+            renewed = await self.reregister()
+        except RegistrationError as problem:
+            log.error("%s", problem)
+            return
+        if renewed is not None:
+            self.identity = renewed
+
+
+def transport_problem(error: BaseException | None, server: str) -> str | None:
+    """What to do about a connection that failed in the TLS handshake, in one line; None
+    for any other failure."""
+    if not isinstance(error, grpc.aio.AioRpcError):
+        return None
+    details = (error.details() or "").lower()
+    if "certificate verify failed" in details or "handshake failed" in details:
+        return (
+            f"cannot verify the control plane's certificate at {server}: pass "
+            "--tls-ca-file with the control plane's CA bundle (its --pki-dir's ca/ca.crt, "
+            "or the ca.crt of the chart's CA Secret)"
+        )
+    if "wrong_version_number" in details or ("http2" in details and "frame" in details):
+        return f"{server} does not speak TLS: is it a control plane started with --insecure?"
+    return None
 
 
 async def _until_over(term: Term) -> None:
@@ -447,11 +583,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "repeating the flag, tried in turn (default $ARCHIPEL_SERVER or 127.0.0.1:7443)",
     )
     parser.add_argument(
-        "--token-file", type=Path, default=os.environ.get("ARCHIPEL_AGENT_TOKEN_FILE")
+        "--token-file",
+        type=Path,
+        default=os.environ.get("ARCHIPEL_AGENT_TOKEN_FILE"),
+        help="a cluster token from archipel join (the quick start); without it the agent "
+        "uses its certificate, registering first with a bootstrap token if it has none",
     )
-    parser.add_argument("--cluster", help="defaults to the cluster named in the token")
+    parser.add_argument(
+        "--bootstrap-token-file",
+        type=Path,
+        default=os.environ.get("ARCHIPEL_BOOTSTRAP_TOKEN_FILE"),
+        help="a bootstrap token (archipel token create) to register with when the identity "
+        "Secret holds no valid certificate; or set $ARCHIPEL_BOOTSTRAP_TOKEN (never a flag's "
+        "value: argv is visible to every process)",
+    )
+    parser.add_argument(
+        "--agent-server",
+        action="append",
+        help="the control plane's mutual-TLS agent port(s), host:port (default: each "
+        "--server's host, its port + 1)",
+    )
+    parser.add_argument(
+        "--identity-secret",
+        default=SECRET_NAME,
+        help="the Secret in --namespace that keeps the agent's key and certificate",
+    )
+    parser.add_argument(
+        "--cluster",
+        help="this member's cluster name (for registration); defaults to the cluster named "
+        "in the token or the stored certificate",
+    )
     parser.add_argument("--kubeconfig", help="omit to use in-cluster credentials")
-    parser.add_argument("--tls-ca-file", type=Path)
+    parser.add_argument(
+        "--tls-ca-file",
+        type=Path,
+        default=os.environ.get("ARCHIPEL_TLS_CA_FILE") or None,
+        help="the control plane's CA bundle (its --pki-dir's ca/ca.crt); default "
+        "$ARCHIPEL_TLS_CA_FILE, else the system's roots",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, to a control plane started with --insecure (loopback only)",
+    )
     parser.add_argument("--heartbeat-interval", type=float)
     parser.add_argument(
         "--namespace",
@@ -505,14 +679,108 @@ def _boolean(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"{value!r}: true or false")
 
 
+def default_agent_servers(servers: Sequence[str]) -> list[str]:
+    """The mutual-TLS port next to each API address: the same host, the port + 1."""
+    found = []
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        found.append(f"{host}:{int(port) + 1}")
+    return found
+
+
+def _read_secret_file(path: Path, what: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as error:
+        raise SystemExit(f"error: {what}: {error}") from None
+
+
+async def _identity(
+    args: argparse.Namespace, kube: Kube, servers: list[str], tls_ca: bytes | None
+) -> tuple[Identity, IdentityStore]:
+    """The agent's certificate: the stored one while valid, else a new registration."""
+    store = IdentityStore(kube, namespace=args.namespace, name=args.identity_secret)
+    stored = await store.load()
+    token = _bootstrap_token(args)
+    usable = (
+        stored is not None
+        and stored.valid()
+        and (not args.cluster or stored.cluster == args.cluster)
+        # A certificate of another control plane (its CA is not the one trusted now)
+        # is no use, when a token can get one of this one.
+        and (not token or tls_ca is None or stored.issued_by(tls_ca))
+    )
+    if stored is not None and usable:
+        log.info(
+            "using the certificate %s of cluster %s from Secret %s/%s (valid until %s)",
+            stored.serial,
+            stored.cluster,
+            args.namespace,
+            args.identity_secret,
+            stored.not_after,
+        )
+        return stored, store
+    identity = await _register(args, kube, store, servers, tls_ca, token, stored is not None)
+    return identity, store
+
+
+def _bootstrap_token(args: argparse.Namespace) -> str:
+    if args.bootstrap_token_file:
+        return _read_secret_file(args.bootstrap_token_file, "--bootstrap-token-file")
+    return os.environ.get("ARCHIPEL_BOOTSTRAP_TOKEN", "")
+
+
+async def _register(
+    args: argparse.Namespace,
+    kube: Kube,
+    store: IdentityStore,
+    servers: list[str],
+    tls_ca: bytes | None,
+    token: str,
+    had_one: bool,
+) -> Identity:
+    why = "holds an unusable certificate" if had_one else "holds no certificate"
+    if not token:
+        raise RegistrationError(
+            f"registration: Secret {args.namespace}/{args.identity_secret} {why} and there is "
+            "no bootstrap token: make one with archipel token create --cluster NAME and pass "
+            "it in --bootstrap-token-file or $ARCHIPEL_BOOTSTRAP_TOKEN (or join with "
+            "archipel join and pass --token-file)"
+        )
+    if not args.cluster:
+        raise RegistrationError("registration: --cluster is required to register (the CN)")
+    log.info("registering cluster %s with bootstrap token %s", args.cluster, token.split(".")[0])
+    identity = await register(
+        servers=servers, tls_ca=tls_ca, token=token, cluster=args.cluster, insecure=args.insecure
+    )
+    await kube.call(kube.ensure_namespace, args.namespace)
+    await store.save(identity)
+    log.info("stored the certificate in Secret %s/%s", args.namespace, args.identity_secret)
+    return identity
+
+
 async def _serve(args: argparse.Namespace) -> None:
     token = os.environ.get("ARCHIPEL_AGENT_TOKEN", "")
     if args.token_file:
-        token = args.token_file.read_text().strip()
-    if not token:
-        raise SystemExit("error: no credential: give --token-file or set ARCHIPEL_AGENT_TOKEN")
-    cluster = args.cluster or token.partition(".")[0]
+        token = _read_secret_file(args.token_file, "--token-file")
+    api_servers = addresses.split(
+        args.server or os.environ.get("ARCHIPEL_SERVER") or "127.0.0.1:7443"
+    )
+    servers = api_servers
+    tls_ca = _read_ca(args.tls_ca_file)
     kube = Kube(load_api_client(args.kubeconfig))
+    identity: Identity | None = None
+    identity_store: IdentityStore | None = None
+    if not token:
+        try:
+            identity, identity_store = await _identity(args, kube, servers, tls_ca)
+        except RegistrationError as error:
+            kube.close()
+            raise SystemExit(f"error: {error}") from None
+        servers = addresses.split(args.agent_server or []) or default_agent_servers(servers)
+    cluster = (
+        identity.cluster if identity is not None else (args.cluster or token.partition(".")[0])
+    )
     elector = None
     if args.leader_elect:
         elector = Elector(
@@ -522,12 +790,29 @@ async def _serve(args: argparse.Namespace) -> None:
             identity=args.identity,
             timing=timing(args),
         )
+
+    async def reregister() -> Identity | None:
+        assert identity_store is not None
+        token = _bootstrap_token(args)
+        if not token:
+            log.error(
+                "no bootstrap token to register again with: make one with archipel token "
+                "create --cluster %s and pass it in --bootstrap-token-file",
+                cluster,
+            )
+            return None
+        return await _register(args, kube, identity_store, api_servers, tls_ca, token, True)
+
     agent = Agent(
-        server=args.server or os.environ.get("ARCHIPEL_SERVER") or "127.0.0.1:7443",
+        reregister=reregister if identity is not None else None,
+        server=servers,
         token=token,
         cluster=cluster,
         kube=kube,
-        tls_ca=args.tls_ca_file.read_bytes() if args.tls_ca_file else None,
+        tls_ca=tls_ca,
+        insecure=args.insecure,
+        identity=identity,
+        identity_store=identity_store,
         heartbeat_interval=args.heartbeat_interval,
         namespace=args.namespace,
         elector=elector,
@@ -542,6 +827,17 @@ async def _serve(args: argparse.Namespace) -> None:
         log.info("agent stopped")
     finally:
         kube.close()
+
+
+def _read_ca(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise SystemExit(
+            f"error: --tls-ca-file: cannot read the control plane's CA bundle: {error}"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,6 +32,8 @@ from archipel.v1alpha1 import cluster_pb2, work_pb2
 from archipel.v1alpha2 import (
     access_pb2,
     access_pb2_grpc,
+    registration_pb2,
+    registration_pb2_grpc,
     service_pb2,
     service_pb2_grpc,
     storage_pb2,
@@ -143,6 +145,13 @@ class Config:
     server: str
     token: str
     tls_ca: bytes | None = None
+    """The CA bundle the control plane's certificate is checked with; None: the
+    system's roots."""
+    tls_ca_file: str = ""
+    """Where ``tls_ca`` was read from, for the commands the CLI prints."""
+    insecure: bool = False
+    """Plaintext, to a control plane started with --insecure (``insecure: true`` in the
+    config file, or ARCHIPEL_INSECURE=1)."""
 
     @property
     def servers(self) -> list[str]:
@@ -172,21 +181,34 @@ class Config:
             raise ClientError(
                 "no server configured: run 'make up', or set ARCHIPEL_SERVER and ARCHIPEL_TOKEN"
             )
-        return cls(server=server, token=token, tls_ca=_certificate_authority(data))
-
-
-def _certificate_authority(data: dict[str, Any]) -> bytes | None:
-    """The CA bundle a config names: ``tlsCaFile`` (a path), or
-    ``certificateAuthorityData`` (base64 of the PEM, as in a kubeconfig), which a config
-    printed by ``archipel user create`` carries so that it works on its own."""
-    inline = data.get("certificateAuthorityData")
-    if inline:
+        ca = os.environ.get("ARCHIPEL_TLS_CA_FILE") or data.get("tlsCaFile")
+        tls_ca = _inline_certificate_authority(data)
         try:
-            return base64.b64decode(str(inline), validate=True)
-        except ValueError as error:
-            raise ClientError(f"certificateAuthorityData: not base64 ({error})") from None
-    path = data.get("tlsCaFile")
-    return Path(path).read_bytes() if path else None
+            if tls_ca is None and ca:
+                tls_ca = Path(ca).read_bytes()
+        except OSError as error:
+            raise ClientError(
+                f"tlsCaFile: cannot read the control plane's CA bundle: {error}"
+            ) from None
+        insecure = os.environ.get("ARCHIPEL_INSECURE", "").lower() in ("1", "true", "yes") or (
+            data.get("insecure") is True
+        )
+        return cls(
+            server=server, token=token, tls_ca=tls_ca, tls_ca_file=ca or "", insecure=insecure
+        )
+
+
+def _inline_certificate_authority(data: dict[str, Any]) -> bytes | None:
+    """The CA bundle in certificateAuthorityData (base64 of the PEM, as in a
+    kubeconfig), which a config printed by archipel user create carries so that it
+    works on its own."""
+    inline = data.get("certificateAuthorityData")
+    if not inline:
+        return None
+    try:
+        return base64.b64decode(str(inline), validate=True)
+    except ValueError as error:
+        raise ClientError(f"certificateAuthorityData: not base64 ({error})") from None
 
 
 class FailoverChannel(grpc.Channel):
@@ -320,10 +342,10 @@ class Client:
             raise ClientError("no server configured")
 
         def connect(server: str) -> grpc.Channel:
-            if config.tls_ca is not None:
-                credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca)
-                return grpc.secure_channel(server, credentials)
-            return grpc.insecure_channel(server)
+            if config.insecure:
+                return grpc.insecure_channel(server)
+            credentials = grpc.ssl_channel_credentials(root_certificates=config.tls_ca)
+            return grpc.secure_channel(server, credentials)
 
         self.channel = FailoverChannel(servers, connect)
         self.metadata = (("authorization", f"Bearer {config.token}"),)
@@ -332,6 +354,8 @@ class Client:
         self.info = service_pb2_grpc.InfoServiceStub(self.channel)
         self.users = access_pb2_grpc.UserServiceStub(self.channel)
         self.storage = storage_pb2_grpc.StorageAdminServiceStub(self.channel)
+        self.tokens = registration_pb2_grpc.BootstrapTokenServiceStub(self.channel)
+        self.requests = registration_pb2_grpc.CertificateSigningRequestServiceStub(self.channel)
         # Each kind's scope, asked once per client (one CLI invocation): (group, kind).
         self._scopes: dict[tuple[str, str], scopes.Scope] = {}
 
@@ -501,6 +525,55 @@ class Client:
                 server = self.channel.servers[index]
                 raise ClientError(f"{server}: {_describe(error)}", code=_code(error)) from error
         return sorted(events, key=lambda event: event.time.ToNanoseconds())
+
+    def revoke(self, name: str) -> str:
+        """Cut a cluster's agent off: its certificates and token stop working."""
+        answer = self.call(self.admin.Revoke, service_pb2.RevokeRequest(name=name))
+        return str(answer.message)
+
+    # -- bootstrap tokens and certificate signing requests --------------------------------
+
+    def create_token(
+        self, *, ttl_seconds: int, cluster: str = "", usages: Sequence[str] = ()
+    ) -> registration_pb2.BootstrapTokenServiceCreateResponse:
+        answer: registration_pb2.BootstrapTokenServiceCreateResponse = self.call(
+            self.tokens.Create,
+            registration_pb2.BootstrapTokenServiceCreateRequest(
+                ttl_seconds=ttl_seconds, cluster=cluster, usages=list(usages)
+            ),
+        )
+        return answer
+
+    def list_tokens(self) -> list[registration_pb2.BootstrapToken]:
+        answer = self.call(self.tokens.List, registration_pb2.BootstrapTokenServiceListRequest())
+        return list(answer.items)
+
+    def delete_token(self, token_id: str) -> None:
+        self.call(
+            self.tokens.Delete, registration_pb2.BootstrapTokenServiceDeleteRequest(id=token_id)
+        )
+
+    def list_requests(self) -> list[registration_pb2.CertificateSigningRequest]:
+        answer = self.call(
+            self.requests.List, registration_pb2.CertificateSigningRequestServiceListRequest()
+        )
+        return list(answer.items)
+
+    def approve_request(self, name: str) -> registration_pb2.CertificateSigningRequest:
+        answer = self.call(
+            self.requests.Approve,
+            registration_pb2.CertificateSigningRequestServiceApproveRequest(name=name),
+        )
+        return answer.request  # type: ignore[no-any-return]
+
+    def deny_request(
+        self, name: str, reason: str = ""
+    ) -> registration_pb2.CertificateSigningRequest:
+        answer = self.call(
+            self.requests.Deny,
+            registration_pb2.CertificateSigningRequestServiceDenyRequest(name=name, reason=reason),
+        )
+        return answer.request  # type: ignore[no-any-return]
 
     def version(self) -> service_pb2.GetVersionResponse:
         answer: service_pb2.GetVersionResponse = self.call(
@@ -679,6 +752,13 @@ def _describe(error: grpc.RpcError) -> str:
     code = error.code() if hasattr(error, "code") else None
     details = error.details() if hasattr(error, "details") else str(error)
     if code == grpc.StatusCode.UNAVAILABLE:
+        lowered = (details or "").lower()
+        if "certificate verify failed" in lowered or "handshake failed" in lowered:
+            return (
+                "cannot verify the control plane's certificate: set tlsCaFile in the "
+                "config (or ARCHIPEL_TLS_CA_FILE) to its CA bundle (the control plane's "
+                f"--pki-dir ca/ca.crt): {details}"
+            )
         return f"cannot reach the control plane: {details}"
     name = code.name if code is not None else "ERROR"
     return f"{name}: {details}"

@@ -32,7 +32,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
 from google.protobuf import json_format, struct_pb2
 
@@ -168,11 +167,11 @@ async def api_run(root: Path, *, encrypt: bool, secrets: int, clusters: int) -> 
         encrypt=encrypt,
     )
     plane.start(timeout=600)
-    channel = grpc.aio.insecure_channel(
-        plane.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-    )
+    channel = plane.aio_channel(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
     metadata = (("authorization", f"Bearer {plane.admin_token}"),)
-    fleet = SimulatedFleet(plane.address, plane.admin_token, heartbeat_interval=30)
+    fleet = SimulatedFleet(
+        plane.address, plane.admin_token, heartbeat_interval=30, ca_file=plane.ca_file
+    )
     try:
         await fleet.join(clusters, labels={"fleet": "sim"})
         fleet.connect()

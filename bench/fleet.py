@@ -14,10 +14,12 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import grpc
 
 from archipel import agentstream
+from archipel.fleet.controlplane import open_aio_channel
 from archipel.v1alpha1 import (
     agent_pb2,
     agent_pb2_grpc,
@@ -53,10 +55,13 @@ class SimulatedFleet:
         *,
         heartbeat_interval: float = 10.0,
         addresses: Sequence[str] = (),
+        ca_file: Path | None = None,
     ) -> None:
         """``addresses`` are the control plane's replicas when it has several: agent
-        ``i`` streams from replica ``i mod N`` (``address`` by default)."""
+        ``i`` streams from replica ``i mod N`` (``address`` by default); ``ca_file`` is
+        the control plane's CA bundle (None: plaintext, for --insecure)."""
         self.address = address
+        self.ca_file = ca_file
         self.addresses = list(addresses) or [address]
         self.admin_token = admin_token
         self.heartbeat_interval = heartbeat_interval
@@ -70,7 +75,7 @@ class SimulatedFleet:
         self, count: int, *, prefix: str = "sim", labels: dict[str, str] | None = None
     ) -> None:
         """Register ``count`` clusters and keep their credentials."""
-        async with grpc.aio.insecure_channel(self.address) as channel:
+        async with open_aio_channel(self.address, self.ca_file) as channel:
             admin = service_pb2_grpc.ClusterAdminServiceStub(channel)
             metadata = (("authorization", f"Bearer {self.admin_token}"),)
             semaphore = asyncio.Semaphore(32)
@@ -94,8 +99,9 @@ class SimulatedFleet:
         replica = index % len(self.addresses)
         key = (replica, index // len(self.addresses) // AGENTS_PER_CHANNEL)
         if key not in self._channels:
-            self._channels[key] = grpc.aio.insecure_channel(
+            self._channels[key] = open_aio_channel(
                 self.addresses[replica],
+                self.ca_file,
                 options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)],
             )
         return self._channels[key]

@@ -67,13 +67,12 @@ class Sampler:
 
 
 async def flood(
-    address: str, token: str, requests: int, concurrency: int, mib: float
+    plane: ControlPlaneProcess, requests: int, concurrency: int, mib: float
 ) -> dict[str, int]:
     template = oversized_template(mib)
     codes: dict[str, int] = {}
-    async with grpc.aio.insecure_channel(
-        address, options=[("grpc.max_send_message_length", 64 * MIB)]
-    ) as channel:
+    token = plane.admin_token
+    async with plane.aio_channel(options=[("grpc.max_send_message_length", 64 * MIB)]) as channel:
         stub = service_pb2_grpc.ResourceTemplateServiceStub(channel)
         queue: asyncio.Queue[int] = asyncio.Queue()
         for index in range(requests):
@@ -121,9 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             idle = rss_bytes(pid)
             sampler = Sampler(pid)
             started = time.perf_counter()
-            codes = asyncio.run(
-                flood(plane.address, plane.admin_token, args.requests, args.concurrency, args.mib)
-            )
+            codes = asyncio.run(flood(plane, args.requests, args.concurrency, args.mib))
             seconds = time.perf_counter() - started
             sampler.stop()
             after = rss_bytes(pid)

@@ -65,13 +65,15 @@ async def fanout(root: Path, replicas: int, templates: int, clusters: int) -> di
         plane.start(timeout=600)
         metadata = (("authorization", f"Bearer {plane.admin_token}"),)
         channels = [
-            grpc.aio.insecure_channel(
-                address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-            )
-            for address in plane.addresses
+            replica.aio_channel(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+            for replica in plane.replicas
         ]
         fleet = SimulatedFleet(
-            plane[0].address, plane.admin_token, heartbeat_interval=30, addresses=plane.addresses
+            plane[0].address,
+            plane.admin_token,
+            heartbeat_interval=30,
+            addresses=plane.addresses,
+            ca_file=plane.ca_file,
         )
         await fleet.join(clusters, labels={"fleet": "sim"})
         fleet.connect()

@@ -182,8 +182,8 @@ class Harness:
                 "ARCHIPEL_PROFILE": str(self.profile),
             }
         self.plane.start(timeout=600)
-        self.channel = grpc.aio.insecure_channel(
-            self.plane.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self.channel = self.plane.aio_channel(
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         )
 
     @property
@@ -193,7 +193,12 @@ class Harness:
 
     def fleet(self) -> SimulatedFleet:
         assert self.plane is not None
-        return SimulatedFleet(self.plane.address, self.plane.admin_token, heartbeat_interval=30)
+        return SimulatedFleet(
+            self.plane.address,
+            self.plane.admin_token,
+            heartbeat_interval=30,
+            ca_file=self.plane.ca_file,
+        )
 
     async def apply_templates(
         self, manifests: list[dict[str, Any]], *, concurrency: int = 32

@@ -137,6 +137,10 @@ def _guard(
     return wrapper
 
 
+# For servicers outside this module (controlplane/registration.py): the same mapping.
+guarded = _guard
+
+
 def _guard_stream(
     method: Callable[..., AsyncIterator[R]],
 ) -> Callable[..., AsyncIterator[R]]:
@@ -925,9 +929,24 @@ class InfoService:
 
 
 class ClusterAdminService:
-    def __init__(self, clusters: ClusterController, api: ApiVersion) -> None:
+    def __init__(
+        self,
+        clusters: ClusterController,
+        api: ApiVersion,
+        revoke: Callable[[str], Awaitable[None]] | None = None,
+    ) -> None:
         self.clusters = clusters
         self.responses = api.responses("ClusterAdminService")
+        self._revoke = revoke
+
+    @_guard
+    async def Revoke(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        assert self._revoke is not None, "Revoke is served by versions that declare it"
+        await self._revoke(request.name)
+        return self.responses["Revoke"](
+            message=f"cluster {request.name} revoked: its certificates and token no longer "
+            "work, and its agent's stream is closed"
+        )
 
     @_guard
     async def Join(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:

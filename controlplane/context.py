@@ -67,6 +67,8 @@ class Settings:
     """An EncryptionConfiguration: what is encrypted in etcd, with which keys (see
     controlplane/encryption.py); None stores everything as plaintext."""
     tls_cert_file: Path | None = None
+    """The serving certificate (with ``tls_key_file``); None: one issued at start by the
+    control plane's CA (see controlplane/certificates.py)."""
     tls_key_file: Path | None = None
     audit_log_path: Path | None = None
     """Where the audit log is written (JSON lines); None keeps none."""
@@ -74,6 +76,22 @@ class Settings:
     """The audit log rotates when it reaches this size."""
     audit_log_backups: int = 10
     """Rotated audit logs kept."""
+    pki_dir: Path | None = None
+    """Where the control plane's CA lives, created on first start (None: .local/pki);
+    replicas share it."""
+    tls_sans: tuple[str, ...] = ()
+    """More names (DNS or IP) the issued serving certificate covers."""
+    client_ca_file: Path | None = None
+    """The CA that issues and checks agents' client certificates (with
+    ``client_ca_key_file``); None: the control plane's own CA."""
+    client_ca_key_file: Path | None = None
+    insecure: bool = False
+    """Plaintext on ``listen`` and no agent port: loopback addresses only."""
+    agent_listen: str = ""
+    """host:port of the mutual-TLS port agents with certificates connect to; empty:
+    the listen host, its port + 1."""
+    agent_cert_validity: float = 30 * 86400.0
+    """Seconds an agent's certificate is valid; agents renew at 2/3 of it."""
     heartbeat_interval: float = 10.0
     """How often agents send heartbeats (told to them on connect)."""
     cluster_grace_period: float = 40.0

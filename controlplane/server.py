@@ -30,8 +30,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from archipel import addresses, limits
-from archipel.core import matching
+from archipel import addresses, durations, limits, pki
+from archipel.core import kinds, matching
 from archipel.core.errors import (
     ArchipelError,
     Invalid,
@@ -40,9 +40,9 @@ from archipel.core.errors import (
     Unauthenticated,
 )
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
-from archipel.v1alpha2 import access_pb2, storage_pb2
+from archipel.v1alpha2 import access_pb2, registration_pb2, storage_pb2
 from archipel.version import VERSION
-from controlplane import access, api, auth, encryption, metrics
+from controlplane import access, api, auth, certificates, encryption, metrics, registration
 from controlplane.audit import AuditLog
 from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
@@ -81,11 +81,13 @@ SERVICE_NAMES = tuple(
         *(served.file for served in api.API_VERSIONS),
         access_pb2.DESCRIPTOR,
         storage_pb2.DESCRIPTOR,
+        registration_pb2.DESCRIPTOR,
         agent_pb2.DESCRIPTOR,
     )
     for service in file.services_by_name.values()
 )
 STORAGE_ADMIN_SERVICE = storage_pb2.DESCRIPTOR.services_by_name["StorageAdminService"].full_name
+REGISTRATION_SERVICES = registration_pb2.DESCRIPTOR.services_by_name
 AGENT_SERVICE = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
@@ -99,11 +101,13 @@ class AgentService:
         execution: ExecutionController,
         work_status: WorkStatusController,
         shards: Shards,
+        registrar: registration.Registrar,
     ) -> None:
         self.clusters = clusters
         self.execution = execution
         self.work_status = work_status
         self.shards = shards
+        self.registrar = registrar
         # Releases of stream claims under way, held so none is collected unfinished.
         self._releasing: set[asyncio.Task[None]] = set()
 
@@ -113,10 +117,7 @@ class AgentService:
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> AsyncIterator[agent_pb2.ControlMessage]:
         try:
-            token = auth.bearer_token(context.invocation_metadata())  # type: ignore[arg-type]
-            if token is None:
-                raise Unauthenticated("missing cluster credentials")
-            cluster = await self.clusters.authenticate(token)
+            cluster = await self._authenticate(context)
             try:
                 first = await asyncio.wait_for(anext(request_iterator), timeout=30)
             except (StopAsyncIteration, TimeoutError) as error:
@@ -180,6 +181,42 @@ class AgentService:
         if session.error is not None:
             await context.abort(session.error.code, str(session.error))
 
+    async def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The cluster this stream is for: from the client certificate on the agent
+        port (mutual TLS), never from what the agent says; else from its join token."""
+        peer = context.auth_context()
+        certificate = list(peer.get("x509_pem_cert", ()))
+        if peer.get("x509_common_name") and certificate:
+            return await self.registrar.authenticate(certificate[0])
+        token = auth.bearer_token(context.invocation_metadata())  # type: ignore[arg-type]
+        if token is None:
+            raise Unauthenticated(
+                "missing cluster credentials: a client certificate on the agent port, or "
+                "'authorization: Bearer <cluster token>'"
+            )
+        return await self.clusters.authenticate(token)
+
+    async def _renew(self, session: AgentSession, cluster: str, csr: str) -> None:
+        """Sign a renewal CSR on the open stream; the answer goes down the same stream."""
+        try:
+            certificate = await self.registrar.renew(cluster, csr)
+        except ArchipelError as error:
+            session.push(
+                agent_pb2.ControlMessage(
+                    certificate=agent_pb2.RenewedCertificate(error=str(error)[:500])
+                )
+            )
+            return
+        ca = self.registrar.ca
+        session.push(
+            agent_pb2.ControlMessage(
+                certificate=agent_pb2.RenewedCertificate(
+                    certificate=certificate, ca=ca.cert_pem.decode() if ca else ""
+                )
+            )
+        )
+        log.info("renewed the certificate of cluster %s's agent", cluster)
+
     @staticmethod
     async def _read_held_works(
         hello: agent_pb2.Hello, request_iterator: AsyncIterator[agent_pb2.AgentMessage]
@@ -231,6 +268,12 @@ class AgentService:
                         )
                         return
                     self.clusters.heartbeat(cluster, message.heartbeat)
+                elif which == "renewal":
+                    if session.renewing is not None and not session.renewing.done():
+                        continue  # one at a time: the agent asks again if it must
+                    session.renewing = asyncio.create_task(
+                        self._renew(session, cluster, message.renewal.csr)
+                    )
                 elif which == "batch":
                     batch = message.batch
                     for ack in batch.acks:
@@ -367,6 +410,14 @@ class ControlPlane:
         self.work_status = WorkStatusController(self.context)
         self.execution = ExecutionController(self.context, report_status=self.work_status.report)
         self.shards.on_stream_lost(self.execution.stream_taken)
+        self.registrar = registration.Registrar(
+            self.store,
+            validity=settings.agent_cert_validity,
+            cluster_exists=lambda name: (
+                self.context.clusters.get(kinds.MEMBER_CLUSTER.key("", name)) is not None
+            ),
+        )
+        self.registrar.on_revoked(self.execution.revoke)
         self.binding_status = BindingStatusController(self.context)
         self.rebalancer = WorkloadRebalancerController(self.context)
         self.users = UserDirectory(self.etcd)
@@ -379,6 +430,8 @@ class ControlPlane:
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server: grpc.aio.Server | None = None
         self.port = 0
+        self.agent_port = 0
+        self.transport: certificates.TransportSecurity | None = None
         self.health_server: grpc.aio.Server | None = None
         self.health_port = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -417,7 +470,9 @@ class ControlPlane:
                     templates=self.context.templates,
                     scopes=self.context.scopes,
                 ),
-                "ClusterAdminService": api.ClusterAdminService(self.clusters, served),
+                "ClusterAdminService": api.ClusterAdminService(
+                    self.clusters, served, revoke=self.registrar.revoke
+                ),
                 "InfoService": api.InfoService(served),
             }
             for name, servicer in of_version.items():
@@ -425,11 +480,21 @@ class ControlPlane:
         servicers[access.USER_SERVICE] = access.UserService(self.users)
         servicers[access.AUDIT_SERVICE] = access.AuditService(self.audit)
         servicers[STORAGE_ADMIN_SERVICE] = api.StorageAdminService(self.etcd, self.encryption)
+        servicers[REGISTRATION_SERVICES["RegistrationService"].full_name] = (
+            registration.RegistrationService(self.registrar)
+        )
+        servicers[REGISTRATION_SERVICES["BootstrapTokenService"].full_name] = (
+            registration.BootstrapTokenService(self.registrar)
+        )
+        servicers[REGISTRATION_SERVICES["CertificateSigningRequestService"].full_name] = (
+            registration.CertificateSigningRequestService(self.registrar)
+        )
         servicers[AGENT_SERVICE] = AgentService(
             clusters=self.clusters,
             execution=self.execution,
             work_status=self.work_status,
             shards=self.shards,
+            registrar=self.registrar,
         )
         return servicers
 
@@ -481,6 +546,7 @@ class ControlPlane:
 
         self.shards.add_listener(ownership_changed)
         self._spawn(self.shards.run(), "shards")
+        self._spawn(self.registrar.watch_revocations(), "revocations")
         for controller in running:
             self._spawn(controller.run(), controller.name)
 
@@ -521,13 +587,18 @@ class ControlPlane:
             # Duck-typed: reflection only calls the pool's Find* methods.
             pool=cast(descriptor_pool.DescriptorPool, MethodAwarePool(descriptor_pool.Default())),
         )
-        if settings.tls_cert_file and settings.tls_key_file:
-            credentials = grpc.ssl_server_credentials(
-                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())]
-            )
-            self.port = server.add_secure_port(settings.listen, credentials)
-        else:
+        if settings.insecure:
             self.port = server.add_insecure_port(settings.listen)
+        else:
+            transport = self.transport = await asyncio.to_thread(load_transport, settings)
+            self.registrar.ca = transport.agent_ca
+            self.port = server.add_secure_port(settings.listen, transport.api_credentials())
+            # The same server, a second port: every client there shows a certificate
+            # of the control plane's CA (mutual TLS), as agents with one do.
+            agent_listen = agent_address(settings)
+            self.agent_port = server.add_secure_port(agent_listen, transport.agent_credentials())
+            if self.agent_port == 0:
+                raise RuntimeError(f"cannot listen on {agent_listen}")
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {settings.listen}")
         await server.start()
@@ -550,6 +621,17 @@ class ControlPlane:
             host, _, port = settings.metrics_listen.rpartition(":")
             start_http_server(int(port), addr=host or "127.0.0.1")
         metrics.BUILD_INFO.info({"version": VERSION})
+        if self.transport is not None:
+            log.info(
+                "control plane %s serving TLS on port %d, agents (mutual TLS) on port %d; "
+                "clients trust %s",
+                VERSION,
+                self.port,
+                self.agent_port,
+                self.transport.ca_file or "the CA of --tls-cert-file",
+            )
+        else:
+            log.warning("serving PLAINTEXT (--insecure): for loopback development only")
         log.info("control plane %s serving on port %d", VERSION, self.port)
 
     async def _run_server(self, server: grpc.aio.Server) -> None:
@@ -572,6 +654,30 @@ class ControlPlane:
         await self.shards.stop()
         await self.etcd.close()
         self.audit.close()
+
+
+def load_transport(settings: Settings) -> certificates.TransportSecurity:
+    return certificates.load(
+        pki_dir=settings.pki_dir or DEFAULT_PKI_DIR,
+        listen=settings.listen,
+        sans=settings.tls_sans,
+        tls_cert_file=settings.tls_cert_file,
+        tls_key_file=settings.tls_key_file,
+        client_ca_file=settings.client_ca_file,
+        client_ca_key_file=settings.client_ca_key_file,
+    )
+
+
+def agent_address(settings: Settings) -> str:
+    """``--agent-listen``, or by default the listen host with the next port."""
+    if settings.agent_listen:
+        return settings.agent_listen
+    host, port = pki.split_host_port(settings.listen)
+    host = f"[{host}]" if ":" in host else host
+    return f"{host}:{port + 1 if port else 0}"
+
+
+DEFAULT_PKI_DIR = Path(".local/pki")
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -612,8 +718,50 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="an EncryptionConfiguration (kube-apiserver's format): which resources are "
         "encrypted in etcd, and with which keys (docs/encryption.md)",
     )
-    parser.add_argument("--tls-cert-file", type=Path)
-    parser.add_argument("--tls-key-file", type=Path)
+    parser.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        help="the serving certificate (PEM); default: one issued at start by the CA in --pki-dir",
+    )
+    parser.add_argument("--tls-key-file", type=Path, help="the serving certificate's key")
+    parser.add_argument(
+        "--pki-dir",
+        type=Path,
+        default=DEFAULT_PKI_DIR,
+        help="the control plane's CA (ca/ca.crt, ca/ca.key), created on first start; "
+        "replicas share it",
+    )
+    parser.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME[,NAME...]",
+        help="more DNS names or IP addresses for the issued serving certificate (repeatable)",
+    )
+    parser.add_argument(
+        "--client-ca-file",
+        type=Path,
+        help="the CA that issues and checks agents' client certificates (with "
+        "--client-ca-key-file); default: the CA in --pki-dir",
+    )
+    parser.add_argument("--client-ca-key-file", type=Path)
+    parser.add_argument(
+        "--agent-listen",
+        default="",
+        help="host:port of the mutual-TLS port for agents with certificates (default: the "
+        "--listen host, its port + 1)",
+    )
+    parser.add_argument(
+        "--agent-cert-validity",
+        default="30d",
+        help="how long an agent's certificate is valid (90s, 15m, 12h, 30d); agents renew "
+        "at 2/3 of it",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext and no agent port; refused unless --listen is a loopback address",
+    )
     parser.add_argument("--heartbeat-interval", type=float, default=10.0)
     parser.add_argument("--cluster-grace-period", type=float, default=40.0)
     parser.add_argument("--cluster-failure-threshold", type=float, default=30.0)
@@ -691,6 +839,24 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error("--audit-log-maxsize must be at least 1 (megabyte)")
     if args.audit_log_maxbackup < 0:
         parser.error("--audit-log-maxbackup must not be negative")
+    if bool(args.client_ca_file) != bool(args.client_ca_key_file):
+        parser.error("--client-ca-file and --client-ca-key-file go together")
+    listen_host = args.listen.rpartition(":")[0]
+    if args.insecure and not pki.is_loopback(listen_host):
+        # One line and exit code 1: plaintext would carry the admin token and every
+        # agent's credential over the network.
+        print(
+            f"{parser.prog}: --insecure serves plaintext, which is allowed on a loopback "
+            f"address only, not on {limits.echo(listen_host)}: drop --insecure (TLS is on "
+            "by default) or listen on 127.0.0.1",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+    try:
+        agent_cert_validity = durations.parse_duration(args.agent_cert_validity)
+    except ValueError as error:
+        print(f"{parser.prog}: --agent-cert-validity: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     if args.shards < 1:
         parser.error("--shards must be at least 1")
     if args.shard_lease_seconds < 2:
@@ -716,6 +882,13 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         audit_log_path=args.audit_log_path,
         audit_log_max_bytes=args.audit_log_maxsize * 1024 * 1024,
         audit_log_backups=args.audit_log_maxbackup,
+        pki_dir=args.pki_dir,
+        tls_sans=tuple(name for value in args.tls_san for name in addresses.split(value)),
+        client_ca_file=args.client_ca_file,
+        client_ca_key_file=args.client_ca_key_file,
+        insecure=args.insecure,
+        agent_listen=args.agent_listen,
+        agent_cert_validity=agent_cert_validity.total_seconds(),
         heartbeat_interval=args.heartbeat_interval,
         cluster_grace_period=args.cluster_grace_period,
         cluster_failure_threshold=args.cluster_failure_threshold,

@@ -37,11 +37,33 @@ def _subject(namespace: str) -> list[dict[str, str]]:
 
 
 def agent_manifests(
-    *, server: str, token: str, namespace: str = "archipel-system", image: str = ""
+    *,
+    server: str,
+    token: str,
+    namespace: str = "archipel-system",
+    image: str = "",
+    ca: bytes | None = None,
 ) -> list[dict[str, Any]]:
     """The Namespace, then the chart's agent objects (cluster-admin RBAC, as Karmada's
-    agent has; install the chart with ``agent.rbac=scoped`` for less)."""
+    agent has; install the chart with ``agent.rbac=scoped`` for less). ``ca`` is the
+    control plane's CA bundle, in a ConfigMap the agent reads (the chart's ``agent.ca``)."""
     image = image or f"archipel:{VERSION}"
+    ca_objects: list[dict[str, Any]] = []
+    ca_args: list[str] = []
+    ca_mounts: list[dict[str, Any]] = []
+    ca_volumes: list[dict[str, Any]] = []
+    if ca is not None:
+        ca_objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": _meta(f"{NAME}-ca", namespace),
+                "data": {"ca.crt": ca.decode()},
+            }
+        )
+        ca_args.append("--tls-ca-file=/etc/archipel/ca/ca.crt")
+        ca_mounts.append({"name": "ca", "mountPath": "/etc/archipel/ca", "readOnly": True})
+        ca_volumes.append({"name": "ca", "configMap": {"name": f"{NAME}-ca"}})
     selector = {"app.kubernetes.io/instance": RELEASE, "app.kubernetes.io/component": "agent"}
     rbac = "rbac.authorization.k8s.io/v1"
     return [
@@ -54,6 +76,7 @@ def agent_manifests(
             "type": "Opaque",
             "stringData": {"token": token},
         },
+        *ca_objects,
         {
             "apiVersion": rbac,
             "kind": "ClusterRole",
@@ -119,6 +142,7 @@ def agent_manifests(
                     "resources": ["leases"],
                     "verbs": ["get", "list", "watch", "create", "update", "patch"],
                 },
+                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]},
             ],
         },
         {
@@ -155,6 +179,7 @@ def agent_manifests(
                                 "args": [
                                     f"--server={server}",
                                     "--token-file=/etc/archipel/credential/token",
+                                    *ca_args,
                                     # One agent per node, one of them active.
                                     "--leader-elect=true",
                                     "--log-level=INFO",
@@ -185,12 +210,14 @@ def agent_manifests(
                                         "name": "credential",
                                         "mountPath": "/etc/archipel/credential",
                                         "readOnly": True,
-                                    }
+                                    },
+                                    *ca_mounts,
                                 ],
                             }
                         ],
                         "volumes": [
-                            {"name": "credential", "secret": {"secretName": f"{NAME}-credential"}}
+                            {"name": "credential", "secret": {"secretName": f"{NAME}-credential"}},
+                            *ca_volumes,
                         ],
                     },
                 },

@@ -11,7 +11,6 @@ import argparse
 import base64
 import datetime
 import json
-import re
 import secrets
 import string
 import sys
@@ -24,7 +23,7 @@ import grpc
 import yaml
 from google.protobuf import json_format
 
-from archipel import structs
+from archipel import durations, structs
 from archipel.cli import agent_manifests
 from archipel.client import (
     TEMPLATE_KINDS,
@@ -80,6 +79,13 @@ def _age(timestamp: str | None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{max(seconds, 0)}s"
+
+
+def _duration(text: str, flag: str) -> datetime.timedelta:
+    try:
+        return durations.parse_duration(text)
+    except ValueError as error:
+        raise ClientError(f"{flag}: {error}") from None
 
 
 def _table(rows: list[list[str]]) -> str:
@@ -356,6 +362,13 @@ class Commands:
         return rows
 
     def clusters(self) -> None:
+        if self.args.action == "revoke":
+            if not self.args.name:
+                raise ClientError("clusters revoke: name the cluster")
+            print(self.client.revoke(self.args.name))
+            return
+        if self.args.action:
+            raise ClientError(f"clusters: unknown action {self.args.action!r} (revoke)")
         self.args.kind, self.args.names = "memberclusters", []
         self.args.all_namespaces, self.args.selector, self.args.output = False, "", ""
         self.args.namespace = None
@@ -788,6 +801,8 @@ class Commands:
                 args.name, args.role, args.namespace or [], rotate=args.rotate
             )
             config: dict[str, Any] = {"server": self.client.config.server, "token": token}
+            if self.client.config.insecure:
+                config["insecure"] = True
             if self.client.config.tls_ca is not None:
                 config["certificateAuthorityData"] = base64.b64encode(
                     self.client.config.tls_ca
@@ -818,7 +833,7 @@ class Commands:
     def audit(self) -> None:
         since = None
         if self.args.since:
-            since = datetime.datetime.now(datetime.UTC) - parse_duration(self.args.since, "--since")
+            since = datetime.datetime.now(datetime.UTC) - _duration(self.args.since, "--since")
         events = self.client.audit_events(since, limit=self.args.limit)
         if self.args.output == "json":
             for event in events:
@@ -868,6 +883,68 @@ class Commands:
                 "once every replica has the same encryption configuration"
             )
 
+    # -- bootstrap tokens and certificate signing requests ---------------------------------
+
+    def token(self) -> None:
+        args = self.args
+        if args.action == "create":
+            ttl = int(_duration(args.ttl, "--ttl").total_seconds())
+            answer = self.client.create_token(
+                ttl_seconds=ttl, cluster=args.cluster or "", usages=args.usages or ()
+            )
+            made = answer.bootstrap_token
+            # The token on stdout alone, for $(...) and files; the rest on stderr.
+            print(answer.token)
+            print(
+                f"bootstrap token {made.id} expires {made.expires.ToJsonString()}"
+                + (f", registers cluster {made.cluster} without approval" if made.cluster else "")
+                + "; it is shown only now",
+                file=sys.stderr,
+            )
+        elif args.action == "list":
+            rows = [["ID", "CLUSTER", "USAGES", "EXPIRES", "DESCRIPTION"]]
+            for token in self.client.list_tokens():
+                rows.append(
+                    [
+                        token.id,
+                        token.cluster or "<any: approve by hand>",
+                        ",".join(token.usages),
+                        token.expires.ToJsonString(),
+                        token.description,
+                    ]
+                )
+            print(_table(rows))
+        else:
+            if not args.id:
+                raise ClientError("token delete: name the token's id")
+            self.client.delete_token(args.id.split(".")[0])
+            print(f"bootstrap token {args.id.split('.')[0]} deleted")
+
+    def csr(self) -> None:
+        args = self.args
+        if args.action == "list":
+            rows = [["NAME", "CLUSTER", "STATE", "TOKEN", "AGE", "MESSAGE"]]
+            for request in self.client.list_requests():
+                rows.append(
+                    [
+                        request.name,
+                        request.cluster,
+                        request.state,
+                        request.token_id,
+                        _age(request.created.ToJsonString()),
+                        request.message,
+                    ]
+                )
+            print(_table(rows))
+            return
+        if not args.name:
+            raise ClientError(f"csr {args.action}: name the request (archipel csr list)")
+        if args.action == "approve":
+            decided = self.client.approve_request(args.name)
+        else:
+            decided = self.client.deny_request(args.name, args.reason or "")
+        print(f"certificatesigningrequest/{decided.name} {decided.state.lower()}")
+
     # -- join ------------------------------------------------------------------------------
 
     def join(self) -> None:
@@ -893,6 +970,7 @@ class Commands:
                 token=token,
                 namespace=args.namespace,
                 image=args.image or "",
+                ca=self.client.config.tls_ca,
             )
             sys.stdout.write(yaml.safe_dump_all(documents, sort_keys=False))
             print(f"membercluster/{args.name} joined", file=sys.stderr)
@@ -907,6 +985,9 @@ class Commands:
             token_option = ""
             print(f"token: {token}")
         kubeconfig = f" --kubeconfig {args.kubeconfig}" if args.kubeconfig else ""
+        ca_file = self.client.config.tls_ca_file
+        if ca_file:
+            kubeconfig = f" --tls-ca-file {ca_file}{kubeconfig}"
         print(f"membercluster/{args.name} joined")
         env = "" if args.token_file else f"ARCHIPEL_AGENT_TOKEN={token} "
         print(
@@ -959,18 +1040,6 @@ def _agent_column(agent: dict[str, Any]) -> str:
     """``Connected 0.1.0``: whether the agent is connected, and its version."""
     state = "Connected" if agent.get("connected") else "Disconnected"
     return f"{state} {agent['version']}" if agent.get("version") else state
-
-
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_duration(text: str, flag: str) -> datetime.timedelta:
-    """``90s``, ``15m``, ``1h30m``, ``2d``: kubectl's and Go's units, largest first."""
-    match = _DURATION.match(text.strip())
-    if not text.strip() or match is None:
-        raise ClientError(f"{flag}: {text!r} is not a duration such as 30s, 15m, 1h or 2d")
-    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
-    return datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1101,6 +1170,23 @@ def build_parser() -> argparse.ArgumentParser:
     reencrypt.add_argument(
         "--dry-run", action="store_true", help="count what would be rewritten; write nothing"
     )
+    clusters_parser = sub.choices["clusters"]
+    clusters_parser.add_argument(
+        "action", nargs="?", help="revoke: cut a cluster's agent off (certificates and token)"
+    )
+    clusters_parser.add_argument("name", nargs="?")
+    token = sub.add_parser("token", help="bootstrap tokens for registering agents")
+    token.add_argument("action", choices=["create", "list", "delete"])
+    token.add_argument("id", nargs="?", help="delete: the token's id")
+    token.add_argument("--ttl", default="1h", help="how long it works (90s, 15m, 1h, 2d)")
+    token.add_argument(
+        "--cluster", help="bind it to this cluster: registrations are approved without a person"
+    )
+    token.add_argument("--usages", action="append", help="join (the default)")
+    csr = sub.add_parser("csr", help="agents' certificate signing requests")
+    csr.add_argument("action", choices=["list", "approve", "deny"])
+    csr.add_argument("name", nargs="?")
+    csr.add_argument("--reason", help="deny: why, for the agent's log")
     join = sub.add_parser("join", help="register a member cluster and issue its agent credential")
     join.add_argument("name")
     join.add_argument("--label", action="append", help="key=value (repeatable)")

@@ -19,11 +19,14 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from archipel import pki
 from archipel.client import Client, Config
+from archipel.core import kinds
 from archipel.fleet.etcd import free_port
 from archipel.fleet.members import Member
 from archipel.fleet.processes import ManagedProcess, ProcessError
@@ -84,28 +87,39 @@ class ControlPlaneProcess:
         port: int | None = None,
         heartbeat_interval: float = 10.0,
         cluster_grace_period: float = 40.0,
-        tls: tuple[Path, Path] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
         extra_args: Sequence[str] = (),
         name: str = "controlplane",
         token_file: Path | None = None,
         encrypt: bool = True,
         encryption_config: Path | None = None,
+        insecure: bool = False,
+        pki_dir: Path | None = None,
+        agent_port: int | None = None,
     ) -> None:
-        """``tls`` is (certificate, key) to serve TLS instead of plaintext;
-        ``extra_args`` are more of the control plane's flags (failover timings).
-        ``name`` names the log (``<directory>/<name>.log``), so replicas sharing a
-        directory keep theirs apart; ``token_file`` is the admin token's file, by
-        default ``<directory>/admin-token`` (replicas share one). With ``encrypt``,
-        Secrets are encrypted in etcd by the configuration ``encryption_config`` (by
-        default ``<directory>/encryption-config.yaml``, made with a fresh key when
-        missing); without, nothing is."""
+        """The control plane serves TLS with a certificate of its own CA, created in
+        ``pki_dir`` (default ``<directory>/pki``, which replicas share); ``tls`` is
+        (certificate, key, CA bundle) to serve the operator's certificate instead, and
+        ``insecure`` serves plaintext (``--insecure``). ``extra_args`` are more of the
+        control plane's flags (failover timings). ``name`` names the log
+        (``<directory>/<name>.log``), so replicas sharing a directory keep theirs apart;
+        ``token_file`` is the admin token's file, by default ``<directory>/admin-token``
+        (replicas share one). With ``encrypt``, Secrets are encrypted in etcd by the
+        configuration ``encryption_config`` (by default
+        ``<directory>/encryption-config.yaml``, made with a fresh key when missing);
+        without, nothing is."""
         self.directory = directory
         self.etcd_prefix = etcd_prefix
         self.name = name
         self.tls = tls
+        self.insecure = insecure
+        self.pki_dir = pki_dir or directory / "pki"
         self.port = port or free_port()
+        self.agent_port = agent_port or free_port()
         self.metrics_port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # Agents with a certificate connect here (mutual TLS).
+        self.agent_address = f"127.0.0.1:{self.agent_port}"
         self.token_file = token_file or directory / "admin-token"
         # Each replica writes its own audit log, as a pod of the chart does.
         self.audit_log = directory / f"{name}.audit.log"
@@ -125,6 +139,10 @@ class ControlPlaneProcess:
             f"--cluster-grace-period={cluster_grace_period}",
             f"--audit-log-path={self.audit_log}",
         ]
+        if insecure:
+            argv.append("--insecure")
+        else:
+            argv += [f"--pki-dir={self.pki_dir}", f"--agent-listen={self.agent_address}"]
         if tls is not None:
             argv += [f"--tls-cert-file={tls[0]}", f"--tls-key-file={tls[1]}"]
         if self.encryption_config is not None:
@@ -136,11 +154,31 @@ class ControlPlaneProcess:
     def admin_token(self) -> str:
         return self.token_file.read_text().strip()
 
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA bundle clients verify the control plane with (None: plaintext)."""
+        if self.insecure:
+            return None
+        return self.tls[2] if self.tls is not None else pki.ca_cert_path(self.pki_dir)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials | None:
+        ca = self.ca_file
+        if ca is None:
+            return None
+        return grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+
+    def channel(self, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+        """A channel to this control plane's API port, trusting its CA."""
+        return open_channel(self.address, self.ca_file, options=options)
+
+    def aio_channel(self, *, options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:
+        """The same as :meth:`channel`, for asyncio."""
+        return open_aio_channel(self.address, self.ca_file, options=options)
+
     def serving(self) -> bool:
-        if self.tls is not None:
-            # Any answer over TLS, even a refusal, means the server is up.
-            return self.process.running and "serving on port" in self.process.log_tail(50)
-        with grpc.insecure_channel(self.address) as channel:
+        if self.ca_file is not None and not self.ca_file.exists():
+            return False  # the CA comes first: the process has not got that far
+        with self.channel() as channel:
             try:
                 response = health_pb2_grpc.HealthStub(channel).Check(
                     health_pb2.HealthCheckRequest(), timeout=1
@@ -179,17 +217,67 @@ class ControlPlaneProcess:
         self.start()
 
     def config(self) -> Config:
-        return Config(server=self.address, token=self.admin_token)
+        ca = self.ca_file
+        return Config(
+            server=self.address,
+            token=self.admin_token,
+            tls_ca=ca.read_bytes() if ca is not None else None,
+            insecure=ca is None,
+        )
 
     def client(self) -> Client:
         return Client(self.config())
 
     def write_cli_config(self, path: Path) -> None:
-        path.write_text(f"server: {self.address}\ntokenFile: {self.token_file.resolve()}\n")
+        write_cli_config(path, self.address, self.token_file, self.ca_file)
 
     def join(self, member: Member, *, labels: dict[str, str] | None = None) -> Path:
         """Register a member cluster; returns the file holding its agent's token."""
         return _join(self.client(), self.directory, member, labels)
+
+    def bootstrap(
+        self,
+        member: Member,
+        *,
+        labels: dict[str, str] | None = None,
+        bound: bool = True,
+        ttl_seconds: int = 3600,
+    ) -> Path:
+        """The documented flow's first step: the member's MemberCluster (with its
+        labels) and a bootstrap token for its agent, bound to it unless ``bound`` is
+        false (then the agent's request waits for archipel csr approve). Returns the
+        token's file (mode 0600)."""
+        return _bootstrap(self.client(), self.directory, member, labels, bound, ttl_seconds)
+
+
+def open_channel(
+    address: str, ca_file: Path | None, *, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.Channel:
+    """A channel to a control plane: TLS trusting ``ca_file``, plaintext when None."""
+    if ca_file is None:
+        return grpc.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def open_aio_channel(
+    address: str, ca_file: Path | None, *, options: Sequence[tuple[str, Any]] = ()
+) -> grpc.aio.Channel:
+    """:func:`open_channel` for asyncio."""
+    if ca_file is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_file.read_bytes())
+    return grpc.aio.secure_channel(address, credentials, options=options)
+
+
+def write_cli_config(path: Path, server: str, token_file: Path, ca_file: Path | None) -> None:
+    """The CLI's config file: where the control plane is, the admin token and the CA."""
+    lines = [f"server: {server}", f"tokenFile: {token_file.resolve()}"]
+    if ca_file is not None:
+        lines.append(f"tlsCaFile: {ca_file.resolve()}")
+    else:
+        lines.append("insecure: true")
+    path.write_text("\n".join(lines) + "\n")
 
 
 def _join(client: Client, directory: Path, member: Member, labels: dict[str, str] | None) -> Path:
@@ -210,6 +298,40 @@ def _join(client: Client, directory: Path, member: Member, labels: dict[str, str
     token_file.parent.mkdir(parents=True, exist_ok=True)
     token_file.write_text(token + "\n")
     token_file.chmod(0o600)
+    return token_file
+
+
+def _bootstrap(
+    client: Client,
+    directory: Path,
+    member: Member,
+    labels: dict[str, str] | None,
+    bound: bool,
+    ttl_seconds: int,
+) -> Path:
+    spec = member.spec
+    try:
+        client.apply_document(
+            {
+                "apiVersion": kinds.MEMBER_CLUSTER.api_version,
+                "kind": "MemberCluster",
+                "metadata": {"name": member.name, "labels": {**spec.labels, **(labels or {})}},
+                "spec": {
+                    "syncMode": "Pull",
+                    "provider": spec.provider,
+                    "region": spec.region,
+                    "zone": spec.zone,
+                    "zones": [spec.zone] if spec.zone else [],
+                },
+            }
+        )
+        token = client.create_token(
+            ttl_seconds=ttl_seconds, cluster=member.name if bound else ""
+        ).token
+    finally:
+        client.close()
+    token_file = directory / "agents" / f"{member.name}.bootstrap-token"
+    pki.write_file(token_file, (token + "\n").encode(), private=True)
     return token_file
 
 
@@ -242,17 +364,19 @@ class ControlPlaneReplicas:
         ports: Sequence[int | None] = (),
         heartbeat_interval: float = 10.0,
         cluster_grace_period: float = 40.0,
-        tls: tuple[Path, Path] | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
         extra_args: Sequence[str] = (),
         replica_args: Callable[[int], Sequence[str]] | None = None,
         encrypt: bool = True,
+        insecure: bool = False,
+        agent_ports: Sequence[int | None] = (),
     ) -> None:
         """``ports`` are the replicas' gRPC ports in order (missing or None: any free
-        port); ``extra_args`` go to every replica, and ``replica_args(i)`` to replica
-        ``i`` only, after them (by default :meth:`replica_id_args`, which names each
-        replica in the shards' logs and keys: ``replica-<i>``). With ``encrypt`` every
-        replica reads one encryption configuration,
-        ``<directory>/encryption-config.yaml``."""
+        port), ``agent_ports`` their mutual-TLS ports for agents (the same);
+        ``extra_args`` go to every replica, and ``replica_args(i)`` to replica ``i``
+        only, after them (by default :meth:`replica_id_args`, which names each replica
+        in the shards' logs and keys: ``replica-<i>``). With ``encrypt`` every replica
+        reads one encryption configuration, ``<directory>/encryption-config.yaml``."""
         if replica_args is None:
             replica_args = self.replica_id_args
         if count < 1:
@@ -274,6 +398,9 @@ class ControlPlaneReplicas:
                 token_file=self.token_file,
                 encrypt=encrypt,
                 encryption_config=self.encryption_config,
+                insecure=insecure,
+                pki_dir=directory / "pki",
+                agent_port=agent_ports[index] if index < len(agent_ports) else None,
             )
             for index in range(count)
         ]
@@ -306,10 +433,19 @@ class ControlPlaneReplicas:
         """The server list of the ``index``-th agent: replica ``index mod count`` first."""
         return rotated(self.addresses, index)
 
+    @property
+    def ca_file(self) -> Path | None:
+        return self.replicas[0].ca_file
+
+    @property
+    def agent_addresses(self) -> list[str]:
+        return [replica.agent_address for replica in self.replicas]
+
     def start(self, *, timeout: float = 60.0) -> None:
         # The first replica creates the shared token file; were several to start
         # together, each could write a token of its own over the others'. The shared
-        # encryption configuration is made first, for the same reason.
+        # encryption configuration is made first, for the same reason. (The CA they
+        # share is safe either way: see archipel.pki.ensure_ca.)
         if self.encryption_config is not None:
             ensure_encryption_config(self.encryption_config)
         first, *others = self.replicas
@@ -324,25 +460,36 @@ class ControlPlaneReplicas:
             replica.stop()
 
     def config(self) -> Config:
-        return Config(server=self.server, token=self.admin_token)
+        ca = self.ca_file
+        return Config(
+            server=self.server,
+            token=self.admin_token,
+            tls_ca=ca.read_bytes() if ca is not None else None,
+            insecure=ca is None,
+        )
 
     def client(self) -> Client:
         return Client(self.config())
 
     def write_cli_config(self, path: Path) -> None:
-        path.write_text(f"server: {self.server}\ntokenFile: {self.token_file.resolve()}\n")
+        write_cli_config(path, self.server, self.token_file, self.ca_file)
 
     def join(self, member: Member, *, labels: dict[str, str] | None = None) -> Path:
         """Register a member cluster through any replica that answers; returns the
         file holding its agent's token."""
         return _join(self.client(), self.directory, member, labels)
 
+    def bootstrap(self, member: Member, *, labels: dict[str, str] | None = None) -> Path:
+        """As :meth:`ControlPlaneProcess.bootstrap`, through any replica."""
+        return _bootstrap(self.client(), self.directory, member, labels, True, 3600)
+
     def agent(
         self,
         index: int,
         *,
         member: Member,
-        token_file: Path,
+        token_file: Path | None = None,
+        bootstrap_token_file: Path | None = None,
         heartbeat_interval: float | None = None,
         name: str = "agent",
         extra_args: Sequence[str] = (),
@@ -353,10 +500,12 @@ class ControlPlaneReplicas:
             control_plane=self.replicas[index % len(self.replicas)],
             member=member,
             token_file=token_file,
+            bootstrap_token_file=bootstrap_token_file,
             heartbeat_interval=heartbeat_interval,
             name=name,
             extra_args=extra_args,
             servers=self.servers_for(index),
+            agent_servers=rotated(self.agent_addresses, index),
         )
 
 
@@ -368,26 +517,46 @@ class AgentProcess:
         *,
         control_plane: ControlPlaneProcess,
         member: Member,
-        token_file: Path,
+        token_file: Path | None = None,
         heartbeat_interval: float | None = None,
         name: str = "agent",
         extra_args: Sequence[str] = (),
         servers: Sequence[str] = (),
+        bootstrap_token_file: Path | None = None,
+        agent_servers: Sequence[str] = (),
     ) -> None:
         """``name`` tells apart several agents of one member (its log is
         ``agents/<member>-<name>.log`` then); ``extra_args`` are more of the agent's
         flags (``--leader-elect``, ``--identity``, the lease's timings); ``servers``
         are the control plane's addresses as the agent is told them (several, tried in
-        turn), by default ``control_plane``'s own."""
+        turn), by default ``control_plane``'s own.
+
+        With ``token_file`` (archipel join's token) the agent streams on the API port;
+        without it, it uses the certificate in its identity Secret, registering first
+        with ``bootstrap_token_file`` when it has none, and streams on the mutual-TLS
+        ``agent_servers`` (by default ``control_plane``'s). Tokens go in files: the
+        command line holds no secret."""
         self.member = member
         argv = [
             sys.executable,
             "-m",
             "agent",
             f"--server={','.join(servers) if servers else control_plane.address}",
-            f"--token-file={token_file}",
             f"--kubeconfig={member.kubeconfig}",
         ]
+        if token_file is not None:
+            argv.append(f"--token-file={token_file}")
+        else:
+            argv += [
+                f"--cluster={member.name}",
+                "--agent-server=" + ",".join(agent_servers or [control_plane.agent_address]),
+            ]
+            if bootstrap_token_file is not None:
+                argv.append(f"--bootstrap-token-file={bootstrap_token_file}")
+        if control_plane.ca_file is not None:
+            argv.append(f"--tls-ca-file={control_plane.ca_file}")
+        elif control_plane.insecure:
+            argv.append("--insecure")
         if heartbeat_interval is not None:
             argv.append(f"--heartbeat-interval={heartbeat_interval}")
         argv += extra_args

@@ -158,10 +158,17 @@ def serve(
                 directory=local,
                 # 7443, 7444, ... when free, so people can remember them.
                 ports=[_preferred_port(7443 + index) for index in range(replicas)],
+                # The agents' mutual-TLS ports: 7453, 7454, ...
+                agent_ports=[_preferred_port(7453 + index) for index in range(replicas)],
             )
             plane.start()
             for index, member in enumerate(fleet):
-                agent = plane.agent(index, member=member, token_file=plane.join(member))
+                # The documented flow: a bootstrap token bound to the member, then the
+                # agent registers and keeps its certificate in a Secret of the member;
+                # its stream is mutual TLS.
+                agent = plane.agent(
+                    index, member=member, bootstrap_token_file=plane.bootstrap(member)
+                )
                 agent.start()
                 agents.append(agent)
             plane.write_cli_config(local / "archipel.yaml")

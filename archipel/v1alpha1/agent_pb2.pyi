@@ -369,6 +369,7 @@ class AgentMessage(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _builtins.int
     BATCH_FIELD_NUMBER: _builtins.int
     HELD_WORKS_FIELD_NUMBER: _builtins.int
+    RENEWAL_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def hello(self) -> Global___Hello:
         """The first message: who the agent is and what it holds."""
@@ -397,6 +398,10 @@ class AgentMessage(_message.Message):
     def held_works(self) -> Global___HeldWorks:
         """The rest of the held works, when the hello said more follow."""
 
+    @_builtins.property
+    def renewal(self) -> Global___CertificateRenewal:
+        """A request for a new client certificate, before the current one expires."""
+
     def __init__(
         self,
         *,
@@ -407,16 +412,75 @@ class AgentMessage(_message.Message):
         heartbeat: Global___Heartbeat | None = ...,
         batch: Global___AgentBatch | None = ...,
         held_works: Global___HeldWorks | None = ...,
+        renewal: Global___CertificateRenewal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "held_works", b"held_works", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "held_works", b"held_works", "hello", b"hello", "message", b"message", "renewal", b"renewal", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "held_works", b"held_works", "hello", b"hello", "message", b"message", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack", b"ack", "batch", b"batch", "deleted", b"deleted", "heartbeat", b"heartbeat", "held_works", b"held_works", "hello", b"hello", "message", b"message", "renewal", b"renewal", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "status", "deleted", "heartbeat", "batch", "held_works"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["hello", "ack", "status", "deleted", "heartbeat", "batch", "held_works", "renewal"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 
 Global___AgentMessage: _TypeAlias = AgentMessage  # noqa: Y015
+
+@_typing.final
+class CertificateRenewal(_message.Message):
+    """An agent renewing its client certificate on the open stream (the stream stays up;
+    the new certificate is for the next connection).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_FIELD_NUMBER: _builtins.int
+    csr: _builtins.str
+    """A certificate signing request, PEM, for a new key of the agent's: the same subject
+    as the certificate the stream was opened with.
+    """
+    def __init__(
+        self,
+        *,
+        csr: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CertificateRenewal: _TypeAlias = CertificateRenewal  # noqa: Y015
+
+@_typing.final
+class RenewedCertificate(_message.Message):
+    """The answer to a CertificateRenewal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CA_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.str
+    """The signed certificate, PEM; empty when the renewal was refused."""
+    ca: _builtins.str
+    """The CA bundle, PEM."""
+    error: _builtins.str
+    """Why the renewal was refused (the stream was not opened with a certificate, or the
+    request is invalid); empty on success.
+    """
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.str = ...,
+        ca: _builtins.str = ...,
+        error: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca", b"ca", "certificate", b"certificate", "error", b"error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewedCertificate: _TypeAlias = RenewedCertificate  # noqa: Y015
 
 @_typing.final
 class Welcome(_message.Message):
@@ -602,6 +666,7 @@ class ControlMessage(_message.Message):
     BATCH_FIELD_NUMBER: _builtins.int
     CUSTOMIZATIONS_FIELD_NUMBER: _builtins.int
     KEEP_ALIVE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def welcome(self) -> Global___Welcome:
         """The first message of a session."""
@@ -630,6 +695,10 @@ class ControlMessage(_message.Message):
     def keep_alive(self) -> Global___KeepAlive:
         """Nothing to say, and still here (see Welcome.keep_alive_seconds)."""
 
+    @_builtins.property
+    def certificate(self) -> Global___RenewedCertificate:
+        """The answer to the agent's CertificateRenewal."""
+
     def __init__(
         self,
         *,
@@ -640,12 +709,13 @@ class ControlMessage(_message.Message):
         batch: Global___WorkBatch | None = ...,
         customizations: Global___InterpreterCustomizations | None = ...,
         keep_alive: Global___KeepAlive | None = ...,
+        certificate: Global___RenewedCertificate | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customizations", b"customizations", "delete", b"delete", "keep_alive", b"keep_alive", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "certificate", b"certificate", "customizations", b"customizations", "delete", b"delete", "keep_alive", b"keep_alive", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "customizations", b"customizations", "delete", b"delete", "keep_alive", b"keep_alive", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "certificate", b"certificate", "customizations", b"customizations", "delete", b"delete", "keep_alive", b"keep_alive", "message", b"message", "synced", b"synced", "welcome", b"welcome", "work", b"work"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "work", "delete", "synced", "batch", "customizations", "keep_alive"]  # noqa: Y015
+    _WhichOneofReturnType_message: _TypeAlias = _typing.Literal["welcome", "work", "delete", "synced", "batch", "customizations", "keep_alive", "certificate"]  # noqa: Y015
     _WhichOneofArgType_message: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_message) -> _WhichOneofReturnType_message | None: ...
 

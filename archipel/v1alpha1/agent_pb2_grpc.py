@@ -48,7 +48,9 @@ class AgentServiceServicer:
 
     def Connect(self, request_iterator, context):
         """One bidirectional stream per agent, as the file's comment describes; needs the
-        cluster's credential ("authorization: Bearer <cluster token>").
+        cluster's credential: a client certificate of the control plane's CA on its
+        mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+        <cluster token>".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -46,7 +46,9 @@ class AgentServiceStub:
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControlMessage]
     """One bidirectional stream per agent, as the file's comment describes; needs the
-    cluster's credential ("authorization: Bearer <cluster token>").
+    cluster's credential: a client certificate of the control plane's CA on its
+    mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+    <cluster token>".
     """
 
 @_typing.type_check_only
@@ -56,7 +58,9 @@ class AgentServiceAsyncStub(AgentServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_agent_pb2.AgentMessage, _agent_pb2.ControlMessage]  # type: ignore[assignment]
     """One bidirectional stream per agent, as the file's comment describes; needs the
-    cluster's credential ("authorization: Bearer <cluster token>").
+    cluster's credential: a client certificate of the control plane's CA on its
+    mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+    <cluster token>".
     """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -69,7 +73,9 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.ControlMessage], _abc.AsyncIterator[_agent_pb2.ControlMessage]]:
         """One bidirectional stream per agent, as the file's comment describes; needs the
-        cluster's credential ("authorization: Bearer <cluster token>").
+        cluster's credential: a client certificate of the control plane's CA on its
+        mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+        <cluster token>".
         """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2870,6 +2870,11 @@ class ClusterAdminServiceStub:
                 request_serializer=archipel_dot_v1alpha2_dot_service__pb2.JoinRequest.SerializeToString,
                 response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.JoinResponse.FromString,
                 _registered_method=True)
+        self.Revoke = channel.unary_unary(
+                '/archipel.v1alpha2.ClusterAdminService/Revoke',
+                request_serializer=archipel_dot_v1alpha2_dot_service__pb2.RevokeRequest.SerializeToString,
+                response_deserializer=archipel_dot_v1alpha2_dot_service__pb2.RevokeResponse.FromString,
+                _registered_method=True)
 
 
 class ClusterAdminServiceServicer:
@@ -2883,6 +2888,15 @@ class ClusterAdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Revoke(self, request, context):
+        """Cut a cluster's agent off at once: its certificates and its join token stop
+        working, its open stream is closed, and its reconnects are refused until it
+        registers again with a new bootstrap token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClusterAdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -2890,6 +2904,11 @@ def add_ClusterAdminServiceServicer_to_server(servicer, server):
                     servicer.Join,
                     request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.JoinRequest.FromString,
                     response_serializer=archipel_dot_v1alpha2_dot_service__pb2.JoinResponse.SerializeToString,
+            ),
+            'Revoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.Revoke,
+                    request_deserializer=archipel_dot_v1alpha2_dot_service__pb2.RevokeRequest.FromString,
+                    response_serializer=archipel_dot_v1alpha2_dot_service__pb2.RevokeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -2920,6 +2939,33 @@ class ClusterAdminService:
             '/archipel.v1alpha2.ClusterAdminService/Join',
             archipel_dot_v1alpha2_dot_service__pb2.JoinRequest.SerializeToString,
             archipel_dot_v1alpha2_dot_service__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Revoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/archipel.v1alpha2.ClusterAdminService/Revoke',
+            archipel_dot_v1alpha2_dot_service__pb2.RevokeRequest.SerializeToString,
+            archipel_dot_v1alpha2_dot_service__pb2.RevokeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -968,6 +968,11 @@ class ClusterAdminServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ClusterAdminServiceAsyncStub: ...
     Join: _grpc.UnaryUnaryMultiCallable[_service_pb2.JoinRequest, _service_pb2.JoinResponse]
     """Register a member cluster and issue the credential its agent connects with."""
+    Revoke: _grpc.UnaryUnaryMultiCallable[_service_pb2.RevokeRequest, _service_pb2.RevokeResponse]
+    """Cut a cluster's agent off at once: its certificates and its join token stop
+    working, its open stream is closed, and its reconnects are refused until it
+    registers again with a new bootstrap token.
+    """
 
 @_typing.type_check_only
 class ClusterAdminServiceAsyncStub(ClusterAdminServiceStub):
@@ -976,6 +981,11 @@ class ClusterAdminServiceAsyncStub(ClusterAdminServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Join: _aio.UnaryUnaryMultiCallable[_service_pb2.JoinRequest, _service_pb2.JoinResponse]  # type: ignore[assignment]
     """Register a member cluster and issue the credential its agent connects with."""
+    Revoke: _aio.UnaryUnaryMultiCallable[_service_pb2.RevokeRequest, _service_pb2.RevokeResponse]  # type: ignore[assignment]
+    """Cut a cluster's agent off at once: its certificates and its join token stop
+    working, its open stream is closed, and its reconnects are refused until it
+    registers again with a new bootstrap token.
+    """
 
 class ClusterAdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """Registering member clusters."""
@@ -987,6 +997,17 @@ class ClusterAdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.JoinResponse, _abc.Awaitable[_service_pb2.JoinResponse]]:
         """Register a member cluster and issue the credential its agent connects with."""
+
+    @_abc_1.abstractmethod
+    def Revoke(
+        self,
+        request: _service_pb2.RevokeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.RevokeResponse, _abc.Awaitable[_service_pb2.RevokeResponse]]:
+        """Cut a cluster's agent off at once: its certificates and its join token stop
+        working, its open stream is closed, and its reconnects are refused until it
+        registers again with a new bootstrap token.
+        """
 
 def add_ClusterAdminServiceServicer_to_server(servicer: ClusterAdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

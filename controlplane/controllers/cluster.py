@@ -122,6 +122,9 @@ from controlplane.predicates import is_deleting
 
 NAME = "cluster-controller"
 CREDENTIALS = "credentials/_/"
+# Per cluster, the serials of the agent certificates the control plane accepts (see
+# controlplane/registration.py, which writes it).
+AGENT_CERTIFICATES = "agentcertificates/_/"
 # Write lastHeartbeatTime at most this often when nothing else changed.
 _HEARTBEAT_WRITE_INTERVAL = 30.0
 
@@ -337,12 +340,14 @@ class ClusterController:
         if cluster is None:
             return None
         name = cluster.metadata.name
-        credential_revision = 0
+        credential_revision = certificates_revision = 0
         if is_deleting(cluster):
             # Not an API object, so no cache holds it: read where it is now, and the
             # purge holds only if nobody issued a new one since.
             credential = await self.context.store.etcd.get(CREDENTIALS + name)
             credential_revision = credential.mod_revision if credential is not None else 0
+            accepted = await self.context.store.etcd.get(AGENT_CERTIFICATES + name)
+            certificates_revision = accepted.mod_revision if accepted is not None else 0
         live = self.liveness.get(name)
         settings = self.context.settings
         now = time.monotonic()
@@ -375,6 +380,7 @@ class ClusterController:
                 else self.started,
                 grace_period=settings.cluster_grace_period,
                 credential_revision=credential_revision,
+                certificates_revision=certificates_revision,
                 liveness=self.liveness,
                 failure_threshold=settings.cluster_failure_threshold,
                 success_threshold=settings.cluster_success_threshold,
@@ -414,6 +420,9 @@ class Observed:
     grace_period: float
     """A cluster silent this long becomes Ready=Unknown."""
     credential_revision: int = 0
+    # The record of the agent certificates the control plane accepts for the cluster
+    # (controlplane/registration.py): deleting a cluster revokes them.
+    certificates_revision: int = 0
     """For a deleting cluster, the mod_revision of its credential (0: none stored)."""
     liveness: dict[str, Liveness] = dataclasses.field(default_factory=dict)
     """The controller's liveness records, for the plan's bookkeeping only (a removed
@@ -887,6 +896,8 @@ def removal(observed: Observed) -> Plan:
         result.delete(kinds.PROPAGATION_WORK, work, marked=released)
     if observed.credential_revision:
         result.purge(CREDENTIALS + name, observed.credential_revision)
+    if observed.certificates_revision:
+        result.purge(AGENT_CERTIFICATES + name, observed.certificates_revision)
     if FINALIZER in cluster.metadata.finalizers:
         released_cluster = kinds.MEMBER_CLUSTER.copy(cluster)
         released_cluster.metadata.finalizers.remove(FINALIZER)

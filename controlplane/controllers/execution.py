@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 
 from archipel import limits
 from archipel.core import kinds
-from archipel.core.errors import ArchipelError, FailedPrecondition
+from archipel.core.errors import ArchipelError, FailedPrecondition, PermissionDenied
 from archipel.core.names import CLUSTER_LABEL
 from archipel.v1alpha1 import agent_pb2, cluster_pb2, work_pb2
 from archipel.version import VERSION
@@ -73,6 +73,14 @@ class AgentSession:
         self.sent = 0
         self.deleted = 0
         self.unchanged = 0
+        # Answers to the agent's own requests (a renewed certificate), sent next.
+        self.outgoing: list[agent_pb2.ControlMessage] = []
+        # The renewal of the agent's certificate under way, if any.
+        self.renewing: asyncio.Task[None] | None = None
+
+    def push(self, message: agent_pb2.ControlMessage) -> None:
+        self.outgoing.append(message)
+        self._wakeup.set()
 
     def mark(self, name: str) -> None:
         self._dirty[name] = None
@@ -107,7 +115,7 @@ class AgentSession:
         while not self._dirty:
             if self.closed.is_set():
                 return None
-            if self.customizations_due:
+            if self.customizations_due or self.outgoing:
                 return ""
             self._wakeup.clear()
             try:
@@ -222,6 +230,14 @@ class ExecutionController:
             )
             self.close(session)
 
+    def revoke(self, cluster: str, message: str) -> None:
+        """The cluster's credentials were revoked (or the cluster deleted), on this
+        replica or another: end its stream here, saying so."""
+        session = self.sessions.get(cluster)
+        if session is not None:
+            session.fail(PermissionDenied(message))
+            self.close(session)
+
     def close(self, session: AgentSession) -> None:
         session.close()
         if self.sessions.get(session.cluster) is session:
@@ -285,6 +301,8 @@ class ExecutionController:
         if not pending:
             yield agent_pb2.ControlMessage(synced=resume)
         while True:
+            while session.outgoing:
+                yield session.outgoing.pop(0)
             if session.customizations_due:
                 session.customizations_due = False
                 yield self._customizations()
@@ -292,7 +310,7 @@ class ExecutionController:
             if first is None:
                 return
             if not first:
-                if not session.customizations_due:
+                if not session.customizations_due and not session.outgoing:
                     # Idle: a frozen or cut-off control plane says nothing at all, and
                     # its agent then moves to another replica.
                     yield agent_pb2.ControlMessage(keep_alive=agent_pb2.KeepAlive())

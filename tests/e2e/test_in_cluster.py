@@ -100,10 +100,22 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
     (account / "token").write_text(str(requested.status.token))
     (account / "ca.crt").write_bytes(member.ca_cert.read_bytes())
     (account / "namespace").write_text(namespace)
+    # The documented flow: a bootstrap token bound to the member; the agent registers,
+    # keeps its certificate in a Secret of its namespace (the Role must allow it), and
+    # streams over mutual TLS. The join token above stays unused.
+    api = plane.client()
+    bootstrap_token = api.create_token(ttl_seconds=600, cluster=member.name).token
+    api.close()
     credential = tmp_path / "credential"
     credential.mkdir()
-    (credential / "token").write_text(token)
-    for path in (account, credential):
+    (credential / "token").write_text(bootstrap_token)
+    ca = tmp_path / "ca"
+    ca.mkdir()
+    assert plane.ca_file is not None
+    (ca / "ca.crt").write_bytes(plane.ca_file.read_bytes())
+    (configmap,) = [o for o in objects if o["kind"] == "ConfigMap"]
+    assert configmap["data"]["ca.crt"] == plane.ca_file.read_text()
+    for path in (account, credential, ca):
         path.chmod(0o755)
         for item in path.iterdir():
             item.chmod(0o644)  # the image's user (10001) reads them, as a Secret mount
@@ -113,13 +125,16 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
         [
             "archipel-agent",
             f"--server={plane.address}",
-            "--token-file=/etc/archipel/credential/token",
+            f"--agent-server={plane.agent_address}",
+            f"--cluster={member.name}",
+            "--bootstrap-token-file=/etc/archipel/credential/token",
+            "--tls-ca-file=/etc/archipel/ca/ca.crt",
             f"--namespace={namespace}",
             # As the DaemonSet runs it: the Role must let it hold its Lease.
             "--leader-elect=true",
         ],
         log_path=tmp_path / "agent.log",
-        mounts={account: SA_PATH, credential: "/etc/archipel/credential"},
+        mounts={account: SA_PATH, credential: "/etc/archipel/credential", ca: "/etc/archipel/ca"},
         env={"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port},
     )
     agent.start()
@@ -189,6 +204,10 @@ def test_the_agent_runs_from_the_image_as_the_charts_service_account(
             f"archipel-agent-{member.name}", namespace
         )
         assert lease.spec.holder_identity
+        # Its identity is in its namespace too, written as the chart's ServiceAccount.
+        identity = core.read_namespaced_secret("archipel-agent-identity", namespace)
+        assert identity.type == "kubernetes.io/tls"
+        assert f"connected to {plane.agent_address}" in agent.process.log_path.read_text()
         # The chart's RBAC lets the agent watch the member's CRDs: one deleted there
         # leaves the cluster's apiEnablements within a few heartbeats (1 s here), where
         # discovery's every-tenth-heartbeat safety net alone would take up to 10 s.

@@ -272,7 +272,16 @@ def _grpcurl(
     credential = token if token is not None else pipeline.plane.admin_token
     headers = ["-H", f"authorization: Bearer {credential}"] if credential else []
     return subprocess.run(
-        [str(binary), "-plaintext", *headers, "-d", data, pipeline.plane.address, method],
+        [
+            str(binary),
+            "-cacert",
+            str(pipeline.plane.ca_file),
+            *headers,
+            "-d",
+            data,
+            pipeline.plane.address,
+            method,
+        ],
         capture_output=True,
         text=True,
         timeout=30,
@@ -284,12 +293,22 @@ def test_grpcurl_administration(pipeline: Pipeline) -> None:
     binary = str(tools.ensure("grpcurl").grpcurl)
     address = pipeline.plane.address
     listed = subprocess.run(
-        [binary, "-plaintext", address, "list"], capture_output=True, text=True, check=True
+        [binary, "-cacert", str(pipeline.plane.ca_file), address, "list"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "archipel.v1alpha1.PropagationPolicyService" in listed.stdout.split()
     assert "grpc.health.v1.Health" in listed.stdout.split()
     described = subprocess.run(
-        [binary, "-plaintext", address, "describe", "archipel.v1alpha1.ResourceTemplateService"],
+        [
+            binary,
+            "-cacert",
+            str(pipeline.plane.ca_file),
+            address,
+            "describe",
+            "archipel.v1alpha1.ResourceTemplateService",
+        ],
         capture_output=True,
         text=True,
         check=True,
@@ -299,7 +318,8 @@ def test_grpcurl_administration(pipeline: Pipeline) -> None:
     got = subprocess.run(
         [
             binary,
-            "-plaintext",
+            "-cacert",
+            str(pipeline.plane.ca_file),
             "-H",
             f"authorization: Bearer {token}",
             "-d",
@@ -313,7 +333,7 @@ def test_grpcurl_administration(pipeline: Pipeline) -> None:
     )
     assert json.loads(got.stdout)["metadata"]["name"] == "member1"
     health = subprocess.run(
-        [binary, "-plaintext", address, "grpc.health.v1.Health/Check"],
+        [binary, "-cacert", str(pipeline.plane.ca_file), address, "grpc.health.v1.Health/Check"],
         capture_output=True,
         text=True,
         check=True,
@@ -367,7 +387,7 @@ def test_bad_input_is_refused_and_nothing_is_stored(pipeline: Pipeline, tmp_path
 
 def test_an_agent_cannot_ask_for_another_clusters_works(pipeline: Pipeline) -> None:
     token = (pipeline.directory / "agents" / "member1.token").read_text().strip()
-    with grpc.insecure_channel(pipeline.plane.address) as channel:
+    with pipeline.plane.channel() as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         hello = agent_pb2.AgentMessage(hello=agent_pb2.Hello(cluster="member2"))
         stream = stub.Connect(
@@ -585,7 +605,7 @@ def test_a_stuck_agent_does_not_hold_up_the_others(pipeline: Pipeline, namespace
     finally:
         api.close()
     stuck = joined.metadata.name
-    with grpc.insecure_channel(pipeline.plane.address) as channel:
+    with pipeline.plane.channel() as channel:
         stub = agent_pb2_grpc.AgentServiceStub(channel)
         hello = agent_pb2.AgentMessage(hello=agent_pb2.Hello(cluster=stuck))
         stream = stub.Connect(iter([hello]), metadata=(("authorization", f"Bearer {token}"),))

@@ -35,8 +35,8 @@ class Api:
 
     def __init__(self, plane: ControlPlaneProcess) -> None:
         self.plane = plane
-        self.channel = grpc.aio.insecure_channel(
-            plane.address, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self.channel = plane.aio_channel(
+            options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         )
         self.metadata = (("authorization", f"Bearer {plane.admin_token}"),)
         self.templates = service_pb2_grpc.ResourceTemplateServiceStub(self.channel)
@@ -162,11 +162,30 @@ class RawAgent:
     wait on flow control. What is in the outbox still goes out.
     """
 
-    def __init__(self, plane: ControlPlaneProcess, cluster: str, token: str) -> None:
-        self.channel = grpc.aio.insecure_channel(
-            plane.address,
-            options=[("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES)],
-        )
+    def __init__(
+        self,
+        plane: ControlPlaneProcess,
+        cluster: str,
+        token: str = "",
+        *,
+        certificate: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        """``token`` is a join token, sent as the bearer credential on the API port;
+        ``certificate`` (key, certificate; PEM) opens the stream on the mutual-TLS agent
+        port instead."""
+        options = [("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES)]
+        if certificate is None:
+            self.channel = plane.aio_channel(options=options)
+        else:
+            assert plane.ca_file is not None
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=plane.ca_file.read_bytes(),
+                private_key=certificate[0],
+                certificate_chain=certificate[1],
+            )
+            self.channel = grpc.aio.secure_channel(
+                plane.agent_address, credentials, options=options
+            )
         self.cluster = cluster
         self.token = token
         self.outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
@@ -193,7 +212,8 @@ class RawAgent:
             if isinstance(opening, agent_pb2.Hello)
             else self._verbatim(opening)
         )
-        return stub.Connect(outgoing, metadata=(("authorization", f"Bearer {self.token}"),))
+        metadata = (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return stub.Connect(outgoing, metadata=metadata)
 
     async def _verbatim(
         self, opening: Sequence[agent_pb2.AgentMessage]

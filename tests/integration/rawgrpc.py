@@ -31,17 +31,18 @@ class Answer:
 
 
 class RawApi:
-    """A channel to a control plane, with the admin credential on every call."""
+    """A channel to a control plane, with the admin credential (or ``token``) on every
+    call."""
 
-    def __init__(self, address: str, token: str) -> None:
-        self.channel = grpc.insecure_channel(
-            address,
+    def __init__(self, plane: ControlPlaneProcess, *, token: str | None = None) -> None:
+        self.channel = plane.channel(
             options=[
                 ("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ],
         )
-        self.metadata = (("authorization", f"Bearer {token}"),)
+        token = plane.admin_token if token is None else token
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
 
     def close(self) -> None:
         self.channel.close()
@@ -90,7 +91,7 @@ def start_plane(root: Path, *, prefix: str = "/archipel/") -> Iterator[Plane]:
     )
     try:
         process.start()
-        api = RawApi(process.address, process.admin_token)
+        api = RawApi(process)
         try:
             yield Plane(etcd, process, api)
         finally:

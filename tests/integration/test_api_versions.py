@@ -27,9 +27,7 @@ pytestmark = pytest.mark.servers
 
 @pytest.fixture
 def channel(plane: ControlPlaneProcess) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(
-        plane.address, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]
-    ) as opened:
+    with plane.channel(options=[("grpc.max_send_message_length", 64 * 1024 * 1024)]) as opened:
         yield opened
 
 

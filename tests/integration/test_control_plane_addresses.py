@@ -4,6 +4,7 @@ retry, not a failure. (The agent's side: tests/e2e/test_agent_addresses_e2e.py.)
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ def nowhere() -> str:
 def test_the_client_moves_on_from_an_address_that_does_not_answer(
     plane: ControlPlaneProcess,
 ) -> None:
-    client = Client(Config(server=f"{nowhere()},{plane.address}", token=plane.admin_token))
+    client = Client(dataclasses.replace(plane.config(), server=f"{nowhere()},{plane.address}"))
     try:
         assert client.version().version
         # It stays with the one that answered: the next call goes straight there.
@@ -46,6 +47,7 @@ def test_the_cli_takes_several_servers(
 ) -> None:
     monkeypatch.setenv("ARCHIPEL_CONFIG", str(tmp_path / "absent.yaml"))
     monkeypatch.setenv("ARCHIPEL_TOKEN", plane.admin_token)
+    monkeypatch.setenv("ARCHIPEL_TLS_CA_FILE", str(plane.ca_file))
     monkeypatch.delenv("ARCHIPEL_SERVER", raising=False)
     servers = [nowhere(), plane.address]
     flags = (
@@ -62,7 +64,10 @@ def test_the_cli_config_file_takes_a_list_of_servers(
 ) -> None:
     down = nowhere()
     config = tmp_path / "archipel.yaml"
-    config.write_text(f"server:\n- {down}\n- {plane.address}\ntokenFile: {plane.token_file}\n")
+    config.write_text(
+        f"server:\n- {down}\n- {plane.address}\ntokenFile: {plane.token_file}\n"
+        f"tlsCaFile: {plane.ca_file}\n"
+    )
     monkeypatch.delenv("ARCHIPEL_SERVER", raising=False)
     monkeypatch.delenv("ARCHIPEL_TOKEN", raising=False)
     loaded = Config.load(config)

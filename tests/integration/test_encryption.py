@@ -237,7 +237,7 @@ def test_the_storage_service_is_served_listed_healthy_and_admin_only(
     plane: ControlPlaneProcess,
 ) -> None:
     service = "archipel.v1alpha2.StorageAdminService"
-    with grpc.insecure_channel(plane.address) as channel:
+    with plane.channel() as channel:
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         (answer,) = reflection.ServerReflectionInfo(
             iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=30

@@ -13,7 +13,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import grpc
 import pytest
 
 from archipel.fleet.controlplane import ControlPlaneProcess
@@ -44,7 +43,7 @@ def go() -> str:
 
 
 def join(plane: ControlPlaneProcess, name: str) -> None:
-    with grpc.insecure_channel(plane.address) as channel:
+    with plane.channel() as channel:
         service_pb2_grpc.ClusterAdminServiceStub(channel).Join(
             service_pb2.JoinRequest(name=name),
             metadata=(("authorization", f"Bearer {plane.admin_token}"),),
@@ -65,6 +64,7 @@ def test_the_example_propagates_a_config_map(
             str(example),
             f"--server={plane.address}",
             f"--token-file={plane.token_file}",
+            f"--ca-file={plane.ca_file}",
             "--name=greeting",
             "--namespace=go-client",
             "--cluster=go-member",

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.servers
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "grpcurl.md"
 GUIDE_ADDRESS = "127.0.0.1:7443"
 TOKEN_FILE = Path(".local") / "admin-token"
+CA_FILE = Path(".local") / "pki" / "ca" / "ca.crt"
 WATCH_MARK = "# ends after 3 s"
 # grpcurl exits with 64 + the gRPC status code; DEADLINE_EXCEEDED is 4.
 DEADLINE_EXIT = 64 + 4
@@ -114,6 +115,9 @@ def test_the_guide_is_a_session_with_expectations() -> None:
     setup = steps[0].block.code
     assert f"export ARCHIPEL={GUIDE_ADDRESS}" in setup
     assert f"export TOKEN=$(cat {TOKEN_FILE})" in setup
+    assert f"export CA={CA_FILE}" in setup
+    # TLS throughout: the guide never teaches plaintext.
+    assert not [step.block.line for step in steps if "-plaintext" in step.block.code]
     expected = {line for step in steps for line in step.expected}
     # What the guide promises the reader, at the least.
     for promise in (
@@ -148,6 +152,9 @@ def test_every_command_of_the_guide_runs(plane: ControlPlaneProcess, tmp_path: P
     session = tmp_path / "session"
     (session / TOKEN_FILE).parent.mkdir(parents=True)
     (session / TOKEN_FILE).symlink_to(plane.token_file)
+    assert plane.ca_file is not None
+    (session / CA_FILE).parent.mkdir(parents=True)
+    (session / CA_FILE).symlink_to(plane.ca_file)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "grpcurl").symlink_to(tools.ensure("grpcurl").grpcurl)

@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from archipel.core import kinds
+from archipel.fleet.controlplane import open_aio_channel
 from archipel.fleet.etcd import EtcdServer
 from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc, cluster_pb2
 from controlplane import metrics
@@ -33,6 +34,7 @@ def _settings(etcd_server: EtcdServer, tmp_path: Path) -> Settings:
         etcd_prefix=f"/supervision-{uuid.uuid4().hex[:8]}/",
         listen="127.0.0.1:0",
         admin_token_file=tmp_path / "admin-token",
+        pki_dir=tmp_path / "pki",
     )
 
 
@@ -136,7 +138,9 @@ async def test_a_session_that_fails_ends_alone_and_loudly(
         while True:
             yield await outbox.get()
 
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
+    async with open_aio_channel(
+        f"127.0.0.1:{plane.port}", tmp_path / "pki" / "ca" / "ca.crt"
+    ) as channel:
         call = agent_pb2_grpc.AgentServiceStub(channel).Connect(
             outgoing(), metadata=[("authorization", f"Bearer {token}")]
         )

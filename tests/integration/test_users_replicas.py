@@ -4,6 +4,7 @@ served, and ``archipel audit`` reads them all."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from archipel.client import Client, ClientError, Config
+from archipel.client import Client, ClientError
 from archipel.fleet.controlplane import ControlPlaneReplicas
 from archipel.fleet.etcd import EtcdServer
 
@@ -47,11 +48,11 @@ def _refused_within(client: Client, seconds: float) -> grpc.StatusCode | None:
 def test_a_user_made_on_one_replica_is_known_to_the_other(
     replicas: ControlPlaneReplicas,
 ) -> None:
-    first = Client(Config(replicas[0].address, replicas.admin_token))
+    first = replicas[0].client()
     try:
         _, token = first.create_user("roaming", "viewer")
         # Straight to the other replica, before its watch may have delivered the user.
-        other = Client(Config(replicas[1].address, token))
+        other = Client(dataclasses.replace(replicas[1].config(), token=token))
         try:
             assert other.version().version
             assert first.delete_user("roaming")
@@ -63,10 +64,10 @@ def test_a_user_made_on_one_replica_is_known_to_the_other(
 
 
 def test_audit_reads_every_replica(replicas: ControlPlaneReplicas) -> None:
-    both = Client(Config(replicas.server, replicas.admin_token))
+    both = replicas.client()
     try:
         for index in range(2):
-            single = Client(Config(replicas[index].address, replicas.admin_token))
+            single = replicas[index].client()
             try:
                 single.create_user(f"made-on-{index}", "viewer")
             finally:

@@ -44,7 +44,7 @@ def test_archipel_version_names_the_cli_and_the_control_plane(
 
 
 def test_the_version_needs_the_admin_token(plane: ControlPlaneProcess) -> None:
-    with grpc.insecure_channel(plane.address) as channel:
+    with plane.channel() as channel:
         stub = service_pb2_grpc.InfoServiceStub(channel)
         with pytest.raises(grpc.RpcError) as refused:
             stub.GetVersion(service_pb2.GetVersionRequest())

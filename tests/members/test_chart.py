@@ -55,6 +55,25 @@ INSTALLS: dict[str, tuple[dict[str, str], set[str]]] = {
             "DaemonSet",
         },
     ),
+    "agent registering with a bootstrap token, with its CA": (
+        {
+            "agent.enabled": "true",
+            "agent.server": "cp.example.com:7443",
+            "agent.cluster": "m1",
+            "agent.bootstrapToken": "abcdef.0123456789abcdef",
+            "agent.ca": "-----BEGIN CERTIFICATE-----",
+        },
+        {
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "DaemonSet",
+        },
+    ),
     "agent, scoped to two namespaces, with a CA": (
         {
             **AGENT,
@@ -215,6 +234,14 @@ def test_join_print_manifests_says_what_the_chart_renders() -> None:
     assert sorted(map(str, map(_comparable, printed[1:]))) == sorted(
         map(str, map(_comparable, rendered))
     )
+    # With the control plane's CA bundle: a ConfigMap, mounted, and the agent told.
+    ca = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+    printed = agent_manifests(server="cp.example.com:7443", token="m1.s3cr3t", ca=ca.encode())
+    rendered = render({**AGENT, "agent.ca": ca}, "archipel-system")
+    assert sorted(map(str, map(_comparable, printed[1:]))) == sorted(
+        map(str, map(_comparable, rendered))
+    )
+    assert "ConfigMap" in {document["kind"] for document in printed}
 
 
 @pytest.mark.parametrize("default_taints", ["true", "false"])
@@ -250,6 +277,15 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
     }
     assert pod_name in container["env"]
     assert (settings.shards, settings.shard_lease_seconds) == (64, 10)
+    # TLS with the CA Secret the chart made, for the Service's names; agents' port.
+    assert not settings.insecure
+    assert str(settings.pki_dir) == "/etc/archipel/pki"
+    assert "archipel-controlplane.archipel-system.svc" in settings.tls_sans
+    assert settings.agent_listen == "0.0.0.0:7444"
+    kinds = {(d["kind"], d["metadata"]["name"]) for d in documents}
+    assert ("Secret", "archipel-controlplane-ca") in kinds
+    (ca_secret,) = [d for d in documents if d["metadata"]["name"] == "archipel-controlplane-ca"]
+    assert set(ca_secret["data"]) == {"ca.crt", "ca.key"}
     assert settings.failover_grace_period == 120
     assert settings.default_failover_taints == (default_taints == "true")
     assert [p.pattern for p in settings.skipped_propagating_namespaces] == [
@@ -318,3 +354,41 @@ def test_the_agents_arguments_are_ones_it_takes(leader_elect: str) -> None:
     env = {item["name"]: item for item in container["env"]}
     # Each pod's name is its identity in the Lease.
     assert env["ARCHIPEL_POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+
+
+def test_an_agent_that_registers_is_given_a_file_never_a_flag() -> None:
+    """The bootstrap flow: the token in a Secret mounted as a file (a flag's value is in
+    every process listing), the cluster it registers, and the right to keep its identity
+    Secret."""
+    from agent.main import parse_args
+
+    documents = render(
+        {
+            "agent.enabled": "true",
+            "agent.server": "cp.example.com:7443",
+            "agent.cluster": "m1",
+            "agent.bootstrapToken": "abcdef.0123456789abcdef",
+        },
+        "archipel-system",
+    )
+    (daemon_set,) = [d for d in documents if d["kind"] == "DaemonSet"]
+    (container,) = daemon_set["spec"]["template"]["spec"]["containers"]
+    assert not [a for a in container["args"] if "0123456789abcdef" in a]
+    args = parse_args(container["args"])
+    assert str(args.bootstrap_token_file) == "/etc/archipel/bootstrap/token"
+    assert args.token_file is None and args.cluster == "m1"
+    (secret,) = [d for d in documents if d["metadata"]["name"] == "archipel-agent-bootstrap"]
+    assert secret["stringData"] == {"token": "abcdef.0123456789abcdef"}
+    (role,) = [d for d in documents if d["kind"] == "Role"]
+    assert {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update"]} in (
+        role["rules"]
+    )
+    missing = helm(
+        "template",
+        "archipel",
+        str(CHART),
+        "--set=agent.enabled=true",
+        "--set=agent.server=cp:7443",
+        "--set=agent.bootstrapToken=abcdef.0123456789abcdef",
+    )
+    assert missing.returncode != 0 and "agent.cluster" in missing.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from archipel import pki
 from archipel.client import Config
 from archipel.fleet.controlplane import ControlPlaneReplicas, ensure_encryption_config, rotated
 
@@ -53,10 +54,14 @@ def test_replicas_share_the_token_file_and_keep_their_own_logs_and_ports(tmp_pat
 def test_the_cli_config_names_every_replica(tmp_path: Path) -> None:
     plane = ControlPlaneReplicas(2, etcd_endpoint="127.0.0.1:2379", directory=tmp_path)
     (tmp_path / "admin-token").write_text("secret\n")
+    # The CA the replicas share, as the first of them creates it.
+    pki.ensure_ca(tmp_path / "pki", common_name="test")
     plane.write_cli_config(tmp_path / "archipel.yaml")
     config = Config.load(tmp_path / "archipel.yaml")
     assert config.servers == plane.addresses
     assert config.token == "secret"
+    assert config.tls_ca == (tmp_path / "pki" / "ca" / "ca.crt").read_bytes()
+    assert not config.insecure
 
 
 def test_replicas_share_one_encryption_configuration_made_once(tmp_path: Path) -> None:

@@ -39,6 +39,10 @@ resources:
       - identity: {}
 {{- end }}
 
+{{- define "archipel.caSecret" -}}
+{{ .Values.controlPlane.tls.caSecretName | default (printf "%s-ca" (include "archipel.controlPlane" .)) }}
+{{- end }}
+
 {{- define "archipel.agentSecret" -}}
 {{ .Values.agent.existingSecret | default (printf "%s-credential" (include "archipel.agent" .)) }}
 {{- end }}

@@ -1,14 +1,15 @@
 // Propagates a ConfigMap to one member cluster through Archipel's API:
 //
-//   node dist/example.js --server HOST:PORT --token-file FILE \
+//   node dist/example.js --server HOST:PORT --token-file FILE --ca-file CA \
 //       --name NAME --namespace NAMESPACE --cluster CLUSTER [--timeout SECONDS]
 //
 // It applies the ConfigMap as a resource template, applies a PropagationPolicy that
 // places it on CLUSTER (tolerating every taint, so that a cluster whose agent has not
 // connected yet qualifies), watches the template's PropagationBinding until it is
 // Scheduled, and lists the member clusters, through the services of archipel.v1alpha2
-// (which carry the objects of archipel.v1alpha1). Plaintext gRPC; the admin token goes
-// in the "authorization: Bearer <token>" metadata of every call.
+// (which carry the objects of archipel.v1alpha1). TLS, trusting the control plane's CA
+// (--ca-file; the system's roots without it); the admin token goes in the
+// "authorization: Bearer <token>" metadata of every call.
 import { readFileSync } from "node:fs";
 import { parseArgs } from "node:util";
 import { credentials, status, type ServiceError } from "@grpc/grpc-js";
@@ -36,6 +37,7 @@ const { values: args } = parseArgs({
   options: {
     server: { type: "string" },
     "token-file": { type: "string" },
+    "ca-file": { type: "string" },
     name: { type: "string" },
     namespace: { type: "string" },
     cluster: { type: "string" },
@@ -64,12 +66,13 @@ const clusterName = required("cluster");
 const token = readFileSync(required("token-file"), "utf8").trim();
 const timeoutSeconds = Number(args.timeout);
 const metadata = bearer(token);
-const plaintext = credentials.createInsecure();
+const caFile = args["ca-file"];
+const tls = credentials.createSsl(caFile ? readFileSync(caFile) : null);
 
-const templates = new ResourceTemplateServiceClient(server, plaintext);
-const policies = new PropagationPolicyServiceClient(server, plaintext);
-const bindings = new PropagationBindingServiceClient(server, plaintext);
-const clusters = new MemberClusterServiceClient(server, plaintext);
+const templates = new ResourceTemplateServiceClient(server, tls);
+const policies = new PropagationPolicyServiceClient(server, tls);
+const bindings = new PropagationBindingServiceClient(server, tls);
+const clusters = new MemberClusterServiceClient(server, tls);
 
 function closeAll(): void {
   for (const client of [templates, policies, bindings, clusters]) {

@@ -13,6 +13,8 @@ export * as work from "./gen/archipel/v1alpha1/work.js";
 // (PropagationPolicyServiceApplyRequest {object} -> PropagationPolicyServiceApplyResponse
 // {object}, ...), and watch events typed by the EventType enum.
 export * as service from "./gen/archipel/v1alpha2/service.js";
+// Bootstrap tokens, agents' certificate signing requests and their registration.
+export * as registration from "./gen/archipel/v1alpha2/registration.js";
 // The first version of the services (archipel.v1alpha1), still served for existing
 // callers: shared GetRequest/ListRequest/WatchRequest, objects as Apply's request and
 // Get's response, event types as strings.

@@ -666,6 +666,7 @@ type AgentMessage struct {
 	//	*AgentMessage_Heartbeat
 	//	*AgentMessage_Batch
 	//	*AgentMessage_HeldWorks
+	//	*AgentMessage_Renewal
 	Message       isAgentMessage_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -771,6 +772,15 @@ func (x *AgentMessage) GetHeldWorks() *HeldWorks {
 	return nil
 }
 
+func (x *AgentMessage) GetRenewal() *CertificateRenewal {
+	if x != nil {
+		if x, ok := x.Message.(*AgentMessage_Renewal); ok {
+			return x.Renewal
+		}
+	}
+	return nil
+}
+
 type isAgentMessage_Message interface {
 	isAgentMessage_Message()
 }
@@ -810,6 +820,11 @@ type AgentMessage_HeldWorks struct {
 	HeldWorks *HeldWorks `protobuf:"bytes,7,opt,name=held_works,json=heldWorks,proto3,oneof"`
 }
 
+type AgentMessage_Renewal struct {
+	// A request for a new client certificate, before the current one expires.
+	Renewal *CertificateRenewal `protobuf:"bytes,8,opt,name=renewal,proto3,oneof"`
+}
+
 func (*AgentMessage_Hello) isAgentMessage_Message() {}
 
 func (*AgentMessage_Ack) isAgentMessage_Message() {}
@@ -823,6 +838,121 @@ func (*AgentMessage_Heartbeat) isAgentMessage_Message() {}
 func (*AgentMessage_Batch) isAgentMessage_Message() {}
 
 func (*AgentMessage_HeldWorks) isAgentMessage_Message() {}
+
+func (*AgentMessage_Renewal) isAgentMessage_Message() {}
+
+// An agent renewing its client certificate on the open stream (the stream stays up;
+// the new certificate is for the next connection).
+type CertificateRenewal struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A certificate signing request, PEM, for a new key of the agent's: the same subject
+	// as the certificate the stream was opened with.
+	Csr           string `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CertificateRenewal) Reset() {
+	*x = CertificateRenewal{}
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CertificateRenewal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CertificateRenewal) ProtoMessage() {}
+
+func (x *CertificateRenewal) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CertificateRenewal.ProtoReflect.Descriptor instead.
+func (*CertificateRenewal) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *CertificateRenewal) GetCsr() string {
+	if x != nil {
+		return x.Csr
+	}
+	return ""
+}
+
+// The answer to a CertificateRenewal.
+type RenewedCertificate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The signed certificate, PEM; empty when the renewal was refused.
+	Certificate string `protobuf:"bytes,1,opt,name=certificate,proto3" json:"certificate,omitempty"`
+	// The CA bundle, PEM.
+	Ca string `protobuf:"bytes,2,opt,name=ca,proto3" json:"ca,omitempty"`
+	// Why the renewal was refused (the stream was not opened with a certificate, or the
+	// request is invalid); empty on success.
+	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RenewedCertificate) Reset() {
+	*x = RenewedCertificate{}
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RenewedCertificate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RenewedCertificate) ProtoMessage() {}
+
+func (x *RenewedCertificate) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RenewedCertificate.ProtoReflect.Descriptor instead.
+func (*RenewedCertificate) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *RenewedCertificate) GetCertificate() string {
+	if x != nil {
+		return x.Certificate
+	}
+	return ""
+}
+
+func (x *RenewedCertificate) GetCa() string {
+	if x != nil {
+		return x.Ca
+	}
+	return ""
+}
+
+func (x *RenewedCertificate) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
 
 // The control plane's first message: the session has begun.
 type Welcome struct {
@@ -844,7 +974,7 @@ type Welcome struct {
 
 func (x *Welcome) Reset() {
 	*x = Welcome{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[9]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +986,7 @@ func (x *Welcome) String() string {
 func (*Welcome) ProtoMessage() {}
 
 func (x *Welcome) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[9]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +999,7 @@ func (x *Welcome) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Welcome.ProtoReflect.Descriptor instead.
 func (*Welcome) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{9}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Welcome) GetSession() string {
@@ -909,7 +1039,7 @@ type KeepAlive struct {
 
 func (x *KeepAlive) Reset() {
 	*x = KeepAlive{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[10]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -921,7 +1051,7 @@ func (x *KeepAlive) String() string {
 func (*KeepAlive) ProtoMessage() {}
 
 func (x *KeepAlive) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[10]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -934,7 +1064,7 @@ func (x *KeepAlive) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeepAlive.ProtoReflect.Descriptor instead.
 func (*KeepAlive) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{10}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 // Delete a work, and its objects from the member.
@@ -952,7 +1082,7 @@ type WorkDelete struct {
 
 func (x *WorkDelete) Reset() {
 	*x = WorkDelete{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[11]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1094,7 @@ func (x *WorkDelete) String() string {
 func (*WorkDelete) ProtoMessage() {}
 
 func (x *WorkDelete) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[11]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1107,7 @@ func (x *WorkDelete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkDelete.ProtoReflect.Descriptor instead.
 func (*WorkDelete) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{11}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *WorkDelete) GetName() string {
@@ -1016,7 +1146,7 @@ type SyncComplete struct {
 
 func (x *SyncComplete) Reset() {
 	*x = SyncComplete{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[12]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1158,7 @@ func (x *SyncComplete) String() string {
 func (*SyncComplete) ProtoMessage() {}
 
 func (x *SyncComplete) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[12]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1171,7 @@ func (x *SyncComplete) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncComplete.ProtoReflect.Descriptor instead.
 func (*SyncComplete) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{12}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SyncComplete) GetSent() int32 {
@@ -1078,7 +1208,7 @@ type WorkBatch struct {
 
 func (x *WorkBatch) Reset() {
 	*x = WorkBatch{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[13]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1220,7 @@ func (x *WorkBatch) String() string {
 func (*WorkBatch) ProtoMessage() {}
 
 func (x *WorkBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[13]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1233,7 @@ func (x *WorkBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WorkBatch.ProtoReflect.Descriptor instead.
 func (*WorkBatch) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{13}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *WorkBatch) GetWorks() []*PropagationWork {
@@ -1132,7 +1262,7 @@ type InterpreterCustomizations struct {
 
 func (x *InterpreterCustomizations) Reset() {
 	*x = InterpreterCustomizations{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[14]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1274,7 @@ func (x *InterpreterCustomizations) String() string {
 func (*InterpreterCustomizations) ProtoMessage() {}
 
 func (x *InterpreterCustomizations) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[14]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1287,7 @@ func (x *InterpreterCustomizations) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InterpreterCustomizations.ProtoReflect.Descriptor instead.
 func (*InterpreterCustomizations) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{14}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *InterpreterCustomizations) GetItems() []*ResourceInterpreterCustomization {
@@ -1181,6 +1311,7 @@ type ControlMessage struct {
 	//	*ControlMessage_Batch
 	//	*ControlMessage_Customizations
 	//	*ControlMessage_KeepAlive
+	//	*ControlMessage_Certificate
 	Message       isControlMessage_Message `protobuf_oneof:"message"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1188,7 +1319,7 @@ type ControlMessage struct {
 
 func (x *ControlMessage) Reset() {
 	*x = ControlMessage{}
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[15]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1331,7 @@ func (x *ControlMessage) String() string {
 func (*ControlMessage) ProtoMessage() {}
 
 func (x *ControlMessage) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[15]
+	mi := &file_archipel_v1alpha1_agent_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1344,7 @@ func (x *ControlMessage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ControlMessage.ProtoReflect.Descriptor instead.
 func (*ControlMessage) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{15}
+	return file_archipel_v1alpha1_agent_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ControlMessage) GetMessage() isControlMessage_Message {
@@ -1286,6 +1417,15 @@ func (x *ControlMessage) GetKeepAlive() *KeepAlive {
 	return nil
 }
 
+func (x *ControlMessage) GetCertificate() *RenewedCertificate {
+	if x != nil {
+		if x, ok := x.Message.(*ControlMessage_Certificate); ok {
+			return x.Certificate
+		}
+	}
+	return nil
+}
+
 type isControlMessage_Message interface {
 	isControlMessage_Message()
 }
@@ -1325,6 +1465,11 @@ type ControlMessage_KeepAlive struct {
 	KeepAlive *KeepAlive `protobuf:"bytes,7,opt,name=keep_alive,json=keepAlive,proto3,oneof"`
 }
 
+type ControlMessage_Certificate struct {
+	// The answer to the agent's CertificateRenewal.
+	Certificate *RenewedCertificate `protobuf:"bytes,8,opt,name=certificate,proto3,oneof"`
+}
+
 func (*ControlMessage_Welcome) isControlMessage_Message() {}
 
 func (*ControlMessage_Work) isControlMessage_Message() {}
@@ -1338,6 +1483,8 @@ func (*ControlMessage_Batch) isControlMessage_Message() {}
 func (*ControlMessage_Customizations) isControlMessage_Message() {}
 
 func (*ControlMessage_KeepAlive) isControlMessage_Message() {}
+
+func (*ControlMessage_Certificate) isControlMessage_Message() {}
 
 var File_archipel_v1alpha1_agent_proto protoreflect.FileDescriptor
 
@@ -1394,7 +1541,7 @@ const file_archipel_v1alpha1_agent_proto_rawDesc = "" +
 	"AgentBatch\x12.\n" +
 	"\x04acks\x18\x01 \x03(\v2\x1a.archipel.v1alpha1.WorkAckR\x04acks\x12?\n" +
 	"\bstatuses\x18\x02 \x03(\v2#.archipel.v1alpha1.WorkStatusReportR\bstatuses\x128\n" +
-	"\adeleted\x18\x03 \x03(\v2\x1e.archipel.v1alpha1.WorkDeletedR\adeleted\"\xaa\x03\n" +
+	"\adeleted\x18\x03 \x03(\v2\x1e.archipel.v1alpha1.WorkDeletedR\adeleted\"\xed\x03\n" +
 	"\fAgentMessage\x120\n" +
 	"\x05hello\x18\x01 \x01(\v2\x18.archipel.v1alpha1.HelloH\x00R\x05hello\x12.\n" +
 	"\x03ack\x18\x02 \x01(\v2\x1a.archipel.v1alpha1.WorkAckH\x00R\x03ack\x12=\n" +
@@ -1403,8 +1550,15 @@ const file_archipel_v1alpha1_agent_proto_rawDesc = "" +
 	"\theartbeat\x18\x05 \x01(\v2\x1c.archipel.v1alpha1.HeartbeatH\x00R\theartbeat\x125\n" +
 	"\x05batch\x18\x06 \x01(\v2\x1d.archipel.v1alpha1.AgentBatchH\x00R\x05batch\x12=\n" +
 	"\n" +
-	"held_works\x18\a \x01(\v2\x1c.archipel.v1alpha1.HeldWorksH\x00R\theldWorksB\t\n" +
-	"\amessage\"\xc3\x01\n" +
+	"held_works\x18\a \x01(\v2\x1c.archipel.v1alpha1.HeldWorksH\x00R\theldWorks\x12A\n" +
+	"\arenewal\x18\b \x01(\v2%.archipel.v1alpha1.CertificateRenewalH\x00R\arenewalB\t\n" +
+	"\amessage\"&\n" +
+	"\x12CertificateRenewal\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\tR\x03csr\"\\\n" +
+	"\x12RenewedCertificate\x12 \n" +
+	"\vcertificate\x18\x01 \x01(\tR\vcertificate\x12\x0e\n" +
+	"\x02ca\x18\x02 \x01(\tR\x02ca\x12\x14\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\"\xc3\x01\n" +
 	"\aWelcome\x12\x18\n" +
 	"\asession\x18\x01 \x01(\tR\asession\x12<\n" +
 	"\x1aheartbeat_interval_seconds\x18\x02 \x01(\x05R\x18heartbeatIntervalSeconds\x122\n" +
@@ -1424,7 +1578,7 @@ const file_archipel_v1alpha1_agent_proto_rawDesc = "" +
 	"\x05works\x18\x01 \x03(\v2\".archipel.v1alpha1.PropagationWorkR\x05works\x127\n" +
 	"\adeletes\x18\x02 \x03(\v2\x1d.archipel.v1alpha1.WorkDeleteR\adeletes\"f\n" +
 	"\x19InterpreterCustomizations\x12I\n" +
-	"\x05items\x18\x01 \x03(\v23.archipel.v1alpha1.ResourceInterpreterCustomizationR\x05items\"\xce\x03\n" +
+	"\x05items\x18\x01 \x03(\v23.archipel.v1alpha1.ResourceInterpreterCustomizationR\x05items\"\x99\x04\n" +
 	"\x0eControlMessage\x126\n" +
 	"\awelcome\x18\x01 \x01(\v2\x1a.archipel.v1alpha1.WelcomeH\x00R\awelcome\x128\n" +
 	"\x04work\x18\x02 \x01(\v2\".archipel.v1alpha1.PropagationWorkH\x00R\x04work\x127\n" +
@@ -1433,7 +1587,8 @@ const file_archipel_v1alpha1_agent_proto_rawDesc = "" +
 	"\x05batch\x18\x05 \x01(\v2\x1c.archipel.v1alpha1.WorkBatchH\x00R\x05batch\x12V\n" +
 	"\x0ecustomizations\x18\x06 \x01(\v2,.archipel.v1alpha1.InterpreterCustomizationsH\x00R\x0ecustomizations\x12=\n" +
 	"\n" +
-	"keep_alive\x18\a \x01(\v2\x1c.archipel.v1alpha1.KeepAliveH\x00R\tkeepAliveB\t\n" +
+	"keep_alive\x18\a \x01(\v2\x1c.archipel.v1alpha1.KeepAliveH\x00R\tkeepAlive\x12I\n" +
+	"\vcertificate\x18\b \x01(\v2%.archipel.v1alpha1.RenewedCertificateH\x00R\vcertificateB\t\n" +
 	"\amessage2a\n" +
 	"\fAgentService\x12Q\n" +
 	"\aConnect\x12\x1f.archipel.v1alpha1.AgentMessage\x1a!.archipel.v1alpha1.ControlMessage(\x010\x01B\xd7\x01\n" +
@@ -1452,7 +1607,7 @@ func file_archipel_v1alpha1_agent_proto_rawDescGZIP() []byte {
 	return file_archipel_v1alpha1_agent_proto_rawDescData
 }
 
-var file_archipel_v1alpha1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_archipel_v1alpha1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_archipel_v1alpha1_agent_proto_goTypes = []any{
 	(*HeldWork)(nil),                         // 0: archipel.v1alpha1.HeldWork
 	(*Hello)(nil),                            // 1: archipel.v1alpha1.Hello
@@ -1463,27 +1618,29 @@ var file_archipel_v1alpha1_agent_proto_goTypes = []any{
 	(*Heartbeat)(nil),                        // 6: archipel.v1alpha1.Heartbeat
 	(*AgentBatch)(nil),                       // 7: archipel.v1alpha1.AgentBatch
 	(*AgentMessage)(nil),                     // 8: archipel.v1alpha1.AgentMessage
-	(*Welcome)(nil),                          // 9: archipel.v1alpha1.Welcome
-	(*KeepAlive)(nil),                        // 10: archipel.v1alpha1.KeepAlive
-	(*WorkDelete)(nil),                       // 11: archipel.v1alpha1.WorkDelete
-	(*SyncComplete)(nil),                     // 12: archipel.v1alpha1.SyncComplete
-	(*WorkBatch)(nil),                        // 13: archipel.v1alpha1.WorkBatch
-	(*InterpreterCustomizations)(nil),        // 14: archipel.v1alpha1.InterpreterCustomizations
-	(*ControlMessage)(nil),                   // 15: archipel.v1alpha1.ControlMessage
-	(*ManifestStatus)(nil),                   // 16: archipel.v1alpha1.ManifestStatus
-	(*APIEnablement)(nil),                    // 17: archipel.v1alpha1.APIEnablement
-	(*NodeSummary)(nil),                      // 18: archipel.v1alpha1.NodeSummary
-	(*ResourceSummary)(nil),                  // 19: archipel.v1alpha1.ResourceSummary
-	(*PropagationWork)(nil),                  // 20: archipel.v1alpha1.PropagationWork
-	(*ResourceInterpreterCustomization)(nil), // 21: archipel.v1alpha1.ResourceInterpreterCustomization
+	(*CertificateRenewal)(nil),               // 9: archipel.v1alpha1.CertificateRenewal
+	(*RenewedCertificate)(nil),               // 10: archipel.v1alpha1.RenewedCertificate
+	(*Welcome)(nil),                          // 11: archipel.v1alpha1.Welcome
+	(*KeepAlive)(nil),                        // 12: archipel.v1alpha1.KeepAlive
+	(*WorkDelete)(nil),                       // 13: archipel.v1alpha1.WorkDelete
+	(*SyncComplete)(nil),                     // 14: archipel.v1alpha1.SyncComplete
+	(*WorkBatch)(nil),                        // 15: archipel.v1alpha1.WorkBatch
+	(*InterpreterCustomizations)(nil),        // 16: archipel.v1alpha1.InterpreterCustomizations
+	(*ControlMessage)(nil),                   // 17: archipel.v1alpha1.ControlMessage
+	(*ManifestStatus)(nil),                   // 18: archipel.v1alpha1.ManifestStatus
+	(*APIEnablement)(nil),                    // 19: archipel.v1alpha1.APIEnablement
+	(*NodeSummary)(nil),                      // 20: archipel.v1alpha1.NodeSummary
+	(*ResourceSummary)(nil),                  // 21: archipel.v1alpha1.ResourceSummary
+	(*PropagationWork)(nil),                  // 22: archipel.v1alpha1.PropagationWork
+	(*ResourceInterpreterCustomization)(nil), // 23: archipel.v1alpha1.ResourceInterpreterCustomization
 }
 var file_archipel_v1alpha1_agent_proto_depIdxs = []int32{
 	0,  // 0: archipel.v1alpha1.Hello.held_works:type_name -> archipel.v1alpha1.HeldWork
 	0,  // 1: archipel.v1alpha1.HeldWorks.works:type_name -> archipel.v1alpha1.HeldWork
-	16, // 2: archipel.v1alpha1.WorkStatusReport.manifest_statuses:type_name -> archipel.v1alpha1.ManifestStatus
-	17, // 3: archipel.v1alpha1.Heartbeat.api_enablements:type_name -> archipel.v1alpha1.APIEnablement
-	18, // 4: archipel.v1alpha1.Heartbeat.node_summary:type_name -> archipel.v1alpha1.NodeSummary
-	19, // 5: archipel.v1alpha1.Heartbeat.resource_summary:type_name -> archipel.v1alpha1.ResourceSummary
+	18, // 2: archipel.v1alpha1.WorkStatusReport.manifest_statuses:type_name -> archipel.v1alpha1.ManifestStatus
+	19, // 3: archipel.v1alpha1.Heartbeat.api_enablements:type_name -> archipel.v1alpha1.APIEnablement
+	20, // 4: archipel.v1alpha1.Heartbeat.node_summary:type_name -> archipel.v1alpha1.NodeSummary
+	21, // 5: archipel.v1alpha1.Heartbeat.resource_summary:type_name -> archipel.v1alpha1.ResourceSummary
 	3,  // 6: archipel.v1alpha1.AgentBatch.acks:type_name -> archipel.v1alpha1.WorkAck
 	4,  // 7: archipel.v1alpha1.AgentBatch.statuses:type_name -> archipel.v1alpha1.WorkStatusReport
 	5,  // 8: archipel.v1alpha1.AgentBatch.deleted:type_name -> archipel.v1alpha1.WorkDeleted
@@ -1494,23 +1651,25 @@ var file_archipel_v1alpha1_agent_proto_depIdxs = []int32{
 	6,  // 13: archipel.v1alpha1.AgentMessage.heartbeat:type_name -> archipel.v1alpha1.Heartbeat
 	7,  // 14: archipel.v1alpha1.AgentMessage.batch:type_name -> archipel.v1alpha1.AgentBatch
 	2,  // 15: archipel.v1alpha1.AgentMessage.held_works:type_name -> archipel.v1alpha1.HeldWorks
-	20, // 16: archipel.v1alpha1.WorkBatch.works:type_name -> archipel.v1alpha1.PropagationWork
-	11, // 17: archipel.v1alpha1.WorkBatch.deletes:type_name -> archipel.v1alpha1.WorkDelete
-	21, // 18: archipel.v1alpha1.InterpreterCustomizations.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	9,  // 19: archipel.v1alpha1.ControlMessage.welcome:type_name -> archipel.v1alpha1.Welcome
-	20, // 20: archipel.v1alpha1.ControlMessage.work:type_name -> archipel.v1alpha1.PropagationWork
-	11, // 21: archipel.v1alpha1.ControlMessage.delete:type_name -> archipel.v1alpha1.WorkDelete
-	12, // 22: archipel.v1alpha1.ControlMessage.synced:type_name -> archipel.v1alpha1.SyncComplete
-	13, // 23: archipel.v1alpha1.ControlMessage.batch:type_name -> archipel.v1alpha1.WorkBatch
-	14, // 24: archipel.v1alpha1.ControlMessage.customizations:type_name -> archipel.v1alpha1.InterpreterCustomizations
-	10, // 25: archipel.v1alpha1.ControlMessage.keep_alive:type_name -> archipel.v1alpha1.KeepAlive
-	8,  // 26: archipel.v1alpha1.AgentService.Connect:input_type -> archipel.v1alpha1.AgentMessage
-	15, // 27: archipel.v1alpha1.AgentService.Connect:output_type -> archipel.v1alpha1.ControlMessage
-	27, // [27:28] is the sub-list for method output_type
-	26, // [26:27] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	9,  // 16: archipel.v1alpha1.AgentMessage.renewal:type_name -> archipel.v1alpha1.CertificateRenewal
+	22, // 17: archipel.v1alpha1.WorkBatch.works:type_name -> archipel.v1alpha1.PropagationWork
+	13, // 18: archipel.v1alpha1.WorkBatch.deletes:type_name -> archipel.v1alpha1.WorkDelete
+	23, // 19: archipel.v1alpha1.InterpreterCustomizations.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	11, // 20: archipel.v1alpha1.ControlMessage.welcome:type_name -> archipel.v1alpha1.Welcome
+	22, // 21: archipel.v1alpha1.ControlMessage.work:type_name -> archipel.v1alpha1.PropagationWork
+	13, // 22: archipel.v1alpha1.ControlMessage.delete:type_name -> archipel.v1alpha1.WorkDelete
+	14, // 23: archipel.v1alpha1.ControlMessage.synced:type_name -> archipel.v1alpha1.SyncComplete
+	15, // 24: archipel.v1alpha1.ControlMessage.batch:type_name -> archipel.v1alpha1.WorkBatch
+	16, // 25: archipel.v1alpha1.ControlMessage.customizations:type_name -> archipel.v1alpha1.InterpreterCustomizations
+	12, // 26: archipel.v1alpha1.ControlMessage.keep_alive:type_name -> archipel.v1alpha1.KeepAlive
+	10, // 27: archipel.v1alpha1.ControlMessage.certificate:type_name -> archipel.v1alpha1.RenewedCertificate
+	8,  // 28: archipel.v1alpha1.AgentService.Connect:input_type -> archipel.v1alpha1.AgentMessage
+	17, // 29: archipel.v1alpha1.AgentService.Connect:output_type -> archipel.v1alpha1.ControlMessage
+	29, // [29:30] is the sub-list for method output_type
+	28, // [28:29] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_archipel_v1alpha1_agent_proto_init() }
@@ -1529,8 +1688,9 @@ func file_archipel_v1alpha1_agent_proto_init() {
 		(*AgentMessage_Heartbeat)(nil),
 		(*AgentMessage_Batch)(nil),
 		(*AgentMessage_HeldWorks)(nil),
+		(*AgentMessage_Renewal)(nil),
 	}
-	file_archipel_v1alpha1_agent_proto_msgTypes[15].OneofWrappers = []any{
+	file_archipel_v1alpha1_agent_proto_msgTypes[17].OneofWrappers = []any{
 		(*ControlMessage_Welcome)(nil),
 		(*ControlMessage_Work)(nil),
 		(*ControlMessage_Delete)(nil),
@@ -1538,6 +1698,7 @@ func file_archipel_v1alpha1_agent_proto_init() {
 		(*ControlMessage_Batch)(nil),
 		(*ControlMessage_Customizations)(nil),
 		(*ControlMessage_KeepAlive)(nil),
+		(*ControlMessage_Certificate)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1545,7 +1706,7 @@ func file_archipel_v1alpha1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha1_agent_proto_rawDesc), len(file_archipel_v1alpha1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

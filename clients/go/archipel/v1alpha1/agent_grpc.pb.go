@@ -41,7 +41,9 @@ const (
 // The stream each member cluster's agent opens to the control plane.
 type AgentServiceClient interface {
 	// One bidirectional stream per agent, as the file's comment describes; needs the
-	// cluster's credential ("authorization: Bearer <cluster token>").
+	// cluster's credential: a client certificate of the control plane's CA on its
+	// mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+	// <cluster token>".
 	Connect(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AgentMessage, ControlMessage], error)
 }
 
@@ -73,7 +75,9 @@ type AgentService_ConnectClient = grpc.BidiStreamingClient[AgentMessage, Control
 // The stream each member cluster's agent opens to the control plane.
 type AgentServiceServer interface {
 	// One bidirectional stream per agent, as the file's comment describes; needs the
-	// cluster's credential ("authorization: Bearer <cluster token>").
+	// cluster's credential: a client certificate of the control plane's CA on its
+	// mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+	// <cluster token>".
 	Connect(grpc.BidiStreamingServer[AgentMessage, ControlMessage]) error
 	mustEmbedUnimplementedAgentServiceServer()
 }

@@ -6596,6 +6596,98 @@ func (x *JoinResponse) GetToken() string {
 	return ""
 }
 
+// The cluster to cut off.
+type RevokeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster's name.
+	Name          string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeRequest) Reset() {
+	*x = RevokeRequest{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[114]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeRequest) ProtoMessage() {}
+
+func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[114]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
+func (*RevokeRequest) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{114}
+}
+
+func (x *RevokeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// The cluster is revoked.
+type RevokeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What was revoked, for people.
+	Message       string `protobuf:"bytes,1,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeResponse) Reset() {
+	*x = RevokeResponse{}
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[115]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeResponse) ProtoMessage() {}
+
+func (x *RevokeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[115]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeResponse.ProtoReflect.Descriptor instead.
+func (*RevokeResponse) Descriptor() ([]byte, []int) {
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{115}
+}
+
+func (x *RevokeResponse) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // Nothing: the version is the control plane's.
 type GetVersionRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -6605,7 +6697,7 @@ type GetVersionRequest struct {
 
 func (x *GetVersionRequest) Reset() {
 	*x = GetVersionRequest{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[114]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[116]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6617,7 +6709,7 @@ func (x *GetVersionRequest) String() string {
 func (*GetVersionRequest) ProtoMessage() {}
 
 func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[114]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[116]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6630,7 +6722,7 @@ func (x *GetVersionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionRequest.ProtoReflect.Descriptor instead.
 func (*GetVersionRequest) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{114}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{116}
 }
 
 // The control plane's version and the API versions it serves.
@@ -6647,7 +6739,7 @@ type GetVersionResponse struct {
 
 func (x *GetVersionResponse) Reset() {
 	*x = GetVersionResponse{}
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[115]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[117]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -6659,7 +6751,7 @@ func (x *GetVersionResponse) String() string {
 func (*GetVersionResponse) ProtoMessage() {}
 
 func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_archipel_v1alpha2_service_proto_msgTypes[115]
+	mi := &file_archipel_v1alpha2_service_proto_msgTypes[117]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -6672,7 +6764,7 @@ func (x *GetVersionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVersionResponse.ProtoReflect.Descriptor instead.
 func (*GetVersionResponse) Descriptor() ([]byte, []int) {
-	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{115}
+	return file_archipel_v1alpha2_service_proto_rawDescGZIP(), []int{117}
 }
 
 func (x *GetVersionResponse) GetVersion() string {
@@ -7057,7 +7149,11 @@ const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"`\n" +
 	"\fJoinResponse\x12:\n" +
 	"\acluster\x18\x01 \x01(\v2 .archipel.v1alpha1.MemberClusterR\acluster\x12\x14\n" +
-	"\x05token\x18\x02 \x01(\tR\x05token\"\x13\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\"#\n" +
+	"\rRevokeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"*\n" +
+	"\x0eRevokeResponse\x12\x18\n" +
+	"\amessage\x18\x01 \x01(\tR\amessage\"\x13\n" +
 	"\x11GetVersionRequest\"Q\n" +
 	"\x12GetVersionResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12!\n" +
@@ -7133,9 +7229,10 @@ const file_archipel_v1alpha2_service_proto_rawDesc = "" +
 	"\x05Watch\x126.archipel.v1alpha2.ResourceTemplateServiceWatchRequest\x1a7.archipel.v1alpha2.ResourceTemplateServiceWatchResponse0\x01\x12x\n" +
 	"\x05Apply\x126.archipel.v1alpha2.ResourceTemplateServiceApplyRequest\x1a7.archipel.v1alpha2.ResourceTemplateServiceApplyResponse\x12{\n" +
 	"\x06Delete\x127.archipel.v1alpha2.ResourceTemplateServiceDeleteRequest\x1a8.archipel.v1alpha2.ResourceTemplateServiceDeleteResponse\x12\x81\x01\n" +
-	"\bGetScope\x129.archipel.v1alpha2.ResourceTemplateServiceGetScopeRequest\x1a:.archipel.v1alpha2.ResourceTemplateServiceGetScopeResponse2^\n" +
+	"\bGetScope\x129.archipel.v1alpha2.ResourceTemplateServiceGetScopeRequest\x1a:.archipel.v1alpha2.ResourceTemplateServiceGetScopeResponse2\xad\x01\n" +
 	"\x13ClusterAdminService\x12G\n" +
-	"\x04Join\x12\x1e.archipel.v1alpha2.JoinRequest\x1a\x1f.archipel.v1alpha2.JoinResponse2h\n" +
+	"\x04Join\x12\x1e.archipel.v1alpha2.JoinRequest\x1a\x1f.archipel.v1alpha2.JoinResponse\x12M\n" +
+	"\x06Revoke\x12 .archipel.v1alpha2.RevokeRequest\x1a!.archipel.v1alpha2.RevokeResponse2h\n" +
 	"\vInfoService\x12Y\n" +
 	"\n" +
 	"GetVersion\x12$.archipel.v1alpha2.GetVersionRequest\x1a%.archipel.v1alpha2.GetVersionResponseB\xd9\x01\n" +
@@ -7154,7 +7251,7 @@ func file_archipel_v1alpha2_service_proto_rawDescGZIP() []byte {
 }
 
 var file_archipel_v1alpha2_service_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_archipel_v1alpha2_service_proto_msgTypes = make([]protoimpl.MessageInfo, 117)
+var file_archipel_v1alpha2_service_proto_msgTypes = make([]protoimpl.MessageInfo, 119)
 var file_archipel_v1alpha2_service_proto_goTypes = []any{
 	(EventType)(0),                                                // 0: archipel.v1alpha2.EventType
 	(*MemberClusterServiceGetRequest)(nil),                        // 1: archipel.v1alpha2.MemberClusterServiceGetRequest
@@ -7271,90 +7368,92 @@ var file_archipel_v1alpha2_service_proto_goTypes = []any{
 	(*ResourceTemplateServiceGetScopeResponse)(nil),               // 112: archipel.v1alpha2.ResourceTemplateServiceGetScopeResponse
 	(*JoinRequest)(nil),                                           // 113: archipel.v1alpha2.JoinRequest
 	(*JoinResponse)(nil),                                          // 114: archipel.v1alpha2.JoinResponse
-	(*GetVersionRequest)(nil),                                     // 115: archipel.v1alpha2.GetVersionRequest
-	(*GetVersionResponse)(nil),                                    // 116: archipel.v1alpha2.GetVersionResponse
-	nil,                                                           // 117: archipel.v1alpha2.JoinRequest.LabelsEntry
-	(*v1alpha1.MemberCluster)(nil),                                // 118: archipel.v1alpha1.MemberCluster
-	(*v1alpha1.PropagationPolicy)(nil),                            // 119: archipel.v1alpha1.PropagationPolicy
-	(*v1alpha1.ClusterPropagationPolicy)(nil),                     // 120: archipel.v1alpha1.ClusterPropagationPolicy
-	(*v1alpha1.PropagationBinding)(nil),                           // 121: archipel.v1alpha1.PropagationBinding
-	(*v1alpha1.PropagationWork)(nil),                              // 122: archipel.v1alpha1.PropagationWork
-	(*v1alpha1.OverridePolicy)(nil),                               // 123: archipel.v1alpha1.OverridePolicy
-	(*v1alpha1.ClusterOverridePolicy)(nil),                        // 124: archipel.v1alpha1.ClusterOverridePolicy
-	(*v1alpha1.ResourceInterpreterCustomization)(nil),             // 125: archipel.v1alpha1.ResourceInterpreterCustomization
-	(*v1alpha1.WorkloadRebalancer)(nil),                           // 126: archipel.v1alpha1.WorkloadRebalancer
-	(*v1alpha1.ClusterTaintPolicy)(nil),                           // 127: archipel.v1alpha1.ClusterTaintPolicy
-	(*v1alpha1.ResourceTemplate)(nil),                             // 128: archipel.v1alpha1.ResourceTemplate
+	(*RevokeRequest)(nil),                                         // 115: archipel.v1alpha2.RevokeRequest
+	(*RevokeResponse)(nil),                                        // 116: archipel.v1alpha2.RevokeResponse
+	(*GetVersionRequest)(nil),                                     // 117: archipel.v1alpha2.GetVersionRequest
+	(*GetVersionResponse)(nil),                                    // 118: archipel.v1alpha2.GetVersionResponse
+	nil,                                                           // 119: archipel.v1alpha2.JoinRequest.LabelsEntry
+	(*v1alpha1.MemberCluster)(nil),                                // 120: archipel.v1alpha1.MemberCluster
+	(*v1alpha1.PropagationPolicy)(nil),                            // 121: archipel.v1alpha1.PropagationPolicy
+	(*v1alpha1.ClusterPropagationPolicy)(nil),                     // 122: archipel.v1alpha1.ClusterPropagationPolicy
+	(*v1alpha1.PropagationBinding)(nil),                           // 123: archipel.v1alpha1.PropagationBinding
+	(*v1alpha1.PropagationWork)(nil),                              // 124: archipel.v1alpha1.PropagationWork
+	(*v1alpha1.OverridePolicy)(nil),                               // 125: archipel.v1alpha1.OverridePolicy
+	(*v1alpha1.ClusterOverridePolicy)(nil),                        // 126: archipel.v1alpha1.ClusterOverridePolicy
+	(*v1alpha1.ResourceInterpreterCustomization)(nil),             // 127: archipel.v1alpha1.ResourceInterpreterCustomization
+	(*v1alpha1.WorkloadRebalancer)(nil),                           // 128: archipel.v1alpha1.WorkloadRebalancer
+	(*v1alpha1.ClusterTaintPolicy)(nil),                           // 129: archipel.v1alpha1.ClusterTaintPolicy
+	(*v1alpha1.ResourceTemplate)(nil),                             // 130: archipel.v1alpha1.ResourceTemplate
 }
 var file_archipel_v1alpha2_service_proto_depIdxs = []int32{
-	118, // 0: archipel.v1alpha2.MemberClusterServiceGetResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	118, // 1: archipel.v1alpha2.MemberClusterServiceListResponse.items:type_name -> archipel.v1alpha1.MemberCluster
+	120, // 0: archipel.v1alpha2.MemberClusterServiceGetResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	120, // 1: archipel.v1alpha2.MemberClusterServiceListResponse.items:type_name -> archipel.v1alpha1.MemberCluster
 	0,   // 2: archipel.v1alpha2.MemberClusterServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	118, // 3: archipel.v1alpha2.MemberClusterServiceWatchResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	118, // 4: archipel.v1alpha2.MemberClusterServiceApplyRequest.object:type_name -> archipel.v1alpha1.MemberCluster
-	118, // 5: archipel.v1alpha2.MemberClusterServiceApplyResponse.object:type_name -> archipel.v1alpha1.MemberCluster
-	119, // 6: archipel.v1alpha2.PropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	119, // 7: archipel.v1alpha2.PropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationPolicy
+	120, // 3: archipel.v1alpha2.MemberClusterServiceWatchResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	120, // 4: archipel.v1alpha2.MemberClusterServiceApplyRequest.object:type_name -> archipel.v1alpha1.MemberCluster
+	120, // 5: archipel.v1alpha2.MemberClusterServiceApplyResponse.object:type_name -> archipel.v1alpha1.MemberCluster
+	121, // 6: archipel.v1alpha2.PropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	121, // 7: archipel.v1alpha2.PropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationPolicy
 	0,   // 8: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	119, // 9: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	119, // 10: archipel.v1alpha2.PropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	119, // 11: archipel.v1alpha2.PropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
-	120, // 12: archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	120, // 13: archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	121, // 9: archipel.v1alpha2.PropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	121, // 10: archipel.v1alpha2.PropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	121, // 11: archipel.v1alpha2.PropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationPolicy
+	122, // 12: archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	122, // 13: archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
 	0,   // 14: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	120, // 15: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	120, // 16: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	120, // 17: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
-	121, // 18: archipel.v1alpha2.PropagationBindingServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	121, // 19: archipel.v1alpha2.PropagationBindingServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationBinding
+	122, // 15: archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	122, // 16: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	122, // 17: archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterPropagationPolicy
+	123, // 18: archipel.v1alpha2.PropagationBindingServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	123, // 19: archipel.v1alpha2.PropagationBindingServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationBinding
 	0,   // 20: archipel.v1alpha2.PropagationBindingServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	121, // 21: archipel.v1alpha2.PropagationBindingServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	121, // 22: archipel.v1alpha2.PropagationBindingServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationBinding
-	121, // 23: archipel.v1alpha2.PropagationBindingServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
-	122, // 24: archipel.v1alpha2.PropagationWorkServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	122, // 25: archipel.v1alpha2.PropagationWorkServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationWork
+	123, // 21: archipel.v1alpha2.PropagationBindingServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	123, // 22: archipel.v1alpha2.PropagationBindingServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationBinding
+	123, // 23: archipel.v1alpha2.PropagationBindingServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationBinding
+	124, // 24: archipel.v1alpha2.PropagationWorkServiceGetResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	124, // 25: archipel.v1alpha2.PropagationWorkServiceListResponse.items:type_name -> archipel.v1alpha1.PropagationWork
 	0,   // 26: archipel.v1alpha2.PropagationWorkServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	122, // 27: archipel.v1alpha2.PropagationWorkServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	122, // 28: archipel.v1alpha2.PropagationWorkServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationWork
-	122, // 29: archipel.v1alpha2.PropagationWorkServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationWork
-	123, // 30: archipel.v1alpha2.OverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	123, // 31: archipel.v1alpha2.OverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.OverridePolicy
+	124, // 27: archipel.v1alpha2.PropagationWorkServiceWatchResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	124, // 28: archipel.v1alpha2.PropagationWorkServiceApplyRequest.object:type_name -> archipel.v1alpha1.PropagationWork
+	124, // 29: archipel.v1alpha2.PropagationWorkServiceApplyResponse.object:type_name -> archipel.v1alpha1.PropagationWork
+	125, // 30: archipel.v1alpha2.OverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	125, // 31: archipel.v1alpha2.OverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.OverridePolicy
 	0,   // 32: archipel.v1alpha2.OverridePolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	123, // 33: archipel.v1alpha2.OverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	123, // 34: archipel.v1alpha2.OverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.OverridePolicy
-	123, // 35: archipel.v1alpha2.OverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
-	124, // 36: archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	124, // 37: archipel.v1alpha2.ClusterOverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	125, // 33: archipel.v1alpha2.OverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	125, // 34: archipel.v1alpha2.OverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.OverridePolicy
+	125, // 35: archipel.v1alpha2.OverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.OverridePolicy
+	126, // 36: archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	126, // 37: archipel.v1alpha2.ClusterOverridePolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterOverridePolicy
 	0,   // 38: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	124, // 39: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	124, // 40: archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	124, // 41: archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
-	125, // 42: archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	125, // 43: archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	126, // 39: archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	126, // 40: archipel.v1alpha2.ClusterOverridePolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	126, // 41: archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterOverridePolicy
+	127, // 42: archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	127, // 43: archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
 	0,   // 44: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	125, // 45: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	125, // 46: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	125, // 47: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
-	126, // 48: archipel.v1alpha2.WorkloadRebalancerServiceGetResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	126, // 49: archipel.v1alpha2.WorkloadRebalancerServiceListResponse.items:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	127, // 45: archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	127, // 46: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	127, // 47: archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceInterpreterCustomization
+	128, // 48: archipel.v1alpha2.WorkloadRebalancerServiceGetResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	128, // 49: archipel.v1alpha2.WorkloadRebalancerServiceListResponse.items:type_name -> archipel.v1alpha1.WorkloadRebalancer
 	0,   // 50: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	126, // 51: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	126, // 52: archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	126, // 53: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
-	127, // 54: archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
-	127, // 55: archipel.v1alpha2.ClusterTaintPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	128, // 51: archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	128, // 52: archipel.v1alpha2.WorkloadRebalancerServiceApplyRequest.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	128, // 53: archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse.object:type_name -> archipel.v1alpha1.WorkloadRebalancer
+	129, // 54: archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	129, // 55: archipel.v1alpha2.ClusterTaintPolicyServiceListResponse.items:type_name -> archipel.v1alpha1.ClusterTaintPolicy
 	0,   // 56: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	127, // 57: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
-	127, // 58: archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
-	127, // 59: archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
-	128, // 60: archipel.v1alpha2.ResourceTemplateServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	128, // 61: archipel.v1alpha2.ResourceTemplateServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceTemplate
+	129, // 57: archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	129, // 58: archipel.v1alpha2.ClusterTaintPolicyServiceApplyRequest.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	129, // 59: archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse.object:type_name -> archipel.v1alpha1.ClusterTaintPolicy
+	130, // 60: archipel.v1alpha2.ResourceTemplateServiceGetResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	130, // 61: archipel.v1alpha2.ResourceTemplateServiceListResponse.items:type_name -> archipel.v1alpha1.ResourceTemplate
 	0,   // 62: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.type:type_name -> archipel.v1alpha2.EventType
-	128, // 63: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	128, // 64: archipel.v1alpha2.ResourceTemplateServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	128, // 65: archipel.v1alpha2.ResourceTemplateServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
-	117, // 66: archipel.v1alpha2.JoinRequest.labels:type_name -> archipel.v1alpha2.JoinRequest.LabelsEntry
-	118, // 67: archipel.v1alpha2.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
+	130, // 63: archipel.v1alpha2.ResourceTemplateServiceWatchResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	130, // 64: archipel.v1alpha2.ResourceTemplateServiceApplyRequest.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	130, // 65: archipel.v1alpha2.ResourceTemplateServiceApplyResponse.object:type_name -> archipel.v1alpha1.ResourceTemplate
+	119, // 66: archipel.v1alpha2.JoinRequest.labels:type_name -> archipel.v1alpha2.JoinRequest.LabelsEntry
+	120, // 67: archipel.v1alpha2.JoinResponse.cluster:type_name -> archipel.v1alpha1.MemberCluster
 	1,   // 68: archipel.v1alpha2.MemberClusterService.Get:input_type -> archipel.v1alpha2.MemberClusterServiceGetRequest
 	3,   // 69: archipel.v1alpha2.MemberClusterService.List:input_type -> archipel.v1alpha2.MemberClusterServiceListRequest
 	5,   // 70: archipel.v1alpha2.MemberClusterService.Watch:input_type -> archipel.v1alpha2.MemberClusterServiceWatchRequest
@@ -7412,67 +7511,69 @@ var file_archipel_v1alpha2_service_proto_depIdxs = []int32{
 	109, // 122: archipel.v1alpha2.ResourceTemplateService.Delete:input_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteRequest
 	111, // 123: archipel.v1alpha2.ResourceTemplateService.GetScope:input_type -> archipel.v1alpha2.ResourceTemplateServiceGetScopeRequest
 	113, // 124: archipel.v1alpha2.ClusterAdminService.Join:input_type -> archipel.v1alpha2.JoinRequest
-	115, // 125: archipel.v1alpha2.InfoService.GetVersion:input_type -> archipel.v1alpha2.GetVersionRequest
-	2,   // 126: archipel.v1alpha2.MemberClusterService.Get:output_type -> archipel.v1alpha2.MemberClusterServiceGetResponse
-	4,   // 127: archipel.v1alpha2.MemberClusterService.List:output_type -> archipel.v1alpha2.MemberClusterServiceListResponse
-	6,   // 128: archipel.v1alpha2.MemberClusterService.Watch:output_type -> archipel.v1alpha2.MemberClusterServiceWatchResponse
-	8,   // 129: archipel.v1alpha2.MemberClusterService.Apply:output_type -> archipel.v1alpha2.MemberClusterServiceApplyResponse
-	10,  // 130: archipel.v1alpha2.MemberClusterService.Delete:output_type -> archipel.v1alpha2.MemberClusterServiceDeleteResponse
-	12,  // 131: archipel.v1alpha2.PropagationPolicyService.Get:output_type -> archipel.v1alpha2.PropagationPolicyServiceGetResponse
-	14,  // 132: archipel.v1alpha2.PropagationPolicyService.List:output_type -> archipel.v1alpha2.PropagationPolicyServiceListResponse
-	16,  // 133: archipel.v1alpha2.PropagationPolicyService.Watch:output_type -> archipel.v1alpha2.PropagationPolicyServiceWatchResponse
-	18,  // 134: archipel.v1alpha2.PropagationPolicyService.Apply:output_type -> archipel.v1alpha2.PropagationPolicyServiceApplyResponse
-	20,  // 135: archipel.v1alpha2.PropagationPolicyService.Delete:output_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteResponse
-	22,  // 136: archipel.v1alpha2.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse
-	24,  // 137: archipel.v1alpha2.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse
-	26,  // 138: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse
-	28,  // 139: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse
-	30,  // 140: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteResponse
-	32,  // 141: archipel.v1alpha2.PropagationBindingService.Get:output_type -> archipel.v1alpha2.PropagationBindingServiceGetResponse
-	34,  // 142: archipel.v1alpha2.PropagationBindingService.List:output_type -> archipel.v1alpha2.PropagationBindingServiceListResponse
-	36,  // 143: archipel.v1alpha2.PropagationBindingService.Watch:output_type -> archipel.v1alpha2.PropagationBindingServiceWatchResponse
-	38,  // 144: archipel.v1alpha2.PropagationBindingService.Apply:output_type -> archipel.v1alpha2.PropagationBindingServiceApplyResponse
-	40,  // 145: archipel.v1alpha2.PropagationBindingService.Delete:output_type -> archipel.v1alpha2.PropagationBindingServiceDeleteResponse
-	42,  // 146: archipel.v1alpha2.PropagationWorkService.Get:output_type -> archipel.v1alpha2.PropagationWorkServiceGetResponse
-	44,  // 147: archipel.v1alpha2.PropagationWorkService.List:output_type -> archipel.v1alpha2.PropagationWorkServiceListResponse
-	46,  // 148: archipel.v1alpha2.PropagationWorkService.Watch:output_type -> archipel.v1alpha2.PropagationWorkServiceWatchResponse
-	48,  // 149: archipel.v1alpha2.PropagationWorkService.Apply:output_type -> archipel.v1alpha2.PropagationWorkServiceApplyResponse
-	50,  // 150: archipel.v1alpha2.PropagationWorkService.Delete:output_type -> archipel.v1alpha2.PropagationWorkServiceDeleteResponse
-	52,  // 151: archipel.v1alpha2.OverridePolicyService.Get:output_type -> archipel.v1alpha2.OverridePolicyServiceGetResponse
-	54,  // 152: archipel.v1alpha2.OverridePolicyService.List:output_type -> archipel.v1alpha2.OverridePolicyServiceListResponse
-	56,  // 153: archipel.v1alpha2.OverridePolicyService.Watch:output_type -> archipel.v1alpha2.OverridePolicyServiceWatchResponse
-	58,  // 154: archipel.v1alpha2.OverridePolicyService.Apply:output_type -> archipel.v1alpha2.OverridePolicyServiceApplyResponse
-	60,  // 155: archipel.v1alpha2.OverridePolicyService.Delete:output_type -> archipel.v1alpha2.OverridePolicyServiceDeleteResponse
-	62,  // 156: archipel.v1alpha2.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse
-	64,  // 157: archipel.v1alpha2.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListResponse
-	66,  // 158: archipel.v1alpha2.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse
-	68,  // 159: archipel.v1alpha2.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse
-	70,  // 160: archipel.v1alpha2.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteResponse
-	72,  // 161: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse
-	74,  // 162: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse
-	76,  // 163: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse
-	78,  // 164: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
-	80,  // 165: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
-	82,  // 166: archipel.v1alpha2.WorkloadRebalancerService.Get:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetResponse
-	84,  // 167: archipel.v1alpha2.WorkloadRebalancerService.List:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceListResponse
-	86,  // 168: archipel.v1alpha2.WorkloadRebalancerService.Watch:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse
-	88,  // 169: archipel.v1alpha2.WorkloadRebalancerService.Apply:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
-	90,  // 170: archipel.v1alpha2.WorkloadRebalancerService.Delete:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
-	92,  // 171: archipel.v1alpha2.ClusterTaintPolicyService.Get:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse
-	94,  // 172: archipel.v1alpha2.ClusterTaintPolicyService.List:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceListResponse
-	96,  // 173: archipel.v1alpha2.ClusterTaintPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse
-	98,  // 174: archipel.v1alpha2.ClusterTaintPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse
-	100, // 175: archipel.v1alpha2.ClusterTaintPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse
-	102, // 176: archipel.v1alpha2.ResourceTemplateService.Get:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetResponse
-	104, // 177: archipel.v1alpha2.ResourceTemplateService.List:output_type -> archipel.v1alpha2.ResourceTemplateServiceListResponse
-	106, // 178: archipel.v1alpha2.ResourceTemplateService.Watch:output_type -> archipel.v1alpha2.ResourceTemplateServiceWatchResponse
-	108, // 179: archipel.v1alpha2.ResourceTemplateService.Apply:output_type -> archipel.v1alpha2.ResourceTemplateServiceApplyResponse
-	110, // 180: archipel.v1alpha2.ResourceTemplateService.Delete:output_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
-	112, // 181: archipel.v1alpha2.ResourceTemplateService.GetScope:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetScopeResponse
-	114, // 182: archipel.v1alpha2.ClusterAdminService.Join:output_type -> archipel.v1alpha2.JoinResponse
-	116, // 183: archipel.v1alpha2.InfoService.GetVersion:output_type -> archipel.v1alpha2.GetVersionResponse
-	126, // [126:184] is the sub-list for method output_type
-	68,  // [68:126] is the sub-list for method input_type
+	115, // 125: archipel.v1alpha2.ClusterAdminService.Revoke:input_type -> archipel.v1alpha2.RevokeRequest
+	117, // 126: archipel.v1alpha2.InfoService.GetVersion:input_type -> archipel.v1alpha2.GetVersionRequest
+	2,   // 127: archipel.v1alpha2.MemberClusterService.Get:output_type -> archipel.v1alpha2.MemberClusterServiceGetResponse
+	4,   // 128: archipel.v1alpha2.MemberClusterService.List:output_type -> archipel.v1alpha2.MemberClusterServiceListResponse
+	6,   // 129: archipel.v1alpha2.MemberClusterService.Watch:output_type -> archipel.v1alpha2.MemberClusterServiceWatchResponse
+	8,   // 130: archipel.v1alpha2.MemberClusterService.Apply:output_type -> archipel.v1alpha2.MemberClusterServiceApplyResponse
+	10,  // 131: archipel.v1alpha2.MemberClusterService.Delete:output_type -> archipel.v1alpha2.MemberClusterServiceDeleteResponse
+	12,  // 132: archipel.v1alpha2.PropagationPolicyService.Get:output_type -> archipel.v1alpha2.PropagationPolicyServiceGetResponse
+	14,  // 133: archipel.v1alpha2.PropagationPolicyService.List:output_type -> archipel.v1alpha2.PropagationPolicyServiceListResponse
+	16,  // 134: archipel.v1alpha2.PropagationPolicyService.Watch:output_type -> archipel.v1alpha2.PropagationPolicyServiceWatchResponse
+	18,  // 135: archipel.v1alpha2.PropagationPolicyService.Apply:output_type -> archipel.v1alpha2.PropagationPolicyServiceApplyResponse
+	20,  // 136: archipel.v1alpha2.PropagationPolicyService.Delete:output_type -> archipel.v1alpha2.PropagationPolicyServiceDeleteResponse
+	22,  // 137: archipel.v1alpha2.ClusterPropagationPolicyService.Get:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceGetResponse
+	24,  // 138: archipel.v1alpha2.ClusterPropagationPolicyService.List:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceListResponse
+	26,  // 139: archipel.v1alpha2.ClusterPropagationPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceWatchResponse
+	28,  // 140: archipel.v1alpha2.ClusterPropagationPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceApplyResponse
+	30,  // 141: archipel.v1alpha2.ClusterPropagationPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterPropagationPolicyServiceDeleteResponse
+	32,  // 142: archipel.v1alpha2.PropagationBindingService.Get:output_type -> archipel.v1alpha2.PropagationBindingServiceGetResponse
+	34,  // 143: archipel.v1alpha2.PropagationBindingService.List:output_type -> archipel.v1alpha2.PropagationBindingServiceListResponse
+	36,  // 144: archipel.v1alpha2.PropagationBindingService.Watch:output_type -> archipel.v1alpha2.PropagationBindingServiceWatchResponse
+	38,  // 145: archipel.v1alpha2.PropagationBindingService.Apply:output_type -> archipel.v1alpha2.PropagationBindingServiceApplyResponse
+	40,  // 146: archipel.v1alpha2.PropagationBindingService.Delete:output_type -> archipel.v1alpha2.PropagationBindingServiceDeleteResponse
+	42,  // 147: archipel.v1alpha2.PropagationWorkService.Get:output_type -> archipel.v1alpha2.PropagationWorkServiceGetResponse
+	44,  // 148: archipel.v1alpha2.PropagationWorkService.List:output_type -> archipel.v1alpha2.PropagationWorkServiceListResponse
+	46,  // 149: archipel.v1alpha2.PropagationWorkService.Watch:output_type -> archipel.v1alpha2.PropagationWorkServiceWatchResponse
+	48,  // 150: archipel.v1alpha2.PropagationWorkService.Apply:output_type -> archipel.v1alpha2.PropagationWorkServiceApplyResponse
+	50,  // 151: archipel.v1alpha2.PropagationWorkService.Delete:output_type -> archipel.v1alpha2.PropagationWorkServiceDeleteResponse
+	52,  // 152: archipel.v1alpha2.OverridePolicyService.Get:output_type -> archipel.v1alpha2.OverridePolicyServiceGetResponse
+	54,  // 153: archipel.v1alpha2.OverridePolicyService.List:output_type -> archipel.v1alpha2.OverridePolicyServiceListResponse
+	56,  // 154: archipel.v1alpha2.OverridePolicyService.Watch:output_type -> archipel.v1alpha2.OverridePolicyServiceWatchResponse
+	58,  // 155: archipel.v1alpha2.OverridePolicyService.Apply:output_type -> archipel.v1alpha2.OverridePolicyServiceApplyResponse
+	60,  // 156: archipel.v1alpha2.OverridePolicyService.Delete:output_type -> archipel.v1alpha2.OverridePolicyServiceDeleteResponse
+	62,  // 157: archipel.v1alpha2.ClusterOverridePolicyService.Get:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceGetResponse
+	64,  // 158: archipel.v1alpha2.ClusterOverridePolicyService.List:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceListResponse
+	66,  // 159: archipel.v1alpha2.ClusterOverridePolicyService.Watch:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceWatchResponse
+	68,  // 160: archipel.v1alpha2.ClusterOverridePolicyService.Apply:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceApplyResponse
+	70,  // 161: archipel.v1alpha2.ClusterOverridePolicyService.Delete:output_type -> archipel.v1alpha2.ClusterOverridePolicyServiceDeleteResponse
+	72,  // 162: archipel.v1alpha2.ResourceInterpreterCustomizationService.Get:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceGetResponse
+	74,  // 163: archipel.v1alpha2.ResourceInterpreterCustomizationService.List:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceListResponse
+	76,  // 164: archipel.v1alpha2.ResourceInterpreterCustomizationService.Watch:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceWatchResponse
+	78,  // 165: archipel.v1alpha2.ResourceInterpreterCustomizationService.Apply:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceApplyResponse
+	80,  // 166: archipel.v1alpha2.ResourceInterpreterCustomizationService.Delete:output_type -> archipel.v1alpha2.ResourceInterpreterCustomizationServiceDeleteResponse
+	82,  // 167: archipel.v1alpha2.WorkloadRebalancerService.Get:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceGetResponse
+	84,  // 168: archipel.v1alpha2.WorkloadRebalancerService.List:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceListResponse
+	86,  // 169: archipel.v1alpha2.WorkloadRebalancerService.Watch:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceWatchResponse
+	88,  // 170: archipel.v1alpha2.WorkloadRebalancerService.Apply:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceApplyResponse
+	90,  // 171: archipel.v1alpha2.WorkloadRebalancerService.Delete:output_type -> archipel.v1alpha2.WorkloadRebalancerServiceDeleteResponse
+	92,  // 172: archipel.v1alpha2.ClusterTaintPolicyService.Get:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceGetResponse
+	94,  // 173: archipel.v1alpha2.ClusterTaintPolicyService.List:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceListResponse
+	96,  // 174: archipel.v1alpha2.ClusterTaintPolicyService.Watch:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceWatchResponse
+	98,  // 175: archipel.v1alpha2.ClusterTaintPolicyService.Apply:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceApplyResponse
+	100, // 176: archipel.v1alpha2.ClusterTaintPolicyService.Delete:output_type -> archipel.v1alpha2.ClusterTaintPolicyServiceDeleteResponse
+	102, // 177: archipel.v1alpha2.ResourceTemplateService.Get:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetResponse
+	104, // 178: archipel.v1alpha2.ResourceTemplateService.List:output_type -> archipel.v1alpha2.ResourceTemplateServiceListResponse
+	106, // 179: archipel.v1alpha2.ResourceTemplateService.Watch:output_type -> archipel.v1alpha2.ResourceTemplateServiceWatchResponse
+	108, // 180: archipel.v1alpha2.ResourceTemplateService.Apply:output_type -> archipel.v1alpha2.ResourceTemplateServiceApplyResponse
+	110, // 181: archipel.v1alpha2.ResourceTemplateService.Delete:output_type -> archipel.v1alpha2.ResourceTemplateServiceDeleteResponse
+	112, // 182: archipel.v1alpha2.ResourceTemplateService.GetScope:output_type -> archipel.v1alpha2.ResourceTemplateServiceGetScopeResponse
+	114, // 183: archipel.v1alpha2.ClusterAdminService.Join:output_type -> archipel.v1alpha2.JoinResponse
+	116, // 184: archipel.v1alpha2.ClusterAdminService.Revoke:output_type -> archipel.v1alpha2.RevokeResponse
+	118, // 185: archipel.v1alpha2.InfoService.GetVersion:output_type -> archipel.v1alpha2.GetVersionResponse
+	127, // [127:186] is the sub-list for method output_type
+	68,  // [68:127] is the sub-list for method input_type
 	68,  // [68:68] is the sub-list for extension type_name
 	68,  // [68:68] is the sub-list for extension extendee
 	0,   // [0:68] is the sub-list for field type_name
@@ -7489,7 +7590,7 @@ func file_archipel_v1alpha2_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_archipel_v1alpha2_service_proto_rawDesc), len(file_archipel_v1alpha2_service_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   117,
+			NumMessages:   119,
 			NumExtensions: 0,
 			NumServices:   13,
 		},

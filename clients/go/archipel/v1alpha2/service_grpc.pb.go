@@ -3090,7 +3090,8 @@ var ResourceTemplateService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	ClusterAdminService_Join_FullMethodName = "/archipel.v1alpha2.ClusterAdminService/Join"
+	ClusterAdminService_Join_FullMethodName   = "/archipel.v1alpha2.ClusterAdminService/Join"
+	ClusterAdminService_Revoke_FullMethodName = "/archipel.v1alpha2.ClusterAdminService/Revoke"
 )
 
 // ClusterAdminServiceClient is the client API for ClusterAdminService service.
@@ -3101,6 +3102,10 @@ const (
 type ClusterAdminServiceClient interface {
 	// Register a member cluster and issue the credential its agent connects with.
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
+	// Cut a cluster's agent off at once: its certificates and its join token stop
+	// working, its open stream is closed, and its reconnects are refused until it
+	// registers again with a new bootstrap token.
+	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error)
 }
 
 type clusterAdminServiceClient struct {
@@ -3121,6 +3126,16 @@ func (c *clusterAdminServiceClient) Join(ctx context.Context, in *JoinRequest, o
 	return out, nil
 }
 
+func (c *clusterAdminServiceClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*RevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RevokeResponse)
+	err := c.cc.Invoke(ctx, ClusterAdminService_Revoke_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterAdminServiceServer is the server API for ClusterAdminService service.
 // All implementations must embed UnimplementedClusterAdminServiceServer
 // for forward compatibility.
@@ -3129,6 +3144,10 @@ func (c *clusterAdminServiceClient) Join(ctx context.Context, in *JoinRequest, o
 type ClusterAdminServiceServer interface {
 	// Register a member cluster and issue the credential its agent connects with.
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
+	// Cut a cluster's agent off at once: its certificates and its join token stop
+	// working, its open stream is closed, and its reconnects are refused until it
+	// registers again with a new bootstrap token.
+	Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error)
 	mustEmbedUnimplementedClusterAdminServiceServer()
 }
 
@@ -3141,6 +3160,9 @@ type UnimplementedClusterAdminServiceServer struct{}
 
 func (UnimplementedClusterAdminServiceServer) Join(context.Context, *JoinRequest) (*JoinResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Join not implemented")
+}
+func (UnimplementedClusterAdminServiceServer) Revoke(context.Context, *RevokeRequest) (*RevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
 }
 func (UnimplementedClusterAdminServiceServer) mustEmbedUnimplementedClusterAdminServiceServer() {}
 func (UnimplementedClusterAdminServiceServer) testEmbeddedByValue()                             {}
@@ -3181,6 +3203,24 @@ func _ClusterAdminService_Join_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClusterAdminService_Revoke_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterAdminServiceServer).Revoke(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClusterAdminService_Revoke_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterAdminServiceServer).Revoke(ctx, req.(*RevokeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClusterAdminService_ServiceDesc is the grpc.ServiceDesc for ClusterAdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -3191,6 +3231,10 @@ var ClusterAdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Join",
 			Handler:    _ClusterAdminService_Join_Handler,
+		},
+		{
+			MethodName: "Revoke",
+			Handler:    _ClusterAdminService_Revoke_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

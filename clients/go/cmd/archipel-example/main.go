@@ -5,7 +5,7 @@
 // (package v1alpha1).
 //
 //	archipel-example --server 127.0.0.1:7443 --token-file admin-token \
-//	    --name demo --namespace default --cluster member1
+//	    --ca-file .local/pki/ca/ca.crt --name demo --namespace default --cluster member1
 package main
 
 import (
@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/structpb"
 
@@ -30,6 +30,7 @@ import (
 func main() {
 	server := flag.String("server", "127.0.0.1:7443", "the control plane's gRPC address (host:port)")
 	tokenFile := flag.String("token-file", "", "file holding the admin token")
+	caFile := flag.String("ca-file", "", "the control plane's CA bundle (default: the system's roots)")
 	name := flag.String("name", "archipel-example", "name of the ConfigMap to propagate")
 	namespace := flag.String("namespace", "default", "namespace of the ConfigMap and its policy")
 	cluster := flag.String("cluster", "", "member cluster to place the ConfigMap on")
@@ -40,13 +41,13 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := run(*server, *tokenFile, *name, *namespace, *cluster, *timeout); err != nil {
+	if err := run(*server, *tokenFile, *caFile, *name, *namespace, *cluster, *timeout); err != nil {
 		fmt.Fprintf(os.Stderr, "archipel-example: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func run(server, tokenFile, name, namespace, cluster string, timeout time.Duration) error {
+func run(server, tokenFile, caFile, name, namespace, cluster string, timeout time.Duration) error {
 	token, err := os.ReadFile(tokenFile)
 	if err != nil {
 		return err
@@ -54,7 +55,14 @@ func run(server, tokenFile, name, namespace, cluster string, timeout time.Durati
 	// The control plane authenticates every call by its "authorization" metadata.
 	ctx := metadata.AppendToOutgoingContext(
 		context.Background(), "authorization", "Bearer "+strings.TrimSpace(string(token)))
-	conn, err := grpc.NewClient(server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// TLS, trusting the control plane's CA: it serves TLS unless started with --insecure.
+	tls := credentials.NewTLS(nil)
+	if caFile != "" {
+		if tls, err = credentials.NewClientTLSFromFile(caFile, ""); err != nil {
+			return err
+		}
+	}
+	conn, err := grpc.NewClient(server, grpc.WithTransportCredentials(tls))
 	if err != nil {
 		return err
 	}

@@ -205,7 +205,36 @@ export interface AgentMessage {
     | AgentBatch
     | undefined;
   /** The rest of the held works, when the hello said more follow. */
-  heldWorks?: HeldWorks | undefined;
+  heldWorks?:
+    | HeldWorks
+    | undefined;
+  /** A request for a new client certificate, before the current one expires. */
+  renewal?: CertificateRenewal | undefined;
+}
+
+/**
+ * An agent renewing its client certificate on the open stream (the stream stays up;
+ * the new certificate is for the next connection).
+ */
+export interface CertificateRenewal {
+  /**
+   * A certificate signing request, PEM, for a new key of the agent's: the same subject
+   * as the certificate the stream was opened with.
+   */
+  csr: string;
+}
+
+/** The answer to a CertificateRenewal. */
+export interface RenewedCertificate {
+  /** The signed certificate, PEM; empty when the renewal was refused. */
+  certificate: string;
+  /** The CA bundle, PEM. */
+  ca: string;
+  /**
+   * Why the renewal was refused (the stream was not opened with a certificate, or the
+   * request is invalid); empty on success.
+   */
+  error: string;
 }
 
 /** The control plane's first message: the session has begun. */
@@ -293,7 +322,11 @@ export interface ControlMessage {
     | InterpreterCustomizations
     | undefined;
   /** Nothing to say, and still here (see Welcome.keep_alive_seconds). */
-  keepAlive?: KeepAlive | undefined;
+  keepAlive?:
+    | KeepAlive
+    | undefined;
+  /** The answer to the agent's CertificateRenewal. */
+  certificate?: RenewedCertificate | undefined;
 }
 
 function createBaseHeldWork(): HeldWork {
@@ -1344,6 +1377,7 @@ function createBaseAgentMessage(): AgentMessage {
     heartbeat: undefined,
     batch: undefined,
     heldWorks: undefined,
+    renewal: undefined,
   };
 }
 
@@ -1369,6 +1403,9 @@ export const AgentMessage: MessageFns<AgentMessage> = {
     }
     if (message.heldWorks !== undefined) {
       HeldWorks.encode(message.heldWorks, writer.uint32(58).fork()).join();
+    }
+    if (message.renewal !== undefined) {
+      CertificateRenewal.encode(message.renewal, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -1442,6 +1479,14 @@ export const AgentMessage: MessageFns<AgentMessage> = {
             message.heldWorks = HeldWorks.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.renewal = CertificateRenewal.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1467,6 +1512,7 @@ export const AgentMessage: MessageFns<AgentMessage> = {
         : isSet(object.held_works)
         ? HeldWorks.fromJSON(object.held_works)
         : undefined,
+      renewal: isSet(object.renewal) ? CertificateRenewal.fromJSON(object.renewal) : undefined,
     };
   },
 
@@ -1493,6 +1539,9 @@ export const AgentMessage: MessageFns<AgentMessage> = {
     if (message.heldWorks !== undefined) {
       obj.heldWorks = HeldWorks.toJSON(message.heldWorks);
     }
+    if (message.renewal !== undefined) {
+      obj.renewal = CertificateRenewal.toJSON(message.renewal);
+    }
     return obj;
   },
 
@@ -1518,6 +1567,177 @@ export const AgentMessage: MessageFns<AgentMessage> = {
     message.heldWorks = (object.heldWorks !== undefined && object.heldWorks !== null)
       ? HeldWorks.fromPartial(object.heldWorks)
       : undefined;
+    message.renewal = (object.renewal !== undefined && object.renewal !== null)
+      ? CertificateRenewal.fromPartial(object.renewal)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseCertificateRenewal(): CertificateRenewal {
+  return { csr: "" };
+}
+
+export const CertificateRenewal: MessageFns<CertificateRenewal> = {
+  encode(message: CertificateRenewal, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.csr !== "") {
+      writer.uint32(10).string(message.csr);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): CertificateRenewal {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCertificateRenewal();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.csr = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): CertificateRenewal {
+    return { csr: isSet(object.csr) ? globalThis.String(object.csr) : "" };
+  },
+
+  toJSON(message: CertificateRenewal): unknown {
+    const obj: any = {};
+    if (message.csr !== "") {
+      obj.csr = message.csr;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<CertificateRenewal>, I>>(base?: I): CertificateRenewal {
+    return CertificateRenewal.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<CertificateRenewal>, I>>(object: I): CertificateRenewal {
+    const message = createBaseCertificateRenewal();
+    message.csr = object.csr ?? "";
+    return message;
+  },
+};
+
+function createBaseRenewedCertificate(): RenewedCertificate {
+  return { certificate: "", ca: "", error: "" };
+}
+
+export const RenewedCertificate: MessageFns<RenewedCertificate> = {
+  encode(message: RenewedCertificate, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.certificate !== "") {
+      writer.uint32(10).string(message.certificate);
+    }
+    if (message.ca !== "") {
+      writer.uint32(18).string(message.ca);
+    }
+    if (message.error !== "") {
+      writer.uint32(26).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): RenewedCertificate {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseRenewedCertificate();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.certificate = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.ca = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): RenewedCertificate {
+    return {
+      certificate: isSet(object.certificate) ? globalThis.String(object.certificate) : "",
+      ca: isSet(object.ca) ? globalThis.String(object.ca) : "",
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: RenewedCertificate): unknown {
+    const obj: any = {};
+    if (message.certificate !== "") {
+      obj.certificate = message.certificate;
+    }
+    if (message.ca !== "") {
+      obj.ca = message.ca;
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<RenewedCertificate>, I>>(base?: I): RenewedCertificate {
+    return RenewedCertificate.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<RenewedCertificate>, I>>(object: I): RenewedCertificate {
+    const message = createBaseRenewedCertificate();
+    message.certificate = object.certificate ?? "";
+    message.ca = object.ca ?? "";
+    message.error = object.error ?? "";
     return message;
   },
 };
@@ -2074,6 +2294,7 @@ function createBaseControlMessage(): ControlMessage {
     batch: undefined,
     customizations: undefined,
     keepAlive: undefined,
+    certificate: undefined,
   };
 }
 
@@ -2099,6 +2320,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     }
     if (message.keepAlive !== undefined) {
       KeepAlive.encode(message.keepAlive, writer.uint32(58).fork()).join();
+    }
+    if (message.certificate !== undefined) {
+      RenewedCertificate.encode(message.certificate, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -2172,6 +2396,14 @@ export const ControlMessage: MessageFns<ControlMessage> = {
             message.keepAlive = KeepAlive.decode(reader, reader.uint32());
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.certificate = RenewedCertificate.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -2199,6 +2431,7 @@ export const ControlMessage: MessageFns<ControlMessage> = {
         : isSet(object.keep_alive)
         ? KeepAlive.fromJSON(object.keep_alive)
         : undefined,
+      certificate: isSet(object.certificate) ? RenewedCertificate.fromJSON(object.certificate) : undefined,
     };
   },
 
@@ -2224,6 +2457,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     }
     if (message.keepAlive !== undefined) {
       obj.keepAlive = KeepAlive.toJSON(message.keepAlive);
+    }
+    if (message.certificate !== undefined) {
+      obj.certificate = RenewedCertificate.toJSON(message.certificate);
     }
     return obj;
   },
@@ -2254,6 +2490,9 @@ export const ControlMessage: MessageFns<ControlMessage> = {
     message.keepAlive = (object.keepAlive !== undefined && object.keepAlive !== null)
       ? KeepAlive.fromPartial(object.keepAlive)
       : undefined;
+    message.certificate = (object.certificate !== undefined && object.certificate !== null)
+      ? RenewedCertificate.fromPartial(object.certificate)
+      : undefined;
     return message;
   },
 };
@@ -2263,7 +2502,9 @@ export type AgentServiceService = typeof AgentServiceService;
 export const AgentServiceService = {
   /**
    * One bidirectional stream per agent, as the file's comment describes; needs the
-   * cluster's credential ("authorization: Bearer <cluster token>").
+   * cluster's credential: a client certificate of the control plane's CA on its
+   * mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+   * <cluster token>".
    */
   connect: {
     path: "/archipel.v1alpha1.AgentService/Connect" as const,
@@ -2279,7 +2520,9 @@ export const AgentServiceService = {
 export interface AgentServiceServer extends UntypedServiceImplementation {
   /**
    * One bidirectional stream per agent, as the file's comment describes; needs the
-   * cluster's credential ("authorization: Bearer <cluster token>").
+   * cluster's credential: a client certificate of the control plane's CA on its
+   * mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+   * <cluster token>".
    */
   connect: handleBidiStreamingCall<AgentMessage, ControlMessage>;
 }
@@ -2287,7 +2530,9 @@ export interface AgentServiceServer extends UntypedServiceImplementation {
 export interface AgentServiceClient extends Client {
   /**
    * One bidirectional stream per agent, as the file's comment describes; needs the
-   * cluster's credential ("authorization: Bearer <cluster token>").
+   * cluster's credential: a client certificate of the control plane's CA on its
+   * mutual-TLS port (CN=<cluster>, O=archipel:agents), or "authorization: Bearer
+   * <cluster token>".
    */
   connect(): ClientDuplexStream<AgentMessage, ControlMessage>;
   connect(options: Partial<CallOptions>): ClientDuplexStream<AgentMessage, ControlMessage>;
