@@ -146,6 +146,7 @@ class Agent:
             ("grpc.keepalive_time_ms", 20000),
             ("grpc.keepalive_timeout_ms", 10000),
             ("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", limits.MAX_AGENT_SEND_BYTES),
         ]
         if self.tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.tls_ca)
