@@ -726,9 +726,3 @@ class Health:
             due = self.cases % every == 0
         if due:
             assert self._check(), "the control plane stopped serving during fuzzing"
-
-
-def methods_where(
-    methods: Sequence[Method], predicate: Callable[[Method], bool]
-) -> Iterator[Method]:
-    return (method for method in methods if predicate(method))
