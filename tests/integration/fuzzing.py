@@ -22,7 +22,7 @@ import dataclasses
 import enum
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc

@@ -230,12 +230,17 @@ def _call(
         if token is None
         else ((("authorization", f"Bearer {token}"),) if token else ())
     )
-    call = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString())
+    call = channel.unary_unary(
+        method,
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=lambda data: data,
+    )
     try:
         call(request, metadata=metadata, timeout=30)
     except grpc.RpcError as error:
-        trailing = {key: value for key, value in error.trailing_metadata() or ()}  # type: ignore[attr-defined]
-        return error.code(), error.details() or "", trailing  # type: ignore[attr-defined]
+        # (key, value) pairs at run time, whatever the stubs say.
+        pairs: Any = error.trailing_metadata() or ()
+        return error.code(), error.details() or "", dict(pairs)
     return grpc.StatusCode.OK, "", {}
 
 
