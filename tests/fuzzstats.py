@@ -36,6 +36,15 @@ _GAP = 30.0
 _LOG = os.environ.get("ARCHIPEL_FUZZ_LOG", "")
 
 
+# More (or fewer) cases than ``make test`` runs: ARCHIPEL_FUZZ_SCALE=10 for a long hunt.
+_SCALE = float(os.environ.get("ARCHIPEL_FUZZ_SCALE", "1"))
+
+
+def scaled(cases: int) -> int:
+    """``cases`` times ARCHIPEL_FUZZ_SCALE (at least one)."""
+    return max(1, round(cases * _SCALE))
+
+
 def record(area: str, outcome: str, *, identity: str = "", detail: str = "") -> None:
     """One case of ``area`` ran, with ``outcome`` (and ``detail``, for the log)."""
     if _LOG:

@@ -13,7 +13,10 @@ the end of the session (tests/fuzzstats.py).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Iterator
 
 import grpc
@@ -21,10 +24,13 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from archipel.v1alpha1 import agent_pb2
+import archipel.v1alpha1
+import archipel.v1alpha2
+from archipel import agentstream, limits
+from archipel.v1alpha1 import agent_pb2, work_pb2
 from archipel.v1alpha1 import service_pb2 as v1alpha1_pb2
-from archipel.v1alpha2 import service_pb2 as v1alpha2_pb2
-from tests.integration import fuzzing
+from tests import fuzzstats
+from tests.integration import agents, fuzzing
 from tests.integration.fuzzing import (
     AGENT_CLUSTER,
     AGENT_SERVICE,
@@ -41,7 +47,7 @@ pytestmark = pytest.mark.servers
 
 def _settings(examples: int) -> settings:
     return settings(
-        max_examples=examples,
+        max_examples=fuzzstats.scaled(examples),
         deadline=None,
         database=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -55,6 +61,8 @@ class Fuzzed:
     methods: list[Method]
     credentials: Credentials
     health: fuzzing.Health
+    work: work_pb2.PropagationWork
+    """The agent cluster's work."""
 
     def metadata(self, identity: Identity) -> tuple[tuple[str, str], ...]:
         return identity.metadata(self.credentials)
@@ -68,15 +76,31 @@ class Fuzzed:
         return [m for m in self.methods if m.client_streaming]
 
 
+# The agent cluster's one work: reports about it are stored, so the fuzzer reaches the
+# work-status controller. Named so that no fuzzed request names it.
+TARGET_NAMESPACE = "fz-target-ns"
+TARGET_WORK = f"{TARGET_NAMESPACE}.fz-target-configmap"
+
+
+async def _agent_cluster(plane: Plane) -> tuple[str, work_pb2.PropagationWork]:
+    """Join the agent's cluster and give it a work; its token and the work."""
+    api = agents.Api(plane.process)
+    try:
+        token = await api.join(AGENT_CLUSTER)
+        await api.propagate_config_maps(AGENT_CLUSTER, namespace=TARGET_NAMESPACE)
+        await api.apply(agents.config_map("fz-target", namespace=TARGET_NAMESPACE))
+        work = await agents.eventually(
+            "the agent cluster's work", lambda: api.work(AGENT_CLUSTER, TARGET_WORK)
+        )
+        return token, work
+    finally:
+        await api.close()
+
+
 @pytest.fixture(scope="module")
 def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
     for plane in start_plane(tmp_path_factory.mktemp("api-fuzz")):
-        join = plane.api.unary(
-            "/archipel.v1alpha1.ClusterAdminService/Join",
-            v1alpha1_pb2.JoinRequest(name=AGENT_CLUSTER, rotate=True).SerializeToString(),
-        )
-        assert join.code == grpc.StatusCode.OK, join
-        token = v1alpha1_pb2.JoinResponse.FromString(join.body).token
+        token, work = asyncio.run(_agent_cluster(plane))
         channel = fuzzing.channel(plane.process.address)
         try:
             yield Fuzzed(
@@ -85,10 +109,23 @@ def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
                 fuzzing.served_methods(plane.process.address),
                 Credentials(admin_token=plane.process.admin_token, agent_token=token),
                 fuzzing.Health(plane.process.serving),
+                work,
             )
         finally:
             channel.close()
         _assert_healthy(plane)
+        # Whatever the agent reported, its work is still readable (a status nested too
+        # deep would have made it, and its binding, undecodable elsewhere).
+        answer = plane.api.unary(
+            "/archipel.v1alpha1.PropagationWorkService/Get",
+            v1alpha1_pb2.GetRequest(
+                namespace=f"archipel-es-{AGENT_CLUSTER}", name=TARGET_WORK
+            ).SerializeToString(),
+        )
+        assert answer.code == grpc.StatusCode.OK, answer
+        stored = work_pb2.PropagationWork.FromString(answer.body)
+        for status in stored.status.manifest_statuses:
+            assert agentstream.struct_depth(status.status) <= limits.MAX_MANIFEST_DEPTH
 
 
 def _assert_healthy(plane: Plane) -> None:
@@ -112,14 +149,25 @@ AGENT_PROBE = f"/{AGENT_SERVICE}/Connect"
 WATCH_WAIT = 0.5
 
 
+def _declared_services() -> set[str]:
+    """Every service of every file generated from proto/, both versions."""
+    declared = set()
+    for package in (archipel.v1alpha1, archipel.v1alpha2):
+        for module in pkgutil.iter_modules(package.__path__):
+            if module.name.endswith("_pb2"):
+                file = importlib.import_module(f"{package.__name__}.{module.name}").DESCRIPTOR
+                declared |= {service.full_name for service in file.services_by_name.values()}
+    return declared
+
+
 def test_every_service_of_both_versions_is_discovered(fuzzed: Fuzzed) -> None:
+    # The fuzzer calls what reflection lists: a service of the contract that the server
+    # does not list would never be fuzzed (nor found by grpcurl).
     served = {method.service for method in fuzzed.methods}
-    declared = {
-        service.full_name
-        for file in (v1alpha1_pb2.DESCRIPTOR, v1alpha2_pb2.DESCRIPTOR, agent_pb2.DESCRIPTOR)
-        for service in file.services_by_name.values()
-    }
-    assert declared <= served
+    declared = _declared_services()
+    assert {"archipel.v1alpha1.ResourceTemplateService", AGENT_SERVICE} <= declared
+    assert any(name.startswith("archipel.v1alpha2.") for name in declared)
+    assert declared <= served, f"declared but not served or not listed: {declared - served}"
     assert fuzzed.of(streaming=False) and fuzzed.of(streaming=True) and fuzzed.stream_methods()
     # Nothing the fuzzer cannot call: a client-streaming method other than the agent
     # stream would need a case of its own.
@@ -221,14 +269,17 @@ def _hello(**fields: object) -> bytes:
 
 
 @st.composite
-def _status_report(draw: st.DrawFn) -> bytes:
+def _status_report(draw: st.DrawFn, work: work_pb2.PropagationWork) -> bytes:
     """A status report meant to hurt: a reflected status nested past the limit, or
-    more manifest statuses than a work has, about works that may not exist."""
+    more manifest statuses than a work has; about the agent's work (so it is stored)
+    or about works that do not exist."""
+    real = draw(st.booleans())
     report = agent_pb2.WorkStatusReport(
-        name=draw(st.sampled_from(["default.web-deployment", "x", "_.a", ""])),
-        uid=draw(st.sampled_from(["", "u"])),
-        generation=draw(st.integers(-1, 3)),
+        name=work.metadata.name if real else draw(st.sampled_from(["x", "_.a", ""])),
+        uid=work.metadata.uid if real else draw(st.sampled_from(["", "u"])),
+        generation=work.metadata.generation if real else draw(st.integers(-1, 3)),
         applied=draw(st.booleans()),
+        message=draw(fuzzing.TEXT),
     )
     for _ in range(draw(st.integers(0, 3))):
         manifest = report.manifest_statuses.add()
@@ -241,10 +292,14 @@ def _status_report(draw: st.DrawFn) -> bytes:
 
 
 @st.composite
-def _agent_session(draw: st.DrawFn, message: Method) -> list[bytes]:
+def _agent_session(draw: st.DrawFn, message: Method, work: work_pb2.PropagationWork) -> list[bytes]:
     """What an agent stream carries: an opening (a valid hello, or not), then anything."""
+    # Mostly a hello that opens the session, so that what follows reaches the session.
     opening = draw(
-        st.sampled_from(["hello", "hello+random", "other-cluster", "random", "broken", "none"])
+        st.sampled_from(
+            ["hello", "hello", "hello+random", "hello+random", "other-cluster", "random"]
+            + ["broken", "none"]
+        )
     )
     first: list[bytes] = []
     if opening == "hello":
@@ -267,7 +322,8 @@ def _agent_session(draw: st.DrawFn, message: Method) -> list[bytes]:
         st.lists(
             st.one_of(
                 fuzzing.message_bytes(message.input),
-                _status_report(),
+                _status_report(work),
+                _status_report(work),
                 fuzzing.message_bytes(message.input).flatmap(fuzzing.mangled),
             ),
             max_size=4,
@@ -282,7 +338,7 @@ def test_agent_streams(fuzzed: Fuzzed, identity: Identity) -> None:
     metadata = fuzzed.metadata(identity)
 
     @_settings(_budget(identity, connect.path, 150, 20))
-    @given(_agent_session(connect))
+    @given(_agent_session(connect, fuzzed.work))
     def run(messages: list[bytes]) -> None:
         answer = fuzzing.call_bidi(fuzzed.channel, connect, messages, metadata, wait=20)
         event(f"agent stream: {answer.code.name}")

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 NOWHERE = "127.0.0.1:9"
 
 FUZZ = settings(
-    max_examples=int(os.environ.get("ARCHIPEL_FUZZ_EXAMPLES", "250")),
+    max_examples=fuzzstats.scaled(250),
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
