@@ -291,14 +291,15 @@ def _status_report(draw: st.DrawFn, work: work_pb2.PropagationWork) -> bytes:
     return agent_pb2.AgentMessage(batch=batch).SerializeToString()
 
 
-OPENINGS = ("hello", "hello", "hello+random", "hello+random", "other-cluster", "random")
-OPENINGS += ("broken", "none")
+# How an agent stream opens: mostly with a hello that opens the session, so that what
+# follows reaches it.
+OPENINGS: tuple[str, ...] = ("hello", "hello", "hello+random", "hello+random")
+OPENINGS += ("other-cluster", "random", "broken", "none")
 
 
 @st.composite
 def _agent_session(draw: st.DrawFn, message: Method, work: work_pb2.PropagationWork) -> list[bytes]:
     """What an agent stream carries: an opening (a valid hello, or not), then anything."""
-    # Mostly a hello that opens the session, so that what follows reaches the session.
     opening = draw(st.sampled_from(OPENINGS))
     first: list[bytes] = []
     if opening == "hello":
