@@ -177,10 +177,23 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
-        method: str = handler_call_details.method
-        if handler is None or self.limiter.unlimited or not is_mutating(method):
+        if handler is None or self.limiter.unlimited:
             return handler
-        wait = self.limiter.acquire(self._identity(handler_call_details.invocation_metadata))
+        identity = self._identity(handler_call_details.invocation_metadata)
+        return self.check(identity, handler_call_details.method, handler)
+
+    def check(
+        self, identity: str, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        """``handler`` when ``identity`` may make this call of ``method`` now, else a
+        handler of the same shape that refuses it (RESOURCE_EXHAUSTED, retry hint).
+
+        For an authentication layer that knows the caller's name: call this with that
+        name, once the caller is authenticated, instead of installing the interceptor.
+        """
+        if not is_mutating(method):
+            return handler
+        wait = self.limiter.acquire(identity)
         if not wait:
             return handler
         metrics.RATE_LIMITED.labels(method=method.rpartition("/")[2]).inc()
