@@ -162,7 +162,11 @@ IDENTITIES: list[Identity] = [
         lambda method: Access.REFUSED,
     ),
     Identity("agent", lambda c: _bearer(c.agent_token), _agent_may),
-    # The roles (operator, editor, viewer) join this list with the identities work.
+    # The roles join this list with the identities work: issue the role's credential in
+    # test_api_fuzz.py's fixture (a field of Credentials), then, for example,
+    #   Identity("viewer", lambda c: _bearer(c.viewer_token),
+    #            lambda m: Access.REFUSED if ratelimit.is_mutating(m) else Access.SERVED)
+    # and every fuzz test runs as it too.
 ]
 
 
