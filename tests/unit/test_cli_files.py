@@ -130,8 +130,11 @@ def test_render_refuses_what_the_control_plane_would(
 @pytest.mark.parametrize(
     ("config", "expected"),
     [
-        ("server: a:1\ntokenFile: /nonexistent/token\n", "tokenFile: /nonexistent/token: No such"),
-        ("server: a:1\ntlsCaFile: [x]\n", "tlsCaFile: must be a string"),
+        (
+            "server: 127.0.0.1:9\ntokenFile: /nonexistent/token\n",
+            "tokenFile: /nonexistent/token: No such",
+        ),
+        ("server: 127.0.0.1:9\ntlsCaFile: [x]\n", "tlsCaFile: must be a string"),
         ("server: {a: 1}\n", "server: must be host:port, or a list of them"),
         ("[" * 5000, "config.yaml (document 1): line 1: "),
     ],

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from google.protobuf import json_format, message_factory
@@ -253,8 +254,20 @@ def no_server() -> Iterator[None]:
         "CONNECTION_RETRIES",
         client_module.CONNECTION_RETRIES.copy(sleep=lambda _: None, stop=stop_after_attempt(1)),
     )
+    # Whatever a fuzzed file says, the CLI connects to this machine's loopback only: a
+    # host name would be looked up in DNS, which is not this test's to reach.
+    for name in ("insecure_channel", "secure_channel"):
+        patch.setattr(grpc, name, _loopback_only(getattr(grpc, name)))
     yield
     patch.undo()
+
+
+def _loopback_only(make: Any) -> Any:
+    def channel(target: str, *args: Any, **kwargs: Any) -> Any:
+        assert target.startswith(("127.", "localhost:", "[::1]:")), target
+        return make(target, *args, **kwargs)
+
+    return channel
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
@@ -341,18 +354,26 @@ def test_render_reads_anything(workdir: Path, documents: str, clusters: str) -> 
     )
 
 
-@FUZZ
-@given(
-    file_text(
-        st.one_of(
-            fuzzing.JSON,
-            st.dictionaries(
-                st.sampled_from(["server", "token", "tokenFile", "tlsCaFile"]),
-                st.one_of(fuzzing.JSON, st.sampled_from([NOWHERE, "/nonexistent", "/", ""])),
-            ),
-        )
-    )
+# Where a config file may point the CLI: nowhere but this machine's loopback (a
+# random host name would be looked up in DNS), or at values that are no address.
+_SERVERS = st.one_of(
+    st.sampled_from([NOWHERE, "127.0.0.1:9,127.0.0.1:8", "", [NOWHERE], [NOWHERE, NOWHERE]]),
+    fuzzing.JSON.filter(lambda value: not isinstance(value, str | list)),
 )
+_CONFIG = st.one_of(
+    fuzzing.JSON.filter(lambda value: not isinstance(value, dict)),
+    st.fixed_dictionaries(
+        {"server": _SERVERS},
+        optional={
+            key: st.one_of(fuzzing.JSON, st.sampled_from([NOWHERE, "/nonexistent", "/", ""]))
+            for key in ("token", "tokenFile", "tlsCaFile")
+        },
+    ),
+)
+
+
+@FUZZ
+@given(file_text(_CONFIG))
 def test_the_config_file_is_read_safely(workdir: Path, text: str) -> None:
     path = _write(workdir, "config.yaml", text)
     with pytest.MonkeyPatch.context() as patch:
