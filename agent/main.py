@@ -168,6 +168,7 @@ class Agent:
             ("grpc.keepalive_time_ms", 20000),
             ("grpc.keepalive_timeout_ms", 10000),
             ("grpc.max_receive_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
+            ("grpc.max_send_message_length", limits.MAX_AGENT_SEND_BYTES),
         ]
         if self.insecure:
             return grpc.aio.insecure_channel(self.server, options=options)

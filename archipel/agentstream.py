@@ -8,6 +8,8 @@ Every status report is checked on its way out: a reflected status comes from a m
 object Archipel does not control, and one too deep or too large would make a message
 the control plane cannot decode (or refuses), failing the stream and every report
 behind it. Such a status is replaced by an empty one, with a health message saying why.
+The control plane checks every report it receives the same way (:func:`bound_report`),
+since an agent may be older, buggy or hostile.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+from google.protobuf import struct_pb2
 from google.protobuf.message import Message
 
-from archipel import limits, structs
+from archipel import limits
 from archipel.v1alpha1 import agent_pb2
 
 # What a batch adds per item on top of the item itself: a field tag and a length.
@@ -36,15 +39,8 @@ def bound_report(report: agent_pb2.WorkStatusReport) -> agent_pb2.WorkStatusRepo
             problem = (
                 f"status not reported: {size} bytes, more than {limits.MAX_REPORTED_STATUS_BYTES}"
             )
-        else:
-            try:
-                deep = limits.depth(structs.from_struct(manifest.status))
-            except RecursionError:
-                deep = limits.MAX_MANIFEST_DEPTH + 1
-            if deep > limits.MAX_MANIFEST_DEPTH:
-                problem = (
-                    f"status not reported: nested deeper than {limits.MAX_MANIFEST_DEPTH} levels"
-                )
+        elif struct_depth(manifest.status) > limits.MAX_MANIFEST_DEPTH:
+            problem = f"status not reported: nested deeper than {limits.MAX_MANIFEST_DEPTH} levels"
         if problem:
             manifest.ClearField("status")
             manifest.status.SetInParent()  # an empty status, not a missing one
@@ -52,6 +48,28 @@ def bound_report(report: agent_pb2.WorkStatusReport) -> agent_pb2.WorkStatusRepo
                 f"{manifest.health_message}; {problem}" if manifest.health_message else problem
             )
     return report
+
+
+def struct_depth(struct: struct_pb2.Struct) -> int:
+    """Levels of nesting of a Struct as JSON (the object itself is level 1), counted
+    on the message itself, without recursion, and no further than the limit plus one."""
+    deepest = 0
+    pending: list[tuple[struct_pb2.Value | struct_pb2.Struct, int]] = [(struct, 1)]
+    while pending:
+        item, level = pending.pop()
+        if level > deepest:
+            deepest = level
+            if deepest > limits.MAX_MANIFEST_DEPTH:
+                return deepest
+        if isinstance(item, struct_pb2.Struct):
+            pending.extend((child, level + 1) for child in item.fields.values())
+            continue
+        which = item.WhichOneof("kind")
+        if which == "struct_value":
+            pending.extend((child, level + 1) for child in item.struct_value.fields.values())
+        elif which == "list_value":
+            pending.extend((child, level + 1) for child in item.list_value.values)
+    return deepest
 
 
 def _bounded(message: agent_pb2.AgentMessage) -> agent_pb2.AgentMessage:

@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import datetime
 import os
+import random
 import re
 import sys
 import threading
@@ -21,10 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import yaml
 from google.protobuf import json_format, message_factory
 from google.protobuf import message as pb_message
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from archipel import addresses, manifests, structs
 from archipel.core import kinds, scopes
@@ -75,6 +82,48 @@ CONNECTION_RETRIES = Retrying(
             isinstance(error, grpc.RpcError) and _code(error) == grpc.StatusCode.UNAVAILABLE
         )
     ),
+    reraise=True,
+)
+
+
+# The control plane's rate limiter (controlplane/ratelimit.py) refuses a mutating call
+# over its identity's rate with RESOURCE_EXHAUSTED and, in this trailing metadata, how
+# many milliseconds to wait. Only such a refusal is retried (another RESOURCE_EXHAUSTED,
+# a message too large, would be refused again), after the hint and a little jitter, for
+# as long as RATE_LIMIT_PATIENCE seconds in all.
+RETRY_AFTER_KEY = "retry-after-ms"
+RATE_LIMIT_PATIENCE = 120.0
+
+
+def retry_after(error: BaseException) -> float | None:
+    """Seconds the server asked to wait before retrying ``error``'s call, or None when
+    it is not a rate limiter's refusal."""
+    if not isinstance(error, grpc.RpcError) or _code(error) != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    # (key, value) pairs at run time, whatever the stubs say.
+    trailing: Any = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == RETRY_AFTER_KEY:
+            try:
+                milliseconds = float(value)
+            except ValueError:
+                return None
+            # A hint out of all proportion is the server's bug: wait a bounded while.
+            return min(max(milliseconds, 0.0), 60_000.0) / 1000
+    return None
+
+
+def _wait_as_told(state: RetryCallState) -> float:
+    error = state.outcome.exception() if state.outcome else None
+    hinted = retry_after(error) if error is not None else None
+    # Jitter: callers refused together should not all come back in the same instant.
+    return (hinted or 0.0) * (1 + 0.1 * random.random())
+
+
+RATE_LIMIT_RETRIES = Retrying(
+    wait=_wait_as_told,
+    stop=stop_after_delay(RATE_LIMIT_PATIENCE),
+    retry=retry_if_exception(lambda error: retry_after(error) is not None),
     reraise=True,
 )
 
@@ -164,43 +213,56 @@ class Config:
         data: dict[str, Any] = {}
         candidate = path or Path(os.environ.get(CONFIG_ENV, DEFAULT_CONFIG))
         if candidate.exists():
-            loaded = yaml.safe_load(candidate.read_text()) or {}
+            # Read as manifests are (bounded size, depth and aliases): a config file
+            # from elsewhere may be anything.
+            try:
+                documents = manifests.load_documents(manifests.read_file(candidate), str(candidate))
+            except manifests.ManifestError as error:
+                raise ClientError(str(error)) from error
+            loaded = documents[0][1] if documents else {}
             if not isinstance(loaded, dict):
                 raise ClientError(f"{candidate}: not a mapping")
             data = loaded
         elif path is not None:
             raise ClientError(f"{path}: no such config file")
-        server = server or os.environ.get("ARCHIPEL_SERVER") or data.get("server")
-        if isinstance(server, list):
+        for key in ("token", "tokenFile", "tlsCaFile", "certificateAuthorityData"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise ClientError(f"{candidate}: {key}: must be a string")
+        configured = data.get("server")
+        if configured is not None and not (
+            isinstance(configured, str)
+            or (isinstance(configured, list) and all(isinstance(s, str) for s in configured))
+        ):
+            raise ClientError(f"{candidate}: server: must be host:port, or a list of them")
+        wanted: str | list[str] | None = server or os.environ.get("ARCHIPEL_SERVER") or configured
+        if isinstance(wanted, list):
             # A YAML list of servers is the same as the comma-separated string.
-            server = ",".join(addresses.split(server))
-        token = os.environ.get("ARCHIPEL_TOKEN") or data.get("token", "")
+            wanted = ",".join(addresses.split(wanted))
+        token = os.environ.get("ARCHIPEL_TOKEN") or data.get("token") or ""
         if not token and data.get("tokenFile"):
-            token = Path(data["tokenFile"]).read_text().strip()
-        if not server:
+            raw = _read_config_file(candidate, "tokenFile", data["tokenFile"])
+            if not raw.isascii():
+                raise ClientError(f"{candidate}: tokenFile: {data['tokenFile']}: not a token")
+            token = raw.decode().strip()
+        if not wanted:
             raise ClientError(
                 "no server configured: run 'make up', or set ARCHIPEL_SERVER and ARCHIPEL_TOKEN"
             )
         ca = os.environ.get("ARCHIPEL_TLS_CA_FILE") or data.get("tlsCaFile")
-        tls_ca = _inline_certificate_authority(data)
-        try:
-            if tls_ca is None and ca:
-                tls_ca = Path(ca).read_bytes()
-        except OSError as error:
-            raise ClientError(
-                f"tlsCaFile: cannot read the control plane's CA bundle: {error}"
-            ) from None
+        tls_ca = _inline_certificate_authority(candidate, data)
+        if tls_ca is None and ca:
+            tls_ca = _read_config_file(candidate, "tlsCaFile", ca)
         insecure = os.environ.get("ARCHIPEL_INSECURE", "").lower() in ("1", "true", "yes") or (
             data.get("insecure") is True
         )
         return cls(
-            server=server, token=token, tls_ca=tls_ca, tls_ca_file=ca or "", insecure=insecure
+            server=wanted, token=token, tls_ca=tls_ca, tls_ca_file=ca or "", insecure=insecure
         )
 
 
-def _inline_certificate_authority(data: dict[str, Any]) -> bytes | None:
+def _inline_certificate_authority(config: Path, data: dict[str, Any]) -> bytes | None:
     """The CA bundle in certificateAuthorityData (base64 of the PEM, as in a
-    kubeconfig), which a config printed by archipel user create carries so that it
+    kubeconfig), which a config printed by 'archipel user create' carries so that it
     works on its own."""
     inline = data.get("certificateAuthorityData")
     if not inline:
@@ -208,7 +270,16 @@ def _inline_certificate_authority(data: dict[str, Any]) -> bytes | None:
     try:
         return base64.b64decode(str(inline), validate=True)
     except ValueError as error:
-        raise ClientError(f"certificateAuthorityData: not base64 ({error})") from None
+        raise ClientError(f"{config}: certificateAuthorityData: not base64 ({error})") from None
+
+
+def _read_config_file(config: Path, key: str, name: str) -> bytes:
+    """A file a config names (its token, its CA bundle); a one-line error if unreadable."""
+    try:
+        return Path(name).read_bytes()
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error)
+        raise ClientError(f"{config}: {key}: {name}: {reason}") from error
 
 
 class FailoverChannel(grpc.Channel):
@@ -598,13 +669,18 @@ class Client:
         return self.stub(api_kind)
 
     def call(self, method: Any, request: Any, *, timeout: float = 30) -> Any:
-        """Call ``method``; retried while the server is unreachable, and any failure
-        becomes a :class:`ClientError` carrying the status code."""
+        """Call ``method``; retried while the server is unreachable or, after the wait it
+        asks for, while its rate limiter refuses the call; any failure becomes a
+        :class:`ClientError` carrying the status code."""
         # At least one try at every server, and a few more when there is only one.
         tries = max(4, len(self.channel.servers) + 1)
         try:
-            return CONNECTION_RETRIES.copy(stop=stop_after_attempt(tries))(
-                method, request, metadata=self.metadata, timeout=timeout
+            return RATE_LIMIT_RETRIES(
+                CONNECTION_RETRIES.copy(stop=stop_after_attempt(tries)),
+                method,
+                request,
+                metadata=self.metadata,
+                timeout=timeout,
             )
         except grpc.RpcError as error:
             raise ClientError(_describe(error), code=_code(error)) from error

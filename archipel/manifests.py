@@ -429,6 +429,19 @@ def load_manifests(data: bytes | str, origin: str) -> list[Manifest]:
     Raises :class:`ManifestError` for anything else: not YAML, over a bound, not JSON,
     not a mapping, or without a string ``apiVersion``, ``kind`` and ``metadata.name``.
     """
+    return load_documents(data, origin, check=_manifest)
+
+
+def load_documents(
+    data: bytes | str, origin: str, *, check: Callable[[Any], Any] | None = None
+) -> list[tuple[int, Any]]:
+    """Every non-empty document of a YAML or JSON stream, as JSON values (numbered from
+    1, counting empty documents), under the same bounds as manifests: for the other
+    files the CLI reads (clusters, earlier results, its config).
+
+    ``check`` may refuse a document by raising :class:`_Problem` (see :func:`problem`);
+    what it returns is kept. Raises :class:`ManifestError`.
+    """
     if isinstance(data, str):
         try:
             data = data.encode("utf-8")
@@ -438,7 +451,7 @@ def load_manifests(data: bytes | str, origin: str) -> list[Manifest]:
         mib = limits.MAX_MANIFEST_FILE_BYTES // (1024 * 1024)
         raise ManifestError(origin, None, "", f"larger than {mib} MiB: not read")
     loader = _Loader(_decode(data, origin))
-    documents: list[Manifest] = []
+    documents: list[tuple[int, Any]] = []
     number = 0
     try:
         while loader.check_node():
@@ -449,7 +462,7 @@ def load_manifests(data: bytes | str, origin: str) -> list[Manifest]:
             _check(loader, node)
             document = loader.construct_document(node)
             if document is not None:
-                documents.append((number, _manifest(document)))
+                documents.append((number, check(document) if check else document))
     except _Problem as found:
         raise ManifestError(origin, max(number, 1), found.where, found.problem) from None
     except yaml.YAMLError as error:
@@ -458,6 +471,12 @@ def load_manifests(data: bytes | str, origin: str) -> list[Manifest]:
     finally:
         loader.dispose()
     return documents
+
+
+def problem(where: str, what: str) -> Exception:
+    """The exception a ``check`` of :func:`load_documents` raises to refuse a document:
+    the error then names the file, the document, ``where`` (a field path) and ``what``."""
+    return _Problem(where, what)
 
 
 def _yaml_problem(error: yaml.YAMLError) -> tuple[str, str]:

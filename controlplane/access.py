@@ -50,7 +50,12 @@ class AuditService:
     async def List(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if request.limit < 0:
             raise Invalid("limit", "must not be negative")
-        since = request.since.ToDatetime(datetime.UTC) if request.HasField("since") else None
+        since = None
+        if request.HasField("since"):
+            try:
+                since = request.since.ToDatetime(datetime.UTC)
+            except (ValueError, OverflowError) as error:
+                raise Invalid("since", f"not a valid timestamp ({error})") from None
         limit = min(request.limit or MAX_LISTED_EVENTS, MAX_LISTED_EVENTS)
         # Reading files blocks: the default executor is bounded (min(32, cpus + 4)).
         events = await asyncio.get_running_loop().run_in_executor(

@@ -232,18 +232,20 @@ def _bulk_field(descriptor: Any) -> str:
     return "request"
 
 
-def decode_request(message_type: type[M], data: bytes) -> M:
+def decode_request(
+    message_type: type[M], data: bytes, *, max_bytes: int = limits.MAX_REQUEST_BYTES
+) -> M:
     """Decode a request; bytes that are not a ``message_type`` are :class:`Invalid`.
 
-    A request larger than any acceptable object is refused before it is decoded:
-    turning megabytes of protobuf into Python objects only to refuse them costs memory
-    that the allocator does not hand back.
+    A request larger than ``max_bytes`` (by default, than any acceptable object) is
+    refused before it is decoded: turning megabytes of protobuf into Python objects
+    only to refuse them costs memory that the allocator does not hand back.
     """
     memory.after_large_request(len(data))
-    if len(data) > limits.MAX_REQUEST_BYTES:
+    if len(data) > max_bytes:
         raise Invalid(
             _bulk_field(message_type.DESCRIPTOR),
-            f"{len(data)} bytes, over the limit of {limits.MAX_REQUEST_BYTES} bytes for one "
+            f"{len(data)} bytes, over the limit of {max_bytes} bytes for one "
             f"request (objects may have {limits.MAX_OBJECT_BYTES} bytes)",
         )
     try:
@@ -451,7 +453,7 @@ class KindService(Generic[T]):
         items, token, revision = await self.store.list(
             self.kind,
             self.kind.prefix(namespace),
-            limit=request.limit,
+            limit=limits.page_size(request.limit),
             continue_token=getattr(request, "continue"),
             keep=lambda obj: selector.matches(self.kind.meta(obj).labels),
         )
@@ -601,8 +603,9 @@ def _check_override(policy: Any) -> None:
     )
 
 
-def _check_namespaced(obj: Any) -> None:
-    validation.check_metadata(obj.metadata, namespaced=True)
+def _check_work(work: work_pb2.PropagationWork) -> None:
+    validation.check_metadata(work.metadata, namespaced=True)
+    validation.check_work_spec(work.spec)
 
 
 def _check_binding(binding: work_pb2.PropagationBinding) -> None:
@@ -623,7 +626,7 @@ _VALIDATORS: dict[str, Callable[[Any], None]] = {
     kinds.CLUSTER_OVERRIDE_POLICY.name: _check_override,
     kinds.RESOURCE_INTERPRETER_CUSTOMIZATION.name: _check_customization,
     kinds.PROPAGATION_BINDING.name: _check_binding,
-    kinds.PROPAGATION_WORK.name: _check_namespaced,
+    kinds.PROPAGATION_WORK.name: _check_work,
     kinds.WORKLOAD_REBALANCER.name: validation.check_workload_rebalancer,
     kinds.CLUSTER_TAINT_POLICY.name: validation.check_cluster_taint_policy,
 }
@@ -766,7 +769,7 @@ class TemplateService:
         items, token, revision = await self.store.list(
             self.kind,
             prefix,
-            limit=request.limit,
+            limit=limits.page_size(request.limit),
             continue_token=getattr(request, "continue"),
             weigh=weigh,
             keep=lambda manifest: in_namespace(manifest) and visible(manifest),

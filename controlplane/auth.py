@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import dataclasses
 import hashlib
@@ -36,6 +37,7 @@ from archipel.core.errors import ArchipelError, PermissionDenied, Unauthenticate
 from archipel.core.roles import Identity, Role
 from archipel.v1alpha2 import access_pb2
 from controlplane.audit import AuditLog
+from controlplane.ratelimit import RateLimitInterceptor, identity_key
 from controlplane.users import UserDirectory
 
 OPEN_PREFIXES = (
@@ -144,11 +146,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         users: UserDirectory,
         authenticate_cluster: Callable[[str], Awaitable[str]],
         audit: AuditLog,
+        limiter: RateLimitInterceptor | None = None,
     ) -> None:
         self._admin_hash = hashlib.sha256(admin_token.encode()).digest()
         self._users = users
         self._authenticate_cluster = authenticate_cluster
         self._audit = audit
+        self._limiter = limiter
 
     def is_admin(self, token: str) -> bool:
         return secrets.compare_digest(hashlib.sha256(token.encode()).digest(), self._admin_hash)
@@ -177,9 +181,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         handler = await continuation(handler_call_details)
         method: str = handler_call_details.method
-        if handler is None or method.startswith(OPEN_PREFIXES) or method.startswith(AGENT_PREFIX):
-            # The agent stream authenticates itself: it needs to know which cluster.
+        if handler is None:
             return handler
+        if method.startswith(OPEN_PREFIXES) or method.startswith(AGENT_PREFIX):
+            # The agent stream authenticates itself: it needs to know which cluster.
+            # These are limited by their bearer token (an agent's) or as anonymous.
+            if self._limiter is None:
+                return handler
+            key = identity_key(handler_call_details.invocation_metadata)
+            return self._limiter.check(key, method, handler)
         try:
             identity = await self.authenticate(
                 bearer_token(handler_call_details.invocation_metadata)
@@ -191,11 +201,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return self._refusing(
                 handler, Call(identity, method), PermissionDenied(decision.reason)
             )
+        if self._limiter is not None:
+            # A refusal (RESOURCE_EXHAUSTED) is served, and audited, like any answer.
+            handler = self._limiter.check(f"user:{identity.name}", method, handler)
         return self._serving(handler, identity, method)
 
     # -- audit ---------------------------------------------------------------------------
 
-    def _record(self, call: Call, context: grpc.aio.ServicerContext[Any, Any], code: str) -> None:
+    def _record(self, call: Call, peer: str, code: str) -> None:
         _, verb = roles.split_method(call.method)
         if not (roles.is_mutating(verb) or call.reads_secrets):
             return
@@ -209,17 +222,20 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 namespace=call.namespace,
                 name=call.name,
                 code=code,
-                peer=context.peer(),
+                peer=peer,
             )
         )
 
     @staticmethod
-    def _outcome(context: grpc.aio.ServicerContext[Any, Any], failed: bool) -> str:
+    def _failure(context: grpc.aio.ServicerContext[Any, Any], error: BaseException) -> str:
+        """The code a call that raised ``error`` ends with. A call the client cancelled
+        (or whose deadline passed) is over: its context must not be asked anything more,
+        gRPC's C core has freed it."""
+        if isinstance(error, (asyncio.CancelledError, GeneratorExit)):
+            return "CANCELLED"
         code = context.code()
-        if isinstance(code, grpc.StatusCode):
-            return code.name
         # An abort sets the code; an exception that escaped the servicer did not.
-        return "UNKNOWN" if failed else "OK"
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -228,7 +244,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> grpc.RpcMethodHandler[Any, Any]:
         async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             call.kind, call.namespace, call.name = _what(call.method, request)
-            self._record(call, context, error.code.name)
+            self._record(call, context.peer(), error.code.name)
             await context.abort(error.code, str(error))
 
         return _same_shape(handler, refuse, refuse)
@@ -241,34 +257,34 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         async def serve_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = Call(identity, method)
+            peer = context.peer()
             token = _CALL.set(call)
-            failed = False
             try:
                 assert unary is not None
-                return await unary(request, context)
-            except BaseException:
-                failed = True
+                answer = await unary(request, context)
+            except BaseException as error:
+                self._record(call, peer, self._failure(context, error))
                 raise
             finally:
-                self._record(call, context, self._outcome(context, failed))
                 _CALL.reset(token)
+            self._record(call, peer, "OK")
+            return answer
 
         async def serve_stream(
             request: Any, context: grpc.aio.ServicerContext[Any, Any]
         ) -> AsyncIterator[Any]:
             # Each RPC is served in its own task, so the call stays in its context.
             call = Call(identity, method)
+            peer = context.peer()
             _CALL.set(call)
-            failed = False
             try:
                 assert streaming is not None
                 async for item in streaming(request, context):
                     yield item
-            except BaseException:
-                failed = True
+            except BaseException as error:
+                self._record(call, peer, self._failure(context, error))
                 raise
-            finally:
-                self._record(call, context, self._outcome(context, failed))
+            self._record(call, peer, "OK")
 
         return _same_shape(handler, serve_unary, serve_stream)
 

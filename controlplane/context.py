@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from archipel import interpreter
+from archipel import interpreter, limits
 from archipel.core import kinds, names
 from archipel.core.kinds import CLUSTER_SCOPE, Manifest
 from archipel.core.names import BINDING_NAME_LABEL, BINDING_NAMESPACE_LABEL, CLUSTER_LABEL
@@ -121,6 +121,11 @@ class Settings:
     gracePeriodSeconds; Karmada's --graceful-eviction-timeout)."""
     workers: int = 4
     """Parallel reconciles per controller."""
+    mutation_rate: float = limits.DEFAULT_MUTATION_RATE
+    """Mutating API calls one identity may make per second on average; 0: unlimited
+    (:mod:`controlplane.ratelimit`)."""
+    mutation_burst: int = limits.DEFAULT_MUTATION_BURST
+    """Mutating calls one identity may make at once above the rate."""
     shutdown_grace: float = 5.0
     controllers: tuple[str, ...] = ("*",)
     """Which controllers run, as Karmada's --controllers: names, ``*`` for all, and

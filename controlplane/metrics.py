@@ -74,3 +74,9 @@ FAILOVER_RECOVERY_SECONDS = Histogram(
     ["reason"],
     buckets=(5, 10, 30, 60, 90, 120, 180, 300, 600, 1200),
 )
+RATE_LIMITED = Counter(
+    "archipel_rate_limited_calls_total",
+    "Mutating calls refused with RESOURCE_EXHAUSTED because their identity was over "
+    "--mutation-rate (by method name)",
+    ["method"],
+)

@@ -30,7 +30,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from prometheus_client import start_http_server
 
-from archipel import addresses, durations, limits, pki
+from archipel import addresses, agentstream, durations, limits, pki
 from archipel.core import kinds, matching
 from archipel.core.errors import (
     ArchipelError,
@@ -39,10 +39,19 @@ from archipel.core.errors import (
     TooMuch,
     Unauthenticated,
 )
-from archipel.v1alpha1 import agent_pb2, agent_pb2_grpc
+from archipel.v1alpha1 import agent_pb2
 from archipel.v1alpha2 import access_pb2, registration_pb2, storage_pb2
 from archipel.version import VERSION
-from controlplane import access, api, auth, certificates, encryption, metrics, registration
+from controlplane import (
+    access,
+    api,
+    auth,
+    certificates,
+    encryption,
+    metrics,
+    ratelimit,
+    registration,
+)
 from controlplane.audit import AuditLog
 from controlplane.context import Context, Settings
 from controlplane.controllers import binding as binding_controller
@@ -252,8 +261,10 @@ class AgentService:
                 if which == "ack":
                     self.execution.acknowledged(session, message.ack)
                 elif which == "status":
-                    # Reports are filed under the authenticated cluster, whatever they say.
-                    self.work_status.report(cluster, message.status)
+                    # Reports are filed under the authenticated cluster, whatever they say,
+                    # and bounded as an agent bounds them: a status nested too deep would
+                    # make the work, and the binding that aggregates it, undecodable.
+                    self.work_status.report(cluster, agentstream.bound_report(message.status))
                 elif which == "deleted":
                     self.execution.forget(session, message.deleted.name)
                     self.work_status.deleted(cluster, message.deleted)
@@ -279,12 +290,16 @@ class AgentService:
                     for ack in batch.acks:
                         self.execution.acknowledged(session, ack)
                     for report in batch.statuses:
-                        self.work_status.report(cluster, report)
+                        self.work_status.report(cluster, agentstream.bound_report(report))
                     for deleted in batch.deleted:
                         self.execution.forget(session, deleted.name)
                         self.work_status.deleted(cluster, deleted)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
+        except ArchipelError as error:
+            # What the agent sent is wrong (a message that is not an AgentMessage): the
+            # stream ends with the reason, as for any refused request.
+            session.fail(error)
         except Exception as error:
             # A bug met reading one agent's stream ends that stream, loudly: INTERNAL
             # to the agent (which reconnects), the traceback in the log, a count in
@@ -368,6 +383,34 @@ class MethodAwarePool:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pool, name)
+
+
+async def _decoded(requests: AsyncIterator[bytes]) -> AsyncIterator[agent_pb2.AgentMessage]:
+    """An agent's messages, decoded here rather than by gRPC's generated handler, which
+    fails the stream with INTERNAL on bytes that are not an AgentMessage: such bytes
+    are :class:`Invalid`, naming the field that cannot be decoded."""
+    async for data in requests:
+        yield api.decode_request(agent_pb2.AgentMessage, data, max_bytes=limits.MAX_RECEIVE_BYTES)
+
+
+def agent_handler(agent: AgentService) -> grpc.GenericRpcHandler[Any, Any]:
+    """The agent stream's handler: messages arrive as bytes (:func:`_decoded`)."""
+
+    async def connect(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[agent_pb2.ControlMessage]:
+        stream = agent.Connect(_decoded(requests), context)
+        try:
+            async for message in stream:
+                yield message
+        finally:
+            # The session's bookkeeping runs now, not whenever the stream is collected.
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    handler = grpc.stream_stream_rpc_method_handler(
+        connect, response_serializer=agent_pb2.ControlMessage.SerializeToString
+    )
+    return grpc.method_handlers_generic_handler(AGENT_SERVICE, {"Connect": handler})
 
 
 def _check_held(hello: agent_pb2.Hello) -> None:
@@ -555,12 +598,17 @@ class ControlPlane:
             users=self.users,
             authenticate_cluster=self.clusters.authenticate,
             audit=self.audit,
+            # Mutating calls over their identity's rate are refused before any servicer
+            # runs (controlplane/ratelimit.py).
+            limiter=ratelimit.RateLimitInterceptor(
+                ratelimit.RateLimiter(settings.mutation_rate, settings.mutation_burst)
+            ),
         )
         server = grpc.aio.server(
             interceptors=[interceptor],
             options=[
                 ("grpc.max_receive_message_length", limits.MAX_RECEIVE_BYTES),
-                ("grpc.max_send_message_length", limits.MAX_AGENT_RECEIVE_BYTES),
+                ("grpc.max_send_message_length", limits.MAX_SEND_BYTES),
                 ("grpc.keepalive_time_ms", 20000),
                 ("grpc.keepalive_timeout_ms", 10000),
                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
@@ -579,7 +627,7 @@ class ControlPlane:
                 for name, servicer in servicers.items()
             ]
         )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(agent, server)  # type: ignore[arg-type]
+        server.add_generic_rpc_handlers([agent_handler(cast(AgentService, agent))])
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME),
@@ -789,6 +837,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--graceful-eviction-timeout", type=float, default=600.0)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument(
+        "--mutation-rate",
+        type=float,
+        default=limits.DEFAULT_MUTATION_RATE,
+        help="mutating calls (Apply, Delete, Join, ...) one identity may make per second "
+        "on average; more are refused with RESOURCE_EXHAUSTED and a retry hint (0: no limit)",
+    )
+    parser.add_argument(
+        "--mutation-burst",
+        type=int,
+        default=limits.DEFAULT_MUTATION_BURST,
+        help="mutating calls one identity may make at once above --mutation-rate",
+    )
+    parser.add_argument(
         "--replica-id",
         default="",
         help="this replica's name among the control plane's replicas (a pod's name); "
@@ -857,6 +918,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     except ValueError as error:
         print(f"{parser.prog}: --agent-cert-validity: {error}", file=sys.stderr)
         raise SystemExit(1) from None
+    if not 0 <= args.mutation_rate < float("inf"):
+        parser.error("--mutation-rate must be a number from 0 (0: no limit)")
+    if args.mutation_rate and args.mutation_burst < 1:
+        parser.error("--mutation-burst must be at least 1")
     if args.shards < 1:
         parser.error("--shards must be at least 1")
     if args.shard_lease_seconds < 2:
@@ -899,6 +964,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         default_failover_taints=args.default_failover_taints,
         graceful_eviction_timeout=args.graceful_eviction_timeout,
         workers=args.workers,
+        mutation_rate=args.mutation_rate,
+        mutation_burst=args.mutation_burst,
         replica_id=args.replica_id,
         shards=args.shards,
         shard_lease_seconds=args.shard_lease_seconds,

@@ -83,3 +83,14 @@ def members(
         fleet.stop()
     else:
         yield shared_fleets(count, profile)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """How many fuzz cases ran and what they found (tests/fuzzstats.py)."""
+    from tests import fuzzstats
+
+    lines = fuzzstats.summary()
+    if lines:
+        terminalreporter.section("fuzzing")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -38,6 +38,7 @@ from archipel.client import (
     to_message,
 )
 from archipel.core import kinds, matching, overrides, scopes
+from archipel.core.errors import ArchipelError
 from archipel.core.names import (
     APPLIED_CLUSTER_OVERRIDES_ANNOTATION,
     APPLIED_OVERRIDES_ANNOTATION,
@@ -662,17 +663,13 @@ class Commands:
         if not self.args.clusters or not self.args.filename:
             raise ClientError("schedule --simulate: give --clusters FILE and -f FILE")
         clusters = simulate.load_clusters(Path(self.args.clusters))
-        documents = [d for source in self.args.filename for _, d in read_documents(source)]
+        documents = [pair for source in self.args.filename for pair in read_documents(source)]
         previous: dict[str, dict[str, int]] = {}
         if self.args.previous:
             try:
-                earlier = json.loads(Path(self.args.previous).read_text())
-            except (OSError, ValueError) as error:
+                previous = simulate.load_previous(Path(self.args.previous))
+            except ClientError as error:
                 raise ClientError(f"--previous: {error}") from error
-            for result in earlier.get("results", earlier if isinstance(earlier, list) else []):
-                previous[result["template"]] = {
-                    c["name"]: c["replicas"] for c in result["clusters"]
-                }
         results = simulate.simulate(clusters, documents, previous=previous)
         if self.args.output == "json":
             print(json.dumps({"results": results}, indent=2))
@@ -707,25 +704,22 @@ class Commands:
         cluster = clusters.get(self.args.cluster)
         if cluster is None:
             raise ClientError(f"--cluster: {self.args.cluster!r} is not in {self.args.clusters}")
-        documents = [d for source in self.args.filename for _, d in read_documents(source)]
+        documents = [pair for source in self.args.filename for pair in read_documents(source)]
         # Offline, the files' own CRDs are all there is to say a kind is cluster-scoped.
         known = scopes.KindScopes()
-        for number, document in enumerate(documents):
+        for number, (_, document) in enumerate(documents):
             known.observe(str(number), document)
         namespaced, cluster_wide, templates = [], [], []
-        for document in documents:
-            api_kind = api_kind_of_document(document)
+        for origin, document in documents:
+            # Checked as the control plane admits them: what it would refuse is refused
+            # here, naming the document and the field, before any override runs.
+            api_kind, checked = simulate.check_document(origin, document, scope_of=known.scope)
             if api_kind is None:
-                metadata = document.setdefault("metadata", {})
-                if known.namespaced(str(document.get("apiVersion", "")), document.get("kind", "")):
-                    metadata.setdefault("namespace", "default")
-                templates.append(document)
+                templates.append(checked)
             elif api_kind.name == "OverridePolicy":
-                message = to_message(api_kind, document)
-                message.metadata.namespace = message.metadata.namespace or "default"
-                namespaced.append(message)
+                namespaced.append(checked)
             elif api_kind.name == "ClusterOverridePolicy":
-                cluster_wide.append(to_message(api_kind, document))
+                cluster_wide.append(checked)
         rendered = [_render(t, namespaced, cluster_wide, cluster) for t in templates]
         _print(rendered, self.args.output or "yaml")
 
@@ -1216,8 +1210,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = Commands(args)
     try:
         getattr(commands, args.command)()
-    except ClientError as error:
-        # One line, whatever the message holds (a server's details may span several).
+    except (ClientError, ArchipelError) as error:
+        # One line, whatever the message holds (a server's details may span several). An
+        # error of the core (Invalid: a field a file got wrong) names the field itself.
         print(f"error: {' '.join(str(error).splitlines())}", file=sys.stderr)
         return 1
     finally:

@@ -18,7 +18,7 @@ from archipel import interpreter, jsonpath, limits
 from archipel.core import kinds, scopes, selectors, workloads
 from archipel.core.errors import Invalid
 from archipel.core.kinds import Manifest
-from archipel.v1alpha1 import apps_pb2, cluster_pb2, meta_pb2, override_pb2, policy_pb2
+from archipel.v1alpha1 import apps_pb2, cluster_pb2, meta_pb2, override_pb2, policy_pb2, work_pb2
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -518,11 +518,21 @@ def check_cluster_taint_policy(policy: policy_pb2.ClusterTaintPolicy) -> None:
             )
 
 
-def _json_path(path: tuple[str | int, ...]) -> str:
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
-    return text
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def key_segment(key: str) -> str:
+    """A mapping's key as a step of a field path: ``.key`` for a plain one, else quoted
+    and cut (``['app.kubernetes.io/name']``, ``['']``), so that the path still reads
+    as one and a message still starts with it (as :mod:`archipel.manifests` writes it)."""
+    return f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{limits.echo(key)}]"
+
+
+def _json_path(path: tuple[str | int, ...], root: str) -> str:
+    """The path of a value inside a JSON value; its steps under ``root`` when the first
+    step is not a plain key (a manifest's own keys are its fields: ``spec.replicas``)."""
+    text = "".join(f"[{part}]" if isinstance(part, int) else key_segment(part) for part in path)
+    return text[1:] if text.startswith(".") else f"{root}{text}"
 
 
 def _check_finite(value: Any, field: str) -> None:
@@ -531,7 +541,7 @@ def _check_finite(value: Any, field: str) -> None:
     while pending:
         item, path = pending.pop()
         if isinstance(item, float) and not math.isfinite(item):
-            raise Invalid(_json_path(path) or field, f"{item} is not a JSON number")
+            raise Invalid(_json_path(path, field), f"{item} is not a JSON number")
         if isinstance(item, dict):
             pending.extend((child, (*path, key)) for key, child in item.items())
         elif isinstance(item, list):
@@ -663,7 +673,7 @@ def _check_json_message(value: pb_message.Message, field: str) -> None:
         name = item.DESCRIPTOR.full_name
         if name == "google.protobuf.Struct":
             pending.extend(
-                (child, level + 1, f"{where}.{key}")
+                (child, level + 1, f"{where}{key_segment(key)}")
                 for key, child in item.fields.items()  # type: ignore[attr-defined]
             )
         elif name == "google.protobuf.ListValue":
@@ -675,7 +685,7 @@ def _check_json_message(value: pb_message.Message, field: str) -> None:
             which = item.WhichOneof("kind")
             if which == "struct_value":
                 pending.extend(
-                    (child, level + 1, f"{where}.{key}")
+                    (child, level + 1, f"{where}{key_segment(key)}")
                     for key, child in item.struct_value.fields.items()  # type: ignore[attr-defined]
                 )
             elif which == "list_value":
@@ -702,7 +712,7 @@ def check_message(message: pb_message.Message, what: str) -> None:
                 value_field = descriptor.message_type.fields_by_name["value"]
                 if value_field.message_type is None:
                     continue
-                children = [(v, f"{where}[{k}]") for k, v in value.items()]
+                children = [(v, f"{where}[{limits.echo(k)}]") for k, v in value.items()]
             elif descriptor.is_repeated:
                 children = [(v, f"{where}[{i}]") for i, v in enumerate(value)]
             else:
@@ -712,6 +722,18 @@ def check_message(message: pb_message.Message, what: str) -> None:
                     _check_json_message(child, child_where)
                 else:
                     pending.append((child, child_where))
+
+
+def check_work_spec(spec: work_pb2.PropagationWorkSpec) -> None:
+    """What a work written through the API may carry, beyond the bounds every object has
+    (its size and its manifests' depth, :func:`check_message`)."""
+    count = len(spec.workload.manifests)
+    if count > limits.MAX_WORK_MANIFESTS:
+        raise Invalid(
+            "spec.workload.manifests",
+            f"{count} manifests, over the limit of {limits.MAX_WORK_MANIFESTS} per work "
+            "(docs/limits.md)",
+        )
 
 
 def _check_overriders(overriders: override_pb2.Overriders, field: str) -> None:

@@ -71,7 +71,7 @@ class ListRequest(_message.Message):
     label_selector: _builtins.str
     """Kubernetes label selector syntax: "app=web,tier in (a,b),!legacy"."""
     limit: _builtins.int
-    """Page size; 0 means everything.
+    """Page size, at most 1000: 0 (everything) and anything above are served as 1000.
     A page also ends before 3 MiB; negative values are refused.
     """
     def __init__(
@@ -723,7 +723,9 @@ class TemplateListRequest(_message.Message):
     label_selector: _builtins.str
     """Kubernetes label selector syntax, as in ListRequest."""
     limit: _builtins.int
-    """Page size; 0 means everything (a page also ends before 3 MiB)."""
+    """Page size, at most 1000: 0 (everything) and anything above are served as 1000
+    (a page also ends before 3 MiB).
+    """
     def __init__(
         self,
         *,

@@ -129,9 +129,9 @@ class MemberClusterServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -411,9 +411,9 @@ class PropagationPolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -695,9 +695,9 @@ class ClusterPropagationPolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -979,9 +979,9 @@ class PropagationBindingServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -1270,9 +1270,9 @@ class PropagationWorkServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -1561,9 +1561,9 @@ class OverridePolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -1845,9 +1845,9 @@ class ClusterOverridePolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -2120,9 +2120,9 @@ class ResourceInterpreterCustomizationServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -2395,9 +2395,9 @@ class WorkloadRebalancerServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -2670,9 +2670,9 @@ class ClusterTaintPolicyServiceListRequest(_message.Message):
     "app=web,tier in (a,b),!legacy". Empty matches every object.
     """
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,
@@ -2967,9 +2967,9 @@ class ResourceTemplateServiceListRequest(_message.Message):
     label_selector: _builtins.str
     """Only objects whose labels match (Kubernetes label selector syntax)."""
     limit: _builtins.int
-    """At most this many matching objects per page; 0 lists them all. A page holds
-    fewer only when it is the last or is full in bytes; `continue` says whether more
-    follow.
+    """At most this many matching objects per page, and never more than 1000: 0 (all)
+    and anything above are served as 1000. A page holds fewer only when it is the last
+    or is full in bytes; `continue` says whether more follow.
     """
     def __init__(
         self,

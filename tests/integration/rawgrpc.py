@@ -8,7 +8,7 @@ serializers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
@@ -81,13 +81,19 @@ class Plane:
     api: RawApi
 
 
-def start_plane(root: Path, *, prefix: str = "/archipel/") -> Iterator[Plane]:
-    """A control plane on its own etcd (tests here compact etcd's history)."""
+def start_plane(
+    root: Path, *, prefix: str = "/archipel/", extra_args: Sequence[str] = ()
+) -> Iterator[Plane]:
+    """A control plane on its own etcd (tests here compact etcd's history);
+    ``extra_args`` are more of its flags."""
     binaries = tools.ensure("etcd")
     etcd = EtcdServer(binary=binaries.etcd, directory=root / "etcd")
     etcd.start()
     process = ControlPlaneProcess(
-        etcd_endpoint=etcd.endpoint, etcd_prefix=prefix, directory=root / "cp"
+        etcd_endpoint=etcd.endpoint,
+        etcd_prefix=prefix,
+        directory=root / "cp",
+        extra_args=extra_args,
     )
     try:
         process.start()

@@ -1,332 +1,365 @@
-"""Fuzzing the API: whatever a caller sends, the answer is never UNKNOWN or INTERNAL.
+"""Fuzzing every RPC the control plane serves, as every identity.
 
-Random messages built from the descriptors of every unary method's request type,
-random bytes, and mutated valid messages go to a real control plane on a real etcd;
-each answer must carry a meaningful code, and the server must stay healthy.
+A real control plane on a real etcd gets random requests for every method it lists
+through reflection (both API versions, unary calls and Watch streams, and the agent
+stream), built from each request's descriptor: random messages, valid objects with
+random fields merged over them (so that many are stored and reach the controllers),
+and broken bytes. Each test runs as each identity of ``fuzzing.IDENTITIES``. The rules
+(``tests/integration/fuzzing.py``): never UNKNOWN or INTERNAL, a refusal for whoever
+may not call the method, a field path at the start of every INVALID_ARGUMENT, and the
+server healthy and its log free of tracebacks at the end. The counts are printed at
+the end of the session (tests/fuzzstats.py).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import importlib
+import pkgutil
 from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import json_format, message_factory, struct_pb2
-from google.protobuf import message as pb_message
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from archipel.v1alpha1 import cluster_pb2, override_pb2, policy_pb2, service_pb2, work_pb2
+import archipel.v1alpha1
+import archipel.v1alpha2
+from archipel import agentstream, limits
+from archipel.v1alpha1 import agent_pb2, work_pb2
+from archipel.v1alpha1 import service_pb2 as v1alpha1_pb2
+from tests import fuzzstats
+from tests.integration import agents, fuzzing
+from tests.integration.fuzzing import (
+    AGENT_CLUSTER,
+    AGENT_SERVICE,
+    IDENTITIES,
+    Access,
+    Credentials,
+    Identity,
+    Method,
+)
 from tests.integration.rawgrpc import Plane, start_plane
 
 pytestmark = pytest.mark.servers
 
-BAD_CODES = (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
-SETTINGS = settings(
-    max_examples=600,
-    deadline=None,
-    database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+
+def _settings(examples: int) -> settings:
+    return settings(
+        max_examples=fuzzstats.scaled(examples),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
-def _unary_methods() -> list[tuple[str, Descriptor]]:
-    methods = []
-    for service in service_pb2.DESCRIPTOR.services_by_name.values():
-        for method in service.methods:
-            if not method.server_streaming and not method.client_streaming:
-                methods.append((f"/{service.full_name}/{method.name}", method.input_type))
-    return methods
+@dataclasses.dataclass
+class Fuzzed:
+    plane: Plane
+    channel: grpc.Channel
+    methods: list[Method]
+    credentials: Credentials
+    health: fuzzing.Health
+    work: work_pb2.PropagationWork
+    """The agent cluster's work."""
+
+    def metadata(self, identity: Identity) -> tuple[tuple[str, str], ...]:
+        return identity.metadata(self.credentials)
+
+    def of(self, *, streaming: bool) -> list[Method]:
+        return [
+            m for m in self.methods if not m.client_streaming and m.server_streaming == streaming
+        ]
+
+    def stream_methods(self) -> list[Method]:
+        return [m for m in self.methods if m.client_streaming]
 
 
-METHODS = _unary_methods()
-
-# Values that get past the first checks, so the fuzzer reaches deeper code.
-WORDS = [
-    "",
-    "a",
-    "default",
-    "member1",
-    "archipel-es-member1",
-    "_.web-deployment",
-    "system:admin",
-    "v1",
-    "apps/v1",
-    "policy.archipel.io/v1alpha1",
-    "policy.karmada.io/v1alpha1",
-    "Deployment",
-    "ConfigMap",
-    "Namespace",
-    "In",
-    "Exists",
-    "Duplicated",
-    "Divided",
-    "Weighted",
-    "replace",
-    "/spec/replicas",
-    "app=web",
-    "a//b=c",
-    "MTox",
-    "-1",
-    "0",
-    "9223372036854775807",
-]
-TEXT = st.one_of(
-    st.sampled_from(WORDS),
-    st.text(st.characters(exclude_categories=["Cs"]), max_size=24),
-)
-# Most strings are drawn from what the field usually holds, so that many requests are
-# valid enough to be stored and reach the controllers.
-FIELD_TEXT: dict[str, st.SearchStrategy[str]] = {
-    "name": st.sampled_from(["a", "web", "member1", "system:admin", "_.web-deployment"]),
-    "namespace": st.sampled_from(["", "default", "archipel-es-member1"]),
-    "api_version": st.sampled_from(["", "v1", "apps/v1", "a/b/c"]),
-    "kind": st.sampled_from(["", "Deployment", "ConfigMap", "Bad/Kind"]),
-    "label_selector": st.sampled_from(["", "app=web", "a//b=c", "tier in (gold)"]),
-    "resource_version": st.sampled_from(["", "0", "1", "-1"]),
-    "cluster_names": st.sampled_from(["member1", "member2"]),
-    "operator": st.sampled_from(["In", "Exists", "add", "replace", "Equal"]),
-}
-JSON_SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.floats(allow_nan=True, allow_infinity=True),
-    st.integers(-(2**40), 2**40),
-    TEXT,
-)
-JSON = st.recursive(
-    JSON_SCALARS,
-    lambda children: st.one_of(
-        st.lists(children, max_size=3), st.dictionaries(TEXT, children, max_size=3)
-    ),
-    max_leaves=12,
-)
-MANIFEST = st.fixed_dictionaries(
-    {
-        "apiVersion": st.sampled_from(["v1", "apps/v1", "batch/v1", "a/b/c", ""]),
-        "kind": st.sampled_from(["ConfigMap", "Deployment", "Job", "Namespace", "Bad/Kind"]),
-        "metadata": st.fixed_dictionaries(
-            {"name": TEXT}, optional={"namespace": TEXT, "labels": st.dictionaries(TEXT, TEXT)}
-        ),
-    },
-    optional={"spec": st.dictionaries(st.sampled_from(["replicas", "parallelism", "x"]), JSON)},
-)
-
-SCALARS: dict[int, st.SearchStrategy[Any]] = {
-    FieldDescriptor.TYPE_STRING: TEXT,
-    FieldDescriptor.TYPE_BYTES: st.binary(max_size=24),
-    FieldDescriptor.TYPE_BOOL: st.booleans(),
-    FieldDescriptor.TYPE_DOUBLE: st.floats(),
-    FieldDescriptor.TYPE_FLOAT: st.floats(width=32),
-    FieldDescriptor.TYPE_INT32: st.integers(-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SINT32: st.integers(-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_SFIXED32: st.integers(-(2**31), 2**31 - 1),
-    FieldDescriptor.TYPE_INT64: st.integers(-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SINT64: st.integers(-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_SFIXED64: st.integers(-(2**63), 2**63 - 1),
-    FieldDescriptor.TYPE_UINT32: st.integers(0, 2**32 - 1),
-    FieldDescriptor.TYPE_FIXED32: st.integers(0, 2**32 - 1),
-    FieldDescriptor.TYPE_UINT64: st.integers(0, 2**64 - 1),
-    FieldDescriptor.TYPE_FIXED64: st.integers(0, 2**64 - 1),
-}
+# The agent cluster's one work: reports about it are stored, so the fuzzer reaches the
+# work-status controller. Named so that no fuzzed request names it.
+TARGET_NAMESPACE = "fz-target-ns"
+TARGET_WORK = f"{TARGET_NAMESPACE}.fz-target-configmap"
 
 
-def _json_value(value: Any) -> struct_pb2.Value:
-    struct = struct_pb2.Struct()
-    struct.update({"v": value})
-    return struct.fields["v"]
-
-
-def _field_value(field: FieldDescriptor, depth: int) -> st.SearchStrategy[Any]:
-    if field.type == FieldDescriptor.TYPE_STRING and field.name in FIELD_TEXT:
-        return st.one_of(FIELD_TEXT[field.name], FIELD_TEXT[field.name], TEXT)
-    if field.type == FieldDescriptor.TYPE_ENUM:
-        return st.sampled_from([v.number for v in field.enum_type.values])
-    if field.type != FieldDescriptor.TYPE_MESSAGE:
-        return SCALARS[field.type]
-    return messages(field.message_type, depth + 1)
-
-
-@st.composite
-def _message(draw: st.DrawFn, descriptor: Any, depth: int) -> pb_message.Message:
-    cls = message_factory.GetMessageClass(descriptor)
-    name = descriptor.full_name
-    if name == "google.protobuf.Struct":
-        if draw(st.booleans()):
-            manifest: Any = draw(MANIFEST)
-        else:
-            manifest = draw(st.dictionaries(TEXT, JSON, max_size=4))
-        struct = struct_pb2.Struct()
-        struct.update(manifest)
-        return struct
-    if name == "google.protobuf.Value":
-        return _json_value(draw(JSON))
-    if name == "google.protobuf.ListValue":
-        values = struct_pb2.ListValue()
-        values.extend(draw(st.lists(JSON, max_size=3)))
-        return values
-    message = cls()
-    if depth > 4:
-        return message
-    for field in descriptor.fields:
-        if draw(st.booleans()):  # leave about half of the fields unset
-            continue
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            key = _field_value(field.message_type.fields_by_name["key"], depth)
-            value = _field_value(field.message_type.fields_by_name["value"], depth)
-            entries = draw(st.dictionaries(key, value, max_size=3))
-            target = getattr(message, field.name)
-            for k, v in entries.items():
-                if isinstance(v, pb_message.Message):
-                    target[k].CopyFrom(v)
-                else:
-                    target[k] = v
-        elif field.is_repeated:
-            items = draw(st.lists(_field_value(field, depth), max_size=3))
-            target = getattr(message, field.name)
-            for item in items:
-                if isinstance(item, pb_message.Message):
-                    target.add().CopyFrom(item)
-                else:
-                    target.append(item)
-        elif field.type == FieldDescriptor.TYPE_MESSAGE:
-            getattr(message, field.name).CopyFrom(draw(_field_value(field, depth)))
-        else:
-            setattr(message, field.name, draw(_field_value(field, depth)))
-    return message
-
-
-def messages(descriptor: Any, depth: int = 0) -> st.SearchStrategy[pb_message.Message]:
-    return _message(descriptor, depth)
-
-
-@st.composite
-def requests(draw: st.DrawFn) -> tuple[str, bytes]:
-    method, descriptor = draw(st.sampled_from(METHODS))
-    return method, draw(messages(descriptor)).SerializeToString()
-
-
-def _valid_bases() -> dict[str, pb_message.Message]:
-    """A valid request for each Apply method, to be perturbed."""
-    selector = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}]
-    placement = {"clusterAffinity": {"clusterNames": ["member1"]}}
-    bases: dict[str, tuple[Any, Any]] = {
-        "PropagationPolicyService": (
-            policy_pb2.PropagationPolicy(),
-            {
-                "metadata": {"name": "p", "namespace": "default", "labels": {"app": "web"}},
-                "spec": {"resourceSelectors": selector, "placement": placement},
-            },
-        ),
-        "ClusterPropagationPolicyService": (
-            policy_pb2.ClusterPropagationPolicy(),
-            {"metadata": {"name": "cp"}, "spec": {"resourceSelectors": selector}},
-        ),
-        "OverridePolicyService": (
-            override_pb2.OverridePolicy(),
-            {
-                "metadata": {"name": "o", "namespace": "default"},
-                "spec": {
-                    "resourceSelectors": selector,
-                    "overrideRules": [
-                        {
-                            "overriders": {
-                                "plaintext": [
-                                    {"path": "/spec/replicas", "operator": "replace", "value": 2}
-                                ]
-                            }
-                        }
-                    ],
-                },
-            },
-        ),
-        "MemberClusterService": (
-            cluster_pb2.MemberCluster(),
-            {"metadata": {"name": "member2"}, "spec": {"syncMode": "Pull"}},
-        ),
-    }
-    valid = {
-        f"/archipel.v1alpha1.{service}/Apply": json_format.ParseDict(body, message)
-        for service, (message, body) in bases.items()
-    }
-    deployment: dict[str, Any] = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "web", "namespace": "default", "labels": {"app": "web"}},
-        "spec": {"replicas": 3, "template": {"spec": {"containers": [{"name": "c"}]}}},
-    }
-    template = work_pb2.ResourceTemplate()
-    template.manifest.update(deployment)
-    valid["/archipel.v1alpha1.ResourceTemplateService/Apply"] = template
-    return valid
-
-
-VALID = _valid_bases()
-
-
-@st.composite
-def perturbed(draw: st.DrawFn) -> tuple[str, bytes]:
-    """A valid object with random fields merged over it: most get past validation."""
-    method = draw(st.sampled_from(sorted(VALID)))
-    message = type(VALID[method])()
-    message.CopyFrom(VALID[method])
-    message.MergeFrom(draw(messages(message.DESCRIPTOR, depth=2)))
-    return method, message.SerializeToString()
-
-
-@st.composite
-def mangled(draw: st.DrawFn) -> tuple[str, bytes]:
-    method, data = draw(requests())
-    how = draw(st.sampled_from(["random", "truncate", "flip", "splice"]))
-    if how == "random" or not data:
-        return method, draw(st.binary(max_size=64))
-    position = draw(st.integers(0, len(data) - 1))
-    if how == "truncate":
-        return method, data[:position]
-    if how == "flip":
-        return method, data[:position] + bytes([data[position] ^ 0xFF]) + data[position + 1 :]
-    return method, data[:position] + draw(st.binary(min_size=1, max_size=8)) + data[position:]
+async def _agent_cluster(plane: Plane) -> tuple[str, work_pb2.PropagationWork]:
+    """Join the agent's cluster and give it a work; its token and the work."""
+    api = agents.Api(plane.process)
+    try:
+        token = await api.join(AGENT_CLUSTER)
+        await api.propagate_config_maps(AGENT_CLUSTER, namespace=TARGET_NAMESPACE)
+        await api.apply(agents.config_map("fz-target", namespace=TARGET_NAMESPACE))
+        work = await agents.eventually(
+            "the agent cluster's work", lambda: api.work(AGENT_CLUSTER, TARGET_WORK)
+        )
+        return token, work
+    finally:
+        await api.close()
 
 
 @pytest.fixture(scope="module")
-def plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plane]:
-    yield from start_plane(tmp_path_factory.mktemp("api-fuzz"))
+def fuzzed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzzed]:
+    for plane in start_plane(tmp_path_factory.mktemp("api-fuzz")):
+        token, work = asyncio.run(_agent_cluster(plane))
+        channel = fuzzing.channel(plane.process)
+        admin = plane.process.client()
+        try:
+            users = {
+                name: admin.create_user(name, identity.role.value, sorted(identity.namespaces))[1]
+                for name, identity in fuzzing.ROLE_USERS.items()
+            }
+        finally:
+            admin.close()
+        try:
+            yield Fuzzed(
+                plane,
+                channel,
+                fuzzing.served_methods(plane.process),
+                Credentials(admin_token=plane.process.admin_token, agent_token=token, users=users),
+                fuzzing.Health(plane.process.serving),
+                work,
+            )
+        finally:
+            channel.close()
+        _assert_healthy(plane)
+        # Whatever the agent reported, its work is still readable (a status nested too
+        # deep would have made it, and its binding, undecodable elsewhere).
+        answer = plane.api.unary(
+            "/archipel.v1alpha1.PropagationWorkService/Get",
+            v1alpha1_pb2.GetRequest(
+                namespace=f"archipel-es-{AGENT_CLUSTER}", name=TARGET_WORK
+            ).SerializeToString(),
+        )
+        assert answer.code == grpc.StatusCode.OK, answer
+        stored = work_pb2.PropagationWork.FromString(answer.body)
+        for status in stored.status.manifest_statuses:
+            assert agentstream.struct_depth(status.status) <= limits.MAX_MANIFEST_DEPTH
 
 
-def _check(plane: Plane, method: str, data: bytes) -> None:
-    answer = plane.api.unary(method, data, timeout=30)
-    event(f"{method.rpartition('/')[2]}: {answer.code.name}")
-    assert answer.code not in BAD_CODES, (method, data, answer)
+def _assert_healthy(plane: Plane) -> None:
+    assert plane.process.process.running, "the control plane died"
+    assert fuzzing.serving_within(plane.process.serving), "the control plane is not SERVING"
+    assert "Traceback" not in plane.process.process.log_tail(5000), plane.process.process.log_tail(
+        5000
+    )
 
 
-def test_random_messages_get_meaningful_codes(plane: Plane) -> None:
-    @SETTINGS
-    @given(requests())
-    def run(request: tuple[str, bytes]) -> None:
-        _check(plane, *request)
+# Cases per identity: an identity that reaches the servicers gets many more, since a
+# refused one is turned away before its request is read.
+def _budget(identity: Identity, method_path: str, served: int, refused: int) -> int:
+    return served if identity.may(method_path) is not Access.REFUSED else refused
+
+
+API_PROBE = "/archipel.v1alpha2.InfoService/GetVersion"
+AGENT_PROBE = f"/{AGENT_SERVICE}/Connect"
+# How long a Watch may stay silent before the case counts as "a valid watch": every
+# invalid request is refused well within it (and one that is not counts as a silent
+# watch, never as a failure).
+WATCH_WAIT = 0.5
+# A refusal of who may not call is due whatever the load, and comes before anything
+# is read: waited for as long as it takes, so a slow machine never fails the test.
+REFUSAL_WAIT = 30.0
+
+
+def _watch_wait(identity: Identity, method: Method) -> float:
+    return REFUSAL_WAIT if identity.may(method.path) is Access.REFUSED else WATCH_WAIT
+
+
+def _declared_services() -> set[str]:
+    """Every service of every file generated from proto/, both versions."""
+    declared = set()
+    for package in (archipel.v1alpha1, archipel.v1alpha2):
+        for module in pkgutil.iter_modules(package.__path__):
+            if module.name.endswith("_pb2"):
+                file = importlib.import_module(f"{package.__name__}.{module.name}").DESCRIPTOR
+                declared |= {service.full_name for service in file.services_by_name.values()}
+    return declared
+
+
+def test_every_service_of_both_versions_is_discovered(fuzzed: Fuzzed) -> None:
+    # The fuzzer calls what reflection lists: a service of the contract that the server
+    # does not list would never be fuzzed (nor found by grpcurl).
+    served = {method.service for method in fuzzed.methods}
+    declared = _declared_services()
+    assert {"archipel.v1alpha1.ResourceTemplateService", AGENT_SERVICE} <= declared
+    assert any(name.startswith("archipel.v1alpha2.") for name in declared)
+    assert declared <= served, f"declared but not served or not listed: {declared - served}"
+    assert fuzzed.of(streaming=False) and fuzzed.of(streaming=True) and fuzzed.stream_methods()
+    # Nothing the fuzzer cannot call: a client-streaming method other than the agent
+    # stream would need a case of its own.
+    assert {m.service for m in fuzzed.stream_methods()} == {AGENT_SERVICE}
+
+
+@pytest.mark.parametrize("identity", IDENTITIES, ids=lambda i: i.name)
+def test_random_unary_requests(fuzzed: Fuzzed, identity: Identity) -> None:
+    methods = fuzzed.of(streaming=False)
+    metadata = fuzzed.metadata(identity)
+
+    @_settings(_budget(identity, API_PROBE, 500, 60))
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        method = data.draw(st.sampled_from(methods))
+        request = data.draw(fuzzing.message_bytes(method.input))
+        answer = fuzzing.call_unary(fuzzed.channel, method, request, metadata)
+        event(f"{method.name}: {answer.code.name}")
+        fuzzing.check_answer("api unary", identity, method, request, answer)
+        fuzzed.health.tick()
 
     run()
-    assert plane.process.serving()
+    _assert_healthy(fuzzed.plane)
 
 
-def test_perturbed_valid_objects_get_meaningful_codes(plane: Plane) -> None:
-    @SETTINGS
-    @given(perturbed())
-    def run(request: tuple[str, bytes]) -> None:
-        _check(plane, *request)
+@pytest.mark.parametrize("identity", IDENTITIES, ids=lambda i: i.name)
+def test_valid_objects_with_random_fields(fuzzed: Fuzzed, identity: Identity) -> None:
+    based = [(m, base) for m in fuzzed.of(streaming=False) if (base := fuzzing.valid_base(m))]
+    # Every kind's Apply in both versions, and the templates'.
+    assert len(based) >= 2 * len(fuzzing.VALID_OBJECTS) - 2
+    metadata = fuzzed.metadata(identity)
+
+    @_settings(_budget(identity, API_PROBE, 400, 30))
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        method, base = data.draw(st.sampled_from(based))
+        # Protobuf merges a message sent twice: the random fields land over the valid ones.
+        request = base + data.draw(fuzzing.perturbation(method))
+        answer = fuzzing.call_unary(fuzzed.channel, method, request, metadata)
+        event(f"{method.short}: {answer.code.name}")
+        fuzzing.check_answer("api perturbed", identity, method, request, answer)
+        fuzzed.health.tick()
 
     run()
-    assert plane.process.serving()
+    _assert_healthy(fuzzed.plane)
 
 
-def test_random_and_mangled_bytes_get_meaningful_codes(plane: Plane) -> None:
-    @SETTINGS
-    @given(mangled())
-    def run(request: tuple[str, bytes]) -> None:
-        _check(plane, *request)
+@pytest.mark.parametrize("identity", IDENTITIES, ids=lambda i: i.name)
+def test_broken_bytes(fuzzed: Fuzzed, identity: Identity) -> None:
+    methods = fuzzed.of(streaming=False) + fuzzed.of(streaming=True)
+    metadata = fuzzed.metadata(identity)
+
+    @_settings(_budget(identity, API_PROBE, 300, 30))
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        method = data.draw(st.sampled_from(methods))
+        base = fuzzing.valid_base(method) or data.draw(fuzzing.message_bytes(method.input))
+        request = data.draw(fuzzing.mangled(base))
+        if method.server_streaming:
+            answer = fuzzing.call_server_stream(
+                fuzzed.channel, method, request, metadata, wait=_watch_wait(identity, method)
+            )
+        else:
+            answer = fuzzing.call_unary(fuzzed.channel, method, request, metadata)
+        event(f"{method.name}: {answer.code.name}")
+        fuzzing.check_answer("api broken bytes", identity, method, request, answer)
+        fuzzed.health.tick()
 
     run()
-    assert plane.process.serving()
-    assert "Traceback" not in plane.process.process.log_tail(2000)
+    _assert_healthy(fuzzed.plane)
+
+
+@pytest.mark.parametrize("identity", IDENTITIES, ids=lambda i: i.name)
+def test_watch_streams(fuzzed: Fuzzed, identity: Identity) -> None:
+    methods = fuzzed.of(streaming=True)
+    metadata = fuzzed.metadata(identity)
+
+    @_settings(_budget(identity, methods[0].path, 120, 20))
+    @given(st.data())
+    def run(data: st.DataObject) -> None:
+        method = data.draw(st.sampled_from(methods))
+        request = data.draw(fuzzing.message_bytes(method.input))
+        answer = fuzzing.call_server_stream(
+            fuzzed.channel, method, request, metadata, wait=_watch_wait(identity, method)
+        )
+        event(f"{method.name}: {answer.code.name}")
+        fuzzing.check_answer("api watch", identity, method, request, answer)
+        fuzzed.health.tick()
+
+    run()
+    _assert_healthy(fuzzed.plane)
+
+
+# -- the agent stream ----------------------------------------------------------------------
+
+
+def _hello(**fields: object) -> bytes:
+    return agent_pb2.AgentMessage(hello=agent_pb2.Hello(**fields)).SerializeToString()  # type: ignore[arg-type]
+
+
+@st.composite
+def _status_report(draw: st.DrawFn, work: work_pb2.PropagationWork) -> bytes:
+    """A status report meant to hurt: a reflected status nested past the limit, or
+    more manifest statuses than a work has; about the agent's work (so it is stored)
+    or about works that do not exist."""
+    real = draw(st.booleans())
+    report = agent_pb2.WorkStatusReport(
+        name=work.metadata.name if real else draw(st.sampled_from(["x", "_.a", ""])),
+        uid=work.metadata.uid if real else draw(st.sampled_from(["", "u"])),
+        generation=work.metadata.generation if real else draw(st.integers(-1, 3)),
+        applied=draw(st.booleans()),
+        message=draw(fuzzing.TEXT),
+    )
+    for _ in range(draw(st.integers(0, 3))):
+        manifest = report.manifest_statuses.add()
+        manifest.health = draw(st.sampled_from(["Healthy", "", "Bogus"]))
+        manifest.status.update({"deep": draw(fuzzing.DEEP)})
+    if draw(st.booleans()):
+        return agent_pb2.AgentMessage(status=report).SerializeToString()
+    batch = agent_pb2.AgentBatch(statuses=[report] * draw(st.integers(1, 3)))
+    return agent_pb2.AgentMessage(batch=batch).SerializeToString()
+
+
+# How an agent stream opens: mostly with a hello that opens the session, so that what
+# follows reaches it.
+OPENINGS: tuple[str, ...] = ("hello", "hello", "hello+random", "hello+random")
+OPENINGS += ("other-cluster", "random", "broken", "none")
+
+
+@st.composite
+def _agent_session(draw: st.DrawFn, message: Method, work: work_pb2.PropagationWork) -> list[bytes]:
+    """What an agent stream carries: an opening (a valid hello, or not), then anything."""
+    opening = draw(st.sampled_from(OPENINGS))
+    first: list[bytes] = []
+    if opening == "hello":
+        first = [_hello(cluster=AGENT_CLUSTER)]
+    elif opening == "hello+random":
+        # Random hello fields, the cluster and an agent that does not elect (epoch 0)
+        # last, so they win: the session opens, with whatever else the hello says.
+        random = agent_pb2.AgentMessage.FromString(draw(fuzzing.message_bytes(message.input)))
+        hello = agent_pb2.Hello()
+        hello.MergeFrom(random.hello)
+        hello.cluster, hello.leader_epoch = AGENT_CLUSTER, 0
+        first = [agent_pb2.AgentMessage(hello=hello).SerializeToString()]
+    elif opening == "other-cluster":
+        first = [_hello(cluster=draw(st.sampled_from(["member1", "", "a" * 300])))]
+    elif opening == "random":
+        first = [draw(fuzzing.message_bytes(message.input))]
+    elif opening == "broken":
+        first = [draw(fuzzing.mangled(_hello(cluster=AGENT_CLUSTER)))]
+    rest = draw(
+        st.lists(
+            st.one_of(
+                fuzzing.message_bytes(message.input),
+                _status_report(work),
+                _status_report(work),
+                fuzzing.message_bytes(message.input).flatmap(fuzzing.mangled),
+            ),
+            max_size=4,
+        )
+    )
+    return first + rest
+
+
+@pytest.mark.parametrize("identity", IDENTITIES, ids=lambda i: i.name)
+def test_agent_streams(fuzzed: Fuzzed, identity: Identity) -> None:
+    (connect,) = fuzzed.stream_methods()
+    metadata = fuzzed.metadata(identity)
+
+    @_settings(_budget(identity, connect.path, 150, 20))
+    @given(_agent_session(connect, fuzzed.work))
+    def run(messages: list[bytes]) -> None:
+        answer = fuzzing.call_bidi(fuzzed.channel, connect, messages, metadata, wait=20)
+        event(f"agent stream: {answer.code.name}")
+        fuzzing.check_answer("agent stream", identity, connect, b"".join(messages), answer)
+        fuzzed.health.tick(every=20)
+
+    run()
+    _assert_healthy(fuzzed.plane)

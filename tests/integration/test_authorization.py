@@ -29,7 +29,7 @@ from archipel.core import kinds
 from archipel.fleet.controlplane import ControlPlaneProcess
 from archipel.fleet.etcd import EtcdServer
 from archipel.v1alpha1 import agent_pb2, work_pb2
-from archipel.v1alpha2 import access_pb2
+from archipel.v1alpha2 import access_pb2, access_pb2_grpc, service_pb2
 from controlplane.server import AGENT_SERVICE, SERVICE_NAMES
 from tests.integration.rawgrpc import RawApi
 
@@ -426,3 +426,37 @@ def test_cli_users_and_audit(
     assert cli.main(["--config", str(viewer), "version"]) == 1
     assert cli.main(["--config", str(admin), "user", "delete", "cli-viewer"]) == 1
     assert "user cli-viewer not found" in capsys.readouterr().err
+
+
+def test_audit_since_must_be_a_valid_timestamp(fleet: Fleet) -> None:
+    request = access_pb2.AuditServiceListRequest()
+    request.since.seconds, request.since.nanos = 1, -5
+    with pytest.raises(ClientError) as raised:
+        fleet.admin.call(access_pb2_grpc.AuditServiceStub(fleet.admin.channel).List, request)
+    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(raised.value).startswith("INVALID_ARGUMENT: since: "), str(raised.value)
+
+
+def test_a_watch_the_client_cancels_is_audited_and_harms_nothing(fleet: Fleet) -> None:
+    """A Watch that may include Secrets is audited when it ends. One the client cancels
+    is over before the audit record is written: the record must not touch the call's
+    context then (gRPC had freed it; asking it for the peer crashed the process)."""
+    _apply(fleet.admin, _config_map("watched", "watched"))
+    started = datetime.datetime.now(datetime.UTC)
+    editor = fleet.client(EDITOR)
+    try:
+        stream = editor.templates.Watch(
+            service_pb2.ResourceTemplateServiceWatchRequest(namespace="watched"),
+            metadata=editor.metadata,
+            timeout=30,
+        )
+        next(iter(stream))  # the first event: the Watch is being served
+        stream.cancel()
+        # The control plane is still there, and says so in the audit log.
+        events = fleet.admin.audit_events(started)
+    finally:
+        editor.close()
+    watches = [e for e in events if e.verb == "Watch" and e.identity == "editor-user"]
+    assert [e.code for e in watches] == ["CANCELLED"], watches
+    assert watches[0].peer
+    assert fleet.plane.process.running

@@ -91,7 +91,7 @@ type ListRequest struct {
 	Namespace string `protobuf:"bytes,1,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Kubernetes label selector syntax: "app=web,tier in (a,b),!legacy".
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// Page size; 0 means everything.
+	// Page size, at most 1000: 0 (everything) and anything above are served as 1000.
 	// A page also ends before 3 MiB; negative values are refused.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The token from the previous page.
@@ -1445,7 +1445,8 @@ type TemplateListRequest struct {
 	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Kubernetes label selector syntax, as in ListRequest.
 	LabelSelector string `protobuf:"bytes,4,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// Page size; 0 means everything (a page also ends before 3 MiB).
+	// Page size, at most 1000: 0 (everything) and anything above are served as 1000
+	// (a page also ends before 3 MiB).
 	Limit int32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The token from the previous page.
 	Continue      string `protobuf:"bytes,6,opt,name=continue,proto3" json:"continue,omitempty"`

@@ -191,9 +191,9 @@ type MemberClusterServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -745,9 +745,9 @@ type PropagationPolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,4,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -1313,9 +1313,9 @@ type ClusterPropagationPolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -1868,9 +1868,9 @@ type PropagationBindingServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,4,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -2447,9 +2447,9 @@ type PropagationWorkServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,4,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -3026,9 +3026,9 @@ type OverridePolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,2,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,4,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -3594,9 +3594,9 @@ type ClusterOverridePolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -4137,9 +4137,9 @@ type ResourceInterpreterCustomizationServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -4680,9 +4680,9 @@ type WorkloadRebalancerServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -5223,9 +5223,9 @@ type ClusterTaintPolicyServiceListRequest struct {
 	// Only objects whose labels match, in Kubernetes label selector syntax:
 	// "app=web,tier in (a,b),!legacy". Empty matches every object.
 	LabelSelector string `protobuf:"bytes,1,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,3,opt,name=continue,proto3" json:"continue,omitempty"`
@@ -5798,9 +5798,9 @@ type ResourceTemplateServiceListRequest struct {
 	Namespace string `protobuf:"bytes,3,opt,name=namespace,proto3" json:"namespace,omitempty"`
 	// Only objects whose labels match (Kubernetes label selector syntax).
 	LabelSelector string `protobuf:"bytes,4,opt,name=label_selector,json=labelSelector,proto3" json:"label_selector,omitempty"`
-	// At most this many matching objects per page; 0 lists them all. A page holds
-	// fewer only when it is the last or is full in bytes; `continue` says whether more
-	// follow.
+	// At most this many matching objects per page, and never more than 1000: 0 (all)
+	// and anything above are served as 1000. A page holds fewer only when it is the last
+	// or is full in bytes; `continue` says whether more follow.
 	Limit int32 `protobuf:"varint,5,opt,name=limit,proto3" json:"limit,omitempty"`
 	// The `continue` token of the previous page; empty for the first page.
 	Continue      string `protobuf:"bytes,6,opt,name=continue,proto3" json:"continue,omitempty"`

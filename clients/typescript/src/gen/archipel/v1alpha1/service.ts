@@ -55,7 +55,7 @@ export interface ListRequest {
   /** Kubernetes label selector syntax: "app=web,tier in (a,b),!legacy". */
   labelSelector: string;
   /**
-   * Page size; 0 means everything.
+   * Page size, at most 1000: 0 (everything) and anything above are served as 1000.
    * A page also ends before 3 MiB; negative values are refused.
    */
   limit: number;
@@ -300,7 +300,10 @@ export interface TemplateListRequest {
   namespace: string;
   /** Kubernetes label selector syntax, as in ListRequest. */
   labelSelector: string;
-  /** Page size; 0 means everything (a page also ends before 3 MiB). */
+  /**
+   * Page size, at most 1000: 0 (everything) and anything above are served as 1000
+   * (a page also ends before 3 MiB).
+   */
   limit: number;
   /** The token from the previous page. */
   continue: string;

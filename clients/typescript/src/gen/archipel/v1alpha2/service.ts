@@ -117,9 +117,9 @@ export interface MemberClusterServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -224,9 +224,9 @@ export interface PropagationPolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -331,9 +331,9 @@ export interface ClusterPropagationPolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -441,9 +441,9 @@ export interface PropagationBindingServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -552,9 +552,9 @@ export interface PropagationWorkServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -663,9 +663,9 @@ export interface OverridePolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -770,9 +770,9 @@ export interface ClusterOverridePolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -873,9 +873,9 @@ export interface ResourceInterpreterCustomizationServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -976,9 +976,9 @@ export interface WorkloadRebalancerServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -1079,9 +1079,9 @@ export interface ClusterTaintPolicyServiceListRequest {
    */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
@@ -1191,9 +1191,9 @@ export interface ResourceTemplateServiceListRequest {
   /** Only objects whose labels match (Kubernetes label selector syntax). */
   labelSelector: string;
   /**
-   * At most this many matching objects per page; 0 lists them all. A page holds
-   * fewer only when it is the last or is full in bytes; `continue` says whether more
-   * follow.
+   * At most this many matching objects per page, and never more than 1000: 0 (all)
+   * and anything above are served as 1000. A page holds fewer only when it is the last
+   * or is full in bytes; `continue` says whether more follow.
    */
   limit: number;
   /** The `continue` token of the previous page; empty for the first page. */
