@@ -73,7 +73,8 @@ def test_the_etcd_refuses_plaintext_and_clients_without_a_certificate(
         client = etcd3aio.Etcd3Client([f"{host}:{port}"], rpc_max_attempts=1)
         await client.connect()
         try:
-            await client.kv.get(b"/", timeout=5)  # type: ignore[union-attr]
+            assert client.kv is not None
+            await client.kv.get(b"/", timeout=5)
         finally:
             await client.close()
 
