@@ -437,10 +437,11 @@ def _details(error: BaseException) -> str:
     return str(error)
 
 
-def tls_problem(endpoint: str, details: str, tls: TLS) -> str | None:
+def _tls_problem(endpoint: str, details: str, tls: TLS) -> str | None:
     """What a failed first call to ``endpoint`` says about TLS, in one line, or None
     when it failed for another reason (a member down, a timeout). gRPC tells failures
-    apart only by its status details: these are its words (gRPC 1.7x, BoringSSL)."""
+    apart only by its status details: these are its words (gRPC 1.85, BoringSSL), which
+    tests/integration/test_etcd_tls.py checks against a real etcd."""
     host = _host(_split_endpoint(endpoint)[1])
     if "Hostname Verification" in details:
         return (
@@ -539,7 +540,7 @@ class Etcd:
             await maintenance.status(timeout=_HANDSHAKE_TIMEOUT, max_attempts=1)
         except _CLIENT_ERRORS as error:
             details = _details(error)
-            problem = tls_problem(self.endpoints[index], details, self.tls)
+            problem = _tls_problem(self.endpoints[index], details, self.tls)
             if problem is None:
                 log.info("etcd member %s does not answer yet: %s", self.endpoints[index], details)
             return problem
