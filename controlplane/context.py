@@ -51,7 +51,13 @@ class Settings:
     """How one control plane runs."""
 
     etcd_endpoints: list[str]
-    """etcd client URLs."""
+    """etcd client URLs: all http:// (or bare addresses), or all https://."""
+    etcd_cafile: Path | None = None
+    """The CA bundle that verifies etcd's certificates; needed by https:// endpoints."""
+    etcd_certfile: Path | None = None
+    """The client certificate presented to etcd (with ``etcd_keyfile``), for an etcd
+    that runs with --client-cert-auth."""
+    etcd_keyfile: Path | None = None
     etcd_prefix: str = "/archipel/"
     """Every key lives below this prefix, so several control planes can share an etcd."""
     listen: str = "127.0.0.1:7443"

@@ -17,20 +17,32 @@ watch, from the revision after the last event it delivered, so the caller loses
 nothing and never relists for it. Endpoints may be IP addresses or host names
 (resolved by gRPC, again after a failure, so a member that comes back at a new
 address is found).
+
+``https://`` endpoints speak TLS (:class:`TLS`, the control plane's ``--etcd-cafile``,
+``--etcd-certfile`` and ``--etcd-keyfile``, as kube-apiserver names them): etcd's
+certificate is verified against the CA bundle, for the host the endpoint names, and
+the client certificate is presented to an etcd that asks for one
+(``--client-cert-auth``). A handshake that fails at :meth:`Etcd.connect` is a
+:class:`TLSError` naming the endpoint and the file to look at, never a wait.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import ipaddress
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import etcd3aio
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from etcd3aio._protobuf import (
     Compare,
     WatchCreateRequest,
@@ -48,7 +60,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from archipel import addresses
+from archipel import addresses, pki
 from archipel.core.errors import TooMuch, Unavailable
 from controlplane import metrics
 
@@ -223,12 +235,161 @@ class Guard:
 Write = Put | Delete | Guard
 
 
-def _member_client(endpoint: str) -> etcd3aio.Etcd3Client:
-    """An etcd3aio client for one member, at an IP address or a host name."""
-    address = endpoint.removeprefix("http://")
+class TLSError(Exception):
+    """etcd's TLS cannot work as configured: a flag, a file it names, or etcd's answer
+    to the handshake. The message is one line naming the flag, or the endpoint and the
+    file to look at."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TLS:
+    """How the control plane speaks TLS to etcd: the CA bundle that verifies etcd's
+    certificates and, for an etcd that asks for one (``--client-cert-auth``), a client
+    certificate and its key (PEM). The files' names are kept for messages."""
+
+    ca: bytes
+    ca_file: str
+    cert: bytes | None = None
+    key: bytes | None = None
+    cert_file: str = ""
+
+
+# The schemes an endpoint may have: none (an address, as before) is plaintext.
+_SCHEMES = {"": False, "http": False, "https": True}
+
+
+def _split_endpoint(endpoint: str) -> tuple[bool, str]:
+    """(whether it speaks TLS, ``host:port``) of an etcd client URL."""
+    scheme, separator, rest = endpoint.partition("://")
+    if not separator:
+        scheme, rest = "", endpoint
+    if scheme.lower() not in _SCHEMES:
+        raise TLSError(f"--etcd: {endpoint}: an etcd client URL is http:// or https://")
+    return _SCHEMES[scheme.lower()], rest.rstrip("/")
+
+
+def uses_tls(endpoints: Sequence[str]) -> bool:
+    """Whether these endpoints (of one cluster) speak TLS; :class:`TLSError` when some
+    do and others do not: one etcd cluster serves its clients one way."""
+    kinds = {endpoint: _split_endpoint(endpoint)[0] for endpoint in endpoints}
+    secure = [endpoint for endpoint, tls in kinds.items() if tls]
+    plain = [endpoint for endpoint, tls in kinds.items() if not tls]
+    if secure and plain:
+        raise TLSError(
+            f"--etcd: {secure[0]} is TLS and {plain[0]} is plaintext: the members of one "
+            "etcd cluster are all https:// or all http://"
+        )
+    return bool(secure)
+
+
+def check_tls_flags(
+    endpoints: Sequence[str],
+    *,
+    ca_file: Path | None,
+    cert_file: Path | None,
+    key_file: Path | None,
+) -> None:
+    """The combinations of the ``--etcd*`` flags that cannot work, as a
+    :class:`TLSError` naming the flag; the files themselves are read by
+    :func:`load_tls`."""
+    tls = uses_tls(endpoints)
+    if cert_file is not None and key_file is None:
+        raise TLSError(f"--etcd-keyfile: --etcd-certfile {cert_file} needs its private key")
+    if key_file is not None and cert_file is None:
+        raise TLSError(f"--etcd-certfile: --etcd-keyfile {key_file} needs its certificate")
+    if tls and ca_file is None:
+        https = next(e for e in endpoints if _split_endpoint(e)[0])
+        raise TLSError(
+            f"--etcd-cafile: {https} is TLS: pass the CA bundle that signed etcd's "
+            "certificate (etcd's --trusted-ca-file, or its issuer)"
+        )
+    if not tls:
+        given = [
+            flag
+            for flag, value in (
+                ("--etcd-cafile", ca_file),
+                ("--etcd-certfile", cert_file),
+                ("--etcd-keyfile", key_file),
+            )
+            if value is not None
+        ]
+        if given:
+            raise TLSError(
+                f"{given[0]}: every --etcd endpoint is plaintext (http://), so it would "
+                "not be used: name them https:// to speak TLS to etcd"
+            )
+
+
+def _read(flag: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise TLSError(f"{flag}: cannot read {path}: {error.strerror or error}") from None
+
+
+def load_tls(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> TLS | None:
+    """The files of the ``--etcd-*`` TLS flags, read and checked (what gRPC would
+    otherwise refuse later and vaguely: no certificate in the CA bundle, a key that is
+    not the certificate's, a certificate that has expired); None without a CA."""
+    if ca_file is None:
+        return None
+    ca = _read("--etcd-cafile", ca_file)
+    try:
+        x509.load_pem_x509_certificates(ca)
+    except ValueError:
+        raise TLSError(f"--etcd-cafile: {ca_file} holds no PEM certificate") from None
+    if cert_file is None or key_file is None:
+        return TLS(ca=ca, ca_file=str(ca_file))
+    cert = _read("--etcd-certfile", cert_file)
+    key = _read("--etcd-keyfile", key_file)
+    try:
+        leaf = x509.load_pem_x509_certificates(cert)[0]
+    except ValueError:
+        raise TLSError(f"--etcd-certfile: {cert_file} holds no PEM certificate") from None
+    try:
+        private = pki.load_key(key)
+    except (ValueError, TypeError):
+        raise TLSError(f"--etcd-keyfile: {key_file} holds no PEM private key") from None
+
+    def spki(public: Any) -> bytes:
+        encoded: bytes = public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        return encoded
+
+    if spki(private.public_key()) != spki(leaf.public_key()):
+        raise TLSError(
+            f"--etcd-keyfile: {key_file} is not the key of the certificate in "
+            f"--etcd-certfile {cert_file}"
+        )
+    if leaf.not_valid_after_utc < datetime.datetime.now(datetime.UTC):
+        raise TLSError(
+            f"--etcd-certfile: {cert_file} expired at {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+        )
+    return TLS(ca=ca, ca_file=str(ca_file), cert=cert, key=key, cert_file=str(cert_file))
+
+
+def _member_client(endpoint: str, tls: TLS | None = None) -> etcd3aio.Etcd3Client:
+    """An etcd3aio client for one member, at an IP address or a host name; over TLS
+    when ``tls`` is given (the endpoint is then ``https://``)."""
+    _, address = _split_endpoint(endpoint)
     # One try per call in etcd3aio: the retries are ours (RETRIES), with jitter, long
     # enough for a leader election, and on the next member.
-    client = etcd3aio.Etcd3Client([address], rpc_max_attempts=1)
+    if tls is None:
+        client = etcd3aio.Etcd3Client([address], rpc_max_attempts=1)
+    else:
+        client = etcd3aio.Etcd3Client(
+            [address],
+            rpc_max_attempts=1,
+            ca_cert=tls.ca,
+            cert_key=tls.key,
+            cert_chain=tls.cert,
+            # The host the endpoint names, as written: the target below may be an
+            # ipv4: address (gRPC's default name for it is "host:port"), and etcd3aio
+            # turns "localhost" into 127.0.0.1, which a certificate for localhost may
+            # not list.
+            tls_server_name=_host(address),
+        )
     client._manager.target = _target(address)
     # gRPC's default 4 MiB limit is far below a page of large objects or a full
     # listing; etcd3aio exposes no setting, so extend its channel options here.
@@ -245,6 +406,12 @@ def _member_client(endpoint: str) -> etcd3aio.Etcd3Client:
     return client
 
 
+def _host(address: str) -> str:
+    """The host of ``host:port`` (an IPv6 address without its brackets)."""
+    host, separator, _ = address.rpartition(":")
+    return (host if separator else address).strip("[]")
+
+
 def _target(address: str) -> str:
     """gRPC's target for ``host:port``: the address itself for an IP address (as
     etcd3aio names it), else the name, for gRPC's DNS resolver."""
@@ -256,6 +423,60 @@ def _target(address: str) -> str:
     return f"ipv4:{host}:{port}" if ip.version == 4 else f"ipv6:[{ip}]:{port}"
 
 
+# How long connect() waits for each member's first answer over TLS. A member that is
+# down answers at once (connection refused); this bounds one that is unreachable.
+_HANDSHAKE_TIMEOUT = 5.0
+_VERIFY_FAILED = re.compile(r"CERTIFICATE_VERIFY_FAILED(?:: ([^:]+))?")
+
+
+def _details(error: BaseException) -> str:
+    """The gRPC status details behind an etcd client error (etcd3aio may wrap it)."""
+    for candidate in (error, error.__cause__):
+        if isinstance(candidate, grpc.aio.AioRpcError):
+            return str(candidate.details())
+    return str(error)
+
+
+def _tls_problem(endpoint: str, details: str, tls: TLS) -> str | None:
+    """What a failed first call to ``endpoint`` says about TLS, in one line, or None
+    when it failed for another reason (a member down, a timeout). gRPC tells failures
+    apart only by its status details: these are its words (gRPC 1.85, BoringSSL), which
+    tests/integration/test_etcd_tls.py checks against a real etcd."""
+    host = _host(_split_endpoint(endpoint)[1])
+    if "Hostname Verification" in details:
+        return (
+            f"the certificate of etcd at {endpoint} is not for {host}: its subjectAltNames "
+            "must name the host the --etcd endpoint names"
+        )
+    verify = _VERIFY_FAILED.search(details)
+    if verify:
+        reason = (verify.group(1) or "").strip() or "CERTIFICATE_VERIFY_FAILED"
+        return (
+            f"cannot verify the certificate of etcd at {endpoint} with --etcd-cafile "
+            f"{tls.ca_file} ({reason}): pass the CA that signed etcd's serving certificate"
+        )
+    if "TSI_DATA_CORRUPTED" in details:
+        # etcd ended the handshake with an alert: it wants a client certificate it
+        # trusts (gRPC logs the alert itself, certificate required or unknown CA, to
+        # stderr only).
+        if tls.cert is None:
+            return (
+                f"etcd at {endpoint} refused a connection without a client certificate "
+                "(it runs with --client-cert-auth): pass --etcd-certfile and --etcd-keyfile"
+            )
+        return (
+            f"etcd at {endpoint} refused the client certificate of --etcd-certfile "
+            f"{tls.cert_file}: it must be signed by a CA in etcd's --trusted-ca-file"
+        )
+    if "Handshake read failed" in details or "handshake failed" in details.lower():
+        return (
+            f"the TLS handshake with etcd at {endpoint} failed ({details.rpartition(': ')[2]}): "
+            "does it serve TLS (etcd's --cert-file and https:// --listen-client-urls)? "
+            "If it serves plaintext, name it http://"
+        )
+    return None
+
+
 class Etcd:
     """A connection to etcd with all keys below ``prefix``."""
 
@@ -265,23 +486,65 @@ class Etcd:
         *,
         prefix: str = "/archipel/",
         transformer: Transformer | None = None,
+        tls: TLS | None = None,
     ) -> None:
+        """``tls`` is for ``https://`` endpoints, and needed by them (a
+        :class:`TLSError` otherwise, as for endpoints mixing http and https)."""
         self.endpoints = addresses.split(endpoints)
         if not self.endpoints:
             raise ValueError("no etcd endpoint")
+        if uses_tls(self.endpoints) != (tls is not None):
+            raise TLSError(
+                "--etcd-cafile: https:// endpoints need it"
+                if tls is None
+                else "--etcd-cafile: TLS settings for plaintext (http://) endpoints"
+            )
+        self.tls = tls
         # A client per member, not one over all of them: etcd3aio's own client takes
         # only IP addresses for several endpoints (gRPC's ipv4: target), where
         # production names its members; and with one member at a time, which one a
-        # failure came from is known, so the next try goes elsewhere.
-        self._clients = [_member_client(endpoint) for endpoint in self.endpoints]
+        # failure came from is known, so the next try goes elsewhere. Over TLS, each
+        # member is also verified under its own name.
+        self._clients = [_member_client(endpoint, tls) for endpoint in self.endpoints]
         self._current = 0
         self.prefix = prefix if prefix.endswith("/") else prefix + "/"
         self.transformer = transformer
         self._group = _GroupCommit(self)
 
     async def connect(self) -> None:
+        """Open a channel to every member. Over TLS, each member is asked once for its
+        status: a handshake that fails (etcd's certificate does not verify, or etcd
+        refuses the client's) raises :class:`TLSError` here, instead of every request
+        failing after its retries. A member that is down or does not answer is left to
+        the retries, as without TLS."""
         for client in self._clients:
             await client.connect()
+        if self.tls is None:
+            return
+        try:
+            problems = await asyncio.gather(*map(self._handshake, range(len(self._clients))))
+        except BaseException:
+            await self.close()
+            raise
+        for problem in problems:
+            if problem is not None:
+                await self.close()
+                raise TLSError(problem)
+
+    async def _handshake(self, index: int) -> str | None:
+        """What is wrong with TLS to member ``index``, or None."""
+        assert self.tls is not None
+        maintenance = self._clients[index].maintenance
+        assert maintenance is not None
+        try:
+            await maintenance.status(timeout=_HANDSHAKE_TIMEOUT, max_attempts=1)
+        except _CLIENT_ERRORS as error:
+            details = _details(error)
+            problem = _tls_problem(self.endpoints[index], details, self.tls)
+            if problem is None:
+                log.info("etcd member %s does not answer yet: %s", self.endpoints[index], details)
+            return problem
+        return None
 
     async def close(self) -> None:
         for client in self._clients:

@@ -48,6 +48,7 @@ from controlplane import (
     auth,
     certificates,
     encryption,
+    etcd,
     metrics,
     ratelimit,
     registration,
@@ -433,7 +434,10 @@ class ControlPlane:
                 encryption.load_config(settings.encryption_provider_config)
             )
         self.etcd = Etcd(
-            settings.etcd_endpoints, prefix=settings.etcd_prefix, transformer=self.encryption
+            settings.etcd_endpoints,
+            prefix=settings.etcd_prefix,
+            transformer=self.encryption,
+            tls=etcd.load_tls(settings.etcd_cafile, settings.etcd_certfile, settings.etcd_keyfile),
         )
         self.store = Store(self.etcd)
         self.shards = Shards(
@@ -737,6 +741,23 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         help="etcd client URLs of one cluster: repeat the flag, or separate with commas",
     )
     parser.add_argument("--etcd-prefix", default="/archipel/")
+    # kube-apiserver's names for the same three files.
+    parser.add_argument(
+        "--etcd-cafile",
+        type=Path,
+        metavar="FILE",
+        help="the CA bundle that verifies etcd's certificates (PEM); https:// endpoints need it",
+    )
+    parser.add_argument(
+        "--etcd-certfile",
+        type=Path,
+        metavar="FILE",
+        help="the client certificate presented to etcd (PEM), for an etcd that runs with "
+        "--client-cert-auth",
+    )
+    parser.add_argument(
+        "--etcd-keyfile", type=Path, metavar="FILE", help="the key of --etcd-certfile (PEM)"
+    )
     parser.add_argument("--listen", default="127.0.0.1:7443")
     parser.add_argument("--metrics-listen", default="")
     parser.add_argument(
@@ -902,6 +923,19 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         parser.error("--audit-log-maxbackup must not be negative")
     if bool(args.client_ca_file) != bool(args.client_ca_key_file):
         parser.error("--client-ca-file and --client-ca-key-file go together")
+    etcd_endpoints = addresses.split(args.etcd)
+    try:
+        etcd.check_tls_flags(
+            etcd_endpoints,
+            ca_file=args.etcd_cafile,
+            cert_file=args.etcd_certfile,
+            key_file=args.etcd_keyfile,
+        )
+    except etcd.TLSError as error:
+        # One line and exit code 1: nothing starts. (The files are read when the
+        # control plane is built: see main.)
+        print(f"{parser.prog}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     listen_host = args.listen.rpartition(":")[0]
     if args.insecure and not pki.is_loopback(listen_host):
         # One line and exit code 1: plaintext would carry the admin token and every
@@ -935,7 +969,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         print(f"{parser.prog}: --{error}", file=sys.stderr)
         raise SystemExit(1) from None
     return Settings(
-        etcd_endpoints=addresses.split(args.etcd),
+        etcd_endpoints=etcd_endpoints,
+        etcd_cafile=args.etcd_cafile,
+        etcd_certfile=args.etcd_certfile,
+        etcd_keyfile=args.etcd_keyfile,
         etcd_prefix=args.etcd_prefix,
         listen=args.listen,
         metrics_listen=args.metrics_listen,
@@ -1019,8 +1056,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     try:
         return _run(settings)
-    except encryption.ConfigError as error:
-        # One line and exit code 1: nothing has started.
+    except (encryption.ConfigError, etcd.TLSError) as error:
+        # One line and exit code 1: nothing has started (a TLS handshake that etcd
+        # refuses fails the first connection, before anything else runs).
         print(f"archipel-controlplane: {error}", file=sys.stderr)
         return 1
 

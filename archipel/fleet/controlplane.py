@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from archipel import pki
 from archipel.client import Client, Config
 from archipel.core import kinds
-from archipel.fleet.etcd import free_port
+from archipel.fleet.etcd import EtcdClientTLS, free_port
 from archipel.fleet.members import Member
 from archipel.fleet.processes import ManagedProcess, ProcessError
 
@@ -96,6 +96,7 @@ class ControlPlaneProcess:
         insecure: bool = False,
         pki_dir: Path | None = None,
         agent_port: int | None = None,
+        etcd_tls: EtcdClientTLS | None = None,
     ) -> None:
         """The control plane serves TLS with a certificate of its own CA, created in
         ``pki_dir`` (default ``<directory>/pki``, which replicas share); ``tls`` is
@@ -107,7 +108,9 @@ class ControlPlaneProcess:
         (replicas share one). With ``encrypt``, Secrets are encrypted in etcd by the
         configuration ``encryption_config`` (by default
         ``<directory>/encryption-config.yaml``, made with a fresh key when missing);
-        without, nothing is."""
+        without, nothing is. ``etcd_tls`` is what it is given to speak TLS to an
+        ``https://`` etcd (``--etcd-cafile``, and ``--etcd-certfile`` and
+        ``--etcd-keyfile`` when it has a client certificate)."""
         self.directory = directory
         self.etcd_prefix = etcd_prefix
         self.name = name
@@ -132,6 +135,7 @@ class ControlPlaneProcess:
             "controlplane",
             f"--etcd={etcd_endpoint}",
             f"--etcd-prefix={etcd_prefix}",
+            *(etcd_tls.flags() if etcd_tls is not None else []),
             f"--listen={self.address}",
             f"--metrics-listen=127.0.0.1:{self.metrics_port}",
             f"--admin-token-file={self.token_file}",
@@ -370,13 +374,15 @@ class ControlPlaneReplicas:
         encrypt: bool = True,
         insecure: bool = False,
         agent_ports: Sequence[int | None] = (),
+        etcd_tls: EtcdClientTLS | None = None,
     ) -> None:
         """``ports`` are the replicas' gRPC ports in order (missing or None: any free
         port), ``agent_ports`` their mutual-TLS ports for agents (the same);
         ``extra_args`` go to every replica, and ``replica_args(i)`` to replica ``i``
         only, after them (by default :meth:`replica_id_args`, which names each replica
         in the shards' logs and keys: ``replica-<i>``). With ``encrypt`` every replica
-        reads one encryption configuration, ``<directory>/encryption-config.yaml``."""
+        reads one encryption configuration, ``<directory>/encryption-config.yaml``.
+        ``etcd_tls``: as :class:`ControlPlaneProcess` takes it, for every replica."""
         if replica_args is None:
             replica_args = self.replica_id_args
         if count < 1:
@@ -401,6 +407,7 @@ class ControlPlaneReplicas:
                 insecure=insecure,
                 pki_dir=directory / "pki",
                 agent_port=agent_ports[index] if index < len(agent_ports) else None,
+                etcd_tls=etcd_tls,
             )
             for index in range(count)
         ]

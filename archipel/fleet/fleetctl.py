@@ -11,6 +11,11 @@ with ``--etcd-members N``, in an etcd cluster of its own of N members on loopbac
 ``--replicas N``, N control-plane processes share that etcd and one admin token file
 (each logs to ``controlplane-<i>.log``); agent ``i`` starts on replica ``i mod N`` and
 is told every address to fail over, and the CLI config names every replica.
+
+Every etcd it starts serves TLS and asks its clients for a certificate of its CA
+(``--client-cert-auth``): the members' kube-apiservers and the control plane are
+given theirs (``--etcd-cafile``, ``--etcd-certfile``, ``--etcd-keyfile``), and ``ls``
+says where the files are, for etcdctl.
 """
 
 from __future__ import annotations
@@ -134,7 +139,7 @@ def serve(
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda *_: stopping.set())
-    fleet = members.Fleet(root, members.default_specs(count, profile=profile))
+    fleet = members.Fleet(root, members.default_specs(count, profile=profile), etcd_tls=True)
     fleet.start()
     plane: ControlPlaneReplicas | None = None
     etcd: EtcdCluster | None = None
@@ -144,17 +149,21 @@ def serve(
         if control_plane:
             local = root.parent
             endpoints = [fleet.etcd.endpoint] if fleet.etcd else []
+            etcd_tls = fleet.etcd.client_tls if fleet.etcd else None
             if etcd_members:
                 etcd = EtcdCluster(
                     binary=tools.ensure("etcd").etcd,
                     directory=root / "_controlplane-etcd",
                     size=etcd_members,
+                    tls=True,
                 )
                 etcd.start()
                 endpoints = etcd.endpoints
+                etcd_tls = etcd.client_tls
             plane = ControlPlaneReplicas(
                 replicas,
                 etcd_endpoint=",".join(endpoints),
+                etcd_tls=etcd_tls,
                 directory=local,
                 # 7443, 7444, ... when free, so people can remember them.
                 ports=[_preferred_port(7443 + index) for index in range(replicas)],
@@ -176,6 +185,12 @@ def serve(
             state["controlPlane"] = {
                 "address": plane[0].address,
                 "pid": plane[0].process.pid,
+                "etcdEndpoints": endpoints,
+                "etcdTls": (
+                    {"ca": str(etcd_tls.ca), "cert": str(etcd_tls.cert), "key": str(etcd_tls.key)}
+                    if etcd_tls is not None
+                    else None
+                ),
                 "replicas": [
                     {
                         "address": replica.address,
@@ -301,6 +316,14 @@ def ls(root: Path) -> None:
         for name, member in etcd.items():
             status = "running" if alive(member["pid"]) else "stopped"
             print(f"  {name}  {status}  {member['endpoint']}  pid {member['pid']}")
+    files = plane.get("etcdTls")
+    if files:
+        # What etcdctl needs to look at the control plane's etcd (TLS, client certificate).
+        print(
+            f"\netcdctl --endpoints={','.join(plane['etcdEndpoints'])} "
+            f"--cacert={os.path.relpath(files['ca'])} --cert={os.path.relpath(files['cert'])} "
+            f"--key={os.path.relpath(files['key'])} get --prefix /archipel/ --keys-only"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

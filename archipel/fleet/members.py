@@ -1,7 +1,8 @@
 """Real member clusters on demand: one etcd, one kube-apiserver per member.
 
 A member is a real kube-apiserver with TLS, client-certificate authentication and
-RBAC, storing under its own ``--etcd-prefix`` in an etcd shared by the whole fleet.
+RBAC, storing under its own ``--etcd-prefix`` in an etcd shared by the whole fleet
+(which serves TLS with client certificates when the fleet is made with ``etcd_tls``).
 Two profiles trade start-up time for realism:
 
 ``api``
@@ -37,7 +38,7 @@ import kubernetes
 import yaml
 
 from archipel.fleet import pki, tools
-from archipel.fleet.etcd import EtcdServer, free_port
+from archipel.fleet.etcd import EtcdClientTLS, EtcdServer, free_port
 from archipel.fleet.processes import ManagedProcess, ProcessError, process_state
 
 Profile = Literal["api", "full"]
@@ -187,12 +188,19 @@ class Member:
     """One member cluster: its certificates, kubeconfig and processes."""
 
     def __init__(
-        self, spec: MemberSpec, *, directory: Path, etcd_endpoint: str, binaries: tools.Tools
+        self,
+        spec: MemberSpec,
+        *,
+        directory: Path,
+        etcd_endpoint: str,
+        binaries: tools.Tools,
+        etcd_tls: EtcdClientTLS | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
         self.directory = directory
         self.etcd_endpoint = etcd_endpoint
+        self.etcd_tls = etcd_tls
         self.etcd_prefix = f"/members/{spec.name}"
         self._binaries = binaries
         self.port = free_port()
@@ -237,6 +245,8 @@ class Member:
             str(self._binaries.kube_apiserver),
             f"--etcd-servers={self.etcd_endpoint}",
             f"--etcd-prefix={self.etcd_prefix}",
+            # The control plane's flags for etcd's TLS are kube-apiserver's.
+            *(self.etcd_tls.flags() if self.etcd_tls is not None else []),
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
             f"--secure-port={self.port}",
@@ -562,13 +572,16 @@ def _parallel(items: Iterable[Member], action: Callable[[Member], None]) -> None
 class Fleet:
     """One etcd and N member clusters, started together and stopped together."""
 
-    def __init__(self, root: Path, specs: Sequence[MemberSpec]) -> None:
+    def __init__(self, root: Path, specs: Sequence[MemberSpec], *, etcd_tls: bool = False) -> None:
+        """With ``etcd_tls``, the fleet's etcd serves TLS and asks its clients (the
+        members' kube-apiservers) for certificates of its own CA."""
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"member names must be unique: {names}")
         self.root = root
         self.specs = list(specs)
         self.etcd: EtcdServer | None = None
+        self.etcd_tls = etcd_tls
         self.members: dict[str, Member] = {}
         self.started_in: float | None = None
 
@@ -591,7 +604,9 @@ class Fleet:
             shutil.rmtree(self.root)
         self.root.mkdir(parents=True)
         try:
-            self.etcd = EtcdServer(binary=binaries.etcd, directory=self.root / "_etcd")
+            self.etcd = EtcdServer(
+                binary=binaries.etcd, directory=self.root / "_etcd", tls=self.etcd_tls
+            )
             self.etcd.start()
             for spec in self.specs:
                 self.members[spec.name] = Member(
@@ -599,6 +614,7 @@ class Fleet:
                     directory=self.root / spec.name,
                     etcd_endpoint=self.etcd.endpoint,
                     binaries=binaries,
+                    etcd_tls=self.etcd.client_tls,
                 )
             for member in self:
                 member.start_apiserver(wait=False)

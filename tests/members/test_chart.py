@@ -40,8 +40,14 @@ INSTALLS: dict[str, tuple[dict[str, str], set[str]]] = {
             "controlPlane.tls.secretName": "archipel-tls",
             "etcd.enabled": "false",
             "etcd.endpoints[0]": "https://etcd-0.example:2379",
+            "etcd.endpoints[1]": "https://etcd-1.example:2379",
+            "etcd.tls.secretName": "etcd-client",
         },
         {"Secret", "Deployment", "Service", "PodDisruptionBudget"},
+    ),
+    "control plane with its own etcd in plaintext": (
+        {"controlPlane.enabled": "true", "etcd.tls.enabled": "false"},
+        {"Secret", "Deployment", "Service", "PodDisruptionBudget", "StatefulSet"},
     ),
     "agent, cluster-admin": (
         AGENT,
@@ -190,6 +196,34 @@ def test_bad_values_are_refused_naming_the_value() -> None:
         ({"agent.enabled": "true", "agent.server": "cp:7443"}, "agent.token"),
         ({**AGENT, "agent.rbac": "everything"}, "agent.rbac"),
         ({"controlPlane.enabled": "true", "etcd.enabled": "false"}, "etcd.endpoints"),
+        # A value the chart would accept and not act on is refused.
+        (
+            {
+                "controlPlane.enabled": "true",
+                "etcd.enabled": "false",
+                "etcd.endpoints[0]": "https://etcd-0.example:2379",
+            },
+            "etcd.tls.secretName: https:// etcd endpoints need a Secret",
+        ),
+        (
+            {
+                "controlPlane.enabled": "true",
+                "etcd.enabled": "false",
+                "etcd.endpoints[0]": "http://etcd-0.example:2379",
+                "etcd.tls.secretName": "etcd-client",
+            },
+            "etcd.tls.secretName: the etcd.endpoints are plaintext",
+        ),
+        (
+            {
+                "controlPlane.enabled": "true",
+                "etcd.enabled": "false",
+                "etcd.endpoints[0]": "https://etcd-0.example:2379",
+                "etcd.endpoints[1]": "http://etcd-1.example:2379",
+                "etcd.tls.secretName": "etcd-client",
+            },
+            "etcd.endpoints: all http:// or all https://",
+        ),
     ):
         sets = [f"--set={key}={value}" for key, value in values.items()]
         rendered = helm("template", "archipel", str(CHART), *sets)
@@ -392,3 +426,216 @@ def test_an_agent_that_registers_is_given_a_file_never_a_flag() -> None:
         "--set=agent.bootstrapToken=abcdef.0123456789abcdef",
     )
     assert missing.returncode != 0 and "agent.cluster" in missing.stderr
+
+
+def _pod(documents: list[dict[str, Any]], kind: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec of the one ``kind`` rendered, and its one container."""
+    (workload,) = [d for d in documents if d["kind"] == kind]
+    spec: dict[str, Any] = workload["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return spec, container
+
+
+def _mounted_from(pod: dict[str, Any], container: dict[str, Any], path: Path) -> tuple[str, str]:
+    """(Secret, key) that the file at ``path`` in ``container`` comes from."""
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for mount in container["volumeMounts"]:
+        if Path(mount["mountPath"]) == path.parent:
+            secret = volumes[mount["name"]]["secret"]
+            for item in secret["items"]:
+                if item["path"] == path.name:
+                    return secret["secretName"], item["key"]
+    raise AssertionError(f"{path} is not mounted from any Secret")
+
+
+def _args(container: dict[str, Any], flag: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in container["args"] if a.startswith(f"{flag}=")]
+
+
+ETCD_TLS = {
+    "its own etcd": (
+        {"controlPlane.enabled": "true"},
+        ["https://archipel-etcd:2379"],
+        "archipel-etcd-client-tls",
+    ),
+    "your etcd, named by https:// endpoints": (
+        {
+            "controlPlane.enabled": "true",
+            "etcd.enabled": "false",
+            "etcd.endpoints[0]": "https://etcd-0.example:2379",
+            "etcd.endpoints[1]": "https://etcd-1.example:2379",
+            "etcd.tls.secretName": "etcd-client",
+        },
+        ["https://etcd-0.example:2379", "https://etcd-1.example:2379"],
+        "etcd-client",
+    ),
+}
+
+
+@pytest.mark.parametrize("install", list(ETCD_TLS))
+def test_the_control_plane_speaks_tls_to_etcd_with_the_files_it_mounts(install: str) -> None:
+    """The three flags, as the control plane reads them, point at files mounted from the
+    Secret with etcd's CA and the client certificate, under the keys they name."""
+    from controlplane.server import parse_args
+
+    values, endpoints, secret = ETCD_TLS[install]
+    pod, container = _pod(render(values, "archipel-system"), "Deployment")
+    settings = parse_args(container["args"])
+    assert settings.etcd_endpoints == endpoints
+    files = {
+        "ca.crt": settings.etcd_cafile,
+        "tls.crt": settings.etcd_certfile,
+        "tls.key": settings.etcd_keyfile,
+    }
+    for key, path in files.items():
+        assert path is not None, key
+        assert _mounted_from(pod, container, path) == (secret, key)
+
+
+def test_the_charts_own_etcd_serves_tls_to_client_certificates_of_its_ca() -> None:
+    """etcd's flags point at its own Secret; the health probe has a plaintext port of its
+    own; etcd's certificate names the host the control plane connects to; and both
+    Secrets hold one CA, which signed the control plane's client certificate. Turned off,
+    etcd and the control plane speak plaintext, and no Secret is made for it."""
+    from cryptography import x509
+
+    from controlplane.server import parse_args
+
+    documents = render({"controlPlane.enabled": "true"}, "archipel-system")
+    pod, etcd = _pod(documents, "StatefulSet")
+    assert "--client-cert-auth" in etcd["args"]
+    assert _args(etcd, "--listen-client-urls") == ["https://0.0.0.0:2379"]
+    for flag, key in (("--cert-file", "tls.crt"), ("--key-file", "tls.key")):
+        (path,) = _args(etcd, flag)
+        assert _mounted_from(pod, etcd, Path(path)) == ("archipel-etcd-server-tls", key)
+    (trusted,) = _args(etcd, "--trusted-ca-file")
+    assert _mounted_from(pod, etcd, Path(trusted)) == ("archipel-etcd-server-tls", "ca.crt")
+    # The kubelet shows no client certificate: it probes the plaintext metrics port.
+    assert _args(etcd, "--listen-metrics-urls") == ["http://0.0.0.0:2381"]
+    ports = {p["name"]: p["containerPort"] for p in etcd["ports"]}
+    assert etcd["readinessProbe"]["httpGet"] == {"path": "/health", "port": "metrics"}
+    assert ports["metrics"] == 2381
+
+    secrets = {
+        d["metadata"]["name"]: {k: base64.b64decode(v) for k, v in d["data"].items()}
+        for d in documents
+        if d["kind"] == "Secret" and d["metadata"]["name"].startswith("archipel-etcd-")
+    }
+    server, client_files = secrets["archipel-etcd-server-tls"], secrets["archipel-etcd-client-tls"]
+    assert server["ca.crt"] == client_files["ca.crt"]
+    ca = x509.load_pem_x509_certificate(server["ca.crt"])
+    serving = x509.load_pem_x509_certificate(server["tls.crt"])
+    names = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    _, container = _pod(documents, "Deployment")
+    (endpoint,) = parse_args(container["args"]).etcd_endpoints
+    assert endpoint.split("://")[1].rsplit(":", 1)[0] in names.get_values_for_type(x509.DNSName)
+    for cert in (serving, x509.load_pem_x509_certificate(client_files["tls.crt"])):
+        cert.verify_directly_issued_by(ca)
+
+    plaintext = render({"controlPlane.enabled": "true", "etcd.tls.enabled": "false"}, "default")
+    pod, etcd = _pod(plaintext, "StatefulSet")
+    assert _args(etcd, "--listen-client-urls") == ["http://0.0.0.0:2379"]
+    assert "--client-cert-auth" not in etcd["args"] and "volumes" not in pod
+    _, container = _pod(plaintext, "Deployment")
+    settings = parse_args(container["args"])
+    assert settings.etcd_endpoints == ["http://archipel-etcd:2379"]
+    assert settings.etcd_cafile is None
+    assert not [
+        d
+        for d in plaintext
+        if d["metadata"]["name"].startswith("archipel-etcd-") and d["kind"] == "Secret"
+    ]
+
+
+async def test_etcd_and_the_control_plane_take_the_certificates_the_chart_makes(
+    tmp_path: Path,
+) -> None:
+    """Helm's genCA and genSignedCert (RSA, both key usages) with a real etcd run as the
+    StatefulSet runs it, and the control plane's etcd client as the Deployment runs it."""
+    from archipel.fleet.etcd import EtcdServer, EtcdTLS
+    from archipel.fleet.pki import KeyPair
+    from controlplane.etcd import Etcd, Put, TLSError, load_tls
+
+    documents = render({"controlPlane.enabled": "true"}, "archipel-system")
+    for document in documents:
+        name = document["metadata"]["name"]
+        if document["kind"] == "Secret" and name.startswith("archipel-etcd-"):
+            for key, value in document["data"].items():
+                (tmp_path / name).mkdir(exist_ok=True)
+                (tmp_path / name / key).write_bytes(base64.b64decode(value))
+    server, client_dir = (
+        tmp_path / "archipel-etcd-server-tls",
+        tmp_path / "archipel-etcd-client-tls",
+    )
+    serving = KeyPair(cert=server / "tls.crt", key=server / "tls.key")
+    tls = EtcdTLS(
+        ca=server / "ca.crt",
+        server=serving,
+        client=KeyPair(cert=client_dir / "tls.crt", key=client_dir / "tls.key"),
+        # As in the chart, where etcd's own gateway uses its serving certificate.
+        gateway=serving,
+    )
+    etcd = EtcdServer(binary=tools.ensure("etcd").etcd, directory=tmp_path / "etcd", tls=tls)
+    etcd.start()
+    try:
+        endpoint = etcd.endpoint.replace("127.0.0.1", "localhost")
+        client = Etcd(
+            [endpoint],
+            tls=load_tls(client_dir / "ca.crt", client_dir / "tls.crt", client_dir / "tls.key"),
+        )
+        await client.connect()
+        try:
+            assert await client.commit([Put("chart", b"tls", 0)]) is not None
+            stored = await client.get("chart")
+            assert stored is not None and stored.value == b"tls"
+        finally:
+            await client.close()
+        without = Etcd([endpoint], tls=load_tls(client_dir / "ca.crt", None, None))
+        with pytest.raises(TLSError, match="without a client certificate"):
+            await without.connect()
+    finally:
+        etcd.stop()
+
+
+def test_etcds_certificates_are_kept_on_upgrade(
+    members: Fleet, namespaces: tuple[str, list[str]]
+) -> None:
+    """Rendered against a cluster that has them (as helm upgrade renders), the etcd
+    Secrets are the ones already there: etcd and the control plane keep one CA."""
+    release, _ = namespaces
+    member = next(iter(members))
+    values = {"controlPlane.enabled": "true"}
+    first = {
+        d["metadata"]["name"]: d
+        for d in render(values, release)
+        if d["kind"] == "Secret" and d["metadata"]["name"].startswith("archipel-etcd-")
+    }
+    again = render(values, release)
+    assert [d["data"] for d in again if d["metadata"]["name"] in first] != [
+        d["data"] for d in first.values()
+    ]  # a new install: new certificates
+    core = client.CoreV1Api(member.api_client())
+    for name, document in first.items():
+        core.create_namespaced_secret(
+            release,
+            client.V1Secret(metadata=client.V1ObjectMeta(name=name), data=document["data"]),
+        )
+    sets = [f"--set={key}={value}" for key, value in values.items()]
+    upgraded = helm(
+        "template",
+        "archipel",
+        str(CHART),
+        "--namespace",
+        release,
+        "--dry-run=server",
+        "--kubeconfig",
+        str(member.kubeconfig),
+        *sets,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    kept = {
+        d["metadata"]["name"]: d["data"]
+        for d in yaml.safe_load_all(upgraded.stdout)
+        if d and d["kind"] == "Secret" and d["metadata"]["name"] in first
+    }
+    assert kept == {name: d["data"] for name, d in first.items()}

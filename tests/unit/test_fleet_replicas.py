@@ -8,6 +8,7 @@ from pathlib import Path
 from archipel import pki
 from archipel.client import Config
 from archipel.fleet.controlplane import ControlPlaneReplicas, ensure_encryption_config, rotated
+from archipel.fleet.etcd import EtcdClientTLS, EtcdTLS
 
 
 def test_agents_start_on_replica_i_mod_n_and_fail_over_to_the_others() -> None:
@@ -89,3 +90,30 @@ def test_a_control_plane_without_encryption_gets_no_configuration(tmp_path: Path
     for replica in plane.replicas:
         assert replica.encryption_config is None
         assert not any("--encryption-provider-config" in a for a in replica.process.argv)
+
+
+def test_every_replica_is_given_etcds_tls_files(tmp_path: Path) -> None:
+    """On an etcd that serves TLS, each replica gets the three flags, kube-apiserver's
+    names; without a client certificate, the CA alone; on plaintext etcd, none."""
+    files = EtcdTLS.issue(tmp_path / "etcd-pki").client_tls
+    plane = ControlPlaneReplicas(
+        2, etcd_endpoint="https://127.0.0.1:2379", directory=tmp_path, etcd_tls=files
+    )
+    for replica in plane.replicas:
+        assert {
+            f"--etcd-cafile={files.ca}",
+            f"--etcd-certfile={files.cert}",
+            f"--etcd-keyfile={files.key}",
+        } <= set(replica.process.argv)
+    ca_only = EtcdClientTLS(ca=files.ca)
+    (replica,) = ControlPlaneReplicas(
+        1, etcd_endpoint="https://127.0.0.1:2379", directory=tmp_path, etcd_tls=ca_only
+    ).replicas
+    assert [a for a in replica.process.argv if a.startswith("--etcd-")] == [
+        "--etcd-prefix=/archipel/",
+        f"--etcd-cafile={files.ca}",
+    ]
+    (plain,) = ControlPlaneReplicas(1, etcd_endpoint="127.0.0.1:2379", directory=tmp_path).replicas
+    assert not any(a.startswith(("--etcd-cafile", "--etcd-certfile")) for a in plain.process.argv)
+    # The files are etcd's CA, a client certificate of it and its key (mode 0600).
+    assert files.key is not None and files.key.stat().st_mode & 0o777 == 0o600

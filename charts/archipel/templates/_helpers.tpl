@@ -39,6 +39,34 @@ resources:
       - identity: {}
 {{- end }}
 
+{{/* etcd's TLS files, for the chart's own etcd: its serving certificate, and the
+control plane's client certificate (the Secret it mounts, or etcd.tls.secretName). */}}
+{{- define "archipel.etcdServerSecret" -}}{{ include "archipel.etcd" . }}-server-tls{{- end }}
+{{- define "archipel.etcdClientSecret" -}}
+{{ .Values.etcd.tls.secretName | default (printf "%s-client-tls" (include "archipel.etcd" .)) }}
+{{- end }}
+
+{{/* Whether the control plane speaks TLS to etcd: the chart's etcd with etcd.tls.enabled,
+or your own etcd named by https:// endpoints (then etcd.tls.secretName is needed). */}}
+{{- define "archipel.etcdTLS" -}}
+{{- if .Values.etcd.enabled }}
+{{- if .Values.etcd.tls.enabled }}true{{ end }}
+{{- else }}
+{{- $https := 0 }}
+{{- range .Values.etcd.endpoints }}{{ if hasPrefix "https://" . }}{{ $https = add1 $https }}{{ end }}{{ end }}
+{{- if and $https (ne (int $https) (len .Values.etcd.endpoints)) }}
+{{- fail "etcd.endpoints: all http:// or all https://: one etcd cluster serves its clients one way" }}
+{{- end }}
+{{- if and $https (not .Values.etcd.tls.secretName) }}
+{{- fail "etcd.tls.secretName: https:// etcd endpoints need a Secret with ca.crt, tls.crt and tls.key" }}
+{{- end }}
+{{- if and (not $https) .Values.etcd.tls.secretName }}
+{{- fail "etcd.tls.secretName: the etcd.endpoints are plaintext (http://): name them https:// to use it" }}
+{{- end }}
+{{- if $https }}true{{ end }}
+{{- end }}
+{{- end }}
+
 {{- define "archipel.caSecret" -}}
 {{ .Values.controlPlane.tls.caSecretName | default (printf "%s-ca" (include "archipel.controlPlane" .)) }}
 {{- end }}
