@@ -326,6 +326,7 @@ def test_the_control_planes_arguments_are_ones_it_takes(default_taints: str) -> 
         "team-.*",
         "scratch-[0-9]{1,3}",
     ]
+    assert (settings.mutation_rate, settings.mutation_burst) == (1000, 2000)
     # Every replica audits into a volume of its own.
     assert settings.audit_log_path is not None
     assert settings.audit_log_path.parent.as_posix() == "/var/log/archipel"
