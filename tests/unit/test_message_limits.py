@@ -40,7 +40,13 @@ async def test_an_agent_never_sends_a_message_the_control_plane_would_refuse() -
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
-        agent = Agent(server=f"127.0.0.1:{port}", token="t", cluster="m", kube=object())  # type: ignore[arg-type]
+        agent = Agent(
+            server=f"127.0.0.1:{port}",
+            token="t",
+            cluster="m",
+            kube=object(),  # type: ignore[arg-type]
+            insecure=True,
+        )
         async with agent._channel() as channel:
             take = channel.unary_unary(
                 "/test.Sink/Take", request_serializer=_same, response_deserializer=_same
