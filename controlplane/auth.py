@@ -36,6 +36,7 @@ from archipel.core import roles
 from archipel.core.errors import ArchipelError, PermissionDenied, Unauthenticated
 from archipel.core.roles import Identity, Role
 from archipel.v1alpha2 import access_pb2
+from controlplane import handlers
 from controlplane.audit import AuditLog
 from controlplane.ratelimit import RateLimitInterceptor, identity_key
 from controlplane.users import UserDirectory
@@ -134,8 +135,6 @@ def reading_secrets(what: str = "Secrets") -> None:
 
 
 # -- the interceptor -----------------------------------------------------------------
-
-Behavior = Callable[..., Any]
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -242,18 +241,17 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _refusing(
         self, handler: grpc.RpcMethodHandler[Any, Any], call: Call, error: ArchipelError
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        def record(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             call.kind, call.namespace, call.name = _what(call.method, request)
             self._record(call, context.peer(), error.code.name)
-            await context.abort(error.code, str(error))
 
-        return _same_shape(handler, refuse, refuse)
+        return handlers.refusing(handler, error.code, str(error), before=record)
 
     def _serving(
         self, handler: grpc.RpcMethodHandler[Any, Any], identity: Identity, method: str
     ) -> grpc.RpcMethodHandler[Any, Any]:
-        unary: Behavior | None = handler.unary_unary or handler.stream_unary
-        streaming: Behavior | None = handler.unary_stream or handler.stream_stream
+        unary: handlers.Behavior | None = handler.unary_unary or handler.stream_unary
+        streaming: handlers.Behavior | None = handler.unary_stream or handler.stream_stream
 
         async def serve_unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = Call(identity, method)
@@ -286,7 +284,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 raise
             self._record(call, peer, "OK")
 
-        return _same_shape(handler, serve_unary, serve_stream)
+        return handlers.same_shape(handler, serve_unary, serve_stream)
 
 
 def _what(method: str, request: Any) -> tuple[str, str, str]:
@@ -321,26 +319,4 @@ def _what(method: str, request: Any) -> tuple[str, str, str]:
         str(getattr(message, "kind", "")) or kind,
         str(getattr(message, "namespace", "")),
         str(getattr(message, "name", "")),
-    )
-
-
-def _same_shape(
-    handler: grpc.RpcMethodHandler[Any, Any], unary: Behavior, streaming: Behavior
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler like ``handler`` (same streaming shape and codecs) running ``unary`` or
-    ``streaming``, whichever its shape answers with."""
-    if handler.request_streaming and handler.response_streaming:
-        factory: Callable[..., grpc.RpcMethodHandler[Any, Any]] = (
-            grpc.stream_stream_rpc_method_handler
-        )
-    elif handler.request_streaming:
-        factory = grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        factory = grpc.unary_stream_rpc_method_handler
-    else:
-        factory = grpc.unary_unary_rpc_method_handler
-    return factory(
-        streaming if handler.response_streaming else unary,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
     )

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from archipel import limits
-from controlplane import metrics
+from controlplane import handlers, metrics
 
 RETRY_AFTER_KEY = "retry-after-ms"
 """Trailing metadata of a rate-limited call: milliseconds until a retry can succeed."""
@@ -128,31 +128,6 @@ class RateLimiter:
             self._buckets.popitem(last=False)
 
 
-def _refusing(
-    handler: grpc.RpcMethodHandler[Any, Any], code: grpc.StatusCode, message: str, wait_ms: int
-) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of ``handler``'s shape that only refuses, with the retry hint."""
-    trailing = ((RETRY_AFTER_KEY, str(wait_ms)),)
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(code, message, trailing_metadata=trailing)
-
-    if handler.request_streaming and handler.response_streaming:
-        factory = grpc.stream_stream_rpc_method_handler
-    elif handler.request_streaming:
-        factory = grpc.stream_unary_rpc_method_handler
-    elif handler.response_streaming:
-        factory = grpc.unary_stream_rpc_method_handler
-    else:
-        factory = grpc.unary_unary_rpc_method_handler
-    refusing: grpc.RpcMethodHandler[Any, Any] = factory(
-        refuse,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-    return refusing
-
-
 class RateLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Refuses a mutating call whose caller is over its rate, before any servicer code
     runs (the request is not even decoded).
@@ -198,8 +173,11 @@ class RateLimitInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg
             return handler
         metrics.RATE_LIMITED.labels(method=method.rpartition("/")[2]).inc()
         wait_ms = max(1, math.ceil(wait * 1000))
-        return _refusing(
-            handler, grpc.StatusCode.RESOURCE_EXHAUSTED, self.message(wait_ms), wait_ms
+        return handlers.refusing(
+            handler,
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            self.message(wait_ms),
+            trailing_metadata=((RETRY_AFTER_KEY, str(wait_ms)),),
         )
 
     def message(self, wait_ms: int) -> str:
